@@ -1,0 +1,242 @@
+"""The one exception tree of batch_ops.
+
+Every error raised by the core, the Airflow provider and the Prefect collection is a
+:class:`BatchOpsError`, so ``except BatchOpsError`` catches them all::
+
+    BatchOpsError
+    ├── ConfigurationError            settings missing or wrong (no API key, bad base URL)
+    ├── InputValidationError          bad request file or parameters, caught before any upload
+    ├── APIError                      the API could not be used
+    │   ├── APIConnectionError        no HTTP response (refused, reset, dropped)
+    │   │   └── APITimeoutError       the request timed out
+    │   └── APIStatusError            an HTTP error response (carries the server's message)
+    │       ├── BadRequestError             400
+    │       ├── AuthenticationError         401
+    │       ├── PermissionDeniedError       403
+    │       ├── NotFoundError               404
+    │       ├── ConflictError               409
+    │       ├── UnprocessableEntityError    422
+    │       ├── RateLimitError              429
+    │       └── InternalServerError         5xx
+    └── BatchOutcomeError             a batch ended in a way the caller asked to treat as failure
+        ├── BatchFailedError          status ``failed`` (e.g. validation, token_limit_exceeded)
+        ├── BatchExpiredError         status ``expired`` (partial output may exist)
+        ├── BatchCancelledError       status ``cancelled`` (partial output may exist)
+        ├── BatchTimeoutError         our own wait ran out of time; the batch goes on
+        └── RequestFailuresError      the batch completed but some requests failed
+
+Example:
+    >>> from batch_ops.errors import BatchOpsError, RateLimitError
+    >>> issubclass(RateLimitError, BatchOpsError)
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from batch_ops.models import Batch
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BatchCancelledError",
+    "BatchExpiredError",
+    "BatchFailedError",
+    "BatchOpsError",
+    "BatchOutcomeError",
+    "BatchTimeoutError",
+    "ConfigurationError",
+    "ConflictError",
+    "InputValidationError",
+    "InternalServerError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "Problem",
+    "RateLimitError",
+    "RequestFailuresError",
+    "UnprocessableEntityError",
+    "status_error_class",
+]
+
+
+class BatchOpsError(Exception):
+    """Raised for any batch_ops failure; the root of the tree."""
+
+
+class ConfigurationError(BatchOpsError):
+    """Raised when client settings are missing or invalid (no API key, malformed base URL)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of input validation: where, which rule, and how to fix it.
+
+    Example:
+        >>> str(Problem(rule="duplicate_custom_id", message="custom_id 'q-1' repeats line 1",
+        ...             fix="make every custom_id unique", line=2))
+        "line 2: duplicate_custom_id: custom_id 'q-1' repeats line 1 (fix: make every custom_id unique)"
+    """
+
+    rule: str
+    message: str
+    fix: str
+    line: int | None = None
+    param: str | None = None
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line is not None else ""
+        if self.param and self.line is None:
+            where = f"{self.param}: "
+        return f"{where}{self.rule}: {self.message} (fix: {self.fix})"
+
+
+class InputValidationError(BatchOpsError, ValueError):
+    """Raised when a request file or batch parameter is invalid, before anything is uploaded.
+
+    ``problems`` lists every finding (capped), each naming the line or parameter, the rule
+    broken and the fix.
+    """
+
+    def __init__(self, problems: list[Problem], *, source: str | None = None, truncated: bool = False):
+        self.problems = list(problems)
+        self.source = source
+        self.truncated = truncated
+        head = f"{source}: " if source else ""
+        lines = [str(p) for p in self.problems[:10]]
+        more = len(self.problems) - len(lines)
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        if truncated:
+            tail += "\n  (stopped after the first problems; fix these and validate again)"
+        noun = "problem" if len(self.problems) == 1 else "problems"
+        super().__init__(f"{head}{len(self.problems)} {noun}:\n  " + "\n  ".join(lines) + tail)
+
+
+class APIError(BatchOpsError):
+    """Raised when the Batch API could not be used; see the subclasses."""
+
+
+class APIConnectionError(APIError):
+    """Raised when no HTTP response arrived: connection refused, reset or dropped."""
+
+
+class APITimeoutError(APIConnectionError):
+    """Raised when an HTTP request timed out."""
+
+
+class APIStatusError(APIError):
+    """Raised when the API answered with an HTTP error status; carries the server's message."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        error_type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+        method: str | None = None,
+        url: str | None = None,
+    ):
+        self.message = message
+        self.status_code = status_code
+        self.error_type = error_type
+        self.param = param
+        self.code = code
+        self.request_id = request_id
+        self.method = method
+        self.url = url
+        where = f" ({method} {url})" if method and url else ""
+        rid = f" [request_id={request_id}]" if request_id else ""
+        super().__init__(f"HTTP {status_code}{where}: {message}{rid}")
+
+
+class BadRequestError(APIStatusError):
+    """Raised on HTTP 400: the request body or parameters were rejected."""
+
+
+class AuthenticationError(APIStatusError):
+    """Raised on HTTP 401: the API key is missing or wrong."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """Raised on HTTP 403: the key may not use this resource."""
+
+
+class NotFoundError(APIStatusError):
+    """Raised on HTTP 404: no file or batch with that id."""
+
+
+class ConflictError(APIStatusError):
+    """Raised on HTTP 409 once retries are used up."""
+
+
+class UnprocessableEntityError(APIStatusError):
+    """Raised on HTTP 422: the request was well-formed but not acceptable."""
+
+
+class RateLimitError(APIStatusError):
+    """Raised on HTTP 429 once retries are used up."""
+
+
+class InternalServerError(APIStatusError):
+    """Raised on HTTP 5xx once retries are used up."""
+
+
+_STATUS_CLASSES: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+
+def status_error_class(status_code: int) -> type[APIStatusError]:
+    """Return the exception class for an HTTP error status.
+
+    Example:
+        >>> status_error_class(404).__name__, status_error_class(503).__name__
+        ('NotFoundError', 'InternalServerError')
+    """
+    if status_code >= 500:
+        return InternalServerError
+    return _STATUS_CLASSES.get(status_code, APIStatusError)
+
+
+class BatchOutcomeError(BatchOpsError):
+    """Raised when a batch ended in an outcome the caller treats as failure; carries the batch."""
+
+    def __init__(self, message: str, *, batch: Batch | None = None, **details: Any):
+        self.batch = batch
+        self.details = details
+        super().__init__(message)
+
+
+class BatchFailedError(BatchOutcomeError):
+    """Raised when a batch ended ``failed`` (validation errors, token_limit_exceeded, ...)."""
+
+
+class BatchExpiredError(BatchOutcomeError):
+    """Raised when a batch ended ``expired``; completed work is still in its output file."""
+
+
+class BatchCancelledError(BatchOutcomeError):
+    """Raised when a batch ended ``cancelled``; completed work is still in its output file."""
+
+
+class BatchTimeoutError(BatchOutcomeError):
+    """Raised when waiting for a batch ran past its deadline; the batch itself keeps running."""
+
+
+class RequestFailuresError(BatchOutcomeError):
+    """Raised when a batch completed but some of its requests failed, and the policy forbids it."""

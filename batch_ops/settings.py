@@ -1,0 +1,139 @@
+"""Client settings: where the API is, how to authenticate, and how hard to retry.
+
+OpenAI and compatible servers take ``Authorization: Bearer <key>`` plus optional
+``OpenAI-Organization`` / ``OpenAI-Project`` headers. Azure OpenAI (``api_version`` set) takes an
+``api-key`` header and an ``api-version`` query parameter instead.
+
+Example:
+    >>> s = ClientSettings(api_key="sk-test", base_url="http://127.0.0.1:8765/v1/", project="p1")
+    >>> s.base_url, s.auth_headers()["OpenAI-Project"], "sk-test" in repr(s)
+    ('http://127.0.0.1:8765/v1', 'p1', False)
+    >>> ClientSettings(api_key="k", base_url="https://x.openai.azure.com/openai",
+    ...                api_version="2024-10-21").auth_headers()
+    {'api-key': 'k'}
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from batch_ops.errors import ConfigurationError
+
+__all__ = ["DEFAULT_BASE_URL", "ClientSettings"]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+class ClientSettings(BaseModel):
+    """Everything a client needs to reach the Batch API. Frozen; the key is a ``SecretStr``.
+
+    Attributes:
+        api_key: the API key (``OPENAI_API_KEY``; Azure: ``AZURE_OPENAI_API_KEY``).
+        base_url: API root including ``/v1`` (``OPENAI_BASE_URL``).
+        organization / project: optional ``OpenAI-Organization`` / ``OpenAI-Project`` headers.
+        api_version: set for Azure OpenAI (``OPENAI_API_VERSION``); switches auth to ``api-key``.
+        timeout: seconds for one HTTP exchange; connect_timeout for opening the connection.
+        max_retries: retries after the first try for retryable failures (408/409/429/5xx, network).
+        retry_max_elapsed: total seconds one call may spend retrying, whatever ``max_retries`` says.
+        backoff_initial / backoff_max: exponential back-off bounds (full jitter).
+        idempotency_lookback: seconds of batch history searched for an idempotency key.
+
+    Example:
+        >>> ClientSettings.from_env({"OPENAI_API_KEY": "sk-1", "OPENAI_BASE_URL": "http://h/v1"}).base_url
+        'http://h/v1'
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    api_key: SecretStr | None = None
+    base_url: str = DEFAULT_BASE_URL
+    organization: str | None = None
+    project: str | None = None
+    api_version: str | None = None
+    timeout: float = 60.0
+    connect_timeout: float = 10.0
+    max_retries: int = Field(default=6, ge=0, le=100)
+    retry_max_elapsed: float = Field(default=300.0, gt=0)
+    backoff_initial: float = Field(default=0.5, gt=0)
+    backoff_max: float = Field(default=30.0, gt=0)
+    idempotency_lookback: float = Field(default=7 * 86400, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(
+                f"base_url {value!r} must start with http:// or https:// (e.g. 'https://api.openai.com/v1')"
+            )
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _blank_key(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @property
+    def is_azure(self) -> bool:
+        return self.api_version is not None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ClientSettings:
+        """Read ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ``OPENAI_ORG_ID``, ``OPENAI_PROJECT_ID``,
+        ``OPENAI_API_VERSION`` (and the ``AZURE_OPENAI_*`` equivalents); ``overrides`` win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        key = env.get("OPENAI_API_KEY") or env.get("AZURE_OPENAI_API_KEY")
+        if key:
+            values["api_key"] = key
+        base = env.get("OPENAI_BASE_URL")
+        if not base and env.get("AZURE_OPENAI_ENDPOINT"):
+            base = env["AZURE_OPENAI_ENDPOINT"].rstrip("/") + "/openai"
+        if base:
+            values["base_url"] = base
+        for field, names in (
+            ("organization", ("OPENAI_ORG_ID", "OPENAI_ORGANIZATION")),
+            ("project", ("OPENAI_PROJECT_ID",)),
+            ("api_version", ("OPENAI_API_VERSION", "AZURE_OPENAI_API_VERSION")),
+        ):
+            for name in names:
+                if env.get(name):
+                    values[field] = env[name]
+                    break
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def require_key(self) -> str:
+        """Return the key, or raise ConfigurationError naming the ways to provide one."""
+        if self.api_key is None:
+            raise ConfigurationError(
+                "No API key: set OPENAI_API_KEY (Azure: AZURE_OPENAI_API_KEY) or pass api_key=... "
+                "(the local server accepts any key unless started with --api-key)."
+            )
+        return self.api_key.get_secret_value()
+
+    def auth_headers(self) -> dict[str, str]:
+        """Headers carrying the credentials. Never log these."""
+        key = self.require_key()
+        if self.is_azure:
+            return {"api-key": key}
+        headers = {"Authorization": f"Bearer {key}"}
+        if self.organization:
+            headers["OpenAI-Organization"] = self.organization
+        if self.project:
+            headers["OpenAI-Project"] = self.project
+        return headers
+
+    def default_params(self) -> dict[str, str]:
+        """Query parameters sent on every call (Azure's ``api-version``)."""
+        return {"api-version": self.api_version} if self.api_version else {}
+
+    def url(self, path: str) -> str:
+        """Join the base URL and an API path such as ``/batches``."""
+        return self.base_url + "/" + path.lstrip("/")
