@@ -6,6 +6,7 @@ Every error raised by the core, the Airflow provider and the Prefect collection 
     BatchOpsError
     ├── ConfigurationError            settings missing or wrong (no API key, bad base URL)
     ├── InputValidationError          bad request file or parameters, caught before any upload
+    ├── ResultFileError               an output or error file has a line that is not a result
     ├── APIError                      the API could not be used
     │   ├── APIConnectionError        no HTTP response (refused, reset, dropped)
     │   │   └── APITimeoutError       the request timed out
@@ -61,6 +62,7 @@ __all__ = [
     "Problem",
     "RateLimitError",
     "RequestFailuresError",
+    "ResultFileError",
     "UnprocessableEntityError",
     "status_error_class",
 ]
@@ -116,6 +118,20 @@ class InputValidationError(BatchOpsError, ValueError):
             tail += "\n  (stopped after the first problems; fix these and validate again)"
         noun = "problem" if len(self.problems) == 1 else "problems"
         super().__init__(f"{head}{len(self.problems)} {noun}:\n  " + "\n  ".join(lines) + tail)
+
+
+class ResultFileError(BatchOpsError, ValueError):
+    """Raised when a line of an output or error file is not a valid result object.
+
+    ``path`` and ``line`` (1-based) name the line; ``reason`` says what is wrong with it.
+    """
+
+    def __init__(self, reason: str, *, path: str, line: int | None = None):
+        self.reason = reason
+        self.path = path
+        self.line = line
+        where = f"{path}, line {line}" if line is not None else path
+        super().__init__(f"{where}: {reason}")
 
 
 class APIError(BatchOpsError):
