@@ -1,0 +1,41 @@
+# batch_ops: two commands do all the set-up on a fresh machine.
+#   make demo   run the main job against the embedded local server (no API key, no network)
+#   make test   lint, type-check and run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PIP    := $(BIN)/python -m pip --disable-pip-version-check
+
+.PHONY: install lint typecheck pytest test demo bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall when the package metadata or the pinned set changes.
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) install -q -c constraints.txt -e ".[all,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check batch_ops tests scripts benchmarks dags flows
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck pytest
+
+demo: install
+	$(BIN)/python scripts/demo.py
+
+bench: install
+	$(BIN)/python benchmarks/bench_jsonl.py
+	$(BIN)/python benchmarks/bench_server.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,84 @@
+"""batch_ops: run the OpenAI Batch API from Airflow and Prefect — and from plain Python.
+
+The core (this package) speaks the Files and Batches API; ``batch_ops.airflow`` and
+``batch_ops.prefect`` are thin adapters; ``batch_ops.server`` is a local Batch API server.
+Importing ``batch_ops`` loads neither Airflow nor Prefect.
+
+Example:
+    >>> from batch_ops import BatchClient, BatchStatus
+    >>> BatchStatus.COMPLETED.is_terminal
+    True
+"""
+
+from __future__ import annotations
+
+from batch_ops._version import __version__
+from batch_ops.client import AsyncBatchClient, BatchClient
+from batch_ops.errors import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    BatchCancelledError,
+    BatchExpiredError,
+    BatchFailedError,
+    BatchOpsError,
+    BatchOutcomeError,
+    BatchTimeoutError,
+    ConfigurationError,
+    InputValidationError,
+    NotFoundError,
+    RateLimitError,
+    RequestFailuresError,
+)
+from batch_ops.models import (
+    Batch,
+    BatchList,
+    BatchStatus,
+    CreateBatchRequest,
+    FileObject,
+    RequestCounts,
+    RequestLine,
+    ResultLine,
+    Usage,
+)
+from batch_ops.polling import BatchPoller, outcome_error, raise_for_outcome
+from batch_ops.settings import ClientSettings
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncBatchClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "Batch",
+    "BatchCancelledError",
+    "BatchClient",
+    "BatchExpiredError",
+    "BatchFailedError",
+    "BatchList",
+    "BatchOpsError",
+    "BatchOutcomeError",
+    "BatchPoller",
+    "BatchStatus",
+    "BatchTimeoutError",
+    "ClientSettings",
+    "ConfigurationError",
+    "CreateBatchRequest",
+    "FileObject",
+    "InputValidationError",
+    "NotFoundError",
+    "RateLimitError",
+    "RequestCounts",
+    "RequestFailuresError",
+    "RequestLine",
+    "ResultLine",
+    "Usage",
+    "__version__",
+    "outcome_error",
+    "raise_for_outcome",
+]

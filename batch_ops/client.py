@@ -1,0 +1,807 @@
+"""``BatchClient`` and ``AsyncBatchClient``: the Files and Batches API, submit and results.
+
+Both clients run the same plans (:mod:`batch_ops._plans`); they differ only in how they send
+a request and how they sleep. Every call retries what is worth retrying (408/409/429/5xx,
+network errors) with jittered back-off and ``Retry-After``; a batch create is never blindly
+re-sent (see ``create``).
+
+Example:
+    >>> from batch_ops import BatchClient
+    >>> with BatchClient(api_key="local", base_url="http://127.0.0.1:9/v1") as client:
+    ...     client.settings.base_url
+    'http://127.0.0.1:9/v1'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import json
+import os
+import shutil
+import tempfile
+import time
+import weakref
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+
+from batch_ops import _plans
+from batch_ops._http import USER_AGENT, MultipartBody, RetryPolicy
+from batch_ops._plans import Notify, Reply, Send, Sleep
+from batch_ops.errors import BatchOpsError, ConfigurationError
+from batch_ops.jsonl import join_results, validate_file, write_requests
+from batch_ops.models import Batch, BatchList, FileList, FileObject, ResultLine
+from batch_ops.polling import BatchPoller
+from batch_ops.settings import ClientSettings
+
+__all__ = ["AsyncBatchClient", "BatchClient"]
+
+_CHUNK = 1024 * 1024
+#: Sleeps used by the drivers; tests may patch these (and ``_plans.clock``), nothing else.
+_sleep = time.sleep
+_async_sleep = asyncio.sleep
+
+PathLike = str | os.PathLike[str]
+
+
+def _settings(settings: ClientSettings | None, overrides: Mapping[str, Any]) -> ClientSettings:
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if settings is not None:
+        return settings.model_copy(update=given) if given else settings
+    return ClientSettings.from_env(**given)
+
+
+def _not_sent(exc: httpx.TransportError) -> bool:
+    # Only these guarantee the request never left: the connection was never established.
+    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+
+
+def _transport_reply(exc: httpx.TransportError) -> Reply:
+    kind = type(exc).__name__
+    return Reply(
+        error=f"{kind}: {exc}" if str(exc) else kind,
+        timed_out=isinstance(exc, httpx.TimeoutException),
+        sent=not _not_sent(exc),
+    )
+
+
+def _check_terminal(batch: Batch) -> None:
+    if not batch.status.is_terminal:
+        raise BatchOpsError(
+            f"Batch {batch.id} is still {batch.status.value}: wait for it (client.batches.wait) before "
+            "reading results."
+        )
+
+
+class _Base:
+    """What both clients share: settings, retry policy, headers."""
+
+    def __init__(self, settings: ClientSettings) -> None:
+        settings.require_key()  # fail now, with the fix, rather than at the first request
+        self.settings = settings
+        self.retry_policy = RetryPolicy(
+            max_retries=settings.max_retries,
+            max_elapsed=settings.retry_max_elapsed,
+            initial=settings.backoff_initial,
+            maximum=settings.backoff_max,
+        )
+
+    def _headers(self) -> dict[str, str]:
+        return {"User-Agent": USER_AGENT, "Accept": "application/json", **self.settings.auth_headers()}
+
+    def _params(self, send: Send) -> dict[str, Any]:
+        return {**self.settings.default_params(), **(send.params or {})}
+
+    def _timeout(self) -> httpx.Timeout:
+        return httpx.Timeout(self.settings.timeout, connect=self.settings.connect_timeout)
+
+    def _upload_frame(self, send: Send) -> tuple[MultipartBody, dict[str, str]]:
+        assert send.upload is not None
+        size = send.upload.stat().st_size
+        frame = MultipartBody.for_file(filename=send.upload.name, size=size, fields=dict(send.json or {}))
+        headers = {"Content-Type": frame.content_type, "Content-Length": str(frame.content_length)}
+        return frame, headers
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.settings.base_url!r})"
+
+
+def _iter_upload(frame: MultipartBody, path: Path) -> Iterator[bytes]:
+    yield frame.head
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            yield chunk
+    yield frame.tail
+
+
+async def _aiter_upload(frame: MultipartBody, path: Path) -> AsyncIterator[bytes]:
+    yield frame.head
+    fh = await asyncio.to_thread(path.open, "rb")
+    try:
+        while chunk := await asyncio.to_thread(fh.read, _CHUNK):
+            yield chunk
+    finally:
+        await asyncio.to_thread(fh.close)
+    yield frame.tail
+
+
+def _temp_sink(sink: Path) -> Path:
+    sink.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{sink.name}.", suffix=".part", dir=sink.parent)
+    os.close(fd)
+    return Path(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sync client
+# ---------------------------------------------------------------------------------------------
+
+
+class BatchClient(_Base):
+    """Blocking client for the Files and Batches API.
+
+    Args:
+        api_key, base_url, organization, project, api_version: override the environment
+            (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ...); see :class:`ClientSettings`.
+        settings: a complete :class:`ClientSettings` instead of the above.
+        http_client: an ``httpx.Client`` to use (not closed by us).
+
+    Example:
+        >>> import os
+        >>> from batch_ops import BatchClient
+        >>> client = BatchClient(api_key="sk-local", base_url="http://127.0.0.1:8765/v1")
+        >>> client.files, client.batches  # doctest: +ELLIPSIS
+        (<batch_ops.client.Files object at ...>, <batch_ops.client.Batches object at ...>)
+        >>> client.close()
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        organization: str | None = None,
+        project: str | None = None,
+        api_version: str | None = None,
+        settings: ClientSettings | None = None,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        super().__init__(
+            _settings(
+                settings,
+                {
+                    "api_key": api_key,
+                    "base_url": base_url,
+                    "organization": organization,
+                    "project": project,
+                    "api_version": api_version,
+                },
+            )
+        )
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.Client(timeout=self._timeout())
+        self.files = Files(self)
+        self.batches = Batches(self)
+
+    # -- driver ---------------------------------------------------------------------------
+    def _run(self, plan: Any) -> Any:
+        """Drive a plan: perform each effect it yields and send back the result."""
+        try:
+            effect = next(plan)
+            while True:
+                result: Any = None
+                if isinstance(effect, Send):
+                    result = self._send_once(effect)
+                elif isinstance(effect, Sleep):
+                    _sleep(effect.seconds)
+                elif isinstance(effect, Notify):
+                    effect.callback(effect.batch)
+                effect = plan.send(result)
+        except StopIteration as done:
+            return done.value
+
+    def _send_once(self, send: Send) -> Reply:
+        url = self.settings.url(send.path)
+        headers = self._headers()
+        params = self._params(send)
+        try:
+            if send.upload is not None:
+                frame, extra = self._upload_frame(send)
+                response = self._http.request(
+                    send.method, url, params=params, headers={**headers, **extra},
+                    content=_iter_upload(frame, send.upload),
+                )
+                return Reply(status=response.status_code, headers=dict(response.headers), body=response.content)
+            content = None
+            if send.json is not None:
+                content = json.dumps(send.json).encode()
+                headers["Content-Type"] = "application/json"
+            if send.sink is None:
+                response = self._http.request(send.method, url, params=params, headers=headers, content=content)
+                return Reply(status=response.status_code, headers=dict(response.headers), body=response.content)
+            with self._http.stream(send.method, url, params=params, headers=headers) as response:
+                if response.status_code >= 400:
+                    return Reply(status=response.status_code, headers=dict(response.headers), body=response.read())
+                part = _temp_sink(send.sink)
+                try:
+                    with part.open("wb") as out:
+                        for chunk in response.iter_raw(_CHUNK):
+                            out.write(chunk)
+                    os.replace(part, send.sink)
+                finally:
+                    part.unlink(missing_ok=True)
+                return Reply(status=response.status_code, headers=dict(response.headers))
+        except httpx.TransportError as exc:
+            return _transport_reply(exc)
+
+    # -- high level -------------------------------------------------------------------------
+    def submit(
+        self,
+        source: PathLike | Iterable[Mapping[str, Any]],
+        *,
+        endpoint: str,
+        completion_window: str = "24h",
+        metadata: Mapping[str, str] | None = None,
+        output_expires_after: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Batch:
+        """Validate, upload and create a batch; nothing is uploaded if anything is invalid.
+
+        Args:
+            source: a JSONL request file, or an iterable of request dicts / ``RequestLine``
+                (``url`` and ``method`` may be omitted; they default to ``endpoint`` / POST).
+            idempotency_key: give one to make the whole submit safe to repeat (a task retry):
+                a batch already created with this key is returned instead of a second one.
+
+        Example:
+            >>> # client.submit("requests.jsonl", endpoint="/v1/chat/completions")
+        """
+        key = idempotency_key or _plans.new_idempotency_key()
+        # Check the batch parameters before validating or uploading anything.
+        body = _plans.create_body(
+            input_file_id="pending", endpoint=endpoint, completion_window=completion_window,
+            metadata=metadata, output_expires_after=output_expires_after, idempotency_key=key,
+        )
+        if idempotency_key is not None:
+            existing = self.batches.find_by_idempotency_key(idempotency_key)
+            if existing is not None:
+                return existing
+        with _PreparedFile(source, endpoint=endpoint) as path:
+            uploaded = self.files.upload(path)
+        body["input_file_id"] = uploaded.id
+        try:
+            return self._run(_plans.create_plan(body, key_may_exist=False, policy=self.retry_policy,
+                                                lookback=self.settings.idempotency_lookback))
+        except BaseException as exc:
+            _drop_orphan_upload(exc, lambda: self.files.delete(uploaded.id))
+            raise
+
+    def results(
+        self, batch: Batch | str, *, input_path: PathLike | None = None, workdir: PathLike | None = None
+    ) -> Iterator[ResultLine]:
+        """Yield one :class:`ResultLine` per input request, in input order.
+
+        Output and error files are downloaded (streamed) into a temporary directory and joined
+        by ``custom_id``; a request found in neither is yielded with ``error.code ==
+        "missing_result"``. ``input_path`` (the local request file) saves downloading the input.
+        """
+        if isinstance(batch, str):
+            batch = self.batches.retrieve(batch)
+        _check_terminal(batch)
+        tmp = Path(tempfile.mkdtemp(prefix="batch_ops_results_", dir=workdir))
+        try:
+            out = self.files.download(batch.output_file_id, tmp / "output.jsonl") if batch.output_file_id else None
+            err = self.files.download(batch.error_file_id, tmp / "errors.jsonl") if batch.error_file_id else None
+            inp = Path(input_path) if input_path else self.files.download(batch.input_file_id, tmp / "input.jsonl")
+            yield from join_results(input_path=inp, output_path=out, error_path=err)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> BatchClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Files:
+    """``client.files``: upload (streamed), retrieve, list, download (streamed), delete."""
+
+    def __init__(self, client: BatchClient) -> None:
+        self._c = client
+
+    def upload(self, path: PathLike, *, purpose: str = "batch") -> FileObject:
+        """Upload a file, streamed from disk in 1 MiB chunks (never read whole into memory)."""
+        send = Send("POST", "/files", json={"purpose": purpose}, upload=_existing(path))
+        reply = self._c._run(_plans.send_with_retries(send, policy=self._c.retry_policy))
+        return FileObject.model_validate_json(reply.body)
+
+    def retrieve(self, file_id: str) -> FileObject:
+        reply = self._c._run(_plans.send_with_retries(Send("GET", f"/files/{file_id}"), policy=self._c.retry_policy))
+        return FileObject.model_validate_json(reply.body)
+
+    def list(self, *, purpose: str | None = None) -> FileList:
+        params = {"purpose": purpose} if purpose else None
+        reply = self._c._run(_plans.send_with_retries(Send("GET", "/files", params=params),
+                                                      policy=self._c.retry_policy))
+        return FileList.model_validate_json(reply.body)
+
+    def download(self, file_id: str, path: PathLike) -> Path:
+        """Stream a file's content to ``path`` (written whole or not at all); returns the path."""
+        target = Path(path)
+        self._c._run(_plans.send_with_retries(Send("GET", f"/files/{file_id}/content", sink=target),
+                                              policy=self._c.retry_policy))
+        return target
+
+    def delete(self, file_id: str) -> bool:
+        reply = self._c._run(_plans.send_with_retries(Send("DELETE", f"/files/{file_id}"),
+                                                      policy=self._c.retry_policy))
+        return bool(reply.json().get("deleted", True))
+
+
+class Batches:
+    """``client.batches``: create (at most once), retrieve, cancel, list, iter_all, wait."""
+
+    def __init__(self, client: BatchClient) -> None:
+        self._c = client
+
+    def create(
+        self,
+        *,
+        input_file_id: str,
+        endpoint: str,
+        completion_window: str = "24h",
+        metadata: Mapping[str, str] | None = None,
+        output_expires_after: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Batch:
+        """Create a batch, never twice.
+
+        The batch is tagged with an idempotency key in ``metadata``. If a create may have
+        reached the server but no answer came back, the list is searched for the key before
+        sending again. Pass your own ``idempotency_key`` to make repeated calls (task retries)
+        return the batch created the first time.
+        """
+        body = _plans.create_body(
+            input_file_id=input_file_id, endpoint=endpoint, completion_window=completion_window,
+            metadata=metadata, output_expires_after=output_expires_after,
+            idempotency_key=idempotency_key or _plans.new_idempotency_key(),
+        )
+        return self._c._run(_plans.create_plan(body, key_may_exist=idempotency_key is not None,
+                                               policy=self._c.retry_policy,
+                                               lookback=self._c.settings.idempotency_lookback))
+
+    def retrieve(self, batch_id: str) -> Batch:
+        reply = self._c._run(_plans.send_with_retries(Send("GET", f"/batches/{batch_id}"),
+                                                      policy=self._c.retry_policy))
+        return Batch.model_validate_json(reply.body)
+
+    def cancel(self, batch_id: str) -> Batch:
+        reply = self._c._run(_plans.send_with_retries(Send("POST", f"/batches/{batch_id}/cancel"),
+                                                      policy=self._c.retry_policy))
+        return Batch.model_validate_json(reply.body)
+
+    def list(self, *, limit: int = 20, after: str | None = None) -> BatchList:
+        """One page, newest first; ``limit`` must be 1..100 (checked before any request)."""
+        send = Send("GET", "/batches", params=_plans.list_params(limit=limit, after=after))
+        reply = self._c._run(_plans.send_with_retries(send, policy=self._c.retry_policy))
+        return BatchList.model_validate_json(reply.body)
+
+    def iter_all(self, *, limit: int = 100, after: str | None = None) -> Iterator[Batch]:
+        """Every batch, newest first, following ``has_more`` / ``last_id``."""
+        while True:
+            page = self.list(limit=limit, after=after)
+            yield from page.data
+            if not page.has_more or not page.last_id:
+                return
+            after = page.last_id
+
+    def find_by_idempotency_key(self, key: str, *, since: float | None = None) -> Batch | None:
+        """The batch batch_ops created with this key, searching back to ``since`` (epoch s)."""
+        since = _plans.clock() - self._c.settings.idempotency_lookback if since is None else since
+        return self._c._run(_plans.find_by_key_plan(key, since=since, policy=self._c.retry_policy))
+
+    def wait(
+        self,
+        batch_id: str,
+        *,
+        poll_interval: float = 30.0,
+        timeout: float | None = 86400.0,
+        max_poll_interval: float | None = None,
+        deadline: float | None = None,
+        on_poll: Any = None,
+    ) -> Batch:
+        """Poll until terminal and return the batch (whatever its outcome).
+
+        Raises BatchTimeoutError at the deadline (the batch keeps running). Pass the result to
+        :func:`batch_ops.raise_for_outcome` to turn failed/expired/cancelled into exceptions.
+        ``on_poll(batch)`` is called after each poll (progress displays).
+        """
+        poller = BatchPoller(poll_interval=poll_interval, max_poll_interval=max_poll_interval, timeout=timeout,
+                             deadline=deadline)
+        return self._c._run(_plans.wait_plan(batch_id, poller=poller, policy=self._c.retry_policy, on_poll=on_poll))
+
+
+# ---------------------------------------------------------------------------------------------
+# Async client
+# ---------------------------------------------------------------------------------------------
+
+
+def _default_async_transport() -> httpx.AsyncBaseTransport | None:
+    """The aiohttp transport when installed: httpx's own pool degrades past ~100 concurrent
+    requests (measured in benchmarks/bench_triggers.py); the API stays httpx either way."""
+    if os.environ.get("BATCH_OPS_ASYNC_TRANSPORT", "auto") == "httpx":
+        return None
+    try:
+        from httpx_aiohttp import AiohttpTransport
+    except ImportError:
+        return None
+    return AiohttpTransport()  # type: ignore[no-any-return]
+
+
+class AsyncBatchClient(_Base):
+    """The same API as :class:`BatchClient`, awaited; never blocks the event loop.
+
+    File reads and writes for uploads, downloads and joins run in worker threads.
+    ``AsyncBatchClient.shared(settings)`` returns one pooled client per settings and event
+    loop, so a thousand waiters (Airflow triggers, Prefect tasks) share connections.
+
+    Example:
+        >>> import asyncio
+        >>> async def main():
+        ...     async with AsyncBatchClient(api_key="sk-local", base_url="http://127.0.0.1:8765/v1") as c:
+        ...         return c.settings.base_url
+        >>> asyncio.run(main())
+        'http://127.0.0.1:8765/v1'
+    """
+
+    _shared: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncBatchClient]]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        organization: str | None = None,
+        project: str | None = None,
+        api_version: str | None = None,
+        settings: ClientSettings | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        super().__init__(
+            _settings(
+                settings,
+                {
+                    "api_key": api_key,
+                    "base_url": base_url,
+                    "organization": organization,
+                    "project": project,
+                    "api_version": api_version,
+                },
+            )
+        )
+        self._owns_http = http_client is None
+        if http_client is None:
+            limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
+            transport = _default_async_transport()
+            http_client = httpx.AsyncClient(timeout=self._timeout(), limits=limits, transport=transport)
+        self._http = http_client
+        self.files = AsyncFiles(self)
+        self.batches = AsyncBatches(self)
+
+    @classmethod
+    def shared(cls, settings: ClientSettings) -> AsyncBatchClient:
+        """One client per settings per running event loop, kept while the loop lives.
+
+        Must be called from a coroutine. Never close a shared client yourself.
+        """
+        loop = asyncio.get_running_loop()
+        per_loop = cls._shared.setdefault(loop, {})
+        key = settings.model_dump_json() + (settings.api_key.get_secret_value() if settings.api_key else "")
+        client = per_loop.get(key)
+        if client is None:
+            client = per_loop[key] = cls(settings=settings)
+        return client
+
+    async def _run(self, plan: Any) -> Any:
+        try:
+            effect = next(plan)
+            while True:
+                result: Any = None
+                if isinstance(effect, Send):
+                    result = await self._send_once(effect)
+                elif isinstance(effect, Sleep):
+                    await _async_sleep(effect.seconds)
+                elif isinstance(effect, Notify):
+                    outcome = effect.callback(effect.batch)
+                    if inspect.isawaitable(outcome):
+                        await outcome
+                effect = plan.send(result)
+        except StopIteration as done:
+            return done.value
+
+    async def _send_once(self, send: Send) -> Reply:
+        url = self.settings.url(send.path)
+        headers = self._headers()
+        params = self._params(send)
+        try:
+            if send.upload is not None:
+                frame, extra = self._upload_frame(send)
+                response = await self._http.request(
+                    send.method, url, params=params, headers={**headers, **extra},
+                    content=_aiter_upload(frame, send.upload),
+                )
+                return Reply(status=response.status_code, headers=dict(response.headers), body=response.content)
+            content = None
+            if send.json is not None:
+                content = json.dumps(send.json).encode()
+                headers["Content-Type"] = "application/json"
+            if send.sink is None:
+                response = await self._http.request(send.method, url, params=params, headers=headers, content=content)
+                return Reply(status=response.status_code, headers=dict(response.headers), body=response.content)
+            async with self._http.stream(send.method, url, params=params, headers=headers) as response:
+                if response.status_code >= 400:
+                    return Reply(status=response.status_code, headers=dict(response.headers),
+                                 body=await response.aread())
+                part = await asyncio.to_thread(_temp_sink, send.sink)
+                try:
+                    out = await asyncio.to_thread(part.open, "wb")
+                    try:
+                        async for chunk in response.aiter_raw(_CHUNK):
+                            await asyncio.to_thread(out.write, chunk)
+                    finally:
+                        await asyncio.to_thread(out.close)
+                    await asyncio.to_thread(os.replace, part, send.sink)
+                finally:
+                    await asyncio.to_thread(part.unlink, True)
+                return Reply(status=response.status_code, headers=dict(response.headers))
+        except httpx.TransportError as exc:
+            return _transport_reply(exc)
+
+    async def submit(
+        self,
+        source: PathLike | Iterable[Mapping[str, Any]],
+        *,
+        endpoint: str,
+        completion_window: str = "24h",
+        metadata: Mapping[str, str] | None = None,
+        output_expires_after: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Batch:
+        """Validate, upload and create a batch; see :meth:`BatchClient.submit`."""
+        key = idempotency_key or _plans.new_idempotency_key()
+        body = _plans.create_body(
+            input_file_id="pending", endpoint=endpoint, completion_window=completion_window,
+            metadata=metadata, output_expires_after=output_expires_after, idempotency_key=key,
+        )
+        if idempotency_key is not None:
+            existing = await self.batches.find_by_idempotency_key(idempotency_key)
+            if existing is not None:
+                return existing
+        prepared = _PreparedFile(source, endpoint=endpoint)
+        path = await asyncio.to_thread(prepared.__enter__)
+        try:
+            uploaded = await self.files.upload(path)
+        finally:
+            await asyncio.to_thread(prepared.__exit__, None, None, None)
+        body["input_file_id"] = uploaded.id
+        try:
+            return await self._run(_plans.create_plan(body, key_may_exist=False, policy=self.retry_policy,
+                                                      lookback=self.settings.idempotency_lookback))
+        except BaseException as exc:
+            await _adrop_orphan_upload(exc, lambda: self.files.delete(uploaded.id))
+            raise
+
+    async def results(
+        self, batch: Batch | str, *, input_path: PathLike | None = None, workdir: PathLike | None = None
+    ) -> AsyncIterator[ResultLine]:
+        """Async version of :meth:`BatchClient.results`; file work happens in threads."""
+        if isinstance(batch, str):
+            batch = await self.batches.retrieve(batch)
+        _check_terminal(batch)
+        tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, "", "batch_ops_results_", workdir))
+        try:
+            out = err = None
+            if batch.output_file_id:
+                out = await self.files.download(batch.output_file_id, tmp / "output.jsonl")
+            if batch.error_file_id:
+                err = await self.files.download(batch.error_file_id, tmp / "errors.jsonl")
+            if input_path:
+                inp = Path(input_path)
+            else:
+                inp = await self.files.download(batch.input_file_id, tmp / "input.jsonl")
+            joined = join_results(input_path=inp, output_path=out, error_path=err)
+            while chunk := await asyncio.to_thread(lambda: list(itertools.islice(joined, 1000))):
+                for line in chunk:
+                    yield line
+        finally:
+            await asyncio.to_thread(shutil.rmtree, tmp, True)
+
+    async def close(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncBatchClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class AsyncFiles:
+    """``client.files`` of :class:`AsyncBatchClient`."""
+
+    def __init__(self, client: AsyncBatchClient) -> None:
+        self._c = client
+
+    async def upload(self, path: PathLike, *, purpose: str = "batch") -> FileObject:
+        send = Send("POST", "/files", json={"purpose": purpose}, upload=_existing(path))
+        reply = await self._c._run(_plans.send_with_retries(send, policy=self._c.retry_policy))
+        return FileObject.model_validate_json(reply.body)
+
+    async def retrieve(self, file_id: str) -> FileObject:
+        reply = await self._c._run(_plans.send_with_retries(Send("GET", f"/files/{file_id}"),
+                                                            policy=self._c.retry_policy))
+        return FileObject.model_validate_json(reply.body)
+
+    async def list(self, *, purpose: str | None = None) -> FileList:
+        params = {"purpose": purpose} if purpose else None
+        reply = await self._c._run(_plans.send_with_retries(Send("GET", "/files", params=params),
+                                                            policy=self._c.retry_policy))
+        return FileList.model_validate_json(reply.body)
+
+    async def download(self, file_id: str, path: PathLike) -> Path:
+        target = Path(path)
+        await self._c._run(_plans.send_with_retries(Send("GET", f"/files/{file_id}/content", sink=target),
+                                                    policy=self._c.retry_policy))
+        return target
+
+    async def delete(self, file_id: str) -> bool:
+        reply = await self._c._run(_plans.send_with_retries(Send("DELETE", f"/files/{file_id}"),
+                                                            policy=self._c.retry_policy))
+        return bool(reply.json().get("deleted", True))
+
+
+class AsyncBatches:
+    """``client.batches`` of :class:`AsyncBatchClient`."""
+
+    def __init__(self, client: AsyncBatchClient) -> None:
+        self._c = client
+
+    async def create(
+        self,
+        *,
+        input_file_id: str,
+        endpoint: str,
+        completion_window: str = "24h",
+        metadata: Mapping[str, str] | None = None,
+        output_expires_after: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Batch:
+        body = _plans.create_body(
+            input_file_id=input_file_id, endpoint=endpoint, completion_window=completion_window,
+            metadata=metadata, output_expires_after=output_expires_after,
+            idempotency_key=idempotency_key or _plans.new_idempotency_key(),
+        )
+        return await self._c._run(_plans.create_plan(body, key_may_exist=idempotency_key is not None,
+                                                     policy=self._c.retry_policy,
+                                                     lookback=self._c.settings.idempotency_lookback))
+
+    async def retrieve(self, batch_id: str) -> Batch:
+        reply = await self._c._run(_plans.send_with_retries(Send("GET", f"/batches/{batch_id}"),
+                                                            policy=self._c.retry_policy))
+        return Batch.model_validate_json(reply.body)
+
+    async def cancel(self, batch_id: str) -> Batch:
+        reply = await self._c._run(_plans.send_with_retries(Send("POST", f"/batches/{batch_id}/cancel"),
+                                                            policy=self._c.retry_policy))
+        return Batch.model_validate_json(reply.body)
+
+    async def list(self, *, limit: int = 20, after: str | None = None) -> BatchList:
+        send = Send("GET", "/batches", params=_plans.list_params(limit=limit, after=after))
+        reply = await self._c._run(_plans.send_with_retries(send, policy=self._c.retry_policy))
+        return BatchList.model_validate_json(reply.body)
+
+    async def iter_all(self, *, limit: int = 100, after: str | None = None) -> AsyncIterator[Batch]:
+        while True:
+            page = await self.list(limit=limit, after=after)
+            for batch in page.data:
+                yield batch
+            if not page.has_more or not page.last_id:
+                return
+            after = page.last_id
+
+    async def find_by_idempotency_key(self, key: str, *, since: float | None = None) -> Batch | None:
+        since = _plans.clock() - self._c.settings.idempotency_lookback if since is None else since
+        return await self._c._run(_plans.find_by_key_plan(key, since=since, policy=self._c.retry_policy))
+
+    async def wait(
+        self,
+        batch_id: str,
+        *,
+        poll_interval: float = 30.0,
+        timeout: float | None = 86400.0,
+        max_poll_interval: float | None = None,
+        deadline: float | None = None,
+        on_poll: Any = None,
+    ) -> Batch:
+        poller = BatchPoller(poll_interval=poll_interval, max_poll_interval=max_poll_interval, timeout=timeout,
+                             deadline=deadline)
+        return await self._c._run(_plans.wait_plan(batch_id, poller=poller, policy=self._c.retry_policy,
+                                                   on_poll=on_poll))
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers shared by both
+# ---------------------------------------------------------------------------------------------
+
+
+def _existing(path: PathLike) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigurationError(f"No such file to upload: {p} (check the path; it must be a local JSONL file)")
+    return p
+
+
+class _PreparedFile:
+    """Yield a validated request file: the given path, or a temp file written from requests."""
+
+    def __init__(self, source: PathLike | Iterable[Mapping[str, Any]], *, endpoint: str) -> None:
+        self.source = source
+        self.endpoint = endpoint
+        self._tmp: Path | None = None
+
+    def __enter__(self) -> Path:
+        if isinstance(self.source, (str, os.PathLike)):
+            path = Path(self.source)
+            validate_file(path, endpoint=self.endpoint)
+            return path
+        fd, name = tempfile.mkstemp(prefix="batch_ops_requests_", suffix=".jsonl")
+        os.close(fd)
+        self._tmp = Path(name)
+        try:
+            write_requests(self.source, self._tmp, endpoint=self.endpoint)
+        except BaseException:
+            self._tmp.unlink(missing_ok=True)
+            raise
+        return self._tmp
+
+    def __exit__(self, *exc: object) -> None:
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+
+
+def _is_permanent(exc: BaseException) -> bool:
+    from batch_ops.errors import APIStatusError, InputValidationError
+
+    if isinstance(exc, InputValidationError):
+        return True
+    return isinstance(exc, APIStatusError) and exc.status_code < 500 and exc.status_code not in (408, 409, 429)
+
+
+def _drop_orphan_upload(exc: BaseException, delete: Any) -> None:
+    # The server refused the create for good: the uploaded input would be an orphan.
+    # After a transient failure the batch may exist, so the file must stay.
+    if _is_permanent(exc):
+        try:
+            delete()
+        except Exception:  # best effort; the original error matters more
+            pass
+
+
+async def _adrop_orphan_upload(exc: BaseException, delete: Any) -> None:
+    if _is_permanent(exc):
+        try:
+            await delete()
+        except Exception:
+            pass

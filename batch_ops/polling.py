@@ -1,0 +1,239 @@
+"""Waiting for a batch, as pure decisions: the clients, the Airflow trigger and the Prefect
+task only loop around :class:`BatchPoller` and never decide anything themselves.
+
+The poller knows an absolute wall-clock ``deadline`` (epoch seconds), so a waiter that
+resumes in another process (a restarted Airflow triggerer) keeps the original budget.
+
+Example:
+    >>> from batch_ops.models import Batch
+    >>> p = BatchPoller(poll_interval=10, max_poll_interval=40, timeout=100, jitter=0)
+    >>> p.start(now=1000.0)
+    >>> b = Batch(id="b", endpoint="/v1/embeddings", input_file_id="f", status="in_progress", created_at=0)
+    >>> p.decide(b, now=1000.0)
+    PollDecision(action='wait', delay=10.0, reason='in_progress 0/0')
+    >>> p.decide(b, now=1010.0).delay   # no progress since the last poll: back off
+    15.0
+    >>> p.decide(b, now=1101.0).action
+    'timeout'
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Literal
+
+from batch_ops.errors import (
+    BatchCancelledError,
+    BatchExpiredError,
+    BatchFailedError,
+    BatchOutcomeError,
+    BatchTimeoutError,
+    RequestFailuresError,
+)
+from batch_ops.models import Batch, BatchStatus
+
+__all__ = [
+    "DEFAULT_FAIL_ON",
+    "BatchPoller",
+    "PollDecision",
+    "describe",
+    "outcome_error",
+    "raise_for_outcome",
+    "timeout_error",
+]
+
+#: Terminal statuses that fail a task unless the caller says otherwise.
+DEFAULT_FAIL_ON: frozenset[BatchStatus] = frozenset({BatchStatus.FAILED, BatchStatus.EXPIRED, BatchStatus.CANCELLED})
+
+
+@dataclass(frozen=True)
+class PollDecision:
+    """What a waiter does next: ``done`` (terminal), ``wait`` ``delay`` seconds, or ``timeout``."""
+
+    action: Literal["done", "wait", "timeout"]
+    delay: float = 0.0
+    reason: str = ""
+
+
+@dataclass
+class BatchPoller:
+    """Poll interval with back-off, a wall-clock deadline and a bound on consecutive failures.
+
+    Args:
+        poll_interval: seconds between polls while the batch makes progress.
+        max_poll_interval: the back-off ceiling when nothing changes (default 4x poll_interval,
+            at most 10 minutes). Progress (status or request counts changed) resets it.
+        backoff: factor applied to the interval after each poll without progress.
+        timeout: seconds from ``start`` until the wait gives up; None waits forever.
+        deadline: absolute epoch seconds; wins over ``timeout`` (set when resuming).
+        max_consecutive_failures: transient poll failures tolerated in a row.
+        jitter: share of each delay randomised, so many waiters do not poll in lockstep.
+    """
+
+    poll_interval: float = 30.0
+    max_poll_interval: float | None = None
+    backoff: float = 1.5
+    timeout: float | None = None
+    deadline: float | None = None
+    max_consecutive_failures: int = 5
+    jitter: float = 0.1
+    rng: random.Random = field(default_factory=random.Random, repr=False)
+    _interval: float = field(default=0.0, init=False, repr=False)
+    _last_seen: tuple[str, int, int] | None = field(default=None, init=False, repr=False)
+    _failures: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.poll_interval <= 0:
+            raise ValueError(f"poll_interval must be > 0 seconds, got {self.poll_interval}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds or None, got {self.timeout}")
+        if self.max_poll_interval is None:
+            self.max_poll_interval = max(self.poll_interval, min(self.poll_interval * 4, 600.0))
+        self._interval = float(self.poll_interval)
+
+    def start(self, *, now: float) -> None:
+        """Fix the deadline, unless one was given (a resumed wait keeps its budget)."""
+        if self.deadline is None and self.timeout is not None:
+            self.deadline = now + self.timeout
+
+    def remaining(self, *, now: float) -> float | None:
+        return None if self.deadline is None else self.deadline - now
+
+    def first_delay(self, *, now: float, spread: float | None = None) -> float:
+        """A random delay in ``[0, spread)`` before the first poll (default: one interval).
+
+        Spreading first polls keeps a restarted triggerer with 1,000 waiting batches from
+        sending 1,000 requests in the same instant.
+        """
+        window = self.poll_interval if spread is None else spread
+        delay = self.rng.uniform(0, max(window, 0.0))
+        return self._clip(delay, now=now)
+
+    def decide(self, batch: Batch, *, now: float) -> PollDecision:
+        """The verdict after one successful poll returned ``batch``."""
+        self._failures = 0
+        if batch.status.is_terminal:
+            return PollDecision("done", 0.0, batch.status.value)
+        if self.deadline is not None and now >= self.deadline:
+            return PollDecision("timeout", 0.0, f"deadline passed while {describe(batch)}")
+        seen = (batch.status.value, batch.request_counts.completed, batch.request_counts.failed)
+        if self._last_seen is not None and seen == self._last_seen:
+            assert self.max_poll_interval is not None
+            self._interval = min(self._interval * self.backoff, self.max_poll_interval)
+        else:
+            self._interval = float(self.poll_interval)
+        self._last_seen = seen
+        delay = self._interval * (1 + self.rng.uniform(-self.jitter, self.jitter)) if self.jitter else self._interval
+        return PollDecision("wait", self._clip(delay, now=now), describe(batch))
+
+    def failed(self, *, now: float, retryable: bool, error: str = "") -> PollDecision:
+        """The verdict after a poll raised. Permanent errors should not reach here.
+
+        Returns ``wait`` while fewer than ``max_consecutive_failures`` transient failures
+        happened in a row, ``timeout`` once the deadline has passed; raises nothing itself.
+        A caller sees ``action == "done"`` with reason ``gave_up`` when it must stop.
+        """
+        self._failures += 1
+        if not retryable or self._failures > self.max_consecutive_failures:
+            return PollDecision("done", 0.0, f"gave_up after {self._failures} failed polls: {error}")
+        if self.deadline is not None and now >= self.deadline:
+            return PollDecision("timeout", 0.0, f"deadline passed after failed poll: {error}")
+        delay = min(self.poll_interval * (2 ** (self._failures - 1)), self.max_poll_interval or self.poll_interval)
+        return PollDecision("wait", self._clip(delay, now=now), f"poll failed ({self._failures}): {error}")
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self._failures
+
+    def _clip(self, delay: float, *, now: float) -> float:
+        # Never sleep past the deadline: wake up at it and report the timeout on time.
+        if self.deadline is not None:
+            delay = min(delay, max(self.deadline - now, 0.0))
+        return max(delay, 0.0)
+
+
+def describe(batch: Batch) -> str:
+    """One line for logs and progress: ``in_progress 40/100 (2 failed)``."""
+    c = batch.request_counts
+    failed = f" ({c.failed} failed)" if c.failed else ""
+    return f"{batch.status.value} {c.done}/{c.total}{failed}"
+
+
+def _error_summary(batch: Batch) -> str:
+    if batch.errors is None or not batch.errors.data:
+        return ""
+    parts = []
+    for err in batch.errors.data[:5]:
+        line = f" line {err.line}" if err.line is not None else ""
+        parts.append(f"{err.code}{line}: {err.message}")
+    more = len(batch.errors.data) - len(parts)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def outcome_error(
+    batch: Batch,
+    *,
+    fail_on: Collection[BatchStatus | str] = DEFAULT_FAIL_ON,
+    fail_on_request_failures: bool = False,
+) -> BatchOutcomeError | None:
+    """The exception a terminal batch deserves under a policy, or None when it is acceptable.
+
+    Example:
+        >>> b = Batch(id="b1", endpoint="/v1/embeddings", input_file_id="f", status="expired",
+        ...           created_at=0, output_file_id="file-out", request_counts={"total": 4, "completed": 3})
+        >>> type(outcome_error(b)).__name__
+        'BatchExpiredError'
+        >>> outcome_error(b, fail_on=[]) is None
+        True
+    """
+    statuses = {BatchStatus.parse(s) for s in fail_on}
+    status = batch.status
+    files = f" output_file_id={batch.output_file_id} error_file_id={batch.error_file_id}"
+    if status in statuses:
+        if status is BatchStatus.FAILED:
+            why = _error_summary(batch) or "no error details"
+            return BatchFailedError(f"Batch {batch.id} failed: {why}", batch=batch)
+        if status is BatchStatus.EXPIRED:
+            return BatchExpiredError(
+                f"Batch {batch.id} expired with {describe(batch)}; completed work is in its output file.{files}",
+                batch=batch,
+            )
+        if status is BatchStatus.CANCELLED:
+            return BatchCancelledError(
+                f"Batch {batch.id} was cancelled with {describe(batch)}; completed work is in its output file.{files}",
+                batch=batch,
+            )
+    if fail_on_request_failures and status is BatchStatus.COMPLETED and batch.request_counts.failed > 0:
+        return RequestFailuresError(
+            f"Batch {batch.id} completed but {batch.request_counts.failed} of {batch.request_counts.total} "
+            f"requests failed; see error_file_id={batch.error_file_id}",
+            batch=batch,
+        )
+    return None
+
+
+def raise_for_outcome(
+    batch: Batch,
+    *,
+    fail_on: Collection[BatchStatus | str] = DEFAULT_FAIL_ON,
+    fail_on_request_failures: bool = False,
+) -> Batch:
+    """Return the batch, or raise the outcome error ``outcome_error`` chose for it."""
+    error = outcome_error(batch, fail_on=fail_on, fail_on_request_failures=fail_on_request_failures)
+    if error is not None:
+        raise error
+    return batch
+
+
+def timeout_error(batch_id: str, *, deadline: float | None, last: Batch | None) -> BatchTimeoutError:
+    """The error for a wait that ran out of time; the batch itself keeps running."""
+    state = f" (last seen {describe(last)})" if last is not None else ""
+    return BatchTimeoutError(
+        f"Timed out waiting for batch {batch_id}{state}; it keeps running on the server: "
+        "wait again, raise the timeout, or cancel it.",
+        batch=last,
+        batch_id=batch_id,
+        deadline=deadline,
+    )
