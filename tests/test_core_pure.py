@@ -314,7 +314,7 @@ def test_metadata_room_for_the_idempotency_key() -> None:
 
 @pytest.mark.parametrize("limit", [0, 101, -1, True])
 def test_list_limit_checked_client_side(limit: int) -> None:
-    with pytest.raises(InputValidationError, match="1..100"):
+    with pytest.raises(InputValidationError, match=r"1\.\.100"):
         _plans.list_params(limit=limit, after=None)
 
 
