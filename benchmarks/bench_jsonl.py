@@ -1,0 +1,233 @@
+"""Benchmark batch_ops.jsonl against a bare ``json.loads`` loop (a script, not a test).
+
+Acceptance target: validating a 200 MB / 50,000-line request file takes at most 2x a bare
+``for line in f: json.loads(line)`` loop over the same file, and adds under 64 MB peak memory.
+
+What it does:
+
+1. Generates (once; reused while the parameters match) a chat request file of ``--lines``
+   lines of about ``--line-bytes`` bytes each into ``--data-dir`` (default
+   ``benchmarks/data/``, gitignored), plus a shuffled output file and an error file for the
+   same custom_ids, as the Batch API returns them.
+2. Times, best of ``--repeat`` in this process: the bare loop (binary and text mode),
+   ``validate_file``, ``check_file`` and ``join_results`` (consumed fully).
+3. Measures each one's peak memory in a fresh subprocess (``ru_maxrss`` of the child) and
+   subtracts a baseline child that only imports ``batch_ops.jsonl``.
+4. Prints a markdown table.
+
+Usage::
+
+    python benchmarks/bench_jsonl.py                       # the acceptance run (~200 MB)
+    python benchmarks/bench_jsonl.py --lines 5000 --repeat 1   # a quick smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from batch_ops.jsonl import DEFAULT_MAX_BYTES, join_results, validate_file, write_requests
+
+ENDPOINT = "/v1/chat/completions"
+MODEL = "gpt-4o-mini"
+WORDS = (
+    "batch request model token latency throughput window schedule airflow prefect deferrable "
+    "trigger sensor validate shard stream memory offset index custom résumé naïve café "
+    "données 東京 запрос — “quoted” \\ back/slash tab\tnewline\n"
+).split(" ")
+
+
+def _text(rng: random.Random, size: int) -> str:
+    out: list[str] = []
+    n = 0
+    while n < size:
+        word = rng.choice(WORDS)
+        out.append(word)
+        n += len(word) + 1
+    return " ".join(out)[:size]
+
+
+def generate(data_dir: Path, *, lines: int, line_bytes: int, seed: int = 7) -> tuple[Path, Path, Path]:
+    """Write the request, output and error files unless files for these parameters exist."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tag = f"{lines}x{line_bytes}"
+    req, out, err = (data_dir / f"{kind}-{tag}.jsonl" for kind in ("requests", "output", "errors"))
+    if req.exists() and out.exists() and err.exists():
+        return req, out, err
+    rng = random.Random(seed)
+    # The JSON envelope, escapes and multi-byte characters add about 11% to the text length.
+    text_size = max(16, int((line_bytes - 200) / 1.11))
+
+    def requests():
+        for i in range(lines):
+            yield {
+                "custom_id": f"req-{i:06d}",
+                "body": {
+                    "model": MODEL,
+                    "max_tokens": 256,
+                    "messages": [
+                        {"role": "system", "content": "You are terse."},
+                        {"role": "user", "content": _text(rng, text_size)},
+                    ],
+                },
+            }
+
+    print(f"generating {req} ...", file=sys.stderr)
+    write_requests(requests(), req, endpoint=ENDPOINT, max_lines=max(lines, 50_000), max_bytes=10**12)
+
+    # Output: 98% of requests succeeded, in shuffled order, ~1 KB each; the rest are in the
+    # error file, and a few ids appear in both (a retried request) to exercise the preference.
+    ids = [f"req-{i:06d}" for i in range(lines)]
+    rng.shuffle(ids)
+    cut = int(lines * 0.98)
+    with open(out, "w", encoding="utf-8") as f:
+        for k, cid in enumerate(ids[:cut]):
+            body = {
+                "id": f"chatcmpl-{k}",
+                "object": "chat.completion",
+                "model": MODEL,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": _text(rng, 800)}}],
+                "usage": {"prompt_tokens": 900, "completion_tokens": 200, "total_tokens": 1100},
+            }
+            line = {
+                "id": f"batch_req_{k}",
+                "custom_id": cid,
+                "response": {"status_code": 200, "request_id": f"req_{k}", "body": body},
+                "error": None,
+            }
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
+    with open(err, "w", encoding="utf-8") as f:
+        for k, cid in enumerate(ids[cut:] + ids[:10]):
+            line = {
+                "id": f"batch_req_e{k}",
+                "custom_id": cid,
+                "response": {
+                    "status_code": 429,
+                    "request_id": f"req_e{k}",
+                    "body": {"error": {"message": "Rate limit reached", "type": "rate_limit_exceeded"}},
+                },
+                "error": None,
+            }
+            f.write(json.dumps(line) + "\n")
+    return req, out, err
+
+
+# --- the measured operations (also run in child processes by name) ----------------------
+def bare_binary(req: str, out: str, err: str) -> int:
+    n = 0
+    with open(req, "rb") as f:
+        for line in f:
+            json.loads(line)
+            n += 1
+    return n
+
+
+def bare_text(req: str, out: str, err: str) -> int:
+    n = 0
+    with open(req, encoding="utf-8") as f:
+        for line in f:
+            json.loads(line)
+            n += 1
+    return n
+
+
+def validate(req: str, out: str, err: str) -> int:
+    # The size limit is the API's; a generated file of different size must still validate.
+    size = os.path.getsize(req)
+    return validate_file(req, endpoint=ENDPOINT, max_bytes=max(DEFAULT_MAX_BYTES, size), max_lines=10**9).lines
+
+
+def join(req: str, out: str, err: str) -> int:
+    n = 0
+    for _ in join_results(input_path=req, output_path=out, error_path=err):
+        n += 1
+    return n
+
+
+def baseline(req: str, out: str, err: str) -> int:
+    return 0
+
+
+OPS: dict[str, Callable[[str, str, str], int]] = {
+    "baseline": baseline,
+    "bare_binary": bare_binary,
+    "bare_text": bare_text,
+    "validate_file": validate,
+    "join_results": join,
+}
+
+
+def best_of(fn: Callable[[str, str, str], int], files: tuple[str, str, str], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn(*files)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def peak_rss_mb(op: str, files: tuple[Path, Path, Path]) -> float:
+    """Peak RSS (MB) of a fresh interpreter that imports batch_ops.jsonl and runs ``op`` once."""
+    code = (
+        "import resource, sys, runpy\n"
+        f"mod = runpy.run_path({str(Path(__file__).resolve())!r}, run_name='bench_child')\n"
+        f"mod['OPS'][{op!r}](*sys.argv[1:])\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *map(str, files)], check=True, capture_output=True, text=True)
+    kb = int(done.stdout.strip().splitlines()[-1])  # Linux reports kilobytes
+    return kb / 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=50_000)
+    parser.add_argument("--line-bytes", type=int, default=4_150, help="approximate bytes per request line")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parent / "data")
+    args = parser.parse_args(argv)
+
+    files = generate(args.data_dir, lines=args.lines, line_bytes=args.line_bytes)
+    req, out, err = (str(p) for p in files)
+    size = os.path.getsize(req)
+    print(
+        f"input: {req}: {args.lines:,} lines, {size / 2**20:.1f} MiB; "
+        f"output {os.path.getsize(out) / 2**20:.1f} MiB, errors {os.path.getsize(err) / 2**20:.1f} MiB",
+        file=sys.stderr,
+    )
+
+    rows: list[tuple[str, float, float]] = []
+    base_mb = peak_rss_mb("baseline", files)
+    for op in ("bare_binary", "bare_text", "validate_file", "join_results"):
+        seconds = best_of(OPS[op], (req, out, err), args.repeat)
+        rows.append((op, seconds, peak_rss_mb(op, files) - base_mb))
+
+    secs = {name: s for name, s, _ in rows}
+    mem = {name: m for name, _, m in rows}
+    # "The bare loop" can mean binary or text mode; judge against the faster of the two.
+    bare = min(secs["bare_binary"], secs["bare_text"])
+    ratio = secs["validate_file"] / bare
+    print(f"\n{args.lines:,} lines, {size / 2**20:.1f} MiB input (+ {os.path.getsize(out) / 2**20:.1f} MiB output); ")
+    print(f"best of {args.repeat}; baseline child (imports batch_ops.jsonl) peak RSS {base_mb:.1f} MB\n")
+    print("| operation | seconds | x fastest bare loop | MB/s | peak memory over baseline (MB) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, seconds, extra_mb in rows:
+        print(f"| {name} | {seconds:.3f} | {seconds / bare:.2f} | {size / 2**20 / seconds:.0f} | {extra_mb:.1f} |")
+    ok_time, ok_mem = ratio <= 2.0, mem["validate_file"] < 64
+    print(f"\nvalidate_file / bare loop = {ratio:.2f} (target <= 2.0): {'PASS' if ok_time else 'FAIL'}")
+    print(
+        f"validate_file peak memory over baseline = {mem['validate_file']:.1f} MB (target < 64): "
+        f"{'PASS' if ok_mem else 'FAIL'}"
+    )
+    return 0 if ok_time and ok_mem else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
