@@ -1,0 +1,413 @@
+"""Routes of the local Batch API server: Files, Batches, and the synchronous echo endpoints.
+
+Shapes, status codes and the error envelope ``{"error": {"message", "type", "param", "code"}}``
+follow the real API: 400 for an invalid body, 401 for a wrong key (only when the server has
+one), 404 for an unknown id. ``POST /v1/batches`` is checked by ``batch_ops.models.
+check_create_params``, the same function the client uses, so the two cannot disagree.
+
+The app is a Starlette subclass whose ``__call__`` runs the faults and the auth check *before*
+Starlette's own middleware: a dropped connection needs uvicorn's untouched ``send``.
+
+Example:
+    >>> import tempfile
+    >>> app = create_app(data_dir=tempfile.mkdtemp(), api_key="sk-local")
+    >>> sorted({r.path for r in app.routes if r.path.startswith("/v1/batches")})
+    ['/v1/batches', '/v1/batches/{batch_id}', '/v1/batches/{batch_id}/cancel']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
+
+from batch_ops.models import BATCH_ENDPOINTS, check_create_params
+from batch_ops.server.engines import EchoEngine, make_engine
+from batch_ops.server.faults import FaultPlan
+from batch_ops.server.options import ServerOptions
+from batch_ops.server.processor import Processor
+from batch_ops.server.store import Store, new_id
+
+__all__ = ["BatchOpsApp", "create_app", "error_response"]
+
+#: Purposes the Files API accepts on upload.
+UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+_DAY = 86400.0
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    type: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """An HTTP error in the OpenAI envelope."""
+    return JSONResponse(
+        {"error": {"message": message, "type": type, "param": param, "code": code}}, status_code=status, headers=headers
+    )
+
+
+class _BadRequest(Exception):
+    """Raised inside a route to answer 400 (or ``status``) with the API's envelope."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.message, self.param, self.code, self.status = message, param, code, status
+
+
+def _missing(param: str) -> _BadRequest:
+    return _BadRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise _BadRequest(
+            "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
+            "HTTP library correctly. The OpenAI API expects a JSON payload.)",
+            code="invalid_json",
+        ) from exc
+
+
+def _int_param(request: Request, name: str, *, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _BadRequest(
+            f"Invalid '{name}': expected an integer, got {raw!r}.", param=name, code="invalid_value"
+        ) from None
+    if not low <= value <= high:
+        raise _BadRequest(
+            f"Invalid '{name}': {value} is outside {low}..{high}.", param=name, code="integer_out_of_range"
+        )
+    return value
+
+
+def _save_upload(src: IO[bytes], dest: Path) -> int:
+    """Copy an upload to its final place atomically; return its size."""
+    part = dest.with_name(dest.name + ".part")
+    with part.open("wb") as out:
+        shutil.copyfileobj(src, out, 1024 * 1024)
+        out.flush()
+        os.fsync(out.fileno())
+        size = out.tell()
+    os.replace(part, dest)
+    return size
+
+
+class _Api:
+    """The route handlers, around one store and one processor."""
+
+    def __init__(self, *, options: ServerOptions, store: Store, processor: Processor) -> None:
+        self.options = options
+        self.store = store
+        self.processor = processor
+        self.echo = EchoEngine()
+
+    def routes(self) -> list[Route]:
+        routes = [
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/files", self.upload_file, methods=["POST"]),
+            Route("/v1/files", self.list_files, methods=["GET"]),
+            Route("/v1/files/{file_id}", self.retrieve_file, methods=["GET"]),
+            Route("/v1/files/{file_id}", self.delete_file, methods=["DELETE"]),
+            Route("/v1/files/{file_id}/content", self.file_content, methods=["GET"]),
+            Route("/v1/batches", self.create_batch, methods=["POST"]),
+            Route("/v1/batches", self.list_batches, methods=["GET"]),
+            Route("/v1/batches/{batch_id}", self.retrieve_batch, methods=["GET"]),
+            Route("/v1/batches/{batch_id}/cancel", self.cancel_batch, methods=["POST"]),
+        ]
+        routes += [Route(path, self.answer_now, methods=["POST"]) for path in BATCH_ENDPOINTS]
+        return routes
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "pid": os.getpid(), "engine": self.options.engine})
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": "batch-ops-echo", "object": "model", "created": 0, "owned_by": "batch_ops"}],
+            }
+        )
+
+    # ---- files -------------------------------------------------------------------------------
+
+    async def upload_file(self, request: Request) -> Response:
+        async with request.form(max_files=1, max_fields=16) as form:
+            upload, purpose = form.get("file"), form.get("purpose")
+            if not isinstance(upload, UploadFile):
+                raise _missing("file")
+            if not isinstance(purpose, str) or not purpose:
+                raise _missing("purpose")
+            if purpose not in UPLOAD_PURPOSES:
+                raise _BadRequest(
+                    f"'{purpose}' is not one of {list(UPLOAD_PURPOSES)} - 'purpose'",
+                    param="purpose",
+                    code="invalid_value",
+                )
+            filename = upload.filename or "upload"
+            if purpose == "batch" and not filename.endswith(".jsonl"):
+                raise _BadRequest(
+                    "Invalid file format for Batch API. Must be .jsonl", param="file", code="invalid_file_format"
+                )
+            file_id = new_id("file-")
+            size = await anyio.to_thread.run_sync(_save_upload, upload.file, self.store.file_path(file_id))
+        return JSONResponse(self.store.add_file(file_id=file_id, size=size, filename=filename, purpose=purpose))
+
+    async def list_files(self, request: Request) -> Response:
+        limit = _int_param(request, "limit", default=10_000, low=1, high=10_000)
+        order = request.query_params.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise _BadRequest(
+                f"Invalid 'order': {order!r} is not 'asc' or 'desc'.", param="order", code="invalid_value"
+            )
+        after = request.query_params.get("after")
+        page = self.store.list_files(purpose=request.query_params.get("purpose"), after=after, limit=limit, order=order)
+        if page is None:
+            raise _BadRequest(f"Invalid 'after': no file with id {after!r}.", param="after", code="invalid_value")
+        return JSONResponse(_page(*page))
+
+    def _file(self, file_id: str) -> dict[str, Any]:
+        found = self.store.get_file(file_id)
+        if found is None:
+            raise _BadRequest(f"No such File object: {file_id}", param="id", status=404)
+        return found
+
+    async def retrieve_file(self, request: Request) -> Response:
+        return JSONResponse(self._file(request.path_params["file_id"]))
+
+    async def delete_file(self, request: Request) -> Response:
+        file_id = request.path_params["file_id"]
+        if not self.store.delete_file(file_id):
+            raise _BadRequest(f"No such File object: {file_id}", param="id", status=404)
+        return JSONResponse({"id": file_id, "object": "file", "deleted": True})
+
+    async def file_content(self, request: Request) -> Response:
+        file_id = request.path_params["file_id"]
+        self._file(file_id)
+        path = self.store.file_path(file_id)
+        if not path.exists():
+            raise _BadRequest(f"No such File object: {file_id}", param="id", status=404)
+        # FileResponse streams in 64 KiB chunks: output files can be hundreds of MB.
+        return FileResponse(path, media_type="application/octet-stream")
+
+    # ---- batches -----------------------------------------------------------------------------
+
+    async def create_batch(self, request: Request) -> Response:
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            raise _BadRequest("The request body must be a JSON object.", code="invalid_value")
+        for param in ("input_file_id", "endpoint", "completion_window"):
+            if body.get(param) is None:
+                raise _missing(param)
+        input_file_id = body["input_file_id"]
+        if not isinstance(input_file_id, str) or not input_file_id:
+            raise _BadRequest(
+                "Invalid 'input_file_id': expected a file id string.", param="input_file_id", code="invalid_value"
+            )
+        problems = check_create_params(
+            endpoint=body["endpoint"],
+            completion_window=body["completion_window"],
+            metadata=body.get("metadata"),
+            output_expires_after=body.get("output_expires_after"),
+        )
+        if problems:
+            param = problems[0][0]
+            message = "; ".join(f"Invalid '{p}': {problem} ({fix})" for p, problem, fix in problems)
+            raise _BadRequest(message, param=param, code="invalid_value")
+        found = self.store.get_file(input_file_id)
+        if found is None:
+            raise _BadRequest(f"No such File object: {input_file_id}", param="input_file_id", status=404)
+        if found["purpose"] != "batch":
+            raise _BadRequest(
+                f"File {input_file_id} has purpose {found['purpose']!r}; a batch input file must be uploaded with "
+                "purpose 'batch'.",
+                param="input_file_id",
+                code="invalid_value",
+            )
+        batch = self.store.create_batch(
+            input_file_id=input_file_id,
+            endpoint=body["endpoint"],
+            completion_window=body["completion_window"],
+            window_seconds=self.options.expire_after or _DAY,
+            metadata=body.get("metadata"),
+            output_expires_after=body.get("output_expires_after"),
+        )
+        self.processor.wake()
+        return JSONResponse(batch)
+
+    async def list_batches(self, request: Request) -> Response:
+        limit = _int_param(request, "limit", default=20, low=1, high=100)
+        after = request.query_params.get("after")
+        page = self.store.list_batches(after=after, limit=limit)
+        if page is None:
+            raise _BadRequest(f"Invalid 'after': no batch with id {after!r}.", param="after", code="invalid_value")
+        return JSONResponse(_page(*page))
+
+    async def retrieve_batch(self, request: Request) -> Response:
+        batch_id = request.path_params["batch_id"]
+        found = self.store.get_batch(batch_id)
+        if found is None:
+            raise _BadRequest(f"No batch found with id '{batch_id}'.", param="batch_id", status=404)
+        return JSONResponse(found)
+
+    async def cancel_batch(self, request: Request) -> Response:
+        batch_id = request.path_params["batch_id"]
+        batch, refusal = self.store.request_cancel(batch_id)
+        if batch is None:
+            raise _BadRequest(f"No batch found with id '{batch_id}'.", param="batch_id", status=404)
+        if refusal is not None:
+            raise _BadRequest(refusal, param="batch_id", code="invalid_state")
+        self.processor.wake()
+        return JSONResponse(batch)
+
+    # ---- synchronous echo (one local server can be another's upstream) ------------------------
+
+    async def answer_now(self, request: Request) -> Response:
+        body = await _json_body(request)
+        if isinstance(body, dict) and body.get("stream"):
+            raise _BadRequest(
+                "stream=true is not supported by the local echo server.", param="stream", code="unsupported_value"
+            )
+        reply = self.echo.respond(request.url.path, body)
+        return JSONResponse(reply.body, status_code=reply.status_code or 500)
+
+
+def _page(rows: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": rows,
+        "first_id": rows[0]["id"] if rows else None,
+        "last_id": rows[-1]["id"] if rows else None,
+        "has_more": has_more,
+    }
+
+
+async def _bad_request(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, _BadRequest)
+    return error_response(exc.status, exc.message, param=exc.param, code=exc.code)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"Invalid URL ({request.method} {request.url.path})"
+    else:
+        message = str(exc.detail)
+    return error_response(
+        exc.status_code,
+        message,
+        code="unknown_url" if exc.status_code == 404 else None,
+        headers=dict(exc.headers or {}),
+    )
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    return error_response(500, f"The local server failed: {type(exc).__name__}", type="server_error")
+
+
+class BatchOpsApp(Starlette):
+    """Starlette, with faults, auth and ``x-request-id`` applied outermost on ``/v1`` routes.
+
+    Example:
+        >>> import tempfile
+        >>> isinstance(create_app(data_dir=tempfile.mkdtemp()), Starlette)
+        True
+    """
+
+    def __init__(self, *, options: ServerOptions) -> None:
+        self.options = options
+        self.store = Store(options.data_path)
+        self.processor = Processor(store=self.store, engine=make_engine(options), options=options)
+        self.faults = FaultPlan.from_options(options)
+        self._key = options.api_key.encode() if options.api_key else None
+        api = _Api(options=options, store=self.store, processor=self.processor)
+        super().__init__(
+            routes=api.routes(),
+            lifespan=self._lifespan,
+            exception_handlers={_BadRequest: _bad_request, HTTPException: _http_error, Exception: _server_error},
+        )
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.processor.start()
+        try:
+            yield
+        finally:
+            await self.processor.stop()
+            self.store.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            if self.faults.active and await self.faults.apply(send):
+                return
+            request_id = ("req_" + os.urandom(16).hex()).encode()
+            denied = self._denied(scope)
+            send = _with_header(send, b"x-request-id", request_id)
+            if denied is not None:
+                await denied(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+    def _denied(self, scope: Scope) -> Response | None:
+        """A 401 when the server has a key and the call does not carry it; None when allowed."""
+        if self._key is None:
+            return None
+        headers = dict(scope["headers"])
+        given = headers.get(b"api-key")  # Azure style
+        auth = headers.get(b"authorization", b"")
+        if given is None and auth[:7].lower() == b"bearer ":
+            given = auth[7:].strip()
+        if given is None:
+            return error_response(
+                401,
+                "You didn't provide an API key. You need to provide your API key in an Authorization header using "
+                "Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            )
+        if not hmac.compare_digest(given, self._key):
+            # Never echo the key back: it would end up in client logs and exceptions.
+            return error_response(401, "Incorrect API key provided.", code="invalid_api_key")
+        return None
+
+
+def _with_header(send: Send, name: bytes, value: bytes) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), (name, value)]}
+        await send(message)
+
+    return wrapped
+
+
+def create_app(*, options: ServerOptions | None = None, **overrides: Any) -> BatchOpsApp:
+    """The server as an ASGI app: ``create_app(data_dir=..., engine="echo", http_429=0.1, ...)``.
+
+    Takes a ``ServerOptions`` and/or its fields as keywords. Background processing starts with the
+    app's lifespan, so run it under an ASGI server that runs lifespans (uvicorn does).
+    """
+    base = options or ServerOptions()
+    return BatchOpsApp(options=base.replace(**overrides) if overrides else base)

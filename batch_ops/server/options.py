@@ -1,0 +1,226 @@
+"""Options of the local Batch API server, shared by the CLI, ``create_app`` and ``serve_in_background``.
+
+One frozen dataclass is the single list of knobs: the argparse parser is built from it, and
+``to_argv()`` turns it back into flags so ``serve_in_background(**options)`` can start the same
+server in a subprocess. Secrets (``api_key``, ``upstream_api_key``) never travel on the command
+line, where ``ps`` would show them: they go through environment variables instead.
+
+Example:
+    >>> opts = ServerOptions(port=9000, http_429=0.25, seed=7, api_key="sk-local")
+    >>> opts.to_argv()
+    ['--host', '127.0.0.1', '--port', '9000', '--data-dir', '.batch_ops', '--http-429', '0.25', '--seed', '7']
+    >>> sorted(opts.to_env())
+    ['BATCH_OPS_SERVER_API_KEY']
+    >>> "sk-local" in repr(opts)
+    False
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["API_KEY_ENV", "ENGINES", "UPSTREAM_API_KEY_ENV", "ServerOptions", "build_parser"]
+
+ENGINES: tuple[str, ...] = ("echo", "replay", "upstream")
+#: Environment variables that carry the secrets to the server process.
+API_KEY_ENV = "BATCH_OPS_SERVER_API_KEY"
+UPSTREAM_API_KEY_ENV = "BATCH_OPS_UPSTREAM_API_KEY"
+
+_RATES = ("http_429", "http_500", "drop", "fail_requests")
+_SECRETS = {"api_key": API_KEY_ENV, "upstream_api_key": UPSTREAM_API_KEY_ENV}
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Everything the local server can be told: where it listens, how it answers, which faults it injects.
+
+    Attributes:
+        host / port: where uvicorn listens (loopback by default: the server has no TLS).
+        data_dir: SQLite database and file contents live here; reuse it to resume after a crash.
+        engine: ``echo`` (deterministic answers), ``replay`` (answers from recorded output files)
+            or ``upstream`` (forwards to an OpenAI-compatible server at ``upstream_url``).
+        replay_files: recorded output/error files for the replay engine.
+        upstream_url / upstream_api_key / upstream_model / upstream_timeout / upstream_retries:
+            the upstream engine's target; ``upstream_model`` replaces each request's ``model``.
+        concurrency: batch requests in flight at once (shared by all batches).
+        api_key: when set, every /v1 call must carry it as a bearer token (or Azure ``api-key``).
+        latency: seconds added before every /v1 HTTP response.
+        request_latency: seconds each batch request takes to process.
+        http_429 / http_500 / drop: share (0..1) of /v1 calls answered 429, 500 or dropped
+            without any response.
+        retry_after: seconds advertised by 429 answers (``Retry-After`` rounded up, ``retry-after-ms`` exact).
+        fail_requests: share of batch requests written to the error file as a retryable ``server_error``.
+        token_limit_failures: the first N batches created in this data dir fail with ``token_limit_exceeded``.
+        expire_after: completion window in seconds instead of 24 h (the batch then ends ``expired``).
+        cancel_delay: seconds a cancelled batch stays ``cancelling``.
+        seed: makes the fault choices and the output order repeatable.
+        access_log / log_level: uvicorn logging.
+
+    Example:
+        >>> ServerOptions(engine="upstream")
+        Traceback (most recent call last):
+        ...
+        ValueError: engine 'upstream' needs upstream_url (e.g. http://127.0.0.1:8000/v1)
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    data_dir: str | Path = ".batch_ops"
+    engine: Literal["echo", "replay", "upstream"] = "echo"
+    replay_files: tuple[str, ...] = ()
+    upstream_url: str | None = None
+    upstream_api_key: str | None = field(default=None, repr=False)
+    upstream_model: str | None = None
+    upstream_timeout: float = 600.0
+    upstream_retries: int = 3
+    concurrency: int = 16
+    api_key: str | None = field(default=None, repr=False)
+    latency: float = 0.0
+    request_latency: float = 0.0
+    http_429: float = 0.0
+    http_500: float = 0.0
+    drop: float = 0.0
+    retry_after: float = 0.2
+    fail_requests: float = 0.0
+    token_limit_failures: int = 0
+    expire_after: float | None = None
+    cancel_delay: float = 0.2
+    seed: int | None = None
+    access_log: bool = False
+    log_level: str = "warning"
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
+        if self.engine == "upstream" and not self.upstream_url:
+            raise ValueError("engine 'upstream' needs upstream_url (e.g. http://127.0.0.1:8000/v1)")
+        if self.engine == "replay" and not self.replay_files:
+            raise ValueError("engine 'replay' needs replay_files (a recorded output file, optionally its error file)")
+        if isinstance(self.replay_files, (str, Path)):
+            object.__setattr__(self, "replay_files", (str(self.replay_files),))
+        else:
+            object.__setattr__(self, "replay_files", tuple(str(p) for p in self.replay_files))
+        for name in _RATES:
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}={value!r} must be a share between 0 and 1")
+        if self.http_429 + self.http_500 + self.drop > 1.0:
+            raise ValueError("http_429 + http_500 + drop must not exceed 1 (they share one draw per call)")
+        for name in ("latency", "request_latency", "retry_after", "cancel_delay", "upstream_timeout"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.expire_after is not None and self.expire_after <= 0:
+            raise ValueError("expire_after must be positive seconds")
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if self.token_limit_failures < 0 or self.upstream_retries < 0:
+            raise ValueError("token_limit_failures and upstream_retries must not be negative")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} is outside 0..65535")
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    def replace(self, **changes: Any) -> ServerOptions:
+        """A copy with some options changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_argv(self) -> list[str]:
+        """Command-line flags reproducing these options, secrets excluded (see ``to_env``)."""
+        argv = ["--host", self.host, "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        defaults = ServerOptions()
+        for f in dataclasses.fields(self):
+            if f.name in ("host", "port", "data_dir") or f.name in _SECRETS:
+                continue
+            value = getattr(self, f.name)
+            if value == getattr(defaults, f.name):
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            if f.name == "replay_files":
+                for path in value:
+                    argv += ["--replay-file", path]
+            elif isinstance(value, bool):
+                argv.append(flag if value else "--no-" + flag[2:])
+            else:
+                argv += [flag, str(value)]
+        return argv
+
+    def to_env(self) -> dict[str, str]:
+        """Environment variables carrying the secrets to a server process."""
+        return {env: getattr(self, name) for name, env in _SECRETS.items() if getattr(self, name)}
+
+    @classmethod
+    def from_argv(cls, argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None = None) -> ServerOptions:
+        """Parse command-line flags; secrets missing from the flags are read from the environment."""
+        ns = build_parser().parse_args(argv)
+        env = os.environ if environ is None else environ
+        values = {k: v for k, v in vars(ns).items() if v is not None}
+        if "replay_files" in values:
+            values["replay_files"] = tuple(values["replay_files"])
+        for name, var in _SECRETS.items():
+            if name not in values and env.get(var):
+                values[name] = env[var]
+        return cls(**values)
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a share between 0 and 1")
+    return value
+
+
+def build_parser(prog: str = "batch-ops serve") -> argparse.ArgumentParser:
+    """The argparse parser of ``batch-ops serve`` / ``python -m batch_ops.server``.
+
+    Every flag defaults to ``None`` so that only the flags given override ``ServerOptions``.
+    """
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Local OpenAI-compatible Batch API server (files + batches, SQLite + files on disk).",
+        argument_default=None,
+    )
+    net = p.add_argument_group("network")
+    net.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    net.add_argument("--port", type=int, help="port to bind (default 8765; 0 picks a free one)")
+    net.add_argument("--data-dir", help="SQLite database and file contents (default .batch_ops)")
+    net.add_argument(
+        "--api-key",
+        help=f"require this bearer token on /v1 (or set {API_KEY_ENV}; prefer the variable: flags show in ps)",
+    )
+    eng = p.add_argument_group("engine")
+    eng.add_argument("--engine", choices=ENGINES, help="how batch requests are answered (default echo)")
+    eng.add_argument(
+        "--replay-file", dest="replay_files", action="append", help="recorded output/error file (replay; repeatable)"
+    )
+    eng.add_argument("--upstream-url", help="OpenAI-compatible base URL for the upstream engine, e.g. .../v1")
+    eng.add_argument("--upstream-api-key", help=f"bearer token for the upstream (or set {UPSTREAM_API_KEY_ENV})")
+    eng.add_argument("--upstream-model", help="replace every request's model with this one upstream")
+    eng.add_argument("--upstream-timeout", type=float, help="seconds per upstream request (default 600)")
+    eng.add_argument("--upstream-retries", type=int, help="retries of a 429/5xx/network failure upstream (default 3)")
+    eng.add_argument("--concurrency", type=int, help="batch requests in flight at once (default 16)")
+    flt = p.add_argument_group("faults (RATE is a share 0..1)")
+    flt.add_argument("--latency", type=float, metavar="S", help="delay every /v1 HTTP response by S seconds")
+    flt.add_argument("--request-latency", type=float, metavar="S", help="processing time of each batch request")
+    flt.add_argument("--http-429", type=_share, metavar="RATE", help="answer this share of /v1 calls with 429")
+    flt.add_argument("--http-500", type=_share, metavar="RATE", help="answer this share of /v1 calls with 500")
+    flt.add_argument("--drop", type=_share, metavar="RATE", help="close this share of connections without a response")
+    flt.add_argument("--retry-after", type=float, metavar="S", help="delay advertised by 429 answers (default 0.2)")
+    flt.add_argument(
+        "--fail-requests", type=_share, metavar="RATE", help="share of batch requests failed with server_error"
+    )
+    flt.add_argument("--token-limit-failures", type=int, metavar="N", help="first N batches fail token_limit_exceeded")
+    flt.add_argument("--expire-after", type=float, metavar="S", help="completion window of S seconds instead of 24h")
+    flt.add_argument("--cancel-delay", type=float, metavar="S", help="how long a batch stays cancelling (default 0.2)")
+    flt.add_argument("--seed", type=int, help="make fault choices and output order repeatable")
+    log = p.add_argument_group("logging")
+    log.add_argument("--access-log", action=argparse.BooleanOptionalAction, help="log every request (default off)")
+    log.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), help="default warning")
+    return p

@@ -1,0 +1,486 @@
+"""The background worker that moves batches through their lifecycle.
+
+``validating`` (the shared ``batch_ops.jsonl.check_file`` rules) → ``failed`` with ``errors`` or
+``in_progress`` → chunks of requests answered by the engine, the partial output and error files
+fsynced and the checkpoint committed after each chunk → ``finalizing`` → ``completed``.
+``cancelling`` → ``cancelled`` and deadline → ``expired`` keep the finished work and write one
+``batch_cancelled`` / ``batch_expired`` line per request not run, so no request is ever dropped.
+
+Durability: the partial files live at their final ``files/<file id>`` path but are only published
+(a ``files`` row) when the batch ends. A restarted server truncates them to the last checkpoint
+and carries on from the checkpoint's input offset, so a ``kill -9`` loses and repeats nothing.
+Every random choice (which requests fail, the order within a chunk) is derived from the seed, the
+batch id and the request index, so a resumed run makes the same choices.
+
+Example:
+    >>> chance(7, "batch_1", 0) == chance(7, "batch_1", 0), 0 <= chance(7, "batch_1", 1) < 1
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from typing import IO, Any
+
+from batch_ops.jsonl import check_file
+from batch_ops.server.engines import Engine, Reply, api_error_body, usage_of
+from batch_ops.server.options import ServerOptions
+from batch_ops.server.store import BatchRow, Store, new_id
+
+__all__ = ["FAST_CHUNK", "Processor", "chance"]
+
+log = logging.getLogger(__name__)
+
+#: Requests per chunk when the engine answers without I/O (one worker-thread call per chunk).
+FAST_CHUNK = 2000
+_BOM = b"\xef\xbb\xbf"
+_CANCELLED_MESSAGE = "This request was not executed because the batch was cancelled."
+_EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
+
+
+def chance(seed: int, batch_id: str, index: int) -> float:
+    """A uniform number in [0, 1) fixed by (seed, batch, request index): repeatable across restarts."""
+    digest = hashlib.blake2b(f"{seed}:{batch_id}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def _server_error_reply() -> Reply:
+    return Reply(
+        500,
+        api_error_body(
+            "The server had an error processing your request (injected by --fail-requests). Retry the request.",
+            type="server_error",
+            code="server_error",
+        ),
+    )
+
+
+def _result_line(custom_id: Any, reply: Reply) -> str:
+    response = None
+    if reply.status_code is not None:
+        response = {"status_code": reply.status_code, "request_id": "req_" + os.urandom(16).hex(), "body": reply.body}
+    return (
+        json.dumps(
+            {
+                "id": "batch_req_" + os.urandom(16).hex(),
+                "custom_id": custom_id,
+                "response": response,
+                "error": reply.error,
+            }
+        )
+        + "\n"
+    )
+
+
+class _Run:
+    """One batch being processed: input positioned at the checkpoint, partial files truncated to it."""
+
+    def __init__(self, store: Store, row: BatchRow) -> None:
+        assert row.out_id is not None and row.err_id is not None
+        self.id = row.id
+        self.deadline = row.deadline
+        self.out_id, self.err_id = row.out_id, row.err_id
+        self.total = row.total
+        self.next_index, self.next_offset = row.next_index, row.next_offset
+        self.out_bytes, self.err_bytes = row.out_bytes, row.err_bytes
+        self.completed, self.failed = row.completed, row.failed
+        self.usage = list(row.usage)
+        self._files: list[IO[bytes]] = []
+        self.input = self._open(store.file_path(row.input_file_id), "rb")
+        self.input.seek(self.next_offset)
+        self.out = self._partial(store, row.out_id, row.out_bytes)
+        self.err = self._partial(store, row.err_id, row.err_bytes)
+
+    def _open(self, path: os.PathLike[str], mode: str) -> IO[bytes]:
+        fh = open(path, mode)
+        self._files.append(fh)
+        return fh
+
+    def _partial(self, store: Store, file_id: str, size: int) -> IO[bytes]:
+        path = store.file_path(file_id)
+        fh = self._open(path, "r+b" if path.exists() else "w+b")
+        fh.truncate(size)  # drop whatever was written after the last checkpoint
+        fh.seek(size)
+        return fh
+
+    @property
+    def done(self) -> bool:
+        return self.next_index >= self.total
+
+    def read(self, limit: int) -> list[tuple[int, bytes]]:
+        """The next ``limit`` request lines with their indexes; advances the read position only."""
+        lines: list[tuple[int, bytes]] = []
+        index = self.next_index
+        while len(lines) < limit:
+            raw = self.input.readline()
+            if not raw:
+                break
+            lines.append((index, raw))
+            index += 1
+        return lines
+
+    def close(self) -> None:
+        for fh in self._files:
+            with contextlib.suppress(OSError):
+                fh.close()
+
+
+class Processor:
+    """Runs every active batch as its own task; resumes them all when the server starts.
+
+    Example:
+        >>> import tempfile
+        >>> from batch_ops.server.engines import EchoEngine
+        >>> p = Processor(store=Store(tempfile.mkdtemp()), engine=EchoEngine(), options=ServerOptions())
+        >>> p.running
+        []
+    """
+
+    def __init__(self, *, store: Store, engine: Engine, options: ServerOptions) -> None:
+        self.store = store
+        self.engine = engine
+        self.options = options
+        self.seed = options.seed if options.seed is not None else random.getrandbits(63)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._supervisor: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._slots: asyncio.Semaphore | None = None
+
+    @property
+    def running(self) -> list[str]:
+        return sorted(self._tasks)
+
+    async def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.options.concurrency)
+        self._supervisor = asyncio.create_task(self._supervise(), name="batch-supervisor")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._supervisor, *self._tasks.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.engine.aclose()
+
+    def wake(self) -> None:
+        """Look for new work now (a batch was created or cancelled)."""
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _supervise(self) -> None:
+        assert self._wake is not None
+        while True:
+            for batch_id in self.store.active_batch_ids():
+                if batch_id not in self._tasks:
+                    task = asyncio.create_task(self._guarded(batch_id), name=f"batch-{batch_id}")
+                    self._tasks[batch_id] = task
+                    task.add_done_callback(self._forget)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            self._wake.clear()
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks = {b: t for b, t in self._tasks.items() if t is not task}
+
+    async def _guarded(self, batch_id: str) -> None:
+        try:
+            await self._run(batch_id)
+        except Exception as exc:
+            # A bug or a vanished file must not leave a batch active for ever: fail it, visibly.
+            log.exception("batch %s failed inside the server", batch_id)
+            self.store.transition(
+                batch_id,
+                expect=("validating", "in_progress", "finalizing", "cancelling"),
+                status="failed",
+                fields={
+                    "failed_at": int(time.time()),
+                    "errors": {
+                        "object": "list",
+                        "data": [
+                            {
+                                "code": "server_error",
+                                "line": None,
+                                "param": None,
+                                "message": f"The local server could not process the batch: {type(exc).__name__}: {exc}",
+                            }
+                        ],
+                    },
+                },
+            )
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def _run(self, batch_id: str) -> None:
+        row = self.store.load(batch_id)
+        if row.status == "validating" and not await self._validate(row):
+            return
+        while True:
+            run = _Run(self.store, self.store.load(batch_id))
+            try:
+                if await self._drive(run):
+                    return
+            finally:
+                run.close()
+
+    async def _drive(self, run: _Run) -> bool:
+        """Process until the batch ends; False when a status race means: reload and go again."""
+        while True:
+            status = self.store.status(run.id)
+            if status == "cancelling":
+                return await self._end(run, "cancelled", "batch_cancelled", _CANCELLED_MESSAGE)
+            if status == "finalizing":
+                return await self._publish(run, expect="finalizing", status="completed", stamp="completed_at")
+            if status != "in_progress":
+                return True
+            if time.time() >= run.deadline:
+                return await self._end(run, "expired", "batch_expired", _EXPIRED_MESSAGE)
+            if run.done:
+                self.store.transition(
+                    run.id, expect=("in_progress",), status="finalizing", fields={"finalizing_at": int(time.time())}
+                )
+                continue  # a cancel may have won the race: read the status again
+            if self.engine.has_fast_path and not self.options.request_latency:
+                await asyncio.to_thread(self._fast_chunk, run)
+            else:
+                await self._async_chunk(run)
+
+    async def _validate(self, row: BatchRow) -> bool:
+        """Check the input file; True when the batch moved on (``in_progress`` or ``cancelling``)."""
+        path = self.store.file_path(row.input_file_id)
+        try:
+            report, problems = await asyncio.to_thread(check_file, path, endpoint=row.endpoint)
+        except OSError as exc:
+            self._fail(
+                row.id,
+                [
+                    {
+                        "code": "file_not_found",
+                        "line": None,
+                        "param": "input_file_id",
+                        "message": f"The input file {row.input_file_id} could not be read: {exc.strerror}.",
+                    }
+                ],
+            )
+            return False
+        if problems:
+            errors = [{"code": p.rule, "line": p.line, "param": p.param, "message": p.message} for p in problems]
+            self._fail(row.id, errors)
+            return False
+        limit = self.options.token_limit_failures
+        if limit and self.store.take_token_limit_failure(limit):
+            model = report.model or "the model"
+            self._fail(
+                row.id,
+                [
+                    {
+                        "code": "token_limit_exceeded",
+                        "line": None,
+                        "param": None,
+                        "message": f"Enqueued token limit reached for {model} in organization org-local. "
+                        "Limit: 90,000 enqueued tokens. Please try again once some in_progress batches "
+                        "have been completed.",
+                    }
+                ],
+            )
+            return False
+        columns = {"total": report.lines, "out_id": new_id("file-"), "err_id": new_id("file-")}
+        fields = {"in_progress_at": int(time.time()), "model": report.model}
+        if self.store.transition(row.id, expect=("validating",), status="in_progress", fields=fields, columns=columns):
+            return True
+        # Cancelled while validating: keep the status, but record what the cancel must account for.
+        return self.store.transition(row.id, expect=("cancelling",), status="cancelling", columns=columns)
+
+    def _fail(self, batch_id: str, errors: list[dict[str, Any]]) -> None:
+        self.store.transition(
+            batch_id,
+            expect=("validating", "cancelling"),
+            status="failed",
+            fields={"failed_at": int(time.time()), "errors": {"object": "list", "data": errors}},
+        )
+
+    async def _end(self, run: _Run, status: str, code: str, message: str) -> bool:
+        """Cancel or expire: keep what finished, one error line per request not run, then publish."""
+        if status == "cancelled":
+            requested = self.store.load(run.id).cancel_requested_at or time.time()
+            # Real cancels take a while; keep ``cancelling`` observable for at least one poll.
+            await asyncio.sleep(max(0.0, requested + self.options.cancel_delay - time.time()))
+        await asyncio.to_thread(self._drain, run, code, message)
+        expect = "cancelling" if status == "cancelled" else "in_progress"
+        return await self._publish(run, expect=expect, status=status, stamp=f"{status}_at")
+
+    async def _publish(self, run: _Run, *, expect: str, status: str, stamp: str) -> bool:
+        """End the batch: publish the files that hold lines and set the final status, atomically."""
+        now = int(time.time())
+        row = self.store.load(run.id)
+        expires_at = None
+        oea = row.obj.get("output_expires_after")
+        if isinstance(oea, dict) and isinstance(oea.get("seconds"), int):
+            expires_at = int(row.obj["created_at"]) + oea["seconds"]
+        files = []
+        fields: dict[str, Any] = {stamp: now, "output_file_id": None, "error_file_id": None}
+        for file_id, size, kind, field in (
+            (run.out_id, run.out_bytes, "output", "output_file_id"),
+            (run.err_id, run.err_bytes, "error", "error_file_id"),
+        ):
+            if size:
+                fields[field] = file_id
+                files.append(
+                    {
+                        "id": file_id,
+                        "bytes": size,
+                        "created_at": now,
+                        "filename": f"{run.id}_{kind}.jsonl",
+                        "purpose": "batch_output",
+                        "expires_at": expires_at,
+                    }
+                )
+        columns = {
+            "next_index": run.next_index,
+            "next_offset": run.next_offset,
+            "out_bytes": run.out_bytes,
+            "err_bytes": run.err_bytes,
+            "completed": run.completed,
+            "failed": run.failed,
+            "usage": run.usage,
+        }
+        if not self.store.transition(
+            run.id, expect=(expect,), status=status, fields=fields, columns=columns, add_files=tuple(files)
+        ):
+            return False  # the status changed under us (a cancel raced an expiry): start over
+        for file_id, size in ((run.out_id, run.out_bytes), (run.err_id, run.err_bytes)):
+            if not size:
+                self.store.file_path(file_id).unlink(missing_ok=True)
+        return True
+
+    # ---- chunks ------------------------------------------------------------------------------
+
+    def _prepare(self, run: _Run, index: int, raw: bytes) -> tuple[Any, dict[str, Any] | None, Reply | None]:
+        """Parse one request line; decide up front when a fault fails it (no engine call then)."""
+        if index == 0 and raw.startswith(_BOM):
+            raw = raw[3:]
+        try:
+            request = json.loads(raw)
+        except ValueError:
+            request = None
+        if not isinstance(request, dict):  # validation passed, so only a changed file gets here
+            return None, None, Reply(400, api_error_body("The request line is not a JSON object.", code="invalid_json"))
+        custom_id = request.get("custom_id")
+        rate = self.options.fail_requests
+        if rate and chance(self.seed, run.id, index) < rate:
+            return custom_id, None, _server_error_reply()
+        return custom_id, request, None
+
+    def _fast_chunk(self, run: _Run) -> None:
+        """Read, answer and write one chunk in this (worker) thread: no I/O in the engine."""
+        lines = run.read(FAST_CHUNK)
+        answer = self.engine.answer_now
+        results = []
+        for index, raw in lines:
+            custom_id, request, reply = self._prepare(run, index, raw)
+            if reply is None:
+                assert request is not None
+                reply = answer(request) or Reply(500, api_error_body("engine gave no answer", type="server_error"))
+            results.append((custom_id, reply))
+        self._commit(run, lines, results)
+
+    async def _async_chunk(self, run: _Run) -> None:
+        """One chunk of requests answered concurrently (upstream engine, or simulated request latency)."""
+        assert self._slots is not None
+        slots, latency = self._slots, self.options.request_latency
+        lines = await asyncio.to_thread(run.read, 2 * self.options.concurrency)
+
+        async def one(index: int, raw: bytes) -> tuple[Any, Reply]:
+            custom_id, request, reply = self._prepare(run, index, raw)
+            if reply is not None:
+                return custom_id, reply
+            assert request is not None
+            async with slots:
+                if latency:
+                    await asyncio.sleep(latency)
+                return custom_id, self.engine.answer_now(request) or await self.engine.answer(request)
+
+        results = await asyncio.gather(*(one(i, raw) for i, raw in lines))
+        await asyncio.to_thread(self._commit, run, lines, results)
+
+    def _commit(self, run: _Run, lines: list[tuple[int, bytes]], results: list[tuple[Any, Reply]]) -> None:
+        """Append a chunk's lines (shuffled: output order is not input order), fsync, checkpoint."""
+        if not lines:
+            return
+        out: list[str] = []
+        err: list[str] = []
+        usage = run.usage
+        for custom_id, reply in results:
+            if reply.ok:
+                run.completed += 1
+                out.append(_result_line(custom_id, reply))
+            else:
+                run.failed += 1
+                err.append(_result_line(custom_id, reply))
+            found = usage_of(reply.body) if reply.status_code is not None else None
+            if found is not None:
+                for k in range(5):
+                    usage[k] += found[k]
+        start = lines[0][0]
+        rng = random.Random(f"{self.seed}:{run.id}:{start}")
+        rng.shuffle(out)
+        rng.shuffle(err)
+        run.out_bytes += _append(run.out, out)
+        run.err_bytes += _append(run.err, err)
+        run.next_index = lines[-1][0] + 1
+        run.next_offset += sum(len(raw) for _, raw in lines)
+        self._checkpoint(run)
+
+    def _drain(self, run: _Run, code: str, message: str) -> None:
+        """Write an error line for every request not run yet (the batch was cancelled or expired)."""
+        error = {"code": code, "message": message}
+        while True:
+            lines = run.read(FAST_CHUNK)
+            if not lines:
+                break
+            err = []
+            for index, raw in lines:
+                err.append(_result_line(_custom_id(index, raw), Reply(None, None, error)))
+            run.failed += len(err)
+            run.err_bytes += _append(run.err, err)
+            run.next_index = lines[-1][0] + 1
+            run.next_offset += sum(len(raw) for _, raw in lines)
+
+    def _checkpoint(self, run: _Run) -> None:
+        self.store.checkpoint(
+            run.id,
+            next_index=run.next_index,
+            next_offset=run.next_offset,
+            out_bytes=run.out_bytes,
+            err_bytes=run.err_bytes,
+            completed=run.completed,
+            failed=run.failed,
+            usage=(run.usage[0], run.usage[1], run.usage[2], run.usage[3], run.usage[4]),
+        )
+
+
+def _custom_id(index: int, raw: bytes) -> Any:
+    if index == 0 and raw.startswith(_BOM):
+        raw = raw[3:]
+    try:
+        request = json.loads(raw)
+    except ValueError:
+        return None
+    return request.get("custom_id") if isinstance(request, dict) else None
+
+
+def _append(fh: IO[bytes], lines: list[str]) -> int:
+    """Append lines durably (flush + fsync before the checkpoint that counts them); bytes written."""
+    if not lines:
+        return 0
+    data = "".join(lines).encode()
+    fh.write(data)
+    fh.flush()
+    os.fsync(fh.fileno())
+    return len(data)

@@ -1,0 +1,457 @@
+"""Durable state of the local server: SQLite (WAL) for files and batches, contents under ``data_dir/files``.
+
+A batch row keeps the public object (``obj`` JSON) next to its processing checkpoint: the next
+input line and byte offset, the sizes of the partial output and error files, the counts and the
+usage. The processor writes the checkpoint only after the partial files are fsynced, so after a
+crash (even ``kill -9``) it truncates them to the checkpoint and carries on: no line is lost or
+written twice.
+
+Every method takes one lock and runs one short statement or transaction, so the event loop may
+call them directly and the processor's worker threads may too.
+
+Example:
+    >>> import tempfile
+    >>> store = Store(tempfile.mkdtemp())
+    >>> f = store.add_file(file_id="file-1", size=10, filename="in.jsonl", purpose="batch")
+    >>> b = store.create_batch(input_file_id=f["id"], endpoint="/v1/embeddings", window_seconds=86400.0)
+    >>> b["status"], b["request_counts"], store.active_batch_ids() == [b["id"]]
+    ('validating', {'total': 0, 'completed': 0, 'failed': 0}, True)
+    >>> store.close()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ACTIVE_STATUSES", "BatchRow", "Store", "Usage5", "new_id"]
+
+#: Statuses the processor still has work for (resumed after a restart).
+ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
+
+#: Usage as five counters: input, cached input, output, reasoning output, total.
+Usage5 = tuple[int, int, int, int, int]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    bytes INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    filename TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    expires_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS batches (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    obj TEXT NOT NULL,
+    deadline REAL NOT NULL,
+    cancel_requested_at REAL,
+    total INTEGER NOT NULL DEFAULT 0,
+    completed INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    usage TEXT NOT NULL DEFAULT '[0, 0, 0, 0, 0]',
+    next_index INTEGER NOT NULL DEFAULT 0,
+    next_offset INTEGER NOT NULL DEFAULT 0,
+    out_bytes INTEGER NOT NULL DEFAULT 0,
+    err_bytes INTEGER NOT NULL DEFAULT 0,
+    out_id TEXT,
+    err_id TEXT
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+_BATCH_FIELDS = (
+    "id",
+    "object",
+    "endpoint",
+    "model",
+    "errors",
+    "input_file_id",
+    "completion_window",
+    "status",
+    "output_file_id",
+    "error_file_id",
+    "created_at",
+    "in_progress_at",
+    "expires_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+    "request_counts",
+    "usage",
+    "metadata",
+)
+
+
+def new_id(prefix: str, nbytes: int = 12) -> str:
+    """A fresh random id such as ``file-3f2a…`` or ``batch_9c1e…``."""
+    return prefix + secrets.token_hex(nbytes)
+
+
+def usage_json(usage: Usage5) -> dict[str, Any]:
+    """The wire form of a batch ``usage``."""
+    inp, cached, out, reasoning, total = usage
+    return {
+        "input_tokens": inp,
+        "input_tokens_details": {"cached_tokens": cached},
+        "output_tokens": out,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": total,
+    }
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    """A batch as the processor sees it: status, public fields and checkpoint."""
+
+    id: str
+    status: str
+    obj: dict[str, Any]
+    deadline: float
+    cancel_requested_at: float | None
+    total: int
+    completed: int
+    failed: int
+    usage: Usage5
+    next_index: int
+    next_offset: int
+    out_bytes: int
+    err_bytes: int
+    out_id: str | None
+    err_id: str | None
+
+    @property
+    def endpoint(self) -> str:
+        return str(self.obj["endpoint"])
+
+    @property
+    def input_file_id(self) -> str:
+        return str(self.obj["input_file_id"])
+
+
+class Store:
+    """SQLite metadata plus file contents under ``data_dir``.
+
+    Example:
+        >>> import tempfile
+        >>> s = Store(tempfile.mkdtemp())
+        >>> s.get_batch("batch_missing") is None
+        True
+        >>> s.close()
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        self.root = Path(data_dir)
+        self.files_dir = self.root / "files"
+        self.work_dir = self.root / "work"
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.root / "state.sqlite3", check_same_thread=False, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        # WAL keeps readers (HTTP routes) from blocking on the processor's checkpoints; NORMAL
+        # sync survives a killed process (the OS still holds the pages), which is what we promise.
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        with self._lock, self._db:
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ---- files -------------------------------------------------------------------------------
+
+    def file_path(self, file_id: str) -> Path:
+        """Where a file's content lives (whether or not it exists yet)."""
+        return self.files_dir / file_id
+
+    def add_file(
+        self,
+        *,
+        file_id: str,
+        size: int,
+        filename: str,
+        purpose: str,
+        created_at: int | None = None,
+        expires_at: int | None = None,
+    ) -> dict[str, Any]:
+        """Record a file whose content is already at ``file_path(file_id)``."""
+        created = int(time.time()) if created_at is None else created_at
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR IGNORE INTO files (id, bytes, created_at, filename, purpose, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (file_id, size, created, filename, purpose, expires_at),
+            )
+        found = self.get_file(file_id)
+        assert found is not None
+        return found
+
+    def get_file(self, file_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()
+        return _file_json(row) if row is not None else None
+
+    def list_files(
+        self, *, purpose: str | None, after: str | None, limit: int, order: str
+    ) -> tuple[list[dict[str, Any]], bool] | None:
+        """One page of files; None when the ``after`` cursor names no file."""
+        desc = order == "desc"
+        where, args = [], []
+        with self._lock:
+            if after is not None:
+                cursor = self._db.execute("SELECT seq FROM files WHERE id = ?", (after,)).fetchone()
+                if cursor is None:
+                    return None
+                where.append("seq < ?" if desc else "seq > ?")
+                args.append(cursor["seq"])
+            if purpose is not None:
+                where.append("purpose = ?")
+                args.append(purpose)
+            sql = "SELECT * FROM files" + (" WHERE " + " AND ".join(where) if where else "")
+            sql += f" ORDER BY seq {'DESC' if desc else 'ASC'} LIMIT ?"
+            rows = self._db.execute(sql, (*args, limit + 1)).fetchall()
+        return [_file_json(r) for r in rows[:limit]], len(rows) > limit
+
+    def delete_file(self, file_id: str) -> bool:
+        with self._lock, self._db:
+            gone = self._db.execute("DELETE FROM files WHERE id = ?", (file_id,)).rowcount > 0
+        if gone:
+            # An open reader (a download, a running batch) keeps its handle: POSIX unlink semantics.
+            self.file_path(file_id).unlink(missing_ok=True)
+        return gone
+
+    # ---- batches: API side ---------------------------------------------------------------------
+
+    def create_batch(
+        self,
+        *,
+        input_file_id: str,
+        endpoint: str,
+        window_seconds: float,
+        completion_window: str = "24h",
+        metadata: dict[str, str] | None = None,
+        output_expires_after: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        now = time.time()
+        batch_id = new_id("batch_", 16)
+        obj: dict[str, Any] = {
+            "id": batch_id,
+            "object": "batch",
+            "endpoint": endpoint,
+            "model": None,
+            "errors": None,
+            "input_file_id": input_file_id,
+            "completion_window": completion_window,
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": int(now),
+            "in_progress_at": None,
+            "expires_at": int(now + window_seconds),
+            "finalizing_at": None,
+            "completed_at": None,
+            "failed_at": None,
+            "expired_at": None,
+            "cancelling_at": None,
+            "cancelled_at": None,
+            "metadata": metadata,
+        }
+        if output_expires_after is not None:
+            obj["output_expires_after"] = output_expires_after
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT INTO batches (id, status, obj, deadline) VALUES (?, 'validating', ?, ?)",
+                (batch_id, json.dumps(obj), now + window_seconds),
+            )
+        found = self.get_batch(batch_id)
+        assert found is not None
+        return found
+
+    def get_batch(self, batch_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM batches WHERE id = ?", (batch_id,)).fetchone()
+        return _batch_json(row) if row is not None else None
+
+    def list_batches(self, *, after: str | None, limit: int) -> tuple[list[dict[str, Any]], bool] | None:
+        """Newest first; None when the ``after`` cursor names no batch."""
+        with self._lock:
+            if after is not None:
+                cursor = self._db.execute("SELECT seq FROM batches WHERE id = ?", (after,)).fetchone()
+                if cursor is None:
+                    return None
+                rows = self._db.execute(
+                    "SELECT * FROM batches WHERE seq < ? ORDER BY seq DESC LIMIT ?", (cursor["seq"], limit + 1)
+                ).fetchall()
+            else:
+                rows = self._db.execute("SELECT * FROM batches ORDER BY seq DESC LIMIT ?", (limit + 1,)).fetchall()
+        return [_batch_json(r) for r in rows[:limit]], len(rows) > limit
+
+    def request_cancel(self, batch_id: str) -> tuple[dict[str, Any] | None, str | None]:
+        """Move a running batch to ``cancelling``; return (batch, None) or (batch|None, refusal)."""
+        with self._lock, self._db:
+            row = self._db.execute("SELECT * FROM batches WHERE id = ?", (batch_id,)).fetchone()
+            if row is None:
+                return None, None
+            status = row["status"]
+            if status in ("cancelling", "cancelled"):
+                return _batch_json(row), None  # cancelling twice is harmless: answer with the batch
+            if status not in ("validating", "in_progress"):
+                return _batch_json(row), f"Cannot cancel a batch with status '{status}'."
+            now = time.time()
+            obj = json.loads(row["obj"])
+            obj["cancelling_at"] = int(now)
+            self._db.execute(
+                "UPDATE batches SET status = 'cancelling', obj = ?, cancel_requested_at = ? WHERE id = ?",
+                (json.dumps(obj), now, batch_id),
+            )
+        return self.get_batch(batch_id), None
+
+    # ---- batches: processor side ---------------------------------------------------------------
+
+    def active_batch_ids(self) -> list[str]:
+        marks = ",".join("?" * len(ACTIVE_STATUSES))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id FROM batches WHERE status IN ({marks}) ORDER BY seq", ACTIVE_STATUSES
+            ).fetchall()
+        return [r["id"] for r in rows]
+
+    def load(self, batch_id: str) -> BatchRow:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM batches WHERE id = ?", (batch_id,)).fetchone()
+        if row is None:
+            raise KeyError(batch_id)
+        return BatchRow(
+            id=row["id"],
+            status=row["status"],
+            obj=json.loads(row["obj"]),
+            deadline=row["deadline"],
+            cancel_requested_at=row["cancel_requested_at"],
+            total=row["total"],
+            completed=row["completed"],
+            failed=row["failed"],
+            usage=tuple(json.loads(row["usage"])),  # type: ignore[arg-type]
+            next_index=row["next_index"],
+            next_offset=row["next_offset"],
+            out_bytes=row["out_bytes"],
+            err_bytes=row["err_bytes"],
+            out_id=row["out_id"],
+            err_id=row["err_id"],
+        )
+
+    def status(self, batch_id: str) -> str:
+        with self._lock:
+            row = self._db.execute("SELECT status FROM batches WHERE id = ?", (batch_id,)).fetchone()
+        return str(row["status"]) if row is not None else "missing"
+
+    def transition(
+        self,
+        batch_id: str,
+        *,
+        expect: tuple[str, ...],
+        status: str,
+        fields: dict[str, Any] | None = None,
+        columns: dict[str, Any] | None = None,
+        add_files: tuple[dict[str, Any], ...] = (),
+    ) -> bool:
+        """Compare-and-set the status: only from one of ``expect``, so a cancel that raced in wins.
+
+        ``fields`` update the public object, ``columns`` the checkpoint, ``add_files`` publishes
+        output files, all in the same transaction.
+        """
+        marks = ",".join("?" * len(expect))
+        with self._lock, self._db:
+            row = self._db.execute(
+                f"SELECT obj FROM batches WHERE id = ? AND status IN ({marks})", (batch_id, *expect)
+            ).fetchone()
+            if row is None:
+                return False
+            obj = json.loads(row["obj"])
+            obj.update(fields or {})
+            cols = dict(columns or {})
+            if "usage" in cols:
+                cols["usage"] = json.dumps(list(cols["usage"]))
+            sets = "".join(f", {name} = ?" for name in cols)
+            self._db.execute(
+                f"UPDATE batches SET status = ?, obj = ?{sets} WHERE id = ?",
+                (status, json.dumps(obj), *cols.values(), batch_id),
+            )
+            for f in add_files:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO files (id, bytes, created_at, filename, purpose, expires_at) "
+                    "VALUES (:id, :bytes, :created_at, :filename, :purpose, :expires_at)",
+                    f,
+                )
+        return True
+
+    def checkpoint(
+        self,
+        batch_id: str,
+        *,
+        next_index: int,
+        next_offset: int,
+        out_bytes: int,
+        err_bytes: int,
+        completed: int,
+        failed: int,
+        usage: Usage5,
+    ) -> None:
+        """Record progress; the partial files must already be fsynced up to these sizes."""
+        with self._lock, self._db:
+            self._db.execute(
+                "UPDATE batches SET next_index = ?, next_offset = ?, out_bytes = ?, err_bytes = ?, "
+                "completed = ?, failed = ?, usage = ? WHERE id = ?",
+                (next_index, next_offset, out_bytes, err_bytes, completed, failed, json.dumps(list(usage)), batch_id),
+            )
+
+    def take_token_limit_failure(self, limit: int) -> bool:
+        """True for each of the first ``limit`` calls over the life of this data dir."""
+        with self._lock, self._db:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'token_limit_failures'").fetchone()
+            used = row["value"] if row is not None else 0
+            if used >= limit:
+                return False
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES ('token_limit_failures', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (used + 1,),
+            )
+        return True
+
+
+def _file_json(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "object": "file",
+        "bytes": row["bytes"],
+        "created_at": row["created_at"],
+        "filename": row["filename"],
+        "purpose": row["purpose"],
+        "status": "processed",
+        "status_details": None,
+        "expires_at": row["expires_at"],
+    }
+
+
+def _batch_json(row: sqlite3.Row) -> dict[str, Any]:
+    obj = json.loads(row["obj"])
+    obj["status"] = row["status"]
+    obj["request_counts"] = {"total": row["total"], "completed": row["completed"], "failed": row["failed"]}
+    obj["usage"] = usage_json(tuple(json.loads(row["usage"])))  # type: ignore[arg-type]
+    ordered = {k: obj.get(k) for k in _BATCH_FIELDS}
+    ordered.update({k: v for k, v in obj.items() if k not in ordered})
+    return ordered
