@@ -172,7 +172,6 @@ class _Checker:
         max_problems: int,
         per_line_limits: bool = False,
     ) -> None:
-        self.endpoint = endpoint
         self.max_lines = max_lines
         self.max_bytes = max_bytes
         self.max_inputs = max_embedding_inputs
@@ -196,7 +195,6 @@ class _Checker:
         self._over_lines = False
         self._over_bytes = False
         self._over_inputs = False
-        self._unknown_urls: set[str] = set()
         if endpoint is not None and endpoint not in BATCH_ENDPOINTS:
             self.add(
                 Problem(
@@ -208,10 +206,6 @@ class _Checker:
             )
 
     # -- bookkeeping -------------------------------------------------------------------
-    @property
-    def full(self) -> bool:
-        return self.truncated
-
     def add(self, problem: Problem) -> None:
         if self.truncated:
             return
@@ -405,14 +399,15 @@ class _Checker:
     def _model_mismatch(self, n: int, model: Any) -> None:
         if self.model is None:
             message = f"body.model {model!r} differs from line {self.model_line}, which has no model"
+            target = "the same body.model"
         else:
             message = f"body.model {model!r} differs from {self.model!r} on line {self.model_line}"
+            target = f"body.model to {self.model!r}"
         self.add(
             Problem(
                 rule="model_mismatch",
                 message=message,
-                fix=f"use one model per file: set body.model to {self.model!r} on every line, "
-                "or write one file per model",
+                fix=f"use one model per file: set {target} on every line, or write one file per model",
                 line=n,
                 param="body.model",
             )

@@ -260,7 +260,10 @@ def test_model_mismatch_names_the_first_line(tmp_path: Path) -> None:
     assert report.model == "gpt-4o-mini"
     assert found(problems) == [(3, "model_mismatch")]
     assert problems[0].message == "body.model 'gpt-4o' differs from 'gpt-4o-mini' on line 1"
-    assert "one model per file" in problems[0].fix
+    assert (
+        problems[0].fix
+        == "use one model per file: set body.model to 'gpt-4o-mini' on every line, or write one file per model"
+    )
 
 
 def test_model_missing_everywhere_is_fine_missing_once_is_a_mismatch(tmp_path: Path) -> None:
@@ -270,6 +273,7 @@ def test_model_missing_everywhere_is_fine_missing_once_is_a_mismatch(tmp_path: P
     _, problems = check_file(put(tmp_path / "b.jsonl", lines))
     assert found(problems) == [(3, "model_mismatch")]
     assert "line 1, which has no model" in problems[0].message
+    assert "set the same body.model on every line" in problems[0].fix
 
 
 # --- empty file -------------------------------------------------------------------------
