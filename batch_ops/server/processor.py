@@ -10,10 +10,10 @@ Durability: the partial files live at their final ``files/<file id>`` path but a
 (a ``files`` row) when the batch ends. A restarted server truncates them to the last checkpoint
 and carries on from the checkpoint's input offset, so a ``kill -9`` loses and repeats nothing.
 Every random choice (which requests fail, the order within a chunk) is derived from the seed, the
-batch id and the request index, so a resumed run makes the same choices.
+batch ordinal and the request index, so a resumed run makes the same choices.
 
 Example:
-    >>> chance(7, "batch_1", 0) == chance(7, "batch_1", 0), 0 <= chance(7, "batch_1", 1) < 1
+    >>> chance(7, "1", 0) == chance(7, "1", 0), 0 <= chance(7, "1", 1) < 1
     (True, True)
 """
 
@@ -45,9 +45,9 @@ _CANCELLED_MESSAGE = "This request was not executed because the batch was cancel
 _EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 
 
-def chance(seed: int, batch_id: str, index: int) -> float:
+def chance(seed: int, batch_key: str, index: int) -> float:
     """A uniform number in [0, 1) fixed by (seed, batch, request index): repeatable across restarts."""
-    digest = hashlib.blake2b(f"{seed}:{batch_id}:{index}".encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(f"{seed}:{batch_key}:{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 
 
@@ -85,6 +85,9 @@ class _Run:
     def __init__(self, store: Store, row: BatchRow) -> None:
         assert row.out_id is not None and row.err_id is not None
         self.id = row.id
+        # Random choices are keyed by the batch's ordinal in this data dir, not its random id, so
+        # the same seed and the same sequence of batches repeat the same faults and order.
+        self.key = f"{row.seq}"
         self.deadline = row.deadline
         self.out_id, self.err_id = row.out_id, row.err_id
         self.total = row.total
@@ -373,7 +376,7 @@ class Processor:
             return None, None, Reply(400, api_error_body("The request line is not a JSON object.", code="invalid_json"))
         custom_id = request.get("custom_id")
         rate = self.options.fail_requests
-        if rate and chance(self.seed, run.id, index) < rate:
+        if rate and chance(self.seed, run.key, index) < rate:
             return custom_id, None, _server_error_reply()
         return custom_id, request, None
 
@@ -428,7 +431,7 @@ class Processor:
                 for k in range(5):
                     usage[k] += found[k]
         start = lines[0][0]
-        rng = random.Random(f"{self.seed}:{run.id}:{start}")
+        rng = random.Random(f"{self.seed}:{run.key}:{start}")
         rng.shuffle(out)
         rng.shuffle(err)
         run.out_bytes += _append(run.out, out)

@@ -118,6 +118,7 @@ class BatchRow:
     """A batch as the processor sees it: status, public fields and checkpoint."""
 
     id: str
+    seq: int
     status: str
     obj: dict[str, Any]
     deadline: float
@@ -337,6 +338,7 @@ class Store:
             raise KeyError(batch_id)
         return BatchRow(
             id=row["id"],
+            seq=row["seq"],
             status=row["status"],
             obj=json.loads(row["obj"]),
             deadline=row["deadline"],
