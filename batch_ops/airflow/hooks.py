@@ -1,0 +1,243 @@
+"""``OpenAIBatchHook``: an Airflow connection turned into batch_ops client settings and clients.
+
+Connection type ``openai_batch`` (default id ``openai_batch_default``): host = base URL with
+``/v1``, password = API key, extra = ``organization``, ``project``, ``api_version`` (Azure).
+A connection of the official provider's type ``openai`` works too: its host or
+``openai_client_kwargs.base_url`` is the base URL and its password the key.
+
+The API key only ever lives in a ``SecretStr`` inside :class:`~batch_ops.ClientSettings`: it is
+not logged, not put into XCom and not serialized into trigger arguments (triggers carry the
+connection id and look the connection up again in the triggerer).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from airflow.sdk import BaseHook
+from pydantic import ValidationError
+
+from batch_ops.client import AsyncBatchClient, BatchClient
+from batch_ops.errors import ConfigurationError
+from batch_ops.settings import DEFAULT_BASE_URL, ClientSettings
+
+__all__ = ["OpenAIBatchHook", "settings_from_connection"]
+
+#: Extra keys that map straight onto ClientSettings fields; anything else is rejected by name.
+_EXTRA_FIELDS = frozenset(
+    {
+        "organization",
+        "project",
+        "api_version",
+        "timeout",
+        "connect_timeout",
+        "max_retries",
+        "retry_max_elapsed",
+        "backoff_initial",
+        "backoff_max",
+        "idempotency_lookback",
+    }
+)
+
+
+def _base_url(host: str | None, *, schema: str | None = None, port: int | None = None) -> str:
+    """The API root from a connection's host, which may be a full URL or a bare host name."""
+    host = (host or "").strip()
+    if not host:
+        return DEFAULT_BASE_URL
+    if "://" not in host:
+        scheme = (schema or "").strip() or "https"
+        host = f"{scheme}://{host}" + (f":{port}" if port else "")
+    parts = urlsplit(host)
+    if parts.path in ("", "/"):
+        # A bare host ("api.openai.com") means the API root, which lives under /v1.
+        host = host.rstrip("/") + "/v1"
+    return host
+
+
+def _extra_dict(extra: Any) -> dict[str, Any]:
+    if extra is None or extra == "":
+        return {}
+    if isinstance(extra, Mapping):
+        return dict(extra)
+    try:
+        value = json.loads(extra)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError("The connection's extra is not valid JSON; it must be a JSON object.") from exc
+    if not isinstance(value, dict):
+        raise ConfigurationError("The connection's extra must be a JSON object.")
+    return value
+
+
+def settings_from_connection(conn: Any, extra: Mapping[str, Any] | None = None) -> ClientSettings:
+    """Build :class:`ClientSettings` from an Airflow connection (``openai_batch`` or ``openai``).
+
+    Args:
+        conn: an Airflow ``Connection`` (anything with ``conn_id``, ``conn_type``, ``host``,
+            ``schema``, ``port``, ``password`` and ``extra``).
+        extra: the already-decoded extra; read from ``conn.extra`` when not given.
+
+    Raises:
+        ConfigurationError: the connection cannot be used (no key, bad URL, unknown extra key);
+            the message names the connection and the field, never the key.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> conn = SimpleNamespace(conn_id="c", conn_type="openai_batch", host="http://127.0.0.1:8765/v1",
+        ...                        schema=None, port=None, password="sk-local", extra='{"project": "p1"}')
+        >>> s = settings_from_connection(conn)
+        >>> s.base_url, s.project, "sk-local" in repr(s)
+        ('http://127.0.0.1:8765/v1', 'p1', False)
+    """
+    conn_id = getattr(conn, "conn_id", None) or "?"
+    extras = _extra_dict(conn.extra) if extra is None else dict(extra)
+    # Empty form fields arrive as "" or None; they mean "not set". Older forms stored them
+    # as extra__<conn_type>__<field>.
+    prefix = f"extra__{getattr(conn, 'conn_type', None)}__"
+    extras = {k.removeprefix(prefix): v for k, v in extras.items() if v not in ("", None)}
+    values: dict[str, Any] = {}
+    if getattr(conn, "conn_type", None) == "openai":
+        # The official provider keeps client options in extra.openai_client_kwargs.
+        if extras.get("auth_type", "api_key") != "api_key":
+            raise ConfigurationError(
+                f"Connection {conn_id!r}: auth_type {extras['auth_type']!r} is not supported by batch_ops; "
+                "use an API key (the connection's password)."
+            )
+        client_kwargs = dict(extras.get("openai_client_kwargs") or {})
+        values["base_url"] = client_kwargs.get("base_url") or _base_url(conn.host, schema=conn.schema, port=conn.port)
+        values["api_key"] = client_kwargs.get("api_key") or conn.password
+        for name in ("organization", "project"):
+            if client_kwargs.get(name):
+                values[name] = client_kwargs[name]
+    else:
+        unknown = sorted(set(extras) - _EXTRA_FIELDS)
+        if unknown:
+            raise ConfigurationError(
+                f"Connection {conn_id!r}: unknown extra field(s) {', '.join(unknown)}; "
+                f"allowed: {', '.join(sorted(_EXTRA_FIELDS))}."
+            )
+        values.update(extras)
+        values["base_url"] = _base_url(conn.host, schema=conn.schema, port=conn.port)
+        values["api_key"] = conn.password
+    try:
+        settings = ClientSettings(**values)
+    except ValidationError as exc:
+        # Name the fields, not the values: a value could be the key pasted in the wrong box.
+        fields = ", ".join(sorted({str(err["loc"][0]) for err in exc.errors() if err.get("loc")}))
+        raise ConfigurationError(f"Connection {conn_id!r}: invalid value for {fields}.") from None
+    if settings.api_key is None:
+        raise ConfigurationError(
+            f"Connection {conn_id!r} has no API key: put it in the connection's password "
+            "(the local server accepts any non-empty key)."
+        )
+    return settings
+
+
+class OpenAIBatchHook(BaseHook):
+    """Reach the Batch API through an Airflow connection.
+
+    Args:
+        conn_id: an ``openai_batch`` connection (or an ``openai`` one of the official provider).
+
+    Example:
+        >>> hook = OpenAIBatchHook(conn_id="openai_batch_default")
+        >>> hook.conn_id
+        'openai_batch_default'
+        >>> # client = hook.get_client(); client.batches.list(limit=5)
+        >>> # async: client = await hook.get_async_client()
+    """
+
+    conn_name_attr = "conn_id"
+    default_conn_name = "openai_batch_default"
+    conn_type = "openai_batch"
+    hook_name = "OpenAI Batch (batch_ops)"
+
+    def __init__(self, conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.conn_id = conn_id
+
+    # -- settings ---------------------------------------------------------------------------
+    def get_settings(self) -> ClientSettings:
+        """Client settings from the connection (blocking lookup: use in tasks, not triggers)."""
+        conn = self.get_connection(self.conn_id)
+        return settings_from_connection(conn, conn.extra_dejson)
+
+    async def aget_settings(self) -> ClientSettings:
+        """Client settings from the connection without blocking the event loop (triggers)."""
+        conn, extra = await _aget_connection_and_extra(self)
+        return settings_from_connection(conn, extra)
+
+    # -- clients ----------------------------------------------------------------------------
+    def get_client(self) -> BatchClient:
+        """A new :class:`~batch_ops.BatchClient`; close it (or use ``with``) when done."""
+        return BatchClient(settings=self.get_settings())
+
+    def get_conn(self) -> BatchClient:
+        """Airflow's generic accessor; same as :meth:`get_client`."""
+        return self.get_client()
+
+    async def get_async_client(self, *, shared: bool = False) -> AsyncBatchClient:
+        """An :class:`~batch_ops.AsyncBatchClient` built from the connection.
+
+        Args:
+            shared: return the pooled client of this event loop for these settings
+                (``AsyncBatchClient.shared``), which must not be closed; otherwise a new client
+                that the caller closes (``async with``).
+        """
+        settings = await self.aget_settings()
+        return AsyncBatchClient.shared(settings) if shared else AsyncBatchClient(settings=settings)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Used by the UI's "Test" button: list one batch."""
+        try:
+            with self.get_client() as client:
+                client.batches.list(limit=1)
+        except Exception as exc:  # the UI shows the message; it never contains the key
+            return False, f"{type(exc).__name__}: {exc}"
+        return True, "Connection works: the Batch API answered."
+
+    # -- UI (Airflow 3.0/3.1; 3.2+ reads the declarative form from get_provider_info) ----
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import StringField
+
+        return {
+            "organization": StringField(lazy_gettext("Organization"), widget=BS3TextFieldWidget()),
+            "project": StringField(lazy_gettext("Project"), widget=BS3TextFieldWidget()),
+            "api_version": StringField(lazy_gettext("Azure api_version"), widget=BS3TextFieldWidget()),
+        }
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        return {
+            "hidden_fields": ["schema", "port", "login"],
+            "relabeling": {"host": "Base URL", "password": "API Key"},
+            "placeholders": {"host": "https://api.openai.com/v1"},
+        }
+
+
+async def _aget_connection_and_extra(hook: BaseHook) -> tuple[Any, dict[str, Any]]:
+    """The connection and its decoded extra, without a blocking call on the event loop.
+
+    Airflow >= 3.3.2 resolves and masks connections asynchronously (``aget_connection`` +
+    ``Connection.aextra_dejson``). Before that, masking the secrets is a synchronous call to the
+    supervisor, which deadlocks when another coroutine talks to it at the same moment; there,
+    the synchronous lookup runs in a worker thread instead (what the triggerer allows).
+    """
+    from airflow.sdk import Connection
+
+    conn_id = hook.conn_id  # type: ignore[attr-defined]
+    if hasattr(Connection, "aextra_dejson") and hasattr(type(hook), "aget_connection"):
+        conn = await type(hook).aget_connection(conn_id)
+        return conn, await conn.aextra_dejson()
+
+    from asgiref.sync import sync_to_async
+
+    conn = await sync_to_async(hook.get_connection)(conn_id)
+    extra = await sync_to_async(lambda: conn.extra_dejson)()
+    return conn, extra

@@ -1,0 +1,72 @@
+"""Provider registration: Airflow finds batch_ops through the ``apache_airflow_provider`` entry point.
+
+This module imports nothing from Airflow: the providers manager reads it while Airflow itself
+is still starting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from batch_ops._version import __version__
+
+__all__ = ["get_provider_info"]
+
+
+def get_provider_info() -> dict[str, Any]:
+    """What ``airflow providers list`` and the connection form know about batch_ops.
+
+    Example:
+        >>> info = get_provider_info()
+        >>> info["package-name"], info["connection-types"][0]["connection-type"]
+        ('batch-ops', 'openai_batch')
+    """
+    return {
+        "package-name": "batch-ops",
+        "name": "batch_ops (OpenAI Batch API)",
+        "description": "Run the OpenAI Batch API from Airflow: a deferrable operator, a sensor and a trigger "
+        "that never block the triggerer, with retries that re-attach instead of billing twice.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "OpenAI Batch API (batch_ops)",
+                "external-doc-url": "https://platform.openai.com/docs/guides/batch",
+                "tags": ["ai", "openai", "batch"],
+            }
+        ],
+        "hooks": [
+            {"integration-name": "OpenAI Batch API (batch_ops)", "python-modules": ["batch_ops.airflow.hooks"]}
+        ],
+        "operators": [
+            {"integration-name": "OpenAI Batch API (batch_ops)", "python-modules": ["batch_ops.airflow.operators"]}
+        ],
+        "sensors": [
+            {"integration-name": "OpenAI Batch API (batch_ops)", "python-modules": ["batch_ops.airflow.sensors"]}
+        ],
+        "triggers": [
+            {"integration-name": "OpenAI Batch API (batch_ops)", "python-modules": ["batch_ops.airflow.triggers"]}
+        ],
+        "extra-links": ["batch_ops.airflow.links.OpenAIBatchLink"],
+        "connection-types": [
+            {
+                "hook-class-name": "batch_ops.airflow.hooks.OpenAIBatchHook",
+                "hook-name": "OpenAI Batch (batch_ops)",
+                "connection-type": "openai_batch",
+                # Declarative form (Airflow >= 3.2); older versions ask the hook's methods.
+                "conn-fields": {
+                    "organization": {"label": "Organization", "schema": {"type": ["string", "null"]}},
+                    "project": {"label": "Project", "schema": {"type": ["string", "null"]}},
+                    "api_version": {
+                        "label": "Azure api_version",
+                        "description": "Set for Azure OpenAI (e.g. 2024-10-21); leave empty for OpenAI.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                },
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "login"],
+                    "relabeling": {"host": "Base URL", "password": "API Key"},
+                    "placeholders": {"host": "https://api.openai.com/v1"},
+                },
+            }
+        ],
+    }

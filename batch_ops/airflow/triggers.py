@@ -1,0 +1,264 @@
+"""``OpenAIBatchTrigger``: wait for a batch in the triggerer without blocking its event loop.
+
+Every trigger of a triggerer shares one pooled async client per connection
+(``AsyncBatchClient.shared``): the event loop is never blocked by HTTP, and the connection
+lookup itself is asynchronous. The wait is core's: ``client.batches.wait`` drives
+:class:`~batch_ops.BatchPoller` (poll interval with back-off, an absolute wall-clock deadline,
+a bounded run of consecutive transient failures, permanent 4xx ending the wait at once).
+The trigger only spreads its first poll, maps the outcome to one event, and cancels the batch
+when a user kills the task (Airflow >= 3.3 calls ``on_kill``).
+
+Events are dicts with ``event`` (``terminal``, ``timeout`` or ``error``), ``batch_id``,
+``status``, the file ids, ``request_counts``, ``usage``, ``message`` and, when a batch was seen,
+``batch`` (its JSON, so the task can apply its failure policy without another request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from batch_ops._http import is_retryable_status
+from batch_ops.client import AsyncBatchClient
+from batch_ops.errors import APIError, APIStatusError, BatchTimeoutError
+from batch_ops.models import Batch
+from batch_ops.polling import BatchPoller, describe
+
+__all__ = ["EVENT_KINDS", "OpenAIBatchTrigger", "batch_event", "error_event", "timeout_event"]
+
+#: The values of an event's ``event`` key.
+EVENT_KINDS = frozenset({"terminal", "timeout", "error"})
+#: Seconds ``on_kill`` may spend cancelling; Airflow gives it ``[triggerer] on_kill_timeout`` (30 s).
+CANCEL_TIMEOUT = 20.0
+#: Validation errors kept in an event: the list can be long, and events live in the database.
+_MAX_EVENT_ERRORS = 20
+
+
+def _batch_payload(batch: Batch) -> dict[str, Any]:
+    data = batch.model_dump(mode="json", exclude={"metadata"})
+    errors = data.get("errors")
+    if isinstance(errors, dict) and isinstance(errors.get("data"), list):
+        errors["data"] = errors["data"][:_MAX_EVENT_ERRORS]
+    return data
+
+
+def _base_payload(kind: str, batch_id: str, batch: Batch | None, message: str) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "event": kind,
+        "batch_id": batch_id,
+        "status": None,
+        "input_file_id": None,
+        "output_file_id": None,
+        "error_file_id": None,
+        "request_counts": None,
+        "usage": None,
+        "message": message,
+        "batch": None,
+    }
+    if batch is not None:
+        payload.update(batch.summary())
+        payload["batch"] = _batch_payload(batch)
+    return payload
+
+
+def batch_event(batch: Batch) -> dict[str, Any]:
+    """The payload for a batch that reached a terminal status.
+
+    Example:
+        >>> b = Batch(id="b1", endpoint="/v1/embeddings", input_file_id="f", status="expired", created_at=0,
+        ...           output_file_id="file-out", request_counts={"total": 4, "completed": 3})
+        >>> e = batch_event(b)
+        >>> e["event"], e["status"], e["output_file_id"], e["message"]
+        ('terminal', 'expired', 'file-out', 'Batch b1 is expired 3/4')
+    """
+    return _base_payload("terminal", batch.id, batch, f"Batch {batch.id} is {describe(batch)}")
+
+
+def timeout_event(batch_id: str, *, deadline: float | None, last: Batch | None) -> dict[str, Any]:
+    """The payload for a wait that reached its deadline (the batch keeps running)."""
+    state = f", last seen {describe(last)}" if last is not None else ""
+    payload = _base_payload("timeout", batch_id, last, f"Timed out waiting for batch {batch_id}{state}")
+    payload["deadline"] = deadline
+    return payload
+
+
+def error_event(batch_id: str, exc: BaseException) -> dict[str, Any]:
+    """The payload for a wait that cannot go on: a permanent error, or too many failed polls."""
+    payload = _base_payload("error", batch_id, None, f"{type(exc).__name__}: {exc}")
+    payload["error_type"] = type(exc).__name__
+    payload["status_code"] = exc.status_code if isinstance(exc, APIStatusError) else None
+    return payload
+
+
+def _seconds(value: timedelta | float | None) -> float | None:
+    if value is None:
+        return None
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+class OpenAIBatchTrigger(BaseTrigger):
+    """Poll one batch until it is terminal, its deadline passes, or polling cannot go on.
+
+    Args:
+        conn_id: the ``openai_batch`` (or ``openai``) connection; looked up in the triggerer.
+        batch_id: the batch to wait for.
+        poll_interval: seconds between polls while the batch makes progress.
+        timeout: seconds to wait from construction; turned into an absolute ``deadline``.
+        deadline: absolute epoch seconds; wins over ``timeout`` (a re-created trigger keeps
+            the budget of the original one, in whatever process it resumes).
+        max_poll_interval: back-off ceiling while nothing changes (core's default: 4x poll_interval).
+        cancel_on_kill: cancel the batch when a user kills the deferred task (Airflow >= 3.3).
+        first_poll_spread: the first poll happens after a random delay in ``[0, spread)``
+            (default: one poll interval), so a restarted triggerer does not send all its
+            polls in the same instant.
+
+    Example:
+        >>> t = OpenAIBatchTrigger(conn_id="openai_batch_default", batch_id="batch_1", poll_interval=30,
+        ...                        deadline=1_900_000_000.0)
+        >>> t.serialize()[0]
+        'batch_ops.airflow.triggers.OpenAIBatchTrigger'
+        >>> t.serialize()[1]["deadline"]
+        1900000000.0
+    """
+
+    def __init__(
+        self,
+        *,
+        conn_id: str,
+        batch_id: str,
+        poll_interval: float = 60.0,
+        timeout: timedelta | float | None = None,
+        deadline: float | None = None,
+        max_poll_interval: float | None = None,
+        cancel_on_kill: bool = True,
+        first_poll_spread: float | None = None,
+    ) -> None:
+        super().__init__()
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval}")
+        self.conn_id = conn_id
+        self.batch_id = batch_id
+        self.poll_interval = float(poll_interval)
+        self.timeout = _seconds(timeout)
+        if deadline is None and self.timeout is not None:
+            # Fixed once, here: the serialized trigger carries the wall-clock deadline.
+            deadline = time.time() + self.timeout
+        self.deadline = deadline
+        self.max_poll_interval = max_poll_interval
+        self.cancel_on_kill = cancel_on_kill
+        self.first_poll_spread = first_poll_spread
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        # The connection id only: the key is looked up again where the trigger runs.
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "conn_id": self.conn_id,
+                "batch_id": self.batch_id,
+                "poll_interval": self.poll_interval,
+                "timeout": self.timeout,
+                "deadline": self.deadline,
+                "max_poll_interval": self.max_poll_interval,
+                "cancel_on_kill": self.cancel_on_kill,
+                "first_poll_spread": self.first_poll_spread,
+            },
+        )
+
+    def _poller(self) -> BatchPoller:
+        return BatchPoller(
+            poll_interval=self.poll_interval, max_poll_interval=self.max_poll_interval, deadline=self.deadline
+        )
+
+    async def _client(self) -> AsyncBatchClient:
+        from batch_ops.airflow.hooks import OpenAIBatchHook
+
+        settings = await OpenAIBatchHook(conn_id=self.conn_id).aget_settings()
+        return AsyncBatchClient.shared(settings)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        # Spread the first poll (and the connection lookup before it) over one interval.
+        await asyncio.sleep(self._poller().first_delay(now=time.time(), spread=self.first_poll_spread))
+        try:
+            client = await self._client()
+        except Exception as exc:  # connection missing or unusable: nothing to retry here
+            yield TriggerEvent(error_event(self.batch_id, exc))
+            return
+        self.log.info("Waiting for batch %s (poll every %ss)", self.batch_id, self.poll_interval)
+        try:
+            batch = await client.batches.wait(
+                self.batch_id,
+                poll_interval=self.poll_interval,
+                max_poll_interval=self.max_poll_interval,
+                timeout=None,
+                deadline=self.deadline,
+                on_poll=self._on_poll,
+            )
+        except BatchTimeoutError as exc:
+            yield TriggerEvent(timeout_event(self.batch_id, deadline=self.deadline, last=exc.batch))
+            return
+        except APIError as exc:
+            # Permanent 4xx at once; transient failures only after the poller's bound.
+            permanent = isinstance(exc, APIStatusError) and not is_retryable_status(exc.status_code)
+            kind = "permanent" if permanent else "repeated"
+            self.log.warning("Stopped polling batch %s (%s error): %s", self.batch_id, kind, exc)
+            yield TriggerEvent(error_event(self.batch_id, exc))
+            return
+        yield TriggerEvent(batch_event(batch))
+
+    def _on_poll(self, batch: Batch) -> None:
+        # One line per status change, not per poll: a triggerer may run a thousand of these.
+        if batch.status.value != getattr(self, "_last_status", None):
+            self._last_status = batch.status.value
+            self.log.info("Batch %s: %s", batch.id, describe(batch))
+
+    async def on_kill(self) -> None:
+        """Cancel the batch when a user kills the deferred task (Airflow >= 3.3 calls this).
+
+        Airflow calls it when the task stopped being deferred by a user's action (mark
+        failed/success, clear), not on triggerer restarts or completion. A trigger taken over by
+        another triggerer (its own one missed heartbeats) is stopped the same way, so the task's
+        state is checked first: still ``deferred`` means the wait goes on elsewhere, and the batch
+        is left alone. Bounded by ``CANCEL_TIMEOUT``; failures are logged, not raised.
+        """
+        if not self.cancel_on_kill:
+            self.log.info("Task killed; batch %s keeps running (cancel_on_kill=False)", self.batch_id)
+            return
+        state = await self._task_state()
+        if state == "deferred":
+            self.log.info("Trigger stopped but its task is still deferred; batch %s keeps running", self.batch_id)
+            return
+        try:
+            client = await self._client()
+            batch = await asyncio.wait_for(client.batches.cancel(self.batch_id), timeout=CANCEL_TIMEOUT)
+        except Exception as exc:
+            self.log.warning("Task killed; cancelling batch %s failed: %s", self.batch_id, exc)
+            return
+        self.log.info("Task killed (now %s); cancelled batch %s (%s)", state, self.batch_id, batch.status.value)
+
+    async def _task_state(self) -> str | None:
+        """The task instance's current state, or None when it cannot be known here."""
+        ti = self.task_instance
+        if ti is None:
+            return None
+        try:
+            from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+            from asgiref.sync import sync_to_async
+
+            # A synchronous call to the supervisor: run it in a worker thread, never on the loop.
+            states = await asyncio.wait_for(
+                sync_to_async(RuntimeTaskInstance.get_task_states)(
+                    dag_id=ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id], map_index=ti.map_index
+                ),
+                timeout=5.0,
+            )
+        except Exception as exc:
+            self.log.debug("Could not read the state of task %s: %s", ti.task_id, exc)
+            return None
+        key = ti.task_id if (ti.map_index is None or ti.map_index < 0) else f"{ti.task_id}_{ti.map_index}"
+        state = (states.get(ti.run_id) or {}).get(key)
+        return None if state is None else str(getattr(state, "value", state))
