@@ -70,10 +70,12 @@ def main() -> int:
             table.add_row("waited", f"{elapsed:.1f} s")
             console.print(table)
 
-            results = Table(title="joined results (input order)")
+            results = Table(title=f"joined results: {batch.request_counts.total} requests, in input order")
             for column in ("custom_id", "ok", "answer / error"):
                 results.add_column(column)
-            for line in list(client.results(batch))[:6]:
+            joined = list(client.results(batch))
+            shown = joined[:5] + [r for r in joined[5:] if not r.ok][:3]  # a few answers and the failures
+            for line in shown:
                 if line.ok:
                     text = line.body["choices"][0]["message"]["content"]
                 else:
