@@ -88,14 +88,16 @@ def test_list_pages_newest_first(make_server: Any, kit: Any) -> None:
             assert info.value.body["param"] == "limit"  # type: ignore[index]
 
 
-def test_files_list_pages(make_server: Any, kit: Any) -> None:
-    with make_server() as url:
-        client = kit.sdk(url)
-        src = kit.chat_file(1)
-        ids = [client.files.create(file=src.open("rb"), purpose="batch").id for _ in range(3)]
-        page = client.files.list(limit=2)
-        assert [f.id for f in page.data] == [ids[2], ids[1]] and page.has_more
-        assert [f.id for f in client.files.list(limit=2, order="asc")] == ids
+def test_files_list_pages(server_url: str, kit: Any) -> None:
+    client = kit.sdk(server_url)
+    src = kit.chat_file(1)
+    ids = [client.files.create(file=src.open("rb"), purpose="batch").id for _ in range(3)]
+    page = client.files.list(limit=2)  # newest first: tests run one at a time, these are the newest
+    assert [f.id for f in page.data] == [ids[2], ids[1]] and page.has_more
+    assert [f.id for f in client.files.list(limit=1, after=ids[0], order="asc").data] == [ids[1]]
+    assert [f.id for f in client.files.list(after=ids[2], order="asc").data] == []
+    assert client.files.list(limit=5, after=ids[2]).data[0].id == ids[1]
+    assert [f.id for f in client.files.list(purpose="batch", limit=10_000, order="asc")][-3:] == ids
 
 
 def test_cancel_keeps_finished_work_and_accounts_for_the_rest(make_server: Any, kit: Any) -> None:
