@@ -23,6 +23,14 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+try:
+    # The async transport core uses when it is installed. Importing it costs ~0.25 s (aiohttp
+    # builds its SSL contexts at import): pay that when the triggerer loads this class, not on
+    # the first poll in the middle of a thousand running triggers.
+    import httpx_aiohttp  # noqa: F401
+except ImportError:  # pragma: no cover - core falls back to httpx's own transport
+    pass
+
 from batch_ops._http import is_retryable_status
 from batch_ops.client import AsyncBatchClient
 from batch_ops.errors import APIError, APIStatusError, BatchTimeoutError

@@ -1,0 +1,130 @@
+"""Connections, the hook, and provider registration."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batch_ops import ConfigurationError
+from batch_ops.airflow import OpenAIBatchHook
+from batch_ops.airflow.provider import get_provider_info
+
+
+def conn_env(monkeypatch: pytest.MonkeyPatch, conn_id: str, **conn: Any) -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+
+
+def test_openai_batch_connection(monkeypatch: pytest.MonkeyPatch, api_key: str) -> None:
+    conn_env(monkeypatch, "c1", conn_type="openai_batch", host="http://127.0.0.1:9/v1", password=api_key,
+             extra={"organization": "org-1", "project": "proj-1", "max_retries": "2"})
+    settings = OpenAIBatchHook(conn_id="c1").get_settings()
+    assert settings.base_url == "http://127.0.0.1:9/v1"
+    assert (settings.organization, settings.project, settings.max_retries) == ("org-1", "proj-1", 2)
+    assert settings.require_key() == api_key and api_key not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [("api.openai.com", "https://api.openai.com/v1"), ("https://x.openai.azure.com/openai", None),
+     ("", "https://api.openai.com/v1")],
+)
+def test_base_url_from_host(monkeypatch: pytest.MonkeyPatch, host: str, expected: str | None) -> None:
+    conn_env(monkeypatch, "c2", conn_type="openai_batch", host=host, password="k")
+    assert OpenAIBatchHook(conn_id="c2").get_settings().base_url == (expected or host)
+
+
+def test_azure_api_version_from_extra_and_old_style_prefixed_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn_env(monkeypatch, "c3", conn_type="openai_batch", host="https://x.openai.azure.com/openai", password="k",
+             extra={"extra__openai_batch__api_version": "2024-10-21", "project": ""})
+    settings = OpenAIBatchHook(conn_id="c3").get_settings()
+    assert settings.is_azure and settings.api_version == "2024-10-21" and settings.project is None
+
+
+def test_official_openai_connection_works(server_url, monkeypatch: pytest.MonkeyPatch) -> None:
+    conn_env(monkeypatch, "openai_default", conn_type="openai", password="sk-official",
+             extra={"openai_client_kwargs": {"base_url": str(server_url), "organization": "org-9"}})
+    hook = OpenAIBatchHook(conn_id="openai_default")
+    assert hook.get_settings().organization == "org-9"
+    with hook.get_client() as client:
+        client.batches.list(limit=1)  # really reaches the server
+
+
+@pytest.mark.parametrize(
+    ("conn", "message"),
+    [
+        ({"conn_type": "openai_batch", "host": "http://h/v1"}, "has no API key"),
+        ({"conn_type": "openai_batch", "host": "http://h/v1", "password": "k", "extra": {"colour": "red"}},
+         "unknown extra field(s) colour"),
+        ({"conn_type": "openai", "password": "k", "extra": {"auth_type": "workload_identity"}}, "not supported"),
+    ],
+)
+def test_unusable_connections_say_why(monkeypatch: pytest.MonkeyPatch, conn: dict[str, Any], message: str) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_BAD", json.dumps(conn))
+    with pytest.raises(ConfigurationError, match="'bad'") as raised:
+        OpenAIBatchHook(conn_id="bad").get_settings()
+    assert message in str(raised.value)
+
+
+def test_a_bad_value_is_named_not_shown(monkeypatch: pytest.MonkeyPatch, api_key: str) -> None:
+    # A key pasted into the wrong field must not end up in the error message.
+    conn_env(monkeypatch, "c4", conn_type="openai_batch", host="http://h/v1", password="k",
+             extra={"timeout": api_key})
+    with pytest.raises(ConfigurationError, match="timeout") as raised:
+        OpenAIBatchHook(conn_id="c4").get_settings()
+    assert api_key not in str(raised.value)
+
+
+async def test_async_lookup_matches_the_sync_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn_env(monkeypatch, "c5", conn_type="openai_batch", host="http://127.0.0.1:9/v1", password="k",
+             extra={"project": "p"})
+    hook = OpenAIBatchHook(conn_id="c5")
+    assert await hook.aget_settings() == hook.get_settings()
+
+
+def test_test_connection_button(server_url, use_server) -> None:
+    use_server(server_url)
+    assert OpenAIBatchHook().test_connection()[0] is True
+    use_server("http://127.0.0.1:9/v1", max_retries=0)
+    ok, message = OpenAIBatchHook().test_connection()
+    assert not ok and message
+
+
+def test_provider_info_matches_airflows_schema() -> None:
+    import jsonschema
+    from airflow import providers_manager
+
+    schema_path = Path(providers_manager.__file__).with_name("provider_info.schema.json")
+    jsonschema.validate(get_provider_info(), json.loads(schema_path.read_text()))
+
+
+def test_airflow_finds_the_provider_and_its_connection_type() -> None:
+    from airflow.providers_manager import ProvidersManager
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+
+    manager = ProvidersManager()
+    assert "batch-ops" in manager.providers
+    hook = ProvidersManagerTaskRuntime().hooks["openai_batch"]
+    assert hook is not None and hook.hook_class_name == "batch_ops.airflow.hooks.OpenAIBatchHook"
+    assert "extra__openai_batch__api_version" in manager.connection_form_widgets
+    assert manager.field_behaviours["openai_batch"]["relabeling"]["password"] == "API Key"
+
+
+def test_airflow_providers_list_shows_batch_ops() -> None:
+    airflow = Path(sys.executable).with_name("airflow")
+    proc = subprocess.run([str(airflow), "providers", "list", "-o", "json"], capture_output=True, text=True,
+                          timeout=120, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = {p["package_name"] for p in json.loads(proc.stdout[proc.stdout.index("["):])}
+    assert "batch-ops" in names
+
+
+def test_provider_info_loads_without_airflow() -> None:
+    # The providers manager reads it while Airflow itself is starting; core never loads Airflow.
+    code = "import sys, batch_ops, batch_ops.airflow.provider; assert 'airflow' not in sys.modules, 'loaded'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
