@@ -32,7 +32,7 @@ from typing import IO, Any
 from batch_ops.jsonl import check_file
 from batch_ops.server.engines import Engine, Reply, api_error_body, usage_of
 from batch_ops.server.options import ServerOptions
-from batch_ops.server.store import BatchRow, Store, new_id
+from batch_ops.server.store import ACTIVE_STATUSES, BatchRow, Store, new_id
 
 __all__ = ["FAST_CHUNK", "Processor", "chance"]
 
@@ -49,6 +49,15 @@ def chance(seed: int, batch_key: str, index: int) -> float:
     """A uniform number in [0, 1) fixed by (seed, batch, request index): repeatable across restarts."""
     digest = hashlib.blake2b(f"{seed}:{batch_key}:{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
+
+
+def _error(code: str, message: str, *, line: int | None = None, param: str | None = None) -> dict[str, Any]:
+    """One entry of a failed batch's ``errors.data``."""
+    return {"code": code, "line": line, "param": param, "message": message}
+
+
+def _failure(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"failed_at": int(time.time()), "errors": {"object": "list", "data": errors}}
 
 
 def _server_error_reply() -> Reply:
@@ -152,6 +161,7 @@ class Processor:
         self.options = options
         self.seed = options.seed if options.seed is not None else random.getrandbits(63)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
@@ -165,11 +175,17 @@ class Processor:
         self._slots = asyncio.Semaphore(self.options.concurrency)
         self._supervisor = asyncio.create_task(self._supervise(), name="batch-supervisor")
 
-    async def stop(self) -> None:
-        tasks = [t for t in (self._supervisor, *self._tasks.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async def stop(self, *, grace: float = 3.0) -> None:
+        """Let each batch finish its current chunk (so its checkpoint lands), then stop."""
+        self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        tasks = list(self._tasks.values())
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=grace)
+            for task in late:
+                task.cancel()  # a crash-equivalent: the next start resumes from the checkpoint
+        await asyncio.gather(*(t for t in (self._supervisor, *tasks) if t is not None), return_exceptions=True)
         await self.engine.aclose()
 
     def wake(self) -> None:
@@ -200,29 +216,24 @@ class Processor:
             log.exception("batch %s failed inside the server", batch_id)
             self.store.transition(
                 batch_id,
-                expect=("validating", "in_progress", "finalizing", "cancelling"),
+                expect=ACTIVE_STATUSES,
                 status="failed",
-                fields={
-                    "failed_at": int(time.time()),
-                    "errors": {
-                        "object": "list",
-                        "data": [
-                            {
-                                "code": "server_error",
-                                "line": None,
-                                "param": None,
-                                "message": f"The local server could not process the batch: {type(exc).__name__}: {exc}",
-                            }
-                        ],
-                    },
-                },
+                fields=_failure(
+                    [
+                        _error(
+                            "server_error", f"The local server could not process the batch: {type(exc).__name__}: {exc}"
+                        )
+                    ]
+                ),
             )
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def _run(self, batch_id: str) -> None:
         row = self.store.load(batch_id)
-        if row.status == "validating" and not await self._validate(row):
+        # No output file reserved yet: still validating (or cancelled while validating, then the
+        # server died): validate first, so the cancel can account for every request.
+        if row.out_id is None and not await self._validate(row):
             return
         while True:
             run = _Run(self.store, self.store.load(batch_id))
@@ -235,6 +246,8 @@ class Processor:
     async def _drive(self, run: _Run) -> bool:
         """Process until the batch ends; False when a status race means: reload and go again."""
         while True:
+            if self._stopping:
+                return True
             status = self.store.status(run.id)
             if status == "cancelling":
                 return await self._end(run, "cancelled", "batch_cancelled", _CANCELLED_MESSAGE)
@@ -260,38 +273,19 @@ class Processor:
         try:
             report, problems = await asyncio.to_thread(check_file, path, endpoint=row.endpoint)
         except OSError as exc:
-            self._fail(
-                row.id,
-                [
-                    {
-                        "code": "file_not_found",
-                        "line": None,
-                        "param": "input_file_id",
-                        "message": f"The input file {row.input_file_id} could not be read: {exc.strerror}.",
-                    }
-                ],
-            )
+            message = f"The input file {row.input_file_id} could not be read: {exc.strerror}."
+            self._fail(row.id, [_error("file_not_found", message, param="input_file_id")])
             return False
         if problems:
-            errors = [{"code": p.rule, "line": p.line, "param": p.param, "message": p.message} for p in problems]
-            self._fail(row.id, errors)
+            self._fail(row.id, [_error(p.rule, p.message, line=p.line, param=p.param) for p in problems])
             return False
         limit = self.options.token_limit_failures
         if limit and self.store.take_token_limit_failure(limit):
-            model = report.model or "the model"
-            self._fail(
-                row.id,
-                [
-                    {
-                        "code": "token_limit_exceeded",
-                        "line": None,
-                        "param": None,
-                        "message": f"Enqueued token limit reached for {model} in organization org-local. "
-                        "Limit: 90,000 enqueued tokens. Please try again once some in_progress batches "
-                        "have been completed.",
-                    }
-                ],
+            message = (
+                f"Enqueued token limit reached for {report.model or 'the model'} in organization org-local. "
+                "Limit: 90,000 enqueued tokens. Please try again once some in_progress batches have been completed."
             )
+            self._fail(row.id, [_error("token_limit_exceeded", message)])
             return False
         columns = {"total": report.lines, "out_id": new_id("file-"), "err_id": new_id("file-")}
         fields = {"in_progress_at": int(time.time()), "model": report.model}
@@ -301,12 +295,7 @@ class Processor:
         return self.store.transition(row.id, expect=("cancelling",), status="cancelling", columns=columns)
 
     def _fail(self, batch_id: str, errors: list[dict[str, Any]]) -> None:
-        self.store.transition(
-            batch_id,
-            expect=("validating", "cancelling"),
-            status="failed",
-            fields={"failed_at": int(time.time()), "errors": {"object": "list", "data": errors}},
-        )
+        self.store.transition(batch_id, expect=("validating", "cancelling"), status="failed", fields=_failure(errors))
 
     async def _end(self, run: _Run, status: str, code: str, message: str) -> bool:
         """Cancel or expire: keep what finished, one error line per request not run, then publish."""
@@ -366,13 +355,8 @@ class Processor:
 
     def _prepare(self, run: _Run, index: int, raw: bytes) -> tuple[Any, dict[str, Any] | None, Reply | None]:
         """Parse one request line; decide up front when a fault fails it (no engine call then)."""
-        if index == 0 and raw.startswith(_BOM):
-            raw = raw[3:]
-        try:
-            request = json.loads(raw)
-        except ValueError:
-            request = None
-        if not isinstance(request, dict):  # validation passed, so only a changed file gets here
+        request = _parse(index, raw)
+        if request is None:  # validation passed, so only a file changed on disk gets here
             return None, None, Reply(400, api_error_body("The request line is not a JSON object.", code="invalid_json"))
         custom_id = request.get("custom_id")
         rate = self.options.fail_requests
@@ -449,7 +433,9 @@ class Processor:
                 break
             err = []
             for index, raw in lines:
-                err.append(_result_line(_custom_id(index, raw), Reply(None, None, error)))
+                request = _parse(index, raw)
+                custom_id = request.get("custom_id") if request is not None else None
+                err.append(_result_line(custom_id, Reply(None, None, error)))
             run.failed += len(err)
             run.err_bytes += _append(run.err, err)
             run.next_index = lines[-1][0] + 1
@@ -468,14 +454,15 @@ class Processor:
         )
 
 
-def _custom_id(index: int, raw: bytes) -> Any:
+def _parse(index: int, raw: bytes) -> dict[str, Any] | None:
+    """One input line as a dict (a UTF-8 BOM before the first line is allowed), or None."""
     if index == 0 and raw.startswith(_BOM):
         raw = raw[3:]
     try:
         request = json.loads(raw)
     except ValueError:
         return None
-    return request.get("custom_id") if isinstance(request, dict) else None
+    return request if isinstance(request, dict) else None
 
 
 def _append(fh: IO[bytes], lines: list[str]) -> int:
