@@ -248,6 +248,7 @@ class BatchClient(_Base):
         metadata: Mapping[str, str] | None = None,
         output_expires_after: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        reattach: bool = True,
     ) -> Batch:
         """Validate, upload and create a batch; nothing is uploaded if anything is invalid.
 
@@ -256,6 +257,8 @@ class BatchClient(_Base):
                 (``url`` and ``method`` may be omitted; they default to ``endpoint`` / POST).
             idempotency_key: give one to make the whole submit safe to repeat (a task retry):
                 a batch already created with this key is returned instead of a second one.
+            reattach: look the key up before uploading (default). Pass False only for a key
+                you know is fresh; lost creates are still looked up before any re-send.
 
         Example:
             >>> # client.submit("requests.jsonl", endpoint="/v1/chat/completions")
@@ -266,7 +269,7 @@ class BatchClient(_Base):
             input_file_id="pending", endpoint=endpoint, completion_window=completion_window,
             metadata=metadata, output_expires_after=output_expires_after, idempotency_key=key,
         )
-        if idempotency_key is not None:
+        if idempotency_key is not None and reattach:
             existing = self.batches.find_by_idempotency_key(idempotency_key)
             if existing is not None:
                 return existing
@@ -577,6 +580,7 @@ class AsyncBatchClient(_Base):
         metadata: Mapping[str, str] | None = None,
         output_expires_after: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        reattach: bool = True,
     ) -> Batch:
         """Validate, upload and create a batch; see :meth:`BatchClient.submit`."""
         key = idempotency_key or _plans.new_idempotency_key()
@@ -584,7 +588,7 @@ class AsyncBatchClient(_Base):
             input_file_id="pending", endpoint=endpoint, completion_window=completion_window,
             metadata=metadata, output_expires_after=output_expires_after, idempotency_key=key,
         )
-        if idempotency_key is not None:
+        if idempotency_key is not None and reattach:
             existing = await self.batches.find_by_idempotency_key(idempotency_key)
             if existing is not None:
                 return existing

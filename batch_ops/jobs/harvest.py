@@ -1,0 +1,273 @@
+"""Turning finished batches into final results, resubmissions and one merged output.
+
+Pure file work, no HTTP: the runner downloads, these functions decide and write.
+
+- :func:`is_retryable` says which failed requests deserve another round.
+- :func:`harvest_part` joins a part's requests with its batch's output and error files: each
+  request ends up either *final* (a success, or a failure that will not be retried) in the
+  part's results file, or in the next round's request file. Never both, never neither.
+- :func:`merge` writes one line per input request, in input order, each with its provenance.
+- :class:`UsageTotals` sums billed usage and prices it from a user-supplied table.
+
+Example:
+    >>> from batch_ops.models import ResultLine
+    >>> is_retryable(ResultLine(custom_id="a", error={"code": "batch_expired", "message": "x"}))
+    True
+    >>> is_retryable(ResultLine(custom_id="a", response={"status_code": 400, "body": {"error": {
+    ...     "code": "invalid_value"}}}))
+    False
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batch_ops.jsonl import iter_request_lines, join_results
+from batch_ops.models import ResultLine
+
+__all__ = [
+    "RETRYABLE_CODES",
+    "HarvestCounts",
+    "UsageTotals",
+    "harvest_part",
+    "is_retryable",
+    "merge",
+    "synthesize_failures",
+]
+
+#: Error codes worth another round: the request itself was fine, the run was not.
+RETRYABLE_CODES = frozenset({
+    "batch_expired", "batch_cancelled", "server_error", "internal_error", "rate_limit_exceeded",
+    "timeout", "missing_result", "overloaded", "service_unavailable",
+})
+
+
+def is_retryable(line: ResultLine) -> bool:
+    """True for failures caused by the run (5xx, 429, expiry, cancellation, a lost result)."""
+    if line.ok:
+        return False
+    if line.response is not None and (line.response.status_code >= 500 or line.response.status_code in (408, 429)):
+        return True
+    return (line.error_code or "") in RETRYABLE_CODES
+
+
+@dataclass
+class HarvestCounts:
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+
+
+def _atomic_lines(path: Path, lines: Iterable[bytes]) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    n = 0
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for line in lines:
+                fh.write(line)
+                n += 1
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return n
+
+
+def _final_line(line: ResultLine, provenance: Mapping[str, Any]) -> bytes:
+    doc = line.model_dump(mode="json")
+    doc["batch_ops"] = dict(provenance)
+    return (json.dumps(doc, separators=(",", ":")) + "\n").encode()
+
+
+def harvest_part(
+    *,
+    part_path: Path,
+    output_path: Path | None,
+    error_path: Path | None,
+    results_path: Path,
+    retry_path: Path | None,
+    provenance: Mapping[str, Any],
+    usage: UsageTotals,
+) -> HarvestCounts:
+    """Split a finished part into final results and (when ``retry_path``) requests to rerun.
+
+    Retryable failures go to ``retry_path`` as the original request lines (byte for byte)
+    when it is given; otherwise they are final failures. Both files are written atomically,
+    so harvesting the same part again after a crash gives the same files.
+    """
+    counts = HarvestCounts()
+    retry_ids: set[str] = set()
+
+    def finals() -> Iterator[bytes]:
+        for line in join_results(input_path=part_path, output_path=output_path, error_path=error_path):
+            if line.ok:
+                counts.succeeded += 1
+                usage.add(line.body)
+            elif retry_path is not None and is_retryable(line):
+                retry_ids.add(line.custom_id)
+                continue
+            else:
+                counts.failed += 1
+                if line.response is not None:
+                    usage.add(line.body)  # a 4xx answer may still carry billed usage
+            yield _final_line(line, provenance)
+
+    _atomic_lines(results_path, finals())
+    if retry_path is not None:
+        counts.retried = len(retry_ids)
+        if retry_ids:
+            _atomic_lines(retry_path, _select_requests(part_path, retry_ids))
+    return counts
+
+
+def _select_requests(path: Path, wanted: set[str]) -> Iterator[bytes]:
+    with path.open("rb") as fh:
+        for raw in fh:
+            if not raw.strip():
+                continue
+            custom_id = json.loads(raw).get("custom_id")
+            if custom_id in wanted:
+                yield raw if raw.endswith(b"\n") else raw + b"\n"
+
+
+def synthesize_failures(*, part_path: Path, results_path: Path, code: str, message: str,
+                        provenance: Mapping[str, Any]) -> int:
+    """Final failure lines for every request of a part whose batch failed as a whole."""
+
+    def lines() -> Iterator[bytes]:
+        for _, request in iter_request_lines(part_path):
+            line = ResultLine(custom_id=str(request.get("custom_id")), response=None,
+                              error={"code": code, "message": message})  # type: ignore[arg-type]
+            yield _final_line(line, provenance)
+
+    return _atomic_lines(results_path, lines())
+
+
+def merge(*, input_path: Path, results_paths: Iterable[Path], output_path: Path) -> tuple[int, int, int, int]:
+    """Write one line per input request, in input order; return (succeeded, failed, missing, duplicates).
+
+    ``duplicates`` counts custom_ids that more than one results file finalised; by
+    construction it is 0, and the job reports it so a test (and a user) can check.
+    """
+    index: dict[str, tuple[int, int]] = {}
+    files = [p for p in results_paths if p.exists()]
+    duplicates = 0
+    for which, path in enumerate(files):
+        with path.open("rb") as fh:
+            offset = 0
+            for raw in fh:
+                start, offset = offset, offset + len(raw)
+                if not raw.strip():
+                    continue
+                custom_id = json.loads(raw)["custom_id"]
+                if custom_id in index:
+                    duplicates += 1
+                    continue
+                index[custom_id] = (which, start)
+    succeeded = failed = missing = 0
+    handles = [p.open("rb") for p in files]
+    try:
+
+        def lines() -> Iterator[bytes]:
+            nonlocal succeeded, failed, missing
+            for _, request in iter_request_lines(input_path):
+                custom_id = request.get("custom_id")
+                entry = index.get(str(custom_id))
+                if entry is None:
+                    missing += 1
+                    failed += 1
+                    line = ResultLine(custom_id=str(custom_id), error={  # type: ignore[arg-type]
+                        "code": "missing_result", "message": "the job recorded no result for this request"})
+                    yield _final_line(line, {"batch_id": None, "round": None})
+                    continue
+                handle = handles[entry[0]]
+                handle.seek(entry[1])
+                raw = handle.readline()
+                if ResultLine.model_validate_json(raw).ok:
+                    succeeded += 1
+                else:
+                    failed += 1
+                yield raw
+
+        _atomic_lines(output_path, lines())
+    finally:
+        for h in handles:
+            h.close()
+    return succeeded, failed, missing, duplicates
+
+
+@dataclass
+class UsageTotals:
+    """Billed tokens summed from response bodies, per model, and a cost estimate.
+
+    ``prices`` maps a model name (or ``"*"``) to USD per 1M tokens:
+    ``{"gpt-4o-mini": {"input": 0.075, "cached_input": 0.0375, "output": 0.30}}`` (batch prices).
+
+    Example:
+        >>> u = UsageTotals()
+        >>> u.add({"model": "m", "usage": {"prompt_tokens": 1000, "completion_tokens": 500,
+        ...                                "prompt_tokens_details": {"cached_tokens": 200}}})
+        >>> u.summary(prices={"m": {"input": 1.0, "cached_input": 0.5, "output": 2.0}})["cost_usd"]
+        0.0019
+    """
+
+    per_model: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, body: Any) -> None:
+        if not isinstance(body, dict) or not isinstance(body.get("usage"), dict):
+            return
+        usage = body["usage"]
+        model = str(body.get("model") or "unknown")
+        if "prompt_tokens" in usage:
+            inp = usage.get("prompt_tokens") or 0
+            out = usage.get("completion_tokens") or 0
+            cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+            reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
+        else:
+            inp = usage.get("input_tokens") or 0
+            out = usage.get("output_tokens") or 0
+            cached = (usage.get("input_tokens_details") or {}).get("cached_tokens") or 0
+            reasoning = (usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0
+        row = self.per_model.setdefault(model, {"input": 0, "cached": 0, "output": 0, "reasoning": 0})
+        row["input"] += int(inp)
+        row["cached"] += int(cached)
+        row["output"] += int(out)
+        row["reasoning"] += int(reasoning)
+
+    def merge_from(self, other: Mapping[str, Mapping[str, int]]) -> None:
+        for model, row in other.items():
+            mine = self.per_model.setdefault(model, {"input": 0, "cached": 0, "output": 0, "reasoning": 0})
+            for key, value in row.items():
+                mine[key] = mine.get(key, 0) + int(value)
+
+    def summary(self, *, prices: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, Any]:
+        totals = {"input": 0, "cached": 0, "output": 0, "reasoning": 0}
+        for row in self.per_model.values():
+            for key in totals:
+                totals[key] += row.get(key, 0)
+        result: dict[str, Any] = {"tokens": totals, "by_model": self.per_model}
+        if prices:
+            cost = 0.0
+            unpriced = []
+            for model, row in self.per_model.items():
+                price = prices.get(model) or prices.get("*")
+                if price is None:
+                    unpriced.append(model)
+                    continue
+                cached_price = price.get("cached_input", price.get("input", 0.0))
+                cost += (row["input"] - row["cached"]) * price.get("input", 0.0) / 1e6
+                cost += row["cached"] * cached_price / 1e6
+                cost += row["output"] * price.get("output", 0.0) / 1e6  # reasoning is billed as output
+            result["cost_usd"] = round(cost, 6)
+            if unpriced:
+                result["unpriced_models"] = unpriced
+        return result

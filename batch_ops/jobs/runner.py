@@ -1,0 +1,366 @@
+"""A job: any number of requests, run as many batches until every request is accounted for.
+
+The job shards its input into valid batches, submits them with bounded concurrency, waits,
+recovers completed work from every finished batch (including expired and cancelled ones),
+resubmits retryable failures for up to ``max_rounds`` more rounds, backs off and resubmits
+parts refused with ``token_limit_exceeded``, and finally merges one result per request, in
+input order, each carrying its provenance.
+
+Money safety: a part's idempotency key is written to the state file *before* its batch is
+created, so a job killed mid-submit re-attaches to that batch when resumed instead of paying
+for a second one; a finished part is never submitted again.
+
+:meth:`BatchJob.advance_plan` is the one implementation of a step, written as a generator of
+client calls; ``advance`` / ``run`` drive it with :class:`~batch_ops.BatchClient`,
+``aadvance`` / ``arun`` with :class:`~batch_ops.AsyncBatchClient` (file work in a thread).
+
+Example:
+    >>> import tempfile, os
+    >>> from batch_ops.jsonl import write_requests, request_line
+    >>> d = tempfile.mkdtemp()
+    >>> _ = write_requests([request_line(f"q{i}", {"model": "m", "input": "x"}, endpoint="/v1/embeddings")
+    ...                     for i in range(5)], os.path.join(d, "in.jsonl"))
+    >>> job = BatchJob.open(os.path.join(d, "in.jsonl"), output_path=os.path.join(d, "out.jsonl"),
+    ...                     endpoint="/v1/embeddings", max_lines=2)
+    >>> [(p.name, p.requests) for p in job.state.parts]
+    [('r0-001', 2), ('r0-002', 2), ('r0-003', 1)]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from batch_ops.errors import APIConnectionError, APIStatusError, BatchOpsError, ConfigurationError
+from batch_ops.jobs.harvest import UsageTotals, harvest_part, merge, synthesize_failures
+from batch_ops.jobs.state import JobState, PartState, load_state, save_state, state_path_for, work_dir_for
+from batch_ops.jsonl import DEFAULT_MAX_BYTES, DEFAULT_MAX_LINES, check_file, shard_file, validate_file
+from batch_ops.models import Batch, BatchStatus
+
+__all__ = ["BatchJob", "Call", "JobProgress", "JobSummary"]
+
+#: Longest wait between token-limit resubmissions of one part (the wait doubles per refusal).
+TOKEN_LIMIT_BACKOFF_MAX = 3600.0
+
+_clock: Callable[[], float] = time.time
+
+
+@dataclass(frozen=True)
+class Call:
+    """Effect: call ``client.<target>(**kwargs)`` (``target`` like ``"batches.retrieve"``)."""
+
+    target: str
+    kwargs: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """What one step left behind: batches still running, and when to look again."""
+
+    running: list[str]
+    pending: int
+    done: bool
+    wake_at: float | None
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """The end of a job. ``succeeded + failed == total`` always; ``duplicates`` is 0."""
+
+    total: int
+    succeeded: int
+    failed: int
+    batches: int
+    resubmitted: int
+    rounds: int
+    token_limit_resubmits: int
+    duplicates: int
+    usage: dict[str, Any]
+    output_path: str
+    state_path: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _job_id(input_path: Path, output_path: Path) -> str:
+    # Stable for the same input and output, so the metadata of its batches is recognisable.
+    stat = input_path.stat()
+    raw = f"{input_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{output_path.resolve()}"
+    return "job_" + hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+class BatchJob:
+    """A resumable job over many batches. Open it, then ``run(client)`` (or ``arun``).
+
+    Args (of :meth:`open`):
+        input_path: the request file (any size; sharded into valid batches).
+        output_path: where the merged results go; the state file sits next to it.
+        endpoint: the batch endpoint every request targets.
+        max_concurrent: batches running at once.
+        max_rounds: extra rounds for retryable failures (0: no resubmission).
+        max_lines / max_bytes: per-batch limits used for sharding.
+        metadata: added to every batch (with the job id and part name).
+        prices: USD per 1M tokens per model, for the cost estimate.
+        token_limit_backoff: seconds before resubmitting a part refused with
+            ``token_limit_exceeded``; doubles per refusal, at most an hour.
+    """
+
+    def __init__(self, state: JobState, *, state_path: Path, max_concurrent: int,
+                 prices: Mapping[str, Mapping[str, float]] | None) -> None:
+        self.state = state
+        self.state_path = state_path
+        self.work_dir = work_dir_for(state.output_path)
+        self.max_concurrent = max_concurrent
+        self.prices = prices
+
+    # -- opening -------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        input_path: str | os.PathLike[str],
+        *,
+        output_path: str | os.PathLike[str],
+        endpoint: str,
+        max_concurrent: int = 4,
+        max_rounds: int = 3,
+        max_lines: int = DEFAULT_MAX_LINES,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        metadata: Mapping[str, str] | None = None,
+        prices: Mapping[str, Mapping[str, float]] | None = None,
+        token_limit_backoff: float = 60.0,
+    ) -> BatchJob:
+        """Start a job, or resume the one whose state file sits next to ``output_path``."""
+        if max_concurrent < 1:
+            raise ConfigurationError(f"max_concurrent={max_concurrent}: fix: run at least 1 batch at a time")
+        if max_rounds < 0:
+            raise ConfigurationError(f"max_rounds={max_rounds}: fix: use 0 (no resubmission) or more")
+        src, out = Path(input_path), Path(output_path)
+        state_path = state_path_for(out)
+        state = load_state(state_path)
+        if state is not None:
+            if state.endpoint != endpoint or Path(state.input_path) != src.resolve():
+                raise ConfigurationError(
+                    f"{state_path} belongs to a job over {state.input_path} ({state.endpoint}); fix: choose "
+                    "another output path, or delete the state file to start over"
+                )
+            return cls(state, state_path=state_path, max_concurrent=max_concurrent, prices=prices)
+        # Any size is fine: the limits apply per part, when sharding.
+        report = validate_file(src, endpoint=endpoint, max_lines=2**62, max_bytes=2**62, max_embedding_inputs=2**62)
+        work = work_dir_for(out)
+        shutil.rmtree(work, ignore_errors=True)
+        parts = shard_file(src, work / "parts", max_lines=max_lines, max_bytes=max_bytes, endpoint=endpoint,
+                           prefix="r0")
+        state = JobState(
+            job_id=_job_id(src, out), endpoint=endpoint, input_path=str(src.resolve()), output_path=str(out.resolve()),
+            total=report.lines, created_at=_clock(), max_rounds=max_rounds, metadata=dict(metadata or {}),
+            token_limit_backoff=token_limit_backoff,
+        )
+        for part in parts:
+            lines = check_file(part, endpoint=endpoint)[0].lines
+            state.parts.append(PartState(name=part.stem, round=0, path=str(part), requests=lines))
+        save_state(state, state_path)
+        return cls(state, state_path=state_path, max_concurrent=max_concurrent, prices=prices)
+
+    # -- the step, written once ---------------------------------------------------------------
+    def advance_plan(self) -> Generator[Call, Any, JobProgress]:
+        """One step: look at running batches, harvest the finished, submit what may start."""
+        state = self.state
+        for part in [p for p in state.parts if p.status == "running"]:
+            try:
+                batch: Batch = yield Call("batches.retrieve", {"batch_id": part.batch_id})
+            except (APIConnectionError, APIStatusError) as exc:
+                if isinstance(exc, APIStatusError) and exc.status_code < 500 and exc.status_code not in (408, 409, 429):
+                    raise
+                continue  # transient: look again next step
+            if batch.status.is_terminal:
+                yield from self._finish_part(part, batch)
+        now = _clock()
+        for part in state.active():
+            if part.status == "submitting":  # a submit interrupted by a crash: re-attach or create
+                yield from self._submit(part, reattach=True)
+        for part in state.pending(now=now):
+            if len(state.active()) >= self.max_concurrent:
+                break
+            yield from self._submit(part, reattach=False)
+        running = [p.batch_id for p in state.parts if p.status == "running" and p.batch_id]
+        pending = sum(1 for p in state.parts if p.status == "pending")
+        return JobProgress(running=running, pending=pending, done=state.done, wake_at=state.next_wake())
+
+    def _submit(self, part: PartState, *, reattach: bool) -> Generator[Call, Any, None]:
+        if not reattach:
+            part.key = f"{self.state.job_id}-{part.name}-s{part.submits}"
+            part.status = "submitting"
+            save_state(self.state, self.state_path)  # the key is on disk before any create
+        metadata = {**self.state.metadata, "batch_ops_job": self.state.job_id, "batch_ops_part": part.name}
+        batch: Batch = yield Call("submit", {
+            "source": part.path, "endpoint": self.state.endpoint, "metadata": metadata,
+            "idempotency_key": part.key, "reattach": reattach,
+        })
+        part.batch_id = batch.id
+        part.status = "running"
+        part.submits += 1
+        if batch.id not in self.state.batch_ids:
+            self.state.batch_ids.append(batch.id)
+        save_state(self.state, self.state_path)
+
+    def _finish_part(self, part: PartState, batch: Batch) -> Generator[Call, Any, None]:
+        state = self.state
+        errors = batch.errors.data if batch.errors else []
+        if batch.status is BatchStatus.FAILED and any(e.code == "token_limit_exceeded" for e in errors):
+            # Refused before running: nothing was billed. Wait, then submit the same part anew.
+            delay = min(state.token_limit_backoff * 2 ** max(part.submits - 1, 0), TOKEN_LIMIT_BACKOFF_MAX)
+            part.status, part.batch_id, part.key = "pending", None, None
+            part.not_before = _clock() + delay
+            state.token_limit_resubmits += 1
+            save_state(state, self.state_path)
+            return
+        downloads = self.work_dir / "downloads"
+        out_path = err_path = None
+        if batch.output_file_id:
+            out_path = yield Call("files.download", {"file_id": batch.output_file_id,
+                                                     "path": downloads / f"{batch.id}.output.jsonl"})
+        if batch.error_file_id:
+            err_path = yield Call("files.download", {"file_id": batch.error_file_id,
+                                                     "path": downloads / f"{batch.id}.errors.jsonl"})
+        results = self.work_dir / "results" / f"{part.name}.jsonl"
+        provenance = {"batch_id": batch.id, "round": part.round, "part": part.name}
+        if batch.status is BatchStatus.FAILED:
+            detail = "; ".join(f"{e.code}: {e.message}" for e in errors[:3]) or "batch failed"
+            part.failed = synthesize_failures(part_path=Path(part.path), results_path=results,
+                                              code=errors[0].code if errors and errors[0].code else "batch_failed",
+                                              message=detail, provenance=provenance)
+        else:
+            next_round = part.round + 1
+            retry_path = None
+            if next_round <= state.max_rounds:
+                retry_path = self.work_dir / "parts" / f"r{next_round}-{part.name.split('-', 1)[1]}.jsonl"
+            usage = UsageTotals()
+            counts = harvest_part(part_path=Path(part.path), output_path=out_path, error_path=err_path,
+                                  results_path=results, retry_path=retry_path, provenance=provenance, usage=usage)
+            part.succeeded, part.failed, part.retried = counts.succeeded, counts.failed, counts.retried
+            part.usage = usage.per_model
+            if retry_path is not None and counts.retried:
+                name = retry_path.stem
+                if all(p.name != name for p in state.parts):
+                    state.parts.append(PartState(name=name, round=next_round, path=str(retry_path),
+                                                 requests=counts.retried))
+        part.status = "harvested"
+        part.outcome = batch.status.value
+        save_state(state, self.state_path)
+
+    # -- finishing ------------------------------------------------------------------------------
+    def finish(self) -> JobSummary:
+        """Merge the final results into the output file and summarise (the job must be done)."""
+        state = self.state
+        if not state.done:
+            raise BatchOpsError(f"job {state.job_id} is not done: {self.describe()}; run it to the end first")
+        results = [self.work_dir / "results" / f"{p.name}.jsonl" for p in state.parts]
+        succeeded, failed, _missing, duplicates = merge(
+            input_path=Path(state.input_path), results_paths=results, output_path=Path(state.output_path))
+        if state.finished_at is None:
+            state.finished_at = _clock()
+            save_state(state, self.state_path)
+        usage = UsageTotals()
+        for p in state.parts:
+            usage.merge_from(p.usage)
+        return JobSummary(
+            total=state.total, succeeded=succeeded, failed=failed, batches=len(state.batch_ids),
+            resubmitted=sum(p.requests for p in state.parts if p.round > 0),
+            rounds=max(p.round for p in state.parts) + 1, token_limit_resubmits=state.token_limit_resubmits,
+            duplicates=duplicates, usage=usage.summary(prices=self.prices), output_path=state.output_path,
+            state_path=str(self.state_path),
+        )
+
+    def describe(self) -> str:
+        by: dict[str, int] = {}
+        for p in self.state.parts:
+            by[p.status] = by.get(p.status, 0) + 1
+        return ", ".join(f"{n} {s}" for s, n in sorted(by.items())) or "no parts"
+
+    # -- drivers ---------------------------------------------------------------------------------
+    def advance(self, client: Any) -> JobProgress:
+        """Run one step with a :class:`~batch_ops.BatchClient` (blocking)."""
+        plan = self.advance_plan()
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                call = plan.throw(error) if error is not None else plan.send(value)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            value, error = None, None
+            try:
+                value = _resolve(client, call.target)(**call.kwargs)
+            except BatchOpsError as exc:
+                error = exc
+
+    async def aadvance(self, client: Any) -> JobProgress:
+        """Run one step with an :class:`~batch_ops.AsyncBatchClient`; file work runs in a thread."""
+        plan = self.advance_plan()
+
+        def step(value: Any, error: BaseException | None) -> tuple[bool, Any]:
+            # StopIteration cannot cross a thread future, so report completion as a value.
+            try:
+                return False, (plan.throw(error) if error is not None else plan.send(value))
+            except StopIteration as done:
+                return True, done.value
+
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            finished, result = await asyncio.to_thread(step, value, error)
+            if finished:
+                return result  # type: ignore[no-any-return]
+            value, error = None, None
+            try:
+                value = await _resolve(client, result.target)(**result.kwargs)
+            except BatchOpsError as exc:
+                error = exc
+
+    def run(self, client: Any, *, poll_interval: float = 30.0, on_step: Callable[[JobProgress], None] | None = None,
+            sleep: Callable[[float], None] = time.sleep) -> JobSummary:
+        """Advance until done, sleeping between steps; then merge and summarise."""
+        while True:
+            progress = self.advance(client)
+            if on_step is not None:
+                on_step(progress)
+            if progress.done:
+                return self.finish()
+            sleep(self._delay(progress, poll_interval))
+
+    async def arun(self, client: Any, *, poll_interval: float = 30.0,
+                   on_step: Callable[[JobProgress], Any] | None = None) -> JobSummary:
+        """Async :meth:`run`: never blocks the event loop."""
+        while True:
+            progress = await self.aadvance(client)
+            if on_step is not None:
+                outcome = on_step(progress)
+                if asyncio.iscoroutine(outcome):
+                    await outcome
+            if progress.done:
+                return await asyncio.to_thread(self.finish)
+            await asyncio.sleep(self._delay(progress, poll_interval))
+
+    @staticmethod
+    def _delay(progress: JobProgress, poll_interval: float) -> float:
+        delay = poll_interval
+        if not progress.running and progress.wake_at is not None:
+            delay = max(0.0, progress.wake_at - _clock())  # only back-offs left: sleep until the first ends
+        elif progress.wake_at is not None:
+            delay = min(delay, max(0.0, progress.wake_at - _clock()))
+        return delay
+
+
+def _resolve(client: Any, target: str) -> Any:
+    obj = client
+    for attr in target.split("."):
+        obj = getattr(obj, attr)
+    return obj

@@ -1,0 +1,123 @@
+"""The persisted state of a job: small, JSON, written atomically after every transition.
+
+A job lives next to its output file::
+
+    OUT                  the merged results (written when the job finishes)
+    OUT.state.json       this state: parts, their batches, counters
+    OUT.work/parts/      request files, one per part (round 0 = shards of the input,
+                         later rounds = the retryable failures of a harvested part)
+    OUT.work/results/    per part: the final line of every request that will not run again
+    OUT.work/downloads/  output and error files of finished batches
+
+Every write goes to a temporary file and is renamed into place, so a job killed at any
+instant resumes from a consistent state.
+
+Example:
+    >>> s = JobState(job_id="j1", endpoint="/v1/embeddings", input_path="in.jsonl", output_path="out.jsonl",
+    ...              total=3, created_at=0.0, max_rounds=2)
+    >>> s.parts.append(PartState(name="r0-001", round=0, path="p.jsonl", requests=3))
+    >>> s.active(), s.pending(now=0.0)[0].name
+    ([], 'r0-001')
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["JobState", "PartState", "load_state", "save_state", "state_path_for", "work_dir_for"]
+
+PartStatus = Literal["pending", "submitting", "running", "harvested"]
+
+
+class PartState(BaseModel):
+    """One request file that runs as one batch (resubmitted while the token limit refuses it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    round: int
+    path: str
+    requests: int
+    status: PartStatus = "pending"
+    submits: int = 0
+    key: str | None = None
+    batch_id: str | None = None
+    not_before: float = 0.0
+    outcome: str | None = None
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    #: Billed tokens of this part's batch, per model (see harvest.UsageTotals).
+    usage: dict[str, dict[str, int]] = Field(default_factory=dict)
+
+
+class JobState(BaseModel):
+    """Everything needed to resume a job; see the module docstring for the files around it."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: int = 1
+    job_id: str
+    endpoint: str
+    input_path: str
+    output_path: str
+    total: int
+    created_at: float
+    max_rounds: int
+    token_limit_backoff: float = 60.0
+    metadata: dict[str, str] = Field(default_factory=dict)
+    parts: list[PartState] = Field(default_factory=list)
+    batch_ids: list[str] = Field(default_factory=list)
+    token_limit_resubmits: int = 0
+    finished_at: float | None = None
+
+    def active(self) -> list[PartState]:
+        """Parts with a batch that may be running (or being created)."""
+        return [p for p in self.parts if p.status in ("submitting", "running")]
+
+    def pending(self, *, now: float) -> list[PartState]:
+        """Parts ready to submit now, oldest round first."""
+        ready = [p for p in self.parts if p.status == "pending" and p.not_before <= now]
+        return sorted(ready, key=lambda p: (p.round, p.name))
+
+    def next_wake(self) -> float | None:
+        """The earliest ``not_before`` among parts waiting out a back-off."""
+        waits = [p.not_before for p in self.parts if p.status == "pending"]
+        return min(waits) if waits else None
+
+    @property
+    def done(self) -> bool:
+        return bool(self.parts) and all(p.status == "harvested" for p in self.parts)
+
+
+def state_path_for(output_path: str | os.PathLike[str]) -> Path:
+    return Path(f"{os.fspath(output_path)}.state.json")
+
+
+def work_dir_for(output_path: str | os.PathLike[str]) -> Path:
+    return Path(f"{os.fspath(output_path)}.work")
+
+
+def save_state(state: JobState, path: Path) -> None:
+    """Write atomically (temp file + fsync + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(state.model_dump_json(indent=1))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_state(path: Path) -> JobState | None:
+    if not path.exists():
+        return None
+    return JobState.model_validate(json.loads(path.read_text(encoding="utf-8")))
