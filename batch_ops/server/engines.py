@@ -45,6 +45,10 @@ class Reply:
 
     ``status_code`` and ``body`` form the HTTP response; ``status_code`` is None when there was
     no HTTP response at all and only the top-level ``error`` ``{code, message}`` says why.
+
+    Example:
+        >>> Reply(200, {"ok": 1}).ok, Reply(None, error={"code": "batch_expired", "message": "late"}).ok
+        (True, False)
     """
 
     status_code: int | None

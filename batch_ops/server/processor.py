@@ -126,14 +126,19 @@ class _Run:
     def done(self) -> bool:
         return self.next_index >= self.total
 
-    def read(self, limit: int) -> list[tuple[int, bytes]]:
-        """The next ``limit`` request lines with their indexes; advances the read position only."""
+    def read_chunk(self, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` of the requests not run yet, with their indexes (the caller advances).
+
+        Never past ``total`` and never empty while the batch is not done: files are written once,
+        atomically, so a short file means a hand-edited data dir, and failing the batch beats
+        waiting for ever on a line that will not come.
+        """
         lines: list[tuple[int, bytes]] = []
         index = self.next_index
-        while len(lines) < limit:
+        for _ in range(min(limit, self.total - self.next_index)):
             raw = self.input.readline()
             if not raw:
-                break
+                raise RuntimeError(f"the input file ended after {index} of {self.total} requests")
             lines.append((index, raw))
             index += 1
         return lines
@@ -366,7 +371,7 @@ class Processor:
 
     def _fast_chunk(self, run: _Run) -> None:
         """Read, answer and write one chunk in this (worker) thread: no I/O in the engine."""
-        lines = run.read(FAST_CHUNK)
+        lines = run.read_chunk(FAST_CHUNK)
         answer = self.engine.answer_now
         results = []
         for index, raw in lines:
@@ -381,7 +386,7 @@ class Processor:
         """One chunk of requests answered concurrently (upstream engine, or simulated request latency)."""
         assert self._slots is not None
         slots, latency = self._slots, self.options.request_latency
-        lines = await asyncio.to_thread(run.read, 2 * self.options.concurrency)
+        lines = await asyncio.to_thread(run.read_chunk, 2 * self.options.concurrency)
 
         async def one(index: int, raw: bytes) -> tuple[Any, Reply]:
             custom_id, request, reply = self._prepare(run, index, raw)
@@ -427,10 +432,8 @@ class Processor:
     def _drain(self, run: _Run, code: str, message: str) -> None:
         """Write an error line for every request not run yet (the batch was cancelled or expired)."""
         error = {"code": code, "message": message}
-        while True:
-            lines = run.read(FAST_CHUNK)
-            if not lines:
-                break
+        while not run.done:
+            lines = run.read_chunk(FAST_CHUNK)
             err = []
             for index, raw in lines:
                 request = _parse(index, raw)

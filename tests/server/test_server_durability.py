@@ -105,3 +105,17 @@ def test_everything_survives_a_restart(make_server: Any, kit: Any) -> None:
         assert client.files.content(done.output_file_id).read() == content
         assert [b.id for b in client.batches.list()] == [done.id]
         assert len(client.files.list().data) == 2  # the input and the output
+
+
+def test_an_input_file_cut_short_on_disk_fails_the_batch(make_server: Any, kit: Any) -> None:
+    with make_server(request_latency=0.02, concurrency=2) as url:
+        client = kit.sdk(url)
+        batch = kit.submit(client, kit.chat_file(100))
+        _wait_partial(client, batch.id)
+        url.kill()
+        stored = url.data_dir / "files" / batch.input_file_id
+        stored.write_bytes(b"".join(stored.read_bytes().splitlines(keepends=True)[:60]))
+        url.restart()
+        done = kit.wait(client, batch.id, timeout=20)  # fails instead of waiting for ever
+        assert done.status == "failed"
+        assert "ended after 60 of 100" in done.errors.data[0].message
