@@ -36,7 +36,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from batch_ops.models import BATCH_ENDPOINTS, check_create_params
-from batch_ops.server.engines import EchoEngine, make_engine
+from batch_ops.server.engines import EchoEngine, api_error_body, make_engine
 from batch_ops.server.faults import FaultPlan
 from batch_ops.server.options import ServerOptions
 from batch_ops.server.processor import Processor
@@ -59,21 +59,19 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     """An HTTP error in the OpenAI envelope."""
-    return JSONResponse(
-        {"error": {"message": message, "type": type, "param": param, "code": code}}, status_code=status, headers=headers
-    )
+    return JSONResponse(api_error_body(message, type=type, param=param, code=code), status_code=status, headers=headers)
 
 
-class _BadRequest(Exception):
-    """Raised inside a route to answer 400 (or ``status``) with the API's envelope."""
+class _ApiError(Exception):
+    """Raised inside a route to answer ``status`` (400 unless said otherwise) in the API's envelope."""
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None, status: int = 400) -> None:
         super().__init__(message)
         self.message, self.param, self.code, self.status = message, param, code, status
 
 
-def _missing(param: str) -> _BadRequest:
-    return _BadRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+def _missing(param: str) -> _ApiError:
+    return _ApiError(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
 
 
 async def _json_body(request: Request) -> Any:
@@ -81,7 +79,7 @@ async def _json_body(request: Request) -> Any:
     try:
         return json.loads(raw)
     except ValueError as exc:
-        raise _BadRequest(
+        raise _ApiError(
             "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
             "HTTP library correctly. The OpenAI API expects a JSON payload.)",
             code="invalid_json",
@@ -95,13 +93,11 @@ def _int_param(request: Request, name: str, *, default: int, low: int, high: int
     try:
         value = int(raw)
     except ValueError:
-        raise _BadRequest(
+        raise _ApiError(
             f"Invalid '{name}': expected an integer, got {raw!r}.", param=name, code="invalid_value"
         ) from None
     if not low <= value <= high:
-        raise _BadRequest(
-            f"Invalid '{name}': {value} is outside {low}..{high}.", param=name, code="integer_out_of_range"
-        )
+        raise _ApiError(f"Invalid '{name}': {value} is outside {low}..{high}.", param=name, code="integer_out_of_range")
     return value
 
 
@@ -164,14 +160,14 @@ class _Api:
             if not isinstance(purpose, str) or not purpose:
                 raise _missing("purpose")
             if purpose not in UPLOAD_PURPOSES:
-                raise _BadRequest(
+                raise _ApiError(
                     f"'{purpose}' is not one of {list(UPLOAD_PURPOSES)} - 'purpose'",
                     param="purpose",
                     code="invalid_value",
                 )
             filename = upload.filename or "upload"
             if purpose == "batch" and not filename.endswith(".jsonl"):
-                raise _BadRequest(
+                raise _ApiError(
                     "Invalid file format for Batch API. Must be .jsonl", param="file", code="invalid_file_format"
                 )
             file_id = new_id("file-")
@@ -182,19 +178,17 @@ class _Api:
         limit = _int_param(request, "limit", default=10_000, low=1, high=10_000)
         order = request.query_params.get("order", "desc")
         if order not in ("asc", "desc"):
-            raise _BadRequest(
-                f"Invalid 'order': {order!r} is not 'asc' or 'desc'.", param="order", code="invalid_value"
-            )
+            raise _ApiError(f"Invalid 'order': {order!r} is not 'asc' or 'desc'.", param="order", code="invalid_value")
         after = request.query_params.get("after")
         page = self.store.list_files(purpose=request.query_params.get("purpose"), after=after, limit=limit, order=order)
         if page is None:
-            raise _BadRequest(f"Invalid 'after': no file with id {after!r}.", param="after", code="invalid_value")
+            raise _ApiError(f"Invalid 'after': no file with id {after!r}.", param="after", code="invalid_value")
         return JSONResponse(_page(*page))
 
     def _file(self, file_id: str) -> dict[str, Any]:
         found = self.store.get_file(file_id)
         if found is None:
-            raise _BadRequest(f"No such File object: {file_id}", param="id", status=404)
+            raise _ApiError(f"No such File object: {file_id}", param="id", status=404)
         return found
 
     async def retrieve_file(self, request: Request) -> Response:
@@ -203,7 +197,7 @@ class _Api:
     async def delete_file(self, request: Request) -> Response:
         file_id = request.path_params["file_id"]
         if not self.store.delete_file(file_id):
-            raise _BadRequest(f"No such File object: {file_id}", param="id", status=404)
+            raise _ApiError(f"No such File object: {file_id}", param="id", status=404)
         return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 
     async def file_content(self, request: Request) -> Response:
@@ -211,7 +205,7 @@ class _Api:
         self._file(file_id)
         path = self.store.file_path(file_id)
         if not path.exists():
-            raise _BadRequest(f"No such File object: {file_id}", param="id", status=404)
+            raise _ApiError(f"No such File object: {file_id}", param="id", status=404)
         # FileResponse streams in 64 KiB chunks: output files can be hundreds of MB.
         return FileResponse(path, media_type="application/octet-stream")
 
@@ -220,13 +214,13 @@ class _Api:
     async def create_batch(self, request: Request) -> Response:
         body = await _json_body(request)
         if not isinstance(body, dict):
-            raise _BadRequest("The request body must be a JSON object.", code="invalid_value")
+            raise _ApiError("The request body must be a JSON object.", code="invalid_value")
         for param in ("input_file_id", "endpoint", "completion_window"):
             if body.get(param) is None:
                 raise _missing(param)
         input_file_id = body["input_file_id"]
         if not isinstance(input_file_id, str) or not input_file_id:
-            raise _BadRequest(
+            raise _ApiError(
                 "Invalid 'input_file_id': expected a file id string.", param="input_file_id", code="invalid_value"
             )
         problems = check_create_params(
@@ -238,12 +232,12 @@ class _Api:
         if problems:
             param = problems[0][0]
             message = "; ".join(f"Invalid '{p}': {problem} ({fix})" for p, problem, fix in problems)
-            raise _BadRequest(message, param=param, code="invalid_value")
+            raise _ApiError(message, param=param, code="invalid_value")
         found = self.store.get_file(input_file_id)
         if found is None:
-            raise _BadRequest(f"No such File object: {input_file_id}", param="input_file_id", status=404)
+            raise _ApiError(f"No such File object: {input_file_id}", param="input_file_id", status=404)
         if found["purpose"] != "batch":
-            raise _BadRequest(
+            raise _ApiError(
                 f"File {input_file_id} has purpose {found['purpose']!r}; a batch input file must be uploaded with "
                 "purpose 'batch'.",
                 param="input_file_id",
@@ -265,23 +259,23 @@ class _Api:
         after = request.query_params.get("after")
         page = self.store.list_batches(after=after, limit=limit)
         if page is None:
-            raise _BadRequest(f"Invalid 'after': no batch with id {after!r}.", param="after", code="invalid_value")
+            raise _ApiError(f"Invalid 'after': no batch with id {after!r}.", param="after", code="invalid_value")
         return JSONResponse(_page(*page))
 
     async def retrieve_batch(self, request: Request) -> Response:
         batch_id = request.path_params["batch_id"]
         found = self.store.get_batch(batch_id)
         if found is None:
-            raise _BadRequest(f"No batch found with id '{batch_id}'.", param="batch_id", status=404)
+            raise _ApiError(f"No batch found with id '{batch_id}'.", param="batch_id", status=404)
         return JSONResponse(found)
 
     async def cancel_batch(self, request: Request) -> Response:
         batch_id = request.path_params["batch_id"]
         batch, refusal = self.store.request_cancel(batch_id)
         if batch is None:
-            raise _BadRequest(f"No batch found with id '{batch_id}'.", param="batch_id", status=404)
+            raise _ApiError(f"No batch found with id '{batch_id}'.", param="batch_id", status=404)
         if refusal is not None:
-            raise _BadRequest(refusal, param="batch_id", code="invalid_state")
+            raise _ApiError(refusal, param="batch_id", code="invalid_state")
         self.processor.wake()
         return JSONResponse(batch)
 
@@ -290,7 +284,7 @@ class _Api:
     async def answer_now(self, request: Request) -> Response:
         body = await _json_body(request)
         if isinstance(body, dict) and body.get("stream"):
-            raise _BadRequest(
+            raise _ApiError(
                 "stream=true is not supported by the local echo server.", param="stream", code="unsupported_value"
             )
         reply = self.echo.respond(request.url.path, body)
@@ -307,8 +301,8 @@ def _page(rows: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
     }
 
 
-async def _bad_request(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, _BadRequest)
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, _ApiError)
     return error_response(exc.status, exc.message, param=exc.param, code=exc.code)
 
 
@@ -349,7 +343,7 @@ class BatchOpsApp(Starlette):
         super().__init__(
             routes=api.routes(),
             lifespan=self._lifespan,
-            exception_handlers={_BadRequest: _bad_request, HTTPException: _http_error, Exception: _server_error},
+            exception_handlers={_ApiError: _api_error, HTTPException: _http_error, Exception: _server_error},
         )
 
     @contextlib.asynccontextmanager

@@ -21,6 +21,7 @@ import math
 import random
 from typing import Any
 
+from batch_ops.server.engines import api_error_body
 from batch_ops.server.options import ServerOptions
 
 __all__ = ["FaultPlan", "abort_connection"]
@@ -96,13 +97,12 @@ class FaultPlan:
             await _send_json(
                 send,
                 429,
-                {
-                    "message": "Rate limit reached for requests (injected by batch_ops server --http-429). "
+                api_error_body(
+                    "Rate limit reached for requests (injected by batch_ops server --http-429). "
                     f"Please try again in {seconds:g}s.",
-                    "type": "requests",
-                    "param": None,
-                    "code": "rate_limit_exceeded",
-                },
+                    type="requests",
+                    code="rate_limit_exceeded",
+                ),
                 # Retry-After is whole seconds (rounded up, never promising too early); the SDKs
                 # read retry-after-ms first, which carries the exact delay.
                 [
@@ -111,22 +111,13 @@ class FaultPlan:
                 ],
             )
             return True
-        await _send_json(
-            send,
-            500,
-            {
-                "message": "The server had an error while processing your request (injected by --http-500).",
-                "type": "server_error",
-                "param": None,
-                "code": None,
-            },
-            [],
-        )
+        message = "The server had an error while processing your request (injected by --http-500)."
+        await _send_json(send, 500, api_error_body(message, type="server_error"), [])
         return True
 
 
-async def _send_json(send: Any, status: int, error: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
-    body = json.dumps({"error": error}).encode()
+async def _send_json(send: Any, status: int, payload: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
+    body = json.dumps(payload).encode()
     await send(
         {
             "type": "http.response.start",

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ACTIVE_STATUSES", "BatchRow", "Store", "Usage5", "new_id"]
+__all__ = ["ACTIVE_STATUSES", "BatchRow", "Store", "Usage5", "new_id", "usage_json"]
 
 #: Statuses the processor still has work for (resumed after a restart).
 ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
