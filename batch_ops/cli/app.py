@@ -1,0 +1,611 @@
+"""The typer app behind ``batch-ops``: one function per command, errors mapped to exit codes.
+
+Loaded only by :func:`batch_ops.cli.main` (never by ``import batch_ops``), because it needs the
+``cli`` extra (typer, rich). The exit codes and the ``--json`` contract are described in
+:mod:`batch_ops.cli`.
+
+Example:
+    >>> from typer.testing import CliRunner
+    >>> CliRunner().invoke(app, ["validate", "--help"]).exit_code
+    0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import secrets
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal, NoReturn
+
+import pydantic
+import typer
+from rich.console import Console, RenderableType
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from batch_ops.cli import EXIT_CODES, EXIT_FAILED, exit_code_for, render
+from batch_ops.client import BatchClient
+from batch_ops.errors import (
+    APIConnectionError,
+    BatchOpsError,
+    BatchTimeoutError,
+    ConfigurationError,
+    InputValidationError,
+    Problem,
+)
+from batch_ops.jsonl import DEFAULT_MAX_BYTES, DEFAULT_MAX_LINES, check_file, shard_file
+from batch_ops.models import Batch, BatchStatus
+from batch_ops.polling import describe, outcome_error
+from batch_ops.settings import ClientSettings
+
+__all__ = ["app"]
+
+
+def _exit_code_help() -> str:
+    rows = "\n".join(f"{code:<4} {text}" for code, text in EXIT_CODES.items())
+    # "\b" tells click to keep this paragraph's line breaks instead of re-wrapping it.
+    return f"Exit codes:\n\n\b\n{rows}"
+
+
+app = typer.Typer(
+    name="batch-ops",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,  # plain help text: keeps the exit-code table's line breaks as written
+    # Never print local variables in a traceback: they would include the API key.
+    pretty_exceptions_show_locals=False,
+    help="batch_ops: run the OpenAI Batch API from a shell: submit, watch, list, cancel, collect.",
+    epilog=_exit_code_help(),
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root() -> None:
+    """batch_ops: run the OpenAI Batch API from a shell: submit, watch, list, cancel, collect.
+
+    API commands take --base-url, --api-key (env OPENAI_API_KEY), --max-retries and --json
+    (one JSON object on stdout, nothing else).
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Options shared by the API commands
+# ---------------------------------------------------------------------------------------------
+
+BaseUrlOption = Annotated[
+    str | None,
+    typer.Option("--base-url", envvar="OPENAI_BASE_URL", show_default=False, metavar="URL",
+                 help="API root including /v1 [default: https://api.openai.com/v1; local: http://127.0.0.1:8765/v1]."),
+]
+ApiKeyOption = Annotated[
+    str | None,
+    typer.Option("--api-key", envvar="OPENAI_API_KEY", show_default=False, metavar="KEY",
+                 help="API key (prefer the environment variable: flags show up in `ps` and shell history)."),
+]
+MaxRetriesOption = Annotated[
+    int | None,
+    typer.Option("--max-retries", min=0, max=100, show_default=False, metavar="N",
+                 help="Retries of a failed call (429, 5xx, network) [default: 6]; 0 fails at once."),
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else (progress off).")
+]
+PollIntervalOption = Annotated[
+    float, typer.Option("--poll-interval", min=0.01, metavar="SECONDS", help="Seconds between polls while waiting.")
+]
+TimeoutOption = Annotated[
+    float,
+    typer.Option("--timeout", min=0.01, metavar="SECONDS",
+                 help="Give up waiting after this many seconds (exit 5; the batch keeps running)."),
+]
+
+
+class _Out:
+    """Where a command's output goes: stdout for its result, stderr for everything else."""
+
+    def __init__(self, *, json: bool) -> None:
+        self.json = json
+        self.secret: str | None = None  # set by _client; scrubbed from every message
+        self.base_url: str | None = None  # named in connection errors, which otherwise show only the path
+        # markup=False: ids, metadata and server messages are data, never rich markup.
+        # Piped output gets a wide console so table rows are not wrapped for grep and friends.
+        width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
+        self.stdout = Console(markup=False, highlight=False, width=width)
+        self.stderr = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
+
+    def result(self, data: dict[str, Any], human: RenderableType | None = None) -> None:
+        """The command's result: ``data`` as one JSON line with ``--json``, else ``human``."""
+        if self.json:
+            sys.stdout.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
+            sys.stdout.flush()
+        elif human is not None:
+            self.stdout.print(human)
+
+    def note(self, message: str, *, style: str | None = None) -> None:
+        """A remark for people (stderr); silent with ``--json``."""
+        if not self.json:
+            self.stderr.print(self._scrub(message), style=style)
+
+    def fail(
+        self,
+        message: str,
+        code: int,
+        *,
+        kind: str = "error",
+        batch: Batch | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> NoReturn:
+        """Report a failure on one line (stderr; plus an error object on stdout with --json) and exit."""
+        text = self._scrub(message)
+        first, _, rest = text.partition("\n")
+        self.stderr.print(f"error: {first}", style="red", soft_wrap=True)
+        if rest:  # validation errors list their problems on the lines below
+            self.stderr.print(rest, soft_wrap=True)
+        if self.json:
+            error: dict[str, Any] = {"type": kind, "message": text, "exit_code": code}
+            if batch is not None:
+                error["batch"] = batch.model_dump(mode="json")
+            error.update(extra or {})
+            sys.stdout.write(json.dumps({"error": error}, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+        raise typer.Exit(code)
+
+    def _scrub(self, text: str) -> str:
+        # Belt and braces: no message we print should contain the key, but never let one through.
+        # (Short dummy keys such as "local" are not secrets, and scrubbing them would mangle words.)
+        if self.secret and len(self.secret) >= 8:
+            return text.replace(self.secret, "***")
+        return text
+
+
+def _client(out: _Out, base_url: str | None, api_key: str | None, max_retries: int | None) -> BatchClient:
+    """A client from the flags and the environment (flags win); settings errors exit 4."""
+    try:
+        settings = ClientSettings.from_env(api_key=api_key, base_url=base_url, max_retries=max_retries)
+    except pydantic.ValidationError as exc:
+        # Only the messages: pydantic's own text would echo the input values.
+        detail = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise ConfigurationError(f"Bad client settings: {detail}") from None
+    if settings.api_key is None:
+        # The core's message speaks Python (api_key=...); a shell user needs the flag.
+        raise ConfigurationError(
+            "No API key: set OPENAI_API_KEY (Azure: AZURE_OPENAI_API_KEY) or pass --api-key. "
+            "The local server (batch-ops serve) takes any key unless started with --api-key."
+        )
+    out.base_url = settings.base_url
+    out.secret = settings.api_key.get_secret_value()
+    return BatchClient(settings=settings)
+
+
+@contextlib.contextmanager
+def _handled(out: _Out, *, batch_id: str | None = None) -> Iterator[None]:
+    """Turn the failures a command can meet into one line on stderr and an exit code."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt as exc:
+        keeps = f"; batch {batch_id} keeps running (batch-ops status {batch_id})" if batch_id else ""
+        out.fail(f"interrupted{keeps}", exit_code_for(exc), kind="KeyboardInterrupt")
+    except BatchOpsError as exc:
+        message = str(exc)
+        extra: dict[str, Any] = {}
+        if isinstance(exc, InputValidationError):
+            extra["problems"] = [render.problem_json(p) for p in exc.problems]
+        elif isinstance(exc, APIConnectionError) and out.base_url:
+            message += f" (base URL {out.base_url}: is the server up and the URL right?)"
+        elif isinstance(exc, BatchTimeoutError) and batch_id:
+            message += f" Resume: batch-ops status {batch_id} --wait"
+        out.fail(message, exit_code_for(exc), kind=type(exc).__name__, batch=getattr(exc, "batch", None),
+                 extra=extra)
+    except OSError as exc:
+        out.fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc), EXIT_FAILED,
+                 kind=type(exc).__name__)
+
+
+class _Watch:
+    """The ``on_poll`` callback of a wait: a progress bar on a terminal, a line per change elsewhere."""
+
+    def __init__(self, out: _Out, batch_id: str) -> None:
+        self.out = out
+        self.batch_id = batch_id
+        self.progress: Progress | None = None
+        self.task: Any = None
+        self.last = ""
+
+    def __enter__(self) -> _Watch:
+        if not self.out.json and self.out.stderr.is_terminal:
+            self.progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[failed]}"),
+                TimeElapsedColumn(),
+                console=self.out.stderr,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task(f"{self.batch_id} waiting", total=None, failed="")
+        return self
+
+    def __call__(self, batch: Batch) -> None:
+        counts = batch.request_counts
+        if self.progress is not None:
+            self.progress.update(
+                self.task,
+                description=f"{batch.id} {batch.status.value}",
+                total=counts.total or None,  # None: an indeterminate bar while validating
+                completed=counts.done,
+                failed=f"{counts.failed} failed" if counts.failed else "",
+            )
+            return
+        line = describe(batch)
+        if line != self.last:  # logs get one line per change, not one per poll
+            self.last = line
+            self.out.note(f"{batch.id}: {line}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _wait(client: BatchClient, out: _Out, batch_id: str, *, poll_interval: float, timeout: float) -> Batch:
+    with _Watch(out, batch_id) as watch:
+        return client.batches.wait(batch_id, poll_interval=poll_interval, timeout=timeout, on_poll=watch)
+
+
+def _batch_json(batch: Batch) -> dict[str, Any]:
+    return batch.model_dump(mode="json")
+
+
+def _print_problems(out: _Out, path: str, problems: list[Problem], *, truncated: bool) -> None:
+    for p in problems:
+        # path:line: is the compiler convention, so editors and terminals can jump to the line.
+        where = f"{path}:{p.line}:" if p.line is not None else f"{path}: {p.param or 'file'}:"
+        out.stdout.print(f"{where} {p.rule}: {p.message}", soft_wrap=True)
+        out.stdout.print(f"    fix: {p.fix}", style="dim", soft_wrap=True)
+    if truncated:
+        out.stdout.print("(stopped after the first problems; fix these and validate again)")
+
+
+def _parse_metadata(values: list[str] | None) -> dict[str, str] | None:
+    if not values:
+        return None
+    pairs: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE (e.g. --metadata run=nightly)",
+                                     param_hint="--metadata")
+        pairs[key] = value
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------
+
+InputArgument = Annotated[
+    Path, typer.Argument(exists=True, dir_okay=False, readable=True, metavar="INPUT",
+                         help="JSONL request file, one request per line.")
+]
+EndpointOption = Annotated[
+    str | None,
+    typer.Option("--endpoint", "-e", metavar="ENDPOINT",
+                 help="Batch endpoint, e.g. /v1/chat/completions; every line's url must match."),
+]
+
+
+@app.command()
+def submit(
+    input_path: InputArgument,
+    endpoint: Annotated[
+        str, typer.Option("--endpoint", "-e", metavar="ENDPOINT", help="Batch endpoint, e.g. /v1/chat/completions.")
+    ],
+    metadata: Annotated[
+        list[str] | None,
+        typer.Option("--metadata", "-m", metavar="KEY=VALUE", help="Batch metadata; repeat for more pairs (max 16)."),
+    ] = None,
+    completion_window: Annotated[
+        str, typer.Option("--completion-window", metavar="WINDOW", help="Only 24h exists today.")
+    ] = "24h",
+    output_expires_after: Annotated[
+        int | None,
+        typer.Option("--output-expires-after", metavar="SECONDS", show_default=False,
+                     help="Delete the output files this long after creation (3600..2592000)."),
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option("--idempotency-key", metavar="KEY", show_default=False,
+                     help="Submitting again with the same key returns the first batch instead of a second one."),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait until the batch ends, with progress; then a summary.")
+    ] = False,
+    poll_interval: PollIntervalOption = 10.0,
+    timeout: TimeoutOption = 86400.0,
+    base_url: BaseUrlOption = None,
+    api_key: ApiKeyOption = None,
+    max_retries: MaxRetriesOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Validate INPUT, upload it and create a batch; nothing is uploaded if a line is wrong.
+
+    Exit 0 when created (with --wait: when it completed); 1 on validation problems or a batch
+    that ended failed, expired or cancelled; 5 when --timeout ran out.
+    """
+    out = _Out(json=json_output)
+    meta = _parse_metadata(metadata)
+    expires = {"anchor": "created_at", "seconds": output_expires_after} if output_expires_after is not None else None
+    with _handled(out):
+        # Offline first: a bad file is reported line by line before any key or network is needed.
+        report, problems = check_file(input_path, endpoint=endpoint)
+        if problems:
+            raise InputValidationError(problems, source=str(input_path), truncated=report.truncated)
+        out.note(f"validated {report.lines} requests ({render.human_bytes(report.bytes)}) for {report.endpoint}"
+                 + (f", model {report.model}" if report.model else ""))
+        with _client(out, base_url, api_key, max_retries) as client:
+            batch = client.submit(
+                input_path, endpoint=endpoint, completion_window=completion_window, metadata=meta,
+                output_expires_after=expires, idempotency_key=idempotency_key,
+            )
+            # From here on the batch exists: an interrupt or a timeout must say which one keeps running.
+            with _handled(out, batch_id=batch.id):
+                # Neutral wording: with --idempotency-key this may be the batch an earlier run created.
+                out.note(f"submitted {batch.id} ({batch.status.value}), input file {batch.input_file_id}")
+                if not wait:
+                    out.result(_batch_json(batch), render.batch_view(batch))
+                    out.note(f"follow it: batch-ops status {batch.id}", style="dim")
+                    return
+                batch = _wait(client, out, batch.id, poll_interval=poll_interval, timeout=timeout)
+        _finish_wait(out, batch)
+
+
+def _finish_wait(out: _Out, batch: Batch) -> None:
+    error = outcome_error(batch)
+    if error is not None:
+        if not out.json:
+            out.stdout.print(render.batch_view(batch))
+        out.fail(str(error), exit_code_for(error), kind=type(error).__name__, batch=batch)
+    out.result(_batch_json(batch), render.batch_view(batch))
+    if batch.status is BatchStatus.COMPLETED:
+        out.note(f"collect the results: batch-ops results {batch.id} --output results.jsonl", style="dim")
+
+
+@app.command()
+def status(
+    batch_id: Annotated[str, typer.Argument(metavar="BATCH_ID", help="The batch id (batch_...).")],
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait until the batch ends, with progress (resumes a timed-out wait).")
+    ] = False,
+    poll_interval: PollIntervalOption = 10.0,
+    timeout: TimeoutOption = 86400.0,
+    base_url: BaseUrlOption = None,
+    api_key: ApiKeyOption = None,
+    max_retries: MaxRetriesOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Show a batch: status, request counts, usage, file ids, timestamps and errors.
+
+    Exit 0 whatever the batch's status; with --wait, the exit codes of submit --wait
+    (1 when it ended failed, expired or cancelled; 5 when --timeout ran out).
+    """
+    out = _Out(json=json_output)
+    with _handled(out, batch_id=batch_id if wait else None), _client(out, base_url, api_key, max_retries) as client:
+        batch = client.batches.retrieve(batch_id)
+        if wait and not batch.status.is_terminal:
+            batch = _wait(client, out, batch_id, poll_interval=poll_interval, timeout=timeout)
+    if wait:
+        _finish_wait(out, batch)
+    else:
+        out.result(_batch_json(batch), render.batch_view(batch))
+
+
+@app.command("list")
+def list_batches(
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, max=100, metavar="N", help="Batches per page (1..100).")
+    ] = 20,
+    after: Annotated[
+        str | None,
+        typer.Option("--after", metavar="BATCH_ID", show_default=False, help="Start after this batch (the cursor)."),
+    ] = None,
+    all_pages: Annotated[bool, typer.Option("--all", help="Follow the cursor through every page.")] = False,
+    base_url: BaseUrlOption = None,
+    api_key: ApiKeyOption = None,
+    max_retries: MaxRetriesOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """List batches, newest first, one page (or --all pages)."""
+    out = _Out(json=json_output)
+    with _handled(out), _client(out, base_url, api_key, max_retries) as client:
+        if all_pages:
+            batches = list(client.batches.iter_all(limit=limit, after=after))
+            has_more = False
+        else:
+            page = client.batches.list(limit=limit, after=after)
+            batches, has_more = list(page.data), page.has_more
+    data = {
+        "object": "list",
+        "data": [_batch_json(b) for b in batches],
+        "first_id": batches[0].id if batches else None,
+        "last_id": batches[-1].id if batches else None,
+        "has_more": has_more,
+    }
+    out.result(data, render.batch_table(batches) if batches else "no batches")
+    if has_more and batches:
+        out.note(f"more: batch-ops list --after {batches[-1].id}  (or --all)", style="dim")
+
+
+@app.command()
+def cancel(
+    batch_id: Annotated[str, typer.Argument(metavar="BATCH_ID", help="The batch id (batch_...).")],
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until the batch has stopped.")] = False,
+    poll_interval: PollIntervalOption = 5.0,
+    timeout: TimeoutOption = 86400.0,
+    base_url: BaseUrlOption = None,
+    api_key: ApiKeyOption = None,
+    max_retries: MaxRetriesOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Cancel a batch (it goes `cancelling`, then `cancelled`; finished work stays in its output file).
+
+    With --wait, exit 0 once it is cancelled; 1 when it ended another way first (completed,
+    failed, expired); 5 when --timeout ran out.
+    """
+    out = _Out(json=json_output)
+    with _handled(out, batch_id=batch_id), _client(out, base_url, api_key, max_retries) as client:
+        batch = client.batches.cancel(batch_id)
+        if wait and not batch.status.is_terminal:
+            batch = _wait(client, out, batch_id, poll_interval=poll_interval, timeout=timeout)
+    if wait and batch.status is not BatchStatus.CANCELLED:
+        if not out.json:
+            out.stdout.print(render.batch_view(batch))
+        out.fail(f"Batch {batch.id} ended {batch.status.value} before the cancel took effect.", EXIT_FAILED,
+                 kind="BatchNotCancelled", batch=batch)
+    out.result(_batch_json(batch), render.batch_view(batch))
+
+
+@app.command()
+def results(
+    batch_id: Annotated[str, typer.Argument(metavar="BATCH_ID", help="A finished batch (completed, failed, ...).")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", dir_okay=False, metavar="PATH", help="File to write (replaced whole).")
+    ],
+    fmt: Annotated[
+        Literal["jsonl", "csv"] | None,
+        typer.Option("--format", "-f", show_default=False,
+                     help="jsonl (one result object per line) or csv [default: from the PATH suffix, else jsonl]."),
+    ] = None,
+    input_path: Annotated[
+        Path | None,
+        typer.Option("--input", "-i", exists=True, dir_okay=False, readable=True, metavar="PATH", show_default=False,
+                     help="The local request file the batch ran (saves downloading the input file)."),
+    ] = None,
+    base_url: BaseUrlOption = None,
+    api_key: ApiKeyOption = None,
+    max_retries: MaxRetriesOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Write every request's result, in input order: output and error files joined by custom_id.
+
+    CSV columns: custom_id, ok, status_code, error_code, content. content is the answer
+    (chat: choices[0].message.content; responses: the output text; embeddings: the dimensions,
+    NxD for N inputs; completions: the text) or, for a failed request, the error message.
+    A request with no result at all appears with error_code missing_result.
+    """
+    out = _Out(json=json_output)
+    kind = fmt or ("csv" if output.suffix.lower() == ".csv" else "jsonl")
+    tally = render.ResultTally()
+    with _handled(out), _client(out, base_url, api_key, max_retries) as client:
+        batch = client.batches.retrieve(batch_id)
+        if not batch.status.is_terminal:
+            out.fail(f"Batch {batch.id} is still {describe(batch)}: its results are not ready "
+                     f"(batch-ops status {batch.id}; or submit with --wait).", EXIT_FAILED,
+                     kind="BatchNotFinished", batch=batch)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        part = output.with_name(f".{output.name}.{secrets.token_hex(4)}.part")
+        try:
+            # Written beside the target and renamed: PATH holds all results or stays as it was.
+            with part.open("w", encoding="utf-8", newline="") as fh:
+                lines = client.results(batch, input_path=input_path)
+                if kind == "csv":
+                    writer = csv.writer(fh)
+                    writer.writerow(render.CSV_COLUMNS)
+                    for line in lines:
+                        tally.add(line)
+                        writer.writerow(render.csv_row(line, batch.endpoint))
+                else:
+                    for line in lines:
+                        tally.add(line)
+                        fh.write(line.model_dump_json() + "\n")
+            os.replace(part, output)
+        finally:
+            part.unlink(missing_ok=True)
+    out.result({"batch_id": batch.id, "status": batch.status.value, "output": str(output), "format": kind,
+                **tally.as_dict()})
+    style = "green" if tally.failed == 0 else "yellow"
+    if not out.json:
+        out.stderr.print(f"wrote {output} ({kind}): {tally.summary()}", style=style, soft_wrap=True)
+
+
+@app.command()
+def validate(
+    input_path: InputArgument,
+    endpoint: EndpointOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Check a request file against the Batch API's input rules, offline.
+
+    Prints every problem with its line, rule and fix; exit 1 when there is any.
+    """
+    out = _Out(json=json_output)
+    with _handled(out):
+        report, problems = check_file(input_path, endpoint=endpoint)
+    if out.json:
+        out.result(render.report_json(report, problems))
+    elif problems:
+        _print_problems(out, str(input_path), problems, truncated=report.truncated)
+        noun = "problem" if len(problems) == 1 else "problems"
+        out.stderr.print(f"{input_path}: {len(problems)}{'+' if report.truncated else ''} {noun} "
+                         f"in {report.lines} lines", style="red")
+    else:
+        model = f", model {report.model}" if report.model else ""
+        out.stdout.print(f"{input_path}: valid: {report.lines} requests, {render.human_bytes(report.bytes)}, "
+                         f"{report.endpoint}{model}", soft_wrap=True)
+    if problems:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def shard(
+    input_path: InputArgument,
+    out_dir: Annotated[
+        Path, typer.Option("--out-dir", "-d", file_okay=False, metavar="DIR", help="Directory for the parts.")
+    ],
+    max_lines: Annotated[int, typer.Option("--max-lines", min=1, help="Most requests per part.")] = DEFAULT_MAX_LINES,
+    max_bytes: Annotated[int, typer.Option("--max-bytes", min=1, help="Largest part in bytes.")] = DEFAULT_MAX_BYTES,
+    endpoint: EndpointOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Split a request file into parts that each fit the limits (validated first; lines kept whole, in order)."""
+    out = _Out(json=json_output)
+    with _handled(out):
+        paths = shard_file(input_path, out_dir, max_lines=max_lines, max_bytes=max_bytes, endpoint=endpoint)
+        sizes = [(p, _count_lines(p), p.stat().st_size) for p in paths]
+    if out.json:
+        parts = [{"path": str(p), "lines": lines, "bytes": size} for p, lines, size in sizes]
+        out.result({"input": str(input_path), "out_dir": str(out_dir), "parts": parts})
+        return
+    for p, lines, size in sizes:
+        out.stdout.print(f"{p}  {lines} requests  {render.human_bytes(size)}", soft_wrap=True)
+    out.stderr.print(f"{len(sizes)} part(s) in {out_dir}", style="green")
+
+
+def _count_lines(path: Path) -> int:
+    count = 0
+    last = b"\n"
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    return count + (0 if last == b"\n" else 1)
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,  # --help goes to the server's own parser, which knows the flags
+)
+def serve(ctx: typer.Context) -> None:
+    """Run the local OpenAI-compatible Batch API server (flags: batch-ops serve --help)."""
+    # main() forwards `serve` before loading typer at all; this command lists it in --help and
+    # serves callers that invoke ``app`` directly.
+    from batch_ops.cli import _serve
+
+    raise typer.Exit(_serve(ctx.args))
+
