@@ -203,11 +203,11 @@ def test_wrong_key_and_unknown_ids_fail_fast_with_the_servers_message(make_serve
 
 def test_submit_with_a_key_is_safe_to_repeat(quiet_server: str) -> None:
     with BatchClient(api_key="local", base_url=quiet_server) as client:
-        before = len(client.files.list().data)
+        before = len(client.files.list(purpose="batch").data)
         first = client.submit(chat_requests(3), endpoint=CHAT, idempotency_key="dag.task.run.0")
         again = client.submit(chat_requests(3), endpoint=CHAT, idempotency_key="dag.task.run.0")
         assert again.id == first.id
-        assert len(client.files.list().data) == before + 1  # the repeat uploaded nothing
+        assert len(client.files.list(purpose="batch").data) == before + 1  # the repeat uploaded nothing
         same = client.batches.create(input_file_id=first.input_file_id, endpoint=CHAT,
                                      idempotency_key="dag.task.run.0")
         assert same.id == first.id
@@ -302,3 +302,18 @@ def test_retry_after_is_honoured(make_server: MakeServer, no_sleep: list[float])
             client.batches.list()
     assert no_sleep and all(abs(s - 0.2) < 1e-9 for s in no_sleep)
     assert len(no_sleep) == client.retry_policy.max_retries
+
+
+def test_lost_create_responses_never_bill_a_second_batch(make_server: MakeServer, no_sleep: list[float],
+                                                         tmp_path: Path) -> None:
+    """Half of the injected drops lose the response *after* the server created the batch: the
+    client must find that batch by its idempotency key instead of creating another."""
+    path = write_jsonl(tmp_path / "in.jsonl", [
+        {"custom_id": "a", "method": "POST", "url": CHAT, "body": {"model": "m", "messages": []}}])
+    with make_server(drop=0.5, seed=21) as url:
+        with BatchClient(api_key="local", base_url=url) as client:
+            file_id = client.files.upload(path).id
+            created = [client.batches.create(input_file_id=file_id, endpoint=CHAT).id for _ in range(12)]
+        on_server = [b.id for b in sdk(url).batches.list(limit=100)]
+    assert len(set(created)) == 12
+    assert sorted(on_server) == sorted(created)

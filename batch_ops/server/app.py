@@ -37,7 +37,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from batch_ops.models import BATCH_ENDPOINTS, check_create_params
 from batch_ops.server.engines import EchoEngine, api_error_body, make_engine
-from batch_ops.server.faults import FaultPlan
+from batch_ops.server.faults import FaultPlan, losing_response
 from batch_ops.server.options import ServerOptions
 from batch_ops.server.processor import Processor
 from batch_ops.server.store import Store, new_id
@@ -357,8 +357,11 @@ class BatchOpsApp(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1"):
-            if self.faults.active and await self.faults.apply(send):
+            fault = await self.faults.apply(send) if self.faults.active else None
+            if fault == "handled":
                 return
+            if fault == "drop_after":
+                send = losing_response(send)  # handle the call, then lose the answer
             request_id = ("req_" + os.urandom(16).hex()).encode()
             denied = self._denied(scope)
             send = _with_header(send, b"x-request-id", request_id)

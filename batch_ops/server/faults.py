@@ -24,7 +24,7 @@ from typing import Any
 from batch_ops.server.engines import api_error_body
 from batch_ops.server.options import ServerOptions
 
-__all__ = ["FaultPlan", "abort_connection"]
+__all__ = ["FaultPlan", "abort_connection", "losing_response"]
 
 log = logging.getLogger(__name__)
 
@@ -70,28 +70,40 @@ class FaultPlan:
         return bool(self.latency or self.http_429 or self.http_500 or self.drop)
 
     def draw(self) -> str | None:
-        """``"drop"``, ``"429"``, ``"500"`` or None for one call."""
+        """``"drop"``, ``"drop_after"``, ``"429"``, ``"500"`` or None for one call.
+
+        Half the drops happen before the call is handled, half after it was handled (the
+        response is lost). The second kind is the one that makes a naive client create a batch
+        twice: the server did the work, the client never heard.
+        """
         if not (self.http_429 or self.http_500 or self.drop):
             return None
         u = self._rng.random()
-        if u < self.drop:
+        if u < self.drop / 2:
             return "drop"
+        if u < self.drop:
+            return "drop_after"
         if u < self.drop + self.http_429:
             return "429"
         if u < self.drop + self.http_429 + self.http_500:
             return "500"
         return None
 
-    async def apply(self, send: Any) -> bool:
-        """Delay, then maybe fail the call. True when the call was answered (or dropped) here."""
+    async def apply(self, send: Any) -> str | None:
+        """Delay, then maybe fail the call.
+
+        Returns ``"handled"`` when the call was answered (or dropped) here, ``"drop_after"``
+        when the caller must handle it and then lose the response (see :func:`losing_response`),
+        or None.
+        """
         if self.latency:
             await asyncio.sleep(self.latency)
         fault = self.draw()
-        if fault is None:
-            return False
+        if fault is None or fault == "drop_after":
+            return fault
         if fault == "drop":
             await abort_connection(send)
-            return True
+            return "handled"
         if fault == "429":
             seconds = self.retry_after
             await _send_json(
@@ -110,10 +122,10 @@ class FaultPlan:
                     (b"retry-after-ms", str(round(seconds * 1000)).encode()),
                 ],
             )
-            return True
+            return "handled"
         message = "The server had an error while processing your request (injected by --http-500)."
         await _send_json(send, 500, api_error_body(message, type="server_error"), [])
-        return True
+        return "handled"
 
 
 async def _send_json(send: Any, status: int, payload: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
@@ -126,6 +138,19 @@ async def _send_json(send: Any, status: int, payload: dict[str, Any], headers: l
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def losing_response(send: Any) -> Any:
+    """Wrap uvicorn's ``send`` so the response is never delivered: the connection is aborted
+    when the app starts its response, after the app did all its work."""
+
+    async def lose(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            await abort_connection(send)
+            return
+        await send(message)  # uvicorn ignores sends on a connection it knows is gone
+
+    return lose
 
 
 async def abort_connection(send: Any) -> None:
