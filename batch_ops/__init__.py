@@ -12,8 +12,9 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from batch_ops._version import __version__
-from batch_ops.client import AsyncBatchClient, BatchClient
 from batch_ops.errors import (
     APIConnectionError,
     APIError,
@@ -46,6 +47,19 @@ from batch_ops.models import (
 )
 from batch_ops.polling import BatchPoller, outcome_error, raise_for_outcome
 from batch_ops.settings import ClientSettings
+
+if TYPE_CHECKING:
+    from batch_ops.client import AsyncBatchClient, BatchClient
+
+
+def __getattr__(name: str) -> Any:
+    # The clients (and httpx) load on first use, so ``batch_ops.server`` and ``batch-ops serve``
+    # start without them; ``from batch_ops import BatchClient`` works as usual.
+    if name in ("BatchClient", "AsyncBatchClient"):
+        from batch_ops import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'batch_ops' has no attribute {name!r}")
 
 __all__ = [
     "APIConnectionError",

@@ -60,10 +60,11 @@ def _not_sent(exc: httpx.TransportError) -> bool:
     return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
 
 
-def _transport_reply(exc: httpx.TransportError) -> Reply:
+def _transport_reply(exc: httpx.TransportError, url: str) -> Reply:
     kind = type(exc).__name__
+    detail = f"{kind}: {exc}" if str(exc) else kind
     return Reply(
-        error=f"{kind}: {exc}" if str(exc) else kind,
+        error=f"{detail} (reaching {url})",
         timed_out=isinstance(exc, httpx.TimeoutException),
         sent=not _not_sent(exc),
     )
@@ -236,7 +237,7 @@ class BatchClient(_Base):
                     part.unlink(missing_ok=True)
                 return Reply(status=response.status_code, headers=dict(response.headers))
         except httpx.TransportError as exc:
-            return _transport_reply(exc)
+            return _transport_reply(exc, url)
 
     # -- high level -------------------------------------------------------------------------
     def submit(
@@ -569,7 +570,7 @@ class AsyncBatchClient(_Base):
                     await asyncio.to_thread(part.unlink, True)
                 return Reply(status=response.status_code, headers=dict(response.headers))
         except httpx.TransportError as exc:
-            return _transport_reply(exc)
+            return _transport_reply(exc, url)
 
     async def submit(
         self,
