@@ -503,3 +503,22 @@ def test_results_csv_content_per_endpoint(
     assert cli("results", batch.id, "-o", out, "--base-url", server_url).code == 0
     with out.open(newline="") as fh:
         assert list(csv.reader(fh))[1] == ["only", "true", "200", "", content]
+
+
+def test_job_runs_many_batches_and_prints_a_summary_line(tmp_path: Path) -> None:
+    src = chat_file(tmp_path / "in.jsonl", 120, bad=7)
+    out = tmp_path / "out.jsonl"
+    with serve_in_background(fail_requests=0.1, seed=6) as url:
+        first = run("job", src, "--endpoint", CHAT, "--output", out, "--max-lines", "40", "--max-concurrent", "2",
+                    "--poll-interval", "0.05", "--base-url", url, timeout=120)
+        summary = json.loads(first.stdout.splitlines()[-1])
+        # Run again: the job is finished, so nothing is submitted again and the summary repeats.
+        again = run("job", src, "--endpoint", CHAT, "--output", out, "--max-lines", "40", "--base-url", url,
+                    "--poll-interval", "0.05", timeout=120)
+    assert first.code == 1  # request q-7 is invalid (the server answers 400): failed for good
+    assert {k: summary[k] for k in ("total", "succeeded", "failed")} == {"total": 120, "succeeded": 119, "failed": 1}
+    assert summary["batches"] >= 3 and summary["resubmitted"] > 0
+    assert json.loads(again.stdout.splitlines()[-1])["batches"] == summary["batches"]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["custom_id"] for line in lines] == [f"q-{i}" for i in range(120)]
+    assert lines[7]["response"]["status_code"] == 400

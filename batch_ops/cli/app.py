@@ -587,6 +587,71 @@ def shard(
     out.stderr.print(f"{len(sizes)} part(s) in {out_dir}", style="green")
 
 
+@app.command()
+def job(
+    input_path: InputArgument,
+    endpoint: Annotated[
+        str, typer.Option("--endpoint", "-e", metavar="ENDPOINT", help="Batch endpoint, e.g. /v1/chat/completions.")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", dir_okay=False, metavar="PATH",
+                           help="Merged results (one line per request, input order); the state file sits beside it.")
+    ],
+    max_concurrent: Annotated[int, typer.Option("--max-concurrent", min=1, help="Batches running at once.")] = 4,
+    max_rounds: Annotated[
+        int, typer.Option("--max-rounds", min=0, help="Extra rounds for retryable failures (0: none).")
+    ] = 3,
+    max_lines: Annotated[int, typer.Option("--max-lines", min=1, help="Most requests per batch.")] = DEFAULT_MAX_LINES,
+    max_bytes: Annotated[int, typer.Option("--max-bytes", min=1, help="Largest batch file in bytes.")] = (
+        DEFAULT_MAX_BYTES),
+    metadata: Annotated[
+        list[str] | None,
+        typer.Option("--metadata", "-m", metavar="KEY=VALUE", help="Metadata for every batch of the job."),
+    ] = None,
+    prices: Annotated[
+        Path | None,
+        typer.Option("--prices", exists=True, dir_okay=False, metavar="JSON", show_default=False,
+                     help='USD per 1M tokens per model, e.g. {"gpt-4o-mini": {"input": 0.075, "output": 0.3}}.'),
+    ] = None,
+    poll_interval: PollIntervalOption = 30.0,
+    base_url: BaseUrlOption = None,
+    api_key: ApiKeyOption = None,
+    max_retries: MaxRetriesOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Run INPUT of any size as many batches until every request is answered or accounted for.
+
+    Shards into valid batches, resubmits retryable failures (and token-limit refusals),
+    recovers completed work from expired or cancelled batches, and merges one result per
+    request. Run it again with the same --output to resume: finished batches are never
+    resubmitted. Prints a JSON summary line (total, succeeded, failed, batches, resubmitted).
+    Exit 0 when every request succeeded, 1 when some failed after all rounds.
+    """
+    from batch_ops.jobs import BatchJob
+
+    out = _Out(json=json_output)
+    with _handled(out):
+        price_table = json.loads(prices.read_text()) if prices is not None else None
+        batch_job = BatchJob.open(
+            input_path, output_path=output, endpoint=endpoint, max_concurrent=max_concurrent, max_rounds=max_rounds,
+            max_lines=max_lines, max_bytes=max_bytes, metadata=_parse_metadata(metadata), prices=price_table,
+        )
+        out.note(f"job {batch_job.state.job_id}: {batch_job.state.total} requests in {len(batch_job.state.parts)} "
+                 f"part(s); state in {batch_job.state_path}")
+        with _client(out, base_url, api_key, max_retries) as client:
+
+            def progress(step: Any) -> None:
+                out.note(f"{batch_job.describe()}; running: {', '.join(step.running) or '-'}", style="dim")
+
+            summary = batch_job.run(client, poll_interval=poll_interval, on_step=progress)
+    data = summary.as_dict()
+    # One JSON line on stdout in both modes: the summary is the command's result.
+    sys.stdout.write(json.dumps(data, default=str) + "\n")
+    sys.stdout.flush()
+    if summary.failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
 def _count_lines(path: Path) -> int:
     count = 0
     last = b"\n"
