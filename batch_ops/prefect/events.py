@@ -1,0 +1,88 @@
+"""Prefect events for batches that reached an end, so automations can start downstream work.
+
+Event names are ``batch_ops.batch.completed``, ``.failed``, ``.expired`` and ``.cancelled``; the
+resource id is ``openai.batch.<batch id>``. The payload is the task-result contract
+(``Batch.summary()``) plus the endpoint, the duration and the batch metadata, so an automation
+can pass ``{{ event.payload.output_file_id }}`` to the deployment it starts.
+
+:func:`batch_event` decides everything and is pure; :func:`emit_batch_event` only sends.
+
+Example:
+    >>> from batch_ops.models import Batch
+    >>> b = Batch(id="batch_1", endpoint="/v1/embeddings", input_file_id="file-in", status="completed",
+    ...           output_file_id="file-out", created_at=100, completed_at=160,
+    ...           request_counts={"total": 2, "completed": 2, "failed": 0})
+    >>> e = batch_event(b)
+    >>> e.event, e.resource["prefect.resource.id"], e.payload["output_file_id"], e.payload["duration_seconds"]
+    ('batch_ops.batch.completed', 'openai.batch.batch_1', 'file-out', 60)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect.events import Event, emit_event
+
+from batch_ops.models import Batch
+
+__all__ = ["EVENT_PREFIX", "RESOURCE_PREFIX", "BatchEvent", "batch_duration", "batch_event", "emit_batch_event"]
+
+EVENT_PREFIX = "batch_ops.batch"
+RESOURCE_PREFIX = "openai.batch."
+#: How many validation errors of a failed batch travel in the payload (the rest are on the batch).
+_MAX_ERRORS = 5
+
+
+@dataclass(frozen=True)
+class BatchEvent:
+    """What :func:`prefect.events.emit_event` is given for one batch."""
+
+    event: str
+    resource: dict[str, str]
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+def batch_duration(batch: Batch) -> int | None:
+    """Seconds from creation to the terminal timestamp, or None while the batch runs."""
+    end = batch.completed_at or batch.failed_at or batch.expired_at or batch.cancelled_at
+    if end is None or not batch.status.is_terminal:
+        return None
+    return max(end - batch.created_at, 0)
+
+
+def batch_event(batch: Batch) -> BatchEvent | None:
+    """The event a batch deserves, or None when it has not reached an end yet."""
+    if not batch.status.is_terminal:
+        return None
+    status = batch.status.value
+    resource = {
+        "prefect.resource.id": f"{RESOURCE_PREFIX}{batch.id}",
+        "prefect.resource.name": batch.id,
+        "openai.batch.status": status,
+        "openai.batch.endpoint": batch.endpoint,
+    }
+    errors = [
+        {"code": e.code, "line": e.line, "message": e.message}
+        for e in (batch.errors.data if batch.errors is not None else [])[:_MAX_ERRORS]
+    ]
+    payload: dict[str, Any] = {
+        **batch.summary(),
+        "endpoint": batch.endpoint,
+        "duration_seconds": batch_duration(batch),
+        "metadata": dict(batch.metadata or {}),
+    }
+    if errors:
+        payload["errors"] = errors
+    return BatchEvent(event=f"{EVENT_PREFIX}.{status}", resource=resource, payload=payload)
+
+
+def emit_batch_event(batch: Batch) -> Event | None:
+    """Emit the batch's event (none for a running batch); returns what Prefect sent, if anything.
+
+    Prefect attaches the current flow run and task run as related resources.
+    """
+    built = batch_event(batch)
+    if built is None:
+        return None
+    return emit_event(event=built.event, resource=built.resource, payload=built.payload)

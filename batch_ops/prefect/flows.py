@@ -1,0 +1,219 @@
+"""The ``run_batch`` flow, and the hook that cancels a flow run's batches when the run is cancelled.
+
+``run_batch`` validates and uploads the requests, creates the batch, waits for it without
+holding a thread, and returns a :class:`~batch_ops.prefect.tasks.BatchResult`. Await many at
+once from an async flow; each is its own flow run, with its own artifacts and events.
+
+Flow-run cancellation. Prefect cancels a flow run of a deployment by killing its process and
+then running the flow's ``on_cancellation`` hooks, usually in the worker's or ``serve``
+process, not the one that ran the tasks. So :func:`cancel_flow_run_batches` does not rely on
+memory: it lists the recent batches on the API and cancels the unfinished ones whose metadata
+names the flow run (``create_batch`` tags every batch with ``prefect_flow_run_id``). It finds
+the API and key in this order: the settings ``create_batch`` used in this process, the
+``credentials`` block the run was given (a saved block, passed by reference), the environment.
+Add it to your own flows that use the tasks: ``@flow(on_cancellation=[cancel_flow_run_batches])``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any, cast
+
+from prefect import Flow, flow
+from prefect.client.schemas.objects import FlowRun
+from prefect.context import FlowRunContext
+from prefect.logging import get_run_logger
+from prefect.logging.loggers import flow_run_logger
+from prefect.states import State
+
+from batch_ops.client import AsyncBatchClient
+from batch_ops.errors import InputValidationError, Problem
+from batch_ops.models import Batch, BatchStatus
+from batch_ops.polling import DEFAULT_FAIL_ON
+from batch_ops.prefect.credentials import OpenAIBatchCredentials, resolve_settings
+from batch_ops.prefect.tasks import (
+    DEFAULT_WAIT_TIMEOUT,
+    FLOW_RUN_METADATA_KEY,
+    BatchResult,
+    create_batch,
+    settings_used_by,
+    upload_batch_file,
+    wait_for_batch,
+)
+from batch_ops.settings import ClientSettings
+
+__all__ = ["batches_to_cancel", "cancel_flow_run_batches", "run_batch"]
+
+#: Seconds of clock skew allowed between Prefect and the Batch API when looking back for batches.
+_SKEW = 600.0
+#: Credential fields that survive in a flow run's stored parameters (the key is obfuscated there).
+_PLAIN_FIELDS = ("base_url", "organization", "project", "api_version", "timeout", "max_retries")
+
+
+def batches_to_cancel(batches: Iterable[Batch], *, flow_run_id: str) -> list[Batch]:
+    """The batches created by this flow run that are still running and not yet being cancelled.
+
+    Example:
+        >>> b = Batch(id="b1", endpoint="/v1/embeddings", input_file_id="f", status="in_progress", created_at=0,
+        ...           metadata={"prefect_flow_run_id": "run-1"})
+        >>> [x.id for x in batches_to_cancel([b], flow_run_id="run-1")], batches_to_cancel([b], flow_run_id="run-2")
+        (['b1'], [])
+    """
+    return [
+        b
+        for b in batches
+        if (b.metadata or {}).get(FLOW_RUN_METADATA_KEY) == flow_run_id
+        and not b.status.is_terminal
+        and b.status is not BatchStatus.CANCELLING
+    ]
+
+
+async def _settings_for(flow_run: FlowRun) -> list[ClientSettings]:
+    used = settings_used_by(str(flow_run.id))
+    if used:
+        return used
+    raw = (flow_run.parameters or {}).get("credentials")
+    if isinstance(raw, dict) and isinstance(raw.get("$ref"), dict):
+        block = await OpenAIBatchCredentials.aload_from_ref(raw["$ref"])
+        return [cast(OpenAIBatchCredentials, block).get_settings()]
+    if isinstance(raw, dict):
+        # An unsaved block was stored with its key obfuscated: keep its endpoint, take the key from the
+        # environment.
+        plain = {k: v for k, v in raw.items() if k in _PLAIN_FIELDS and v is not None}
+        return [OpenAIBatchCredentials(**plain).get_settings()]
+    return [ClientSettings.from_env()]
+
+
+async def _recent_batches(client: AsyncBatchClient, *, since: float) -> AsyncIterator[Batch]:
+    async for batch in client.batches.iter_all(limit=100):
+        if batch.created_at < since:  # the list is newest first: the rest is older still
+            return
+        yield batch
+
+
+async def cancel_flow_run_batches(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """``on_cancellation`` hook: cancel every unfinished batch the flow run created.
+
+    Errors are logged, not raised: Prefect goes on cancelling the run either way.
+
+    Example:
+        ```python
+        @flow(on_cancellation=[cancel_flow_run_batches])
+        async def my_flow(): ...
+        ```
+    """
+    logger = flow_run_logger(flow_run, flow)
+    run_id = str(flow_run.id)
+    try:
+        candidates = await _settings_for(flow_run)
+    except Exception as exc:
+        logger.error("Could not find the Batch API credentials to cancel the batches of flow run %s: %s", run_id, exc)
+        return
+    started = flow_run.created or flow_run.start_time or flow_run.expected_start_time
+    for settings in candidates:
+        since = started.timestamp() - _SKEW if started is not None else -1.0
+        if since < 0:
+            since = 0.0
+        try:
+            # A client of its own: the hook may run on a short-lived loop in another process.
+            async with AsyncBatchClient(settings=settings) as client:
+                found = batches_to_cancel([b async for b in _recent_batches(client, since=since)], flow_run_id=run_id)
+                for batch in found:
+                    cancelled = await client.batches.cancel(batch.id)
+                    logger.info("Flow run cancelled: batch %s is now %s", batch.id, cancelled.status.value)
+                if not found:
+                    logger.info("Flow run cancelled: no unfinished batch of this run on %s", settings.base_url)
+        except Exception as exc:
+            logger.error("Could not cancel the batches of flow run %s on %s: %s", run_id, settings.base_url, exc)
+
+
+def _flow_idempotency_key() -> str | None:
+    # One batch per run_batch flow run: the run id alone is stable over task *and* flow-run retries.
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return None
+    return f"prefect-{ctx.flow_run.id}-run-batch"
+
+
+@flow(name="run-batch", on_cancellation=[cancel_flow_run_batches])
+async def run_batch(
+    input_path: str | Path | None = None,
+    requests: list[dict[str, Any]] | None = None,
+    *,
+    endpoint: str,
+    credentials: OpenAIBatchCredentials | None = None,
+    metadata: dict[str, str] | None = None,
+    poll_interval: float = 30.0,
+    timeout: float | None = DEFAULT_WAIT_TIMEOUT,
+    fail_on: list[str] | None = None,
+    fail_on_request_failures: bool = False,
+    completion_window: str = "24h",
+    output_expires_after: dict[str, Any] | None = None,
+) -> BatchResult:
+    """Run one batch end to end: validate, upload, create, wait; return its :class:`BatchResult`.
+
+    Invalid requests fail the flow before anything is uploaded. A retried flow run finds the
+    batch its first attempt created (no second bill). Cancelling the flow run cancels the
+    batch. At the end a table artifact summarises the batch and the event
+    ``batch_ops.batch.<status>`` (resource ``openai.batch.<id>``) is emitted.
+
+    Args:
+        input_path: a JSONL request file; or give ``requests`` instead.
+        requests: request dicts (``custom_id`` and ``body``; ``url``/``method`` may be omitted).
+        endpoint: the batch endpoint, e.g. ``/v1/chat/completions``.
+        credentials: the block to use; None reads ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``.
+        metadata: up to 14 string pairs stored on the batch.
+        poll_interval: seconds between polls while the batch makes progress.
+        timeout: seconds to wait before failing with ``BatchTimeoutError`` (the batch goes on).
+        fail_on: terminal statuses that fail the flow (default failed, expired, cancelled);
+            ``[]`` returns every outcome, e.g. an expired batch with its partial output.
+        fail_on_request_failures: also fail when a completed batch has failed requests.
+        completion_window: only ``"24h"`` exists.
+        output_expires_after: ``{"anchor": "created_at", "seconds": N}`` for the result files.
+
+    Example:
+        ```python
+        result = await run_batch(input_path="requests.jsonl", endpoint="/v1/chat/completions")
+        print(result.status, result.output_file_id)
+        ```
+    """
+    if (input_path is None) == (requests is None):
+        raise InputValidationError(
+            [Problem(rule="invalid_argument", message="run_batch needs exactly one of input_path and requests",
+                     fix="pass input_path='requests.jsonl' or requests=[{...}, ...]", param="input_path")]
+        )
+    source: str | os.PathLike[str] | list[dict[str, Any]] = input_path if input_path is not None else requests or []
+    file_id = await upload_batch_file(source, endpoint=endpoint, credentials=credentials)
+    created = await create_batch(
+        file_id,
+        endpoint=endpoint,
+        credentials=credentials,
+        metadata=metadata,
+        completion_window=completion_window,
+        output_expires_after=output_expires_after,
+        idempotency_key=_flow_idempotency_key(),
+    )
+    if created.input_file_id != file_id:
+        await _drop_unused_upload(file_id, credentials)
+    return await wait_for_batch(
+        created.batch_id,
+        credentials=credentials,
+        poll_interval=poll_interval,
+        timeout=timeout,
+        fail_on=DEFAULT_FAIL_ON if fail_on is None else fail_on,
+        fail_on_request_failures=fail_on_request_failures,
+    )
+
+
+async def _drop_unused_upload(file_id: str, credentials: OpenAIBatchCredentials | None) -> None:
+    # A retry of this flow run found the batch its first attempt created, so the file uploaded just
+    # now is unused. Deleting it is tidiness, not correctness: a failure is only logged.
+    logger = get_run_logger()
+    try:
+        await AsyncBatchClient.shared(resolve_settings(credentials)).files.delete(file_id)
+        logger.info("The batch was created by an earlier attempt of this flow run; deleted the new upload %s",
+                    file_id)
+    except Exception as exc:
+        logger.warning("Could not delete the unused upload %s: %s", file_id, exc)

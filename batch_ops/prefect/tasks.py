@@ -1,0 +1,407 @@
+"""Prefect tasks for the Batch API: upload, create, wait, download, cancel.
+
+Every task is ``async``: in an async flow, await them, and run many at once with
+``asyncio.gather`` — a thousand waits share one event loop and one pooled HTTP client per
+credentials (``AsyncBatchClient.shared``), and none holds a thread while the batch runs. In a
+*sync* flow, Prefect 3 does not run async tasks called directly (the call returns a coroutine);
+use ``.submit()`` or ``.map()`` and ``.result()``, which run them on the flow's task runner.
+
+The tasks loop around the core and decide nothing themselves: polling, back-off, deadlines,
+retries and input validation are ``batch_ops``'s, so the Airflow provider and these tasks behave
+alike. No task result, log line, artifact or event carries the API key.
+
+Example:
+    ```python
+    from batch_ops.prefect import create_batch, upload_batch_file, wait_for_batch
+    from prefect import flow
+
+    @flow
+    async def nightly() -> str | None:
+        file_id = await upload_batch_file("requests.jsonl", endpoint="/v1/chat/completions")
+        batch = await create_batch(file_id, endpoint="/v1/chat/completions")
+        result = await wait_for_batch(batch.batch_id, poll_interval=60)
+        return result.output_file_id
+    ```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Collection, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_logger, get_run_logger
+from pydantic import BaseModel, ConfigDict
+
+from batch_ops._http import IDEMPOTENCY_METADATA_KEY
+from batch_ops.client import AsyncBatchClient
+from batch_ops.errors import BatchTimeoutError, InputValidationError, Problem
+from batch_ops.jsonl import validate_file, write_requests
+from batch_ops.models import METADATA_MAX_PAIRS, Batch, BatchStatus, RequestCounts, Usage
+from batch_ops.polling import DEFAULT_FAIL_ON, describe, raise_for_outcome
+from batch_ops.prefect.artifacts import ProgressArtifact, create_summary_artifact
+from batch_ops.prefect.credentials import OpenAIBatchCredentials, resolve_settings
+from batch_ops.prefect.events import emit_batch_event
+from batch_ops.settings import ClientSettings
+
+__all__ = [
+    "DEFAULT_WAIT_TIMEOUT",
+    "FLOW_RUN_METADATA_KEY",
+    "BatchResult",
+    "cancel_batch",
+    "create_batch",
+    "download_batch_file",
+    "task_idempotency_key",
+    "upload_batch_file",
+    "wait_for_batch",
+]
+
+#: Batch metadata key naming the Prefect flow run that created the batch (found again on cancel).
+FLOW_RUN_METADATA_KEY = "prefect_flow_run_id"
+#: 25 hours: the 24 h completion window plus finalizing, so an expiring batch is seen to expire
+#: rather than cut short by our own timeout an instant before.
+DEFAULT_WAIT_TIMEOUT = 90_000.0
+
+PathLike = str | os.PathLike[str]
+
+
+class BatchResult(BaseModel):
+    """What the batch tasks and ``run_batch`` return: ids, status, counts and usage.
+
+    The same fields as the Airflow operator's XCom (``Batch.summary()``); ``model_dump()``
+    gives that dict.
+
+    Example:
+        >>> from batch_ops.models import Batch
+        >>> r = BatchResult.from_batch(Batch(id="batch_1", endpoint="/v1/embeddings", input_file_id="file-in",
+        ...     status="completed", output_file_id="file-out", created_at=0))
+        >>> r.status.value, r.output_file_id, r.request_counts.total
+        ('completed', 'file-out', 0)
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    batch_id: str
+    status: BatchStatus
+    input_file_id: str
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    request_counts: RequestCounts
+    usage: Usage | None = None
+
+    @classmethod
+    def from_batch(cls, batch: Batch) -> BatchResult:
+        return cls.model_validate(batch.summary())
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _logger() -> Any:
+    try:
+        return get_run_logger()
+    except MissingContextError:  # called through ``.fn`` outside any run
+        return get_logger("batch_ops.prefect")
+
+
+def _client(credentials: OpenAIBatchCredentials | None) -> AsyncBatchClient:
+    return AsyncBatchClient.shared(resolve_settings(credentials))
+
+
+def _flow_run_id() -> str | None:
+    task_ctx = TaskRunContext.get()
+    if task_ctx is not None and task_ctx.task_run.flow_run_id is not None:
+        return str(task_ctx.task_run.flow_run_id)
+    flow_ctx = FlowRunContext.get()
+    if flow_ctx is not None and flow_ctx.flow_run is not None:
+        return str(flow_ctx.flow_run.id)
+    return None
+
+
+def task_idempotency_key() -> str | None:
+    """The idempotency key of the running task: flow run id + task run id, or None outside a task.
+
+    The task run id stays the same over the task's retries, so a retried ``create_batch``
+    finds the batch its earlier attempt created instead of billing a second one.
+    """
+    task_ctx = TaskRunContext.get()
+    if task_ctx is None:
+        return None
+    run = task_ctx.task_run
+    return f"prefect-{run.flow_run_id or 'none'}-{run.id}"
+
+
+def _tag_metadata(metadata: Mapping[str, str] | None, flow_run_id: str | None) -> dict[str, str]:
+    tagged = dict(metadata or {})
+    if flow_run_id is None:
+        return tagged
+    ours = {IDEMPOTENCY_METADATA_KEY, FLOW_RUN_METADATA_KEY}
+    room = METADATA_MAX_PAIRS - len(ours)
+    if len(set(tagged) - ours) > room:
+        raise InputValidationError(
+            [
+                Problem(
+                    rule="invalid_batch_parameter",
+                    message=f"metadata has {len(tagged)} pairs; batch_ops adds '{IDEMPOTENCY_METADATA_KEY}' "
+                    f"(a retried create finds its batch) and '{FLOW_RUN_METADATA_KEY}' (cancelling the flow run "
+                    f"cancels the batch), and the API allows {METADATA_MAX_PAIRS}",
+                    fix=f"keep at most {room} metadata keys",
+                    param="metadata",
+                )
+            ],
+            source="batch parameters",
+        )
+    tagged[FLOW_RUN_METADATA_KEY] = flow_run_id
+    return tagged
+
+
+# Settings used by create_batch per flow run, so an on_cancellation hook running in this process
+# reaches the same API with the same key, even from a block that was never saved. Bounded: it only
+# has to outlive a running flow.
+_RUN_SETTINGS: OrderedDict[str, list[ClientSettings]] = OrderedDict()
+_RUN_SETTINGS_LOCK = threading.Lock()
+_RUN_SETTINGS_MAX = 1024
+
+
+def _remember_settings(flow_run_id: str, settings: ClientSettings) -> None:
+    with _RUN_SETTINGS_LOCK:
+        known = _RUN_SETTINGS.setdefault(flow_run_id, [])
+        _RUN_SETTINGS.move_to_end(flow_run_id)
+        if settings not in known:
+            known.append(settings)
+        while len(_RUN_SETTINGS) > _RUN_SETTINGS_MAX:
+            _RUN_SETTINGS.popitem(last=False)
+
+
+def settings_used_by(flow_run_id: str) -> list[ClientSettings]:
+    """Settings ``create_batch`` used in this process for the flow run (empty when none)."""
+    with _RUN_SETTINGS_LOCK:
+        return list(_RUN_SETTINGS.get(flow_run_id, ()))
+
+
+def _prepare_input(
+    source: PathLike | Iterable[Mapping[str, Any]], endpoint: str | None
+) -> tuple[Path, int, Path | None]:
+    """Validate a request file, or write requests to a validated temporary file (in a thread)."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        return path, validate_file(path, endpoint=endpoint).lines, None
+    fd, name = tempfile.mkstemp(prefix="batch_ops_requests_", suffix=".jsonl")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        lines = write_requests(source, tmp, endpoint=endpoint).lines
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp, lines, tmp
+
+
+# ---------------------------------------------------------------------------------------------
+# tasks
+# ---------------------------------------------------------------------------------------------
+
+
+@task(name="upload_batch_file", cache_policy=NO_CACHE)
+async def upload_batch_file(
+    source: PathLike | Iterable[Mapping[str, Any]],
+    *,
+    endpoint: str | None = None,
+    credentials: OpenAIBatchCredentials | None = None,
+) -> str:
+    """Validate requests and upload them as a batch input file; return the file id.
+
+    Nothing is uploaded when a line is invalid: the task fails with ``InputValidationError``
+    naming each line, the rule and the fix. The upload is streamed from disk.
+
+    Args:
+        source: a JSONL request file, or request dicts (``url`` and ``method`` may be left out
+            when ``endpoint`` is given).
+        endpoint: the batch endpoint every line must target, e.g. ``/v1/chat/completions``.
+        credentials: the block to use; None reads ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``.
+
+    Example:
+        ```python
+        file_id = await upload_batch_file("requests.jsonl", endpoint="/v1/chat/completions")
+        ```
+    """
+    client = _client(credentials)
+    path, lines, tmp = await asyncio.to_thread(_prepare_input, source, endpoint)
+    try:
+        uploaded = await client.files.upload(path)
+    finally:
+        if tmp is not None:
+            await asyncio.to_thread(tmp.unlink, True)
+    _logger().info("Uploaded %d requests as file %s", lines, uploaded.id)
+    return uploaded.id
+
+
+@task(name="create_batch", cache_policy=NO_CACHE)
+async def create_batch(
+    input_file_id: str,
+    *,
+    endpoint: str,
+    credentials: OpenAIBatchCredentials | None = None,
+    metadata: Mapping[str, str] | None = None,
+    completion_window: str = "24h",
+    output_expires_after: Mapping[str, Any] | None = None,
+    idempotency_key: str | None = None,
+) -> BatchResult:
+    """Create a batch from an uploaded file; safe to retry.
+
+    The batch's ``metadata`` carries an idempotency key (by default the flow run id and this
+    task run's id, stable over task retries) and the flow run id. A retried task finds the
+    batch its earlier attempt created and returns it instead of billing a second one; pass
+    your own ``idempotency_key`` to carry that guarantee across flow-run retries too.
+
+    Args:
+        input_file_id: the id ``upload_batch_file`` returned.
+        endpoint: the endpoint of every request in the file.
+        metadata: up to 14 string pairs of your own (batch_ops adds two of the API's 16).
+        completion_window: only ``"24h"`` exists.
+        output_expires_after: ``{"anchor": "created_at", "seconds": 3600..2592000}``.
+        idempotency_key: overrides the derived key.
+
+    Example:
+        ```python
+        batch = await create_batch(file_id, endpoint="/v1/chat/completions", metadata={"run": "nightly"})
+        ```
+    """
+    settings = resolve_settings(credentials)
+    client = AsyncBatchClient.shared(settings)
+    flow_run_id = _flow_run_id()
+    key = idempotency_key or task_idempotency_key()
+    tagged = _tag_metadata(metadata, flow_run_id)
+    if flow_run_id is not None:
+        _remember_settings(flow_run_id, settings)
+    batch = await client.batches.create(
+        input_file_id=input_file_id,
+        endpoint=endpoint,
+        completion_window=completion_window,
+        metadata=tagged,
+        output_expires_after=output_expires_after,
+        idempotency_key=key,
+    )
+    _logger().info("Batch %s is %s (input file %s)", batch.id, batch.status.value, batch.input_file_id)
+    return BatchResult.from_batch(batch)
+
+
+@task(name="wait_for_batch", cache_policy=NO_CACHE)
+async def wait_for_batch(
+    batch_id: str,
+    *,
+    credentials: OpenAIBatchCredentials | None = None,
+    poll_interval: float = 30.0,
+    max_poll_interval: float | None = None,
+    timeout: float | None = DEFAULT_WAIT_TIMEOUT,
+    fail_on: Collection[BatchStatus | str] = DEFAULT_FAIL_ON,
+    fail_on_request_failures: bool = False,
+) -> BatchResult:
+    """Wait for a batch to end without holding a thread; report progress, the summary and an event.
+
+    Polls through the shared ``AsyncBatchClient`` (back-off while nothing changes, jitter, a
+    wall-clock deadline, tolerance for a few failed polls). A progress artifact follows
+    ``request_counts``; at the end a table artifact summarises the batch and the event
+    ``batch_ops.batch.<status>`` is emitted for resource ``openai.batch.<id>``.
+
+    Args:
+        batch_id: the batch to wait for.
+        poll_interval: seconds between polls while the batch makes progress.
+        max_poll_interval: back-off ceiling while nothing changes (default 4x poll_interval).
+        timeout: seconds before ``BatchTimeoutError``; the batch keeps running. None waits on.
+        fail_on: terminal statuses that fail the task (default failed, expired, cancelled);
+            pass ``[]`` to return every outcome. Expired and cancelled batches still return
+            completed work in ``output_file_id``.
+        fail_on_request_failures: also fail a completed batch that has failed requests.
+
+    Raises:
+        BatchFailedError, BatchExpiredError, BatchCancelledError: per ``fail_on``; the
+            exception's ``batch`` holds the file ids.
+        RequestFailuresError: per ``fail_on_request_failures``.
+        BatchTimeoutError: the timeout passed first.
+
+    Example:
+        ```python
+        results = await asyncio.gather(*(wait_for_batch(b, poll_interval=60) for b in batch_ids))
+        ```
+    """
+    client = _client(credentials)
+    logger = _logger()
+    progress = ProgressArtifact(logger=logger)
+
+    async def on_poll(batch: Batch) -> None:
+        if await progress.update(batch):
+            logger.info("Batch %s: %s", batch.id, describe(batch))
+
+    try:
+        batch = await client.batches.wait(
+            batch_id, poll_interval=poll_interval, max_poll_interval=max_poll_interval, timeout=timeout,
+            on_poll=on_poll,
+        )
+    except BatchTimeoutError as exc:
+        logger.error("%s", exc)
+        raise
+    await create_summary_artifact(batch, logger=logger)
+    emit_batch_event(batch)
+    summary = f"Batch {batch.id} ended {describe(batch)}: output_file_id={batch.output_file_id} " \
+              f"error_file_id={batch.error_file_id}"
+    if batch.status is BatchStatus.COMPLETED and not batch.request_counts.failed:
+        logger.info("%s", summary)
+    else:
+        logger.warning("%s", summary)
+    raise_for_outcome(batch, fail_on=fail_on, fail_on_request_failures=fail_on_request_failures)
+    return BatchResult.from_batch(batch)
+
+
+@task(name="download_batch_file", cache_policy=NO_CACHE)
+async def download_batch_file(
+    file_id: str,
+    path: PathLike,
+    *,
+    credentials: OpenAIBatchCredentials | None = None,
+) -> Path:
+    """Stream a file (a batch's output or error file) to ``path``; return the path.
+
+    The body streams to a temporary file beside ``path``, renamed over it once complete, so
+    a failed download never leaves a truncated file and memory stays flat.
+
+    Example:
+        ```python
+        out = await download_batch_file(result.output_file_id, "output.jsonl")
+        ```
+    """
+    target = await _client(credentials).files.download(file_id, path)
+    _logger().info("Downloaded file %s to %s", file_id, target)
+    return target
+
+
+@task(name="cancel_batch", cache_policy=NO_CACHE)
+async def cancel_batch(
+    batch_id: str,
+    *,
+    credentials: OpenAIBatchCredentials | None = None,
+) -> BatchResult:
+    """Ask the API to cancel a batch; returns it as ``cancelling`` (or already terminal).
+
+    Work finished before the cancel stays in the output file (and is billed); wait for the
+    batch to see ``cancelled`` and the final file ids.
+
+    Example:
+        ```python
+        await cancel_batch(batch.batch_id)
+        ```
+    """
+    batch = await _client(credentials).batches.cancel(batch_id)
+    _logger().info("Batch %s: cancel requested, now %s", batch.id, batch.status.value)
+    return BatchResult.from_batch(batch)
