@@ -313,7 +313,8 @@ class OpenAIBatchOperator(_BatchResultMixin, BaseOperator):
             raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval}")
         self.endpoint = endpoint
         self.input_file_id = input_file_id
-        self.input_path = os.fspath(input_path) if input_path is not None else None
+        # A str, a PathLike, or an XComArg / template resolved at run time (so not fspath'd here).
+        self.input_path = os.fspath(input_path) if isinstance(input_path, os.PathLike) else input_path
         self.requests = _literal(requests) if isinstance(requests, (list, tuple)) else requests
         self.conn_id = conn_id
         self.metadata = dict(metadata) if metadata is not None else None
