@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: install lint typecheck pytest test demo bench clean
+.PHONY: install lint typecheck docs pytest test demo demo-core demo-clean bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,20 +22,32 @@ install: $(STAMP)
 lint: install
 	$(BIN)/ruff check batch_ops tests scripts benchmarks dags flows
 
+docs: install
+	$(BIN)/mkdocs build --strict --quiet --site-dir .site
+
 typecheck: install
 	$(BIN)/mypy
 
 pytest: install
 	$(BIN)/python -m pytest -q
 
-test: lint typecheck pytest
+test: lint typecheck docs pytest
 
 demo: install
 	$(BIN)/python scripts/demo.py
 
+demo-core: install
+	$(BIN)/python scripts/core_demo.py
+
+demo-clean:
+	rm -rf .demo
+
 bench: install
+	$(PIP) install -q -c constraints.txt -e ".[all,dev,bench]"
 	$(BIN)/python benchmarks/bench_jsonl.py
+	$(BIN)/python benchmarks/bench_upload.py
 	$(BIN)/python benchmarks/bench_server.py
+	$(BIN)/python benchmarks/bench_job.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .site

@@ -24,6 +24,7 @@ from batch_ops.evals.dataset import (
     load_eval_set,
     write_request_file,
 )
+from batch_ops.evals.pipeline import DEFAULT_MAX_DROP, prepare_requests, run_dir, score_and_report
 from batch_ops.evals.report import (
     ReportPaths,
     ScoreRegressionError,
@@ -38,6 +39,7 @@ SAMPLE_RUN = DEFAULT_EVAL_SET.with_name("sample_run.jsonl")
 
 __all__ = [
     "DEFAULT_EVAL_SET",
+    "DEFAULT_MAX_DROP",
     "DEFAULT_MODEL",
     "SAMPLE_RUN",
     "SCORERS",
@@ -50,9 +52,12 @@ __all__ = [
     "check_regression",
     "extract_answer",
     "load_eval_set",
+    "prepare_requests",
     "previous_score",
     "read_history",
     "register_scorer",
+    "run_dir",
+    "score_and_report",
     "score_results",
     "write_report",
     "write_request_file",
