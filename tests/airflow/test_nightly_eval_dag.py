@@ -1,0 +1,48 @@
+"""The example DAG ``dags/nightly_eval.py`` runs end to end (``airflow dags test``) against the
+local server, in its own AIRFLOW_HOME whose DAG folder is the repository's ``dags/``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from batch_ops.evals import SAMPLE_RUN, read_history
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+
+
+def test_nightly_eval_dag_runs_and_reports(make_server: Callable[..., AbstractContextManager[str]],
+                                           tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "OPENAI"))}
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "BATCH_OPS_EVAL_DIR": str(tmp_path / "eval"),
+        "BATCH_OPS_EVAL_POLL_INTERVAL": "0.2",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    })
+    migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
+    assert migrate.returncode == 0, migrate.stderr[-2000:]
+    with make_server(engine="replay", replay_files=(str(SAMPLE_RUN),), fail_requests=0.03, seed=5,
+                     api_key="sk-dag-test-secret-7731") as url:
+        env["AIRFLOW_CONN_OPENAI_BATCH_DEFAULT"] = json.dumps(
+            {"conn_type": "openai_batch", "host": url, "password": "sk-dag-test-secret-7731"})
+        run = subprocess.run([AIRFLOW, "dags", "test", "nightly_eval"], env=env, capture_output=True, text=True,
+                             timeout=600)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-4000:]
+    assert "state=success" in log
+    assert "sk-dag-test-secret-7731" not in log
+    history = read_history(tmp_path / "eval" / "reports")
+    assert len(history) == 1 and history[0]["pipeline"] == "airflow"
+    assert 0.75 < history[0]["score"] < 0.95 and history[0]["batch_id"].startswith("batch_")
+    assert (tmp_path / "eval" / "reports" / "trend.png").exists()
