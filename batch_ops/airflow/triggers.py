@@ -23,14 +23,6 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-try:
-    # The async transport core uses when it is installed. Importing it costs ~0.25 s (aiohttp
-    # builds its SSL contexts at import): pay that when the triggerer loads this class, not on
-    # the first poll in the middle of a thousand running triggers.
-    import httpx_aiohttp  # noqa: F401
-except ImportError:  # pragma: no cover - core falls back to httpx's own transport
-    pass
-
 from batch_ops._http import is_retryable_status
 from batch_ops.client import AsyncBatchClient
 from batch_ops.errors import APIError, APIStatusError, BatchTimeoutError
@@ -41,8 +33,12 @@ __all__ = ["EVENT_KINDS", "OpenAIBatchTrigger", "batch_event", "error_event", "t
 
 #: The values of an event's ``event`` key.
 EVENT_KINDS = frozenset({"terminal", "timeout", "error"})
-#: Seconds ``on_kill`` may spend cancelling; Airflow gives it ``[triggerer] on_kill_timeout`` (30 s).
-CANCEL_TIMEOUT = 20.0
+#: Seconds ``on_kill`` may wait for the task's state (the supervisor answered in ~7 s on a busy
+#: 2-core machine with SQLite), and then for the cancel request; unknown state means cancel.
+STATE_TIMEOUT = 10.0
+CANCEL_TIMEOUT = 15.0
+#: Cancels started by on_kill; referenced so they are not garbage-collected half-way.
+_KILL_TASKS: set[asyncio.Future[None]] = set()
 #: Validation errors kept in an event: the list can be long, and events live in the database.
 _MAX_EVENT_ERRORS = 20
 
@@ -101,6 +97,28 @@ def error_event(batch_id: str, exc: BaseException) -> dict[str, Any]:
     payload["error_type"] = type(exc).__name__
     payload["status_code"] = exc.status_code if isinstance(exc, APIStatusError) else None
     return payload
+
+
+_transport_imported = False
+
+
+def _import_transport() -> None:
+    try:
+        import httpx_aiohttp  # noqa: F401
+    except ImportError:  # core falls back to httpx's own transport
+        pass
+
+
+async def _preload_transport() -> None:
+    """Import the async transport core picks (aiohttp) in a worker thread, once per process.
+
+    The import takes ~0.25 s and more on a busy machine (aiohttp builds SSL contexts when it is
+    imported); done on the event loop, it would stall every other trigger of the triggerer.
+    """
+    global _transport_imported
+    if not _transport_imported:
+        await asyncio.to_thread(_import_transport)
+        _transport_imported = True
 
 
 def _seconds(value: timedelta | float | None) -> float | None:
@@ -186,6 +204,7 @@ class OpenAIBatchTrigger(BaseTrigger):
         from batch_ops.airflow.hooks import OpenAIBatchHook
 
         settings = await OpenAIBatchHook(conn_id=self.conn_id).aget_settings()
+        await _preload_transport()
         return AsyncBatchClient.shared(settings)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -231,22 +250,33 @@ class OpenAIBatchTrigger(BaseTrigger):
         failed/success, clear), not on triggerer restarts or completion. A trigger taken over by
         another triggerer (its own one missed heartbeats) is stopped the same way, so the task's
         state is checked first: still ``deferred`` means the wait goes on elsewhere, and the batch
-        is left alone. Bounded by ``CANCEL_TIMEOUT``; failures are logged, not raised.
+        is left alone. Bounded by ``STATE_TIMEOUT`` + ``CANCEL_TIMEOUT``; failures are logged, not raised.
         """
         if not self.cancel_on_kill:
             self.log.info("Task killed; batch %s keeps running (cancel_on_kill=False)", self.batch_id)
             return
-        state = await self._task_state()
-        if state == "deferred":
-            self.log.info("Trigger stopped but its task is still deferred; batch %s keeps running", self.batch_id)
-            return
+        self.log.info("Task killed; cancelling batch %s (cancel_on_kill=True)", self.batch_id)
+        # Airflow 3.3 repeats the cancellation at every sync with its supervisor (about every
+        # second) until the trigger is gone, which would interrupt a slower cancel half-way:
+        # do the work in a task of its own, shielded, and keep a reference to it.
+        task = asyncio.ensure_future(self._cancel_batch())
+        _KILL_TASKS.add(task)
+        task.add_done_callback(_KILL_TASKS.discard)
+        await asyncio.shield(task)
+
+    async def _cancel_batch(self) -> None:
         try:
+            state = await self._task_state()
+            if state == "deferred":
+                self.log.info("Trigger stopped but its task is still deferred; batch %s keeps running",
+                              self.batch_id)
+                return
             client = await self._client()
             batch = await asyncio.wait_for(client.batches.cancel(self.batch_id), timeout=CANCEL_TIMEOUT)
         except Exception as exc:
             self.log.warning("Task killed; cancelling batch %s failed: %s", self.batch_id, exc)
             return
-        self.log.info("Task killed (now %s); cancelled batch %s (%s)", state, self.batch_id, batch.status.value)
+        self.log.info("Task killed (task now %s); batch %s is %s", state, self.batch_id, batch.status.value)
 
     async def _task_state(self) -> str | None:
         """The task instance's current state, or None when it cannot be known here."""
@@ -255,17 +285,17 @@ class OpenAIBatchTrigger(BaseTrigger):
             return None
         try:
             from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
-            from asgiref.sync import sync_to_async
 
             # A synchronous call to the supervisor: run it in a worker thread, never on the loop.
             states = await asyncio.wait_for(
-                sync_to_async(RuntimeTaskInstance.get_task_states)(
+                asyncio.to_thread(
+                    RuntimeTaskInstance.get_task_states,
                     dag_id=ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id], map_index=ti.map_index
                 ),
-                timeout=5.0,
+                timeout=STATE_TIMEOUT,
             )
         except Exception as exc:
-            self.log.debug("Could not read the state of task %s: %s", ti.task_id, exc)
+            self.log.info("Could not read the state of task %s (%s); cancelling anyway", ti.task_id, exc)
             return None
         key = ti.task_id if (ti.map_index is None or ti.map_index < 0) else f"{ti.task_id}_{ti.map_index}"
         state = (states.get(ti.run_id) or {}).get(key)

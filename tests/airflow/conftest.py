@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 DAGS = HERE / "dags"
 API_KEY = "sk-test-CANARY-4f9d2b"  # distinctive, so tests can prove it never leaks
 
-collect_ignore = ["dags"]  # DAG files are for Airflow, not for pytest's doctest collector
+collect_ignore = ["dags", "e2e_dags"]  # DAG files are for Airflow, not for pytest's doctest collector
 
 _HOME = Path(tempfile.mkdtemp(prefix="batch_ops_airflow_"))
 atexit.register(shutil.rmtree, _HOME, True)

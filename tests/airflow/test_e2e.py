@@ -1,0 +1,146 @@
+"""End to end under real Airflow: scheduler, LocalExecutor, triggerer, API server, SQLite.
+
+``airflow standalone`` runs all components in its own process group (stopped by this test, by
+that group's id). The test unpauses two DAGs (tests/airflow/e2e_dags), watches task states in
+the metadata database, and checks the servers:
+
+* ``bo_e2e``: the task is ``deferred`` while its batch runs, then ``success`` with the result
+  dict in XCom;
+* ``bo_e2e_kill``: marked failed through the REST API while deferred; the triggerer calls the
+  trigger's ``on_kill`` (Airflow >= 3.3), which cancels the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from batch_ops.server.background import free_port
+
+E2E_DAGS = Path(__file__).resolve().parent / "e2e_dags"
+STARTUP_TIMEOUT = 240.0
+RUN_TIMEOUT = 180.0
+
+
+@contextlib.contextmanager
+def standalone(home: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    log = (home / "standalone.log").open("wb")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("airflow")), "standalone"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        # Only our own process group: standalone and the components it started.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        log.close()
+
+
+class Airflow:
+    def __init__(self, home: Path, proc: subprocess.Popen[bytes], api: str) -> None:
+        self.home, self.proc = home, proc
+        self.http = httpx.Client(base_url=api, timeout=20)
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = (self.home / "standalone.log").read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait(self, what: str, check: Callable[[], Any], timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"airflow standalone exited while waiting for {what}:\n{self.log_tail()}"
+            with contextlib.suppress(httpx.HTTPError, sqlite3.Error):
+                value = check()
+                if value:
+                    return value
+            time.sleep(0.25)
+        pytest.fail(f"timed out waiting for {what}:\n{self.log_tail()}")
+
+    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        db = sqlite3.connect(self.home / "airflow.db", timeout=5)
+        try:
+            return db.execute(sql, args).fetchall()
+        finally:
+            db.close()
+
+    def ti(self, dag_id: str) -> tuple[str, str | None] | None:
+        rows = self.query("select run_id, state from task_instance where dag_id = ? and task_id = 'batch'", dag_id)
+        return rows[0] if rows else None
+
+
+def test_deferred_then_success_and_kill_cancels(make_server, tmp_path: Path, oracle) -> None:
+    home = tmp_path / "airflow_home"
+    home.mkdir()
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    with make_server(concurrency=1, request_latency=0.5) as url, \
+            make_server(concurrency=1, request_latency=1.0) as kill_url:
+        env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(E2E_DAGS),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "2",
+            "AIRFLOW_CONN_OPENAI_BATCH_DEFAULT": json.dumps(
+                {"conn_type": "openai_batch", "host": str(url), "password": "sk-e2e"}),
+            "AIRFLOW_CONN_OPENAI_BATCH_KILL": json.dumps(
+                {"conn_type": "openai_batch", "host": str(kill_url), "password": "sk-e2e"}),
+        }
+        with standalone(home, env) as proc:
+            af = Airflow(home, proc, api)
+            af.wait("the API server and both DAGs", lambda: af.http.get(
+                "/api/v2/dags", params={"tags": "batch_ops-e2e"}).json()["total_entries"] == 2, STARTUP_TIMEOUT)
+            for dag_id in ("bo_e2e", "bo_e2e_kill"):
+                assert af.http.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}).status_code == 200
+
+            # The task waits in the triggerer, not in a worker slot...
+            run_id, _ = af.wait("bo_e2e deferred", lambda: (ti := af.ti("bo_e2e")) and ti[1] == "deferred" and ti,
+                                RUN_TIMEOUT)
+
+            # ...meanwhile a user kills the other one once its trigger runs.
+            kill_run, _ = af.wait("bo_e2e_kill deferred",
+                                  lambda: (ti := af.ti("bo_e2e_kill")) and ti[1] == "deferred" and ti, RUN_TIMEOUT)
+            trigger_logs = home / "logs" / "dag_id=bo_e2e_kill"
+            af.wait("the kill DAG's trigger polling", lambda: any(
+                "Waiting for batch" in p.read_text(errors="replace") for p in trigger_logs.rglob("*.trigger.*")),
+                RUN_TIMEOUT)
+            answer = af.http.patch(f"/api/v2/dags/bo_e2e_kill/dagRuns/{kill_run}/taskInstances/batch",
+                                   json={"new_state": "failed"})
+            assert answer.status_code == 200, answer.text
+            (killed,) = oracle(kill_url).batches.list().data
+            af.wait("the killed task's batch cancelled",
+                    lambda: oracle(kill_url).batches.retrieve(killed.id).status in ("cancelling", "cancelled"), 60)
+
+            af.wait("bo_e2e success", lambda: af.ti("bo_e2e") == (run_id, "success"), RUN_TIMEOUT)
+            (value,) = af.query("select value from xcom where dag_id = 'bo_e2e' and key = 'return_value'")[0]
+            result = json.loads(value)
+            (held,) = oracle(url).batches.list().data
+            assert result["batch_id"] == held.id and result["status"] == "completed"
+            assert result["output_file_id"] == held.output_file_id
