@@ -24,10 +24,11 @@ __all__ = ["OpenAIBatchCredentials", "resolve_settings"]
 class OpenAIBatchCredentials(Block):
     """Credentials and endpoint of an OpenAI-compatible Batch API (OpenAI, Azure OpenAI, local).
 
-    Fields left empty are read from the environment, like ``BatchClient()`` does, so a block
-    may hold only a base URL while the key comes from ``OPENAI_API_KEY``. The key is a
+    The key is required; the other fields, when left empty, are read from the environment
+    like ``BatchClient()`` does (``OPENAI_BASE_URL``, ``OPENAI_ORG_ID``, ...). The key is a
     ``SecretStr``: Prefect stores it encrypted, and it is obfuscated in the UI, in flow-run
-    parameters, in ``repr`` and in logs.
+    parameters, in ``repr`` and in logs. Pass a saved block to a deployment by reference
+    (``{"$ref": {"block_document_id": ...}}``, what the UI sends).
 
     Example:
         Save once, then load by name in a flow:
@@ -44,11 +45,9 @@ class OpenAIBatchCredentials(Block):
     _block_type_slug = "openai-batch-credentials"
     _documentation_url = HttpUrl("https://platform.openai.com/docs/api-reference/batch")
 
-    api_key: SecretStr | None = Field(
-        default=None,
-        title="API Key",
-        description="The API key; when empty, OPENAI_API_KEY (Azure: AZURE_OPENAI_API_KEY) is used.",
-    )
+    # Required: a block whose fields were all optional would match a "$ref" to a saved block as
+    # well, and Prefect rejects a deployment parameter that fits two schemas.
+    api_key: SecretStr = Field(default=..., title="API Key", description="The API key (Azure: the resource key).")
     base_url: str | None = Field(
         default=None,
         title="Base URL",
@@ -79,7 +78,7 @@ class OpenAIBatchCredentials(Block):
     def get_settings(self) -> ClientSettings:
         """The client settings this block stands for; empty fields come from the environment."""
         overrides: dict[str, Any] = {
-            "api_key": self.api_key.get_secret_value() if self.api_key is not None else None,
+            "api_key": self.api_key.get_secret_value(),
             "base_url": self.base_url,
             "organization": self.organization,
             "project": self.project,

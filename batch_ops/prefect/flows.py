@@ -17,6 +17,7 @@ Add it to your own flows that use the tasks: ``@flow(on_cancellation=[cancel_flo
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any, cast
@@ -82,7 +83,7 @@ async def _settings_for(flow_run: FlowRun) -> list[ClientSettings]:
         # An unsaved block was stored with its key obfuscated: keep its endpoint, take the key from the
         # environment.
         plain = {k: v for k, v in raw.items() if k in _PLAIN_FIELDS and v is not None}
-        return [OpenAIBatchCredentials(**plain).get_settings()]
+        return [ClientSettings.from_env(**plain)]
     return [ClientSettings.from_env()]
 
 
@@ -113,20 +114,23 @@ async def cancel_flow_run_batches(flow: Flow[Any, Any], flow_run: FlowRun, state
         return
     started = flow_run.created or flow_run.start_time or flow_run.expected_start_time
     for settings in candidates:
-        since = started.timestamp() - _SKEW if started is not None else -1.0
-        if since < 0:
-            since = 0.0
+        # No batch of this run is older than the run itself; without its date, search the idempotency window.
+        since = started.timestamp() - _SKEW if started is not None else time.time() - settings.idempotency_lookback
         try:
             # A client of its own: the hook may run on a short-lived loop in another process.
             async with AsyncBatchClient(settings=settings) as client:
                 found = batches_to_cancel([b async for b in _recent_batches(client, since=since)], flow_run_id=run_id)
-                for batch in found:
-                    cancelled = await client.batches.cancel(batch.id)
-                    logger.info("Flow run cancelled: batch %s is now %s", batch.id, cancelled.status.value)
                 if not found:
                     logger.info("Flow run cancelled: no unfinished batch of this run on %s", settings.base_url)
+                for batch in found:
+                    try:
+                        cancelled = await client.batches.cancel(batch.id)
+                    except Exception as exc:  # e.g. it finished meanwhile: go on with the others
+                        logger.error("Flow run cancelled: could not cancel batch %s: %s", batch.id, exc)
+                    else:
+                        logger.info("Flow run cancelled: batch %s is now %s", batch.id, cancelled.status.value)
         except Exception as exc:
-            logger.error("Could not cancel the batches of flow run %s on %s: %s", run_id, settings.base_url, exc)
+            logger.error("Could not list the batches of flow run %s on %s: %s", run_id, settings.base_url, exc)
 
 
 def _flow_idempotency_key() -> str | None:

@@ -60,6 +60,7 @@ __all__ = [
     "cancel_batch",
     "create_batch",
     "download_batch_file",
+    "settings_used_by",
     "task_idempotency_key",
     "upload_batch_file",
     "wait_for_batch",
