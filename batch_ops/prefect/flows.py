@@ -76,8 +76,12 @@ async def _settings_for(flow_run: FlowRun) -> list[ClientSettings]:
     if used:
         return used
     raw = (flow_run.parameters or {}).get("credentials")
-    if isinstance(raw, dict) and isinstance(raw.get("$ref"), dict):
-        block = await OpenAIBatchCredentials.aload_from_ref(raw["$ref"])
+    ref: Any = None
+    if isinstance(raw, dict):
+        # A deployment parameter keeps the reference; a loaded block passed in code keeps its document id.
+        ref = raw.get("$ref") if isinstance(raw.get("$ref"), dict) else raw.get("_block_document_id")
+    if ref:
+        block = await OpenAIBatchCredentials.aload_from_ref(ref)
         return [cast(OpenAIBatchCredentials, block).get_settings()]
     if isinstance(raw, dict):
         # An unsaved block was stored with its key obfuscated: keep its endpoint, take the key from the

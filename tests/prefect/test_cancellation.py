@@ -11,25 +11,30 @@ flow's hooks there), where the hook reuses the settings ``create_batch`` used.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL
-from prefect.states import State, StateType
+from prefect.states import Cancelling, State, StateType
 
 from batch_ops import AsyncBatchClient, Batch, BatchStatus
-from batch_ops.prefect import OpenAIBatchCredentials
+from batch_ops.prefect import OpenAIBatchCredentials, run_batch
+from batch_ops.prefect.flows import cancel_flow_run_batches
 from batch_ops.server import serve_in_background
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -176,3 +181,36 @@ async def test_cancelling_a_parent_flow_run_cancels_the_batch_of_its_run_batch_s
     assert batch.status is BatchStatus.CANCELLED and batch.request_counts.completed < 20
     assert took < 20
     assert logged
+
+
+@pytest.mark.parametrize("given", ["a saved block passed in code", "no block: the environment"])
+async def test_the_hook_finds_the_credentials_outside_the_process_that_created_the_batch(
+    served: Served, secret: str, make_requests: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str
+) -> None:
+    # The hook as a runner calls it: for a flow run this process never ran, so all it has is the
+    # stored parameters: a loaded block is stored with its document id and an obfuscated key.
+    if given.startswith("a saved block"):
+        loaded = await OpenAIBatchCredentials.aload("cancel-test")
+        parameters = run_batch.serialize_parameters({"credentials": loaded})
+        assert parameters["credentials"]["api_key"] != secret
+    else:
+        parameters = {}
+        monkeypatch.setenv("OPENAI_API_KEY", secret)
+        monkeypatch.setenv("OPENAI_BASE_URL", served.url)
+    run_id = uuid.uuid4()
+    path = tmp_path / "requests.jsonl"
+    path.write_text("".join(json.dumps({**r, "method": "POST", "url": ENDPOINT}) + "\n" for r in make_requests(3)))
+    async with AsyncBatchClient(api_key=secret, base_url=served.url) as api:
+        file_id = (await api.files.upload(path)).id
+        batch = await api.batches.create(input_file_id=file_id, endpoint=ENDPOINT,
+                                         metadata={"prefect_flow_run_id": str(run_id)})
+        other = await api.batches.create(input_file_id=file_id, endpoint=ENDPOINT,
+                                         metadata={"prefect_flow_run_id": str(uuid.uuid4())})
+        flow_run = FlowRun(id=run_id, flow_id=uuid.uuid4(), parameters=parameters,
+                           created=datetime.now(timezone.utc))
+
+        await cancel_flow_run_batches(run_batch, flow_run, Cancelling())
+
+        assert (await api.batches.retrieve(batch.id)).status in (BatchStatus.CANCELLING, BatchStatus.CANCELLED)
+        assert not (await api.batches.retrieve(other.id)).status.is_terminal  # another run's batch is left alone
+        await api.batches.cancel(other.id)
