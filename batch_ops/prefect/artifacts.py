@@ -81,6 +81,12 @@ class ProgressArtifact:
     """A progress artifact for one batch, created at the first poll and updated on change.
 
     Pass :meth:`update` as the ``on_poll`` callback of ``AsyncBatchClient.batches.wait``.
+
+    Example:
+        ```python
+        progress = ProgressArtifact(logger=get_run_logger())
+        batch = await client.batches.wait(batch_id, on_poll=progress.update)
+        ```
     """
 
     def __init__(self, *, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:

@@ -36,7 +36,12 @@ _MAX_ERRORS = 5
 
 @dataclass(frozen=True)
 class BatchEvent:
-    """What :func:`prefect.events.emit_event` is given for one batch."""
+    """What :func:`prefect.events.emit_event` is given for one batch.
+
+    Example:
+        >>> BatchEvent(event="batch_ops.batch.completed", resource={"prefect.resource.id": "openai.batch.b1"}).payload
+        {}
+    """
 
     event: str
     resource: dict[str, str]

@@ -84,8 +84,9 @@ def slow_server() -> Iterator[ServerURL]:
 
 @pytest.fixture(scope="session")
 def expiring_server() -> Iterator[ServerURL]:
-    """A 1 s completion window and 2 requests at a time: a 12-request batch expires part-way."""
-    yield from _server(request_latency=0.4, concurrency=2, expire_after=1.0)
+    """A 1.5 s completion window, 2 requests at a time, 0.5 s each: a 12-request batch (~3 s of work)
+    expires part-way, after its first 4 or 8 requests."""
+    yield from _server(request_latency=0.5, concurrency=2, expire_after=1.5)
 
 
 @pytest.fixture(scope="session")
