@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -28,6 +29,7 @@ from batch_ops.client import AsyncBatchClient
 from batch_ops.errors import APIError, APIStatusError, BatchTimeoutError
 from batch_ops.models import Batch
 from batch_ops.polling import BatchPoller, describe
+from batch_ops.settings import ClientSettings
 
 __all__ = ["EVENT_KINDS", "OpenAIBatchTrigger", "batch_event", "error_event", "timeout_event"]
 
@@ -121,6 +123,32 @@ async def _preload_transport() -> None:
         _transport_imported = True
 
 
+#: Seconds a connection lookup is reused by triggers starting in the same event loop.
+SETTINGS_TTL = 30.0
+_Lookup = tuple[float, "asyncio.Future[ClientSettings]"]
+_settings_cache: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Lookup]] = weakref.WeakKeyDictionary()
+
+
+async def _settings_for(conn_id: str) -> ClientSettings:
+    """The connection's client settings, looked up once for all triggers starting together.
+
+    A restarted triggerer starts a thousand triggers within one poll interval; one lookup per
+    connection (through the supervisor, in Airflow 3) serves them all. Entries live
+    ``SETTINGS_TTL`` seconds, so an edited connection reaches triggers that start later; a
+    failed lookup is not kept.
+    """
+    from batch_ops.airflow.hooks import OpenAIBatchHook
+
+    loop = asyncio.get_running_loop()
+    cache = _settings_cache.setdefault(loop, {})
+    now = time.monotonic()
+    entry = cache.get(conn_id)
+    if entry is None or now - entry[0] > SETTINGS_TTL or (entry[1].done() and entry[1].exception() is not None):
+        future = asyncio.ensure_future(OpenAIBatchHook(conn_id=conn_id).aget_settings())
+        entry = cache[conn_id] = (now, future)
+    return await asyncio.shield(entry[1])
+
+
 def _seconds(value: timedelta | float | None) -> float | None:
     if value is None:
         return None
@@ -201,9 +229,7 @@ class OpenAIBatchTrigger(BaseTrigger):
         )
 
     async def _client(self) -> AsyncBatchClient:
-        from batch_ops.airflow.hooks import OpenAIBatchHook
-
-        settings = await OpenAIBatchHook(conn_id=self.conn_id).aget_settings()
+        settings = await _settings_for(self.conn_id)
         await _preload_transport()
         return AsyncBatchClient.shared(settings)
 
@@ -215,7 +241,7 @@ class OpenAIBatchTrigger(BaseTrigger):
         except Exception as exc:  # connection missing or unusable: nothing to retry here
             yield TriggerEvent(error_event(self.batch_id, exc))
             return
-        self.log.info("Waiting for batch %s (poll every %ss)", self.batch_id, self.poll_interval)
+        self.log.debug("Waiting for batch %s (poll every %ss)", self.batch_id, self.poll_interval)
         try:
             batch = await client.batches.wait(
                 self.batch_id,

@@ -196,13 +196,15 @@ def test_invalid_file_fails_before_anything_is_uploaded(
 
 
 def test_sensor_waits_for_a_batch_created_without_waiting(
-    server_url, use_server, run_dag, af, requests_file: Path
+    make_server, use_server, run_dag, af, tmp_path: Path
 ) -> None:
-    use_server(server_url)
-    dr = run_dag("bo_sensor", {"input_path": str(requests_file)})
+    # The batch takes ~2 s, so the sensors find it running: one defers, one pokes, one reschedules.
+    with make_server(concurrency=1, request_latency=0.2) as url:
+        use_server(url)
+        dr = run_dag("bo_sensor", {"input_path": str(af.write_requests(tmp_path / "r.jsonl", 10))})
     created = af.xcom(dr, "create")
-    assert set(created) == RESULT_KEYS and created["status"] not in ("completed", "failed")
-    for task_id in ("wait_deferred", "wait_poke"):
+    assert set(created) == RESULT_KEYS and created["status"] in ("validating", "in_progress")
+    for task_id in ("wait_deferred", "wait_poke", "wait_reschedule"):
         assert af.state(dr, task_id) == "success"
         result = af.xcom(dr, task_id)
         assert result["batch_id"] == created["batch_id"]

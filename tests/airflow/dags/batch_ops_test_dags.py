@@ -102,7 +102,7 @@ with _dag("bo_retry_failed", default_args={"retries": 1, "retry_delay": timedelt
 with _dag("bo_invalid", default_args={"retries": 2, "retry_delay": timedelta(seconds=0)}):
     OpenAIBatchOperator(task_id="batch", endpoint=CHAT, input_path=INPUT, poll_interval=POLL)
 
-# Create without waiting, then wait with sensors: deferred, and poking on the worker.
+# Create without waiting, then wait with sensors: deferred, poking on the worker, and rescheduled.
 with _dag("bo_sensor"):
     create = OpenAIBatchOperator(
         task_id="create", endpoint=CHAT, input_path=INPUT, poll_interval=POLL, wait_for_completion=False
@@ -111,6 +111,8 @@ with _dag("bo_sensor"):
     create >> [
         OpenAIBatchSensor(task_id="wait_deferred", batch_id=batch_id, poke_interval=POLL),
         OpenAIBatchSensor(task_id="wait_poke", batch_id=batch_id, poke_interval=POLL, deferrable=False),
+        OpenAIBatchSensor(task_id="wait_reschedule", batch_id=batch_id, poke_interval=POLL, deferrable=False,
+                          mode="reschedule"),
     ]
 
 # Dynamic task mapping over request files.

@@ -1,0 +1,306 @@
+"""Benchmark: N Airflow batch triggers in one event loop, polling the local server.
+
+What a triggerer sees: N deferred batch tasks, each trigger polling its batch every
+``--poll-interval`` seconds, all on one event loop. The local server answers every call after
+``--latency`` seconds (default 0.1) and keeps the batches running for the whole window.
+
+Rows (each in a fresh subprocess, so memory and the event loop are its own):
+
+* ``batch_ops``: ``batch_ops.airflow.OpenAIBatchTrigger`` with core's async transport choice
+  (``httpx-aiohttp`` when installed) and with httpx's own pool (``BATCH_OPS_ASYNC_TRANSPORT=httpx``);
+* ``official``: ``airflow.providers.openai.triggers.openai.OpenAIBatchTrigger``
+  (apache-airflow-providers-openai), run the same way.
+
+Measured over a fixed window (default 8 s) after all triggers started:
+
+* event-loop lag: a ticker sleeps 10 ms in a loop and records how late it wakes (p50/p99/max);
+* polls served: successful batch GETs (200) counted in the client;
+* ideal polls: ``N * window / (poll_interval + latency)``: each poll cycle is one sleep plus
+  one round trip. Our trigger's back-off (no progress -> longer intervals) is turned off with
+  ``max_poll_interval=poll_interval`` so both triggers aim at the same rate;
+* RSS per trigger: resident memory growth of the process divided by N.
+
+    python benchmarks/bench_triggers.py [--n 100 1000] [--window 8] [--poll-interval 1]
+                                        [--latency 0.1] [--impl batch_ops official]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve()
+OURS = "batch_ops"
+OFFICIAL = "official"
+BARE = "bare"  # reference: a bare poll loop on one shared httpx client, core's transport choice
+
+
+# ------------------------------------------------------------------------------------------
+# child: one row, in its own process
+# ------------------------------------------------------------------------------------------
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _count_ours(counter: dict[str, int]) -> None:
+    # Count what the server answered: every 200 to GET /batches/{id}, wherever it came from.
+    from batch_ops.client import AsyncBatchClient
+
+    send_once = AsyncBatchClient._send_once
+
+    async def counting(self: Any, send: Any) -> Any:
+        reply = await send_once(self, send)
+        if send.method == "GET" and send.path.startswith("/batches/") and reply.status == 200:
+            counter["polls"] += 1
+        return reply
+
+    AsyncBatchClient._send_once = counting  # type: ignore[method-assign]
+
+
+def _count_official(counter: dict[str, int]) -> None:
+    from airflow.providers.openai.hooks.openai import OpenAIHook
+
+    get_batch = OpenAIHook.get_batch
+
+    def counting(self: Any, batch_id: str) -> Any:
+        batch = get_batch(self, batch_id)
+        counter["polls"] += 1
+        return batch
+
+    OpenAIHook.get_batch = counting  # type: ignore[method-assign]
+
+
+class _BarePoller:
+    """The least a poller can do: GET, sleep, repeat, on one shared client (no parsing, no policy)."""
+
+    client: Any = None
+
+    def __init__(self, url: str, batch_id: str, poll_interval: float, counter: dict[str, int]) -> None:
+        self.url, self.batch_id, self.poll_interval, self.counter = url, batch_id, poll_interval, counter
+
+    async def run(self) -> Any:
+        import random
+
+        import httpx
+
+        from batch_ops.client import _default_async_transport
+
+        if _BarePoller.client is None:
+            _BarePoller.client = httpx.AsyncClient(transport=_default_async_transport(), timeout=60,
+                                                   limits=httpx.Limits(max_connections=200))
+        await asyncio.sleep(random.uniform(0, self.poll_interval))
+        while True:
+            reply = await _BarePoller.client.get(f"{self.url}/batches/{self.batch_id}",
+                                                 headers={"Authorization": "Bearer sk-bench"})
+            if reply.status_code == 200:
+                self.counter["polls"] += 1
+            await asyncio.sleep(self.poll_interval)
+        yield  # pragma: no cover
+
+
+def _make_trigger(impl: str, batch_id: str, poll_interval: float) -> Any:
+    if impl == OURS:
+        from batch_ops.airflow import OpenAIBatchTrigger
+
+        return OpenAIBatchTrigger(conn_id="openai_batch_default", batch_id=batch_id, poll_interval=poll_interval,
+                                  max_poll_interval=poll_interval, timeout=3600)
+    from airflow.providers.openai.triggers.openai import OpenAIBatchTrigger as Official
+
+    return Official(conn_id="openai_bench", batch_id=batch_id, poll_interval=poll_interval, timeout=3600)
+
+
+async def _child(impl: str, batch_ids: list[str], window: float, poll_interval: float) -> dict[str, Any]:
+    counter = {"polls": 0}
+    if impl == BARE:
+        url = json.loads(os.environ["AIRFLOW_CONN_OPENAI_BATCH_DEFAULT"])["host"]
+        triggers: list[Any] = [_BarePoller(url, batch_id, poll_interval, counter) for batch_id in batch_ids]
+    else:
+        (_count_ours if impl == OURS else _count_official)(counter)
+        triggers = [_make_trigger(impl, batch_id, poll_interval) for batch_id in batch_ids]
+    lags: list[float] = []
+    stop = False
+
+    async def ticker() -> None:
+        while not stop:
+            before = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lags.append(time.perf_counter() - before - 0.01)
+
+    async def drive(trigger: Any) -> None:
+        async for _event in trigger.run():  # a batch that ends early stops its trigger
+            return
+
+    rss_before = _rss_bytes()
+    tick = asyncio.create_task(ticker())
+    cpu_started = time.process_time()
+    started = time.perf_counter()
+    tasks = [asyncio.create_task(drive(t)) for t in triggers]
+    await asyncio.sleep(window)
+    elapsed = time.perf_counter() - started  # longer than the window when the loop was blocked
+    polls = counter["polls"]
+    cpu = time.process_time() - cpu_started
+    rss_after = _rss_bytes()
+    stop = True
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, tick, return_exceptions=True)
+    lags.sort()
+    finished = sum(1 for t in tasks if t.done() and not t.cancelled() and t.exception() is None)
+    return {
+        "polls": polls,
+        "elapsed": elapsed,
+        "lag_p50": lags[len(lags) // 2] if lags else None,
+        "lag_p99": lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else None,
+        "lag_max": lags[-1] if lags else None,
+        "ticks": len(lags),
+        "rss_per_trigger": (rss_after - rss_before) / max(len(triggers), 1),
+        "cpu": cpu,
+        "cpu_per_poll": cpu / polls if polls else None,
+        "ended_early": finished,
+    }
+
+
+def child_main(args: argparse.Namespace) -> None:
+    batch_ids = json.loads(Path(args.batch_ids).read_text())[: args.child_n]
+    result = asyncio.run(_child(args.child_impl, batch_ids, args.window, args.poll_interval))
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# ------------------------------------------------------------------------------------------
+# parent: server, batches, rows, table
+# ------------------------------------------------------------------------------------------
+
+
+async def _create_batches(url: str, count: int) -> list[str]:
+    from batch_ops import AsyncBatchClient
+
+    async with AsyncBatchClient(api_key="sk-bench", base_url=url) as client:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "one.jsonl"
+            path.write_text(json.dumps({"custom_id": "r-0", "method": "POST", "url": "/v1/chat/completions",
+                                        "body": {"model": "m", "messages": [{"role": "user", "content": "x"}]}})
+                            + "\n")
+            uploaded = await client.files.upload(path)
+        gate = asyncio.Semaphore(50)
+
+        async def one() -> str:
+            async with gate:
+                batch = await client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions")
+                return batch.id
+
+        return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+def _run_row(impl: str, transport: str, n: int, args: argparse.Namespace, env: dict[str, str],
+             ids_file: Path) -> dict[str, Any]:
+    row_env = dict(env)
+    if transport == "httpx":
+        row_env["BATCH_OPS_ASYNC_TRANSPORT"] = "httpx"
+    else:
+        row_env.pop("BATCH_OPS_ASYNC_TRANSPORT", None)
+    cmd = [sys.executable, str(HERE), "--child-impl", impl, "--child-n", str(n), "--batch-ids", str(ids_file),
+           "--window", str(args.window), "--poll-interval", str(args.poll_interval)]
+    proc = subprocess.run(cmd, env=row_env, capture_output=True, text=True, timeout=args.window * 20 + 300)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{impl}/{transport}/N={n} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    result = json.loads(lines[-1][len("RESULT "):])
+    ideal = n * result["elapsed"] / (args.poll_interval + args.latency)
+    result.update(impl=impl, transport=transport, n=n, ideal=ideal, served=result["polls"] / ideal)
+    return result
+
+
+def _table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value * 1000:,.0f}"
+
+    head = (
+        "| trigger | transport | N | window s | polls served | ideal | served % | loop lag p50 ms | p99 ms "
+        "| max ms | CPU / poll ms | RSS / trigger KiB |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    body = []
+    for r in rows:
+        body.append(
+            f"| {r['impl']} | {r['transport']} | {r['n']:,} | {r['elapsed']:.1f} | {r['polls']:,} | {r['ideal']:,.0f} "
+            f"| {r['served'] * 100:.0f}% | {ms(r['lag_p50'])} | {ms(r['lag_p99'])} | {ms(r['lag_max'])} "
+            f"| {'-' if r['cpu_per_poll'] is None else format(r['cpu_per_poll'] * 1000, '.2f')} "
+            f"| {r['rss_per_trigger'] / 1024:,.1f} |"
+        )
+    note = (f"\npoll interval {args.poll_interval:g} s, server latency {args.latency:g} s, window {args.window:g} s; "
+            "ideal = N x window / (poll interval + latency).")
+    return "\n".join([head, *body]) + note
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--window", type=float, default=8.0)
+    parser.add_argument("--poll-interval", type=float, default=1.0)
+    parser.add_argument("--latency", type=float, default=0.1)
+    parser.add_argument("--impl", nargs="+", default=[OURS, OFFICIAL], choices=[OURS, OFFICIAL, BARE])
+    parser.add_argument("--transport", nargs="+", default=["aiohttp", "httpx"], choices=["aiohttp", "httpx"],
+                        help="async transport rows for batch_ops (the official trigger uses its own sync client)")
+    parser.add_argument("--json", help="also write the rows to this file")
+    # internal: run one row
+    parser.add_argument("--child-impl", help=argparse.SUPPRESS)
+    parser.add_argument("--child-n", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--batch-ids", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_impl:
+        child_main(args)
+        return 0
+
+    from batch_ops.server import serve_in_background
+
+    work = Path(tempfile.mkdtemp(prefix="bench_triggers_"))
+    # One request per batch that takes an hour: every batch stays in progress (or queued).
+    with serve_in_background(latency=args.latency, request_latency=3600, concurrency=4) as url:
+        print(f"server {url} (latency {args.latency:g} s); creating {max(args.n):,} batches ...", flush=True)
+        ids = asyncio.run(_create_batches(url, max(args.n)))
+        ids_file = work / "batch_ids.json"
+        ids_file.write_text(json.dumps(ids))
+        home = work / "airflow_home"
+        home.mkdir()
+        env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW_CONN_OPENAI_BATCH_DEFAULT": json.dumps(
+                {"conn_type": "openai_batch", "host": str(url), "password": "sk-bench"}),
+            "AIRFLOW_CONN_OPENAI_BENCH": json.dumps({"conn_type": "openai", "host": str(url), "password": "sk-bench"}),
+        }
+        rows = []
+        for n in args.n:
+            for impl in args.impl:
+                for transport in (["sync openai SDK"] if impl == OFFICIAL else args.transport):
+                    print(f"running {impl} / {transport} / N={n:,} ...", flush=True)
+                    rows.append(_run_row(impl, transport, n, args, env, ids_file))
+                    r = rows[-1]
+                    print(f"  {r['polls']:,} polls of {r['ideal']:,.0f} ideal; lag p99 {r['lag_p99'] * 1000:,.0f} ms",
+                          flush=True)
+    table = _table(rows, args)
+    print()
+    print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    ours = [r for r in rows if r["impl"] == OURS and r["transport"] == "aiohttp" and r["n"] == 1000]
+    if ours:
+        ok = ours[0]["lag_p99"] < 0.2 and ours[0]["served"] >= 0.8
+        print(f"\ntarget at N=1,000 (p99 lag < 200 ms, >= 80% of ideal polls): {'met' if ok else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
