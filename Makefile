@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: install lint typecheck docs pytest test demo demo-core demo-clean bench clean
+.PHONY: install lint typecheck docs pytest test demo demo-core demo-clean bench drill clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ bench: install
 	$(BIN)/python benchmarks/bench_upload.py
 	$(BIN)/python benchmarks/bench_server.py
 	$(BIN)/python benchmarks/bench_job.py
+
+# Reliability drills (issue 8): faults, kills, bad input, secrets; slow (~8 min), not part of `make test`.
+drill: install
+	$(BIN)/python drills/run.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .site
