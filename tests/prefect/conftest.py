@@ -22,6 +22,9 @@ import pytest
 # Before Prefect is imported anywhere: its settings are read once, at import.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="batch_ops_prefect_home_")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
+# These two default to ~/.prefect whatever PREFECT_HOME says (nested settings do not see it).
+os.environ["PREFECT_SERVER_MEMO_STORE_PATH"] = os.path.join(_PREFECT_HOME, "memo_store.toml")
+os.environ["PREFECT_LOCAL_STORAGE_PATH"] = os.path.join(_PREFECT_HOME, "storage")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect.client.orchestration import get_client  # noqa: E402
