@@ -56,16 +56,34 @@ def _settings(settings: ClientSettings | None, overrides: Mapping[str, Any]) -> 
 
 
 def _not_sent(exc: httpx.TransportError) -> bool:
-    # Only these guarantee the request never left: the connection was never established.
+    """True only when the request certainly never reached the server.
+
+    This decides whether a failed create may have created a batch, so it must never say
+    "not sent" by mistake. httpx's own ConnectError / ConnectTimeout / PoolTimeout mean the
+    connection was never established. The httpx-aiohttp transport, however, maps *every*
+    aiohttp connection error — a server that dropped the connection after reading the
+    request included — to ``ConnectTimeout``; there the original aiohttp error (the cause)
+    tells: only ``ClientConnectorError`` means the connection was never made.
+    """
+    cause = exc.__cause__
+    if cause is not None and type(cause).__module__.split(".")[0] == "aiohttp":
+        return any(cls.__name__ == "ClientConnectorError" for cls in type(cause).__mro__)
     return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
 
 
+def _timed_out(exc: httpx.TransportError) -> bool:
+    cause = exc.__cause__
+    if cause is not None and type(cause).__module__.split(".")[0] == "aiohttp":
+        return isinstance(cause, TimeoutError) or "Timeout" in type(cause).__name__
+    return isinstance(exc, httpx.TimeoutException)
+
+
 def _transport_reply(exc: httpx.TransportError, url: str) -> Reply:
-    kind = type(exc).__name__
+    kind = type(exc.__cause__ or exc).__name__
     detail = f"{kind}: {exc}" if str(exc) else kind
     return Reply(
         error=f"{detail} (reaching {url})",
-        timed_out=isinstance(exc, httpx.TimeoutException),
+        timed_out=_timed_out(exc),
         sent=not _not_sent(exc),
     )
 

@@ -317,3 +317,29 @@ def test_lost_create_responses_never_bill_a_second_batch(make_server: MakeServer
         on_server = [b.id for b in sdk(url).batches.list(limit=100)]
     assert len(set(created)) == 12
     assert sorted(on_server) == sorted(created)
+
+
+@pytest.fixture
+def no_async_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = client_module._async_sleep
+
+    async def short(seconds: float) -> None:
+        await real(min(seconds, 0.02))
+
+    monkeypatch.setattr(client_module, "_async_sleep", short)
+
+
+async def test_lost_create_responses_never_bill_twice_with_the_async_transport(
+    make_server: MakeServer, no_async_sleep: None, tmp_path: Path
+) -> None:
+    """The aiohttp transport reports a connection dropped after the request as ConnectTimeout;
+    it must still count as "may have been created" and be looked up before any re-send."""
+    path = write_jsonl(tmp_path / "in.jsonl", [
+        {"custom_id": "a", "method": "POST", "url": CHAT, "body": {"model": "m", "messages": []}}])
+    with make_server(drop=0.5, seed=21) as url:
+        async with AsyncBatchClient(api_key="local", base_url=url) as client:
+            file_id = (await client.files.upload(path)).id
+            created = [(await client.batches.create(input_file_id=file_id, endpoint=CHAT)).id for _ in range(12)]
+        on_server = [b.id for b in sdk(url).batches.list(limit=100)]
+    assert len(set(created)) == 12
+    assert sorted(on_server) == sorted(created)

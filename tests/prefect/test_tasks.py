@@ -121,8 +121,6 @@ async def test_a_retried_run_batch_flow_run_reattaches_and_drops_its_second_uplo
         assert (await client.read_flow_run(state.state_details.flow_run_id)).run_count == 2
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: httpx-aiohttp maps a server disconnect after the request was sent "
-                   "to httpx.ConnectTimeout, which the client reads as 'never sent' and re-POSTs the create")
 async def test_a_lost_create_response_with_client_retries_creates_one_batch(
     batch_server: str, secret: str, make_requests: Any, drop_proxy: Any
 ) -> None:
