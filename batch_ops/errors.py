@@ -68,8 +68,21 @@ __all__ = [
 ]
 
 
+def _restore(cls: type[BatchOpsError], args: tuple[Any, ...], state: dict[str, Any]) -> BatchOpsError:
+    exc = cls.__new__(cls, *args)  # BaseException.__new__ keeps args; __init__ is not called again
+    exc.__dict__.update(state)
+    return exc
+
+
 class BatchOpsError(Exception):
     """Raised for any batch_ops failure; the root of the tree."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickle rebuilds an exception as cls(*args), which fails for the keyword-only constructors
+        # below (APIStatusError needs status_code) and would lose their attributes. Prefect pickles a
+        # failed run's exception as its result, and process-based runners ship exceptions between
+        # processes: rebuild from the message and the attributes instead.
+        return (_restore, (type(self), self.args, self.__dict__))
 
 
 class ConfigurationError(BatchOpsError):
