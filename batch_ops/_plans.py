@@ -139,6 +139,12 @@ class Reply:
 Plan = Generator["Send | Sleep | Notify", Any, Any]
 
 
+def _retry_delay(policy: RetryPolicy, reply: Reply, *, attempt: int, started: float) -> float | None:
+    now = clock()
+    return policy.delay(attempt=attempt, elapsed=now - started, status=reply.status, headers=reply.headers,
+                        connection_error=reply.error is not None, now=now)
+
+
 def send_with_retries(send: Send, *, policy: RetryPolicy) -> Generator[Send | Sleep, Any, Reply]:
     """Send until success, a permanent error, or the retry budget is spent."""
     started = clock()
@@ -147,14 +153,7 @@ def send_with_retries(send: Send, *, policy: RetryPolicy) -> Generator[Send | Sl
         reply: Reply = yield send
         if reply.ok:
             return reply
-        delay = policy.delay(
-            attempt=attempt,
-            elapsed=clock() - started,
-            status=reply.status,
-            headers=reply.headers,
-            connection_error=reply.error is not None,
-            now=clock(),
-        )
+        delay = _retry_delay(policy, reply, attempt=attempt, started=started)
         if delay is None:
             raise reply.exception(send)
         yield Sleep(delay)
@@ -282,14 +281,7 @@ def create_plan(
             may_exist = may_exist or reply.sent
         elif reply.status is not None and reply.status != 429 and is_retryable_status(reply.status):
             may_exist = True
-        delay = policy.delay(
-            attempt=attempt,
-            elapsed=clock() - started,
-            status=reply.status,
-            headers=reply.headers,
-            connection_error=reply.error is not None,
-            now=clock(),
-        )
+        delay = _retry_delay(policy, reply, attempt=attempt, started=started)
         if delay is None:
             raise reply.exception(send)
         yield Sleep(delay)

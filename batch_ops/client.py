@@ -24,6 +24,7 @@ import tempfile
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -96,10 +97,20 @@ def _check_terminal(batch: Batch) -> None:
         )
 
 
-class _Base:
-    """What both clients share: settings, retry policy, headers."""
+@dataclass(frozen=True)
+class _Prepared:
+    url: str
+    headers: dict[str, str]
+    params: dict[str, Any]
+    content: bytes | None
+    frame: MultipartBody | None
 
-    def __init__(self, settings: ClientSettings) -> None:
+
+class _Base:
+    """What both clients share: settings, retry policy, request preparation."""
+
+    def __init__(self, settings: ClientSettings | None, overrides: Mapping[str, Any]) -> None:
+        settings = _settings(settings, overrides)
         settings.require_key()  # fail now, with the fix, rather than at the first request
         self.settings = settings
         self.retry_policy = RetryPolicy(
@@ -109,21 +120,22 @@ class _Base:
             maximum=settings.backoff_max,
         )
 
-    def _headers(self) -> dict[str, str]:
-        return {"User-Agent": USER_AGENT, "Accept": "application/json", **self.settings.auth_headers()}
-
-    def _params(self, send: Send) -> dict[str, Any]:
-        return {**self.settings.default_params(), **(send.params or {})}
+    def _prepare(self, send: Send) -> _Prepared:
+        """URL, headers, query and body of a request: JSON, or an upload's multipart frame."""
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **self.settings.auth_headers()}
+        params = {**self.settings.default_params(), **(send.params or {})}
+        content = frame = None
+        if send.upload is not None:
+            size = send.upload.stat().st_size
+            frame = MultipartBody.for_file(filename=send.upload.name, size=size, fields=dict(send.json or {}))
+            headers.update({"Content-Type": frame.content_type, "Content-Length": str(frame.content_length)})
+        elif send.json is not None:
+            content = json.dumps(send.json).encode()
+            headers["Content-Type"] = "application/json"
+        return _Prepared(self.settings.url(send.path), headers, params, content, frame)
 
     def _timeout(self) -> httpx.Timeout:
         return httpx.Timeout(self.settings.timeout, connect=self.settings.connect_timeout)
-
-    def _upload_frame(self, send: Send) -> tuple[MultipartBody, dict[str, str]]:
-        assert send.upload is not None
-        size = send.upload.stat().st_size
-        frame = MultipartBody.for_file(filename=send.upload.name, size=size, fields=dict(send.json or {}))
-        headers = {"Content-Type": frame.content_type, "Content-Length": str(frame.content_length)}
-        return frame, headers
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.settings.base_url!r})"
@@ -189,18 +201,8 @@ class BatchClient(_Base):
         settings: ClientSettings | None = None,
         http_client: httpx.Client | None = None,
     ) -> None:
-        super().__init__(
-            _settings(
-                settings,
-                {
-                    "api_key": api_key,
-                    "base_url": base_url,
-                    "organization": organization,
-                    "project": project,
-                    "api_version": api_version,
-                },
-            )
-        )
+        super().__init__(settings, {"api_key": api_key, "base_url": base_url, "organization": organization,
+                                    "project": project, "api_version": api_version})
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client(timeout=self._timeout())
         self.files = Files(self)
@@ -224,21 +226,14 @@ class BatchClient(_Base):
             return done.value
 
     def _send_once(self, send: Send) -> Reply:
-        url = self.settings.url(send.path)
-        headers = self._headers()
-        params = self._params(send)
+        prepared = self._prepare(send)
+        url, headers, params, content = prepared.url, prepared.headers, prepared.params, prepared.content
         try:
-            if send.upload is not None:
-                frame, extra = self._upload_frame(send)
-                response = self._http.request(
-                    send.method, url, params=params, headers={**headers, **extra},
-                    content=_iter_upload(frame, send.upload),
-                )
+            if send.upload is not None and prepared.frame is not None:
+                frame = prepared.frame
+                response = self._http.request(send.method, url, params=params, headers=headers,
+                                              content=_iter_upload(frame, send.upload))
                 return Reply(status=response.status_code, headers=dict(response.headers), body=response.content)
-            content = None
-            if send.json is not None:
-                content = json.dumps(send.json).encode()
-                headers["Content-Type"] = "application/json"
             if send.sink is None:
                 response = self._http.request(send.method, url, params=params, headers=headers, content=content)
                 return Reply(status=response.status_code, headers=dict(response.headers), body=response.content)
@@ -500,18 +495,8 @@ class AsyncBatchClient(_Base):
         settings: ClientSettings | None = None,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
-        super().__init__(
-            _settings(
-                settings,
-                {
-                    "api_key": api_key,
-                    "base_url": base_url,
-                    "organization": organization,
-                    "project": project,
-                    "api_version": api_version,
-                },
-            )
-        )
+        super().__init__(settings, {"api_key": api_key, "base_url": base_url, "organization": organization,
+                                    "project": project, "api_version": api_version})
         self._owns_http = http_client is None
         if http_client is None:
             limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
@@ -553,21 +538,14 @@ class AsyncBatchClient(_Base):
             return done.value
 
     async def _send_once(self, send: Send) -> Reply:
-        url = self.settings.url(send.path)
-        headers = self._headers()
-        params = self._params(send)
+        prepared = self._prepare(send)
+        url, headers, params, content = prepared.url, prepared.headers, prepared.params, prepared.content
         try:
-            if send.upload is not None:
-                frame, extra = self._upload_frame(send)
-                response = await self._http.request(
-                    send.method, url, params=params, headers={**headers, **extra},
-                    content=_aiter_upload(frame, send.upload),
-                )
+            if send.upload is not None and prepared.frame is not None:
+                frame = prepared.frame
+                response = await self._http.request(send.method, url, params=params, headers=headers,
+                                                    content=_aiter_upload(frame, send.upload))
                 return Reply(status=response.status_code, headers=dict(response.headers), body=response.content)
-            content = None
-            if send.json is not None:
-                content = json.dumps(send.json).encode()
-                headers["Content-Type"] = "application/json"
             if send.sink is None:
                 response = await self._http.request(send.method, url, params=params, headers=headers, content=content)
                 return Reply(status=response.status_code, headers=dict(response.headers), body=response.content)

@@ -23,13 +23,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pendulum
 
+from batch_ops._files import atomic_write
 from batch_ops.errors import BatchOpsError
 from batch_ops.evals.scoring import EvalRun
 
@@ -89,11 +89,7 @@ def check_regression(*, current: float, previous: float | None, max_drop: float)
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, [text.encode("utf-8")])
 
 
 def _markdown(run: EvalRun, *, run_id: str, pipeline: str, when: str, previous: float | None,

@@ -21,13 +21,12 @@ Example:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batch_ops._files import atomic_write
 from batch_ops.jsonl import iter_request_lines, join_results
 from batch_ops.models import ResultLine
 
@@ -62,24 +61,6 @@ class HarvestCounts:
     succeeded: int = 0
     failed: int = 0
     retried: int = 0
-
-
-def _atomic_lines(path: Path, lines: Iterable[bytes]) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    n = 0
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for line in lines:
-                fh.write(line)
-                n += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return n
 
 
 def _final_line(line: ResultLine, provenance: Mapping[str, Any]) -> bytes:
@@ -121,11 +102,11 @@ def harvest_part(
                     usage.add(line.body)  # a 4xx answer may still carry billed usage
             yield _final_line(line, provenance)
 
-    _atomic_lines(results_path, finals())
+    atomic_write(results_path, finals())
     if retry_path is not None:
         counts.retried = len(retry_ids)
         if retry_ids:
-            _atomic_lines(retry_path, _select_requests(part_path, retry_ids))
+            atomic_write(retry_path, _select_requests(part_path, retry_ids))
     return counts
 
 
@@ -149,7 +130,7 @@ def synthesize_failures(*, part_path: Path, results_path: Path, code: str, messa
                               error={"code": code, "message": message})  # type: ignore[arg-type]
             yield _final_line(line, provenance)
 
-    return _atomic_lines(results_path, lines())
+    return atomic_write(results_path, lines())
 
 
 def merge(*, input_path: Path, results_paths: Iterable[Path], output_path: Path) -> tuple[int, int, int, int]:
@@ -198,7 +179,7 @@ def merge(*, input_path: Path, results_paths: Iterable[Path], output_path: Path)
                     failed += 1
                 yield raw
 
-        _atomic_lines(output_path, lines())
+        atomic_write(output_path, lines())
     finally:
         for h in handles:
             h.close()

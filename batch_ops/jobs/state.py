@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from batch_ops._files import atomic_write
 
 __all__ = ["JobState", "PartState", "load_state", "save_state", "state_path_for", "work_dir_for"]
 
@@ -104,17 +105,7 @@ def work_dir_for(output_path: str | os.PathLike[str]) -> Path:
 
 def save_state(state: JobState, path: Path) -> None:
     """Write atomically (temp file + fsync + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(state.model_dump_json(indent=1))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, [state.model_dump_json(indent=1).encode()])
 
 
 def load_state(path: Path) -> JobState | None:
