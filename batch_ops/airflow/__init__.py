@@ -17,14 +17,24 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from batch_ops.airflow.hooks import OpenAIBatchHook
+    from batch_ops.airflow.jobs import OpenAIBatchJobOperator, OpenAIBatchJobTrigger
     from batch_ops.airflow.operators import OpenAIBatchOperator
     from batch_ops.airflow.sensors import OpenAIBatchSensor
     from batch_ops.airflow.triggers import OpenAIBatchTrigger
 
-__all__ = ["OpenAIBatchHook", "OpenAIBatchOperator", "OpenAIBatchSensor", "OpenAIBatchTrigger"]
+__all__ = [
+    "OpenAIBatchHook",
+    "OpenAIBatchJobOperator",
+    "OpenAIBatchJobTrigger",
+    "OpenAIBatchOperator",
+    "OpenAIBatchSensor",
+    "OpenAIBatchTrigger",
+]
 
 _MODULES = {
     "OpenAIBatchHook": "hooks",
+    "OpenAIBatchJobOperator": "jobs",
+    "OpenAIBatchJobTrigger": "jobs",
     "OpenAIBatchOperator": "operators",
     "OpenAIBatchSensor": "sensors",
     "OpenAIBatchTrigger": "triggers",

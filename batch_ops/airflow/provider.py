@@ -38,13 +38,19 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": "OpenAI Batch API (batch_ops)", "python-modules": ["batch_ops.airflow.hooks"]}
         ],
         "operators": [
-            {"integration-name": "OpenAI Batch API (batch_ops)", "python-modules": ["batch_ops.airflow.operators"]}
+            {
+                "integration-name": "OpenAI Batch API (batch_ops)",
+                "python-modules": ["batch_ops.airflow.operators", "batch_ops.airflow.jobs"],
+            }
         ],
         "sensors": [
             {"integration-name": "OpenAI Batch API (batch_ops)", "python-modules": ["batch_ops.airflow.sensors"]}
         ],
         "triggers": [
-            {"integration-name": "OpenAI Batch API (batch_ops)", "python-modules": ["batch_ops.airflow.triggers"]}
+            {
+                "integration-name": "OpenAI Batch API (batch_ops)",
+                "python-modules": ["batch_ops.airflow.triggers", "batch_ops.airflow.jobs"],
+            }
         ],
         "extra-links": ["batch_ops.airflow.links.OpenAIBatchLink"],
         "connection-types": [

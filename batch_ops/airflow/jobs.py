@@ -1,0 +1,249 @@
+"""``OpenAIBatchJobOperator``: a job over many batches, run deferrably.
+
+The job itself is core's :class:`~batch_ops.jobs.BatchJob` (sharding, resubmission rounds,
+token-limit back-off, recovery of expired and cancelled work, one merged output, a state file
+next to the output). The operator only alternates between the worker and the triggerer:
+
+* on the worker, one short step: harvest finished batches, submit what may start;
+* in the triggerer, :class:`OpenAIBatchJobTrigger` waits — without blocking the event loop —
+  until any running batch ends or a token-limit back-off is over; then back to the worker.
+
+It returns (XCom ``return_value``) the job summary: ``total``, ``succeeded``, ``failed``,
+``batches``, ``resubmitted``, ``rounds``, ``usage``, ``output_path`` and ``state_path``.
+
+The state file must be on storage every worker sees (a local disk with the LocalExecutor; a
+shared volume otherwise). A retried task resumes the job from it: no finished batch is
+submitted again, and a batch whose create was interrupted is re-attached, not paid twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from batch_ops._http import is_retryable_status
+from batch_ops.airflow.hooks import OpenAIBatchHook
+from batch_ops.airflow.triggers import _preload_transport, _settings_for
+from batch_ops.client import AsyncBatchClient
+from batch_ops.errors import APIError, APIStatusError, BatchOpsError, BatchTimeoutError, RequestFailuresError
+from batch_ops.jobs import BatchJob, JobProgress
+from batch_ops.jsonl import DEFAULT_MAX_BYTES, DEFAULT_MAX_LINES
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+__all__ = ["OpenAIBatchJobOperator", "OpenAIBatchJobTrigger"]
+
+#: Consecutive failed polls of the whole set tolerated before the trigger gives up.
+MAX_FAILED_POLLS = 5
+
+
+class OpenAIBatchJobTrigger(BaseTrigger):
+    """Wait until any of ``batch_ids`` ends, ``wake_at`` passes, or ``deadline`` passes.
+
+    Polls every batch once per ``poll_interval`` through the shared async client of the
+    connection; never blocks the loop. Events: ``{"event": "progress", "terminal": [ids]}``,
+    ``{"event": "wake"}``, ``{"event": "timeout"}`` or ``{"event": "error", "message": ...}``.
+
+    Example:
+        >>> t = OpenAIBatchJobTrigger(conn_id="openai_batch_default", batch_ids=["b1", "b2"],
+        ...                           poll_interval=60, wake_at=None, deadline=2e9)
+        >>> t.serialize()[0]
+        'batch_ops.airflow.jobs.OpenAIBatchJobTrigger'
+    """
+
+    def __init__(self, *, conn_id: str, batch_ids: Sequence[str], poll_interval: float,
+                 wake_at: float | None = None, deadline: float | None = None) -> None:
+        super().__init__()
+        self.conn_id = conn_id
+        self.batch_ids = list(batch_ids)
+        self.poll_interval = float(poll_interval)
+        self.wake_at = wake_at
+        self.deadline = deadline
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {"conn_id": self.conn_id, "batch_ids": self.batch_ids, "poll_interval": self.poll_interval,
+             "wake_at": self.wake_at, "deadline": self.deadline},
+        )
+
+    def _sleep_for(self, now: float) -> float:
+        delay = self.poll_interval * random.uniform(0.9, 1.1)
+        for bound in (self.wake_at, self.deadline):
+            if bound is not None:
+                delay = min(delay, max(bound - now, 0.0))
+        return delay
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        await _preload_transport()
+        client = AsyncBatchClient.shared(await _settings_for(self.conn_id))
+        failures = 0
+        # Spread the first poll: a restarted triggerer must not poll everything at once.
+        await asyncio.sleep(random.uniform(0, min(self.poll_interval, 5.0)))
+        while True:
+            now = time.time()
+            if self.deadline is not None and now >= self.deadline:
+                yield TriggerEvent({"event": "timeout"})
+                return
+            if self.wake_at is not None and now >= self.wake_at:
+                yield TriggerEvent({"event": "wake"})
+                return
+            try:
+                batches = await asyncio.gather(*(client.batches.retrieve(b) for b in self.batch_ids))
+            except APIError as exc:
+                permanent = isinstance(exc, APIStatusError) and not is_retryable_status(exc.status_code)
+                failures += 1
+                if permanent or failures > MAX_FAILED_POLLS:
+                    yield TriggerEvent({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
+                    return
+            else:
+                failures = 0
+                ended = [b.id for b in batches if b.is_terminal]
+                if ended:
+                    yield TriggerEvent({"event": "progress", "terminal": ended})
+                    return
+            await asyncio.sleep(self._sleep_for(time.time()))
+
+
+class OpenAIBatchJobOperator(BaseOperator):
+    """Run a request file of any size as many batches; every request answered or accounted for.
+
+    Args:
+        input_path: the request file (templated); any size — it is sharded.
+        output_path: the merged results (templated); the job's state file sits beside it.
+        endpoint: the batch endpoint (templated).
+        conn_id: an ``openai_batch`` (or ``openai``) connection.
+        max_concurrent: batches running at once.
+        max_rounds: extra rounds for retryable failures.
+        max_lines / max_bytes: per-batch limits for sharding.
+        metadata: added to every batch (templated).
+        prices: USD per 1M tokens per model, for the cost estimate in the summary.
+        token_limit_backoff: seconds before a part refused with ``token_limit_exceeded`` is
+            submitted again (doubling per refusal, at most an hour).
+        poll_interval: seconds between polls of the running batches.
+        timeout: how long the whole job may take (seconds or timedelta); None: no limit.
+        deferrable: wait in the triggerer (default) or on the worker.
+        fail_on_request_failures: fail the task when requests failed after every round (the
+            merged output and the summary are written first).
+
+    Example:
+        >>> op = OpenAIBatchJobOperator(task_id="embed_all", input_path="/data/{{ ds }}/all.jsonl",
+        ...                             output_path="/data/{{ ds }}/embeddings.jsonl", endpoint="/v1/embeddings")
+        >>> op.deferrable, op.max_rounds
+        (True, 3)
+    """
+
+    template_fields: Sequence[str] = ("input_path", "output_path", "endpoint", "metadata")
+    ui_color = "#10a37f"
+    ui_fgcolor = "#ffffff"
+
+    def __init__(
+        self,
+        *,
+        input_path: str,
+        output_path: str,
+        endpoint: str,
+        conn_id: str = OpenAIBatchHook.default_conn_name,
+        max_concurrent: int = 4,
+        max_rounds: int = 3,
+        max_lines: int = DEFAULT_MAX_LINES,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        metadata: Mapping[str, str] | None = None,
+        prices: Mapping[str, Mapping[str, float]] | None = None,
+        token_limit_backoff: float = 60.0,
+        poll_interval: float = 60.0,
+        timeout: timedelta | float | None = timedelta(hours=72),
+        deferrable: bool = True,
+        fail_on_request_failures: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval}")
+        self.input_path = input_path
+        self.output_path = output_path
+        self.endpoint = endpoint
+        self.conn_id = conn_id
+        self.max_concurrent = max_concurrent
+        self.max_rounds = max_rounds
+        self.max_lines = max_lines
+        self.max_bytes = max_bytes
+        self.metadata = dict(metadata) if metadata is not None else None
+        self.prices = prices
+        self.token_limit_backoff = token_limit_backoff
+        self.poll_interval = float(poll_interval)
+        self.timeout_seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        self.deferrable = deferrable
+        self.fail_on_request_failures = fail_on_request_failures
+
+    def _job(self) -> BatchJob:
+        return BatchJob.open(
+            self.input_path, output_path=self.output_path, endpoint=self.endpoint,
+            max_concurrent=self.max_concurrent, max_rounds=self.max_rounds, max_lines=self.max_lines,
+            max_bytes=self.max_bytes, metadata=self.metadata, prices=self.prices,
+            token_limit_backoff=self.token_limit_backoff,
+        )
+
+    def execute(self, context: Context) -> Any:
+        deadline = time.time() + self.timeout_seconds if self.timeout_seconds else None
+        job = self._job()
+        self.log.info("Job %s: %d requests in %d part(s); state %s", job.state.job_id, job.state.total,
+                      len(job.state.parts), job.state_path)
+        with OpenAIBatchHook(self.conn_id).get_client() as client:
+            if not self.deferrable:
+                summary = job.run(client, poll_interval=self.poll_interval,
+                                  on_step=lambda p: self._check_deadline(deadline, job))
+                return self._finish(summary.as_dict())
+            return self._step(job, client, deadline)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None,
+                         deadline: float | None = None) -> Any:
+        if not isinstance(event, dict) or event.get("event") not in ("progress", "wake", "timeout", "error"):
+            raise BatchOpsError(f"OpenAIBatchJobTrigger sent no usable event: {event!r}")
+        job = self._job()
+        if event["event"] == "timeout":
+            raise BatchTimeoutError(f"Job {job.state.job_id} ran past its timeout ({job.describe()}); its batches "
+                                    "keep running: clear the task to resume the job from its state file")
+        if event["event"] == "error":
+            raise BatchOpsError(f"Waiting for the job's batches failed: {event.get('message')}")
+        with OpenAIBatchHook(self.conn_id).get_client() as client:
+            return self._step(job, client, deadline)
+
+    def _step(self, job: BatchJob, client: Any, deadline: float | None) -> Any:
+        progress: JobProgress = job.advance(client)
+        self.log.info("Job %s: %s", job.state.job_id, job.describe())
+        if progress.done:
+            return self._finish(job.finish().as_dict())
+        self._check_deadline(deadline, job)
+        self.defer(
+            trigger=OpenAIBatchJobTrigger(conn_id=self.conn_id, batch_ids=progress.running,
+                                          poll_interval=self.poll_interval, wake_at=progress.wake_at,
+                                          deadline=deadline),
+            method_name="execute_complete",
+            kwargs={"deadline": deadline},
+        )
+
+    @staticmethod
+    def _check_deadline(deadline: float | None, job: BatchJob) -> None:
+        if deadline is not None and time.time() >= deadline:
+            raise BatchTimeoutError(f"Job {job.state.job_id} ran past its timeout ({job.describe()})")
+
+    def _finish(self, summary: dict[str, Any]) -> dict[str, Any]:
+        self.log.info("Job done: %d of %d succeeded, %d failed, %d batches; merged results in %s",
+                      summary["succeeded"], summary["total"], summary["failed"], summary["batches"],
+                      summary["output_path"])
+        if self.fail_on_request_failures and summary["failed"]:
+            raise RequestFailuresError(
+                f"{summary['failed']} of {summary['total']} requests failed after every round; "
+                f"see {summary['output_path']}"
+            )
+        return summary
+
