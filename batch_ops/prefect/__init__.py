@@ -18,7 +18,8 @@ Example:
 from __future__ import annotations
 
 from batch_ops.prefect.credentials import OpenAIBatchCredentials
-from batch_ops.prefect.flows import run_batch
+from batch_ops.prefect.flows import cancel_flow_run_batches, run_batch
+from batch_ops.prefect.jobs import run_batch_job
 from batch_ops.prefect.tasks import (
     BatchResult,
     cancel_batch,
@@ -32,9 +33,11 @@ __all__ = [
     "BatchResult",
     "OpenAIBatchCredentials",
     "cancel_batch",
+    "cancel_flow_run_batches",
     "create_batch",
     "download_batch_file",
     "run_batch",
+    "run_batch_job",
     "upload_batch_file",
     "wait_for_batch",
 ]
