@@ -471,11 +471,14 @@ class AirflowStack:
             "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "8",
         })
         self.procs: dict[str, Proc] = {}
+        #: Components a drill took down on purpose (not a reason to give up).
+        self.down: set[str] = set()
         self.http = httpx.Client(base_url=self.api, timeout=30)
         self.triggerers = 0
 
     def _start(self, name: str, *args: str) -> Proc:
-        log = self.home.path / f"{name}.log"
+        log = self.home.path / f"{name}-{self.triggerers}.log" if name == "triggerer" else \
+            self.home.path / f"{name}.log"
         proc = Proc(name, [AIRFLOW, *args], env=self.home.env, log=log)
         self.procs[name] = proc
         return proc
@@ -488,11 +491,19 @@ class AirflowStack:
 
     def start_triggerer(self) -> Proc:
         self.triggerers += 1
+        self.down.discard("triggerer")
         return self._start("triggerer", "triggerer")
+
+    def kill_triggerer(self) -> Proc:
+        """``kill -9`` the triggerer and its trigger-runner child (its process group)."""
+        proc = self.procs["triggerer"]
+        self.down.add("triggerer")
+        proc.kill()
+        return proc
 
     def dead(self) -> str | None:
         for name, proc in self.procs.items():
-            if not proc.alive() and not (name == "triggerer" and getattr(self, "_triggerer_down", False)):
+            if not proc.alive() and name not in self.down:
                 return f"airflow {name} exited ({proc.popen.returncode}):\n{proc.tail()}"
         return None
 

@@ -16,6 +16,7 @@ import contextlib
 import datetime as dt
 import importlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -89,6 +90,9 @@ def run_suite(suite: str, names: list[str], work: Path, out: Path) -> int:
     # A SIGTERM from the runner (budget spent) unwinds every `finally`, which stops our processes.
     signal.signal(signal.SIGTERM, _interrupt)
     module = importlib.import_module(f"drills.{suite}")
+    # The SDK oracle logs every request at INFO once Airflow or Prefect configured logging: noise.
+    for name in ("httpx", "httpx2", "httpcore"):
+        logging.getLogger(name).addFilter(lambda record: record.levelno >= logging.WARNING)
     results = module.run(names, work)
     out.write_text(json.dumps([r.to_json() for r in results], indent=1))
     return 0
