@@ -44,10 +44,7 @@ demo-clean:
 
 bench: install
 	$(PIP) install -q -c constraints.txt -e ".[all,dev,bench]"
-	$(BIN)/python benchmarks/bench_jsonl.py
-	$(BIN)/python benchmarks/bench_upload.py
-	$(BIN)/python benchmarks/bench_server.py
-	$(BIN)/python benchmarks/bench_job.py
+	$(BIN)/python benchmarks/run_all.py
 
 # Reliability drills (issue 8): faults, kills, bad input, secrets; slow (~8 min), not part of `make test`.
 drill: install
