@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
+from pydantic import ValidationError
 
 from batch_ops import _plans
 from batch_ops._http import USER_AGENT, MultipartBody, RetryPolicy
 from batch_ops._plans import Notify, Reply, Send, Sleep
 from batch_ops.errors import BatchOpsError, ConfigurationError
-from batch_ops.jsonl import join_results, validate_file, write_requests
+from batch_ops.jsonl import join_results, request_file, validate_file, write_requests
 from batch_ops.models import Batch, BatchList, FileList, FileObject, ResultLine
 from batch_ops.polling import BatchPoller
 from batch_ops.settings import ClientSettings
@@ -51,9 +52,18 @@ PathLike = str | os.PathLike[str]
 
 def _settings(settings: ClientSettings | None, overrides: Mapping[str, Any]) -> ClientSettings:
     given = {k: v for k, v in overrides.items() if v is not None}
-    if settings is not None:
-        return settings.model_copy(update=given) if given else settings
-    return ClientSettings.from_env(**given)
+    try:
+        if settings is None:
+            return ClientSettings.from_env(**given)
+        # Validated, unlike model_copy(update=...): an override such as base_url="ftp://..." is checked too.
+        return ClientSettings.model_validate({**dict(settings), **given}) if given else settings
+    except ValidationError as exc:
+        # A ConfigurationError like any other bad setting, naming the fields and rules only:
+        # pydantic's own text echoes the input values, and a key pasted into the wrong argument
+        # must not end up in a log.
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {str(e['msg']).removeprefix('Value error, ')}"
+                           for e in exc.errors())
+        raise ConfigurationError(f"Invalid client settings: {detail}") from None
 
 
 def _not_sent(exc: httpx.TransportError) -> bool:
@@ -764,7 +774,7 @@ class _PreparedFile:
 
     def __enter__(self) -> Path:
         if isinstance(self.source, (str, os.PathLike)):
-            path = Path(self.source)
+            path = request_file(self.source)  # a missing file is bad input, not an OSError
             validate_file(path, endpoint=self.endpoint)
             return path
         fd, name = tempfile.mkstemp(prefix="batch_ops_requests_", suffix=".jsonl")

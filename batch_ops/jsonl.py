@@ -61,6 +61,7 @@ __all__ = [
     "iter_request_lines",
     "iter_result_lines",
     "join_results",
+    "request_file",
     "request_line",
     "shard_file",
     "validate_file",
@@ -572,6 +573,32 @@ def check_file(
                 break
     checker.finish()
     return checker.report(name), checker.problems
+
+
+def request_file(path: str | os.PathLike[str]) -> Path:
+    """The request file at ``path``; raises ``InputValidationError`` (``file_not_found``) when there is none.
+
+    :func:`validate_file` reports a missing file as the ``OSError`` it is. Callers that promise a
+    ``BatchOpsError`` naming the problem and the fix for every bad input (``submit``, the Prefect
+    upload task, and so the Airflow operator) check the path with this first.
+
+    Example:
+        >>> request_file("/nowhere/requests.jsonl")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        batch_ops.errors.InputValidationError: /nowhere/requests.jsonl: 1 problem:
+          path: file_not_found: there is no file at /nowhere/requests.jsonl (fix: check the path...)
+    """
+    found = Path(path)
+    if not found.is_file():
+        what = "a directory, not a request file" if found.is_dir() else "no file"
+        raise InputValidationError(
+            [Problem(rule="file_not_found", message=f"there is {what} at {found}",
+                     fix="check the path: it must name a local JSONL request file (a templated path is "
+                     "rendered when the task runs)", param="path")],
+            source=str(found),
+        )
+    return found
 
 
 def validate_file(

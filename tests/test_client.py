@@ -262,6 +262,29 @@ def test_bad_parameters_upload_nothing(quiet_server: str, kwargs: dict[str, Any]
         assert len(client.files.list().data) == before
 
 
+def test_a_missing_request_file_is_bad_input_and_uploads_nothing(quiet_server: str, tmp_path: Path) -> None:
+    # Found by the bad-input drill: submit() let a bare FileNotFoundError out of the error tree, so
+    # the Airflow operator retried it and the message named no fix.
+    with BatchClient(api_key="local", base_url=quiet_server) as client:
+        before = len(client.files.list().data)
+        with pytest.raises(InputValidationError, match="path: file_not_found") as info:
+            client.submit(tmp_path / "missing.jsonl", endpoint=CHAT)
+        assert "missing.jsonl" in str(info.value) and "fix:" in str(info.value)
+        assert len(client.files.list().data) == before
+
+
+@pytest.mark.parametrize("client_cls", [BatchClient, AsyncBatchClient])
+def test_a_malformed_base_url_is_a_configuration_error(client_cls: Any) -> None:
+    # Found by the bad-input drill: pydantic's ValidationError escaped the error tree (and its text
+    # echoes input values). An override of given settings was not validated at all.
+    from batch_ops import ClientSettings
+
+    with pytest.raises(ConfigurationError, match=r"base_url.*must start with http"):
+        client_cls(api_key="sk-local", base_url="ftp://127.0.0.1/v1")
+    with pytest.raises(ConfigurationError, match=r"base_url.*must start with http"):
+        client_cls(settings=ClientSettings(api_key="sk-local"), base_url="ftp://127.0.0.1/v1")
+
+
 def test_no_api_key_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("AZURE_OPENAI_API_KEY", raising=False)

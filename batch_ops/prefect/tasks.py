@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict
 from batch_ops._http import IDEMPOTENCY_METADATA_KEY
 from batch_ops.client import AsyncBatchClient
 from batch_ops.errors import BatchTimeoutError, InputValidationError, Problem
-from batch_ops.jsonl import validate_file, write_requests
+from batch_ops.jsonl import request_file, validate_file, write_requests
 from batch_ops.models import METADATA_MAX_PAIRS, Batch, BatchStatus, RequestCounts, Usage
 from batch_ops.polling import DEFAULT_FAIL_ON, describe, raise_for_outcome
 from batch_ops.prefect.artifacts import ProgressArtifact, create_summary_artifact
@@ -196,7 +196,7 @@ def _prepare_input(
 ) -> tuple[Path, int, Path | None]:
     """Validate a request file, or write requests to a validated temporary file (in a thread)."""
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
+        path = request_file(source)  # a missing file fails as bad input, naming the fix
         return path, validate_file(path, endpoint=endpoint).lines, None
     fd, name = tempfile.mkstemp(prefix="batch_ops_requests_", suffix=".jsonl")
     os.close(fd)

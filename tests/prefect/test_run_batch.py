@@ -98,6 +98,15 @@ async def test_invalid_requests_fail_before_anything_is_uploaded(
         assert len((await client.files.list()).data) == files_before
 
 
+async def test_a_missing_input_file_fails_as_bad_input_naming_the_fix(batch_server: str, secret: str,
+                                                                      tmp_path: Path) -> None:
+    # Found by the bad-input drill: upload_batch_file raised a bare FileNotFoundError.
+    with pytest.raises(InputValidationError, match="path: file_not_found") as info:
+        await run_batch(input_path=tmp_path / "missing.jsonl", endpoint=ENDPOINT,
+                        credentials=creds(batch_server, secret))
+    assert "missing.jsonl" in str(info.value) and "fix:" in str(info.value)
+
+
 async def test_a_batch_the_api_fails_raises_with_the_reason_or_returns_when_allowed(
     batch_server: str, secret: str, make_requests: Any, tmp_path: Path, events: Any
 ) -> None:
