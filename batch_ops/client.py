@@ -474,6 +474,24 @@ def _default_async_transport() -> httpx.AsyncBaseTransport | None:
     return AiohttpTransport()  # type: ignore[no-any-return]
 
 
+#: The tasks that close shared clients when their event loop ends.
+_CLOSERS: set[asyncio.Task[None]] = set()
+
+
+async def _close_when_loop_ends(client: AsyncBatchClient) -> None:
+    """Wait until cancelled, then close ``client``'s connection pool.
+
+    ``asyncio.run()`` cancels every task before it closes the loop, so a shared client lives as long
+    as its loop and no longer. Without this, each short-lived loop (``airflow dags test`` runs every
+    trigger in one of its own) left an open pool behind, which aiohttp reports at exit as
+    "Unclosed client session".
+    """
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await client.close()
+
+
 class AsyncBatchClient(_Base):
     """The same API as :class:`BatchClient`, awaited; never blocks the event loop.
 
@@ -528,6 +546,9 @@ class AsyncBatchClient(_Base):
         client = per_loop.get(key)
         if client is None:
             client = per_loop[key] = cls(settings=settings)
+            closer = loop.create_task(_close_when_loop_ends(client))
+            _CLOSERS.add(closer)  # a pending task nobody references would be garbage-collected
+            closer.add_done_callback(_CLOSERS.discard)
         return client
 
     async def _run(self, plan: Any) -> Any:

@@ -285,6 +285,25 @@ def test_a_malformed_base_url_is_a_configuration_error(client_cls: Any) -> None:
         client_cls(settings=ClientSettings(api_key="sk-local"), base_url="ftp://127.0.0.1/v1")
 
 
+def test_a_shared_client_is_closed_when_its_event_loop_ends() -> None:
+    # Found by the Airflow faults drill: `airflow dags test` runs each trigger in an event loop of its
+    # own, and every loop's shared client was left open ("Unclosed client session" at exit).
+    import asyncio
+
+    from batch_ops import ClientSettings
+
+    settings = ClientSettings(api_key="sk-local", base_url="http://127.0.0.1:9/v1")
+
+    async def borrow() -> AsyncBatchClient:
+        client = AsyncBatchClient.shared(settings)
+        assert AsyncBatchClient.shared(settings) is client  # one per loop and settings
+        return client
+
+    first, second = asyncio.run(borrow()), asyncio.run(borrow())
+    assert first is not second
+    assert first._http.is_closed and second._http.is_closed
+
+
 def test_no_api_key_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("AZURE_OPENAI_API_KEY", raising=False)
