@@ -335,7 +335,7 @@ def audit_server(url: str, *, key: str = CANARY, answers: bool = True) -> Audit:
                     # The echo engine answers with the question itself: any other text means a
                     # result was joined to the wrong request.
                     if want is not None and text != want:
-                        audit.problems.append(f"{b.id}: {line['custom_id']} got the answer {text[:40]!r}")
+                        audit.problems.append(f"{b.id}: {line['custom_id']} got the answer {str(text)[:40]!r}")
                         break
         return audit
     finally:

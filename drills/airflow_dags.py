@@ -80,6 +80,8 @@ def airflow_faults(d: Drill, home: AirflowHome, work: Path) -> None:
         d.check(proc.returncode == 0 and "state=success" in output,
                 f"`airflow dags test drill_faults` succeeds (exit {proc.returncode}):\n{output[-1500:]}")
         d.check(CANARY not in output, "the key appears nowhere in the run's output (task logs included)")
+        errors = [line for line in output.splitlines() if "[error" in line or "Unclosed" in line]
+        d.check(not errors, f"the run logged no errors ({len(errors)}: {errors[:3]})")
 
         audit = audit_server(url)
         ids = {b.id for b in audit.batches}
@@ -177,7 +179,7 @@ def _client_cases(f: dict[str, Path]) -> list[tuple[str, Callable[[Any], Any], t
         ("50,001 lines", submit(f["too_many_lines"]), ("too_many_tasks", "50,000")),
         ("embeddings > 50,000 inputs", submit(f["too_many_embedding_inputs"], "/v1/embeddings"),
          ("too_many_embedding_inputs",)),
-        ("nonexistent path", submit(f["nonexistent_path"]), ("does_not_exist.jsonl",)),
+        ("nonexistent path", submit(f["nonexistent_path"]), ("does_not_exist.jsonl", "file_not_found")),
         ("unknown endpoint", submit(good, "/v1/chat"), ("endpoint", "/v1/chat/completions")),
         ("completion_window 48h", submit(good, completion_window="48h"), ("completion_window", "24h")),
         ("17 metadata keys", submit(good, metadata=meta17), ("17", "16")),
@@ -241,14 +243,15 @@ def bad_input(d: Drill, home: AirflowHome, work: Path) -> None:
                     d.check(False, f"client, {name}: no error")
                 d.check(held() == before, f"client, {name}: nothing uploaded, no batch created ({before} -> {held()})")
         # Configuration, not input: no key at all, and a malformed base URL.
-        for name, kwargs, words in (
+        settings_cases: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
             ("no API key", {"base_url": str(url)}, ("OPENAI_API_KEY",)),
             ("malformed base URL", {"api_key": CANARY, "base_url": "ftp://127.0.0.1/v1"}, ("base_url", "http")),
-        ):
+        ]
+        for name, settings, words in settings_cases:
             cases += 1
             saved = os.environ.pop("OPENAI_API_KEY", None)
             try:
-                BatchClient(**kwargs)
+                BatchClient(**settings)
             except BatchOpsError as exc:
                 d.check(all(w in str(exc) for w in words), f"client, {name}: {str(exc)[:200]!r}")
             except Exception as exc:
@@ -341,7 +344,7 @@ def _operator_cases(f: dict[str, Path]) -> list[tuple[str, dict[str, Any], tuple
         path("empty_file", ("empty_file",)),
         path("too_many_lines", ("too_many_tasks",)),
         path("too_many_embedding_inputs", ("too_many_embedding_inputs",), "/v1/embeddings"),
-        path("nonexistent_path", ("does_not_exist.jsonl",)),
+        path("nonexistent_path", ("does_not_exist.jsonl", "file_not_found")),
         param("unknown_endpoint", ("endpoint",), endpoint="/v1/chat"),
         param("completion_window_48h", ("completion_window", "24h"), completion_window="48h"),
         param("metadata_17_keys", ("17", "16"), metadata={f"k{i}": "v" for i in range(17)}),

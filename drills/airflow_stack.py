@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -130,10 +131,12 @@ def triggerer_restart(d: Drill, stack: AirflowStack, *, slow: str, stuck: str) -
     keeps the original deadline."""
     wait_run = stack.trigger_dag("drill_triggerer_wait")
     dead_run = stack.trigger_dag("drill_triggerer_deadline")
-    tis = {}
-    for dag_id, run_id in (("drill_triggerer_wait", wait_run), ("drill_triggerer_deadline", dead_run)):
-        tis[dag_id] = stack.wait(f"{dag_id} deferred", lambda dag_id=dag_id, run_id=run_id: (
-            (ti := stack.ti(dag_id, run_id)) and ti["state"] == "deferred" and ti), timeout=180)
+    def deferred(dag_id: str, run_id: str) -> dict[str, Any] | None:
+        ti = stack.ti(dag_id, run_id)
+        return ti if ti is not None and ti["state"] == "deferred" else None
+
+    tis = {dag_id: stack.wait(f"{dag_id} deferred", functools.partial(deferred, dag_id, run_id), timeout=180)
+           for dag_id, run_id in (("drill_triggerer_wait", wait_run), ("drill_triggerer_deadline", dead_run))}
     ti_ids = [tis["drill_triggerer_wait"]["id"], tis["drill_triggerer_deadline"]["id"]]
     first = stack.live_triggerer()
     before = stack.wait("both triggers running in the triggerer", lambda: (

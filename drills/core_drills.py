@@ -264,6 +264,10 @@ def security_cli_server(d: Drill, work: Path) -> None:
                 "a rejected key exits 4 (configuration)")
         d.check("sk-not-the-server-key-1234" not in rejected, "the rejected key is not echoed either")
 
+        audit = audit_server(url)
+        d.check(len(audit.batches) == 2 and audit.statuses == {"completed": 2} and audit.requests == 24
+                and audit.completed + audit.failed == 24 and not audit.problems,
+                f"the CLI's two batches completed, every request accounted for ({audit.statuses}, {audit.problems})")
         leaks = [what for what, text in outputs.items() if CANARY in text]
         d.check(not leaks, f"the key appears in no CLI output ({len(outputs)} commands; leaked in: {leaks})")
         server_log = url.log_path.read_text(errors="replace") if url.log_path.exists() else ""

@@ -150,7 +150,7 @@ async def bad_input_prefect(d: Drill, work: Path) -> None:
     words = {
         "duplicate custom_id": ("line 3", "duplicate_custom_id"), "url mismatch": ("line 2", "url_mismatch"),
         "malformed JSON line": ("line 2", "invalid_json_line"), "empty file": ("empty_file",),
-        "nonexistent path": ("does_not_exist.jsonl",),
+        "nonexistent path": ("does_not_exist.jsonl", "file_not_found"),
     }
     params: dict[str, dict[str, Any]] = {
         "completion_window 48h": {"completion_window": "48h"},
@@ -232,6 +232,12 @@ async def security_prefect(d: Drill, work: Path, *, home: Path, db: Path | None,
         finally:
             del os.environ["OPENAI_API_KEY"], os.environ["OPENAI_BASE_URL"]
         d.check(rejected.is_failed(), f"a run with a key the server rejects fails ({rejected.type.value})")
+        audit = await asyncio.to_thread(audit_server, url)
+        d.check(len(audit.batches) == 1 and audit.statuses == {"completed": 1} and audit.requests == 10
+                and audit.completed + audit.failed == 10 and not audit.problems,
+                f"its batch completed, every request accounted for ({audit.statuses}, {audit.problems})")
+        refused = await asyncio.to_thread(lambda: len(list(oracle(other, "sk-the-server-wants-another").files.list())))
+        d.check(refused == 0, f"the rejected run uploaded nothing ({refused} files)")
 
     await asyncio.sleep(1.5)  # events and logs are written asynchronously
     found: dict[str, int] = {}
@@ -248,7 +254,7 @@ async def security_prefect(d: Drill, work: Path, *, home: Path, db: Path | None,
             events.extend(page_.events)
             if not page_.next_page:
                 break
-            page_ = await client.read_events_page(page_.next_page)
+            page_ = await client.read_events_page(str(page_.next_page))
         results = []
         for fr in flow_runs:
             if fr.state is not None and fr.state.data is not None:

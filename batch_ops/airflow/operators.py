@@ -423,16 +423,17 @@ class OpenAIBatchOperator(_BatchResultMixin, BaseOperator):
             "output_expires_after": _native_numbers(self.output_expires_after),
             "idempotency_key": key,
         }
+        # reattach=False: _create_or_attach just looked the key up; submit need not scan again.
         try:
             if self.input_file_id is not None:
                 batch = client.batches.create(input_file_id=self.input_file_id, **options)
             elif self.input_path is not None:
-                batch = client.submit(Path(self.input_path), **options)
+                batch = client.submit(Path(self.input_path), **options, reattach=False)
             else:
                 requests = self.requests
                 if isinstance(requests, (str, bytes, Mapping)) or not isinstance(requests, Collection):
                     raise ValueError(f"requests must be a list of request dicts, got {type(requests).__name__}")
-                batch = client.submit(list(requests), **options)
+                batch = client.submit(list(requests), **options, reattach=False)
         except InputValidationError as exc:
             # A bad file or parameter stays bad: fail now, without spending retries on it.
             raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc

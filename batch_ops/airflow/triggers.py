@@ -26,7 +26,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from batch_ops._http import is_retryable_status
 from batch_ops.client import AsyncBatchClient
-from batch_ops.errors import APIError, APIStatusError, BatchTimeoutError
+from batch_ops.errors import APIStatusError, BatchOpsError, BatchTimeoutError
 from batch_ops.models import Batch
 from batch_ops.polling import BatchPoller, describe
 from batch_ops.settings import ClientSettings
@@ -254,8 +254,9 @@ class OpenAIBatchTrigger(BaseTrigger):
         except BatchTimeoutError as exc:
             yield TriggerEvent(timeout_event(self.batch_id, deadline=self.deadline, last=exc.batch))
             return
-        except APIError as exc:
-            # Permanent 4xx at once; transient failures only after the poller's bound.
+        except BatchOpsError as exc:
+            # Permanent 4xx at once; transient failures only after the poller's bound; anything
+            # else core refuses (an answer that is not a batch) ends the wait with its reason.
             permanent = isinstance(exc, APIStatusError) and not is_retryable_status(exc.status_code)
             kind = "permanent" if permanent else "repeated"
             self.log.warning("Stopped polling batch %s (%s error): %s", self.batch_id, kind, exc)
