@@ -9,19 +9,27 @@ Rows (each in a fresh subprocess, so memory and the event loop are its own):
 * ``batch_ops``: ``batch_ops.airflow.OpenAIBatchTrigger`` with core's async transport choice
   (``httpx-aiohttp`` when installed) and with httpx's own pool (``BATCH_OPS_ASYNC_TRANSPORT=httpx``);
 * ``official``: ``airflow.providers.openai.triggers.openai.OpenAIBatchTrigger``
-  (apache-airflow-providers-openai), run the same way.
+  (apache-airflow-providers-openai), run the same way;
+* ``bare`` (reference, ``--impl bare``): a GET-sleep loop on one shared httpx client, no
+  parsing, no policy: the floor any httpx-based trigger can reach.
 
-Measured over a fixed window (default 8 s) after all triggers started:
+Measured over a fixed window (default 8 s) from the moment the triggers start (their first
+polls are spread over the first interval):
 
 * event-loop lag: a ticker sleeps 10 ms in a loop and records how late it wakes (p50/p99/max);
 * polls served: successful batch GETs (200) counted in the client;
 * ideal polls: ``N * window / (poll_interval + latency)``: each poll cycle is one sleep plus
   one round trip. Our trigger's back-off (no progress -> longer intervals) is turned off with
-  ``max_poll_interval=poll_interval`` so both triggers aim at the same rate;
+  ``max_poll_interval=poll_interval`` so both triggers aim at the same rate. A trigger that
+  blocks the loop stretches the window (the sleep returns late): its ideal uses the real time;
+* CPU per poll: process CPU time over the window divided by the polls served;
 * RSS per trigger: resident memory growth of the process divided by N.
 
+The machine must be otherwise idle: on 2 cores, any other load shows up in every column.
+
     python benchmarks/bench_triggers.py [--n 100 1000] [--window 8] [--poll-interval 1]
-                                        [--latency 0.1] [--impl batch_ops official]
+        [--latency 0.1] [--impl batch_ops official bare] [--transport aiohttp httpx]
+        [--json rows.json] [--markdown benchmarks/results/triggers.md]
 """
 
 from __future__ import annotations
@@ -252,6 +260,7 @@ def main() -> int:
     parser.add_argument("--transport", nargs="+", default=["aiohttp", "httpx"], choices=["aiohttp", "httpx"],
                         help="async transport rows for batch_ops (the official trigger uses its own sync client)")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--markdown", help="also write the table to this file (e.g. benchmarks/results/triggers.md)")
     # internal: run one row
     parser.add_argument("--child-impl", help=argparse.SUPPRESS)
     parser.add_argument("--child-n", type=int, help=argparse.SUPPRESS)
@@ -295,6 +304,11 @@ def main() -> int:
     print(table)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
+    if args.markdown:
+        out = Path(args.markdown)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        out.write_text(f"# Deferred batches: `bench_triggers.py`\n\n{stamp}, {os.cpu_count()} cores.\n\n{table}\n")
     ours = [r for r in rows if r["impl"] == OURS and r["transport"] == "aiohttp" and r["n"] == 1000]
     if ours:
         ok = ours[0]["lag_p99"] < 0.2 and ours[0]["served"] >= 0.8
