@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -47,6 +49,7 @@ __all__ = [
     "Drill",
     "DrillFailed",
     "Proc",
+    "access_counts",
     "audit_server",
     "chat_lines",
     "descendant_of",
@@ -164,18 +167,24 @@ class Proc:
             self.popen.wait(10)
         self._close()
 
-    def stop(self, grace: float = 20.0) -> None:
+    def terminate(self) -> None:
+        """SIGTERM to the group, without waiting (``stop`` waits and cleans up)."""
         if self.alive():
             self._signal_group(signal.SIGTERM)
-            try:
-                self.popen.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
-        # Whatever is left of the group (the leader may be gone, a child not): kill it.
-        self._signal_group(signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(10)
-        self._close()
+
+    def stop(self, grace: float = 20.0) -> None:
+        with shielded():
+            if self.alive():
+                self._signal_group(signal.SIGTERM)
+                try:
+                    self.popen.wait(grace)
+                except subprocess.TimeoutExpired:
+                    pass
+            # Whatever is left of the group (the leader may be gone, a child not): kill it.
+            self._signal_group(signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(10)
+            self._close()
 
     def _close(self) -> None:
         if not self._log.closed:
@@ -188,6 +197,24 @@ class Proc:
             return "(no log)"
 
 
+@contextlib.contextmanager
+def shielded() -> Iterator[None]:
+    """Hold SIGTERM and SIGINT until the block ends (main thread only).
+
+    The runner stops a suite that overran its budget with SIGTERM, which the suite turns into
+    KeyboardInterrupt so every ``finally`` runs. A stop already under way must not be cut short
+    by it, or an Airflow component in a session of its own would outlive the drill.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _ppid(pid: int) -> int | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -195,6 +222,22 @@ def _ppid(pid: int) -> int | None:
         return None
     # The command name is in parentheses and may contain spaces: the fields follow the last ')'.
     return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live descendant of ``pid`` (read from /proc), whatever session it moved to."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (parent := _ppid(int(entry.name))) is not None:
+            children.setdefault(parent, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def descendant_of(pid: int, ancestor: int) -> bool:
@@ -278,6 +321,16 @@ class Audit:
         for b in self.batches:
             out[b.status] = out.get(b.status, 0) + 1
         return out
+
+
+def access_counts(log: Path) -> dict[str, int]:
+    """HTTP statuses of the /v1 calls in a server's access log (``access_log=True``)."""
+    counts: dict[str, int] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        m = re.search(r'"[A-Z]+ /v1/\S* HTTP/[\d.]+" (\d{3})', line)
+        if m:
+            counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+    return counts
 
 
 def oracle(url: str, key: str = CANARY) -> Any:
@@ -564,12 +617,21 @@ class AirflowStack:
         return "\n".join(p.read_text(errors="replace") for p in sorted(base.rglob("*")) if p.is_file())
 
     def stop(self) -> None:
-        self.http.close()
-        # Triggerer and scheduler first: they hold work the API server answers for.
-        for name in ("triggerer", "scheduler", "dag-processor", "api-server"):
-            proc = self.procs.get(name)
-            if proc is not None:
-                proc.stop()
+        """SIGTERM every component at once, give them 20 s together, then SIGKILL what is left."""
+        with shielded():
+            self.http.close()
+            procs = list(self.procs.values())
+            # Task workers of the LocalExecutor run in sessions of their own: note them now, so
+            # none outlives a scheduler that had to be killed.
+            tree = {pid for proc in procs if proc.alive() for pid in descendants(proc.pid)}
+            for proc in procs:
+                proc.terminate()
+            deadline = time.monotonic() + 20.0
+            for proc in procs:
+                proc.stop(grace=max(deadline - time.monotonic(), 0.1))
+            for pid in tree:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def _quiet(fn: Callable[[], Any], *errors: type[BaseException]) -> Any:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from drills._common import (
     CHAT,
     AirflowHome,
     Drill,
+    access_counts,
     audit_server,
     chat_lines,
     oracle,
@@ -49,16 +49,6 @@ def run(names: list[str], work: Path) -> list[Drill]:
         title, body = drills[name]
         results.append(Drill(name, title).run(body))
     return results
-
-
-def _access_counts(log: Path) -> dict[str, int]:
-    """HTTP statuses of /v1 calls in the server's access log."""
-    counts: dict[str, int] = {}
-    for line in log.read_text(errors="replace").splitlines():
-        m = re.search(r'"[A-Z]+ /v1/\S* HTTP/[\d.]+" (\d{3})', line)
-        if m:
-            counts[m.group(1)] = counts.get(m.group(1), 0) + 1
-    return counts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,7 +90,7 @@ def airflow_faults(d: Drill, home: AirflowHome, work: Path) -> None:
                 f"each task's XCom names its own batch, and they are the server's ten ({len(got)} distinct)")
         d.check(all(r["status"] == "completed" and r["request_counts"]["total"] == 40 for r in results),
                 "each XCom result says completed, 40 requests")
-        statuses = _access_counts(url.log_path)
+        statuses = access_counts(url.log_path)
         calls = sum(statuses.values())
         inputs = 10
         outputs = sum(1 for b in audit.batches if b.output_file_id) + sum(1 for b in audit.batches if b.error_file_id)

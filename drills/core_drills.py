@@ -91,7 +91,8 @@ def server_kill(d: Drill, work: Path) -> None:
             except BaseException as exc:
                 outcome["async"] = exc
 
-        threads = [threading.Thread(target=sync_wait), threading.Thread(target=run_async)]
+        # Daemons: if the runner stops this suite, the waits must not keep the process alive.
+        threads = [threading.Thread(target=sync_wait, daemon=True), threading.Thread(target=run_async, daemon=True)]
         for t in threads:
             t.start()
         sdk = oracle(url)
@@ -123,9 +124,9 @@ def server_kill(d: Drill, work: Path) -> None:
                 d.check(after.request_counts.completed >= before.request_counts.completed,
                         f"no progress lost over the restart ({before.request_counts.completed} -> "
                         f"{after.request_counts.completed})")
-        finally:
             for t in threads:
-                t.join(240)
+                t.join(180)
+        finally:
             sdk.close()
 
         for which, batch in (("sync", first), ("async", second)):

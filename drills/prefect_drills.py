@@ -26,6 +26,7 @@ from drills._common import (
     CANARY,
     CHAT,
     Drill,
+    access_counts,
     audit_server,
     chat_lines,
     oracle,
@@ -101,7 +102,8 @@ async def prefect_faults(d: Drill, work: Path) -> None:
     from drills._prefect_flows import ten_batches
 
     paths = [str(write_jsonl(work / f"b{i}.jsonl", chat_lines(f"pf{i}", 40))) for i in range(10)]
-    with serve_in_background(api_key=CANARY, seed=9, request_latency=0.005, **FAULTS) as url:
+    with serve_in_background(api_key=CANARY, seed=9, request_latency=0.005, access_log=True, log_level="info",
+                             **FAULTS) as url:
         creds = OpenAIBatchCredentials(api_key=CANARY, base_url=str(url))
         state = await ten_batches(paths, creds, return_state=True)
         d.check(state.is_completed(), f"the flow completes (state {state.type.value}: {state.message})")
@@ -125,7 +127,9 @@ async def prefect_faults(d: Drill, work: Path) -> None:
         d.check(len(subs) == 10 and kinds == ["COMPLETED"], f"ten run_batch subflow runs, all completed ({kinds})")
         d.figure("batches", "10/10 completed, 0 duplicates, 10 subflows awaited concurrently")
         d.figure("requests", f"400 answered once ({audit.completed} ok, {audit.failed} failed by injection)")
-        d.figure("faults", "429 7%, 500 7%, drop 6% of calls; 5% of requests")
+        statuses = access_counts(url.log_path)
+        d.figure("faults", f"{statuses.get('429', 0)}x429 + {statuses.get('500', 0)}x500 in "
+                           f"{sum(statuses.values())} logged calls, plus drops (6%)")
 
 
 # ---------------------------------------------------------------------------------------------
