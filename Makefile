@@ -20,7 +20,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 install: $(STAMP)
 
 lint: install
-	$(BIN)/ruff check batch_ops tests scripts benchmarks dags flows
+	$(BIN)/ruff check batch_ops tests scripts benchmarks dags flows drills
 
 docs: install
 	$(BIN)/mkdocs build --strict --quiet --site-dir .site
