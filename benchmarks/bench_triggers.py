@@ -219,7 +219,15 @@ def _run_row(impl: str, transport: str, n: int, args: argparse.Namespace, env: d
         row_env.pop("BATCH_OPS_ASYNC_TRANSPORT", None)
     cmd = [sys.executable, str(HERE), "--child-impl", impl, "--child-n", str(n), "--batch-ids", str(ids_file),
            "--window", str(args.window), "--poll-interval", str(args.poll_interval)]
-    proc = subprocess.run(cmd, env=row_env, capture_output=True, text=True, timeout=args.window * 20 + 300)
+    limit = args.window * 20 + 300
+    try:
+        proc = subprocess.run(cmd, env=row_env, capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        # A loop blocked for minutes (httpx's own pool at thousands of triggers) is a result too.
+        print(f"  no result after {limit:.0f} s: the event loop never came back", flush=True)
+        return {"impl": impl, "transport": transport, "n": n, "polls": 0, "elapsed": limit, "ideal": None,
+                "served": 0.0, "lag_p50": None, "lag_p99": None, "lag_max": None, "cpu_per_poll": None,
+                "rss_per_trigger": None, "timed_out": True}
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{impl}/{transport}/N={n} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
@@ -239,6 +247,10 @@ def _table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     )
     body = []
     for r in rows:
+        if r.get("timed_out"):
+            body.append(f"| {r['impl']} | {r['transport']} | {r['n']:,} | > {r['elapsed']:,.0f} | no result: the "
+                        "loop did not come back | | | | | | | |")
+            continue
         body.append(
             f"| {r['impl']} | {r['transport']} | {r['n']:,} | {r['elapsed']:.1f} | {r['polls']:,} | {r['ideal']:,.0f} "
             f"| {r['served'] * 100:.0f}% | {ms(r['lag_p50'])} | {ms(r['lag_p99'])} | {ms(r['lag_max'])} "
@@ -246,7 +258,8 @@ def _table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"| {r['rss_per_trigger'] / 1024:,.1f} |"
         )
     note = (f"\npoll interval {args.poll_interval:g} s, server latency {args.latency:g} s, window {args.window:g} s; "
-            "ideal = N x window / (poll interval + latency).")
+            "ideal = N x window / (poll interval + latency)"
+            + (f"; median of {args.repeat} runs by polls served." if args.repeat > 1 else "."))
     return "\n".join([head, *body]) + note
 
 
@@ -259,6 +272,8 @@ def main() -> int:
     parser.add_argument("--impl", nargs="+", default=[OURS, OFFICIAL], choices=[OURS, OFFICIAL, BARE])
     parser.add_argument("--transport", nargs="+", default=["aiohttp", "httpx"], choices=["aiohttp", "httpx"],
                         help="async transport rows for batch_ops (the official trigger uses its own sync client)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run each row this many times and keep the median by polls served (noisy machines)")
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--markdown", help="also write the table to this file (e.g. benchmarks/results/triggers.md)")
     # internal: run one row
@@ -295,10 +310,15 @@ def main() -> int:
             for impl in args.impl:
                 for transport in (["sync openai SDK"] if impl == OFFICIAL else args.transport):
                     print(f"running {impl} / {transport} / N={n:,} ...", flush=True)
-                    rows.append(_run_row(impl, transport, n, args, env, ids_file))
-                    r = rows[-1]
-                    print(f"  {r['polls']:,} polls of {r['ideal']:,.0f} ideal; lag p99 {r['lag_p99'] * 1000:,.0f} ms",
-                          flush=True)
+                    runs = []
+                    for _ in range(max(args.repeat, 1)):
+                        r = _run_row(impl, transport, n, args, env, ids_file)
+                        runs.append(r)
+                        if not r.get("timed_out"):
+                            print(f"  {r['polls']:,} polls of {r['ideal']:,.0f} ideal; "
+                                  f"lag p99 {r['lag_p99'] * 1000:,.0f} ms", flush=True)
+                    runs.sort(key=lambda r: r["served"])
+                    rows.append({**runs[len(runs) // 2], "runs": len(runs)})
     table = _table(rows, args)
     print()
     print(table)
@@ -310,7 +330,7 @@ def main() -> int:
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         out.write_text(f"# Deferred batches: `bench_triggers.py`\n\n{stamp}, {os.cpu_count()} cores.\n\n{table}\n")
     ours = [r for r in rows if r["impl"] == OURS and r["transport"] == "aiohttp" and r["n"] == 1000]
-    if ours:
+    if ours and not ours[0].get("timed_out"):
         ok = ours[0]["lag_p99"] < 0.2 and ours[0]["served"] >= 0.8
         print(f"\ntarget at N=1,000 (p99 lag < 200 ms, >= 80% of ideal polls): {'met' if ok else 'NOT met'}")
     return 0
