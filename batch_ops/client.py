@@ -43,6 +43,8 @@ from batch_ops.settings import ClientSettings
 __all__ = ["AsyncBatchClient", "BatchClient"]
 
 _CHUNK = 1024 * 1024
+#: Parsed URLs kept per client (one per batch being polled); the cache starts over when full.
+_URL_CACHE_SIZE = 4096
 #: Sleeps used by the drivers; tests may patch these (and ``_plans.clock``), nothing else.
 _sleep = time.sleep
 _async_sleep = asyncio.sleep
@@ -109,9 +111,9 @@ def _check_terminal(batch: Batch) -> None:
 
 @dataclass(frozen=True)
 class _Prepared:
-    url: str
+    url: httpx.URL
     headers: dict[str, str]
-    params: dict[str, Any]
+    params: dict[str, Any] | None
     content: bytes | None
     frame: MultipartBody | None
 
@@ -129,6 +131,7 @@ class _Base:
             initial=settings.backoff_initial,
             maximum=settings.backoff_max,
         )
+        self._urls: dict[str, httpx.URL] = {}
 
     def _prepare(self, send: Send) -> _Prepared:
         """URL, headers, query and body of a request: JSON, or an upload's multipart frame."""
@@ -142,7 +145,18 @@ class _Base:
         elif send.json is not None:
             content = json.dumps(send.json).encode()
             headers["Content-Type"] = "application/json"
-        return _Prepared(self.settings.url(send.path), headers, params, content, frame)
+        # None, not {}: httpx re-parses the URL to merge even empty params.
+        return _Prepared(self._url(send.path), headers, params or None, content, frame)
+
+    def _url(self, path: str) -> httpx.URL:
+        """The URL of an API path, parsed once per client: httpx parses a string URL on every
+        request, a third of the CPU of a status poll (1,000 Airflow triggers poll ~900 times/s)."""
+        url = self._urls.get(path)
+        if url is None:
+            if len(self._urls) >= _URL_CACHE_SIZE:
+                self._urls.clear()
+            url = self._urls[path] = httpx.URL(self.settings.url(path))
+        return url
 
     def _timeout(self) -> httpx.Timeout:
         return httpx.Timeout(self.settings.timeout, connect=self.settings.connect_timeout)
@@ -260,7 +274,7 @@ class BatchClient(_Base):
                     part.unlink(missing_ok=True)
                 return Reply(status=response.status_code, headers=dict(response.headers))
         except httpx.TransportError as exc:
-            return _transport_reply(exc, url)
+            return _transport_reply(exc, str(url))
 
     # -- high level -------------------------------------------------------------------------
     def submit(
@@ -597,7 +611,7 @@ class AsyncBatchClient(_Base):
                     await asyncio.to_thread(part.unlink, True)
                 return Reply(status=response.status_code, headers=dict(response.headers))
         except httpx.TransportError as exc:
-            return _transport_reply(exc, url)
+            return _transport_reply(exc, str(url))
 
     async def submit(
         self,
