@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from batch_ops import _plans
 from batch_ops._http import USER_AGENT, MultipartBody, RetryPolicy
 from batch_ops._plans import Notify, Reply, Send, Sleep
+from batch_ops._transport import READ_EAGERLY, AiohttpTransport, aiohttp_available
 from batch_ops.errors import BatchOpsError, ConfigurationError
 from batch_ops.jsonl import join_results, request_file, validate_file, write_requests
 from batch_ops.models import Batch, BatchList, FileList, FileObject, ResultLine
@@ -72,15 +73,16 @@ def _not_sent(exc: httpx.TransportError) -> bool:
     """True only when the request certainly never reached the server.
 
     This decides whether a failed create may have created a batch, so it must never say
-    "not sent" by mistake. httpx's own ConnectError / ConnectTimeout / PoolTimeout mean the
-    connection was never established. The httpx-aiohttp transport, however, maps *every*
-    aiohttp connection error — a server that dropped the connection after reading the
-    request included — to ``ConnectTimeout``; there the original aiohttp error (the cause)
-    tells: only ``ClientConnectorError`` means the connection was never made.
+    "not sent" by mistake. httpx's ConnectError / ConnectTimeout / PoolTimeout mean the
+    connection was never established (our aiohttp transport maps to them the same way).
+    When the cause is an aiohttp error it decides instead: a caller's own client may use the
+    httpx-aiohttp package's transport, which maps *every* aiohttp connection error, a
+    connection dropped after the request was read included, to ``ConnectTimeout``; only
+    aiohttp's ``ClientConnectorError`` and ``ConnectionTimeoutError`` mean nothing was sent.
     """
     cause = exc.__cause__
     if cause is not None and type(cause).__module__.split(".")[0] == "aiohttp":
-        return any(cls.__name__ == "ClientConnectorError" for cls in type(cause).__mro__)
+        return any(cls.__name__ in ("ClientConnectorError", "ConnectionTimeoutError") for cls in type(cause).__mro__)
     return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
 
 
@@ -267,7 +269,8 @@ class BatchClient(_Base):
                 part = _temp_sink(send.sink)
                 try:
                     with part.open("wb") as out:
-                        for chunk in response.iter_raw(_CHUNK):
+                        # Decoded bytes, not raw: a server or proxy may gzip the file.
+                        for chunk in response.iter_bytes(_CHUNK):
                             out.write(chunk)
                     os.replace(part, send.sink)
                 finally:
@@ -476,16 +479,20 @@ class Batches:
 # ---------------------------------------------------------------------------------------------
 
 
-def _default_async_transport() -> httpx.AsyncBaseTransport | None:
-    """The aiohttp transport when installed: httpx's own pool degrades past ~100 concurrent
-    requests (measured in benchmarks/bench_triggers.py); the API stays httpx either way."""
-    if os.environ.get("BATCH_OPS_ASYNC_TRANSPORT", "auto") == "httpx":
+#: The async connection pool: a triggerer's thousand waiters keep ~100 polls in flight at a 1 s
+#: interval and 100 ms latency, so a pool of 100 (aiohttp's default) would queue them.
+ASYNC_POOL_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=100)
+
+
+def _default_async_transport(limits: httpx.Limits = ASYNC_POOL_LIMITS) -> httpx.AsyncBaseTransport | None:
+    """Our aiohttp transport when aiohttp is installed, else None (httpx's own pool).
+
+    httpx's own async pool degrades past ~100 concurrent requests (``benchmarks/bench_triggers.py``);
+    ``BATCH_OPS_ASYNC_TRANSPORT=httpx`` chooses it anyway. The API is httpx either way.
+    """
+    if os.environ.get("BATCH_OPS_ASYNC_TRANSPORT", "auto") == "httpx" or not aiohttp_available():
         return None
-    try:
-        from httpx_aiohttp import AiohttpTransport
-    except ImportError:
-        return None
-    return AiohttpTransport()  # type: ignore[no-any-return]
+    return AiohttpTransport(limits=limits)
 
 
 #: The tasks that close shared clients when their event loop ends.
@@ -540,11 +547,16 @@ class AsyncBatchClient(_Base):
         super().__init__(settings, {"api_key": api_key, "base_url": base_url, "organization": organization,
                                     "project": project, "api_version": api_version})
         self._owns_http = http_client is None
+        #: Set when we own the transport: API calls then go to it directly, without httpx's
+        #: per-request client machinery (cookie jar, auth and redirect loops, header merging),
+        #: which cost more CPU per status poll than the HTTP exchange itself.
+        self._transport: httpx.AsyncBaseTransport | None = None
         if http_client is None:
-            limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
-            transport = _default_async_transport()
-            http_client = httpx.AsyncClient(timeout=self._timeout(), limits=limits, transport=transport)
+            self._transport = _default_async_transport(ASYNC_POOL_LIMITS)
+            http_client = httpx.AsyncClient(timeout=self._timeout(), limits=ASYNC_POOL_LIMITS,
+                                            transport=self._transport)
         self._http = http_client
+        self._timeout_extension = self._timeout().as_dict()
         self.files = AsyncFiles(self)
         self.batches = AsyncBatches(self)
 
@@ -584,34 +596,50 @@ class AsyncBatchClient(_Base):
 
     async def _send_once(self, send: Send) -> Reply:
         prepared = self._prepare(send)
-        url, headers, params, content = prepared.url, prepared.headers, prepared.params, prepared.content
+        url, headers = prepared.url, prepared.headers
+        content: bytes | AsyncIterator[bytes] | None = prepared.content
+        if send.upload is not None and prepared.frame is not None:
+            content = _aiter_upload(prepared.frame, send.upload)
         try:
-            if send.upload is not None and prepared.frame is not None:
-                frame = prepared.frame
-                response = await self._http.request(send.method, url, params=params, headers=headers,
-                                                    content=_aiter_upload(frame, send.upload))
-                return Reply(status=response.status_code, headers=dict(response.headers), body=response.content)
-            if send.sink is None:
-                response = await self._http.request(send.method, url, params=params, headers=headers, content=content)
-                return Reply(status=response.status_code, headers=dict(response.headers), body=response.content)
-            async with self._http.stream(send.method, url, params=params, headers=headers) as response:
-                if response.status_code >= 400:
-                    return Reply(status=response.status_code, headers=dict(response.headers),
-                                 body=await response.aread())
-                part = await asyncio.to_thread(_temp_sink, send.sink)
-                try:
-                    out = await asyncio.to_thread(part.open, "wb")
-                    try:
-                        async for chunk in response.aiter_raw(_CHUNK):
-                            await asyncio.to_thread(out.write, chunk)
-                    finally:
-                        await asyncio.to_thread(out.close)
-                    await asyncio.to_thread(os.replace, part, send.sink)
-                finally:
-                    await asyncio.to_thread(part.unlink, True)
+            response = await self._open(send.method, url, params=prepared.params, headers=headers, content=content,
+                                        eager=send.sink is None)
+            try:
+                if send.sink is None or response.status_code >= 400:
+                    body = await response.aread()
+                    return Reply(status=response.status_code, headers=dict(response.headers), body=body)
+                await self._save(response, send.sink)
                 return Reply(status=response.status_code, headers=dict(response.headers))
+            finally:
+                await response.aclose()
         except httpx.TransportError as exc:
             return _transport_reply(exc, str(url))
+
+    async def _open(self, method: str, url: httpx.URL, *, params: dict[str, Any] | None, headers: dict[str, str],
+                    content: bytes | AsyncIterator[bytes] | None, eager: bool) -> httpx.Response:
+        """Send a request; the response's body is not read yet (unless ``eager``: then it is)."""
+        if self._transport is not None:
+            request = httpx.Request(method, url, params=params, headers=headers, content=content,
+                                    extensions={"timeout": self._timeout_extension, READ_EAGERLY: eager})
+            return await self._transport.handle_async_request(request)
+        # A caller's own httpx client (or httpx's pool): its defaults, hooks and proxies apply.
+        request = self._http.build_request(method, url, params=params, headers=headers, content=content)
+        return await self._http.send(request, stream=True)
+
+    @staticmethod
+    async def _save(response: httpx.Response, sink: Path) -> None:
+        """Stream a response body into ``sink`` through a temporary file, then rename it."""
+        part = await asyncio.to_thread(_temp_sink, sink)
+        try:
+            out = await asyncio.to_thread(part.open, "wb")
+            try:
+                # Decoded bytes, not raw: a server or proxy may gzip the file.
+                async for chunk in response.aiter_bytes(_CHUNK):
+                    await asyncio.to_thread(out.write, chunk)
+            finally:
+                await asyncio.to_thread(out.close)
+            await asyncio.to_thread(os.replace, part, sink)
+        finally:
+            await asyncio.to_thread(part.unlink, True)
 
     async def submit(
         self,

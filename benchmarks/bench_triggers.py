@@ -7,11 +7,13 @@ What a triggerer sees: N deferred batch tasks, each trigger polling its batch ev
 Rows (each in a fresh subprocess, so memory and the event loop are its own):
 
 * ``batch_ops``: ``batch_ops.airflow.OpenAIBatchTrigger`` with core's async transport choice
-  (``httpx-aiohttp`` when installed) and with httpx's own pool (``BATCH_OPS_ASYNC_TRANSPORT=httpx``);
+  (``batch_ops._transport.AiohttpTransport`` when aiohttp is installed) and with httpx's own pool
+  (``BATCH_OPS_ASYNC_TRANSPORT=httpx``);
 * ``official``: ``airflow.providers.openai.triggers.openai.OpenAIBatchTrigger``
   (apache-airflow-providers-openai), run the same way;
-* ``bare`` (reference, ``--impl bare``): a GET-sleep loop on one shared httpx client, no
-  parsing, no policy: the floor any httpx-based trigger can reach.
+* ``bare`` (reference, ``--impl bare``): a GET-sleep loop on one shared ``httpx.AsyncClient`` over
+  core's transport, no parsing, no policy: what a trigger written on httpx's client API gets
+  (ours sends to the transport directly and skips the client's per-request machinery).
 
 Measured over a fixed window (default 8 s) from the moment the triggers start (their first
 polls are spread over the first interval):

@@ -6,12 +6,14 @@ the same batch we read.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -385,3 +387,33 @@ async def test_lost_create_responses_never_bill_twice_with_the_async_transport(
         on_server = [b.id for b in sdk(url).batches.list(limit=100)]
     assert len(set(created)) == 12
     assert sorted(on_server) == sorted(created)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_gzip_answers_are_decoded_downloads_included(kind: str, make_server: MakeServer, tmp_path: Path) -> None:
+    """A server (or proxy) may gzip any answer; a download must still hold the file's bytes."""
+
+    async def run_async(url: str) -> tuple[Batch, Path, list[Any]]:
+        async with AsyncBatchClient(api_key="local", base_url=url) as aclient:
+            batch = await aclient.submit(chat_requests(20), endpoint=CHAT)
+            done = await aclient.batches.wait(batch.id, poll_interval=0.05, timeout=60)
+            path = await aclient.files.download(done.output_file_id or "", tmp_path / "out.jsonl")
+            return done, path, [r async for r in aclient.results(done)]
+
+    with make_server(gzip=True) as url:
+        oracle = sdk(url)
+        if kind == "sync":
+            with BatchClient(api_key="local", base_url=url) as client:
+                batch = client.submit(chat_requests(20), endpoint=CHAT)
+                done = client.batches.wait(batch.id, poll_interval=0.05, timeout=60)
+                path = client.files.download(done.output_file_id or "", tmp_path / "out.jsonl")
+                results = list(client.results(done))
+        else:
+            done, path, results = asyncio.run(run_async(url))
+        # The server did compress (the file is well over gzip's 500-byte threshold) ...
+        raw = httpx.get(f"{url}/files/{done.output_file_id}/content", headers={"Accept-Encoding": "gzip"})
+        assert raw.headers["content-encoding"] == "gzip"
+        # ... and what we saved is what the SDK reads.
+        assert path.read_bytes() == oracle.files.content(done.output_file_id or "").read()
+    assert [r.custom_id for r in results] == [f"q-{i}" for i in range(20)]
+    assert all(r.ok for r in results)

@@ -106,7 +106,7 @@ _transport_imported = False
 
 def _import_transport() -> None:
     try:
-        import httpx_aiohttp  # noqa: F401
+        import aiohttp  # noqa: F401
     except ImportError:  # core falls back to httpx's own transport
         pass
 

@@ -30,6 +30,8 @@ import anyio
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -342,6 +344,7 @@ class BatchOpsApp(Starlette):
         api = _Api(options=options, store=self.store, processor=self.processor)
         super().__init__(
             routes=api.routes(),
+            middleware=[Middleware(GZipMiddleware, minimum_size=500)] if options.gzip else None,
             lifespan=self._lifespan,
             exception_handlers={_ApiError: _api_error, HTTPException: _http_error, Exception: _server_error},
         )

@@ -60,6 +60,8 @@ class ServerOptions:
         expire_after: completion window in seconds instead of 24 h (the batch then ends ``expired``).
         cancel_delay: seconds a cancelled batch stays ``cancelling``.
         seed: makes the fault choices and the output order repeatable.
+        gzip: compress answers of 500 bytes or more (JSON and file contents) for clients that send
+            ``Accept-Encoding: gzip``, as the real API's front end may: clients must decode them.
         access_log / log_level: uvicorn logging.
 
     Example:
@@ -92,6 +94,7 @@ class ServerOptions:
     expire_after: float | None = None
     cancel_delay: float = 0.2
     seed: int | None = None
+    gzip: bool = False
     access_log: bool = False
     log_level: str = "warning"
 
@@ -220,6 +223,8 @@ def build_parser(prog: str = "batch-ops serve") -> argparse.ArgumentParser:
     flt.add_argument("--expire-after", type=float, metavar="S", help="completion window of S seconds instead of 24h")
     flt.add_argument("--cancel-delay", type=float, metavar="S", help="how long a batch stays cancelling (default 0.2)")
     flt.add_argument("--seed", type=int, help="make fault choices and output order repeatable")
+    flt.add_argument("--gzip", action=argparse.BooleanOptionalAction,
+                     help="gzip answers for clients that accept it (default off)")
     log = p.add_argument_group("logging")
     log.add_argument("--access-log", action=argparse.BooleanOptionalAction, help="log every request (default off)")
     log.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), help="default warning")

@@ -1,0 +1,239 @@
+"""The async HTTP transport: httpx's interface over aiohttp's connection pool.
+
+Why not httpx's own async pool: it degrades past ~100 concurrent requests (a triggerer with
+1,000 deferred batches keeps ~100 polls in flight); aiohttp's holds. Why not the
+``httpx-aiohttp`` package's transport, which we used first: measured with
+``benchmarks/bench_triggers.py``, the CPU of a status poll went to httpx's client layer and
+that transport's streaming wrapper rather than to aiohttp, and it
+
+* maps *every* aiohttp connection error, a connection dropped after the request was sent
+  included, to ``httpx.ConnectTimeout`` ("never sent"), which a create must not believe;
+* ignores ``HTTP(S)_PROXY`` / ``NO_PROXY`` (httpx reads them only for its own transports),
+  while the sync client honours them;
+* builds its SSL context (reading the CA bundle, tens of ms) on the event loop.
+
+:class:`AiohttpTransport` is an ``httpx.AsyncBaseTransport``: requests and responses stay httpx
+objects, and ``AsyncBatchClient`` calls it directly for API calls (no cookie jar, auth flow or
+redirect loop to run per poll). A request with the ``READ_EAGERLY`` extension gets its body
+read and its connection released inside the transport; otherwise the body streams.
+
+Example:
+    >>> import httpx
+    >>> transport = AiohttpTransport(limits=httpx.Limits(max_connections=200))
+    >>> transport.max_connections
+    200
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import urllib.request
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = ["READ_EAGERLY", "AiohttpTransport", "aiohttp_available"]
+
+#: Request extension: read the whole body in the transport (small JSON answers).
+READ_EAGERLY = "batch_ops.read_eagerly"
+
+
+def aiohttp_available() -> bool:
+    """True when aiohttp can be imported (the ``airflow``, ``prefect`` and ``fast`` extras)."""
+    try:
+        import aiohttp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def env_proxy(url: httpx.URL) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``...).
+
+    The same variables httpx's own transports honour, read the standard library's way.
+
+    Example:
+        >>> import os
+        >>> os.environ["HTTPS_PROXY"], os.environ["NO_PROXY"] = "http://proxy:3128", "internal.example"
+        >>> env_proxy(httpx.URL("https://api.openai.com/v1")), env_proxy(httpx.URL("https://internal.example/v1"))
+        ('http://proxy:3128', None)
+        >>> del os.environ["HTTPS_PROXY"], os.environ["NO_PROXY"]
+    """
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    # proxy_bypass_environment: NO_PROXY matching as urllib does it (not in typeshed's stubs).
+    if not proxy or urllib.request.proxy_bypass_environment(url.host, proxies):  # type: ignore[attr-defined]
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def _map_error(exc: BaseException) -> httpx.TransportError:
+    """The httpx error for an aiohttp failure, keeping "never sent" apart from "maybe sent".
+
+    ``ConnectError`` / ``ConnectTimeout`` only when no connection was made: that is what lets a
+    failed create be sent again without a lookup. Everything else may have reached the server.
+    """
+    import aiohttp
+
+    message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return httpx.ProxyError(message)
+    if isinstance(exc, aiohttp.ClientConnectorError):  # refused, DNS, TLS handshake: nothing sent
+        return httpx.ConnectError(message)
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):  # no pooled connection, or connecting took too long
+        return httpx.ConnectTimeout(message)
+    if isinstance(exc, TimeoutError):  # waiting for the answer: the request may have been handled
+        return httpx.ReadTimeout(message)
+    if isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError)):
+        return httpx.UnsupportedProtocol(message)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return httpx.RemoteProtocolError(message)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return httpx.ReadError(message)
+    return httpx.NetworkError(message)
+
+
+def _aiohttp_errors() -> tuple[type[BaseException], ...]:
+    """What aiohttp raises for network trouble (its own errors, OS errors, timeouts)."""
+    import aiohttp
+
+    return (aiohttp.ClientError, OSError, TimeoutError)
+
+
+class _Body(httpx.AsyncByteStream):
+    """A streamed response body; closing it returns the connection to the pool."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except _aiohttp_errors() as exc:
+            raise _map_error(exc) from exc
+
+    async def aclose(self) -> None:
+        self._response.release()
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """An httpx async transport on one aiohttp session (created in the loop of its first request).
+
+    Args:
+        limits: ``max_connections`` bounds the pool; ``keepalive_expiry`` is how long an idle
+            connection is kept.
+        verify: TLS verification: True (httpx's CA bundle, ``SSL_CERT_FILE`` honoured), False, a
+            CA bundle path or an ``ssl.SSLContext``.
+        trust_env: use ``HTTP(S)_PROXY`` / ``ALL_PROXY`` / ``NO_PROXY``, looked up once per host.
+    """
+
+    def __init__(
+        self,
+        *,
+        limits: httpx.Limits = httpx.Limits(max_connections=200, max_keepalive_connections=100),
+        verify: ssl.SSLContext | str | bool = True,
+        trust_env: bool = True,
+    ) -> None:
+        self.max_connections = limits.max_connections or 0  # aiohttp: 0 = no limit
+        self.keepalive_expiry = limits.keepalive_expiry if limits.keepalive_expiry is not None else 5.0
+        self._verify = verify
+        self._trust_env = trust_env
+        self._session: aiohttp.ClientSession | None = None
+        self._opening: asyncio.Future[aiohttp.ClientSession] | None = None
+        self._proxies: dict[tuple[str, str, int | None], str | None] = {}
+        self._timeouts: dict[tuple[Any, ...], aiohttp.ClientTimeout] = {}
+
+    async def _open(self) -> aiohttp.ClientSession:
+        """The session, created once; the SSL context is built in a worker thread, off the loop."""
+        if self._session is not None:
+            return self._session
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._create_session())
+        return await asyncio.shield(self._opening)
+
+    async def _create_session(self) -> aiohttp.ClientSession:
+        import aiohttp
+
+        verify = self._verify
+        context = verify if isinstance(verify, ssl.SSLContext) else await asyncio.to_thread(
+            httpx.create_ssl_context, verify=verify, trust_env=self._trust_env
+        )
+        connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=self.keepalive_expiry,
+                                         ssl=context)
+        # trust_env stays False in aiohttp: it would read the environment and ~/.netrc on every
+        # request (a third of the CPU of a poll); proxies are looked up here, once per host.
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=False)
+        return self._session
+
+    def _proxy(self, url: httpx.URL) -> str | None:
+        if not self._trust_env:
+            return None
+        key = (url.scheme, url.host, url.port)
+        if key not in self._proxies:
+            self._proxies[key] = env_proxy(url)
+        return self._proxies[key]
+
+    def _timeout(self, request: httpx.Request) -> aiohttp.ClientTimeout:
+        import aiohttp
+
+        given = request.extensions.get("timeout") or {}
+        key = (given.get("connect"), given.get("read"), given.get("pool"))
+        timeout = self._timeouts.get(key)
+        if timeout is None:
+            connect, read, pool = key
+            # aiohttp's `connect` covers waiting for a pooled connection plus connecting.
+            total_connect = None if connect is None and pool is None else (connect or 0) + (pool or 0)
+            timeout = self._timeouts[key] = aiohttp.ClientTimeout(total=None, connect=total_connect,
+                                                                  sock_connect=connect, sock_read=read)
+        return timeout
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        session = self._session or await self._open()
+        try:
+            data: Any = request.content or None
+        except httpx.RequestNotRead:  # a streamed body (an upload); Content-Length is set by the caller
+            data = _chunks(request.stream)
+        headers = request.headers.multi_items()
+        if "accept-encoding" not in request.headers:
+            # aiohttp would offer br/zstd when their packages are installed; httpx decodes gzip and
+            # deflate always (the body is decoded by httpx: aiohttp's auto_decompress is off).
+            headers.append(("Accept-Encoding", "gzip, deflate"))
+        try:
+            response = await session.request(
+                request.method,
+                str(request.url),
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                proxy=self._proxy(request.url),
+                timeout=self._timeout(request),
+            )
+            if request.extensions.get(READ_EAGERLY):
+                try:
+                    body = await response.read()
+                finally:
+                    response.release()
+                return httpx.Response(response.status, headers=response.raw_headers, content=body,
+                                      request=request, extensions={"http_version": b"HTTP/1.1"})
+        except _aiohttp_errors() as exc:
+            raise _map_error(exc) from exc
+        return httpx.Response(response.status, headers=response.raw_headers, stream=_Body(response),
+                              request=request, extensions={"http_version": b"HTTP/1.1"})
+
+    async def aclose(self) -> None:
+        if self._opening is not None and not self._opening.done():
+            self._opening.cancel()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+async def _chunks(stream: Any) -> AsyncIterator[bytes]:
+    async for chunk in stream:
+        yield chunk
