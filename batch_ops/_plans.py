@@ -302,6 +302,7 @@ def wait_plan(
     """
     poller.start(now=clock())
     last: Batch | None = None
+    last_body = b""
     while True:
         try:
             reply = yield from send_with_retries(Send("GET", f"/batches/{batch_id}"), policy=policy)
@@ -316,7 +317,10 @@ def wait_plan(
             if decision.action == "done":
                 raise
         else:
-            last = Batch.model_validate_json(reply.body)
+            # A long batch answers the same bytes poll after poll: parse only what changed
+            # (Batch is frozen, so handing out the same object again is safe).
+            if last is None or reply.body != last_body:
+                last, last_body = Batch.model_validate_json(reply.body), reply.body
             if on_poll is not None:
                 yield Notify(on_poll, last)
             decision = poller.decide(last, now=clock())

@@ -200,7 +200,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         except httpx.RequestNotRead:  # a streamed body (an upload); Content-Length is set by the caller
             data = _chunks(request.stream)
         headers = request.headers.multi_items()
-        if "accept-encoding" not in request.headers:
+        if not any(name == "accept-encoding" for name, _ in headers):  # names are lower case here
             # aiohttp would offer br/zstd when their packages are installed; httpx decodes gzip and
             # deflate always (the body is decoded by httpx: aiohttp's auto_decompress is off).
             headers.append(("Accept-Encoding", "gzip, deflate"))
