@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from batch_ops.errors import ConfigurationError
+
 if TYPE_CHECKING:
     import aiohttp
 
@@ -153,7 +155,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         """The session, created once; the SSL context is built in a worker thread, off the loop."""
         if self._session is not None:
             return self._session
-        if self._opening is None:
+        if self._opening is None or (self._opening.done() and self._opening.exception() is not None):
+            # A failed attempt (a CA bundle that cannot be read) is not kept: the next request retries.
             self._opening = asyncio.ensure_future(self._create_session())
         return await asyncio.shield(self._opening)
 
@@ -161,9 +164,15 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         import aiohttp
 
         verify = self._verify
-        context = verify if isinstance(verify, ssl.SSLContext) else await asyncio.to_thread(
-            httpx.create_ssl_context, verify=verify, trust_env=self._trust_env
-        )
+        try:
+            context = verify if isinstance(verify, ssl.SSLContext) else await asyncio.to_thread(
+                httpx.create_ssl_context, verify=verify, trust_env=self._trust_env
+            )
+        except (OSError, ssl.SSLError) as exc:  # retrying cannot help: say what to fix
+            raise ConfigurationError(
+                f"Cannot load the CA certificates for TLS ({type(exc).__name__}: {exc}); check SSL_CERT_FILE "
+                "and SSL_CERT_DIR, or the verify setting"
+            ) from exc
         connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=self.keepalive_expiry,
                                          ssl=context)
         # trust_env stays False in aiohttp: it would read the environment and ~/.netrc on every

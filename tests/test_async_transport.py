@@ -13,7 +13,7 @@ import aiohttp
 import httpx
 import pytest
 
-from batch_ops import APIConnectionError, AsyncBatchClient, BatchClient, ClientSettings
+from batch_ops import APIConnectionError, AsyncBatchClient, BatchClient, ClientSettings, ConfigurationError
 from batch_ops._transport import AiohttpTransport, _map_error, env_proxy
 from batch_ops.client import _not_sent
 from batch_ops.server import ServerURL
@@ -116,4 +116,14 @@ async def test_a_refused_connection_is_reported_with_the_url(dead_port: int, cle
     url = f"http://127.0.0.1:{dead_port}/v1"
     async with AsyncBatchClient(settings=_settings(url)) as client:
         with pytest.raises(APIConnectionError, match=f"127.0.0.1:{dead_port}"):
+            await client.batches.list(limit=1)
+
+
+async def test_an_unreadable_ca_bundle_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, clean_proxy_env: None
+) -> None:
+    # Retrying cannot fix it, and a bare FileNotFoundError from deep inside ssl names no fix.
+    monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent/ca-bundle.pem")
+    async with AsyncBatchClient(api_key="local", base_url="https://127.0.0.1:9/v1") as client:
+        with pytest.raises(ConfigurationError, match="SSL_CERT_FILE"):
             await client.batches.list(limit=1)

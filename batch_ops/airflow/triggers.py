@@ -16,6 +16,7 @@ Events are dicts with ``event`` (``terminal``, ``timeout`` or ``error``), ``batc
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -121,6 +122,36 @@ async def _preload_transport() -> None:
     if not _transport_imported:
         await asyncio.to_thread(_import_transport)
         _transport_imported = True
+
+
+_heap_frozen = False
+
+
+def _freeze_import_heap() -> None:
+    """Once per triggerer process: take the objects alive now out of the cyclic GC's reach.
+
+    What is alive when the first trigger has its client is almost all import-time state:
+    Airflow's modules, classes and functions (~160k objects in the benchmark's process, more in a
+    real triggerer), none of which will ever be garbage. Every full collection re-scans them
+    all, and a thousand triggers polling allocate fast enough for two or three full collections
+    every 8 s, each stalling the loop for 150-200 ms on this machine (measured: the largest
+    lags in ``bench_triggers.py`` line up with them). ``gc.freeze()`` is what Airflow itself
+    does in its DAG processor and LocalExecutor; objects created later are collected as usual.
+    Turn it off with ``[batch_ops] triggerer_gc_freeze = False``
+    (``AIRFLOW__BATCH_OPS__TRIGGERER_GC_FREEZE=False``).
+    """
+    global _heap_frozen
+    if _heap_frozen:
+        return
+    _heap_frozen = True
+    try:
+        from airflow.sdk.configuration import conf
+
+        enabled = conf.getboolean("batch_ops", "triggerer_gc_freeze", fallback=True)
+    except Exception:  # an unreadable setting must not stop the wait: keep the default
+        enabled = True
+    if enabled:
+        gc.freeze()
 
 
 #: Seconds a connection lookup is reused by triggers starting in the same event loop.
@@ -231,7 +262,9 @@ class OpenAIBatchTrigger(BaseTrigger):
     async def _client(self) -> AsyncBatchClient:
         settings = await _settings_for(self.conn_id)
         await _preload_transport()
-        return AsyncBatchClient.shared(settings)
+        client = AsyncBatchClient.shared(settings)
+        _freeze_import_heap()
+        return client
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         # Spread the first poll (and the connection lookup before it) over one interval.

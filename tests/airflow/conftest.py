@@ -36,6 +36,9 @@ _ENV = {
     "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_HOME / 'airflow.db'}",
     "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(_HOME / "logs"),
+    # Triggers run inside this process (dag.test) and its children: keep pytest's own heap out of
+    # gc.freeze(); test_trigger.py checks the default (on) in a process of its own.
+    "AIRFLOW__BATCH_OPS__TRIGGERER_GC_FREEZE": "False",
 }
 if "airflow" in sys.modules and os.environ.get("AIRFLOW_HOME") != _ENV["AIRFLOW_HOME"]:
     # Imported earlier with another configuration: its database is not ours.

@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+
+import pytest
 
 from batch_ops import BatchClient
 from batch_ops.airflow import OpenAIBatchHook, OpenAIBatchTrigger
@@ -193,3 +197,39 @@ async def test_a_wrong_key_fails_fast_without_showing_the_key(make_server, use_s
                                                      poll_interval=5, first_poll_spread=0))
     assert event["event"] == "error" and event["status_code"] == 401
     assert api_key not in json.dumps(event)
+
+
+_FREEZE_PROBE = """
+import asyncio, gc, sys
+from batch_ops.airflow import OpenAIBatchTrigger
+
+async def main():
+    trigger = OpenAIBatchTrigger(conn_id="openai_batch_default", batch_id=sys.argv[1], poll_interval=0.1,
+                                 timeout=30, first_poll_spread=0)
+    async for event in trigger.run():
+        return event.payload["status"]
+
+before = gc.get_freeze_count()
+status = asyncio.run(main())
+print(status, before, gc.get_freeze_count())
+"""
+
+
+@pytest.mark.parametrize("setting", [None, "False"])
+def test_the_triggerer_heap_is_frozen_once_unless_turned_off(setting, server_url, use_server, monkeypatch) -> None:
+    # Full GC passes over Airflow's import-time objects stalled the loop 150-200 ms each
+    # (bench_triggers.py); a process of its own, since gc.freeze() is process-wide.
+    use_server(server_url)
+    batch_id = submit(server_url, n=2)
+    if setting is None:
+        monkeypatch.delenv("AIRFLOW__BATCH_OPS__TRIGGERER_GC_FREEZE", raising=False)
+    else:
+        monkeypatch.setenv("AIRFLOW__BATCH_OPS__TRIGGERER_GC_FREEZE", setting)
+    out = subprocess.run([sys.executable, "-c", _FREEZE_PROBE, batch_id], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    status, before, after = out.stdout.split()[-3:]
+    assert status == "completed" and before == "0"
+    if setting is None:
+        assert int(after) > 10_000, "the import-time heap (Airflow's modules) should be frozen"
+    else:
+        assert after == "0"
