@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
@@ -127,3 +129,30 @@ async def test_an_unreadable_ca_bundle_is_a_configuration_error(
     async with AsyncBatchClient(api_key="local", base_url="https://127.0.0.1:9/v1") as client:
         with pytest.raises(ConfigurationError, match="SSL_CERT_FILE"):
             await client.batches.list(limit=1)
+
+
+@pytest.mark.parametrize("how", ["httpx pool (no aiohttp)", "caller's own httpx client"])
+async def test_the_httpx_paths_run_the_whole_lifecycle(
+    how: str, make_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_proxy_env: None
+) -> None:
+    """Without aiohttp (or with the caller's client) requests go through httpx.AsyncClient.send:
+    upload, create, wait, a gzipped download and the joined results must work the same."""
+    requests = [{"custom_id": f"h-{i}", "body": {"model": "m", "messages": [{"role": "user", "content": str(i)}]}}
+                for i in range(15)]
+    own = None
+    if how.startswith("httpx pool"):
+        monkeypatch.setenv("BATCH_OPS_ASYNC_TRANSPORT", "httpx")
+    else:
+        own = httpx.AsyncClient(timeout=30)
+    with make_server(gzip=True) as url:
+        async with AsyncBatchClient(api_key="local", base_url=url, http_client=own) as client:
+            assert client._transport is None
+            batch = await client.submit(requests, endpoint="/v1/chat/completions")
+            done = await client.batches.wait(batch.id, poll_interval=0.05, timeout=60)
+            saved = await client.files.download(done.output_file_id or "", tmp_path / "out.jsonl")
+            results = [r async for r in client.results(done)]
+        assert saved.read_bytes().startswith(b"{")  # decoded, not gzip's 0x1f 0x8b
+    if own is not None:
+        assert not own.is_closed, "a caller's client is the caller's to close"
+        await own.aclose()
+    assert [r.custom_id for r in results] == [f"h-{i}" for i in range(15)]
