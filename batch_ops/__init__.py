@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from batch_ops._submit import Source, Submission
 from batch_ops._version import __version__
+from batch_ops.chain import AttemptChain, OutcomePolicy
 from batch_ops.errors import (
     APIConnectionError,
     APIError,
     APIStatusError,
     APITimeoutError,
+    AttemptsExhaustedError,
     AuthenticationError,
     BadRequestError,
     BatchCancelledError,
@@ -33,6 +36,7 @@ from batch_ops.errors import (
     NotFoundError,
     RateLimitError,
     RequestFailuresError,
+    is_permanent,
 )
 from batch_ops.models import (
     Batch,
@@ -67,6 +71,8 @@ __all__ = [
     "APIStatusError",
     "APITimeoutError",
     "AsyncBatchClient",
+    "AttemptChain",
+    "AttemptsExhaustedError",
     "AuthenticationError",
     "BadRequestError",
     "Batch",
@@ -86,13 +92,17 @@ __all__ = [
     "FileObject",
     "InputValidationError",
     "NotFoundError",
+    "OutcomePolicy",
     "RateLimitError",
     "RequestCounts",
     "RequestFailuresError",
     "RequestLine",
     "ResultLine",
+    "Source",
+    "Submission",
     "Usage",
     "__version__",
+    "is_permanent",
     "outcome_error",
     "raise_for_outcome",
 ]

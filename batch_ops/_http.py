@@ -22,28 +22,17 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from batch_ops._version import __version__
-from batch_ops.errors import APIStatusError, status_error_class
+from batch_ops.errors import APIStatusError, is_retryable_status, status_error_class
 
 __all__ = [
-    "IDEMPOTENCY_METADATA_KEY",
-    "RETRYABLE_STATUSES",
     "USER_AGENT",
     "MultipartBody",
     "RetryPolicy",
     "error_from_response",
-    "is_retryable_status",
     "parse_retry_after",
 ]
 
 USER_AGENT = f"batch-ops/{__version__}"
-RETRYABLE_STATUSES = frozenset({408, 409, 429})
-#: Metadata key under which batch_ops records the idempotency key of a batch it created.
-IDEMPOTENCY_METADATA_KEY = "batch_ops_idempotency_key"
-
-
-def is_retryable_status(status_code: int) -> bool:
-    """408, 409, 429 and every 5xx are worth another try; other 4xx are permanent."""
-    return status_code in RETRYABLE_STATUSES or status_code >= 500
 
 
 def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:

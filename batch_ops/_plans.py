@@ -1,7 +1,8 @@
 """The client's call sequences, written once as generators of effects.
 
 A *plan* is a generator that yields effects — :class:`Send` one HTTP request, :class:`Sleep`,
-:class:`Notify` a callback — and receives each effect's result. It decides everything
+:class:`Notify` a callback, :class:`Work` (blocking file work) — and receives each effect's
+result (or, thrown into it, the exception the effect raised). It decides everything
 (retry or not, how long to wait, whether a create may already have happened, when a wait is
 over); it performs no I/O. ``BatchClient`` runs plans with blocking httpx and ``time.sleep``,
 ``AsyncBatchClient`` with async httpx and ``asyncio.sleep``. One implementation, two drivers:
@@ -10,11 +11,11 @@ the sync and async clients cannot drift apart, and the plans are testable step b
 Example:
     >>> plan = send_with_retries(Send("GET", "/batches/b1"), policy=RetryPolicy(max_retries=1, initial=1))
     >>> next(plan)
-    Send(method='GET', path='/batches/b1', params=None, json=None, upload=None, sink=None)
+    Send(method='GET', path='/batches/b1', params=None, json=None, upload=None, sink=None, filename=None)
     >>> plan.send(Reply(status=503, headers={"retry-after": "2"}))
     Sleep(seconds=2.0)
     >>> next(plan)  # the retry
-    Send(method='GET', path='/batches/b1', params=None, json=None, upload=None, sink=None)
+    Send(method='GET', path='/batches/b1', params=None, json=None, upload=None, sink=None, filename=None)
     >>> try:
     ...     plan.send(Reply(status=200, body=b'{"ok": 1}'))
     ... except StopIteration as done:
@@ -32,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batch_ops._http import IDEMPOTENCY_METADATA_KEY, RetryPolicy, error_from_response, is_retryable_status
+from batch_ops._http import RetryPolicy, error_from_response
+from batch_ops.chain import IDEMPOTENCY_METADATA_KEY
 from batch_ops.errors import (
     APIConnectionError,
     APIError,
@@ -40,6 +42,7 @@ from batch_ops.errors import (
     APITimeoutError,
     InputValidationError,
     Problem,
+    is_retryable_status,
 )
 from batch_ops.models import (
     METADATA_MAX_PAIRS,
@@ -55,6 +58,7 @@ __all__ = [
     "Reply",
     "Send",
     "Sleep",
+    "Work",
     "create_body",
     "create_plan",
     "find_by_key_plan",
@@ -77,6 +81,7 @@ class Send:
 
     ``upload`` streams that file as the multipart ``file`` field (``json`` then holds the
     other form fields); ``sink`` streams a successful response body into that file.
+    ``filename`` names the upload on the server (default: the local file's name).
     """
 
     method: str
@@ -85,6 +90,7 @@ class Send:
     json: Any = None
     upload: Path | None = None
     sink: Path | None = None
+    filename: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,17 @@ class Notify:
 
     callback: Callable[[Batch], Any]
     batch: Batch
+
+
+@dataclass(frozen=True)
+class Work:
+    """Effect: run ``fn()`` and send back its result — file work (validate, hash, filter).
+
+    The sync driver calls it; the async driver runs it in a worker thread, so a plan never
+    blocks an event loop with disk I/O. An exception it raises is thrown into the plan.
+    """
+
+    fn: Callable[[], Any]
 
 
 @dataclass(frozen=True)
@@ -136,7 +153,7 @@ class Reply:
         )
 
 
-Plan = Generator["Send | Sleep | Notify", Any, Any]
+Plan = Generator["Send | Sleep | Notify | Work", Any, Any]
 
 
 def _retry_delay(policy: RetryPolicy, reply: Reply, *, attempt: int, started: float) -> float | None:

@@ -33,12 +33,14 @@ from pydantic import ValidationError
 
 from batch_ops import _plans
 from batch_ops._http import USER_AGENT, MultipartBody, RetryPolicy
-from batch_ops._plans import Notify, Reply, Send, Sleep
+from batch_ops._plans import Notify, Reply, Send, Sleep, Work
+from batch_ops._submit import Source, Submission, SubmitSpec, find_chain_plan, submit_plan
 from batch_ops._transport import READ_EAGERLY, AiohttpTransport, aiohttp_available
+from batch_ops.chain import Attempt, AttemptChain, OutcomePolicy
 from batch_ops.errors import BatchOpsError, ConfigurationError
-from batch_ops.jsonl import join_results, request_file, validate_file, write_requests
-from batch_ops.models import Batch, BatchList, FileList, FileObject, ResultLine
-from batch_ops.polling import BatchPoller
+from batch_ops.models import Batch, BatchList, BatchStatus, FileList, FileObject, ResultLine
+from batch_ops.polling import DEFAULT_FAIL_ON, BatchPoller
+from batch_ops.results import join_chain_results
 from batch_ops.settings import ClientSettings
 
 __all__ = ["AsyncBatchClient", "BatchClient"]
@@ -120,6 +122,47 @@ def _check_terminal(batch: Batch) -> None:
         )
 
 
+def _as_chain(what: Batch | AttemptChain | Submission) -> AttemptChain:
+    if isinstance(what, Submission):
+        return what.chain
+    if isinstance(what, AttemptChain):
+        return what
+    return AttemptChain(what.id, (Attempt(0, what),))
+
+
+def _result_files(chain: AttemptChain, tmp: Path) -> list[tuple[str, Path]]:
+    """``(file id, local path)`` of every output and error file of the chain, oldest batch first."""
+    files = []
+    for batch in chain.batches:
+        if batch.output_file_id:
+            files.append((batch.output_file_id, tmp / f"{batch.id}.output.jsonl"))
+        if batch.error_file_id:
+            files.append((batch.error_file_id, tmp / f"{batch.id}.errors.jsonl"))
+    return files
+
+
+def _chain_pairs(chain: AttemptChain, tmp: Path) -> list[tuple[Path | None, Path | None, int]]:
+    pairs = []
+    for attempt in chain.attempts:
+        for batch in (attempt.batch, *attempt.duplicates):
+            out = tmp / f"{batch.id}.output.jsonl" if batch.output_file_id else None
+            err = tmp / f"{batch.id}.errors.jsonl" if batch.error_file_id else None
+            pairs.append((out, err, attempt.number))
+    return pairs
+
+
+def _spec(
+    *, endpoint: str, completion_window: str, metadata: Mapping[str, str] | None,
+    output_expires_after: Mapping[str, Any] | None, idempotency_key: str | None, reattach: bool,
+    fail_on: Any, fail_on_request_failures: bool, since: float | None,
+) -> SubmitSpec:
+    return SubmitSpec(
+        endpoint=endpoint, completion_window=completion_window, metadata=metadata,
+        output_expires_after=output_expires_after, idempotency_key=idempotency_key, reattach=reattach,
+        policy=OutcomePolicy.of(fail_on, fail_on_request_failures), since=since,
+    )
+
+
 @dataclass(frozen=True)
 class _Prepared:
     url: httpx.URL
@@ -156,7 +199,8 @@ class _Base:
         content = frame = None
         if send.upload is not None:
             size = send.upload.stat().st_size
-            frame = MultipartBody.for_file(filename=send.upload.name, size=size, fields=dict(send.json or {}))
+            frame = MultipartBody.for_file(filename=send.filename or send.upload.name, size=size,
+                                           fields=dict(send.json or {}))
             headers.update({"Content-Type": frame.content_type, "Content-Length": str(frame.content_length)})
         elif send.json is not None:
             content = json.dumps(send.json).encode()
@@ -250,20 +294,26 @@ class BatchClient(_Base):
 
     # -- driver ---------------------------------------------------------------------------
     def _run(self, plan: Any) -> Any:
-        """Drive a plan: perform each effect it yields and send back the result."""
-        try:
-            effect = next(plan)
-            while True:
-                result: Any = None
+        """Drive a plan: perform each effect it yields and send back its result (or throw its error)."""
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                effect = plan.throw(error) if error is not None else plan.send(value)
+            except StopIteration as done:
+                return done.value
+            value, error = None, None
+            try:
                 if isinstance(effect, Send):
-                    result = self._send_once(effect)
+                    value = self._send_once(effect)
                 elif isinstance(effect, Sleep):
                     _sleep(effect.seconds)
+                elif isinstance(effect, Work):
+                    value = effect.fn()
                 elif isinstance(effect, Notify):
                     effect.callback(effect.batch)
-                effect = plan.send(result)
-        except StopIteration as done:
-            return done.value
+            except Exception as exc:
+                error = exc
 
     def _send_once(self, send: Send) -> Reply:
         prepared = self._prepare(send)
@@ -296,7 +346,7 @@ class BatchClient(_Base):
     # -- high level -------------------------------------------------------------------------
     def submit(
         self,
-        source: PathLike | Iterable[Mapping[str, Any]],
+        source: PathLike | Iterable[Mapping[str, Any]] | Source,
         *,
         endpoint: str,
         completion_window: str = "24h",
@@ -304,58 +354,97 @@ class BatchClient(_Base):
         output_expires_after: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         reattach: bool = True,
+        fail_on: Iterable[BatchStatus | str] = DEFAULT_FAIL_ON,
+        fail_on_request_failures: bool = False,
+        since: float | None = None,
     ) -> Batch:
         """Validate, upload and create a batch; nothing is uploaded if anything is invalid.
 
         Args:
             source: a JSONL request file, or an iterable of request dicts / ``RequestLine``
-                (``url`` and ``method`` may be omitted; they default to ``endpoint`` / POST).
-            idempotency_key: give one to make the whole submit safe to repeat (a task retry):
-                a batch already created with this key is returned instead of a second one.
-            reattach: look the key up before uploading (default). Pass False only for a key
-                you know is fresh; lost creates are still looked up before any re-send.
+                (``url`` and ``method`` may be omitted; they default to ``endpoint`` / POST), or
+                ``Source(file_id=...)`` for a file already uploaded.
+            idempotency_key: name the work to make the whole submit safe to repeat (a task
+                retry, two tries at once): the key's attempt chain is looked up first. A running
+                attempt or an accepted outcome is returned as it is; after an outcome that
+                ``fail_on`` / ``fail_on_request_failures`` reject, a new attempt is created that
+                carries only the requests without a success anywhere in the chain.
+            reattach: look the key up first (default). Pass False only for a key you know is
+                fresh; lost creates are still looked up before any re-send.
+            fail_on, fail_on_request_failures: the outcomes that call for a new attempt.
+            since: how far back (epoch seconds) the key is looked for; default
+                ``settings.idempotency_lookback`` ago.
+
+        Returns:
+            The batch to wait for (or the final one): the latest attempt.
 
         Example:
-            >>> # client.submit("requests.jsonl", endpoint="/v1/chat/completions")
+            >>> # client.submit("requests.jsonl", endpoint="/v1/chat/completions", idempotency_key="nightly-1")
         """
-        key = idempotency_key or _plans.new_idempotency_key()
-        # Check the batch parameters before validating or uploading anything.
-        body = _plans.create_body(
-            input_file_id="pending", endpoint=endpoint, completion_window=completion_window,
-            metadata=metadata, output_expires_after=output_expires_after, idempotency_key=key,
-        )
-        if idempotency_key is not None and reattach:
-            existing = self.batches.find_by_idempotency_key(idempotency_key)
-            if existing is not None:
-                return existing
-        with _PreparedFile(source, endpoint=endpoint) as path:
-            uploaded = self.files.upload(path)
-        body["input_file_id"] = uploaded.id
+        return self.submit_chain(
+            source, endpoint=endpoint, completion_window=completion_window, metadata=metadata,
+            output_expires_after=output_expires_after, idempotency_key=idempotency_key, reattach=reattach,
+            fail_on=fail_on, fail_on_request_failures=fail_on_request_failures, since=since,
+        ).batch
+
+    def submit_chain(
+        self,
+        source: PathLike | Iterable[Mapping[str, Any]] | Source,
+        *,
+        endpoint: str,
+        completion_window: str = "24h",
+        metadata: Mapping[str, str] | None = None,
+        output_expires_after: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        reattach: bool = True,
+        fail_on: Iterable[BatchStatus | str] = DEFAULT_FAIL_ON,
+        fail_on_request_failures: bool = False,
+        since: float | None = None,
+    ) -> Submission:
+        """:meth:`submit`, returning the whole :class:`~batch_ops.Submission` (the chain, whether
+        this call created the attempt, how many requests it carries)."""
+        spec = _spec(endpoint=endpoint, completion_window=completion_window, metadata=metadata,
+                     output_expires_after=output_expires_after, idempotency_key=idempotency_key,
+                     reattach=reattach, fail_on=fail_on, fail_on_request_failures=fail_on_request_failures,
+                     since=since)
+        src = Source.of(source)
+        workdir = Path(tempfile.mkdtemp(prefix="batch_ops_submit_"))
         try:
-            return self._run(_plans.create_plan(body, key_may_exist=False, policy=self.retry_policy,
-                                                lookback=self.settings.idempotency_lookback))
-        except BaseException as exc:
-            _drop_orphan_upload(exc, lambda: self.files.delete(uploaded.id))
-            raise
+            return self._run(submit_plan(spec, src, workdir=workdir, policy=self.retry_policy,  # type: ignore[no-any-return]
+                                         lookback=self.settings.idempotency_lookback))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     def results(
-        self, batch: Batch | str, *, input_path: PathLike | None = None, workdir: PathLike | None = None
+        self,
+        batch: Batch | AttemptChain | Submission | str,
+        *,
+        input_path: PathLike | None = None,
+        workdir: PathLike | None = None,
     ) -> Iterator[ResultLine]:
         """Yield one :class:`ResultLine` per input request, in input order.
 
-        Output and error files are downloaded (streamed) into a temporary directory and joined
-        by ``custom_id``; a request found in neither is yielded with ``error.code ==
-        "missing_result"``. ``input_path`` (the local request file) saves downloading the input.
+        ``batch`` is one batch (or its id), or a chain of attempts (``client.batches.chain(key)``,
+        a ``Submission``): the output and error files of every batch are downloaded (streamed)
+        into a temporary directory and joined by ``custom_id``, the latest success winning. A
+        request found nowhere is yielded with ``error.code == "missing_result"``. The requests
+        are the first attempt's input file, or ``input_path`` (the local request file; saves a
+        download).
         """
         if isinstance(batch, str):
             batch = self.batches.retrieve(batch)
-        _check_terminal(batch)
+        chain = _as_chain(batch)
+        latest = chain.latest
+        if latest is None:
+            raise BatchOpsError(f"Key {chain.key!r} has no batch: nothing to read.")
+        _check_terminal(latest)
         tmp = Path(tempfile.mkdtemp(prefix="batch_ops_results_", dir=workdir))
         try:
-            out = self.files.download(batch.output_file_id, tmp / "output.jsonl") if batch.output_file_id else None
-            err = self.files.download(batch.error_file_id, tmp / "errors.jsonl") if batch.error_file_id else None
-            inp = Path(input_path) if input_path else self.files.download(batch.input_file_id, tmp / "input.jsonl")
-            yield from join_results(input_path=inp, output_path=out, error_path=err)
+            for file_id, path in _result_files(chain, tmp):
+                self.files.download(file_id, path)
+            first = chain.attempts[0].batch
+            inp = Path(input_path) if input_path else self.files.download(first.input_file_id, tmp / "input.jsonl")
+            yield from join_chain_results(input_path=inp, attempts=_chain_pairs(chain, tmp))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -426,15 +515,20 @@ class Batches:
         The batch is tagged with an idempotency key in ``metadata``. If a create may have
         reached the server but no answer came back, the list is searched for the key before
         sending again. Pass your own ``idempotency_key`` to make repeated calls (task retries)
-        return the batch created the first time.
+        go through the submission core, like :meth:`BatchClient.submit`: they attach to the
+        key's running attempt, return an accepted outcome, or make a new attempt after a failed,
+        expired or cancelled one, carrying only the requests still without a success.
         """
+        if idempotency_key is not None:  # the submission core: the key's chain, attach or a new attempt
+            return self._c.submit(Source(file_id=input_file_id), endpoint=endpoint,
+                                  completion_window=completion_window, metadata=metadata,
+                                  output_expires_after=output_expires_after, idempotency_key=idempotency_key)
         body = _plans.create_body(
             input_file_id=input_file_id, endpoint=endpoint, completion_window=completion_window,
             metadata=metadata, output_expires_after=output_expires_after,
-            idempotency_key=idempotency_key or _plans.new_idempotency_key(),
+            idempotency_key=_plans.new_idempotency_key(),
         )
-        return self._c._run(_plans.create_plan(body, key_may_exist=idempotency_key is not None,
-                                               policy=self._c.retry_policy,
+        return self._c._run(_plans.create_plan(body, key_may_exist=False, policy=self._c.retry_policy,  # type: ignore[no-any-return]
                                                lookback=self._c.settings.idempotency_lookback))
 
     def retrieve(self, batch_id: str) -> Batch:
@@ -463,9 +557,18 @@ class Batches:
             after = page.last_id
 
     def find_by_idempotency_key(self, key: str, *, since: float | None = None) -> Batch | None:
-        """The batch batch_ops created with this key, searching back to ``since`` (epoch s)."""
+        """The batch batch_ops created with this exact (attempt) key, searching back to ``since`` (epoch s)."""
         since = _plans.clock() - self._c.settings.idempotency_lookback if since is None else since
-        return self._c._run(_plans.find_by_key_plan(key, since=since, policy=self._c.retry_policy))
+        return self._c._run(_plans.find_by_key_plan(key, since=since, policy=self._c.retry_policy))  # type: ignore[no-any-return]
+
+    def chain(self, key: str, *, since: float | None = None) -> AttemptChain:
+        """Every attempt of ``key`` (``key``, ``key.1``, …), from the batch list alone.
+
+        Example:
+            >>> # chain = client.batches.chain("nightly-1"); chain.batch_ids, chain.latest.status
+        """
+        since = _plans.clock() - self._c.settings.idempotency_lookback if since is None else since
+        return self._c._run(find_chain_plan(key, since=since, policy=self._c.retry_policy))  # type: ignore[no-any-return]
 
     def wait(
         self,
@@ -592,21 +695,27 @@ class AsyncBatchClient(_Base):
         return client
 
     async def _run(self, plan: Any) -> Any:
-        try:
-            effect = next(plan)
-            while True:
-                result: Any = None
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                effect = plan.throw(error) if error is not None else plan.send(value)
+            except StopIteration as done:
+                return done.value
+            value, error = None, None
+            try:
                 if isinstance(effect, Send):
-                    result = await self._send_once(effect)
+                    value = await self._send_once(effect)
                 elif isinstance(effect, Sleep):
                     await _async_sleep(effect.seconds)
+                elif isinstance(effect, Work):
+                    value = await asyncio.to_thread(effect.fn)
                 elif isinstance(effect, Notify):
                     outcome = effect.callback(effect.batch)
                     if inspect.isawaitable(outcome):
                         await outcome
-                effect = plan.send(result)
-        except StopIteration as done:
-            return done.value
+            except Exception as exc:
+                error = exc
 
     async def _send_once(self, send: Send) -> Reply:
         prepared = self._prepare(send)
@@ -657,7 +766,7 @@ class AsyncBatchClient(_Base):
 
     async def submit(
         self,
-        source: PathLike | Iterable[Mapping[str, Any]],
+        source: PathLike | Iterable[Mapping[str, Any]] | Source,
         *,
         endpoint: str,
         completion_window: str = "24h",
@@ -665,50 +774,70 @@ class AsyncBatchClient(_Base):
         output_expires_after: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         reattach: bool = True,
+        fail_on: Iterable[BatchStatus | str] = DEFAULT_FAIL_ON,
+        fail_on_request_failures: bool = False,
+        since: float | None = None,
     ) -> Batch:
         """Validate, upload and create a batch; see :meth:`BatchClient.submit`."""
-        key = idempotency_key or _plans.new_idempotency_key()
-        body = _plans.create_body(
-            input_file_id="pending", endpoint=endpoint, completion_window=completion_window,
-            metadata=metadata, output_expires_after=output_expires_after, idempotency_key=key,
+        submission = await self.submit_chain(
+            source, endpoint=endpoint, completion_window=completion_window, metadata=metadata,
+            output_expires_after=output_expires_after, idempotency_key=idempotency_key, reattach=reattach,
+            fail_on=fail_on, fail_on_request_failures=fail_on_request_failures, since=since,
         )
-        if idempotency_key is not None and reattach:
-            existing = await self.batches.find_by_idempotency_key(idempotency_key)
-            if existing is not None:
-                return existing
-        prepared = _PreparedFile(source, endpoint=endpoint)
-        path = await asyncio.to_thread(prepared.__enter__)
+        return submission.batch
+
+    async def submit_chain(
+        self,
+        source: PathLike | Iterable[Mapping[str, Any]] | Source,
+        *,
+        endpoint: str,
+        completion_window: str = "24h",
+        metadata: Mapping[str, str] | None = None,
+        output_expires_after: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        reattach: bool = True,
+        fail_on: Iterable[BatchStatus | str] = DEFAULT_FAIL_ON,
+        fail_on_request_failures: bool = False,
+        since: float | None = None,
+    ) -> Submission:
+        """See :meth:`BatchClient.submit_chain`; file work runs in worker threads."""
+        spec = _spec(endpoint=endpoint, completion_window=completion_window, metadata=metadata,
+                     output_expires_after=output_expires_after, idempotency_key=idempotency_key,
+                     reattach=reattach, fail_on=fail_on, fail_on_request_failures=fail_on_request_failures,
+                     since=since)
+        src = Source.of(source)
+        workdir = Path(await asyncio.to_thread(tempfile.mkdtemp, "", "batch_ops_submit_"))
         try:
-            uploaded = await self.files.upload(path)
+            return await self._run(submit_plan(spec, src, workdir=workdir,  # type: ignore[no-any-return]
+                                               policy=self.retry_policy,
+                                               lookback=self.settings.idempotency_lookback))
         finally:
-            await asyncio.to_thread(prepared.__exit__, None, None, None)
-        body["input_file_id"] = uploaded.id
-        try:
-            return await self._run(_plans.create_plan(body, key_may_exist=False, policy=self.retry_policy,
-                                                      lookback=self.settings.idempotency_lookback))
-        except BaseException as exc:
-            await _adrop_orphan_upload(exc, lambda: self.files.delete(uploaded.id))
-            raise
+            await asyncio.to_thread(shutil.rmtree, workdir, True)
 
     async def results(
-        self, batch: Batch | str, *, input_path: PathLike | None = None, workdir: PathLike | None = None
+        self,
+        batch: Batch | AttemptChain | Submission | str,
+        *,
+        input_path: PathLike | None = None,
+        workdir: PathLike | None = None,
     ) -> AsyncIterator[ResultLine]:
         """Async version of :meth:`BatchClient.results`; file work happens in threads."""
         if isinstance(batch, str):
             batch = await self.batches.retrieve(batch)
-        _check_terminal(batch)
+        chain = _as_chain(batch)
+        latest = chain.latest
+        if latest is None:
+            raise BatchOpsError(f"Key {chain.key!r} has no batch: nothing to read.")
+        _check_terminal(latest)
         tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, "", "batch_ops_results_", workdir))
         try:
-            out = err = None
-            if batch.output_file_id:
-                out = await self.files.download(batch.output_file_id, tmp / "output.jsonl")
-            if batch.error_file_id:
-                err = await self.files.download(batch.error_file_id, tmp / "errors.jsonl")
+            for file_id, path in _result_files(chain, tmp):
+                await self.files.download(file_id, path)
             if input_path:
                 inp = Path(input_path)
             else:
-                inp = await self.files.download(batch.input_file_id, tmp / "input.jsonl")
-            joined = join_results(input_path=inp, output_path=out, error_path=err)
+                inp = await self.files.download(chain.attempts[0].batch.input_file_id, tmp / "input.jsonl")
+            joined = join_chain_results(input_path=inp, attempts=_chain_pairs(chain, tmp))
             while chunk := await asyncio.to_thread(lambda: list(itertools.islice(joined, 1000))):
                 for line in chunk:
                     yield line
@@ -776,12 +905,16 @@ class AsyncBatches:
         output_expires_after: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> Batch:
+        if idempotency_key is not None:  # the submission core: the key's chain, attach or a new attempt
+            return await self._c.submit(Source(file_id=input_file_id), endpoint=endpoint,
+                                        completion_window=completion_window, metadata=metadata,
+                                        output_expires_after=output_expires_after, idempotency_key=idempotency_key)
         body = _plans.create_body(
             input_file_id=input_file_id, endpoint=endpoint, completion_window=completion_window,
             metadata=metadata, output_expires_after=output_expires_after,
-            idempotency_key=idempotency_key or _plans.new_idempotency_key(),
+            idempotency_key=_plans.new_idempotency_key(),
         )
-        return await self._c._run(_plans.create_plan(body, key_may_exist=idempotency_key is not None,
+        return await self._c._run(_plans.create_plan(body, key_may_exist=False,  # type: ignore[no-any-return]
                                                      policy=self._c.retry_policy,
                                                      lookback=self._c.settings.idempotency_lookback))
 
@@ -811,7 +944,14 @@ class AsyncBatches:
 
     async def find_by_idempotency_key(self, key: str, *, since: float | None = None) -> Batch | None:
         since = _plans.clock() - self._c.settings.idempotency_lookback if since is None else since
-        return await self._c._run(_plans.find_by_key_plan(key, since=since, policy=self._c.retry_policy))
+        return await self._c._run(_plans.find_by_key_plan(key, since=since,  # type: ignore[no-any-return]
+                                                          policy=self._c.retry_policy))
+
+    async def chain(self, key: str, *, since: float | None = None) -> AttemptChain:
+        """Every attempt of ``key``; see :meth:`Batches.chain`."""
+        since = _plans.clock() - self._c.settings.idempotency_lookback if since is None else since
+        return await self._c._run(find_chain_plan(key, since=since,  # type: ignore[no-any-return]
+                                                  policy=self._c.retry_policy))
 
     async def wait(
         self,
@@ -839,57 +979,3 @@ def _existing(path: PathLike) -> Path:
     if not p.is_file():
         raise ConfigurationError(f"No such file to upload: {p} (check the path; it must be a local JSONL file)")
     return p
-
-
-class _PreparedFile:
-    """Yield a validated request file: the given path, or a temp file written from requests."""
-
-    def __init__(self, source: PathLike | Iterable[Mapping[str, Any]], *, endpoint: str) -> None:
-        self.source = source
-        self.endpoint = endpoint
-        self._tmp: Path | None = None
-
-    def __enter__(self) -> Path:
-        if isinstance(self.source, (str, os.PathLike)):
-            path = request_file(self.source)  # a missing file is bad input, not an OSError
-            validate_file(path, endpoint=self.endpoint)
-            return path
-        fd, name = tempfile.mkstemp(prefix="batch_ops_requests_", suffix=".jsonl")
-        os.close(fd)
-        self._tmp = Path(name)
-        try:
-            write_requests(self.source, self._tmp, endpoint=self.endpoint)
-        except BaseException:
-            self._tmp.unlink(missing_ok=True)
-            raise
-        return self._tmp
-
-    def __exit__(self, *exc: object) -> None:
-        if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
-
-
-def _is_permanent(exc: BaseException) -> bool:
-    from batch_ops.errors import APIStatusError, InputValidationError
-
-    if isinstance(exc, InputValidationError):
-        return True
-    return isinstance(exc, APIStatusError) and exc.status_code < 500 and exc.status_code not in (408, 409, 429)
-
-
-def _drop_orphan_upload(exc: BaseException, delete: Any) -> None:
-    # The server refused the create for good: the uploaded input would be an orphan.
-    # After a transient failure the batch may exist, so the file must stay.
-    if _is_permanent(exc):
-        try:
-            delete()
-        except Exception:  # best effort; the original error matters more
-            pass
-
-
-async def _adrop_orphan_upload(exc: BaseException, delete: Any) -> None:
-    if _is_permanent(exc):
-        try:
-            await delete()
-        except Exception:
-            pass

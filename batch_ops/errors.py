@@ -7,6 +7,7 @@ Every error raised by the core, the Airflow provider and the Prefect collection 
     ├── ConfigurationError            settings missing or wrong (no API key, bad base URL)
     ├── InputValidationError          bad request file or parameters, caught before any upload
     ├── ResultFileError               an output or error file has a line that is not a result
+    ├── AttemptsExhaustedError        a key made its last allowed attempt, and it was rejected too
     ├── APIError                      the API could not be used
     │   ├── APIConnectionError        no HTTP response (refused, reset, dropped)
     │   │   └── APITimeoutError       the request timed out
@@ -45,6 +46,7 @@ __all__ = [
     "APIError",
     "APIStatusError",
     "APITimeoutError",
+    "AttemptsExhaustedError",
     "AuthenticationError",
     "BadRequestError",
     "BatchCancelledError",
@@ -64,8 +66,24 @@ __all__ = [
     "RequestFailuresError",
     "ResultFileError",
     "UnprocessableEntityError",
+    "RETRYABLE_STATUSES",
+    "is_permanent",
+    "is_retryable_status",
     "status_error_class",
 ]
+
+#: HTTP statuses worth another try besides every 5xx: timeout, conflict, rate limit.
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+
+
+def is_retryable_status(status_code: int) -> bool:
+    """408, 409, 429 and every 5xx are worth another try; other 4xx are permanent.
+
+    Example:
+        >>> [is_retryable_status(s) for s in (400, 404, 409, 429, 503)]
+        [False, False, True, True, True]
+    """
+    return status_code in RETRYABLE_STATUSES or status_code >= 500
 
 
 def _restore(cls: type[BatchOpsError], args: tuple[Any, ...], state: dict[str, Any]) -> BatchOpsError:
@@ -145,6 +163,10 @@ class ResultFileError(BatchOpsError, ValueError):
         self.line = line
         where = f"{path}, line {line}" if line is not None else path
         super().__init__(f"{where}: {reason}")
+
+
+class AttemptsExhaustedError(BatchOpsError):
+    """Raised when a key made its last allowed attempt and that one was rejected too."""
 
 
 class APIError(BatchOpsError):
@@ -269,3 +291,19 @@ class BatchTimeoutError(BatchOutcomeError):
 
 class RequestFailuresError(BatchOutcomeError):
     """Raised when a batch completed but some of its requests failed, and the policy forbids it."""
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """True when doing the same thing again cannot succeed: the one answer to "retry this?".
+
+    Bad input and settings, a 4xx other than 408/409/429, a result file that is not one, and a
+    chain out of attempts are permanent. Network failures, 408/409/429/5xx, timeouts and batch
+    outcomes are not: a batch that failed or expired gets a new attempt when retried.
+
+    Example:
+        >>> is_permanent(InputValidationError([])), is_permanent(status_error_class(503)("x", status_code=503))
+        (True, False)
+    """
+    if isinstance(exc, (InputValidationError, ConfigurationError, ResultFileError, AttemptsExhaustedError)):
+        return True
+    return isinstance(exc, APIStatusError) and not is_retryable_status(exc.status_code)

@@ -1,4 +1,4 @@
-"""Write, validate and shard batch request files; stream-parse and join result files.
+"""Write, validate, shard and filter batch request files (result files: :mod:`batch_ops.results`).
 
 A batch input file holds one JSON request object per line. Every function here reads and
 writes line by line as bytes, so memory stays flat however large the file is (the one
@@ -45,10 +45,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from pydantic import ValidationError
-
-from batch_ops.errors import InputValidationError, Problem, ResultFileError
-from batch_ops.models import BATCH_ENDPOINTS, RequestLine, ResultError, ResultLine
+from batch_ops._files import atomic_write
+from batch_ops.errors import InputValidationError, Problem
+from batch_ops.models import BATCH_ENDPOINTS, RequestLine
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -58,9 +57,8 @@ __all__ = [
     "FileReport",
     "check_file",
     "embedding_input_count",
+    "filter_requests",
     "iter_request_lines",
-    "iter_result_lines",
-    "join_results",
     "request_file",
     "request_line",
     "shard_file",
@@ -964,183 +962,37 @@ def shard_file(
         raise
 
 
-# ---------------------------------------------------------------------------------------
-# Results
-# ---------------------------------------------------------------------------------------
-def _parse_result(raw: bytes, *, path: str, line: int) -> ResultLine:
-    try:
-        return ResultLine.model_validate_json(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0] if exc.error_count() else {"msg": str(exc), "loc": ()}
-        loc = ".".join(str(x) for x in first.get("loc", ()))
-        detail = f"{loc}: {first['msg']}" if loc else str(first["msg"])
-        raise ResultFileError(f"not a valid result line ({detail})", path=path, line=line) from exc
+def filter_requests(
+    path: str | os.PathLike[str], *, exclude: set[str], dest: str | os.PathLike[str]
+) -> int:
+    """Copy the request lines of ``path`` whose ``custom_id`` is not in ``exclude`` to ``dest``.
 
-
-def iter_result_lines(path: str | os.PathLike[str]) -> Iterator[ResultLine]:
-    """Stream-parse an output or error file into :class:`~batch_ops.models.ResultLine` objects.
-
-    Blank lines are skipped; results come in file order (which is not the input's order; see
-    :func:`join_results`).
-
-    Raises:
-        ResultFileError: A line is not a result object; the error names the file and line.
-
-    Example:
-        >>> import os, tempfile
-        >>> path = os.path.join(tempfile.mkdtemp(), "out.jsonl")
-        >>> _ = open(path, "w").write('{"custom_id": "a", "response": {"status_code": 200, "body": {}}}\\n\\n'
-        ...                           '{"custom_id": "b", "error": {"code": "batch_expired", "message": "x"}}\\n')
-        >>> [(r.custom_id, r.ok, r.error_code) for r in iter_result_lines(path)]
-        [('a', True, None), ('b', False, 'batch_expired')]
-    """
-    name = os.fspath(path)
-    with open(name, "rb") as f:
-        n = 0
-        for raw in f:
-            n += 1
-            if n == 1 and raw.startswith(_BOM):
-                raw = raw[3:]
-            if not raw.strip():
-                continue
-            yield _parse_result(raw, path=name, line=n)
-
-
-def _result_ok(obj: dict[str, Any]) -> bool:
-    if obj.get("error") is not None:
-        return False
-    response = obj.get("response")
-    if not isinstance(response, dict):
-        return False
-    status = response.get("status_code")
-    return isinstance(status, int) and 200 <= status < 300
-
-
-# An index entry: (file number: 0 output / 1 error, byte offset, line number, succeeded?).
-_Entry = tuple[int, int, int, bool]
-
-
-def _index_results(paths: list[str | None]) -> tuple[dict[str, _Entry], int, list[str]]:
-    index: dict[str, _Entry] = {}
-    duplicates = 0
-    examples: list[str] = []
-    for which, name in enumerate(paths):
-        if not name:
-            continue
-        with open(name, "rb") as f:
-            offset = 0
-            n = 0
-            for raw in f:
-                n += 1
-                start = offset
-                offset += len(raw)
-                if n == 1 and raw.startswith(_BOM):
-                    raw = raw[3:]
-                    start += 3
-                try:
-                    obj = json.loads(raw)
-                except ValueError as exc:
-                    if not raw.strip():
-                        continue
-                    raise ResultFileError(f"not valid JSON ({exc})", path=name, line=n) from exc
-                custom_id = obj.get("custom_id") if type(obj) is dict else None
-                if not isinstance(custom_id, str):
-                    raise ResultFileError("not a result object with a string custom_id", path=name, line=n)
-                entry = (which, start, n, _result_ok(obj))
-                prev = index.get(custom_id)
-                if prev is None:
-                    index[custom_id] = entry
-                    continue
-                duplicates += 1
-                if len(examples) < 5:
-                    examples.append(custom_id)
-                # Prefer a success, then the output file over the error file, then the first seen.
-                if (entry[3], entry[0] == 0) > (prev[3], prev[0] == 0):
-                    index[custom_id] = entry
-    return index, duplicates, examples
-
-
-def join_results(
-    *,
-    input_path: str | os.PathLike[str],
-    output_path: str | os.PathLike[str] | None,
-    error_path: str | os.PathLike[str] | None,
-) -> Iterator[ResultLine]:
-    """Yield one result per input request, in input order, joined by ``custom_id``.
-
-    One streaming pass over the output and error files builds an index ``custom_id`` ->
-    (file, byte offset); then each input request's result is read by seeking to it. Memory
-    holds the index, never the files.
-
-    - A request found in neither file yields a result with ``error.code == "missing_result"``.
-    - A ``custom_id`` present twice (in both files, or twice in one) yields once: the
-      successful line wins, then the output file's, then the first; a warning is logged.
-    - Results whose ``custom_id`` is not in the input are not yielded; a warning is logged.
-
-    Args:
-        input_path: The request file the batch ran.
-        output_path: The downloaded output file, or ``None`` (e.g. every request failed).
-        error_path: The downloaded error file, or ``None`` (a clean batch has none).
-
-    Raises:
-        ResultFileError: A line of the output or error file is not a result.
-        InputValidationError: A line of the input file is not a JSON object with a custom_id.
+    Lines are copied byte for byte (a request carried to a new attempt is the request the first
+    attempt was validated with). Returns how many lines ``dest`` holds; ``dest`` is written
+    whole or not at all.
 
     Example:
         >>> import os, tempfile
         >>> d = tempfile.mkdtemp()
-        >>> inp, out = os.path.join(d, "in.jsonl"), os.path.join(d, "out.jsonl")
-        >>> _ = write_requests([request_line(c, {"model": "m"}, endpoint="/v1/responses") for c in "abc"], inp)
-        >>> _ = open(out, "w").write('{"custom_id": "c", "response": {"status_code": 200, "body": 3}}\\n'
-        ...                          '{"custom_id": "a", "response": {"status_code": 200, "body": 1}}\\n')
-        >>> [(r.custom_id, r.body, r.error_code) for r in join_results(input_path=inp, output_path=out,
-        ...                                                             error_path=None)]
-        [('a', 1, None), ('b', None, 'missing_result'), ('c', 3, None)]
+        >>> src, dst = os.path.join(d, "in.jsonl"), os.path.join(d, "rest.jsonl")
+        >>> _ = write_requests([request_line(c, {"model": "m"}, endpoint="/v1/responses") for c in "abc"], src)
+        >>> filter_requests(src, exclude={"a", "c"}, dest=dst), [r["custom_id"] for _, r in iter_request_lines(dst)]
+        (1, ['b'])
     """
-    names = [os.fspath(output_path) if output_path else None, os.fspath(error_path) if error_path else None]
-    index, duplicates, examples = _index_results(names)
-    if duplicates:
-        _log.warning(
-            "%d result line(s) repeat a custom_id already seen (e.g. %s); one result per custom_id is kept, "
-            "a successful one first",
-            duplicates,
-            ", ".join(repr(x) for x in examples),
-        )
-    used: set[str] = set()
-    src = os.fspath(input_path)
-    with contextlib.ExitStack() as stack:
-        handles = [stack.enter_context(open(name, "rb")) if name else None for name in names]
-        for n, request in iter_request_lines(src):
-            custom_id = request.get("custom_id")
-            if not isinstance(custom_id, str):
-                raise InputValidationError(
-                    [
-                        Problem(
-                            rule="missing_custom_id",
-                            message=f"custom_id is {custom_id!r}, not a string",
-                            fix="results can only be joined to requests that have a custom_id",
-                            line=n,
-                        )
-                    ],
-                    source=src,
-                )
-            entry = index.get(custom_id)
-            if entry is None:
-                yield ResultLine(
-                    custom_id=custom_id,
-                    response=None,
-                    error=ResultError(
-                        code="missing_result",
-                        message=f"no result for custom_id {custom_id!r} (input line {n}) in the output or error file",
-                    ),
-                )
-                continue
-            used.add(custom_id)
-            which, offset, line, _ok = entry
-            handle = handles[which]
-            assert handle is not None
-            handle.seek(offset)
-            yield _parse_result(handle.readline(), path=names[which] or "", line=line)
-    extra = len(index) - len(used)
-    if extra:
-        _log.warning("%d result(s) have a custom_id that is not in %s; they were not yielded", extra, src)
+    kept = 0
+
+    def lines() -> Iterator[bytes]:
+        nonlocal kept
+        with open(os.fspath(path), "rb") as f:
+            for n, raw in enumerate(f, start=1):
+                line = raw[3:] if n == 1 and raw.startswith(_BOM) else raw
+                if not line.strip():
+                    continue
+                obj = _DECODER.decode(line.decode("utf-8"))
+                if isinstance(obj, dict) and obj.get("custom_id") in exclude:
+                    continue
+                kept += 1
+                yield line if line.endswith(b"\n") else line + b"\n"
+
+    atomic_write(dest, lines())
+    return kept

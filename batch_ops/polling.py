@@ -20,7 +20,7 @@ Example:
 from __future__ import annotations
 
 import random
-from collections.abc import Collection
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -81,7 +81,7 @@ class BatchPoller:
     jitter: float = 0.1
     rng: random.Random = field(default_factory=random.Random, repr=False)
     _interval: float = field(default=0.0, init=False, repr=False)
-    _last_seen: tuple[str, int, int] | None = field(default=None, init=False, repr=False)
+    _last_seen: Hashable | None = field(default=None, init=False, repr=False)
     _failures: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -116,9 +116,29 @@ class BatchPoller:
         self._failures = 0
         if batch.status.is_terminal:
             return PollDecision("done", 0.0, batch.status.value)
+        return self._wait_or_timeout(_progress(batch), describe(batch), now=now)
+
+    def decide_all(self, batches: Sequence[Batch], *, now: float) -> PollDecision:
+        """The verdict after one poll of several batches: ``done`` as soon as any of them ended.
+
+        Example:
+            >>> p = BatchPoller(poll_interval=10, jitter=0)
+            >>> p.start(now=0.0)
+            >>> b = Batch(id="b", endpoint="/v1/embeddings", input_file_id="f", status="in_progress", created_at=0)
+            >>> c = Batch(id="c", endpoint="/v1/embeddings", input_file_id="f", status="expired", created_at=0)
+            >>> p.decide_all([b, c], now=0.0).reason
+            'ended: c'
+        """
+        self._failures = 0
+        ended = [b.id for b in batches if b.status.is_terminal]
+        if ended:
+            return PollDecision("done", 0.0, "ended: " + ", ".join(ended))
+        seen = tuple(sorted((b.id, *_progress(b)) for b in batches))
+        return self._wait_or_timeout(seen, f"{len(batches)} batches running", now=now)
+
+    def _wait_or_timeout(self, seen: Hashable, reason: str, *, now: float) -> PollDecision:
         if self.deadline is not None and now >= self.deadline:
-            return PollDecision("timeout", 0.0, f"deadline passed while {describe(batch)}")
-        seen = (batch.status.value, batch.request_counts.completed, batch.request_counts.failed)
+            return PollDecision("timeout", 0.0, f"deadline passed while {reason}")
         if self._last_seen is not None and seen == self._last_seen:
             assert self.max_poll_interval is not None
             self._interval = min(self._interval * self.backoff, self.max_poll_interval)
@@ -126,7 +146,7 @@ class BatchPoller:
             self._interval = float(self.poll_interval)
         self._last_seen = seen
         delay = self._interval * (1 + self.rng.uniform(-self.jitter, self.jitter)) if self.jitter else self._interval
-        return PollDecision("wait", self._clip(delay, now=now), describe(batch))
+        return PollDecision("wait", self._clip(delay, now=now), reason)
 
     def failed(self, *, now: float, retryable: bool, error: str = "") -> PollDecision:
         """The verdict after a poll raised. Permanent errors should not reach here.
@@ -152,6 +172,10 @@ class BatchPoller:
         if self.deadline is not None:
             delay = min(delay, max(self.deadline - now, 0.0))
         return max(delay, 0.0)
+
+
+def _progress(batch: Batch) -> tuple[str, int, int]:
+    return (batch.status.value, batch.request_counts.completed, batch.request_counts.failed)
 
 
 def describe(batch: Batch) -> str:

@@ -35,7 +35,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from batch_ops.jsonl import DEFAULT_MAX_BYTES, join_results, validate_file, write_requests
+from batch_ops.jsonl import DEFAULT_MAX_BYTES, validate_file, write_requests
+from batch_ops.results import join_results
 
 ENDPOINT = "/v1/chat/completions"
 MODEL = "gpt-4o-mini"

@@ -12,8 +12,9 @@ import pytest
 from pydantic import ValidationError
 
 from batch_ops import Batch, BatchList, BatchStatus, ClientSettings, CreateBatchRequest, Usage, _plans
-from batch_ops._http import IDEMPOTENCY_METADATA_KEY, RetryPolicy, parse_retry_after
+from batch_ops._http import RetryPolicy, parse_retry_after
 from batch_ops._plans import Reply, Send, Sleep
+from batch_ops.chain import IDEMPOTENCY_METADATA_KEY
 from batch_ops.errors import (
     APIConnectionError,
     BadRequestError,

@@ -540,7 +540,7 @@ def test_jsonl_imports_only_stdlib_pydantic_and_core_contract() -> None:
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module)
     third_party = {m for m in imported if m.split(".")[0] not in _stdlib()}
-    assert third_party <= {"pydantic", "batch_ops.errors", "batch_ops.models"}, third_party
+    assert third_party <= {"pydantic", "batch_ops.errors", "batch_ops.models", "batch_ops._files"}, third_party
 
 
 def _stdlib() -> frozenset[str]:
@@ -552,4 +552,4 @@ def _stdlib() -> frozenset[str]:
 def test_public_names() -> None:
     for name in jsonl.__all__:
         assert getattr(jsonl, name) is not None
-    assert {"check_file", "validate_file", "write_requests", "shard_file", "join_results"} <= set(jsonl.__all__)
+    assert {"check_file", "validate_file", "write_requests", "shard_file", "filter_requests"} <= set(jsonl.__all__)

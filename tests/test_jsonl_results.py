@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from batch_ops.errors import InputValidationError, ResultFileError
-from batch_ops.jsonl import iter_result_lines, join_results, request_line, write_requests
+from batch_ops.jsonl import request_line, write_requests
+from batch_ops.results import iter_result_lines, join_results
 
 CHAT = "/v1/chat/completions"
 

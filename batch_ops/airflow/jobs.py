@@ -19,7 +19,6 @@ submitted again, and a batch whose create was interrupted is re-attached, not pa
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
@@ -28,13 +27,12 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from batch_ops._http import is_retryable_status
 from batch_ops.airflow.hooks import OpenAIBatchHook
-from batch_ops.airflow.triggers import _preload_transport, _settings_for
-from batch_ops.client import AsyncBatchClient
-from batch_ops.errors import APIError, APIStatusError, BatchOpsError, BatchTimeoutError, RequestFailuresError
+from batch_ops.airflow.triggers import shared_client
+from batch_ops.errors import BatchOpsError, BatchTimeoutError, RequestFailuresError, is_permanent
 from batch_ops.jobs import BatchJob, JobProgress
 from batch_ops.jsonl import DEFAULT_MAX_BYTES, DEFAULT_MAX_LINES
+from batch_ops.polling import BatchPoller
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -48,9 +46,11 @@ MAX_FAILED_POLLS = 5
 class OpenAIBatchJobTrigger(BaseTrigger):
     """Wait until any of ``batch_ids`` ends, ``wake_at`` passes, or ``deadline`` passes.
 
-    Polls every batch once per ``poll_interval`` through the shared async client of the
-    connection; never blocks the loop. Events: ``{"event": "progress", "terminal": [ids]}``,
-    ``{"event": "wake"}``, ``{"event": "timeout"}`` or ``{"event": "error", "message": ...}``.
+    Polls every batch once per round through the shared async client of the connection and
+    leaves every decision (interval, back-off while nothing changes, jitter, the bound on failed
+    polls, the deadline) to core's :class:`~batch_ops.BatchPoller`; never blocks the loop.
+    Events: ``{"event": "progress", "terminal": [ids]}``, ``{"event": "wake"}``,
+    ``{"event": "timeout"}`` or ``{"event": "error", "message": ...}``.
 
     Example:
         >>> t = OpenAIBatchJobTrigger(conn_id="openai_batch_default", batch_ids=["b1", "b2"],
@@ -75,42 +75,41 @@ class OpenAIBatchJobTrigger(BaseTrigger):
              "wake_at": self.wake_at, "deadline": self.deadline},
         )
 
-    def _sleep_for(self, now: float) -> float:
-        delay = self.poll_interval * random.uniform(0.9, 1.1)
-        for bound in (self.wake_at, self.deadline):
-            if bound is not None:
-                delay = min(delay, max(bound - now, 0.0))
-        return delay
+    def _poller(self) -> BatchPoller:
+        # Waking for a back-off and the job's deadline are both "stop waiting at": the earlier wins,
+        # and the event says which one it was.
+        bounds = [b for b in (self.wake_at, self.deadline) if b is not None]
+        return BatchPoller(poll_interval=self.poll_interval, deadline=min(bounds) if bounds else None,
+                           max_consecutive_failures=MAX_FAILED_POLLS)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        await _preload_transport()
-        client = AsyncBatchClient.shared(await _settings_for(self.conn_id))
-        failures = 0
+        try:
+            client = await shared_client(self.conn_id)
+        except Exception as exc:  # connection missing or unusable: nothing to retry here
+            yield TriggerEvent({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
+            return
+        poller = self._poller()
+        poller.start(now=time.time())
         # Spread the first poll: a restarted triggerer must not poll everything at once.
-        await asyncio.sleep(random.uniform(0, min(self.poll_interval, 5.0)))
+        await asyncio.sleep(poller.first_delay(now=time.time(), spread=min(self.poll_interval, 5.0)))
         while True:
-            now = time.time()
-            if self.deadline is not None and now >= self.deadline:
-                yield TriggerEvent({"event": "timeout"})
-                return
-            if self.wake_at is not None and now >= self.wake_at:
-                yield TriggerEvent({"event": "wake"})
-                return
             try:
                 batches = await asyncio.gather(*(client.batches.retrieve(b) for b in self.batch_ids))
-            except APIError as exc:
-                permanent = isinstance(exc, APIStatusError) and not is_retryable_status(exc.status_code)
-                failures += 1
-                if permanent or failures > MAX_FAILED_POLLS:
+            except BatchOpsError as exc:
+                decision = poller.failed(now=time.time(), retryable=not is_permanent(exc), error=str(exc))
+                if decision.action == "done":
                     yield TriggerEvent({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
                     return
             else:
-                failures = 0
-                ended = [b.id for b in batches if b.is_terminal]
-                if ended:
-                    yield TriggerEvent({"event": "progress", "terminal": ended})
+                decision = poller.decide_all(batches, now=time.time())
+                if decision.action == "done":
+                    yield TriggerEvent({"event": "progress", "terminal": [b.id for b in batches if b.is_terminal]})
                     return
-            await asyncio.sleep(self._sleep_for(time.time()))
+            if decision.action == "timeout":
+                ran_out = self.deadline is not None and time.time() >= self.deadline
+                yield TriggerEvent({"event": "timeout" if ran_out else "wake"})
+                return
+            await asyncio.sleep(decision.delay)
 
 
 class OpenAIBatchJobOperator(BaseOperator):

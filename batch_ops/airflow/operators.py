@@ -1,17 +1,21 @@
 """``OpenAIBatchOperator``: create a batch, wait for it without a worker slot, pass its files on.
 
-The operator checks its inputs before spending anything, creates the batch (or finds the one
-an earlier try of the same task instance created), pushes ``batch_id`` to XCom at once, and
-defers to :class:`~batch_ops.airflow.OpenAIBatchTrigger`. It returns (XCom ``return_value``)::
+The operator checks its inputs before spending anything, submits through core's submission
+core (the task instance's attempt chain is looked up first), pushes ``batch_id`` to XCom at
+once, and defers to :class:`~batch_ops.airflow.OpenAIBatchTrigger`. It returns (XCom
+``return_value``)::
 
-    {"batch_id", "status", "input_file_id", "output_file_id", "error_file_id", "request_counts", "usage"}
+    {"batch_id", "status", "input_file_id", "output_file_id", "error_file_id", "request_counts", "usage",
+     "batch_ids", "chain_request_counts", "chain_usage"}
 
-Re-attaching. Every batch is tagged with an idempotency key derived from
-(dag_id, task_id, run_id, map_index). A retry looks the key up and re-attaches to that batch
-instead of billing a second one, when the batch is still running or ended acceptably. A batch
-that ended in an outcome the failure policy rejects (``failed``: e.g. ``token_limit_exceeded``,
-"retry later") cannot succeed by waiting on it again, so the retry creates a new one, tagged
-with the next key of the task instance's chain (``<key>.1``, ``<key>.2``, ...).
+Retries. Every batch is tagged with the task instance's key, derived from (dag_id, task_id,
+run_id, map_index), and its attempt number: ``<key>``, ``<key>.1``, ... Any try, on any worker,
+finds the chain from the API alone. A retry re-attaches to a batch that is still running or
+ended acceptably. After an outcome the failure policy rejects (``failed``, ``expired``,
+``cancelled``, or request failures with ``fail_on_request_failures``) it creates the next
+attempt, carrying only the requests that have no successful result anywhere in the chain: a
+request that succeeded is never paid for again. Two tries at once (a zombie and its retry)
+collapse to one batch.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
 
@@ -32,37 +36,25 @@ try:
 except ImportError:  # Airflow 3.0 kept it in airflow.exceptions
     from airflow.exceptions import AirflowFailException  # type: ignore[no-redef]
 
+from batch_ops import OutcomePolicy, Source, is_permanent
 from batch_ops.airflow.hooks import OpenAIBatchHook
 from batch_ops.airflow.links import OpenAIBatchLink, batch_url
-from batch_ops.airflow.triggers import EVENT_KINDS, OpenAIBatchTrigger
+from batch_ops.airflow.outcome import XCOM_BATCH, XCOM_BATCH_ID, BatchOutcomeMixin
+from batch_ops.airflow.triggers import OpenAIBatchTrigger
 from batch_ops.client import BatchClient
-from batch_ops.errors import (
-    APIConnectionError,
-    APITimeoutError,
-    BatchOpsError,
-    BatchTimeoutError,
-    ConfigurationError,
-    InputValidationError,
-    status_error_class,
-)
-from batch_ops.models import Batch, BatchStatus
-from batch_ops.polling import DEFAULT_FAIL_ON, describe, outcome_error, raise_for_outcome
-from batch_ops.settings import ClientSettings
+from batch_ops.errors import BatchOpsError, BatchTimeoutError
+from batch_ops.models import BatchStatus
+from batch_ops.polling import DEFAULT_FAIL_ON, describe
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from batch_ops import Submission
+
 __all__ = ["XCOM_BATCH", "XCOM_BATCH_ID", "OpenAIBatchOperator", "idempotency_key"]
 
-#: XCom key holding the batch id from the moment the batch exists.
-XCOM_BATCH_ID = "batch_id"
-#: XCom key holding the result dict whatever the outcome: a failed, expired or cancelled task
-#: still hands its partial ``output_file_id`` to downstream tasks (``trigger_rule="all_done"``).
-XCOM_BATCH = "batch"
 #: Seconds of clock skew allowed between Airflow and the API when bounding the key lookup.
 _LOOKBACK_SKEW = 600.0
-#: A task instance may chain at most this many failed batches before giving up.
-_MAX_CHAIN = 50
 
 
 def idempotency_key(*, dag_id: str, task_id: str, run_id: str, map_index: int = -1) -> str:
@@ -79,10 +71,6 @@ def idempotency_key(*, dag_id: str, task_id: str, run_id: str, map_index: int = 
     return "af-" + hashlib.sha256(raw.encode()).hexdigest()[:40]
 
 
-def _chain_key(base: str, generation: int) -> str:
-    return base if generation == 0 else f"{base}.{generation}"
-
-
 def _seconds(value: timedelta | float | None) -> float | None:
     if value is None:
         return None
@@ -90,14 +78,6 @@ def _seconds(value: timedelta | float | None) -> float | None:
     if seconds <= 0:
         raise ValueError(f"timeout must be > 0 seconds or None, got {value!r}")
     return seconds
-
-
-def _fail_on(value: Collection[BatchStatus | str]) -> tuple[str, ...]:
-    statuses = tuple(sorted({BatchStatus.parse(s).value for s in value}))
-    not_terminal = [s for s in statuses if not BatchStatus(s).is_terminal]
-    if not_terminal:
-        raise ValueError(f"fail_on may only name terminal statuses (failed, expired, cancelled), got {not_terminal}")
-    return statuses
 
 
 def _native_numbers(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -116,115 +96,7 @@ def _literal(value: Any) -> Any:
     return literal(value)
 
 
-# ------------------------------------------------------------------------------------------
-# Shared by the operator and the sensor: events in, results or exceptions out.
-# ------------------------------------------------------------------------------------------
-
-
-def check_event(event: Any) -> dict[str, Any]:
-    """Return a trigger event we know how to handle, or raise naming what is wrong with it."""
-    if event is None:
-        raise BatchOpsError(
-            "The task resumed without a trigger event, so the batch's outcome is unknown; "
-            "clear the task to wait again."
-        )
-    if not isinstance(event, Mapping) or event.get("event") not in EVENT_KINDS or not event.get("batch_id"):
-        shown = repr(event)[:200]
-        raise BatchOpsError(f"Unknown trigger event {shown}; expected one from OpenAIBatchTrigger.")
-    if event["event"] == "terminal" and not isinstance(event.get("batch"), Mapping):
-        raise BatchOpsError(f"Trigger event for batch {event['batch_id']} has no batch object.")
-    return dict(event)
-
-
-def error_from_event(event: Mapping[str, Any]) -> BatchOpsError:
-    """The exception an ``error`` event stands for (the class the client would have raised)."""
-    message = str(event.get("message") or "polling failed")
-    status_code = event.get("status_code")
-    if isinstance(status_code, int):
-        return status_error_class(status_code)(message, status_code=status_code)
-    cls = _PLAIN_ERRORS.get(str(event.get("error_type")), BatchOpsError)
-    return cls(message)
-
-
-_PLAIN_ERRORS: dict[str, type[BatchOpsError]] = {
-    "APIConnectionError": APIConnectionError,
-    "APITimeoutError": APITimeoutError,
-    "ConfigurationError": ConfigurationError,
-}
-
-
-def event_batch(event: Mapping[str, Any]) -> Batch | None:
-    data = event.get("batch")
-    return Batch.model_validate(data) if isinstance(data, Mapping) else None
-
-
-class _BatchResultMixin:
-    """Finishing a wait, for operator and sensor: XCom, failure policy, timeout handling."""
-
-    conn_id: str
-    fail_on: tuple[str, ...]
-    fail_on_request_failures: bool
-    cancel_on_kill: bool
-    cancel_on_timeout: bool
-    _batch_id: str | None
-    log: Any
-
-    def on_kill(self) -> None:
-        """Cancel the batch when a running (not deferred) task is killed, if ``cancel_on_kill``.
-
-        A deferred task has no worker process: there the trigger's ``on_kill`` cancels.
-        """
-        if not (self.cancel_on_kill and self._batch_id):
-            return
-        try:
-            with OpenAIBatchHook(conn_id=self.conn_id).get_client() as client:
-                batch = client.batches.cancel(self._batch_id)
-            self.log.info("Task killed; cancelled batch %s (now %s)", self._batch_id, batch.status.value)
-        except Exception as exc:  # a kill must not fail on a cancel error
-            self.log.warning("Task killed; cancelling batch %s failed: %s", self._batch_id, exc)
-
-    def _finish(self, context: Context, batch: Batch) -> dict[str, Any]:
-        summary = batch.summary()
-        # Pushed before the policy may fail the task, so partial output is never lost.
-        context["ti"].xcom_push(key=XCOM_BATCH, value=summary)
-        self.log.info("Batch %s ended %s", batch.id, describe(batch))
-        raise_for_outcome(batch, fail_on=self.fail_on, fail_on_request_failures=self.fail_on_request_failures)
-        return summary
-
-    def _resume(self, context: Context, event: Any) -> dict[str, Any]:
-        payload = check_event(event)
-        self._batch_id = payload["batch_id"]
-        kind = payload["event"]
-        if kind == "terminal":
-            batch = event_batch(payload)
-            assert batch is not None  # check_event made sure
-            return self._finish(context, batch)
-        if kind == "timeout":
-            last = event_batch(payload)
-            if last is not None:
-                context["ti"].xcom_push(key=XCOM_BATCH, value=last.summary())
-            self._timed_out(context, payload["batch_id"], last=last, deadline=payload.get("deadline"))
-        raise error_from_event(payload)
-
-    def _timed_out(self, context: Context, batch_id: str, *, last: Batch | None, deadline: float | None) -> NoReturn:
-        note = "it keeps running on the server"
-        if self.cancel_on_timeout:
-            try:
-                with OpenAIBatchHook(conn_id=self.conn_id).get_client() as client:
-                    client.batches.cancel(batch_id)
-                note = "cancel requested (cancel_on_timeout=True); completed work stays in its output file"
-            except BatchOpsError as exc:
-                note = f"cancelling it failed ({exc})"
-        state = f" (last seen {describe(last)})" if last is not None else ""
-        raise BatchTimeoutError(
-            f"Timed out waiting for batch {batch_id}{state}; {note}.",
-            batch=last,
-            batch_id=batch_id,
-            deadline=deadline,
-        )
-
-
-class OpenAIBatchOperator(_BatchResultMixin, BaseOperator):
+class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
     """Run one OpenAI batch: create it, wait for a terminal status (deferred), return its files.
 
     Give exactly one input: ``input_file_id`` (already uploaded), ``input_path`` (a local
@@ -250,13 +122,15 @@ class OpenAIBatchOperator(_BatchResultMixin, BaseOperator):
             on the worker and, on Airflow >= 3.3, while deferred.
         cancel_on_timeout: cancel the batch when ``timeout`` passes (otherwise it keeps running
             and a retry re-attaches to it).
-        reattach: look for a batch an earlier try created before creating one (see module doc).
+        reattach: look the task instance's attempt chain up before creating (see module doc);
+            False makes every try a new, unrelated batch.
 
     Example:
         >>> op = OpenAIBatchOperator(task_id="embed", endpoint="/v1/embeddings",
         ...                          input_path="/data/{{ ds }}/requests.jsonl", poll_interval=60)
         >>> op.deferrable, op.fail_on
         (True, ('cancelled', 'expired', 'failed'))
+        >>> # retries=2: a retry after a failed or expired batch pays only for what did not succeed
         >>> # downstream: "{{ ti.xcom_pull(task_ids='embed')['output_file_id'] }}"
     """
 
@@ -325,8 +199,9 @@ class OpenAIBatchOperator(_BatchResultMixin, BaseOperator):
         self.max_poll_interval = max_poll_interval
         self.timeout = _seconds(timeout)
         self.wait_for_completion = wait_for_completion
-        self.fail_on = _fail_on(fail_on)
-        self.fail_on_request_failures = fail_on_request_failures
+        self.policy = OutcomePolicy.of(fail_on, fail_on_request_failures)
+        self.fail_on = self.policy.names
+        self.fail_on_request_failures = self.policy.fail_on_request_failures
         self.cancel_on_kill = cancel_on_kill
         self.cancel_on_timeout = cancel_on_timeout
         self.reattach = reattach
@@ -335,18 +210,19 @@ class OpenAIBatchOperator(_BatchResultMixin, BaseOperator):
 
     # -- execute ----------------------------------------------------------------------------
     def execute(self, context: Context) -> Any:
-        settings = self._settings(context)
+        settings = OpenAIBatchHook(conn_id=self.conn_id).get_settings()
         with BatchClient(settings=settings) as client:
-            batch = self._create_or_attach(client, context)
+            submission = self._submit(client, context)
+            chain, batch = submission.chain, submission.batch
             self._batch_id = batch.id
             self._batch_url = batch_url(settings, batch.id)
             context["ti"].xcom_push(key=XCOM_BATCH_ID, value=batch.id)
             # Now, not when the task ends: the link works while the task is deferred.
             context["ti"].xcom_push(key=OpenAIBatchLink().xcom_key, value=self._batch_url)
             if not self.wait_for_completion:
-                return batch.summary()
+                return chain.summary()
             if batch.is_terminal:
-                return self._finish(context, batch)
+                return self.finish(context, chain, satisfied=submission.satisfied)
             deadline = time.time() + self.timeout if self.timeout is not None else None
             if self.deferrable:
                 self.defer(
@@ -359,6 +235,7 @@ class OpenAIBatchOperator(_BatchResultMixin, BaseOperator):
                         cancel_on_kill=self.cancel_on_kill,
                     ),
                     method_name="execute_complete",
+                    kwargs={"chain": chain.to_json()},
                 )
             try:
                 batch = client.batches.wait(
@@ -370,72 +247,62 @@ class OpenAIBatchOperator(_BatchResultMixin, BaseOperator):
                 )
             except BatchTimeoutError as exc:
                 if exc.batch is not None:
-                    context["ti"].xcom_push(key=XCOM_BATCH, value=exc.batch.summary())
-                self._timed_out(context, batch.id, last=exc.batch, deadline=deadline)
-            return self._finish(context, batch)
+                    context["ti"].xcom_push(key=XCOM_BATCH, value=chain.with_batch(exc.batch).summary())
+                self.timed_out(batch.id, last=exc.batch, deadline=deadline)
+            return self.finish(context, chain.with_batch(batch))
 
-    def execute_complete(self, context: Context, event: Any = None) -> Any:
+    def execute_complete(self, context: Context, event: Any = None, chain: Mapping[str, Any] | None = None) -> Any:
         """Resume after the trigger fired: apply the failure policy and return the result dict."""
-        return self._resume(context, event)
+        return self.resume(context, event, chain)
 
     # -- helpers ----------------------------------------------------------------------------
-    def _settings(self, context: Context) -> ClientSettings:
-        settings = OpenAIBatchHook(conn_id=self.conn_id).get_settings()
+    def _key(self, context: Context) -> str | None:
+        if not self.reattach:
+            return None
+        ti = context["ti"]
+        return idempotency_key(dag_id=ti.dag_id, task_id=ti.task_id, run_id=ti.run_id,
+                               map_index=ti.map_index if ti.map_index is not None else -1)
+
+    def _since(self, context: Context) -> float | None:
+        # A batch of this task instance cannot predate its DAG run: bound the chain lookup (a scan of
+        # the batch list) to the run instead of the default week of history.
         started = getattr(context.get("dag_run"), "start_date", None)
-        if self.reattach and started is not None:
-            # A batch of this task instance cannot predate its DAG run: bound the key lookup
-            # (a scan of the batch list) to the run instead of the default week of history.
-            window = time.time() - started.timestamp() + _LOOKBACK_SKEW
-            settings = settings.model_copy(update={"idempotency_lookback": max(window, _LOOKBACK_SKEW)})
-        return settings
+        return started.timestamp() - _LOOKBACK_SKEW if started is not None else None
 
-    def _create_or_attach(self, client: BatchClient, context: Context) -> Batch:
-        key: str | None = None
-        if self.reattach:
-            ti = context["ti"]
-            base = idempotency_key(
-                dag_id=ti.dag_id, task_id=ti.task_id, run_id=ti.run_id,
-                map_index=ti.map_index if ti.map_index is not None else -1,
-            )
-            for generation in range(_MAX_CHAIN):
-                key = _chain_key(base, generation)
-                found = client.batches.find_by_idempotency_key(key)
-                if found is None:
-                    break
-                rejected = found.is_terminal and outcome_error(
-                    found, fail_on=self.fail_on, fail_on_request_failures=self.fail_on_request_failures
-                )
-                if not rejected:
-                    self.log.info("Re-attaching to batch %s (%s) created by an earlier try", found.id, describe(found))
-                    return found
-                self.log.warning(
-                    "Batch %s from an earlier try ended %s; creating a new batch", found.id, describe(found)
-                )
-            else:
-                raise BatchOpsError(f"{_MAX_CHAIN} batches of this task instance failed already; not creating more.")
-        return self._create(client, key)
+    def _source(self) -> Any:
+        if self.input_file_id is not None:
+            return Source(file_id=self.input_file_id)
+        if self.input_path is not None:
+            return Path(self.input_path)
+        requests = self.requests
+        if isinstance(requests, (str, bytes, Mapping)) or not isinstance(requests, Collection):
+            raise AirflowFailException(f"requests must be a list of request dicts, got {type(requests).__name__}")
+        return list(requests)
 
-    def _create(self, client: BatchClient, key: str | None) -> Batch:
-        options: dict[str, Any] = {
-            "endpoint": self.endpoint,
-            "completion_window": self.completion_window,
-            "metadata": self.metadata,
-            "output_expires_after": _native_numbers(self.output_expires_after),
-            "idempotency_key": key,
-        }
-        # reattach=False: _create_or_attach just looked the key up; submit need not scan again.
+    def _submit(self, client: BatchClient, context: Context) -> Submission:
         try:
-            if self.input_file_id is not None:
-                batch = client.batches.create(input_file_id=self.input_file_id, **options)
-            elif self.input_path is not None:
-                batch = client.submit(Path(self.input_path), **options, reattach=False)
-            else:
-                requests = self.requests
-                if isinstance(requests, (str, bytes, Mapping)) or not isinstance(requests, Collection):
-                    raise ValueError(f"requests must be a list of request dicts, got {type(requests).__name__}")
-                batch = client.submit(list(requests), **options, reattach=False)
-        except InputValidationError as exc:
-            # A bad file or parameter stays bad: fail now, without spending retries on it.
-            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
-        self.log.info("Created batch %s (%s)", batch.id, describe(batch))
-        return batch
+            submission = client.submit_chain(
+                self._source(),
+                endpoint=self.endpoint,
+                completion_window=self.completion_window,
+                metadata=self.metadata,
+                output_expires_after=_native_numbers(self.output_expires_after),
+                idempotency_key=self._key(context),
+                fail_on=self.policy.fail_on,
+                fail_on_request_failures=self.policy.fail_on_request_failures,
+                since=self._since(context),
+            )
+        except BatchOpsError as exc:
+            if is_permanent(exc):
+                # A bad file or parameter stays bad: fail now, without spending retries on it.
+                raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+            raise
+        batch, step = submission.batch, submission.step
+        if submission.created:
+            carried = f", carrying {submission.carried} requests" if submission.carried is not None else ""
+            self.log.info("Created batch %s (attempt %d%s; %s)", batch.id, step.number, carried, step.reason)
+        else:
+            self.log.info("Re-attaching to batch %s (%s): %s", batch.id, describe(batch), step.reason)
+        for cancelled in submission.cancelled:
+            self.log.warning("Cancelled batch %s: a concurrent try of this task created the same attempt", cancelled)
+        return submission

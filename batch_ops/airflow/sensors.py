@@ -17,9 +17,9 @@ try:
 except ImportError:  # Airflow 3.0 kept it in airflow.exceptions
     from airflow.exceptions import AirflowSkipException  # type: ignore[no-redef]
 
-from batch_ops._http import is_retryable_status
+from batch_ops import OutcomePolicy, is_permanent
 from batch_ops.airflow.hooks import OpenAIBatchHook
-from batch_ops.airflow.operators import _BatchResultMixin, _fail_on, check_event
+from batch_ops.airflow.outcome import BatchOutcomeMixin, chain_of, check_event
 from batch_ops.airflow.triggers import OpenAIBatchTrigger
 from batch_ops.errors import APIConnectionError, APIStatusError
 from batch_ops.models import BatchStatus
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["OpenAIBatchSensor"]
 
 
-class OpenAIBatchSensor(_BatchResultMixin, BaseSensorOperator):
+class OpenAIBatchSensor(BatchOutcomeMixin, BaseSensorOperator):
     """Wait until ``batch_id`` is terminal; return ``{"batch_id", "status", ..., "usage"}``.
 
     Args:
@@ -76,8 +76,9 @@ class OpenAIBatchSensor(_BatchResultMixin, BaseSensorOperator):
         self.conn_id = conn_id
         self.deferrable = deferrable
         self.max_poll_interval = max_poll_interval
-        self.fail_on = _fail_on(fail_on)
-        self.fail_on_request_failures = fail_on_request_failures
+        self.policy = OutcomePolicy.of(fail_on, fail_on_request_failures)
+        self.fail_on = self.policy.names
+        self.fail_on_request_failures = self.policy.fail_on_request_failures
         self.cancel_on_kill = cancel_on_kill
         self.cancel_on_timeout = cancel_on_timeout
         self._batch_id: str | None = None
@@ -110,7 +111,7 @@ class OpenAIBatchSensor(_BatchResultMixin, BaseSensorOperator):
             with OpenAIBatchHook(conn_id=self.conn_id).get_client() as client:
                 batch = client.batches.retrieve(self.batch_id)
         except (APIConnectionError, APIStatusError) as exc:
-            if isinstance(exc, APIStatusError) and not is_retryable_status(exc.status_code):
+            if is_permanent(exc):
                 raise  # no such batch, wrong key: waiting will not help
             decision = self._poller.failed(now=time.time(), retryable=True, error=str(exc))
             if decision.action == "done":
@@ -120,11 +121,11 @@ class OpenAIBatchSensor(_BatchResultMixin, BaseSensorOperator):
         if not batch.is_terminal:
             self.log.info("Batch %s: %s", batch.id, describe(batch))
             return False
-        return PokeReturnValue(is_done=True, xcom_value=self._finish(context, batch))
+        return PokeReturnValue(is_done=True, xcom_value=self.finish(context, chain_of(batch, None)))
 
     def execute_complete(self, context: Context, event: Any = None) -> Any:
         """Resume after the trigger fired; a timeout skips the task when ``soft_fail``."""
         payload = check_event(event)
         if payload["event"] == "timeout" and self.soft_fail:
             raise AirflowSkipException(f"{payload['message']} (soft_fail=True)")
-        return self._resume(context, payload)
+        return self.resume(context, payload)

@@ -25,14 +25,21 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from batch_ops._http import is_retryable_status
 from batch_ops.client import AsyncBatchClient
-from batch_ops.errors import APIStatusError, BatchOpsError, BatchTimeoutError
+from batch_ops.errors import APIStatusError, BatchOpsError, BatchTimeoutError, is_permanent
 from batch_ops.models import Batch
 from batch_ops.polling import BatchPoller, describe
 from batch_ops.settings import ClientSettings
 
-__all__ = ["EVENT_KINDS", "OpenAIBatchTrigger", "batch_event", "error_event", "timeout_event"]
+__all__ = [
+    "EVENT_KINDS",
+    "OpenAIBatchTrigger",
+    "batch_event",
+    "connection_settings",
+    "error_event",
+    "shared_client",
+    "timeout_event",
+]
 
 #: The values of an event's ``event`` key.
 EVENT_KINDS = frozenset({"terminal", "timeout", "error"})
@@ -160,7 +167,7 @@ _Lookup = tuple[float, "asyncio.Future[ClientSettings]"]
 _settings_cache: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Lookup]] = weakref.WeakKeyDictionary()
 
 
-async def _settings_for(conn_id: str) -> ClientSettings:
+async def connection_settings(conn_id: str) -> ClientSettings:
     """The connection's client settings, looked up once for all triggers starting together.
 
     A restarted triggerer starts a thousand triggers within one poll interval; one lookup per
@@ -178,6 +185,19 @@ async def _settings_for(conn_id: str) -> ClientSettings:
         future = asyncio.ensure_future(OpenAIBatchHook(conn_id=conn_id).aget_settings())
         entry = cache[conn_id] = (now, future)
     return await asyncio.shield(entry[1])
+
+
+async def shared_client(conn_id: str) -> AsyncBatchClient:
+    """The pooled async client of a connection in this triggerer's event loop (shared by all triggers).
+
+    The connection lookup is shared by triggers starting together, the transport is imported off the
+    loop, and the first call freezes the import-time heap (see ``_freeze_import_heap``).
+    """
+    settings = await connection_settings(conn_id)
+    await _preload_transport()
+    client = AsyncBatchClient.shared(settings)
+    _freeze_import_heap()
+    return client
 
 
 def _seconds(value: timedelta | float | None) -> float | None:
@@ -260,11 +280,7 @@ class OpenAIBatchTrigger(BaseTrigger):
         )
 
     async def _client(self) -> AsyncBatchClient:
-        settings = await _settings_for(self.conn_id)
-        await _preload_transport()
-        client = AsyncBatchClient.shared(settings)
-        _freeze_import_heap()
-        return client
+        return await shared_client(self.conn_id)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         # Spread the first poll (and the connection lookup before it) over one interval.
@@ -290,8 +306,7 @@ class OpenAIBatchTrigger(BaseTrigger):
         except BatchOpsError as exc:
             # Permanent 4xx at once; transient failures only after the poller's bound; anything
             # else core refuses (an answer that is not a batch) ends the wait with its reason.
-            permanent = isinstance(exc, APIStatusError) and not is_retryable_status(exc.status_code)
-            kind = "permanent" if permanent else "repeated"
+            kind = "permanent" if is_permanent(exc) else "repeated"
             self.log.warning("Stopped polling batch %s (%s error): %s", self.batch_id, kind, exc)
             yield TriggerEvent(error_event(self.batch_id, exc))
             return

@@ -25,7 +25,7 @@ from typing import Any
 from batch_ops.evals.dataset import DEFAULT_MODEL, load_eval_set, write_request_file
 from batch_ops.evals.report import check_regression, previous_score, write_report
 from batch_ops.evals.scoring import score_results
-from batch_ops.jsonl import join_results
+from batch_ops.results import join_results
 
 __all__ = ["DEFAULT_MAX_DROP", "prepare_requests", "run_dir", "score_and_report"]
 

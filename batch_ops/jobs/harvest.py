@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from batch_ops._files import atomic_write
-from batch_ops.jsonl import iter_request_lines, join_results
+from batch_ops.jsonl import iter_request_lines
 from batch_ops.models import ResultLine
+from batch_ops.results import join_results
 
 __all__ = [
     "RETRYABLE_CODES",

@@ -6,9 +6,12 @@ resubmits retryable failures for up to ``max_rounds`` more rounds, backs off and
 parts refused with ``token_limit_exceeded``, and finally merges one result per request, in
 input order, each carrying its provenance.
 
-Money safety: a part's idempotency key is written to the state file *before* its batch is
-created, so a job killed mid-submit re-attaches to that batch when resumed instead of paying
-for a second one; a finished part is never submitted again.
+Money safety: every batch is created through the submission core (``client.submit`` with the
+part's idempotency key). A part's key is written to the state file *before* its first batch is
+created, so a job killed mid-submit re-attaches to that batch (or reuses its upload) when resumed
+instead of paying for a second one; a part refused with ``token_limit_exceeded`` is submitted
+again under the same key, as the next attempt of its chain; a finished part is never submitted
+again.
 
 :meth:`BatchJob.advance_plan` is the one implementation of a step, written as a generator of
 client calls; ``advance`` / ``run`` drive it with :class:`~batch_ops.BatchClient`,
@@ -38,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batch_ops.errors import APIConnectionError, APIStatusError, BatchOpsError, ConfigurationError
+from batch_ops.errors import APIConnectionError, APIStatusError, BatchOpsError, ConfigurationError, is_permanent
 from batch_ops.jobs.harvest import UsageTotals, harvest_part, merge, synthesize_failures
 from batch_ops.jobs.state import JobState, PartState, load_state, save_state, state_path_for, work_dir_for
 from batch_ops.jsonl import DEFAULT_MAX_BYTES, DEFAULT_MAX_LINES, check_file, shard_file, validate_file
@@ -48,6 +51,8 @@ __all__ = ["BatchJob", "Call", "JobProgress", "JobSummary"]
 
 #: Longest wait between token-limit resubmissions of one part (the wait doubles per refusal).
 TOKEN_LIMIT_BACKOFF_MAX = 3600.0
+#: Seconds of clock skew allowed between us and the API when looking a part's key up.
+_LOOKBACK_SKEW = 600.0
 
 _clock: Callable[[], float] = time.time
 
@@ -177,7 +182,7 @@ class BatchJob:
             try:
                 batch: Batch = yield Call("batches.retrieve", {"batch_id": part.batch_id})
             except (APIConnectionError, APIStatusError) as exc:
-                if isinstance(exc, APIStatusError) and exc.status_code < 500 and exc.status_code not in (408, 409, 429):
+                if is_permanent(exc):
                     raise
                 continue  # transient: look again next step
             if batch.status.is_terminal:
@@ -185,24 +190,30 @@ class BatchJob:
         now = _clock()
         for part in state.active():
             if part.status == "submitting":  # a submit interrupted by a crash: re-attach or create
-                yield from self._submit(part, reattach=True)
+                yield from self._submit(part)
         for part in state.pending(now=now):
             if len(state.active()) >= self.max_concurrent:
                 break
-            yield from self._submit(part, reattach=False)
+            yield from self._submit(part)
         running = [p.batch_id for p in state.parts if p.status == "running" and p.batch_id]
         pending = sum(1 for p in state.parts if p.status == "pending")
         return JobProgress(running=running, pending=pending, done=state.done, wake_at=state.next_wake())
 
-    def _submit(self, part: PartState, *, reattach: bool) -> Generator[Call, Any, None]:
-        if not reattach:
-            part.key = f"{self.state.job_id}-{part.name}-s{part.submits}"
+    def _submit(self, part: PartState) -> Generator[Call, Any, None]:
+        # A key never used before needs no lookup: it is on disk before its first create, so a
+        # crash leaves the part "submitting" and the resumed job looks the key's chain up. A part
+        # sent again after token_limit_exceeded keeps its key: the core makes the next attempt.
+        fresh = part.key is None
+        if fresh:
+            part.key = f"{self.state.job_id}-{part.name}"
+        if part.status != "submitting":
             part.status = "submitting"
             save_state(self.state, self.state_path)  # the key is on disk before any create
         metadata = {**self.state.metadata, "batch_ops_job": self.state.job_id, "batch_ops_part": part.name}
         batch: Batch = yield Call("submit", {
             "source": part.path, "endpoint": self.state.endpoint, "metadata": metadata,
-            "idempotency_key": part.key, "reattach": reattach,
+            "idempotency_key": part.key, "reattach": not fresh,
+            "since": self.state.created_at - _LOOKBACK_SKEW,
         })
         part.batch_id = batch.id
         part.status = "running"
@@ -217,7 +228,7 @@ class BatchJob:
         if batch.status is BatchStatus.FAILED and any(e.code == "token_limit_exceeded" for e in errors):
             # Refused before running: nothing was billed. Wait, then submit the same part anew.
             delay = min(state.token_limit_backoff * 2 ** max(part.submits - 1, 0), TOKEN_LIMIT_BACKOFF_MAX)
-            part.status, part.batch_id, part.key = "pending", None, None
+            part.status, part.batch_id = "pending", None  # the key stays: the next try is its next attempt
             part.not_before = _clock() + delay
             state.token_limit_resubmits += 1
             save_state(state, self.state_path)

@@ -25,6 +25,7 @@ from batch_ops.prefect.tasks import (
     cancel_batch,
     create_batch,
     download_batch_file,
+    submit_batch,
     upload_batch_file,
     wait_for_batch,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "download_batch_file",
     "run_batch",
     "run_batch_job",
+    "submit_batch",
     "upload_batch_file",
     "wait_for_batch",
 ]

@@ -1,8 +1,16 @@
 """The ``run_batch`` flow, and the hook that cancels a flow run's batches when the run is cancelled.
 
-``run_batch`` validates and uploads the requests, creates the batch, waits for it without
-holding a thread, and returns a :class:`~batch_ops.prefect.tasks.BatchResult`. Await many at
-once from an async flow; each is its own flow run, with its own artifacts and events.
+``run_batch`` submits the requests through core's submission core (validate, find the key's
+attempt chain, upload, create at most once), waits without holding a thread, and returns a
+:class:`~batch_ops.prefect.tasks.BatchResult`. Await many at once from an async flow; each is
+its own flow run, with its own artifacts and events.
+
+Keys. A ``run_batch`` flow run keys its work on what survives a retry: its own flow run id when
+it runs alone (a deployment of it, retried), and, as a subflow, the parent flow run's id and the
+work itself (endpoint, requests or path, metadata, window) — Prefect makes *new* subflow runs
+when a parent run is retried, and they must find the batches of the old ones. Two calls with
+identical work in one parent run therefore share a batch; pass ``idempotency_key`` to separate
+them (or to carry the guarantee across parent runs).
 
 Flow-run cancellation. Prefect cancels a flow run of a deployment by killing its process and
 then running the flow's ``on_cancellation`` hooks, usually in the worker's or ``serve``
@@ -16,31 +24,31 @@ Add it to your own flows that use the tasks: ``@flow(on_cancellation=[cancel_flo
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
 from prefect import Flow, flow
 from prefect.client.schemas.objects import FlowRun
 from prefect.context import FlowRunContext
-from prefect.logging import get_run_logger
 from prefect.logging.loggers import flow_run_logger
 from prefect.states import State
 
+from batch_ops import OutcomePolicy
 from batch_ops.client import AsyncBatchClient
 from batch_ops.errors import InputValidationError, Problem
 from batch_ops.models import Batch, BatchStatus
-from batch_ops.polling import DEFAULT_FAIL_ON
 from batch_ops.prefect.credentials import OpenAIBatchCredentials, resolve_settings
 from batch_ops.prefect.tasks import (
     DEFAULT_WAIT_TIMEOUT,
     FLOW_RUN_METADATA_KEY,
     BatchResult,
-    create_batch,
     settings_used_by,
-    upload_batch_file,
+    submit_batch,
     wait_for_batch,
 )
 from batch_ops.settings import ClientSettings
@@ -137,12 +145,24 @@ async def cancel_flow_run_batches(flow: Flow[Any, Any], flow_run: FlowRun, state
             logger.error("Could not list the batches of flow run %s on %s: %s", run_id, settings.base_url, exc)
 
 
-def _flow_idempotency_key() -> str | None:
-    # One batch per run_batch flow run: the run id alone is stable over task *and* flow-run retries.
+def _work_digest(work: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(work, sort_keys=True, default=str).encode()).hexdigest()
+
+
+async def flow_idempotency_key(work: Mapping[str, Any]) -> str | None:
+    """The key of the running ``run_batch`` flow run (see the module docstring), or None outside one."""
     ctx = FlowRunContext.get()
     if ctx is None or ctx.flow_run is None:
         return None
-    return f"prefect-{ctx.flow_run.id}-run-batch"
+    run = ctx.flow_run
+    if run.parent_task_run_id is None:
+        return f"prefect-{run.id}-run-batch"
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        parent = await client.read_task_run(run.parent_task_run_id)
+    raw = f"{parent.flow_run_id}|{_work_digest(work)}"
+    return "prefect-sub-" + hashlib.sha256(raw.encode()).hexdigest()[:40]
 
 
 @flow(name="run-batch", on_cancellation=[cancel_flow_run_batches])
@@ -159,13 +179,16 @@ async def run_batch(
     fail_on_request_failures: bool = False,
     completion_window: str = "24h",
     output_expires_after: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
 ) -> BatchResult:
     """Run one batch end to end: validate, upload, create, wait; return its :class:`BatchResult`.
 
-    Invalid requests fail the flow before anything is uploaded. A retried flow run finds the
-    batch its first attempt created (no second bill). Cancelling the flow run cancels the
-    batch. At the end a table artifact summarises the batch and the event
-    ``batch_ops.batch.<status>`` (resource ``openai.batch.<id>``) is emitted.
+    Invalid requests fail the flow before anything is uploaded. A retried flow run (and a retried
+    parent flow run) finds the batch its first attempt created: no second bill. After a batch the
+    policy rejects (``fail_on``, ``fail_on_request_failures``) the flow fails; retried, it creates
+    the next attempt, carrying only the requests with no success yet (``retries=`` on the flow).
+    Cancelling the flow run cancels the batch. At the end a table artifact summarises the batch
+    and the event ``batch_ops.batch.<status>`` (resource ``openai.batch.<id>``) is emitted.
 
     Args:
         input_path: a JSONL request file; or give ``requests`` instead.
@@ -180,11 +203,12 @@ async def run_batch(
         fail_on_request_failures: also fail when a completed batch has failed requests.
         completion_window: only ``"24h"`` exists.
         output_expires_after: ``{"anchor": "created_at", "seconds": N}`` for the result files.
+        idempotency_key: names the work; default: derived (see the module docstring).
 
     Example:
         ```python
         result = await run_batch(input_path="requests.jsonl", endpoint="/v1/chat/completions")
-        print(result.status, result.output_file_id)
+        print(result.status, result.output_file_id, result.batch_ids)
         ```
     """
     if (input_path is None) == (requests is None):
@@ -192,36 +216,40 @@ async def run_batch(
             [Problem(rule="invalid_argument", message="run_batch needs exactly one of input_path and requests",
                      fix="pass input_path='requests.jsonl' or requests=[{...}, ...]", param="input_path")]
         )
-    source: str | os.PathLike[str] | list[dict[str, Any]] = input_path if input_path is not None else requests or []
-    file_id = await upload_batch_file(source, endpoint=endpoint, credentials=credentials)
-    created = await create_batch(
-        file_id,
+    policy = OutcomePolicy.of(fail_on, fail_on_request_failures)  # checked before anything is sent
+    source: str | os.PathLike[str] | list[dict[str, Any]] = (
+        os.fspath(input_path) if input_path is not None else requests or []
+    )
+    work = {"endpoint": endpoint, "input_path": None if input_path is None else os.fspath(input_path),
+            "requests": requests, "metadata": metadata, "completion_window": completion_window,
+            "output_expires_after": output_expires_after}
+    key = idempotency_key or await flow_idempotency_key(work)
+    submitted = await submit_batch(
+        source,
         endpoint=endpoint,
         credentials=credentials,
         metadata=metadata,
         completion_window=completion_window,
         output_expires_after=output_expires_after,
-        idempotency_key=_flow_idempotency_key(),
+        idempotency_key=key,
+        fail_on=policy.fail_on,
+        fail_on_request_failures=policy.fail_on_request_failures,
     )
-    if created.input_file_id != file_id:
-        await _drop_unused_upload(file_id, credentials)
-    return await wait_for_batch(
-        created.batch_id,
-        credentials=credentials,
-        poll_interval=poll_interval,
-        timeout=timeout,
-        fail_on=DEFAULT_FAIL_ON if fail_on is None else fail_on,
-        fail_on_request_failures=fail_on_request_failures,
-    )
+    # The policy is applied below, to the chain's latest batch, so the wait accepts every outcome.
+    await wait_for_batch(submitted.batch_id, credentials=credentials, poll_interval=poll_interval, timeout=timeout,
+                         fail_on=[])
+    client = AsyncBatchClient.shared(resolve_settings(credentials))
+    chain = await client.batches.chain(key) if key is not None else None
+    if chain is None or chain.latest is None or chain.latest.id != submitted.batch_id:
+        # No key (outside a flow run), or a list that does not show the batch yet: a chain of one.
+        from batch_ops.chain import Attempt, AttemptChain
 
-
-async def _drop_unused_upload(file_id: str, credentials: OpenAIBatchCredentials | None) -> None:
-    # A retry of this flow run found the batch its first attempt created, so the file uploaded just
-    # now is unused. Deleting it is tidiness, not correctness: a failure is only logged.
-    logger = get_run_logger()
-    try:
-        await AsyncBatchClient.shared(resolve_settings(credentials)).files.delete(file_id)
-        logger.info("The batch was created by an earlier attempt of this flow run; deleted the new upload %s",
-                    file_id)
-    except Exception as exc:
-        logger.warning("Could not delete the unused upload %s: %s", file_id, exc)
+        chain = AttemptChain(key or submitted.batch_id,
+                             (Attempt(0, await client.batches.retrieve(submitted.batch_id)),))
+    # The submit returns a terminal batch the policy rejects only when every request of the chain
+    # already has a success (nothing left to retry): that chain is accepted.
+    satisfied = submitted.status.is_terminal
+    rejection = None if satisfied else policy.rejection(chain.latest)
+    if rejection is not None:
+        raise rejection
+    return BatchResult.from_chain(chain)

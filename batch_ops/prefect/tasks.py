@@ -1,4 +1,4 @@
-"""Prefect tasks for the Batch API: upload, create, wait, download, cancel.
+"""Prefect tasks for the Batch API: submit, upload, create, wait, download, cancel.
 
 Every task is ``async``: in an async flow, await them, and run many at once with
 ``asyncio.gather`` — a thousand waits share one event loop and one pooled HTTP client per
@@ -7,8 +7,11 @@ credentials (``AsyncBatchClient.shared``), and none holds a thread while the bat
 use ``.submit()`` or ``.map()`` and ``.result()``, which run them on the flow's task runner.
 
 The tasks loop around the core and decide nothing themselves: polling, back-off, deadlines,
-retries and input validation are ``batch_ops``'s, so the Airflow provider and these tasks behave
-alike. No task result, log line, artifact or event carries the API key.
+retries, attempt chains and input validation are ``batch_ops``'s, so the Airflow provider and
+these tasks behave alike. ``submit_batch`` (and ``create_batch``) pay through core's submission
+core: a retried task, or a retried flow run, finds the batch its earlier try created; after a
+failed or expired one it makes the next attempt, carrying only the requests without a success.
+No task result, log line, artifact or event carries the API key.
 
 Example:
     ```python
@@ -27,6 +30,8 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 import tempfile
 import threading
@@ -42,7 +47,8 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_logger, get_run_logger
 from pydantic import BaseModel, ConfigDict
 
-from batch_ops._http import IDEMPOTENCY_METADATA_KEY
+from batch_ops import AttemptChain, Source, Submission
+from batch_ops.chain import IDEMPOTENCY_METADATA_KEY, summary_of
 from batch_ops.client import AsyncBatchClient
 from batch_ops.errors import BatchTimeoutError, InputValidationError, Problem
 from batch_ops.jsonl import request_file, validate_file, write_requests
@@ -61,6 +67,7 @@ __all__ = [
     "create_batch",
     "download_batch_file",
     "settings_used_by",
+    "submit_batch",
     "task_idempotency_key",
     "upload_batch_file",
     "wait_for_batch",
@@ -78,15 +85,16 @@ PathLike = str | os.PathLike[str]
 class BatchResult(BaseModel):
     """What the batch tasks and ``run_batch`` return: ids, status, counts and usage.
 
-    The same fields as the Airflow operator's XCom (``Batch.summary()``); ``model_dump()``
-    gives that dict.
+    The same fields as the Airflow operator's XCom; ``model_dump()`` gives that dict. The first
+    seven describe the latest attempt; ``batch_ids`` lists every attempt of the key, oldest
+    first, and ``chain_request_counts`` / ``chain_usage`` cover them all.
 
     Example:
         >>> from batch_ops.models import Batch
         >>> r = BatchResult.from_batch(Batch(id="batch_1", endpoint="/v1/embeddings", input_file_id="file-in",
         ...     status="completed", output_file_id="file-out", created_at=0))
-        >>> r.status.value, r.output_file_id, r.request_counts.total
-        ('completed', 'file-out', 0)
+        >>> r.status.value, r.output_file_id, r.request_counts.total, r.batch_ids
+        ('completed', 'file-out', 0, ['batch_1'])
     """
 
     model_config = ConfigDict(frozen=True)
@@ -98,10 +106,17 @@ class BatchResult(BaseModel):
     error_file_id: str | None = None
     request_counts: RequestCounts
     usage: Usage | None = None
+    batch_ids: list[str] = []
+    chain_request_counts: RequestCounts | None = None
+    chain_usage: Usage | None = None
 
     @classmethod
     def from_batch(cls, batch: Batch) -> BatchResult:
-        return cls.model_validate(batch.summary())
+        return cls.model_validate(summary_of(batch))
+
+    @classmethod
+    def from_chain(cls, chain: AttemptChain) -> BatchResult:
+        return cls.model_validate(chain.summary())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,16 +146,20 @@ def _flow_run_id() -> str | None:
 
 
 def task_idempotency_key() -> str | None:
-    """The idempotency key of the running task: flow run id + task run id, or None outside a task.
+    """The idempotency key of the running task, or None outside a task.
 
-    The task run id stays the same over the task's retries, so a retried ``create_batch``
-    finds the batch its earlier attempt created instead of billing a second one.
+    Derived from what a retry keeps: the flow run id and the task's place in it (its task key and
+    dynamic key, which Prefect numbers in call order, again from 0 when the flow run is retried).
+    So a retried task, and the same call in a retried flow run, find the batch the earlier try
+    created instead of billing a second one. Calls made concurrently may be numbered in another
+    order on a retry: pass ``idempotency_key`` yourself there.
     """
     task_ctx = TaskRunContext.get()
     if task_ctx is None:
         return None
     run = task_ctx.task_run
-    return f"prefect-{run.flow_run_id or 'none'}-{run.id}"
+    raw = json.dumps([str(run.flow_run_id), run.task_key, str(run.dynamic_key)])
+    return "prefect-" + hashlib.sha256(raw.encode()).hexdigest()[:40]
 
 
 def _tag_metadata(metadata: Mapping[str, str] | None, flow_run_id: str | None) -> dict[str, str]:
@@ -248,6 +267,81 @@ async def upload_batch_file(
     return uploaded.id
 
 
+async def _submit(
+    source: Source | PathLike | Iterable[Mapping[str, Any]],
+    *,
+    endpoint: str,
+    credentials: OpenAIBatchCredentials | None,
+    metadata: Mapping[str, str] | None,
+    completion_window: str,
+    output_expires_after: Mapping[str, Any] | None,
+    idempotency_key: str | None,
+    fail_on: Collection[BatchStatus | str],
+    fail_on_request_failures: bool,
+) -> Submission:
+    """Drive core's submission core with the run's key and tags; log what it did."""
+    settings = resolve_settings(credentials)
+    client = AsyncBatchClient.shared(settings)
+    flow_run_id = _flow_run_id()
+    tagged = _tag_metadata(metadata, flow_run_id)
+    if flow_run_id is not None:
+        _remember_settings(flow_run_id, settings)
+    submission = await client.submit_chain(
+        source, endpoint=endpoint, completion_window=completion_window, metadata=tagged,
+        output_expires_after=output_expires_after, idempotency_key=idempotency_key or task_idempotency_key(),
+        fail_on=fail_on, fail_on_request_failures=fail_on_request_failures,
+    )
+    batch, step, logger = submission.batch, submission.step, _logger()
+    if submission.created:
+        carried = f", carrying {submission.carried} requests" if submission.carried is not None else ""
+        logger.info("Created batch %s (attempt %d%s; %s)", batch.id, step.number, carried, step.reason)
+    else:
+        logger.info("Batch %s of an earlier try is %s: %s", batch.id, describe(batch), step.reason)
+    for cancelled in submission.cancelled:
+        logger.warning("Cancelled batch %s: a concurrent try created the same attempt", cancelled)
+    return submission
+
+
+@task(name="submit_batch", cache_policy=NO_CACHE)
+async def submit_batch(
+    source: PathLike | Iterable[Mapping[str, Any]],
+    *,
+    endpoint: str,
+    credentials: OpenAIBatchCredentials | None = None,
+    metadata: Mapping[str, str] | None = None,
+    completion_window: str = "24h",
+    output_expires_after: Mapping[str, Any] | None = None,
+    idempotency_key: str | None = None,
+    fail_on: Collection[BatchStatus | str] = DEFAULT_FAIL_ON,
+    fail_on_request_failures: bool = False,
+) -> BatchResult:
+    """Validate, upload and create a batch, at most once per key; safe to retry.
+
+    The key's attempt chain is looked up before anything is uploaded: a batch an earlier try
+    created is returned if it is running or ended acceptably; after an outcome ``fail_on`` /
+    ``fail_on_request_failures`` reject, the next attempt carries only the requests without a
+    success anywhere in the chain. Nothing is uploaded when a line is invalid.
+
+    Args:
+        source: a JSONL request file, or request dicts (``url``/``method`` may be left out).
+        endpoint: the batch endpoint, e.g. ``/v1/chat/completions``.
+        metadata: up to 14 string pairs of your own (batch_ops adds two of the API's 16).
+        idempotency_key: names the work; default: derived from the flow run and this task's
+            place in it (see :func:`task_idempotency_key`).
+        fail_on, fail_on_request_failures: outcomes that call for a new attempt on a retry.
+
+    Example:
+        ```python
+        batch = await submit_batch("requests.jsonl", endpoint="/v1/chat/completions", idempotency_key="nightly-1")
+        ```
+    """
+    submission = await _submit(source, endpoint=endpoint, credentials=credentials, metadata=metadata,
+                               completion_window=completion_window, output_expires_after=output_expires_after,
+                               idempotency_key=idempotency_key, fail_on=fail_on,
+                               fail_on_request_failures=fail_on_request_failures)
+    return BatchResult.from_chain(submission.chain)
+
+
 @task(name="create_batch", cache_policy=NO_CACHE)
 async def create_batch(
     input_file_id: str,
@@ -261,10 +355,10 @@ async def create_batch(
 ) -> BatchResult:
     """Create a batch from an uploaded file; safe to retry.
 
-    The batch's ``metadata`` carries an idempotency key (by default the flow run id and this
-    task run's id, stable over task retries) and the flow run id. A retried task finds the
-    batch its earlier attempt created and returns it instead of billing a second one; pass
-    your own ``idempotency_key`` to carry that guarantee across flow-run retries too.
+    The batch's ``metadata`` carries an idempotency key (by default derived from the flow run
+    and this task's place in it, stable over task and flow-run retries) and the flow run id. A
+    retried task finds the batch its earlier attempt created instead of billing a second one;
+    after a failed or expired batch it creates the next attempt (see :func:`submit_batch`).
 
     Args:
         input_file_id: the id ``upload_batch_file`` returned.
@@ -279,23 +373,11 @@ async def create_batch(
         batch = await create_batch(file_id, endpoint="/v1/chat/completions", metadata={"run": "nightly"})
         ```
     """
-    settings = resolve_settings(credentials)
-    client = AsyncBatchClient.shared(settings)
-    flow_run_id = _flow_run_id()
-    key = idempotency_key or task_idempotency_key()
-    tagged = _tag_metadata(metadata, flow_run_id)
-    if flow_run_id is not None:
-        _remember_settings(flow_run_id, settings)
-    batch = await client.batches.create(
-        input_file_id=input_file_id,
-        endpoint=endpoint,
-        completion_window=completion_window,
-        metadata=tagged,
-        output_expires_after=output_expires_after,
-        idempotency_key=key,
-    )
-    _logger().info("Batch %s is %s (input file %s)", batch.id, batch.status.value, batch.input_file_id)
-    return BatchResult.from_batch(batch)
+    submission = await _submit(Source(file_id=input_file_id), endpoint=endpoint, credentials=credentials,
+                               metadata=metadata, completion_window=completion_window,
+                               output_expires_after=output_expires_after, idempotency_key=idempotency_key,
+                               fail_on=DEFAULT_FAIL_ON, fail_on_request_failures=False)
+    return BatchResult.from_chain(submission.chain)
 
 
 @task(name="wait_for_batch", cache_policy=NO_CACHE)

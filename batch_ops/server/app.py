@@ -238,6 +238,9 @@ class _Api:
         found = self.store.get_file(input_file_id)
         if found is None:
             raise _ApiError(f"No such File object: {input_file_id}", param="input_file_id", status=404)
+        if self.options.create_failures and self.store.take_fault("create_failures", self.options.create_failures):
+            raise _ApiError("The server is overloaded (injected by --create-failures); nothing was created.",
+                            code="server_overloaded", status=503)
         if found["purpose"] != "batch":
             raise _ApiError(
                 f"File {input_file_id} has purpose {found['purpose']!r}; a batch input file must be uploaded with "

@@ -57,6 +57,8 @@ class ServerOptions:
         retry_after: seconds advertised by 429 answers (``Retry-After`` rounded up, ``retry-after-ms`` exact).
         fail_requests: share of batch requests written to the error file as a retryable ``server_error``.
         token_limit_failures: the first N batches created in this data dir fail with ``token_limit_exceeded``.
+        create_failures: the first N batch creates of this data dir are answered 503 and create nothing
+            (drills: a try that uploaded its input and died before its create landed).
         expire_after: completion window in seconds instead of 24 h (the batch then ends ``expired``).
         cancel_delay: seconds a cancelled batch stays ``cancelling``.
         seed: makes the fault choices and the output order repeatable.
@@ -91,6 +93,7 @@ class ServerOptions:
     retry_after: float = 0.2
     fail_requests: float = 0.0
     token_limit_failures: int = 0
+    create_failures: int = 0
     expire_after: float | None = None
     cancel_delay: float = 0.2
     seed: int | None = None
@@ -122,8 +125,8 @@ class ServerOptions:
             raise ValueError("expire_after must be positive seconds")
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        if self.token_limit_failures < 0 or self.upstream_retries < 0:
-            raise ValueError("token_limit_failures and upstream_retries must not be negative")
+        if min(self.token_limit_failures, self.create_failures, self.upstream_retries) < 0:
+            raise ValueError("token_limit_failures, create_failures and upstream_retries must not be negative")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} is outside 0..65535")
 
@@ -220,6 +223,8 @@ def build_parser(prog: str = "batch-ops serve") -> argparse.ArgumentParser:
         "--fail-requests", type=_share, metavar="RATE", help="share of batch requests failed with server_error"
     )
     flt.add_argument("--token-limit-failures", type=int, metavar="N", help="first N batches fail token_limit_exceeded")
+    flt.add_argument("--create-failures", type=int, metavar="N",
+                     help="answer the first N batch creates 503, creating nothing")
     flt.add_argument("--expire-after", type=float, metavar="S", help="completion window of S seconds instead of 24h")
     flt.add_argument("--cancel-delay", type=float, metavar="S", help="how long a batch stays cancelling (default 0.2)")
     flt.add_argument("--seed", type=int, help="make fault choices and output order repeatable")

@@ -422,15 +422,18 @@ class Store:
 
     def take_token_limit_failure(self, limit: int) -> bool:
         """True for each of the first ``limit`` calls over the life of this data dir."""
+        return self.take_fault("token_limit_failures", limit)
+
+    def take_fault(self, name: str, limit: int) -> bool:
+        """True for each of the first ``limit`` calls with this fault ``name`` over the life of this data dir."""
         with self._lock, self._db:
-            row = self._db.execute("SELECT value FROM meta WHERE key = 'token_limit_failures'").fetchone()
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (name,)).fetchone()
             used = row["value"] if row is not None else 0
             if used >= limit:
                 return False
             self._db.execute(
-                "INSERT INTO meta (key, value) VALUES ('token_limit_failures', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (used + 1,),
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (name, used + 1),
             )
         return True
 

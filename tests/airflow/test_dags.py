@@ -15,7 +15,8 @@ from typing import Any
 from batch_ops.airflow.operators import idempotency_key
 
 CHAT = "/v1/chat/completions"
-RESULT_KEYS = {"batch_id", "status", "input_file_id", "output_file_id", "error_file_id", "request_counts", "usage"}
+RESULT_KEYS = {"batch_id", "status", "input_file_id", "output_file_id", "error_file_id", "request_counts", "usage",
+               "batch_ids", "chain_request_counts", "chain_usage"}
 
 
 def task_batches(client: Any, dr: Any, task_id: str = "batch", map_index: int = -1) -> list[Any]:

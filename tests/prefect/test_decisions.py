@@ -88,7 +88,9 @@ def test_batch_result_is_the_summary_contract_and_frozen() -> None:
               usage={"input_tokens": 3, "output_tokens": 2, "total_tokens": 5})
     result = BatchResult.from_batch(b)
 
-    assert result.model_dump(mode="json") == b.summary()
+    assert result.model_dump(mode="json") == {**b.summary(), "batch_ids": [b.id],
+                                              "chain_request_counts": b.summary()["request_counts"],
+                                              "chain_usage": b.summary()["usage"]}
     assert result.status is BatchStatus.COMPLETED and result.error_file_id is None
     with pytest.raises(ValidationError):
         result.status = BatchStatus.FAILED  # type: ignore[misc]

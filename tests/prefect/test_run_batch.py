@@ -35,7 +35,8 @@ from batch_ops.prefect import (
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 ENDPOINT = "/v1/chat/completions"
-FIELDS = {"batch_id", "status", "input_file_id", "output_file_id", "error_file_id", "request_counts", "usage"}
+FIELDS = {"batch_id", "status", "input_file_id", "output_file_id", "error_file_id", "request_counts", "usage",
+          "batch_ids", "chain_request_counts", "chain_usage"}
 
 
 def creds(url: str, secret: str) -> OpenAIBatchCredentials:

@@ -1,0 +1,450 @@
+"""The submission core: the one plan by which every path pays for a batch, at most once.
+
+``client.submit``, ``client.batches.create`` with a key, the Airflow operators and their retries,
+the Prefect tasks and flows and their retries, job parts and the CLI all drive
+:func:`submit_plan`:
+
+1. **validate** the batch parameters and the key (pure; nothing has been sent yet);
+2. **find the key's attempt chain** from the batch list alone (:mod:`batch_ops.chain`);
+3. **attach** to a running attempt, stop at an accepted outcome, or go on to make attempt ``n``;
+4. **prepare the input**: validate the file (or write the requests), and for ``n > 0`` keep only
+   the requests with no success anywhere in the chain (read from the earlier output files);
+5. **upload** it under a name derived from the attempt key and the content, or reuse the
+   upload an interrupted try left behind (found by that name);
+6. **create** at most once (lost answers are looked up, never blindly re-sent: ``create_plan``);
+7. **reconcile**: look the attempt key up again; when a concurrent try created the same attempt,
+   the later batch (by ``created_at``, then id) cancels itself and its caller attaches to the
+   earlier one.
+
+Like every plan, it yields effects and performs no I/O of its own; the clients drive it.
+
+Example:
+    >>> upload_filename("af-123.1", "9f86d081884c7d65")
+    'batch_ops-4d93ab99de3c7dc0-9f86d081884c7d65.jsonl'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Generator, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from batch_ops import _plans
+from batch_ops._http import RetryPolicy
+from batch_ops._plans import Send, Sleep, Work, create_body, create_plan, list_params, send_with_retries
+from batch_ops.chain import (
+    IDEMPOTENCY_METADATA_KEY,
+    MAX_ATTEMPTS,
+    AttemptChain,
+    ChainStep,
+    OutcomePolicy,
+    attempt_key,
+    attempt_number,
+    check_idempotency_key,
+    next_step,
+)
+from batch_ops.errors import APIStatusError, BatchOpsError, InputValidationError, Problem, is_permanent
+from batch_ops.jsonl import filter_requests, request_file, validate_file, write_requests
+from batch_ops.models import Batch, BatchList, FileList, FileObject
+from batch_ops.results import successful_ids
+
+__all__ = [
+    "SETTLE_MARGIN",
+    "Source",
+    "SubmitSpec",
+    "Submission",
+    "find_chain_plan",
+    "submit_plan",
+    "upload_filename",
+]
+
+#: Seconds past the end of our batch's ``created_at`` second before the second reconcile look.
+#: Two creates in the same second are ordered by id, so a try that looked before a concurrent
+#: create landed must look again once no batch can still be created in that second.
+SETTLE_MARGIN = 0.25
+#: How far before the oldest attempt a chain scan goes on looking (clock skew, slow creates).
+_SCAN_SKEW = 600.0
+_CHUNK = 1 << 20
+
+PathLike = str | os.PathLike[str]
+SubmitPlan = Generator["Send | Sleep | Work", Any, "Submission"]
+
+
+# ---------------------------------------------------------------------------------------------
+# what is submitted
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubmitSpec:
+    """Everything a submit needs besides the input. ``since`` bounds the chain lookup (epoch s).
+
+    ``reattach=False`` promises the key was never used (a job writes a part's key to disk before
+    its first create): the chain lookup, upload reuse and reconcile are skipped. Lost create
+    answers are still looked up before any re-send.
+    """
+
+    endpoint: str
+    completion_window: str = "24h"
+    metadata: Mapping[str, str] | None = None
+    output_expires_after: Mapping[str, Any] | None = None
+    idempotency_key: str | None = None
+    reattach: bool = True
+    policy: OutcomePolicy = field(default_factory=OutcomePolicy)
+    since: float | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    """The input of a submit: a local request file, request dicts, or an uploaded file's id.
+
+    Example:
+        >>> Source.of("requests.jsonl").path, Source.of([{"custom_id": "a"}]).requests is not None
+        (PosixPath('requests.jsonl'), True)
+        >>> Source.of(123)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        batch_ops.errors.InputValidationError: batch parameters: 1 problem:
+          source: invalid_source: the source is a int ...
+    """
+
+    path: Path | None = None
+    requests: Iterable[Mapping[str, Any]] | None = None
+    file_id: str | None = None
+
+    @classmethod
+    def of(cls, source: Any) -> Source:
+        if isinstance(source, Source):
+            return source
+        if isinstance(source, (str, os.PathLike)):
+            if isinstance(source, str) and not source.strip():
+                raise _bad_source("the source is an empty path")
+            return cls(path=Path(source))
+        if isinstance(source, (bytes, Mapping)) or not isinstance(source, Iterable):
+            raise _bad_source(f"the source is a {type(source).__name__}")
+        return cls(requests=source)
+
+
+def _bad_source(message: str) -> InputValidationError:
+    return InputValidationError(
+        [Problem(rule="invalid_source", param="source", message=message,
+                 fix="pass a JSONL request file's path, or a list of request dicts")],
+        source="batch parameters",
+    )
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What a submit found or made.
+
+    ``batch`` (the chain's latest attempt) is the one to wait for, or the final one.
+    ``created``: this call created it. ``carried``: requests the new attempt carries.
+    ``satisfied``: every request already has a success in the chain (nothing left to pay for).
+    ``cancelled``: batches this call cancelled (duplicates of a concurrent try, its own included).
+    """
+
+    chain: AttemptChain
+    step: ChainStep
+    created: bool = False
+    carried: int | None = None
+    reused_upload: bool = False
+    satisfied: bool = False
+    cancelled: tuple[str, ...] = ()
+
+    @property
+    def batch(self) -> Batch:
+        latest = self.chain.latest
+        assert latest is not None, "a submission always holds a batch"
+        return latest
+
+
+# ---------------------------------------------------------------------------------------------
+# file work (run through Work effects: in a thread by the async client)
+# ---------------------------------------------------------------------------------------------
+
+
+def upload_filename(attempt: str, digest: str) -> str:
+    """The name an attempt's input is uploaded under: the attempt key's hash and the content's.
+
+    A try that died between upload and create left this file behind; the next try finds it by
+    name and size and creates from it instead of uploading again.
+    """
+    key_hash = hashlib.sha256(attempt.encode()).hexdigest()[:16]
+    return f"batch_ops-{key_hash}-{digest[:16]}.jsonl"
+
+
+def _sha256(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+@dataclass(frozen=True)
+class _Input:
+    path: Path | None
+    lines: int | None
+
+
+def _prepare(source: Source, endpoint: str, workdir: Path) -> _Input:
+    """Validate a request file, or write request dicts to a validated file in ``workdir``."""
+    if source.path is not None:
+        path = request_file(source.path)  # a missing file is bad input, naming the fix
+        return _Input(path, validate_file(path, endpoint=endpoint).lines)
+    if source.requests is not None:
+        path = workdir / "requests.jsonl"
+        return _Input(path, write_requests(source.requests, path, endpoint=endpoint).lines)
+    return _Input(None, None)
+
+
+def _remaining(full: Path, done: set[str], dest: Path) -> int:
+    return filter_requests(full, exclude=done, dest=dest)
+
+
+# ---------------------------------------------------------------------------------------------
+# lookups
+# ---------------------------------------------------------------------------------------------
+
+
+def _scan_plan(
+    *, since: float, keep: Callable[[Batch], bool], policy: RetryPolicy, stop_before: Callable[[], float] | None = None
+) -> Generator[Send | Sleep, Any, list[Batch]]:
+    """Newest-first scan of the batch list back to ``since``, keeping what ``keep`` accepts."""
+    found: list[Batch] = []
+    after: str | None = None
+    while True:
+        reply = yield from send_with_retries(Send("GET", "/batches", params=list_params(limit=100, after=after)),
+                                             policy=policy)
+        page = BatchList.model_validate_json(reply.body)
+        found.extend(b for b in page.data if keep(b))
+        if not page.has_more or not page.data or not page.last_id:
+            return found
+        bound = max(since, stop_before()) if stop_before is not None else since
+        if min(b.created_at for b in page.data) < bound:
+            return found
+        after = page.last_id
+
+
+def _key_of(batch: Batch) -> str | None:
+    return (batch.metadata or {}).get(IDEMPOTENCY_METADATA_KEY)
+
+
+def find_chain_plan(key: str, *, since: float, policy: RetryPolicy) -> Generator[Send | Sleep, Any, AttemptChain]:
+    """The key's attempt chain, from the batch list (one scan, back to ``since``).
+
+    Attempts are created in order, so once attempt 0 is seen nothing older can belong to the key:
+    the scan stops a little before it instead of going back to ``since``.
+    """
+    oldest: list[int] = []
+
+    def keep(batch: Batch) -> bool:
+        number = attempt_number(_key_of(batch), key)
+        if number == 0:
+            oldest.append(batch.created_at)
+        return number is not None
+
+    def stop_before() -> float:
+        return min(oldest) - _SCAN_SKEW if oldest else float("-inf")
+
+    batches = yield from _scan_plan(since=since, keep=keep, policy=policy, stop_before=stop_before)
+    return AttemptChain.from_batches(key, batches)
+
+
+def _find_upload_plan(
+    filename: str, *, size: int, since: float, policy: RetryPolicy
+) -> Generator[Send | Sleep, Any, FileObject | None]:
+    """An upload of this attempt's exact input left by an interrupted try, if the list shows one."""
+    after: str | None = None
+    while True:
+        params: dict[str, Any] = {"purpose": "batch", "order": "desc", "limit": 100}
+        if after:
+            params["after"] = after
+        try:
+            reply = yield from send_with_retries(Send("GET", "/files", params=params), policy=policy)
+        except APIStatusError as exc:
+            if is_permanent(exc):  # a server that cannot list files this way: just upload
+                return None
+            raise
+        page = FileList.model_validate_json(reply.body)
+        for f in page.data:
+            if f.filename == filename and f.bytes == size and (f.status or "processed") not in ("error", "deleted"):
+                return f
+        if not page.has_more or not page.data or not page.last_id:
+            return None
+        if min((f.created_at or 0) for f in page.data) < since:
+            return None
+        after = page.last_id
+
+
+def _successes_plan(
+    chain: AttemptChain, *, workdir: Path, policy: RetryPolicy
+) -> Generator[Send | Sleep | Work, Any, set[str]]:
+    """The custom_ids with a success in any batch of the chain (duplicates included)."""
+    paths: list[Path] = []
+    for batch in chain.batches:
+        if batch.output_file_id:
+            target = workdir / f"{batch.id}.output.jsonl"
+            yield from send_with_retries(Send("GET", f"/files/{batch.output_file_id}/content", sink=target),
+                                         policy=policy)
+            paths.append(target)
+    done: set[str] = yield Work(partial(successful_ids, paths))
+    return done
+
+
+def _cancel_plan(batches: Iterable[Batch], *, policy: RetryPolicy) -> Generator[Send | Sleep, Any, list[Batch]]:
+    cancelled = []
+    for batch in batches:
+        reply = yield from send_with_retries(Send("POST", f"/batches/{batch.id}/cancel"), policy=policy)
+        cancelled.append(Batch.model_validate_json(reply.body))
+    return cancelled
+
+
+def _order(batch: Batch) -> tuple[int, str]:
+    return (batch.created_at, batch.id)
+
+
+def _reconcile_plan(
+    attempt: str, ours: Batch, *, since: float, policy: RetryPolicy
+) -> Generator[Send | Sleep, Any, tuple[Batch, list[Batch]]]:
+    """Collapse concurrent creates of one attempt: the earliest batch stays, the others cancel.
+
+    Returns ``(the batch to use, batches cancelled here)``. The order is ``(created_at, id)``, the
+    same for every try. A try that sees an earlier batch cancels its own at once. But a create
+    that lands after our look, in the same ``created_at`` second, may still come first by id; so
+    every try looks again once no batch can be created in its own second any more, and uses the
+    earliest batch it sees then (the winner's second is never later than ours).
+    """
+    def same(batch: Batch) -> bool:
+        return _key_of(batch) == attempt
+
+    looked_at = _plans.clock()
+    rivals = yield from _scan_plan(since=since, keep=same, policy=policy)
+    cancelled: list[Batch] = []
+    if min([ours, *rivals], key=_order).id != ours.id:
+        cancelled = yield from _cancel_plan([ours], policy=policy)
+    settle_at = ours.created_at + 1 + SETTLE_MARGIN
+    if looked_at < settle_at:
+        yield Sleep(max(0.0, settle_at - _plans.clock()))
+        rivals = yield from _scan_plan(since=since, keep=same, policy=policy)
+    winner = min([ours, *rivals], key=_order)
+    if winner.id != ours.id and not cancelled:
+        cancelled = yield from _cancel_plan([ours], policy=policy)
+    return winner, cancelled
+
+
+# ---------------------------------------------------------------------------------------------
+# the plan
+# ---------------------------------------------------------------------------------------------
+
+
+def submit_plan(
+    spec: SubmitSpec, source: Source, *, workdir: Path, policy: RetryPolicy, lookback: float
+) -> Generator[Send | Sleep | Work, Any, Submission]:
+    """Validate → find the chain → attach, or upload → create at most once → reconcile.
+
+    ``workdir`` is an empty scratch directory the driver owns (and removes afterwards).
+    """
+    given = spec.idempotency_key is not None
+    key = check_idempotency_key(spec.idempotency_key) if given else _plans.new_idempotency_key()
+    assert key is not None
+    # Every parameter is checked before anything is sent (the longest attempt key included).
+    create_body(input_file_id="pending", endpoint=spec.endpoint, completion_window=spec.completion_window,
+                metadata=spec.metadata, output_expires_after=spec.output_expires_after,
+                idempotency_key=attempt_key(key, MAX_ATTEMPTS - 1))
+    keyed = given and spec.reattach
+    now = _plans.clock()
+    since = spec.since if spec.since is not None else now - lookback
+
+    chain = AttemptChain(key)
+    if keyed:
+        chain = yield from find_chain_plan(key, since=since, policy=policy)
+    step = next_step(chain, spec.policy)
+    cancelled: list[Batch] = []
+    if keyed and chain.live_duplicates():
+        # A try that lost a race and died before cancelling its batch: cancel it now.
+        cancelled = yield from _cancel_plan(chain.live_duplicates(), policy=policy)
+        for batch in cancelled:
+            chain = chain.with_batch(batch)
+    done_ids = tuple(b.id for b in cancelled)
+    if step.action != "create":
+        return Submission(chain, step, cancelled=done_ids)
+
+    number = step.number
+    prepared: _Input = yield Work(partial(_prepare, source, spec.endpoint, workdir))
+    upload: Path | None = prepared.path
+    file_id = source.file_id
+    carried = prepared.lines
+    last = chain.last
+    if last is not None:
+        if not any(b.output_file_id for b in (last.batch, *last.duplicates)):
+            # Nothing of the last attempt succeeded (it failed, or expired before running anything):
+            # the next attempt carries exactly what it carried, already uploaded.
+            upload, file_id = None, last.batch.input_file_id
+            carried = last.batch.request_counts.total or None
+        else:
+            done: set[str] = yield from _successes_plan(chain, workdir=workdir, policy=policy)
+            full = prepared.path
+            if full is None:  # an uploaded file as the source: read it back to filter it
+                full = workdir / "input.jsonl"
+                yield from send_with_retries(Send("GET", f"/files/{source.file_id}/content", sink=full),
+                                             policy=policy)
+            upload = workdir / f"attempt-{number}.jsonl"
+            carried = yield Work(partial(_remaining, full, done, upload))
+            if carried == 0:
+                return Submission(chain, replace(step, action="done", batch=chain.latest,
+                                                 reason="every request already has a success in the chain"),
+                                  satisfied=True, cancelled=done_ids)
+
+    attempt = attempt_key(key, number)
+    fresh_upload: FileObject | None = None
+    reused = False
+    if upload is not None:
+        digest, size = yield Work(partial(_sha256, upload))
+        name = upload_filename(attempt, digest)
+        found = None
+        if keyed:
+            found = yield from _find_upload_plan(name, size=size, since=since, policy=policy)
+        if found is not None:
+            file_id, reused = found.id, True
+        else:
+            reply = yield from send_with_retries(
+                Send("POST", "/files", json={"purpose": "batch"}, upload=upload, filename=name), policy=policy)
+            fresh_upload = FileObject.model_validate_json(reply.body)
+            file_id = fresh_upload.id
+    if not file_id:
+        raise BatchOpsError("submit has no input: give a request file, requests or an uploaded file id")
+
+    body = create_body(input_file_id=file_id, endpoint=spec.endpoint, completion_window=spec.completion_window,
+                       metadata=spec.metadata, output_expires_after=spec.output_expires_after,
+                       idempotency_key=attempt)
+    started = _plans.clock()
+    try:
+        batch = yield from create_plan(body, key_may_exist=False, policy=policy, lookback=lookback)
+    except BatchOpsError as exc:
+        if fresh_upload is not None and is_permanent(exc):
+            # Refused for good: the upload would be an orphan. (After a transient failure the batch
+            # may exist, so the file stays.)
+            try:
+                yield from send_with_retries(Send("DELETE", f"/files/{fresh_upload.id}"), policy=policy)
+            except BatchOpsError:
+                pass
+        raise
+    created = True
+    if keyed:
+        winner, lost = yield from _reconcile_plan(attempt, batch, since=started - _SCAN_SKEW, policy=policy)
+        if winner.id != batch.id:
+            created = False
+            chain = chain.with_attempt(number, winner, lost)
+            return Submission(chain, replace(step, action="attach", batch=winner,
+                                             reason=f"a concurrent try created {winner.id} first"),
+                              carried=carried, reused_upload=reused, cancelled=done_ids + tuple(b.id for b in lost))
+    chain = chain.with_attempt(number, batch)
+    return Submission(chain, replace(step, batch=batch), created=created, carried=carried, reused_upload=reused,
+                      cancelled=done_ids)

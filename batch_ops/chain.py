@@ -1,0 +1,449 @@
+"""Attempt chains: every batch one idempotency key has paid for, found from the API alone.
+
+A key ``K`` names one piece of work (an Airflow task instance, a Prefect flow run, a job part, a
+``submit`` call). Its *attempts* are the batches whose metadata carries ``K``, ``K.1``, ``K.2``, …
+under :data:`IDEMPOTENCY_METADATA_KEY`. Listing the account's batches rebuilds the chain on any
+worker, on any machine, with no local state. Everything here is a pure decision over that list:
+
+* :func:`next_step` — attach to the running attempt, stop (the outcome is acceptable), or make
+  attempt ``n + 1``; a new attempt only when the caller's :class:`OutcomePolicy` rejects the
+  last outcome (``failed``, ``expired``, ``cancelled``, or request failures when asked);
+* :meth:`AttemptChain.from_batches` — two batches with the same attempt key (two tries that
+  created at the same moment) collapse: the earliest by ``(created_at, id)`` is the attempt, the
+  others are *duplicates* that cancel themselves; their finished work is still harvested;
+* chain-wide counts and the result dict that Airflow's XCom and Prefect's ``BatchResult`` share.
+
+Which requests a new attempt carries (only those without a success anywhere in the chain) is
+decided by reading the earlier attempts' output files: see ``batch_ops._submit``.
+
+Example:
+    >>> from batch_ops.models import Batch
+    >>> def batch(i, key, status, created=0, **kw):
+    ...     return Batch(id=f"batch_{i}", endpoint="/v1/embeddings", input_file_id="f", status=status,
+    ...                  created_at=created, metadata={IDEMPOTENCY_METADATA_KEY: key}, **kw)
+    >>> chain = AttemptChain.from_batches("k", [batch(1, "k", "expired"), batch(2, "other", "completed")])
+    >>> chain.batch_ids, next_step(chain, OutcomePolicy())
+    (['batch_1'], ChainStep(action='create', number=1, batch=None, reason='attempt 0 (batch_1) ended expired 0/0'))
+    >>> chain = AttemptChain.from_batches("k", [*chain.batches, batch(3, "k.1", "in_progress", created=5)])
+    >>> next_step(chain, OutcomePolicy()).action, chain.latest.id
+    ('attach', 'batch_3')
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from batch_ops.errors import AttemptsExhaustedError, BatchOpsError, BatchOutcomeError, InputValidationError, Problem
+from batch_ops.models import METADATA_VALUE_MAX, Batch, BatchStatus, RequestCounts, Usage
+from batch_ops.polling import DEFAULT_FAIL_ON, describe, outcome_error
+
+__all__ = [
+    "IDEMPOTENCY_METADATA_KEY",
+    "KEY_MAX_LENGTH",
+    "MAX_ATTEMPTS",
+    "Attempt",
+    "AttemptChain",
+    "ChainStep",
+    "OutcomePolicy",
+    "attempt_key",
+    "attempt_number",
+    "check_idempotency_key",
+    "next_step",
+    "summary_of",
+]
+
+#: Metadata key under which batch_ops records the (attempt) key of every batch it creates.
+IDEMPOTENCY_METADATA_KEY = "batch_ops_idempotency_key"
+#: Attempts one key may make: ``K``, ``K.1`` … ``K.49``. A chain that long is a bug upstream.
+MAX_ATTEMPTS = 50
+#: A key (as attempts spell it) must leave room in a metadata value for its longest attempt suffix.
+KEY_MAX_LENGTH = METADATA_VALUE_MAX - len(f".{MAX_ATTEMPTS - 1}")
+
+_SUFFIX = re.compile(r"\.(\d+)$")
+
+
+# ---------------------------------------------------------------------------------------------
+# keys
+# ---------------------------------------------------------------------------------------------
+
+
+def check_idempotency_key(key: object, *, param: str = "idempotency_key") -> str:
+    """Return ``key`` if it can name an attempt chain; raise ``InputValidationError`` otherwise.
+
+    Checked before anything is uploaded: a key must be a non-empty string without control
+    characters, short enough for a metadata value with its attempt suffix.
+
+    Example:
+        >>> check_idempotency_key("nightly-2026-11-29")
+        'nightly-2026-11-29'
+        >>> check_idempotency_key("")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        batch_ops.errors.InputValidationError: batch parameters: 1 problem:
+          idempotency_key: invalid_idempotency_key: the key is empty (fix: ...)
+    """
+    fix = None
+    if not isinstance(key, str):
+        message = f"the key is a {type(key).__name__}, not a string"
+        fix = f"pass a string, e.g. idempotency_key={str(key)[:40]!r}"
+    elif not key.strip():
+        message = "the key is empty"
+        fix = "pass a non-empty string that names this piece of work (leave it out for a random one)"
+    elif len(_base(key)) > KEY_MAX_LENGTH:
+        message = f"the key has {len(key)} characters; with its attempt suffix it must fit a metadata value"
+        fix = f"use at most {KEY_MAX_LENGTH - 1} characters (a hash of a longer identity works)"
+    elif any(unicodedata.category(c) == "Cc" for c in key):
+        message = "the key contains control characters"
+        fix = "use printable characters only"
+    else:
+        return key
+    raise InputValidationError(
+        [Problem(rule="invalid_idempotency_key", message=message, fix=fix, param=param)], source="batch parameters"
+    )
+
+
+def _base(key: str) -> str:
+    """The key as attempts spell it: a key that ends like an attempt suffix gets a ``~``.
+
+    ``K.1`` is attempt 1 of ``K``; a user's own key ``K.1`` must not be mistaken for it, so its
+    attempts are ``K.1~``, ``K.1~.1``, … (a key ending in ``~`` gets one more, keeping the
+    spelling one-to-one). No spelled key ends in ``.<digits>``.
+    """
+    return key + "~" if _SUFFIX.search(key) or key.endswith("~") else key
+
+
+def attempt_key(key: str, number: int) -> str:
+    """The metadata value of attempt ``number`` of ``key``.
+
+    Example:
+        >>> attempt_key("k", 0), attempt_key("k", 2), attempt_key("dag.task.run.0", 1)
+        ('k', 'k.2', 'dag.task.run.0~.1')
+    """
+    base = _base(key)
+    return base if number == 0 else f"{base}.{number}"
+
+
+def attempt_number(value: str | None, key: str) -> int | None:
+    """Which attempt of ``key`` a metadata value names, or None when it is not one of them.
+
+    Example:
+        >>> attempt_number("k", "k"), attempt_number("k.3", "k"), attempt_number("k.x", "k"), attempt_number("kk", "k")
+        (0, 3, None, None)
+        >>> attempt_number("k.1", "k.1"), attempt_number("k.1~", "k.1")
+        (None, 0)
+    """
+    if value is None:
+        return None
+    key = _base(key)
+    if value == key:
+        return 0
+    if not value.startswith(key + "."):
+        return None
+    tail = value[len(key) + 1 :]
+    if not tail.isdigit() or tail.startswith("0"):
+        return None
+    return int(tail)
+
+
+# ---------------------------------------------------------------------------------------------
+# the caller's policy
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutcomePolicy:
+    """Which terminal outcomes the caller rejects: they fail the task, and a retry makes a new attempt.
+
+    Example:
+        >>> OutcomePolicy.of(["failed", "Expired"]).fail_on == {BatchStatus.FAILED, BatchStatus.EXPIRED}
+        True
+        >>> OutcomePolicy.of(["in_progress"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        batch_ops.errors.InputValidationError: batch parameters: 1 problem:
+          fail_on: invalid_fail_on: ...
+    """
+
+    fail_on: frozenset[BatchStatus] = DEFAULT_FAIL_ON
+    fail_on_request_failures: bool = False
+
+    @classmethod
+    def of(
+        cls, fail_on: Collection[BatchStatus | str] | None = None, fail_on_request_failures: bool = False
+    ) -> OutcomePolicy:
+        """Normalise what a user passed (names in any case), refusing statuses that are not terminal."""
+        if fail_on is None:
+            return cls(DEFAULT_FAIL_ON, bool(fail_on_request_failures))
+        if isinstance(fail_on, (str, bytes)):
+            fail_on = [fail_on] if isinstance(fail_on, str) else []
+        statuses: set[BatchStatus] = set()
+        bad: list[str] = []
+        for value in fail_on:
+            try:
+                status = BatchStatus.parse(value)
+            except ValueError:
+                bad.append(repr(value))
+                continue
+            if not status.is_terminal:
+                bad.append(status.value)
+            statuses.add(status)
+        if bad:
+            raise InputValidationError(
+                [Problem(rule="invalid_fail_on", param="fail_on",
+                         message=f"fail_on may only name terminal statuses, got {', '.join(bad)}",
+                         fix="use a subset of failed, expired, cancelled ([] accepts every outcome)")],
+                source="batch parameters",
+            )
+        return cls(frozenset(statuses), bool(fail_on_request_failures))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The rejected statuses as sorted strings (what Airflow templates and serializes)."""
+        return tuple(sorted(s.value for s in self.fail_on))
+
+    def rejection(self, batch: Batch) -> BatchOutcomeError | None:
+        """The error a terminal batch deserves under this policy, or None when it is acceptable."""
+        return outcome_error(batch, fail_on=self.fail_on, fail_on_request_failures=self.fail_on_request_failures)
+
+# ---------------------------------------------------------------------------------------------
+# the chain
+# ---------------------------------------------------------------------------------------------
+
+
+def _order(batch: Batch) -> tuple[int, str]:
+    return (batch.created_at, batch.id)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Attempt ``number`` of a key: the batch that counts, and any duplicates created beside it."""
+
+    number: int
+    batch: Batch
+    duplicates: tuple[Batch, ...] = ()
+
+
+@dataclass(frozen=True)
+class AttemptChain:
+    """Every batch of one key, by attempt. Built from the batch list: no local state.
+
+    Example:
+        >>> AttemptChain("k").latest is None, AttemptChain("k").next_number
+        (True, 0)
+    """
+
+    key: str
+    attempts: tuple[Attempt, ...] = ()
+
+    @classmethod
+    def from_batches(cls, key: str, batches: Iterable[Batch]) -> AttemptChain:
+        """Group the batches that belong to ``key`` by attempt; the earliest of each attempt counts."""
+        by_number: dict[int, list[Batch]] = {}
+        seen: set[str] = set()
+        for batch in batches:
+            number = attempt_number((batch.metadata or {}).get(IDEMPOTENCY_METADATA_KEY), key)
+            if number is None or batch.id in seen:
+                continue
+            seen.add(batch.id)
+            by_number.setdefault(number, []).append(batch)
+        attempts = []
+        for number in sorted(by_number):
+            first, *rest = sorted(by_number[number], key=_order)
+            attempts.append(Attempt(number, first, tuple(rest)))
+        return cls(key, tuple(attempts))
+
+    # -- reading ------------------------------------------------------------------------------
+    @property
+    def last(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+    @property
+    def latest(self) -> Batch | None:
+        """The batch of the newest attempt: the one to wait for, or the final one."""
+        return self.attempts[-1].batch if self.attempts else None
+
+    @property
+    def next_number(self) -> int:
+        return self.attempts[-1].number + 1 if self.attempts else 0
+
+    @property
+    def batches(self) -> tuple[Batch, ...]:
+        """Every batch of the key, attempts in order, each attempt's duplicates after it."""
+        return tuple(b for a in self.attempts for b in (a.batch, *a.duplicates))
+
+    @property
+    def batch_ids(self) -> list[str]:
+        """The attempts' batch ids, oldest first (duplicates, which cancel themselves, left out)."""
+        return [a.batch.id for a in self.attempts]
+
+    def live_duplicates(self) -> list[Batch]:
+        """Duplicates still running: whoever sees one cancels it."""
+        return [b for a in self.attempts for b in a.duplicates
+                if not b.status.is_terminal and b.status is not BatchStatus.CANCELLING]
+
+    def with_batch(self, batch: Batch) -> AttemptChain:
+        """The chain with a fresher copy of one of its batches (e.g. the terminal one after a wait)."""
+        attempts = []
+        for a in self.attempts:
+            if a.batch.id == batch.id:
+                a = replace(a, batch=batch)
+            elif any(d.id == batch.id for d in a.duplicates):
+                a = replace(a, duplicates=tuple(batch if d.id == batch.id else d for d in a.duplicates))
+            attempts.append(a)
+        return replace(self, attempts=tuple(attempts))
+
+    def with_attempt(self, number: int, batch: Batch, duplicates: Iterable[Batch] = ()) -> AttemptChain:
+        """The chain with attempt ``number`` (replacing an attempt of that number)."""
+        kept = [a for a in self.attempts if a.number != number]
+        kept.append(Attempt(number, batch, tuple(duplicates)))
+        return replace(self, attempts=tuple(sorted(kept, key=lambda a: a.number)))
+
+    # -- carrying a chain across processes (Airflow's deferral, Prefect results) -----------------
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON for a chain (a deferred task's kwargs): the key and each attempt's batches.
+
+        Validation error lists are capped at 20 entries per batch; everything else is kept.
+
+        Example:
+            >>> from batch_ops.models import Batch
+            >>> b = Batch(id="b0", endpoint="/v1/embeddings", input_file_id="f", status="failed", created_at=0)
+            >>> c = AttemptChain("k", (Attempt(0, b),))
+            >>> AttemptChain.from_json(c.to_json()) == c
+            True
+        """
+        def dump(batch: Batch) -> dict[str, Any]:
+            data = batch.model_dump(mode="json")
+            errors = data.get("errors")
+            if isinstance(errors, dict) and isinstance(errors.get("data"), list):
+                errors["data"] = errors["data"][:20]
+            return data
+
+        return {"key": self.key, "attempts": [
+            {"number": a.number, "batch": dump(a.batch), "duplicates": [dump(d) for d in a.duplicates]}
+            for a in self.attempts
+        ]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AttemptChain:
+        """The chain :meth:`to_json` wrote."""
+        return cls(str(data["key"]), tuple(
+            Attempt(int(a["number"]), Batch.model_validate(a["batch"]),
+                    tuple(Batch.model_validate(d) for d in a.get("duplicates", ())))
+            for a in data.get("attempts", ())
+        ))
+
+    # -- chain-wide figures -------------------------------------------------------------------------
+    def request_counts(self) -> RequestCounts:
+        """Counts over the whole chain.
+
+        ``total`` is the requests of the work (the first attempt carries them all), ``completed``
+        the successes of every attempt (a later attempt carries only requests without one, so
+        they never overlap), ``failed`` the failures of the latest attempt (earlier failures were
+        carried on to it).
+
+        Example:
+            >>> from batch_ops.models import Batch
+            >>> b0 = Batch(id="b0", endpoint="/v1/embeddings", input_file_id="f", status="completed", created_at=0,
+            ...            request_counts={"total": 10, "completed": 7, "failed": 3})
+            >>> b1 = Batch(id="b1", endpoint="/v1/embeddings", input_file_id="g", status="completed", created_at=9,
+            ...            request_counts={"total": 3, "completed": 2, "failed": 1})
+            >>> AttemptChain("k", (Attempt(0, b0), Attempt(1, b1))).request_counts()
+            RequestCounts(total=10, completed=9, failed=1)
+        """
+        if not self.attempts:
+            return RequestCounts()
+        winners = [a.batch for a in self.attempts]
+        return RequestCounts(
+            total=max(b.request_counts.total for b in winners),
+            completed=sum(b.request_counts.completed for b in winners),
+            failed=winners[-1].request_counts.failed,
+        )
+
+    def usage(self) -> Usage | None:
+        """Tokens billed over every batch of the chain, duplicates included (they were paid for too)."""
+        used = [b.usage for b in self.batches if b.usage is not None]
+        if not used:
+            return None
+        total = used[0]
+        for u in used[1:]:
+            total = total + u
+        return total
+
+    def summary(self) -> dict[str, Any]:
+        """The result contract: the latest attempt's ``Batch.summary()`` plus the chain.
+
+        ``batch_ids`` lists the attempts oldest first; ``chain_request_counts`` and ``chain_usage``
+        cover all of them (see :meth:`request_counts`). Airflow's XCom ``return_value`` and Prefect's
+        ``BatchResult`` carry exactly these keys.
+        """
+        latest = self.latest
+        if latest is None:
+            raise BatchOpsError(f"Key {self.key!r} has no batch yet: nothing to summarise.")
+        usage = self.usage()
+        return {
+            **latest.summary(),
+            "batch_ids": self.batch_ids,
+            "chain_request_counts": self.request_counts().model_dump(include={"total", "completed", "failed"}),
+            "chain_usage": usage.model_dump() if usage is not None else None,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# the decision
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChainStep:
+    """What a submit does with a chain: ``create`` attempt ``number``, ``attach`` to ``batch``
+    (still running), or ``done`` (``batch`` ended in an outcome the policy accepts)."""
+
+    action: Literal["create", "attach", "done"]
+    number: int = 0
+    batch: Batch | None = field(default=None)
+    reason: str = ""
+
+
+def next_step(chain: AttemptChain, policy: OutcomePolicy, *, max_attempts: int = MAX_ATTEMPTS) -> ChainStep:
+    """Decide from the chain alone; see the module docstring.
+
+    Raises:
+        AttemptsExhaustedError: the last of ``max_attempts`` attempts was rejected too.
+    """
+    last = chain.last
+    if last is None:
+        return ChainStep("create", 0, None, "no batch carries this key yet")
+    batch = last.batch
+    if not batch.status.is_terminal:
+        return ChainStep("attach", last.number, batch, f"attempt {last.number} ({batch.id}) is {describe(batch)}")
+    if policy.rejection(batch) is None:
+        return ChainStep("done", last.number, batch, f"attempt {last.number} ({batch.id}) ended {describe(batch)}")
+    number = last.number + 1
+    if number >= max_attempts:
+        raise AttemptsExhaustedError(
+            f"Key {chain.key!r} made {number} attempts and the last ({batch.id}) ended {describe(batch)}; "
+            "not paying for another: look at the batches' errors, then use a new key."
+        )
+    return ChainStep("create", number, None, f"attempt {last.number} ({batch.id}) ended {describe(batch)}")
+
+
+def summary_of(chain_or_batch: AttemptChain | Batch) -> dict[str, Any]:
+    """The result dict of a chain, or of a lone batch (a chain of one).
+
+    Example:
+        >>> from batch_ops.models import Batch
+        >>> b = Batch(id="b", endpoint="/v1/embeddings", input_file_id="f", status="completed", created_at=0)
+        >>> summary_of(b)["batch_ids"]
+        ['b']
+    """
+    if isinstance(chain_or_batch, Batch):
+        chain = AttemptChain(
+            (chain_or_batch.metadata or {}).get(IDEMPOTENCY_METADATA_KEY, chain_or_batch.id),
+            (Attempt(0, chain_or_batch),),
+        )
+        return chain.summary()
+    return chain_or_batch.summary()

@@ -1,0 +1,279 @@
+"""Result files: stream-parse output and error files, and join them to the requests.
+
+A batch answers each request with one line, in its output file (a response) or its error file
+(an error). Lines come in no particular order; these functions give back one result per
+request, in the input's order, reading line by line: memory holds an index of
+``custom_id`` -> (file, byte offset), never the files.
+
+A request may have been carried by several attempts of one key (see :mod:`batch_ops.chain`):
+:func:`join_chain_results` joins the output and error files of every attempt, the latest
+success winning.
+
+Example:
+    >>> import os, tempfile
+    >>> from batch_ops.jsonl import request_line, write_requests
+    >>> d = tempfile.mkdtemp()
+    >>> inp, out0, out1 = (os.path.join(d, n) for n in ("in.jsonl", "out0.jsonl", "out1.jsonl"))
+    >>> _ = write_requests([request_line(c, {"model": "m"}, endpoint="/v1/responses") for c in "ab"], inp)
+    >>> _ = open(out0, "w").write('{"custom_id": "a", "response": {"status_code": 200, "body": 1}}\\n'
+    ...                           '{"custom_id": "b", "response": {"status_code": 500, "body": {}}}\\n')
+    >>> _ = open(out1, "w").write('{"custom_id": "b", "response": {"status_code": 200, "body": 2}}\\n')
+    >>> [(r.custom_id, r.body) for r in join_chain_results(input_path=inp, attempts=[(out0, None), (out1, None)])]
+    [('a', 1), ('b', 2)]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from batch_ops.errors import InputValidationError, Problem, ResultFileError
+from batch_ops.jsonl import iter_request_lines
+from batch_ops.models import ResultError, ResultLine
+
+__all__ = ["iter_result_lines", "join_chain_results", "join_results", "successful_ids"]
+
+_log = logging.getLogger(__name__)
+_BOM = b"\xef\xbb\xbf"
+
+PathLike = str | os.PathLike[str]
+
+
+def _parse_result(raw: bytes, *, path: str, line: int) -> ResultLine:
+    try:
+        return ResultLine.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0] if exc.error_count() else {"msg": str(exc), "loc": ()}
+        loc = ".".join(str(x) for x in first.get("loc", ()))
+        detail = f"{loc}: {first['msg']}" if loc else str(first["msg"])
+        raise ResultFileError(f"not a valid result line ({detail})", path=path, line=line) from exc
+
+
+def iter_result_lines(path: PathLike) -> Iterator[ResultLine]:
+    """Stream-parse an output or error file into :class:`~batch_ops.models.ResultLine` objects.
+
+    Blank lines are skipped; results come in file order (which is not the input's order; see
+    :func:`join_results`).
+
+    Raises:
+        ResultFileError: A line is not a result object; the error names the file and line.
+
+    Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "out.jsonl")
+        >>> _ = open(path, "w").write('{"custom_id": "a", "response": {"status_code": 200, "body": {}}}\\n\\n'
+        ...                           '{"custom_id": "b", "error": {"code": "batch_expired", "message": "x"}}\\n')
+        >>> [(r.custom_id, r.ok, r.error_code) for r in iter_result_lines(path)]
+        [('a', True, None), ('b', False, 'batch_expired')]
+    """
+    name = os.fspath(path)
+    with open(name, "rb") as f:
+        n = 0
+        for raw in f:
+            n += 1
+            if n == 1 and raw.startswith(_BOM):
+                raw = raw[3:]
+            if not raw.strip():
+                continue
+            yield _parse_result(raw, path=name, line=n)
+
+
+def _result_ok(obj: dict[str, Any]) -> bool:
+    if obj.get("error") is not None:
+        return False
+    response = obj.get("response")
+    if not isinstance(response, dict):
+        return False
+    status = response.get("status_code")
+    return isinstance(status, int) and 200 <= status < 300
+
+
+def _scan(name: str) -> Iterator[tuple[int, int, str, bool]]:
+    """``(byte offset, line number, custom_id, succeeded)`` for each line of a result file."""
+    with open(name, "rb") as f:
+        offset = 0
+        n = 0
+        for raw in f:
+            n += 1
+            start = offset
+            offset += len(raw)
+            if n == 1 and raw.startswith(_BOM):
+                raw = raw[3:]
+                start += 3
+            try:
+                obj = json.loads(raw)
+            except ValueError as exc:
+                if not raw.strip():
+                    continue
+                raise ResultFileError(f"not valid JSON ({exc})", path=name, line=n) from exc
+            custom_id = obj.get("custom_id") if type(obj) is dict else None
+            if not isinstance(custom_id, str):
+                raise ResultFileError("not a result object with a string custom_id", path=name, line=n)
+            yield start, n, custom_id, _result_ok(obj)
+
+
+def successful_ids(paths: Sequence[PathLike | None]) -> set[str]:
+    """The ``custom_id`` of every successful line in these output (or error) files.
+
+    This is what a new attempt must not carry again: a request with a success anywhere in its
+    chain is never paid for twice.
+    """
+    done: set[str] = set()
+    for path in paths:
+        if path:
+            done.update(custom_id for _o, _n, custom_id, ok in _scan(os.fspath(path)) if ok)
+    return done
+
+
+# An index entry: (file number, byte offset, line number, rank); the highest rank wins.
+# rank = (succeeded, attempt, from the output file): the latest success, then the latest failure,
+# the output file before the error file, and the first line seen among equals.
+_Rank = tuple[bool, int, bool]
+_Entry = tuple[int, int, int, _Rank]
+# A result file: (path, which batch it belongs to, the batch's attempt number, is it an output file).
+_File = tuple[str | None, int, int, bool]
+
+
+def _index(files: Sequence[_File]) -> tuple[dict[str, _Entry], int, list[str]]:
+    """Index result files; count the lines that repeat a custom_id within one batch's files."""
+    index: dict[str, _Entry] = {}
+    seen_in: dict[str, int] = {}
+    duplicates = 0
+    examples: list[str] = []
+    for which, (name, batch, attempt, is_output) in enumerate(files):
+        if not name:
+            continue
+        for offset, n, custom_id, ok in _scan(name):
+            entry = (which, offset, n, (ok, attempt, is_output))
+            prev = index.get(custom_id)
+            if prev is None:
+                index[custom_id] = entry
+                seen_in[custom_id] = batch
+                continue
+            if seen_in.get(custom_id) == batch:
+                duplicates += 1
+                if len(examples) < 5:
+                    examples.append(custom_id)
+            seen_in[custom_id] = batch
+            if entry[3] > prev[3]:
+                index[custom_id] = entry
+    return index, duplicates, examples
+
+
+def _join(input_path: PathLike, files: list[_File]) -> Iterator[ResultLine]:
+    index, duplicates, examples = _index(files)
+    if duplicates:
+        _log.warning(
+            "%d result line(s) repeat a custom_id already seen (e.g. %s); one result per custom_id is kept, "
+            "a successful one first",
+            duplicates,
+            ", ".join(repr(x) for x in examples),
+        )
+    used: set[str] = set()
+    src = os.fspath(input_path)
+    names = [f[0] for f in files]
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(open(name, "rb")) if name else None for name in names]
+        for n, request in iter_request_lines(src):
+            custom_id = request.get("custom_id")
+            if not isinstance(custom_id, str):
+                raise InputValidationError(
+                    [
+                        Problem(
+                            rule="missing_custom_id",
+                            message=f"custom_id is {custom_id!r}, not a string",
+                            fix="results can only be joined to requests that have a custom_id",
+                            line=n,
+                        )
+                    ],
+                    source=src,
+                )
+            entry = index.get(custom_id)
+            if entry is None:
+                yield ResultLine(
+                    custom_id=custom_id,
+                    response=None,
+                    error=ResultError(
+                        code="missing_result",
+                        message=f"no result for custom_id {custom_id!r} (input line {n}) in the output or error file",
+                    ),
+                )
+                continue
+            used.add(custom_id)
+            which, offset, line, _rank = entry
+            handle = handles[which]
+            assert handle is not None
+            handle.seek(offset)
+            yield _parse_result(handle.readline(), path=names[which] or "", line=line)
+    extra = len(index) - len(used)
+    if extra:
+        _log.warning("%d result(s) have a custom_id that is not in %s; they were not yielded", extra, src)
+
+
+def join_results(
+    *,
+    input_path: PathLike,
+    output_path: PathLike | None,
+    error_path: PathLike | None,
+) -> Iterator[ResultLine]:
+    """Yield one result per input request, in input order, joined by ``custom_id``.
+
+    One streaming pass over the output and error files builds an index ``custom_id`` ->
+    (file, byte offset); then each input request's result is read by seeking to it. Memory
+    holds the index, never the files.
+
+    - A request found in neither file yields a result with ``error.code == "missing_result"``.
+    - A ``custom_id`` present twice (in both files, or twice in one) yields once: the
+      successful line wins, then the output file's, then the first; a warning is logged.
+    - Results whose ``custom_id`` is not in the input are not yielded; a warning is logged.
+
+    Args:
+        input_path: The request file the batch ran.
+        output_path: The downloaded output file, or ``None`` (e.g. every request failed).
+        error_path: The downloaded error file, or ``None`` (a clean batch has none).
+
+    Raises:
+        ResultFileError: A line of the output or error file is not a result.
+        InputValidationError: A line of the input file is not a JSON object with a custom_id.
+
+    Example:
+        >>> import os, tempfile
+        >>> from batch_ops.jsonl import request_line, write_requests
+        >>> d = tempfile.mkdtemp()
+        >>> inp, out = os.path.join(d, "in.jsonl"), os.path.join(d, "out.jsonl")
+        >>> _ = write_requests([request_line(c, {"model": "m"}, endpoint="/v1/responses") for c in "abc"], inp)
+        >>> _ = open(out, "w").write('{"custom_id": "c", "response": {"status_code": 200, "body": 3}}\\n'
+        ...                          '{"custom_id": "a", "response": {"status_code": 200, "body": 1}}\\n')
+        >>> [(r.custom_id, r.body, r.error_code) for r in join_results(input_path=inp, output_path=out,
+        ...                                                             error_path=None)]
+        [('a', 1, None), ('b', None, 'missing_result'), ('c', 3, None)]
+    """
+    return join_chain_results(input_path=input_path, attempts=[(output_path, error_path)])
+
+
+def join_chain_results(
+    *,
+    input_path: PathLike,
+    attempts: Sequence[tuple[PathLike | None, PathLike | None] | tuple[PathLike | None, PathLike | None, int]],
+) -> Iterator[ResultLine]:
+    """Like :func:`join_results`, over the ``(output, error)`` files of several batches, oldest first.
+
+    Each request yields once: its latest success, else its latest failure, else
+    ``missing_result``. A third item in a tuple gives the batch's attempt number (two batches of
+    one attempt, a duplicate and the batch that counts, rank alike); by default each pair is the
+    next attempt. A line repeated within one batch's files is logged as a duplicate; the same
+    request in two batches is the chain working as meant.
+    """
+    files: list[_File] = []
+    for batch, item in enumerate(attempts):
+        out, err = item[0], item[1]
+        attempt = item[2] if len(item) > 2 else batch  # type: ignore[misc]
+        files.append((os.fspath(out) if out else None, batch, attempt, True))
+        files.append((os.fspath(err) if err else None, batch, attempt, False))
+    return _join(input_path, files)
