@@ -38,7 +38,8 @@ from prefect.context import FlowRunContext
 from prefect.logging.loggers import flow_run_logger
 from prefect.states import State
 
-from batch_ops import OutcomePolicy
+from batch_ops import AttemptChain, OutcomePolicy
+from batch_ops.chain import Attempt
 from batch_ops.client import AsyncBatchClient
 from batch_ops.errors import InputValidationError, Problem
 from batch_ops.models import Batch, BatchStatus
@@ -242,14 +243,14 @@ async def run_batch(
     chain = await client.batches.chain(key) if key is not None else None
     if chain is None or chain.latest is None or chain.latest.id != submitted.batch_id:
         # No key (outside a flow run), or a list that does not show the batch yet: a chain of one.
-        from batch_ops.chain import Attempt, AttemptChain
-
         chain = AttemptChain(key or submitted.batch_id,
                              (Attempt(0, await client.batches.retrieve(submitted.batch_id)),))
+    latest = chain.latest
+    assert latest is not None
     # The submit returns a terminal batch the policy rejects only when every request of the chain
     # already has a success (nothing left to retry): that chain is accepted.
     satisfied = submitted.status.is_terminal
-    rejection = None if satisfied else policy.rejection(chain.latest)
+    rejection = None if satisfied else policy.rejection(latest)
     if rejection is not None:
         raise rejection
     return BatchResult.from_chain(chain)
