@@ -1,13 +1,17 @@
 """End to end under real Airflow: scheduler, LocalExecutor, triggerer, API server, SQLite.
 
 ``airflow standalone`` runs all components in its own process group (stopped by this test, by
-that group's id). The test unpauses two DAGs (tests/airflow/e2e_dags), watches task states in
+that group's id). The test unpauses the DAGs of tests/airflow/e2e_dags, watches task states in
 the metadata database, and checks the servers:
 
 * ``bo_e2e``: the task is ``deferred`` while its batch runs, then ``success`` with the result
   dict in XCom;
 * ``bo_e2e_kill``: marked failed through the REST API while deferred; the triggerer calls the
-  trigger's ``on_kill`` (Airflow >= 3.3), which cancels the batch.
+  trigger's ``on_kill`` (Airflow >= 3.3), which cancels the batch;
+* ``bo_e2e_retry_failures`` / ``bo_e2e_retry_expired``: the scheduler retries the task, each try
+  in a new task process, after request failures (``fail_on_request_failures``) or an expired
+  batch; the requests paid for (successes over all batches on the server) equal the requests
+  needed, and the result lists the chain's batches.
 """
 
 from __future__ import annotations
@@ -96,7 +100,9 @@ def test_deferred_then_success_and_kill_cancels(make_server, tmp_path: Path, ora
     port = free_port()
     api = f"http://127.0.0.1:{port}"
     with make_server(concurrency=1, request_latency=0.5) as url, \
-            make_server(concurrency=1, request_latency=1.0) as kill_url:
+            make_server(concurrency=1, request_latency=1.0) as kill_url, \
+            make_server(fail_requests=0.3, seed=4, request_latency=0.01) as failing_url, \
+            make_server(concurrency=1, request_latency=0.25, expire_after=1.2) as expiring_url:
         env = {
             **os.environ,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -114,12 +120,18 @@ def test_deferred_then_success_and_kill_cancels(make_server, tmp_path: Path, ora
                 {"conn_type": "openai_batch", "host": str(url), "password": "sk-e2e"}),
             "AIRFLOW_CONN_OPENAI_BATCH_KILL": json.dumps(
                 {"conn_type": "openai_batch", "host": str(kill_url), "password": "sk-e2e"}),
+            "AIRFLOW_CONN_OPENAI_BATCH_FAILURES": json.dumps(
+                {"conn_type": "openai_batch", "host": str(failing_url), "password": "sk-e2e"}),
+            "AIRFLOW_CONN_OPENAI_BATCH_EXPIRING": json.dumps(
+                {"conn_type": "openai_batch", "host": str(expiring_url), "password": "sk-e2e"}),
         }
         with standalone(home, env) as proc:
             af = Airflow(home, proc, api)
-            af.wait("the API server and both DAGs", lambda: af.http.get(
-                "/api/v2/dags", params={"tags": "batch_ops-e2e"}).json()["total_entries"] == 2, STARTUP_TIMEOUT)
-            for dag_id in ("bo_e2e", "bo_e2e_kill"):
+            dag_ids = ("bo_e2e", "bo_e2e_kill", "bo_e2e_retry_failures", "bo_e2e_retry_expired")
+            af.wait("the API server and the DAGs", lambda: af.http.get(
+                "/api/v2/dags", params={"tags": "batch_ops-e2e"}).json()["total_entries"] == len(dag_ids),
+                STARTUP_TIMEOUT)
+            for dag_id in dag_ids:
                 assert af.http.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}).status_code == 200
 
             # The task waits in the triggerer, not in a worker slot...
@@ -147,3 +159,25 @@ def test_deferred_then_success_and_kill_cancels(make_server, tmp_path: Path, ora
             (held,) = oracle(url).batches.list().data
             assert result["batch_id"] == held.id and result["status"] == "completed"
             assert result["output_file_id"] == held.output_file_id
+
+            # Retried by the scheduler after a rejected outcome: each try a new task process, each a
+            # new attempt carrying only what had not succeeded. Paid (successes over every batch the
+            # server holds) equals needed.
+            for dag_id, server, needed in (("bo_e2e_retry_failures", failing_url, 20),
+                                           ("bo_e2e_retry_expired", expiring_url, 12)):
+                af.wait(f"{dag_id} success", lambda dag_id=dag_id: (ti := af.ti(dag_id)) and ti[1] == "success",
+                        RUN_TIMEOUT)
+                tries = af.query("select try_number from task_instance where dag_id = ? and task_id = 'batch'",
+                                 dag_id)[0][0]
+                (value,) = af.query("select value from xcom where dag_id = ? and key = 'return_value'", dag_id)[0]
+                result = json.loads(value)
+                batches = sorted(oracle(server).batches.list(limit=100).data, key=lambda b: b.created_at)
+                paid = sum(b.request_counts.completed for b in batches)
+                assert tries >= 2, f"{dag_id}: the outcome called for at least one retry"
+                assert paid == needed, f"{dag_id}: paid for {paid} requests, needed {needed}"
+                # One attempt per try, except a last try that finds every request already answered (an
+                # attempt that expired just after its last answer) and so pays for nothing.
+                assert 2 <= len(batches) <= tries and result["batch_ids"] == [b.id for b in batches]
+                assert [b.request_counts.total for b in batches][0] == needed
+                assert all(b.request_counts.total < needed for b in batches[1:]), "a retry carried a success again"
+                assert result["chain_request_counts"]["completed"] == needed

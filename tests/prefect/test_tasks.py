@@ -97,7 +97,7 @@ async def test_a_retried_create_batch_task_reattaches_instead_of_creating_a_seco
     assert [t.run_count for t in create_runs] == [2]
 
 
-async def test_a_retried_run_batch_flow_run_reattaches_and_drops_its_second_upload(
+async def test_a_retried_run_batch_flow_run_reattaches_without_a_second_upload(
     batch_server: str, secret: str, make_requests: Any, drop_proxy: Any
 ) -> None:
     async with AsyncBatchClient(api_key=secret, base_url=batch_server) as client:
@@ -117,7 +117,7 @@ async def test_a_retried_run_batch_flow_run_reattaches_and_drops_its_second_uplo
     assert [b.id for b in await _batches_of_flow_run(batch_server, secret, flow_run_id)] == [result.batch_id]
     async with AsyncBatchClient(api_key=secret, base_url=batch_server) as client:
         inputs_after = {f.id for f in (await client.files.list()).data if f.purpose == "batch"}
-    assert inputs_after - inputs_before == {result.input_file_id}  # the retry's own upload was deleted
+    assert inputs_after - inputs_before == {result.input_file_id}  # the retry found the batch before uploading
     async with get_client() as client:
         assert (await client.read_flow_run(state.state_details.flow_run_id)).run_count == 2
 

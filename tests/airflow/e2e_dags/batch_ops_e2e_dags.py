@@ -1,13 +1,13 @@
 """DAGs for the end-to-end test: a real scheduler, LocalExecutor and triggerer run them.
 
-Both run once (``@once``) when the test unpauses them, after the API server answers.
-Connections come from ``AIRFLOW_CONN_OPENAI_BATCH_DEFAULT`` and ``AIRFLOW_CONN_OPENAI_BATCH_KILL``
-(two servers, so the batch that gets killed does not slow the other one down).
+Each runs once (``@once``) when the test unpauses it, after the API server answers. Every DAG
+has a connection (``AIRFLOW_CONN_OPENAI_BATCH_*``) to a server of its own, so one DAG's batches
+never slow down or muddle another's audit.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow.sdk import DAG
 
@@ -36,3 +36,15 @@ with _dag("bo_e2e"):
 with _dag("bo_e2e_kill"):
     OpenAIBatchOperator(task_id="batch", endpoint=CHAT, requests=_requests(400, "kill"), poll_interval=0.5,
                         conn_id="openai_batch_kill", cancel_on_kill=True)
+
+# Retried by the scheduler, each try in a new task process, after the outcome that calls for it:
+# request failures (fail_on_request_failures=True), and a batch that expired half done. Every try
+# makes the next attempt of the chain, carrying only the requests without a success.
+with _dag("bo_e2e_retry_failures"):
+    OpenAIBatchOperator(task_id="batch", endpoint=CHAT, requests=_requests(20, "rf"), poll_interval=0.3,
+                        conn_id="openai_batch_failures", fail_on_request_failures=True, retries=8,
+                        retry_delay=timedelta(seconds=0))
+
+with _dag("bo_e2e_retry_expired"):
+    OpenAIBatchOperator(task_id="batch", endpoint=CHAT, requests=_requests(12, "ex"), poll_interval=0.3,
+                        conn_id="openai_batch_expiring", retries=8, retry_delay=timedelta(seconds=0))
