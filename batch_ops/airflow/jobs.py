@@ -22,7 +22,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -30,8 +30,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from batch_ops.airflow.hooks import OpenAIBatchHook
 from batch_ops.airflow.triggers import shared_client
 from batch_ops.errors import BatchOpsError, BatchTimeoutError, RequestFailuresError, is_permanent
-from batch_ops.jobs import BatchJob, JobProgress
-from batch_ops.jsonl import DEFAULT_MAX_BYTES, DEFAULT_MAX_LINES
+from batch_ops.jobs import BatchJob, JobConfig, JobProgress
 from batch_ops.polling import BatchPoller
 
 if TYPE_CHECKING:
@@ -118,15 +117,10 @@ class OpenAIBatchJobOperator(BaseOperator):
     Args:
         input_path: the request file (templated); any size — it is sharded.
         output_path: the merged results (templated); the job's state file sits beside it.
-        endpoint: the batch endpoint (templated).
+        config: a :class:`~batch_ops.jobs.JobConfig` (or a dict of its fields; templated): the
+            endpoint, concurrency, rounds, per-batch limits, metadata, prices and token-limit back-off.
+            Its fields may also be given as keywords (``endpoint="/v1/embeddings"``).
         conn_id: an ``openai_batch`` (or ``openai``) connection.
-        max_concurrent: batches running at once.
-        max_rounds: extra rounds for retryable failures.
-        max_lines / max_bytes: per-batch limits for sharding.
-        metadata: added to every batch (templated).
-        prices: USD per 1M tokens per model, for the cost estimate in the summary.
-        token_limit_backoff: seconds before a part refused with ``token_limit_exceeded`` is
-            submitted again (doubling per refusal, at most an hour).
         poll_interval: seconds between polls of the running batches.
         timeout: how long the whole job may take (seconds or timedelta); None: no limit.
         deferrable: wait in the triggerer (default) or on the worker.
@@ -136,11 +130,12 @@ class OpenAIBatchJobOperator(BaseOperator):
     Example:
         >>> op = OpenAIBatchJobOperator(task_id="embed_all", input_path="/data/{{ ds }}/all.jsonl",
         ...                             output_path="/data/{{ ds }}/embeddings.jsonl", endpoint="/v1/embeddings")
-        >>> op.deferrable, op.max_rounds
-        (True, 3)
+        >>> op.deferrable, op.config["max_rounds"], op.config["endpoint"]
+        (True, 3, '/v1/embeddings')
     """
 
-    template_fields: Sequence[str] = ("input_path", "output_path", "endpoint", "metadata")
+    template_fields: Sequence[str] = ("input_path", "output_path", "config")
+    template_fields_renderers: ClassVar[dict[str, str]] = {"config": "json"}
     ui_color = "#10a37f"
     ui_fgcolor = "#ffffff"
 
@@ -149,47 +144,30 @@ class OpenAIBatchJobOperator(BaseOperator):
         *,
         input_path: str,
         output_path: str,
-        endpoint: str,
+        config: JobConfig | Mapping[str, Any] | None = None,
         conn_id: str = OpenAIBatchHook.default_conn_name,
-        max_concurrent: int = 4,
-        max_rounds: int = 3,
-        max_lines: int = DEFAULT_MAX_LINES,
-        max_bytes: int = DEFAULT_MAX_BYTES,
-        metadata: Mapping[str, str] | None = None,
-        prices: Mapping[str, Mapping[str, float]] | None = None,
-        token_limit_backoff: float = 60.0,
         poll_interval: float = 60.0,
         timeout: timedelta | float | None = timedelta(hours=72),
         deferrable: bool = True,
         fail_on_request_failures: bool = False,
         **kwargs: Any,
     ) -> None:
+        options = {name: kwargs.pop(name) for name in list(kwargs) if name in JobConfig.model_fields}
         super().__init__(**kwargs)
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval}")
         self.input_path = input_path
         self.output_path = output_path
-        self.endpoint = endpoint
+        # Checked now (a wrong setting fails at parse time), kept as a dict so Jinja renders its strings.
+        self.config = JobConfig.of(config, **options).model_dump()
         self.conn_id = conn_id
-        self.max_concurrent = max_concurrent
-        self.max_rounds = max_rounds
-        self.max_lines = max_lines
-        self.max_bytes = max_bytes
-        self.metadata = dict(metadata) if metadata is not None else None
-        self.prices = prices
-        self.token_limit_backoff = token_limit_backoff
         self.poll_interval = float(poll_interval)
         self.timeout_seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
         self.deferrable = deferrable
         self.fail_on_request_failures = fail_on_request_failures
 
     def _job(self) -> BatchJob:
-        return BatchJob.open(
-            self.input_path, output_path=self.output_path, endpoint=self.endpoint,
-            max_concurrent=self.max_concurrent, max_rounds=self.max_rounds, max_lines=self.max_lines,
-            max_bytes=self.max_bytes, metadata=self.metadata, prices=self.prices,
-            token_limit_backoff=self.token_limit_backoff,
-        )
+        return BatchJob.open(self.input_path, output_path=self.output_path, config=self.config)
 
     def execute(self, context: Context) -> Any:
         deadline = time.time() + self.timeout_seconds if self.timeout_seconds else None

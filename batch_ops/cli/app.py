@@ -322,7 +322,9 @@ def submit(
     idempotency_key: Annotated[
         str | None,
         typer.Option("--idempotency-key", metavar="KEY", show_default=False,
-                     help="Submitting again with the same key returns the first batch instead of a second one."),
+                     help="Name the work: submitting again with the same key returns its running or finished "
+                          "batch; after a failed, expired or cancelled one it creates the next attempt, carrying "
+                          "only the requests without a success."),
     ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait until the batch ends, with progress; then a summary.")
@@ -350,14 +352,21 @@ def submit(
         out.note(f"validated {report.lines} requests ({render.human_bytes(report.bytes)}) for {report.endpoint}"
                  + (f", model {report.model}" if report.model else ""))
         with _client(out, base_url, api_key, max_retries) as client:
-            batch = client.submit(
+            submission = client.submit_chain(
                 input_path, endpoint=endpoint, completion_window=completion_window, metadata=meta,
                 output_expires_after=expires, idempotency_key=idempotency_key,
             )
+            batch = submission.batch
             # From here on the batch exists: an interrupt or a timeout must say which one keeps running.
             with _handled(out, batch_id=batch.id):
-                # Neutral wording: with --idempotency-key this may be the batch an earlier run created.
-                out.note(f"submitted {batch.id} ({batch.status.value}), input file {batch.input_file_id}")
+                if submission.created:
+                    attempt = submission.step.number
+                    carried = f", carrying {submission.carried} requests" if attempt and submission.carried else ""
+                    out.note(f"submitted {batch.id} ({batch.status.value}), input file {batch.input_file_id}"
+                             + (f" (attempt {attempt}{carried})" if attempt else ""))
+                else:
+                    out.note(f"found {batch.id} ({batch.status.value}) of key {idempotency_key!r}: "
+                             f"{submission.step.reason}")
                 if not wait:
                     out.result(_batch_json(batch), render.batch_view(batch))
                     out.note(f"follow it: batch-ops status {batch.id}", style="dim")
@@ -627,15 +636,15 @@ def job(
     resubmitted. Prints a JSON summary line (total, succeeded, failed, batches, resubmitted).
     Exit 0 when every request succeeded, 1 when some failed after all rounds.
     """
-    from batch_ops.jobs import BatchJob
+    from batch_ops.jobs import BatchJob, JobConfig
 
     out = _Out(json=json_output)
     with _handled(out):
         price_table = json.loads(prices.read_text()) if prices is not None else None
-        batch_job = BatchJob.open(
-            input_path, output_path=output, endpoint=endpoint, max_concurrent=max_concurrent, max_rounds=max_rounds,
-            max_lines=max_lines, max_bytes=max_bytes, metadata=_parse_metadata(metadata), prices=price_table,
-        )
+        config = JobConfig.of(endpoint=endpoint, max_concurrent=max_concurrent, max_rounds=max_rounds,
+                              max_lines=max_lines, max_bytes=max_bytes, metadata=_parse_metadata(metadata),
+                              prices=price_table)
+        batch_job = BatchJob.open(input_path, output_path=output, config=config)
         out.note(f"job {batch_job.state.job_id}: {batch_job.state.total} requests in {len(batch_job.state.parts)} "
                  f"part(s); state in {batch_job.state_path}")
         with _client(out, base_url, api_key, max_retries) as client:

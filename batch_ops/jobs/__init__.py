@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+from batch_ops.jobs.config import JobConfig
 from batch_ops.jobs.harvest import RETRYABLE_CODES, UsageTotals, is_retryable
 from batch_ops.jobs.runner import BatchJob, JobProgress, JobSummary
 from batch_ops.jobs.state import JobState, PartState
@@ -19,6 +20,7 @@ from batch_ops.jobs.state import JobState, PartState
 __all__ = [
     "RETRYABLE_CODES",
     "BatchJob",
+    "JobConfig",
     "JobProgress",
     "JobState",
     "JobSummary",

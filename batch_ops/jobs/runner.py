@@ -42,9 +42,10 @@ from pathlib import Path
 from typing import Any
 
 from batch_ops.errors import APIConnectionError, APIStatusError, BatchOpsError, ConfigurationError, is_permanent
+from batch_ops.jobs.config import JobConfig
 from batch_ops.jobs.harvest import UsageTotals, harvest_part, merge, synthesize_failures
 from batch_ops.jobs.state import JobState, PartState, load_state, save_state, state_path_for, work_dir_for
-from batch_ops.jsonl import DEFAULT_MAX_BYTES, DEFAULT_MAX_LINES, check_file, shard_file, validate_file
+from batch_ops.jsonl import check_file, shard_file, validate_file
 from batch_ops.models import Batch, BatchStatus
 
 __all__ = ["BatchJob", "Call", "JobProgress", "JobSummary"]
@@ -108,14 +109,8 @@ class BatchJob:
     Args (of :meth:`open`):
         input_path: the request file (any size; sharded into valid batches).
         output_path: where the merged results go; the state file sits next to it.
-        endpoint: the batch endpoint every request targets.
-        max_concurrent: batches running at once.
-        max_rounds: extra rounds for retryable failures (0: no resubmission).
-        max_lines / max_bytes: per-batch limits used for sharding.
-        metadata: added to every batch (with the job id and part name).
-        prices: USD per 1M tokens per model, for the cost estimate.
-        token_limit_backoff: seconds before resubmitting a part refused with
-            ``token_limit_exceeded``; doubles per refusal, at most an hour.
+        config: a :class:`~batch_ops.jobs.JobConfig` (endpoint, concurrency, rounds, limits, ...),
+            or its fields as keywords.
     """
 
     def __init__(self, state: JobState, *, state_path: Path, max_concurrent: int,
@@ -133,46 +128,42 @@ class BatchJob:
         input_path: str | os.PathLike[str],
         *,
         output_path: str | os.PathLike[str],
-        endpoint: str,
-        max_concurrent: int = 4,
-        max_rounds: int = 3,
-        max_lines: int = DEFAULT_MAX_LINES,
-        max_bytes: int = DEFAULT_MAX_BYTES,
-        metadata: Mapping[str, str] | None = None,
-        prices: Mapping[str, Mapping[str, float]] | None = None,
-        token_limit_backoff: float = 60.0,
+        config: JobConfig | Mapping[str, Any] | None = None,
+        **options: Any,
     ) -> BatchJob:
-        """Start a job, or resume the one whose state file sits next to ``output_path``."""
-        if max_concurrent < 1:
-            raise ConfigurationError(f"max_concurrent={max_concurrent}: fix: run at least 1 batch at a time")
-        if max_rounds < 0:
-            raise ConfigurationError(f"max_rounds={max_rounds}: fix: use 0 (no resubmission) or more")
+        """Start a job, or resume the one whose state file sits next to ``output_path``.
+
+        ``config`` (a :class:`~batch_ops.jobs.JobConfig`, or a dict of its fields) and ``options``
+        (its fields as keywords, e.g. ``endpoint=...``) say what to run and how.
+        """
+        cfg = JobConfig.of(config, **options)
         src, out = Path(input_path), Path(output_path)
         state_path = state_path_for(out)
         state = load_state(state_path)
         if state is not None:
-            if state.endpoint != endpoint or Path(state.input_path) != src.resolve():
+            if state.endpoint != cfg.endpoint or Path(state.input_path) != src.resolve():
                 raise ConfigurationError(
                     f"{state_path} belongs to a job over {state.input_path} ({state.endpoint}); fix: choose "
                     "another output path, or delete the state file to start over"
                 )
-            return cls(state, state_path=state_path, max_concurrent=max_concurrent, prices=prices)
+            return cls(state, state_path=state_path, max_concurrent=cfg.max_concurrent, prices=cfg.prices)
         # Any size is fine: the limits apply per part, when sharding.
-        report = validate_file(src, endpoint=endpoint, max_lines=2**62, max_bytes=2**62, max_embedding_inputs=2**62)
+        report = validate_file(src, endpoint=cfg.endpoint, max_lines=2**62, max_bytes=2**62,
+                               max_embedding_inputs=2**62)
         work = work_dir_for(out)
         shutil.rmtree(work, ignore_errors=True)
-        parts = shard_file(src, work / "parts", max_lines=max_lines, max_bytes=max_bytes, endpoint=endpoint,
-                           prefix="r0")
+        parts = shard_file(src, work / "parts", max_lines=cfg.max_lines, max_bytes=cfg.max_bytes,
+                           endpoint=cfg.endpoint, prefix="r0")
         state = JobState(
-            job_id=_job_id(src, out), endpoint=endpoint, input_path=str(src.resolve()), output_path=str(out.resolve()),
-            total=report.lines, created_at=_clock(), max_rounds=max_rounds, metadata=dict(metadata or {}),
-            token_limit_backoff=token_limit_backoff,
+            job_id=_job_id(src, out), endpoint=cfg.endpoint, input_path=str(src.resolve()),
+            output_path=str(out.resolve()), total=report.lines, created_at=_clock(), max_rounds=cfg.max_rounds,
+            metadata=dict(cfg.metadata), token_limit_backoff=cfg.token_limit_backoff,
         )
         for part in parts:
-            lines = check_file(part, endpoint=endpoint)[0].lines
+            lines = check_file(part, endpoint=cfg.endpoint)[0].lines
             state.parts.append(PartState(name=part.stem, round=0, path=str(part), requests=lines))
         save_state(state, state_path)
-        return cls(state, state_path=state_path, max_concurrent=max_concurrent, prices=prices)
+        return cls(state, state_path=state_path, max_concurrent=cfg.max_concurrent, prices=cfg.prices)
 
     # -- the step, written once ---------------------------------------------------------------
     def advance_plan(self) -> Generator[Call, Any, JobProgress]:

@@ -10,15 +10,13 @@ same output path resumes the job: finished batches are never submitted again.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_table_artifact
 
 from batch_ops.client import AsyncBatchClient
-from batch_ops.jobs import BatchJob, JobProgress
-from batch_ops.jsonl import DEFAULT_MAX_BYTES, DEFAULT_MAX_LINES
+from batch_ops.jobs import BatchJob, JobConfig, JobProgress
 from batch_ops.prefect.credentials import OpenAIBatchCredentials, resolve_settings
 
 __all__ = ["run_batch_job"]
@@ -28,19 +26,21 @@ __all__ = ["run_batch_job"]
 async def run_batch_job(
     input_path: str,
     output_path: str,
+    config: JobConfig,
     *,
-    endpoint: str,
     credentials: OpenAIBatchCredentials | None = None,
-    max_concurrent: int = 4,
-    max_rounds: int = 3,
-    max_lines: int = DEFAULT_MAX_LINES,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    metadata: dict[str, str] | None = None,
-    prices: Mapping[str, Mapping[str, float]] | None = None,
-    token_limit_backoff: float = 60.0,
     poll_interval: float = 60.0,
 ) -> dict[str, Any]:
     """Run ``input_path`` (any size) until every request is answered or accounted for.
+
+    Args:
+        input_path: the request file; any size — it is sharded.
+        output_path: the merged results; the job's state file sits beside it.
+        config: what to run and how (:class:`~batch_ops.jobs.JobConfig`: endpoint, concurrency,
+            rounds, per-batch limits, metadata, prices, token-limit back-off). In the Prefect UI it
+            is one form; from Python a ``JobConfig`` or a dict of its fields.
+        credentials: the block to use; None reads ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``.
+        poll_interval: seconds between polls of the running batches.
 
     Returns the job summary: ``total``, ``succeeded``, ``failed``, ``batches``,
     ``resubmitted``, ``rounds``, ``usage`` (with ``cost_usd`` when ``prices`` is given),
@@ -48,15 +48,11 @@ async def run_batch_job(
 
     Example:
         ```python
-        summary = await run_batch_job("all.jsonl", "results.jsonl", endpoint="/v1/embeddings")
+        summary = await run_batch_job("all.jsonl", "results.jsonl", JobConfig(endpoint="/v1/embeddings"))
         ```
     """
     logger = get_run_logger()
-    job = BatchJob.open(
-        os.fspath(input_path), output_path=os.fspath(output_path), endpoint=endpoint, max_concurrent=max_concurrent,
-        max_rounds=max_rounds, max_lines=max_lines, max_bytes=max_bytes, metadata=metadata, prices=prices,
-        token_limit_backoff=token_limit_backoff,
-    )
+    job = BatchJob.open(os.fspath(input_path), output_path=os.fspath(output_path), config=config)
     logger.info("Job %s: %d requests in %d part(s); state %s", job.state.job_id, job.state.total,
                 len(job.state.parts), job.state_path)
 

@@ -178,6 +178,6 @@ def test_deferred_then_success_and_kill_cancels(make_server, tmp_path: Path, ora
                 # One attempt per try, except a last try that finds every request already answered (an
                 # attempt that expired just after its last answer) and so pays for nothing.
                 assert 2 <= len(batches) <= tries and result["batch_ids"] == [b.id for b in batches]
-                assert [b.request_counts.total for b in batches][0] == needed
+                assert batches[0].request_counts.total == needed
                 assert all(b.request_counts.total < needed for b in batches[1:]), "a retry carried a success again"
                 assert result["chain_request_counts"]["completed"] == needed

@@ -10,6 +10,7 @@ from typing import Any
 import openai
 import pytest
 
+from batch_ops.jobs import JobConfig
 from batch_ops.jsonl import request_line, write_requests
 from batch_ops.prefect import OpenAIBatchCredentials, run_batch_job
 
@@ -21,11 +22,10 @@ def test_job_flow_accounts_for_every_request_and_resumes(make_server: Any, tmp_p
     out = tmp_path / "out.jsonl"
     with make_server(fail_requests=0.1, token_limit_failures=1, seed=4, api_key="sk-job-flow-secret-55") as url:
         creds = OpenAIBatchCredentials(api_key="sk-job-flow-secret-55", base_url=url)
-        summary = asyncio.run(run_batch_job(str(src), str(out), endpoint="/v1/chat/completions", credentials=creds,
-                                            max_lines=30, max_concurrent=2, poll_interval=0.05,
-                                            token_limit_backoff=0.2))
-        again = asyncio.run(run_batch_job(str(src), str(out), endpoint="/v1/chat/completions", credentials=creds,
-                                          max_lines=30, poll_interval=0.05))
+        config = JobConfig(endpoint="/v1/chat/completions", max_lines=30, max_concurrent=2, token_limit_backoff=0.2)
+        summary = asyncio.run(run_batch_job(str(src), str(out), config, credentials=creds, poll_interval=0.05))
+        again = asyncio.run(run_batch_job(str(src), str(out), {"endpoint": "/v1/chat/completions", "max_lines": 30},
+                                          credentials=creds, poll_interval=0.05))
         on_server = list(openai.OpenAI(api_key="sk-job-flow-secret-55", base_url=url).batches.list(limit=100))
     assert summary["succeeded"] + summary["failed"] == summary["total"] == 120
     assert summary["batches"] == len(on_server) and summary["resubmitted"] > 0
@@ -40,6 +40,6 @@ def test_job_flow_rejects_a_bad_file_before_any_upload(make_server: Any, tmp_pat
     with make_server() as url:
         creds = OpenAIBatchCredentials(api_key="k", base_url=url)
         with pytest.raises(Exception, match="line 2: invalid_json_line"):
-            asyncio.run(run_batch_job(str(src), str(tmp_path / "o.jsonl"), endpoint="/v1/chat/completions",
+            asyncio.run(run_batch_job(str(src), str(tmp_path / "o.jsonl"), {"endpoint": "/v1/chat/completions"},
                                       credentials=creds))
         assert openai.OpenAI(api_key="k", base_url=url).files.list().data == []
