@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from batch_ops._submit import Source, Submission
+from batch_ops._submit import Source, Submission, SubmitSpec
 from batch_ops._version import __version__
 from batch_ops.chain import AttemptChain, OutcomePolicy
 from batch_ops.errors import (
@@ -100,6 +100,7 @@ __all__ = [
     "ResultLine",
     "Source",
     "Submission",
+    "SubmitSpec",
     "Usage",
     "__version__",
     "is_permanent",

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Collection, Generator, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -49,7 +49,7 @@ from batch_ops.chain import (
 )
 from batch_ops.errors import APIStatusError, BatchOpsError, InputValidationError, Problem, is_permanent
 from batch_ops.jsonl import filter_requests, request_file, validate_file, write_requests
-from batch_ops.models import Batch, BatchList, FileList, FileObject
+from batch_ops.models import Batch, BatchList, BatchStatus, FileList, FileObject
 from batch_ops.results import successful_ids
 
 __all__ = [
@@ -81,11 +81,17 @@ SubmitPlan = Generator["Send | Sleep | Work", Any, "Submission"]
 
 @dataclass(frozen=True)
 class SubmitSpec:
-    """Everything a submit needs besides the input. ``since`` bounds the chain lookup (epoch s).
+    """Everything a submit needs besides the input, in one object.
 
+    ``idempotency_key`` names the work (None: a random key, nothing looked up); ``policy`` says
+    which outcomes call for a new attempt; ``since`` bounds the chain lookup (epoch seconds).
     ``reattach=False`` promises the key was never used (a job writes a part's key to disk before
     its first create): the chain lookup, upload reuse and reconcile are skipped. Lost create
     answers are still looked up before any re-send.
+
+    Example:
+        >>> SubmitSpec.of(endpoint="/v1/embeddings", fail_on=["failed"]).policy.names
+        ('failed',)
     """
 
     endpoint: str
@@ -96,6 +102,17 @@ class SubmitSpec:
     reattach: bool = True
     policy: OutcomePolicy = field(default_factory=OutcomePolicy)
     since: float | None = None
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        fail_on: Collection[BatchStatus | str] | None = None,
+        fail_on_request_failures: bool = False,
+        **fields: Any,
+    ) -> SubmitSpec:
+        """A spec from keywords, the policy given as ``fail_on`` / ``fail_on_request_failures``."""
+        return cls(policy=OutcomePolicy.of(fail_on, fail_on_request_failures), **fields)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import unicodedata
 from collections.abc import Collection, Iterable, Mapping
@@ -52,6 +54,7 @@ __all__ = [
     "attempt_key",
     "attempt_number",
     "check_idempotency_key",
+    "derive_key",
     "next_step",
     "summary_of",
 ]
@@ -114,6 +117,21 @@ def _base(key: str) -> str:
     spelling one-to-one). No spelled key ends in ``.<digits>``.
     """
     return key + "~" if _SUFFIX.search(key) or key.endswith("~") else key
+
+
+def derive_key(namespace: str, *identity: Any) -> str:
+    """A key named after what survives a retry: a namespace and a hash of the identity's parts.
+
+    The adapters pass what their orchestrator keeps across retries (Airflow: dag, task, run, map
+    index; Prefect: the flow run and the task's place, or the parent run and the work); the same
+    parts give the same key, in any process, on any machine.
+
+    Example:
+        >>> derive_key("af", "d", "t", "manual__1", -1)
+        'af-e6866ef7529bcffa9b85341864c332201091dd1c'
+    """
+    raw = json.dumps(list(identity), separators=(",", ":"), sort_keys=True, default=str)
+    return f"{namespace}-" + hashlib.sha256(raw.encode()).hexdigest()[:40]
 
 
 def attempt_key(key: str, number: int) -> str:

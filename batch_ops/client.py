@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,7 +36,7 @@ from batch_ops._http import USER_AGENT, MultipartBody, RetryPolicy
 from batch_ops._plans import Notify, Reply, Send, Sleep, Work
 from batch_ops._submit import Source, Submission, SubmitSpec, find_chain_plan, submit_plan
 from batch_ops._transport import READ_EAGERLY, AiohttpTransport, aiohttp_available
-from batch_ops.chain import Attempt, AttemptChain, OutcomePolicy
+from batch_ops.chain import Attempt, AttemptChain
 from batch_ops.errors import BatchOpsError, ConfigurationError
 from batch_ops.models import Batch, BatchList, BatchStatus, FileList, FileObject, ResultLine
 from batch_ops.polling import DEFAULT_FAIL_ON, BatchPoller
@@ -151,16 +151,6 @@ def _chain_pairs(chain: AttemptChain, tmp: Path) -> list[tuple[Path | None, Path
     return pairs
 
 
-def _spec(
-    *, endpoint: str, completion_window: str, metadata: Mapping[str, str] | None,
-    output_expires_after: Mapping[str, Any] | None, idempotency_key: str | None, reattach: bool,
-    fail_on: Any, fail_on_request_failures: bool, since: float | None,
-) -> SubmitSpec:
-    return SubmitSpec(
-        endpoint=endpoint, completion_window=completion_window, metadata=metadata,
-        output_expires_after=output_expires_after, idempotency_key=idempotency_key, reattach=reattach,
-        policy=OutcomePolicy.of(fail_on, fail_on_request_failures), since=since,
-    )
 
 
 @dataclass(frozen=True)
@@ -354,7 +344,7 @@ class BatchClient(_Base):
         output_expires_after: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         reattach: bool = True,
-        fail_on: Iterable[BatchStatus | str] = DEFAULT_FAIL_ON,
+        fail_on: Collection[BatchStatus | str] = DEFAULT_FAIL_ON,
         fail_on_request_failures: bool = False,
         since: float | None = None,
     ) -> Batch:
@@ -381,32 +371,21 @@ class BatchClient(_Base):
         Example:
             >>> # client.submit("requests.jsonl", endpoint="/v1/chat/completions", idempotency_key="nightly-1")
         """
-        return self.submit_chain(
-            source, endpoint=endpoint, completion_window=completion_window, metadata=metadata,
+        spec = SubmitSpec.of(
+            endpoint=endpoint, completion_window=completion_window, metadata=metadata,
             output_expires_after=output_expires_after, idempotency_key=idempotency_key, reattach=reattach,
             fail_on=fail_on, fail_on_request_failures=fail_on_request_failures, since=since,
-        ).batch
+        )
+        return self.submit_spec(source, spec).batch
 
-    def submit_chain(
-        self,
-        source: PathLike | Iterable[Mapping[str, Any]] | Source,
-        *,
-        endpoint: str,
-        completion_window: str = "24h",
-        metadata: Mapping[str, str] | None = None,
-        output_expires_after: Mapping[str, Any] | None = None,
-        idempotency_key: str | None = None,
-        reattach: bool = True,
-        fail_on: Iterable[BatchStatus | str] = DEFAULT_FAIL_ON,
-        fail_on_request_failures: bool = False,
-        since: float | None = None,
-    ) -> Submission:
-        """:meth:`submit`, returning the whole :class:`~batch_ops.Submission` (the chain, whether
-        this call created the attempt, how many requests it carries)."""
-        spec = _spec(endpoint=endpoint, completion_window=completion_window, metadata=metadata,
-                     output_expires_after=output_expires_after, idempotency_key=idempotency_key,
-                     reattach=reattach, fail_on=fail_on, fail_on_request_failures=fail_on_request_failures,
-                     since=since)
+    def submit_spec(self, source: PathLike | Iterable[Mapping[str, Any]] | Source, spec: SubmitSpec) -> Submission:
+        """:meth:`submit` with its parameters in one :class:`~batch_ops.SubmitSpec`, returning the whole
+        :class:`~batch_ops.Submission`: the chain, whether this call created the attempt, how many
+        requests it carries. The adapters and the CLI call this.
+
+        Example:
+            >>> # sub = client.submit_spec("requests.jsonl", SubmitSpec(endpoint="/v1/embeddings", idempotency_key="k"))
+        """
         src = Source.of(source)
         workdir = Path(tempfile.mkdtemp(prefix="batch_ops_submit_"))
         try:
@@ -774,37 +753,22 @@ class AsyncBatchClient(_Base):
         output_expires_after: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         reattach: bool = True,
-        fail_on: Iterable[BatchStatus | str] = DEFAULT_FAIL_ON,
+        fail_on: Collection[BatchStatus | str] = DEFAULT_FAIL_ON,
         fail_on_request_failures: bool = False,
         since: float | None = None,
     ) -> Batch:
         """Validate, upload and create a batch; see :meth:`BatchClient.submit`."""
-        submission = await self.submit_chain(
-            source, endpoint=endpoint, completion_window=completion_window, metadata=metadata,
+        spec = SubmitSpec.of(
+            endpoint=endpoint, completion_window=completion_window, metadata=metadata,
             output_expires_after=output_expires_after, idempotency_key=idempotency_key, reattach=reattach,
             fail_on=fail_on, fail_on_request_failures=fail_on_request_failures, since=since,
         )
-        return submission.batch
+        return (await self.submit_spec(source, spec)).batch
 
-    async def submit_chain(
-        self,
-        source: PathLike | Iterable[Mapping[str, Any]] | Source,
-        *,
-        endpoint: str,
-        completion_window: str = "24h",
-        metadata: Mapping[str, str] | None = None,
-        output_expires_after: Mapping[str, Any] | None = None,
-        idempotency_key: str | None = None,
-        reattach: bool = True,
-        fail_on: Iterable[BatchStatus | str] = DEFAULT_FAIL_ON,
-        fail_on_request_failures: bool = False,
-        since: float | None = None,
+    async def submit_spec(
+        self, source: PathLike | Iterable[Mapping[str, Any]] | Source, spec: SubmitSpec
     ) -> Submission:
-        """See :meth:`BatchClient.submit_chain`; file work runs in worker threads."""
-        spec = _spec(endpoint=endpoint, completion_window=completion_window, metadata=metadata,
-                     output_expires_after=output_expires_after, idempotency_key=idempotency_key,
-                     reattach=reattach, fail_on=fail_on, fail_on_request_failures=fail_on_request_failures,
-                     since=since)
+        """See :meth:`BatchClient.submit_spec`; file work runs in worker threads."""
         src = Source.of(source)
         workdir = Path(await asyncio.to_thread(tempfile.mkdtemp, "", "batch_ops_submit_"))
         try:

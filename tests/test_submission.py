@@ -22,7 +22,7 @@ from typing import Any
 import openai
 import pytest
 
-from batch_ops import AsyncBatchClient, BatchClient, InputValidationError, Source
+from batch_ops import AsyncBatchClient, BatchClient, InputValidationError, Source, SubmitSpec
 from batch_ops.chain import IDEMPOTENCY_METADATA_KEY, KEY_MAX_LENGTH
 from batch_ops.errors import InternalServerError
 
@@ -56,7 +56,7 @@ def until_accepted(client: BatchClient, source: Any, *, key: str, tries: int = 1
     """Submit under ``key`` and wait, as a retried task would, until the policy accepts the chain."""
     submissions = []
     for _ in range(tries):
-        sub = client.submit_chain(source, endpoint=CHAT, idempotency_key=key, **policy)
+        sub = client.submit_spec(source, SubmitSpec.of(endpoint=CHAT, idempotency_key=key, **policy))
         submissions.append(sub)
         if sub.step.action == "done":
             return submissions
@@ -98,7 +98,7 @@ def test_a_retry_after_an_expired_batch_carries_only_what_did_not_finish(
         first = client.submit(path, endpoint=CHAT, idempotency_key="expiring")
         first = client.batches.wait(first.id, poll_interval=0.05, timeout=30)
         assert first.status.value == "expired" and 0 < first.request_counts.completed < 10
-        second = client.submit_chain(path, endpoint=CHAT, idempotency_key="expiring")
+        second = client.submit_spec(path, SubmitSpec.of(endpoint=CHAT, idempotency_key="expiring"))
         assert second.created and second.step.number == 1
         assert second.carried == 10 - first.request_counts.completed
         assert second.batch.metadata[IDEMPOTENCY_METADATA_KEY] == "expiring.1"
@@ -112,7 +112,7 @@ def test_a_retry_after_a_failed_batch_sends_the_same_input_file_again(make_serve
         first = client.batches.wait(client.submit(path, endpoint=CHAT, idempotency_key="tl").id, poll_interval=0.05)
         assert first.status.value == "failed"
         files_before = len(client.files.list(purpose="batch").data)
-        second = client.submit_chain(path, endpoint=CHAT, idempotency_key="tl")
+        second = client.submit_spec(path, SubmitSpec.of(endpoint=CHAT, idempotency_key="tl"))
         assert second.created and second.batch.input_file_id == first.input_file_id
         assert len(client.files.list(purpose="batch").data) == files_before, "nothing ran: no second upload"
         assert client.batches.wait(second.batch.id, poll_interval=0.05).status.value == "completed"
@@ -122,11 +122,11 @@ def test_a_retry_after_a_failed_batch_sends_the_same_input_file_again(make_serve
 def test_an_accepted_or_running_attempt_is_returned_not_paid_again(make_server: MakeServer, tmp_path: Path) -> None:
     path = requests_file(tmp_path / "in.jsonl", 8)
     with make_server(concurrency=1, request_latency=0.5) as url, BatchClient(api_key="local", base_url=url) as client:
-        running = client.submit_chain(path, endpoint=CHAT, idempotency_key="k")
-        again = client.submit_chain(path, endpoint=CHAT, idempotency_key="k")
+        running = client.submit_spec(path, SubmitSpec.of(endpoint=CHAT, idempotency_key="k"))
+        again = client.submit_spec(path, SubmitSpec.of(endpoint=CHAT, idempotency_key="k"))
         assert again.step.action == "attach" and again.batch.id == running.batch.id and not again.created
         client.batches.wait(running.batch.id, poll_interval=0.05)
-        done = client.submit_chain(path, endpoint=CHAT, idempotency_key="k")
+        done = client.submit_spec(path, SubmitSpec.of(endpoint=CHAT, idempotency_key="k"))
         assert done.step.action == "done" and done.batch.id == running.batch.id
         # fail_on=[] accepts every outcome: a key's work is never created twice then either.
         assert len(server_batches(url)) == 1 and len(client.files.list(purpose="batch").data) == 1
@@ -141,7 +141,7 @@ def test_a_key_that_looks_like_an_attempt_number_is_a_chain_of_its_own(make_serv
         other = client.submit(path, endpoint=CHAT, idempotency_key="run.1")  # a user's key, not attempt 1 of "run"
         assert client.batches.chain("run").batch_ids == [base.id]
         assert client.batches.chain("run.1").batch_ids == [other.id]
-        nxt = client.submit_chain(path, endpoint=CHAT, idempotency_key="run")
+        nxt = client.submit_spec(path, SubmitSpec.of(endpoint=CHAT, idempotency_key="run"))
         assert nxt.created and nxt.step.number == 1 and nxt.batch.id != other.id
 
 
@@ -168,7 +168,7 @@ def test_an_upload_left_by_a_try_that_died_before_its_create_is_reused(make_serv
             (orphan,) = client.files.list(purpose="batch").data
             assert server_batches(url) == []
         with BatchClient(api_key="local", base_url=url) as retry:
-            sub = retry.submit_chain(path, endpoint=CHAT, idempotency_key="crashy")
+            sub = retry.submit_spec(path, SubmitSpec.of(endpoint=CHAT, idempotency_key="crashy"))
             assert sub.created and sub.reused_upload and sub.batch.input_file_id == orphan.id
             assert len(retry.files.list(purpose="batch").data) == 1
 
@@ -190,7 +190,7 @@ async def test_the_async_client_drives_the_same_chain(make_server: MakeServer, t
     with make_server(concurrency=1, request_latency=0.1, expire_after=0.45) as url:
         async with AsyncBatchClient(api_key="local", base_url=url) as client:
             for _ in range(12):
-                sub = await client.submit_chain(path, endpoint=CHAT, idempotency_key="async-chain")
+                sub = await client.submit_spec(path, SubmitSpec.of(endpoint=CHAT, idempotency_key="async-chain"))
                 if sub.step.action == "done":
                     break
                 await client.batches.wait(sub.batch.id, poll_interval=0.05, timeout=30)
@@ -205,11 +205,11 @@ async def test_the_async_client_drives_the_same_chain(make_server: MakeServer, t
 
 _RACER = textwrap.dedent("""
     import sys, time
-    from batch_ops import BatchClient
+    from batch_ops import BatchClient, SubmitSpec
     url, path, key, start = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
     client = BatchClient(api_key="local", base_url=url)
     time.sleep(max(0.0, start - time.time()))
-    sub = client.submit_chain(path, endpoint="/v1/chat/completions", idempotency_key=key)
+    sub = client.submit_spec(path, SubmitSpec.of(endpoint="/v1/chat/completions", idempotency_key=key))
     print(sub.batch.id, int(sub.created), ",".join(sub.cancelled) or "-", flush=True)
 """)
 

@@ -20,8 +20,6 @@ collapse to one batch.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -36,11 +34,12 @@ try:
 except ImportError:  # Airflow 3.0 kept it in airflow.exceptions
     from airflow.exceptions import AirflowFailException  # type: ignore[no-redef]
 
-from batch_ops import OutcomePolicy, Source, is_permanent
+from batch_ops import OutcomePolicy, Source, SubmitSpec, is_permanent
 from batch_ops.airflow.hooks import OpenAIBatchHook
 from batch_ops.airflow.links import OpenAIBatchLink, batch_url
 from batch_ops.airflow.outcome import XCOM_BATCH, XCOM_BATCH_ID, BatchOutcomeMixin
 from batch_ops.airflow.triggers import OpenAIBatchTrigger
+from batch_ops.chain import derive_key
 from batch_ops.client import BatchClient
 from batch_ops.errors import BatchOpsError, BatchTimeoutError
 from batch_ops.models import BatchStatus
@@ -67,8 +66,7 @@ def idempotency_key(*, dag_id: str, task_id: str, run_id: str, map_index: int = 
         >>> k != idempotency_key(dag_id="d", task_id="t", run_id="manual__1", map_index=0)
         True
     """
-    raw = json.dumps([dag_id, task_id, run_id, int(map_index)], separators=(",", ":"))
-    return "af-" + hashlib.sha256(raw.encode()).hexdigest()[:40]
+    return derive_key("af", dag_id, task_id, run_id, int(map_index))
 
 
 def _seconds(value: timedelta | float | None) -> float | None:
@@ -281,17 +279,15 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
 
     def _submit(self, client: BatchClient, context: Context) -> Submission:
         try:
-            submission = client.submit_chain(
-                self._source(),
+            submission = client.submit_spec(self._source(), SubmitSpec(
                 endpoint=self.endpoint,
                 completion_window=self.completion_window,
                 metadata=self.metadata,
                 output_expires_after=_native_numbers(self.output_expires_after),
                 idempotency_key=self._key(context),
-                fail_on=self.policy.fail_on,
-                fail_on_request_failures=self.policy.fail_on_request_failures,
+                policy=self.policy,
                 since=self._since(context),
-            )
+            ))
         except BatchOpsError as exc:
             if is_permanent(exc):
                 # A bad file or parameter stays bad: fail now, without spending retries on it.

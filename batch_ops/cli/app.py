@@ -27,6 +27,7 @@ import typer
 from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from batch_ops import SubmitSpec
 from batch_ops.cli import EXIT_CODES, EXIT_FAILED, exit_code_for, render
 from batch_ops.client import BatchClient
 from batch_ops.errors import (
@@ -352,10 +353,10 @@ def submit(
         out.note(f"validated {report.lines} requests ({render.human_bytes(report.bytes)}) for {report.endpoint}"
                  + (f", model {report.model}" if report.model else ""))
         with _client(out, base_url, api_key, max_retries) as client:
-            submission = client.submit_chain(
-                input_path, endpoint=endpoint, completion_window=completion_window, metadata=meta,
+            submission = client.submit_spec(input_path, SubmitSpec(
+                endpoint=endpoint, completion_window=completion_window, metadata=meta,
                 output_expires_after=expires, idempotency_key=idempotency_key,
-            )
+            ))
             batch = submission.batch
             # From here on the batch exists: an interrupt or a timeout must say which one keeps running.
             with _handled(out, batch_id=batch.id):

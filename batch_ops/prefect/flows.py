@@ -24,8 +24,6 @@ Add it to your own flows that use the tasks: ``@flow(on_cancellation=[cancel_flo
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -39,7 +37,7 @@ from prefect.logging.loggers import flow_run_logger
 from prefect.states import State
 
 from batch_ops import AttemptChain, OutcomePolicy
-from batch_ops.chain import Attempt
+from batch_ops.chain import Attempt, derive_key
 from batch_ops.client import AsyncBatchClient
 from batch_ops.errors import InputValidationError, Problem
 from batch_ops.models import Batch, BatchStatus
@@ -146,10 +144,6 @@ async def cancel_flow_run_batches(flow: Flow[Any, Any], flow_run: FlowRun, state
             logger.error("Could not list the batches of flow run %s on %s: %s", run_id, settings.base_url, exc)
 
 
-def _work_digest(work: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(work, sort_keys=True, default=str).encode()).hexdigest()
-
-
 async def flow_idempotency_key(work: Mapping[str, Any]) -> str | None:
     """The key of the running ``run_batch`` flow run (see the module docstring), or None outside one."""
     ctx = FlowRunContext.get()
@@ -162,8 +156,7 @@ async def flow_idempotency_key(work: Mapping[str, Any]) -> str | None:
 
     async with get_client() as client:
         parent = await client.read_task_run(run.parent_task_run_id)
-    raw = f"{parent.flow_run_id}|{_work_digest(work)}"
-    return "prefect-sub-" + hashlib.sha256(raw.encode()).hexdigest()[:40]
+    return derive_key("prefect-sub", parent.flow_run_id, dict(work))
 
 
 @flow(name="run-batch", on_cancellation=[cancel_flow_run_batches])

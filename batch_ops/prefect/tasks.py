@@ -30,8 +30,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import os
 import tempfile
 import threading
@@ -47,8 +45,8 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_logger, get_run_logger
 from pydantic import BaseModel, ConfigDict
 
-from batch_ops import AttemptChain, Source, Submission
-from batch_ops.chain import IDEMPOTENCY_METADATA_KEY, summary_of
+from batch_ops import AttemptChain, Source, Submission, SubmitSpec
+from batch_ops.chain import IDEMPOTENCY_METADATA_KEY, derive_key, summary_of
 from batch_ops.client import AsyncBatchClient
 from batch_ops.errors import BatchTimeoutError, InputValidationError, Problem
 from batch_ops.jsonl import request_file, validate_file, write_requests
@@ -158,8 +156,7 @@ def task_idempotency_key() -> str | None:
     if task_ctx is None:
         return None
     run = task_ctx.task_run
-    raw = json.dumps([str(run.flow_run_id), run.task_key, str(run.dynamic_key)])
-    return "prefect-" + hashlib.sha256(raw.encode()).hexdigest()[:40]
+    return derive_key("prefect", run.flow_run_id, run.task_key, run.dynamic_key)
 
 
 def _tag_metadata(metadata: Mapping[str, str] | None, flow_run_id: str | None) -> dict[str, str]:
@@ -286,11 +283,11 @@ async def _submit(
     tagged = _tag_metadata(metadata, flow_run_id)
     if flow_run_id is not None:
         _remember_settings(flow_run_id, settings)
-    submission = await client.submit_chain(
-        source, endpoint=endpoint, completion_window=completion_window, metadata=tagged,
+    submission = await client.submit_spec(source, SubmitSpec.of(
+        endpoint=endpoint, completion_window=completion_window, metadata=tagged,
         output_expires_after=output_expires_after, idempotency_key=idempotency_key or task_idempotency_key(),
         fail_on=fail_on, fail_on_request_failures=fail_on_request_failures,
-    )
+    ))
     batch, step, logger = submission.batch, submission.step, _logger()
     if submission.created:
         carried = f", carrying {submission.carried} requests" if submission.carried is not None else ""
