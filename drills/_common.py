@@ -9,6 +9,7 @@ process group it leads); nothing else is ever signalled.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -650,3 +651,72 @@ def temp_dir(prefix: str) -> Iterator[Path]:
         import shutil
 
         shutil.rmtree(path, ignore_errors=True)
+
+
+class HoldProxy:
+    """A TCP proxy that forwards every call, but holds back the answer to the first
+    ``POST /v1/batches``: the batch is created on the server, the caller never hears.
+    With ``forward=False`` the held create never reaches the server at all (a process killed
+    after its upload, before its create landed).
+
+    One request per connection (``Connection: close`` upstream), so the proxy needs to parse
+    nothing beyond the request head. It runs its own event loop in a thread.
+    """
+
+    def __init__(self, upstream: str, *, hold_creates: int = 1, forward: bool = True) -> None:
+        hostport = upstream.split("://", 1)[1].split("/", 1)[0]
+        self._host, port = hostport.rsplit(":", 1)
+        self._port = int(port)
+        self.holds_left = hold_creates
+        self.forward = forward
+        self.creates = 0
+        self.held = threading.Event()
+        self.url = ""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            method, path, _ = lines[0].split(" ", 2)
+            headers = [h for h in lines[1:] if h and not h.lower().startswith(("connection:", "keep-alive:"))]
+            length = next((int(h.split(":", 1)[1]) for h in headers if h.lower().startswith("content-length:")), 0)
+            body = await reader.readexactly(length) if length else b""
+            is_create = method == "POST" and path.split("?")[0].rstrip("/").endswith("/batches")
+            if is_create and self.holds_left > 0 and not self.forward:
+                self.holds_left -= 1
+                self.held.set()
+                await reader.read()  # swallowed: the create never reaches the server
+                return
+            up_reader, up_writer = await asyncio.open_connection(self._host, self._port)
+            up_writer.write("\r\n".join([lines[0], *headers, "Connection: close", "", ""]).encode("latin-1") + body)
+            await up_writer.drain()
+            response = await up_reader.read()
+            up_writer.close()
+            if is_create:
+                self.creates += 1
+                if self.holds_left > 0:
+                    self.holds_left -= 1
+                    self.held.set()
+                    await reader.read()  # hold the answer until the caller goes away
+                    return
+            writer.write(response)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[HoldProxy]:
+        self._thread.start()
+        server = asyncio.run_coroutine_threadsafe(asyncio.start_server(self._handle, "127.0.0.1", 0),
+                                                  self._loop).result(10)
+        self.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+        try:
+            yield self
+        finally:
+            server.close()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)

@@ -33,6 +33,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `drills` and `batch_ops` 
     sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "drills" / "results" / "latest.md"
+MONEY = ROOT / "drills" / "results" / "money.md"
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,17 @@ DRILLS: tuple[Spec, ...] = (
     Spec("security-airflow", "7a", "Canary key absent: Airflow logs and metadata DB", "airflow_stack"),
     Spec("security-prefect", "7b", "Canary key absent: Prefect results, artifacts, events, logs", "prefect_drills"),
     Spec("security-cli-server", "7c", "Canary key absent from CLI; server binds loopback, 401s", "core_drills"),
+    Spec("money-core", "8a", "Paid vs needed: 2 and 4 concurrent tries of one key", "money_drills"),
+    Spec("money-airflow", "8b", "Paid vs needed: Airflow retries after failed/expired/request failures, kill -9",
+         "money_drills"),
+    Spec("money-prefect", "8c", "Paid vs needed: Prefect flow-run retry, parent retried after kill -9",
+         "money_drills"),
 )
 #: Cheap suites first, so a broken basic fails fast; the Airflow deployment last.
-SUITES: tuple[str, ...] = ("core_drills", "airflow_dags", "prefect_drills", "airflow_stack")
+SUITES: tuple[str, ...] = ("core_drills", "airflow_dags", "prefect_drills", "airflow_stack", "money_drills")
 #: Seconds a suite may take before it is stopped (its drills then fail); a full run takes ~4 min.
-BUDGET: dict[str, float] = {"core_drills": 180, "airflow_dags": 240, "prefect_drills": 240, "airflow_stack": 420}
+BUDGET: dict[str, float] = {"core_drills": 180, "airflow_dags": 240, "prefect_drills": 240, "airflow_stack": 420,
+                            "money_drills": 480}
 #: The whole run stops within this (issue 8: 15 minutes), leaving a minute to stop what is running.
 TOTAL_BUDGET = 14 * 60.0
 
@@ -166,6 +173,24 @@ def table(specs: list[Spec], results: dict[str, dict[str, Any]], total: float) -
     return "\n".join(lines)
 
 
+def money_table(specs: list[Spec], results: dict[str, dict[str, Any]]) -> str:
+    """Drill 8's rows: each scenario with the requests paid for against those needed."""
+    lines = ["| scenario | paid / needed | what happened | drill |", "|---|---|---|---|"]
+    for spec in specs:
+        if not spec.name.startswith("money-"):
+            continue
+        r = results[spec.name]
+        for scenario, value in r["figures"].items():
+            money, _, detail = str(value).partition("; ")
+            money = money.removeprefix("paid ").replace("needed ", "")
+            lines.append(f"| {_cell(scenario)} | {_cell(money)} | {_cell(detail)} | "
+                         f"{spec.number} {'PASS' if r['ok'] else 'FAIL'} |")
+        if not r["ok"] and (r.get("error") or r["failures"]):
+            lines.append(f"| {spec.name} | | **{_cell(r.get('error') or '; '.join(r['failures'][:3]))}** | "
+                         f"{spec.number} FAIL |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--only", action="append", metavar="NAME",
@@ -211,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     scope = "all drills" if len(specs) == len(DRILLS) else "only " + ", ".join(s.name for s in specs)
     RESULTS.write_text(f"# Drill results\n\n`make drill` ({scope}), {stamp}, {os.cpu_count()} cores.\n\n{text}\n")
+    money = money_table(specs, results)
+    if money:
+        print()
+        print(money)
+        MONEY.write_text(f"# Money drill: requests paid for against requests needed\n\n`make drill` ({scope}), "
+                         f"{stamp}, {os.cpu_count()} cores.\n\n{money}\n")
     for spec in specs:
         r = results[spec.name]
         if not r["ok"]:

@@ -75,3 +75,23 @@ with _dag("drill_worker_kill"):
 with _dag("drill_security"):
     OpenAIBatchOperator(task_id="batch", endpoint=CHAT, requests=_requests("sec", 30), conn_id="drill_security",
                         poll_interval=0.5, metadata={"purpose": "security drill"}, timeout=timedelta(minutes=5))
+
+# Drill 8 (money): each DAG is retried by the scheduler after the outcome that calls for it, every
+# try in a new task process; the drill compares the requests paid for with the requests needed.
+_MONEY = {"retries": 8, "retry_delay": timedelta(seconds=0)}
+with _dag("drill_money_failed", default_args=_MONEY):  # token_limit_exceeded: nothing ran
+    OpenAIBatchOperator(task_id="batch", endpoint=CHAT, requests=_requests("mf", 40), conn_id="drill_money_failed",
+                        poll_interval=0.3, timeout=timedelta(minutes=5))
+
+with _dag("drill_money_expired", default_args=_MONEY):  # expired with part of the work done
+    OpenAIBatchOperator(task_id="batch", endpoint=CHAT, requests=_requests("me", 40), conn_id="drill_money_expired",
+                        poll_interval=0.3, timeout=timedelta(minutes=5))
+
+with _dag("drill_money_failures", default_args=_MONEY):  # completed with failed requests, and the policy says no
+    OpenAIBatchOperator(task_id="batch", endpoint=CHAT, requests=_requests("mr", 40), conn_id="drill_money_failures",
+                        poll_interval=0.3, fail_on_request_failures=True, timeout=timedelta(minutes=5))
+
+with _dag("drill_money_kill", default_args={"retries": 1, "retry_delay": timedelta(seconds=1)}):
+    # Killed after its upload, while its create is held (and never delivered) by a proxy.
+    OpenAIBatchOperator(task_id="batch", endpoint=CHAT, requests=_requests("mk", 40), conn_id="drill_money_kill",
+                        poll_interval=0.3, timeout=timedelta(minutes=5))
