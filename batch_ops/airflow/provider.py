@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from batch_ops._version import __version__
+from batch_ops import __version__
 
 __all__ = ["get_provider_info"]
 
