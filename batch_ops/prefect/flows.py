@@ -46,6 +46,7 @@ from batch_ops.prefect.tasks import (
     DEFAULT_WAIT_TIMEOUT,
     FLOW_RUN_METADATA_KEY,
     BatchResult,
+    run_started,
     settings_used_by,
     submit_batch,
     wait_for_batch,
@@ -144,19 +145,21 @@ async def cancel_flow_run_batches(flow: Flow[Any, Any], flow_run: FlowRun, state
             logger.error("Could not list the batches of flow run %s on %s: %s", run_id, settings.base_url, exc)
 
 
-async def flow_idempotency_key(work: Mapping[str, Any]) -> str | None:
-    """The key of the running ``run_batch`` flow run (see the module docstring), or None outside one."""
+async def flow_identity(work: Mapping[str, Any]) -> tuple[str | None, float | None]:
+    """The key of the running ``run_batch`` flow run (see the module docstring) and how far back its
+    batches can be: when the run (or, for a subflow, its parent) began. ``(None, None)`` outside a run."""
     ctx = FlowRunContext.get()
     if ctx is None or ctx.flow_run is None:
-        return None
+        return None, None
     run = ctx.flow_run
     if run.parent_task_run_id is None:
-        return f"prefect-{run.id}-run-batch"
+        return f"prefect-{run.id}-run-batch", run_started(run)
     from prefect.client.orchestration import get_client
 
     async with get_client() as client:
-        parent = await client.read_task_run(run.parent_task_run_id)
-    return derive_key("prefect-sub", parent.flow_run_id, dict(work))
+        tracking = await client.read_task_run(run.parent_task_run_id)
+        parent = await client.read_flow_run(tracking.flow_run_id) if tracking.flow_run_id else None
+    return derive_key("prefect-sub", tracking.flow_run_id, dict(work)), run_started(parent)
 
 
 @flow(name="run-batch", on_cancellation=[cancel_flow_run_batches])
@@ -217,7 +220,7 @@ async def run_batch(
     work = {"endpoint": endpoint, "input_path": None if input_path is None else os.fspath(input_path),
             "requests": requests, "metadata": metadata, "completion_window": completion_window,
             "output_expires_after": output_expires_after}
-    key = idempotency_key or await flow_idempotency_key(work)
+    key, since = (idempotency_key, None) if idempotency_key else await flow_identity(work)
     submitted = await submit_batch(
         source,
         endpoint=endpoint,
@@ -228,12 +231,13 @@ async def run_batch(
         idempotency_key=key,
         fail_on=policy.fail_on,
         fail_on_request_failures=policy.fail_on_request_failures,
+        since=since,
     )
     # The policy is applied below, to the chain's latest batch, so the wait accepts every outcome.
     await wait_for_batch(submitted.batch_id, credentials=credentials, poll_interval=poll_interval, timeout=timeout,
                          fail_on=[])
     client = AsyncBatchClient.shared(resolve_settings(credentials))
-    chain = await client.batches.chain(key) if key is not None else None
+    chain = await client.batches.chain(key, since=since) if key is not None else None
     if chain is None or chain.latest is None or chain.latest.id != submitted.batch_id:
         # No key (outside a flow run), or a list that does not show the batch yet: a chain of one.
         chain = AttemptChain(key or submitted.batch_id,

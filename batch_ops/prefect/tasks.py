@@ -64,6 +64,7 @@ __all__ = [
     "cancel_batch",
     "create_batch",
     "download_batch_file",
+    "run_started",
     "settings_used_by",
     "submit_batch",
     "task_idempotency_key",
@@ -141,6 +142,23 @@ def _flow_run_id() -> str | None:
     if flow_ctx is not None and flow_ctx.flow_run is not None:
         return str(flow_ctx.flow_run.id)
     return None
+
+
+#: Seconds of clock skew allowed between Prefect and the Batch API when bounding a key lookup.
+LOOKBACK_SKEW = 600.0
+
+
+def run_started(flow_run: Any = None) -> float | None:
+    """When the flow run began (epoch seconds, less the clock skew allowance), or None.
+
+    A batch of a run cannot predate the run: the key lookup (a scan of the batch list) stops there
+    instead of going back a week. The run's ``created`` time is kept over its retries.
+    """
+    if flow_run is None:
+        ctx = FlowRunContext.get()
+        flow_run = ctx.flow_run if ctx is not None else None
+    when = getattr(flow_run, "created", None) or getattr(flow_run, "expected_start_time", None)
+    return when.timestamp() - LOOKBACK_SKEW if when is not None else None
 
 
 def task_idempotency_key() -> str | None:
@@ -275,6 +293,7 @@ async def _submit(
     idempotency_key: str | None,
     fail_on: Collection[BatchStatus | str],
     fail_on_request_failures: bool,
+    since: float | None = None,
 ) -> Submission:
     """Drive core's submission core with the run's key and tags; log what it did."""
     settings = resolve_settings(credentials)
@@ -283,10 +302,13 @@ async def _submit(
     tagged = _tag_metadata(metadata, flow_run_id)
     if flow_run_id is not None:
         _remember_settings(flow_run_id, settings)
+    if idempotency_key is None:
+        # A key derived from this run names batches of this run only: look no further back than its start.
+        idempotency_key, since = task_idempotency_key(), since or run_started()
     submission = await client.submit_spec(source, SubmitSpec.of(
         endpoint=endpoint, completion_window=completion_window, metadata=tagged,
-        output_expires_after=output_expires_after, idempotency_key=idempotency_key or task_idempotency_key(),
-        fail_on=fail_on, fail_on_request_failures=fail_on_request_failures,
+        output_expires_after=output_expires_after, idempotency_key=idempotency_key,
+        fail_on=fail_on, fail_on_request_failures=fail_on_request_failures, since=since,
     ))
     batch, step, logger = submission.batch, submission.step, _logger()
     if submission.created:
@@ -311,6 +333,7 @@ async def submit_batch(
     idempotency_key: str | None = None,
     fail_on: Collection[BatchStatus | str] = DEFAULT_FAIL_ON,
     fail_on_request_failures: bool = False,
+    since: float | None = None,
 ) -> BatchResult:
     """Validate, upload and create a batch, at most once per key; safe to retry.
 
@@ -326,6 +349,9 @@ async def submit_batch(
         idempotency_key: names the work; default: derived from the flow run and this task's
             place in it (see :func:`task_idempotency_key`).
         fail_on, fail_on_request_failures: outcomes that call for a new attempt on a retry.
+        since: how far back (epoch seconds) the key's batches are looked for; default: when the
+            flow run began for a derived key (its batches cannot be older), else the client's
+            ``idempotency_lookback``.
 
     Example:
         ```python
@@ -335,7 +361,7 @@ async def submit_batch(
     submission = await _submit(source, endpoint=endpoint, credentials=credentials, metadata=metadata,
                                completion_window=completion_window, output_expires_after=output_expires_after,
                                idempotency_key=idempotency_key, fail_on=fail_on,
-                               fail_on_request_failures=fail_on_request_failures)
+                               fail_on_request_failures=fail_on_request_failures, since=since)
     return BatchResult.from_chain(submission.chain)
 
 
