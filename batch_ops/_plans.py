@@ -10,12 +10,13 @@ the sync and async clients cannot drift apart, and the plans are testable step b
 
 Example:
     >>> plan = send_with_retries(Send("GET", "/batches/b1"), policy=RetryPolicy(max_retries=1, initial=1))
-    >>> next(plan)
-    Send(method='GET', path='/batches/b1', params=None, json=None, upload=None, sink=None, filename=None)
-    >>> plan.send(Reply(status=503, headers={"retry-after": "2"}))
-    Sleep(seconds=2.0)
-    >>> next(plan)  # the retry
-    Send(method='GET', path='/batches/b1', params=None, json=None, upload=None, sink=None, filename=None)
+    >>> first = next(plan)
+    >>> first.method, first.path
+    ('GET', '/batches/b1')
+    >>> plan.send(Reply(status=503, headers={"retry-after": "2"})).seconds
+    2.0
+    >>> next(plan) == first  # the retry
+    True
     >>> try:
     ...     plan.send(Reply(status=200, body=b'{"ok": 1}'))
     ... except StopIteration as done:
@@ -29,15 +30,19 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import quote, urljoin, urlsplit
+
+from pydantic import BaseModel, ValidationError
 
 from batch_ops._http import RetryPolicy, error_from_response
 from batch_ops.chain import IDEMPOTENCY_METADATA_KEY
 from batch_ops.errors import (
     APIConnectionError,
     APIError,
+    APIResponseValidationError,
     APIStatusError,
     APITimeoutError,
     InputValidationError,
@@ -48,6 +53,8 @@ from batch_ops.models import (
     METADATA_MAX_PAIRS,
     Batch,
     BatchList,
+    FileList,
+    FileObject,
     check_create_params,
 )
 from batch_ops.polling import BatchPoller, timeout_error
@@ -59,11 +66,15 @@ __all__ = [
     "Send",
     "Sleep",
     "Work",
+    "api_path",
+    "call_plan",
     "create_body",
     "create_plan",
     "find_by_key_plan",
+    "follow",
     "list_params",
     "new_idempotency_key",
+    "parse",
     "send_with_retries",
     "wait_plan",
 ]
@@ -82,6 +93,9 @@ class Send:
     ``upload`` streams that file as the multipart ``file`` field (``json`` then holds the
     other form fields); ``sink`` streams a successful response body into that file.
     ``filename`` names the upload on the server (default: the local file's name).
+    ``url`` (absolute) replaces base URL + ``path`` when following a redirect; ``auth=False``
+    sends no credentials (a redirect to another origin). ``deadline`` (epoch seconds): the
+    driver abandons the exchange then, whatever the server is doing.
     """
 
     method: str
@@ -91,13 +105,17 @@ class Send:
     upload: Path | None = None
     sink: Path | None = None
     filename: str | None = None
+    url: str | None = None
+    auth: bool = True
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)
 class Sleep:
-    """Effect: wait this many seconds."""
+    """Effect: wait this many seconds. ``reason`` says what is being retried (the drivers log it)."""
 
     seconds: float
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -125,6 +143,7 @@ class Reply:
 
     ``sent`` is False only when the request certainly never reached the server (connection
     refused or connect timeout); it decides whether a failed create may have created a batch.
+    ``url`` is the absolute URL the request went to (redirects are resolved against it).
     """
 
     status: int | None = None
@@ -133,10 +152,19 @@ class Reply:
     error: str | None = None
     timed_out: bool = False
     sent: bool = True
+    url: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.status is not None and self.status < 400
+        """Only a 2xx is a success: a 3xx is a redirect to follow (or refuse), never an answer."""
+        return self.error is None and self.status is not None and 200 <= self.status < 300
+
+    @property
+    def redirect(self) -> str | None:
+        """The ``Location`` of a redirect answer, or None."""
+        if self.error is None and self.status in _REDIRECTS:
+            return self.headers.get("location") or self.headers.get("Location")
+        return None
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -154,6 +182,7 @@ class Reply:
 
 
 Plan = Generator["Send | Sleep | Notify | Work", Any, Any]
+_M = TypeVar("_M", bound=BaseModel)
 
 
 def _retry_delay(policy: RetryPolicy, reply: Reply, *, attempt: int, started: float) -> float | None:
@@ -163,18 +192,146 @@ def _retry_delay(policy: RetryPolicy, reply: Reply, *, attempt: int, started: fl
 
 
 def send_with_retries(send: Send, *, policy: RetryPolicy) -> Generator[Send | Sleep, Any, Reply]:
-    """Send until success, a permanent error, or the retry budget is spent."""
+    """Send until success, a permanent error, the retry budget is spent, or ``send.deadline`` passes.
+
+    Redirects are followed (at most :data:`MAX_REDIRECTS`), with the credentials only while
+    the origin stays the same.
+    """
+    started = clock()
+    attempt = 0
+    current = send
+    redirects = 0
+    while True:
+        if send.deadline is not None and clock() >= send.deadline:
+            raise APITimeoutError(f"{send.method} {send.path}: the deadline passed before an answer came")
+        reply: Reply = yield current
+        if reply.ok:
+            return reply
+        location = reply.redirect
+        if location is not None:
+            redirects += 1
+            if redirects > MAX_REDIRECTS:
+                raise APIConnectionError(f"{send.method} {send.path}: more than {MAX_REDIRECTS} redirects")
+            current = follow(current, reply, location)
+            continue
+        if send.deadline is not None and clock() >= send.deadline:
+            raise reply.exception(current)  # no time left for another try
+        delay = _retry_delay(policy, reply, attempt=attempt, started=started)
+        if delay is None:
+            raise reply.exception(current)
+        if send.deadline is not None:
+            delay = min(delay, max(send.deadline - clock(), 0.0))
+        what = reply.error or f"HTTP {reply.status}"
+        yield Sleep(delay, f"{send.method} {send.path} failed ({what}); retry {attempt + 1} of {policy.max_retries} "
+                           f"in {delay:.1f} s")
+        attempt += 1
+        current = send  # a retry starts over at the original URL
+
+
+#: Statuses that carry a ``Location`` to follow.
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+#: Redirects followed per call before giving up.
+MAX_REDIRECTS = 5
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return (parts.scheme, (parts.hostname or "").lower(), port)
+
+
+def follow(send: Send, reply: Reply, location: str) -> Send:
+    """The request a redirect asks for: the credentials go only to the origin they were meant for.
+
+    303 (and 301/302 after a POST, as browsers do) turns the request into a GET without a body;
+    307/308 repeat it as it was.
+
+    Example:
+        >>> s = Send("GET", "/files/f1/content")
+        >>> r = Reply(status=302, headers={"location": "https://cdn.example/f1?sig=x"},
+        ...           url="https://api.example/v1/files/f1/content")
+        >>> nxt = follow(s, r, "https://cdn.example/f1?sig=x")
+        >>> nxt.url, nxt.auth
+        ('https://cdn.example/f1?sig=x', False)
+    """
+    base = reply.url or send.url or ""
+    target = urljoin(base, location)
+    same = bool(base) and _origin(target) == _origin(base)
+    method, body, upload = send.method, send.json, send.upload
+    if reply.status == 303 or (reply.status in (301, 302) and send.method == "POST"):
+        method, body, upload = "GET", None, None
+    return replace(send, method=method, json=body, upload=upload, url=target, params=None,
+                   auth=send.auth and same)
+
+
+def api_path(template: str, **ids: Any) -> str:
+    """An API path with each id checked and percent-encoded: an id never changes which resource
+    a call reaches (``../files`` stays one path segment, ``b?limit=1`` adds no query).
+
+    Example:
+        >>> api_path("/batches/{batch_id}/cancel", batch_id="../files")
+        '/batches/..%2Ffiles/cancel'
+        >>> api_path("/files/{file_id}", file_id="")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        batch_ops.errors.InputValidationError: batch parameters: 1 problem:
+          file_id: invalid_id: file_id is empty (fix: ...)
+    """
+    safe: dict[str, str] = {}
+    for name, value in ids.items():
+        problem = None
+        if not isinstance(value, str):
+            problem = f"{name} is a {type(value).__name__}, not a string"
+        elif not value.strip():
+            problem = f"{name} is empty"
+        elif any(ord(c) < 32 for c in value):
+            problem = f"{name} contains control characters"
+        if problem is not None:
+            raise InputValidationError(
+                [Problem(rule="invalid_id", message=problem, param=name,
+                         fix=f"pass the id the API returned, e.g. {name}='{name.split('_')[0]}_abc123'")],
+                source="batch parameters",
+            )
+        safe[name] = quote(value, safe="")
+    return template.format(**safe)
+
+
+def parse(model: type[_M], reply: Reply, send: Send, *, what: str) -> _M:
+    """The reply's body as ``model``, or an :class:`APIResponseValidationError` naming the call and
+    what came instead (an HTML page, JSON cut off, an object missing fields)."""
+    try:
+        return model.model_validate_json(reply.body)
+    except ValidationError as exc:
+        first = exc.errors()[0] if exc.error_count() else {"msg": str(exc), "loc": ()}
+        loc = ".".join(str(x) for x in first.get("loc", ()))
+        reason = f"{loc}: {first['msg']}" if loc else str(first["msg"])
+    snippet = reply.body[:80].decode("utf-8", "replace").replace("\n", " ")
+    kind = reply.headers.get("content-type") or "no content type"
+    where = f"{send.method} {reply.url or send.path}"
+    return_error = APIResponseValidationError(
+        f"{where} answered {reply.status} ({kind}) with a body that is not {what}: {reason}; "
+        f"it began {snippet!r}. A proxy or gateway may stand between you and the API.",
+        status_code=reply.status, method=send.method, url=reply.url or send.path, reason=reason,
+    )
+    raise return_error
+
+
+def call_plan(send: Send, model: type[_M], *, policy: RetryPolicy, what: str) -> Generator[Send | Sleep, Any, _M]:
+    """:func:`send_with_retries`, then the body as ``model``. A 2xx whose body is not one (a proxy's
+    error page) is retried like a 5xx, within the same budget, before it is raised."""
     started = clock()
     attempt = 0
     while True:
-        reply: Reply = yield send
-        if reply.ok:
-            return reply
-        delay = _retry_delay(policy, reply, attempt=attempt, started=started)
-        if delay is None:
-            raise reply.exception(send)
-        yield Sleep(delay)
-        attempt += 1
+        reply = yield from send_with_retries(send, policy=policy)
+        try:
+            return parse(model, reply, send, what=what)
+        except APIResponseValidationError:
+            delay = policy.delay(attempt=attempt, elapsed=clock() - started, connection_error=True, now=clock())
+            if delay is None:
+                raise
+            yield Sleep(delay, f"{send.method} {send.path} answered with a body that is not {what}; "
+                               f"retry {attempt + 1} of {policy.max_retries} in {delay:.1f} s")
+            attempt += 1
 
 
 def list_params(*, limit: int, after: str | None) -> dict[str, Any]:
@@ -254,9 +411,7 @@ def find_by_key_plan(key: str, *, since: float, policy: RetryPolicy) -> Generato
     """Newest-first scan of the batch list for ``key``, back to ``since`` (epoch seconds)."""
     after: str | None = None
     while True:
-        reply = yield from send_with_retries(Send("GET", "/batches", params=list_params(limit=100, after=after)),
-                                             policy=policy)
-        page = BatchList.model_validate_json(reply.body)
+        page = yield from list_batches_plan(limit=100, after=after, policy=policy)
         for batch in page.data:
             if (batch.metadata or {}).get(IDEMPOTENCY_METADATA_KEY) == key:
                 return batch
@@ -274,8 +429,9 @@ def create_plan(
 
     A create is not idempotent on the server. So: when the key may already have been used
     (a caller-chosen key, e.g. an Airflow task retry), look it up first; and after any failure
-    that may have reached the server (timeout, dropped connection, 5xx, 408, 409), look it up
-    again before re-sending. A 429 or a refused connection means nothing was created.
+    that may have reached the server (timeout, dropped connection, 5xx, 408, 409, an answer that
+    is not a batch), look it up again before re-sending. A 429 or a refused connection means
+    nothing was created.
     """
     key = body["metadata"][IDEMPOTENCY_METADATA_KEY]
     if key_may_exist:
@@ -283,8 +439,8 @@ def create_plan(
         if found is not None:
             return found
     started = clock()
-    send = Send("POST", "/batches", json=dict(body))
-    attempt = 0
+    first = send = Send("POST", "/batches", json=dict(body))
+    attempt = redirects = 0
     may_exist = False
     while True:
         if may_exist:
@@ -292,16 +448,29 @@ def create_plan(
             if found is not None:
                 return found
         reply: Reply = yield send
+        location = reply.redirect
+        if location is not None and redirects < MAX_REDIRECTS:
+            redirects += 1
+            send = follow(send, reply, location)
+            continue
+        send = first
         if reply.ok:
-            return Batch.model_validate_json(reply.body)
-        if reply.error is not None:
+            try:
+                return parse(Batch, reply, send, what="a batch")
+            except APIResponseValidationError:
+                if _retry_delay(policy, Reply(error="unreadable"), attempt=attempt, started=started) is None:
+                    raise
+                may_exist = True  # something answered 2xx: the batch may well exist
+        elif reply.error is not None:
             may_exist = may_exist or reply.sent
         elif reply.status is not None and reply.status != 429 and is_retryable_status(reply.status):
             may_exist = True
-        delay = _retry_delay(policy, reply, attempt=attempt, started=started)
+        failed = reply if not reply.ok else Reply(error="an answer that is not a batch")
+        delay = _retry_delay(policy, failed, attempt=attempt, started=started)
         if delay is None:
             raise reply.exception(send)
-        yield Sleep(delay)
+        yield Sleep(delay, f"POST /batches failed ({failed.error or f'HTTP {failed.status}'}); "
+                           f"retry {attempt + 1} of {policy.max_retries} in {delay:.1f} s")
         attempt += 1
 
 
@@ -315,29 +484,32 @@ def wait_plan(
     """Poll until the batch is terminal; raise BatchTimeoutError at the deadline.
 
     Transient poll failures (after the per-request retries) are tolerated up to the poller's
-    bound; permanent 4xx (the batch does not exist, the key is wrong) end the wait at once.
+    bound, an answer that is not a batch among them; permanent 4xx (the batch does not exist,
+    the key is wrong) end the wait at once. Every request carries the wait's deadline, so a
+    server that never answers, or answers a byte at a time, cannot hold the wait past it.
     """
     poller.start(now=clock())
+    send = Send("GET", api_path("/batches/{batch_id}", batch_id=batch_id), deadline=poller.deadline)
     last: Batch | None = None
     last_body = b""
     while True:
         try:
-            reply = yield from send_with_retries(Send("GET", f"/batches/{batch_id}"), policy=policy)
+            reply = yield from send_with_retries(send, policy=policy)
+            # A long batch answers the same bytes poll after poll: parse only what changed
+            # (Batch is frozen, so handing out the same object again is safe).
+            if last is None or reply.body != last_body:
+                last, last_body = parse(Batch, reply, send, what="a batch"), reply.body
         except APIStatusError as exc:
             if not is_retryable_status(exc.status_code):
                 raise
             decision = poller.failed(now=clock(), retryable=True, error=str(exc))
             if decision.action == "done":
                 raise
-        except APIConnectionError as exc:
+        except (APIConnectionError, APIResponseValidationError) as exc:
             decision = poller.failed(now=clock(), retryable=True, error=str(exc))
             if decision.action == "done":
                 raise
         else:
-            # A long batch answers the same bytes poll after poll: parse only what changed
-            # (Batch is frozen, so handing out the same object again is safe).
-            if last is None or reply.body != last_body:
-                last, last_body = Batch.model_validate_json(reply.body), reply.body
             if on_poll is not None:
                 yield Notify(on_poll, last)
             decision = poller.decide(last, now=clock())
@@ -346,3 +518,57 @@ def wait_plan(
         if decision.action == "timeout":
             raise timeout_error(batch_id, deadline=poller.deadline, last=last)
         yield Sleep(decision.delay)
+
+
+# ---------------------------------------------------------------------------------------------
+# one call each: written once for both clients
+# ---------------------------------------------------------------------------------------------
+
+
+def upload_plan(path: Path, *, purpose: str, filename: str | None = None,
+                policy: RetryPolicy) -> Generator[Send | Sleep, Any, FileObject]:
+    send = Send("POST", "/files", json={"purpose": purpose}, upload=path, filename=filename)
+    return (yield from call_plan(send, FileObject, policy=policy, what="a file object"))
+
+
+def retrieve_file_plan(file_id: str, *, policy: RetryPolicy) -> Generator[Send | Sleep, Any, FileObject]:
+    send = Send("GET", api_path("/files/{file_id}", file_id=file_id))
+    return (yield from call_plan(send, FileObject, policy=policy, what="a file object"))
+
+
+def list_files_plan(*, purpose: str | None, policy: RetryPolicy,
+                    params: Mapping[str, Any] | None = None) -> Generator[Send | Sleep, Any, FileList]:
+    query = {**({"purpose": purpose} if purpose else {}), **(params or {})}
+    send = Send("GET", "/files", params=query or None)
+    return (yield from call_plan(send, FileList, policy=policy, what="a list of files"))
+
+
+def download_plan(file_id: str, target: Path, *, policy: RetryPolicy) -> Generator[Send | Sleep, Any, Path]:
+    yield from send_with_retries(Send("GET", api_path("/files/{file_id}/content", file_id=file_id), sink=target),
+                                 policy=policy)
+    return target
+
+
+def delete_file_plan(file_id: str, *, policy: RetryPolicy) -> Generator[Send | Sleep, Any, bool]:
+    send = Send("DELETE", api_path("/files/{file_id}", file_id=file_id))
+    reply = yield from send_with_retries(send, policy=policy)
+    try:
+        answer = reply.json()
+    except ValueError:
+        return True  # deleted (2xx) with a body we cannot read: nothing more to know
+    return bool(answer.get("deleted", True)) if isinstance(answer, dict) else True
+
+
+def retrieve_batch_plan(batch_id: str, *, policy: RetryPolicy) -> Generator[Send | Sleep, Any, Batch]:
+    send = Send("GET", api_path("/batches/{batch_id}", batch_id=batch_id))
+    return (yield from call_plan(send, Batch, policy=policy, what="a batch"))
+
+
+def cancel_batch_plan(batch_id: str, *, policy: RetryPolicy) -> Generator[Send | Sleep, Any, Batch]:
+    send = Send("POST", api_path("/batches/{batch_id}/cancel", batch_id=batch_id))
+    return (yield from call_plan(send, Batch, policy=policy, what="a batch"))
+
+
+def list_batches_plan(*, limit: int, after: str | None, policy: RetryPolicy) -> Generator[Send | Sleep, Any, BatchList]:
+    send = Send("GET", "/batches", params=list_params(limit=limit, after=after))
+    return (yield from call_plan(send, BatchList, policy=policy, what="a list of batches"))

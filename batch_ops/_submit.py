@@ -35,7 +35,19 @@ from typing import Any
 
 from batch_ops import _plans
 from batch_ops._http import RetryPolicy
-from batch_ops._plans import Send, Sleep, Work, create_body, create_plan, list_params, send_with_retries
+from batch_ops._plans import (
+    Send,
+    Sleep,
+    Work,
+    cancel_batch_plan,
+    create_body,
+    create_plan,
+    delete_file_plan,
+    download_plan,
+    list_batches_plan,
+    list_files_plan,
+    upload_plan,
+)
 from batch_ops.chain import (
     IDEMPOTENCY_METADATA_KEY,
     MAX_ATTEMPTS,
@@ -49,7 +61,7 @@ from batch_ops.chain import (
 )
 from batch_ops.errors import APIStatusError, BatchOpsError, InputValidationError, Problem, is_permanent
 from batch_ops.jsonl import filter_requests, request_file, validate_file, write_requests
-from batch_ops.models import Batch, BatchList, BatchStatus, FileList, FileObject
+from batch_ops.models import Batch, BatchStatus, FileObject
 from batch_ops.results import successful_ids
 
 __all__ = [
@@ -237,9 +249,7 @@ def _scan_plan(
     found: list[Batch] = []
     after: str | None = None
     while True:
-        reply = yield from send_with_retries(Send("GET", "/batches", params=list_params(limit=100, after=after)),
-                                             policy=policy)
-        page = BatchList.model_validate_json(reply.body)
+        page = yield from list_batches_plan(limit=100, after=after, policy=policy)
         found.extend(b for b in page.data if keep(b))
         if not page.has_more or not page.data or not page.last_id:
             return found
@@ -280,16 +290,15 @@ def _find_upload_plan(
     """An upload of this attempt's exact input left by an interrupted try, if the list shows one."""
     after: str | None = None
     while True:
-        params: dict[str, Any] = {"purpose": "batch", "order": "desc", "limit": 100}
+        params: dict[str, Any] = {"order": "desc", "limit": 100}
         if after:
             params["after"] = after
         try:
-            reply = yield from send_with_retries(Send("GET", "/files", params=params), policy=policy)
+            page = yield from list_files_plan(purpose="batch", params=params, policy=policy)
         except APIStatusError as exc:
             if is_permanent(exc):  # a server that cannot list files this way: just upload
                 return None
             raise
-        page = FileList.model_validate_json(reply.body)
         for f in page.data:
             if f.filename == filename and f.bytes == size and (f.status or "processed") not in ("error", "deleted"):
                 return f
@@ -308,8 +317,7 @@ def _successes_plan(
     for batch in chain.batches:
         if batch.output_file_id:
             target = workdir / f"{batch.id}.output.jsonl"
-            yield from send_with_retries(Send("GET", f"/files/{batch.output_file_id}/content", sink=target),
-                                         policy=policy)
+            yield from download_plan(batch.output_file_id, target, policy=policy)
             paths.append(target)
     done: set[str] = yield Work(partial(successful_ids, paths))
     return done
@@ -318,8 +326,7 @@ def _successes_plan(
 def _cancel_plan(batches: Iterable[Batch], *, policy: RetryPolicy) -> Generator[Send | Sleep, Any, list[Batch]]:
     cancelled = []
     for batch in batches:
-        reply = yield from send_with_retries(Send("POST", f"/batches/{batch.id}/cancel"), policy=policy)
-        cancelled.append(Batch.model_validate_json(reply.body))
+        cancelled.append((yield from cancel_batch_plan(batch.id, policy=policy)))
     return cancelled
 
 
@@ -410,8 +417,7 @@ def submit_plan(
             full = prepared.path
             if full is None:  # an uploaded file as the source: read it back to filter it
                 full = workdir / "input.jsonl"
-                yield from send_with_retries(Send("GET", f"/files/{source.file_id}/content", sink=full),
-                                             policy=policy)
+                yield from download_plan(str(source.file_id), full, policy=policy)
             upload = workdir / f"attempt-{number}.jsonl"
             carried = yield Work(partial(_remaining, full, done, upload))
             if carried == 0:
@@ -431,9 +437,7 @@ def submit_plan(
         if found is not None:
             file_id, reused = found.id, True
         else:
-            reply = yield from send_with_retries(
-                Send("POST", "/files", json={"purpose": "batch"}, upload=upload, filename=name), policy=policy)
-            fresh_upload = FileObject.model_validate_json(reply.body)
+            fresh_upload = yield from upload_plan(upload, purpose="batch", filename=name, policy=policy)
             file_id = fresh_upload.id
     if not file_id:
         raise BatchOpsError("submit has no input: give a request file, requests or an uploaded file id")
@@ -449,7 +453,7 @@ def submit_plan(
             # Refused for good: the upload would be an orphan. (After a transient failure the batch
             # may exist, so the file stays.)
             try:
-                yield from send_with_retries(Send("DELETE", f"/files/{fresh_upload.id}"), policy=policy)
+                yield from delete_file_plan(fresh_upload.id, policy=policy)
             except BatchOpsError:
                 pass
         raise

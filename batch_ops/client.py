@@ -15,9 +15,11 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import itertools
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -32,20 +34,22 @@ import httpx
 from pydantic import ValidationError
 
 from batch_ops import _plans
+from batch_ops._files import atomic_file
 from batch_ops._http import USER_AGENT, MultipartBody, RetryPolicy
 from batch_ops._plans import Notify, Reply, Send, Sleep, Work
 from batch_ops._submit import Source, Submission, SubmitSpec, find_chain_plan, submit_plan
 from batch_ops._transport import READ_EAGERLY, AiohttpTransport, aiohttp_available
 from batch_ops.chain import Attempt, AttemptChain
-from batch_ops.errors import BatchOpsError, ConfigurationError
+from batch_ops.errors import BatchOpsError, ConfigurationError, InputValidationError, Problem
 from batch_ops.models import Batch, BatchList, BatchStatus, FileList, FileObject, ResultLine
 from batch_ops.polling import DEFAULT_FAIL_ON, BatchPoller
 from batch_ops.results import join_chain_results
-from batch_ops.settings import ClientSettings
+from batch_ops.settings import ClientSettings, settings_error
 
 __all__ = ["AsyncBatchClient", "BatchClient"]
 
 _CHUNK = 1024 * 1024
+_log = logging.getLogger("batch_ops")
 #: Parsed URLs kept per client (one per batch being polled); the cache starts over when full.
 _URL_CACHE_SIZE = 4096
 #: Sleeps used by the drivers; tests may patch these (and ``_plans.clock``), nothing else.
@@ -57,18 +61,16 @@ PathLike = str | os.PathLike[str]
 
 def _settings(settings: ClientSettings | None, overrides: Mapping[str, Any]) -> ClientSettings:
     given = {k: v for k, v in overrides.items() if v is not None}
+    timeout = given.get("timeout")
+    if isinstance(timeout, httpx.Timeout):  # the official SDK's constructor takes one too
+        given["timeout"] = timeout.read if timeout.read is not None else 600.0
     try:
         if settings is None:
             return ClientSettings.from_env(**given)
         # Validated, unlike model_copy(update=...): an override such as base_url="ftp://..." is checked too.
         return ClientSettings.model_validate({**dict(settings), **given}) if given else settings
     except ValidationError as exc:
-        # A ConfigurationError like any other bad setting, naming the fields and rules only:
-        # pydantic's own text echoes the input values, and a key pasted into the wrong argument
-        # must not end up in a log.
-        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {str(e['msg']).removeprefix('Value error, ')}"
-                           for e in exc.errors())
-        raise ConfigurationError(f"Invalid client settings: {detail}") from None
+        raise settings_error(exc) from None
 
 
 def _not_sent(exc: httpx.TransportError) -> bool:
@@ -120,6 +122,16 @@ def _check_terminal(batch: Batch) -> None:
             f"Batch {batch.id} is still {batch.status.value}: wait for it (client.batches.wait) before "
             "reading results."
         )
+
+
+def _checked_batch(what: Any) -> Batch | AttemptChain | Submission:
+    if isinstance(what, (Batch, AttemptChain, Submission)):
+        return what
+    raise InputValidationError(
+        [Problem(rule="invalid_argument", param="batch", message=f"batch is a {type(what).__name__}",
+                 fix="pass a Batch, its id, a chain (client.batches.chain(key)) or a Submission")],
+        source="batch parameters",
+    )
 
 
 def _as_chain(what: Batch | AttemptChain | Submission) -> AttemptChain:
@@ -183,9 +195,16 @@ class _Base:
         self._base_params = settings.default_params()
 
     def _prepare(self, send: Send) -> _Prepared:
-        """URL, headers, query and body of a request: JSON, or an upload's multipart frame."""
-        headers = {**self._base_headers, **self.settings.auth_headers()}
-        params = {**self._base_params, **send.params} if send.params else dict(self._base_params)
+        """URL, headers, query and body of a request: JSON, or an upload's multipart frame.
+
+        A redirect's target (``send.url``) is used as it is, query included; the credentials go
+        only where the plan says they may (``send.auth``: same origin).
+        """
+        headers = {**self._base_headers, **self.settings.auth_headers()} if send.auth else dict(self._base_headers)
+        if send.url is not None:
+            params: dict[str, Any] = dict(send.params or {})
+        else:
+            params = {**self._base_params, **send.params} if send.params else dict(self._base_params)
         content = frame = None
         if send.upload is not None:
             size = send.upload.stat().st_size
@@ -196,7 +215,17 @@ class _Base:
             content = json.dumps(send.json).encode()
             headers["Content-Type"] = "application/json"
         # None, not {}: httpx re-parses the URL to merge even empty params.
-        return _Prepared(self._url(send.path), headers, params or None, content, frame)
+        url = httpx.URL(send.url) if send.url is not None else self._url(send.path)
+        return _Prepared(url, headers, params or None, content, frame)
+
+    def _secrets(self) -> list[str]:
+        """What must never appear in an error we raise: our own key."""
+        key = self.settings.api_key
+        return [key.get_secret_value()] if key is not None else []
+
+    def _log_retry(self, sleep: Sleep) -> None:
+        if sleep.reason:
+            _log.warning("%s", sleep.reason)
 
     def _url(self, path: str) -> httpx.URL:
         """The URL of an API path, parsed once per client: httpx parses a string URL on every
@@ -234,11 +263,24 @@ async def _aiter_upload(frame: MultipartBody, path: Path) -> AsyncIterator[bytes
     yield frame.tail
 
 
-def _temp_sink(sink: Path) -> Path:
-    sink.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{sink.name}.", suffix=".part", dir=sink.parent)
-    os.close(fd)
-    return Path(name)
+class _DeadlinePassed(Exception):
+    """Internal: the caller's deadline passed while a body was arriving."""
+
+
+def _within(chunks: Iterator[bytes], deadline: float | None) -> Iterator[bytes]:
+    for chunk in chunks:
+        if deadline is not None and _plans.clock() > deadline:
+            raise _DeadlinePassed
+        yield chunk
+
+
+def _capped_timeouts(timeout: httpx.Timeout, remaining: float) -> dict[str, float | None]:
+    """httpx's per-request timeouts, none longer than the time left before the caller's deadline."""
+    def cap(value: float | None) -> float:
+        return remaining if value is None else min(value, remaining)
+
+    return {"connect": cap(timeout.connect), "read": cap(timeout.read), "write": cap(timeout.write),
+            "pool": cap(timeout.pool)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,6 +294,8 @@ class BatchClient(_Base):
     Args:
         api_key, base_url, organization, project, api_version: override the environment
             (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ...); see :class:`ClientSettings`.
+        max_retries, timeout: as in the official ``openai.OpenAI`` constructor (retries after the
+            first try; seconds per HTTP exchange, or an ``httpx.Timeout``).
         settings: a complete :class:`ClientSettings` instead of the above.
         http_client: an ``httpx.Client`` to use (not closed by us).
 
@@ -272,18 +316,21 @@ class BatchClient(_Base):
         organization: str | None = None,
         project: str | None = None,
         api_version: str | None = None,
+        max_retries: int | None = None,
+        timeout: float | httpx.Timeout | None = None,
         settings: ClientSettings | None = None,
         http_client: httpx.Client | None = None,
     ) -> None:
         super().__init__(settings, {"api_key": api_key, "base_url": base_url, "organization": organization,
-                                    "project": project, "api_version": api_version})
+                                    "project": project, "api_version": api_version, "max_retries": max_retries,
+                                    "timeout": timeout})
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client(timeout=self._timeout())
         self.files = Files(self)
         self.batches = Batches(self)
 
     # -- driver ---------------------------------------------------------------------------
-    def _run(self, plan: Any) -> Any:
+    def _drive(self, plan: Any) -> Any:
         """Drive a plan: perform each effect it yields and send back its result (or throw its error)."""
         value: Any = None
         error: BaseException | None = None
@@ -297,6 +344,7 @@ class BatchClient(_Base):
                 if isinstance(effect, Send):
                     value = self._send_once(effect)
                 elif isinstance(effect, Sleep):
+                    self._log_retry(effect)
                     _sleep(effect.seconds)
                 elif isinstance(effect, Work):
                     value = effect.fn()
@@ -305,33 +353,48 @@ class BatchClient(_Base):
             except Exception as exc:
                 error = exc
 
+    def _run(self, plan: Any) -> Any:
+        """Drive a plan; every batch_ops error leaves with our key redacted from its text."""
+        try:
+            return self._drive(plan)
+        except BatchOpsError as exc:
+            exc.redact(self._secrets())
+            raise
+
     def _send_once(self, send: Send) -> Reply:
         prepared = self._prepare(send)
-        url, headers, params, content = prepared.url, prepared.headers, prepared.params, prepared.content
+        url, headers, params = prepared.url, prepared.headers, prepared.params
+        content: Any = prepared.content
+        if send.upload is not None and prepared.frame is not None:
+            content = _iter_upload(prepared.frame, send.upload)
+        request = self._http.build_request(send.method, url, params=params, headers=headers, content=content)
+        where = str(request.url)
+        if send.deadline is not None:
+            remaining = send.deadline - _plans.clock()
+            if remaining <= 0:
+                return Reply(error="the deadline passed", timed_out=True, url=where)
+            # Each blocking step (connect, write, wait for the answer, read a piece) is bounded by what
+            # is left; between pieces of the body the deadline is checked again (a server trickling a
+            # byte at a time cannot hold the call past it).
+            request.extensions["timeout"] = _capped_timeouts(self._timeout(), remaining)
         try:
-            if send.upload is not None and prepared.frame is not None:
-                frame = prepared.frame
-                response = self._http.request(send.method, url, params=params, headers=headers,
-                                              content=_iter_upload(frame, send.upload))
-                return Reply(status=response.status_code, headers=_headers(response), body=response.content)
-            if send.sink is None:
-                response = self._http.request(send.method, url, params=params, headers=headers, content=content)
-                return Reply(status=response.status_code, headers=_headers(response), body=response.content)
-            with self._http.stream(send.method, url, params=params, headers=headers) as response:
-                if response.status_code >= 400:
-                    return Reply(status=response.status_code, headers=_headers(response), body=response.read())
-                part = _temp_sink(send.sink)
-                try:
-                    with part.open("wb") as out:
-                        # Decoded bytes, not raw: a server or proxy may gzip the file.
-                        for chunk in response.iter_bytes(_CHUNK):
-                            out.write(chunk)
-                    os.replace(part, send.sink)
-                finally:
-                    part.unlink(missing_ok=True)
-                return Reply(status=response.status_code, headers=_headers(response))
+            response = self._http.send(request, stream=True)
+            try:
+                if send.sink is None or not 200 <= response.status_code < 300:
+                    # As the pieces arrive (iter_bytes with a size would wait for a whole MiB).
+                    body = b"".join(_within(response.iter_bytes(), send.deadline))
+                    return Reply(status=response.status_code, headers=_headers(response), body=body, url=where)
+                with atomic_file(send.sink) as out:
+                    # Decoded bytes, not raw: a server or proxy may gzip the file.
+                    for chunk in _within(response.iter_bytes(), send.deadline):
+                        out.write(chunk)
+                return Reply(status=response.status_code, headers=_headers(response), url=where)
+            finally:
+                response.close()
+        except _DeadlinePassed:
+            return Reply(error="the deadline passed while the answer was arriving", timed_out=True, url=where)
         except httpx.TransportError as exc:
-            return _transport_reply(exc, str(url))
+            return _transport_reply(exc, where)
 
     # -- high level -------------------------------------------------------------------------
     def submit(
@@ -412,7 +475,7 @@ class BatchClient(_Base):
         """
         if isinstance(batch, str):
             batch = self.batches.retrieve(batch)
-        chain = _as_chain(batch)
+        chain = _as_chain(_checked_batch(batch))
         latest = chain.latest
         if latest is None:
             raise BatchOpsError(f"Key {chain.key!r} has no batch: nothing to read.")
@@ -446,31 +509,22 @@ class Files:
 
     def upload(self, path: PathLike, *, purpose: str = "batch") -> FileObject:
         """Upload a file, streamed from disk in 1 MiB chunks (never read whole into memory)."""
-        send = Send("POST", "/files", json={"purpose": purpose}, upload=_existing(path))
-        reply = self._c._run(_plans.send_with_retries(send, policy=self._c.retry_policy))
-        return FileObject.model_validate_json(reply.body)
+        return self._c._run(_plans.upload_plan(_existing(path), purpose=purpose,  # type: ignore[no-any-return]
+                                               policy=self._c.retry_policy))
 
     def retrieve(self, file_id: str) -> FileObject:
-        reply = self._c._run(_plans.send_with_retries(Send("GET", f"/files/{file_id}"), policy=self._c.retry_policy))
-        return FileObject.model_validate_json(reply.body)
+        return self._c._run(_plans.retrieve_file_plan(file_id, policy=self._c.retry_policy))  # type: ignore[no-any-return]
 
     def list(self, *, purpose: str | None = None) -> FileList:
-        params = {"purpose": purpose} if purpose else None
-        reply = self._c._run(_plans.send_with_retries(Send("GET", "/files", params=params),
-                                                      policy=self._c.retry_policy))
-        return FileList.model_validate_json(reply.body)
+        return self._c._run(_plans.list_files_plan(purpose=purpose, policy=self._c.retry_policy))  # type: ignore[no-any-return]
 
     def download(self, file_id: str, path: PathLike) -> Path:
         """Stream a file's content to ``path`` (written whole or not at all); returns the path."""
-        target = Path(path)
-        self._c._run(_plans.send_with_retries(Send("GET", f"/files/{file_id}/content", sink=target),
-                                              policy=self._c.retry_policy))
-        return target
+        return self._c._run(_plans.download_plan(file_id, _target(path),  # type: ignore[no-any-return]
+                                                 policy=self._c.retry_policy))
 
     def delete(self, file_id: str) -> bool:
-        reply = self._c._run(_plans.send_with_retries(Send("DELETE", f"/files/{file_id}"),
-                                                      policy=self._c.retry_policy))
-        return bool(reply.json().get("deleted", True))
+        return self._c._run(_plans.delete_file_plan(file_id, policy=self._c.retry_policy))  # type: ignore[no-any-return]
 
 
 class Batches:
@@ -511,20 +565,16 @@ class Batches:
                                                lookback=self._c.settings.idempotency_lookback))
 
     def retrieve(self, batch_id: str) -> Batch:
-        reply = self._c._run(_plans.send_with_retries(Send("GET", f"/batches/{batch_id}"),
-                                                      policy=self._c.retry_policy))
-        return Batch.model_validate_json(reply.body)
+        return self._c._run(_plans.retrieve_batch_plan(batch_id, policy=self._c.retry_policy))  # type: ignore[no-any-return]
 
     def cancel(self, batch_id: str) -> Batch:
-        reply = self._c._run(_plans.send_with_retries(Send("POST", f"/batches/{batch_id}/cancel"),
-                                                      policy=self._c.retry_policy))
-        return Batch.model_validate_json(reply.body)
+        return self._c._run(_plans.cancel_batch_plan(batch_id, policy=self._c.retry_policy))  # type: ignore[no-any-return]
 
     def list(self, *, limit: int = 20, after: str | None = None) -> BatchList:
-        """One page, newest first; ``limit`` must be 1..100 (checked before any request)."""
-        send = Send("GET", "/batches", params=_plans.list_params(limit=limit, after=after))
-        reply = self._c._run(_plans.send_with_retries(send, policy=self._c.retry_policy))
-        return BatchList.model_validate_json(reply.body)
+        """One page, newest first; ``limit`` must be 1..100 (checked before any request).
+        Iterating the page yields its batches; ``iter_all`` follows the cursor."""
+        return self._c._run(_plans.list_batches_plan(limit=limit, after=after,  # type: ignore[no-any-return]
+                                                     policy=self._c.retry_policy))
 
     def iter_all(self, *, limit: int = 100, after: str | None = None) -> Iterator[Batch]:
         """Every batch, newest first, following ``has_more`` / ``last_id``."""
@@ -603,9 +653,13 @@ async def _close_when_loop_ends(client: AsyncBatchClient) -> None:
     trigger in one of its own) left an open pool behind, which aiohttp reports at exit as
     "Unclosed client session".
     """
+    loop = asyncio.get_running_loop()
     try:
         await asyncio.Event().wait()
     finally:
+        # Forget the loop's clients now: they refer to the loop, so the weak dictionary would never
+        # let it go (1,000 asyncio.run() calls kept 1,001 loops alive).
+        AsyncBatchClient._shared.pop(loop, None)
         await client.close()
 
 
@@ -637,11 +691,14 @@ class AsyncBatchClient(_Base):
         organization: str | None = None,
         project: str | None = None,
         api_version: str | None = None,
+        max_retries: int | None = None,
+        timeout: float | httpx.Timeout | None = None,
         settings: ClientSettings | None = None,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
         super().__init__(settings, {"api_key": api_key, "base_url": base_url, "organization": organization,
-                                    "project": project, "api_version": api_version})
+                                    "project": project, "api_version": api_version, "max_retries": max_retries,
+                                    "timeout": timeout})
         self._owns_http = http_client is None
         #: Set when we own the transport: API calls then go to it directly, without httpx's
         #: per-request client machinery (cookie jar, auth and redirect loops, header merging),
@@ -674,6 +731,27 @@ class AsyncBatchClient(_Base):
         return client
 
     async def _run(self, plan: Any) -> Any:
+        """Drive a plan; every batch_ops error leaves with our key redacted from its text."""
+        try:
+            return await self._drive(plan)
+        except BatchOpsError as exc:
+            exc.redact(self._secrets())
+            raise
+
+    async def _send_within(self, send: Send) -> Reply:
+        """One exchange, abandoned at ``send.deadline`` whatever the server is doing (cancelling the
+        exchange closes its connection)."""
+        if send.deadline is None:
+            return await self._send_once(send)
+        remaining = send.deadline - _plans.clock()
+        if remaining <= 0:
+            return Reply(error="the deadline passed", timed_out=True)
+        try:
+            return await asyncio.wait_for(self._send_once(send), remaining)
+        except TimeoutError:
+            return Reply(error="the deadline passed before the answer was complete", timed_out=True)
+
+    async def _drive(self, plan: Any) -> Any:
         value: Any = None
         error: BaseException | None = None
         while True:
@@ -684,8 +762,9 @@ class AsyncBatchClient(_Base):
             value, error = None, None
             try:
                 if isinstance(effect, Send):
-                    value = await self._send_once(effect)
+                    value = await self._send_within(effect)
                 elif isinstance(effect, Sleep):
+                    self._log_retry(effect)
                     await _async_sleep(effect.seconds)
                 elif isinstance(effect, Work):
                     value = await asyncio.to_thread(effect.fn)
@@ -699,6 +778,7 @@ class AsyncBatchClient(_Base):
     async def _send_once(self, send: Send) -> Reply:
         prepared = self._prepare(send)
         url, headers = prepared.url, prepared.headers
+        where = str(url)
         content: bytes | AsyncIterator[bytes] | None = prepared.content
         if send.upload is not None and prepared.frame is not None:
             content = _aiter_upload(prepared.frame, send.upload)
@@ -706,15 +786,15 @@ class AsyncBatchClient(_Base):
             response = await self._open(send.method, url, params=prepared.params, headers=headers, content=content,
                                         eager=send.sink is None)
             try:
-                if send.sink is None or response.status_code >= 400:
+                if send.sink is None or not 200 <= response.status_code < 300:
                     body = await response.aread()
-                    return Reply(status=response.status_code, headers=_headers(response), body=body)
+                    return Reply(status=response.status_code, headers=_headers(response), body=body, url=where)
                 await self._save(response, send.sink)
-                return Reply(status=response.status_code, headers=_headers(response))
+                return Reply(status=response.status_code, headers=_headers(response), url=where)
             finally:
                 await response.aclose()
         except httpx.TransportError as exc:
-            return _transport_reply(exc, str(url))
+            return _transport_reply(exc, where)
 
     async def _open(self, method: str, url: httpx.URL, *, params: dict[str, Any] | None, headers: dict[str, str],
                     content: bytes | AsyncIterator[bytes] | None, eager: bool) -> httpx.Response:
@@ -729,19 +809,19 @@ class AsyncBatchClient(_Base):
 
     @staticmethod
     async def _save(response: httpx.Response, sink: Path) -> None:
-        """Stream a response body into ``sink`` through a temporary file, then rename it."""
-        part = await asyncio.to_thread(_temp_sink, sink)
+        """Stream a response body into ``sink`` through a temporary file, then rename it (every
+        file operation in a worker thread)."""
+        writing = atomic_file(sink)
+        out = await asyncio.to_thread(writing.__enter__)
         try:
-            out = await asyncio.to_thread(part.open, "wb")
-            try:
-                # Decoded bytes, not raw: a server or proxy may gzip the file.
-                async for chunk in response.aiter_bytes(_CHUNK):
-                    await asyncio.to_thread(out.write, chunk)
-            finally:
-                await asyncio.to_thread(out.close)
-            await asyncio.to_thread(os.replace, part, sink)
-        finally:
-            await asyncio.to_thread(part.unlink, True)
+            # Decoded bytes, not raw: a server or proxy may gzip the file.
+            async for chunk in response.aiter_bytes(_CHUNK):
+                await asyncio.to_thread(out.write, chunk)
+        except BaseException as exc:
+            with contextlib.suppress(BaseException):  # removes the temporary file, re-raises exc
+                await asyncio.to_thread(writing.__exit__, type(exc), exc, exc.__traceback__)
+            raise
+        await asyncio.to_thread(writing.__exit__, None, None, None)
 
     async def submit(
         self,
@@ -788,7 +868,7 @@ class AsyncBatchClient(_Base):
         """Async version of :meth:`BatchClient.results`; file work happens in threads."""
         if isinstance(batch, str):
             batch = await self.batches.retrieve(batch)
-        chain = _as_chain(batch)
+        chain = _as_chain(_checked_batch(batch))
         latest = chain.latest
         if latest is None:
             raise BatchOpsError(f"Key {chain.key!r} has no batch: nothing to read.")
@@ -826,31 +906,24 @@ class AsyncFiles:
         self._c = client
 
     async def upload(self, path: PathLike, *, purpose: str = "batch") -> FileObject:
-        send = Send("POST", "/files", json={"purpose": purpose}, upload=_existing(path))
-        reply = await self._c._run(_plans.send_with_retries(send, policy=self._c.retry_policy))
-        return FileObject.model_validate_json(reply.body)
+        return await self._c._run(_plans.upload_plan(_existing(path), purpose=purpose,  # type: ignore[no-any-return]
+                                                     policy=self._c.retry_policy))
 
     async def retrieve(self, file_id: str) -> FileObject:
-        reply = await self._c._run(_plans.send_with_retries(Send("GET", f"/files/{file_id}"),
+        return await self._c._run(_plans.retrieve_file_plan(file_id,  # type: ignore[no-any-return]
                                                             policy=self._c.retry_policy))
-        return FileObject.model_validate_json(reply.body)
 
     async def list(self, *, purpose: str | None = None) -> FileList:
-        params = {"purpose": purpose} if purpose else None
-        reply = await self._c._run(_plans.send_with_retries(Send("GET", "/files", params=params),
-                                                            policy=self._c.retry_policy))
-        return FileList.model_validate_json(reply.body)
+        return await self._c._run(_plans.list_files_plan(purpose=purpose,  # type: ignore[no-any-return]
+                                                         policy=self._c.retry_policy))
 
     async def download(self, file_id: str, path: PathLike) -> Path:
-        target = Path(path)
-        await self._c._run(_plans.send_with_retries(Send("GET", f"/files/{file_id}/content", sink=target),
-                                                    policy=self._c.retry_policy))
-        return target
+        return await self._c._run(_plans.download_plan(file_id, _target(path),  # type: ignore[no-any-return]
+                                                       policy=self._c.retry_policy))
 
     async def delete(self, file_id: str) -> bool:
-        reply = await self._c._run(_plans.send_with_retries(Send("DELETE", f"/files/{file_id}"),
-                                                            policy=self._c.retry_policy))
-        return bool(reply.json().get("deleted", True))
+        return await self._c._run(_plans.delete_file_plan(file_id,  # type: ignore[no-any-return]
+                                                          policy=self._c.retry_policy))
 
 
 class AsyncBatches:
@@ -883,19 +956,16 @@ class AsyncBatches:
                                                      lookback=self._c.settings.idempotency_lookback))
 
     async def retrieve(self, batch_id: str) -> Batch:
-        reply = await self._c._run(_plans.send_with_retries(Send("GET", f"/batches/{batch_id}"),
-                                                            policy=self._c.retry_policy))
-        return Batch.model_validate_json(reply.body)
+        return await self._c._run(_plans.retrieve_batch_plan(batch_id,  # type: ignore[no-any-return]
+                                                             policy=self._c.retry_policy))
 
     async def cancel(self, batch_id: str) -> Batch:
-        reply = await self._c._run(_plans.send_with_retries(Send("POST", f"/batches/{batch_id}/cancel"),
-                                                            policy=self._c.retry_policy))
-        return Batch.model_validate_json(reply.body)
+        return await self._c._run(_plans.cancel_batch_plan(batch_id,  # type: ignore[no-any-return]
+                                                           policy=self._c.retry_policy))
 
     async def list(self, *, limit: int = 20, after: str | None = None) -> BatchList:
-        send = Send("GET", "/batches", params=_plans.list_params(limit=limit, after=after))
-        reply = await self._c._run(_plans.send_with_retries(send, policy=self._c.retry_policy))
-        return BatchList.model_validate_json(reply.body)
+        return await self._c._run(_plans.list_batches_plan(limit=limit, after=after,  # type: ignore[no-any-return]
+                                                           policy=self._c.retry_policy))
 
     async def iter_all(self, *, limit: int = 100, after: str | None = None) -> AsyncIterator[Batch]:
         while True:
@@ -939,7 +1009,20 @@ class AsyncBatches:
 
 
 def _existing(path: PathLike) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise _bad_argument("path", f"path is a {type(path).__name__}", "pass the path of a local file")
     p = Path(path)
     if not p.is_file():
         raise ConfigurationError(f"No such file to upload: {p} (check the path; it must be a local JSONL file)")
     return p
+
+
+def _target(path: PathLike) -> Path:
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise _bad_argument("path", f"path is {path!r}", "pass the local path to write the file to")
+    return Path(path)
+
+
+def _bad_argument(param: str, message: str, fix: str) -> InputValidationError:
+    return InputValidationError([Problem(rule="invalid_argument", message=message, fix=fix, param=param)],
+                                source="batch parameters")

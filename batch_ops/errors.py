@@ -9,8 +9,9 @@ Every error raised by the core, the Airflow provider and the Prefect collection 
     ├── ResultFileError               an output or error file has a line that is not a result
     ├── AttemptsExhaustedError        a key made its last allowed attempt, and it was rejected too
     ├── APIError                      the API could not be used
-    │   ├── APIConnectionError        no HTTP response (refused, reset, dropped)
-    │   │   └── APITimeoutError       the request timed out
+    │   ├── APIConnectionError        no HTTP response (refused, reset, dropped, too many redirects)
+    │   │   └── APITimeoutError       the request timed out, or the caller's deadline came first
+    │   ├── APIResponseValidationError  a 2xx whose body is not what the call returns (HTML, cut off)
     │   └── APIStatusError            an HTTP error response (carries the server's message)
     │       ├── BadRequestError             400
     │       ├── AuthenticationError         401
@@ -35,6 +36,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = [
     "APIConnectionError",
     "APIError",
+    "APIResponseValidationError",
     "APIStatusError",
     "APITimeoutError",
     "AttemptsExhaustedError",
@@ -69,6 +72,7 @@ __all__ = [
     "RETRYABLE_STATUSES",
     "is_permanent",
     "is_retryable_status",
+    "redact",
     "status_error_class",
 ]
 
@@ -92,8 +96,39 @@ def _restore(cls: type[BatchOpsError], args: tuple[Any, ...], state: dict[str, A
     return exc
 
 
+REDACTED = "[redacted]"
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every occurrence of each secret replaced by ``[redacted]``.
+
+    Example:
+        >>> redact("Incorrect API key provided: Bearer sk-abc123", ["sk-abc123"])
+        'Incorrect API key provided: Bearer [redacted]'
+    """
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
 class BatchOpsError(Exception):
     """Raised for any batch_ops failure; the root of the tree."""
+
+    def redact(self, secrets: Iterable[str]) -> BatchOpsError:
+        """Remove the secrets from this error's message and text attributes, in place; returns it.
+
+        The clients call this on every error they raise with their own key: a server (or a proxy)
+        that repeats the key in its error message must not put it into a log or a task's state.
+        """
+        keep = [s for s in secrets if s]
+        if not keep:
+            return self
+        self.args = tuple(redact(a, keep) if isinstance(a, str) else a for a in self.args)
+        for name, value in list(self.__dict__.items()):
+            if isinstance(value, str):
+                self.__dict__[name] = redact(value, keep)
+        return self
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickle rebuilds an exception as cls(*args), which fails for the keyword-only constructors
@@ -178,7 +213,23 @@ class APIConnectionError(APIError):
 
 
 class APITimeoutError(APIConnectionError):
-    """Raised when an HTTP request timed out."""
+    """Raised when an HTTP request timed out, or the caller's deadline came before the answer."""
+
+
+class APIResponseValidationError(APIError):
+    """Raised when the API answered 2xx with a body that is not what the call returns.
+
+    A captive portal's HTML page, JSON cut off by a proxy, an object missing required fields:
+    ``status_code``, ``method`` and ``url`` name the call, ``reason`` what was wrong.
+    """
+
+    def __init__(self, message: str, *, status_code: int | None = None, method: str | None = None,
+                 url: str | None = None, reason: str | None = None):
+        self.status_code = status_code
+        self.method = method
+        self.url = url
+        self.reason = reason
+        super().__init__(message)
 
 
 class APIStatusError(APIError):

@@ -40,12 +40,13 @@ import json
 import logging
 import os
 import secrets
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from batch_ops._files import atomic_write
+from batch_ops._files import atomic_file, atomic_write
 from batch_ops.errors import InputValidationError, Problem
 from batch_ops.models import BATCH_ENDPOINTS, RequestLine
 
@@ -79,6 +80,7 @@ DEFAULT_MAX_PROBLEMS = 20
 
 _EMBEDDINGS = "/v1/embeddings"
 _BOM = b"\xef\xbb\xbf"
+_CHUNK = 1 << 20
 _EXAMPLE_LINE = '{"custom_id": "req-1", "method": "POST", "url": "/v1/chat/completions", "body": {...}}'
 
 
@@ -510,6 +512,53 @@ def _finish_reading(f: IO[bytes], checker: _Checker) -> None:
     checker.lines = n
 
 
+def _not_regular(name: str) -> Problem | None:
+    """A problem when ``name`` is a device, a pipe or a directory: nothing to read whole."""
+    try:
+        mode = os.stat(name).st_mode
+    except OSError:
+        return None  # open() will say what is wrong
+    if stat.S_ISREG(mode):
+        return None
+    kind = "a directory" if stat.S_ISDIR(mode) else "a device or a pipe, not a regular file"
+    return Problem(rule="not_a_regular_file", message=f"{name} is {kind}",
+                   fix="pass the path of a JSONL request file on disk", param="path")
+
+
+def _capped_lines(f: IO[bytes], cap: int) -> Iterator[tuple[bytes, bool]]:
+    """``(line, whole)`` for each line, reading at most ``cap`` bytes of any one line.
+
+    A line longer than ``cap`` comes back cut, with ``whole`` False, and reading stops there:
+    one endless line (``/dev/zero``, a file without newlines) never sits in memory.
+    """
+    while True:
+        raw = f.readline(cap)
+        if not raw:
+            return
+        if len(raw) >= cap and not raw.endswith(b"\n"):
+            yield raw, False
+            return
+        yield raw, True
+
+
+def _line_too_long(n: int, limit: int) -> Problem:
+    return Problem(rule="file_too_large", line=n,
+                   message=f"this one line is over the {_size(limit)} file limit (reading stopped there)",
+                   fix="make the request smaller (e.g. send images by URL rather than inline base64)")
+
+
+def _crossing_line(f: IO[bytes], limit: int) -> int:
+    """The number of the line that carries the file past ``limit`` bytes, reading at most that far."""
+    line, read = 1, 0
+    while read <= limit:
+        chunk = f.read(min(_CHUNK, limit + 1 - read))
+        if not chunk:
+            break
+        line += chunk.count(b"\n", 0, max(0, min(len(chunk), limit - read)))
+        read += len(chunk)
+    return line
+
+
 # ---------------------------------------------------------------------------------------
 # Validate
 # ---------------------------------------------------------------------------------------
@@ -560,11 +609,30 @@ def check_file(
         max_embedding_inputs=max_embedding_inputs,
         max_problems=max_problems,
     )
+    not_regular = _not_regular(name)
+    if not_regular is not None:
+        checker.add(not_regular)
+        return checker.report(name), checker.problems
+    size = os.path.getsize(name)
+    if size > max_bytes:
+        # Known from the file's metadata: a 3 GB file is not read whole to say so. Only the bytes up
+        # to the limit are scanned, to name the line where a split must happen.
+        with open(name, "rb") as f:
+            line = _crossing_line(f, max_bytes)
+        checker.bytes = size
+        checker.add(Problem(rule="file_too_large", line=line,
+                            message=f"the file is {size:,} bytes, over the {_size(max_bytes)} limit from line {line:,}",
+                            fix="split the file with batch_ops.jsonl.shard_file() (or run it as a job: "
+                                "batch-ops job) and submit one batch per part"))
+        return checker.report(name), checker.problems
     feed = checker.feed_bytes
     with open(name, "rb") as f:
         n = 0
-        for raw in f:
+        for raw, whole in _capped_lines(f, max_bytes + 1):
             n += 1
+            if not whole:
+                checker.add(_line_too_long(n, max_bytes))
+                break
             feed(n, raw)
             if checker.truncated:
                 _finish_reading(f, checker)
@@ -588,6 +656,9 @@ def request_file(path: str | os.PathLike[str]) -> Path:
           path: file_not_found: there is no file at /nowhere/requests.jsonl (fix: check the path...)
     """
     found = Path(path)
+    not_regular = _not_regular(os.fspath(found)) if found.exists() and not found.is_dir() else None
+    if not_regular is not None:
+        raise InputValidationError([not_regular], source=str(found))
     if not found.is_file():
         what = "a directory, not a request file" if found.is_dir() else "no file"
         raise InputValidationError(
@@ -802,54 +873,44 @@ def write_requests(
         max_embedding_inputs=max_embedding_inputs,
         max_problems=max_problems,
     )
-    tmp = _temp_path(target)
-    try:
-        with open(tmp, "xb", buffering=1 << 20) as out:
-            n = 0
-            for item in requests:
-                n += 1
-                obj = _normalise(item, endpoint)
-                data = b""
-                if obj is None:
-                    reason = f"item {n} is a {type(item).__name__}, not a RequestLine or a mapping"
-                else:
-                    try:
-                        data = _ENCODER.encode(obj).encode("utf-8") + b"\n"
-                        reason = ""
-                    except (TypeError, ValueError, RecursionError) as exc:
-                        reason = f"the request cannot be written as JSON: {exc}"
-                if obj is None or reason:
-                    checker.lines = n
-                    checker.add(
-                        Problem(
-                            rule="invalid_json_line",
-                            message=reason,
-                            fix="pass RequestLine objects or dicts of JSON values (str, int, float, bool, None, "
-                            "list, dict; no NaN)",
-                            line=n,
-                        )
+    # Written through a temporary file (fsynced: it is about to be uploaded, maybe by another
+    # process) and renamed; a problem anywhere leaves nothing behind.
+    with atomic_file(target) as out:
+        n = 0
+        for item in requests:
+            n += 1
+            obj = _normalise(item, endpoint)
+            data = b""
+            if obj is None:
+                reason = f"item {n} is a {type(item).__name__}, not a RequestLine or a mapping"
+            else:
+                try:
+                    data = _ENCODER.encode(obj).encode("utf-8") + b"\n"
+                    reason = ""
+                except (TypeError, ValueError, RecursionError) as exc:
+                    reason = f"the request cannot be written as JSON: {exc}"
+            if obj is None or reason:
+                checker.lines = n
+                checker.add(
+                    Problem(
+                        rule="invalid_json_line",
+                        message=reason,
+                        fix="pass RequestLine objects or dicts of JSON values (str, int, float, bool, None, "
+                        "list, dict; no NaN)",
+                        line=n,
                     )
-                else:
-                    assert obj is not None
-                    checker.check_obj(n, obj, len(data))
-                    if not checker.problems:
-                        # Once anything is wrong the file will be thrown away: stop writing, keep checking.
-                        out.write(data)
-                if checker.truncated:
-                    break
-            checker.finish()
-            if not checker.problems:
-                out.flush()
-                # The file is about to be uploaded, maybe by another process: make it durable
-                # before it becomes visible under its real name.
-                os.fsync(out.fileno())
+                )
+            else:
+                assert obj is not None
+                checker.check_obj(n, obj, len(data))
+                if not checker.problems:
+                    # Once anything is wrong the file will be thrown away: stop writing, keep checking.
+                    out.write(data)
+            if checker.truncated:
+                break
+        checker.finish()
         if checker.problems:
             raise InputValidationError(checker.problems, source=str(target), truncated=checker.truncated)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
     return checker.report(str(target))
 
 
@@ -914,10 +975,16 @@ def shard_file(
     part: IO[bytes] | None = None
     part_lines = part_bytes = part_inputs = 0
     try:
+        not_regular = _not_regular(src)
+        if not_regular is not None:
+            raise InputValidationError([not_regular], source=src)
         with open(src, "rb") as f:
             n = 0
-            for raw in f:
+            for raw, whole in _capped_lines(f, max_bytes + 1):
                 n += 1
+                if not whole:
+                    checker.add(_line_too_long(n, max_bytes))
+                    break
                 checker.feed_bytes(n, raw)
                 if checker.truncated:
                     break

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from collections.abc import Iterator
 from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
@@ -94,6 +96,33 @@ class BatchStatus(str, Enum):
         """True when the batch will not change status again."""
         return self in _TERMINAL
 
+    @property
+    def is_known(self) -> bool:
+        """False for a status this version of batch_ops has never heard of (see :meth:`_missing_`)."""
+        return self._name_ in type(self).__members__
+
+    @classmethod
+    def _missing_(cls, value: object) -> BatchStatus | None:
+        """A status the API added after this release (``"queued"``, ``"paused"``) is accepted, not
+        refused, as the official SDK accepts it: a new status of its own, never terminal, so a wait
+        keeps polling until a status it knows ends the batch.
+
+        Example:
+            >>> s = BatchStatus("queued")
+            >>> s.value, s.is_terminal, s.is_known, BatchStatus("queued") is s
+            ('queued', False, False, True)
+        """
+        if not isinstance(value, str) or not value or not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", value):
+            return None
+        with _UNKNOWN_LOCK:
+            member = _UNKNOWN.get(value)
+            if member is None:
+                member = str.__new__(cls, value)
+                member._name_ = value.upper()
+                member._value_ = value
+                _UNKNOWN[value] = member
+        return member
+
     @classmethod
     def parse(cls, value: Any) -> BatchStatus:
         """Normalise ``"Validating"``, ``"in progress"`` or ``"InProgress"`` to a member."""
@@ -107,6 +136,11 @@ class BatchStatus(str, Enum):
         if text == "canceling":
             text = "cancelling"
         return cls(text)
+
+
+#: Statuses seen on the wire that this release does not know, one object each (see ``_missing_``).
+_UNKNOWN: dict[str, BatchStatus] = {}
+_UNKNOWN_LOCK = threading.Lock()
 
 
 _TERMINAL = frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED, BatchStatus.CANCELLED})
@@ -134,12 +168,25 @@ def _to_epoch(value: Any) -> Any:
 
 
 class RequestCounts(BaseModel):
-    """How many requests the batch holds, and how many finished or failed so far."""
+    """How many requests the batch holds, and how many finished or failed so far.
+
+    Example:
+        >>> RequestCounts.model_validate({"total": None, "completed": None, "failed": None})  # Azure, validating
+        RequestCounts(total=0, completed=0, failed=0)
+    """
 
     model_config = _WIRE
     total: int = 0
     completed: int = 0
     failed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_counts(cls, data: Any) -> Any:
+        # Azure OpenAI sends every count as null until the batch is validated.
+        if isinstance(data, dict):
+            data = {k: (0 if v is None and k in ("total", "completed", "failed") else v) for k, v in data.items()}
+        return data
 
     @property
     def done(self) -> int:
@@ -217,7 +264,8 @@ class Batch(BaseModel):
     model_config = _WIRE
     id: str
     object: str = "batch"
-    endpoint: str
+    #: None only from servers that leave it out (Azure OpenAI's documented answers do).
+    endpoint: str | None = None
     model: str | None = None
     errors: BatchErrors | None = None
     input_file_id: str
@@ -305,7 +353,8 @@ def _loads_lenient(text: str) -> Any:
 
 
 class BatchList(BaseModel):
-    """One page of ``GET /batches``; ``last_id`` is the cursor for the next page."""
+    """One page of ``GET /batches``; ``last_id`` is the cursor for the next page; iterating the
+    page yields its batches."""
 
     model_config = _WIRE
     object: str = "list"
@@ -320,6 +369,13 @@ class BatchList(BaseModel):
         if isinstance(value, list):
             return [_loads_lenient(v) if isinstance(v, str) else v for v in value]
         return value
+
+    def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
+        """The page's batches, as the official SDK's page yields them (auto-paging: ``iter_all``)."""
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
 
 
 class FileObject(BaseModel):
@@ -342,12 +398,20 @@ class FileObject(BaseModel):
 
 
 class FileList(BaseModel):
+    """One page of files; iterating it yields the files, as the official SDK's page does."""
+
     model_config = _WIRE
     object: str = "list"
     data: list[FileObject] = Field(default_factory=list)
     first_id: str | None = None
     last_id: str | None = None
     has_more: bool = False
+
+    def __iter__(self) -> Iterator[FileObject]:  # type: ignore[override]
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
 
 
 class OutputExpiresAfter(BaseModel):

@@ -30,6 +30,8 @@ from batch_ops.errors import (
     BatchFailedError,
     BatchOutcomeError,
     BatchTimeoutError,
+    InputValidationError,
+    Problem,
     RequestFailuresError,
 )
 from batch_ops.models import Batch, BatchStatus
@@ -85,10 +87,12 @@ class BatchPoller:
     _failures: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.poll_interval <= 0:
-            raise ValueError(f"poll_interval must be > 0 seconds, got {self.poll_interval}")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ValueError(f"timeout must be > 0 seconds or None, got {self.timeout}")
+        _seconds("poll_interval", self.poll_interval, optional=False)
+        _seconds("timeout", self.timeout)
+        _seconds("max_poll_interval", self.max_poll_interval)
+        if self.deadline is not None and (isinstance(self.deadline, bool)
+                                          or not isinstance(self.deadline, (int, float))):
+            _seconds("deadline", self.deadline)  # an epoch time: any number, but a number
         if self.max_poll_interval is None:
             self.max_poll_interval = max(self.poll_interval, min(self.poll_interval * 4, 600.0))
         self._interval = float(self.poll_interval)
@@ -172,6 +176,19 @@ class BatchPoller:
         if self.deadline is not None:
             delay = min(delay, max(self.deadline - now, 0.0))
         return max(delay, 0.0)
+
+
+def _seconds(name: str, value: object, *, optional: bool = True) -> None:
+    """Refuse what is not a positive number of seconds, naming the parameter (before any request)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        shown = f"a {type(value).__name__} ({value!r})" if not isinstance(value, (int, float)) else repr(value)
+        fix = f"pass a number of seconds above 0{', or None' if optional else ''}, e.g. {name}=60"
+        raise InputValidationError(
+            [Problem(rule="invalid_argument", param=name, message=f"{name} is {shown}", fix=fix)],
+            source="wait parameters",
+        )
 
 
 def _progress(batch: Batch) -> tuple[str, int, int]:

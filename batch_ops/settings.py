@@ -19,13 +19,24 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from batch_ops.errors import ConfigurationError
 
-__all__ = ["DEFAULT_BASE_URL", "ClientSettings"]
+__all__ = ["DEFAULT_BASE_URL", "ClientSettings", "settings_error"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+def settings_error(exc: ValidationError) -> ConfigurationError:
+    """A ConfigurationError naming each wrong field and its rule, never the value given.
+
+    pydantic's own text repeats the input, and a key pasted into the wrong field must not end up
+    in a log.
+    """
+    detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {str(e['msg']).removeprefix('Value error, ')}"
+                       for e in exc.errors())
+    return ConfigurationError(f"Invalid client settings: {detail}")
 
 
 class ClientSettings(BaseModel):
@@ -62,14 +73,20 @@ class ClientSettings(BaseModel):
     backoff_max: float = Field(default=30.0, gt=0)
     idempotency_lookback: float = Field(default=7 * 86400, gt=0)
 
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise settings_error(exc) from None
+
     @field_validator("base_url")
     @classmethod
     def _base_url(cls, value: str) -> str:
         value = value.strip().rstrip("/")
         if not value.startswith(("http://", "https://")):
-            raise ValueError(
-                f"base_url {value!r} must start with http:// or https:// (e.g. 'https://api.openai.com/v1')"
-            )
+            # The value itself is not repeated: a key pasted here by mistake must not reach a log.
+            hint = " (the value looks like an API key: pass it as api_key)" if value.startswith("sk-") else ""
+            raise ValueError(f"base_url must start with http:// or https://, e.g. 'https://api.openai.com/v1'{hint}")
         return value
 
     @field_validator("api_key", mode="before")

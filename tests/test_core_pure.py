@@ -154,7 +154,7 @@ def test_missing_key_names_the_fix() -> None:
 
 
 def test_bad_base_url_is_rejected() -> None:
-    with pytest.raises(ValidationError, match="http"):
+    with pytest.raises(ConfigurationError, match="http"):
         ClientSettings(api_key="k", base_url="api.openai.com/v1")
 
 

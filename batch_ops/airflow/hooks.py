@@ -191,9 +191,12 @@ class OpenAIBatchHook(BaseHook):
         return AsyncBatchClient.shared(settings) if shared else AsyncBatchClient(settings=settings)
 
     def test_connection(self) -> tuple[bool, str]:
-        """Used by the UI's "Test" button: list one batch."""
+        """Used by the UI's "Test" button: list one batch, giving up within seconds (a person is
+        waiting for the answer; a task would retry for minutes)."""
         try:
-            with self.get_client() as client:
+            settings = self.get_settings().model_copy(update={
+                "max_retries": 1, "retry_max_elapsed": 5.0, "connect_timeout": 5.0, "timeout": 15.0})
+            with BatchClient(settings=settings) as client:
                 client.batches.list(limit=1)
         except Exception as exc:  # the UI shows the message; it never contains the key
             return False, f"{type(exc).__name__}: {exc}"

@@ -16,18 +16,17 @@ import contextlib
 import csv
 import json
 import os
-import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn
 
-import pydantic
 import typer
 from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from batch_ops import SubmitSpec
+from batch_ops._files import atomic_file
 from batch_ops.cli import EXIT_CODES, EXIT_FAILED, exit_code_for, render
 from batch_ops.client import BatchClient
 from batch_ops.errors import (
@@ -164,14 +163,22 @@ class _Out:
         return text
 
 
-def _client(out: _Out, base_url: str | None, api_key: str | None, max_retries: int | None) -> BatchClient:
-    """A client from the flags and the environment (flags win); settings errors exit 4."""
-    try:
-        settings = ClientSettings.from_env(api_key=api_key, base_url=base_url, max_retries=max_retries)
-    except pydantic.ValidationError as exc:
-        # Only the messages: pydantic's own text would echo the input values.
-        detail = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
-        raise ConfigurationError(f"Bad client settings: {detail}") from None
+#: Interactive commands (no --wait) give up on an unreachable server after this many seconds of
+#: retrying, rather than the ~25 s the full budget takes (each retry is logged as it happens).
+FAIL_FAST_SECONDS = 8.0
+
+
+def _client(out: _Out, base_url: str | None, api_key: str | None, max_retries: int | None, *,
+            fail_fast: bool = False) -> BatchClient:
+    """A client from the flags and the environment (flags win); settings errors exit 4.
+
+    ``fail_fast``: an interactive command answering a person at a prompt; unless ``--max-retries``
+    says otherwise, it stops retrying after :data:`FAIL_FAST_SECONDS`.
+    """
+    settings = ClientSettings.from_env(api_key=api_key, base_url=base_url, max_retries=max_retries)
+    if fail_fast and max_retries is None:
+        settings = settings.model_copy(update={"retry_max_elapsed": FAIL_FAST_SECONDS,
+                                               "connect_timeout": min(settings.connect_timeout, 5.0)})
     if settings.api_key is None:
         # The core's message speaks Python (api_key=...); a shell user needs the flag.
         raise ConfigurationError(
@@ -406,7 +413,8 @@ def status(
     (1 when it ended failed, expired or cancelled; 5 when --timeout ran out).
     """
     out = _Out(json=json_output)
-    with _handled(out, batch_id=batch_id if wait else None), _client(out, base_url, api_key, max_retries) as client:
+    with _handled(out, batch_id=batch_id if wait else None), \
+            _client(out, base_url, api_key, max_retries, fail_fast=not wait) as client:
         batch = client.batches.retrieve(batch_id)
         if wait and not batch.status.is_terminal:
             batch = _wait(client, out, batch_id, poll_interval=poll_interval, timeout=timeout)
@@ -433,7 +441,7 @@ def list_batches(
 ) -> None:
     """List batches, newest first, one page (or --all pages)."""
     out = _Out(json=json_output)
-    with _handled(out), _client(out, base_url, api_key, max_retries) as client:
+    with _handled(out), _client(out, base_url, api_key, max_retries, fail_fast=True) as client:
         if all_pages:
             batches = list(client.batches.iter_all(limit=limit, after=after))
             has_more = False
@@ -469,7 +477,7 @@ def cancel(
     failed, expired); 5 when --timeout ran out.
     """
     out = _Out(json=json_output)
-    with _handled(out, batch_id=batch_id), _client(out, base_url, api_key, max_retries) as client:
+    with _handled(out, batch_id=batch_id), _client(out, base_url, api_key, max_retries, fail_fast=not wait) as client:
         batch = client.batches.cancel(batch_id)
         if wait and not batch.status.is_terminal:
             batch = _wait(client, out, batch_id, poll_interval=poll_interval, timeout=timeout)
@@ -518,25 +526,19 @@ def results(
             out.fail(f"Batch {batch.id} is still {describe(batch)}: its results are not ready "
                      f"(batch-ops status {batch.id}; or submit with --wait).", EXIT_FAILED,
                      kind="BatchNotFinished", batch=batch)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        part = output.with_name(f".{output.name}.{secrets.token_hex(4)}.part")
-        try:
-            # Written beside the target and renamed: PATH holds all results or stays as it was.
-            with part.open("w", encoding="utf-8", newline="") as fh:
-                lines = client.results(batch, input_path=input_path)
-                if kind == "csv":
-                    writer = csv.writer(fh)
-                    writer.writerow(render.CSV_COLUMNS)
-                    for line in lines:
-                        tally.add(line)
-                        writer.writerow(render.csv_row(line, batch.endpoint))
-                else:
-                    for line in lines:
-                        tally.add(line)
-                        fh.write(line.model_dump_json() + "\n")
-            os.replace(part, output)
-        finally:
-            part.unlink(missing_ok=True)
+        # Written beside the target and renamed: PATH holds all results or stays as it was.
+        with atomic_file(output, "w", encoding="utf-8", newline="") as fh:
+            lines = client.results(batch, input_path=input_path)
+            if kind == "csv":
+                writer = csv.writer(fh)
+                writer.writerow(render.CSV_COLUMNS)
+                for line in lines:
+                    tally.add(line)
+                    writer.writerow(render.csv_row(line, batch.endpoint or ""))
+            else:
+                for line in lines:
+                    tally.add(line)
+                    fh.write(line.model_dump_json() + "\n")
     out.result({"batch_id": batch.id, "status": batch.status.value, "output": str(output), "format": kind,
                 **tally.as_dict()})
     style = "green" if tally.failed == 0 else "yellow"

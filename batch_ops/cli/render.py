@@ -322,7 +322,7 @@ def batch_view(batch: Batch) -> RenderableType:
     grid.add_column(overflow="fold")
     grid.add_row("batch", Text(batch.id))
     grid.add_row("status", status_text(batch.status))
-    grid.add_row("endpoint", batch.endpoint + (f"  (model {batch.model})" if batch.model else ""))
+    grid.add_row("endpoint", (batch.endpoint or "-") + (f"  (model {batch.model})" if batch.model else ""))
     grid.add_row("requests", _counts(batch))
     usage = _usage(batch)
     if usage:
@@ -361,5 +361,5 @@ def batch_table(batches: Iterable[Batch]) -> Table:
     for b in batches:
         c = b.request_counts
         failed = f" ({c.failed} failed)" if c.failed else ""
-        table.add_row(b.id, status_text(b.status), b.endpoint, f"{c.done}/{c.total}{failed}", when(b.created_at))
+        table.add_row(b.id, status_text(b.status), b.endpoint or "-", f"{c.done}/{c.total}{failed}", when(b.created_at))
     return table

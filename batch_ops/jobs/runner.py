@@ -41,7 +41,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batch_ops.errors import APIConnectionError, APIStatusError, BatchOpsError, ConfigurationError, is_permanent
+from batch_ops.errors import (
+    APIConnectionError,
+    APIStatusError,
+    BatchOpsError,
+    ConfigurationError,
+    InputValidationError,
+    Problem,
+    is_permanent,
+)
 from batch_ops.jobs.config import JobConfig
 from batch_ops.jobs.harvest import UsageTotals, harvest_part, merge, synthesize_failures
 from batch_ops.jobs.state import JobState, PartState, load_state, save_state, state_path_for, work_dir_for
@@ -96,6 +104,15 @@ class JobSummary:
         return dict(self.__dict__)
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if b.exists() and a.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
 def _job_id(input_path: Path, output_path: Path) -> str:
     # Stable for the same input and output, so the metadata of its batches is recognisable.
     stat = input_path.stat()
@@ -138,6 +155,13 @@ class BatchJob:
         """
         cfg = JobConfig.of(config, **options)
         src, out = Path(input_path), Path(output_path)
+        if _same_file(src, out):
+            raise InputValidationError(
+                [Problem(rule="output_is_input", param="output_path",
+                         message=f"the output {out} is the input {src} (the same file, or a link to it)",
+                         fix="choose another output path: the job writes its merged results there")],
+                source="job parameters",
+            )
         state_path = state_path_for(out)
         state = load_state(state_path)
         if state is not None:

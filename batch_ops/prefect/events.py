@@ -65,7 +65,7 @@ def batch_event(batch: Batch) -> BatchEvent | None:
         "prefect.resource.id": f"{RESOURCE_PREFIX}{batch.id}",
         "prefect.resource.name": batch.id,
         "openai.batch.status": status,
-        "openai.batch.endpoint": batch.endpoint,
+        "openai.batch.endpoint": batch.endpoint or "",
     }
     errors = [
         {"code": e.code, "line": e.line, "message": e.message}

@@ -37,6 +37,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
+from batch_ops._files import atomic_file
 from batch_ops.models import BATCH_ENDPOINTS, check_create_params
 from batch_ops.server.engines import EchoEngine, api_error_body, make_engine
 from batch_ops.server.faults import FaultPlan, losing_response
@@ -105,13 +106,9 @@ def _int_param(request: Request, name: str, *, default: int, low: int, high: int
 
 def _save_upload(src: IO[bytes], dest: Path) -> int:
     """Copy an upload to its final place atomically; return its size."""
-    part = dest.with_name(dest.name + ".part")
-    with part.open("wb") as out:
+    with atomic_file(dest) as out:
         shutil.copyfileobj(src, out, 1024 * 1024)
-        out.flush()
-        os.fsync(out.fileno())
         size = out.tell()
-    os.replace(part, dest)
     return size
 
 

@@ -161,7 +161,7 @@ class HostileServer:
         thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         thread.start()
 
-        async def start() -> tuple[asyncio.AbstractServer, asyncio.AbstractServer]:
+        async def start() -> tuple[asyncio.Server, asyncio.Server]:
             main = await asyncio.start_server(self._handle, "127.0.0.1", 0)
             # 127.0.0.2 is loopback too, but another origin: a redirect there must not carry the key.
             other = await asyncio.start_server(self._elsewhere, "127.0.0.2", 0)

@@ -95,6 +95,19 @@ def test_test_connection_button(server_url, use_server) -> None:
     assert not ok and message
 
 
+def test_test_connection_gives_up_within_seconds_on_an_unreachable_server(use_server) -> None:
+    import time
+
+    from batch_ops.server.background import free_port
+
+    use_server(f"http://127.0.0.1:{free_port()}/v1")  # the connection's own retries: the default 6
+    started = time.monotonic()
+    ok, message = OpenAIBatchHook().test_connection()
+    took = time.monotonic() - started
+    assert not ok and "APIConnectionError" in message
+    assert took < 8, f"the Test button waited {took:.1f} s"
+
+
 def test_provider_info_matches_airflows_schema() -> None:
     import jsonschema
     from airflow import providers_manager
