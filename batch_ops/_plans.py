@@ -55,6 +55,7 @@ from batch_ops.models import (
     BatchList,
     FileList,
     FileObject,
+    azure_endpoint,
     check_create_params,
 )
 from batch_ops.polling import BatchPoller, timeout_error
@@ -360,8 +361,11 @@ def create_body(
     metadata: Mapping[str, str] | None,
     output_expires_after: Mapping[str, Any] | None,
     idempotency_key: str,
+    azure: bool = False,
 ) -> dict[str, Any]:
     """The POST /batches body with our idempotency key in ``metadata``; raises before any I/O.
+
+    ``azure``: the endpoint may be spelled as Azure OpenAI documents it, and is sent that way.
 
     Example:
         >>> create_body(input_file_id="f", endpoint="/v1/embeddings", completion_window="24h",
@@ -369,6 +373,9 @@ def create_body(
         {'run': 'n', 'batch_ops_idempotency_key': 'k'}
     """
     user_meta = dict(metadata or {})
+    if isinstance(output_expires_after, Mapping) and "anchor" not in output_expires_after:
+        # The API requires the anchor and knows only one: say it for the caller.
+        output_expires_after = {"anchor": "created_at", **output_expires_after}
     problems = [
         Problem(rule="invalid_batch_parameter", message=msg, fix=fix, param=param)
         for param, msg, fix in check_create_params(
@@ -376,6 +383,7 @@ def create_body(
             completion_window=completion_window,
             metadata=user_meta,
             output_expires_after=output_expires_after,
+            azure=azure,
         )
     ]
     if not input_file_id or not isinstance(input_file_id, str):
@@ -398,7 +406,7 @@ def create_body(
     user_meta[IDEMPOTENCY_METADATA_KEY] = idempotency_key
     body: dict[str, Any] = {
         "input_file_id": input_file_id,
-        "endpoint": endpoint,
+        "endpoint": azure_endpoint(endpoint) if azure else endpoint,
         "completion_window": completion_window,
         "metadata": user_meta,
     }

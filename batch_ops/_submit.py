@@ -114,6 +114,9 @@ class SubmitSpec:
     reattach: bool = True
     policy: OutcomePolicy = field(default_factory=OutcomePolicy)
     since: float | None = None
+    #: Azure OpenAI: endpoints and urls may be spelled ``/chat/completions``, and are sent that way.
+    #: The client sets it from its settings (``api_version``).
+    azure: bool = False
 
     @classmethod
     def of(
@@ -222,14 +225,14 @@ class _Input:
     lines: int | None
 
 
-def _prepare(source: Source, endpoint: str, workdir: Path) -> _Input:
+def _prepare(source: Source, endpoint: str, workdir: Path, azure: bool) -> _Input:
     """Validate a request file, or write request dicts to a validated file in ``workdir``."""
     if source.path is not None:
         path = request_file(source.path)  # a missing file is bad input, naming the fix
-        return _Input(path, validate_file(path, endpoint=endpoint).lines)
+        return _Input(path, validate_file(path, endpoint=endpoint, azure=azure).lines)
     if source.requests is not None:
         path = workdir / "requests.jsonl"
-        return _Input(path, write_requests(source.requests, path, endpoint=endpoint).lines)
+        return _Input(path, write_requests(source.requests, path, endpoint=endpoint, azure=azure).lines)
     return _Input(None, None)
 
 
@@ -381,7 +384,7 @@ def submit_plan(
     # Every parameter is checked before anything is sent (the longest attempt key included).
     create_body(input_file_id="pending", endpoint=spec.endpoint, completion_window=spec.completion_window,
                 metadata=spec.metadata, output_expires_after=spec.output_expires_after,
-                idempotency_key=attempt_key(key, MAX_ATTEMPTS - 1))
+                idempotency_key=attempt_key(key, MAX_ATTEMPTS - 1), azure=spec.azure)
     keyed = given and spec.reattach
     now = _plans.clock()
     since = spec.since if spec.since is not None else now - lookback
@@ -401,7 +404,7 @@ def submit_plan(
         return Submission(chain, step, cancelled=done_ids)
 
     number = step.number
-    prepared: _Input = yield Work(partial(_prepare, source, spec.endpoint, workdir))
+    prepared: _Input = yield Work(partial(_prepare, source, spec.endpoint, workdir, spec.azure))
     upload: Path | None = prepared.path
     file_id = source.file_id
     carried = prepared.lines
@@ -444,7 +447,7 @@ def submit_plan(
 
     body = create_body(input_file_id=file_id, endpoint=spec.endpoint, completion_window=spec.completion_window,
                        metadata=spec.metadata, output_expires_after=spec.output_expires_after,
-                       idempotency_key=attempt)
+                       idempotency_key=attempt, azure=spec.azure)
     started = _plans.clock()
     try:
         batch = yield from create_plan(body, key_may_exist=False, policy=policy, lookback=lookback)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import itertools
 import json
@@ -450,6 +451,7 @@ class BatchClient(_Base):
             >>> # sub = client.submit_spec("requests.jsonl", SubmitSpec(endpoint="/v1/embeddings", idempotency_key="k"))
         """
         src = Source.of(source)
+        spec = dataclasses.replace(spec, azure=spec.azure or self.settings.is_azure)
         workdir = Path(tempfile.mkdtemp(prefix="batch_ops_submit_"))
         try:
             return self._run(submit_plan(spec, src, workdir=workdir, policy=self.retry_policy,  # type: ignore[no-any-return]
@@ -559,7 +561,7 @@ class Batches:
         body = _plans.create_body(
             input_file_id=input_file_id, endpoint=endpoint, completion_window=completion_window,
             metadata=metadata, output_expires_after=output_expires_after,
-            idempotency_key=_plans.new_idempotency_key(),
+            idempotency_key=_plans.new_idempotency_key(), azure=self._c.settings.is_azure,
         )
         return self._c._run(_plans.create_plan(body, key_may_exist=False, policy=self._c.retry_policy,  # type: ignore[no-any-return]
                                                lookback=self._c.settings.idempotency_lookback))
@@ -850,6 +852,7 @@ class AsyncBatchClient(_Base):
     ) -> Submission:
         """See :meth:`BatchClient.submit_spec`; file work runs in worker threads."""
         src = Source.of(source)
+        spec = dataclasses.replace(spec, azure=spec.azure or self.settings.is_azure)
         workdir = Path(await asyncio.to_thread(tempfile.mkdtemp, "", "batch_ops_submit_"))
         try:
             return await self._run(submit_plan(spec, src, workdir=workdir,  # type: ignore[no-any-return]
@@ -949,7 +952,7 @@ class AsyncBatches:
         body = _plans.create_body(
             input_file_id=input_file_id, endpoint=endpoint, completion_window=completion_window,
             metadata=metadata, output_expires_after=output_expires_after,
-            idempotency_key=_plans.new_idempotency_key(),
+            idempotency_key=_plans.new_idempotency_key(), azure=self._c.settings.is_azure,
         )
         return await self._c._run(_plans.create_plan(body, key_may_exist=False,  # type: ignore[no-any-return]
                                                      policy=self._c.retry_policy,

@@ -48,7 +48,7 @@ from typing import IO, Any
 
 from batch_ops._files import atomic_file, atomic_write
 from batch_ops.errors import InputValidationError, Problem
-from batch_ops.models import BATCH_ENDPOINTS, RequestLine
+from batch_ops.models import BATCH_ENDPOINTS, RequestLine, azure_endpoint, canonical_endpoint
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -172,7 +172,12 @@ class _Checker:
         max_embedding_inputs: int,
         max_problems: int,
         per_line_limits: bool = False,
+        azure: bool = False,
     ) -> None:
+        # Azure OpenAI spells endpoints without /v1 (``/chat/completions``): compare what they mean.
+        self.azure = azure
+        if azure:
+            endpoint = canonical_endpoint(endpoint)
         self.max_lines = max_lines
         self.max_bytes = max_bytes
         self.max_inputs = max_embedding_inputs
@@ -319,6 +324,8 @@ class _Checker:
             )
 
         url = obj.get("url")
+        if self.azure:
+            url = canonical_endpoint(url)
         if url != self.ref_url or not self.ref_set:
             self._check_url(n, url)
 
@@ -570,6 +577,7 @@ def check_file(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_embedding_inputs: int = DEFAULT_MAX_EMBEDDING_INPUTS,
     max_problems: int = DEFAULT_MAX_PROBLEMS,
+    azure: bool = False,
 ) -> tuple[FileReport, list[Problem]]:
     """Check a request file against the Batch API's input rules; never raises on a bad file.
 
@@ -583,6 +591,7 @@ def check_file(
         max_bytes: Largest file size allowed (``file_too_large``).
         max_embedding_inputs: Most embedding inputs allowed in a ``/v1/embeddings`` file.
         max_problems: Stop collecting findings after this many.
+        azure: accept Azure OpenAI's spelling of endpoints and urls (``/chat/completions``).
 
     Returns:
         The report and the findings (empty when the file is valid).
@@ -608,6 +617,7 @@ def check_file(
         max_bytes=max_bytes,
         max_embedding_inputs=max_embedding_inputs,
         max_problems=max_problems,
+        azure=azure,
     )
     not_regular = _not_regular(name)
     if not_regular is not None:
@@ -678,6 +688,7 @@ def validate_file(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_embedding_inputs: int = DEFAULT_MAX_EMBEDDING_INPUTS,
     max_problems: int = DEFAULT_MAX_PROBLEMS,
+    azure: bool = False,
 ) -> FileReport:
     """Check a request file and raise if anything is wrong; see :func:`check_file`.
 
@@ -702,6 +713,7 @@ def validate_file(
         max_bytes=max_bytes,
         max_embedding_inputs=max_embedding_inputs,
         max_problems=max_problems,
+        azure=azure,
     )
     if problems:
         raise InputValidationError(problems, source=os.fspath(path), truncated=report.truncated)
@@ -832,6 +844,7 @@ def write_requests(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_embedding_inputs: int = DEFAULT_MAX_EMBEDDING_INPUTS,
     max_problems: int = DEFAULT_MAX_PROBLEMS,
+    azure: bool = False,
 ) -> FileReport:
     """Write requests to a JSONL file, validating on the way; the file appears only if valid.
 
@@ -849,6 +862,8 @@ def write_requests(
         max_bytes: Largest file allowed.
         max_embedding_inputs: Most embedding inputs allowed in a ``/v1/embeddings`` file.
         max_problems: Stop after this many findings.
+        azure: Azure OpenAI's spelling: missing ``url`` values are written as Azure documents them
+            (``/chat/completions``), and either spelling is accepted.
 
     Returns:
         The report of the written file.
@@ -872,6 +887,7 @@ def write_requests(
         max_bytes=max_bytes,
         max_embedding_inputs=max_embedding_inputs,
         max_problems=max_problems,
+        azure=azure,
     )
     # Written through a temporary file (fsynced: it is about to be uploaded, maybe by another
     # process) and renamed; a problem anywhere leaves nothing behind.
@@ -879,7 +895,7 @@ def write_requests(
         n = 0
         for item in requests:
             n += 1
-            obj = _normalise(item, endpoint)
+            obj = _normalise(item, azure_endpoint(endpoint) if azure and endpoint else endpoint)
             data = b""
             if obj is None:
                 reason = f"item {n} is a {type(item).__name__}, not a RequestLine or a mapping"

@@ -50,6 +50,8 @@ __all__ = [
     "ResultLine",
     "ResultResponse",
     "Usage",
+    "azure_endpoint",
+    "canonical_endpoint",
     "check_create_params",
 ]
 
@@ -65,6 +67,30 @@ BATCH_ENDPOINTS: tuple[str, ...] = (
     "/v1/videos",
 )
 COMPLETION_WINDOWS: tuple[str, ...] = ("24h",)
+
+
+def canonical_endpoint(endpoint: Any) -> Any:
+    """Azure OpenAI documents batch endpoints without the ``/v1`` prefix (``/chat/completions``):
+    the OpenAI spelling of the same endpoint, or the value unchanged.
+
+    Example:
+        >>> canonical_endpoint("/chat/completions"), canonical_endpoint("/v1/embeddings"), canonical_endpoint("/x")
+        ('/v1/chat/completions', '/v1/embeddings', '/x')
+    """
+    if isinstance(endpoint, str) and not endpoint.startswith("/v1/") and "/v1" + endpoint in BATCH_ENDPOINTS:
+        return "/v1" + endpoint
+    return endpoint
+
+
+def azure_endpoint(endpoint: str) -> str:
+    """The spelling Azure OpenAI documents for a batch endpoint (no ``/v1``).
+
+    Example:
+        >>> azure_endpoint("/v1/chat/completions")
+        '/chat/completions'
+    """
+    canonical = canonical_endpoint(endpoint)
+    return canonical.removeprefix("/v1") if canonical in BATCH_ENDPOINTS else endpoint
 METADATA_MAX_PAIRS = 16
 METADATA_KEY_MAX = 64
 METADATA_VALUE_MAX = 512
@@ -428,18 +454,19 @@ def check_create_params(
     completion_window: Any = "24h",
     metadata: Any = None,
     output_expires_after: Any = None,
+    azure: bool = False,
 ) -> list[tuple[str, str, str]]:
     """Check the POST /batches parameters; return ``(param, problem, fix)`` for each violation.
 
     Shared by the client (raises before uploading) and the local server (answers 400), so the
-    two cannot disagree.
+    two cannot disagree. ``azure`` also accepts Azure OpenAI's spelling (``/chat/completions``).
 
     Example:
         >>> [p for p, _, _ in check_create_params(endpoint="/v1/chat", completion_window="48h")]
         ['endpoint', 'completion_window']
     """
     found: list[tuple[str, str, str]] = []
-    if endpoint not in BATCH_ENDPOINTS:
+    if (canonical_endpoint(endpoint) if azure else endpoint) not in BATCH_ENDPOINTS:
         found.append(
             ("endpoint", f"unsupported endpoint {endpoint!r}", "use one of " + ", ".join(BATCH_ENDPOINTS))
         )
@@ -485,16 +512,16 @@ def check_create_params(
         oea = output_expires_after
         if isinstance(oea, OutputExpiresAfter):
             oea = oea.model_dump()
-        if not isinstance(oea, dict) or set(oea) - {"anchor", "seconds"} or "seconds" not in oea:
+        if not isinstance(oea, dict) or set(oea) != {"anchor", "seconds"}:
             found.append(
                 (
                     "output_expires_after",
                     "output_expires_after must be {'anchor': 'created_at', 'seconds': N}",
-                    "pass exactly those two keys",
+                    "pass exactly those two keys (the API requires the anchor)",
                 )
             )
         else:
-            if oea.get("anchor", "created_at") != "created_at":
+            if oea.get("anchor") != "created_at":
                 found.append(
                     (
                         "output_expires_after.anchor",

@@ -210,3 +210,16 @@ def test_an_interactive_cli_command_gives_up_quickly_and_says_what_it_retried() 
     assert took < 15, f"list took {took:.1f} s against a refused port"
     assert "retry 1 of" in proc.stderr and "GET /batches" in proc.stderr, proc.stderr[-1000:]
     assert KEY not in proc.stdout + proc.stderr
+
+
+def test_the_cli_says_what_came_instead_of_a_batch_in_one_line() -> None:
+    import subprocess
+    import sys
+
+    with serve_hostile("html") as hostile:
+        proc = subprocess.run([sys.executable, "-m", "batch_ops.cli", "status", "batch_1", "--base-url", hostile.url,
+                               "--api-key", KEY, "--max-retries", "0"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "not a batch" in proc.stderr and "text/html" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 3, proc.stderr

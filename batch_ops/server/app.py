@@ -22,6 +22,7 @@ import hmac
 import json
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Any
@@ -38,6 +39,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from batch_ops._files import atomic_file
+from batch_ops.jsonl import DEFAULT_MAX_BYTES
 from batch_ops.models import BATCH_ENDPOINTS, check_create_params
 from batch_ops.server.engines import EchoEngine, api_error_body, make_engine
 from batch_ops.server.faults import FaultPlan, losing_response
@@ -104,6 +106,30 @@ def _int_param(request: Request, name: str, *, default: int, low: int, high: int
     return value
 
 
+#: The API's limit on one uploaded batch input file, and the multipart framing allowed around it.
+UPLOAD_MAX_BYTES = DEFAULT_MAX_BYTES
+_FORM_OVERHEAD = 64 * 1024
+
+
+def _file_too_large(size: int) -> _ApiError:
+    return _ApiError(f"File is too large: {size:,} bytes; the maximum is {UPLOAD_MAX_BYTES:,} bytes (200 MB).",
+                     param="file", code="file_too_large")
+
+
+def _expires_after(form: Any) -> int | None:
+    """``expires_after[anchor]`` / ``expires_after[seconds]`` of an upload, checked as the API does."""
+    anchor, seconds = form.get("expires_after[anchor]"), form.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise _ApiError("Invalid 'expires_after[anchor]': must be 'created_at'.", param="expires_after[anchor]",
+                        code="invalid_value")
+    if not isinstance(seconds, str) or not seconds.isdigit() or not 3600 <= int(seconds) <= 2_592_000:
+        raise _ApiError("Invalid 'expires_after[seconds]': must be an integer between 3600 and 2592000.",
+                        param="expires_after[seconds]", code="invalid_value")
+    return int(seconds)
+
+
 def _save_upload(src: IO[bytes], dest: Path) -> int:
     """Copy an upload to its final place atomically; return its size."""
     with atomic_file(dest) as out:
@@ -152,6 +178,10 @@ class _Api:
     # ---- files -------------------------------------------------------------------------------
 
     async def upload_file(self, request: Request) -> Response:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > UPLOAD_MAX_BYTES + _FORM_OVERHEAD:
+            # Refused before a byte of it is stored, as the API refuses it.
+            raise _file_too_large(int(declared))
         async with request.form(max_files=1, max_fields=16) as form:
             upload, purpose = form.get("file"), form.get("purpose")
             if not isinstance(upload, UploadFile):
@@ -169,20 +199,26 @@ class _Api:
                 raise _ApiError(
                     "Invalid file format for Batch API. Must be .jsonl", param="file", code="invalid_file_format"
                 )
+            expires_seconds = _expires_after(form)
+            if upload.size is not None and upload.size > UPLOAD_MAX_BYTES:
+                raise _file_too_large(upload.size)
             file_id = new_id("file-")
             size = await anyio.to_thread.run_sync(_save_upload, upload.file, self.store.file_path(file_id))
-        return JSONResponse(self.store.add_file(file_id=file_id, size=size, filename=filename, purpose=purpose))
+        created = int(time.time())
+        expires_at = created + expires_seconds if expires_seconds is not None else None
+        return JSONResponse(self.store.add_file(file_id=file_id, size=size, filename=filename, purpose=purpose,
+                                                created_at=created, expires_at=expires_at))
 
     async def list_files(self, request: Request) -> Response:
         limit = _int_param(request, "limit", default=10_000, low=1, high=10_000)
         order = request.query_params.get("order", "desc")
         if order not in ("asc", "desc"):
             raise _ApiError(f"Invalid 'order': {order!r} is not 'asc' or 'desc'.", param="order", code="invalid_value")
-        after = request.query_params.get("after")
+        after = request.query_params.get("after") or None  # ``after=`` (empty) is no cursor
         page = self.store.list_files(purpose=request.query_params.get("purpose"), after=after, limit=limit, order=order)
         if page is None:
             raise _ApiError(f"Invalid 'after': no file with id {after!r}.", param="after", code="invalid_value")
-        return JSONResponse(_page(*page))
+        return JSONResponse(_page(*page, ids_required=True))
 
     def _file(self, file_id: str) -> dict[str, Any]:
         found = self.store.get_file(file_id)
@@ -227,6 +263,7 @@ class _Api:
             completion_window=body["completion_window"],
             metadata=body.get("metadata"),
             output_expires_after=body.get("output_expires_after"),
+            azure=True,  # the local server stands in for Azure OpenAI too: /chat/completions is fine
         )
         if problems:
             param = problems[0][0]
@@ -258,7 +295,7 @@ class _Api:
 
     async def list_batches(self, request: Request) -> Response:
         limit = _int_param(request, "limit", default=20, low=1, high=100)
-        after = request.query_params.get("after")
+        after = request.query_params.get("after") or None  # ``after=`` (empty) is no cursor
         page = self.store.list_batches(after=after, limit=limit)
         if page is None:
             raise _ApiError(f"Invalid 'after': no batch with id {after!r}.", param="after", code="invalid_value")
@@ -293,14 +330,17 @@ class _Api:
         return JSONResponse(reply.body, status_code=reply.status_code or 500)
 
 
-def _page(rows: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": rows,
-        "first_id": rows[0]["id"] if rows else None,
-        "last_id": rows[-1]["id"] if rows else None,
-        "has_more": has_more,
-    }
+def _page(rows: list[dict[str, Any]], has_more: bool, *, ids_required: bool = False) -> dict[str, Any]:
+    """A list page as the spec writes it: ``first_id``/``last_id`` are strings when present. An
+    empty page of batches leaves them out (optional there); one of files, where they are
+    required, carries empty strings (neither is a cursor)."""
+    page: dict[str, Any] = {"object": "list", "data": rows}
+    if rows:
+        page.update(first_id=rows[0]["id"], last_id=rows[-1]["id"])
+    elif ids_required:
+        page.update(first_id="", last_id="")
+    page["has_more"] = has_more
+    return page
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:

@@ -32,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from batch_ops.models import BATCH_ENDPOINTS
+from batch_ops.models import BATCH_ENDPOINTS, canonical_endpoint
 from batch_ops.server.options import ServerOptions
 from batch_ops.server.store import Usage5
 
@@ -221,8 +221,9 @@ class EchoEngine(Engine):
         return self.respond(str(request.get("url", "")), request.get("body"))
 
     def respond(self, url: str, body: Any) -> Reply:
-        """Answer ``POST url`` with ``body`` as the real endpoint would (shape-wise)."""
-        route = self._routes.get(url)
+        """Answer ``POST url`` with ``body`` as the real endpoint would (shape-wise); Azure's
+        spelling (``/chat/completions``) reaches the same route."""
+        route = self._routes.get(url) or self._routes.get(canonical_endpoint(url))
         if route is None:
             return Reply(404, api_error_body(f"Invalid URL (POST {url})", code="unknown_url"))
         if not isinstance(body, dict):

@@ -141,6 +141,10 @@ class HostileServer:
                 await self._answer(writer, 200, self._normal(path))
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
+        except asyncio.CancelledError:
+            # The server is stopping: end quietly (asyncio's stream callback would report a
+            # cancelled handler as an error).
+            pass
         finally:
             with contextlib.suppress(Exception):
                 writer.close()

@@ -276,7 +276,7 @@ class Processor:
         """Check the input file; True when the batch moved on (``in_progress`` or ``cancelling``)."""
         path = self.store.file_path(row.input_file_id)
         try:
-            report, problems = await asyncio.to_thread(check_file, path, endpoint=row.endpoint)
+            report, problems = await asyncio.to_thread(check_file, path, endpoint=row.endpoint, azure=True)
         except OSError as exc:
             message = f"The input file {row.input_file_id} could not be read: {exc.strerror}."
             self._fail(row.id, [_error("file_not_found", message, param="input_file_id")])
