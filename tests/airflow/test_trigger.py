@@ -72,6 +72,21 @@ async def test_unknown_batch_ends_at_once(server_url, use_server) -> None:
     assert event["error_type"] == "NotFoundError"
 
 
+@pytest.mark.parametrize(("mode", "kinds"), [("unknown_status", {"timeout"}), ("html", {"error", "timeout"}),
+                                             ("azure", {"timeout"}), ("silent", {"timeout"})])
+async def test_a_hostile_server_ends_the_wait_with_an_event_never_an_exception(use_server, mode: str,
+                                                                               kinds: set[str]) -> None:
+    from batch_ops.server.hostile import serve_hostile
+
+    with serve_hostile(mode) as hostile:
+        use_server(hostile.url)
+        started = time.monotonic()
+        event = await first_event(OpenAIBatchTrigger(conn_id="openai_batch_default", batch_id="batch_1",
+                                                     poll_interval=0.2, timeout=2, first_poll_spread=0))
+    assert event["event"] in kinds, event
+    assert time.monotonic() - started < 4.5, "the trigger's deadline holds whatever the server does"
+
+
 async def test_missing_connection_is_an_error_event(monkeypatch) -> None:
     monkeypatch.delenv("AIRFLOW_CONN_NO_SUCH_CONN", raising=False)
     event = await first_event(OpenAIBatchTrigger(conn_id="no_such_conn", batch_id="b", poll_interval=1,
