@@ -76,7 +76,8 @@ def _check_error(answer: httpx.Response) -> None:
 
 @pytest.fixture
 def api(make_server: MakeServer) -> Iterator[httpx.Client]:
-    with make_server() as url, httpx.Client(base_url=str(url), headers={"Authorization": "Bearer local"},
+    # One request at a time, 50 ms each: a 40-request batch is still running when it is cancelled.
+    with make_server(concurrency=1, request_latency=0.05) as url, httpx.Client(base_url=str(url), headers={"Authorization": "Bearer local"},
                                             timeout=30) as client:
         yield client
 
@@ -129,7 +130,7 @@ def test_every_answer_of_every_operation_matches_the_schema_and_the_sdk(api: htt
     content = api.get(f"/files/{done['output_file_id']}/content")
     assert content.status_code == 200 and all(json.loads(line)["custom_id"] for line in content.text.splitlines())
 
-    other = _upload(api, tmp_path)
+    other = _upload(api, tmp_path, n=40)
     second = _check("POST", "/batches", api.post("/batches", json={
         "input_file_id": other["id"], "endpoint": CHAT, "completion_window": "24h"}))
     cancelled = _check("POST", "/batches/{batch_id}/cancel", api.post(f"/batches/{second['id']}/cancel"))
