@@ -77,8 +77,8 @@ def _check_error(answer: httpx.Response) -> None:
 @pytest.fixture
 def api(make_server: MakeServer) -> Iterator[httpx.Client]:
     # One request at a time, 50 ms each: a 40-request batch is still running when it is cancelled.
-    with make_server(concurrency=1, request_latency=0.05) as url, httpx.Client(base_url=str(url), headers={"Authorization": "Bearer local"},
-                                            timeout=30) as client:
+    with make_server(concurrency=1, request_latency=0.05) as url, \
+            httpx.Client(base_url=str(url), headers={"Authorization": "Bearer local"}, timeout=30) as client:
         yield client
 
 
