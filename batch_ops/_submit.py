@@ -33,7 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from batch_ops import _plans
+from batch_ops import _plans, storage
 from batch_ops._http import RetryPolicy
 from batch_ops._plans import (
     Send,
@@ -63,6 +63,7 @@ from batch_ops.errors import APIStatusError, BatchOpsError, InputValidationError
 from batch_ops.jsonl import filter_requests, request_file, validate_file, write_requests
 from batch_ops.models import Batch, BatchStatus, FileObject
 from batch_ops.results import successful_ids
+from batch_ops.storage import Location
 
 __all__ = [
     "SETTLE_MARGIN",
@@ -132,7 +133,11 @@ class SubmitSpec:
 
 @dataclass(frozen=True)
 class Source:
-    """The input of a submit: a local request file, request dicts, or an uploaded file's id.
+    """The input of a submit: a request file (local, or on object storage), request dicts, or an uploaded file's id.
+
+    A file on object storage (an ``s3://`` URL, an ``ObjectStoragePath``, a
+    :class:`~batch_ops.storage.Location`) is copied to the submit's work directory first, then
+    validated and uploaded like a local one (see :mod:`batch_ops.storage`).
 
     Example:
         >>> Source.of("requests.jsonl").path, Source.of([{"custom_id": "a"}]).requests is not None
@@ -144,7 +149,7 @@ class Source:
           source: invalid_source: the source is a int ...
     """
 
-    path: Path | None = None
+    path: Path | Location | None = None
     requests: Iterable[Mapping[str, Any]] | None = None
     file_id: str | None = None
 
@@ -152,10 +157,10 @@ class Source:
     def of(cls, source: Any) -> Source:
         if isinstance(source, Source):
             return source
-        if isinstance(source, (str, os.PathLike)):
-            if isinstance(source, str) and not source.strip():
-                raise _bad_source("the source is an empty path")
-            return cls(path=Path(source))
+        if isinstance(source, str) and not source.strip():
+            raise _bad_source("the source is an empty path")
+        if isinstance(source, (str, os.PathLike, Location)) or storage.is_path_object(source):
+            return cls(path=storage.location(source))
         if isinstance(source, (bytes, Mapping)) or not isinstance(source, Iterable):
             raise _bad_source(f"the source is a {type(source).__name__}")
         return cls(requests=source)
@@ -227,6 +232,9 @@ class _Input:
 
 def _prepare(source: Source, endpoint: str, workdir: Path, azure: bool) -> _Input:
     """Validate a request file, or write request dicts to a validated file in ``workdir``."""
+    if isinstance(source.path, Location):
+        path = storage.stage(source.path, workdir / "input.jsonl")
+        return _Input(path, validate_file(path, endpoint=endpoint, azure=azure).lines)
     if source.path is not None:
         path = request_file(source.path)  # a missing file is bad input, naming the fix
         return _Input(path, validate_file(path, endpoint=endpoint, azure=azure).lines)

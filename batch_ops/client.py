@@ -29,12 +29,12 @@ import weakref
 from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import httpx
 from pydantic import ValidationError
 
-from batch_ops import _plans
+from batch_ops import _plans, storage
 from batch_ops._files import atomic_file
 from batch_ops._http import USER_AGENT, MultipartBody, RetryPolicy
 from batch_ops._plans import Notify, Reply, Send, Sleep, Work
@@ -46,6 +46,7 @@ from batch_ops.models import Batch, BatchList, BatchStatus, FileList, FileObject
 from batch_ops.polling import DEFAULT_FAIL_ON, BatchPoller
 from batch_ops.results import join_chain_results
 from batch_ops.settings import ClientSettings, settings_error
+from batch_ops.storage import Location, StorageTarget
 
 __all__ = ["AsyncBatchClient", "BatchClient"]
 
@@ -400,7 +401,7 @@ class BatchClient(_Base):
     # -- high level -------------------------------------------------------------------------
     def submit(
         self,
-        source: PathLike | Iterable[Mapping[str, Any]] | Source,
+        source: StorageTarget | Iterable[Mapping[str, Any]] | Source,
         *,
         endpoint: str,
         completion_window: str = "24h",
@@ -442,7 +443,7 @@ class BatchClient(_Base):
         )
         return self.submit_spec(source, spec).batch
 
-    def submit_spec(self, source: PathLike | Iterable[Mapping[str, Any]] | Source, spec: SubmitSpec) -> Submission:
+    def submit_spec(self, source: StorageTarget | Iterable[Mapping[str, Any]] | Source, spec: SubmitSpec) -> Submission:
         """:meth:`submit` with its parameters in one :class:`~batch_ops.SubmitSpec`, returning the whole
         :class:`~batch_ops.Submission`: the chain, whether this call created the attempt, how many
         requests it carries. The adapters and the CLI call this.
@@ -487,7 +488,12 @@ class BatchClient(_Base):
             for file_id, path in _result_files(chain, tmp):
                 self.files.download(file_id, path)
             first = chain.attempts[0].batch
-            inp = Path(input_path) if input_path else self.files.download(first.input_file_id, tmp / "input.jsonl")
+            if input_path and storage.is_remote(input_path):
+                inp = storage.stage(input_path, tmp / "input.jsonl")
+            elif input_path:
+                inp = Path(input_path)
+            else:
+                inp = cast(Path, self.files.download(first.input_file_id, tmp / "input.jsonl"))
             yield from join_chain_results(input_path=inp, attempts=_chain_pairs(chain, tmp))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -509,10 +515,15 @@ class Files:
     def __init__(self, client: BatchClient) -> None:
         self._c = client
 
-    def upload(self, path: PathLike, *, purpose: str = "batch") -> FileObject:
-        """Upload a file, streamed from disk in 1 MiB chunks (never read whole into memory)."""
-        return self._c._run(_plans.upload_plan(_existing(path), purpose=purpose,  # type: ignore[no-any-return]
-                                               policy=self._c.retry_policy))
+    def upload(self, path: StorageTarget, *, purpose: str = "batch") -> FileObject:
+        """Upload a file, streamed from disk in 1 MiB chunks (never read whole into memory).
+
+        ``path`` may be on object storage (a URL, an ``ObjectStoragePath``): it is staged to a
+        local temporary file first (see :mod:`batch_ops.storage`).
+        """
+        with storage.local_copy(_source_path(path)) as local:
+            return self._c._run(_plans.upload_plan(_existing(local), purpose=purpose,  # type: ignore[no-any-return]
+                                                   policy=self._c.retry_policy))
 
     def retrieve(self, file_id: str) -> FileObject:
         return self._c._run(_plans.retrieve_file_plan(file_id, policy=self._c.retry_policy))  # type: ignore[no-any-return]
@@ -520,10 +531,17 @@ class Files:
     def list(self, *, purpose: str | None = None) -> FileList:
         return self._c._run(_plans.list_files_plan(purpose=purpose, policy=self._c.retry_policy))  # type: ignore[no-any-return]
 
-    def download(self, file_id: str, path: PathLike) -> Path:
-        """Stream a file's content to ``path`` (written whole or not at all); returns the path."""
-        return self._c._run(_plans.download_plan(file_id, _target(path),  # type: ignore[no-any-return]
-                                                 policy=self._c.retry_policy))
+    def download(self, file_id: str, path: StorageTarget) -> Path | StorageTarget:
+        """Stream a file's content to ``path`` (written whole or not at all).
+
+        Returns the local :class:`~pathlib.Path` written, or ``path`` itself when it is on object
+        storage (an ``s3://`` URL, an ``ObjectStoragePath``): the file is then downloaded to a
+        local temporary file and put as one object (see :mod:`batch_ops.storage`).
+        """
+        target = _target(path)
+        with storage.local_output(target) as local:
+            written: Path = self._c._run(_plans.download_plan(file_id, local, policy=self._c.retry_policy))
+        return written if isinstance(target, Path) else path
 
     def delete(self, file_id: str) -> bool:
         return self._c._run(_plans.delete_file_plan(file_id, policy=self._c.retry_policy))  # type: ignore[no-any-return]
@@ -827,7 +845,7 @@ class AsyncBatchClient(_Base):
 
     async def submit(
         self,
-        source: PathLike | Iterable[Mapping[str, Any]] | Source,
+        source: StorageTarget | Iterable[Mapping[str, Any]] | Source,
         *,
         endpoint: str,
         completion_window: str = "24h",
@@ -848,7 +866,7 @@ class AsyncBatchClient(_Base):
         return (await self.submit_spec(source, spec)).batch
 
     async def submit_spec(
-        self, source: PathLike | Iterable[Mapping[str, Any]] | Source, spec: SubmitSpec
+        self, source: StorageTarget | Iterable[Mapping[str, Any]] | Source, spec: SubmitSpec
     ) -> Submission:
         """See :meth:`BatchClient.submit_spec`; file work runs in worker threads."""
         src = Source.of(source)
@@ -880,10 +898,12 @@ class AsyncBatchClient(_Base):
         try:
             for file_id, path in _result_files(chain, tmp):
                 await self.files.download(file_id, path)
-            if input_path:
+            if input_path and storage.is_remote(input_path):
+                inp = await asyncio.to_thread(storage.stage, input_path, tmp / "input.jsonl")
+            elif input_path:
                 inp = Path(input_path)
             else:
-                inp = await self.files.download(chain.attempts[0].batch.input_file_id, tmp / "input.jsonl")
+                inp = cast(Path, await self.files.download(chain.attempts[0].batch.input_file_id, tmp / "input.jsonl"))
             joined = join_chain_results(input_path=inp, attempts=_chain_pairs(chain, tmp))
             while chunk := await asyncio.to_thread(lambda: list(itertools.islice(joined, 1000))):
                 for line in chunk:
@@ -908,9 +928,11 @@ class AsyncFiles:
     def __init__(self, client: AsyncBatchClient) -> None:
         self._c = client
 
-    async def upload(self, path: PathLike, *, purpose: str = "batch") -> FileObject:
-        return await self._c._run(_plans.upload_plan(_existing(path), purpose=purpose,  # type: ignore[no-any-return]
-                                                     policy=self._c.retry_policy))
+    async def upload(self, path: StorageTarget, *, purpose: str = "batch") -> FileObject:
+        """Async version of :meth:`Files.upload`; a remote file is staged in a thread."""
+        async with _staged(_source_path(path)) as local:
+            return await self._c._run(_plans.upload_plan(_existing(local), purpose=purpose,  # type: ignore[no-any-return]
+                                                         policy=self._c.retry_policy))
 
     async def retrieve(self, file_id: str) -> FileObject:
         return await self._c._run(_plans.retrieve_file_plan(file_id,  # type: ignore[no-any-return]
@@ -920,9 +942,12 @@ class AsyncFiles:
         return await self._c._run(_plans.list_files_plan(purpose=purpose,  # type: ignore[no-any-return]
                                                          policy=self._c.retry_policy))
 
-    async def download(self, file_id: str, path: PathLike) -> Path:
-        return await self._c._run(_plans.download_plan(file_id, _target(path),  # type: ignore[no-any-return]
-                                                       policy=self._c.retry_policy))
+    async def download(self, file_id: str, path: StorageTarget) -> Path | StorageTarget:
+        """Async version of :meth:`Files.download`; a remote target is put in a thread."""
+        target = _target(path)
+        async with _published(target) as local:
+            written: Path = await self._c._run(_plans.download_plan(file_id, local, policy=self._c.retry_policy))
+        return written if isinstance(target, Path) else path
 
     async def delete(self, file_id: str) -> bool:
         return await self._c._run(_plans.delete_file_plan(file_id,  # type: ignore[no-any-return]
@@ -1011,19 +1036,54 @@ class AsyncBatches:
 # ---------------------------------------------------------------------------------------------
 
 
+def _source_path(path: StorageTarget) -> Path | Location:
+    if not isinstance(path, (str, os.PathLike, Location)) and not storage.is_path_object(path):
+        raise _bad_argument("path", f"path is a {type(path).__name__}",
+                            "pass the path of a local file, or an s3:// (gs://, az://) URL")
+    return storage.location(path)
+
+
 def _existing(path: PathLike) -> Path:
-    if not isinstance(path, (str, os.PathLike)):
-        raise _bad_argument("path", f"path is a {type(path).__name__}", "pass the path of a local file")
     p = Path(path)
     if not p.is_file():
         raise ConfigurationError(f"No such file to upload: {p} (check the path; it must be a local JSONL file)")
     return p
 
 
-def _target(path: PathLike) -> Path:
-    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
-        raise _bad_argument("path", f"path is {path!r}", "pass the local path to write the file to")
-    return Path(path)
+def _target(path: StorageTarget) -> Path | Location:
+    valid = isinstance(path, (str, os.PathLike, Location)) or storage.is_path_object(path)
+    if not valid or not str(path).strip():
+        raise _bad_argument("path", f"path is {storage.display(path)!r}",
+                            "pass the local path (or s3:// URL, ObjectStoragePath) to write the file to")
+    return storage.location(path)
+
+
+@contextlib.asynccontextmanager
+async def _staged(path: Path | Location) -> AsyncIterator[Path]:
+    """:func:`storage.local_copy` without blocking the event loop (copies run in a thread)."""
+    if isinstance(path, Path):
+        yield path
+        return
+    tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, "", "batch_ops_stage_"))
+    try:
+        yield await asyncio.to_thread(storage.stage, path, tmp / (Path(path.path).name or "file"))
+    finally:
+        await asyncio.to_thread(shutil.rmtree, tmp, True)
+
+
+@contextlib.asynccontextmanager
+async def _published(target: Path | Location) -> AsyncIterator[Path]:
+    """:func:`storage.local_output` without blocking the event loop (the put runs in a thread)."""
+    if isinstance(target, Path):
+        yield target
+        return
+    tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, "", "batch_ops_stage_"))
+    try:
+        local = tmp / (Path(target.path).name or "file")
+        yield local
+        await asyncio.to_thread(storage.publish, local, target)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, tmp, True)
 
 
 def _bad_argument(param: str, message: str, fix: str) -> InputValidationError:

@@ -68,6 +68,7 @@ __all__ = [
     "RateLimitError",
     "RequestFailuresError",
     "ResultFileError",
+    "StorageError",
     "UnprocessableEntityError",
     "RETRYABLE_STATUSES",
     "is_permanent",
@@ -198,6 +199,14 @@ class ResultFileError(BatchOpsError, ValueError):
         self.line = line
         where = f"{path}, line {line}" if line is not None else path
         super().__init__(f"{where}: {reason}")
+
+
+class StorageError(BatchOpsError):
+    """Raised when a file on object storage (``s3://``, ``gs://``, …) cannot be read or written.
+
+    Not permanent: a network failure or a brief outage of the store passes, so a retried task
+    tries again. A missing input file is an ``InputValidationError`` (``file_not_found``) instead.
+    """
 
 
 class AttemptsExhaustedError(BatchOpsError):

@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -673,8 +674,11 @@ def request_file(path: str | os.PathLike[str]) -> Path:
         what = "a directory, not a request file" if found.is_dir() else "no file"
         raise InputValidationError(
             [Problem(rule="file_not_found", message=f"there is {what} at {found}",
-                     fix="check the path: it must name a local JSONL request file (a templated path is "
-                     "rendered when the task runs)", param="path")],
+                     fix="check the path: it must name a JSONL request file on this machine "
+                     f"({socket.gethostname()}); a templated path is rendered when the task runs. A file "
+                     "another task wrote on another worker is not here when workers share no disk "
+                     "(Celery, Kubernetes, work pools): write and pass an object storage URL instead "
+                     "(s3://bucket/requests.jsonl, an ObjectStoragePath; see docs/deploy.md)", param="path")],
             source=str(found),
         )
     return found

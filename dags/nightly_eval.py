@@ -2,7 +2,7 @@
 
 Every night at 00:00 UTC:
 
-1. ``build_requests`` writes the eval set's chat requests (validated) into the run's directory;
+1. ``build_requests`` writes the eval set's chat requests (validated) into the run's folder;
 2. ``run_batch`` (:class:`~batch_ops.airflow.OpenAIBatchOperator`) creates the batch and defers
    to the triggerer until it ends, holding no worker slot; a retried try re-attaches to the
    batch it created instead of paying for a second one; it returns the file ids via XCom;
@@ -13,12 +13,19 @@ Every night at 00:00 UTC:
 Configuration (environment of the scheduler/workers):
     connection ``openai_batch_default``: host = base URL (e.g. http://127.0.0.1:8765/v1 for the
         local server, empty for OpenAI), password = API key.
-    BATCH_OPS_EVAL_DIR: where requests, downloads and reports go (default ./eval_runs).
+    BATCH_OPS_EVAL_STORAGE: where requests, downloads, reports and the score history go: an
+        object storage URL (s3://bucket/eval, gs://…, az://…) or a local folder (default
+        $AIRFLOW_HOME/eval_runs, or BATCH_OPS_EVAL_DIR when set).
+    BATCH_OPS_EVAL_STORAGE_CONN_ID: the Airflow connection of that storage (e.g. aws_default);
+        unset: the file system's own defaults (environment, instance role).
     BATCH_OPS_EVAL_MODEL: the model (Azure: the deployment name).
     BATCH_OPS_EVAL_POLL_INTERVAL: seconds between status polls (default 60).
 
-Files pass between tasks as paths under BATCH_OPS_EVAL_DIR, which must be shared by the
-workers (a local disk is fine with the LocalExecutor; use a shared volume otherwise).
+Files pass between tasks by their URL under BATCH_OPS_EVAL_STORAGE. With the Celery or
+Kubernetes executor the tasks of one run land on different workers that share no disk: use an
+object storage URL (or a volume every worker mounts at the same path). A local folder is fine
+with the LocalExecutor. The history that the regression gate compares against lives there too,
+so it must outlive the workers.
 """
 
 from __future__ import annotations
@@ -28,13 +35,24 @@ from pathlib import Path
 from typing import Any
 
 import pendulum
-from airflow.sdk import dag, task
+from airflow.sdk import ObjectStoragePath, dag, task
 
+from batch_ops import storage
 from batch_ops.airflow import OpenAIBatchHook, OpenAIBatchOperator
 from batch_ops.evals import DEFAULT_MAX_DROP, prepare_requests, run_dir, score_and_report
 
-EVAL_DIR = Path(os.environ.get("BATCH_OPS_EVAL_DIR", "eval_runs")).resolve()
+_LOCAL_DEFAULT = Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow")) / "eval_runs"
+STORAGE = os.environ.get("BATCH_OPS_EVAL_STORAGE") or str(
+    Path(os.environ.get("BATCH_OPS_EVAL_DIR") or _LOCAL_DEFAULT).resolve())
+STORAGE_CONN_ID = os.environ.get("BATCH_OPS_EVAL_STORAGE_CONN_ID") or None
 POLL_INTERVAL = float(os.environ.get("BATCH_OPS_EVAL_POLL_INTERVAL", "60"))
+
+
+def _at(url: str) -> Any:
+    """``url`` as the tasks read and write it: with the storage connection's credentials, when one is set."""
+    if STORAGE_CONN_ID and storage.is_url(url):
+        return ObjectStoragePath(url, conn_id=STORAGE_CONN_ID)
+    return url
 
 
 @dag(
@@ -51,7 +69,7 @@ def nightly_eval() -> None:
     @task
     def build_requests(run_id: str | None = None) -> str:
         assert run_id is not None
-        return str(prepare_requests(work_dir=EVAL_DIR / "work", run_id=run_id))
+        return str(prepare_requests(work_dir=storage.join(_at(STORAGE), "work"), run_id=run_id))
 
     requests_path = build_requests()
 
@@ -59,6 +77,7 @@ def nightly_eval() -> None:
         task_id="run_batch",
         endpoint="/v1/chat/completions",
         input_path=requests_path,
+        storage_conn_id=STORAGE_CONN_ID,
         metadata={"pipeline": "nightly_eval", "run": "{{ run_id }}"},
         poll_interval=POLL_INTERVAL,
         timeout=pendulum.duration(hours=26),
@@ -68,13 +87,12 @@ def nightly_eval() -> None:
     @task
     def download_results(batch: dict[str, Any], run_id: str | None = None) -> dict[str, str | None]:
         assert run_id is not None
-        folder = run_dir(EVAL_DIR / "work", run_id)
+        folder = run_dir(storage.join(_at(STORAGE), "work"), run_id)
         with OpenAIBatchHook().get_client() as client:
             files: dict[str, str | None] = {"output": None, "errors": None}
-            if batch["output_file_id"]:
-                files["output"] = str(client.files.download(batch["output_file_id"], folder / "output.jsonl"))
-            if batch["error_file_id"]:
-                files["errors"] = str(client.files.download(batch["error_file_id"], folder / "errors.jsonl"))
+            for name, key in (("output", "output_file_id"), ("errors", "error_file_id")):
+                if batch[key]:
+                    files[name] = str(client.files.download(batch[key], storage.join(folder, f"{name}.jsonl")))
         return files
 
     @task
@@ -82,8 +100,9 @@ def nightly_eval() -> None:
                run_id: str | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
         assert run_id is not None
         return score_and_report(
-            request_path=requests_path, output_path=files["output"], error_path=files["errors"],
-            report_dir=EVAL_DIR / "reports", run_id=run_id, pipeline="airflow", batch=batch,
+            request_path=_at(requests_path), output_path=files["output"] and _at(files["output"]),
+            error_path=files["errors"] and _at(files["errors"]), report_dir=storage.join(_at(STORAGE), "reports"),
+            run_id=run_id, pipeline="airflow", batch=batch,
             max_drop=float((params or {}).get("max_drop", DEFAULT_MAX_DROP)),
         )
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from batch_ops.airflow.hooks import OpenAIBatchHook
     from batch_ops.airflow.jobs import OpenAIBatchJobOperator, OpenAIBatchJobTrigger
     from batch_ops.airflow.operators import OpenAIBatchOperator
+    from batch_ops.airflow.orphans import OpenAIBatchOrphanSweepOperator
     from batch_ops.airflow.sensors import OpenAIBatchSensor
     from batch_ops.airflow.triggers import OpenAIBatchTrigger
 
@@ -27,6 +28,7 @@ __all__ = [
     "OpenAIBatchJobOperator",
     "OpenAIBatchJobTrigger",
     "OpenAIBatchOperator",
+    "OpenAIBatchOrphanSweepOperator",
     "OpenAIBatchSensor",
     "OpenAIBatchTrigger",
 ]
@@ -36,6 +38,7 @@ _MODULES = {
     "OpenAIBatchJobOperator": "jobs",
     "OpenAIBatchJobTrigger": "jobs",
     "OpenAIBatchOperator": "operators",
+    "OpenAIBatchOrphanSweepOperator": "orphans",
     "OpenAIBatchSensor": "sensors",
     "OpenAIBatchTrigger": "triggers",
 }

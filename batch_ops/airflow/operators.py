@@ -24,10 +24,9 @@ import os
 import time
 from collections.abc import Collection, Mapping, Sequence
 from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, ObjectStoragePath
 
 try:
     from airflow.sdk.exceptions import AirflowFailException
@@ -43,6 +42,7 @@ from batch_ops.chain import derive_key
 from batch_ops.client import BatchClient
 from batch_ops.errors import BatchOpsError, BatchTimeoutError
 from batch_ops.models import BatchStatus
+from batch_ops.orphans import airflow_owner_metadata
 from batch_ops.polling import DEFAULT_FAIL_ON, describe
 
 if TYPE_CHECKING:
@@ -67,6 +67,13 @@ def idempotency_key(*, dag_id: str, task_id: str, run_id: str, map_index: int = 
         True
     """
     return derive_key("af", dag_id, task_id, run_id, int(map_index))
+
+
+def _owner(context: Context) -> dict[str, str]:
+    """The task instance, in the batch's metadata: an orphan sweep asks Airflow whether it is still running."""
+    ti = context["ti"]
+    return airflow_owner_metadata(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id,
+                                  map_index=ti.map_index if ti.map_index is not None else -1)
 
 
 def _seconds(value: timedelta | float | None) -> float | None:
@@ -97,15 +104,24 @@ def _literal(value: Any) -> Any:
 class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
     """Run one OpenAI batch: create it, wait for a terminal status (deferred), return its files.
 
-    Give exactly one input: ``input_file_id`` (already uploaded), ``input_path`` (a local
-    JSONL file: validated, then uploaded) or ``requests`` (request dicts, or an XComArg
-    producing them; ``url``/``method`` default to ``endpoint``/POST).
+    Give exactly one input: ``input_file_id`` (already uploaded), ``input_path`` (a JSONL file:
+    validated, then uploaded) or ``requests`` (request dicts, or an XComArg producing them;
+    ``url``/``method`` default to ``endpoint``/POST).
+
+    ``input_path`` may be on object storage: an fsspec URL (``s3://bucket/requests.jsonl``) or an
+    ``ObjectStoragePath``. Use that whenever an upstream task writes the file and the workers
+    share no disk (CeleryExecutor, KubernetesExecutor): a local path names a file on the worker
+    that runs *this* task.
 
     Args:
         endpoint: e.g. ``/v1/chat/completions`` (templated).
         input_file_id / input_path / requests: the input, see above (the first two templated).
+        storage_conn_id: the Airflow connection of ``input_path``'s object storage when it is a
+            URL (it is read as ``ObjectStoragePath(input_path, conn_id=storage_conn_id)``);
+            None: the file system's own defaults (environment, instance role).
         conn_id: an ``openai_batch`` connection (or an ``openai`` one).
-        metadata: up to 15 string pairs (batch_ops keeps one for its idempotency key; templated).
+        metadata: up to 14 string pairs (templated); batch_ops adds two: its idempotency key, and the
+            task instance that owns the batch (for the orphan sweep, :mod:`batch_ops.airflow.orphans`).
         output_expires_after: ``{"anchor": "created_at", "seconds": 3600..2592000}`` (templated).
         completion_window: ``"24h"`` (templated).
         deferrable: wait in the triggerer (default) instead of holding a worker slot.
@@ -155,8 +171,9 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
         *,
         endpoint: str,
         input_file_id: str | None = None,
-        input_path: str | os.PathLike[str] | None = None,
+        input_path: str | os.PathLike[str] | ObjectStoragePath | None = None,
         requests: Any = None,
+        storage_conn_id: str | None = None,
         conn_id: str = OpenAIBatchHook.default_conn_name,
         metadata: Mapping[str, str] | None = None,
         output_expires_after: Mapping[str, Any] | None = None,
@@ -185,8 +202,10 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
             raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval}")
         self.endpoint = endpoint
         self.input_file_id = input_file_id
-        # A str, a PathLike, or an XComArg / template resolved at run time (so not fspath'd here).
+        # A str, a PathLike, an ObjectStoragePath, or an XComArg / template resolved at run time (so
+        # not fspath'd here).
         self.input_path = os.fspath(input_path) if isinstance(input_path, os.PathLike) else input_path
+        self.storage_conn_id = storage_conn_id
         self.requests = _literal(requests) if isinstance(requests, (list, tuple)) else requests
         self.conn_id = conn_id
         self.metadata = dict(metadata) if metadata is not None else None
@@ -271,7 +290,9 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
         if self.input_file_id is not None:
             return Source(file_id=self.input_file_id)
         if self.input_path is not None:
-            return Path(self.input_path)
+            if self.storage_conn_id and isinstance(self.input_path, str) and "://" in self.input_path:
+                return ObjectStoragePath(self.input_path, conn_id=self.storage_conn_id)
+            return self.input_path
         requests = self.requests
         if isinstance(requests, (str, bytes, Mapping)) or not isinstance(requests, Collection):
             raise AirflowFailException(f"requests must be a list of request dicts, got {type(requests).__name__}")
@@ -282,7 +303,7 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
             submission = client.submit_spec(self._source(), SubmitSpec(
                 endpoint=self.endpoint,
                 completion_window=self.completion_window,
-                metadata=self.metadata,
+                metadata={**(self.metadata or {}), **_owner(context)},
                 output_expires_after=_native_numbers(self.output_expires_after),
                 idempotency_key=self._key(context),
                 policy=self.policy,

@@ -12,11 +12,13 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn
@@ -27,7 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from batch_ops import SubmitSpec
 from batch_ops._files import atomic_file
-from batch_ops.cli import EXIT_CODES, EXIT_FAILED, exit_code_for, render
+from batch_ops.cli import EXIT_CODES, EXIT_CONFIG, EXIT_FAILED, exit_code_for, render
 from batch_ops.client import BatchClient
 from batch_ops.errors import (
     APIConnectionError,
@@ -39,6 +41,7 @@ from batch_ops.errors import (
 )
 from batch_ops.jsonl import DEFAULT_MAX_BYTES, DEFAULT_MAX_LINES, check_file, shard_file
 from batch_ops.models import Batch, BatchStatus
+from batch_ops.orphans import DEFAULT_LOOKBACK, DEFAULT_MIN_AGE, sweep
 from batch_ops.polling import describe, outcome_error
 from batch_ops.settings import ClientSettings
 
@@ -458,6 +461,52 @@ def list_batches(
     out.result(data, render.batch_table(batches) if batches else "no batches")
     if has_more and batches:
         out.note(f"more: batch-ops list --after {batches[-1].id}  (or --all)", style="dim")
+
+
+@app.command()
+def orphans(
+    cancel: Annotated[bool, typer.Option("--cancel", help="Cancel the orphans (default: report only).")] = False,
+    prefect: Annotated[
+        bool, typer.Option("--prefect", help="Ask the Prefect API (PREFECT_API_URL) about each flow run owner.")
+    ] = False,
+    min_age: Annotated[
+        float, typer.Option("--min-age", min=0, metavar="SECONDS", help="Keep batches younger than this.")
+    ] = DEFAULT_MIN_AGE,
+    since_hours: Annotated[
+        float, typer.Option("--since-hours", min=0.01, metavar="HOURS", help="How far back batches are listed.")
+    ] = DEFAULT_LOOKBACK / 3600,
+    base_url: BaseUrlOption = None,
+    api_key: ApiKeyOption = None,
+    max_retries: MaxRetriesOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """List unfinished batches with the run that owns each; with --cancel, cancel those whose run has ended.
+
+    Each batch made by batch_ops' Airflow or Prefect adapters names its owner in metadata. With
+    --prefect, flow run owners are looked up on the Prefect API; a batch whose flow run (or a
+    parent of it) has ended is an orphan. Airflow owners are judged by the DAG
+    ``batch_ops_orphan_sweep`` (dags/), which asks Airflow from inside a task. Owners nobody
+    asked about are reported as unknown and never cancelled.
+    """
+    out = _Out(json=json_output)
+    oracle: Any = lambda owners: {}  # noqa: E731 - nobody asked: every owner unknown
+    if prefect:
+        try:
+            from batch_ops.prefect.orphans import flow_run_states
+        except ImportError:
+            out.fail("--prefect needs Prefect: pip install 'batch-ops[prefect]'", EXIT_CONFIG,
+                     kind="ConfigurationError")
+        oracle = lambda owners: asyncio.run(flow_run_states(owners))  # noqa: E731
+    with _handled(out), _client(out, base_url, api_key, max_retries) as client:
+        report = sweep(client, oracle, cancel=cancel, since=time.time() - since_hours * 3600, min_age=min_age,
+                       systems=["prefect"] if prefect else [])
+    counts = report.counts()
+    shown = render.sweep_table(report.judgements) if report.judgements else "no unfinished batches"
+    out.result(report.as_dict(), shown)
+    if not out.json:
+        out.note(", ".join(f"{n} {k}" for k, n in counts.items()), style="dim")
+        if report.orphans and not cancel:
+            out.note("cancel the orphans: batch-ops orphans --cancel" + (" --prefect" if prefect else ""), style="dim")
 
 
 @app.command()

@@ -28,6 +28,7 @@ from rich.text import Text
 from batch_ops.errors import Problem
 from batch_ops.jsonl import FileReport
 from batch_ops.models import Batch, BatchStatus, ResultLine
+from batch_ops.orphans import Judgement
 
 __all__ = [
     "CSV_COLUMNS",
@@ -348,6 +349,20 @@ def batch_view(batch: Batch) -> RenderableType:
             errors.add_row("-" if err.line is None else str(err.line), err.code or "-", err.message or "")
         parts.append(errors)
     return Group(*parts)
+
+
+def sweep_table(judgements: Iterable[Judgement]) -> Table:
+    """``batch-ops orphans``: one row per unfinished batch, with its owner and the verdict."""
+    table = Table(show_edge=False, pad_edge=False)
+    for name in ("id", "status", "created", "owner", "owner is", "verdict"):
+        table.add_column(name, no_wrap=name != "owner")
+    for j in judgements:
+        owner = f"{j.owner.system}:{j.owner.id}" if j.owner else "-"
+        verdict = j.verdict + (" (cancelled)" if j.cancelled else "")
+        style = {"orphan": "bold red", "kept": "green"}.get(j.verdict, "yellow")
+        table.add_row(j.batch.id, status_text(j.batch.status), when(j.batch.created_at), owner,
+                      j.state.value if j.state else "-", Text(verdict, style=style))
+    return table
 
 
 def batch_table(batches: Iterable[Batch]) -> Table:

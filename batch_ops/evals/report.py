@@ -29,11 +29,14 @@ from typing import Any
 
 import pendulum
 
+from batch_ops import storage
 from batch_ops._files import atomic_write
 from batch_ops.errors import BatchOpsError
 from batch_ops.evals.scoring import EvalRun
+from batch_ops.storage import StorageTarget
 
 __all__ = [
+    "HISTORY",
     "ReportPaths",
     "ScoreRegressionError",
     "check_regression",
@@ -61,15 +64,17 @@ class ReportPaths:
                 "chart": str(self.chart) if self.chart else None}
 
 
-def read_history(report_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """All recorded runs, oldest first (an absent history is empty)."""
-    path = Path(report_dir) / "history.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+#: The history's file name in the report folder: one JSON line per run.
+HISTORY = "history.jsonl"
 
 
-def previous_score(report_dir: str | os.PathLike[str], *, pipeline: str | None = None) -> float | None:
+def read_history(report_dir: StorageTarget) -> list[dict[str, Any]]:
+    """All recorded runs, oldest first (an absent history is empty); the folder may be on object storage."""
+    text = storage.read_text(storage.join(report_dir, HISTORY), default="") or ""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def previous_score(report_dir: StorageTarget, *, pipeline: str | None = None) -> float | None:
     """The score of the newest recorded run (of ``pipeline``, when given)."""
     runs = [r for r in read_history(report_dir) if pipeline is None or r.get("pipeline") == pipeline]
     return float(runs[-1]["score"]) if runs else None
@@ -191,7 +196,7 @@ def write_report(
     doc = {"run_id": run_id, "pipeline": pipeline, "time": when, "previous_score": previous, "batch": batch,
            **run.summary(), "items": [r.model_dump() for r in run.items]}
     _atomic_write(run_dir / "report.json", json.dumps(doc, indent=2) + "\n")
-    history_path = root / "history.jsonl"
+    history_path = root / HISTORY
     with history_path.open("a", encoding="utf-8") as fh:
         fh.write(json.dumps({"run_id": run_id, "pipeline": pipeline, "time": when, "score": run.score,
                              "failed": run.failed, "total": run.total,

@@ -20,6 +20,8 @@ from __future__ import annotations
 from batch_ops.prefect.credentials import OpenAIBatchCredentials
 from batch_ops.prefect.flows import cancel_flow_run_batches, run_batch
 from batch_ops.prefect.jobs import run_batch_job
+from batch_ops.prefect.orphans import sweep_orphan_batches
+from batch_ops.prefect.storage import block_target
 from batch_ops.prefect.tasks import (
     BatchResult,
     cancel_batch,
@@ -33,6 +35,7 @@ from batch_ops.prefect.tasks import (
 __all__ = [
     "BatchResult",
     "OpenAIBatchCredentials",
+    "block_target",
     "cancel_batch",
     "cancel_flow_run_batches",
     "create_batch",
@@ -40,6 +43,7 @@ __all__ = [
     "run_batch",
     "run_batch_job",
     "submit_batch",
+    "sweep_orphan_batches",
     "upload_batch_file",
     "wait_for_batch",
 ]

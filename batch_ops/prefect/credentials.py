@@ -8,8 +8,6 @@ Tasks take ``credentials=None`` to mean "read the environment" (``OPENAI_API_KEY
 as ``BatchClient()`` does; :func:`resolve_settings` is that one rule.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 from prefect.blocks.core import Block

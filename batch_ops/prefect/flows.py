@@ -22,8 +22,6 @@ the API and key in this order: the settings ``create_batch`` used in this proces
 Add it to your own flows that use the tasks: ``@flow(on_cancellation=[cancel_flow_run_batches])``.
 """
 
-from __future__ import annotations
-
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -33,6 +31,7 @@ from typing import Any, cast
 from prefect import Flow, flow
 from prefect.client.schemas.objects import FlowRun
 from prefect.context import FlowRunContext
+from prefect.filesystems import WritableFileSystem
 from prefect.logging.loggers import flow_run_logger
 from prefect.states import State
 
@@ -42,6 +41,7 @@ from batch_ops.client import AsyncBatchClient
 from batch_ops.errors import InputValidationError, Problem
 from batch_ops.models import Batch, BatchStatus
 from batch_ops.prefect.credentials import OpenAIBatchCredentials, resolve_settings
+from batch_ops.prefect.storage import block_target
 from batch_ops.prefect.tasks import (
     DEFAULT_WAIT_TIMEOUT,
     FLOW_RUN_METADATA_KEY,
@@ -52,6 +52,7 @@ from batch_ops.prefect.tasks import (
     wait_for_batch,
 )
 from batch_ops.settings import ClientSettings
+from batch_ops.storage import display
 
 __all__ = ["batches_to_cancel", "cancel_flow_run_batches", "run_batch"]
 
@@ -177,6 +178,7 @@ async def run_batch(
     completion_window: str = "24h",
     output_expires_after: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
+    storage: WritableFileSystem | None = None,
 ) -> BatchResult:
     """Run one batch end to end: validate, upload, create, wait; return its :class:`BatchResult`.
 
@@ -188,7 +190,8 @@ async def run_batch(
     and the event ``batch_ops.batch.<status>`` (resource ``openai.batch.<id>``) is emitted.
 
     Args:
-        input_path: a JSONL request file; or give ``requests`` instead.
+        input_path: a JSONL request file (a local path, or an ``s3://``, ``gs://``, ``az://`` URL
+            that workers sharing no disk all reach); or give ``requests`` instead.
         requests: request dicts (``custom_id`` and ``body``; ``url``/``method`` may be omitted).
         endpoint: the batch endpoint, e.g. ``/v1/chat/completions``.
         credentials: the block to use; None reads ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``.
@@ -201,6 +204,8 @@ async def run_batch(
         completion_window: only ``"24h"`` exists.
         output_expires_after: ``{"anchor": "created_at", "seconds": N}`` for the result files.
         idempotency_key: names the work; default: derived (see the module docstring).
+        storage: a ``WritableFileSystem`` block ``input_path`` is relative to (a saved block,
+            passed by reference, keeps its credentials; see :mod:`batch_ops.prefect.storage`).
 
     Example:
         ```python
@@ -217,7 +222,10 @@ async def run_batch(
     source: str | os.PathLike[str] | list[dict[str, Any]] = (
         os.fspath(input_path) if input_path is not None else requests or []
     )
-    work = {"endpoint": endpoint, "input_path": None if input_path is None else os.fspath(input_path),
+    where = None if input_path is None else os.fspath(input_path)
+    if where is not None and storage is not None:
+        where = display(block_target(storage, where))  # the work is the file, wherever the block puts it
+    work = {"endpoint": endpoint, "input_path": where,
             "requests": requests, "metadata": metadata, "completion_window": completion_window,
             "output_expires_after": output_expires_after}
     key, since = (idempotency_key, None) if idempotency_key else await flow_identity(work)
@@ -232,6 +240,7 @@ async def run_batch(
         fail_on=policy.fail_on,
         fail_on_request_failures=policy.fail_on_request_failures,
         since=since,
+        storage=storage,
     )
     # The policy is applied below, to the chain's latest batch, so the wait accepts every outcome.
     await wait_for_batch(submitted.batch_id, credentials=credentials, poll_interval=poll_interval, timeout=timeout,

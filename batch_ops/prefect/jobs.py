@@ -7,8 +7,6 @@ batches run — and publishes a table artifact with the summary. Running the flo
 same output path resumes the job: finished batches are never submitted again.
 """
 
-from __future__ import annotations
-
 import os
 from typing import Any
 

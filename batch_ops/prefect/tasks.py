@@ -27,8 +27,6 @@ Example:
     ```
 """
 
-from __future__ import annotations
-
 import asyncio
 import os
 import tempfile
@@ -42,10 +40,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import MissingContextError
+from prefect.filesystems import WritableFileSystem
 from prefect.logging import get_logger, get_run_logger
 from pydantic import BaseModel, ConfigDict
 
-from batch_ops import AttemptChain, Source, Submission, SubmitSpec
+from batch_ops import AttemptChain, Source, Submission, SubmitSpec, storage
 from batch_ops.chain import IDEMPOTENCY_METADATA_KEY, derive_key, summary_of
 from batch_ops.client import AsyncBatchClient
 from batch_ops.errors import BatchTimeoutError, InputValidationError, Problem
@@ -55,7 +54,9 @@ from batch_ops.polling import DEFAULT_FAIL_ON, describe, raise_for_outcome
 from batch_ops.prefect.artifacts import ProgressArtifact, create_summary_artifact
 from batch_ops.prefect.credentials import OpenAIBatchCredentials, resolve_settings
 from batch_ops.prefect.events import emit_batch_event
+from batch_ops.prefect.storage import block_target
 from batch_ops.settings import ClientSettings
+from batch_ops.storage import Location, StorageTarget, display
 
 __all__ = [
     "DEFAULT_WAIT_TIMEOUT",
@@ -110,11 +111,11 @@ class BatchResult(BaseModel):
     chain_usage: Usage | None = None
 
     @classmethod
-    def from_batch(cls, batch: Batch) -> BatchResult:
+    def from_batch(cls, batch: Batch) -> "BatchResult":
         return cls.model_validate(summary_of(batch))
 
     @classmethod
-    def from_chain(cls, chain: AttemptChain) -> BatchResult:
+    def from_chain(cls, chain: AttemptChain) -> "BatchResult":
         return cls.model_validate(chain.summary())
 
 
@@ -226,17 +227,21 @@ def settings_used_by(flow_run_id: str) -> list[ClientSettings]:
 
 
 def _prepare_input(
-    source: PathLike | Iterable[Mapping[str, Any]], endpoint: str | None
+    source: StorageTarget | Iterable[Mapping[str, Any]], endpoint: str | None
 ) -> tuple[Path, int, Path | None]:
-    """Validate a request file, or write requests to a validated temporary file (in a thread)."""
-    if isinstance(source, (str, os.PathLike)):
+    """Validate a request file (copied first when on object storage), or write requests to a validated
+    temporary file (in a thread)."""
+    if isinstance(source, (str, os.PathLike)) and not storage.is_remote(source):
         path = request_file(source)  # a missing file fails as bad input, naming the fix
         return path, validate_file(path, endpoint=endpoint).lines, None
     fd, name = tempfile.mkstemp(prefix="batch_ops_requests_", suffix=".jsonl")
     os.close(fd)
     tmp = Path(name)
     try:
-        lines = write_requests(source, tmp, endpoint=endpoint).lines
+        if isinstance(source, (str, os.PathLike, Location)) or storage.is_path_object(source):
+            lines = validate_file(storage.stage(source, tmp), endpoint=endpoint).lines  # on object storage
+        else:
+            lines = write_requests(source, tmp, endpoint=endpoint).lines
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -254,6 +259,7 @@ async def upload_batch_file(
     *,
     endpoint: str | None = None,
     credentials: OpenAIBatchCredentials | None = None,
+    storage: WritableFileSystem | None = None,
 ) -> str:
     """Validate requests and upload them as a batch input file; return the file id.
 
@@ -265,6 +271,7 @@ async def upload_batch_file(
             when ``endpoint`` is given).
         endpoint: the batch endpoint every line must target, e.g. ``/v1/chat/completions``.
         credentials: the block to use; None reads ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``.
+        storage: a ``WritableFileSystem`` block that ``source`` (a path) is relative to.
 
     Example:
         ```python
@@ -272,7 +279,10 @@ async def upload_batch_file(
         ```
     """
     client = _client(credentials)
-    path, lines, tmp = await asyncio.to_thread(_prepare_input, source, endpoint)
+    given: Any = source
+    if storage is not None and isinstance(source, (str, os.PathLike)):
+        given = block_target(storage, os.fspath(source))
+    path, lines, tmp = await asyncio.to_thread(_prepare_input, given, endpoint)
     try:
         uploaded = await client.files.upload(path)
     finally:
@@ -334,6 +344,7 @@ async def submit_batch(
     fail_on: Collection[BatchStatus | str] = DEFAULT_FAIL_ON,
     fail_on_request_failures: bool = False,
     since: float | None = None,
+    storage: WritableFileSystem | None = None,
 ) -> BatchResult:
     """Validate, upload and create a batch, at most once per key; safe to retry.
 
@@ -343,11 +354,14 @@ async def submit_batch(
     success anywhere in the chain. Nothing is uploaded when a line is invalid.
 
     Args:
-        source: a JSONL request file, or request dicts (``url``/``method`` may be left out).
+        source: a JSONL request file (a local path, an ``s3://``/``gs://``/``az://`` URL), or
+            request dicts (``url``/``method`` may be left out).
         endpoint: the batch endpoint, e.g. ``/v1/chat/completions``.
         metadata: up to 14 string pairs of your own (batch_ops adds two of the API's 16).
         idempotency_key: names the work; default: derived from the flow run and this task's
             place in it (see :func:`task_idempotency_key`).
+        storage: a ``WritableFileSystem`` block that ``source`` (a path) is relative to
+            (see :mod:`batch_ops.prefect.storage`).
         fail_on, fail_on_request_failures: outcomes that call for a new attempt on a retry.
         since: how far back (epoch seconds) the key's batches are looked for; default: when the
             flow run began for a derived key (its batches cannot be older), else the client's
@@ -358,7 +372,10 @@ async def submit_batch(
         batch = await submit_batch("requests.jsonl", endpoint="/v1/chat/completions", idempotency_key="nightly-1")
         ```
     """
-    submission = await _submit(source, endpoint=endpoint, credentials=credentials, metadata=metadata,
+    given: Any = source
+    if storage is not None and isinstance(source, (str, os.PathLike)):
+        given = block_target(storage, os.fspath(source))
+    submission = await _submit(given, endpoint=endpoint, credentials=credentials, metadata=metadata,
                                completion_window=completion_window, output_expires_after=output_expires_after,
                                idempotency_key=idempotency_key, fail_on=fail_on,
                                fail_on_request_failures=fail_on_request_failures, since=since)
@@ -476,18 +493,24 @@ async def download_batch_file(
     path: PathLike,
     *,
     credentials: OpenAIBatchCredentials | None = None,
-) -> Path:
-    """Stream a file (a batch's output or error file) to ``path``; return the path.
+    storage: WritableFileSystem | None = None,
+) -> Path | str:
+    """Stream a file (a batch's output or error file) to ``path``; return where it went.
 
     The body streams to a temporary file beside ``path``, renamed over it once complete, so
-    a failed download never leaves a truncated file and memory stays flat.
+    a failed download never leaves a truncated file and memory stays flat. ``path`` may be an
+    ``s3://`` (``gs://``, ``az://``) URL, or relative to ``storage``, a ``WritableFileSystem``
+    block: the file is then put as one object once complete (see :mod:`batch_ops.storage`).
+    Returns the local ``Path`` written, or the URL (text) of the object on object storage.
 
     Example:
         ```python
         out = await download_batch_file(result.output_file_id, "output.jsonl")
         ```
     """
-    target = await _client(credentials).files.download(file_id, path)
+    where: StorageTarget = block_target(storage, os.fspath(path)) if storage is not None else path
+    written = await _client(credentials).files.download(file_id, where)
+    target: Path | str = written if isinstance(written, Path) else display(where)
     _logger().info("Downloaded file %s to %s", file_id, target)
     return target
 

@@ -1,0 +1,356 @@
+"""Files where the user keeps them: a local path, an fsspec URL, or a path object of a file system.
+
+Every path batch_ops reads or writes — a request file, a download, a job's output, the eval
+pipeline's reports and history — may live on object storage, so that workers which share no
+disk (Celery, Kubernetes, Prefect work pools) pass files to each other. A *target* is one of:
+
+* a local path (``str`` or :class:`os.PathLike`), or a ``file://`` URL;
+* an fsspec URL: ``s3://bucket/key``, ``gs://…``, ``az://…``, ``memory://…`` (credentials and
+  endpoints come from fsspec's usual places: the environment, ``FSSPEC_<PROTOCOL>_<OPTION>``
+  variables, the cloud SDK's config);
+* a path object that carries its own file system: Airflow's ``ObjectStoragePath`` (with its
+  connection's credentials), any ``universal_pathlib`` ``UPath``, or a :class:`Location`.
+
+The core works on local files only: validation, hashing, streaming uploads and atomic downloads
+stay as they are. A remote file is *staged*: :func:`local_copy` copies it to a temporary local
+file piece by piece, :func:`local_output` hands out a temporary local path and copies the file
+up when the block ends normally (an object appears whole or not at all; nothing is written if
+the block raises). Memory stays bounded (one 8 MiB piece at a time, whatever the file); the
+local disk holds one copy at most (≤ 200 MB for a request file, the API's limit). Staging was
+chosen over streaming through fsspec file objects because those commit a partial object when a
+``with`` block exits on an error, and because every local guarantee (regular file, size from
+metadata, atomic rename) then holds for remote files too.
+
+Example:
+    >>> import fsspec
+    >>> url = "memory://batch_ops-doc/requests.jsonl"
+    >>> with local_output(url) as path:
+    ...     _ = path.write_text('{"custom_id": "a"}\\n')
+    >>> exists(url), is_remote(url), join("memory://batch_ops-doc", "run 1", "out.jsonl")
+    (True, True, 'memory://batch_ops-doc/run 1/out.jsonl')
+    >>> with local_copy(url) as path:
+    ...     path.read_text()
+    '{"custom_id": "a"}\\n'
+    >>> is_remote("/tmp/requests.jsonl"), is_remote("file:///tmp/requests.jsonl")
+    (False, False)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePath, PurePosixPath
+from typing import Any, Union, cast
+
+from batch_ops.errors import InputValidationError, Problem, StorageError
+
+__all__ = [
+    "Location",
+    "StorageTarget",
+    "display",
+    "exists",
+    "is_path_object",
+    "is_remote",
+    "is_url",
+    "join",
+    "local_copy",
+    "local_folder",
+    "local_output",
+    "location",
+    "publish",
+    "stage",
+    "read_text",
+    "write_text",
+]
+
+#: A piece of a staged copy: big enough for object stores' multipart sizes, small enough to bound memory.
+_PIECE = 8 * 1024 * 1024
+_URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
+_LOCAL_PROTOCOLS = frozenset({"", "file", "local"})
+#: ``user:password@`` in a URL: never shown.
+_USERINFO = re.compile(r"(?<=://)[^/@]*@")
+
+
+@dataclass(frozen=True)
+class Location:
+    """A file on an fsspec file system: the file system object and the path on it.
+
+    Use it for file systems configured in code (a Prefect ``RemoteFileSystem`` block gives
+    one); a URL string is enough when the environment configures the file system.
+
+    Example:
+        >>> import fsspec
+        >>> loc = Location(fsspec.filesystem("memory"), "/bucket/x.jsonl")
+        >>> str(loc), is_remote(loc)
+        ('memory:///bucket/x.jsonl', True)
+    """
+
+    fs: Any
+    path: str
+
+    def __str__(self) -> str:
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return f"{protocol}://{self.path}" if not self.path.startswith(f"{protocol}://") else self.path
+
+    def child(self, *parts: str) -> Location:
+        return Location(self.fs, "/".join([self.path.rstrip("/"), *parts]))
+
+
+#: What a path parameter accepts: see the module docstring.
+StorageTarget = Union[str, "os.PathLike[str]", Location, Any]
+
+
+def is_path_object(target: Any) -> bool:
+    # universal_pathlib's UPath and Airflow's ObjectStoragePath (a UPath): a protocol and a file system.
+    return not isinstance(target, PurePath) and hasattr(target, "protocol") and hasattr(target, "fs")
+
+
+def location(target: StorageTarget) -> Path | Location:
+    """Where ``target`` is: a local :class:`~pathlib.Path`, or a :class:`Location` on a file system.
+
+    Raises:
+        InputValidationError: ``target`` is not a path, or names a protocol fsspec does not know
+            (or whose package is not installed: the fix names it).
+
+    Example:
+        >>> location("file:///tmp/a.jsonl"), type(location("memory://b/a.jsonl")).__name__
+        (PosixPath('/tmp/a.jsonl'), 'Location')
+    """
+    if isinstance(target, Location):
+        return target
+    if isinstance(target, PurePath):
+        return Path(target)
+    if is_path_object(target):
+        upath = cast(Any, target)
+        if str(upath.protocol or "") in _LOCAL_PROTOCOLS:
+            return Path(str(upath.path))
+        return Location(upath.fs, str(upath.path))
+    if isinstance(target, os.PathLike):
+        return Path(os.fspath(target))
+    if not isinstance(target, str):
+        raise _bad_target(f"a {type(target).__name__} is not a path or URL", str(type(target).__name__))
+    match = _URL.match(target)
+    if match is None:
+        return Path(target)
+    scheme = match["scheme"].lower()
+    if scheme == "file":
+        return Path(target[len("file://"):])
+    try:
+        from fsspec.core import url_to_fs
+
+        fs, path = url_to_fs(target)
+    except ImportError as exc:
+        raise _bad_target(f"reading {scheme}:// needs a package that is not installed ({exc})", target,
+                          fix=f"install fsspec's {scheme} file system (s3: pip install 'batch-ops[s3]', "
+                          "gs: gcsfs, az: adlfs)") from None
+    except ValueError as exc:
+        raise _bad_target(f"{scheme}:// is not a file system fsspec knows ({exc})", target) from None
+    return Location(fs, path)
+
+
+def _bad_target(message: str, target: str, *, fix: str | None = None) -> InputValidationError:
+    return InputValidationError(
+        [Problem(rule="invalid_path", param="path", message=message,
+                 fix=fix or "pass a local path, an fsspec URL (s3://bucket/key, gs://, az://, memory://), "
+                 "an ObjectStoragePath or a UPath")],
+        source=display(target),
+    )
+
+
+def is_url(text: str) -> bool:
+    """True when ``text`` is a URL of a file system other than the local one (``file://``).
+
+    Example:
+        >>> is_url("s3://bucket/key"), is_url("/data/x"), is_url("file:///data/x")
+        (True, False, False)
+    """
+    match = _URL.match(text)
+    return match is not None and match["scheme"].lower() != "file"
+
+
+def is_remote(target: StorageTarget) -> bool:
+    """True when ``target`` is not on the local disk (it is staged to be read or written)."""
+    return isinstance(location(target), Location)
+
+
+def display(target: Any) -> str:
+    """``target`` as text for messages and results, without any ``user:password@`` in it."""
+    return _USERINFO.sub("", str(target))
+
+
+def join(base: StorageTarget, *parts: str) -> Any:
+    """``base`` with ``parts`` appended, of the same kind: a URL stays a URL, a path object keeps its type.
+
+    Example:
+        >>> join("s3://bucket/eval", "work", "r1"), join("/data", "work")
+        ('s3://bucket/eval/work/r1', '/data/work')
+    """
+    if isinstance(base, Location):
+        return base.child(*parts)
+    if isinstance(base, str) and is_url(base):
+        return "/".join([base.rstrip("/"), *parts])
+    if is_path_object(base) or isinstance(base, PurePath):
+        return cast(Any, base).joinpath(*parts)
+    return str(cast(Path, location(base)).joinpath(*parts))
+
+
+def _storage_error(action: str, target: Any, exc: BaseException) -> StorageError:
+    return StorageError(f"Could not {action} {display(target)}: {type(exc).__name__}: {display(exc)}")
+
+
+def exists(target: StorageTarget) -> bool:
+    """True when ``target`` is an existing file (or, locally, any existing path)."""
+    where = location(target)
+    if isinstance(where, Path):
+        return where.exists()
+    try:
+        return bool(where.fs.exists(where.path))
+    except Exception as exc:  # the file system's own errors: network, credentials
+        raise _storage_error("look up", target, exc) from exc
+
+
+def _not_found(target: Any) -> InputValidationError:
+    return InputValidationError(
+        [Problem(rule="file_not_found", param="path", message=f"there is no file at {display(target)}",
+                 fix="check the URL, and that the task that writes it ran first")],
+        source=display(target),
+    )
+
+
+@contextlib.contextmanager
+def local_copy(target: StorageTarget, *, suffix: str = "") -> Iterator[Path]:
+    """A local file with ``target``'s content, for the length of the block.
+
+    A local target is yielded as it is (nothing copied). A remote one is copied into a
+    temporary directory, which is removed when the block ends.
+
+    Raises:
+        InputValidationError: ``file_not_found`` when the remote file does not exist.
+        StorageError: the file system failed (network, credentials, permissions).
+    """
+    where = location(target)
+    if isinstance(where, Path):
+        yield where
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="batch_ops_stage_"))
+    try:
+        yield stage(where, tmp / ((Path(where.path).name or "file") + suffix))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def stage(target: StorageTarget, dest: Path) -> Path:
+    """Copy ``target`` to the local file ``dest``, piece by piece; returns ``dest``.
+
+    Raises:
+        InputValidationError: ``file_not_found`` when the file does not exist.
+        StorageError: the file system failed (network, credentials, permissions).
+    """
+    where = location(target)
+    try:
+        if isinstance(where, Path):
+            shutil.copyfile(where, dest)
+        else:
+            with where.fs.open(where.path, "rb") as src, dest.open("wb") as dst:
+                shutil.copyfileobj(src, dst, _PIECE)
+    except FileNotFoundError:
+        raise _not_found(target) from None
+    except Exception as exc:
+        raise _storage_error("read", target, exc) from exc
+    return dest
+
+
+@contextlib.contextmanager
+def local_output(target: StorageTarget) -> Iterator[Path]:
+    """A local path to write ``target`` through; a remote target is uploaded when the block ends normally.
+
+    A local target is yielded as it is: write it as you would (``atomic_file``). For a remote
+    one, the block writes a temporary file which is then put whole (``fs.put_file``: an object
+    store shows the new object or the old one, never a part); if the block raises, nothing is
+    put.
+    """
+    where = location(target)
+    if isinstance(where, Path):
+        yield where
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="batch_ops_stage_"))
+    try:
+        local = tmp / (Path(where.path).name or "file")
+        yield local
+        if local.exists():
+            publish(local, where)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish(local: Path, target: StorageTarget) -> None:
+    """Put the local file ``local`` at the remote ``target`` as one object (see :func:`local_output`).
+
+    Raises:
+        StorageError: the file system failed (network, credentials, permissions).
+    """
+    where = location(target)
+    if isinstance(where, Path):
+        raise ValueError(f"publish() puts files on object storage; {where} is local")
+    try:
+        parent = where.path.rsplit("/", 1)[0] if "/" in where.path else ""
+        if parent:
+            with contextlib.suppress(Exception):  # object stores have no directories to make
+                where.fs.makedirs(parent, exist_ok=True)
+        where.fs.put_file(str(local), where.path)
+    except Exception as exc:
+        raise _storage_error("write", target, exc) from exc
+
+
+@contextlib.contextmanager
+def local_folder(target: StorageTarget, *, fetch: Iterable[str] = ()) -> Iterator[Path]:
+    """A local folder standing for the folder ``target``, for the length of the block.
+
+    A local target is yielded as it is. For a remote one, a temporary folder is yielded with the
+    files named in ``fetch`` (relative paths) copied in when they exist; when the block ends
+    normally, every file in the folder is put back under ``target`` at the same relative path.
+    Use :func:`join` with the relative path to name a file's remote place.
+
+    Example:
+        >>> with local_folder("memory://batch_ops-doc/reports", fetch=["history.jsonl"]) as root:
+        ...     _ = (root / "history.jsonl").write_text("{}\\n")
+        >>> read_text("memory://batch_ops-doc/reports/history.jsonl")
+        '{}\\n'
+    """
+    where = location(target)
+    if isinstance(where, Path):
+        yield where
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="batch_ops_stage_"))
+    try:
+        for name in fetch:
+            remote = where.child(*PurePosixPath(name).parts)
+            if exists(remote):
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                stage(remote, tmp / name)
+        yield tmp
+        for local in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            publish(local, where.child(*local.relative_to(tmp).parts))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_text(target: StorageTarget, default: str | None = None) -> str | None:
+    """The text of a small file (a history, a report), or ``default`` when it does not exist."""
+    if not exists(target):
+        return default
+    with local_copy(target) as path:
+        return path.read_text(encoding="utf-8")
+
+
+def write_text(target: StorageTarget, text: str) -> None:
+    """Write a small text file whole (atomically, locally or as one object)."""
+    from batch_ops._files import atomic_file
+
+    with local_output(target) as path, atomic_file(path, "w", encoding="utf-8") as fh:
+        fh.write(text)

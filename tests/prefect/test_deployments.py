@@ -1,0 +1,419 @@
+"""``run_batch`` as a subflow of deployed flows, run where Prefect runs them (issue 14).
+
+Nothing here calls a flow in the test process. A real ``prefect server start`` (its own home,
+SQLite database and free port; one for the module) runs deployments in processes of their own:
+
+* ``.serve()``: the runner pickles the flow (cloudpickle, by value) into a spawned process;
+* a ``process`` work-pool worker (``prefect worker start``): a deployment from source, which
+  the flow-run process loads from its entrypoint, and a flow submitted to the pool as a bundle
+  (``submit_to_work_pool``), which the worker's flow-run process unpickles;
+* ``flows/nightly_eval.py`` itself, served the way its users serve it (``python flows/nightly_eval.py``).
+
+After pickling, ``run_batch`` must still validate its parameters: with postponed annotations
+(``from __future__ import annotations``) Prefect resolves them in the unpickled function's
+globals, which hold only the names its body uses, and every run failed with
+``PydanticUserError: `Run_BatchModel` is not fully defined; you should define `Path```.
+
+Each test asserts the parent flow run and its ``run_batch`` subflow run COMPLETED, and that the
+batch the subflow created (its metadata names the subflow run) completed on the local Batch API
+server. Every process started here leads a process group of its own and is stopped, with its
+children, by that group's id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import httpx
+import pytest
+
+from batch_ops import BatchClient
+from batch_ops.server import ServerURL
+
+ROOT = Path(__file__).resolve().parents[2]
+NIGHTLY_EVAL = ROOT / "flows" / "nightly_eval.py"
+BIN = Path(sys.executable).parent
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+ENDPOINT = "/v1/chat/completions"
+
+#: The parent flow of the served and worker tests: one ``run_batch`` subflow on a request file.
+PARENT_FLOW = textwrap.dedent('''
+    from typing import Any
+
+    from prefect import flow
+
+    from batch_ops.prefect import run_batch
+
+
+    @flow(name="deploy-parent")
+    async def parent(input_path: str, tag: str) -> dict[str, Any]:
+        result = await run_batch(input_path=input_path, endpoint="/v1/chat/completions",
+                                 metadata={"test": tag}, poll_interval=0.2)
+        return result.model_dump(mode="json")
+
+
+    if __name__ == "__main__":
+        parent.serve(name="served")
+''')
+
+#: Bundle storage for the work pool: a directory on this machine (``--mode upload`` copies the
+#: bundle there from the submitter's temporary directory; ``--mode execute`` runs it).
+BUNDLE_STEPS = textwrap.dedent('''
+    import argparse
+    import shutil
+    from pathlib import Path
+
+
+    def main() -> None:
+        parser = argparse.ArgumentParser()
+        for name in ("--dir", "--mode", "--key"):
+            parser.add_argument(name, required=True)
+        parser.add_argument("rest", nargs="*")
+        args = parser.parse_args()
+        store = Path(args.dir)
+        if args.mode == "upload":
+            store.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path.cwd() / args.key, store / args.key)
+        else:
+            from prefect.bundles.execute import execute_bundle_from_file
+
+            execute_bundle_from_file(str(store / args.key))
+
+
+    if __name__ == "__main__":  # the bundle runs in a spawned child, which imports this module again
+        main()
+''')
+
+#: Deploys the parent from source to the pool, runs the deployment, and submits the same flow to
+#: the pool as a bundle; writes both flow run ids to a file.
+DEPLOY_AND_SUBMIT = textwrap.dedent('''
+    import json
+    import sys
+
+    from prefect import flow
+    from prefect.deployments import run_deployment
+    from prefect.flows import bind_flow_to_infrastructure
+    from prefect.workers.process import ProcessWorker
+
+    from deploy_parent import parent
+
+    source, pool, path, out = sys.argv[1:5]
+    flow.from_source(source=source, entrypoint="deploy_parent.py:parent").deploy(
+        name="pool", work_pool_name=pool, print_next_steps=False, ignore_warnings=True)
+    run = run_deployment("deploy-parent/pool", parameters={"input_path": path, "tag": "worker-deployment"},
+                         timeout=0)
+    bound = bind_flow_to_infrastructure(parent, pool, ProcessWorker, launcher=[sys.executable])
+    future = bound.submit_to_work_pool(input_path=path, tag="worker-bundle")
+    with open(out, "w") as f:
+        json.dump({"deployment": str(run.id), "bundle": str(future.flow_run_id)}, f)
+''')
+
+
+def write_requests(path: Path, requests: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps({"method": "POST", "url": ENDPOINT, **r}) + "\n" for r in requests))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Proc:
+    """A process we started, leading a process group of its own, logging to a file."""
+
+    def __init__(self, argv: list[str], *, env: Mapping[str, str], log: Path, cwd: Path | None = None) -> None:
+        self.log = log
+        with log.open("ab") as out:
+            self.popen = subprocess.Popen(argv, env=dict(env), cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid = self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace").replace("\x00", "")[-chars:]
+
+    def signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+
+def stop_all(procs: list[Proc], grace: float = 3.0) -> None:
+    """SIGTERM to each group, SIGKILL to what is left after ``grace`` seconds (flow-run children too)."""
+    for proc in procs:
+        proc.signal_group(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.popen.wait(max(0.1, deadline - time.monotonic()))
+        proc.signal_group(signal.SIGKILL)  # the leader may be gone while its children live on
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.popen.wait(5)
+
+
+@dataclass(repr=False)
+class Stack:
+    """The module's Prefect server, the processes serving and working for it, and a REST client."""
+
+    api: httpx.Client
+    env: dict[str, str]
+    batch_url: str
+    secret: str
+    work: Path
+    pool: str
+    procs: dict[str, Proc] = field(default_factory=dict)
+    runs: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def start(self, name: str, argv: list[str], *, env: Mapping[str, str] | None = None,
+              cwd: Path | None = None) -> Proc:
+        self.procs[name] = Proc(argv, env={**self.env, **(env or {})}, log=self.work / f"{name}.log", cwd=cwd)
+        return self.procs[name]
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {name} ---\n{proc.tail()}" for name, proc in self.procs.items())
+
+    @contextlib.contextmanager
+    def trying(self, *names: str) -> Iterator[None]:
+        """Starting these runs failed: keep why, for their tests."""
+        try:
+            yield
+        except Exception as exc:
+            for name in names:
+                self.errors[name] = f"{type(exc).__name__}: {exc}"
+
+    def run_id(self, name: str) -> str:
+        if name not in self.runs:
+            pytest.fail(f"the {name} run was not started: {self.errors.get(name)}")
+        return self.runs[name]
+
+    def call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One API call, again while the server is busy (503: its SQLite database is locked), as
+        Prefect's own client does."""
+        for attempt in range(30):
+            try:
+                answer = self.api.request(method, url, **kwargs)
+            except httpx.TransportError:
+                if method != "GET" or attempt == 29:
+                    raise
+            else:
+                if answer.status_code not in (429, 502, 503) or attempt == 29:
+                    return answer
+            time.sleep(min(0.05 * 2 ** attempt, 1.0))
+        raise AssertionError("unreachable")
+
+    def run_deployment(self, flow_name: str, name: str, parameters: dict[str, Any], *, proc: Proc,
+                       timeout: float = 60.0) -> str:
+        """A flow run of the deployment, once ``proc`` (serving it) has registered it."""
+        deadline = time.monotonic() + timeout
+        while (found := self.call("GET", f"/deployments/name/{flow_name}/{name}")).status_code != 200:
+            assert proc.alive(), f"the process serving {flow_name}/{name} exited:\n{proc.tail()}"
+            assert time.monotonic() < deadline, f"no deployment {flow_name}/{name} after {timeout} s:\n{proc.tail()}"
+            time.sleep(0.2)
+        made = self.call("POST", f"/deployments/{found.json()['id']}/create_flow_run",
+                         json={"parameters": parameters})
+        made.raise_for_status()
+        return str(made.json()["id"])
+
+    def final_state(self, flow_run_id: str, *, proc: Proc, timeout: float = 90.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.call("GET", f"/flow_runs/{flow_run_id}").json()
+            state = run.get("state") or {}
+            if state.get("type") in FINAL:
+                return dict(state)
+            assert proc.alive(), f"the process running flow run {flow_run_id} exited:\n{proc.tail()}"
+            assert time.monotonic() < deadline, (
+                f"flow run {flow_run_id} still {state.get('type')} after {timeout} s:\n{self.logs()}")
+            time.sleep(0.25)
+
+    def subflow_runs(self, flow_run_id: str) -> list[dict[str, Any]]:
+        found = self.call("POST", "/flow_runs/filter",
+                          json={"flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}}})
+        found.raise_for_status()
+        return list(found.json())
+
+    def assert_ran_batch(self, flow_run_id: str, *, proc: Proc, requests: int | None, **metadata: str) -> None:
+        """The flow run and its one ``run_batch`` subflow run completed, and so did the subflow's batch
+        (every one of its ``requests``; None: however many it had)."""
+        state = self.final_state(flow_run_id, proc=proc)
+        assert state["type"] == "COMPLETED", (
+            f"flow run {flow_run_id} ended {state['type']}: {state.get('message')}\n{self.logs()}")
+        subflows = self.subflow_runs(flow_run_id)
+        assert [s["state"]["type"] for s in subflows] == ["COMPLETED"], subflows
+        sub_id = str(subflows[0]["id"])
+        with BatchClient(api_key=self.secret, base_url=self.batch_url) as client:
+            batches = [b for b in client.batches.iter_all(limit=100)
+                       if (b.metadata or {}).get("prefect_flow_run_id") == sub_id]
+        assert len(batches) == 1, f"batches of subflow run {sub_id}: {batches}"
+        batch = batches[0]
+        assert batch.status.value == "completed", batch
+        counts = batch.request_counts
+        assert counts is not None and counts.total > 0 and counts.completed == (requests or counts.total), batch
+        assert {k: (batch.metadata or {}).get(k) for k in metadata} == metadata, batch.metadata
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, batch_server: ServerURL, secret: str,
+          make_requests: Any) -> Iterator[Stack]:
+    """``prefect server start``; then, all at once so that their start-ups overlap: a process work
+    pool and its worker, ``.serve()`` of the parent flow, ``python flows/nightly_eval.py``, and the
+    deployment and submission for the worker; then one run of each deployment. The tests wait for
+    the runs."""
+    work = tmp_path_factory.mktemp("deployments")
+    home = work / "prefect_home"
+    home.mkdir()
+    port = _free_port()
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT", "OPENAI", "BATCH_OPS", "AIRFLOW"))}
+    code = work / "flow_code"
+    # The flow's module stands where installed code stands (e.g. an image's site-packages), as a
+    # user's does next to a batch_ops from PyPI: Prefect pickles the flow by value and imports
+    # batch_ops by name. (This checkout's editable batch_ops would be pickled by value itself.)
+    installed = code / "site-packages"
+    installed.mkdir(parents=True)
+    (installed / "deploy_parent.py").write_text(PARENT_FLOW)
+    (code / "bundle_steps.py").write_text(BUNDLE_STEPS)
+    served_requests, worker_requests = work / "served.jsonl", work / "worker.jsonl"
+    write_requests(served_requests, make_requests(3, prefix="served"))
+    write_requests(worker_requests, make_requests(4, prefix="worker"))
+    env = {
+        **keep,
+        "PATH": f"{BIN}{os.pathsep}{keep.get('PATH', '')}",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(code), str(installed), keep.get("PYTHONPATH")) if p),
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        "PREFECT_LOCAL_STORAGE_PATH": str(home / "storage"),
+        "PREFECT_SERVER_MEMO_STORE_PATH": str(home / "memo_store.toml"),
+        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",  # .serve() looks for runs every second, not every 10
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "OPENAI_API_KEY": secret,
+        "OPENAI_BASE_URL": str(batch_server),
+    }
+    api = httpx.Client(base_url=env["PREFECT_API_URL"], timeout=30)
+    s = Stack(api=api, env=env, batch_url=str(batch_server), secret=secret, work=work,
+              pool="batch-ops-process-pool")
+    try:
+        server = s.start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
+                                            "--port", str(port), "--no-ui"])
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if api.get("/health").status_code == 200:
+                    break
+            assert server.alive(), f"prefect server start exited:\n{server.tail()}"
+            assert time.monotonic() < deadline, f"prefect server not healthy after 120 s:\n{server.tail()}"
+            time.sleep(0.25)
+
+        from prefect.workers.process import ProcessWorker
+
+        def step(mode: str) -> dict[str, Any]:
+            return {"bundle_steps": {"launcher": [sys.executable], "dir": str(work / "bundles"), "mode": mode}}
+
+        s.call("POST", "/work_pools/", json={
+            "name": s.pool, "type": "process", "base_job_template": ProcessWorker.get_default_base_job_template(),
+            "storage_configuration": {"bundle_upload_step": step("upload"), "bundle_execution_step": step("execute")},
+        }).raise_for_status()
+        s.start("worker", [str(BIN / "prefect"), "worker", "start", "--pool", s.pool, "--type", "process"])
+        submitted = work / "submitted.json"
+        deploy = s.start("deploy-and-submit", [sys.executable, "-c", DEPLOY_AND_SUBMIT, str(installed), s.pool,
+                                               str(worker_requests), str(submitted)])
+        serve_parent = s.start("serve-parent", [sys.executable, str(installed / "deploy_parent.py")], cwd=work)
+        serve_nightly = s.start("serve-nightly-eval", [sys.executable, str(NIGHTLY_EVAL)], cwd=work, env={
+            "BATCH_OPS_EVAL_DIR": str(work / "eval"),
+            "BATCH_OPS_EVAL_POLL_INTERVAL": "0.2",
+            "BATCH_OPS_EVAL_CRON": "0 0 1 1 *",  # no scheduled run can start during the test
+        })
+        # One run of each; a path that cannot start its run fails its own test only.
+        with s.trying("served"):
+            s.runs["served"] = s.run_deployment("deploy-parent", "served", {"input_path": str(served_requests),
+                                                                            "tag": "served"}, proc=serve_parent)
+        with s.trying("nightly"):
+            s.runs["nightly"] = s.run_deployment("nightly-eval", "nightly-eval", {}, proc=serve_nightly)
+        with s.trying("worker-deployment", "worker-bundle"):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                deploy.popen.wait(120)
+            assert deploy.popen.returncode == 0, f"deploy and submit failed:\n{deploy.tail()}"
+            ids = json.loads(submitted.read_text())
+            s.runs["worker-deployment"], s.runs["worker-bundle"] = ids["deployment"], ids["bundle"]
+        yield s
+    finally:
+        stop_all(list(reversed(s.procs.values())))
+        api.close()
+
+
+def test_public_flows_validate_their_parameters_after_pickling(tmp_path: Path, make_requests: Any) -> None:
+    """What the runner and the worker do to a flow, in this process: pickle by value, then validate."""
+    from prefect import Flow
+    from prefect.exceptions import ParameterTypeError
+
+    import batch_ops.prefect
+    from batch_ops.jobs import JobConfig
+    from batch_ops.prefect import run_batch, run_batch_job
+
+    spec = importlib.util.spec_from_file_location("nightly_eval_pickled", NIGHTLY_EVAL)
+    assert spec is not None and spec.loader is not None
+    nightly = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nightly)  # not in sys.modules: cloudpickle pickles it by value, as for __main__
+    cases: list[tuple[Any, dict[str, Any], dict[str, Any]]] = [
+        (run_batch, {"input_path": tmp_path / "in.jsonl", "endpoint": ENDPOINT}, {"input_path": tmp_path / "in.jsonl"}),
+        (run_batch, {"requests": make_requests(1), "endpoint": ENDPOINT, "fail_on": []}, {"fail_on": []}),
+        (run_batch_job, {"input_path": "in.jsonl", "output_path": "out.jsonl", "config": {"endpoint": ENDPOINT}},
+         {"config": JobConfig(endpoint=ENDPOINT)}),
+        (nightly.nightly_eval, {"max_drop": "0.1"}, {"max_drop": 0.1}),
+    ]
+    for flow, params, expected in cases:
+        unpickled = cloudpickle.loads(cloudpickle.dumps(flow))
+        validated = unpickled.validate_parameters(params)
+        assert {k: validated[k] for k in expected} == expected, flow.name
+    # Every public flow: its validation model is complete after pickling (a missing required
+    # parameter is then a ParameterTypeError; an unresolvable annotation, a PydanticUserError).
+    flows = [obj for name in batch_ops.prefect.__all__ if isinstance(obj := getattr(batch_ops.prefect, name), Flow)]
+    assert run_batch in flows and run_batch_job in flows
+    for flow in flows:
+        with contextlib.suppress(ParameterTypeError):
+            cloudpickle.loads(cloudpickle.dumps(flow)).validate_parameters({})
+
+
+def test_served_flow_runs_run_batch_as_a_subflow(stack: Stack) -> None:
+    """``parent.serve()`` in its own process; a run of its deployment; ``run_batch`` inside it."""
+    stack.assert_ran_batch(stack.run_id("served"), proc=stack.procs["serve-parent"], requests=3, test="served")
+
+
+def test_process_worker_runs_deployment_and_submitted_flow(stack: Stack) -> None:
+    """``prefect worker start --type process``: a deployment from source (the flow-run process loads
+    it from its entrypoint) and the same flow submitted to the pool (a pickled bundle); both call
+    ``run_batch``."""
+    worker = stack.procs["worker"]
+    stack.assert_ran_batch(stack.run_id("worker-deployment"), proc=worker, requests=4, test="worker-deployment")
+    stack.assert_ran_batch(stack.run_id("worker-bundle"), proc=worker, requests=4, test="worker-bundle")
+
+
+def test_served_nightly_eval_example(stack: Stack) -> None:
+    """The user's path: ``python flows/nightly_eval.py`` serves the flow; a run of its deployment
+    builds the eval set's requests, runs them as one batch (a ``run_batch`` subflow) and scores them."""
+    run = stack.run_id("nightly")
+    stack.assert_ran_batch(run, proc=stack.procs["serve-nightly-eval"], requests=None, pipeline="nightly_eval")
+    assert list((stack.work / "eval" / "reports").rglob("*.md")), "the run wrote no report"
