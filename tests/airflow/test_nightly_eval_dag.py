@@ -46,3 +46,53 @@ def test_nightly_eval_dag_runs_and_reports(make_server: Callable[..., AbstractCo
     assert len(history) == 1 and history[0]["pipeline"] == "airflow"
     assert 0.75 < history[0]["score"] < 0.95 and history[0]["batch_id"].startswith("batch_")
     assert (tmp_path / "eval" / "reports" / "trend.png").exists()
+
+
+def test_nightly_eval_dag_keeps_every_file_on_object_storage(
+        make_server: Callable[..., AbstractContextManager[str]], tmp_path: Path) -> None:
+    """BATCH_OPS_EVAL_STORAGE=s3://…: requests, downloads, reports and history on S3 (moto over loopback),
+    nothing on the worker's disk, so tasks on workers that share no disk pass files to each other."""
+    import fsspec
+    from moto.server import ThreadedMotoServer
+
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    s3.start()
+    try:
+        host, port = s3.get_host_and_port()
+        aws = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+        fs = fsspec.filesystem("s3", key="testing", secret="testing", skip_instance_cache=True,
+                               client_kwargs={"endpoint_url": aws["AWS_ENDPOINT_URL"]})
+        fs.mkdir("eval-bucket")
+        home, cwd = tmp_path / "home", tmp_path / "cwd"
+        cwd.mkdir()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "OPENAI", "BATCH_OPS", "AWS"))}
+        env.update(aws)
+        env.update({
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "BATCH_OPS_EVAL_STORAGE": "s3://eval-bucket/nightly",
+            "BATCH_OPS_EVAL_POLL_INTERVAL": "0.2",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        })
+        migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
+        assert migrate.returncode == 0, migrate.stderr[-2000:]
+        with make_server(engine="replay", replay_files=(str(SAMPLE_RUN),), seed=5,
+                         api_key="sk-dag-test-secret-7731") as url:
+            env["AIRFLOW_CONN_OPENAI_BATCH_DEFAULT"] = json.dumps(
+                {"conn_type": "openai_batch", "host": url, "password": "sk-dag-test-secret-7731"})
+            run = subprocess.run([AIRFLOW, "dags", "test", "nightly_eval"], env=env, cwd=cwd, capture_output=True,
+                                 text=True, timeout=600)
+        log = run.stdout + run.stderr
+        assert run.returncode == 0, log[-4000:]
+        fs.invalidate_cache()
+        keys = fs.find("eval-bucket/nightly")
+        assert any(k.endswith("/requests.jsonl") for k in keys) and any(k.endswith("/output.jsonl") for k in keys)
+        assert {"eval-bucket/nightly/reports/history.jsonl", "eval-bucket/nightly/reports/latest.md"} <= set(keys)
+        history = [json.loads(x) for x in fs.cat("eval-bucket/nightly/reports/history.jsonl").splitlines()]
+        assert len(history) == 1 and history[0]["pipeline"] == "airflow"
+        assert list(cwd.iterdir()) == [] and not (home / "eval_runs").exists()
+    finally:
+        s3.stop()
