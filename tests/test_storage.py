@@ -174,3 +174,14 @@ def test_memory_file_system_and_location() -> None:
     assert storage.read_text("memory://bo-test/absent", default="none") == "none"
     assert storage.is_remote(where) and not storage.is_remote(Path(os.getcwd()))
     assert storage.display("s3://user:secret@bucket/key") == "s3://bucket/key"
+
+
+def test_a_job_on_object_storage_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """Jobs keep state and parts next to the output; until those live on object storage too, say so."""
+    from batch_ops.jobs import BatchJob
+
+    (tmp_path / "in.jsonl").write_text(_requests(2))
+    with pytest.raises(InputValidationError, match="local_path_required") as err:
+        BatchJob.open(str(tmp_path / "in.jsonl"), output_path="s3://bucket/out.jsonl", endpoint="/v1/embeddings")
+    assert "output_path" in str(err.value) and "copy the input there first" in str(err.value)
+    assert not (tmp_path / "in.jsonl.state.json").exists()

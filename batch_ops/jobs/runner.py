@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from batch_ops import storage
 from batch_ops.errors import (
     APIConnectionError,
     APIStatusError,
@@ -154,6 +155,20 @@ class BatchJob:
         (its fields as keywords, e.g. ``endpoint=...``) say what to run and how.
         """
         cfg = JobConfig.of(config, **options)
+        given = {"input_path": input_path, "output_path": output_path}
+        remote = {name: value for name, value in given.items()
+                  if storage.is_path_object(value) or (isinstance(value, str) and storage.is_url(value))}
+        if remote:
+            # A job's state and parts sit next to its output and are re-read on every resume: on object
+            # storage a resume on another machine would need them there too, which is not built yet.
+            raise InputValidationError(
+                [Problem(rule="local_path_required", param=name,
+                         message=f"{name} is on object storage ({storage.display(value)})",
+                         fix="run a job on local paths (one machine, or a volume every worker mounts); copy the "
+                         "input there first and the output after")
+                 for name, value in remote.items()],
+                source="job parameters",
+            )
         src, out = Path(input_path), Path(output_path)
         if _same_file(src, out):
             raise InputValidationError(
