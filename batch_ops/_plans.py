@@ -58,6 +58,7 @@ from batch_ops.models import (
     azure_endpoint,
     check_create_params,
 )
+from batch_ops.orphans import OWNER_METADATA_KEYS
 from batch_ops.polling import BatchPoller, timeout_error
 
 __all__ = [
@@ -392,12 +393,15 @@ def create_body(
                     param="input_file_id")
         )
     if IDEMPOTENCY_METADATA_KEY not in user_meta and len(user_meta) >= METADATA_MAX_PAIRS:
+        # The adapters add the run that owns the batch (for the orphan sweep): name every pair that is ours.
+        ours = [k for k in OWNER_METADATA_KEYS if k in user_meta]
+        added = ", ".join(f"'{k}'" for k in (*ours, IDEMPOTENCY_METADATA_KEY))
         problems.append(
             Problem(
                 rule="invalid_batch_parameter",
-                message=f"metadata has {len(user_meta)} pairs and batch_ops adds '{IDEMPOTENCY_METADATA_KEY}' "
-                f"so a retried create can find the batch instead of billing a second one",
-                fix=f"keep at most {METADATA_MAX_PAIRS - 1} metadata keys",
+                message=f"metadata has {len(user_meta) - len(ours)} pairs of yours and batch_ops adds {added} "
+                f"(so a retried create finds the batch instead of billing a second one, and a sweep finds its run)",
+                fix=f"keep at most {METADATA_MAX_PAIRS - 1 - len(ours)} metadata keys of your own",
                 param="metadata",
             )
         )

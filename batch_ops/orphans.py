@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AIRFLOW_OWNER_KEY",
+    "OWNER_METADATA_KEYS",
     "PREFECT_OWNER_KEY",
     "Judgement",
     "Owner",
@@ -82,6 +83,8 @@ AsyncOracle = Callable[[list["Owner"]], Awaitable[Mapping[str, "OwnerState"]]]
 
 AIRFLOW_OWNER_KEY = "airflow_task_instance"
 PREFECT_OWNER_KEY = "prefect_flow_run_id"
+#: The metadata pairs batch_ops' adapters add to name a batch's owner.
+OWNER_METADATA_KEYS = (AIRFLOW_OWNER_KEY, PREFECT_OWNER_KEY)
 #: The API's limit on a metadata value.
 _VALUE_MAX = 512
 

@@ -313,6 +313,16 @@ def test_metadata_room_for_the_idempotency_key() -> None:
                            idempotency_key="k")
 
 
+def test_metadata_room_counts_the_owner_pair_as_ours() -> None:
+    """An Airflow batch carries its task instance: 15 pairs of the user's are one too many, and the
+    message says 15 (not 16) and at most 14."""
+    metadata = {**{f"k{i}": "v" for i in range(15)}, "airflow_task_instance": "{}"}
+    with pytest.raises(InputValidationError, match="15 pairs of yours") as err:
+        _plans.create_body(input_file_id="f", endpoint="/v1/embeddings", completion_window="24h",
+                           metadata=metadata, output_expires_after=None, idempotency_key="k")
+    assert "at most 14 metadata keys of your own" in str(err.value)
+
+
 @pytest.mark.parametrize("limit", [0, 101, -1, True])
 def test_list_limit_checked_client_side(limit: int) -> None:
     with pytest.raises(InputValidationError, match=r"1\.\.100"):
