@@ -34,7 +34,7 @@ typecheck: install
 # Two workers, one test file each at a time (loadfile keeps a module's fixtures in one process):
 # the suite waits on servers far more than it computes, so this halves it on 2 cores (measured).
 pytest: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=12
 
 test: lint typecheck docs pytest
 

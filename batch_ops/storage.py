@@ -63,8 +63,9 @@ __all__ = [
     "local_output",
     "location",
     "publish",
-    "stage",
+    "read_all",
     "read_text",
+    "stage",
     "write_text",
 ]
 
@@ -338,6 +339,37 @@ def local_folder(target: StorageTarget, *, fetch: Iterable[str] = ()) -> Iterato
             publish(local, where.child(*local.relative_to(tmp).parts))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_all(folder: StorageTarget, *, suffix: str = "") -> list[str]:
+    """The text of every file directly in ``folder`` whose name ends with ``suffix``, by name; [] when absent.
+
+    On object storage the files are fetched together (one listing, then concurrent reads where
+    the file system can: s3fs, gcsfs, adlfs).
+
+    Example:
+        >>> write_text("memory://batch_ops-doc/h/b.json", "2"); write_text("memory://batch_ops-doc/h/a.json", "1")
+        >>> read_all("memory://batch_ops-doc/h", suffix=".json"), read_all("memory://batch_ops-doc/none")
+        (['1', '2'], [])
+    """
+    where = location(folder)
+    if isinstance(where, Path):
+        if not where.is_dir():
+            return []
+        files = sorted(p for p in where.iterdir() if p.is_file() and p.name.endswith(suffix))
+        return [p.read_text(encoding="utf-8") for p in files]
+    try:
+        if not where.fs.isdir(where.path):
+            return []
+        names = sorted(p for p in where.fs.ls(where.path, detail=False) if str(p).endswith(suffix))
+        found = where.fs.cat(names) if names else {}
+    except FileNotFoundError:
+        return []
+    except Exception as exc:
+        raise _storage_error("read", folder, exc) from exc
+    if not isinstance(found, dict):  # one name: some file systems answer the bytes themselves
+        found = {names[0]: found}
+    return [found[name].decode("utf-8") for name in names if name in found]
 
 
 def read_text(target: StorageTarget, default: str | None = None) -> str | None:

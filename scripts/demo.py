@@ -109,7 +109,7 @@ def summary(console: Console) -> None:
     reports = EVAL_DIR / "reports"
     console.print(f"reports:  {reports / 'latest.md'}\n          {reports / 'runs'}/<pipeline>-<run>/report.md|json")
     console.print(f"trend:    {reports / 'trend.png'}")
-    console.print(f"history:  {reports / 'history.jsonl'} ({len(history)} runs; run `make demo` again for the trend)")
+    console.print(f"history:  {reports / 'history'} ({len(history)} runs; run `make demo` again for the trend)")
 
 
 def main() -> int:

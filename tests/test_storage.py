@@ -162,8 +162,29 @@ def test_eval_pipeline_keeps_requests_reports_and_history_on_s3(s3: Any, api: Se
         assert summary["report"]["markdown"] == f"{base}/reports/runs/test-{run_id}/report.md"
     history = read_history(f"{base}/reports")
     assert [h["run_id"] for h in history] == ["run-1", "run-2"]
-    assert s3.exists(f"{BUCKET}/eval/reports/latest.md") and s3.exists(f"{BUCKET}/eval/reports/history.jsonl")
+    assert s3.exists(f"{BUCKET}/eval/reports/latest.md") and len(s3.ls(f"{BUCKET}/eval/reports/history")) == 2
     assert list(tmp_path.iterdir()) == []
+
+
+def test_runs_that_finish_together_keep_every_history_record(s3: Any, api: ServerURL) -> None:
+    """Six runs score at the same moment into one history on S3: six records (each run writes its own
+    object; a shared history file rewritten by each lost records when runs overlapped)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = f"s3://{BUCKET}/race"
+    requests = prepare_requests(work_dir=f"{base}/work", run_id="shared")
+    with BatchClient(api_key=KEY, base_url=api) as client:
+        batch = client.batches.wait(client.submit(requests, endpoint="/v1/chat/completions").id,
+                                    poll_interval=0.05, timeout=60)
+        output = client.files.download(batch.output_file_id, f"{base}/work/shared/output.jsonl")
+
+    def score(i: int) -> None:
+        score_and_report(request_path=requests, output_path=output, error_path=None, report_dir=f"{base}/reports",
+                         run_id=f"run-{i}", pipeline="race", max_drop=1.0)
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(score, range(6)))
+    assert sorted(h["run_id"] for h in read_history(f"{base}/reports")) == [f"run-{i}" for i in range(6)]
 
 
 def test_memory_file_system_and_location() -> None:

@@ -32,7 +32,7 @@ from typing import Any
 
 from batch_ops import storage
 from batch_ops.evals.dataset import DEFAULT_MODEL, load_eval_set, write_request_file
-from batch_ops.evals.report import HISTORY, check_regression, previous_score, write_report
+from batch_ops.evals.report import check_regression, previous_score_in, read_history, write_report
 from batch_ops.evals.scoring import score_results
 from batch_ops.results import join_results
 from batch_ops.storage import StorageTarget
@@ -93,9 +93,12 @@ def score_and_report(
         requests = stack.enter_context(storage.local_copy(request_path))
         results = join_results(input_path=requests, output_path=local(output_path), error_path=local(error_path))
         run = score_results(items, results)
-    with storage.local_folder(report_dir, fetch=[HISTORY]) as root:
-        previous = previous_score(root, pipeline=pipeline)
-        paths = write_report(run, report_dir=root, run_id=run_id, pipeline=pipeline, batch=batch)
+    history = read_history(report_dir)
+    previous = previous_score_in(history, pipeline)
+    # Written locally, then put back file by file: this run adds its own history object and
+    # rewrites nobody else's (runs that finish together keep both records).
+    with storage.local_folder(report_dir) as root:
+        paths = write_report(run, report_dir=root, run_id=run_id, pipeline=pipeline, batch=batch, history=history)
     shown = paths.as_dict()
     if storage.is_remote(report_dir):  # name the files where they went, not the staging folder
         shown = {k: storage.display(storage.join(report_dir, *Path(v).relative_to(root).parts)) if v else None

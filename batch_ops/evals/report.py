@@ -3,7 +3,10 @@ regression gate that fails the pipeline loudly when the score drops.
 
 Layout under ``report_dir``::
 
-    history.jsonl             one line per run (append-only): run id, time, score, failures, batch
+    history/<time>-<run>.json one object per run: run id, time, score, failures, batch (written
+                              once, never rewritten: runs that finish together on object storage
+                              cannot overwrite each other's record)
+    history.jsonl             the older layout, one line per run: still read, no longer written
     runs/<run_id>/report.md   human summary: headline, trend vs previous run, categories, misses
     runs/<run_id>/report.json every item's row, for dashboards and diffing
     trend.png                 score and failed requests across runs (needs matplotlib)
@@ -37,10 +40,12 @@ from batch_ops.storage import StorageTarget
 
 __all__ = [
     "HISTORY",
+    "LEGACY_HISTORY",
     "ReportPaths",
     "ScoreRegressionError",
     "check_regression",
     "previous_score",
+    "previous_score_in",
     "read_history",
     "write_report",
 ]
@@ -64,20 +69,29 @@ class ReportPaths:
                 "chart": str(self.chart) if self.chart else None}
 
 
-#: The history's file name in the report folder: one JSON line per run.
-HISTORY = "history.jsonl"
+#: The history's folder in the report folder: one JSON object per run.
+HISTORY = "history"
+#: The older history, one JSON line per run (read, not written).
+LEGACY_HISTORY = "history.jsonl"
 
 
 def read_history(report_dir: StorageTarget) -> list[dict[str, Any]]:
     """All recorded runs, oldest first (an absent history is empty); the folder may be on object storage."""
-    text = storage.read_text(storage.join(report_dir, HISTORY), default="") or ""
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    text = storage.read_text(storage.join(report_dir, LEGACY_HISTORY), default="") or ""
+    runs = [json.loads(line) for line in text.splitlines() if line.strip()]
+    runs += [json.loads(doc) for doc in storage.read_all(storage.join(report_dir, HISTORY), suffix=".json")]
+    return sorted(runs, key=lambda r: str(r.get("time", "")))
+
+
+def previous_score_in(runs: list[dict[str, Any]], pipeline: str | None) -> float | None:
+    """The score of the newest run in ``runs`` (of ``pipeline``, when given)."""
+    mine = [r for r in runs if pipeline is None or r.get("pipeline") == pipeline]
+    return float(mine[-1]["score"]) if mine else None
 
 
 def previous_score(report_dir: StorageTarget, *, pipeline: str | None = None) -> float | None:
     """The score of the newest recorded run (of ``pipeline``, when given)."""
-    runs = [r for r in read_history(report_dir) if pipeline is None or r.get("pipeline") == pipeline]
-    return float(runs[-1]["score"]) if runs else None
+    return previous_score_in(read_history(report_dir), pipeline)
 
 
 def check_regression(*, current: float, previous: float | None, max_drop: float) -> None:
@@ -178,14 +192,17 @@ def write_report(
     run_id: str,
     pipeline: str = "batch_ops",
     batch: dict[str, Any] | None = None,
+    history: list[dict[str, Any]] | None = None,
 ) -> ReportPaths:
-    """Write this run's markdown and JSON, append it to the history and redraw the chart.
+    """Write this run's markdown and JSON, add it to the history and redraw the chart.
 
-    Returns the paths. Call :func:`check_regression` with :func:`previous_score` read *before*
-    this call to gate on the previous run.
+    ``history``: the runs recorded so far, when the caller has read them already (default: read
+    from ``report_dir``). Returns the paths. Call :func:`check_regression` with
+    :func:`previous_score` read *before* this call to gate on the previous run.
     """
     root = Path(report_dir)
-    previous = previous_score(root, pipeline=pipeline)
+    runs = read_history(root) if history is None else list(history)
+    previous = previous_score_in(runs, pipeline)
     when = pendulum.now("UTC").to_iso8601_string()
     safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
     run_dir = root / "runs" / f"{pipeline}-{safe_id}"
@@ -196,12 +213,12 @@ def write_report(
     doc = {"run_id": run_id, "pipeline": pipeline, "time": when, "previous_score": previous, "batch": batch,
            **run.summary(), "items": [r.model_dump() for r in run.items]}
     _atomic_write(run_dir / "report.json", json.dumps(doc, indent=2) + "\n")
-    history_path = root / HISTORY
-    with history_path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps({"run_id": run_id, "pipeline": pipeline, "time": when, "score": run.score,
-                             "failed": run.failed, "total": run.total,
-                             "batch_id": (batch or {}).get("batch_id")}) + "\n")
+    entry = {"run_id": run_id, "pipeline": pipeline, "time": when, "score": run.score, "failed": run.failed,
+             "total": run.total, "batch_id": (batch or {}).get("batch_id")}
+    stamp = pendulum.parse(when).format("YYYYMMDDTHHmmssSSSSSS")  # type: ignore[union-attr]
+    history_path = root / HISTORY / f"{stamp}-{pipeline}-{safe_id}.json"
+    _atomic_write(history_path, json.dumps(entry) + "\n")
     shutil.copyfile(run_dir / "report.md", root / "latest.md")
-    chart = _chart(read_history(root), root / "trend.png")
+    chart = _chart([*runs, entry], root / "trend.png")
     return ReportPaths(markdown=run_dir / "report.md", json=run_dir / "report.json", history=history_path,
                        chart=chart)
