@@ -25,7 +25,6 @@ import os
 import shutil
 import tempfile
 import time
-import weakref
 from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from pydantic import ValidationError
 from batch_ops import _plans, storage
 from batch_ops._files import atomic_file
 from batch_ops._http import USER_AGENT, MultipartBody, RetryPolicy
+from batch_ops._locks import PicklableWeakKeyDictionary
 from batch_ops._plans import Notify, Reply, Send, Sleep, Work
 from batch_ops._submit import Source, Submission, SubmitSpec, find_chain_plan, submit_plan
 from batch_ops._transport import READ_EAGERLY, AiohttpTransport, aiohttp_available
@@ -699,8 +699,9 @@ class AsyncBatchClient(_Base):
         'http://127.0.0.1:8765/v1'
     """
 
-    _shared: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncBatchClient]]] = (
-        weakref.WeakKeyDictionary()
+    # Pickles as an empty dictionary: Prefect pickles batch_ops by value (see batch_ops._locks).
+    _shared: ClassVar[PicklableWeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncBatchClient]]] = (
+        PicklableWeakKeyDictionary()
     )
 
     def __init__(

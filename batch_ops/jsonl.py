@@ -90,8 +90,21 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+class _Decoder(json.JSONDecoder):
+    """``json.JSONDecoder(parse_constant=_reject_constant)`` that pickles by re-creating itself.
+
+    Its C scanner cannot be pickled, and Prefect pickles batch_ops by value (see batch_ops._locks).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(parse_constant=_reject_constant)
+
+    def __reduce__(self) -> tuple[type[_Decoder], tuple[()]]:
+        return (type(self), ())
+
+
 # One decoder built once: json.loads(..., parse_constant=...) would build a new decoder per call.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_DECODER = _Decoder()
 # Compact separators and raw UTF-8 keep written files small; NaN is refused as above.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 

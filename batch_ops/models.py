@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Iterator
 from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from batch_ops._locks import PicklableLock
 
 __all__ = [
     "BATCH_ENDPOINTS",
@@ -166,7 +167,7 @@ class BatchStatus(str, Enum):
 
 #: Statuses seen on the wire that this release does not know, one object each (see ``_missing_``).
 _UNKNOWN: dict[str, BatchStatus] = {}
-_UNKNOWN_LOCK = threading.Lock()
+_UNKNOWN_LOCK = PicklableLock()  # pickled by value with the package (Prefect bundles): a fresh lock
 
 
 _TERMINAL = frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED, BatchStatus.CANCELLED})

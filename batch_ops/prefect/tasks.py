@@ -30,7 +30,6 @@ Example:
 import asyncio
 import os
 import tempfile
-import threading
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
@@ -45,6 +44,7 @@ from prefect.logging import get_logger, get_run_logger
 from pydantic import BaseModel, ConfigDict
 
 from batch_ops import AttemptChain, Source, Submission, SubmitSpec, storage
+from batch_ops._locks import PicklableLock
 from batch_ops.chain import IDEMPOTENCY_METADATA_KEY, derive_key, summary_of
 from batch_ops.client import AsyncBatchClient
 from batch_ops.errors import BatchTimeoutError, InputValidationError, Problem
@@ -206,7 +206,7 @@ def _tag_metadata(metadata: Mapping[str, str] | None, flow_run_id: str | None) -
 # reaches the same API with the same key, even from a block that was never saved. Bounded: it only
 # has to outlive a running flow.
 _RUN_SETTINGS: OrderedDict[str, list[ClientSettings]] = OrderedDict()
-_RUN_SETTINGS_LOCK = threading.Lock()
+_RUN_SETTINGS_LOCK = PicklableLock()  # pickled by value with the package (Prefect bundles): a fresh lock
 _RUN_SETTINGS_MAX = 1024
 
 

@@ -8,6 +8,8 @@ SQLite database and free port; one for the module) runs deployments in processes
   the flow-run process loads from its entrypoint, and a flow submitted to the pool as a bundle
   (``submit_to_work_pool``), which the worker's flow-run process unpickles;
 * ``flows/nightly_eval.py`` itself, served the way its users serve it (``python flows/nightly_eval.py``).
+* the server's scheduler service: the runs of served schedules (nightly_eval's cron; the parent
+  flow every 5 s, paused until its test) are created by the server, and run.
 
 After pickling, ``run_batch`` must still validate its parameters: with postponed annotations
 (``from __future__ import annotations``) Prefect resolves them in the unpickled function's
@@ -22,10 +24,12 @@ children, by that group's id.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -120,6 +124,18 @@ DEPLOY_AND_SUBMIT = textwrap.dedent('''
     future = bound.submit_to_work_pool(input_path=path, tag="worker-bundle")
     with open(out, "w") as f:
         json.dump({"deployment": str(run.id), "bundle": str(future.flow_run_id)}, f)
+''')
+
+
+#: The parent flow served on a schedule of a few seconds, paused until its test resumes it: then the
+#: server's scheduler service, not the test, creates its runs (``limit=1``: one at a time).
+SERVE_SCHEDULED = textwrap.dedent('''
+    import sys
+
+    from deploy_parent import parent
+
+    parent.serve(name="scheduled", interval=5, paused=True, limit=1,
+                 parameters={"input_path": sys.argv[1], "tag": "scheduled"})
 ''')
 
 
@@ -232,6 +248,36 @@ class Stack:
         made.raise_for_status()
         return str(made.json()["id"])
 
+    def deployment_id(self, flow_name: str, name: str, *, proc: Proc, timeout: float = 60.0) -> str:
+        """The deployment's id, once ``proc`` (serving it) has registered it."""
+        deadline = time.monotonic() + timeout
+        while (found := self.call("GET", f"/deployments/name/{flow_name}/{name}")).status_code != 200:
+            assert proc.alive(), f"the process serving {flow_name}/{name} exited:\n{proc.tail()}"
+            assert time.monotonic() < deadline, f"no deployment {flow_name}/{name} after {timeout} s:\n{proc.tail()}"
+            time.sleep(0.2)
+        return str(found.json()["id"])
+
+    def deployment_runs(self, deployment_id: str) -> list[dict[str, Any]]:
+        found = self.call("POST", "/flow_runs/filter", json={
+            "flow_runs": {"deployment_id": {"any_": [deployment_id]}}, "sort": "EXPECTED_START_TIME_ASC"})
+        found.raise_for_status()
+        return list(found.json())
+
+    def scheduled_runs(self, deployment_id: str, *, proc: Proc, timeout: float = 20.0) -> list[dict[str, Any]]:
+        """The deployment's runs that the server's scheduler service created (``auto_scheduled``), once
+        there are any: it runs every second here (PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS)."""
+        deadline = time.monotonic() + timeout
+        while not (runs := [r for r in self.deployment_runs(deployment_id) if r.get("auto_scheduled")]):
+            assert proc.alive(), f"the process serving deployment {deployment_id} exited:\n{proc.tail()}"
+            if time.monotonic() > deadline:
+                raised = collections.Counter(  # the exceptions in the server's log, most frequent first
+                    line for line in self.procs["prefect-server"].tail(1_000_000).splitlines()
+                    if re.match(r"[\w.]+(Error|Exception): ", line))
+                pytest.fail(f"the scheduler created no run of deployment {deployment_id} in {timeout} s; the "
+                            f"server's log says:\n" + "\n".join(f"{n} x {e}" for e, n in raised.most_common(5)))
+            time.sleep(0.5)
+        return runs
+
     def final_state(self, flow_run_id: str, *, proc: Proc, timeout: float = 90.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
@@ -292,6 +338,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, batch_server: ServerURL, sec
     (code / "bundle_steps.py").write_text(BUNDLE_STEPS)
     served_requests, worker_requests = work / "served.jsonl", work / "worker.jsonl"
     write_requests(served_requests, make_requests(3, prefix="served"))
+    write_requests(work / "scheduled.jsonl", make_requests(2, prefix="scheduled"))
     write_requests(worker_requests, make_requests(4, prefix="worker"))
     env = {
         **keep,
@@ -309,6 +356,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, batch_server: ServerURL, sec
         "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",  # .serve() looks for runs every second, not every 10
         "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1",  # the scheduler service: every second, not 60
         "OPENAI_API_KEY": secret,
         "OPENAI_BASE_URL": str(batch_server),
     }
@@ -341,6 +389,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, batch_server: ServerURL, sec
         deploy = s.start("deploy-and-submit", [sys.executable, "-c", DEPLOY_AND_SUBMIT, str(installed), s.pool,
                                                str(worker_requests), str(submitted)])
         serve_parent = s.start("serve-parent", [sys.executable, str(installed / "deploy_parent.py")], cwd=work)
+        s.start("serve-scheduled", [sys.executable, "-c", SERVE_SCHEDULED, str(work / "scheduled.jsonl")], cwd=work)
         serve_nightly = s.start("serve-nightly-eval", [sys.executable, str(NIGHTLY_EVAL)], cwd=work, env={
             "BATCH_OPS_EVAL_DIR": str(work / "eval"),
             "BATCH_OPS_EVAL_POLL_INTERVAL": "0.2",
@@ -397,6 +446,48 @@ def test_public_flows_validate_their_parameters_after_pickling(tmp_path: Path, m
             cloudpickle.loads(cloudpickle.dumps(flow)).validate_parameters({})
 
 
+def test_module_locks_pickle_by_value() -> None:
+    """Prefect pickles a local package by value (an editable batch_ops, in a ``submit_to_work_pool``
+    bundle), and with each function the module globals it uses: a ``threading.Lock()`` among them
+    failed the bundle with ``TypeError: cannot pickle '_thread.lock' object``. Each lock now
+    unpickles as a fresh one, and the unpickled functions that take it work."""
+    import batch_ops
+    from batch_ops import BatchStatus
+    from batch_ops.prefect.tasks import settings_used_by
+
+    BatchStatus("queued")  # an unknown status: kept (under the lock) in the module's registry
+    cloudpickle.register_pickle_by_value(batch_ops)
+    try:
+        status = cloudpickle.loads(cloudpickle.dumps(BatchStatus))  # its _missing_ takes a module lock
+        used_by = cloudpickle.loads(cloudpickle.dumps(settings_used_by))  # so does this
+    finally:
+        cloudpickle.unregister_pickle_by_value(batch_ops)
+    assert status("paused").value == "paused" and not status("paused").is_terminal
+    assert used_by("no-such-flow-run") == []
+
+
+def test_flow_using_run_batch_pickles_with_batch_ops_by_value(tmp_path: Path) -> None:
+    """What ``submit_to_work_pool`` does with an editable batch_ops: the user's flow module and every
+    local module it imports (batch_ops among them) are pickled by value; the bundle must unpickle
+    and validate its parameters."""
+    import batch_ops
+
+    source = tmp_path / "parent_by_value.py"
+    source.write_text(PARENT_FLOW)
+    spec = importlib.util.spec_from_file_location("parent_by_value", source)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # not in sys.modules: pickled by value, as a bundle's flow is
+    cloudpickle.register_pickle_by_value(batch_ops)
+    try:
+        data = cloudpickle.dumps(module.parent)
+    finally:
+        cloudpickle.unregister_pickle_by_value(batch_ops)
+    parent = cloudpickle.loads(data)
+    assert parent.validate_parameters({"input_path": "in.jsonl", "tag": "t"}) == {"input_path": "in.jsonl",
+                                                                                  "tag": "t"}
+
+
 def test_served_flow_runs_run_batch_as_a_subflow(stack: Stack) -> None:
     """``parent.serve()`` in its own process; a run of its deployment; ``run_batch`` inside it."""
     stack.assert_ran_batch(stack.run_id("served"), proc=stack.procs["serve-parent"], requests=3, test="served")
@@ -417,3 +508,30 @@ def test_served_nightly_eval_example(stack: Stack) -> None:
     run = stack.run_id("nightly")
     stack.assert_ran_batch(run, proc=stack.procs["serve-nightly-eval"], requests=None, pipeline="nightly_eval")
     assert list((stack.work / "eval" / "reports").rglob("*.md")), "the run wrote no report"
+
+
+def test_scheduler_creates_and_runs_scheduled_flow_runs(stack: Stack) -> None:
+    """The server's scheduler service creates the runs of served schedules, and they run.
+
+    With SQLAlchemy 2.1 under prefect 3.7.7 every scheduler cycle failed (``InvalidRequestError: Can't
+    evaluate bulk DML statement; please supply a bulk_dml decorated function``) and no scheduled run
+    was ever created: ``python flows/nightly_eval.py`` (a cron schedule) never ran. Here: the served
+    nightly eval's cron deployment gets runs from the scheduler, at the cron's times; and the parent
+    flow served with ``interval=5`` (paused until now) gets runs from the scheduler once resumed, the
+    first of which runs to COMPLETED with its ``run_batch`` subflow and batch.
+    """
+    nightly = stack.deployment_id("nightly-eval", "nightly-eval", proc=stack.procs["serve-nightly-eval"])
+    runs = stack.scheduled_runs(nightly, proc=stack.procs["serve-nightly-eval"])
+    assert {r["state"]["type"] for r in runs} == {"SCHEDULED"}, runs
+    # BATCH_OPS_EVAL_CRON is "0 0 1 1 *" (UTC): every run the scheduler made is at midnight on 1 January.
+    assert all(r["expected_start_time"][4:19] == "-01-01T00:00:00" for r in runs), runs
+
+    served = stack.procs["serve-scheduled"]
+    scheduled = stack.deployment_id("deploy-parent", "scheduled", proc=served)
+    assert not stack.deployment_runs(scheduled), "a paused deployment got runs"
+    stack.call("POST", f"/deployments/{scheduled}/resume_deployment").raise_for_status()
+    try:
+        first = stack.scheduled_runs(scheduled, proc=served)[0]
+        stack.assert_ran_batch(str(first["id"]), proc=served, requests=2, test="scheduled")
+    finally:  # its later runs are of no use here: pausing deletes those not started yet
+        stack.call("POST", f"/deployments/{scheduled}/pause_deployment")

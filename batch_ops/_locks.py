@@ -1,0 +1,66 @@
+"""Module-level locks and weak caches that survive pickling by value.
+
+Prefect pickles a flow with cloudpickle, and pickles a local (e.g. editable) package such as
+batch_ops *by value*: the module globals its functions use go along. A ``threading.Lock()`` there
+fails the whole flow with ``TypeError: cannot pickle '_thread.lock' object``. ``PicklableLock``
+pickles as "a new, unlocked lock": what it guards is process-local state, so the unpickling
+process gets a lock of its own. ``PicklableWeakKeyDictionary`` likewise pickles as an empty one
+(a ``weakref.WeakKeyDictionary`` fails with ``cannot pickle 'weakref.ReferenceType' object``).
+
+Example:
+    >>> import pickle
+    >>> lock = PicklableLock()
+    >>> with lock:
+    ...     copy = pickle.loads(pickle.dumps(lock))
+    >>> lock.locked(), copy.locked(), copy is lock
+    (False, False, False)
+    >>> class Loop: ...
+    >>> loop = Loop()
+    >>> cache = PicklableWeakKeyDictionary({loop: "client"})
+    >>> copy = pickle.loads(pickle.dumps(cache))
+    >>> len(cache), len(copy), type(copy).__name__
+    (1, 0, 'PicklableWeakKeyDictionary')
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any, TypeVar
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+class PicklableLock:
+    """``threading.Lock()`` that pickles (and copies) as a fresh, unlocked lock."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __reduce__(self) -> tuple[type[PicklableLock], tuple[()]]:
+        return (type(self), ())
+
+    def __enter__(self) -> bool:
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._lock.__exit__(*exc)
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+
+class PicklableWeakKeyDictionary(weakref.WeakKeyDictionary[_K, _V]):
+    """``weakref.WeakKeyDictionary`` that pickles as a new, empty one (its entries are process-local)."""
+
+    def __reduce__(self) -> tuple[type[PicklableWeakKeyDictionary[_K, _V]], tuple[()]]:
+        return (type(self), ())
