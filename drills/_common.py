@@ -496,6 +496,24 @@ class AirflowHome:
             db.close()
 
 
+def stop_all(procs: list[Proc], grace: float = 20.0) -> None:
+    """SIGTERM every process at once, give them ``grace`` seconds together, then SIGKILL what is left
+    and every process that ran under them.
+
+    Task processes (LocalExecutor, Celery) run in sessions of their own: they are noted first, so
+    none outlives a parent that had to be killed.
+    """
+    tree = {pid for proc in procs if proc.alive() for pid in descendants(proc.pid)}
+    for proc in procs:
+        proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        proc.stop(grace=max(deadline - time.monotonic(), 0.1))
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
 class AirflowStack:
     """A real deployment on an :class:`AirflowHome`: API server (the task runner's Execution
     API), scheduler with LocalExecutor, DAG processor and triggerer, each its own process.
@@ -621,18 +639,7 @@ class AirflowStack:
         """SIGTERM every component at once, give them 20 s together, then SIGKILL what is left."""
         with shielded():
             self.http.close()
-            procs = list(self.procs.values())
-            # Task workers of the LocalExecutor run in sessions of their own: note them now, so
-            # none outlives a scheduler that had to be killed.
-            tree = {pid for proc in procs if proc.alive() for pid in descendants(proc.pid)}
-            for proc in procs:
-                proc.terminate()
-            deadline = time.monotonic() + 20.0
-            for proc in procs:
-                proc.stop(grace=max(deadline - time.monotonic(), 0.1))
-            for pid in tree:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
+            stop_all(list(self.procs.values()))
 
 
 def _quiet(fn: Callable[[], Any], *errors: type[BaseException]) -> Any:

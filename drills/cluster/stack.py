@@ -22,12 +22,11 @@ import os
 import secrets
 import signal
 import sys
-import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from drills._common import AIRFLOW, ROOT, DrillFailed, Proc, descendants, shielded, wait_for
+from drills._common import AIRFLOW, ROOT, DrillFailed, Proc, descendants, shielded, stop_all, wait_for
 from drills.cluster.services import Postgres, free_port
 
 __all__ = ["CeleryStack"]
@@ -214,16 +213,7 @@ class CeleryStack:
         (and every process that ran under them)."""
         with shielded():
             self.http.close()
-            procs = list(self.procs.values())
-            tree = {pid for proc in procs if proc.alive() for pid in descendants(proc.pid)}
-            for proc in procs:
-                proc.terminate()
-            deadline = time.monotonic() + 20.0
-            for proc in procs:
-                proc.stop(grace=max(deadline - time.monotonic(), 0.1))
-            for pid in tree:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
+            stop_all(list(self.procs.values()))
 
     # -- the REST API and the metadata DB -------------------------------------------------------
     def trigger_dag(self, dag_id: str, conf: Mapping[str, Any] | None = None) -> str:
