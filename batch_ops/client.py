@@ -36,12 +36,12 @@ from pydantic import ValidationError
 from batch_ops import _plans, storage
 from batch_ops._files import atomic_file
 from batch_ops._http import USER_AGENT, MultipartBody, RetryPolicy
-from batch_ops._locks import PicklableWeakKeyDictionary
 from batch_ops._plans import Notify, Reply, Send, Sleep, Work
 from batch_ops._submit import Source, Submission, SubmitSpec, find_chain_plan, submit_plan
 from batch_ops._transport import READ_EAGERLY, AiohttpTransport, aiohttp_available
 from batch_ops.chain import Attempt, AttemptChain
 from batch_ops.errors import BatchOpsError, ConfigurationError, InputValidationError, Problem
+from batch_ops.locks import PicklableWeakKeyDictionary
 from batch_ops.models import Batch, BatchList, BatchStatus, FileList, FileObject, ResultLine
 from batch_ops.polling import DEFAULT_FAIL_ON, BatchPoller
 from batch_ops.results import join_chain_results
@@ -699,7 +699,7 @@ class AsyncBatchClient(_Base):
         'http://127.0.0.1:8765/v1'
     """
 
-    # Pickles as an empty dictionary: Prefect pickles batch_ops by value (see batch_ops._locks).
+    # Pickles as an empty dictionary: Prefect pickles batch_ops by value (see batch_ops.locks).
     _shared: ClassVar[PicklableWeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncBatchClient]]] = (
         PicklableWeakKeyDictionary()
     )

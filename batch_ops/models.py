@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from batch_ops._locks import PicklableLock
+from batch_ops.locks import PicklableLock
 
 __all__ = [
     "BATCH_ENDPOINTS",

@@ -44,11 +44,11 @@ from prefect.logging import get_logger, get_run_logger
 from pydantic import BaseModel, ConfigDict
 
 from batch_ops import AttemptChain, Source, Submission, SubmitSpec, storage
-from batch_ops._locks import PicklableLock
 from batch_ops.chain import IDEMPOTENCY_METADATA_KEY, derive_key, summary_of
 from batch_ops.client import AsyncBatchClient
 from batch_ops.errors import BatchTimeoutError, InputValidationError, Problem
 from batch_ops.jsonl import request_file, validate_file, write_requests
+from batch_ops.locks import PicklableLock
 from batch_ops.models import METADATA_MAX_PAIRS, Batch, BatchStatus, RequestCounts, Usage
 from batch_ops.polling import DEFAULT_FAIL_ON, describe, raise_for_outcome
 from batch_ops.prefect.artifacts import ProgressArtifact, create_summary_artifact

@@ -1,4 +1,4 @@
-"""Module-level locks and weak caches that survive pickling by value.
+"""Locks and weak caches for module-level state that survive pickling by value (public: adapters use them too).
 
 Prefect pickles a flow with cloudpickle, and pickles a local (e.g. editable) package such as
 batch_ops *by value*: the module globals its functions use go along. A ``threading.Lock()`` there
