@@ -1067,7 +1067,7 @@ async def _staged(path: Path | Location) -> AsyncIterator[Path]:
         return
     tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, "", "batch_ops_stage_"))
     try:
-        yield await asyncio.to_thread(storage.stage, path, tmp / (Path(path.path).name or "file"))
+        yield await asyncio.to_thread(storage.stage, path, tmp / path.name)
     finally:
         await asyncio.to_thread(shutil.rmtree, tmp, True)
 
@@ -1080,7 +1080,7 @@ async def _published(target: Path | Location) -> AsyncIterator[Path]:
         return
     tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, "", "batch_ops_stage_"))
     try:
-        local = tmp / (Path(target.path).name or "file")
+        local = tmp / target.name
         yield local
         await asyncio.to_thread(storage.publish, local, target)
     finally:

@@ -42,9 +42,9 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePath, PurePosixPath
+from pathlib import Path, PurePath
 from typing import Any, Union, cast
 
 from batch_ops.errors import InputValidationError, Problem, StorageError
@@ -97,6 +97,11 @@ class Location:
     def __str__(self) -> str:
         protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
         return f"{protocol}://{self.path}" if not self.path.startswith(f"{protocol}://") else self.path
+
+    @property
+    def name(self) -> str:
+        """The file's name (the last part of its path), for the local copy of it."""
+        return Path(self.path).name or "file"
 
     def child(self, *parts: str) -> Location:
         return Location(self.fs, "/".join([self.path.rstrip("/"), *parts]))
@@ -238,11 +243,8 @@ def local_copy(target: StorageTarget, *, suffix: str = "") -> Iterator[Path]:
     if isinstance(where, Path):
         yield where
         return
-    tmp = Path(tempfile.mkdtemp(prefix="batch_ops_stage_"))
-    try:
-        yield stage(where, tmp / ((Path(where.path).name or "file") + suffix))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _scratch() as tmp:
+        yield stage(where, tmp / (where.name + suffix))
 
 
 def stage(target: StorageTarget, dest: Path) -> Path:
@@ -279,14 +281,11 @@ def local_output(target: StorageTarget) -> Iterator[Path]:
     if isinstance(where, Path):
         yield where
         return
-    tmp = Path(tempfile.mkdtemp(prefix="batch_ops_stage_"))
-    try:
-        local = tmp / (Path(where.path).name or "file")
+    with _scratch() as tmp:
+        local = tmp / where.name
         yield local
         if local.exists():
             publish(local, where)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def publish(local: Path, target: StorageTarget) -> None:
@@ -309,36 +308,35 @@ def publish(local: Path, target: StorageTarget) -> None:
 
 
 @contextlib.contextmanager
-def local_folder(target: StorageTarget, *, fetch: Iterable[str] = ()) -> Iterator[Path]:
+def local_folder(target: StorageTarget) -> Iterator[Path]:
     """A local folder standing for the folder ``target``, for the length of the block.
 
-    A local target is yielded as it is. For a remote one, a temporary folder is yielded with the
-    files named in ``fetch`` (relative paths) copied in when they exist; when the block ends
-    normally, every file in the folder is put back under ``target`` at the same relative path.
-    Use :func:`join` with the relative path to name a file's remote place.
+    A local target is yielded as it is. For a remote one, an empty temporary folder is yielded;
+    when the block ends normally, every file written in it is put under ``target`` at the same
+    relative path (files already there and not written are left alone). Use :func:`join` with
+    the relative path to name a file's remote place.
 
     Example:
-        >>> with local_folder("memory://batch_ops-doc/reports", fetch=["history.jsonl"]) as root:
-        ...     _ = (root / "history.jsonl").write_text("{}\\n")
-        >>> read_text("memory://batch_ops-doc/reports/history.jsonl")
-        '{}\\n'
+        >>> with local_folder("memory://batch_ops-doc/reports") as root:
+        ...     _ = (root / "runs").mkdir(), (root / "runs" / "a.md").write_text("# a\\n")
+        >>> read_text("memory://batch_ops-doc/reports/runs/a.md")
+        '# a\\n'
     """
     where = location(target)
     if isinstance(where, Path):
         yield where
         return
-    tmp = Path(tempfile.mkdtemp(prefix="batch_ops_stage_"))
-    try:
-        for name in fetch:
-            remote = where.child(*PurePosixPath(name).parts)
-            if exists(remote):
-                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-                stage(remote, tmp / name)
+    with _scratch() as tmp:
         yield tmp
         for local in sorted(p for p in tmp.rglob("*") if p.is_file()):
             publish(local, where.child(*local.relative_to(tmp).parts))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _scratch() -> Iterator[Path]:
+    """A temporary local folder for staged copies, removed when the block ends, however it ends."""
+    with tempfile.TemporaryDirectory(prefix="batch_ops_stage_", ignore_cleanup_errors=True) as name:
+        yield Path(name)
 
 
 def read_all(folder: StorageTarget, *, suffix: str = "") -> list[str]:
@@ -358,6 +356,10 @@ def read_all(folder: StorageTarget, *, suffix: str = "") -> list[str]:
             return []
         files = sorted(p for p in where.iterdir() if p.is_file() and p.name.endswith(suffix))
         return [p.read_text(encoding="utf-8") for p in files]
+    if not hasattr(where.fs, "ls"):
+        raise StorageError(f"{display(folder)} cannot be listed (a file system without folders, e.g. a Prefect "
+                           "block that only reads and writes whole files): use an fsspec URL or a "
+                           "RemoteFileSystem/LocalFileSystem block for folders such as the eval history")
     try:
         if not where.fs.isdir(where.path):
             return []
