@@ -299,9 +299,10 @@ def publish(local: Path, target: StorageTarget) -> None:
         raise ValueError(f"publish() puts files on object storage; {where} is local")
     try:
         parent = where.path.rsplit("/", 1)[0] if "/" in where.path else ""
-        if parent:
-            with contextlib.suppress(Exception):  # object stores have no directories to make
-                where.fs.makedirs(parent, exist_ok=True)
+        # Only a local file system needs its folders made. An object store has none, and its
+        # makedirs creates a missing *bucket* (s3fs, gcsfs): a mistyped URL must fail, not do that.
+        if parent and getattr(where.fs, "local_file", False):
+            where.fs.makedirs(parent, exist_ok=True)
         where.fs.put_file(str(local), where.path)
     except Exception as exc:
         raise _storage_error("write", target, exc) from exc

@@ -522,3 +522,28 @@ def test_job_runs_many_batches_and_prints_a_summary_line(tmp_path: Path) -> None
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["custom_id"] for line in lines] == [f"q-{i}" for i in range(120)]
     assert lines[7]["response"]["status_code"] == 400
+
+
+def test_commands_read_and_write_object_storage(cli: Cli, server_url: str, s3: Any, tmp_path: Path) -> None:
+    """INPUT and --output may be s3:// URLs (moto over loopback): validate, submit, results and a job
+    whose state lives on S3 — run twice, the second run resumes from S3 and submits nothing."""
+    s3.put_file(str(chat_file(tmp_path / "in.jsonl", 30)), "batch-ops-test/cli/in.jsonl")
+    src = "s3://batch-ops-test/cli/in.jsonl"
+    assert "valid: 30 requests" in cli("validate", src).stdout
+    batch = submitted(cli, server_url, src, "--wait", "--poll-interval", "0.05")  # type: ignore[arg-type]
+    written = cli("results", batch["id"], "-o", "s3://batch-ops-test/cli/r.csv", "--input", src,
+                  "--base-url", server_url, "--json")
+    assert written.code == 0 and written.json()["output"] == "s3://batch-ops-test/cli/r.csv"
+    s3.invalidate_cache()
+    assert len(s3.cat("batch-ops-test/cli/r.csv").decode().splitlines()) == 31  # header + 30 rows
+    args = ("job", src, "--endpoint", CHAT, "--output", "s3://batch-ops-test/cli/job/out.jsonl", "--max-lines", "10",
+            "--poll-interval", "0.05", "--base-url", server_url)
+    first, again = cli(*args), cli(*args)
+    assert first.code == 0, first.stderr
+    summary = json.loads(first.stdout.splitlines()[-1])
+    assert summary["succeeded"] == 30 and summary["batches"] == 3
+    assert summary["state_path"] == "s3://batch-ops-test/cli/job/out.jsonl.state.json"
+    assert json.loads(again.stdout.splitlines()[-1])["batches"] == 3
+    missing = cli("validate", "s3://batch-ops-test/cli/absent.jsonl")
+    assert missing.code == 1 and "file_not_found" in missing.stderr
+    assert cli("validate", tmp_path / "absent.jsonl").code == 2

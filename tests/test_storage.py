@@ -15,39 +15,16 @@ from typing import Any
 
 import fsspec
 import pytest
-from moto.server import ThreadedMotoServer
 
 from batch_ops import AsyncBatchClient, BatchClient, InputValidationError, storage
-from batch_ops.errors import NotFoundError
+from batch_ops.errors import NotFoundError, StorageError
 from batch_ops.evals import prepare_requests, read_history, score_and_report
 from batch_ops.server import ServerURL, serve_in_background
 
+from .conftest import S3_BUCKET
+
 KEY = "sk-storage-test-8812"
-BUCKET = "batch-ops-test"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """A fresh bucket on the local S3; the environment points s3fs (botocore) at it."""
-    for name, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(name, value)
-    fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    fs.invalidate_cache()
-    if fs.exists(BUCKET):
-        fs.rm(BUCKET, recursive=True)
-    fs.mkdir(BUCKET)
-    fsspec.filesystem("s3").invalidate_cache()  # the instance the package will get
-    return fs
+BUCKET = S3_BUCKET
 
 
 @pytest.fixture(scope="module")
@@ -197,12 +174,9 @@ def test_memory_file_system_and_location() -> None:
     assert storage.display("s3://user:secret@bucket/key") == "s3://bucket/key"
 
 
-def test_a_job_on_object_storage_is_refused_with_the_fix(tmp_path: Path) -> None:
-    """Jobs keep state and parts next to the output; until those live on object storage too, say so."""
-    from batch_ops.jobs import BatchJob
-
-    (tmp_path / "in.jsonl").write_text(_requests(2))
-    with pytest.raises(InputValidationError, match="local_path_required") as err:
-        BatchJob.open(str(tmp_path / "in.jsonl"), output_path="s3://bucket/out.jsonl", endpoint="/v1/embeddings")
-    assert "output_path" in str(err.value) and "copy the input there first" in str(err.value)
-    assert not (tmp_path / "in.jsonl.state.json").exists()
+def test_a_mistyped_bucket_is_an_error_not_a_new_bucket(s3: Any) -> None:
+    """Writing under a bucket that does not exist fails with StorageError; it used to create the bucket
+    (the parent folder was made with the file system's makedirs, which on S3 makes buckets)."""
+    with pytest.raises(StorageError, match="no-such-bucket-4417"):
+        storage.write_text("s3://no-such-bucket-4417/reports/latest.md", "# report\n")
+    assert not s3.exists("no-such-bucket-4417")

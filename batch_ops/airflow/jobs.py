@@ -11,9 +11,13 @@ next to the output). The operator only alternates between the worker and the tri
 It returns (XCom ``return_value``) the job summary: ``total``, ``succeeded``, ``failed``,
 ``batches``, ``resubmitted``, ``rounds``, ``usage``, ``output_path`` and ``state_path``.
 
-The state file must be on storage every worker sees (a local disk with the LocalExecutor; a
-shared volume otherwise). A retried task resumes the job from it: no finished batch is
-submitted again, and a batch whose create was interrupted is re-attached, not paid twice.
+The state file sits next to the output, so the output must be where every worker that runs a
+step sees it: a local path with the LocalExecutor (or a volume every worker mounts); with
+workers that share no disk (CeleryExecutor, KubernetesExecutor) an object storage URL
+(``s3://…``, with ``storage_conn_id`` for its connection), where the job keeps its state, parts
+and results (:mod:`batch_ops.jobs.store`). Each step (and a retried task) resumes the job from
+there: no finished batch is submitted again, and a batch whose create was interrupted is
+re-attached, not paid twice.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from airflow.sdk import BaseOperator
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from batch_ops.airflow.hooks import OpenAIBatchHook
+from batch_ops.airflow.operators import with_storage_conn
 from batch_ops.airflow.triggers import shared_client
 from batch_ops.errors import BatchOpsError, BatchTimeoutError, RequestFailuresError, is_permanent
 from batch_ops.jobs import BatchJob, JobConfig, JobProgress
@@ -115,8 +120,13 @@ class OpenAIBatchJobOperator(BaseOperator):
     """Run a request file of any size as many batches; every request answered or accounted for.
 
     Args:
-        input_path: the request file (templated); any size — it is sharded.
-        output_path: the merged results (templated); the job's state file sits beside it.
+        input_path: the request file (templated); any size — it is sharded. A local path or an
+            object storage URL.
+        output_path: the merged results (templated); the job's state and work files sit beside
+            it. On workers that share no disk, an object storage URL (``s3://bucket/job/out.jsonl``).
+        storage_conn_id: the Airflow connection of the URLs' object storage (they are read as
+            ``ObjectStoragePath(url, conn_id=storage_conn_id)``); None: the file system's own
+            defaults (environment, instance role).
         config: a :class:`~batch_ops.jobs.JobConfig` (or a dict of its fields; templated): the
             endpoint, concurrency, rounds, per-batch limits, metadata, prices and token-limit back-off.
             Its fields may also be given as keywords (``endpoint="/v1/embeddings"``).
@@ -145,6 +155,7 @@ class OpenAIBatchJobOperator(BaseOperator):
         input_path: str,
         output_path: str,
         config: JobConfig | Mapping[str, Any] | None = None,
+        storage_conn_id: str | None = None,
         conn_id: str = OpenAIBatchHook.default_conn_name,
         poll_interval: float = 60.0,
         timeout: timedelta | float | None = timedelta(hours=72),
@@ -158,6 +169,7 @@ class OpenAIBatchJobOperator(BaseOperator):
             raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval}")
         self.input_path = input_path
         self.output_path = output_path
+        self.storage_conn_id = storage_conn_id
         # Checked now (a wrong setting fails at parse time), kept as a dict so Jinja renders its strings.
         self.config = JobConfig.of(config, **options).model_dump()
         self.conn_id = conn_id
@@ -167,7 +179,8 @@ class OpenAIBatchJobOperator(BaseOperator):
         self.fail_on_request_failures = fail_on_request_failures
 
     def _job(self) -> BatchJob:
-        return BatchJob.open(self.input_path, output_path=self.output_path, config=self.config)
+        return BatchJob.open(with_storage_conn(self.input_path, self.storage_conn_id),
+                             output_path=with_storage_conn(self.output_path, self.storage_conn_id), config=self.config)
 
     def execute(self, context: Context) -> Any:
         deadline = time.time() + self.timeout_seconds if self.timeout_seconds else None

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
     from batch_ops import Submission
 
-__all__ = ["XCOM_BATCH", "XCOM_BATCH_ID", "OpenAIBatchOperator", "idempotency_key"]
+__all__ = ["XCOM_BATCH", "XCOM_BATCH_ID", "OpenAIBatchOperator", "idempotency_key", "with_storage_conn"]
 
 #: Seconds of clock skew allowed between Airflow and the API when bounding the key lookup.
 _LOOKBACK_SKEW = 600.0
@@ -99,6 +99,18 @@ def _literal(value: Any) -> Any:
     except ImportError:  # Airflow 3.0
         return value
     return literal(value)
+
+
+def with_storage_conn(path: Any, storage_conn_id: str | None) -> Any:
+    """``path`` as ``ObjectStoragePath(path, conn_id=storage_conn_id)`` when it is a URL and a connection is given.
+
+    Example:
+        >>> with_storage_conn("/data/in.jsonl", "aws_default"), with_storage_conn("s3://b/k", None)
+        ('/data/in.jsonl', 's3://b/k')
+    """
+    if storage_conn_id and isinstance(path, str) and "://" in path:
+        return ObjectStoragePath(path, conn_id=storage_conn_id)
+    return path
 
 
 class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
@@ -290,9 +302,7 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
         if self.input_file_id is not None:
             return Source(file_id=self.input_file_id)
         if self.input_path is not None:
-            if self.storage_conn_id and isinstance(self.input_path, str) and "://" in self.input_path:
-                return ObjectStoragePath(self.input_path, conn_id=self.storage_conn_id)
-            return self.input_path
+            return with_storage_conn(self.input_path, self.storage_conn_id)
         requests = self.requests
         if isinstance(requests, (str, bytes, Mapping)) or not isinstance(requests, Collection):
             raise AirflowFailException(f"requests must be a list of request dicts, got {type(requests).__name__}")

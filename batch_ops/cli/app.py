@@ -27,7 +27,7 @@ import typer
 from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from batch_ops import SubmitSpec
+from batch_ops import SubmitSpec, storage
 from batch_ops._files import atomic_file
 from batch_ops.cli import EXIT_CODES, EXIT_CONFIG, EXIT_FAILED, exit_code_for, render
 from batch_ops.client import BatchClient
@@ -301,9 +301,20 @@ def _parse_metadata(values: list[str] | None) -> dict[str, str] | None:
 # Commands
 # ---------------------------------------------------------------------------------------------
 
+def _file_or_url(value: str | None) -> str | None:
+    """A URL passes (it is read when used, with a clear error if absent); a local path must be a file."""
+    if value is None or storage.is_url(value):
+        return value
+    path = storage.location(value)
+    if not isinstance(path, Path) or not path.is_file():
+        raise typer.BadParameter(f"{value} is not a file (a local path or an s3://, gs://, az:// URL)")
+    return value
+
+
 InputArgument = Annotated[
-    Path, typer.Argument(exists=True, dir_okay=False, readable=True, metavar="INPUT",
-                         help="JSONL request file, one request per line.")
+    str, typer.Argument(metavar="INPUT", callback=_file_or_url,
+                        help="JSONL request file, one request per line: a local path or an object storage URL "
+                        "(s3://, gs://, az://).")
 ]
 EndpointOption = Annotated[
     str | None,
@@ -355,15 +366,16 @@ def submit(
     out = _Out(json=json_output)
     meta = _parse_metadata(metadata)
     expires = {"anchor": "created_at", "seconds": output_expires_after} if output_expires_after is not None else None
-    with _handled(out):
+    # A remote INPUT is copied locally once (piece by piece), then validated and uploaded from there.
+    with _handled(out), storage.local_copy(input_path) as local:
         # Offline first: a bad file is reported line by line before any key or network is needed.
-        report, problems = check_file(input_path, endpoint=endpoint)
+        report, problems = check_file(local, endpoint=endpoint)
         if problems:
-            raise InputValidationError(problems, source=str(input_path), truncated=report.truncated)
+            raise InputValidationError(problems, source=storage.display(input_path), truncated=report.truncated)
         out.note(f"validated {report.lines} requests ({render.human_bytes(report.bytes)}) for {report.endpoint}"
                  + (f", model {report.model}" if report.model else ""))
         with _client(out, base_url, api_key, max_retries) as client:
-            submission = client.submit_spec(input_path, SubmitSpec(
+            submission = client.submit_spec(local, SubmitSpec(
                 endpoint=endpoint, completion_window=completion_window, metadata=meta,
                 output_expires_after=expires, idempotency_key=idempotency_key,
             ))
@@ -542,7 +554,8 @@ def cancel(
 def results(
     batch_id: Annotated[str, typer.Argument(metavar="BATCH_ID", help="A finished batch (completed, failed, ...).")],
     output: Annotated[
-        Path, typer.Option("--output", "-o", dir_okay=False, metavar="PATH", help="File to write (replaced whole).")
+        str, typer.Option("--output", "-o", metavar="PATH",
+                          help="File to write (replaced whole): a local path or an object storage URL (s3://…).")
     ],
     fmt: Annotated[
         Literal["jsonl", "csv"] | None,
@@ -550,9 +563,9 @@ def results(
                      help="jsonl (one result object per line) or csv [default: from the PATH suffix, else jsonl]."),
     ] = None,
     input_path: Annotated[
-        Path | None,
-        typer.Option("--input", "-i", exists=True, dir_okay=False, readable=True, metavar="PATH", show_default=False,
-                     help="The local request file the batch ran (saves downloading the input file)."),
+        str | None,
+        typer.Option("--input", "-i", callback=_file_or_url, metavar="PATH", show_default=False,
+                     help="The request file the batch ran, local or a URL (saves downloading the input file)."),
     ] = None,
     base_url: BaseUrlOption = None,
     api_key: ApiKeyOption = None,
@@ -567,7 +580,7 @@ def results(
     A request with no result at all appears with error_code missing_result.
     """
     out = _Out(json=json_output)
-    kind = fmt or ("csv" if output.suffix.lower() == ".csv" else "jsonl")
+    kind = fmt or ("csv" if output.lower().endswith(".csv") else "jsonl")
     tally = render.ResultTally()
     with _handled(out), _client(out, base_url, api_key, max_retries) as client:
         batch = client.batches.retrieve(batch_id)
@@ -575,8 +588,8 @@ def results(
             out.fail(f"Batch {batch.id} is still {describe(batch)}: its results are not ready "
                      f"(batch-ops status {batch.id}; or submit with --wait).", EXIT_FAILED,
                      kind="BatchNotFinished", batch=batch)
-        # Written beside the target and renamed: PATH holds all results or stays as it was.
-        with atomic_file(output, "w", encoding="utf-8", newline="") as fh:
+        # Written beside the target and renamed (or put as one object): PATH holds all results or stays as it was.
+        with storage.local_output(output) as target, atomic_file(target, "w", encoding="utf-8", newline="") as fh:
             lines = client.results(batch, input_path=input_path)
             if kind == "csv":
                 writer = csv.writer(fh)
@@ -588,7 +601,7 @@ def results(
                 for line in lines:
                     tally.add(line)
                     fh.write(line.model_dump_json() + "\n")
-    out.result({"batch_id": batch.id, "status": batch.status.value, "output": str(output), "format": kind,
+    out.result({"batch_id": batch.id, "status": batch.status.value, "output": storage.display(output), "format": kind,
                 **tally.as_dict()})
     style = "green" if tally.failed == 0 else "yellow"
     if not out.json:
@@ -606,8 +619,8 @@ def validate(
     Prints every problem with its line, rule and fix; exit 1 when there is any.
     """
     out = _Out(json=json_output)
-    with _handled(out):
-        report, problems = check_file(input_path, endpoint=endpoint)
+    with _handled(out), storage.local_copy(input_path) as local:
+        report, problems = check_file(local, endpoint=endpoint)
     if out.json:
         out.result(render.report_json(report, problems))
     elif problems:
@@ -636,8 +649,8 @@ def shard(
 ) -> None:
     """Split a request file into parts that each fit the limits (validated first; lines kept whole, in order)."""
     out = _Out(json=json_output)
-    with _handled(out):
-        paths = shard_file(input_path, out_dir, max_lines=max_lines, max_bytes=max_bytes, endpoint=endpoint)
+    with _handled(out), storage.local_copy(input_path) as local:
+        paths = shard_file(local, out_dir, max_lines=max_lines, max_bytes=max_bytes, endpoint=endpoint)
         sizes = [(p, _count_lines(p), p.stat().st_size) for p in paths]
     if out.json:
         parts = [{"path": str(p), "lines": lines, "bytes": size} for p, lines, size in sizes]
@@ -655,8 +668,10 @@ def job(
         str, typer.Option("--endpoint", "-e", metavar="ENDPOINT", help="Batch endpoint, e.g. /v1/chat/completions.")
     ],
     output: Annotated[
-        Path, typer.Option("--output", "-o", dir_okay=False, metavar="PATH",
-                           help="Merged results (one line per request, input order); the state file sits beside it.")
+        str, typer.Option("--output", "-o", metavar="PATH",
+                          help="Merged results (one line per request, input order); the state and work files sit "
+                          "beside it. A local path or an object storage URL (s3://…): a job there resumes on any "
+                          "machine.")
     ],
     max_concurrent: Annotated[int, typer.Option("--max-concurrent", min=1, help="Batches running at once.")] = 4,
     max_rounds: Annotated[

@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import shutil
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
@@ -53,7 +52,8 @@ from batch_ops.errors import (
 )
 from batch_ops.jobs.config import JobConfig
 from batch_ops.jobs.harvest import UsageTotals, harvest_part, merge, synthesize_failures
-from batch_ops.jobs.state import JobState, PartState, load_state, save_state, state_path_for, work_dir_for
+from batch_ops.jobs.state import JobState, PartState
+from batch_ops.jobs.store import JobStore, LocalJobStore, store_for
 from batch_ops.jsonl import check_file, shard_file, validate_file
 from batch_ops.models import Batch, BatchStatus
 
@@ -105,7 +105,9 @@ class JobSummary:
         return dict(self.__dict__)
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def _same_place(a: Path | storage.Location, b: Path | storage.Location) -> bool:
+    if not (isinstance(a, Path) and isinstance(b, Path)):
+        return _name(a) == _name(b)
     try:
         if b.exists() and a.exists():
             return os.path.samefile(a, b)
@@ -114,10 +116,26 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _job_id(input_path: Path, output_path: Path) -> str:
+def _name(where: Path | storage.Location) -> str:
+    """How a state names a job's input or output: an absolute local path, or a URL without credentials."""
+    return str(where.resolve()) if isinstance(where, Path) else storage.display(where)
+
+
+def _version(where: Path | storage.Location) -> str:
+    # What changes when the file is rewritten: size and modification time (and an object's ETag).
+    if isinstance(where, Path):
+        stat = where.stat()
+        return f"{stat.st_size}|{stat.st_mtime_ns}"
+    try:
+        info = where.fs.info(where.path)
+    except Exception:  # looked up again (with a clear error) when the input is staged
+        return ""
+    return "|".join(str(info.get(k, "")) for k in ("size", "ETag", "LastModified", "mtime"))
+
+
+def _job_id(src: Path | storage.Location, out: Path | storage.Location) -> str:
     # Stable for the same input and output, so the metadata of its batches is recognisable.
-    stat = input_path.stat()
-    raw = f"{input_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{output_path.resolve()}"
+    raw = f"{_name(src)}|{_version(src)}|{_name(out)}"
     return "job_" + hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -125,19 +143,33 @@ class BatchJob:
     """A resumable job over many batches. Open it, then ``run(client)`` (or ``arun``).
 
     Args (of :meth:`open`):
-        input_path: the request file (any size; sharded into valid batches).
-        output_path: where the merged results go; the state file sits next to it.
+        input_path: the request file (any size; sharded into valid batches): a local path, or a
+            file on object storage (an fsspec URL, an ``ObjectStoragePath``, a ``UPath``, a
+            :class:`~batch_ops.storage.Location`).
+        output_path: where the merged results go, local or on object storage; the state and the
+            work files sit next to it (see :mod:`batch_ops.jobs.store`), so a job whose output is
+            on object storage resumes on any machine.
         config: a :class:`~batch_ops.jobs.JobConfig` (endpoint, concurrency, rounds, limits, ...),
             or its fields as keywords.
     """
 
-    def __init__(self, state: JobState, *, state_path: Path, max_concurrent: int,
-                 prices: Mapping[str, Mapping[str, float]] | None) -> None:
+    def __init__(self, state: JobState, *, store: JobStore, input_path: Any, output_path: Any,
+                 max_concurrent: int, prices: Mapping[str, Mapping[str, float]] | None) -> None:
         self.state = state
-        self.state_path = state_path
-        self.work_dir = work_dir_for(state.output_path)
+        self.store = store
+        self.work_dir = store.work
+        self._input = input_path
+        self._output = output_path
         self.max_concurrent = max_concurrent
         self.prices = prices
+
+    @property
+    def state_path(self) -> Path | str:
+        """The state file: a local ``Path``, or a URL when the output is on object storage."""
+        return self.store.state_path if isinstance(self.store, LocalJobStore) else self.store.state_name
+
+    def _save(self) -> None:
+        self.store.save(self.state)
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
@@ -155,54 +187,44 @@ class BatchJob:
         (its fields as keywords, e.g. ``endpoint=...``) say what to run and how.
         """
         cfg = JobConfig.of(config, **options)
-        given = {"input_path": input_path, "output_path": output_path}
-        remote = {name: value for name, value in given.items()
-                  if storage.is_path_object(value) or (isinstance(value, str) and storage.is_url(value))}
-        if remote:
-            # A job's state and parts sit next to its output and are re-read on every resume: on object
-            # storage a resume on another machine would need them there too, which is not built yet.
-            raise InputValidationError(
-                [Problem(rule="local_path_required", param=name,
-                         message=f"{name} is on object storage ({storage.display(value)})",
-                         fix="run a job on local paths (one machine, or a volume every worker mounts); copy the "
-                         "input there first and the output after")
-                 for name, value in remote.items()],
-                source="job parameters",
-            )
-        src, out = Path(input_path), Path(output_path)
-        if _same_file(src, out):
+        src, out = storage.location(input_path), storage.location(output_path)
+        if _same_place(src, out):
             raise InputValidationError(
                 [Problem(rule="output_is_input", param="output_path",
-                         message=f"the output {out} is the input {src} (the same file, or a link to it)",
+                         message=f"the output {storage.display(out)} is the input {storage.display(src)} (the same "
+                         "file, or a link to it)",
                          fix="choose another output path: the job writes its merged results there")],
                 source="job parameters",
             )
-        state_path = state_path_for(out)
-        state = load_state(state_path)
+        store = store_for(out)
+        job_args: dict[str, Any] = {"store": store, "input_path": input_path, "output_path": output_path,
+                                    "max_concurrent": cfg.max_concurrent, "prices": cfg.prices}
+        state = store.load()
         if state is not None:
-            if state.endpoint != cfg.endpoint or Path(state.input_path) != src.resolve():
+            if state.endpoint != cfg.endpoint or state.input_path != _name(src):
                 raise ConfigurationError(
-                    f"{state_path} belongs to a job over {state.input_path} ({state.endpoint}); fix: choose "
+                    f"{store.state_name} belongs to a job over {state.input_path} ({state.endpoint}); fix: choose "
                     "another output path, or delete the state file to start over"
                 )
-            return cls(state, state_path=state_path, max_concurrent=cfg.max_concurrent, prices=cfg.prices)
-        # Any size is fine: the limits apply per part, when sharding.
-        report = validate_file(src, endpoint=cfg.endpoint, max_lines=2**62, max_bytes=2**62,
-                               max_embedding_inputs=2**62)
-        work = work_dir_for(out)
-        shutil.rmtree(work, ignore_errors=True)
-        parts = shard_file(src, work / "parts", max_lines=cfg.max_lines, max_bytes=cfg.max_bytes,
-                           endpoint=cfg.endpoint, prefix="r0")
+            return cls(state, **job_args)
+        store.reset()
+        with storage.local_copy(src) as local_src:
+            # Any size is fine: the limits apply per part, when sharding.
+            report = validate_file(local_src, endpoint=cfg.endpoint, max_lines=2**62, max_bytes=2**62,
+                                   max_embedding_inputs=2**62)
+            parts = shard_file(local_src, store.work / "parts", max_lines=cfg.max_lines, max_bytes=cfg.max_bytes,
+                               endpoint=cfg.endpoint, prefix="r0")
         state = JobState(
-            job_id=_job_id(src, out), endpoint=cfg.endpoint, input_path=str(src.resolve()),
-            output_path=str(out.resolve()), total=report.lines, created_at=_clock(), max_rounds=cfg.max_rounds,
+            job_id=_job_id(src, out), endpoint=cfg.endpoint, input_path=_name(src), output_path=_name(out),
+            total=report.lines, created_at=_clock(), max_rounds=cfg.max_rounds,
             metadata=dict(cfg.metadata), token_limit_backoff=cfg.token_limit_backoff,
         )
         for part in parts:
             lines = check_file(part, endpoint=cfg.endpoint)[0].lines
-            state.parts.append(PartState(name=part.stem, round=0, path=str(part), requests=lines))
-        save_state(state, state_path)
-        return cls(state, state_path=state_path, max_concurrent=cfg.max_concurrent, prices=cfg.prices)
+            store.push(part)  # every part is stored before the state that names it
+            state.parts.append(PartState(name=part.stem, round=0, path=store.name_of(part), requests=lines))
+        store.save(state)
+        return cls(state, **job_args)
 
     # -- the step, written once ---------------------------------------------------------------
     def advance_plan(self) -> Generator[Call, Any, JobProgress]:
@@ -238,10 +260,10 @@ class BatchJob:
             part.key = f"{self.state.job_id}-{part.name}"
         if part.status != "submitting":
             part.status = "submitting"
-            save_state(self.state, self.state_path)  # the key is on disk before any create
+            self._save()  # the key is stored before any create
         metadata = {**self.state.metadata, "batch_ops_job": self.state.job_id, "batch_ops_part": part.name}
         batch: Batch = yield Call("submit", {
-            "source": part.path, "endpoint": self.state.endpoint, "metadata": metadata,
+            "source": str(self.store.fetch(part.path)), "endpoint": self.state.endpoint, "metadata": metadata,
             "idempotency_key": part.key, "reattach": not fresh,
             "since": self.state.created_at - _LOOKBACK_SKEW,
         })
@@ -250,7 +272,7 @@ class BatchJob:
         part.submits += 1
         if batch.id not in self.state.batch_ids:
             self.state.batch_ids.append(batch.id)
-        save_state(self.state, self.state_path)
+        self._save()
 
     def _finish_part(self, part: PartState, batch: Batch) -> Generator[Call, Any, None]:
         state = self.state
@@ -261,7 +283,7 @@ class BatchJob:
             part.status, part.batch_id = "pending", None  # the key stays: the next try is its next attempt
             part.not_before = _clock() + delay
             state.token_limit_resubmits += 1
-            save_state(state, self.state_path)
+            self._save()
             return
         downloads = self.work_dir / "downloads"
         out_path = err_path = None
@@ -272,10 +294,11 @@ class BatchJob:
             err_path = yield Call("files.download", {"file_id": batch.error_file_id,
                                                      "path": downloads / f"{batch.id}.errors.jsonl"})
         results = self.work_dir / "results" / f"{part.name}.jsonl"
+        part_path = self.store.fetch(part.path)
         provenance = {"batch_id": batch.id, "round": part.round, "part": part.name}
         if batch.status is BatchStatus.FAILED:
             detail = "; ".join(f"{e.code}: {e.message}" for e in errors[:3]) or "batch failed"
-            part.failed = synthesize_failures(part_path=Path(part.path), results_path=results,
+            part.failed = synthesize_failures(part_path=part_path, results_path=results,
                                               code=errors[0].code if errors and errors[0].code else "batch_failed",
                                               message=detail, provenance=provenance)
         else:
@@ -284,18 +307,20 @@ class BatchJob:
             if next_round <= state.max_rounds:
                 retry_path = self.work_dir / "parts" / f"r{next_round}-{part.name.split('-', 1)[1]}.jsonl"
             usage = UsageTotals()
-            counts = harvest_part(part_path=Path(part.path), output_path=out_path, error_path=err_path,
+            counts = harvest_part(part_path=part_path, output_path=out_path, error_path=err_path,
                                   results_path=results, retry_path=retry_path, provenance=provenance, usage=usage)
             part.succeeded, part.failed, part.retried = counts.succeeded, counts.failed, counts.retried
             part.usage = usage.per_model
             if retry_path is not None and counts.retried:
+                self.store.push(retry_path)
                 name = retry_path.stem
                 if all(p.name != name for p in state.parts):
-                    state.parts.append(PartState(name=name, round=next_round, path=str(retry_path),
+                    state.parts.append(PartState(name=name, round=next_round, path=self.store.name_of(retry_path),
                                                  requests=counts.retried))
+        self.store.push(results)  # the results and the next round are stored before "harvested" is
         part.status = "harvested"
         part.outcome = batch.status.value
-        save_state(state, self.state_path)
+        self._save()
 
     # -- finishing ------------------------------------------------------------------------------
     def finish(self) -> JobSummary:
@@ -303,12 +328,12 @@ class BatchJob:
         state = self.state
         if not state.done:
             raise BatchOpsError(f"job {state.job_id} is not done: {self.describe()}; run it to the end first")
-        results = [self.work_dir / "results" / f"{p.name}.jsonl" for p in state.parts]
-        succeeded, failed, _missing, duplicates = merge(
-            input_path=Path(state.input_path), results_paths=results, output_path=Path(state.output_path))
+        results = [self.store.fetch(f"results/{p.name}.jsonl") for p in state.parts]
+        with storage.local_copy(self._input) as src, storage.local_output(self._output) as out:
+            succeeded, failed, _missing, duplicates = merge(input_path=src, results_paths=results, output_path=out)
         if state.finished_at is None:
             state.finished_at = _clock()
-            save_state(state, self.state_path)
+            self._save()
         usage = UsageTotals()
         for p in state.parts:
             usage.merge_from(p.usage)

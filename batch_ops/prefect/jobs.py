@@ -5,40 +5,53 @@ back-off, recovery of expired and cancelled work, one merged output in input ord
 file beside the output). The flow awaits it on the async client — no thread is held while
 batches run — and publishes a table artifact with the summary. Running the flow again with the
 same output path resumes the job: finished batches are never submitted again.
+
+With workers that share no disk (a Docker or Kubernetes work pool), put the output on object
+storage (``s3://…``, or a path inside a ``storage=`` block): the job keeps its state, parts and
+results there, and a rerun on another worker resumes it (:mod:`batch_ops.jobs.store`).
 """
 
+import asyncio
 import os
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_table_artifact
+from prefect.filesystems import WritableFileSystem
 
 from batch_ops.client import AsyncBatchClient
 from batch_ops.jobs import BatchJob, JobConfig, JobProgress
 from batch_ops.prefect.credentials import OpenAIBatchCredentials, resolve_settings
+from batch_ops.prefect.storage import block_target
 
 __all__ = ["run_batch_job"]
 
 
 @flow(name="run-batch-job")
 async def run_batch_job(
-    input_path: str,
-    output_path: str,
+    input_path: str | Path,
+    output_path: str | Path,
     config: JobConfig,
     *,
     credentials: OpenAIBatchCredentials | None = None,
     poll_interval: float = 60.0,
+    storage: WritableFileSystem | None = None,
 ) -> dict[str, Any]:
     """Run ``input_path`` (any size) until every request is answered or accounted for.
 
     Args:
-        input_path: the request file; any size — it is sharded.
-        output_path: the merged results; the job's state file sits beside it.
+        input_path: the request file; any size — it is sharded. A local path or an object
+            storage URL (``s3://``, ``gs://``, ``az://``), or a path inside ``storage``.
+        output_path: the merged results; the job's state and work files sit beside it. On
+            workers that share no disk, an object storage URL (or a path inside ``storage``).
         config: what to run and how (:class:`~batch_ops.jobs.JobConfig`: endpoint, concurrency,
             rounds, per-batch limits, metadata, prices, token-limit back-off). In the Prefect UI it
             is one form; from Python a ``JobConfig`` or a dict of its fields.
         credentials: the block to use; None reads ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``.
         poll_interval: seconds between polls of the running batches.
+        storage: a ``WritableFileSystem`` block both paths are relative to (a saved block, passed
+            by reference, keeps its credentials; see :mod:`batch_ops.prefect.storage`).
 
     Returns the job summary: ``total``, ``succeeded``, ``failed``, ``batches``,
     ``resubmitted``, ``rounds``, ``usage`` (with ``cost_usd`` when ``prices`` is given),
@@ -50,7 +63,12 @@ async def run_batch_job(
         ```
     """
     logger = get_run_logger()
-    job = BatchJob.open(os.fspath(input_path), output_path=os.fspath(output_path), config=config)
+    src: Any = os.fspath(input_path)
+    out: Any = os.fspath(output_path)
+    if storage is not None:
+        src, out = block_target(storage, src), block_target(storage, out)
+    # Opening reads the state (and, the first time, shards the input): file work, off the event loop.
+    job = await asyncio.to_thread(BatchJob.open, src, output_path=out, config=config)
     logger.info("Job %s: %d requests in %d part(s); state %s", job.state.job_id, job.state.total,
                 len(job.state.parts), job.state_path)
 

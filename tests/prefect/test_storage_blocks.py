@@ -8,12 +8,10 @@ the requests from it, ``download_batch_file(..., storage=block)`` writes the out
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
 import pytest
-from moto.server import ThreadedMotoServer
 from prefect import flow
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 
@@ -26,15 +24,12 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 @pytest.fixture(scope="module")
-def s3_settings() -> Iterator[dict[str, object]]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    settings = {"key": "testing", "secret": "testing",
-                "client_kwargs": {"endpoint_url": f"http://{host}:{port}"}}
-    fsspec.filesystem("s3", **settings).mkdir("blocks-test")
-    yield settings
-    server.stop()
+def s3_settings(s3_endpoint: str) -> dict[str, object]:
+    settings = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": s3_endpoint}}
+    fs = fsspec.filesystem("s3", skip_instance_cache=True, **settings)
+    if not fs.exists("blocks-test"):
+        fs.mkdir("blocks-test")
+    return settings
 
 
 def _lines(n: int) -> bytes:
