@@ -664,17 +664,19 @@ class HoldProxy:
     """A TCP proxy that forwards every call, but holds back the answer to the first
     ``POST /v1/batches``: the batch is created on the server, the caller never hears.
     With ``forward=False`` the held create never reaches the server at all (a process killed
-    after its upload, before its create landed).
+    after its upload, before its create landed). ``hold_after=N`` lets the first N creates
+    through and holds the next one (a job's create in the middle of its run).
 
     One request per connection (``Connection: close`` upstream), so the proxy needs to parse
     nothing beyond the request head. It runs its own event loop in a thread.
     """
 
-    def __init__(self, upstream: str, *, hold_creates: int = 1, forward: bool = True) -> None:
+    def __init__(self, upstream: str, *, hold_creates: int = 1, forward: bool = True, hold_after: int = 0) -> None:
         hostport = upstream.split("://", 1)[1].split("/", 1)[0]
         self._host, port = hostport.rsplit(":", 1)
         self._port = int(port)
         self.holds_left = hold_creates
+        self.hold_after = hold_after
         self.forward = forward
         self.creates = 0
         self.held = threading.Event()
@@ -703,7 +705,7 @@ class HoldProxy:
             up_writer.close()
             if is_create:
                 self.creates += 1
-                if self.holds_left > 0:
+                if self.holds_left > 0 and self.creates > self.hold_after:
                     self.holds_left -= 1
                     self.held.set()
                     await reader.read()  # hold the answer until the caller goes away

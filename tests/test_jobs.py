@@ -122,14 +122,18 @@ def test_crash_between_create_and_record_reattaches(make_server: MakeServer, tmp
         job = BatchJob.open(src, output_path=out, endpoint=CHAT)
         plan = job.advance_plan()
         call = plan.send(None)
-        assert call.target == "submit"
+        assert call.target == "submit_spec"
         assert load_state(state_path_for(out)).parts[0].status == "submitting"  # type: ignore[union-attr]
-        client.submit(**call.kwargs)  # the batch exists on the server ...
+        client.submit_spec(**call.kwargs)  # the batch exists on the server ...
         plan.close()                  # ... and the process dies before recording it.
         resumed = BatchJob.open(src, output_path=out, endpoint=CHAT)
-        summary = resumed.run(client, poll_interval=0.05)
-        assert len(server_batches(url)) == 1
+        events: list[str] = []
+        summary = resumed.run(client, poll_interval=0.05, on_step=lambda p: events.extend(p.events))
+        (batch,) = server_batches(url)
     assert summary.batches == 1 and summary.succeeded == 50
+    # The step says what it did: the re-attachment first, then the harvest; no "created".
+    assert events[0].startswith(f"part r0-001: re-attached to batch {batch.id}")
+    assert not any("created" in e for e in events) and f"batch {batch.id} completed: 50 succeeded" in events[-1]
 
 
 def test_killed_job_process_resumes_without_duplicate_batches(make_server: MakeServer, tmp_path: Path) -> None:

@@ -150,10 +150,10 @@ def test_crash_between_create_and_record_reattaches_from_s3(s3: Any, make_server
         job = BatchJob.open(src, output_path=f"{BASE}/out.jsonl", endpoint=CHAT)
         plan = job.advance_plan()
         call = plan.send(None)
-        assert call.target == "submit"
+        assert call.target == "submit_spec"
         state = stored_state(s3, f"{S3_BUCKET}/jobs/out.jsonl.state.json")
         assert state is not None and state.parts[0].status == "submitting" and state.parts[0].key
-        client.submit(**call.kwargs)  # the batch exists on the server ...
+        client.submit_spec(**call.kwargs)  # the batch exists on the server ...
         plan.close()                  # ... and the worker dies before recording it.
         resumed = BatchJob.open(src, output_path=f"{BASE}/out.jsonl", endpoint=CHAT)
         assert resumed.work_dir != job.work_dir

@@ -189,8 +189,11 @@ class OpenAIBatchJobOperator(BaseOperator):
                       len(job.state.parts), job.state_path)
         with OpenAIBatchHook(self.conn_id).get_client() as client:
             if not self.deferrable:
-                summary = job.run(client, poll_interval=self.poll_interval,
-                                  on_step=lambda p: self._check_deadline(deadline, job))
+                def step(progress: JobProgress) -> None:
+                    self._log_step(job, progress)
+                    self._check_deadline(deadline, job)
+
+                summary = job.run(client, poll_interval=self.poll_interval, on_step=step)
                 return self._finish(summary.as_dict())
             return self._step(job, client, deadline)
 
@@ -209,7 +212,7 @@ class OpenAIBatchJobOperator(BaseOperator):
 
     def _step(self, job: BatchJob, client: Any, deadline: float | None) -> Any:
         progress: JobProgress = job.advance(client)
-        self.log.info("Job %s: %s", job.state.job_id, job.describe())
+        self._log_step(job, progress)
         if progress.done:
             return self._finish(job.finish().as_dict())
         self._check_deadline(deadline, job)
@@ -220,6 +223,11 @@ class OpenAIBatchJobOperator(BaseOperator):
             method_name="execute_complete",
             kwargs={"deadline": deadline},
         )
+
+    def _log_step(self, job: BatchJob, progress: JobProgress) -> None:
+        for event in progress.events:
+            self.log.info("Job %s: %s", job.state.job_id, event)
+        self.log.info("Job %s: %s", job.state.job_id, job.describe())
 
     @staticmethod
     def _check_deadline(deadline: float | None, job: BatchJob) -> None:

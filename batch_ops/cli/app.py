@@ -717,6 +717,8 @@ def job(
         with _client(out, base_url, api_key, max_retries) as client:
 
             def progress(step: Any) -> None:
+                for event in step.events:
+                    out.note(event, style="dim")
                 out.note(f"{batch_job.describe()}; running: {', '.join(step.running) or '-'}", style="dim")
 
             summary = batch_job.run(client, poll_interval=poll_interval, on_step=progress)

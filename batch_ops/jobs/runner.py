@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from batch_ops import storage
+from batch_ops._submit import Submission, SubmitSpec
 from batch_ops.errors import (
     APIConnectionError,
     APIStatusError,
@@ -77,12 +78,18 @@ class Call:
 
 @dataclass(frozen=True)
 class JobProgress:
-    """What one step left behind: batches still running, and when to look again."""
+    """What one step left behind: batches still running, when to look again, and what it did.
+
+    ``events`` says, one line each, what the step did to the API: batches created, re-attached
+    (a part whose create was cut off by a crash, found again under its key) and harvested. The
+    adapters log them.
+    """
 
     running: list[str]
     pending: int
     done: bool
     wake_at: float | None
+    events: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -162,6 +169,7 @@ class BatchJob:
         self._output = output_path
         self.max_concurrent = max_concurrent
         self.prices = prices
+        self._events: list[str] = []
 
     @property
     def state_path(self) -> Path | str:
@@ -230,6 +238,7 @@ class BatchJob:
     def advance_plan(self) -> Generator[Call, Any, JobProgress]:
         """One step: look at running batches, harvest the finished, submit what may start."""
         state = self.state
+        self._events = []
         for part in [p for p in state.parts if p.status == "running"]:
             try:
                 batch: Batch = yield Call("batches.retrieve", {"batch_id": part.batch_id})
@@ -249,7 +258,8 @@ class BatchJob:
             yield from self._submit(part)
         running = [p.batch_id for p in state.parts if p.status == "running" and p.batch_id]
         pending = sum(1 for p in state.parts if p.status == "pending")
-        return JobProgress(running=running, pending=pending, done=state.done, wake_at=state.next_wake())
+        return JobProgress(running=running, pending=pending, done=state.done, wake_at=state.next_wake(),
+                           events=tuple(self._events))
 
     def _submit(self, part: PartState) -> Generator[Call, Any, None]:
         # A key never used before needs no lookup: it is on disk before its first create, so a
@@ -262,11 +272,15 @@ class BatchJob:
             part.status = "submitting"
             self._save()  # the key is stored before any create
         metadata = {**self.state.metadata, "batch_ops_job": self.state.job_id, "batch_ops_part": part.name}
-        batch: Batch = yield Call("submit", {
-            "source": str(self.store.fetch(part.path)), "endpoint": self.state.endpoint, "metadata": metadata,
-            "idempotency_key": part.key, "reattach": not fresh,
-            "since": self.state.created_at - _LOOKBACK_SKEW,
-        })
+        spec = SubmitSpec(endpoint=self.state.endpoint, metadata=metadata, idempotency_key=part.key,
+                          reattach=not fresh, since=self.state.created_at - _LOOKBACK_SKEW)
+        submission: Submission = yield Call("submit_spec", {"source": str(self.store.fetch(part.path)), "spec": spec})
+        batch = submission.batch
+        if submission.created:
+            self._events.append(f"part {part.name}: created batch {batch.id} ({part.requests} requests)")
+        else:
+            self._events.append(f"part {part.name}: re-attached to batch {batch.id} ({batch.status.value}; "
+                                f"{submission.step.reason})")
         part.batch_id = batch.id
         part.status = "running"
         part.submits += 1
@@ -284,6 +298,8 @@ class BatchJob:
             part.not_before = _clock() + delay
             state.token_limit_resubmits += 1
             self._save()
+            self._events.append(f"part {part.name}: batch {batch.id} refused (token_limit_exceeded); sent again "
+                                f"in {delay:.0f} s")
             return
         downloads = self.work_dir / "downloads"
         out_path = err_path = None
@@ -321,6 +337,8 @@ class BatchJob:
         part.status = "harvested"
         part.outcome = batch.status.value
         self._save()
+        self._events.append(f"part {part.name}: batch {batch.id} {batch.status.value}: {part.succeeded} succeeded, "
+                            f"{part.failed} failed, {part.retried} to the next round")
 
     # -- finishing ------------------------------------------------------------------------------
     def finish(self) -> JobSummary:

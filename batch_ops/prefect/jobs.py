@@ -73,6 +73,8 @@ async def run_batch_job(
                 len(job.state.parts), job.state_path)
 
     def report(progress: JobProgress) -> None:
+        for event in progress.events:
+            logger.info("Job %s: %s", job.state.job_id, event)
         logger.info("Job %s: %s", job.state.job_id, job.describe())
 
     client = AsyncBatchClient.shared(resolve_settings(credentials))

@@ -9,7 +9,10 @@ and the local Batch API server. Then it breaks things:
 2. forty deferred tasks and ``kill -9`` of one triggerer: the other must adopt the triggers;
 3. ``kill -9`` of the Celery worker whose task is mid-create: the retry on the other worker must
    re-attach (one create, one batch);
-4. Prefect rows, from ``drills/cluster/prefect_rows.py`` when it exists.
+4. Prefect rows, from ``drills/cluster/prefect_rows.py`` when it exists;
+5. a job over many batches (``OpenAIBatchJobOperator``) whose input an upstream task wrote and whose
+   state lives on S3; ``kill -9`` of the worker whose step is mid-create: the retry, on a worker with
+   an empty disk, resumes the job from S3 and re-attaches (one create per part).
 
 The table goes to stdout and ``drills/results/cluster.md``; the exit status is 1 when a row failed.
 Every process it starts runs in a session of its own and is stopped by its process group in a
@@ -40,7 +43,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `drills` and `batch_ops` 
     sys.path.insert(0, str(ROOT))
 
 from drills._common import CANARY, HoldProxy  # noqa: E402
-from drills.cluster.scenarios import Row, nightly_eval, triggerer_kill, worker_kill  # noqa: E402
+from drills.cluster.scenarios import Row, job_on_s3, nightly_eval, triggerer_kill, worker_kill  # noqa: E402
 from drills.cluster.services import BatchServer, Moto, Postgres, Redis  # noqa: E402
 from drills.cluster.stack import CeleryStack  # noqa: E402
 
@@ -52,10 +55,14 @@ MAPPED = int(os.environ.get("BATCH_OPS_CLUSTER_MAPPED", "40"))
 #: Seconds each request of row 2 takes on the server: every batch must still run when the last of
 #: the forty tasks defers, the kill lands and the survivor adopts the triggers.
 MAPPED_LATENCY = float(os.environ.get("BATCH_OPS_CLUSTER_LATENCY", "90"))
+#: Requests of row 5's job (50 per batch).
+JOB_REQUESTS = int(os.environ.get("BATCH_OPS_CLUSTER_JOB_REQUESTS", "400"))
 SCENARIOS = {
     "1": "nightly-eval-s3: dags/nightly_eval.py x3, storage on S3, 2 disk-less workers",
     "2": f"triggerer-kill: {MAPPED} deferred mapped tasks, kill -9 of 1 of 2 triggerers",
     "3": "worker-kill: kill -9 of the Celery worker mid-create, retry on the other worker",
+    "5": f"job-s3: OpenAIBatchJobOperator, {JOB_REQUESTS} requests written by an upstream task, state on S3, "
+         "kill -9 of the worker mid-create, retry on a worker with an empty disk",
 }
 COLUMNS = ("scenario", "runs succeeded", "batches created / needed", "orphans", "seconds to adoption", "result",
            "notes")
@@ -167,7 +174,7 @@ def write_results(rows: list[Row], total: float, note: str | None, only: set[str
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     passed = sum(1 for r in rows if r.ok)
     counted = sum(1 for r in rows if not r.skipped)
-    scope = "all rows" if only >= {"1", "2", "3", "4"} else "only rows " + ", ".join(sorted(only))
+    scope = "all rows" if only >= {"1", "2", "3", "4", "5"} else "only rows " + ", ".join(sorted(only))
     text = (f"# Cluster drill\n\n`make drill-cluster` (`python -m drills.cluster`, {scope}), {stamp}, {machine()}; "
             f"total {total:.0f} s ({total / 60:.1f} min).\n\n"
             "Airflow 3 with the CeleryExecutor (PostgreSQL 15 metadata DB and result backend, Redis broker), "
@@ -189,13 +196,13 @@ def write_results(rows: list[Row], total: float, note: str | None, only: set[str
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--only", action="append", metavar="N", help="run only these rows (1, 2, 3, 4; repeatable)")
+    parser.add_argument("--only", action="append", metavar="N", help="run only these rows (1, 2, 3, 4, 5; repeatable)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
     parser.add_argument("--eval-storage", choices=("s3", "local"), default="s3",
                         help="row 1's BATCH_OPS_EVAL_STORAGE: S3 (default), or unset, so that the DAG keeps its "
                              "files on each worker's private disk (a negative control: row 1 must fail)")
     args = parser.parse_args(argv)
-    only = {x for a in (args.only or []) for x in a.split(",") if x} or {"1", "2", "3", "4"}
+    only = {x for a in (args.only or []) for x in a.split(",") if x} or {"1", "2", "3", "4", "5"}
 
     # The SDK oracle logs every request at INFO once Airflow configured logging: noise.
     for name in ("httpx", "httpx2", "httpcore"):
@@ -232,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(base: Path, only: set[str], rows: list[Row], *, eval_storage: str = "s3") -> None:
     """Start everything, play the rows (appended to ``rows`` as they end), stop everything."""
-    planned = [Row(SCENARIOS[n]) for n in ("1", "2", "3") if n in only]
+    planned = [Row(SCENARIOS[n]) for n in ("1", "2", "3", "5") if n in only]
     if eval_storage != "s3" and "1" in only:
         planned[0].note("negative control: BATCH_OPS_EVAL_STORAGE unset, files on each worker's private disk")
     with contextlib.ExitStack() as stack_:
@@ -245,6 +252,10 @@ def _run(base: Path, only: set[str], rows: list[Row], *, eval_storage: str = "s3
             mapped_server = stack_.enter_context(
                 BatchServer(base, "mapped", request_latency=MAPPED_LATENCY, concurrency=4 * MAPPED).running())
             hold_server = stack_.enter_context(BatchServer(base, "hold", request_latency=0.05).running())
+            job_server = stack_.enter_context(BatchServer(base, "job", request_latency=0.01, extra=[
+                "--fail-requests", "0.05", "--seed", "5"]).running())
+            # Row 5: the first wave of 4 creates goes through; the 5th is held (its worker is killed).
+            job_proxy = stack_.enter_context(HoldProxy(job_server.url, hold_after=4).running())
             proxy = stack_.enter_context(HoldProxy(hold_server.url).running())
             print(f"   services up in {time.monotonic() - setup_started:.0f} s: PostgreSQL :{pg.port}, "
                   f"Redis :{redis.port}, moto :{moto.port}", flush=True)
@@ -271,13 +282,16 @@ def _run(base: Path, only: set[str], rows: list[Row], *, eval_storage: str = "s3
                 "AIRFLOW_CONN_OPENAI_BATCH_DEFAULT": conn(eval_server.url),
                 "AIRFLOW_CONN_CLUSTER_MAPPED": conn(mapped_server.url),
                 "AIRFLOW_CONN_CLUSTER_HOLD": conn(proxy.url),
+                "AIRFLOW_CONN_CLUSTER_JOB": conn(job_proxy.url),
+                "BATCH_OPS_CLUSTER_BUCKET": moto.bucket,
+                "BATCH_OPS_CLUSTER_JOB_REQUESTS": str(JOB_REQUESTS),
             }
             stack = CeleryStack(base, pg, redis.url, dags=dags, work=work, extra_env=env)
             stack_.callback(stack.stop)
             stack.migrate()
             print(f"   airflow db migrate done at {time.monotonic() - setup_started:.0f} s", flush=True)
             stack.start()
-            stack.wait_ready(["nightly_eval", "cluster_mapped", "cluster_worker_kill"])
+            stack.wait_ready(["nightly_eval", "cluster_mapped", "cluster_worker_kill", "cluster_job"])
             isolation = stack.disk_isolation()
             for row in planned:
                 row.check(not isolation, f"the workers share no disk under the work dir ({'; '.join(isolation)})")
@@ -296,6 +310,8 @@ def _run(base: Path, only: set[str], rows: list[Row], *, eval_storage: str = "s3
             SCENARIOS["1"]: lambda r: nightly_eval(r, stack, server=eval_server, moto=moto, prefix=prefix),
             SCENARIOS["2"]: lambda r: triggerer_kill(r, stack, server=mapped_server, mapped=MAPPED),
             SCENARIOS["3"]: lambda r: worker_kill(r, stack, proxy=proxy, server=hold_server),
+            SCENARIOS["5"]: lambda r: job_on_s3(r, stack, server=job_server, proxy=job_proxy, moto=moto,
+                                                requests=JOB_REQUESTS),
         }
         played: list[Row] = []
         try:

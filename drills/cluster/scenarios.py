@@ -8,6 +8,10 @@
 3. ``worker-kill``: the Celery worker running a task is killed (its whole process tree) while the
    task's create is in flight (the server created the batch, a proxy holds the answer back); the
    retry runs on the other worker and re-attaches: one create, one batch.
+5. ``job-s3``: an upstream task writes a request file to S3; ``OpenAIBatchJobOperator`` runs it as
+   many batches (5% of requests fail, so there are rounds) with its state on S3. A create of its
+   second wave reaches the server with the answer held back, and the worker running that step is
+   killed; Airflow's retry resumes the job from S3 and re-attaches: one create per part.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from drills._common import CANARY, DrillFailed, HoldProxy, descendant_of, oracle
 from drills.cluster.services import BatchServer, Moto
 from drills.cluster.stack import CeleryStack
 
-__all__ = ["TERMINAL", "Row", "nightly_eval", "triggerer_kill", "worker_kill"]
+__all__ = ["TERMINAL", "Row", "job_on_s3", "nightly_eval", "triggerer_kill", "worker_kill"]
 
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
@@ -296,3 +300,101 @@ def worker_kill(row: Row, stack: CeleryStack, *, proxy: HoldProxy, server: Batch
               f"the server holds one batch, completed ({_statuses(batches)})")
     result = stack.xcom("cluster_worker_kill", run_id)
     row.check(bool(result) and result.get("batch_id") == created.id, "the task's result is that batch")
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. a job over many batches, its state on S3, its steps on both workers
+# ---------------------------------------------------------------------------------------------
+
+
+def _workers_up(stack: CeleryStack) -> list[str]:
+    """Start again every Celery worker an earlier row killed (a replacement machine: an empty disk)."""
+    restarted = []
+    for n in (1, 2):
+        if f"worker-{n}" in stack.down:
+            stack.start_worker(n)
+            stack.down.discard(f"worker-{n}")
+            restarted.append(f"worker-{n}")
+    return restarted
+
+
+def job_on_s3(row: Row, stack: CeleryStack, *, server: BatchServer, proxy: HoldProxy, moto: Moto,
+              requests: int) -> None:
+    from batch_ops.jobs import JobState
+
+    restarted = _workers_up(stack)
+    if restarted:
+        row.note(f"restarted {', '.join(restarted)} (killed by an earlier row) with an empty disk")
+    run_id = stack.trigger_dag("cluster_job")
+    prefix = f"job/{run_id}"
+    s3 = moto.client()
+    state_key = f"{prefix}/out.jsonl.state.json"
+
+    def stored() -> JobState:
+        return JobState.model_validate_json(s3.get_object(Bucket=moto.bucket, Key=state_key)["Body"].read())
+
+    # A create in the middle of the job (after the first wave) reaches the server, its answer held back.
+    wait_for("a create of the job's second wave to reach the server (its answer held back)", proxy.held.is_set,
+             timeout=300, alive=stack.dead)
+    before = stored()
+    submitting = [p for p in before.parts if p.status == "submitting"]
+    row.check(len(submitting) == 1 and bool(submitting[0].key),
+              f"the part being created is 'submitting' with its key, in the state on S3 "
+              f"({[(p.name, p.status) for p in before.parts]})")
+    ti = stack.wait("the job step's pid and host", lambda: (
+        (t := stack.ti("cluster_job", run_id, task_id="job")) and t["pid"] and t["hostname"] and t), timeout=30)
+    pid, host = int(ti["pid"]), ti["hostname"]
+    victim = next((n for n in ("worker-1", "worker-2") if descendant_of(pid, stack.procs[n].pid)), None)
+    if victim is None:
+        raise DrillFailed(f"the job step's pid {pid} (host {host}) runs under neither Celery worker")
+    stack.kill(victim)
+    killed_at = time.monotonic()
+    part = submitting[0].name if submitting else "?"
+    row.note(f"kill -9 of {victim} ({host}) during create #{proxy.creates} (part {part}); it is started again "
+             "with an empty disk")
+    _workers_up(stack)
+
+    states = stack.wait("the job DAG run to finish", lambda: (
+        (s := stack.run_state("cluster_job", run_id)) in ("success", "failed") and s), timeout=480, interval=1.0)
+    tis = {t["task_id"]: t for t in stack.tis("cluster_job", run_id)}
+    for t in tis.values():
+        if t["state"] == "failed":
+            error = _first_error(stack.task_logs("cluster_job", run_id, t["task_id"]))
+            row.note(f"{t['task_id']} failed on {t['hostname']}: {error or '(no error line in its log)'}")
+    job_ti = tis.get("job", {})
+    row.runs = f"{1 if states == 'success' else 0}/1"
+    row.check(states == "success" and job_ti.get("try_number") == 2,
+              f"Airflow retried the job task and try 2 finished the job ({states}, try {job_ti.get('try_number')})")
+    row.note(f"try 2 on {job_ti.get('hostname')}, the job done {time.monotonic() - killed_at:.0f} s after the kill")
+
+    state = stored()
+    output = s3.get_object(Bucket=moto.bucket, Key=f"{prefix}/out.jsonl")["Body"].read().decode().splitlines()
+    ids = [json.loads(line)["custom_id"] for line in output]
+    row.check(ids == [f"cj-{i}" for i in range(requests)], f"the merged output has {len(ids)} lines, one per "
+              f"request in input order (of {requests})")
+    result = stack.xcom("cluster_job", run_id, task_id="job") or {}
+    row.check(result.get("succeeded", 0) + result.get("failed", 0) == requests,
+              f"the summary accounts for every request ({result.get('succeeded')} succeeded, "
+              f"{result.get('failed')} failed)")
+
+    batches, orphans = _orphans(server.url)
+    row.batches = f"{len(batches)} / {len(state.parts)}"
+    row.orphans = str(orphans)
+    row.check(sorted(b.id for b in batches) == sorted(state.batch_ids),
+              f"the server holds exactly the job's batches ({len(batches)} vs {len(state.batch_ids)} in the state)")
+    row.check(len(batches) == len(state.parts) == proxy.creates,
+              f"one create and one batch per part: {proxy.creates} creates, {len(batches)} batches, "
+              f"{len(state.parts)} parts")
+    row.check(orphans == 0, f"no batch left running ({_statuses(batches)})")
+    rounds = max(p.round for p in state.parts) + 1
+    row.note(f"{requests} requests in {len(state.parts)} parts over {rounds} rounds; "
+             f"{result.get('resubmitted')} requests resubmitted")
+
+    log = stack.task_logs("cluster_job", run_id, "job")
+    row.check(f"part {part}: re-attached to batch" in log and f"part {part}: created batch" not in log,
+              f"try 2 re-attached part {part} to the batch whose create was cut off (task log)")
+    hosts = collections.Counter(re.findall(r"job step on host ([\w.-]+)", log))
+    writer = tis.get("write_input", {}).get("hostname")
+    row.note(f"input written on {writer}; job steps on " + ", ".join(f"{h} x{c}" for h, c in sorted(hosts.items())))
+    row.check(len(hosts) >= 2, f"the job's steps ran on both workers ({dict(hosts)})")
+    row.check(CANARY not in log, "no job log holds the API key")
