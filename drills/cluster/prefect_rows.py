@@ -11,10 +11,12 @@ servers of its own, one per row, so that each row counts only its own batches.
    COMPLETED, one batch each, none left running, the reports and the history in S3.
 2. ``prefect worker + flow run killed mid-run, then retried``: a run against a slow batch server;
    once its batch is in progress, ``kill -9`` of the process group of the worker running it (the
-   flow-run process is in that group: a lost pod). Nobody tells Prefect: the drill records the state
-   the run is left in, then does what an operator does (marks it Crashed, ``prefect flow-run retry``).
-   The other worker runs it again, and the retry must re-attach to the batch: COMPLETED, one batch
-   created, none left running; ``batch-ops orphans --prefect --json`` is run at the end.
+   flow-run process is in that group: a lost pod). Nobody tells Prefect, so the deployment runs
+   Prefect's own zombie detection, as docs/deploy.md advises: flow runs send heartbeats
+   (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30``) and an automation marks a run Crashed when they stop
+   (``Crash zombie flow runs``, 60 s). Then the operator's ``prefect flow-run retry``: the other
+   worker runs it again, and the retry must re-attach to the batch: COMPLETED, one batch created,
+   none left running; ``batch-ops orphans --prefect --json`` is run at the end.
 
 Every process started here leads a session of its own and is stopped by its process group in a
 ``finally`` (the children of ``prefect server start``, which leave its group, by their pids).
@@ -54,8 +56,38 @@ ROW2 = "prefect worker + flow run killed mid-run, then retried"
 #: Seconds each request of row 2's batch takes, one request at a time: the eval set's 210 requests
 #: keep the batch running ~50 s, long enough for the kill, the retry and the re-attach to land in it.
 SLOW_LATENCY = float(os.environ.get("BATCH_OPS_CLUSTER_PREFECT_LATENCY", "0.25"))
-#: How long the drill watches the killed run before acting as the operator (does Prefect notice?).
-WATCH_AFTER_KILL = 10.0
+#: Flow-run heartbeats (Prefect's minimum is 30 s) and the silence after which the automation marks a
+#: run Crashed: a lost run is Crashed 60-90 s after its last heartbeat.
+HEARTBEAT_SECONDS = 30
+ZOMBIE_AFTER_SECONDS = 60
+
+#: Prefect's zombie detection (docs: "How to detect and respond to zombie flows"): an automation that
+#: marks a flow run Crashed when its heartbeats stop before it ends.
+ZOMBIE_AUTOMATION = """
+import sys
+from datetime import timedelta
+from prefect.automations import Automation
+from prefect.client.schemas.objects import StateType
+from prefect.events.actions import ChangeFlowRunState
+from prefect.events.schemas.automations import EventTrigger, Posture
+from prefect.events.schemas.events import ResourceSpecification
+
+print(Automation(
+    name="Crash zombie flow runs",
+    trigger=EventTrigger(
+        after={"prefect.flow-run.heartbeat"},
+        expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
+        match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+        for_each={"prefect.resource.id"},
+        posture=Posture.Proactive,
+        threshold=1,
+        within=timedelta(seconds=int(sys.argv[1])),
+    ),
+    actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                message="Flow run marked as crashed due to missing heartbeats.")],
+).create().id)
+"""
 
 #: Deploys the flow from source, once per (name, job env) given as JSON; writes the deployment ids.
 DEPLOY = """
@@ -174,6 +206,7 @@ class PrefectCluster:
             "PREFECT_LOCAL_STORAGE_PATH": str(home / "storage"),
             "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
             "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS),
         }
         self.api = httpx.Client(base_url=self.api_url, timeout=30)
         self.procs: list[Proc] = []
@@ -217,6 +250,15 @@ class PrefectCluster:
             self.workers.append(self.start(f"prefect-worker-{i}", [
                 PREFECT, "worker", "start", "--pool", POOL, "--type", "process", "--name", f"worker-{i}",
                 "--limit", "1"], env=worker_env))
+
+    def detect_zombies(self) -> str:
+        """Install the zombie-detection automation; returns its id."""
+        done = subprocess.run([PYTHON, "-c", ZOMBIE_AUTOMATION, str(ZOMBIE_AFTER_SECONDS)], env=self.env,
+                              cwd=self.work, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                              start_new_session=True)
+        if done.returncode != 0:
+            raise DrillFailed(f"creating the zombie-detection automation failed: {done.stderr[-1500:]}")
+        return done.stdout.strip().splitlines()[-1]
 
     def wait_workers(self) -> None:
         def online() -> bool:
@@ -431,19 +473,24 @@ def kill_row(cluster: PrefectCluster, deployment_id: str, server: BatchServer) -
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(os.getpgid(pid), signal.SIGKILL)  # a child of our worker that left its group
             _note(row, f"flow-run process {pid} outlived its worker's group: killed its own group too")
-        time.sleep(WATCH_AFTER_KILL)
+        # Nobody reports a lost process worker's run: Prefect's zombie detection must mark it Crashed.
+        limit = HEARTBEAT_SECONDS + ZOMBIE_AFTER_SECONDS + 60
+        try:
+            wait_for("the zombie automation to mark the run Crashed", lambda: cluster.state(run_id)[0] == "CRASHED",
+                     timeout=limit, interval=1.0)
+        except DrillFailed:
+            pass
         kind, name = cluster.state(run_id)
-        _note(row, f"{WATCH_AFTER_KILL:.0f} s after the kill Prefect shows the run {name} ({kind}); subflows: "
-                   f"{cluster.subflow_states(run_id)} (nothing reports a lost process worker's run)")
-
-        # The operator: mark it Crashed (it is not running anywhere), then retry it.
-        if kind not in FINAL:
-            marked = cluster.call("POST", f"/flow_runs/{run_id}/set_state", json={
-                "state": {"type": "CRASHED", "name": "Crashed",
-                          "message": "worker lost (kill -9 of its process group): marked Crashed by the operator"},
+        crashed_after = time.monotonic() - killed_at
+        _check(row, kind == "CRASHED", f"Prefect's zombie detection marked the run Crashed within {limit} s of "
+                                       f"the kill (it shows {name} after {crashed_after:.0f} s)")
+        _note(row, f"Prefect marked the run {name} {crashed_after:.0f} s after the kill (heartbeat every "
+                   f"{HEARTBEAT_SECONDS} s, automation after {ZOMBIE_AFTER_SECONDS} s of silence); subflows: "
+                   f"{cluster.subflow_states(run_id)}")
+        if kind not in FINAL:  # so that the rest of the row still runs: the operator marks it
+            cluster.call("POST", f"/flow_runs/{run_id}/set_state", json={
+                "state": {"type": "CRASHED", "name": "Crashed", "message": "marked Crashed by the drill"},
                 "force": True})
-            _check(row, marked.status_code in (200, 201) and marked.json().get("status") == "ACCEPT",
-                   f"marking the run Crashed: {marked.status_code} {marked.text[:200]}")
         retry_at = time.monotonic()
         retried = cluster.cli("flow-run", "retry", run_id)
         _check(row, retried.returncode == 0, f"prefect flow-run retry: exit {retried.returncode} "
@@ -463,8 +510,7 @@ def kill_row(cluster: PrefectCluster, deployment_id: str, server: BatchServer) -
         under = cluster.worker_of(new_pid) if _alive(new_pid) else None
         on_survivor = under is survivor or (under is None and run_id in survivor.log_path.read_text(errors="replace"))
         _note(row, f"the retry runs as process {new_pid} under {under.name if under else '?'}, "
-                   f"{row['adoption_s']} s after the retry, {time.monotonic() - killed_at:.1f} s after the kill "
-                   f"(incl. {WATCH_AFTER_KILL:.0f} s watching)")
+                   f"{row['adoption_s']} s after the retry, {time.monotonic() - killed_at:.1f} s after the kill")
         _check(row, on_survivor, f"the retry ran on the surviving worker {survivor.name}")
 
         states = cluster.wait_final([run_id], timeout=180)
@@ -540,6 +586,7 @@ def run(env: dict[str, str], workdir: Path) -> list[dict[str, Any]]:
                 "nightly-eval-kill": {**job, "BATCH_OPS_EVAL_STORAGE": retry_storage, "OPENAI_BASE_URL": slow.url},
             })
             cluster.wait_workers()
+            cluster.detect_zombies()
             setup = time.monotonic() - started
             print(f"   prefect: server ({cluster.db}), pool {POOL}, 2 workers, 2 deployments up in {setup:.0f} s",
                   flush=True)
