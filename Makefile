@@ -16,7 +16,12 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --disable-pip-version-check "pip==26.3"
 
 # Reinstall when the package metadata or the pinned set changes.
+# The distribution was called batch-ops before 0.2 (a name taken on PyPI): a venv made then holds it
+# too, with the same entry points, and its egg-info in the checkout is on sys.path when Python runs
+# here (Airflow then finds two providers); both go first.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) uninstall -q -y batch-ops 2>/dev/null || true
+	rm -rf batch_ops.egg-info
 	$(PIP) install -q -c constraints.txt -e ".[all,dev]"
 	touch $(STAMP)
 

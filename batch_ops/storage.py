@@ -152,7 +152,7 @@ def location(target: StorageTarget) -> Path | Location:
         fs, path = url_to_fs(target)
     except ImportError as exc:
         raise _bad_target(f"reading {scheme}:// needs a package that is not installed ({exc})", target,
-                          fix=f"install fsspec's {scheme} file system (s3: pip install 'batch-ops[s3]', "
+                          fix=f"install fsspec's {scheme} file system (s3: pip install 'openai-batch-ops[s3]', "
                           "gs: gcsfs, az: adlfs)") from None
     except ValueError as exc:
         raise _bad_target(f"{scheme}:// is not a file system fsspec knows ({exc})", target) from None

@@ -86,7 +86,7 @@ def test_constraints_resolve_with_every_extra() -> None:
 
     report = json.loads(proc.stdout)
     picked = {_norm(item["metadata"]["name"]): item["metadata"]["version"] for item in report["install"]}
-    picked.pop("batch-ops", None)
+    picked.pop("openai-batch-ops", None)
     pins = _pins()
     unpinned = sorted(f"{name}=={version}" for name, version in picked.items() if name not in pins)
     assert not unpinned, (

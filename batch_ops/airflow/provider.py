@@ -19,10 +19,10 @@ def get_provider_info() -> dict[str, Any]:
     Example:
         >>> info = get_provider_info()
         >>> info["package-name"], info["connection-types"][0]["connection-type"]
-        ('batch-ops', 'openai_batch')
+        ('openai-batch-ops', 'openai_batch')
     """
     return {
-        "package-name": "batch-ops",
+        "package-name": "openai-batch-ops",
         "name": "batch_ops (OpenAI Batch API)",
         "description": "Run the OpenAI Batch API from Airflow: a deferrable operator, a sensor and a trigger "
         "that never block the triggerer, with retries that re-attach instead of billing twice.",

@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.name not in ("typer", "rich", "click"):
             raise
         print(
-            "batch-ops: this command needs the cli extra: pip install 'batch-ops[cli]' "
+            "batch-ops: this command needs the cli extra: pip install 'openai-batch-ops[cli]' "
             "(`batch-ops serve` works without it)",
             file=sys.stderr,
         )

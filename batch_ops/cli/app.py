@@ -506,7 +506,7 @@ def orphans(
         try:
             from batch_ops.prefect.orphans import flow_run_states
         except ImportError:
-            out.fail("--prefect needs Prefect: pip install 'batch-ops[prefect]'", EXIT_CONFIG,
+            out.fail("--prefect needs Prefect: pip install 'openai-batch-ops[prefect]'", EXIT_CONFIG,
                      kind="ConfigurationError")
         oracle = lambda owners: asyncio.run(flow_run_states(owners))  # noqa: E731
     with _handled(out), _client(out, base_url, api_key, max_retries) as client:

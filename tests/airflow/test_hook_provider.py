@@ -121,7 +121,7 @@ def test_airflow_finds_the_provider_and_its_connection_type() -> None:
     from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
 
     manager = ProvidersManager()
-    assert "batch-ops" in manager.providers
+    assert "openai-batch-ops" in manager.providers
     hook = ProvidersManagerTaskRuntime().hooks["openai_batch"]
     assert hook is not None and hook.hook_class_name == "batch_ops.airflow.hooks.OpenAIBatchHook"
     assert "extra__openai_batch__api_version" in manager.connection_form_widgets
@@ -134,7 +134,7 @@ def test_airflow_providers_list_shows_batch_ops() -> None:
                           timeout=120, env=os.environ.copy())
     assert proc.returncode == 0, proc.stderr[-2000:]
     names = {p["package_name"] for p in json.loads(proc.stdout[proc.stdout.index("["):])}
-    assert "batch-ops" in names
+    assert "openai-batch-ops" in names
 
 
 def test_provider_info_loads_without_airflow() -> None:
