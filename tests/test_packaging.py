@@ -51,7 +51,7 @@ def test_the_wheel_and_sdist_carry_our_distribution_name(dist: Path) -> None:
         meta = email.parser.Parser().parsestr(zf.read(f"{info}/METADATA").decode())
         entry_points = zf.read(f"{info}/entry_points.txt").decode()
         names = zf.namelist()
-    assert meta["Name"] == NAME and meta["Version"] == __version__
+    assert meta["Name"] == NAME and meta["Version"] == __version__ and meta["License-Expression"] == "Apache-2.0"
     assert {"airflow", "prefect", "all", "s3"} <= set(meta.get_all("Provides-Extra") or [])
     assert "batch-ops = batch_ops.cli:main" in entry_points
     assert "provider_info = batch_ops.airflow.provider:get_provider_info" in entry_points
@@ -67,6 +67,8 @@ ADAPTERS = {
         "assert importlib.util.find_spec('prefect') is None, 'prefect came with the airflow extra'\n"
         f"info = ProvidersManager().providers[{NAME!r}]\n"
         "assert info.version == __import__('batch_ops').__version__, info\n"
+        "from batch_ops.airflow.provider import DOCS_URL\n"
+        "assert info.data['documentation-url'] == DOCS_URL, info.data\n"
         "print('ok', OpenAIBatchOperator.__name__)\n"
     ),
     "prefect": (

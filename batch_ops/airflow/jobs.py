@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.sdk import BaseOperator
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from batch_ops.airflow.config import default_deferrable
 from batch_ops.airflow.hooks import OpenAIBatchHook
 from batch_ops.airflow.operators import with_storage_conn
 from batch_ops.airflow.triggers import shared_client
@@ -133,7 +134,8 @@ class OpenAIBatchJobOperator(BaseOperator):
         conn_id: an ``openai_batch`` (or ``openai``) connection.
         poll_interval: seconds between polls of the running batches.
         timeout: how long the whole job may take (seconds or timedelta); None: no limit.
-        deferrable: wait in the triggerer (default) or on the worker.
+        deferrable: wait in the triggerer or on the worker. Default: Airflow's
+            ``[operators] default_deferrable`` when the deployment sets it, else True.
         fail_on_request_failures: fail the task when requests failed after every round (the
             merged output and the summary are written first).
 
@@ -144,7 +146,7 @@ class OpenAIBatchJobOperator(BaseOperator):
         (True, 3, '/v1/embeddings')
     """
 
-    template_fields: Sequence[str] = ("input_path", "output_path", "config")
+    template_fields: Sequence[str] = ("input_path", "output_path", "config", "conn_id", "storage_conn_id")
     template_fields_renderers: ClassVar[dict[str, str]] = {"config": "json"}
     ui_color = "#10a37f"
     ui_fgcolor = "#ffffff"
@@ -159,7 +161,7 @@ class OpenAIBatchJobOperator(BaseOperator):
         conn_id: str = OpenAIBatchHook.default_conn_name,
         poll_interval: float = 60.0,
         timeout: timedelta | float | None = timedelta(hours=72),
-        deferrable: bool = True,
+        deferrable: bool | None = None,
         fail_on_request_failures: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -175,7 +177,7 @@ class OpenAIBatchJobOperator(BaseOperator):
         self.conn_id = conn_id
         self.poll_interval = float(poll_interval)
         self.timeout_seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
-        self.deferrable = deferrable
+        self.deferrable = default_deferrable() if deferrable is None else deferrable
         self.fail_on_request_failures = fail_on_request_failures
 
     def _job(self) -> BatchJob:

@@ -34,6 +34,7 @@ except ImportError:  # Airflow 3.0 kept it in airflow.exceptions
     from airflow.exceptions import AirflowFailException  # type: ignore[no-redef]
 
 from batch_ops import OutcomePolicy, Source, SubmitSpec, is_permanent
+from batch_ops.airflow.config import default_deferrable
 from batch_ops.airflow.hooks import OpenAIBatchHook
 from batch_ops.airflow.links import OpenAIBatchLink, batch_url
 from batch_ops.airflow.outcome import XCOM_BATCH, XCOM_BATCH_ID, BatchOutcomeMixin
@@ -136,7 +137,8 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
             task instance that owns the batch (for the orphan sweep, :mod:`batch_ops.airflow.orphans`).
         output_expires_after: ``{"anchor": "created_at", "seconds": 3600..2592000}`` (templated).
         completion_window: ``"24h"`` (templated).
-        deferrable: wait in the triggerer (default) instead of holding a worker slot.
+        deferrable: wait in the triggerer instead of holding a worker slot. Default: Airflow's
+            ``[operators] default_deferrable`` when the deployment sets it, else True.
         poll_interval: seconds between status polls; backs off to ``max_poll_interval``
             while nothing changes.
         timeout: how long one try waits (seconds or timedelta; None: until terminal).
@@ -168,6 +170,8 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
         "metadata",
         "output_expires_after",
         "completion_window",
+        "conn_id",
+        "storage_conn_id",
     )
     template_fields_renderers: ClassVar[dict[str, str]] = {
         "metadata": "json",
@@ -190,7 +194,7 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
         metadata: Mapping[str, str] | None = None,
         output_expires_after: Mapping[str, Any] | None = None,
         completion_window: str = "24h",
-        deferrable: bool = True,
+        deferrable: bool | None = None,
         poll_interval: float = 60.0,
         max_poll_interval: float | None = None,
         timeout: timedelta | float | None = timedelta(hours=48),
@@ -223,7 +227,7 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
         self.metadata = dict(metadata) if metadata is not None else None
         self.output_expires_after = output_expires_after
         self.completion_window = completion_window
-        self.deferrable = deferrable
+        self.deferrable = default_deferrable() if deferrable is None else deferrable
         self.poll_interval = float(poll_interval)
         self.max_poll_interval = max_poll_interval
         self.timeout = _seconds(timeout)

@@ -15,7 +15,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +73,7 @@ class OpenAIBatchOrphanSweepOperator(BaseOperator):
     its owner, the owner's state and the verdict (no secrets).
     """
 
+    template_fields: Sequence[str] = ("conn_id",)
     ui_color = "#10a37f"
     ui_fgcolor = "#ffffff"
 

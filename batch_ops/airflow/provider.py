@@ -10,7 +10,13 @@ from typing import Any
 
 from batch_ops import __version__
 
-__all__ = ["get_provider_info"]
+__all__ = ["DOCS_URL", "HOWTO_PAGES", "get_provider_info"]
+
+#: The documentation site (also the distribution's ``Documentation`` project URL, which Airflow
+#: shows as the provider's documentation link).
+DOCS_URL = "https://openai-batch-ops.readthedocs.io/en/latest/"
+#: ``docs/howto/<page>.md``: one how-to guide per operator.
+HOWTO_PAGES = ("operator", "sensor", "job-operator", "orphan-sweep")
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -31,6 +37,9 @@ def get_provider_info() -> dict[str, Any]:
             {
                 "integration-name": "OpenAI Batch API (batch_ops)",
                 "external-doc-url": "https://platform.openai.com/docs/guides/batch",
+                # Paths in this project's docs site (DOCS_URL); one how-to per operator.
+                "how-to-guide": [f"/docs/howto/{page}.md" for page in HOWTO_PAGES],
+                "logo": "/docs/img/logo.svg",
                 "tags": ["ai", "openai", "batch"],
             }
         ],

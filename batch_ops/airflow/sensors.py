@@ -18,6 +18,7 @@ except ImportError:  # Airflow 3.0 kept it in airflow.exceptions
     from airflow.exceptions import AirflowSkipException  # type: ignore[no-redef]
 
 from batch_ops import OutcomePolicy, is_permanent
+from batch_ops.airflow.config import default_deferrable
 from batch_ops.airflow.hooks import OpenAIBatchHook
 from batch_ops.airflow.outcome import BatchOutcomeMixin, chain_of, check_event
 from batch_ops.airflow.triggers import OpenAIBatchTrigger
@@ -38,7 +39,8 @@ class OpenAIBatchSensor(BatchOutcomeMixin, BaseSensorOperator):
         batch_id: the batch to wait for (templated), e.g.
             ``"{{ ti.xcom_pull(task_ids='create', key='batch_id') }}"``.
         conn_id: an ``openai_batch`` (or ``openai``) connection.
-        deferrable: wait in the triggerer (default); False uses ``mode`` (poke or reschedule).
+        deferrable: wait in the triggerer; False uses ``mode`` (poke or reschedule). Default: Airflow's
+            ``[operators] default_deferrable`` when the deployment sets it, else True.
         poke_interval: seconds between polls (the trigger's poll interval when deferred).
         timeout: seconds before the sensor gives up (BaseSensorOperator's; default 7 days).
         fail_on / fail_on_request_failures: the failure policy, as on the operator.
@@ -50,10 +52,10 @@ class OpenAIBatchSensor(BatchOutcomeMixin, BaseSensorOperator):
         >>> s = OpenAIBatchSensor(task_id="wait", poke_interval=30,
         ...                       batch_id="{{ ti.xcom_pull(task_ids='create', key='batch_id') }}")
         >>> s.deferrable, s.template_fields
-        (True, ('batch_id',))
+        (True, ('batch_id', 'conn_id'))
     """
 
-    template_fields: Sequence[str] = ("batch_id",)
+    template_fields: Sequence[str] = ("batch_id", "conn_id")
     ui_color = "#10a37f"
     ui_fgcolor = "#ffffff"
 
@@ -62,7 +64,7 @@ class OpenAIBatchSensor(BatchOutcomeMixin, BaseSensorOperator):
         *,
         batch_id: str,
         conn_id: str = OpenAIBatchHook.default_conn_name,
-        deferrable: bool = True,
+        deferrable: bool | None = None,
         poke_interval: float = 60.0,
         max_poll_interval: float | None = None,
         fail_on: Collection[BatchStatus | str] = DEFAULT_FAIL_ON,
@@ -74,7 +76,7 @@ class OpenAIBatchSensor(BatchOutcomeMixin, BaseSensorOperator):
         super().__init__(poke_interval=poke_interval, **kwargs)
         self.batch_id = batch_id
         self.conn_id = conn_id
-        self.deferrable = deferrable
+        self.deferrable = default_deferrable() if deferrable is None else deferrable
         self.max_poll_interval = max_poll_interval
         self.policy = OutcomePolicy.of(fail_on, fail_on_request_failures)
         self.fail_on = self.policy.names

@@ -128,6 +128,32 @@ def test_airflow_finds_the_provider_and_its_connection_type() -> None:
     assert manager.field_behaviours["openai_batch"]["relabeling"]["password"] == "API Key"
 
 
+def test_provider_info_is_valid_and_complete() -> None:
+    """Airflow's own schema accepts it; the documentation link, a how-to per operator and the logo
+    point at pages that exist; the connection type's name is the one the docs use."""
+    import airflow
+    import jsonschema
+    from airflow.providers_manager import ProvidersManager
+
+    from batch_ops.airflow.provider import DOCS_URL, HOWTO_PAGES
+
+    root = Path(__file__).resolve().parents[2]
+    info = get_provider_info()
+    schema = json.loads((Path(airflow.__file__).parent / "provider_info.schema.json").read_text())
+    jsonschema.validate(info, schema)
+    (integration,) = info["integrations"]
+    assert len(integration["how-to-guide"]) == 4 == len(HOWTO_PAGES)
+    for path in [*integration["how-to-guide"], integration["logo"]]:
+        assert path.startswith("/docs/") and (root / path.removeprefix("/")).is_file(), path
+    # Airflow reads the documentation link from the distribution's Documentation project URL.
+    assert ProvidersManager().providers["openai-batch-ops"].data["documentation-url"] == DOCS_URL
+    assert f"site_url: {DOCS_URL}" in (root / "mkdocs.yml").read_text()
+    hook_name = info["connection-types"][0]["hook-name"]
+    assert f"**{hook_name}**" in (root / "docs" / "airflow.md").read_text()
+    for op in ("OpenAIBatchOperator", "OpenAIBatchSensor", "OpenAIBatchJobOperator", "OpenAIBatchOrphanSweepOperator"):
+        assert any(op in (root / "docs" / "howto" / f"{page}.md").read_text() for page in HOWTO_PAGES), op
+
+
 def test_airflow_providers_list_shows_batch_ops() -> None:
     airflow = Path(sys.executable).with_name("airflow")
     proc = subprocess.run([str(airflow), "providers", "list", "-o", "json"], capture_output=True, text=True,

@@ -132,3 +132,14 @@ with _dag("bo_requests"):
         ],
         poll_interval=POLL,
     )
+
+
+# The connection id is templated: this DAG names it in dag_run.conf only.
+with _dag("batch_ops_templated_conn"):
+    OpenAIBatchOperator(
+        task_id="batch",
+        conn_id="{{ dag_run.conf['conn_id'] }}",
+        endpoint=CHAT,
+        requests=[{"custom_id": "t-0", "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}]}}],
+        poll_interval=POLL,
+    )
