@@ -8,8 +8,11 @@ queued or running keep their batches: a task, a sensor or a retry will collect t
 younger than 10 minutes, made outside Airflow, or naming a run Airflow does not know are
 reported in the log and the XCom, never cancelled.
 
-Configuration: connection ``openai_batch_default`` (the account to sweep);
-BATCH_OPS_SWEEP_CANCEL=0 to report only.
+Configuration:
+
+- connection `openai_batch_default`: the account to sweep;
+- `BATCH_OPS_SWEEP_CANCEL=0`: report only;
+- `BATCH_OPS_SWEEP_MIN_AGE`: seconds a batch must have run before it may be cancelled (600).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from batch_ops.airflow import OpenAIBatchOrphanSweepOperator
     catchup=False,
     max_active_runs=1,
     tags=["batch_ops", "maintenance"],
+    description="Cancel OpenAI batches whose Airflow DAG run ended without them; report the rest",
     doc_md=__doc__,
 )
 def batch_ops_orphan_sweep() -> None:

@@ -1,27 +1,33 @@
-"""Nightly eval, as an Airflow DAG: build requests -> run the batch (deferred) -> download -> score.
+"""
+# Nightly eval
 
-Every night at 00:00 UTC:
+Build requests → run the batch (deferred) → download → score. Every night at 00:00 UTC:
 
-1. ``build_requests`` writes the eval set's chat requests (validated) into the run's folder;
-2. ``run_batch`` (:class:`~batch_ops.airflow.OpenAIBatchOperator`) creates the batch and defers
-   to the triggerer until it ends, holding no worker slot; a retried try re-attaches to the
-   batch it created instead of paying for a second one; it returns the file ids via XCom;
-3. ``download_results`` streams the output and error files next to the requests;
-4. ``score_and_report`` scores every item, writes markdown + JSON + a trend chart, and fails the
-   run when the score dropped more than ``max_drop`` versus the previous run.
+1. `build_requests` writes the eval set's chat requests (validated) into the run's folder.
+2. `run_batch` (`OpenAIBatchOperator`) creates the batch and defers to the triggerer until it
+   ends, holding no worker slot. A retried try re-attaches to the batch it created instead of
+   paying for a second one. It returns the file ids through XCom.
+3. `download_results` streams the output and error files next to the requests.
+4. `score_and_report` scores every item, writes Markdown, JSON and a trend chart, and fails the
+   run when the score dropped more than `max_drop` (a DAG param) below the previous run.
 
-Configuration (environment of the scheduler/workers):
-    connection ``openai_batch_default``: host = base URL (e.g. http://127.0.0.1:8765/v1 for the
-        local server, empty for OpenAI), password = API key.
-    BATCH_OPS_EVAL_STORAGE: where requests, downloads, reports and the score history go: an
-        object storage URL (s3://bucket/eval, gs://…, az://…) or a local folder (default
-        $AIRFLOW_HOME/eval_runs, or BATCH_OPS_EVAL_DIR when set).
-    BATCH_OPS_EVAL_STORAGE_CONN_ID: the Airflow connection of that storage (e.g. aws_default);
-        unset: the file system's own defaults (environment, instance role).
-    BATCH_OPS_EVAL_MODEL: the model (Azure: the deployment name).
-    BATCH_OPS_EVAL_POLL_INTERVAL: seconds between status polls (default 60).
+## Configuration
 
-Files pass between tasks by their URL under BATCH_OPS_EVAL_STORAGE. With the Celery or
+Set in the environment of the scheduler and the workers:
+
+- connection `openai_batch_default`: host = the base URL (`http://127.0.0.1:8765/v1` for the
+  local server, empty for OpenAI), password = the API key.
+- `BATCH_OPS_EVAL_STORAGE`: where requests, downloads, reports and the score history go: an
+  object storage URL (`s3://bucket/eval`, `gs://…`, `az://…`) or a local folder (default
+  `$AIRFLOW_HOME/eval_runs`, or `BATCH_OPS_EVAL_DIR` when set).
+- `BATCH_OPS_EVAL_STORAGE_CONN_ID`: the Airflow connection of that storage (e.g. `aws_default`);
+  unset: the file system's own defaults (environment, instance role).
+- `BATCH_OPS_EVAL_MODEL`: the model (Azure: the deployment name).
+- `BATCH_OPS_EVAL_POLL_INTERVAL`: seconds between status polls (default 60).
+
+## Workers that share no disk
+
+Files pass between tasks by their URL under `BATCH_OPS_EVAL_STORAGE`. With the Celery or
 Kubernetes executor the tasks of one run land on different workers that share no disk: use an
 object storage URL (or a volume every worker mounts at the same path). A local folder is fine
 with the LocalExecutor. The history that the regression gate compares against lives there too,
@@ -63,6 +69,8 @@ def _at(url: str) -> Any:
     max_active_runs=1,
     tags=["batch_ops", "eval"],
     params={"max_drop": DEFAULT_MAX_DROP},
+    description="Nightly eval: build requests, run one OpenAI batch (deferred), download, score and gate on "
+    "regressions",
     doc_md=__doc__,
 )
 def nightly_eval() -> None:
