@@ -139,6 +139,14 @@ def test_help_lists_commands_and_exit_codes_without_showing_the_key() -> None:
     assert sub.code == 0 and "OPENAI_API_KEY" in sub.stdout
 
 
+def test_version() -> None:
+    from batch_ops import __version__
+
+    for flag in ("--version", "-V"):
+        shown = run(flag)
+        assert shown.code == 0 and shown.stdout.startswith(f"batch-ops {__version__} (openai-batch-ops"), shown
+
+
 def test_console_script_and_serve_forwarding() -> None:
     script = Path(sys.executable).parent / "batch-ops"
     if not script.exists():

@@ -67,8 +67,26 @@ app = typer.Typer(
 )
 
 
+def version_line() -> str:
+    """What ``batch-ops --version`` prints: the command, its version, and the distribution it comes from."""
+    from batch_ops import __version__
+
+    return f"batch-ops {__version__} (openai-batch-ops, Python {sys.version.split()[0]})"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(version_line())
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", "-V", is_eager=True, callback=_show_version,
+                           help="Print the version and exit.")
+    ] = False,
+) -> None:
     """batch_ops: run the OpenAI Batch API from a shell: submit, watch, list, cancel, collect.
 
     API commands take --base-url, --api-key (env OPENAI_API_KEY), --max-retries and --json
