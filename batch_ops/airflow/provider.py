@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from batch_ops import __version__
+from batch_ops._version import DOCS_URL, __version__
 
 __all__ = ["DOCS_URL", "HOWTO_PAGES", "get_provider_info"]
 
-#: The documentation site (also the distribution's ``Documentation`` project URL, which Airflow
-#: shows as the provider's documentation link).
-DOCS_URL = "https://openai-batch-ops.readthedocs.io/en/latest/"
 #: ``docs/howto/<page>.md``: one how-to guide per operator.
 HOWTO_PAGES = ("operator", "sensor", "job-operator", "orphan-sweep")
 

@@ -1,16 +1,22 @@
 """Prefect artifacts for a batch: a progress bar while it runs, a summary table when it ends.
 
-The contents (:func:`progress_percent`, :func:`summary_row`, :func:`artifact_key`) are pure
-functions of the :class:`~batch_ops.models.Batch`; :class:`ProgressArtifact` and
-:func:`create_summary_artifact` only talk to the Prefect API. An artifact is a report: when the
-Prefect API cannot store one, the wait goes on and a warning is logged.
+The contents (:func:`progress_percent`, :func:`summary_row`) are pure functions of the
+:class:`~batch_ops.models.Batch`; :class:`ProgressArtifact` and :func:`create_summary_artifact`
+only talk to the Prefect API. An artifact is a report: when the Prefect API cannot store one,
+the wait goes on and a warning is logged.
+
+Both artifacts have stable keys, so the Prefect UI keeps their history under one name: the
+summary table under ``openai-batch-summary`` and the progress bar under
+``openai-batch-progress`` (:data:`DEFAULT_ARTIFACT_KEY` with ``-summary`` / ``-progress``).
+``wait_for_batch`` and ``run_batch`` take ``artifact_key=`` to file a pipeline's batches under
+keys of their own (``artifact_key="nightly-eval"``: ``nightly-eval-summary``, ...).
 
 Example:
     >>> from batch_ops.models import Batch
     >>> b = Batch(id="batch_AB1", endpoint="/v1/embeddings", input_file_id="f", status="in_progress",
     ...           created_at=0, request_counts={"total": 8, "completed": 5, "failed": 1})
-    >>> progress_percent(b), artifact_key(b.id)
-    (75.0, 'openai-batch-batch-ab1')
+    >>> progress_percent(b), artifact_keys(DEFAULT_ARTIFACT_KEY)
+    (75.0, ('openai-batch-summary', 'openai-batch-progress'))
 """
 
 from __future__ import annotations
@@ -26,12 +32,29 @@ from batch_ops.models import Batch
 from batch_ops.polling import describe
 from batch_ops.prefect.events import batch_duration
 
-__all__ = ["ProgressArtifact", "artifact_key", "create_summary_artifact", "progress_percent", "summary_row"]
+__all__ = [
+    "DEFAULT_ARTIFACT_KEY",
+    "ProgressArtifact",
+    "artifact_keys",
+    "create_summary_artifact",
+    "progress_percent",
+    "summary_row",
+]
+
+#: The stem of the artifacts' keys unless a task or flow is given another.
+DEFAULT_ARTIFACT_KEY = "openai-batch"
 
 
-def artifact_key(batch_id: str) -> str:
-    """A Prefect artifact key for the batch: lowercase letters, digits and dashes only."""
-    return "openai-batch-" + re.sub(r"[^a-z0-9-]+", "-", batch_id.lower()).strip("-")
+def artifact_keys(stem: str) -> tuple[str, str]:
+    """The (summary table, progress) keys for ``stem``, as Prefect accepts keys: lowercase letters,
+    digits and dashes.
+
+    Example:
+        >>> artifact_keys("Nightly Eval_2")
+        ('nightly-eval-2-summary', 'nightly-eval-2-progress')
+    """
+    clean = re.sub(r"[^a-z0-9-]+", "-", stem.lower()).strip("-") or DEFAULT_ARTIFACT_KEY
+    return f"{clean}-summary", f"{clean}-progress"
 
 
 def progress_percent(batch: Batch) -> float:
@@ -64,12 +87,13 @@ def summary_row(batch: Batch) -> dict[str, Any]:
     }
 
 
-async def create_summary_artifact(batch: Batch, *, logger: logging.Logger | logging.LoggerAdapter[Any]) -> UUID | None:
-    """Store the summary table of a terminal batch under :func:`artifact_key`."""
+async def create_summary_artifact(batch: Batch, *, logger: logging.Logger | logging.LoggerAdapter[Any],
+                                  key: str = DEFAULT_ARTIFACT_KEY) -> UUID | None:
+    """Store the summary table of a terminal batch under the summary key of ``key`` (:func:`artifact_keys`)."""
     try:
         return await acreate_table_artifact(
             table=[summary_row(batch)],
-            key=artifact_key(batch.id),
+            key=artifact_keys(key)[0],
             description=f"OpenAI batch {batch.id}: {describe(batch)}",
         )
     except Exception as exc:  # a report must not fail the batch it reports on
@@ -89,8 +113,9 @@ class ProgressArtifact:
         ```
     """
 
-    def __init__(self, *, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    def __init__(self, *, logger: logging.Logger | logging.LoggerAdapter[Any], key: str = DEFAULT_ARTIFACT_KEY) -> None:
         self._logger = logger
+        self.key = artifact_keys(key)[1]
         self.artifact_id: UUID | None = None
         self._shown: tuple[float, str] | None = None
         self._warned = False
@@ -104,7 +129,8 @@ class ProgressArtifact:
         description = f"OpenAI batch {batch.id}: {shown[1]}"
         try:
             if self.artifact_id is None:
-                self.artifact_id = await acreate_progress_artifact(progress=shown[0], description=description)
+                self.artifact_id = await acreate_progress_artifact(progress=shown[0], key=self.key,
+                                                                   description=description)
             else:
                 await aupdate_progress_artifact(artifact_id=self.artifact_id, progress=shown[0],
                                                 description=description)

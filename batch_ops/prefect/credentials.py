@@ -10,16 +10,17 @@ as ``BatchClient()`` does; :func:`resolve_settings` is that one rule.
 
 from typing import Any
 
-from prefect.blocks.core import Block
+from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, HttpUrl, SecretStr
 
+from batch_ops._version import DOCS_URL
 from batch_ops.client import AsyncBatchClient, BatchClient
 from batch_ops.settings import ClientSettings
 
 __all__ = ["OpenAIBatchCredentials", "resolve_settings"]
 
 
-class OpenAIBatchCredentials(Block):
+class OpenAIBatchCredentials(CredentialsBlock):
     """Credentials and endpoint of an OpenAI-compatible Batch API (OpenAI, Azure OpenAI, local).
 
     The key is required; the other fields, when left empty, are read from the environment
@@ -33,15 +34,19 @@ class OpenAIBatchCredentials(Block):
         ```python
         from batch_ops.prefect import OpenAIBatchCredentials
 
-        OpenAIBatchCredentials(api_key="sk-...", base_url="http://127.0.0.1:8765/v1").save("local")
-        credentials = OpenAIBatchCredentials.load("BLOCK_NAME")
-        client = credentials.get_client()
+        OpenAIBatchCredentials(api_key="sk-your-key", base_url="https://api.openai.com/v1").save("openai")
+        credentials = OpenAIBatchCredentials.load("openai")
+        with credentials.get_client() as client:
+            print(client.batches.list(limit=5))
         ```
     """
 
     _block_type_name = "OpenAI Batch Credentials"
+    # The slug saved blocks are found by: it must never change.
     _block_type_slug = "openai-batch-credentials"
-    _documentation_url = HttpUrl("https://platform.openai.com/docs/api-reference/batch")
+    _logo_url = HttpUrl(f"{DOCS_URL}img/logo.svg")
+    _documentation_url = HttpUrl(f"{DOCS_URL}prefect/#credentials")
+    _description = "Key and endpoint of an OpenAI-compatible Batch API (OpenAI, Azure OpenAI, a local server)."
 
     # Required: a block whose fields were all optional would match a "$ref" to a saved block as
     # well, and Prefect rejects a deployment parameter that fits two schemas.

@@ -40,6 +40,7 @@ from batch_ops.chain import Attempt, derive_key
 from batch_ops.client import AsyncBatchClient
 from batch_ops.errors import InputValidationError, Problem
 from batch_ops.models import Batch, BatchStatus
+from batch_ops.prefect.artifacts import DEFAULT_ARTIFACT_KEY
 from batch_ops.prefect.credentials import OpenAIBatchCredentials, resolve_settings
 from batch_ops.prefect.storage import block_target
 from batch_ops.prefect.tasks import (
@@ -179,6 +180,7 @@ async def run_batch(
     output_expires_after: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
     storage: WritableFileSystem | None = None,
+    artifact_key: str = DEFAULT_ARTIFACT_KEY,
 ) -> BatchResult:
     """Run one batch end to end: validate, upload, create, wait; return its :class:`BatchResult`.
 
@@ -206,6 +208,8 @@ async def run_batch(
         idempotency_key: names the work; default: derived (see the module docstring).
         storage: a ``WritableFileSystem`` block ``input_path`` is relative to (a saved block,
             passed by reference, keeps its credentials; see :mod:`batch_ops.prefect.storage`).
+        artifact_key: the stem of the artifacts' keys (``<stem>-summary``, ``<stem>-progress``;
+            default ``openai-batch``): one name per pipeline keeps its history in the Prefect UI.
 
     Example:
         ```python
@@ -244,7 +248,7 @@ async def run_batch(
     )
     # The policy is applied below, to the chain's latest batch, so the wait accepts every outcome.
     await wait_for_batch(submitted.batch_id, credentials=credentials, poll_interval=poll_interval, timeout=timeout,
-                         fail_on=[])
+                         fail_on=[], artifact_key=artifact_key)
     client = AsyncBatchClient.shared(resolve_settings(credentials))
     chain = await client.batches.chain(key, since=since) if key is not None else None
     if chain is None or chain.latest is None or chain.latest.id != submitted.batch_id:

@@ -22,6 +22,7 @@ from prefect.filesystems import WritableFileSystem
 
 from batch_ops.client import AsyncBatchClient
 from batch_ops.jobs import BatchJob, JobConfig, JobProgress
+from batch_ops.prefect.artifacts import artifact_keys
 from batch_ops.prefect.credentials import OpenAIBatchCredentials, resolve_settings
 from batch_ops.prefect.storage import block_target
 
@@ -37,6 +38,7 @@ async def run_batch_job(
     credentials: OpenAIBatchCredentials | None = None,
     poll_interval: float = 60.0,
     storage: WritableFileSystem | None = None,
+    artifact_key: str = "openai-batch-job",
 ) -> dict[str, Any]:
     """Run ``input_path`` (any size) until every request is answered or accounted for.
 
@@ -52,6 +54,8 @@ async def run_batch_job(
         poll_interval: seconds between polls of the running batches.
         storage: a ``WritableFileSystem`` block both paths are relative to (a saved block, passed
             by reference, keeps its credentials; see :mod:`batch_ops.prefect.storage`).
+        artifact_key: the stem of the summary table's key (``<stem>-summary``; default
+            ``openai-batch-job``).
 
     Returns the job summary: ``total``, ``succeeded``, ``failed``, ``batches``,
     ``resubmitted``, ``rounds``, ``usage`` (with ``cost_usd`` when ``prices`` is given),
@@ -84,7 +88,7 @@ async def run_batch_job(
     row.update({"input_tokens": tokens["input"], "cached_tokens": tokens["cached"], "output_tokens": tokens["output"],
                 "reasoning_tokens": tokens["reasoning"], "cost_usd": summary["usage"].get("cost_usd"),
                 "output_path": summary["output_path"]})
-    await acreate_table_artifact(table=[row], key="openai-batch-job", description=f"Job {job.state.job_id}")
+    await acreate_table_artifact(table=[row], key=artifact_keys(artifact_key)[0], description=f"Job {job.state.job_id}")
     logger.info("Job done: %d of %d succeeded, %d failed, %d batches; results in %s", summary["succeeded"],
                 summary["total"], summary["failed"], summary["batches"], summary["output_path"])
     return summary

@@ -51,7 +51,7 @@ from batch_ops.jsonl import request_file, validate_file, write_requests
 from batch_ops.locks import PicklableLock
 from batch_ops.models import METADATA_MAX_PAIRS, Batch, BatchStatus, RequestCounts, Usage
 from batch_ops.polling import DEFAULT_FAIL_ON, describe, raise_for_outcome
-from batch_ops.prefect.artifacts import ProgressArtifact, create_summary_artifact
+from batch_ops.prefect.artifacts import DEFAULT_ARTIFACT_KEY, ProgressArtifact, create_summary_artifact
 from batch_ops.prefect.credentials import OpenAIBatchCredentials, resolve_settings
 from batch_ops.prefect.events import emit_batch_event
 from batch_ops.prefect.storage import block_target
@@ -430,6 +430,7 @@ async def wait_for_batch(
     timeout: float | None = DEFAULT_WAIT_TIMEOUT,
     fail_on: Collection[BatchStatus | str] = DEFAULT_FAIL_ON,
     fail_on_request_failures: bool = False,
+    artifact_key: str = DEFAULT_ARTIFACT_KEY,
 ) -> BatchResult:
     """Wait for a batch to end without holding a thread; report progress, the summary and an event.
 
@@ -447,6 +448,9 @@ async def wait_for_batch(
             pass ``[]`` to return every outcome. Expired and cancelled batches still return
             completed work in ``output_file_id``.
         fail_on_request_failures: also fail a completed batch that has failed requests.
+        artifact_key: the stem of the artifacts' keys: the progress bar is kept under
+            ``<stem>-progress`` and the summary table under ``<stem>-summary`` (default
+            ``openai-batch``), so the Prefect UI shows their history under one name.
 
     Raises:
         BatchFailedError, BatchExpiredError, BatchCancelledError: per ``fail_on``; the
@@ -461,7 +465,7 @@ async def wait_for_batch(
     """
     client = _client(credentials)
     logger = _logger()
-    progress = ProgressArtifact(logger=logger)
+    progress = ProgressArtifact(logger=logger, key=artifact_key)
 
     async def on_poll(batch: Batch) -> None:
         if await progress.update(batch):
@@ -475,7 +479,7 @@ async def wait_for_batch(
     except BatchTimeoutError as exc:
         logger.error("%s", exc)
         raise
-    await create_summary_artifact(batch, logger=logger)
+    await create_summary_artifact(batch, logger=logger, key=artifact_key)
     emit_batch_event(batch)
     summary = f"Batch {batch.id} ended {describe(batch)}: output_file_id={batch.output_file_id} " \
               f"error_file_id={batch.error_file_id}"

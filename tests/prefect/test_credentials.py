@@ -40,6 +40,9 @@ def test_block_registers_with_the_documented_command_and_the_package_imports_no_
         block_type = client.read_block_type_by_slug("openai-batch-credentials")
         schemas = client.read_block_schemas()
     assert block_type.name == "OpenAI Batch Credentials"
+    # What collections' credentials carry (prefect-aws, prefect-dbt): the UI shows the logo and the link.
+    assert str(block_type.logo_url).endswith("/img/logo.svg") and "openai-batch-ops" in str(block_type.logo_url)
+    assert str(block_type.documentation_url).endswith("/prefect/#credentials")
     [schema] = [s for s in schemas if s.block_type_id == block_type.id][-1:]
     assert schema.fields["secret_fields"] == ["api_key"]
 
@@ -95,3 +98,20 @@ async def test_metadata_leaving_no_room_for_our_two_keys_is_refused_before_any_c
         await too_much_metadata()
     async with credentials.get_async_client() as client:
         assert [b.id async for b in client.batches.iter_all()] == before
+
+
+def test_the_block_follows_collection_conventions() -> None:
+    import re
+
+    from prefect.blocks.abstract import CredentialsBlock
+
+    from batch_ops._version import DOCS_URL
+
+    assert issubclass(OpenAIBatchCredentials, CredentialsBlock)
+    assert OpenAIBatchCredentials.get_block_type_slug() == "openai-batch-credentials"  # saved blocks: never change
+    assert str(OpenAIBatchCredentials._logo_url).startswith(DOCS_URL)
+    assert str(OpenAIBatchCredentials._documentation_url).startswith(DOCS_URL)
+    # The docstring's example loads the block it saved.
+    doc = OpenAIBatchCredentials.__doc__ or ""
+    saved, loaded = re.findall(r'\.save\("([^"]+)"\)', doc), re.findall(r'\.load\("([^"]+)"\)', doc)
+    assert saved and saved == loaded

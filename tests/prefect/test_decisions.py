@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from batch_ops import Batch, BatchStatus
 from batch_ops.prefect import BatchResult
-from batch_ops.prefect.artifacts import artifact_key, progress_percent, summary_row
+from batch_ops.prefect.artifacts import artifact_keys, progress_percent, summary_row
 from batch_ops.prefect.events import batch_duration, batch_event
 from batch_ops.prefect.flows import batches_to_cancel
 
@@ -58,7 +58,9 @@ def test_progress_counts_finished_requests_and_is_full_at_the_end() -> None:
 
 
 def test_artifact_keys_are_what_prefect_accepts() -> None:
-    assert artifact_key("batch_AbC_12") == "openai-batch-batch-abc-12"
+    assert artifact_keys("openai-batch") == ("openai-batch-summary", "openai-batch-progress")
+    assert artifact_keys("Nightly_Eval 2") == ("nightly-eval-2-summary", "nightly-eval-2-progress")
+    assert artifact_keys("!!!") == ("openai-batch-summary", "openai-batch-progress")
 
 
 def test_summary_row_without_usage() -> None:

@@ -41,19 +41,26 @@ async def test_artifacts_and_event_describe_the_finished_batch(
     batch_server: str, secret: str, make_requests: Any, events: Any
 ) -> None:
     credentials = OpenAIBatchCredentials(api_key=secret, base_url=batch_server)
-    state = await run_batch(requests=make_requests(5), endpoint=ENDPOINT, credentials=credentials,
-                            metadata={"run": "nightly"}, poll_interval=0.1, return_state=True)
+    # Two runs under one stable key: the Prefect UI shows both under that key (its history).
+    for _ in range(2):
+        state = await run_batch(requests=make_requests(5), endpoint=ENDPOINT, credentials=credentials,
+                                metadata={"run": "nightly"}, poll_interval=0.1, return_state=True,
+                                artifact_key="reporting-test")
     result = await state.aresult()
     flow_run_id = state.state_details.flow_run_id
     assert flow_run_id is not None
 
-    key = "openai-batch-" + result.batch_id.replace("_", "-")
     async with get_client() as client:
-        table = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        history = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["reporting-test-summary"])))
+        table = await client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["reporting-test-summary"]),
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
         progress = await client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )
 
+    assert len(history) == 2 and {a.type for a in history} == {"table"}
     assert len(table) == 1 and table[0].type == "table"
     [row] = json.loads(table[0].data)  # type: ignore[arg-type]
     assert row["batch_id"] == result.batch_id and row["status"] == "completed"
@@ -62,7 +69,7 @@ async def test_artifacts_and_event_describe_the_finished_batch(
     assert result.usage is not None and row["total_tokens"] == result.usage.total_tokens
     assert isinstance(row["duration_seconds"], int) and row["duration_seconds"] >= 0
     [bar] = [a for a in progress if a.type == "progress"]
-    assert bar.data == 100.0 and bar.description.endswith("completed 5/5")
+    assert bar.data == 100.0 and bar.description.endswith("completed 5/5") and bar.key == "reporting-test-progress"
 
     [event] = await events(name="batch_ops.batch.completed", resource_id=f"openai.batch.{result.batch_id}")
     assert event.payload["output_file_id"] == result.output_file_id
