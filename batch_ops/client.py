@@ -7,7 +7,7 @@ re-sent (see ``create``).
 
 Example:
     >>> from batch_ops import BatchClient
-    >>> with BatchClient(api_key="local", base_url="http://127.0.0.1:9/v1") as client:
+    >>> with BatchClient(api_key="sk-local-dev-7f3a", base_url="http://127.0.0.1:9/v1") as client:
     ...     client.settings.base_url
     'http://127.0.0.1:9/v1'
 """
