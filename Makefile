@@ -31,7 +31,7 @@ lint: install
 	$(BIN)/ruff check batch_ops tests scripts benchmarks dags flows drills
 
 docs: install
-	$(BIN)/mkdocs build --strict --quiet --site-dir .site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir .site
 
 typecheck: install
 	$(BIN)/mypy

@@ -4,7 +4,7 @@ The core (this package) speaks the Files and Batches API; ``batch_ops.airflow`` 
 ``batch_ops.prefect`` are thin adapters; ``batch_ops.server`` is a local Batch API server.
 Importing ``batch_ops`` loads neither Airflow nor Prefect.
 
-Example:
+Examples:
     >>> from batch_ops import BatchClient, BatchStatus
     >>> BatchStatus.COMPLETED.is_terminal
     True

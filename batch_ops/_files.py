@@ -7,7 +7,7 @@ raises, the temporary file is removed and the target is untouched. A writer kill
 (``kill -9``) cannot clean up: its temporary file carries its pid, and the next writer of the
 same target removes the files of writers that are gone.
 
-Example:
+Examples:
     >>> import os, tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "a", "out.txt")
     >>> atomic_write(path, [b"one\\n", b"two\\n"]), open(path).read()

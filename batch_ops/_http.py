@@ -3,7 +3,7 @@
 The sync and async clients both loop around these functions, so the two cannot drift: the
 only difference between them is whether they ``sleep`` or ``await asyncio.sleep``.
 
-Example:
+Examples:
     >>> policy = RetryPolicy(max_retries=3, max_elapsed=60, initial=1, maximum=8)
     >>> policy.delay(attempt=0, elapsed=0, status=429, headers={"retry-after": "2"})
     2.0
@@ -38,7 +38,7 @@ USER_AGENT = f"batch-ops/{__version__}"
 def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
     """Seconds the server asked us to wait: ``retry-after-ms``, ``Retry-After`` seconds or HTTP date.
 
-    Example:
+    Examples:
         >>> parse_retry_after({"retry-after-ms": "250"}), parse_retry_after({"Retry-After": "3"})
         (0.25, 3.0)
         >>> parse_retry_after({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, now=1445412470.0)
@@ -127,7 +127,7 @@ def error_from_response(
 ) -> APIStatusError:
     """Build the matching APIStatusError from an error response, keeping the server's message.
 
-    Example:
+    Examples:
         >>> e = error_from_response(status_code=404, body=b'{"error": {"message": "No batch b1",'
         ...     b' "type": "invalid_request_error", "param": null, "code": null}}', headers={},
         ...     method="GET", url="http://h/v1/batches/b1")
@@ -178,7 +178,7 @@ class MultipartBody:
     Building the frame by hand lets both clients stream the file from disk in chunks (the
     async one off the event loop) with an exact Content-Length, never holding it in memory.
 
-    Example:
+    Examples:
         >>> m = MultipartBody.for_file(filename="r.jsonl", size=10, fields={"purpose": "batch"})
         >>> m.content_length == len(m.head) + 10 + len(m.tail), m.content_type.startswith("multipart/form-data")
         (True, True)

@@ -8,7 +8,7 @@ over); it performs no I/O. ``BatchClient`` runs plans with blocking httpx and ``
 ``AsyncBatchClient`` with async httpx and ``asyncio.sleep``. One implementation, two drivers:
 the sync and async clients cannot drift apart, and the plans are testable step by step.
 
-Example:
+Examples:
     >>> plan = send_with_retries(Send("GET", "/batches/b1"), policy=RetryPolicy(max_retries=1, initial=1))
     >>> first = next(plan)
     >>> first.method, first.path
@@ -248,7 +248,7 @@ def follow(send: Send, reply: Reply, location: str) -> Send:
     303 (and 301/302 after a POST, as browsers do) turns the request into a GET without a body;
     307/308 repeat it as it was.
 
-    Example:
+    Examples:
         >>> s = Send("GET", "/files/f1/content")
         >>> r = Reply(status=302, headers={"location": "https://cdn.example/f1?sig=x"},
         ...           url="https://api.example/v1/files/f1/content")
@@ -270,7 +270,7 @@ def api_path(template: str, **ids: Any) -> str:
     """An API path with each id checked and percent-encoded: an id never changes which resource
     a call reaches (``../files`` stays one path segment, ``b?limit=1`` adds no query).
 
-    Example:
+    Examples:
         >>> api_path("/batches/{batch_id}/cancel", batch_id="../files")
         '/batches/..%2Ffiles/cancel'
         >>> api_path("/files/{file_id}", file_id="")  # doctest: +ELLIPSIS
@@ -368,7 +368,7 @@ def create_body(
 
     ``azure``: the endpoint may be spelled as Azure OpenAI documents it, and is sent that way.
 
-    Example:
+    Examples:
         >>> create_body(input_file_id="f", endpoint="/v1/embeddings", completion_window="24h",
         ...             metadata={"run": "n"}, output_expires_after=None, idempotency_key="k")["metadata"]
         {'run': 'n', 'batch_ops_idempotency_key': 'k'}

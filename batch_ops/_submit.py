@@ -18,7 +18,7 @@ the Prefect tasks and flows and their retries, job parts and the CLI all drive
 
 Like every plan, it yields effects and performs no I/O of its own; the clients drive it.
 
-Example:
+Examples:
     >>> upload_filename("af-123.1", "9f86d081884c7d65")
     'batch_ops-4d93ab99de3c7dc0-9f86d081884c7d65.jsonl'
 """
@@ -102,7 +102,7 @@ class SubmitSpec:
     its first create): the chain lookup, upload reuse and reconcile are skipped. Lost create
     answers are still looked up before any re-send.
 
-    Example:
+    Examples:
         >>> SubmitSpec.of(endpoint="/v1/embeddings", fail_on=["failed"]).policy.names
         ('failed',)
     """
@@ -139,7 +139,7 @@ class Source:
     :class:`~batch_ops.storage.Location`) is copied to the submit's work directory first, then
     validated and uploaded like a local one (see :mod:`batch_ops.storage`).
 
-    Example:
+    Examples:
         >>> Source.of("requests.jsonl").path, Source.of([{"custom_id": "a"}]).requests is not None
         (PosixPath('requests.jsonl'), True)
         >>> Source.of(123)  # doctest: +ELLIPSIS

@@ -17,7 +17,7 @@ objects, and ``AsyncBatchClient`` calls it directly for API calls (no cookie jar
 redirect loop to run per poll). A request with the ``READ_EAGERLY`` extension gets its body
 read and its connection released inside the transport; otherwise the body streams.
 
-Example:
+Examples:
     >>> import httpx
     >>> transport = AiohttpTransport(limits=httpx.Limits(max_connections=200))
     >>> transport.max_connections
@@ -59,7 +59,7 @@ def env_proxy(url: httpx.URL) -> str | None:
 
     The same variables httpx's own transports honour, read the standard library's way.
 
-    Example:
+    Examples:
         >>> import os
         >>> os.environ["HTTPS_PROXY"], os.environ["NO_PROXY"] = "http://proxy:3128", "internal.example"
         >>> env_proxy(httpx.URL("https://api.openai.com/v1")), env_proxy(httpx.URL("https://internal.example/v1"))

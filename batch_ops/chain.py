@@ -16,7 +16,7 @@ worker, on any machine, with no local state. Everything here is a pure decision 
 Which requests a new attempt carries (only those without a success anywhere in the chain) is
 decided by reading the earlier attempts' output files: see ``batch_ops._submit``.
 
-Example:
+Examples:
     >>> from batch_ops.models import Batch
     >>> def batch(i, key, status, created=0, **kw):
     ...     return Batch(id=f"batch_{i}", endpoint="/v1/embeddings", input_file_id="f", status=status,
@@ -80,7 +80,7 @@ def check_idempotency_key(key: object, *, param: str = "idempotency_key") -> str
     Checked before anything is uploaded: a key must be a non-empty string without control
     characters, short enough for a metadata value with its attempt suffix.
 
-    Example:
+    Examples:
         >>> check_idempotency_key("nightly-2026-11-29")
         'nightly-2026-11-29'
         >>> check_idempotency_key("")  # doctest: +ELLIPSIS
@@ -126,7 +126,7 @@ def derive_key(namespace: str, *identity: Any) -> str:
     index; Prefect: the flow run and the task's place, or the parent run and the work); the same
     parts give the same key, in any process, on any machine.
 
-    Example:
+    Examples:
         >>> derive_key("af", "d", "t", "manual__1", -1)
         'af-e6866ef7529bcffa9b85341864c332201091dd1c'
     """
@@ -137,7 +137,7 @@ def derive_key(namespace: str, *identity: Any) -> str:
 def attempt_key(key: str, number: int) -> str:
     """The metadata value of attempt ``number`` of ``key``.
 
-    Example:
+    Examples:
         >>> attempt_key("k", 0), attempt_key("k", 2), attempt_key("dag.task.run.0", 1)
         ('k', 'k.2', 'dag.task.run.0~.1')
     """
@@ -148,7 +148,7 @@ def attempt_key(key: str, number: int) -> str:
 def attempt_number(value: str | None, key: str) -> int | None:
     """Which attempt of ``key`` a metadata value names, or None when it is not one of them.
 
-    Example:
+    Examples:
         >>> attempt_number("k", "k"), attempt_number("k.3", "k"), attempt_number("k.x", "k"), attempt_number("kk", "k")
         (0, 3, None, None)
         >>> attempt_number("k.1", "k.1"), attempt_number("k.1~", "k.1")
@@ -176,7 +176,7 @@ def attempt_number(value: str | None, key: str) -> int | None:
 class OutcomePolicy:
     """Which terminal outcomes the caller rejects: they fail the task, and a retry makes a new attempt.
 
-    Example:
+    Examples:
         >>> OutcomePolicy.of(["failed", "Expired"]).fail_on == {BatchStatus.FAILED, BatchStatus.EXPIRED}
         True
         >>> OutcomePolicy.of(["in_progress"])  # doctest: +ELLIPSIS
@@ -249,7 +249,7 @@ class Attempt:
 class AttemptChain:
     """Every batch of one key, by attempt. Built from the batch list: no local state.
 
-    Example:
+    Examples:
         >>> AttemptChain("k").latest is None, AttemptChain("k").next_number
         (True, 0)
     """
@@ -326,7 +326,7 @@ class AttemptChain:
 
         Validation error lists are capped at 20 entries per batch; everything else is kept.
 
-        Example:
+        Examples:
             >>> from batch_ops.models import Batch
             >>> b = Batch(id="b0", endpoint="/v1/embeddings", input_file_id="f", status="failed", created_at=0)
             >>> c = AttemptChain("k", (Attempt(0, b),))
@@ -363,7 +363,7 @@ class AttemptChain:
         they never overlap), ``failed`` the failures of the latest attempt (earlier failures were
         carried on to it).
 
-        Example:
+        Examples:
             >>> from batch_ops.models import Batch
             >>> b0 = Batch(id="b0", endpoint="/v1/embeddings", input_file_id="f", status="completed", created_at=0,
             ...            request_counts={"total": 10, "completed": 7, "failed": 3})
@@ -452,7 +452,7 @@ def next_step(chain: AttemptChain, policy: OutcomePolicy, *, max_attempts: int =
 def summary_of(chain_or_batch: AttemptChain | Batch) -> dict[str, Any]:
     """The result dict of a chain, or of a lone batch (a chain of one).
 
-    Example:
+    Examples:
         >>> from batch_ops.models import Batch
         >>> b = Batch(id="b", endpoint="/v1/embeddings", input_file_id="f", status="completed", created_at=0)
         >>> summary_of(b)["batch_ids"]

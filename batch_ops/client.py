@@ -5,7 +5,7 @@ a request and how they sleep. Every call retries what is worth retrying (408/409
 network errors) with jittered back-off and ``Retry-After``; a batch create is never blindly
 re-sent (see ``create``).
 
-Example:
+Examples:
     >>> from batch_ops import BatchClient
     >>> with BatchClient(api_key="sk-local-dev-7f3a", base_url="http://127.0.0.1:9/v1") as client:
     ...     client.settings.base_url
@@ -294,14 +294,17 @@ class BatchClient(_Base):
     """Blocking client for the Files and Batches API.
 
     Args:
-        api_key, base_url, organization, project, api_version: override the environment
-            (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ...); see :class:`ClientSettings`.
-        max_retries, timeout: as in the official ``openai.OpenAI`` constructor (retries after the
-            first try; seconds per HTTP exchange, or an ``httpx.Timeout``).
+        api_key: overrides ``OPENAI_API_KEY``; see :class:`ClientSettings`.
+        base_url: overrides ``OPENAI_BASE_URL``.
+        organization: overrides ``OPENAI_ORG_ID``.
+        project: overrides ``OPENAI_PROJECT_ID``.
+        api_version: Azure OpenAI's api-version (overrides ``OPENAI_API_VERSION``).
+        max_retries: retries after the first try, as in the official ``openai.OpenAI``.
+        timeout: seconds per HTTP exchange, or an ``httpx.Timeout``.
         settings: a complete :class:`ClientSettings` instead of the above.
         http_client: an ``httpx.Client`` to use (not closed by us).
 
-    Example:
+    Examples:
         >>> import os
         >>> from batch_ops import BatchClient
         >>> client = BatchClient(api_key="sk-local", base_url="http://127.0.0.1:8765/v1")
@@ -426,14 +429,15 @@ class BatchClient(_Base):
                 carries only the requests without a success anywhere in the chain.
             reattach: look the key up first (default). Pass False only for a key you know is
                 fresh; lost creates are still looked up before any re-send.
-            fail_on, fail_on_request_failures: the outcomes that call for a new attempt.
+            fail_on: the terminal statuses that call for a new attempt.
+            fail_on_request_failures: a completed batch with failed requests calls for one too.
             since: how far back (epoch seconds) the key is looked for; default
                 ``settings.idempotency_lookback`` ago.
 
         Returns:
             The batch to wait for (or the final one): the latest attempt.
 
-        Example:
+        Examples:
             >>> # client.submit("requests.jsonl", endpoint="/v1/chat/completions", idempotency_key="nightly-1")
         """
         spec = SubmitSpec.of(
@@ -448,7 +452,7 @@ class BatchClient(_Base):
         :class:`~batch_ops.Submission`: the chain, whether this call created the attempt, how many
         requests it carries. The adapters and the CLI call this.
 
-        Example:
+        Examples:
             >>> # sub = client.submit_spec("requests.jsonl", SubmitSpec(endpoint="/v1/embeddings", idempotency_key="k"))
         """
         src = Source.of(source)
@@ -613,7 +617,7 @@ class Batches:
     def chain(self, key: str, *, since: float | None = None) -> AttemptChain:
         """Every attempt of ``key`` (``key``, ``key.1``, …), from the batch list alone.
 
-        Example:
+        Examples:
             >>> # chain = client.batches.chain("nightly-1"); chain.batch_ids, chain.latest.status
         """
         since = _plans.clock() - self._c.settings.idempotency_lookback if since is None else since
@@ -690,7 +694,7 @@ class AsyncBatchClient(_Base):
     ``AsyncBatchClient.shared(settings)`` returns one pooled client per settings and event
     loop, so a thousand waiters (Airflow triggers, Prefect tasks) share connections.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> async def main():
         ...     async with AsyncBatchClient(api_key="sk-local", base_url="http://127.0.0.1:8765/v1") as c:

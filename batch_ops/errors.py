@@ -28,7 +28,7 @@ Every error raised by the core, the Airflow provider and the Prefect collection 
         ├── BatchTimeoutError         our own wait ran out of time; the batch goes on
         └── RequestFailuresError      the batch completed but some requests failed
 
-Example:
+Examples:
     >>> from batch_ops.errors import BatchOpsError, RateLimitError
     >>> issubclass(RateLimitError, BatchOpsError)
     True
@@ -84,7 +84,7 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429})
 def is_retryable_status(status_code: int) -> bool:
     """408, 409, 429 and every 5xx are worth another try; other 4xx are permanent.
 
-    Example:
+    Examples:
         >>> [is_retryable_status(s) for s in (400, 404, 409, 429, 503)]
         [False, False, True, True, True]
     """
@@ -103,7 +103,7 @@ REDACTED = "[redacted]"
 def redact(text: str, secrets: Iterable[str]) -> str:
     """``text`` with every occurrence of each secret replaced by ``[redacted]``.
 
-    Example:
+    Examples:
         >>> redact("Incorrect API key provided: Bearer sk-abc123", ["sk-abc123"])
         'Incorrect API key provided: Bearer [redacted]'
     """
@@ -147,7 +147,7 @@ class ConfigurationError(BatchOpsError):
 class Problem:
     """One finding of input validation: where, which rule, and how to fix it.
 
-    Example:
+    Examples:
         >>> str(Problem(rule="duplicate_custom_id", message="custom_id 'q-1' repeats line 1",
         ...             fix="make every custom_id unique", line=2))
         "line 2: duplicate_custom_id: custom_id 'q-1' repeats line 1 (fix: make every custom_id unique)"
@@ -315,7 +315,7 @@ _STATUS_CLASSES: dict[int, type[APIStatusError]] = {
 def status_error_class(status_code: int) -> type[APIStatusError]:
     """Return the exception class for an HTTP error status.
 
-    Example:
+    Examples:
         >>> status_error_class(404).__name__, status_error_class(503).__name__
         ('NotFoundError', 'InternalServerError')
     """
@@ -360,7 +360,7 @@ def is_permanent(exc: BaseException) -> bool:
     chain out of attempts are permanent. Network failures, 408/409/429/5xx, timeouts and batch
     outcomes are not: a batch that failed or expired gets a new attempt when retried.
 
-    Example:
+    Examples:
         >>> is_permanent(InputValidationError([])), is_permanent(status_error_class(503)("x", status_code=503))
         (True, False)
     """

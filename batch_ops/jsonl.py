@@ -15,7 +15,7 @@ of the file is a line terminator and fine; any empty or whitespace-only line (in
 *or* after the final newline) is an ``invalid_json_line``. A UTF-8 byte-order mark before the
 first line and CRLF line endings are accepted.
 
-Example:
+Examples:
     >>> import os, tempfile
     >>> d = tempfile.mkdtemp()
     >>> path = os.path.join(d, "requests.jsonl")
@@ -122,7 +122,7 @@ class FileReport:
         embedding_inputs: Embedding inputs summed over ``/v1/embeddings`` requests.
         truncated: True when validation stopped early after ``max_problems`` findings.
 
-    Example:
+    Examples:
         >>> FileReport(path="r.jsonl", lines=2, bytes=180, endpoint="/v1/embeddings",
         ...            model="text-embedding-3-small", embedding_inputs=5).truncated
         False
@@ -143,7 +143,7 @@ def embedding_input_count(value: Any) -> int:
     A string is one input; a list of integers is one pre-tokenized input; any other list
     (strings, or lists of integers) counts each element.
 
-    Example:
+    Examples:
         >>> embedding_input_count("hi"), embedding_input_count([1, 2, 3]), embedding_input_count(["a", "b"])
         (1, 1, 2)
         >>> embedding_input_count([[1, 2], [3]]), embedding_input_count(None)
@@ -613,7 +613,7 @@ def check_file(
     Raises:
         OSError: The file cannot be read.
 
-    Example:
+    Examples:
         >>> import os, tempfile
         >>> path = os.path.join(tempfile.mkdtemp(), "in.jsonl")
         >>> line = '{"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": {"model": "m", "input": %s}}'
@@ -672,7 +672,7 @@ def request_file(path: str | os.PathLike[str]) -> Path:
     ``BatchOpsError`` naming the problem and the fix for every bad input (``submit``, the Prefect
     upload task, and so the Airflow operator) check the path with this first.
 
-    Example:
+    Examples:
         >>> request_file("/nowhere/requests.jsonl")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
@@ -713,7 +713,7 @@ def validate_file(
         InputValidationError: With every finding (capped), each naming the line, rule and fix.
         OSError: The file cannot be read.
 
-    Example:
+    Examples:
         >>> import os, tempfile
         >>> path = os.path.join(tempfile.mkdtemp(), "in.jsonl")
         >>> _ = open(path, "w").write('{"custom_id": "a", "method": "GET", "url": "/v1/responses", "body": {}}\\n')
@@ -750,7 +750,7 @@ def iter_request_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict
     Raises:
         InputValidationError: A line is not a JSON object (``invalid_json_line``).
 
-    Example:
+    Examples:
         >>> import os, tempfile
         >>> path = os.path.join(tempfile.mkdtemp(), "in.jsonl")
         >>> _ = open(path, "wb").write(b'\\xef\\xbb\\xbf{"custom_id": "a"}\\r\\n\\r\\n{"custom_id": "b"}')
@@ -796,7 +796,7 @@ def request_line(custom_id: str, body: Mapping[str, Any], *, endpoint: str) -> d
     Raises:
         InputValidationError: ``custom_id`` is empty or ``endpoint`` is not a batch endpoint.
 
-    Example:
+    Examples:
         >>> request_line("q-1", {"model": "text-embedding-3-small", "input": "hi"}, endpoint="/v1/embeddings")
         {'custom_id': 'q-1', 'method': 'POST', 'url': '/v1/embeddings', 'body': {'model': 'text-embedding-3-small', \
 'input': 'hi'}}
@@ -888,7 +888,7 @@ def write_requests(
     Raises:
         InputValidationError: Any request broke a rule (nothing is written).
 
-    Example:
+    Examples:
         >>> import os, tempfile
         >>> path = os.path.join(tempfile.mkdtemp(), "emb.jsonl")
         >>> write_requests(({"custom_id": f"e-{i}", "body": {"model": "m", "input": ["a", "b"]}}
@@ -983,7 +983,7 @@ def shard_file(
     Raises:
         InputValidationError: A line breaks a rule, or one line alone is over a limit.
 
-    Example:
+    Examples:
         >>> import os, tempfile
         >>> d = tempfile.mkdtemp()
         >>> src = os.path.join(d, "big.jsonl")
@@ -1071,7 +1071,7 @@ def filter_requests(
     attempt was validated with). Returns how many lines ``dest`` holds; ``dest`` is written
     whole or not at all.
 
-    Example:
+    Examples:
         >>> import os, tempfile
         >>> d = tempfile.mkdtemp()
         >>> src, dst = os.path.join(d, "in.jsonl"), os.path.join(d, "rest.jsonl")

@@ -7,7 +7,7 @@ pickles as "a new, unlocked lock": what it guards is process-local state, so the
 process gets a lock of its own. ``PicklableWeakKeyDictionary`` likewise pickles as an empty one
 (a ``weakref.WeakKeyDictionary`` fails with ``cannot pickle 'weakref.ReferenceType' object``).
 
-Example:
+Examples:
     >>> import pickle
     >>> lock = PicklableLock()
     >>> with lock:

@@ -4,7 +4,7 @@ The models are tolerant readers: the API adds fields over time (kept in ``model_
 Azure OpenAI may send capitalised statuses (``"Validating"``) and ISO-8601 timestamps, and
 the published list example carries batches as JSON *strings*. All of these parse.
 
-Example:
+Examples:
     >>> b = Batch.model_validate({"id": "batch_1", "object": "batch", "endpoint": "/v1/embeddings",
     ...     "input_file_id": "file-1", "completion_window": "24h", "status": "In_Progress",
     ...     "created_at": "2024-03-26T16:45:33Z", "request_counts": {"total": 3, "completed": 1,
@@ -74,7 +74,7 @@ def canonical_endpoint(endpoint: Any) -> Any:
     """Azure OpenAI documents batch endpoints without the ``/v1`` prefix (``/chat/completions``):
     the OpenAI spelling of the same endpoint, or the value unchanged.
 
-    Example:
+    Examples:
         >>> canonical_endpoint("/chat/completions"), canonical_endpoint("/v1/embeddings"), canonical_endpoint("/x")
         ('/v1/chat/completions', '/v1/embeddings', '/x')
     """
@@ -86,7 +86,7 @@ def canonical_endpoint(endpoint: Any) -> Any:
 def azure_endpoint(endpoint: str) -> str:
     """The spelling Azure OpenAI documents for a batch endpoint (no ``/v1``).
 
-    Example:
+    Examples:
         >>> azure_endpoint("/v1/chat/completions")
         '/chat/completions'
     """
@@ -104,7 +104,7 @@ _WIRE = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
 class BatchStatus(str, Enum):
     """Lifecycle status of a batch.
 
-    Example:
+    Examples:
         >>> BatchStatus("completed").is_terminal, BatchStatus.FINALIZING.is_terminal
         (True, False)
     """
@@ -134,7 +134,7 @@ class BatchStatus(str, Enum):
         refused, as the official SDK accepts it: a new status of its own, never terminal, so a wait
         keeps polling until a status it knows ends the batch.
 
-        Example:
+        Examples:
             >>> s = BatchStatus("queued")
             >>> s.value, s.is_terminal, s.is_known, BatchStatus("queued") is s
             ('queued', False, False, True)
@@ -197,7 +197,7 @@ def _to_epoch(value: Any) -> Any:
 class RequestCounts(BaseModel):
     """How many requests the batch holds, and how many finished or failed so far.
 
-    Example:
+    Examples:
         >>> RequestCounts.model_validate({"total": None, "completed": None, "failed": None})  # Azure, validating
         RequestCounts(total=0, completed=0, failed=0)
     """
@@ -234,7 +234,7 @@ class OutputTokensDetails(BaseModel):
 class Usage(BaseModel):
     """Token usage of a batch (batches created after 2025-09-07), or summed over several.
 
-    Example:
+    Examples:
         >>> (Usage(input_tokens=3, output_tokens=2, total_tokens=5)
         ...  + Usage(input_tokens=1, total_tokens=1)).total_tokens
         6
@@ -352,7 +352,7 @@ class Batch(BaseModel):
     def summary(self) -> dict[str, Any]:
         """The XCom / task-result contract: ids, status, counts and usage as plain JSON.
 
-        Example:
+        Examples:
             >>> sorted(Batch(id="b", endpoint="/v1/embeddings", input_file_id="f",
             ...     status="completed", created_at=0).summary())
             ['batch_id', 'error_file_id', 'input_file_id', 'output_file_id', 'request_counts', 'status', 'usage']
@@ -462,7 +462,7 @@ def check_create_params(
     Shared by the client (raises before uploading) and the local server (answers 400), so the
     two cannot disagree. ``azure`` also accepts Azure OpenAI's spelling (``/chat/completions``).
 
-    Example:
+    Examples:
         >>> [p for p, _, _ in check_create_params(endpoint="/v1/chat", completion_window="48h")]
         ['endpoint', 'completion_window']
     """
@@ -549,7 +549,7 @@ def check_create_params(
 class CreateBatchRequest(BaseModel):
     """The body of POST /batches, validated on construction.
 
-    Example:
+    Examples:
         >>> CreateBatchRequest(input_file_id="file-1", endpoint="/v1/chat/completions").completion_window
         '24h'
         >>> CreateBatchRequest(input_file_id="file-1", endpoint="/v1/chat/completions",
@@ -588,7 +588,7 @@ class CreateBatchRequest(BaseModel):
 class RequestLine(BaseModel):
     """One line of a batch input file.
 
-    Example:
+    Examples:
         >>> RequestLine(custom_id="q-1", url="/v1/chat/completions",
         ...             body={"model": "m", "messages": []}).method
         'POST'
@@ -621,7 +621,7 @@ class ResultLine(BaseModel):
     both files is yielded by ``results()`` with ``error.code == "missing_result"`` rather than
     silently dropped.
 
-    Example:
+    Examples:
         >>> r = ResultLine.model_validate({"id": "batch_req_1", "custom_id": "q-1",
         ...     "response": {"status_code": 200, "request_id": "req_1", "body": {"x": 1}}, "error": None})
         >>> r.ok, r.body

@@ -26,7 +26,7 @@ not named in metadata         ``unowned``: reported, never cancelled (made outsi
 Batches younger than ``min_age`` are kept whatever their owner says: a run's state reaches the
 orchestrator's database a moment after the run acted.
 
-Example:
+Examples:
     >>> from batch_ops.models import Batch
     >>> b = Batch(id="b1", endpoint="/v1/embeddings", input_file_id="f", status="in_progress",
     ...           created_at=1000, metadata={"prefect_flow_run_id": "run-1"})
@@ -114,7 +114,7 @@ class Owner:
 def airflow_owner_metadata(*, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, str]:
     """The metadata pair naming an Airflow task instance as a batch's owner.
 
-    Example:
+    Examples:
         >>> airflow_owner_metadata(dag_id="d", run_id="manual__1", task_id="t")
         {'airflow_task_instance': '{"dag_id":"d","run_id":"manual__1","task_id":"t","map_index":-1}'}
     """

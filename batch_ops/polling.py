@@ -4,7 +4,7 @@ task only loop around :class:`BatchPoller` and never decide anything themselves.
 The poller knows an absolute wall-clock ``deadline`` (epoch seconds), so a waiter that
 resumes in another process (a restarted Airflow triggerer) keeps the original budget.
 
-Example:
+Examples:
     >>> from batch_ops.models import Batch
     >>> p = BatchPoller(poll_interval=10, max_poll_interval=40, timeout=100, jitter=0)
     >>> p.start(now=1000.0)
@@ -125,7 +125,7 @@ class BatchPoller:
     def decide_all(self, batches: Sequence[Batch], *, now: float) -> PollDecision:
         """The verdict after one poll of several batches: ``done`` as soon as any of them ended.
 
-        Example:
+        Examples:
             >>> p = BatchPoller(poll_interval=10, jitter=0)
             >>> p.start(now=0.0)
             >>> b = Batch(id="b", endpoint="/v1/embeddings", input_file_id="f", status="in_progress", created_at=0)
@@ -221,7 +221,7 @@ def outcome_error(
 ) -> BatchOutcomeError | None:
     """The exception a terminal batch deserves under a policy, or None when it is acceptable.
 
-    Example:
+    Examples:
         >>> b = Batch(id="b1", endpoint="/v1/embeddings", input_file_id="f", status="expired",
         ...           created_at=0, output_file_id="file-out", request_counts={"total": 4, "completed": 3})
         >>> type(outcome_error(b)).__name__

@@ -9,7 +9,7 @@ A request may have been carried by several attempts of one key (see :mod:`batch_
 :func:`join_chain_results` joins the output and error files of every attempt, the latest
 success winning.
 
-Example:
+Examples:
     >>> import os, tempfile
     >>> from batch_ops.jsonl import request_line, write_requests
     >>> d = tempfile.mkdtemp()
@@ -64,7 +64,7 @@ def iter_result_lines(path: PathLike) -> Iterator[ResultLine]:
     Raises:
         ResultFileError: A line is not a result object; the error names the file and line.
 
-    Example:
+    Examples:
         >>> import os, tempfile
         >>> path = os.path.join(tempfile.mkdtemp(), "out.jsonl")
         >>> _ = open(path, "w").write('{"custom_id": "a", "response": {"status_code": 200, "body": {}}}\\n\\n'
@@ -242,7 +242,7 @@ def join_results(
         ResultFileError: A line of the output or error file is not a result.
         InputValidationError: A line of the input file is not a JSON object with a custom_id.
 
-    Example:
+    Examples:
         >>> import os, tempfile
         >>> from batch_ops.jsonl import request_line, write_requests
         >>> d = tempfile.mkdtemp()

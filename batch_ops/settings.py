@@ -4,7 +4,7 @@ OpenAI and compatible servers take ``Authorization: Bearer <key>`` plus optional
 ``OpenAI-Organization`` / ``OpenAI-Project`` headers. Azure OpenAI (``api_version`` set) takes an
 ``api-key`` header and an ``api-version`` query parameter instead.
 
-Example:
+Examples:
     >>> s = ClientSettings(api_key="sk-test", base_url="http://127.0.0.1:8765/v1/", project="p1")
     >>> s.base_url, s.auth_headers()["OpenAI-Project"], "sk-test" in repr(s)
     ('http://127.0.0.1:8765/v1', 'p1', False)
@@ -53,7 +53,7 @@ class ClientSettings(BaseModel):
         backoff_initial / backoff_max: exponential back-off bounds (full jitter).
         idempotency_lookback: seconds of batch history searched for an idempotency key.
 
-    Example:
+    Examples:
         >>> ClientSettings.from_env({"OPENAI_API_KEY": "sk-1", "OPENAI_BASE_URL": "http://h/v1"}).base_url
         'http://h/v1'
     """

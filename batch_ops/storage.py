@@ -21,7 +21,7 @@ chosen over streaming through fsspec file objects because those commit a partial
 ``with`` block exits on an error, and because every local guarantee (regular file, size from
 metadata, atomic rename) then holds for remote files too.
 
-Example:
+Examples:
     >>> import fsspec
     >>> url = "memory://batch_ops-doc/requests.jsonl"
     >>> with local_output(url) as path:
@@ -84,7 +84,7 @@ class Location:
     Use it for file systems configured in code (a Prefect ``RemoteFileSystem`` block gives
     one); a URL string is enough when the environment configures the file system.
 
-    Example:
+    Examples:
         >>> import fsspec
         >>> loc = Location(fsspec.filesystem("memory"), "/bucket/x.jsonl")
         >>> str(loc), is_remote(loc)
@@ -123,7 +123,7 @@ def location(target: StorageTarget) -> Path | Location:
         InputValidationError: ``target`` is not a path, or names a protocol fsspec does not know
             (or whose package is not installed: the fix names it).
 
-    Example:
+    Examples:
         >>> location("file:///tmp/a.jsonl"), type(location("memory://b/a.jsonl")).__name__
         (PosixPath('/tmp/a.jsonl'), 'Location')
     """
@@ -171,7 +171,7 @@ def _bad_target(message: str, target: str, *, fix: str | None = None) -> InputVa
 def is_url(text: str) -> bool:
     """True when ``text`` is a URL of a file system other than the local one (``file://``).
 
-    Example:
+    Examples:
         >>> is_url("s3://bucket/key"), is_url("/data/x"), is_url("file:///data/x")
         (True, False, False)
     """
@@ -192,7 +192,7 @@ def display(target: Any) -> str:
 def join(base: StorageTarget, *parts: str) -> Any:
     """``base`` with ``parts`` appended, of the same kind: a URL stays a URL, a path object keeps its type.
 
-    Example:
+    Examples:
         >>> join("s3://bucket/eval", "work", "r1"), join("/data", "work")
         ('s3://bucket/eval/work/r1', '/data/work')
     """
@@ -317,7 +317,7 @@ def local_folder(target: StorageTarget) -> Iterator[Path]:
     relative path (files already there and not written are left alone). Use :func:`join` with
     the relative path to name a file's remote place.
 
-    Example:
+    Examples:
         >>> with local_folder("memory://batch_ops-doc/reports") as root:
         ...     _ = (root / "runs").mkdir(), (root / "runs" / "a.md").write_text("# a\\n")
         >>> read_text("memory://batch_ops-doc/reports/runs/a.md")
@@ -346,7 +346,7 @@ def read_all(folder: StorageTarget, *, suffix: str = "") -> list[str]:
     On object storage the files are fetched together (one listing, then concurrent reads where
     the file system can: s3fs, gcsfs, adlfs).
 
-    Example:
+    Examples:
         >>> write_text("memory://batch_ops-doc/h/b.json", "2"); write_text("memory://batch_ops-doc/h/a.json", "1")
         >>> read_all("memory://batch_ops-doc/h", suffix=".json"), read_all("memory://batch_ops-doc/none")
         (['1', '2'], [])

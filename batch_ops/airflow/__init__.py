@@ -3,7 +3,7 @@
 Names load on first use, so Airflow's providers manager can read
 ``batch_ops.airflow.provider`` without importing the operators.
 
-Example:
+Examples:
     >>> from batch_ops.airflow import OpenAIBatchOperator
     >>> # with DAG("nightly_embeddings", schedule="@daily"):
     >>> #     OpenAIBatchOperator(task_id="embed", endpoint="/v1/embeddings",

@@ -6,7 +6,7 @@ unless asked not to; ours never hold a worker while a batch runs, so they defer 
 deployment *sets* the option (``airflow.cfg``, or ``AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE``, or
 its ``_CMD`` / ``_SECRET`` forms), in which case they follow it like every other operator.
 
-Example:
+Examples:
     >>> isinstance(default_deferrable(), bool)
     True
 """

@@ -84,7 +84,7 @@ def settings_from_connection(conn: Any, extra: Mapping[str, Any] | None = None) 
         ConfigurationError: the connection cannot be used (no key, bad URL, unknown extra key);
             the message names the connection and the field, never the key.
 
-    Example:
+    Examples:
         >>> from types import SimpleNamespace
         >>> conn = SimpleNamespace(conn_id="c", conn_type="openai_batch", host="http://127.0.0.1:8765/v1",
         ...                        schema=None, port=None, password="sk-local", extra='{"project": "p1"}')
@@ -142,7 +142,7 @@ class OpenAIBatchHook(BaseHook):
     Args:
         conn_id: an ``openai_batch`` connection (or an ``openai`` one of the official provider).
 
-    Example:
+    Examples:
         >>> hook = OpenAIBatchHook(conn_id="openai_batch_default")
         >>> hook.conn_id
         'openai_batch_default'

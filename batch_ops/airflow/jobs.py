@@ -57,7 +57,7 @@ class OpenAIBatchJobTrigger(BaseTrigger):
     Events: ``{"event": "progress", "terminal": [ids]}``, ``{"event": "wake"}``,
     ``{"event": "timeout"}`` or ``{"event": "error", "message": ...}``.
 
-    Example:
+    Examples:
         >>> t = OpenAIBatchJobTrigger(conn_id="openai_batch_default", batch_ids=["b1", "b2"],
         ...                           poll_interval=60, wake_at=None, deadline=2e9)
         >>> t.serialize()[0]
@@ -139,7 +139,7 @@ class OpenAIBatchJobOperator(BaseOperator):
         fail_on_request_failures: fail the task when requests failed after every round (the
             merged output and the summary are written first).
 
-    Example:
+    Examples:
         >>> op = OpenAIBatchJobOperator(task_id="embed_all", input_path="/data/{{ ds }}/all.jsonl",
         ...                             output_path="/data/{{ ds }}/embeddings.jsonl", endpoint="/v1/embeddings")
         >>> op.deferrable, op.config["max_rounds"], op.config["endpoint"]

@@ -19,7 +19,7 @@ __all__ = ["OpenAIBatchLink", "batch_url"]
 def batch_url(settings: ClientSettings, batch_id: str) -> str:
     """Where a person can look at the batch.
 
-    Example:
+    Examples:
         >>> batch_url(ClientSettings(api_key="k"), "batch_1")
         'https://platform.openai.com/batches/batch_1'
         >>> batch_url(ClientSettings(api_key="k", base_url="http://127.0.0.1:8765/v1"), "batch_1")
@@ -35,7 +35,7 @@ def batch_url(settings: ClientSettings, batch_id: str) -> str:
 class OpenAIBatchLink(BaseOperatorLink):
     """Extra link "OpenAI Batch" on :class:`~batch_ops.airflow.OpenAIBatchOperator` tasks.
 
-    Example:
+    Examples:
         >>> OpenAIBatchLink().xcom_key
         '_link_OpenAIBatchLink'
     """

@@ -60,7 +60,7 @@ _LOOKBACK_SKEW = 600.0
 def idempotency_key(*, dag_id: str, task_id: str, run_id: str, map_index: int = -1) -> str:
     """The stable key of one task instance: every try of it computes the same value.
 
-    Example:
+    Examples:
         >>> k = idempotency_key(dag_id="d", task_id="t", run_id="manual__1", map_index=-1)
         >>> k == idempotency_key(dag_id="d", task_id="t", run_id="manual__1"), len(k)
         (True, 43)
@@ -105,7 +105,7 @@ def _literal(value: Any) -> Any:
 def with_storage_conn(path: Any, storage_conn_id: str | None) -> Any:
     """``path`` as ``ObjectStoragePath(path, conn_id=storage_conn_id)`` when it is a URL and a connection is given.
 
-    Example:
+    Examples:
         >>> with_storage_conn("/data/in.jsonl", "aws_default"), with_storage_conn("s3://b/k", None)
         ('/data/in.jsonl', 's3://b/k')
     """
@@ -128,7 +128,9 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
 
     Args:
         endpoint: e.g. ``/v1/chat/completions`` (templated).
-        input_file_id / input_path / requests: the input, see above (the first two templated).
+        input_file_id: an uploaded file's id (templated); see above.
+        input_path: a request file (templated): a local path or an object storage URL; see above.
+        requests: request dicts, or an XComArg resolved at run time; see above.
         storage_conn_id: the Airflow connection of ``input_path``'s object storage when it is a
             URL (it is read as ``ObjectStoragePath(input_path, conn_id=storage_conn_id)``);
             None: the file system's own defaults (environment, instance role).
@@ -153,7 +155,7 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
         reattach: look the task instance's attempt chain up before creating (see module doc);
             False makes every try a new, unrelated batch.
 
-    Example:
+    Examples:
         >>> op = OpenAIBatchOperator(task_id="embed", endpoint="/v1/embeddings",
         ...                          input_path="/data/{{ ds }}/requests.jsonl", poll_interval=60)
         >>> op.deferrable, op.fail_on

@@ -7,7 +7,7 @@ metadata, and cancels the batches whose DAG run has ended: see :mod:`batch_ops.o
 rules and :func:`dag_run_states` for why the run, not the task instance, decides.
 ``dags/batch_ops_orphan_sweep.py`` runs it hourly.
 
-Example:
+Examples:
     >>> op = OpenAIBatchOrphanSweepOperator(task_id="sweep", cancel=False)
     >>> op.cancel, op.min_age
     (False, 600.0)

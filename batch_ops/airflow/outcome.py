@@ -5,7 +5,7 @@ a trigger event into the batch (or error) it reports, the chain into the XCom di
 outcome into the exception that fails the task (so Airflow retries it, and the retry makes the
 chain's next attempt).
 
-Example:
+Examples:
     >>> check_event({"event": "nonsense"})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...

@@ -19,7 +19,7 @@ HOWTO_PAGES = ("operator", "sensor", "job-operator", "orphan-sweep")
 def get_provider_info() -> dict[str, Any]:
     """What ``airflow providers list`` and the connection form know about batch_ops.
 
-    Example:
+    Examples:
         >>> info = get_provider_info()
         >>> info["package-name"], info["connection-types"][0]["connection-type"]
         ('openai-batch-ops', 'openai_batch')

@@ -42,13 +42,14 @@ class OpenAIBatchSensor(BatchOutcomeMixin, BaseSensorOperator):
         deferrable: wait in the triggerer; False uses ``mode`` (poke or reschedule). Default: Airflow's
             ``[operators] default_deferrable`` when the deployment sets it, else True.
         poke_interval: seconds between polls (the trigger's poll interval when deferred).
-        timeout: seconds before the sensor gives up (BaseSensorOperator's; default 7 days).
-        fail_on / fail_on_request_failures: the failure policy, as on the operator.
+        fail_on: terminal statuses that fail the sensor, as on the operator.
+        fail_on_request_failures: also fail a completed batch with failed requests.
         cancel_on_kill: cancel the batch when the task is killed (default False: the sensor
             did not create it).
-        cancel_on_timeout: cancel the batch when the sensor times out.
+        cancel_on_timeout: cancel the batch when the sensor times out (``timeout``, a
+            ``BaseSensorOperator`` argument: seconds before the sensor gives up, default 7 days).
 
-    Example:
+    Examples:
         >>> s = OpenAIBatchSensor(task_id="wait", poke_interval=30,
         ...                       batch_id="{{ ti.xcom_pull(task_ids='create', key='batch_id') }}")
         >>> s.deferrable, s.template_fields

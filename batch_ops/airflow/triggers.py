@@ -83,7 +83,7 @@ def _base_payload(kind: str, batch_id: str, batch: Batch | None, message: str) -
 def batch_event(batch: Batch) -> dict[str, Any]:
     """The payload for a batch that reached a terminal status.
 
-    Example:
+    Examples:
         >>> b = Batch(id="b1", endpoint="/v1/embeddings", input_file_id="f", status="expired", created_at=0,
         ...           output_file_id="file-out", request_counts={"total": 4, "completed": 3})
         >>> e = batch_event(b)
@@ -222,7 +222,7 @@ class OpenAIBatchTrigger(BaseTrigger):
             (default: one poll interval), so a restarted triggerer does not send all its
             polls in the same instant.
 
-    Example:
+    Examples:
         >>> t = OpenAIBatchTrigger(conn_id="openai_batch_default", batch_id="batch_1", poll_interval=30,
         ...                        deadline=1_900_000_000.0)
         >>> t.serialize()[0]

@@ -29,7 +29,7 @@ Exit codes::
 ``batch-ops serve`` goes straight to ``batch_ops.server.__main__`` (so it is the same program as
 ``python -m batch_ops.server``) and works without the ``cli`` extra (typer, rich).
 
-Example:
+Examples:
     >>> main(["serve", "--engine", "upstream"])
     2
     >>> EXIT_CODES[EXIT_TIMEOUT]
@@ -77,7 +77,7 @@ EXIT_CODES: dict[int, str] = {
 def exit_code_for(exc: BaseException) -> int:
     """The exit status a failure deserves (see the module docstring for the table).
 
-    Example:
+    Examples:
         >>> from batch_ops.errors import AuthenticationError, BatchTimeoutError, NotFoundError
         >>> exit_code_for(NotFoundError("no such batch", status_code=404))
         3
@@ -114,7 +114,7 @@ def _serve(args: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``batch-ops``; returns the exit status.
 
-    Example:
+    Examples:
         >>> main(["validate", "/no/such/requests.jsonl"])  # a usage error: the file does not exist
         2
     """

@@ -1,6 +1,6 @@
 """``python -m batch_ops.cli``: the same program as the ``batch-ops`` console script.
 
-Example:
+Examples:
     >>> # python -m batch_ops.cli status batch_abc --json
 """
 

@@ -4,7 +4,7 @@ Loaded only by :func:`batch_ops.cli.main` (never by ``import batch_ops``), becau
 ``cli`` extra (typer, rich). The exit codes and the ``--json`` contract are described in
 :mod:`batch_ops.cli`.
 
-Example:
+Examples:
     >>> from typer.testing import CliRunner
     >>> CliRunner().invoke(app, ["validate", "--help"]).exit_code
     0

@@ -3,7 +3,7 @@
 The extraction functions (``result_content``, ``csv_row``, ``ResultTally``, ``report_json``) are
 pure, so the same decisions hold whether the output is a terminal, a pipe or a file.
 
-Example:
+Examples:
     >>> from batch_ops.models import ResultLine
     >>> r = ResultLine.model_validate({"custom_id": "q-1", "response": {"status_code": 200,
     ...     "body": {"choices": [{"message": {"role": "assistant", "content": "4"}}]}}})
@@ -72,7 +72,7 @@ _TIMESTAMPS = (
 def when(ts: int | None) -> str:
     """An epoch timestamp as UTC text; ``-`` when absent.
 
-    Example:
+    Examples:
         >>> when(0), when(None)
         ('1970-01-01 00:00:00 UTC', '-')
     """
@@ -84,7 +84,7 @@ def when(ts: int | None) -> str:
 def human_bytes(n: int) -> str:
     """A byte count for people.
 
-    Example:
+    Examples:
         >>> human_bytes(512), human_bytes(2048), human_bytes(3 * 1024 * 1024)
         ('512 B', '2.0 KiB', '3.0 MiB')
     """
@@ -104,7 +104,7 @@ def human_bytes(n: int) -> str:
 def result_error_message(line: ResultLine) -> str | None:
     """Why a request failed: the top-level error's message, else the response body's ``error``.
 
-    Example:
+    Examples:
         >>> result_error_message(ResultLine.model_validate({"custom_id": "a", "response": {
         ...     "status_code": 400, "body": {"error": {"message": "Missing 'messages'."}}}}))
         "Missing 'messages'."
@@ -152,7 +152,7 @@ def result_content(line: ResultLine, endpoint: str) -> str:
     embeddings' dimensions (``3x256`` for several inputs), completions' text, moderations'
     ``flagged``; for a failed request, the error message.
 
-    Example:
+    Examples:
         >>> emb = ResultLine.model_validate({"custom_id": "e", "response": {"status_code": 200,
         ...     "body": {"data": [{"embedding": [0.1, 0.2, 0.3]}]}}})
         >>> result_content(emb, "/v1/embeddings")
@@ -196,7 +196,7 @@ def result_content(line: ResultLine, endpoint: str) -> str:
 def csv_row(line: ResultLine, endpoint: str) -> list[str]:
     """One CSV row in :data:`CSV_COLUMNS` order.
 
-    Example:
+    Examples:
         >>> gone = ResultLine.model_validate({"custom_id": "b", "error": {"code": "missing_result",
         ...                                   "message": "no result in the output or error file"}})
         >>> csv_row(gone, "/v1/chat/completions")
@@ -216,7 +216,7 @@ def csv_row(line: ResultLine, endpoint: str) -> list[str]:
 class ResultTally:
     """Counts of joined results: how many worked, failed, were missing, by error code.
 
-    Example:
+    Examples:
         >>> t = ResultTally()
         >>> for r in [ResultLine(custom_id="a", response={"status_code": 200}),
         ...           ResultLine(custom_id="b", error={"code": "missing_result"})]:
@@ -267,7 +267,7 @@ class ResultTally:
 def problem_json(problem: Problem) -> dict[str, Any]:
     """A validation finding as plain JSON.
 
-    Example:
+    Examples:
         >>> problem_json(Problem(rule="empty_file", message="no requests", fix="add requests"))
         {'line': None, 'rule': 'empty_file', 'message': 'no requests', 'fix': 'add requests', 'param': None}
     """

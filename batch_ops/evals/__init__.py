@@ -3,7 +3,7 @@
 The Airflow DAG (``dags/nightly_eval.py``) and the Prefect flow (``flows/nightly_eval.py``)
 both call these, so the two pipelines score and report identically.
 
-Example:
+Examples:
     >>> from batch_ops.evals import load_eval_set, score_results
     >>> from batch_ops.models import ResultLine
     >>> items = load_eval_set()[:2]

@@ -4,7 +4,7 @@ The shipped set (``data/nightly_eval.jsonl``, 210 items in 7 categories) is rege
 ``scripts/make_eval_set.py``; bring your own with :func:`load_eval_set` on any JSONL file of
 the same shape.
 
-Example:
+Examples:
     >>> items = load_eval_set()
     >>> len(items) >= 200, items[0].scorer
     (True, 'numeric')
@@ -43,7 +43,7 @@ DEFAULT_SYSTEM_PROMPT = "You are a precise assistant. Answer with the answer onl
 class EvalItem(BaseModel):
     """One question with its expected answer and the scorer that judges it.
 
-    Example:
+    Examples:
         >>> EvalItem(id="q1", question="2+2?", expected="4", scorer="numeric").tolerance
         0.0
     """

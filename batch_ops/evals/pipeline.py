@@ -15,7 +15,7 @@ history are written back there. The history is read, appended to and put back wh
 writing the same history at once could lose one line, so run one nightly eval at a time per
 history (both pipelines do: ``max_active_runs=1``, one deployment).
 
-Example:
+Examples:
     >>> import tempfile
     >>> path = prepare_requests(work_dir=tempfile.mkdtemp(), run_id="manual__2026-11-21")
     >>> path.name, sum(1 for _ in path.open()) >= 200
@@ -48,7 +48,7 @@ def run_dir(work_dir: StorageTarget, run_id: str) -> Any:
 
     Of the same kind as ``work_dir``: a local ``Path``, or a URL / path object on object storage.
 
-    Example:
+    Examples:
         >>> run_dir("memory://bucket/eval/work", "scheduled__2026-11-21T00:00:00+00:00")
         'memory://bucket/eval/work/scheduled__2026-11-21T00_00_00_00_00'
     """

@@ -12,7 +12,7 @@ Layout under ``report_dir``::
     trend.png                 score and failed requests across runs (needs matplotlib)
     latest.md                 a copy of the newest report.md
 
-Example:
+Examples:
     >>> check_regression(current=0.80, previous=0.86, max_drop=0.05)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...

@@ -5,7 +5,7 @@ answer) and ``numeric`` (the first number in the answer within ``tolerance``). A
 with :func:`register_scorer`. A request that failed (error file, missing result) scores as
 ``failed``, never silently as wrong or right.
 
-Example:
+Examples:
     >>> from batch_ops.evals.dataset import EvalItem
     >>> item = EvalItem(id="q", question="12*12?", expected="144", scorer="numeric")
     >>> SCORERS["numeric"]("The answer is 144.", item), SCORERS["exact"]("Paris.", item.model_copy(
@@ -44,7 +44,7 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 def register_scorer(name: str) -> Callable[[Scorer], Scorer]:
     """Register ``fn(answer, item) -> bool`` under ``name`` (the item's ``scorer`` field).
 
-    Example:
+    Examples:
         >>> @register_scorer("startswith")
         ... def _startswith(answer, item):
         ...     return normalise(answer).startswith(normalise(item.expected))

@@ -4,7 +4,7 @@
 and cancelled batches, resubmits retryable failures and token-limit refusals, and merges one
 result per request in input order — resumable from its state file, never paying twice.
 
-Example:
+Examples:
     >>> from batch_ops.jobs import BatchJob, JobSummary
     >>> sorted(JobSummary.__dataclass_fields__)[:4]
     ['batches', 'duplicates', 'failed', 'output_path']

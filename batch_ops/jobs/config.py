@@ -1,7 +1,7 @@
 """The parameters of a job, in one object: ``BatchJob``, the Airflow operator, the Prefect flow and
 the CLI all take a :class:`JobConfig` (or its fields), so they are written and checked once.
 
-Example:
+Examples:
     >>> JobConfig.of(endpoint="/v1/embeddings", max_concurrent=8).max_concurrent
     8
     >>> JobConfig.of(endpoint="/v1/embeddings", max_concurrent=0)  # doctest: +ELLIPSIS

@@ -9,7 +9,7 @@ Pure file work, no HTTP: the runner downloads, these functions decide and write.
 - :func:`merge` writes one line per input request, in input order, each with its provenance.
 - :class:`UsageTotals` sums billed usage and prices it from a user-supplied table.
 
-Example:
+Examples:
     >>> from batch_ops.models import ResultLine
     >>> is_retryable(ResultLine(custom_id="a", error={"code": "batch_expired", "message": "x"}))
     True
@@ -194,7 +194,7 @@ class UsageTotals:
     ``prices`` maps a model name (or ``"*"``) to USD per 1M tokens:
     ``{"gpt-4o-mini": {"input": 0.075, "cached_input": 0.0375, "output": 0.30}}`` (batch prices).
 
-    Example:
+    Examples:
         >>> u = UsageTotals()
         >>> u.add({"model": "m", "usage": {"prompt_tokens": 1000, "completion_tokens": 500,
         ...                                "prompt_tokens_details": {"cached_tokens": 200}}})

@@ -17,7 +17,7 @@ again.
 client calls; ``advance`` / ``run`` drive it with :class:`~batch_ops.BatchClient`,
 ``aadvance`` / ``arun`` with :class:`~batch_ops.AsyncBatchClient` (file work in a thread).
 
-Example:
+Examples:
     >>> import tempfile, os
     >>> from batch_ops.jsonl import write_requests, request_line
     >>> d = tempfile.mkdtemp()

@@ -12,7 +12,7 @@ A job lives next to its output file::
 Every write goes to a temporary file and is renamed into place, so a job killed at any
 instant resumes from a consistent state.
 
-Example:
+Examples:
     >>> s = JobState(job_id="j1", endpoint="/v1/embeddings", input_path="in.jsonl", output_path="out.jsonl",
     ...              total=3, created_at=0.0, max_rounds=2)
     >>> s.parts.append(PartState(name="r0-001", round=0, path="p.jsonl", requests=3))

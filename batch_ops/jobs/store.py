@@ -20,7 +20,7 @@ writes the same files).
 Files in a state are named relative to the work folder (``parts/r0-001.jsonl``), so a state can
 move; states written by older versions name absolute local paths, which still resolve.
 
-Example:
+Examples:
     >>> store = store_for("memory://batch_ops-doc/jobs/out.jsonl")
     >>> type(store).__name__, store.state_name
     ('RemoteJobStore', 'memory:///batch_ops-doc/jobs/out.jsonl.state.json')

@@ -2,7 +2,7 @@
 
 Register the block type with ``prefect block register -m batch_ops.prefect``.
 
-Example:
+Examples:
     ```python
     import asyncio
     from prefect import flow

@@ -11,7 +11,7 @@ summary table under ``openai-batch-summary`` and the progress bar under
 ``wait_for_batch`` and ``run_batch`` take ``artifact_key=`` to file a pipeline's batches under
 keys of their own (``artifact_key="nightly-eval"``: ``nightly-eval-summary``, ...).
 
-Example:
+Examples:
     >>> from batch_ops.models import Batch
     >>> b = Batch(id="batch_AB1", endpoint="/v1/embeddings", input_file_id="f", status="in_progress",
     ...           created_at=0, request_counts={"total": 8, "completed": 5, "failed": 1})
@@ -49,7 +49,7 @@ def artifact_keys(stem: str) -> tuple[str, str]:
     """The (summary table, progress) keys for ``stem``, as Prefect accepts keys: lowercase letters,
     digits and dashes.
 
-    Example:
+    Examples:
         >>> artifact_keys("Nightly Eval_2")
         ('nightly-eval-2-summary', 'nightly-eval-2-progress')
     """
@@ -106,7 +106,7 @@ class ProgressArtifact:
 
     Pass :meth:`update` as the ``on_poll`` callback of ``AsyncBatchClient.batches.wait``.
 
-    Example:
+    Examples:
         ```python
         progress = ProgressArtifact(logger=get_run_logger())
         batch = await client.batches.wait(batch_id, on_poll=progress.update)

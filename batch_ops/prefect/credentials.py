@@ -29,7 +29,7 @@ class OpenAIBatchCredentials(CredentialsBlock):
     parameters, in ``repr`` and in logs. Pass a saved block to a deployment by reference
     (``{"$ref": {"block_document_id": ...}}``, what the UI sends).
 
-    Example:
+    Examples:
         Save once, then load by name in a flow:
         ```python
         from batch_ops.prefect import OpenAIBatchCredentials
@@ -107,7 +107,7 @@ class OpenAIBatchCredentials(CredentialsBlock):
 def resolve_settings(credentials: OpenAIBatchCredentials | None) -> ClientSettings:
     """Settings from the block when one is given, else from the environment.
 
-    Example:
+    Examples:
         >>> resolve_settings(OpenAIBatchCredentials(api_key="sk-1", base_url="http://h/v1")).base_url
         'http://h/v1'
     """

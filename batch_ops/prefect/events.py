@@ -7,7 +7,7 @@ can pass ``{{ event.payload.output_file_id }}`` to the deployment it starts.
 
 :func:`batch_event` decides everything and is pure; :func:`emit_batch_event` only sends.
 
-Example:
+Examples:
     >>> from batch_ops.models import Batch
     >>> b = Batch(id="batch_1", endpoint="/v1/embeddings", input_file_id="file-in", status="completed",
     ...           output_file_id="file-out", created_at=100, completed_at=160,
@@ -38,7 +38,7 @@ _MAX_ERRORS = 5
 class BatchEvent:
     """What :func:`prefect.events.emit_event` is given for one batch.
 
-    Example:
+    Examples:
         >>> BatchEvent(event="batch_ops.batch.completed", resource={"prefect.resource.id": "openai.batch.b1"}).payload
         {}
     """

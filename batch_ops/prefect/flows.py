@@ -66,7 +66,7 @@ _PLAIN_FIELDS = ("base_url", "organization", "project", "api_version", "timeout"
 def batches_to_cancel(batches: Iterable[Batch], *, flow_run_id: str) -> list[Batch]:
     """The batches created by this flow run that are still running and not yet being cancelled.
 
-    Example:
+    Examples:
         >>> b = Batch(id="b1", endpoint="/v1/embeddings", input_file_id="f", status="in_progress", created_at=0,
         ...           metadata={"prefect_flow_run_id": "run-1"})
         >>> [x.id for x in batches_to_cancel([b], flow_run_id="run-1")], batches_to_cancel([b], flow_run_id="run-2")
@@ -113,7 +113,7 @@ async def cancel_flow_run_batches(flow: Flow[Any, Any], flow_run: FlowRun, state
 
     Errors are logged, not raised: Prefect goes on cancelling the run either way.
 
-    Example:
+    Examples:
         ```python
         @flow(on_cancellation=[cancel_flow_run_batches])
         async def my_flow(): ...
@@ -211,7 +211,7 @@ async def run_batch(
         artifact_key: the stem of the artifacts' keys (``<stem>-summary``, ``<stem>-progress``;
             default ``openai-batch``): one name per pipeline keeps its history in the Prefect UI.
 
-    Example:
+    Examples:
         ```python
         result = await run_batch(input_path="requests.jsonl", endpoint="/v1/chat/completions")
         print(result.status, result.output_file_id, result.batch_ids)

@@ -61,7 +61,7 @@ async def run_batch_job(
     ``resubmitted``, ``rounds``, ``usage`` (with ``cost_usd`` when ``prices`` is given),
     ``output_path`` and ``state_path``.
 
-    Example:
+    Examples:
         ```python
         summary = await run_batch_job("all.jsonl", "results.jsonl", JobConfig(endpoint="/v1/embeddings"))
         ```

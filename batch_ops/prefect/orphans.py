@@ -13,7 +13,7 @@ in a final state (completed, failed, cancelled, crashed) or ``Cancelling``: a su
 cancelled parent is going nowhere, whatever its own state says. A run that is scheduled (also
 ``AwaitingRetry``), pending, running or paused is going; a retry re-attaches to its batches.
 
-Example:
+Examples:
     ```python
     from batch_ops.prefect import sweep_orphan_batches
     sweep_orphan_batches.serve(name="batch-ops-orphan-sweep", cron="*/15 * * * *")

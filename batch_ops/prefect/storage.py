@@ -8,7 +8,7 @@ block (prefect-aws' ``S3Bucket``, ``SMB``, …) is read and written whole with i
 ``read_path``/``write_path``: memory then holds one file (at most 200 MB, the API's limit for a
 request file). Passed by reference, a saved block keeps its credentials out of parameters.
 
-Example:
+Examples:
     >>> from prefect.filesystems import RemoteFileSystem
     >>> str(block_target(RemoteFileSystem(basepath="memory://bucket/eval"), "work/requests.jsonl"))
     'memory://bucket/eval/work/requests.jsonl'

@@ -13,7 +13,7 @@ core: a retried task, or a retried flow run, finds the batch its earlier try cre
 failed or expired one it makes the next attempt, carrying only the requests without a success.
 No task result, log line, artifact or event carries the API key.
 
-Example:
+Examples:
     ```python
     from batch_ops.prefect import create_batch, upload_batch_file, wait_for_batch
     from prefect import flow
@@ -89,7 +89,7 @@ class BatchResult(BaseModel):
     seven describe the latest attempt; ``batch_ids`` lists every attempt of the key, oldest
     first, and ``chain_request_counts`` / ``chain_usage`` cover them all.
 
-    Example:
+    Examples:
         >>> from batch_ops.models import Batch
         >>> r = BatchResult.from_batch(Batch(id="batch_1", endpoint="/v1/embeddings", input_file_id="file-in",
         ...     status="completed", output_file_id="file-out", created_at=0))
@@ -273,7 +273,7 @@ async def upload_batch_file(
         credentials: the block to use; None reads ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``.
         storage: a ``WritableFileSystem`` block that ``source`` (a path) is relative to.
 
-    Example:
+    Examples:
         ```python
         file_id = await upload_batch_file("requests.jsonl", endpoint="/v1/chat/completions")
         ```
@@ -362,12 +362,13 @@ async def submit_batch(
             place in it (see :func:`task_idempotency_key`).
         storage: a ``WritableFileSystem`` block that ``source`` (a path) is relative to
             (see :mod:`batch_ops.prefect.storage`).
-        fail_on, fail_on_request_failures: outcomes that call for a new attempt on a retry.
+        fail_on: terminal statuses that call for a new attempt on a retry.
+        fail_on_request_failures: a completed batch with failed requests calls for one too.
         since: how far back (epoch seconds) the key's batches are looked for; default: when the
             flow run began for a derived key (its batches cannot be older), else the client's
             ``idempotency_lookback``.
 
-    Example:
+    Examples:
         ```python
         batch = await submit_batch("requests.jsonl", endpoint="/v1/chat/completions", idempotency_key="nightly-1")
         ```
@@ -408,7 +409,7 @@ async def create_batch(
         output_expires_after: ``{"anchor": "created_at", "seconds": 3600..2592000}``.
         idempotency_key: overrides the derived key.
 
-    Example:
+    Examples:
         ```python
         batch = await create_batch(file_id, endpoint="/v1/chat/completions", metadata={"run": "nightly"})
         ```
@@ -458,7 +459,7 @@ async def wait_for_batch(
         RequestFailuresError: per ``fail_on_request_failures``.
         BatchTimeoutError: the timeout passed first.
 
-    Example:
+    Examples:
         ```python
         results = await asyncio.gather(*(wait_for_batch(b, poll_interval=60) for b in batch_ids))
         ```
@@ -507,7 +508,7 @@ async def download_batch_file(
     block: the file is then put as one object once complete (see :mod:`batch_ops.storage`).
     Returns the local ``Path`` written, or the URL (text) of the object on object storage.
 
-    Example:
+    Examples:
         ```python
         out = await download_batch_file(result.output_file_id, "output.jsonl")
         ```
@@ -530,7 +531,7 @@ async def cancel_batch(
     Work finished before the cancel stays in the output file (and is billed); wait for the
     batch to see ``cancelled`` and the final file ids.
 
-    Example:
+    Examples:
         ```python
         await cancel_batch(batch.batch_id)
         ```

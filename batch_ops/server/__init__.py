@@ -4,7 +4,7 @@
 returns the ASGI app for in-process use. Importing this package loads neither Starlette nor
 uvicorn: only ``create_app`` and the server process need them.
 
-Example:
+Examples:
     >>> from batch_ops.server import serve_in_background
     >>> with serve_in_background(http_429=0.1, seed=1) as url:  # doctest: +SKIP
     ...     client = openai.OpenAI(base_url=url, api_key="sk-local")

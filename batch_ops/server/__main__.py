@@ -1,6 +1,6 @@
 """``python -m batch_ops.server`` / ``batch-ops serve``: run the local Batch API server.
 
-Example:
+Examples:
     >>> from batch_ops.server.__main__ import main
     >>> main(["--engine", "upstream"])  # doctest: +ELLIPSIS
     2

@@ -8,7 +8,7 @@ check_create_params``, the same function the client uses, so the two cannot disa
 The app is a Starlette subclass whose ``__call__`` runs the faults and the auth check *before*
 Starlette's own middleware: a dropped connection needs uvicorn's untouched ``send``.
 
-Example:
+Examples:
     >>> import tempfile
     >>> app = create_app(data_dir=tempfile.mkdtemp(), api_key="sk-local")
     >>> sorted({r.path for r in app.routes if r.path.startswith("/v1/batches")})
@@ -369,7 +369,7 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 class BatchOpsApp(Starlette):
     """Starlette, with faults, auth and ``x-request-id`` applied outermost on ``/v1`` routes.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> isinstance(create_app(data_dir=tempfile.mkdtemp()), Starlette)
         True

@@ -3,7 +3,7 @@
 A subprocess rather than a thread: tests can ``kill -9`` it mid-batch and start it again on the
 same data dir, and a benchmark's client does not share the server's GIL.
 
-Example:
+Examples:
     >>> with serve_in_background(seed=1) as url:  # doctest: +SKIP
     ...     url, url.pid, url.data_dir
     ...     url.kill(); url.restart()          # crash and recover on the same port and data
@@ -131,7 +131,7 @@ class ServerURL(str):
         data_dir: the server's data directory.
         options: the options it runs with.
 
-    Example:
+    Examples:
         >>> with serve_in_background() as url:  # doctest: +SKIP
         ...     openai.OpenAI(base_url=url, api_key="any").batches.list()
     """
@@ -182,7 +182,7 @@ def serve_in_background(*, startup_timeout: float = 30.0, **options: Any) -> Ite
     ``port`` it picks a free one; without ``data_dir`` it uses a temporary directory, removed on
     exit. On exit the server gets SIGTERM, then SIGKILL if it lingers.
 
-    Example:
+    Examples:
         >>> with serve_in_background(fail_requests=0.1, seed=3) as url:  # doctest: +SKIP
         ...     ...
     """

@@ -8,7 +8,7 @@
 * ``UpstreamEngine`` forwards each request to any OpenAI-compatible server (vLLM, Ollama,
   llama.cpp, another batch_ops server), retrying 429/5xx/network failures with back-off.
 
-Example:
+Examples:
     >>> reply = EchoEngine().respond("/v1/chat/completions",
     ...     {"model": "m", "messages": [{"role": "user", "content": "2+2?"}]})
     >>> reply.status_code, reply.body["choices"][0]["message"]["content"], usage_of(reply.body)
@@ -46,7 +46,7 @@ class Reply:
     ``status_code`` and ``body`` form the HTTP response; ``status_code`` is None when there was
     no HTTP response at all and only the top-level ``error`` ``{code, message}`` says why.
 
-    Example:
+    Examples:
         >>> Reply(200, {"ok": 1}).ok, Reply(None, error={"code": "batch_expired", "message": "late"}).ok
         (True, False)
     """
@@ -77,7 +77,7 @@ def usage_of(body: Any) -> Usage5 | None:
     Chat and completions report ``prompt_tokens``/``completion_tokens``; the Responses API and
     images report ``input_tokens``/``output_tokens``, each with their details.
 
-    Example:
+    Examples:
         >>> usage_of({"usage": {"input_tokens": 5, "output_tokens": 2,
         ...     "output_tokens_details": {"reasoning_tokens": 1}, "total_tokens": 7}})
         (5, 0, 2, 1, 7)
@@ -100,7 +100,7 @@ def usage_of(body: Any) -> Usage5 | None:
 class Engine:
     """Answers batch requests. Subclasses implement ``answer``; cheap ones also ``answer_now``.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> asyncio.run(EchoEngine().answer({"custom_id": "a", "url": "/v1/moderations",
         ...     "body": {"input": "hi"}})).body["results"][0]["flagged"]
@@ -192,7 +192,7 @@ class EchoEngine(Engine):
     input (``dimensions`` long, 16 by default); moderations flag nothing; images are a 1x1 PNG;
     videos complete at once. An invalid body gets a 400 with the API's error envelope.
 
-    Example:
+    Examples:
         >>> r = EchoEngine().respond("/v1/embeddings", {"model": "e", "input": ["a", "b"], "dimensions": 4})
         >>> len(r.body["data"]), len(r.body["data"][0]["embedding"]), r.body["usage"]["prompt_tokens"]
         (2, 4, 2)
@@ -463,7 +463,7 @@ class ReplayEngine(Engine):
     was never recorded is answered 404 ``replay_not_found`` (in the error file), so a replay
     never invents answers.
 
-    Example:
+    Examples:
         >>> import json, tempfile
         >>> rec = tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False)
         >>> _ = rec.write(json.dumps({"id": "batch_req_1", "custom_id": "q-1", "response":
@@ -532,7 +532,7 @@ class UpstreamEngine(Engine):
     still failing after that is written to the error file as the upstream answered it, or as a
     502 ``upstream_unavailable`` when no answer came.
 
-    Example:
+    Examples:
         >>> UpstreamEngine(base_url="http://127.0.0.1:8000/v1")._target("/v1/embeddings")
         'http://127.0.0.1:8000/v1/embeddings'
     """

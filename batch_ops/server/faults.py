@@ -6,7 +6,7 @@ fail. A drop closes the TCP connection without writing a byte, which is what a c
 load balancer or the network gives up: the middleware must be the outermost ASGI app so that
 ``send`` is uvicorn's own, whose ``__self__`` holds the transport.
 
-Example:
+Examples:
     >>> plan = FaultPlan(http_429=0.5, seed=1)
     >>> [plan.draw() for _ in range(6)]
     ['429', None, None, '429', '429', '429']
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class FaultPlan:
     """Which calls fail, and how: one uniform draw per call, split into drop / 429 / 500 shares.
 
-    Example:
+    Examples:
         >>> FaultPlan().active, FaultPlan(latency=0.1).active
         (False, True)
     """

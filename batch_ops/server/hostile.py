@@ -17,7 +17,7 @@ chosen misbehaviour:
 ``echo_key``              401 whose error message repeats the request's credentials
 ========================  ======================================================================
 
-Example:
+Examples:
     >>> with serve_hostile("unknown_status") as hostile:   # doctest: +SKIP
     ...     BatchClient(api_key="k", base_url=hostile.url).batches.retrieve("batch_1").status
 """

@@ -5,7 +5,7 @@ One frozen dataclass is the single list of knobs: the argparse parser is built f
 server in a subprocess. Secrets (``api_key``, ``upstream_api_key``) never travel on the command
 line, where ``ps`` would show them: they go through environment variables instead.
 
-Example:
+Examples:
     >>> opts = ServerOptions(port=9000, http_429=0.25, seed=7, api_key="sk-local")
     >>> opts.to_argv()
     ['--host', '127.0.0.1', '--port', '9000', '--data-dir', '.batch_ops', '--http-429', '0.25', '--seed', '7']
@@ -66,7 +66,7 @@ class ServerOptions:
             ``Accept-Encoding: gzip``, as the real API's front end may: clients must decode them.
         access_log / log_level: uvicorn logging.
 
-    Example:
+    Examples:
         >>> ServerOptions(engine="upstream")
         Traceback (most recent call last):
         ...

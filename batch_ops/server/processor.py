@@ -12,7 +12,7 @@ and carries on from the checkpoint's input offset, so a ``kill -9`` loses and re
 Every random choice (which requests fail, the order within a chunk) is derived from the seed, the
 batch ordinal and the request index, so a resumed run makes the same choices.
 
-Example:
+Examples:
     >>> chance(7, "1", 0) == chance(7, "1", 0), 0 <= chance(7, "1", 1) < 1
     (True, True)
 """
@@ -152,7 +152,7 @@ class _Run:
 class Processor:
     """Runs every active batch as its own task; resumes them all when the server starts.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from batch_ops.server.engines import EchoEngine
         >>> p = Processor(store=Store(tempfile.mkdtemp()), engine=EchoEngine(), options=ServerOptions())

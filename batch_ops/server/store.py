@@ -9,7 +9,7 @@ written twice.
 Every method takes one lock and runs one short statement or transaction, so the event loop may
 call them directly and the processor's worker threads may too.
 
-Example:
+Examples:
     >>> import tempfile
     >>> store = Store(tempfile.mkdtemp())
     >>> f = store.add_file(file_id="file-1", size=10, filename="in.jsonl", purpose="batch")
@@ -146,7 +146,7 @@ class BatchRow:
 class Store:
     """SQLite metadata plus file contents under ``data_dir``.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> s = Store(tempfile.mkdtemp())
         >>> s.get_batch("batch_missing") is None
