@@ -28,6 +28,7 @@ from batch_ops.locks import PicklableLock
 
 __all__ = [
     "BATCH_ENDPOINTS",
+    "ECHO_FINGERPRINT",
     "COMPLETION_WINDOWS",
     "METADATA_KEY_MAX",
     "METADATA_MAX_PAIRS",
@@ -57,6 +58,10 @@ __all__ = [
 ]
 
 #: The endpoints a batch may target (POST /batches ``endpoint``).
+#: The ``system_fingerprint`` of every answer from the local server's ``echo`` engine, which repeats
+#: prompts instead of answering them: the eval report says so when it scores such answers.
+ECHO_FINGERPRINT = "fp_batch_ops_echo"
+
 BATCH_ENDPOINTS: tuple[str, ...] = (
     "/v1/responses",
     "/v1/chat/completions",

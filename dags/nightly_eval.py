@@ -16,7 +16,9 @@ Build requests → run the batch (deferred) → download → score. Every night 
 Set in the environment of the scheduler and the workers:
 
 - connection `openai_batch_default`: host = the base URL (`http://127.0.0.1:8765/v1` for the
-  local server, empty for OpenAI), password = the API key.
+  local server, empty for OpenAI), password = the API key. Start the local server with
+  `batch-ops serve --eval-sample` so that it answers from a recorded run: its default echo engine
+  repeats the prompts, which scores 0% (the report then says so).
 - `BATCH_OPS_EVAL_STORAGE`: where requests, downloads, reports and the score history go: an
   object storage URL (`s3://bucket/eval`, `gs://…`, `az://…`) or a local folder (default
   `$AIRFLOW_HOME/eval_runs`, or `BATCH_OPS_EVAL_DIR` when set).

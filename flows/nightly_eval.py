@@ -14,7 +14,9 @@ Run once:            python flows/nightly_eval.py --once
 Serve on a schedule: python flows/nightly_eval.py          (cron 0 3 * * *, UTC)
 
 Credentials: an ``OpenAIBatchCredentials`` block name in BATCH_OPS_EVAL_CREDENTIALS, or the
-environment (OPENAI_API_KEY, OPENAI_BASE_URL — http://127.0.0.1:8765/v1 for the local server).
+environment (OPENAI_API_KEY, OPENAI_BASE_URL — http://127.0.0.1:8765/v1 for the local server; start it
+with ``batch-ops serve --eval-sample`` so that it answers from a recorded run: the default echo
+engine repeats the prompts, which scores 0%, and the report says so).
 
 Files: requests, downloads, reports and the score history go under one place:
 BATCH_OPS_EVAL_STORAGE, an object storage URL (s3://bucket/eval, gs://…, az://…) or a local
@@ -100,7 +102,7 @@ async def nightly_eval(max_drop: float = DEFAULT_MAX_DROP, credentials_block: st
     requests = build_requests(run_id, block)
     result = await run_batch(input_path=_param(block, requests), endpoint="/v1/chat/completions",
                              credentials=credentials, metadata={"pipeline": "nightly_eval"},
-                             poll_interval=poll_interval, storage=block)
+                             poll_interval=poll_interval, storage=block, artifact_key="nightly-eval")
     folder = requests.rsplit("/", 1)[0]
     files: dict[str, str | None] = {"output.jsonl": None, "errors.jsonl": None}
     for name, file_id in (("output.jsonl", result.output_file_id), ("errors.jsonl", result.error_file_id)):
@@ -112,6 +114,8 @@ async def nightly_eval(max_drop: float = DEFAULT_MAX_DROP, credentials_block: st
     summary = score(requests, output, errors, result.model_dump(mode="json"), run_id, max_drop, block)
     print(f"score {summary['score']:.1%} ({summary['correct']}/{summary['total']}), "
           f"{summary['failed']} failed requests; report: {summary['report']['markdown']}")
+    if summary.get("warning"):
+        print(f"WARNING: {summary['warning']}")
     return summary
 
 

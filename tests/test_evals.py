@@ -124,3 +124,35 @@ def test_replayed_run_is_scored_from_the_servers_responses(
     # The recorded sample run is right on most items and wrong on some: a real score, not 0 or 1.
     assert run.failed == 0 and run.total == len(items)
     assert 0.75 < run.score < 0.95
+    assert run.echo_answers == 0 and "warning" not in run.summary()
+
+
+def test_a_run_against_the_echo_engine_says_so_plainly(
+    make_server: Callable[..., AbstractContextManager[str]], tmp_path: Path
+) -> None:
+    """The echo engine repeats prompts: the score (0%) means nothing, and the summary and the report say
+    so and name the fix, instead of reporting a plain 0.0% that looks like a broken model."""
+    from batch_ops.evals import score_and_report
+
+    items = load_eval_set()[:20]
+    path = tmp_path / "req.jsonl"
+    write_request_file(path, items=items)
+    with make_server() as url, BatchClient(api_key="sk-local-dev-7f3a", base_url=url) as client:
+        batch = client.batches.wait(client.submit(path, endpoint="/v1/chat/completions").id, poll_interval=0.1)
+        output = client.files.download(batch.output_file_id, tmp_path / "out.jsonl")
+    summary = score_and_report(request_path=path, output_path=output, error_path=None, report_dir=tmp_path / "reports",
+                               run_id="echo-1", pipeline="test", max_drop=1.0)
+    assert summary["score"] == 0.0
+    assert "20 of 20 answers came from the local server's echo engine" in summary["warning"]
+    assert "batch-ops serve --eval-sample" in summary["warning"]
+    report = (tmp_path / "reports" / "latest.md").read_text()
+    assert "> **Warning:**" in report and "echo engine" in report
+
+
+def test_serve_eval_sample_replays_the_recorded_run() -> None:
+    from batch_ops.server.options import ServerOptions
+
+    options = ServerOptions.from_argv(["--eval-sample", "--port", "0"])
+    assert options.engine == "replay" and options.replay_files == (str(SAMPLE_RUN),)
+    with pytest.raises(ValueError, match="cannot go with --engine echo"):
+        ServerOptions.from_argv(["--eval-sample", "--engine", "echo"])

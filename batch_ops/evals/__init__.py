@@ -19,6 +19,7 @@ from __future__ import annotations
 from batch_ops.evals.dataset import (
     DEFAULT_EVAL_SET,
     DEFAULT_MODEL,
+    SAMPLE_RUN,
     EvalItem,
     build_requests,
     load_eval_set,
@@ -34,8 +35,6 @@ from batch_ops.evals.report import (
     write_report,
 )
 from batch_ops.evals.scoring import SCORERS, EvalRun, ItemScore, extract_answer, register_scorer, score_results
-
-SAMPLE_RUN = DEFAULT_EVAL_SET.with_name("sample_run.jsonl")
 
 __all__ = [
     "DEFAULT_EVAL_SET",

@@ -35,6 +35,9 @@ __all__ = [
 ]
 
 DEFAULT_EVAL_SET = Path(__file__).with_name("data") / "nightly_eval.jsonl"
+#: A recorded output file answering the shipped eval set (synthetic answers, right on most items): the
+#: local server replays it with ``batch-ops serve --eval-sample``, as ``make demo`` does.
+SAMPLE_RUN = DEFAULT_EVAL_SET.with_name("sample_run.jsonl")
 #: The model named in the requests. Against Azure it must be your deployment name.
 DEFAULT_MODEL = os.environ.get("BATCH_OPS_EVAL_MODEL", "gpt-4o-mini")
 DEFAULT_SYSTEM_PROMPT = "You are a precise assistant. Answer with the answer only, no explanation."

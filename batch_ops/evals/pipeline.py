@@ -25,6 +25,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 from pathlib import Path
@@ -38,6 +39,8 @@ from batch_ops.results import join_results
 from batch_ops.storage import StorageTarget
 
 __all__ = ["DEFAULT_MAX_DROP", "prepare_requests", "run_dir", "score_and_report"]
+
+_log = logging.getLogger("batch_ops.evals")
 
 #: Fail the pipeline when the score falls more than this (a share: 0.05 = 5 points).
 DEFAULT_MAX_DROP = float(os.environ.get("BATCH_OPS_EVAL_MAX_DROP", "0.05"))
@@ -103,5 +106,7 @@ def score_and_report(
     if storage.is_remote(report_dir):  # name the files where they went, not the staging folder
         shown = {k: storage.display(storage.join(report_dir, *Path(v).relative_to(root).parts)) if v else None
                  for k, v in shown.items()}
+    if run.echo_warning:  # a 0% that looks like a broken model: say what it is, in the task's log
+        _log.warning("%s", run.echo_warning)
     check_regression(current=run.score, previous=previous, max_drop=max_drop)
     return {**run.summary(), "previous_score": previous, "report": shown}

@@ -121,6 +121,7 @@ def _markdown(run: EvalRun, *, run_id: str, pipeline: str, when: str, previous: 
         "",
         f"*{when}*",
         "",
+        *([f"> **Warning:** {run.echo_warning}", ""] if run.echo_warning else []),
         "| score | correct | wrong | failed requests | total | accuracy on answered | trend |",
         "|---:|---:|---:|---:|---:|---:|---|",
         f"| **{run.score:.1%}** | {run.correct} | {run.wrong} | {run.failed} | {run.total} | "

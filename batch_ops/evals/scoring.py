@@ -24,7 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from batch_ops.evals.dataset import EvalItem
-from batch_ops.models import ResultLine, Usage
+from batch_ops.models import ECHO_FINGERPRINT, ResultLine, Usage
 
 __all__ = [
     "SCORERS",
@@ -139,6 +139,19 @@ class EvalRun(BaseModel):
     by_category: dict[str, float]
     usage: Usage
     items: list[ItemScore]
+    #: Answers that came from the local server's ``echo`` engine: it repeats each prompt instead of
+    #: answering it, so a score computed from them says nothing about a model.
+    echo_answers: int = 0
+
+    @property
+    def echo_warning(self) -> str | None:
+        """A plain sentence for reports and logs when the answers came from the echo engine."""
+        if not self.echo_answers:
+            return None
+        return (f"{self.echo_answers} of {self.correct + self.wrong} answers came from the local server's echo engine, "
+                "which repeats each prompt instead of answering it: this score says nothing about a model. For a "
+                "meaningful offline run start the server with the recorded sample (`batch-ops serve --eval-sample`, "
+                "what `make demo` does), or point the pipeline at OpenAI.")
 
     def summary(self) -> dict[str, Any]:
         """The headline figures as plain JSON (XCom, task results, history)."""
@@ -147,6 +160,7 @@ class EvalRun(BaseModel):
             "score": round(self.score, 4), "accuracy_answered": round(self.accuracy_answered, 4),
             "by_category": {k: round(v, 4) for k, v in self.by_category.items()},
             "usage": self.usage.model_dump(),
+            **({"warning": self.echo_warning} if self.echo_warning else {}),
         }
 
 
@@ -176,6 +190,7 @@ def score_results(items: Sequence[EvalItem], results: Iterable[ResultLine]) -> E
     by_id = {r.custom_id: r for r in results}
     rows: list[ItemScore] = []
     usage = Usage()
+    echoed = 0
     for item in items:
         result = by_id.get(item.id)
         if result is None or not result.ok:
@@ -184,6 +199,8 @@ def score_results(items: Sequence[EvalItem], results: Iterable[ResultLine]) -> E
                                   outcome="failed", error_code=code))
             continue
         usage = usage + _usage_of(result.body)
+        if isinstance(result.body, dict) and result.body.get("system_fingerprint") == ECHO_FINGERPRINT:
+            echoed += 1
         answer = extract_answer(result.body)
         scorer = SCORERS.get(item.scorer)
         if scorer is None:
@@ -207,4 +224,5 @@ def score_results(items: Sequence[EvalItem], results: Iterable[ResultLine]) -> E
         by_category={cat: per_cat_ok[cat] / n for cat, n in sorted(per_cat_total.items())},
         usage=usage,
         items=rows,
+        echo_answers=echoed,
     )

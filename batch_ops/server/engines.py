@@ -32,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from batch_ops.models import BATCH_ENDPOINTS, canonical_endpoint
+from batch_ops.models import BATCH_ENDPOINTS, ECHO_FINGERPRINT, canonical_endpoint
 from batch_ops.server.options import ServerOptions
 from batch_ops.server.store import Usage5
 
@@ -270,7 +270,7 @@ class EchoEngine(Engine):
                 },
             },
             "service_tier": "default",
-            "system_fingerprint": "fp_batch_ops_echo",
+            "system_fingerprint": ECHO_FINGERPRINT,
         }
 
     def _completions(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -296,7 +296,7 @@ class EchoEngine(Engine):
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
             },
-            "system_fingerprint": "fp_batch_ops_echo",
+            "system_fingerprint": ECHO_FINGERPRINT,
         }
 
     def _embeddings(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -168,6 +168,13 @@ class ServerOptions:
         ns = build_parser().parse_args(argv)
         env = os.environ if environ is None else environ
         values = {k: v for k, v in vars(ns).items() if v is not None}
+        if values.pop("eval_sample", False):
+            from batch_ops.evals.dataset import SAMPLE_RUN
+
+            if values.get("engine", "replay") != "replay":
+                raise ValueError(f"--eval-sample replays a recorded run: it cannot go with --engine {values['engine']}")
+            values["engine"] = "replay"
+            values["replay_files"] = [str(SAMPLE_RUN), *values.get("replay_files", [])]
         if "replay_files" in values:
             values["replay_files"] = tuple(values["replay_files"])
         for name, var in _SECRETS.items():
@@ -206,6 +213,9 @@ def build_parser(prog: str = "batch-ops serve") -> argparse.ArgumentParser:
     eng.add_argument(
         "--replay-file", dest="replay_files", action="append", help="recorded output/error file (replay; repeatable)"
     )
+    eng.add_argument("--eval-sample", action="store_true", default=None,
+                     help="replay the recorded answers to the shipped eval set (what `make demo` serves), so the "
+                     "eval pipelines score real answers, not the echo engine's repeated prompts")
     eng.add_argument("--upstream-url", help="OpenAI-compatible base URL for the upstream engine, e.g. .../v1")
     eng.add_argument("--upstream-api-key", help=f"bearer token for the upstream (or set {UPSTREAM_API_KEY_ENV})")
     eng.add_argument("--upstream-model", help="replace every request's model with this one upstream")
