@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: install lint typecheck docs pytest test demo demo-core demo-clean bench drill clean
+.PHONY: install lint typecheck docs pytest test demo demo-core demo-clean bench drill compat clean
 
 # pip is pinned too: 26.3 resolves the known-good set in ~25 s where the venv's bundled 23.2 takes
 # ~100 s (tests/test_constraints.py resolves it in every `make test`).
@@ -55,6 +55,11 @@ demo-clean:
 bench: install
 	$(PIP) install -q -c constraints.txt -e ".[all,dev,bench]"
 	$(BIN)/python benchmarks/run_all.py
+
+# The adapter tests on the oldest and the newest Airflow and Prefect we declare, each in a clean uv venv
+# (scripts/compat.py; its table goes to docs/compat.md). ~15 min; not part of `make test`.
+compat: install
+	$(BIN)/python scripts/compat.py
 
 # Reliability drills (issue 8): faults, kills, bad input, secrets; slow (~8 min), not part of `make test`.
 drill: install

@@ -17,7 +17,10 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from airflow.sdk import BaseHook
+try:
+    from airflow.sdk import BaseHook
+except ImportError:  # Airflow 3.0: the Task SDK does not export it yet
+    from airflow.hooks.base import BaseHook  # type: ignore[no-redef,attr-defined]
 from pydantic import ValidationError
 
 from batch_ops.client import AsyncBatchClient, BatchClient

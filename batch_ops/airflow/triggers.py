@@ -152,7 +152,10 @@ def _freeze_import_heap() -> None:
         return
     _heap_frozen = True
     try:
-        from airflow.sdk.configuration import conf
+        try:
+            from airflow.sdk.configuration import conf
+        except ImportError:  # Airflow < 3.2: the core configuration
+            from airflow.configuration import conf  # type: ignore[no-redef]
 
         enabled = conf.getboolean("batch_ops", "triggerer_gc_freeze", fallback=True)
     except Exception:  # an unreadable setting must not stop the wait: keep the default

@@ -74,7 +74,10 @@ def airflow_db() -> None:
 
 @pytest.fixture(scope="session")
 def dagbag(airflow_db: None) -> Any:
-    from airflow.dag_processing.dagbag import DagBag
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:  # Airflow < 3.2
+        from airflow.models.dagbag import DagBag  # type: ignore[no-redef]
 
     bag = DagBag(dag_folder=str(DAGS))
     assert not bag.import_errors, bag.import_errors
@@ -128,11 +131,13 @@ class Helpers:
         from airflow.utils.session import create_session
 
         with create_session() as session:
-            row = session.execute(
-                XComModel.get_many(
-                    run_id=dr.run_id, dag_ids=dr.dag_id, task_ids=task_id, key=key, map_indexes=map_index
-                ).with_only_columns(XComModel.value)
-            ).first()
+            query = XComModel.get_many(
+                run_id=dr.run_id, dag_ids=dr.dag_id, task_ids=task_id, key=key, map_indexes=map_index
+            )
+            if hasattr(query, "with_only_columns"):  # a select (Airflow >= 3.1, SQLAlchemy 2)
+                row = session.execute(query.with_only_columns(XComModel.value)).first()
+            else:  # a Query (Airflow 3.0, SQLAlchemy 1.4)
+                row = query.with_entities(XComModel.value).first()
         return None if row is None else XComModel.deserialize_value(row)
 
     @staticmethod

@@ -66,6 +66,16 @@ class Airflow:
     def __init__(self, home: Path, proc: subprocess.Popen[bytes], api: str) -> None:
         self.home, self.proc = home, proc
         self.http = httpx.Client(base_url=api, timeout=20)
+        self._token = False
+
+    def _authorize(self) -> None:
+        """A bearer token for the REST API: Airflow < 3.2 wants one even with all users admins
+        (``/auth/token`` hands it out without credentials then)."""
+        if not self._token:
+            answer = self.http.get("/auth/token")
+            if answer.status_code in (200, 201):
+                self.http.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
+                self._token = True
 
     def log_tail(self, lines: int = 60) -> str:
         text = (self.home / "standalone.log").read_text(errors="replace")
@@ -75,7 +85,8 @@ class Airflow:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"airflow standalone exited while waiting for {what}:\n{self.log_tail()}"
-            with contextlib.suppress(httpx.HTTPError, sqlite3.Error):
+            with contextlib.suppress(httpx.HTTPError, sqlite3.Error, KeyError, ValueError):  # still starting
+                self._authorize()
                 value = check()
                 if value:
                     return value

@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowSkipException
+
+try:
+    from airflow.sdk.exceptions import AirflowSkipException
+except ImportError:  # Airflow 3.0
+    from airflow.exceptions import AirflowSkipException  # type: ignore[no-redef]
 
 from batch_ops import (
     APIConnectionError,
