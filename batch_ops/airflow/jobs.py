@@ -135,7 +135,7 @@ class OpenAIBatchJobOperator(BaseOperator):
         poll_interval: seconds between polls of the running batches.
         timeout: how long the whole job may take (seconds or timedelta); None: no limit.
         deferrable: wait in the triggerer or on the worker. Default: Airflow's
-            ``[operators] default_deferrable`` when the deployment sets it, else True.
+            ``[operators] default_deferrable`` when the environment sets it, else True.
         fail_on_request_failures: fail the task when requests failed after every round (the
             merged output and the summary are written first).
 

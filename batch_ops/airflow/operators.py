@@ -140,7 +140,7 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
         output_expires_after: ``{"anchor": "created_at", "seconds": 3600..2592000}`` (templated).
         completion_window: ``"24h"`` (templated).
         deferrable: wait in the triggerer instead of holding a worker slot. Default: Airflow's
-            ``[operators] default_deferrable`` when the deployment sets it, else True.
+            ``[operators] default_deferrable`` when the environment sets it, else True.
         poll_interval: seconds between status polls; backs off to ``max_poll_interval``
             while nothing changes.
         timeout: how long one try waits (seconds or timedelta; None: until terminal).

@@ -40,7 +40,7 @@ class OpenAIBatchSensor(BatchOutcomeMixin, BaseSensorOperator):
             ``"{{ ti.xcom_pull(task_ids='create', key='batch_id') }}"``.
         conn_id: an ``openai_batch`` (or ``openai``) connection.
         deferrable: wait in the triggerer; False uses ``mode`` (poke or reschedule). Default: Airflow's
-            ``[operators] default_deferrable`` when the deployment sets it, else True.
+            ``[operators] default_deferrable`` when the environment sets it, else True.
         poke_interval: seconds between polls (the trigger's poll interval when deferred).
         fail_on: terminal statuses that fail the sensor, as on the operator.
         fail_on_request_failures: also fail a completed batch with failed requests.
