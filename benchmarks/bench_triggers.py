@@ -304,7 +304,7 @@ def main() -> int:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
             "AIRFLOW_CONN_OPENAI_BATCH_DEFAULT": json.dumps(
-                {"conn_type": "openai_batch", "host": str(url), "password": "sk-bench"}),
+                {"conn_type": "openaibatch", "host": str(url), "password": "sk-bench"}),
             "AIRFLOW_CONN_OPENAI_BENCH": json.dumps({"conn_type": "openai", "host": str(url), "password": "sk-bench"}),
         }
         rows = []

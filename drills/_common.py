@@ -472,8 +472,8 @@ class AirflowHome:
         }
 
     def connection(self, conn_id: str, url: str, *, key: str | None = CANARY) -> None:
-        """An ``openai_batch`` connection from the environment of every process started later."""
-        conn: dict[str, Any] = {"conn_type": "openai_batch", "host": str(url)}
+        """An ``openaibatch`` connection from the environment of every process started later."""
+        conn: dict[str, Any] = {"conn_type": "openaibatch", "host": str(url)}
         if key is not None:
             conn["password"] = key
         self.env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)

@@ -76,7 +76,7 @@ def run(names: list[str], work: Path) -> list[Drill]:
         home.migrate()
         # The security drill's connection lives in the metadata DB, as a user would add it.
         added = home.cli("connections", "add", "drill_security", "--conn-json",
-                         json.dumps({"conn_type": "openai_batch", "host": str(secure), "password": CANARY}))
+                         json.dumps({"conn_type": "openaibatch", "host": str(secure), "password": CANARY}))
         if added.returncode != 0:
             raise DrillFailed(f"airflow connections add failed: {added.stderr[-1000:]}")
 

@@ -60,7 +60,7 @@ def _run(console: Console, title: str, cmd: list[str], env: dict[str, str], log:
 def airflow_pipeline(console: Console, base_url: str) -> bool:
     home = DEMO / "airflow_home"
     home.mkdir(parents=True, exist_ok=True)
-    conn = {"conn_type": "openai_batch", "host": base_url, "password": "local-demo-key"}
+    conn = {"conn_type": "openaibatch", "host": base_url, "password": "local-demo-key"}
     env = _env(
         AIRFLOW_HOME=str(home),
         AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),

@@ -1,7 +1,9 @@
 """``OpenAIBatchHook``: an Airflow connection turned into batch_ops client settings and clients.
 
-Connection type ``openai_batch`` (default id ``openai_batch_default``): host = base URL with
+Connection type ``openaibatch`` (default id ``openai_batch_default``): host = base URL with
 ``/v1``, password = API key, extra = ``organization``, ``project``, ``api_version`` (Azure).
+Connections saved with the type's old name ``openai_batch`` keep working
+(:class:`LegacyOpenAIBatchHook` keeps that name registered for the connection form).
 A connection of the official provider's type ``openai`` works too: its host or
 ``openai_client_kwargs.base_url`` is the base URL and its password the key.
 
@@ -23,11 +25,12 @@ except ImportError:  # Airflow 3.0: the Task SDK does not export it yet
     from airflow.hooks.base import BaseHook  # type: ignore[no-redef,attr-defined]
 from pydantic import ValidationError
 
+from batch_ops.airflow.provider import CONN_TYPE, LEGACY_CONN_TYPE
 from batch_ops.client import AsyncBatchClient, BatchClient
 from batch_ops.errors import ConfigurationError
 from batch_ops.settings import DEFAULT_BASE_URL, ClientSettings
 
-__all__ = ["OpenAIBatchHook", "settings_from_connection"]
+__all__ = ["LegacyOpenAIBatchHook", "OpenAIBatchHook", "settings_from_connection"]
 
 #: Extra keys that map straight onto ClientSettings fields; anything else is rejected by name.
 _EXTRA_FIELDS = frozenset(
@@ -76,7 +79,8 @@ def _extra_dict(extra: Any) -> dict[str, Any]:
 
 
 def settings_from_connection(conn: Any, extra: Mapping[str, Any] | None = None) -> ClientSettings:
-    """Build :class:`ClientSettings` from an Airflow connection (``openai_batch`` or ``openai``).
+    """Build :class:`ClientSettings` from an Airflow connection (``openaibatch``, its old name
+    ``openai_batch``, or ``openai``).
 
     Args:
         conn: an Airflow ``Connection`` (anything with ``conn_id``, ``conn_type``, ``host``,
@@ -89,7 +93,7 @@ def settings_from_connection(conn: Any, extra: Mapping[str, Any] | None = None) 
 
     Examples:
         >>> from types import SimpleNamespace
-        >>> conn = SimpleNamespace(conn_id="c", conn_type="openai_batch", host="http://127.0.0.1:8765/v1",
+        >>> conn = SimpleNamespace(conn_id="c", conn_type="openaibatch", host="http://127.0.0.1:8765/v1",
         ...                        schema=None, port=None, password="sk-local", extra='{"project": "p1"}')
         >>> s = settings_from_connection(conn)
         >>> s.base_url, s.project, "sk-local" in repr(s)
@@ -143,7 +147,7 @@ class OpenAIBatchHook(BaseHook):
     """Reach the Batch API through an Airflow connection.
 
     Args:
-        conn_id: an ``openai_batch`` connection (or an ``openai`` one of the official provider).
+        conn_id: an ``openaibatch`` connection (or an ``openai`` one of the official provider).
 
     Examples:
         >>> hook = OpenAIBatchHook(conn_id="openai_batch_default")
@@ -155,7 +159,7 @@ class OpenAIBatchHook(BaseHook):
 
     conn_name_attr = "conn_id"
     default_conn_name = "openai_batch_default"
-    conn_type = "openai_batch"
+    conn_type = CONN_TYPE
     hook_name = "OpenAI Batch (batch_ops)"
 
     def __init__(self, conn_id: str = default_conn_name, **kwargs: Any) -> None:
@@ -225,6 +229,15 @@ class OpenAIBatchHook(BaseHook):
             "relabeling": {"host": "Base URL", "password": "API Key"},
             "placeholders": {"host": "https://api.openai.com/v1"},
         }
+
+
+class LegacyOpenAIBatchHook(OpenAIBatchHook):
+    """The connection type's name before 0.2 (``openai_batch``), kept so saved connections still
+    open in the connection form and pass its Test button. Any hook reads either type; edit the
+    connection's type to ``openaibatch`` to silence Airflow's RFC 3986 warning about the ``_``."""
+
+    conn_type = LEGACY_CONN_TYPE
+    hook_name = "OpenAI Batch (batch_ops, old type name)"
 
 
 async def _aget_connection_and_extra(hook: BaseHook) -> tuple[Any, dict[str, Any]]:

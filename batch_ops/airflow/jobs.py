@@ -131,7 +131,7 @@ class OpenAIBatchJobOperator(BaseOperator):
         config: a :class:`~batch_ops.jobs.JobConfig` (or a dict of its fields; templated): the
             endpoint, concurrency, rounds, per-batch limits, metadata, prices and token-limit back-off.
             Its fields may also be given as keywords (``endpoint="/v1/embeddings"``).
-        conn_id: an ``openai_batch`` (or ``openai``) connection.
+        conn_id: an ``openaibatch`` (or ``openai``) connection.
         poll_interval: seconds between polls of the running batches.
         timeout: how long the whole job may take (seconds or timedelta); None: no limit.
         deferrable: wait in the triggerer or on the worker. Default: Airflow's

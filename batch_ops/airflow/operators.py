@@ -134,7 +134,7 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
         storage_conn_id: the Airflow connection of ``input_path``'s object storage when it is a
             URL (it is read as ``ObjectStoragePath(input_path, conn_id=storage_conn_id)``);
             None: the file system's own defaults (environment, instance role).
-        conn_id: an ``openai_batch`` connection (or an ``openai`` one).
+        conn_id: an ``openaibatch`` connection (or an ``openai`` one).
         metadata: up to 14 string pairs (templated); batch_ops adds two: its idempotency key, and the
             task instance that owns the batch (for the orphan sweep, :mod:`batch_ops.airflow.orphans`).
         output_expires_after: ``{"anchor": "created_at", "seconds": 3600..2592000}`` (templated).

@@ -64,7 +64,7 @@ class OpenAIBatchOrphanSweepOperator(BaseOperator):
     """Cancel (or, with ``cancel=False``, report) batches whose Airflow DAG run has ended.
 
     Args:
-        conn_id: the ``openai_batch`` connection whose account is swept.
+        conn_id: the ``openaibatch`` connection whose account is swept.
         cancel: cancel the orphans (default); False only reports them.
         min_age: keep batches younger than this (seconds or timedelta).
         lookback: how far back batches are listed (seconds or timedelta; default 3 days).

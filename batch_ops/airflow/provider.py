@@ -10,7 +10,13 @@ from typing import Any
 
 from batch_ops._version import DOCS_URL, __version__
 
-__all__ = ["DOCS_URL", "HOWTO_PAGES", "get_provider_info"]
+__all__ = ["CONN_TYPE", "DOCS_URL", "HOWTO_PAGES", "LEGACY_CONN_TYPE", "get_provider_info"]
+
+#: The connection type. No ``_`` in it: Airflow logs a warning (RFC 3986 schemes have none)
+#: every time it turns a connection whose type has one into a URI, which it does on each fetch.
+CONN_TYPE = "openaibatch"
+#: The type name before 0.2; connections saved with it keep working (and keep that warning).
+LEGACY_CONN_TYPE = "openai_batch"
 
 #: ``docs/howto/<page>.md``: one how-to guide per operator.
 HOWTO_PAGES = ("operator", "sensor", "job-operator", "orphan-sweep")
@@ -22,7 +28,7 @@ def get_provider_info() -> dict[str, Any]:
     Examples:
         >>> info = get_provider_info()
         >>> info["package-name"], info["connection-types"][0]["connection-type"]
-        ('openai-batch-ops', 'openai_batch')
+        ('openai-batch-ops', 'openaibatch')
     """
     return {
         "package-name": "openai-batch-ops",
@@ -60,25 +66,31 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "extra-links": ["batch_ops.airflow.links.OpenAIBatchLink"],
         "connection-types": [
-            {
-                "hook-class-name": "batch_ops.airflow.hooks.OpenAIBatchHook",
-                "hook-name": "OpenAI Batch (batch_ops)",
-                "connection-type": "openai_batch",
-                # Declarative form (Airflow >= 3.2); older versions ask the hook's methods.
-                "conn-fields": {
-                    "organization": {"label": "Organization", "schema": {"type": ["string", "null"]}},
-                    "project": {"label": "Project", "schema": {"type": ["string", "null"]}},
-                    "api_version": {
-                        "label": "Azure api_version",
-                        "description": "Set for Azure OpenAI (e.g. 2024-10-21); leave empty for OpenAI.",
-                        "schema": {"type": ["string", "null"]},
-                    },
-                },
-                "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "port", "login"],
-                    "relabeling": {"host": "Base URL", "password": "API Key"},
-                    "placeholders": {"host": "https://api.openai.com/v1"},
-                },
-            }
+            _connection_type(CONN_TYPE, "OpenAI Batch (batch_ops)"),
+            _connection_type(LEGACY_CONN_TYPE, "OpenAI Batch (batch_ops, old type name)",
+                             hook="LegacyOpenAIBatchHook"),
         ],
+    }
+
+
+def _connection_type(conn_type: str, hook_name: str, *, hook: str = "OpenAIBatchHook") -> dict[str, Any]:
+    return {
+        "hook-class-name": f"batch_ops.airflow.hooks.{hook}",
+        "hook-name": hook_name,
+        "connection-type": conn_type,
+        # Declarative form (Airflow >= 3.2); older versions ask the hook's methods.
+        "conn-fields": {
+            "organization": {"label": "Organization", "schema": {"type": ["string", "null"]}},
+            "project": {"label": "Project", "schema": {"type": ["string", "null"]}},
+            "api_version": {
+                "label": "Azure api_version",
+                "description": "Set for Azure OpenAI (e.g. 2024-10-21); leave empty for OpenAI.",
+                "schema": {"type": ["string", "null"]},
+            },
+        },
+        "ui-field-behaviour": {
+            "hidden-fields": ["schema", "port", "login"],
+            "relabeling": {"host": "Base URL", "password": "API Key"},
+            "placeholders": {"host": "https://api.openai.com/v1"},
+        },
     }

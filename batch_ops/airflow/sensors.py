@@ -38,7 +38,7 @@ class OpenAIBatchSensor(BatchOutcomeMixin, BaseSensorOperator):
     Args:
         batch_id: the batch to wait for (templated), e.g.
             ``"{{ ti.xcom_pull(task_ids='create', key='batch_id') }}"``.
-        conn_id: an ``openai_batch`` (or ``openai``) connection.
+        conn_id: an ``openaibatch`` (or ``openai``) connection.
         deferrable: wait in the triggerer; False uses ``mode`` (poke or reschedule). Default: Airflow's
             ``[operators] default_deferrable`` when the environment sets it, else True.
         poke_interval: seconds between polls (the trigger's poll interval when deferred).

@@ -213,7 +213,7 @@ class OpenAIBatchTrigger(BaseTrigger):
     """Poll one batch until it is terminal, its deadline passes, or polling cannot go on.
 
     Args:
-        conn_id: the ``openai_batch`` (or ``openai``) connection; looked up in the triggerer.
+        conn_id: the ``openaibatch`` (or ``openai``) connection; looked up in the triggerer.
         batch_id: the batch to wait for.
         poll_interval: seconds between polls while the batch makes progress.
         timeout: seconds to wait from construction; turned into an absolute ``deadline``.

@@ -270,7 +270,7 @@ def _run(base: Path, only: set[str], rows: list[Row], *, eval_storage: str = "s3
             def conn(url: str) -> str:
                 import json
 
-                return json.dumps({"conn_type": "openai_batch", "host": url, "password": CANARY})
+                return json.dumps({"conn_type": "openaibatch", "host": url, "password": CANARY})
 
             env = {
                 **moto.env,

@@ -84,7 +84,7 @@ def dagbag(airflow_db: None) -> Any:
     return bag
 
 
-def connection_env(url: str, *, api_key: str = API_KEY, conn_type: str = "openai_batch", **extra: Any) -> str:
+def connection_env(url: str, *, api_key: str = API_KEY, conn_type: str = "openaibatch", **extra: Any) -> str:
     conn: dict[str, Any] = {"conn_type": conn_type, "host": str(url), "password": api_key}
     if extra:
         conn["extra"] = extra

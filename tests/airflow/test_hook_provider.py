@@ -22,7 +22,7 @@ def conn_env(monkeypatch: pytest.MonkeyPatch, conn_id: str, **conn: Any) -> None
 
 
 def test_openai_batch_connection(monkeypatch: pytest.MonkeyPatch, api_key: str) -> None:
-    conn_env(monkeypatch, "c1", conn_type="openai_batch", host="http://127.0.0.1:9/v1", password=api_key,
+    conn_env(monkeypatch, "c1", conn_type="openaibatch", host="http://127.0.0.1:9/v1", password=api_key,
              extra={"organization": "org-1", "project": "proj-1", "max_retries": "2"})
     settings = OpenAIBatchHook(conn_id="c1").get_settings()
     assert settings.base_url == "http://127.0.0.1:9/v1"
@@ -36,11 +36,12 @@ def test_openai_batch_connection(monkeypatch: pytest.MonkeyPatch, api_key: str) 
      ("", "https://api.openai.com/v1")],
 )
 def test_base_url_from_host(monkeypatch: pytest.MonkeyPatch, host: str, expected: str | None) -> None:
-    conn_env(monkeypatch, "c2", conn_type="openai_batch", host=host, password="k")
+    conn_env(monkeypatch, "c2", conn_type="openaibatch", host=host, password="k")
     assert OpenAIBatchHook(conn_id="c2").get_settings().base_url == (expected or host)
 
 
 def test_azure_api_version_from_extra_and_old_style_prefixed_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A connection saved before 0.2: the old type name, and the form's old prefixed extra keys.
     conn_env(monkeypatch, "c3", conn_type="openai_batch", host="https://x.openai.azure.com/openai", password="k",
              extra={"extra__openai_batch__api_version": "2024-10-21", "project": ""})
     settings = OpenAIBatchHook(conn_id="c3").get_settings()
@@ -59,8 +60,8 @@ def test_official_openai_connection_works(server_url, monkeypatch: pytest.Monkey
 @pytest.mark.parametrize(
     ("conn", "message"),
     [
-        ({"conn_type": "openai_batch", "host": "http://h/v1"}, "has no API key"),
-        ({"conn_type": "openai_batch", "host": "http://h/v1", "password": "k", "extra": {"colour": "red"}},
+        ({"conn_type": "openaibatch", "host": "http://h/v1"}, "has no API key"),
+        ({"conn_type": "openaibatch", "host": "http://h/v1", "password": "k", "extra": {"colour": "red"}},
          "unknown extra field(s) colour"),
         ({"conn_type": "openai", "password": "k", "extra": {"auth_type": "workload_identity"}}, "not supported"),
     ],
@@ -74,7 +75,7 @@ def test_unusable_connections_say_why(monkeypatch: pytest.MonkeyPatch, conn: dic
 
 def test_a_bad_value_is_named_not_shown(monkeypatch: pytest.MonkeyPatch, api_key: str) -> None:
     # A key pasted into the wrong field must not end up in the error message.
-    conn_env(monkeypatch, "c4", conn_type="openai_batch", host="http://h/v1", password="k",
+    conn_env(monkeypatch, "c4", conn_type="openaibatch", host="http://h/v1", password="k",
              extra={"timeout": api_key})
     with pytest.raises(ConfigurationError, match="timeout") as raised:
         OpenAIBatchHook(conn_id="c4").get_settings()
@@ -82,7 +83,7 @@ def test_a_bad_value_is_named_not_shown(monkeypatch: pytest.MonkeyPatch, api_key
 
 
 async def test_async_lookup_matches_the_sync_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    conn_env(monkeypatch, "c5", conn_type="openai_batch", host="http://127.0.0.1:9/v1", password="k",
+    conn_env(monkeypatch, "c5", conn_type="openaibatch", host="http://127.0.0.1:9/v1", password="k",
              extra={"project": "p"})
     hook = OpenAIBatchHook(conn_id="c5")
     assert await hook.aget_settings() == hook.get_settings()
@@ -126,8 +127,9 @@ def test_airflow_finds_the_provider_and_its_connection_type() -> None:
 
     manager = ProvidersManager()
     assert "openai-batch-ops" in manager.providers
-    hook = ProvidersManagerTaskRuntime().hooks["openai_batch"]
-    assert hook is not None and hook.hook_class_name == "batch_ops.airflow.hooks.OpenAIBatchHook"
+    hooks = ProvidersManagerTaskRuntime().hooks
+    assert hooks["openaibatch"].hook_class_name == "batch_ops.airflow.hooks.OpenAIBatchHook"
+    assert hooks["openai_batch"].hook_class_name == "batch_ops.airflow.hooks.LegacyOpenAIBatchHook"  # old name
     # The form's extra fields: declared in the provider info (Airflow >= 3.2), or built by the hook with
     # Flask-AppBuilder's widgets (older Airflow, when the FAB provider is installed; else no form fields).
     import importlib.util
@@ -136,8 +138,8 @@ def test_airflow_finds_the_provider_and_its_connection_type() -> None:
     from packaging.version import Version
 
     if Version(airflow_version) >= Version("3.2") or importlib.util.find_spec("flask_appbuilder"):
-        assert "extra__openai_batch__api_version" in manager.connection_form_widgets
-        assert manager.field_behaviours["openai_batch"]["relabeling"]["password"] == "API Key"
+        assert "extra__openaibatch__api_version" in manager.connection_form_widgets
+        assert manager.field_behaviours["openaibatch"]["relabeling"]["password"] == "API Key"
 
 
 def test_provider_info_is_valid_and_complete() -> None:

@@ -35,7 +35,7 @@ def test_nightly_eval_dag_runs_and_reports(make_server: Callable[..., AbstractCo
     with make_server(engine="replay", replay_files=(str(SAMPLE_RUN),), fail_requests=0.03, seed=5,
                      api_key="sk-dag-test-secret-7731") as url:
         env["AIRFLOW_CONN_OPENAI_BATCH_DEFAULT"] = json.dumps(
-            {"conn_type": "openai_batch", "host": url, "password": "sk-dag-test-secret-7731"})
+            {"conn_type": "openaibatch", "host": url, "password": "sk-dag-test-secret-7731"})
         run = subprocess.run([AIRFLOW, "dags", "test", "nightly_eval"], env=env, capture_output=True, text=True,
                              timeout=600)
     log = run.stdout + run.stderr
@@ -82,7 +82,7 @@ def test_nightly_eval_dag_keeps_every_file_on_object_storage(
         with make_server(engine="replay", replay_files=(str(SAMPLE_RUN),), seed=5,
                          api_key="sk-dag-test-secret-7731") as url:
             env["AIRFLOW_CONN_OPENAI_BATCH_DEFAULT"] = json.dumps(
-                {"conn_type": "openai_batch", "host": url, "password": "sk-dag-test-secret-7731"})
+                {"conn_type": "openaibatch", "host": url, "password": "sk-dag-test-secret-7731"})
             run = subprocess.run([AIRFLOW, "dags", "test", "nightly_eval"], env=env, cwd=cwd, capture_output=True,
                                  text=True, timeout=600)
         log = run.stdout + run.stderr

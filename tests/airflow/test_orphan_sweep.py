@@ -64,7 +64,7 @@ def test_sweep_cancels_only_batches_whose_run_ended(make_server: Callable[..., A
     assert migrate.returncode == 0, migrate.stderr[-2000:]
     # Every request takes 10 minutes: nothing finishes while the test runs.
     with make_server(request_latency=600, api_key=KEY) as url:
-        env["AIRFLOW_CONN_OPENAI_BATCH_DEFAULT"] = json.dumps({"conn_type": "openai_batch", "host": url,
+        env["AIRFLOW_CONN_OPENAI_BATCH_DEFAULT"] = json.dumps({"conn_type": "openaibatch", "host": url,
                                                               "password": KEY})
         def airflow(*args: str) -> str:
             done = subprocess.run([AIRFLOW, *args], env=env, capture_output=True, text=True, timeout=300)
