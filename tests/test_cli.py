@@ -147,6 +147,28 @@ def test_version() -> None:
         assert shown.code == 0 and shown.stdout.startswith(f"batch-ops {__version__} (openai-batch-ops"), shown
 
 
+VERBS = ("submit", "status", "list", "orphans", "cancel", "results", "validate", "shard", "job", "serve")
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_speaks_one_help_and_error_style(verb: str) -> None:
+    """serve (argparse, so it runs without typer) reads like the typer verbs: click's usage line,
+    capitalised sections, METAVARs without braces or type tags, click's error format."""
+    shown = run(verb, "--help", key=None)
+    assert shown.code == 0, shown
+    usage, *rest = shown.stdout.splitlines()
+    assert re.fullmatch(rf"Usage: batch-ops {verb} \[OPTIONS\]( [A-Z_]+)*", usage), usage
+    assert re.search(r"^  -h, --help +Show this message and exit\.$", shown.stdout, re.M), shown.stdout
+    headings = [line for line in rest if line and not line[0].isspace()]
+    assert "Options:" in headings and all(h[0].isupper() and h.endswith(":") for h in headings), headings
+    # typer 0.29's "{INPUT}" / "INPUT <str>" / "--max-lines <int range>", argparse's "{echo,replay}"
+    assert not re.search(r"[{<][a-z ,|]+[}>]", shown.stdout), shown.stdout
+    wrong = run(verb, "--no-such-flag", key=None)
+    assert wrong.code == 2
+    assert wrong.stderr.startswith(f"Usage: batch-ops {verb} [OPTIONS]"), wrong.stderr
+    assert f"Try 'batch-ops {verb} " in wrong.stderr and "\nError: " in wrong.stderr, wrong.stderr
+
+
 def test_console_script_and_serve_forwarding() -> None:
     script = Path(sys.executable).parent / "batch-ops"
     if not script.exists():

@@ -54,6 +54,22 @@ def _exit_code_help() -> str:
     return f"Exit codes:\n\n\b\n{rows}"
 
 
+class _Command(typer.core.TyperCommand):
+    """A command whose arguments read as click writes them, like every option here and like
+    ``batch-ops serve``: ``INPUT`` in the usage line (typer 0.29 writes ``{INPUT}`` for a
+    required argument) and no type tag after the name under Arguments (``INPUT <str>``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if param.param_type_name == "argument":
+                # The metavar already says what to pass; typer's type tag would only add "<str>".
+                setattr(param, "display_type_rich", lambda ctx: None)  # noqa: B010 (overrides a method)
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in super().collect_usage_pieces(ctx)]
+
+
 app = typer.Typer(
     name="batch-ops",
     no_args_is_help=True,
@@ -341,7 +357,7 @@ EndpointOption = Annotated[
 ]
 
 
-@app.command()
+@app.command(cls=_Command)
 def submit(
     input_path: InputArgument,
     endpoint: Annotated[
@@ -427,7 +443,7 @@ def _finish_wait(out: _Out, batch: Batch) -> None:
         out.note(f"collect the results: batch-ops results {batch.id} --output results.jsonl", style="dim")
 
 
-@app.command()
+@app.command(cls=_Command)
 def status(
     batch_id: Annotated[str, typer.Argument(metavar="BATCH_ID", help="The batch id (batch_...).")],
     wait: Annotated[
@@ -457,7 +473,7 @@ def status(
         out.result(_batch_json(batch), render.batch_view(batch))
 
 
-@app.command("list")
+@app.command("list", cls=_Command)
 def list_batches(
     limit: Annotated[
         int, typer.Option("--limit", "-n", min=1, max=100, metavar="N", help="Batches per page (1..100).")
@@ -493,7 +509,7 @@ def list_batches(
         out.note(f"more: batch-ops list --after {batches[-1].id}  (or --all)", style="dim")
 
 
-@app.command()
+@app.command(cls=_Command)
 def orphans(
     cancel: Annotated[bool, typer.Option("--cancel", help="Cancel the orphans (default: report only).")] = False,
     prefect: Annotated[
@@ -539,7 +555,7 @@ def orphans(
             out.note("cancel the orphans: batch-ops orphans --cancel" + (" --prefect" if prefect else ""), style="dim")
 
 
-@app.command()
+@app.command(cls=_Command)
 def cancel(
     batch_id: Annotated[str, typer.Argument(metavar="BATCH_ID", help="The batch id (batch_...).")],
     wait: Annotated[bool, typer.Option("--wait", help="Wait until the batch has stopped.")] = False,
@@ -568,7 +584,7 @@ def cancel(
     out.result(_batch_json(batch), render.batch_view(batch))
 
 
-@app.command()
+@app.command(cls=_Command)
 def results(
     batch_id: Annotated[str, typer.Argument(metavar="BATCH_ID", help="A finished batch (completed, failed, ...).")],
     output: Annotated[
@@ -577,7 +593,7 @@ def results(
     ],
     fmt: Annotated[
         Literal["jsonl", "csv"] | None,
-        typer.Option("--format", "-f", show_default=False,
+        typer.Option("--format", "-f", show_default=False, metavar="FORMAT",
                      help="jsonl (one result object per line) or csv [default: from the PATH suffix, else jsonl]."),
     ] = None,
     input_path: Annotated[
@@ -626,7 +642,7 @@ def results(
         out.stderr.print(f"wrote {output} ({kind}): {tally.summary()}", style=style, soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=_Command)
 def validate(
     input_path: InputArgument,
     endpoint: EndpointOption = None,
@@ -654,14 +670,18 @@ def validate(
         raise typer.Exit(EXIT_FAILED)
 
 
-@app.command()
+@app.command(cls=_Command)
 def shard(
     input_path: InputArgument,
     out_dir: Annotated[
         Path, typer.Option("--out-dir", "-d", file_okay=False, metavar="DIR", help="Directory for the parts.")
     ],
-    max_lines: Annotated[int, typer.Option("--max-lines", min=1, help="Most requests per part.")] = DEFAULT_MAX_LINES,
-    max_bytes: Annotated[int, typer.Option("--max-bytes", min=1, help="Largest part in bytes.")] = DEFAULT_MAX_BYTES,
+    max_lines: Annotated[
+        int, typer.Option("--max-lines", min=1, metavar="N", help="Most requests per part.")
+    ] = DEFAULT_MAX_LINES,
+    max_bytes: Annotated[
+        int, typer.Option("--max-bytes", min=1, metavar="BYTES", help="Largest part in bytes.")
+    ] = DEFAULT_MAX_BYTES,
     endpoint: EndpointOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -679,7 +699,7 @@ def shard(
     out.stderr.print(f"{len(sizes)} part(s) in {out_dir}", style="green")
 
 
-@app.command()
+@app.command(cls=_Command)
 def job(
     input_path: InputArgument,
     endpoint: Annotated[
@@ -691,13 +711,18 @@ def job(
                           "beside it. A local path or an object storage URL (s3://…): a job there resumes on any "
                           "machine.")
     ],
-    max_concurrent: Annotated[int, typer.Option("--max-concurrent", min=1, help="Batches running at once.")] = 4,
+    max_concurrent: Annotated[
+        int, typer.Option("--max-concurrent", min=1, metavar="N", help="Batches running at once.")
+    ] = 4,
     max_rounds: Annotated[
-        int, typer.Option("--max-rounds", min=0, help="Extra rounds for retryable failures (0: none).")
+        int, typer.Option("--max-rounds", min=0, metavar="N", help="Extra rounds for retryable failures (0: none).")
     ] = 3,
-    max_lines: Annotated[int, typer.Option("--max-lines", min=1, help="Most requests per batch.")] = DEFAULT_MAX_LINES,
-    max_bytes: Annotated[int, typer.Option("--max-bytes", min=1, help="Largest batch file in bytes.")] = (
-        DEFAULT_MAX_BYTES),
+    max_lines: Annotated[
+        int, typer.Option("--max-lines", min=1, metavar="N", help="Most requests per batch.")
+    ] = DEFAULT_MAX_LINES,
+    max_bytes: Annotated[
+        int, typer.Option("--max-bytes", min=1, metavar="BYTES", help="Largest batch file in bytes.")
+    ] = DEFAULT_MAX_BYTES,
     metadata: Annotated[
         list[str] | None,
         typer.Option("--metadata", "-m", metavar="KEY=VALUE", help="Metadata for every batch of the job."),

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from batch_ops.server._help import ClickStyleParser
+
 __all__ = ["API_KEY_ENV", "ENGINES", "UPSTREAM_API_KEY_ENV", "ServerOptions", "build_parser"]
 
 ENGINES: tuple[str, ...] = ("echo", "replay", "upstream")
@@ -193,54 +195,65 @@ def _share(text: str) -> float:
 def build_parser(prog: str = "batch-ops serve") -> argparse.ArgumentParser:
     """The argparse parser of ``batch-ops serve`` / ``python -m batch_ops.server``.
 
-    Every flag defaults to ``None`` so that only the flags given override ``ServerOptions``.
+    Every flag defaults to ``None`` so that only the flags given override ``ServerOptions``. Its
+    help reads like the other ``batch-ops`` commands' (``ClickStyleParser``).
     """
-    p = argparse.ArgumentParser(
+    p = ClickStyleParser(
         prog=prog,
-        description="Local OpenAI-compatible Batch API server (files + batches, SQLite + files on disk).",
+        description="Run the local OpenAI-compatible Batch API server (files and batches; SQLite and "
+        "files on disk). Ctrl-C or SIGTERM stops it.",
         argument_default=None,
     )
     net = p.add_argument_group("network")
-    net.add_argument("--host", help="interface to bind (default 127.0.0.1)")
-    net.add_argument("--port", type=int, help="port to bind (default 8765; 0 picks a free one)")
-    net.add_argument("--data-dir", help="SQLite database and file contents (default .batch_ops)")
+    net.add_argument("--host", metavar="HOST", help="Interface to bind.  [default: 127.0.0.1]")
+    net.add_argument("--port", type=int, metavar="PORT", help="Port to bind; 0 picks a free one.  [default: 8765]")
+    net.add_argument("--data-dir", metavar="DIR", help="SQLite database and file contents.  [default: .batch_ops]")
     net.add_argument(
-        "--api-key",
-        help=f"require this bearer token on /v1 (or set {API_KEY_ENV}; prefer the variable: flags show in ps)",
+        "--api-key", metavar="KEY",
+        help=f"Require this bearer token on /v1. Prefer the variable {API_KEY_ENV}: flags show in ps.",
     )
     eng = p.add_argument_group("engine")
-    eng.add_argument("--engine", choices=ENGINES, help="how batch requests are answered (default echo)")
-    eng.add_argument(
-        "--replay-file", dest="replay_files", action="append", help="recorded output/error file (replay; repeatable)"
-    )
+    eng.add_argument("--engine", choices=ENGINES, metavar="ENGINE",
+                     help="How batch requests are answered: echo, replay or upstream.  [default: echo]")
+    eng.add_argument("--replay-file", dest="replay_files", action="append", metavar="PATH",
+                     help="A recorded output or error file for the replay engine; repeat for more.")
     eng.add_argument("--eval-sample", action="store_true", default=None,
-                     help="replay the recorded answers to the shipped eval set (what `make demo` serves), so the "
-                     "eval pipelines score real answers, not the echo engine's repeated prompts")
-    eng.add_argument("--upstream-url", help="OpenAI-compatible base URL for the upstream engine, e.g. .../v1")
-    eng.add_argument("--upstream-api-key", help=f"bearer token for the upstream (or set {UPSTREAM_API_KEY_ENV})")
-    eng.add_argument("--upstream-model", help="replace every request's model with this one upstream")
-    eng.add_argument("--upstream-timeout", type=float, help="seconds per upstream request (default 600)")
-    eng.add_argument("--upstream-retries", type=int, help="retries of a 429/5xx/network failure upstream (default 3)")
-    eng.add_argument("--concurrency", type=int, help="batch requests in flight at once (default 16)")
-    flt = p.add_argument_group("faults (RATE is a share 0..1)")
-    flt.add_argument("--latency", type=float, metavar="S", help="delay every /v1 HTTP response by S seconds")
-    flt.add_argument("--request-latency", type=float, metavar="S", help="processing time of each batch request")
-    flt.add_argument("--http-429", type=_share, metavar="RATE", help="answer this share of /v1 calls with 429")
-    flt.add_argument("--http-500", type=_share, metavar="RATE", help="answer this share of /v1 calls with 500")
-    flt.add_argument("--drop", type=_share, metavar="RATE", help="close this share of connections without a response")
-    flt.add_argument("--retry-after", type=float, metavar="S", help="delay advertised by 429 answers (default 0.2)")
-    flt.add_argument(
-        "--fail-requests", type=_share, metavar="RATE", help="share of batch requests failed with server_error"
-    )
-    flt.add_argument("--token-limit-failures", type=int, metavar="N", help="first N batches fail token_limit_exceeded")
+                     help="Replay the recorded answers to the shipped eval set (what `make demo` serves), so the "
+                     "eval pipelines score real answers, not the echo engine's repeated prompts.")
+    eng.add_argument("--upstream-url", metavar="URL", help="OpenAI-compatible base URL for the upstream engine, "
+                     "e.g. https://api.openai.com/v1.")
+    eng.add_argument("--upstream-api-key", metavar="KEY",
+                     help=f"Bearer token for the upstream. Prefer the variable {UPSTREAM_API_KEY_ENV}.")
+    eng.add_argument("--upstream-model", metavar="MODEL", help="Replace every request's model with this one upstream.")
+    eng.add_argument("--upstream-timeout", type=float, metavar="SECONDS",
+                     help="Seconds per upstream request.  [default: 600]")
+    eng.add_argument("--upstream-retries", type=int, metavar="N",
+                     help="Retries of a 429, 5xx or network failure upstream.  [default: 3]")
+    eng.add_argument("--concurrency", type=int, metavar="N", help="Batch requests in flight at once.  [default: 16]")
+    flt = p.add_argument_group("faults (RATE is a share from 0 to 1)")
+    flt.add_argument("--latency", type=float, metavar="SECONDS", help="Delay every /v1 HTTP response.")
+    flt.add_argument("--request-latency", type=float, metavar="SECONDS", help="Processing time of each batch request.")
+    flt.add_argument("--http-429", type=_share, metavar="RATE", help="Answer this share of /v1 calls with 429.")
+    flt.add_argument("--http-500", type=_share, metavar="RATE", help="Answer this share of /v1 calls with 500.")
+    flt.add_argument("--drop", type=_share, metavar="RATE", help="Close this share of connections without a response.")
+    flt.add_argument("--retry-after", type=float, metavar="SECONDS",
+                     help="Delay advertised by 429 answers.  [default: 0.2]")
+    flt.add_argument("--fail-requests", type=_share, metavar="RATE",
+                     help="Share of batch requests failed with server_error.")
+    flt.add_argument("--token-limit-failures", type=int, metavar="N",
+                     help="The first N batches fail with token_limit_exceeded.")
     flt.add_argument("--create-failures", type=int, metavar="N",
-                     help="answer the first N batch creates 503, creating nothing")
-    flt.add_argument("--expire-after", type=float, metavar="S", help="completion window of S seconds instead of 24h")
-    flt.add_argument("--cancel-delay", type=float, metavar="S", help="how long a batch stays cancelling (default 0.2)")
-    flt.add_argument("--seed", type=int, help="make fault choices and output order repeatable")
+                     help="Answer the first N batch creates with 503, creating nothing.")
+    flt.add_argument("--expire-after", type=float, metavar="SECONDS",
+                     help="A completion window of this many seconds instead of 24h.")
+    flt.add_argument("--cancel-delay", type=float, metavar="SECONDS",
+                     help="How long a batch stays cancelling.  [default: 0.2]")
+    flt.add_argument("--seed", type=int, metavar="N", help="Make fault choices and output order repeatable.")
     flt.add_argument("--gzip", action=argparse.BooleanOptionalAction,
-                     help="gzip answers for clients that accept it (default off)")
+                     help="Gzip answers for clients that accept it.  [default: no-gzip]")
     log = p.add_argument_group("logging")
-    log.add_argument("--access-log", action=argparse.BooleanOptionalAction, help="log every request (default off)")
-    log.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), help="default warning")
+    log.add_argument("--access-log", action=argparse.BooleanOptionalAction,
+                     help="Log every request.  [default: no-access-log]")
+    log.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), metavar="LEVEL",
+                     help="critical, error, warning, info or debug.  [default: warning]")
     return p
