@@ -165,7 +165,7 @@ fails, and [Airflow](airflow.md) documents this.
 **Rows below a floor** run with `--maxfail` and show why the floor is where it is.
 
 **Install with constraints.** Releases installed without any constraints pull in libraries newer
-than they can take: Prefect 3.4–3.6 with the newest FastAPI fail at import (`Body() got an
+than they can take: Prefect 3.4 to 3.6 with the newest FastAPI fail at import (`Body() got an
 unexpected keyword argument 'min_items'`, hence the FastAPI pin in those rows), and Airflow 3.0.6
 needs the FastAPI, cadwyn and pydantic of its time. Install with the framework's own constraints
 file, or with this project's `constraints.txt`.
