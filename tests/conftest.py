@@ -8,13 +8,20 @@ seed=1) as url:``; ``url`` ends in ``/v1`` and has ``.pid``, ``.data_dir``, ``.k
 
 from __future__ import annotations
 
+import base64
+import json
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from batch_ops.server import ServerURL, serve_in_background
+from batch_ops.server.background import free_port
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +33,95 @@ def server_url() -> Iterator[ServerURL]:
 @pytest.fixture
 def make_server() -> Callable[..., AbstractContextManager[ServerURL]]:
     return serve_in_background
+
+
+#: A webhook signing secret for tests (``whsec_`` + base64 of 32 bytes), never a real one.
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"batch-ops-test-webhook-secret-32").decode()
+
+
+@dataclass
+class Delivery:
+    """One POST the inbox received."""
+
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Inbox:
+    """A plain HTTP endpoint on loopback that records webhook deliveries (a stand-in for a user's
+    endpoint; our own receiver is tested separately). ``fail_next`` answers that many POSTs 500;
+    ``stop()`` closes the port (deliveries are refused) until ``start()``.
+    """
+
+    def __init__(self) -> None:
+        self.deliveries: list[Delivery] = []
+        self.fail_next = 0
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/hooks"
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self) -> Inbox:
+        inbox = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                failing = inbox.fail_next > 0
+                inbox.fail_next -= failing
+                if not failing:
+                    inbox.deliveries.append(Delivery({k.lower(): v for k, v in self.headers.items()}, body,
+                                                     time.time()))
+                self.send_response(500 if failing else 200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def wait_for(self, count: int, timeout: float = 20.0) -> list[Delivery]:
+        deadline = time.monotonic() + timeout
+        while len(self.deliveries) < count:
+            assert time.monotonic() < deadline, f"{len(self.deliveries)} of {count} webhook deliveries arrived"
+            time.sleep(0.02)
+        return self.deliveries
+
+
+@pytest.fixture
+def make_inbox() -> Iterator[Callable[[], Inbox]]:
+    """Start recording endpoints (``make_inbox()``); all stopped after the test."""
+    boxes: list[Inbox] = []
+
+    def make() -> Inbox:
+        boxes.append(Inbox().start())
+        return boxes[-1]
+
+    yield make
+    for box in boxes:
+        box.stop()
+
+
+@pytest.fixture
+def inbox(make_inbox: Callable[[], Inbox]) -> Inbox:
+    return make_inbox()
+
+
+@pytest.fixture(scope="session")
+def webhook_secret() -> str:
+    return WEBHOOK_SECRET
 
 
 #: The bucket the ``s3`` fixture empties and makes for each test.

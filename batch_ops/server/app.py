@@ -46,6 +46,7 @@ from batch_ops.server.faults import FaultPlan, losing_response
 from batch_ops.server.options import ServerOptions
 from batch_ops.server.processor import Processor
 from batch_ops.server.store import Store, new_id
+from batch_ops.server.webhooks import WebhookSender
 
 __all__ = ["BatchOpsApp", "create_app", "error_response"]
 
@@ -377,8 +378,13 @@ class BatchOpsApp(Starlette):
 
     def __init__(self, *, options: ServerOptions) -> None:
         self.options = options
-        self.store = Store(options.data_path)
+        self.store = Store(options.data_path, webhook_urls=options.webhook_urls)
         self.processor = Processor(store=self.store, engine=make_engine(options), options=options)
+        self.webhooks: WebhookSender | None = None
+        if options.webhook_urls:
+            assert options.webhook_secret is not None  # ServerOptions refuses URLs without one
+            self.webhooks = WebhookSender(store=self.store, secret=options.webhook_secret,
+                                          drop=options.webhook_drop, delay=options.webhook_delay, seed=options.seed)
         self.faults = FaultPlan.from_options(options)
         self._key = options.api_key.encode() if options.api_key else None
         api = _Api(options=options, store=self.store, processor=self.processor)
@@ -392,10 +398,14 @@ class BatchOpsApp(Starlette):
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.processor.start()
+        if self.webhooks is not None:
+            await self.webhooks.start()
         try:
             yield
         finally:
             await self.processor.stop()
+            if self.webhooks is not None:
+                await self.webhooks.stop()
             self.store.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -27,15 +27,18 @@ from typing import Any, Literal
 
 from batch_ops.server._help import ClickStyleParser
 
-__all__ = ["API_KEY_ENV", "ENGINES", "UPSTREAM_API_KEY_ENV", "ServerOptions", "build_parser"]
+__all__ = ["API_KEY_ENV", "ENGINES", "UPSTREAM_API_KEY_ENV", "WEBHOOK_SECRET_ENV", "ServerOptions", "build_parser"]
 
 ENGINES: tuple[str, ...] = ("echo", "replay", "upstream")
 #: Environment variables that carry the secrets to the server process.
 API_KEY_ENV = "BATCH_OPS_SERVER_API_KEY"
 UPSTREAM_API_KEY_ENV = "BATCH_OPS_UPSTREAM_API_KEY"
+#: The secret the server signs its webhooks with (``whsec_...``); the receiver reads the same
+#: variable as the openai SDK does.
+WEBHOOK_SECRET_ENV = "OPENAI_WEBHOOK_SECRET"
 
-_RATES = ("http_429", "http_500", "drop", "fail_requests")
-_SECRETS = {"api_key": API_KEY_ENV, "upstream_api_key": UPSTREAM_API_KEY_ENV}
+_RATES = ("http_429", "http_500", "drop", "fail_requests", "webhook_drop")
+_SECRETS = {"api_key": API_KEY_ENV, "upstream_api_key": UPSTREAM_API_KEY_ENV, "webhook_secret": WEBHOOK_SECRET_ENV}
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,12 @@ class ServerOptions:
         gzip: compress answers of 500 bytes or more (JSON and file contents) for clients that send
             ``Accept-Encoding: gzip``, as the real API's front end may: clients must decode them.
         access_log / log_level: uvicorn logging.
+        webhook_urls: endpoints that receive a signed event (``batch.completed``, ``batch.failed``,
+            ``batch.expired``, ``batch.cancelled``) for each batch that ends, as OpenAI sends them;
+            delivered at least once from a durable outbox, retried with back-off for 72 hours.
+        webhook_secret: the ``whsec_...`` secret the events are signed with (Standard Webhooks).
+        webhook_drop: share (0..1) of events never delivered (a lost webhook).
+        webhook_delay: seconds added before each delivery.
 
     Examples:
         >>> ServerOptions(engine="upstream")
@@ -102,6 +111,10 @@ class ServerOptions:
     gzip: bool = False
     access_log: bool = False
     log_level: str = "warning"
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_drop: float = 0.0
+    webhook_delay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -110,17 +123,22 @@ class ServerOptions:
             raise ValueError("engine 'upstream' needs upstream_url (e.g. http://127.0.0.1:8000/v1)")
         if self.engine == "replay" and not self.replay_files:
             raise ValueError("engine 'replay' needs replay_files (a recorded output file, optionally its error file)")
-        if isinstance(self.replay_files, (str, Path)):
-            object.__setattr__(self, "replay_files", (str(self.replay_files),))
-        else:
-            object.__setattr__(self, "replay_files", tuple(str(p) for p in self.replay_files))
+        for name in ("replay_files", "webhook_urls"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (str(value),) if isinstance(value, (str, Path)) else tuple(map(str, value)))
+        if self.webhook_urls:
+            if not self.webhook_secret:
+                raise ValueError(f"webhook_urls need webhook_secret (a whsec_... secret; or set {WEBHOOK_SECRET_ENV})")
+            from batch_ops.server.webhooks import check_secret
+
+            check_secret(self.webhook_secret)
         for name in _RATES:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name}={value!r} must be a share between 0 and 1")
         if self.http_429 + self.http_500 + self.drop > 1.0:
             raise ValueError("http_429 + http_500 + drop must not exceed 1 (they share one draw per call)")
-        for name in ("latency", "request_latency", "retry_after", "cancel_delay", "upstream_timeout"):
+        for name in ("latency", "request_latency", "retry_after", "cancel_delay", "upstream_timeout", "webhook_delay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.expire_after is not None and self.expire_after <= 0:
@@ -151,9 +169,9 @@ class ServerOptions:
             if value == getattr(defaults, f.name):
                 continue
             flag = "--" + f.name.replace("_", "-")
-            if f.name == "replay_files":
-                for path in value:
-                    argv += ["--replay-file", path]
+            if f.name in ("replay_files", "webhook_urls"):
+                for item in value:
+                    argv += ["--" + f.name.removesuffix("s").replace("_", "-"), item]
             elif isinstance(value, bool):
                 argv.append(flag if value else "--no-" + flag[2:])
             else:
@@ -177,8 +195,9 @@ class ServerOptions:
                 raise ValueError(f"--eval-sample replays a recorded run: it cannot go with --engine {values['engine']}")
             values["engine"] = "replay"
             values["replay_files"] = [str(SAMPLE_RUN), *values.get("replay_files", [])]
-        if "replay_files" in values:
-            values["replay_files"] = tuple(values["replay_files"])
+        for name in ("replay_files", "webhook_urls"):
+            if name in values:
+                values[name] = tuple(values[name])
         for name, var in _SECRETS.items():
             if name not in values and env.get(var):
                 values[name] = env[var]
@@ -251,6 +270,14 @@ def build_parser(prog: str = "batch-ops serve") -> argparse.ArgumentParser:
     flt.add_argument("--seed", type=int, metavar="N", help="Make fault choices and output order repeatable.")
     flt.add_argument("--gzip", action=argparse.BooleanOptionalAction,
                      help="Gzip answers for clients that accept it.  [default: no-gzip]")
+    hook = p.add_argument_group("webhooks (signed events when a batch ends, as OpenAI sends them)")
+    hook.add_argument("--webhook-url", dest="webhook_urls", action="append", metavar="URL",
+                      help="Send each batch.completed, .failed, .expired and .cancelled event here; repeat for "
+                      "more. Delivered at least once, retried with back-off for 72 hours.")
+    hook.add_argument("--webhook-secret", metavar="SECRET",
+                      help=f"The whsec_... secret that signs them. Prefer the variable {WEBHOOK_SECRET_ENV}.")
+    hook.add_argument("--webhook-drop", type=_share, metavar="RATE", help="Never deliver this share of events.")
+    hook.add_argument("--webhook-delay", type=float, metavar="SECONDS", help="Delay each delivery.")
     log = p.add_argument_group("logging")
     log.add_argument("--access-log", action=argparse.BooleanOptionalAction,
                      help="Log every request.  [default: no-access-log]")

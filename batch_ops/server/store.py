@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ACTIVE_STATUSES", "BatchRow", "Store", "Usage5", "new_id", "usage_json"]
+__all__ = ["ACTIVE_STATUSES", "WEBHOOK_EVENTS", "BatchRow", "OutboxRow", "Store", "Usage5", "new_id", "usage_json"]
 
 #: Statuses the processor still has work for (resumed after a restart).
 ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
@@ -68,7 +68,27 @@ CREATE TABLE IF NOT EXISTS batches (
     err_id TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',  -- pending, delivered, dropped, abandoned
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox (state, next_at);
 """
+
+#: The statuses a batch ends in, and the webhook event each one sends.
+WEBHOOK_EVENTS = {
+    "completed": "batch.completed",
+    "failed": "batch.failed",
+    "expired": "batch.expired",
+    "cancelled": "batch.cancelled",
+}
 
 _BATCH_FIELDS = (
     "id",
@@ -143,8 +163,23 @@ class BatchRow:
         return str(self.obj["input_file_id"])
 
 
+@dataclass(frozen=True)
+class OutboxRow:
+    """One webhook event for one endpoint, waiting to be delivered."""
+
+    seq: int
+    event_id: str
+    url: str
+    body: str
+    created: float
+    attempts: int
+
+
 class Store:
     """SQLite metadata plus file contents under ``data_dir``.
+
+    With ``webhook_urls``, the transaction that ends a batch also writes one webhook event per
+    endpoint to the outbox, so an event is never lost between the two (not even by ``kill -9``).
 
     Examples:
         >>> import tempfile
@@ -154,8 +189,9 @@ class Store:
         >>> s.close()
     """
 
-    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], *, webhook_urls: tuple[str, ...] = ()) -> None:
         self.root = Path(data_dir)
+        self.webhook_urls = tuple(webhook_urls)
         self.files_dir = self.root / "files"
         self.work_dir = self.root / "work"
         self.files_dir.mkdir(parents=True, exist_ok=True)
@@ -392,6 +428,8 @@ class Store:
                 f"UPDATE batches SET status = ?, obj = ?{sets} WHERE id = ?",
                 (status, json.dumps(obj), *cols.values(), batch_id),
             )
+            if status in WEBHOOK_EVENTS and self.webhook_urls:
+                self._enqueue_event(WEBHOOK_EVENTS[status], batch_id)
             for f in add_files:
                 self._db.execute(
                     "INSERT OR IGNORE INTO files (id, bytes, created_at, filename, purpose, expires_at) "
@@ -399,6 +437,46 @@ class Store:
                     f,
                 )
         return True
+
+    def _enqueue_event(self, kind: str, batch_id: str) -> None:
+        # OpenAI's body: the event names the batch; the receiver retrieves it for the details.
+        now = time.time()
+        event_id = new_id("evt_")
+        body = json.dumps({"id": event_id, "object": "event", "created_at": int(now), "type": kind,
+                           "data": {"id": batch_id}}, separators=(",", ":"))
+        self._db.executemany(
+            "INSERT INTO webhook_outbox (event_id, url, body, created, next_at) VALUES (?, ?, ?, ?, ?)",
+            [(event_id, url, body, now, now) for url in self.webhook_urls],
+        )
+
+    def due_webhooks(self, *, now: float, limit: int = 64) -> list[OutboxRow]:
+        """Pending deliveries whose time has come, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, event_id, url, body, created, attempts FROM webhook_outbox "
+                "WHERE state = 'pending' AND next_at <= ? ORDER BY next_at, seq LIMIT ?", (now, limit)
+            ).fetchall()
+        return [OutboxRow(**dict(r)) for r in rows]
+
+    def next_webhook_at(self) -> float | None:
+        """When the next pending delivery is due (None: nothing pending)."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(next_at) FROM webhook_outbox WHERE state = 'pending'").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def settle_webhook(self, seq: int, *, state: str, error: str | None = None, next_at: float | None = None) -> None:
+        """Record an attempt: ``delivered``, ``dropped``, ``abandoned``, or ``pending`` again at ``next_at``."""
+        with self._lock, self._db:
+            self._db.execute(
+                "UPDATE webhook_outbox SET state = ?, attempts = attempts + 1, last_error = ?, "
+                "next_at = COALESCE(?, next_at) WHERE seq = ?", (state, error, next_at, seq)
+            )
+
+    def webhook_counts(self) -> dict[str, int]:
+        """Deliveries by state (``pending``, ``delivered``, ``dropped``, ``abandoned``)."""
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM webhook_outbox GROUP BY state").fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}
 
     def checkpoint(
         self,
