@@ -47,7 +47,7 @@ class Row:
 MATRIX = [
     Row("airflow-3.1.0", "apache-airflow==3.1.0", "airflow,server,cli,evals,s3", "tests/airflow",
         "oldest declared (3.0.x logs the API key: Airflow's supervisor, MaskSecret at debug level)",
-        pins=("structlog<26",)),
+        pins=("structlog<25.5",)),
     Row("airflow-3.3.2", "apache-airflow==3.3.2", "airflow,server,cli,evals,s3", "tests/airflow",
         "newest; constraints.txt", constraints=True),
     Row("prefect-3.6.29", "prefect==3.6.29", "prefect,server,cli,evals,s3", "tests/prefect",
@@ -168,7 +168,7 @@ fails, and [Airflow](airflow.md) documents this.
 **Install with constraints.** Releases installed without any constraints pull in libraries newer
 than they can take: Prefect 3.4 to 3.6 with the newest FastAPI fail at import (`Body() got an
 unexpected keyword argument 'min_items'`, hence the FastAPI pin in those rows), Airflow 3.1.0
-imports `structlog.dev.Styles`, which structlog 26 removed (hence its row's pin), and Airflow
+imports `structlog.dev.Styles`, which structlog 25.5 removed (hence its row's pin), and Airflow
 3.0.6 needs the FastAPI, cadwyn and pydantic of its time. Install with the framework's own constraints
 file, or with this project's `constraints.txt`.
 
