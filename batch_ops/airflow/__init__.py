@@ -1,4 +1,4 @@
-"""batch_ops for Apache Airflow (>= 3.1): hook, deferrable operator, sensor and trigger.
+"""batch_ops for Apache Airflow (>= 3.1.8): hook, deferrable operator, sensor and trigger.
 
 Names load on first use, so Airflow's providers manager can read
 ``batch_ops.airflow.provider`` without importing the operators.
