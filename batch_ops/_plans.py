@@ -114,10 +114,17 @@ class Send:
 
 @dataclass(frozen=True)
 class Sleep:
-    """Effect: wait this many seconds. ``reason`` says what is being retried (the drivers log it)."""
+    """Effect: wait this many seconds. ``reason`` says what is being retried (the drivers log it).
+
+    ``wake_on`` (a batch id): a driver that follows batch webhooks (an events subscription) may
+    end the sleep early when that batch's event arrives. The driver answers what ended it:
+    ``"timer"``, ``"event"``, ``"missed"`` (the subscription may have lost events: look now) or
+    ``"unavailable"`` (no working subscription: the plan falls back to polling).
+    """
 
     seconds: float
     reason: str = ""
+    wake_on: str | None = None
 
 
 @dataclass(frozen=True)
@@ -492,6 +499,7 @@ def wait_plan(
     poller: BatchPoller,
     policy: RetryPolicy,
     on_poll: Callable[[Batch], Any] | None = None,
+    first_delay: float = 0.0,
 ) -> Generator[Send | Sleep | Notify, Any, Batch]:
     """Poll until the batch is terminal; raise BatchTimeoutError at the deadline.
 
@@ -499,11 +507,21 @@ def wait_plan(
     bound, an answer that is not a batch among them; permanent 4xx (the batch does not exist,
     the key is wrong) end the wait at once. Every request carries the wait's deadline, so a
     server that never answers, or answers a byte at a time, cannot hold the wait past it.
+
+    ``first_delay`` seconds pass before the first poll (a spread, so many waits do not poll in
+    the same instant). With webhooks (``poller.safety_poll_interval``), every pause is a
+    :class:`Sleep` that the batch's event may end early; between events the wait polls only
+    every ``safety_poll_interval`` seconds, and falls back to ordinary polling for a round
+    whenever the driver has no working subscription.
     """
     poller.start(now=clock())
     send = Send("GET", api_path("/batches/{batch_id}", batch_id=batch_id), deadline=poller.deadline)
     last: Batch | None = None
     last_body = b""
+    events = poller.safety_poll_interval is not None
+    if first_delay > 0:
+        woke = yield Sleep(poller.clip(first_delay, now=clock()), wake_on=batch_id if events else None)
+        poller.events_available(woke != "unavailable")
     while True:
         try:
             reply = yield from send_with_retries(send, policy=policy)
@@ -529,7 +547,9 @@ def wait_plan(
                 return last
         if decision.action == "timeout":
             raise timeout_error(batch_id, deadline=poller.deadline, last=last)
-        yield Sleep(decision.delay)
+        woke = yield Sleep(decision.delay, wake_on=batch_id if decision.wake_on_event else None)
+        if decision.wake_on_event:
+            poller.events_available(woke != "unavailable")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -776,6 +776,14 @@ class AsyncBatchClient(_Base):
         except TimeoutError:
             return Reply(error="the deadline passed before the answer was complete", timed_out=True)
 
+    def _events(self) -> Any:
+        """This event loop's subscription to the webhook receiver (``settings.events_url``)."""
+        from batch_ops.webhooks.subscription import EventSubscription
+
+        assert self.settings.events_url is not None
+        token = self.settings.events_token.get_secret_value() if self.settings.events_token else None
+        return EventSubscription.shared(self.settings.events_url, token=token)
+
     async def _drive(self, plan: Any) -> Any:
         value: Any = None
         error: BaseException | None = None
@@ -789,8 +797,12 @@ class AsyncBatchClient(_Base):
                 if isinstance(effect, Send):
                     value = await self._send_within(effect)
                 elif isinstance(effect, Sleep):
-                    self._log_retry(effect)
-                    await _async_sleep(effect.seconds)
+                    if effect.wake_on is not None and self.settings.events_url is not None:
+                        value = await self._events().sleep(effect.wake_on, effect.seconds)
+                    else:
+                        self._log_retry(effect)
+                        await _async_sleep(effect.seconds)
+                        value = "timer"
                 elif isinstance(effect, Work):
                     value = await asyncio.to_thread(effect.fn)
                 elif isinstance(effect, Notify):
@@ -1029,11 +1041,20 @@ class AsyncBatches:
         max_poll_interval: float | None = None,
         deadline: float | None = None,
         on_poll: Any = None,
+        first_delay: float = 0.0,
     ) -> Batch:
+        """Poll until the batch ends; see :meth:`Batches.wait`.
+
+        With ``settings.events_url`` (a webhook receiver), the wait wakes on the batch's webhook
+        event and otherwise polls only every ``settings.safety_poll_interval`` seconds.
+        ``first_delay`` spreads the first poll (an event still ends it early).
+        """
+        settings = self._c.settings
         poller = BatchPoller(poll_interval=poll_interval, max_poll_interval=max_poll_interval, timeout=timeout,
-                             deadline=deadline)
+                             deadline=deadline,
+                             safety_poll_interval=settings.safety_poll_interval if settings.events_url else None)
         return await self._c._run(_plans.wait_plan(batch_id, poller=poller, policy=self._c.retry_policy,
-                                                   on_poll=on_poll))
+                                                   on_poll=on_poll, first_delay=first_delay))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ Every error raised by the core, the Airflow provider and the Prefect collection 
     ├── InputValidationError          bad request file or parameters, caught before any upload
     ├── ResultFileError               an output or error file has a line that is not a result
     ├── AttemptsExhaustedError        a key made its last allowed attempt, and it was rejected too
+    ├── WebhookVerificationError      a webhook's signature, timestamp or id does not check out
     ├── APIError                      the API could not be used
     │   ├── APIConnectionError        no HTTP response (refused, reset, dropped, too many redirects)
     │   │   └── APITimeoutError       the request timed out, or the caller's deadline came first
@@ -70,6 +71,7 @@ __all__ = [
     "ResultFileError",
     "StorageError",
     "UnprocessableEntityError",
+    "WebhookVerificationError",
     "RETRYABLE_STATUSES",
     "is_permanent",
     "is_retryable_status",
@@ -211,6 +213,16 @@ class StorageError(BatchOpsError):
 
 class AttemptsExhaustedError(BatchOpsError):
     """Raised when a key made its last allowed attempt and that one was rejected too."""
+
+
+class WebhookVerificationError(BatchOpsError):
+    """Raised when a webhook delivery cannot be trusted: a missing header, a signature that does
+    not match the secret, a timestamp outside the tolerance, or an id already seen (a replay).
+    ``reason`` names which; the receiver answers such a delivery 400 and hands nothing on."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class APIError(BatchOpsError):

@@ -52,6 +52,10 @@ class ClientSettings(BaseModel):
         retry_max_elapsed: total seconds one call may spend retrying, whatever ``max_retries`` says.
         backoff_initial / backoff_max: exponential back-off bounds (full jitter).
         idempotency_lookback: seconds of batch history searched for an idempotency key.
+        events_url: a webhook receiver's events URL (``BATCH_OPS_EVENTS_URL``, e.g.
+            ``http://receiver:8780/events``): async waits wake on the batch's webhook event and
+            poll only every ``safety_poll_interval`` seconds (default 1800) in case one is lost.
+        events_token: the receiver's ``events_token`` (``BATCH_OPS_EVENTS_TOKEN``), if it has one.
 
     Examples:
         >>> ClientSettings.from_env({"OPENAI_API_KEY": "sk-1", "OPENAI_BASE_URL": "http://h/v1"}).base_url
@@ -72,6 +76,9 @@ class ClientSettings(BaseModel):
     backoff_initial: float = Field(default=0.5, gt=0)
     backoff_max: float = Field(default=30.0, gt=0)
     idempotency_lookback: float = Field(default=7 * 86400, gt=0)
+    events_url: str | None = None
+    events_token: SecretStr | None = None
+    safety_poll_interval: float = Field(default=1800.0, gt=0)
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -87,6 +94,16 @@ class ClientSettings(BaseModel):
             # The value itself is not repeated: a key pasted here by mistake must not reach a log.
             hint = " (the value looks like an API key: pass it as api_key)" if value.startswith("sk-") else ""
             raise ValueError(f"base_url must start with http:// or https://, e.g. 'https://api.openai.com/v1'{hint}")
+        return value
+
+    @field_validator("events_url")
+    @classmethod
+    def _events_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("events_url must start with http:// or https://, e.g. 'http://receiver:8780/events'")
         return value
 
     @field_validator("api_key", mode="before")
@@ -118,6 +135,8 @@ class ClientSettings(BaseModel):
             ("organization", ("OPENAI_ORG_ID", "OPENAI_ORGANIZATION")),
             ("project", ("OPENAI_PROJECT_ID",)),
             ("api_version", ("OPENAI_API_VERSION", "AZURE_OPENAI_API_VERSION")),
+            ("events_url", ("BATCH_OPS_EVENTS_URL",)),
+            ("events_token", ("BATCH_OPS_EVENTS_TOKEN",)),
         ):
             for name in names:
                 if env.get(name):

@@ -45,6 +45,10 @@ _EXTRA_FIELDS = frozenset(
         "backoff_initial",
         "backoff_max",
         "idempotency_lookback",
+        # Batch webhooks (docs/webhooks.md): the receiver's events URL, its token, the safety poll.
+        "events_url",
+        "events_token",
+        "safety_poll_interval",
     }
 )
 

@@ -286,14 +286,15 @@ class OpenAIBatchTrigger(BaseTrigger):
         return await shared_client(self.conn_id)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        # Spread the first poll (and the connection lookup before it) over one interval.
-        await asyncio.sleep(self._poller().first_delay(now=time.time(), spread=self.first_poll_spread))
+        # The connection lookup is shared by the triggers that start together (connection_settings).
         try:
             client = await self._client()
         except Exception as exc:  # connection missing or unusable: nothing to retry here
             yield TriggerEvent(error_event(self.batch_id, exc))
             return
-        self.log.debug("Waiting for batch %s (poll every %ss)", self.batch_id, self.poll_interval)
+        events = client.settings.events_url is not None
+        self.log.debug("Waiting for batch %s (%s)", self.batch_id,
+                       "woken by webhooks" if events else f"poll every {self.poll_interval}s")
         try:
             batch = await client.batches.wait(
                 self.batch_id,
@@ -302,6 +303,9 @@ class OpenAIBatchTrigger(BaseTrigger):
                 timeout=None,
                 deadline=self.deadline,
                 on_poll=self._on_poll,
+                # The first poll is spread over one interval, so a restarted triggerer does not
+                # send all its polls at once; the batch's webhook event ends that pause early.
+                first_delay=self._poller().first_delay(now=time.time(), spread=self.first_poll_spread),
             )
         except BatchTimeoutError as exc:
             yield TriggerEvent(timeout_event(self.batch_id, deadline=self.deadline, last=exc.batch))

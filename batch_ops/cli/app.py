@@ -795,3 +795,63 @@ def serve(ctx: typer.Context) -> None:
 
     raise typer.Exit(_serve(ctx.args))
 
+
+
+webhooks_app = typer.Typer(
+    name="webhooks", no_args_is_help=True, add_completion=False, rich_markup_mode=None,
+    help="The webhook receiver: OpenAI's batch events wake waiting tasks within seconds (docs/webhooks.md).",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(webhooks_app)
+
+
+@webhooks_app.command("serve", cls=_Command)
+def webhooks_serve(
+    host: Annotated[str, typer.Option("--host", metavar="HOST", help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, metavar="PORT",
+                                      help="Port to bind; 0 picks a free one.")] = 8780,
+    secret: Annotated[
+        str | None,
+        typer.Option("--secret", envvar="OPENAI_WEBHOOK_SECRET", show_default=False, metavar="SECRET",
+                     help="The endpoint's whsec_... secret from the OpenAI dashboard. Prefer the variable: "
+                     "flags show in ps."),
+    ] = None,
+    events_token: Annotated[
+        str | None,
+        typer.Option("--events-token", envvar="BATCH_OPS_EVENTS_TOKEN", show_default=False, metavar="TOKEN",
+                     help="Require this bearer token on /events (the waiters' BATCH_OPS_EVENTS_TOKEN)."),
+    ] = None,
+    keep: Annotated[int, typer.Option("--keep", min=1, metavar="N", help="Events kept for subscribers.")] = 10_000,
+) -> None:
+    """Receive OpenAI's batch webhooks at /openai and serve them to waiting tasks at /events.
+
+    Register https://<this host>/openai as the endpoint in the OpenAI dashboard; point waiters at
+    http://<this host>:<port>/events (the connection's events_url, or BATCH_OPS_EVENTS_URL).
+    """
+    if not secret:
+        sys.stderr.write("batch-ops webhooks serve: no secret: set OPENAI_WEBHOOK_SECRET (whsec_...) or --secret\n")
+        raise typer.Exit(EXIT_CONFIG)
+    import uvicorn
+
+    from batch_ops.errors import ConfigurationError
+    from batch_ops.webhooks.receiver import create_receiver_app
+
+    try:
+        receiver = create_receiver_app(secret=secret, events_token=events_token, keep=keep)
+    except ConfigurationError as exc:
+        sys.stderr.write(f"batch-ops webhooks serve: {exc}\n")
+        raise typer.Exit(EXIT_CONFIG) from None
+
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
+            await super().startup(sockets=sockets)
+            if self.started and self.servers:
+                bound = self.servers[0].sockets[0].getsockname()[1]
+                # One line scripts can wait for.
+                print(f"batch-ops webhooks: listening on http://{host}:{bound} (POST /openai, GET /events)",
+                      flush=True)
+
+    # Long-polls hold requests open for up to 25 s; on SIGTERM they are cut after 2 s (subscribers
+    # reconnect), so a restart or a rolling deploy is quick.
+    _Server(uvicorn.Config(receiver, host=host, port=port, log_level="warning", access_log=False,
+                           timeout_graceful_shutdown=2)).run()

@@ -21,8 +21,10 @@ import contextlib
 import hmac
 import json
 import os
+import re
 import shutil
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Any
@@ -49,6 +51,9 @@ from batch_ops.server.store import Store, new_id
 from batch_ops.server.webhooks import WebhookSender
 
 __all__ = ["BatchOpsApp", "create_app", "error_response"]
+
+#: An id in a path (batch_..., file-...), replaced by {id} when counting calls.
+_ID = re.compile(r"(?<=/)(?:batch_|file-)[\w-]+")
 
 #: Purposes the Files API accepts on upload.
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
@@ -143,6 +148,7 @@ class _Api:
     """The route handlers, around one store and one processor."""
 
     def __init__(self, *, options: ServerOptions, store: Store, processor: Processor) -> None:
+        self.calls: Counter[str] = Counter()
         self.options = options
         self.store = store
         self.processor = processor
@@ -166,7 +172,10 @@ class _Api:
         return routes
 
     async def healthz(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "pid": os.getpid(), "engine": self.options.engine})
+        # ``calls``: /v1 requests served so far, by kind ("GET /v1/batches/{id}": polls), for
+        # tests and benchmarks that count what a waiter costs; ``webhooks``: deliveries by state.
+        return JSONResponse({"status": "ok", "pid": os.getpid(), "engine": self.options.engine,
+                             "calls": dict(self.calls), "webhooks": self.store.webhook_counts()})
 
     async def models(self, request: Request) -> Response:
         return JSONResponse(
@@ -388,6 +397,7 @@ class BatchOpsApp(Starlette):
         self.faults = FaultPlan.from_options(options)
         self._key = options.api_key.encode() if options.api_key else None
         api = _Api(options=options, store=self.store, processor=self.processor)
+        self.calls = api.calls
         super().__init__(
             routes=api.routes(),
             middleware=[Middleware(GZipMiddleware, minimum_size=500)] if options.gzip else None,
@@ -410,6 +420,7 @@ class BatchOpsApp(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            self.calls[f"{scope['method']} {_ID.sub('{id}', scope['path'])}"] += 1
             fault = await self.faults.apply(send) if self.faults.active else None
             if fault == "handled":
                 return
