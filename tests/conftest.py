@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 
 from batch_ops.server import ServerURL, serve_in_background
@@ -122,6 +126,38 @@ def inbox(make_inbox: Callable[[], Inbox]) -> Inbox:
 @pytest.fixture(scope="session")
 def webhook_secret() -> str:
     return WEBHOOK_SECRET
+
+
+class Receiver:
+    """``batch-ops webhooks serve`` as a user runs it (a subprocess), on a free port."""
+
+    def __init__(self, port: int, proc: subprocess.Popen[str]) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.hook_url = f"{self.base}/openai"
+        self.events_url = f"{self.base}/events"
+        self.proc = proc
+
+    def events(self) -> list[dict[str, Any]]:
+        return list(httpx.get(self.events_url, params={"wait": "0"}).json()["events"])
+
+    def counts(self) -> dict[str, int]:
+        return dict(httpx.get(f"{self.base}/healthz").json()["counts"])
+
+
+@pytest.fixture
+def receiver(webhook_secret: str) -> Iterator[Receiver]:
+    port = free_port()
+    env = {**os.environ, "OPENAI_WEBHOOK_SECRET": webhook_secret}
+    proc = subprocess.Popen([sys.executable, "-m", "batch_ops.cli", "webhooks", "serve", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "listening on" in line, line + proc.stdout.read()
+        yield Receiver(port, proc)
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 #: The bucket the ``s3`` fixture empties and makes for each test.

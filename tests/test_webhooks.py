@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from batch_ops import AsyncBatchClient, ClientSettings
 from batch_ops.server.background import free_port
@@ -26,42 +22,12 @@ from batch_ops.webhooks.verify import sign
 CHAT = "/v1/chat/completions"
 
 
-class Receiver:
-    def __init__(self, port: int, proc: subprocess.Popen[str]) -> None:
-        self.base = f"http://127.0.0.1:{port}"
-        self.hook_url = f"{self.base}/openai"
-        self.events_url = f"{self.base}/events"
-        self.proc = proc
-
-    def events(self) -> list[dict[str, Any]]:
-        return list(httpx.get(self.events_url, params={"wait": "0"}).json()["events"])
-
-    def counts(self) -> dict[str, int]:
-        return dict(httpx.get(f"{self.base}/healthz").json()["counts"])
-
-
-@pytest.fixture
-def receiver(webhook_secret: str) -> Iterator[Receiver]:
-    port = free_port()
-    env = {**os.environ, "OPENAI_WEBHOOK_SECRET": webhook_secret}
-    proc = subprocess.Popen([sys.executable, "-m", "batch_ops.cli", "webhooks", "serve", "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert "listening on" in line, line + proc.stdout.read()
-        yield Receiver(port, proc)
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 def _body(event_id: str = "evt_test1", batch_id: str = "batch_abc") -> str:
     return json.dumps({"id": event_id, "object": "event", "created_at": int(time.time()), "type": "batch.completed",
                        "data": {"id": batch_id}})
 
 
-def test_receiver_verifies_signatures_and_rejects_replays(receiver: Receiver, webhook_secret: str) -> None:
+def test_receiver_verifies_signatures_and_rejects_replays(receiver: Any, webhook_secret: str) -> None:
     body = _body()
     good = sign(webhook_secret, "evt_test1", body)
     other_secret = "whsec_" + "b3RoZXItc2VjcmV0LW9mLXRoaXJ0eS10d28tYnl0ZXM="
@@ -95,7 +61,7 @@ def _requests(tmp_path: Path, n: int = 4) -> Path:
     return path
 
 
-def test_waits_wake_on_the_webhook_not_the_poll(make_server: Callable[..., Any], receiver: Receiver,
+def test_waits_wake_on_the_webhook_not_the_poll(make_server: Callable[..., Any], receiver: Any,
                                                 webhook_secret: str, tmp_path: Path) -> None:
     """Five batches ending one after another, each waited for with a 10-minute poll interval: each
     wait ends within 2 s of its batch's end, after two polls (the first and the final one), all
@@ -123,7 +89,7 @@ def test_waits_wake_on_the_webhook_not_the_poll(make_server: Callable[..., Any],
         assert calls["GET /v1/batches/{id}"] <= 2 * 5, calls
 
 
-def test_a_lost_webhook_still_ends_the_wait_by_the_safety_poll(make_server: Callable[..., Any], receiver: Receiver,
+def test_a_lost_webhook_still_ends_the_wait_by_the_safety_poll(make_server: Callable[..., Any], receiver: Any,
                                                                webhook_secret: str, tmp_path: Path) -> None:
     with make_server(webhook_urls=[receiver.hook_url], webhook_secret=webhook_secret, webhook_drop=1.0,
                      request_latency=0.2) as url:
