@@ -822,6 +822,10 @@ def webhooks_serve(
                      help="Require this bearer token on /events (the waiters' BATCH_OPS_EVENTS_TOKEN)."),
     ] = None,
     keep: Annotated[int, typer.Option("--keep", min=1, metavar="N", help="Events kept for subscribers.")] = 10_000,
+    prefect: Annotated[
+        bool, typer.Option("--prefect", help="Also emit each event to Prefect (batch_ops.batch.<status>), for "
+                           "deployment triggers and automations; with OPENAI_API_KEY set, with the full payload.")
+    ] = False,
 ) -> None:
     """Receive OpenAI's batch webhooks at /openai and serve them to waiting tasks at /events.
 
@@ -836,8 +840,15 @@ def webhooks_serve(
     from batch_ops.errors import ConfigurationError
     from batch_ops.webhooks.receiver import create_receiver_app
 
+    on_event = None
+    if prefect:
+        from batch_ops.prefect.webhooks import prefect_forwarder
+        from batch_ops.settings import ClientSettings
+
+        has_key = bool(os.environ.get("OPENAI_API_KEY") or os.environ.get("AZURE_OPENAI_API_KEY"))
+        on_event = prefect_forwarder(ClientSettings.from_env() if has_key else None)
     try:
-        receiver = create_receiver_app(secret=secret, events_token=events_token, keep=keep)
+        receiver = create_receiver_app(secret=secret, events_token=events_token, keep=keep, on_event=on_event)
     except ConfigurationError as exc:
         sys.stderr.write(f"batch-ops webhooks serve: {exc}\n")
         raise typer.Exit(EXIT_CONFIG) from None
@@ -854,4 +865,4 @@ def webhooks_serve(
     # Long-polls hold requests open for up to 25 s; on SIGTERM they are cut after 2 s (subscribers
     # reconnect), so a restart or a rolling deploy is quick.
     _Server(uvicorn.Config(receiver, host=host, port=port, log_level="warning", access_log=False,
-                           timeout_graceful_shutdown=2)).run()
+                           timeout_graceful_shutdown=2, loop="asyncio")).run()

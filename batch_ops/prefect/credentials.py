@@ -78,9 +78,21 @@ class OpenAIBatchCredentials(CredentialsBlock):
         description="Retries of a retryable failure (408, 409, 429, 5xx, network) per API call (default 6).",
     )
 
+    events_url: str | None = Field(
+        default=None,
+        title="Webhook events URL",
+        description="The webhook receiver's events URL (batch-ops webhooks serve), e.g. http://receiver:8780/events: "
+        "waits wake on the batch's webhook instead of polling (docs: webhooks).",
+    )
+    events_token: SecretStr | None = Field(
+        default=None, title="Webhook events token", description="The receiver's --events-token, if it has one."
+    )
+
     def get_settings(self) -> ClientSettings:
         """The client settings this block stands for; empty fields come from the environment."""
         overrides: dict[str, Any] = {
+            "events_url": self.events_url,
+            "events_token": self.events_token.get_secret_value() if self.events_token else None,
             "api_key": self.api_key.get_secret_value(),
             "base_url": self.base_url,
             "organization": self.organization,

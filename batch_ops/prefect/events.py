@@ -19,14 +19,22 @@ Examples:
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect.events import Event, emit_event
 
 from batch_ops.models import Batch
 
-__all__ = ["EVENT_PREFIX", "RESOURCE_PREFIX", "BatchEvent", "batch_duration", "batch_event", "emit_batch_event"]
+if TYPE_CHECKING:
+    from batch_ops.webhooks.events import BatchEvent as WebhookEvent
+
+__all__ = ["EVENT_PREFIX", "RESOURCE_PREFIX", "BatchEvent", "batch_duration", "batch_event", "emit_batch_event",
+           "event_id", "webhook_event"]
+
+#: Namespace of the event ids (uuid5): one id per batch and ending, whoever emits it.
+_ID_NAMESPACE = uuid.UUID("5f0c3a52-6e1b-4d8e-9b7a-2f4c1d9e8a61")
 
 EVENT_PREFIX = "batch_ops.batch"
 RESOURCE_PREFIX = "openai.batch."
@@ -82,6 +90,20 @@ def batch_event(batch: Batch) -> BatchEvent | None:
     return BatchEvent(event=f"{EVENT_PREFIX}.{status}", resource=resource, payload=payload)
 
 
+def event_id(batch_id: str, status: str) -> uuid.UUID:
+    """The id of the event for ``batch_id`` ending ``status``: the same for every emitter.
+
+    ``wait_for_batch`` and the webhook receiver may both announce the same ending; Prefect keeps
+    one event per id and its automations act on an id once, so a deployment triggered by
+    ``batch_ops.batch.completed`` runs once per batch, not once per announcer.
+
+    Examples:
+        >>> event_id("batch_1", "completed") == event_id("batch_1", "completed") != event_id("batch_1", "failed")
+        True
+    """
+    return uuid.uuid5(_ID_NAMESPACE, f"{RESOURCE_PREFIX}{batch_id}.{status}")
+
+
 def emit_batch_event(batch: Batch) -> Event | None:
     """Emit the batch's event (none for a running batch); returns what Prefect sent, if anything.
 
@@ -90,4 +112,26 @@ def emit_batch_event(batch: Batch) -> Event | None:
     built = batch_event(batch)
     if built is None:
         return None
-    return emit_event(event=built.event, resource=built.resource, payload=built.payload)
+    return emit_event(event=built.event, resource=built.resource, payload=built.payload,
+                      id=event_id(batch.id, batch.status.value))
+
+
+def webhook_event(event: WebhookEvent, batch: Batch | None = None) -> Event:
+    """The Prefect event for a batch webhook (the receiver's ``--prefect``).
+
+    With ``batch`` (the receiver retrieved it), the event is exactly the one ``wait_for_batch``
+    emits, payload and id included; without, it carries the batch id and status only.
+    """
+    built = batch_event(batch) if batch is not None else None
+    if built is not None:
+        assert batch is not None
+        return Event(event=built.event, resource=built.resource, payload=built.payload,
+                     id=event_id(batch.id, batch.status.value))
+    resource = {
+        "prefect.resource.id": f"{RESOURCE_PREFIX}{event.batch_id}",
+        "prefect.resource.name": event.batch_id,
+        "openai.batch.status": event.status,
+    }
+    payload = {"batch_id": event.batch_id, "status": event.status, "webhook_event_id": event.id}
+    return Event(event=f"{EVENT_PREFIX}.{event.status}", resource=resource, payload=payload,
+                 id=event_id(event.batch_id, event.status))

@@ -12,8 +12,9 @@ Routes (mount the app anywhere; the paths are relative to it):
   ``Authorization: Bearer <token>``.
 - ``GET /healthz`` — 200 with the current cursor and counts.
 
-``on_event`` is called with each published event (e.g. to emit a Prefect event); an exception
-there is logged, never turned into a non-2xx (OpenAI would retry and the event is already kept).
+``on_event`` is called with each published event (e.g. to emit a Prefect event), after the
+delivery is answered; an exception there is logged, never turned into a non-2xx (OpenAI would
+retry, and the event is already kept).
 
 Examples:
     >>> import base64
@@ -24,6 +25,7 @@ Examples:
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import inspect
 import logging
@@ -54,6 +56,15 @@ MAX_WAIT = 60.0
 OnEvent = Callable[[BatchEvent], "Awaitable[Any] | Any"]
 
 
+async def _call(on_event: OnEvent, event: BatchEvent) -> None:
+    try:
+        result = on_event(event)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        log.exception("on_event failed for %s (the event is kept for subscribers)", event.id)
+
+
 def create_receiver_app(
     *,
     secret: str | tuple[str, ...],
@@ -67,6 +78,7 @@ def create_receiver_app(
     hub = EventHub(keep=keep)
     counts: Counter[str] = Counter()
     token = events_token.encode() if events_token else None
+    pending: set[asyncio.Task[None]] = set()
 
     async def receive(request: Request) -> JSONResponse:
         body = await request.body()
@@ -89,12 +101,11 @@ def create_receiver_app(
         hub.publish(event)
         log.info("webhook %s: batch %s %s", event.id, event.batch_id, event.status)
         if on_event is not None:
-            try:
-                result = on_event(event)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                log.exception("on_event failed for %s (the event is kept for subscribers)", event.id)
+            # After the answer, not before: OpenAI waits for the 200, and on_event may take seconds
+            # (the Prefect forwarder retrieves the batch first).
+            task = asyncio.get_running_loop().create_task(_call(on_event, event))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
         return JSONResponse({"ok": True})
 
     async def events(request: Request) -> JSONResponse:

@@ -1,0 +1,68 @@
+"""The webhook receiver's Prefect side: each batch webhook becomes a Prefect event.
+
+``batch-ops webhooks serve --prefect`` (or ``create_receiver_app(on_event=prefect_forwarder())``)
+emits ``batch_ops.batch.<status>`` for resource ``openai.batch.<id>`` as each verified webhook
+arrives, so deployment triggers and automations start downstream work within seconds of the
+batch's end, with no task waiting anywhere. With an API key in the receiver's environment
+(``OPENAI_API_KEY``), it retrieves the batch first and emits the very event ``wait_for_batch``
+emits (same payload, same id: Prefect acts on it once); without one, the event carries the batch
+id and status.
+
+Examples:
+    >>> forward = prefect_forwarder(settings=None)
+    >>> callable(forward)
+    True
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from prefect.events import Event
+from prefect.events.clients import get_events_client
+
+from batch_ops.errors import BatchOpsError
+from batch_ops.models import Batch
+from batch_ops.prefect.events import webhook_event
+from batch_ops.settings import ClientSettings
+from batch_ops.webhooks.events import BatchEvent
+
+__all__ = ["prefect_forwarder"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds one emission may take before it is given up (logged, not retried).
+EMIT_TIMEOUT = 30.0
+
+
+def prefect_forwarder(settings: ClientSettings | None = None) -> Callable[[BatchEvent], Awaitable[None]]:
+    """An ``on_event`` callback for the receiver that emits the Prefect event (see the module).
+
+    Args:
+        settings: where to retrieve the batch from (its API key); None emits id and status only.
+    """
+
+    async def forward(event: BatchEvent) -> None:
+        batch: Batch | None = None
+        if settings is not None and settings.api_key is not None:
+            from batch_ops.client import AsyncBatchClient
+
+            try:
+                batch = await AsyncBatchClient.shared(settings).batches.retrieve(event.batch_id)
+            except BatchOpsError as exc:  # the event still goes out, with what the webhook said
+                log.warning("could not retrieve batch %s for its Prefect event: %s", event.batch_id, exc)
+        # Sent on this event loop by Prefect's async events client rather than emit_event(),
+        # whose background worker is made for short-lived flow processes.
+        try:
+            await asyncio.wait_for(_emit(webhook_event(event, batch)), EMIT_TIMEOUT)
+        except Exception as exc:  # the receiver goes on; subscribers still got the event
+            log.warning("could not emit the Prefect event for batch %s: %r", event.batch_id, exc)
+
+    return forward
+
+
+async def _emit(event: Event) -> None:
+    async with get_events_client() as client:
+        await client.emit(event)
