@@ -92,6 +92,7 @@ def main() -> int:
         q or run("triggers-5000", ["bench_triggers.py", "--n", "5000", "--impl", "batch_ops", "--transport",
                                    "aiohttp", "--poll-interval", "10", "--json", str(big_json)], report),
         run("polls", ["bench_polls.py"], report),
+        run("webhooks", ["bench_webhooks.py", *(["--batches", "20", "--poll-interval", "2"] if q else [])], report),
         run("jsonl", ["bench_jsonl.py", *(["--lines", "5000", "--repeat", "1"] if q else [])], report),
         run("upload", ["bench_upload.py", *(["--lines", "5000"] if q else [])], report),
         run("server", ["bench_server.py", *(["--requests", "5000"] if q else [])], report),
