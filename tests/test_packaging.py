@@ -77,6 +77,28 @@ ADAPTERS = {
         "assert importlib.util.find_spec('airflow') is None, 'airflow came with the prefect extra'\n"
         "print('ok', run_batch.name)\n"
     ),
+    # The local server alone: an upload (multipart form: python-multipart) and a batch end to end.
+    "server": (
+        "import importlib.util\n"
+        "from batch_ops import BatchClient\n"
+        "from batch_ops.server import serve_in_background\n"
+        "assert importlib.util.find_spec('airflow') is None and importlib.util.find_spec('prefect') is None\n"
+        "requests = [{'custom_id': 'a', 'body': {'model': 'm', 'input': 'x'}}]  # uploaded as a JSONL file\n"
+        "with serve_in_background() as url, BatchClient(api_key='sk-local-dev-7f3a', base_url=url) as client:\n"
+        "    batch = client.batches.wait(client.submit(requests, endpoint='/v1/embeddings').id, poll_interval=0.1)\n"
+        "assert batch.status == 'completed', batch\n"
+        "print('ok', batch.status)\n"
+    ),
+    # The webhook receiver alone: a signed delivery is verified.
+    "webhooks": (
+        "import base64\n"
+        "from batch_ops.webhooks import WebhookVerifier, create_receiver_app\n"
+        "from batch_ops.webhooks.verify import sign\n"
+        "secret = 'whsec_' + base64.b64encode(b'k' * 32).decode()\n"
+        "body = '{\"id\": \"evt_1\", \"type\": \"batch.completed\", \"created_at\": 1, \"data\": {\"id\": \"b\"}}'\n"
+        "create_receiver_app(secret=secret)\n"
+        "print('ok', WebhookVerifier(secret).verify(body, sign(secret, 'evt_1', body)).batch_id)\n"
+    ),
 }
 
 

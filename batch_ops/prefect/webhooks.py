@@ -53,8 +53,8 @@ def prefect_forwarder(settings: ClientSettings | None = None) -> Callable[[Batch
                 batch = await AsyncBatchClient.shared(settings).batches.retrieve(event.batch_id)
             except BatchOpsError as exc:  # the event still goes out, with what the webhook said
                 log.warning("could not retrieve batch %s for its Prefect event: %s", event.batch_id, exc)
-        # Sent on this event loop by Prefect's async events client rather than emit_event(),
-        # whose background worker is made for short-lived flow processes.
+        # Sent from this task with Prefect's async events client (no background worker thread in
+        # the receiver); a slow Prefect API delays only this task, and EMIT_TIMEOUT bounds it.
         try:
             await asyncio.wait_for(_emit(webhook_event(event, batch)), EMIT_TIMEOUT)
         except Exception as exc:  # the receiver goes on; subscribers still got the event

@@ -126,13 +126,15 @@ def chat_requests(n: int, *, prefix: str = "q") -> list[dict[str, Any]]:
 async def read_events(*, name: str | None = None, resource_id: str | None = None, expect: int = 1,
                       timeout: float = 30.0) -> list[Any]:
     """Events stored by the Prefect server; waits for ``expect`` of them (they are persisted asynchronously)."""
-    flt = EventFilter(
-        event=EventNameFilter(name=[name]) if name else EventNameFilter(prefix=["batch_ops."]),
-        resource=EventResourceFilter(id=[resource_id]) if resource_id else None,
-    )
     deadline = time.monotonic() + timeout
     async with get_client() as client:
         while True:
+            # A new filter each time: its default time window ends at its creation ("until=now"),
+            # so one made before an event occurred would never match it.
+            flt = EventFilter(
+                event=EventNameFilter(name=[name]) if name else EventNameFilter(prefix=["batch_ops."]),
+                resource=EventResourceFilter(id=[resource_id]) if resource_id else None,
+            )
             page = await client.read_events(filter=flt, limit=50)
             if len(page.events) >= expect or time.monotonic() > deadline:
                 return list(page.events)
