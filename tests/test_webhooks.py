@@ -119,3 +119,31 @@ def test_an_unreachable_receiver_falls_back_to_ordinary_polling(make_server: Cal
 
         batch, waited = asyncio.run(main())
         assert batch.status == "completed" and waited < 30, waited
+
+
+def test_a_fifth_of_the_webhooks_lost_still_ends_every_wait(make_server: Callable[..., Any], receiver: Any,
+                                                            webhook_secret: str, tmp_path: Path) -> None:
+    """20 batches, a fifth of their webhooks dropped (seeded): every wait ends, the woken ones within
+    seconds, the others at their safety poll."""
+    with make_server(webhook_urls=[receiver.hook_url], webhook_secret=webhook_secret, webhook_drop=0.2, seed=5,
+                     request_latency=1.0, concurrency=20) as url:
+        settings = ClientSettings(base_url=str(url), api_key="sk-local-dev-7f3a", events_url=receiver.events_url,
+                                  safety_poll_interval=6)
+
+        async def main() -> list[tuple[Any, float]]:
+            client = AsyncBatchClient.shared(settings)
+            waits = []
+            for _ in range(20):  # each wait starts as soon as its batch exists, before it ends (1 s)
+                batch = await client.submit(_requests(tmp_path, 1), endpoint=CHAT)
+                waits.append(asyncio.create_task(_timed_wait(client, batch.id, poll_interval=600)))
+            return await asyncio.gather(*waits)
+
+        results = asyncio.run(main())
+        health = httpx.get(str(url).removesuffix("/v1") + "/healthz").json()
+    assert all(batch.status == "completed" for batch, _ in results)
+    dropped = health["webhooks"].get("dropped", 0)
+    assert 1 <= dropped <= 10 and health["webhooks"]["delivered"] == 20 - dropped, health["webhooks"]
+    slow = [waited for _, waited in results if waited > 5]
+    # The waits whose webhook was lost ended at the safety poll (6 s, jittered +-10%), no later;
+    # the others within seconds of their batch's end.
+    assert len(slow) == dropped and all(w < 20 for w in slow), ([round(w, 1) for _, w in results], dropped)
