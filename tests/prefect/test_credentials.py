@@ -44,7 +44,7 @@ def test_block_registers_with_the_documented_command_and_the_package_imports_no_
     assert str(block_type.logo_url).endswith("/img/logo.svg") and "openai-batch-ops" in str(block_type.logo_url)
     assert str(block_type.documentation_url).endswith("/prefect/#credentials")
     [schema] = [s for s in schemas if s.block_type_id == block_type.id][-1:]
-    assert schema.fields["secret_fields"] == ["api_key"]
+    assert schema.fields["secret_fields"] == ["api_key", "events_token"]  # both obfuscated in the UI
 
 
 def test_a_saved_block_loads_with_its_key_and_builds_clients(batch_server: str, secret: str) -> None:
