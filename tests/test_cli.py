@@ -434,7 +434,14 @@ def test_wait_timeout_exits_5_and_status_wait_resumes(cli: Cli, slow_url: str, t
     assert again.code == 5
 
 
-def test_ctrl_c_while_waiting_exits_130_and_names_the_running_batch(slow_url: str, tmp_path: Path) -> None:
+def test_ctrl_c_while_waiting_exits_130_and_names_the_running_batch(tmp_path: Path) -> None:
+    # A server of its own where the batch takes 20 s: it cannot end before the interrupt lands, however
+    # loaded the machine (on the shared slow server it once ended first, under a full parallel run).
+    with serve_in_background(request_latency=1.0, concurrency=1) as slow_url:
+        _interrupt_a_wait(slow_url, tmp_path)
+
+
+def _interrupt_a_wait(slow_url: str, tmp_path: Path) -> None:
     path = chat_file(tmp_path / "in.jsonl", 20)
     env = {k: v for k, v in os.environ.items() if not k.startswith(_KEY_VARS)}
     env.update({"OPENAI_API_KEY": KEY, "NO_COLOR": "1"})
