@@ -449,6 +449,9 @@ def _interrupt_a_wait(slow_url: str, tmp_path: Path) -> None:
         [sys.executable, "-m", "batch_ops.cli", "submit", str(path), "--endpoint", CHAT, "--base-url", slow_url,
          "--wait", "--poll-interval", "0.1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        # As a shell starts it: Ctrl-C delivered. A child inherits an ignored SIGINT, and some earlier
+        # test in the same pytest worker leaves SIGINT ignored (the command then never saw it).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stderr is not None
     seen = ""

@@ -150,6 +150,10 @@ def _free_port() -> int:
         return port
 
 
+#: Seconds a serving process may take to register its deployment. ~20 s alone; 60 s was once not
+#: enough with the whole suite running on 2 cores (the process had printed nothing yet).
+SERVE_STARTUP = 150.0
+
 class Proc:
     """A process we started, leading a process group of its own, logging to a file."""
 
@@ -236,7 +240,7 @@ class Stack:
         raise AssertionError("unreachable")
 
     def run_deployment(self, flow_name: str, name: str, parameters: dict[str, Any], *, proc: Proc,
-                       timeout: float = 60.0) -> str:
+                       timeout: float = SERVE_STARTUP) -> str:
         """A flow run of the deployment, once ``proc`` (serving it) has registered it."""
         deadline = time.monotonic() + timeout
         while (found := self.call("GET", f"/deployments/name/{flow_name}/{name}")).status_code != 200:
@@ -248,7 +252,7 @@ class Stack:
         made.raise_for_status()
         return str(made.json()["id"])
 
-    def deployment_id(self, flow_name: str, name: str, *, proc: Proc, timeout: float = 60.0) -> str:
+    def deployment_id(self, flow_name: str, name: str, *, proc: Proc, timeout: float = SERVE_STARTUP) -> str:
         """The deployment's id, once ``proc`` (serving it) has registered it."""
         deadline = time.monotonic() + timeout
         while (found := self.call("GET", f"/deployments/name/{flow_name}/{name}")).status_code != 200:
