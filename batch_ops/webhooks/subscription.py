@@ -30,12 +30,12 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
 from collections import OrderedDict
 from typing import Literal
 
 import httpx
 
+from batch_ops.locks import PicklableWeakKeyDictionary
 from batch_ops.webhooks.events import BatchEvent
 
 __all__ = ["EventSubscription", "WakeReason"]
@@ -53,8 +53,10 @@ UNAVAILABLE_AFTER = 10.0
 #: The subscription stops after this many seconds with no wait (it starts again on the next).
 IDLE_STOP = 300.0
 
-_shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str | None], EventSubscription]] = (
-    weakref.WeakKeyDictionary()
+#: Live subscriptions by event loop. Picklable as an empty registry: Prefect pickles batch_ops by
+#: value into work-pool bundles, and live tasks and connections must not (and cannot) travel.
+_shared: PicklableWeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str | None], EventSubscription]] = (
+    PicklableWeakKeyDictionary()
 )
 
 
