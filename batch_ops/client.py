@@ -41,7 +41,7 @@ from batch_ops._submit import Source, Submission, SubmitSpec, find_chain_plan, s
 from batch_ops._transport import READ_EAGERLY, AiohttpTransport, aiohttp_available
 from batch_ops.chain import Attempt, AttemptChain
 from batch_ops.errors import BatchOpsError, ConfigurationError, InputValidationError, Problem
-from batch_ops.locks import PicklableWeakKeyDictionary
+from batch_ops.locks import PicklableWeakKeyDictionary, ProcessLocalSet
 from batch_ops.models import Batch, BatchList, BatchStatus, FileList, FileObject, ResultLine
 from batch_ops.polling import DEFAULT_FAIL_ON, BatchPoller
 from batch_ops.results import join_chain_results
@@ -665,8 +665,10 @@ def _default_async_transport(limits: httpx.Limits = ASYNC_POOL_LIMITS) -> httpx.
     return AiohttpTransport(limits=limits)
 
 
-#: The tasks that close shared clients when their event loop ends.
-_CLOSERS: set[asyncio.Task[None]] = set()
+#: The tasks that close shared clients when their event loop ends. Pickles as an empty set: Prefect
+#: pickles batch_ops by value, and a loop that never ends (Prefect's own loop thread) keeps its
+#: closer pending here for the life of the process.
+_CLOSERS: ProcessLocalSet[asyncio.Task[None]] = ProcessLocalSet()
 
 
 async def _close_when_loop_ends(client: AsyncBatchClient) -> None:

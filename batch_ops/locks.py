@@ -5,7 +5,9 @@ batch_ops *by value*: the module globals its functions use go along. A ``threadi
 fails the whole flow with ``TypeError: cannot pickle '_thread.lock' object``. ``PicklableLock``
 pickles as "a new, unlocked lock": what it guards is process-local state, so the unpickling
 process gets a lock of its own. ``PicklableWeakKeyDictionary`` likewise pickles as an empty one
-(a ``weakref.WeakKeyDictionary`` fails with ``cannot pickle 'weakref.ReferenceType' object``).
+(a ``weakref.WeakKeyDictionary`` fails with ``cannot pickle 'weakref.ReferenceType' object``), and
+``ProcessLocalSet`` pickles as an empty set (a set of pending ``asyncio.Task`` objects fails with
+``cannot pickle '_asyncio.Task' object``).
 
 Examples:
     >>> import pickle
@@ -20,6 +22,9 @@ Examples:
     >>> copy = pickle.loads(pickle.dumps(cache))
     >>> len(cache), len(copy), type(copy).__name__
     (1, 0, 'PicklableWeakKeyDictionary')
+    >>> tasks = ProcessLocalSet({loop})
+    >>> len(tasks), len(pickle.loads(pickle.dumps(tasks)))
+    (1, 0)
 """
 
 from __future__ import annotations
@@ -28,8 +33,11 @@ import threading
 import weakref
 from typing import Any, TypeVar
 
+__all__ = ["PicklableLock", "PicklableWeakKeyDictionary", "ProcessLocalSet"]
+
 _K = TypeVar("_K")
 _V = TypeVar("_V")
+_T = TypeVar("_T")
 
 
 class PicklableLock:
@@ -63,4 +71,11 @@ class PicklableWeakKeyDictionary(weakref.WeakKeyDictionary[_K, _V]):
     """``weakref.WeakKeyDictionary`` that pickles as a new, empty one (its entries are process-local)."""
 
     def __reduce__(self) -> tuple[type[PicklableWeakKeyDictionary[_K, _V]], tuple[()]]:
+        return (type(self), ())
+
+
+class ProcessLocalSet(set[_T]):
+    """``set`` whose members belong to this process (pending tasks): pickles as a new, empty one."""
+
+    def __reduce__(self) -> tuple[type[ProcessLocalSet[_T]], tuple[()]]:  # type: ignore[override]
         return (type(self), ())

@@ -470,10 +470,45 @@ def test_module_locks_pickle_by_value() -> None:
     assert used_by("no-such-flow-run") == []
 
 
-def test_flow_using_run_batch_pickles_with_batch_ops_by_value(tmp_path: Path) -> None:
+@pytest.fixture
+def live_loop_state(server_url: ServerURL) -> Iterator[None]:
+    """What earlier work leaves in a process: a shared async client and an events subscription on a
+    loop that never ends (Prefect runs async tasks on a loop thread that lives as long as the
+    process). Under the full suite a worker that had run such a test failed the pickling below with
+    ``cannot pickle '_asyncio.Task' object``: the client's closer task sat in a module-level set."""
+    import asyncio
+    import threading
+
+    from batch_ops import AsyncBatchClient, ClientSettings
+    from batch_ops.webhooks import EventSubscription
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def use() -> None:
+        AsyncBatchClient.shared(ClientSettings(api_key="sk-local", base_url=server_url))
+        await EventSubscription.shared("http://127.0.0.1:9/events").sleep("batch_x", 0.01)
+
+    asyncio.run_coroutine_threadsafe(use(), loop).result(10)
+    yield
+
+    async def end() -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run_coroutine_threadsafe(end(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+def test_flow_using_run_batch_pickles_with_batch_ops_by_value(tmp_path: Path, live_loop_state: None) -> None:
     """What ``submit_to_work_pool`` does with an editable batch_ops: the user's flow module and every
     local module it imports (batch_ops among them) are pickled by value; the bundle must unpickle
-    and validate its parameters."""
+    and validate its parameters, whatever live tasks and clients the process holds."""
     import batch_ops
 
     source = tmp_path / "parent_by_value.py"
