@@ -1,4 +1,5 @@
-"""batch_ops for Apache Airflow (>= 3.1.8): hook, deferrable operator, sensor and trigger.
+"""batch_ops for Apache Airflow (>= 3.1.8): hook, deferrable operator, sensor, trigger, and the
+asset-watcher trigger that turns batch webhooks into asset events.
 
 Names load on first use, so Airflow's providers manager can read
 ``batch_ops.airflow.provider`` without importing the operators.
@@ -16,6 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from batch_ops.airflow.event_triggers import OpenAIBatchEventTrigger
     from batch_ops.airflow.hooks import OpenAIBatchHook
     from batch_ops.airflow.jobs import OpenAIBatchJobOperator, OpenAIBatchJobTrigger
     from batch_ops.airflow.operators import OpenAIBatchOperator
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from batch_ops.airflow.triggers import OpenAIBatchTrigger
 
 __all__ = [
+    "OpenAIBatchEventTrigger",
     "OpenAIBatchHook",
     "OpenAIBatchJobOperator",
     "OpenAIBatchJobTrigger",
@@ -34,6 +37,7 @@ __all__ = [
 ]
 
 _MODULES = {
+    "OpenAIBatchEventTrigger": "event_triggers",
     "OpenAIBatchHook": "hooks",
     "OpenAIBatchJobOperator": "jobs",
     "OpenAIBatchJobTrigger": "jobs",

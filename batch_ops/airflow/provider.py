@@ -61,7 +61,9 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {
                 "integration-name": "OpenAI Batch API (batch_ops)",
-                "python-modules": ["batch_ops.airflow.triggers", "batch_ops.airflow.jobs"],
+                "python-modules": [
+                    "batch_ops.airflow.triggers", "batch_ops.airflow.jobs", "batch_ops.airflow.event_triggers",
+                ],
             }
         ],
         "extra-links": ["batch_ops.airflow.links.OpenAIBatchLink"],

@@ -37,8 +37,9 @@ import httpx
 
 from batch_ops.locks import PicklableWeakKeyDictionary
 from batch_ops.webhooks.events import BatchEvent
+from batch_ops.webhooks.hub import Page
 
-__all__ = ["EventSubscription", "WakeReason"]
+__all__ = ["EventSubscription", "WakeReason", "fetch_page"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,24 @@ IDLE_STOP = 300.0
 _shared: PicklableWeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str | None], EventSubscription]] = (
     PicklableWeakKeyDictionary()
 )
+
+
+async def fetch_page(
+    client: httpx.AsyncClient, events_url: str, *, token: str | None = None, after: str | None = None,
+    wait: float = LONG_POLL,
+) -> Page:
+    """One long-poll of a receiver's ``/events``: what came after ``after`` (waiting up to ``wait``
+    seconds for it). Raises ``httpx.HTTPError`` or ``ValueError``/``KeyError``/``TypeError`` when
+    the receiver cannot be reached or answers something else."""
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    params = {"wait": str(wait)}
+    if after is not None:
+        params["after"] = after
+    answer = await client.get(events_url, params=params, headers=headers)
+    answer.raise_for_status()
+    page = answer.json()
+    return Page(events=[BatchEvent.from_json(e) for e in page["events"]], cursor=str(page["cursor"]),
+                reset=bool(page.get("reset")))
 
 
 class EventSubscription:
@@ -125,19 +144,12 @@ class EventSubscription:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="batch-ops-events")
 
     async def _run(self) -> None:
-        headers = {"authorization": f"Bearer {self._token}"} if self._token else {}
         pause = 0.5
         async with httpx.AsyncClient(timeout=httpx.Timeout(LONG_POLL + 15, connect=5.0)) as client:
             while self._waiters or time.monotonic() - self._idle_since < IDLE_STOP:
-                params = {"wait": str(LONG_POLL)}
-                if self._cursor is not None:
-                    params["after"] = self._cursor
                 try:
-                    answer = await client.get(self.events_url, params=params, headers=headers)
-                    answer.raise_for_status()
-                    page = answer.json()
-                    events = [BatchEvent.from_json(e) for e in page["events"]]
-                    cursor, reset = str(page["cursor"]), bool(page.get("reset"))
+                    page = await fetch_page(client, self.events_url, token=self._token, after=self._cursor)
+                    events, cursor, reset = page.events, page.cursor, page.reset
                 except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
                     if self._down_since is None:
                         self._down_since = time.monotonic()

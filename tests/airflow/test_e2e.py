@@ -11,7 +11,10 @@ the metadata database, and checks the servers:
 * ``bo_e2e_retry_failures`` / ``bo_e2e_retry_expired``: the scheduler retries the task, each try
   in a new task process, after request failures (``fail_on_request_failures``) or an expired
   batch; the requests paid for (successes over all batches on the server) equal the requests
-  needed, and the result lists the chain's batches.
+  needed, and the result lists the chain's batches;
+* the example pair ``dags/eval_assets.py``: ``eval_submit`` creates a batch and ends; its webhook
+  reaches ``batch-ops webhooks serve``; the asset watcher in the triggerer turns it into one
+  asset event; the scheduler runs ``eval_process``, which scores that batch.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from batch_ops.airflow.provider import CONN_TYPE
 from batch_ops.server.background import free_port
 
 E2E_DAGS = Path(__file__).resolve().parent / "e2e_dags"
+EXAMPLE_ASSET_DAGS = Path(__file__).resolve().parents[2] / "dags" / "eval_assets.py"
 STARTUP_TIMEOUT = 240.0
 RUN_TIMEOUT = 180.0
 
@@ -94,6 +98,11 @@ class Airflow:
             time.sleep(0.25)
         pytest.fail(f"timed out waiting for {what}:\n{self.log_tail()}")
 
+    def grep(self, text: str) -> bool:
+        """True when ``text`` is in standalone's output or in any log Airflow wrote."""
+        logs = [self.home / "standalone.log", *(self.home / "logs").rglob("*")]
+        return any(text in p.read_text(errors="replace") for p in logs if p.is_file())
+
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         db = sqlite3.connect(self.home / "airflow.db", timeout=5)
         try:
@@ -106,20 +115,27 @@ class Airflow:
         return rows[0] if rows else None
 
 
-def test_deferred_then_success_and_kill_cancels(make_server, tmp_path: Path, oracle) -> None:
+def test_deferred_then_success_and_kill_cancels(make_server, receiver, webhook_secret: str, tmp_path: Path,
+                                                oracle) -> None:
     home = tmp_path / "airflow_home"
     home.mkdir()
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    for source in (*E2E_DAGS.glob("*.py"), EXAMPLE_ASSET_DAGS):
+        (dags / source.name).write_text(source.read_text())
     port = free_port()
     api = f"http://127.0.0.1:{port}"
     with make_server(concurrency=1, request_latency=0.5) as url, \
             make_server(concurrency=1, request_latency=1.0) as kill_url, \
             make_server(fail_requests=0.3, seed=4, request_latency=0.01) as failing_url, \
-            make_server(concurrency=1, request_latency=0.25, expire_after=1.2) as expiring_url:
+            make_server(concurrency=1, request_latency=0.25, expire_after=1.2) as expiring_url, \
+            make_server(request_latency=0.05, webhook_urls=[receiver.hook_url],
+                        webhook_secret=webhook_secret) as events_url:
         env = {
             **os.environ,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(E2E_DAGS),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
@@ -128,12 +144,19 @@ def test_deferred_then_success_and_kill_cancels(make_server, tmp_path: Path, ora
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "2",
+            # An asset's watcher starts when its file is parsed again after its DAG is unpaused.
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
             "AIRFLOW_CONN_OPENAI_BATCH_KILL": json.dumps(
                 {"conn_type": CONN_TYPE, "host": str(kill_url), "password": "sk-e2e"}),
             "AIRFLOW_CONN_OPENAI_BATCH_FAILURES": json.dumps(
                 {"conn_type": CONN_TYPE, "host": str(failing_url), "password": "sk-e2e"}),
             "AIRFLOW_CONN_OPENAI_BATCH_EXPIRING": json.dumps(
                 {"conn_type": CONN_TYPE, "host": str(expiring_url), "password": "sk-e2e"}),
+            "AIRFLOW_CONN_OPENAI_BATCH_EVENTS": json.dumps(
+                {"conn_type": CONN_TYPE, "host": str(events_url), "password": "sk-e2e",
+                 "extra": {"events_url": receiver.events_url}}),
+            "BATCH_OPS_EVAL_CONN_ID": "openai_batch_events",
+            "BATCH_OPS_EVAL_STORAGE": str(tmp_path / "eval"),
         }
         with standalone(home, env) as proc:
             af = Airflow(home, proc, api)
@@ -141,6 +164,11 @@ def test_deferred_then_success_and_kill_cancels(make_server, tmp_path: Path, ora
             af.wait("the API server and the DAGs", lambda: af.http.get(
                 "/api/v2/dags", params={"tags": "batch_ops-e2e"}).json()["total_entries"] == len(dag_ids),
                 STARTUP_TIMEOUT)
+            # The processing DAG now, the submitting one once its asset watcher follows the receiver (it
+            # starts when the file is parsed again: min_file_process_interval), so the batch ends watched.
+            af.wait("the example asset DAGs", lambda: af.http.get(
+                "/api/v2/dags", params={"tags": "assets"}).json()["total_entries"] == 2, RUN_TIMEOUT)
+            assert af.http.patch("/api/v2/dags/eval_process", json={"is_paused": False}).status_code == 200
             # The default connection is saved the way a user does it in the UI: in the metadata
             # database, so tasks fetch it through the API server (the others come from the environment).
             answer = af.http.post("/api/v2/connections", json={
@@ -168,6 +196,10 @@ def test_deferred_then_success_and_kill_cancels(make_server, tmp_path: Path, ora
             (killed,) = oracle(kill_url).batches.list().data
             af.wait("the killed task's batch cancelled",
                     lambda: oracle(kill_url).batches.retrieve(killed.id).status in ("cancelling", "cancelled"), 60)
+
+            af.wait("the asset watcher following the receiver", lambda: af.grep("Watching batch events from"),
+                    RUN_TIMEOUT)
+            assert af.http.patch("/api/v2/dags/eval_submit", json={"is_paused": False}).status_code == 200
 
             af.wait("bo_e2e success", lambda: af.ti("bo_e2e") == (run_id, "success"), RUN_TIMEOUT)
             (value,) = af.query("select value from xcom where dag_id = 'bo_e2e' and key = 'return_value'")[0]
@@ -197,6 +229,26 @@ def test_deferred_then_success_and_kill_cancels(make_server, tmp_path: Path, ora
                 assert batches[0].request_counts.total == needed
                 assert all(b.request_counts.total < needed for b in batches[1:]), "a retry carried a success again"
                 assert result["chain_request_counts"]["completed"] == needed
+
+            # Event-driven: eval_submit ended right after the create; the batch's webhook became one
+            # asset event, and the scheduler ran eval_process on it, which scored that batch.
+            af.wait("eval_process success", lambda: af.query(
+                "select state from dag_run where dag_id = 'eval_process'") == [("success",)], RUN_TIMEOUT)
+            assert af.query("select state from task_instance where dag_id = 'eval_submit' and task_id = 'submit'"
+                            ) == [("success",)]
+            (submitted,) = oracle(events_url).batches.list().data
+            (value,) = af.query("select value from xcom where dag_id = 'eval_process' and key = 'return_value'")[0]
+            (report,) = json.loads(value)
+            assert report["batch_id"] == submitted.id and report["total"] == submitted.request_counts.total
+            assert af.query("select count(*) from asset_event e join asset a on a.id = e.asset_id "
+                            "where a.name = 'openai_batch_eval_assets'") == [(1,)]
+            assert receiver.counts()["accepted"] == 1
+            if af.query("select name from sqlite_master where name = 'asset_state_store'"):  # Airflow >= 3.3
+                # The watcher keeps how far it got where a restarted triggerer finds it.
+                (stored,) = af.query("select value from asset_state_store s join asset a on a.id = s.asset_id "
+                                     "where a.name = 'openai_batch_eval_assets' and s.key = 'batch_ops.watermark'")
+                (event,) = receiver.events()
+                assert json.loads(stored[0])["recent"] == [event["id"]]
 
             # The API server turns each connection it serves into a URI, and warns when the type has a
             # "_" in it (95 times in one api-server log with the type's old name, openai_batch).
