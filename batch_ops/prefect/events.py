@@ -3,7 +3,8 @@
 Event names are ``batch_ops.batch.completed``, ``.failed``, ``.expired`` and ``.cancelled``; the
 resource id is ``openai.batch.<batch id>``. The payload is the task-result contract
 (``Batch.summary()``) plus the endpoint, the duration and the batch metadata, so an automation
-can pass ``{{ event.payload.output_file_id }}`` to the deployment it starts.
+can pass ``{{ event.payload.output_file_id }}`` to the deployment it starts. Each metadata pair is
+also a resource label (``openai.batch.metadata.pipeline``), so a trigger can ``match`` on it.
 
 :func:`batch_event` decides everything and is pure; :func:`emit_batch_event` only sends.
 
@@ -11,8 +12,10 @@ Examples:
     >>> from batch_ops.models import Batch
     >>> b = Batch(id="batch_1", endpoint="/v1/embeddings", input_file_id="file-in", status="completed",
     ...           output_file_id="file-out", created_at=100, completed_at=160,
-    ...           request_counts={"total": 2, "completed": 2, "failed": 0})
+    ...           request_counts={"total": 2, "completed": 2, "failed": 0}, metadata={"pipeline": "eval"})
     >>> e = batch_event(b)
+    >>> e.resource["openai.batch.metadata.pipeline"]
+    'eval'
     >>> e.event, e.resource["prefect.resource.id"], e.payload["output_file_id"], e.payload["duration_seconds"]
     ('batch_ops.batch.completed', 'openai.batch.batch_1', 'file-out', 60)
 """
@@ -30,14 +33,16 @@ from batch_ops.models import Batch
 if TYPE_CHECKING:
     from batch_ops.webhooks.events import BatchEvent as WebhookEvent
 
-__all__ = ["EVENT_PREFIX", "RESOURCE_PREFIX", "BatchEvent", "batch_duration", "batch_event", "emit_batch_event",
-           "event_id", "webhook_event"]
+__all__ = ["EVENT_PREFIX", "METADATA_LABEL", "RESOURCE_PREFIX", "BatchEvent", "batch_duration", "batch_event",
+           "emit_batch_event", "event_id", "webhook_event"]
 
 #: Namespace of the event ids (uuid5): one id per batch and ending, whoever emits it.
 _ID_NAMESPACE = uuid.UUID("5f0c3a52-6e1b-4d8e-9b7a-2f4c1d9e8a61")
 
 EVENT_PREFIX = "batch_ops.batch"
 RESOURCE_PREFIX = "openai.batch."
+#: Each metadata pair of the batch is a resource label ``openai.batch.metadata.<key>``.
+METADATA_LABEL = "openai.batch.metadata."
 #: How many validation errors of a failed batch travel in the payload (the rest are on the batch).
 _MAX_ERRORS = 5
 
@@ -74,6 +79,8 @@ def batch_event(batch: Batch) -> BatchEvent | None:
         "prefect.resource.name": batch.id,
         "openai.batch.status": status,
         "openai.batch.endpoint": batch.endpoint or "",
+        # Labels, so that a trigger can match on them: "whenever a batch of pipeline X completes".
+        **{f"{METADATA_LABEL}{k}": str(v) for k, v in (batch.metadata or {}).items()},
     }
     errors = [
         {"code": e.code, "line": e.line, "message": e.message}

@@ -46,7 +46,7 @@ import httpx
 import pytest
 
 from batch_ops import BatchClient
-from batch_ops.server import ServerURL
+from batch_ops.server import ServerURL, serve_in_background
 
 ROOT = Path(__file__).resolve().parents[2]
 NIGHTLY_EVAL = ROOT / "flows" / "nightly_eval.py"
@@ -139,6 +139,32 @@ SERVE_SCHEDULED = textwrap.dedent('''
 ''')
 
 
+#: Served with a deployment trigger: a run whenever a batch of pipeline "on-event" completes, with
+#: the batch's id and output file from the event (the receiver's ``--prefect`` emits it).
+SERVE_ON_EVENT = textwrap.dedent('''
+    from prefect import flow
+    from prefect.events import DeploymentEventTrigger
+
+    from batch_ops.prefect import download_batch_file
+
+
+    @flow(name="score-on-event")
+    async def score_on_event(batch_id: str, output_file_id: str) -> int:
+        path = await download_batch_file(output_file_id, f"{batch_id}.jsonl")
+        with open(path) as f:
+            return sum(1 for _ in f)
+
+
+    if __name__ == "__main__":
+        score_on_event.serve(name="on-event", triggers=[DeploymentEventTrigger(
+            expect={"batch_ops.batch.completed"},
+            match={"prefect.resource.id": "openai.batch.*", "openai.batch.metadata.pipeline": "on-event"},
+            parameters={"batch_id": "{{ event.payload.batch_id }}",
+                        "output_file_id": "{{ event.payload.output_file_id }}"},
+        )])
+''')
+
+
 def write_requests(path: Path, requests: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps({"method": "POST", "url": ENDPOINT, **r}) + "\n" for r in requests))
 
@@ -198,6 +224,7 @@ class Stack:
     secret: str
     work: Path
     pool: str
+    webhook_batch_url: str = ""
     procs: dict[str, Proc] = field(default_factory=dict)
     runs: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
@@ -230,8 +257,9 @@ class Stack:
         for attempt in range(30):
             try:
                 answer = self.api.request(method, url, **kwargs)
-            except httpx.TransportError:
-                if method != "GET" or attempt == 29:
+            except httpx.TransportError:  # a read timed out once (30 s) with the server's SQLite busy
+                reads = method == "GET" or url.endswith("/filter")  # POST .../filter only reads
+                if not reads or attempt == 29:
                     raise
             else:
                 if answer.status_code not in (429, 502, 503) or attempt == 29:
@@ -322,7 +350,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, batch_server: ServerURL, secret: str,
-          make_requests: Any) -> Iterator[Stack]:
+          make_requests: Any, webhook_secret: str) -> Iterator[Stack]:
     """``prefect server start``; then, all at once so that their start-ups overlap: a process work
     pool and its worker, ``.serve()`` of the parent flow, ``python flows/nightly_eval.py``, and the
     deployment and submission for the worker; then one run of each deployment. The tests wait for
@@ -367,6 +395,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, batch_server: ServerURL, sec
     api = httpx.Client(base_url=env["PREFECT_API_URL"], timeout=30)
     s = Stack(api=api, env=env, batch_url=str(batch_server), secret=secret, work=work,
               pool="batch-ops-process-pool")
+    servers = contextlib.ExitStack()
     try:
         server = s.start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
                                             "--port", str(port), "--no-ui"])
@@ -392,6 +421,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory, batch_server: ServerURL, sec
         submitted = work / "submitted.json"
         deploy = s.start("deploy-and-submit", [sys.executable, "-c", DEPLOY_AND_SUBMIT, str(installed), s.pool,
                                                str(worker_requests), str(submitted)])
+        # Event-driven: a Batch API server sending webhooks to `batch-ops webhooks serve --prefect`.
+        receiver_port = _free_port()
+        webhook_batch = servers.enter_context(serve_in_background(
+            api_key=secret, request_latency=0.05, webhook_urls=[f"http://127.0.0.1:{receiver_port}/openai"],
+            webhook_secret=webhook_secret))
+        s.webhook_batch_url = str(webhook_batch)
+        on_event_env = {"OPENAI_BASE_URL": s.webhook_batch_url, "OPENAI_WEBHOOK_SECRET": webhook_secret}
+        s.start("receiver", [str(BIN / "batch-ops"), "webhooks", "serve", "--port", str(receiver_port), "--prefect"],
+                env=on_event_env)
+        (code / "serve_on_event.py").write_text(SERVE_ON_EVENT)
+        s.start("serve-on-event", [sys.executable, str(code / "serve_on_event.py")], cwd=work, env=on_event_env)
         serve_parent = s.start("serve-parent", [sys.executable, str(installed / "deploy_parent.py")], cwd=work)
         s.start("serve-scheduled", [sys.executable, "-c", SERVE_SCHEDULED, str(work / "scheduled.jsonl")], cwd=work)
         serve_nightly = s.start("serve-nightly-eval", [sys.executable, str(NIGHTLY_EVAL)], cwd=work, env={
@@ -414,7 +454,37 @@ def stack(tmp_path_factory: pytest.TempPathFactory, batch_server: ServerURL, sec
         yield s
     finally:
         stop_all(list(reversed(s.procs.values())))
+        servers.close()
         api.close()
+
+
+def test_a_deployment_trigger_runs_a_served_flow_when_a_tagged_batch_completes(stack: Stack,
+                                                                              make_requests: Any) -> None:
+    """OpenAI's webhook, as users wire it: the receiver (``--prefect``) emits
+    ``batch_ops.batch.completed`` with the batch's metadata as labels; the deployment's trigger
+    matches pipeline "on-event" only and starts one run, with the batch's output file id from the
+    event; the served process runs it. Nothing polls the batch."""
+    proc = stack.procs["serve-on-event"]
+    deployment = stack.deployment_id("score-on-event", "on-event", proc=proc)
+    time.sleep(2)  # the server's triggers service loads the new automation
+    with BatchClient(api_key=stack.secret, base_url=stack.webhook_batch_url) as client:
+        other = client.submit(make_requests(1, prefix="other"), endpoint=ENDPOINT, metadata={"pipeline": "other"})
+        tagged = client.submit(make_requests(3, prefix="on-event"), endpoint=ENDPOINT,
+                               metadata={"pipeline": "on-event"})
+    deadline = time.monotonic() + 60
+    while not (runs := stack.deployment_runs(deployment)):
+        assert proc.alive(), proc.tail()
+        assert time.monotonic() < deadline, f"no run of the triggered deployment in 60 s:\n{stack.logs()}"
+        time.sleep(0.25)
+    state = stack.final_state(str(runs[0]["id"]), proc=proc)
+    assert state["type"] == "COMPLETED", f"{state.get('message')}\n{stack.logs()}"
+    time.sleep(2)  # a duplicate event, or one for the other pipeline, would have started a run by now
+    assert len(stack.deployment_runs(deployment)) == 1, other.id
+    calls = httpx.get(stack.webhook_batch_url.removesuffix("/v1") + "/healthz").json()["calls"]
+    assert calls.get("GET /v1/batches/{id}", 0) == 2, calls  # the receiver's one retrieve per batch
+    with BatchClient(api_key=stack.secret, base_url=stack.webhook_batch_url) as client:
+        done = client.batches.retrieve(tagged.id)
+    assert runs[0]["parameters"] == {"batch_id": tagged.id, "output_file_id": done.output_file_id}
 
 
 def test_public_flows_validate_their_parameters_after_pickling(tmp_path: Path, make_requests: Any) -> None:
