@@ -7,7 +7,8 @@ pickles as "a new, unlocked lock": what it guards is process-local state, so the
 process gets a lock of its own. ``PicklableWeakKeyDictionary`` likewise pickles as an empty one
 (a ``weakref.WeakKeyDictionary`` fails with ``cannot pickle 'weakref.ReferenceType' object``), and
 ``ProcessLocalSet`` pickles as an empty set (a set of pending ``asyncio.Task`` objects fails with
-``cannot pickle '_asyncio.Task' object``).
+``cannot pickle '_asyncio.Task' object``) and ``ProcessLocalDict`` as an empty dict (a registry of
+this process's objects, which the unpickling process builds again as it needs them).
 
 Examples:
     >>> import pickle
@@ -33,7 +34,7 @@ import threading
 import weakref
 from typing import Any, TypeVar
 
-__all__ = ["PicklableLock", "PicklableWeakKeyDictionary", "ProcessLocalSet"]
+__all__ = ["PicklableLock", "PicklableWeakKeyDictionary", "ProcessLocalDict", "ProcessLocalSet"]
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -78,4 +79,11 @@ class ProcessLocalSet(set[_T]):
     """``set`` whose members belong to this process (pending tasks): pickles as a new, empty one."""
 
     def __reduce__(self) -> tuple[type[ProcessLocalSet[_T]], tuple[()]]:  # type: ignore[override]
+        return (type(self), ())
+
+
+class ProcessLocalDict(dict[_K, _V]):
+    """``dict`` of this process's objects (a registry): pickles as a new, empty one."""
+
+    def __reduce__(self) -> tuple[type[ProcessLocalDict[_K, _V]], tuple[()]]:  # type: ignore[override]
         return (type(self), ())

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from batch_ops.locks import PicklableLock
+from batch_ops.locks import PicklableLock, ProcessLocalDict
 
 __all__ = [
     "BATCH_ENDPOINTS",
@@ -170,8 +170,10 @@ class BatchStatus(str, Enum):
         return cls(text)
 
 
-#: Statuses seen on the wire that this release does not know, one object each (see ``_missing_``).
-_UNKNOWN: dict[str, BatchStatus] = {}
+#: Statuses seen on the wire that this release does not know, one object each (see ``_missing_``);
+#: pickled by value (Prefect bundles) as an empty registry: its members cannot be rebuilt before the
+#: class is (a bundle from a process that had seen one failed to unpickle).
+_UNKNOWN: ProcessLocalDict[str, BatchStatus] = ProcessLocalDict()
 _UNKNOWN_LOCK = PicklableLock()  # pickled by value with the package (Prefect bundles): a fresh lock
 
 

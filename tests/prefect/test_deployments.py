@@ -520,7 +520,26 @@ def test_public_flows_validate_their_parameters_after_pickling(tmp_path: Path, m
             cloudpickle.loads(cloudpickle.dumps(flow)).validate_parameters({})
 
 
-def test_module_locks_pickle_by_value() -> None:
+def loads_elsewhere(data: bytes, check: str, tmp_path: Path) -> Any:
+    """Unpickle ``data`` in a new Python process, as a bundle is, and return the JSON value of the
+    expression ``check`` (of ``obj``, the unpickled object).
+
+    Not in this process: for a class pickled by value, cloudpickle hands back the *original* class
+    with its methods replaced by the unpickled copies, whose globals are copies of the module's. A
+    later test in the same worker then patched ``batch_ops.client._sleep`` and ``BatchClient`` no
+    longer saw it (``test_retry_after_is_honoured`` failed after the pickling test, reproduced).
+    """
+    path = tmp_path / "pickled.bin"
+    path.write_bytes(data)
+    code = ("import cloudpickle, json, sys\n"
+            "obj = cloudpickle.loads(open(sys.argv[1], 'rb').read())\n"
+            f"print(json.dumps({check}))")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_module_locks_pickle_by_value(tmp_path: Path) -> None:
     """Prefect pickles a local package by value (an editable batch_ops, in a ``submit_to_work_pool``
     bundle), and with each function the module globals it uses: a ``threading.Lock()`` among them
     failed the bundle with ``TypeError: cannot pickle '_thread.lock' object``. Each lock now
@@ -532,12 +551,13 @@ def test_module_locks_pickle_by_value() -> None:
     BatchStatus("queued")  # an unknown status: kept (under the lock) in the module's registry
     cloudpickle.register_pickle_by_value(batch_ops)
     try:
-        status = cloudpickle.loads(cloudpickle.dumps(BatchStatus))  # its _missing_ takes a module lock
-        used_by = cloudpickle.loads(cloudpickle.dumps(settings_used_by))  # so does this
+        # BatchStatus's _missing_ takes a module lock; so does settings_used_by.
+        data = cloudpickle.dumps((BatchStatus, settings_used_by))
     finally:
         cloudpickle.unregister_pickle_by_value(batch_ops)
-    assert status("paused").value == "paused" and not status("paused").is_terminal
-    assert used_by("no-such-flow-run") == []
+    checked = loads_elsewhere(data, '[obj[0]("paused").value, obj[0]("paused").is_terminal, '
+                                    'obj[1]("no-such-flow-run")]', tmp_path)
+    assert checked == ["paused", False, []]
 
 
 @pytest.fixture
@@ -592,9 +612,8 @@ def test_flow_using_run_batch_pickles_with_batch_ops_by_value(tmp_path: Path, li
         data = cloudpickle.dumps(module.parent)
     finally:
         cloudpickle.unregister_pickle_by_value(batch_ops)
-    parent = cloudpickle.loads(data)
-    assert parent.validate_parameters({"input_path": "in.jsonl", "tag": "t"}) == {"input_path": "in.jsonl",
-                                                                                  "tag": "t"}
+    validated = loads_elsewhere(data, 'obj.validate_parameters({"input_path": "in.jsonl", "tag": "t"})', tmp_path)
+    assert validated == {"input_path": "in.jsonl", "tag": "t"}
 
 
 def test_served_flow_runs_run_batch_as_a_subflow(stack: Stack) -> None:
