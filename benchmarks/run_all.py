@@ -53,7 +53,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     for label, points in sorted(series.items()):
         points.sort(key=lambda r: r["n"])
         ns = [r["n"] for r in points]
-        lag.plot(ns, [r["lag_p99"] * 1000 for r in points], marker="o", label=label)
+        # A run whose loop never came back has no lag figures: it lagged at least its whole window.
+        lag.plot(ns, [(r["lag_p99"] if r["lag_p99"] is not None else r["elapsed"]) * 1000 for r in points],
+                 marker="o", label=label)
         served.plot(ns, [100 * r["served"] for r in points], marker="o", label=label)
     lag.set(xscale="log", yscale="log", xlabel="deferred batches (triggers in one event loop)",
             ylabel="p99 event-loop lag (ms)", title="Event-loop lag")
