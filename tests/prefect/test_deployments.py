@@ -251,15 +251,16 @@ class Stack:
             pytest.fail(f"the {name} run was not started: {self.errors.get(name)}")
         return self.runs[name]
 
-    def call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    def call(self, method: str, url: str, *, idempotent: bool = False, **kwargs: Any) -> httpx.Response:
         """One API call, again while the server is busy (503: its SQLite database is locked), as
-        Prefect's own client does."""
+        Prefect's own client does; again after a transport error too when the call is safe to repeat
+        (a read, or ``idempotent``: a create with an idempotency key)."""
         for attempt in range(30):
             try:
                 answer = self.api.request(method, url, **kwargs)
-            except httpx.TransportError:  # a read timed out once (30 s) with the server's SQLite busy
-                reads = method == "GET" or url.endswith("/filter")  # POST .../filter only reads
-                if not reads or attempt == 29:
+            except httpx.TransportError:  # reads timed out (30 s) with the server's SQLite busy
+                safe = idempotent or method == "GET" or url.endswith("/filter")  # POST .../filter only reads
+                if not safe or attempt == 29:
                     raise
             else:
                 if answer.status_code not in (429, 502, 503) or attempt == 29:
@@ -275,8 +276,11 @@ class Stack:
             assert proc.alive(), f"the process serving {flow_name}/{name} exited:\n{proc.tail()}"
             assert time.monotonic() < deadline, f"no deployment {flow_name}/{name} after {timeout} s:\n{proc.tail()}"
             time.sleep(0.2)
-        made = self.call("POST", f"/deployments/{found.json()['id']}/create_flow_run",
-                         json={"parameters": parameters})
+        # With an idempotency key, a create whose answer timed out can be sent again: Prefect answers
+        # with the run it made. (Without, a full run under load failed its stack on a 30 s timeout.)
+        key = f"test-{flow_name}-{name}-{time.time_ns()}"  # once: every resend carries the same
+        made = self.call("POST", f"/deployments/{found.json()['id']}/create_flow_run", idempotent=True,
+                         json={"parameters": parameters, "idempotency_key": key})
         made.raise_for_status()
         return str(made.json()["id"])
 
@@ -392,7 +396,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, batch_server: ServerURL, sec
         "OPENAI_API_KEY": secret,
         "OPENAI_BASE_URL": str(batch_server),
     }
-    api = httpx.Client(base_url=env["PREFECT_API_URL"], timeout=30)
+    api = httpx.Client(base_url=env["PREFECT_API_URL"], timeout=60)
     s = Stack(api=api, env=env, batch_url=str(batch_server), secret=secret, work=work,
               pool="batch-ops-process-pool")
     servers = contextlib.ExitStack()
