@@ -32,7 +32,7 @@ Chains — which batches of a key count for these requests:
   mix with the others' (another namespace), the old batches are neither cancelled nor returned,
   and :attr:`Submission.notices` says so (the adapters log it as a warning). A key that goes
   A → B → A attaches to A's chain again the third time: it holds A's requests, already paid for;
-* batches made before fingerprints (``K``, ``K.1``, … by batch_ops < 0.5): their attempt 0 carried
+* batches made before fingerprints (``K``, ``K.1``, … by earlier versions): their attempt 0 carried
   every request, so its input file is downloaded and fingerprinted. The same → that chain is
   continued (in its own spelling, so a worker still on the old version finds it too); other
   requests → a new chain, as above; the file cannot be read (deleted, expired, or attempt 0 lies
@@ -550,6 +550,7 @@ class _Choice:
     chain: AttemptChain
     replaced: tuple[AttemptChain, ...] = ()
     notices: tuple[str, ...] = ()
+    reason: str = ""  # why a new chain, for ChainStep.reason
 
 
 def _choose_plan(
@@ -570,8 +571,11 @@ def _choose_plan(
     if not others:
         return _Choice(AttemptChain(key, fingerprint=fingerprint))
     others.sort(key=lambda fc: min(_order(b) for b in fc[1].batches))
+    olds = ", ".join(short(f) for f, _ in others)
     return _Choice(AttemptChain(key, fingerprint=fingerprint), tuple(c for _, c in others),
-                   (new_chain_notice(key, fingerprint, others),))
+                   (new_chain_notice(key, fingerprint, others),),
+                   f"the key's earlier batches carry other requests (fingerprint {olds}, now {short(fingerprint)}): "
+                   "a new chain")
 
 
 def submit_plan(
@@ -617,10 +621,8 @@ def submit_plan(
             choice = yield from _choose_plan(key, fingerprint, chains, workdir=workdir, policy=policy)
     chain = choice.chain
     step = next_step(chain, spec.policy)
-    if choice.replaced:
-        old = ", ".join(short(c.fingerprint) for c in choice.replaced if c.fingerprint) or "unknown"
-        step = replace(step, reason=f"the key's earlier batches carry other requests (fingerprint {old}, "
-                                    f"now {short(fingerprint)}): a new chain")
+    if choice.reason:
+        step = replace(step, reason=choice.reason)
     cancelled: list[Batch] = []
     if keyed and chain.live_duplicates():
         # A try that lost a race and died before cancelling its batch: cancel it now.

@@ -326,3 +326,28 @@ async def test_the_async_client_starts_a_new_chain_too(make_server: MakeServer, 
             changed = await client.submit_spec(requests(2), SubmitSpec(endpoint=CHAT, idempotency_key="async"))
             assert same.batch.id == first.batch.id and not same.created
             assert changed.created and changed.new_chain and changed.batch.id != first.batch.id
+
+
+def test_the_cli_submits_changed_requests_as_a_new_batch_and_says_so(server_url: str, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    def submit_cli(path: Path) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "OPENAI_API_KEY": "local", "NO_COLOR": "1", "COLUMNS": "400"}
+        return subprocess.run([sys.executable, "-m", "batch_ops.cli", "submit", str(path), "--endpoint", CHAT,
+                               "--base-url", server_url, "--idempotency-key", "cli-key"],
+                              capture_output=True, text=True, env=env, timeout=60, check=False)
+
+    path = write(tmp_path / "in.jsonl", requests(2, prefix="cli"))
+    first = submit_cli(path)
+    assert first.returncode == 0, first.stderr
+    old = re.search(r"submitted (batch_\w+)", first.stderr)
+    assert old is not None, first.stderr
+    write(path, requests(2, prefix="cli fixed"))
+    second = submit_cli(path)
+    assert second.returncode == 0, second.stderr
+    new = re.search(r"submitted (batch_\w+)", second.stderr)
+    assert new is not None and new.group(1) != old.group(1), second.stderr
+    assert "warning: Idempotency key 'cli-key': the requests changed" in " ".join(second.stderr.split())
+    assert old.group(1) in second.stderr
