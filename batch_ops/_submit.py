@@ -4,11 +4,14 @@
 the Prefect tasks and flows and their retries, job parts and the CLI all drive
 :func:`submit_plan`:
 
-1. **validate** the batch parameters and the key (pure; nothing has been sent yet);
-2. **find the key's attempt chain** from the batch list alone (:mod:`batch_ops.chain`);
+1. **validate** the batch parameters and the key (pure; nothing has been sent yet), and with a
+   key the input too, then take the requests' **fingerprint** (:mod:`batch_ops.fingerprint`);
+2. **find the key's attempt chain for these requests** from the batch list alone
+   (:mod:`batch_ops.chain`): same key and same requests → that chain; same key and other
+   requests → a new chain beside the old ones, which are left alone (see *Chains* below);
 3. **attach** to a running attempt, stop at an accepted outcome, or go on to make attempt ``n``;
-4. **prepare the input**: validate the file (or write the requests), and for ``n > 0`` keep only
-   the requests with no success anywhere in the chain (read from the earlier output files);
+4. **prepare the input**: for ``n > 0`` keep only the requests with no success anywhere in the
+   chain (read from the earlier output files);
 5. **upload** it under a name derived from the attempt key and the content, or reuse the
    upload an interrupted try left behind (found by that name);
 6. **create** at most once (lost answers are looked up, never blindly re-sent: ``create_plan``);
@@ -17,6 +20,29 @@ the Prefect tasks and flows and their retries, job parts and the CLI all drive
    earlier one.
 
 Like every plan, it yields effects and performs no I/O of its own; the clients drive it.
+
+Chains — which batches of a key count for these requests:
+
+* the chain whose attempts carry these requests' fingerprint (``K@F``, ``K@F.1``, …): re-attach,
+  stop, or make its next attempt, as ever. A regenerated file with the same requests (another
+  order, other spacing or key order, a new name) has the same fingerprint: no new upload, no new
+  batch;
+* none, but the key has chains of other fingerprints (the input changed under the key: an
+  Airflow task cleared after its file was fixed): a **new chain** ``K@F``. Its attempts never
+  mix with the others' (another namespace), the old batches are neither cancelled nor returned,
+  and :attr:`Submission.notices` says so (the adapters log it as a warning). A key that goes
+  A → B → A attaches to A's chain again the third time: it holds A's requests, already paid for;
+* batches made before fingerprints (``K``, ``K.1``, … by earlier versions): their attempt 0 carried
+  every request, so its input file is downloaded and fingerprinted. The same → that chain is
+  continued (in its own spelling, so a worker still on the old version finds it too); other
+  requests → a new chain, as above; the file cannot be read (deleted, expired, or attempt 0 lies
+  before the lookback) → re-attach as before the upgrade, never paying twice, with a notice.
+
+Sources: a request file (local, or staged from object storage) and request dicts are
+fingerprinted from the validated file. An uploaded file's id is first matched against the
+chains' attempt 0 (files never change, so the same id is the same requests: nothing is
+downloaded); otherwise the file is downloaded and fingerprinted (a file the server will not
+hand back counts by its id). A job part is a file like any other.
 
 Examples:
     >>> upload_filename("af-123.1", "9f86d081884c7d65")
@@ -55,11 +81,13 @@ from batch_ops.chain import (
     ChainStep,
     OutcomePolicy,
     attempt_key,
-    attempt_number,
+    chains_of,
     check_idempotency_key,
     next_step,
+    parse_attempt,
 )
 from batch_ops.errors import APIStatusError, BatchOpsError, InputValidationError, Problem, is_permanent
+from batch_ops.fingerprint import FINGERPRINT_LENGTH, fingerprint_file, fingerprint_of_file_id, short
 from batch_ops.jsonl import filter_requests, request_file, validate_file, write_requests
 from batch_ops.models import Batch, BatchStatus, FileObject
 from batch_ops.results import successful_ids
@@ -71,6 +99,7 @@ __all__ = [
     "SubmitSpec",
     "Submission",
     "find_chain_plan",
+    "find_chains_plan",
     "submit_plan",
     "upload_filename",
 ]
@@ -182,6 +211,11 @@ class Submission:
     ``created``: this call created it. ``carried``: requests the new attempt carries.
     ``satisfied``: every request already has a success in the chain (nothing left to pay for).
     ``cancelled``: batches this call cancelled (duplicates of a concurrent try, its own included).
+    ``fingerprint``: the requests' fingerprint (None without a key: nothing was looked up).
+    ``replaced``: the key's chains of *other* requests, when this call started a new chain beside
+    them (``new_chain``); they are left alone. ``notices``: what a person should know, worded once
+    here — a new chain, or batches made before fingerprints that could not be checked; the
+    adapters and the CLI log each as a warning.
     """
 
     chain: AttemptChain
@@ -191,12 +225,52 @@ class Submission:
     reused_upload: bool = False
     satisfied: bool = False
     cancelled: tuple[str, ...] = ()
+    fingerprint: str | None = None
+    replaced: tuple[AttemptChain, ...] = ()
+    notices: tuple[str, ...] = ()
+
+    @property
+    def new_chain(self) -> bool:
+        """The key had batches of other requests: this call started a chain of its own for these."""
+        return bool(self.replaced)
 
     @property
     def batch(self) -> Batch:
         latest = self.chain.latest
         assert latest is not None, "a submission always holds a batch"
         return latest
+
+
+#: Batch ids named in a notice, at most.
+_NOTICE_IDS = 6
+
+
+def _ids(chain: AttemptChain) -> str:
+    ids = chain.batch_ids
+    more = f" and {len(ids) - _NOTICE_IDS} more" if len(ids) > _NOTICE_IDS else ""
+    return ", ".join(ids[:_NOTICE_IDS]) + more
+
+
+def new_chain_notice(key: str, fingerprint: str, replaced: Iterable[tuple[str | None, AttemptChain]]) -> str:
+    """The warning for a key whose batches carry other requests: a new chain, the old one left alone.
+
+    Examples:
+        >>> old = AttemptChain("k", fingerprint="aaaaaaaa00000000")
+        >>> print(new_chain_notice("k", "bbbbbbbb11111111", [(old.fingerprint, old)]))  # doctest: +NORMALIZE_WHITESPACE
+        Idempotency key 'k': the requests changed (fingerprint aaaaaaaa (no batch) -> bbbbbbbb). Starting a new chain of
+        batches for them; the key's earlier batches carry the old requests and are left alone (not cancelled, not
+        re-used, their results not returned).
+    """
+    olds = "; ".join(f"{short(fp)} ({_ids(chain) or 'no batch'})" for fp, chain in replaced)
+    return (f"Idempotency key {key!r}: the requests changed (fingerprint {olds} -> {short(fingerprint)}). "
+            "Starting a new chain of batches for them; the key's earlier batches carry the old requests and are "
+            "left alone (not cancelled, not re-used, their results not returned).")
+
+
+def _unverified_notice(key: str, chain: AttemptChain, why: str) -> str:
+    return (f"Idempotency key {key!r}: batches {_ids(chain)} were made before batch_ops wrote request fingerprints, "
+            f"and {why}: re-attaching to them as before, so nothing is paid twice. If the requests changed since, "
+            "submit them under a new key.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,25 +348,54 @@ def _key_of(batch: Batch) -> str | None:
     return (batch.metadata or {}).get(IDEMPOTENCY_METADATA_KEY)
 
 
-def find_chain_plan(key: str, *, since: float, policy: RetryPolicy) -> Generator[Send | Sleep, Any, AttemptChain]:
-    """The key's attempt chain, from the batch list (one scan, back to ``since``).
+def find_chains_plan(
+    key: str, *, since: float, policy: RetryPolicy, until: Callable[[Batch, str | None, int], bool] | None = None
+) -> Generator[Send | Sleep, Any, dict[str | None, AttemptChain]]:
+    """Every chain of ``key`` in the batch list back to ``since``, by fingerprint (one scan).
 
-    Attempts are created in order, so once attempt 0 is seen nothing older can belong to the key:
-    the scan stops a little before it instead of going back to ``since``.
+    ``until(batch, fingerprint, number)`` marks the attempt 0 the caller is after: a chain's
+    attempts are created in order, so once its attempt 0 is seen nothing older can belong to it,
+    and the scan stops a little (the clock skew) before it instead of going back to ``since``.
     """
-    oldest: list[int] = []
+    marks: list[int] = []
 
     def keep(batch: Batch) -> bool:
-        number = attempt_number(_key_of(batch), key)
-        if number == 0:
-            oldest.append(batch.created_at)
-        return number is not None
+        parsed = parse_attempt(_key_of(batch), key)
+        if parsed is None:
+            return False
+        if until is not None and until(batch, *parsed):
+            marks.append(batch.created_at)
+        return True
 
     def stop_before() -> float:
-        return min(oldest) - _SCAN_SKEW if oldest else float("-inf")
+        return min(marks) - _SCAN_SKEW if marks else float("-inf")
 
     batches = yield from _scan_plan(since=since, keep=keep, policy=policy, stop_before=stop_before)
-    return AttemptChain.from_batches(key, batches)
+    return chains_of(key, batches)
+
+
+def find_chain_plan(
+    key: str, *, since: float, policy: RetryPolicy, fingerprint: str | None = None
+) -> Generator[Send | Sleep, Any, AttemptChain]:
+    """The chain of ``key`` for the requests of ``fingerprint``, from the batch list (one scan).
+
+    Without a fingerprint: the key's newest chain (the one whose latest batch is newest; a key
+    used for one set of requests has just one). Newest first, the first batch of the key seen
+    belongs to it, so the scan stops a little before that chain's attempt 0.
+    """
+    wanted: list[str | None] = [fingerprint] if fingerprint is not None else []
+
+    def until(batch: Batch, found: str | None, number: int) -> bool:
+        if not wanted:
+            wanted.append(found)
+        return number == 0 and found == wanted[0]
+
+    chains = yield from find_chains_plan(key, since=since, policy=policy, until=until)
+    if fingerprint is not None:
+        return chains.get(fingerprint) or AttemptChain(key, fingerprint=fingerprint)
+    if not chains:
+        return AttemptChain(key)
+    return max(chains.values(), key=lambda c: max(_order(b) for b in c.batches))
 
 
 def _find_upload_plan(
@@ -379,10 +482,106 @@ def _reconcile_plan(
 # ---------------------------------------------------------------------------------------------
 
 
+#: The widest fingerprint, for checking before anything is sent that the longest attempt key fits.
+_WIDEST = "f" * FINGERPRINT_LENGTH
+
+
+def _made_from(file_id: str) -> Callable[[Batch, str | None, int], bool]:
+    def until(batch: Batch, fingerprint: str | None, number: int) -> bool:
+        return number == 0 and batch.input_file_id == file_id
+    return until
+
+
+def _attempt_zero(fingerprint: str) -> Callable[[Batch, str | None, int], bool]:
+    def until(batch: Batch, found: str | None, number: int) -> bool:
+        return number == 0 and found == fingerprint
+    return until
+
+
+def _chain_made_from(chains: Mapping[str | None, AttemptChain], file_id: str) -> AttemptChain | None:
+    """The chain whose attempt 0 was created from this very file (files never change: same requests)."""
+    found = [c for c in chains.values() if c.attempts and c.attempts[0].number == 0
+             and c.attempts[0].batch.input_file_id == file_id]
+    found.sort(key=lambda c: c.fingerprint is None)  # a fingerprinted chain before one made before fingerprints
+    return found[0] if found else None
+
+
+def _fingerprint_plan(
+    source: Source, prepared: _Input, *, workdir: Path, policy: RetryPolicy
+) -> Generator[Send | Sleep | Work, Any, tuple[str, Path | None]]:
+    """The requests' fingerprint, and the path of an uploaded source downloaded to take it (else None)."""
+    if prepared.path is not None:
+        fp = yield Work(partial(fingerprint_file, prepared.path))
+        return fp.value, None
+    file_id = str(source.file_id)
+    target = workdir / "input.jsonl"
+    try:
+        yield from download_plan(file_id, target, policy=policy)
+    except APIStatusError as exc:
+        if not is_permanent(exc):
+            raise
+        return fingerprint_of_file_id(file_id).value, None  # the server will not hand it back
+    fp = yield Work(partial(fingerprint_file, target))
+    return fp.value, target
+
+
+def _legacy_fingerprint_plan(
+    chain: AttemptChain, *, workdir: Path, policy: RetryPolicy
+) -> Generator[Send | Sleep | Work, Any, tuple[str | None, str]]:
+    """The fingerprint of a chain made before fingerprints, from its attempt 0's input (which
+    carried every request): ``(fingerprint, "")``, or ``(None, why it cannot be known)``."""
+    first = chain.attempts[0]
+    if first.number != 0:
+        return None, f"their attempt 0 is older than the lookback (the oldest found is attempt {first.number})"
+    target = workdir / f"{first.batch.id}.input.jsonl"
+    try:
+        yield from download_plan(first.batch.input_file_id, target, policy=policy)
+    except APIStatusError as exc:
+        if not is_permanent(exc):
+            raise
+        return None, f"the input file of {first.batch.id} cannot be read back (HTTP {exc.status_code})"
+    fp = yield Work(partial(fingerprint_file, target))
+    yield Work(partial(target.unlink, missing_ok=True))
+    return fp.value, ""
+
+
+@dataclass(frozen=True)
+class _Choice:
+    chain: AttemptChain
+    replaced: tuple[AttemptChain, ...] = ()
+    notices: tuple[str, ...] = ()
+    reason: str = ""  # why a new chain, for ChainStep.reason
+
+
+def _choose_plan(
+    key: str, fingerprint: str, chains: Mapping[str | None, AttemptChain], *, workdir: Path, policy: RetryPolicy
+) -> Generator[Send | Sleep | Work, Any, _Choice]:
+    """The chain these requests belong to among the key's chains (see *Chains* in the module docstring)."""
+    if fingerprint in chains:
+        return _Choice(chains[fingerprint])
+    others: list[tuple[str | None, AttemptChain]] = [(f, c) for f, c in chains.items() if f is not None]
+    legacy = chains.get(None)
+    if legacy is not None:
+        found, why = yield from _legacy_fingerprint_plan(legacy, workdir=workdir, policy=policy)
+        if found is None:
+            return _Choice(legacy, notices=(_unverified_notice(key, legacy, why),))
+        if found == fingerprint:
+            return _Choice(legacy)
+        others.append((found, legacy))
+    if not others:
+        return _Choice(AttemptChain(key, fingerprint=fingerprint))
+    others.sort(key=lambda fc: min(_order(b) for b in fc[1].batches))
+    olds = ", ".join(short(f) for f, _ in others)
+    return _Choice(AttemptChain(key, fingerprint=fingerprint), tuple(c for _, c in others),
+                   (new_chain_notice(key, fingerprint, others),),
+                   f"the key's earlier batches carry other requests (fingerprint {olds}, now {short(fingerprint)}): "
+                   "a new chain")
+
+
 def submit_plan(
     spec: SubmitSpec, source: Source, *, workdir: Path, policy: RetryPolicy, lookback: float
 ) -> Generator[Send | Sleep | Work, Any, Submission]:
-    """Validate → find the chain → attach, or upload → create at most once → reconcile.
+    """Validate → fingerprint → find the chain → attach, or upload → create at most once → reconcile.
 
     ``workdir`` is an empty scratch directory the driver owns (and removes afterwards).
     """
@@ -392,15 +591,38 @@ def submit_plan(
     # Every parameter is checked before anything is sent (the longest attempt key included).
     create_body(input_file_id="pending", endpoint=spec.endpoint, completion_window=spec.completion_window,
                 metadata=spec.metadata, output_expires_after=spec.output_expires_after,
-                idempotency_key=attempt_key(key, MAX_ATTEMPTS - 1), azure=spec.azure)
+                idempotency_key=attempt_key(key, MAX_ATTEMPTS - 1, _WIDEST if given else None), azure=spec.azure)
     keyed = given and spec.reattach
     now = _plans.clock()
     since = spec.since if spec.since is not None else now - lookback
 
-    chain = AttemptChain(key)
-    if keyed:
-        chain = yield from find_chain_plan(key, since=since, policy=policy)
+    # A random key is never looked up again: its chain needs no fingerprint.
+    choice = _Choice(AttemptChain(key))
+    fingerprint: str | None = None
+    prepared: _Input | None = None
+    downloaded: Path | None = None
+    if given:
+        chains: Mapping[str | None, AttemptChain] = {}
+        matched = None
+        if source.file_id is not None and keyed:
+            # The same uploaded file is the same requests: found by id, nothing is downloaded.
+            chains = yield from find_chains_plan(key, since=since, policy=policy, until=_made_from(source.file_id))
+            matched = _chain_made_from(chains, source.file_id)
+        if matched is not None:
+            choice = _Choice(matched)
+            fingerprint = matched.fingerprint
+        else:
+            # Bad input is refused here, before any request is sent (re-attaching reads the input too:
+            # whether the key's batches hold these requests is only known from them).
+            prepared = yield Work(partial(_prepare, source, spec.endpoint, workdir, spec.azure))
+            fingerprint, downloaded = yield from _fingerprint_plan(source, prepared, workdir=workdir, policy=policy)
+            if keyed and source.file_id is None:
+                chains = yield from find_chains_plan(key, since=since, policy=policy, until=_attempt_zero(fingerprint))
+            choice = yield from _choose_plan(key, fingerprint, chains, workdir=workdir, policy=policy)
+    chain = choice.chain
     step = next_step(chain, spec.policy)
+    if choice.reason:
+        step = replace(step, reason=choice.reason)
     cancelled: list[Batch] = []
     if keyed and chain.live_duplicates():
         # A try that lost a race and died before cancelling its batch: cancel it now.
@@ -408,11 +630,14 @@ def submit_plan(
         for batch in cancelled:
             chain = chain.with_batch(batch)
     done_ids = tuple(b.id for b in cancelled)
+    made = partial(Submission, cancelled=done_ids, fingerprint=fingerprint, replaced=choice.replaced,
+                   notices=choice.notices)
     if step.action != "create":
-        return Submission(chain, step, cancelled=done_ids)
+        return made(chain, step)
 
     number = step.number
-    prepared: _Input = yield Work(partial(_prepare, source, spec.endpoint, workdir, spec.azure))
+    if prepared is None:
+        prepared = yield Work(partial(_prepare, source, spec.endpoint, workdir, spec.azure))
     upload: Path | None = prepared.path
     file_id = source.file_id
     carried = prepared.lines
@@ -425,18 +650,18 @@ def submit_plan(
             carried = last.batch.request_counts.total or None
         else:
             done: set[str] = yield from _successes_plan(chain, workdir=workdir, policy=policy)
-            full = prepared.path
+            full = prepared.path or downloaded
             if full is None:  # an uploaded file as the source: read it back to filter it
                 full = workdir / "input.jsonl"
                 yield from download_plan(str(source.file_id), full, policy=policy)
             upload = workdir / f"attempt-{number}.jsonl"
             carried = yield Work(partial(_remaining, full, done, upload))
             if carried == 0:
-                return Submission(chain, replace(step, action="done", batch=chain.latest,
-                                                 reason="every request already has a success in the chain"),
-                                  satisfied=True, cancelled=done_ids)
+                return made(chain, replace(step, action="done", batch=chain.latest,
+                                           reason="every request already has a success in the chain"),
+                            satisfied=True)
 
-    attempt = attempt_key(key, number)
+    attempt = chain.attempt_key(number)
     fresh_upload: FileObject | None = None
     reused = False
     if upload is not None:
@@ -474,9 +699,8 @@ def submit_plan(
         if winner.id != batch.id:
             created = False
             chain = chain.with_attempt(number, winner, lost)
-            return Submission(chain, replace(step, action="attach", batch=winner,
-                                             reason=f"a concurrent try created {winner.id} first"),
-                              carried=carried, reused_upload=reused, cancelled=done_ids + tuple(b.id for b in lost))
+            return made(chain, replace(step, action="attach", batch=winner,
+                                       reason=f"a concurrent try created {winner.id} first"),
+                        carried=carried, reused_upload=reused, cancelled=done_ids + tuple(b.id for b in lost))
     chain = chain.with_attempt(number, batch)
-    return Submission(chain, replace(step, batch=batch), created=created, carried=carried, reused_upload=reused,
-                      cancelled=done_ids)
+    return made(chain, replace(step, batch=batch), created=created, carried=carried, reused_upload=reused)

@@ -1,8 +1,10 @@
 """Attempt chains: every batch one idempotency key has paid for, found from the API alone.
 
 A key ``K`` names one piece of work (an Airflow task instance, a Prefect flow run, a job part, a
-``submit`` call). Its *attempts* are the batches whose metadata carries ``K``, ``K.1``, ``K.2``, …
-under :data:`IDEMPOTENCY_METADATA_KEY`. Listing the account's batches rebuilds the chain on any
+``submit`` call), and the requests' fingerprint ``F`` (:mod:`batch_ops.fingerprint`) says which
+requests it was paid for. A *chain* is one key with one set of requests: its *attempts* are the
+batches whose metadata carries ``K@F``, ``K@F.1``, ``K@F.2``, … under
+:data:`IDEMPOTENCY_METADATA_KEY`. Listing the account's batches rebuilds the chains on any
 worker, on any machine, with no local state. Everything here is a pure decision over that list:
 
 * :func:`next_step` — attach to the running attempt, stop (the outcome is acceptable), or make
@@ -16,6 +18,22 @@ worker, on any machine, with no local state. Everything here is a pure decision 
 Which requests a new attempt carries (only those without a success anywhere in the chain) is
 decided by reading the earlier attempts' output files: see ``batch_ops._submit``.
 
+Why the fingerprint is folded into the attempt key rather than written as a metadata pair of its
+own: a chain's identity is then one exact string, so everything that finds a batch by its attempt
+key — the chain scan, the lookup after a lost create answer, the reconcile of concurrent creates,
+the upload name — keeps two sets of requests apart with no change, even when two tries with
+different requests create at the same moment; and the user keeps every metadata pair batch_ops
+did not already use (16 pairs, one ours, one more for the owner in the adapters). The price is
+18 characters of the 512 a metadata value may hold: a key may have 491 characters (was 508).
+Every attempt carries the fingerprint of the *whole* work (attempt ``n > 0`` carries only the
+unfinished requests, but names the chain they came from).
+
+Batches written before fingerprints (``K``, ``K.1``, …) form the key's *unfingerprinted* chain
+(``fingerprint=None``); ``batch_ops._submit`` decides whether they hold the same requests. A key
+whose spelling already ends like a fingerprint (``…@`` and 16 hex digits) gets a ``~`` before its
+``@``, as a key ending in ``.<digits>`` does, so no two (key, fingerprint) pairs share a value;
+an unfingerprinted batch whose key ended that way is not recognised (no derived key does).
+
 Examples:
     >>> from batch_ops.models import Batch
     >>> def batch(i, key, status, created=0, **kw):
@@ -27,6 +45,10 @@ Examples:
     >>> chain = AttemptChain.from_batches("k", [*chain.batches, batch(3, "k.1", "in_progress", created=5)])
     >>> next_step(chain, OutcomePolicy()).action, chain.latest.id
     ('attach', 'batch_3')
+    >>> fp = "0123456789abcdef"
+    >>> chains = chains_of("k", [*chain.batches, batch(4, f"k@{fp}", "completed", created=9)])
+    >>> sorted(chains, key=str), chains[fp].batch_ids, chains[fp].attempt_key(1)
+    (['0123456789abcdef', None], ['batch_4'], 'k@0123456789abcdef.1')
 """
 
 from __future__ import annotations
@@ -40,6 +62,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from batch_ops.errors import AttemptsExhaustedError, BatchOpsError, BatchOutcomeError, InputValidationError, Problem
+from batch_ops.fingerprint import FINGERPRINT_LENGTH
 from batch_ops.models import METADATA_VALUE_MAX, Batch, BatchStatus, RequestCounts, Usage
 from batch_ops.polling import DEFAULT_FAIL_ON, describe, outcome_error
 
@@ -53,7 +76,9 @@ __all__ = [
     "OutcomePolicy",
     "attempt_key",
     "attempt_number",
+    "chains_of",
     "check_idempotency_key",
+    "parse_attempt",
     "derive_key",
     "next_step",
     "summary_of",
@@ -63,10 +88,14 @@ __all__ = [
 IDEMPOTENCY_METADATA_KEY = "batch_ops_idempotency_key"
 #: Attempts one key may make: ``K``, ``K.1`` … ``K.49``. A chain that long is a bug upstream.
 MAX_ATTEMPTS = 50
-#: A key (as attempts spell it) must leave room in a metadata value for its longest attempt suffix.
-KEY_MAX_LENGTH = METADATA_VALUE_MAX - len(f".{MAX_ATTEMPTS - 1}")
+#: A key (as attempts spell it) must leave room in a metadata value for the fingerprint and its
+#: longest attempt suffix: ``@<16 hex digits>.49``.
+KEY_MAX_LENGTH = METADATA_VALUE_MAX - len(f"@{'0' * FINGERPRINT_LENGTH}.{MAX_ATTEMPTS - 1}")
 
 _SUFFIX = re.compile(r"\.(\d+)$")
+_FINGERPRINT = re.compile(rf"[0-9a-f]{{{FINGERPRINT_LENGTH}}}")
+#: How a value written with a fingerprint ends: ``@F`` or ``@F.n``.
+_FINGERPRINTED = re.compile(rf"@[0-9a-f]{{{FINGERPRINT_LENGTH}}}(\.[1-9]\d*)?$")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,7 +107,8 @@ def check_idempotency_key(key: object, *, param: str = "idempotency_key") -> str
     """Return ``key`` if it can name an attempt chain; raise ``InputValidationError`` otherwise.
 
     Checked before anything is uploaded: a key must be a non-empty string without control
-    characters, short enough for a metadata value with its attempt suffix.
+    characters, short enough for a metadata value with the fingerprint and its attempt suffix
+    (at most ``KEY_MAX_LENGTH - 1`` = 491 characters).
 
     Examples:
         >>> check_idempotency_key("nightly-2026-11-29")
@@ -96,8 +126,9 @@ def check_idempotency_key(key: object, *, param: str = "idempotency_key") -> str
     elif not key.strip():
         message = "the key is empty"
         fix = "pass a non-empty string that names this piece of work (leave it out for a random one)"
-    elif len(_base(key)) > KEY_MAX_LENGTH:
-        message = f"the key has {len(key)} characters; with its attempt suffix it must fit a metadata value"
+    elif len(_spelled(key)) > KEY_MAX_LENGTH:
+        message = (f"the key has {len(key)} characters; with the requests' fingerprint and its attempt suffix "
+                   f"it must fit a {METADATA_VALUE_MAX}-character metadata value")
         fix = f"use at most {KEY_MAX_LENGTH - 1} characters (a hash of a longer identity works)"
     elif any(unicodedata.category(c) == "Cc" for c in key):
         message = "the key contains control characters"
@@ -119,6 +150,32 @@ def _base(key: str) -> str:
     return key + "~" if _SUFFIX.search(key) or key.endswith("~") else key
 
 
+def _spelled(key: str) -> str:
+    """The key as fingerprinted attempts spell it (before ``@F``): :func:`_base`, and a ``~`` when
+    that ends like a fingerprint, so ``K@F`` is never another key's spelling (see the module docstring)."""
+    base = _base(key)
+    return base + "~" if _FINGERPRINTED.search(base) else base
+
+
+def _namespace(key: str, fingerprint: str | None) -> str:
+    if fingerprint is None:
+        return _base(key)
+    if not _FINGERPRINT.fullmatch(fingerprint):
+        raise ValueError(f"a request fingerprint is {FINGERPRINT_LENGTH} lowercase hex digits, not {fingerprint!r}")
+    return f"{_spelled(key)}@{fingerprint}"
+
+
+def _number(value: str, namespace: str) -> int | None:
+    if value == namespace:
+        return 0
+    if not value.startswith(namespace + "."):
+        return None
+    tail = value[len(namespace) + 1 :]
+    if not tail.isdigit() or tail.startswith("0"):
+        return None
+    return int(tail)
+
+
 def derive_key(namespace: str, *identity: Any) -> str:
     """A key named after what survives a retry: a namespace and a hash of the identity's parts.
 
@@ -134,37 +191,62 @@ def derive_key(namespace: str, *identity: Any) -> str:
     return f"{namespace}-" + hashlib.sha256(raw.encode()).hexdigest()[:40]
 
 
-def attempt_key(key: str, number: int) -> str:
-    """The metadata value of attempt ``number`` of ``key``.
+def attempt_key(key: str, number: int, fingerprint: str | None = None) -> str:
+    """The metadata value of attempt ``number`` of the chain of ``key`` and ``fingerprint``.
+
+    ``fingerprint`` None spells a chain without one: batches written before fingerprints, and
+    keys nobody looks up again (a submit without a key).
 
     Examples:
         >>> attempt_key("k", 0), attempt_key("k", 2), attempt_key("dag.task.run.0", 1)
         ('k', 'k.2', 'dag.task.run.0~.1')
+        >>> attempt_key("k", 0, "0123456789abcdef"), attempt_key("k.1", 2, "0123456789abcdef")
+        ('k@0123456789abcdef', 'k.1~@0123456789abcdef.2')
     """
-    base = _base(key)
+    base = _namespace(key, fingerprint)
     return base if number == 0 else f"{base}.{number}"
 
 
-def attempt_number(value: str | None, key: str) -> int | None:
-    """Which attempt of ``key`` a metadata value names, or None when it is not one of them.
+def parse_attempt(value: str | None, key: str) -> tuple[str | None, int] | None:
+    """``(fingerprint, number)`` of the attempt of ``key`` that a metadata value names, or None.
+
+    ``fingerprint`` is None for an attempt written before fingerprints.
+
+    Examples:
+        >>> parse_attempt("k@0123456789abcdef.3", "k"), parse_attempt("k.3", "k"), parse_attempt("kk", "k")
+        (('0123456789abcdef', 3), (None, 3), None)
+        >>> parse_attempt("k@0123456789abcdef", "k@0123456789abcdef")  # another key's attempt, not this one's
+    """
+    if value is None:
+        return None
+    prefix = _spelled(key) + "@"
+    if value.startswith(prefix):
+        fingerprint = value[len(prefix) : len(prefix) + FINGERPRINT_LENGTH]
+        if _FINGERPRINT.fullmatch(fingerprint):
+            number = _number(value, prefix + fingerprint)
+            if number is not None:
+                return fingerprint, number
+    if _FINGERPRINTED.search(value):
+        return None  # written with a fingerprint, for another key
+    number = _number(value, _base(key))
+    return None if number is None else (None, number)
+
+
+def attempt_number(value: str | None, key: str, fingerprint: str | None = None) -> int | None:
+    """Which attempt of the chain of ``key`` and ``fingerprint`` a metadata value names, or None.
 
     Examples:
         >>> attempt_number("k", "k"), attempt_number("k.3", "k"), attempt_number("k.x", "k"), attempt_number("kk", "k")
         (0, 3, None, None)
         >>> attempt_number("k.1", "k.1"), attempt_number("k.1~", "k.1")
         (None, 0)
+        >>> attempt_number("k@0123456789abcdef.2", "k", "0123456789abcdef"), attempt_number("k@0123456789abcdef", "k")
+        (2, None)
     """
-    if value is None:
+    parsed = parse_attempt(value, key)
+    if parsed is None or parsed[0] != fingerprint:
         return None
-    key = _base(key)
-    if value == key:
-        return 0
-    if not value.startswith(key + "."):
-        return None
-    tail = value[len(key) + 1 :]
-    if not tail.isdigit() or tail.startswith("0"):
-        return None
-    return int(tail)
+    return parsed[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,6 +331,9 @@ class Attempt:
 class AttemptChain:
     """Every batch of one key, by attempt. Built from the batch list: no local state.
 
+    ``fingerprint`` names the requests the chain was paid for (None: a chain written before
+    fingerprints, or of a submit without a key).
+
     Examples:
         >>> AttemptChain("k").latest is None, AttemptChain("k").next_number
         (True, 0)
@@ -256,23 +341,12 @@ class AttemptChain:
 
     key: str
     attempts: tuple[Attempt, ...] = ()
+    fingerprint: str | None = None
 
     @classmethod
-    def from_batches(cls, key: str, batches: Iterable[Batch]) -> AttemptChain:
-        """Group the batches that belong to ``key`` by attempt; the earliest of each attempt counts."""
-        by_number: dict[int, list[Batch]] = {}
-        seen: set[str] = set()
-        for batch in batches:
-            number = attempt_number((batch.metadata or {}).get(IDEMPOTENCY_METADATA_KEY), key)
-            if number is None or batch.id in seen:
-                continue
-            seen.add(batch.id)
-            by_number.setdefault(number, []).append(batch)
-        attempts = []
-        for number in sorted(by_number):
-            first, *rest = sorted(by_number[number], key=_order)
-            attempts.append(Attempt(number, first, tuple(rest)))
-        return cls(key, tuple(attempts))
+    def from_batches(cls, key: str, batches: Iterable[Batch], *, fingerprint: str | None = None) -> AttemptChain:
+        """Group the batches of the chain of ``key`` and ``fingerprint`` by attempt; the earliest of each counts."""
+        return chains_of(key, batches).get(fingerprint) or cls(key, fingerprint=fingerprint)
 
     # -- reading ------------------------------------------------------------------------------
     @property
@@ -287,6 +361,10 @@ class AttemptChain:
     @property
     def next_number(self) -> int:
         return self.attempts[-1].number + 1 if self.attempts else 0
+
+    def attempt_key(self, number: int) -> str:
+        """The metadata value of this chain's attempt ``number``."""
+        return attempt_key(self.key, number, self.fingerprint)
 
     @property
     def batches(self) -> tuple[Batch, ...]:
@@ -340,19 +418,20 @@ class AttemptChain:
                 errors["data"] = errors["data"][:20]
             return data
 
-        return {"key": self.key, "attempts": [
+        return {"key": self.key, "fingerprint": self.fingerprint, "attempts": [
             {"number": a.number, "batch": dump(a.batch), "duplicates": [dump(d) for d in a.duplicates]}
             for a in self.attempts
         ]}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> AttemptChain:
-        """The chain :meth:`to_json` wrote."""
+        """The chain :meth:`to_json` wrote (one written before fingerprints has none)."""
+        fingerprint = data.get("fingerprint")
         return cls(str(data["key"]), tuple(
             Attempt(int(a["number"]), Batch.model_validate(a["batch"]),
                     tuple(Batch.model_validate(d) for d in a.get("duplicates", ())))
             for a in data.get("attempts", ())
-        ))
+        ), None if fingerprint is None else str(fingerprint))
 
     # -- chain-wide figures -------------------------------------------------------------------------
     def request_counts(self) -> RequestCounts:
@@ -408,6 +487,31 @@ class AttemptChain:
             "chain_request_counts": self.request_counts().model_dump(include={"total", "completed", "failed"}),
             "chain_usage": usage.model_dump() if usage is not None else None,
         }
+
+
+def chains_of(key: str, batches: Iterable[Batch]) -> dict[str | None, AttemptChain]:
+    """Every chain of ``key`` among ``batches``, by fingerprint (None: written before fingerprints).
+
+    Within a chain, batches are grouped by attempt; the earliest of an attempt (by
+    ``(created_at, id)``) counts, the others are its duplicates.
+    """
+    grouped: dict[str | None, dict[int, list[Batch]]] = {}
+    seen: set[str] = set()
+    for batch in batches:
+        parsed = parse_attempt((batch.metadata or {}).get(IDEMPOTENCY_METADATA_KEY), key)
+        if parsed is None or batch.id in seen:
+            continue
+        seen.add(batch.id)
+        fingerprint, number = parsed
+        grouped.setdefault(fingerprint, {}).setdefault(number, []).append(batch)
+    chains: dict[str | None, AttemptChain] = {}
+    for fingerprint, by_number in grouped.items():
+        attempts = []
+        for number in sorted(by_number):
+            first, *rest = sorted(by_number[number], key=_order)
+            attempts.append(Attempt(number, first, tuple(rest)))
+        chains[fingerprint] = AttemptChain(key, tuple(attempts), fingerprint)
+    return chains
 
 
 # ---------------------------------------------------------------------------------------------

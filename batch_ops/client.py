@@ -126,6 +126,14 @@ def _check_terminal(batch: Batch) -> None:
         )
 
 
+def _noticed(submission: Submission) -> Submission:
+    """``submit`` hands back the batch alone: what a person should know about the submit is logged
+    here (``submit_spec`` callers — the adapters, the CLI — log ``Submission.notices`` themselves)."""
+    for notice in submission.notices:
+        _log.warning("%s", notice)
+    return submission
+
+
 def _checked_batch(what: Any) -> Batch | AttemptChain | Submission:
     if isinstance(what, (Batch, AttemptChain, Submission)):
         return what
@@ -426,7 +434,9 @@ class BatchClient(_Base):
                 retry, two tries at once): the key's attempt chain is looked up first. A running
                 attempt or an accepted outcome is returned as it is; after an outcome that
                 ``fail_on`` / ``fail_on_request_failures`` reject, a new attempt is created that
-                carries only the requests without a success anywhere in the chain.
+                carries only the requests without a success anywhere in the chain. The chain is
+                the key's for *these* requests (their fingerprint: content, not file name, line
+                order or formatting); other requests under the same key get a chain of their own.
             reattach: look the key up first (default). Pass False only for a key you know is
                 fresh; lost creates are still looked up before any re-send.
             fail_on: the terminal statuses that call for a new attempt.
@@ -435,7 +445,9 @@ class BatchClient(_Base):
                 ``settings.idempotency_lookback`` ago.
 
         Returns:
-            The batch to wait for (or the final one): the latest attempt.
+            The batch to wait for (or the final one): the latest attempt. With a key used before for
+            *other* requests, the attempt of a new chain for these (the old batches are left alone,
+            and a warning on the ``batch_ops`` logger says so): never a batch of other requests.
 
         Examples:
             >>> # client.submit("requests.jsonl", endpoint="/v1/chat/completions", idempotency_key="nightly-1")
@@ -445,7 +457,7 @@ class BatchClient(_Base):
             output_expires_after=output_expires_after, idempotency_key=idempotency_key, reattach=reattach,
             fail_on=fail_on, fail_on_request_failures=fail_on_request_failures, since=since,
         )
-        return self.submit_spec(source, spec).batch
+        return _noticed(self.submit_spec(source, spec)).batch
 
     def submit_spec(self, source: StorageTarget | Iterable[Mapping[str, Any]] | Source, spec: SubmitSpec) -> Submission:
         """:meth:`submit` with its parameters in one :class:`~batch_ops.SubmitSpec`, returning the whole
@@ -614,14 +626,19 @@ class Batches:
         since = _plans.clock() - self._c.settings.idempotency_lookback if since is None else since
         return self._c._run(_plans.find_by_key_plan(key, since=since, policy=self._c.retry_policy))  # type: ignore[no-any-return]
 
-    def chain(self, key: str, *, since: float | None = None) -> AttemptChain:
-        """Every attempt of ``key`` (``key``, ``key.1``, …), from the batch list alone.
+    def chain(self, key: str, *, since: float | None = None, fingerprint: str | None = None) -> AttemptChain:
+        """Every attempt of ``key``, from the batch list alone.
+
+        A key used for other requests over time has one chain per set of requests (see
+        :mod:`batch_ops.chain`): ``fingerprint`` picks one (``Submission.fingerprint``, or
+        ``batch_ops.fingerprint.fingerprint_file(path).value``); without it, the key's newest chain.
 
         Examples:
             >>> # chain = client.batches.chain("nightly-1"); chain.batch_ids, chain.latest.status
         """
         since = _plans.clock() - self._c.settings.idempotency_lookback if since is None else since
-        return self._c._run(find_chain_plan(key, since=since, policy=self._c.retry_policy))  # type: ignore[no-any-return]
+        return self._c._run(find_chain_plan(key, since=since, policy=self._c.retry_policy,  # type: ignore[no-any-return]
+                                            fingerprint=fingerprint))
 
     def wait(
         self,
@@ -882,7 +899,7 @@ class AsyncBatchClient(_Base):
             output_expires_after=output_expires_after, idempotency_key=idempotency_key, reattach=reattach,
             fail_on=fail_on, fail_on_request_failures=fail_on_request_failures, since=since,
         )
-        return (await self.submit_spec(source, spec)).batch
+        return _noticed(await self.submit_spec(source, spec)).batch
 
     async def submit_spec(
         self, source: StorageTarget | Iterable[Mapping[str, Any]] | Source, spec: SubmitSpec
@@ -1028,11 +1045,11 @@ class AsyncBatches:
         return await self._c._run(_plans.find_by_key_plan(key, since=since,  # type: ignore[no-any-return]
                                                           policy=self._c.retry_policy))
 
-    async def chain(self, key: str, *, since: float | None = None) -> AttemptChain:
-        """Every attempt of ``key``; see :meth:`Batches.chain`."""
+    async def chain(self, key: str, *, since: float | None = None, fingerprint: str | None = None) -> AttemptChain:
+        """Every attempt of ``key`` (for the requests of ``fingerprint``); see :meth:`Batches.chain`."""
         since = _plans.clock() - self._c.settings.idempotency_lookback if since is None else since
         return await self._c._run(find_chain_plan(key, since=since,  # type: ignore[no-any-return]
-                                                  policy=self._c.retry_policy))
+                                                  policy=self._c.retry_policy, fingerprint=fingerprint))
 
     async def wait(
         self,

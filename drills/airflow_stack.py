@@ -252,8 +252,8 @@ def worker_kill(d: Drill, stack: AirflowStack, *, proxy: HoldProxy, server: str)
     sdk = oracle(server)
     key = idempotency_key(dag_id="drill_worker_kill", task_id="batch", run_id=run_id, map_index=-1)
     (created,) = wait_for("the batch on the server", lambda: list(sdk.batches.list()), timeout=30)
-    d.check((created.metadata or {}).get("batch_ops_idempotency_key") == key,
-            "the server holds the batch, tagged with the task instance's idempotency key")
+    d.check(((created.metadata or {}).get("batch_ops_idempotency_key") or "").split("@")[0] == key,
+            "the server holds the batch, tagged with the task instance's idempotency key (<key>@<requests>)")
     ti = stack.wait("the task instance's pid", lambda: (t := stack.ti("drill_worker_kill", run_id)) and t["pid"] and t,
                     timeout=30)
     pid = int(ti["pid"])

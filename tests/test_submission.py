@@ -101,7 +101,7 @@ def test_a_retry_after_an_expired_batch_carries_only_what_did_not_finish(
         second = client.submit_spec(path, SubmitSpec.of(endpoint=CHAT, idempotency_key="expiring"))
         assert second.created and second.step.number == 1
         assert second.carried == 10 - first.request_counts.completed
-        assert second.batch.metadata[IDEMPOTENCY_METADATA_KEY] == "expiring.1"
+        assert second.batch.metadata[IDEMPOTENCY_METADATA_KEY] == f"expiring@{second.fingerprint}.1"
         until_accepted(client, path, key="expiring")
         assert paid(url) == 10
 

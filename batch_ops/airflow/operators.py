@@ -338,4 +338,6 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
             self.log.info("Re-attaching to batch %s (%s): %s", batch.id, describe(batch), step.reason)
         for cancelled in submission.cancelled:
             self.log.warning("Cancelled batch %s: a concurrent try of this task created the same attempt", cancelled)
+        for notice in submission.notices:  # e.g. the input changed since the key's batches: a new chain
+            self.log.warning("%s", notice)
         return submission

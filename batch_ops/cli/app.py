@@ -414,6 +414,8 @@ def submit(
                 output_expires_after=expires, idempotency_key=idempotency_key,
             ))
             batch = submission.batch
+            for notice in submission.notices:  # e.g. the input changed since the key's batches: a new chain
+                out.note(f"warning: {notice}", style="yellow")
             # From here on the batch exists: an interrupt or a timeout must say which one keeps running.
             with _handled(out, batch_id=batch.id):
                 if submission.created:

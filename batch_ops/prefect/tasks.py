@@ -328,6 +328,8 @@ async def _submit(
         logger.info("Batch %s of an earlier try is %s: %s", batch.id, describe(batch), step.reason)
     for cancelled in submission.cancelled:
         logger.warning("Cancelled batch %s: a concurrent try created the same attempt", cancelled)
+    for notice in submission.notices:  # e.g. the input changed since the key's batches: a new chain
+        logger.warning("%s", notice)
     return submission
 
 

@@ -24,7 +24,8 @@ def task_batches(client: Any, dr: Any, task_id: str = "batch", map_index: int = 
     base = idempotency_key(dag_id=dr.dag_id, task_id=task_id, run_id=dr.run_id, map_index=map_index)
     found = [
         b for b in client.batches.list(limit=100).data
-        if (b.metadata or {}).get("batch_ops_idempotency_key", "").split(".")[0] == base
+        # Attempt keys are <key>@<requests' fingerprint>[.<n>] (before fingerprints: <key>[.<n>]).
+        if (b.metadata or {}).get("batch_ops_idempotency_key", "").split("@")[0].split(".")[0] == base
     ]
     return sorted(found, key=lambda b: (b.created_at, b.metadata["batch_ops_idempotency_key"]))
 
