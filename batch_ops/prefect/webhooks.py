@@ -8,6 +8,12 @@ batch's end, with no task waiting anywhere. With an API key in the receiver's en
 emits (same payload, same id: Prefect acts on it once); without one, the event carries the batch
 id and status.
 
+Events go to the Prefect API the receiver's environment names (``PREFECT_API_URL``, or the active
+profile's). Without one, Prefect's client would start a temporary server inside the receiver
+(each emission stalls seconds, and the events land in a throwaway database that no automation
+reads): :func:`require_prefect_api` refuses that, and ``batch-ops webhooks serve --prefect``
+calls it before it listens.
+
 Examples:
     >>> forward = prefect_forwarder(settings=None)
     >>> callable(forward)
@@ -23,18 +29,36 @@ from collections.abc import Awaitable, Callable
 from prefect.events import Event
 from prefect.events.clients import get_events_client
 
-from batch_ops.errors import BatchOpsError
+from batch_ops.errors import BatchOpsError, ConfigurationError
 from batch_ops.models import Batch
 from batch_ops.prefect.events import webhook_event
 from batch_ops.settings import ClientSettings
 from batch_ops.webhooks.events import BatchEvent
 
-__all__ = ["prefect_forwarder"]
+__all__ = ["prefect_forwarder", "require_prefect_api"]
 
 log = logging.getLogger(__name__)
 
 #: Seconds one emission may take before it is given up (logged, not retried).
 EMIT_TIMEOUT = 30.0
+
+
+def require_prefect_api() -> str:
+    """The Prefect API URL events will be sent to.
+
+    Raises:
+        ConfigurationError: none is set (neither ``PREFECT_API_URL`` nor the active profile).
+    """
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if not url:
+        raise ConfigurationError(
+            "no Prefect API to send the events to: PREFECT_API_URL is not set, and Prefect would start a "
+            "temporary server inside the receiver whose events nothing reads. Set PREFECT_API_URL to your Prefect "
+            "server's API (e.g. http://prefect:4200/api; for Prefect Cloud, the workspace URL and PREFECT_API_KEY), "
+            "or select a profile that has one (prefect profile use NAME)")
+    return str(url)
 
 
 def prefect_forwarder(settings: ClientSettings | None = None) -> Callable[[BatchEvent], Awaitable[None]]:

@@ -23,6 +23,7 @@ Examples:
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -90,17 +91,22 @@ class WebhookVerifier:
             WebhookVerificationError: ``reason`` is ``headers``, ``signature``, ``timestamp``,
                 ``replay`` or ``malformed``.
         """
-        text = body.decode() if isinstance(body, bytes) else body
         lowered = {k.lower(): v for k, v in headers.items()}
         event_id = lowered.get("webhook-id", "")
         if not (event_id and lowered.get("webhook-timestamp") and lowered.get("webhook-signature")):
             raise WebhookVerificationError("the delivery lacks webhook-id, webhook-timestamp or webhook-signature",
                                            reason="headers")
+        try:
+            text = body.decode() if isinstance(body, bytes) else body
+        except UnicodeDecodeError:  # OpenAI sends JSON in UTF-8; anything else is not one of its deliveries
+            raise WebhookVerificationError("the webhook body is not UTF-8", reason="malformed") from None
         clock = time.time() if now is None else now
         try:
             stamp = float(lowered["webhook-timestamp"])
         except ValueError:
             raise WebhookVerificationError("webhook-timestamp is not a number", reason="timestamp") from None
+        if not math.isfinite(stamp):  # "nan" would pass the tolerance check below (every comparison is False)
+            raise WebhookVerificationError("webhook-timestamp is not a number", reason="timestamp")
         if abs(clock - stamp) > TOLERANCE:
             raise WebhookVerificationError(f"webhook {event_id[:64]} is {clock - stamp:+.0f} s off the clock "
                                            f"(tolerance {TOLERANCE:.0f} s)", reason="timestamp")
