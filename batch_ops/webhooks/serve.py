@@ -15,11 +15,12 @@ with a :class:`ConnectionGuard` on every connection:
   sender would have finished long ago), so a genuine delivery still gets in. When every
   connection holds a request that has fully arrived, the new one is refused.
 - **descriptors**: the soft ``RLIMIT_NOFILE`` is raised to the hard one at start, and the cap is
-  kept below it with room for the process's own files.
+  kept below it with room for the process's own files and for what asyncio accepts in one go
+  (the listen backlog, at most 128) before the guard sees it.
 
 Examples:
     >>> connection_cap(1000, open_files=1024)
-    960
+    704
     >>> connection_cap(1000, open_files=65536)
     1000
     >>> connection_cap(1000, open_files=None)
@@ -37,8 +38,8 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["MAX_CONNECTIONS", "READ_TIMEOUT", "ConnectionGuard", "connection_cap", "raise_open_files_limit",
-           "run_receiver"]
+__all__ = ["MAX_CONNECTIONS", "READ_TIMEOUT", "ConnectionGuard", "accept_backlog", "connection_cap",
+           "guarded_protocol", "raise_open_files_limit", "run_receiver"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ READ_TIMEOUT = 10.0
 MAX_CONNECTIONS = 1000
 #: Seconds between two looks for connections past their read timeout.
 _SWEEP_EVERY = 0.5
+#: The largest listen backlog (nginx's default is 511; the queue is drained at every wake-up).
+_MAX_BACKLOG = 128
 
 
 def raise_open_files_limit() -> int | None:
@@ -66,12 +69,28 @@ def raise_open_files_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
+def accept_backlog(open_files: int | None) -> int:
+    """The listen backlog: how many connections the kernel queues, and asyncio accepts in one go.
+
+    Examples:
+        >>> accept_backlog(1024), accept_backlog(256), accept_backlog(None)
+        (128, 32, 128)
+    """
+    return _MAX_BACKLOG if open_files is None else max(16, min(_MAX_BACKLOG, open_files // 8))
+
+
 def connection_cap(max_connections: int, *, open_files: int | None) -> int:
-    """``max_connections``, lowered to leave room under the open files limit for the process's own
-    files (the listening socket, logs, the Prefect client's connections): a quarter of it, at most 64."""
+    """``max_connections``, lowered to fit under the open files limit.
+
+    Room is left for the process's own files (the listening socket, logs, the Prefect client's
+    connections: a quarter of the limit, at most 64) and for two backlogs: asyncio accepts up to a
+    backlog of connections in one go before the guard sees any of them, and it may do so twice
+    before the first are admitted (or the oldest cut).
+    """
     if open_files is None:
         return max_connections
-    return max(1, min(max_connections, open_files - min(64, open_files // 4)))
+    room = open_files - min(64, open_files // 4) - 2 * accept_backlog(open_files)
+    return max(1, min(max_connections, room))
 
 
 class ConnectionGuard:
@@ -190,7 +209,8 @@ def run_receiver(
     """
     import uvicorn
 
-    cap = connection_cap(max_connections, open_files=raise_open_files_limit())
+    open_files = raise_open_files_limit()
+    cap = connection_cap(max_connections, open_files=open_files)
     guard = ConnectionGuard(read_timeout=read_timeout, max_connections=cap)
 
     class _Server(uvicorn.Server):
@@ -202,4 +222,5 @@ def run_receiver(
     # Long-polls hold requests open for up to 25 s; on SIGTERM they are cut after 2 s (subscribers
     # reconnect), so a restart or a rolling deploy is quick.
     _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                           timeout_graceful_shutdown=2, loop="asyncio", http=guarded_protocol(guard))).run()
+                           timeout_graceful_shutdown=2, loop="asyncio", http=guarded_protocol(guard),
+                           backlog=accept_backlog(open_files))).run()
