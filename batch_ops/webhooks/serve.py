@@ -49,6 +49,8 @@ READ_TIMEOUT = 10.0
 MAX_CONNECTIONS = 1000
 #: Seconds between two looks for connections past their read timeout.
 _SWEEP_EVERY = 0.5
+#: Seconds between two log lines about cut connections.
+_REPORT_EVERY = 60.0
 #: The largest listen backlog (nginx's default is 511; the queue is drained at every wake-up).
 _MAX_BACKLOG = 128
 
@@ -112,6 +114,8 @@ class ConnectionGuard:
         self._sweeper: asyncio.TimerHandle | None = None
         #: What the guard did: connections cut for being slow, cut at the cap, refused at the cap.
         self.counts = {"slow": 0, "evicted": 0, "refused": 0}
+        self._reported = dict(self.counts)
+        self._reported_at = clock()
 
     def admit(self, conn: _GuardedProtocol) -> bool:
         """Take a new connection (it starts reading); False when it must be refused."""
@@ -154,8 +158,19 @@ class ConnectionGuard:
                 break
             self.counts["slow"] += 1
             self._cut(conn)
+        self._report()
         if self._open:
             self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_EVERY, self._sweep)
+
+    def _report(self) -> None:
+        # Once a minute at most, so that an attack is visible in the log without flooding it.
+        if self.counts == self._reported or self._clock() - self._reported_at < _REPORT_EVERY:
+            return
+        new = {k: v - self._reported[k] for k, v in self.counts.items()}
+        log.warning("receiver connections cut: %d slow (a request not in within %g s), %d at the cap of %d; "
+                    "%d refused (every connection busy)", new["slow"], self.read_timeout, new["evicted"],
+                    self.max_connections, new["refused"])
+        self._reported, self._reported_at = dict(self.counts), self._clock()
 
 
 class _GuardedProtocol(H11Protocol):

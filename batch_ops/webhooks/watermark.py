@@ -52,7 +52,7 @@ SKEW = 60.0
 RECENT = 1000
 #: Seconds an announced ending is remembered: OpenAI retries a delivery for 72 hours; one hour more.
 ENDINGS_WINDOW = 73 * 3600.0
-#: Announced endings remembered at most (~60 bytes each in the stored JSON, ~600 KB at the bound):
+#: Announced endings remembered at most (~70 bytes each in the stored JSON, ~700 KB at the bound):
 #: a watcher announcing more than 10,000 batches in 72 hours forgets the oldest sooner.
 MAX_ENDINGS = 10_000
 
