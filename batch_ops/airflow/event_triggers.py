@@ -11,7 +11,9 @@ status, file ids, request counts, usage and metadata, as ``OpenAIBatchOperator``
 
 Across triggerer restarts it neither repeats nor (as long as the receiver still keeps them)
 misses events: it keeps a :class:`~batch_ops.webhooks.watermark.Watermark` in the asset's state
-store (Airflow >= 3.3, a watcher of one asset). Elsewhere it starts from the newest event each
+store (Airflow >= 3.3, a watcher of one asset). A batch ends once: an ending it announced is not
+announced again for 73 hours, even when a receiver that restarted publishes OpenAI's late retry
+of it anew. Elsewhere it starts from the newest event each
 time it starts, and events that arrive while no triggerer runs it are not turned into asset events.
 """
 
@@ -149,6 +151,7 @@ class OpenAIBatchEventTrigger(BaseEventTrigger):
                 for event in page.events:
                     if not mark.is_new(event):
                         continue
+                    announced = False
                     if event.status in self.statuses:
                         # The event names the batch only; its metadata decides whether it is ours.
                         # A failure here raises: the triggerer restarts the watcher, which resumes
@@ -157,7 +160,10 @@ class OpenAIBatchEventTrigger(BaseEventTrigger):
                         if self.matches(batch):
                             self.log.info("Batch %s %s (event %s)", batch.id, batch.status.value, event.id)
                             yield TriggerEvent(asset_payload(batch, event))
-                    mark.acted_on(event)
+                            announced = True
+                    # The watermark remembers an announced ending, so that a later event for it (OpenAI's
+                    # retry, published anew by a receiver that restarted) is not announced again.
+                    mark.acted_on(event, announced=announced)
                     await self._save(mark)
 
     async def _load(self) -> Watermark | None:

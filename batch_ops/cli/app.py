@@ -826,8 +826,24 @@ def webhooks_serve(
     keep: Annotated[int, typer.Option("--keep", min=1, metavar="N", help="Events kept for subscribers.")] = 10_000,
     prefect: Annotated[
         bool, typer.Option("--prefect", help="Also emit each event to Prefect (batch_ops.batch.<status>), for "
-                           "deployment triggers and automations; with OPENAI_API_KEY set, with the full payload.")
+                           "deployment triggers and automations; with OPENAI_API_KEY set, with the full payload. "
+                           "Needs PREFECT_API_URL (or a profile with one).")
     ] = False,
+    allow_anonymous_events: Annotated[
+        bool, typer.Option("--allow-anonymous-events",
+                           help="Serve /events without a token on an interface other than loopback (anyone who "
+                           "reaches it can list batch ids and outcomes): only behind an ingress that forwards "
+                           "/openai alone.")
+    ] = False,
+    read_timeout: Annotated[
+        float, typer.Option("--read-timeout", min=0.1, metavar="SECONDS",
+                            help="A request (headers and body) must arrive within this; slower ones are cut.")
+    ] = 10.0,
+    max_connections: Annotated[
+        int, typer.Option("--max-connections", min=1, metavar="N",
+                          help="Connections at once (kept under the open files limit); at the cap the oldest "
+                          "one still sending its request is cut.")
+    ] = 1000,
 ) -> None:
     """Receive OpenAI's batch webhooks at /openai and serve them to waiting tasks at /events.
 
@@ -837,34 +853,53 @@ def webhooks_serve(
     if not secret:
         sys.stderr.write("batch-ops webhooks serve: no secret: set OPENAI_WEBHOOK_SECRET (whsec_...) or --secret\n")
         raise typer.Exit(EXIT_CONFIG)
-    import uvicorn
+    if not events_token and not allow_anonymous_events and not _is_loopback(host):
+        sys.stderr.write(
+            f"batch-ops webhooks serve: --host {host} without an events token would let anyone who reaches it list "
+            "every batch id and outcome at /events: set BATCH_OPS_EVENTS_TOKEN (or --events-token) and give the "
+            "waiters the same token, or bind 127.0.0.1, or pass --allow-anonymous-events if an ingress forwards "
+            "only /openai\n")
+        raise typer.Exit(EXIT_CONFIG)
 
     from batch_ops.errors import ConfigurationError
     from batch_ops.webhooks.receiver import create_receiver_app
+    from batch_ops.webhooks.serve import ConnectionGuard, run_receiver
 
     on_event = None
-    if prefect:
-        from batch_ops.prefect.webhooks import prefect_forwarder
-        from batch_ops.settings import ClientSettings
-
-        has_key = bool(os.environ.get("OPENAI_API_KEY") or os.environ.get("AZURE_OPENAI_API_KEY"))
-        on_event = prefect_forwarder(ClientSettings.from_env() if has_key else None)
     try:
+        if prefect:
+            from batch_ops.prefect.webhooks import prefect_forwarder, require_prefect_api
+            from batch_ops.settings import ClientSettings
+
+            require_prefect_api()
+            has_key = bool(os.environ.get("OPENAI_API_KEY") or os.environ.get("AZURE_OPENAI_API_KEY"))
+            on_event = prefect_forwarder(ClientSettings.from_env() if has_key else None)
         receiver = create_receiver_app(secret=secret, events_token=events_token, keep=keep, on_event=on_event)
     except ConfigurationError as exc:
         sys.stderr.write(f"batch-ops webhooks serve: {exc}\n")
         raise typer.Exit(EXIT_CONFIG) from None
 
-    class _Server(uvicorn.Server):
-        async def startup(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
-            await super().startup(sockets=sockets)
-            if self.started and self.servers:
-                bound = self.servers[0].sockets[0].getsockname()[1]
-                # One line scripts can wait for.
-                print(f"batch-ops webhooks: listening on http://{host}:{bound} (POST /openai, GET /events)",
-                      flush=True)
+    def listening(bound: int, guard: ConnectionGuard) -> None:
+        # One line scripts can wait for.
+        print(f"batch-ops webhooks: listening on http://{host}:{bound} (POST /openai, GET /events; "
+              f"{guard.max_connections} connections, {guard.read_timeout:g} s to send a request)", flush=True)
 
-    # Long-polls hold requests open for up to 25 s; on SIGTERM they are cut after 2 s (subscribers
-    # reconnect), so a restart or a rolling deploy is quick.
-    _Server(uvicorn.Config(receiver, host=host, port=port, log_level="warning", access_log=False,
-                           timeout_graceful_shutdown=2, loop="asyncio")).run()
+    run_receiver(receiver, host=host, port=port, read_timeout=read_timeout, max_connections=max_connections,
+                 on_listening=listening)
+
+
+def _is_loopback(host: str) -> bool:
+    """True when ``host`` names only this machine (``127.0.0.1``, ``::1``, ``localhost``).
+
+    Examples:
+        >>> [_is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::", "10.0.0.5", "receiver")]
+        [True, True, True, False, False, False, False]
+    """
+    import ipaddress
+
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False

@@ -12,8 +12,10 @@ The pieces, from OpenAI to the waiting task:
 
 Examples:
     >>> from batch_ops.webhooks import BatchEvent, create_receiver_app
-    >>> # app = create_receiver_app(secret=os.environ["OPENAI_WEBHOOK_SECRET"])
-    >>> # uvicorn.run(app, host="0.0.0.0", port=8780)   # or mount it in a FastAPI/Starlette app
+    >>> # app = create_receiver_app(secret=os.environ["OPENAI_WEBHOOK_SECRET"],
+    >>> #                           events_token=os.environ["BATCH_OPS_EVENTS_TOKEN"])  # else /events is open
+    >>> # from batch_ops.webhooks.serve import run_receiver   # uvicorn with read timeouts and a connection cap
+    >>> # run_receiver(app, host="0.0.0.0", port=8780)        # or mount it in a FastAPI/Starlette app
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ Examples:
     ('batch_9', 'expired', True)
     >>> parse_event(b'{"id": "evt_2", "type": "response.completed", "data": {"id": "resp_1"}}') is None
     True
+    >>> parse_event(b'{"id": "evt_3", "type": "batch.failed", "created_at": 1e999, "data": {"id": "b"}}')
+    Traceback (most recent call last):
+    ...
+    batch_ops.errors.WebhookVerificationError: the webhook body is not an event: OverflowError: ...infinity...
 """
 
 from __future__ import annotations
@@ -83,7 +87,10 @@ def parse_event(body: bytes | str, *, received_at: float = 0.0) -> BatchEvent | 
         kind = data["type"]
         if kind not in BATCH_EVENT_TYPES:
             return None
+        # int() of 1e999 (inf) raises OverflowError, of NaN ValueError: both a malformed event.
         return BatchEvent(id=str(data["id"]), type=kind, created_at=int(data.get("created_at") or 0),
                           batch_id=str(data["data"]["id"]), received_at=received_at)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise WebhookVerificationError(f"the webhook body is not an event: {exc!r}"[:300], reason="malformed") from None
+    except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
+        # UnicodeDecodeError is a ValueError; RecursionError: a body of thousands of nested brackets.
+        raise WebhookVerificationError(f"the webhook body is not an event: {type(exc).__name__}: {exc}"[:300],
+                                       reason="malformed") from None

@@ -1,11 +1,13 @@
 """Verifying OpenAI's webhook deliveries (Standard Webhooks), replays included.
 
 The signature scheme is the ``standardwebhooks`` library's: ``webhook-signature`` carries
-``v1,<base64 HMAC-SHA256 of "id.timestamp.body">`` under the ``whsec_`` secret, compared in
-constant time, and ``webhook-timestamp`` must be within five minutes of now (the library's fixed
-tolerance, the standard's). On top of it, :class:`WebhookVerifier` remembers the ids it accepted
-for twice that window: a delivery whose id it has seen is a replay (or OpenAI retrying one that
-already arrived) and is never handed on twice. Older replays fail the timestamp check.
+``v1,<base64 HMAC-SHA256 of "id.timestamp.body">`` under the ``whsec_`` secret (the library
+signs; each ``v1`` signature is compared in constant time), and ``webhook-timestamp`` must be
+within five minutes of the verifier's clock (the standard's tolerance). On top of it,
+:class:`WebhookVerifier` remembers the ids it accepted for twice that window: a delivery whose id
+it has seen is a replay (or OpenAI retrying one that already arrived) and is never handed on
+twice. Older replays fail the timestamp check; OpenAI's own retries, signed anew for up to 72
+hours, are caught by the receiver's hub, which publishes a batch's ending once.
 
 Examples:
     >>> import base64, time
@@ -23,6 +25,8 @@ Examples:
 
 from __future__ import annotations
 
+import hmac
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -90,21 +94,27 @@ class WebhookVerifier:
             WebhookVerificationError: ``reason`` is ``headers``, ``signature``, ``timestamp``,
                 ``replay`` or ``malformed``.
         """
-        text = body.decode() if isinstance(body, bytes) else body
         lowered = {k.lower(): v for k, v in headers.items()}
         event_id = lowered.get("webhook-id", "")
         if not (event_id and lowered.get("webhook-timestamp") and lowered.get("webhook-signature")):
             raise WebhookVerificationError("the delivery lacks webhook-id, webhook-timestamp or webhook-signature",
                                            reason="headers")
+        try:
+            text = body.decode() if isinstance(body, bytes) else body
+        except UnicodeDecodeError:  # OpenAI sends JSON in UTF-8; anything else is not one of its deliveries
+            raise WebhookVerificationError("the webhook body is not UTF-8", reason="malformed") from None
         clock = time.time() if now is None else now
         try:
             stamp = float(lowered["webhook-timestamp"])
         except ValueError:
             raise WebhookVerificationError("webhook-timestamp is not a number", reason="timestamp") from None
+        if not math.isfinite(stamp):  # "nan" would pass the tolerance check below (every comparison is False)
+            raise WebhookVerificationError("webhook-timestamp is not a number", reason="timestamp")
         if abs(clock - stamp) > TOLERANCE:
             raise WebhookVerificationError(f"webhook {event_id[:64]} is {clock - stamp:+.0f} s off the clock "
                                            f"(tolerance {TOLERANCE:.0f} s)", reason="timestamp")
-        if not any(self._matches(w, text, lowered) for w in self._webhooks):
+        signatures = lowered["webhook-signature"]
+        if not any(self._matches(w, event_id, stamp, text, signatures) for w in self._webhooks):
             raise WebhookVerificationError(f"webhook {event_id[:64]}: the signature does not match the secret",
                                            reason="signature")
         event = parse_event(text, received_at=clock)
@@ -117,12 +127,20 @@ class WebhookVerifier:
         return event
 
     @staticmethod
-    def _matches(webhook: object, text: str, headers: dict[str, str]) -> bool:
+    def _matches(webhook: object, event_id: str, stamp: float, text: str, signatures: str) -> bool:
+        # The library signs (its HMAC over "id.timestamp.body"); the comparison is here so that the
+        # timestamp is judged once, by this verifier's clock (`now`): the library's own verify()
+        # would judge it again by datetime.now().
         try:
-            webhook.verify(text, headers, json_parse=False)  # type: ignore[attr-defined]
-        except Exception:  # the library raises ValueError, binascii.Error, ... on malformed headers
+            when = datetime.fromtimestamp(stamp, tz=timezone.utc)
+            expected = webhook.sign(event_id, when, text).partition(",")[2]  # type: ignore[attr-defined]
+        except Exception:  # the library raises ValueError, OverflowError, ... on what it cannot sign
             return False
-        return True
+        for versioned in signatures.split(" "):
+            version, _, signature = versioned.partition(",")
+            if version == "v1" and hmac.compare_digest(signature.encode(), expected.encode()):
+                return True
+        return False
 
     def _forget(self, now: float) -> None:
         while self._seen:

@@ -10,16 +10,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
+import httpx
 import pytest
 
 from batch_ops import BatchClient
 from batch_ops.airflow import OpenAIBatchEventTrigger
 from batch_ops.errors import ConfigurationError
+from batch_ops.server.background import free_port
+from batch_ops.webhooks.verify import sign
 
 REQUESTS = [{"custom_id": f"r{i}", "body": {"model": "m", "input": f"x{i}"}} for i in range(2)]
 
@@ -148,3 +154,67 @@ def test_statuses_are_checked_when_the_dag_is_parsed() -> None:
     kwargs = OpenAIBatchEventTrigger(statuses=["failed", "completed"], metadata={"pipeline": "eval"}).serialize()[1]
     assert OpenAIBatchEventTrigger(**kwargs).serialize()[1] == kwargs  # as the triggerer re-creates it
     json.dumps(kwargs)
+
+
+# A batch ends once: OpenAI retries a delivery for up to 72 hours, and a receiver that restarted has
+# forgotten the first one and publishes the retry anew (new received_at). The watermark must still
+# know that this batch's ending was announced.
+
+
+@contextlib.contextmanager
+def receiver_on(port: int, secret: str) -> Iterator[str]:
+    env = {**os.environ, "OPENAI_WEBHOOK_SECRET": secret}
+    proc = subprocess.Popen([sys.executable, "-m", "batch_ops.cli", "webhooks", "serve", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "listening on" in line, line + proc.stdout.read()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def deliver(base: str, secret: str, event_id: str, batch_id: str) -> dict[str, Any]:
+    """OpenAI's delivery of ``batch.completed`` for ``batch_id`` (a retry is signed anew, same id)."""
+    body = json.dumps({"id": event_id, "object": "event", "created_at": int(time.time()),
+                       "type": "batch.completed", "data": {"id": batch_id}})
+    answer = httpx.post(f"{base}/openai", content=body, headers=sign(secret, event_id, body))
+    answer.raise_for_status()
+    return dict(answer.json())
+
+
+def completed_batch(url: str) -> str:
+    with BatchClient(api_key="sk-setup", base_url=url) as client:
+        batch = client.submit(REQUESTS, endpoint="/v1/embeddings", metadata={"pipeline": "eval"})
+        return client.batches.wait(batch.id, poll_interval=0.2, timeout=60).id
+
+
+async def test_a_retry_published_again_after_a_receiver_restart_makes_no_second_asset_event(
+        make_server: Callable[..., AbstractContextManager[str]], use_server: Callable[..., None],
+        webhook_secret: str) -> None:
+    port = free_port()
+    with make_server(request_latency=0.05) as url:
+        first_batch, second_batch = [await asyncio.to_thread(completed_batch, url) for _ in range(2)]
+        use_server(url, events_url=f"http://127.0.0.1:{port}/events")
+        store = StateStore()
+        trigger = OpenAIBatchEventTrigger(statuses=["completed"], metadata={"pipeline": "eval"})
+        trigger.asset_state_store = store
+        with receiver_on(port, webhook_secret) as base:
+            watcher = Watcher(trigger)
+            await asyncio.sleep(1.0)  # the watcher has started from what the receiver keeps (nothing)
+            assert (await asyncio.to_thread(deliver, base, webhook_secret, "evt_1", first_batch)) == {"ok": True}
+            assert (await watcher.next())["batch_id"] == first_batch
+        # The receiver restarts; OpenAI, which never saw the 200, retries evt_1 hours later. The new
+        # receiver has never seen it: it publishes it. Then another batch ends.
+        with receiver_on(port, webhook_secret) as base:
+            assert (await asyncio.to_thread(deliver, base, webhook_secret, "evt_1", first_batch)) == {"ok": True}
+            await asyncio.to_thread(deliver, base, webhook_secret, "evt_2", second_batch)
+            # Events are judged in order: the next asset event is the second batch, not the first again.
+            assert (await watcher.next(timeout=30))["batch_id"] == second_batch
+            await asyncio.sleep(0.5)
+            assert watcher.events.empty()
+            await watcher.stop()
+    mark = json.loads(store.values["batch_ops.watermark"])
+    assert sorted(mark["announced"]) == sorted([f"{first_batch} completed", f"{second_batch} completed"])
