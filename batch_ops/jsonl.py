@@ -1128,6 +1128,8 @@ def shard_file(
             raise InputValidationError(checker.problems, source=src, truncated=checker.truncated)
         width = max(3, len(str(len(temps))))
         parts = [out / f"{stem}-{i:0{width}d}.jsonl" for i in range(1, len(temps) + 1)]
+        for final in parts:
+            _check_part(final)  # every name first: no part is written unless all can be
         for tmp, final in zip(temps, parts, strict=True):
             os.replace(tmp, final)
         return parts
@@ -1138,6 +1140,21 @@ def shard_file(
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         raise
+
+
+def _check_part(final: Path) -> None:
+    """A part replaces a regular file of that name, or none; never a link, a FIFO, a device or a folder.
+
+    A part is read back to be uploaded, so it must be a file here: what else sits at its name is the
+    user's, and renaming over it would destroy it (a FIFO) or leave the link's target stale.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        mode = os.lstat(final).st_mode
+        if not stat.S_ISREG(mode):
+            what = "a link" if stat.S_ISLNK(mode) else "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+            raise InputValidationError(
+                [Problem(rule="invalid_output", param="out_dir", message=f"{final} is {what}: a part cannot go there",
+                         fix="remove it, or choose another output folder for the parts")], source=str(final))
 
 
 def filter_requests(
