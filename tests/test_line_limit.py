@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import textwrap
@@ -109,8 +108,15 @@ def test_submit_and_job_refuse_the_line_before_anything_is_uploaded(tmp_path: Pa
 
 def test_reading_results_refuses_a_line_longer_than_any_answer(tmp_path: Path) -> None:
     out = _one_long_line(tmp_path / "output.jsonl", RESULT_LIMIT + MB)
-    code = ("import sys\nfrom batch_ops.results import iter_result_lines\nfrom batch_ops.errors import ResultFileError\n"
-            "try:\n    list(iter_result_lines(sys.argv[1]))\nexcept ResultFileError as exc:\n    print(exc)\n")
+    code = textwrap.dedent("""
+        import sys
+        from batch_ops.errors import ResultFileError
+        from batch_ops.results import iter_result_lines
+        try:
+            list(iter_result_lines(sys.argv[1]))
+        except ResultFileError as exc:
+            print(exc)
+    """)
     proc, peak = _measured([sys.executable, "-c", code, str(out)])
     assert peak < BUDGET_MB, f"reading results peaked at {peak:.0f} MB for one 201 MB line"
     assert proc.returncode == 0, proc.stderr
