@@ -112,14 +112,37 @@ def _int_param(request: Request, name: str, *, default: int, low: int, high: int
     return value
 
 
-#: The API's limit on one uploaded batch input file, and the multipart framing allowed around it.
+#: The API's limit on one uploaded batch input file (the default of ``--upload-max-bytes``), and
+#: the multipart framing allowed around it.
 UPLOAD_MAX_BYTES = DEFAULT_MAX_BYTES
 _FORM_OVERHEAD = 64 * 1024
 
 
-def _file_too_large(size: int) -> _ApiError:
-    return _ApiError(f"File is too large: {size:,} bytes; the maximum is {UPLOAD_MAX_BYTES:,} bytes (200 MB).",
+def _file_too_large(size: int, limit: int, *, so_far: bool = False) -> _ApiError:
+    what = f"more than {size:,} bytes so far" if so_far else f"{size:,} bytes"
+    return _ApiError(f"File is too large: {what}; the maximum is {limit:,} bytes ({limit / 2**20:g} MB).",
                      param="file", code="file_too_large")
+
+
+def _capped(receive: Receive, limit: int, file_limit: int) -> Receive:
+    """``receive``, refusing the request (400 ``file_too_large``) once its body passes ``limit`` bytes.
+
+    Counted as the bytes arrive, whatever the framing: a chunked upload declares no length, and
+    was spooled to disk whole before its size was judged (600 MB spooled for a 400). Stopping
+    here stops the form parser, which closes (and so removes) what it spooled.
+    """
+    seen = 0
+
+    async def counted() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _file_too_large(seen, file_limit, so_far=True)
+        return message
+
+    return counted
 
 
 def _expires_after(form: Any) -> int | None:
@@ -188,10 +211,13 @@ class _Api:
     # ---- files -------------------------------------------------------------------------------
 
     async def upload_file(self, request: Request) -> Response:
+        limit = self.options.upload_max_bytes
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > UPLOAD_MAX_BYTES + _FORM_OVERHEAD:
+        if declared is not None and declared.isdigit() and int(declared) > limit + _FORM_OVERHEAD:
             # Refused before a byte of it is stored, as the API refuses it.
-            raise _file_too_large(int(declared))
+            raise _file_too_large(int(declared), limit)
+        # Any other body (chunked, or a length that lies) is cut off as soon as it passes the limit.
+        request = Request(request.scope, _capped(request.receive, limit + _FORM_OVERHEAD, limit))
         async with request.form(max_files=1, max_fields=16) as form:
             upload, purpose = form.get("file"), form.get("purpose")
             if not isinstance(upload, UploadFile):
@@ -210,8 +236,8 @@ class _Api:
                     "Invalid file format for Batch API. Must be .jsonl", param="file", code="invalid_file_format"
                 )
             expires_seconds = _expires_after(form)
-            if upload.size is not None and upload.size > UPLOAD_MAX_BYTES:
-                raise _file_too_large(upload.size)
+            if upload.size is not None and upload.size > limit:
+                raise _file_too_large(upload.size, limit)
             file_id = new_id("file-")
             size = await anyio.to_thread.run_sync(_save_upload, upload.file, self.store.file_path(file_id))
         created = int(time.time())
