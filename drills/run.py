@@ -65,13 +65,18 @@ DRILLS: tuple[Spec, ...] = (
          "money_drills"),
     Spec("hostile-wire", "9", "Waits against a hostile server: HTML, cut JSON, unknown status, redirect, "
          "silence, trickle, echoed key", "hostile_drills"),
+    Spec("cli-output", "22.16", "-o onto a FIFO, a link, a folder: streamed, followed, refused", "files_drills"),
+    Spec("big-line", "22.17", "One 700 MB line through validate, submit, shard, job; 190 MB in the server",
+         "files_drills"),
+    Spec("server-fds", "22.18", "500 batches on a server held to 1,024 open files", "files_drills"),
+    Spec("chunked-upload", "22.19", "A 600 MB chunked upload to the local server", "files_drills"),
 )
 #: Cheap suites first, so a broken basic fails fast; the Airflow deployment last.
-SUITES: tuple[str, ...] = ("core_drills", "hostile_drills", "airflow_dags", "prefect_drills", "airflow_stack",
-                           "money_drills")
+SUITES: tuple[str, ...] = ("core_drills", "hostile_drills", "files_drills", "airflow_dags", "prefect_drills",
+                           "airflow_stack", "money_drills")
 #: Seconds a suite may take before it is stopped (its drills then fail); a full run takes ~4 min.
 BUDGET: dict[str, float] = {"core_drills": 180, "airflow_dags": 240, "prefect_drills": 240, "airflow_stack": 420,
-                            "money_drills": 480, "hostile_drills": 120}
+                            "money_drills": 480, "hostile_drills": 120, "files_drills": 150}
 #: The whole run stops within this (issue 8: 15 minutes), leaving a minute to stop what is running.
 TOTAL_BUDGET = 14 * 60.0
 
