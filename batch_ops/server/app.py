@@ -18,6 +18,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import json
 import os
@@ -25,7 +26,7 @@ import re
 import shutil
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,7 +42,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from batch_ops._files import atomic_file
-from batch_ops.jsonl import DEFAULT_MAX_BYTES
+from batch_ops.jsonl import DEFAULT_MAX_BYTES, MAX_LINE_BYTES
 from batch_ops.models import BATCH_ENDPOINTS, check_create_params
 from batch_ops.server.engines import EchoEngine, api_error_body, make_engine
 from batch_ops.server.faults import FaultPlan, losing_response
@@ -85,8 +86,16 @@ def _missing(param: str) -> _ApiError:
     return _ApiError(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
 
 
+#: The largest JSON body a route reads: one request may carry at most this much (batch_ops.jsonl).
+JSON_MAX_BYTES = MAX_LINE_BYTES
+
+
 async def _json_body(request: Request) -> Any:
-    raw = await request.body()
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > JSON_MAX_BYTES:
+        raise _body_too_large(int(declared))
+    # Counted as it arrives (a chunked body declares no length): never held past the limit.
+    raw = await Request(request.scope, _capped(request.receive, JSON_MAX_BYTES, _body_too_large)).body()
     try:
         return json.loads(raw)
     except ValueError as exc:
@@ -118,14 +127,19 @@ UPLOAD_MAX_BYTES = DEFAULT_MAX_BYTES
 _FORM_OVERHEAD = 64 * 1024
 
 
+def _body_too_large(size: int) -> _ApiError:
+    return _ApiError(f"Request body too large: {size:,} bytes or more; the maximum is {JSON_MAX_BYTES:,} bytes "
+                     f"({JSON_MAX_BYTES / 2**20:g} MB).", code="request_too_large", status=413)
+
+
 def _file_too_large(size: int, limit: int, *, so_far: bool = False) -> _ApiError:
     what = f"more than {size:,} bytes so far" if so_far else f"{size:,} bytes"
     return _ApiError(f"File is too large: {what}; the maximum is {limit:,} bytes ({limit / 2**20:g} MB).",
                      param="file", code="file_too_large")
 
 
-def _capped(receive: Receive, limit: int, file_limit: int) -> Receive:
-    """``receive``, refusing the request (400 ``file_too_large``) once its body passes ``limit`` bytes.
+def _capped(receive: Receive, limit: int, refusal: Callable[[int], _ApiError]) -> Receive:
+    """``receive``, refusing the request (``refusal(bytes seen)``) once its body passes ``limit`` bytes.
 
     Counted as the bytes arrive, whatever the framing: a chunked upload declares no length, and
     was spooled to disk whole before its size was judged (600 MB spooled for a 400). Stopping
@@ -139,7 +153,7 @@ def _capped(receive: Receive, limit: int, file_limit: int) -> Receive:
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise _file_too_large(seen, file_limit, so_far=True)
+                raise refusal(seen)
         return message
 
     return counted
@@ -217,7 +231,8 @@ class _Api:
             # Refused before a byte of it is stored, as the API refuses it.
             raise _file_too_large(int(declared), limit)
         # Any other body (chunked, or a length that lies) is cut off as soon as it passes the limit.
-        request = Request(request.scope, _capped(request.receive, limit + _FORM_OVERHEAD, limit))
+        refusal = functools.partial(_file_too_large, limit=limit, so_far=True)
+        request = Request(request.scope, _capped(request.receive, limit + _FORM_OVERHEAD, refusal))
         async with request.form(max_files=1, max_fields=16) as form:
             upload, purpose = form.get("file"), form.get("purpose")
             if not isinstance(upload, UploadFile):

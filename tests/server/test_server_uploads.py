@@ -28,30 +28,36 @@ _BOUNDARY = "batch-ops-test-boundary"
 
 
 class _ChunkedUpload:
-    """``POST /v1/files`` with ``Transfer-Encoding: chunked`` and a file part of ``size`` bytes."""
+    """``POST /v1/files`` with ``Transfer-Encoding: chunked`` and a file part of ``size`` bytes
+    (``path="/v1/batches"``: a JSON body of that size instead)."""
 
-    def __init__(self, url: ServerURL, size: int) -> None:
+    def __init__(self, url: ServerURL, size: int, *, path: str = "/v1/files") -> None:
         host, port = url.split("//")[1].split("/")[0].split(":")
         self.sock = socket.create_connection((host, int(port)))
         self.size = size
         self.sent = 0  # file bytes the server took before it stopped reading
         self.peak_spool = 0
         self._pid = url.pid
+        self._path = path
         self._done = threading.Event()
 
     def _send(self) -> None:
-        head = (f"--{_BOUNDARY}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
-                f"--{_BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\n"
-                "Content-Type: application/octet-stream\r\n\r\n").encode()
-        piece = (b'{"custom_id": "x", "method": "POST"}\n' * 2000)[: 64 * 1024]
+        if self._path == "/v1/files":
+            kind = f"multipart/form-data; boundary={_BOUNDARY}"
+            head = (f"--{_BOUNDARY}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
+                    f"--{_BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\n"
+                    "Content-Type: application/octet-stream\r\n\r\n").encode()
+            piece = (b'{"custom_id": "x", "method": "POST"}\n' * 2000)[: 64 * 1024]
+            tail = f"\r\n--{_BOUNDARY}--\r\n".encode()
+        else:
+            kind, head, piece, tail = "application/json", b'{"metadata": {"x": "', b"x" * 64 * 1024, b'"}}'
         try:
-            self.sock.sendall(f"POST /v1/files HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer k\r\n"
-                              f"Transfer-Encoding: chunked\r\nContent-Type: multipart/form-data; boundary={_BOUNDARY}"
-                              "\r\n\r\n".encode() + _chunk(head))
+            self.sock.sendall(f"POST {self._path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer k\r\n"
+                              f"Transfer-Encoding: chunked\r\nContent-Type: {kind}\r\n\r\n".encode() + _chunk(head))
             while self.sent < self.size:
                 self.sock.sendall(_chunk(piece))
                 self.sent += len(piece)
-            self.sock.sendall(_chunk(f"\r\n--{_BOUNDARY}--\r\n".encode()) + b"0\r\n\r\n")
+            self.sock.sendall(_chunk(tail) + b"0\r\n\r\n")
         except OSError:
             pass  # the server stopped reading and closed: what the test is about
 
@@ -151,3 +157,23 @@ def test_the_limit_is_an_option_and_holds_for_chunked_and_declared_lengths() -> 
             assert ok.status_code == 200, ok.text
         assert _stored(url) == [ok.json()["id"]]
         assert _spooled(url.pid) == 0
+
+
+def test_a_json_body_is_cut_off_at_what_one_request_may_carry() -> None:
+    # The same guard on the JSON routes (create a batch, the echo endpoints): 50 MB, the per-request
+    # limit; before, a chunked body of any size was read whole into memory first.
+    with serve_in_background() as url:
+        before = _vm_hwm(url.pid)
+        upload = _ChunkedUpload(url, 120 * MB, path="/v1/batches")
+        status, body = upload.run()
+        assert status == 413 and body["error"]["code"] == "request_too_large", body
+        assert upload.sent < 100 * MB, f"the server read {upload.sent / MB:.0f} MB of a 120 MB JSON body"
+        assert _vm_hwm(url.pid) - before < 120, "the body was held in memory"
+        assert httpx.get(url.removesuffix("/v1") + "/healthz").status_code == 200
+
+
+def _vm_hwm(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
