@@ -58,7 +58,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
-from batch_ops.jsonl import DEFAULT_MAX_BYTES
+from batch_ops.jsonl import MAX_LINE_BYTES
 
 __all__ = [
     "FINGERPRINT_LENGTH",
@@ -79,7 +79,7 @@ FINGERPRINT_LENGTH = 16
 SHORT_LENGTH = 8
 #: Longest line parsed whole: the validator's own limit, so a fingerprint of a validated file
 #: never holds more of a line in memory than validating it did.
-LINE_LIMIT = DEFAULT_MAX_BYTES
+LINE_LIMIT = MAX_LINE_BYTES
 #: Names the scheme (canonical JSON lines, SHA-256, sum mod 2^256, count): see the module docstring.
 _DOMAIN = b"batch_ops.requests.v1\n"
 _MODULUS = 1 << 256

@@ -8,7 +8,11 @@ Validation reports each finding as a :class:`~batch_ops.errors.Problem` whose ``
 OpenAI API's own error code where one exists (``invalid_json_line``, ``duplicate_custom_id``,
 ``url_mismatch``, ``model_mismatch``, ``empty_file``, ``too_many_tasks``) and a client-side
 code otherwise (``missing_custom_id``, ``invalid_method``, ``missing_body``,
-``unknown_endpoint``, ``file_too_large``, ``too_many_embedding_inputs``).
+``unknown_endpoint``, ``file_too_large``, ``line_too_large``, ``too_many_embedding_inputs``).
+
+Every reader here goes through :func:`read_lines`, which never holds more than one line of at most
+:data:`MAX_LINE_BYTES` (the most one request may carry): a longer line is refused, naming its
+number, without reading it into memory.
 
 Line rules, decided to match the JSON Lines format the API reads: a single newline at the end
 of the file is a line terminator and fine; any empty or whitespace-only line (in the middle
@@ -56,11 +60,13 @@ __all__ = [
     "DEFAULT_MAX_EMBEDDING_INPUTS",
     "DEFAULT_MAX_LINES",
     "DEFAULT_MAX_PROBLEMS",
+    "MAX_LINE_BYTES",
     "FileReport",
     "check_file",
     "embedding_input_count",
     "filter_requests",
     "iter_request_lines",
+    "read_lines",
     "request_file",
     "request_line",
     "shard_file",
@@ -74,6 +80,10 @@ _log = logging.getLogger(__name__)
 DEFAULT_MAX_LINES = 50_000
 #: At most this many bytes per input file (200 MB, the API's limit).
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024
+#: At most this many bytes in one request line (50 MB). OpenAI documents no separate limit for a batch
+#: line, but a line is one request, and one request may carry at most 50 MB ("total payload size per
+#: request" of image and file inputs); a longer line is refused while reading, before it sits in memory.
+MAX_LINE_BYTES = 50 * 1024 * 1024
 #: At most this many embedding inputs across all requests of a ``/v1/embeddings`` batch.
 DEFAULT_MAX_EMBEDDING_INPUTS = 50_000
 #: Validation stops collecting findings after this many.
@@ -187,6 +197,7 @@ class _Checker:
         max_problems: int,
         per_line_limits: bool = False,
         azure: bool = False,
+        max_line_bytes: int = MAX_LINE_BYTES,
     ) -> None:
         # Azure OpenAI spells endpoints without /v1 (``/chat/completions``): compare what they mean.
         self.azure = azure
@@ -194,6 +205,7 @@ class _Checker:
             endpoint = canonical_endpoint(endpoint)
         self.max_lines = max_lines
         self.max_bytes = max_bytes
+        self.max_line_bytes = max_line_bytes
         self.max_inputs = max_embedding_inputs
         self.max_problems = max(1, max_problems)
         # shard_file checks the size limits per line (a part can hold any one valid line),
@@ -214,6 +226,7 @@ class _Checker:
         self.model_line = 0
         self._over_lines = False
         self._over_bytes = False
+        self._over_line = False
         self._over_inputs = False
         if endpoint is not None and endpoint not in BATCH_ENDPOINTS:
             self.add(
@@ -436,6 +449,10 @@ class _Checker:
         )
 
     def _check_size(self, n: int, size: int) -> None:
+        if size > self.max_line_bytes and not self._over_line:
+            # Only a request built in memory gets here (write_requests): read lines stop at read_lines.
+            self._over_line = True
+            self.add(_line_too_large(n, self.max_line_bytes))
         if self.per_line_limits:
             if size > self.max_bytes and not self._over_bytes:
                 self._over_bytes = True
@@ -487,6 +504,13 @@ class _Checker:
             self._over_inputs = True
             self.add(Problem(rule="too_many_embedding_inputs", message=message, fix=fix, line=n, param="body.input"))
 
+    def too_large(self, n: int) -> None:
+        """Line ``n`` is over :attr:`max_line_bytes`; the reader stopped there (nothing more is checked)."""
+        self.lines = n
+        self.nonblank += 1  # something was there: the file is not empty, it is unreadable from here
+        self._over_line = True
+        self.add(_line_too_large(n, self.max_line_bytes))
+
     # -- end of file -------------------------------------------------------------------
     def finish(self) -> None:
         if self.nonblank == 0 and not self.truncated:
@@ -524,13 +548,14 @@ def _size(n: int) -> str:
 
 
 def _finish_reading(f: IO[bytes], checker: _Checker) -> None:
-    # After truncation, still count lines and bytes (cheaply, without parsing) so the report
-    # tells the true size of the file.
-    n = checker.lines
-    for raw in f:
-        n += 1
-        checker.bytes += len(raw)
-    checker.lines = n
+    # After truncation, still count lines and bytes (cheaply, without parsing, a piece at a time:
+    # never a whole line) so the report tells the true size of the file.
+    newlines, last = 0, b"\n"
+    while chunk := f.read(_CHUNK):
+        newlines += chunk.count(b"\n")
+        checker.bytes += len(chunk)
+        last = chunk[-1:]
+    checker.lines += newlines + (last != b"\n")
 
 
 def _not_regular(name: str) -> Problem | None:
@@ -546,26 +571,61 @@ def _not_regular(name: str) -> Problem | None:
                    fix="pass the path of a JSONL request file on disk", param="path")
 
 
-def _capped_lines(f: IO[bytes], cap: int) -> Iterator[tuple[bytes, bool]]:
-    """``(line, whole)`` for each line, reading at most ``cap`` bytes of any one line.
+def read_lines(f: IO[bytes], *, limit: int = MAX_LINE_BYTES) -> Iterator[bytes | None]:
+    """Each line of ``f`` (line ending included), never holding more than ``limit`` bytes of one.
 
-    A line longer than ``cap`` comes back cut, with ``whole`` False, and reading stops there:
-    one endless line (``/dev/zero``, a file without newlines) never sits in memory.
+    The one line reader of every path that reads request or result files (validate, submit, shard,
+    a job, results, the local server): a line of more than ``limit`` bytes comes back as ``None``,
+    and reading stops there. An over-long line is measured before it is read (``f`` is seekable:
+    callers open regular files), so refusing it costs 1 MiB of memory, however long it is: one
+    700 MB line without a newline never sits in memory (it used to cost a job 1.5 GB).
+
+    Examples:
+        >>> import io
+        >>> list(read_lines(io.BytesIO(b"ab\\ncdef\\ngh"), limit=4))
+        [b'ab\\n', None]
+        >>> list(read_lines(io.BytesIO(b"ab\\ngh"), limit=4))
+        [b'ab\\n', b'gh']
     """
+    seekable = f.seekable()
     while True:
-        raw = f.readline(cap)
+        raw = f.readline(min(_CHUNK, limit + 1))
         if not raw:
             return
-        if len(raw) >= cap and not raw.endswith(b"\n"):
-            yield raw, False
+        if raw.endswith(b"\n") or len(raw) < min(_CHUNK, limit + 1):
+            if len(raw) > limit:
+                yield None
+                return
+            yield raw  # the usual case: a line shorter than a piece, read once
+            continue
+        if not seekable:
+            rest = f.readline(limit + 1 - len(raw))
+            raw += rest
+            if len(raw) > limit:
+                yield None
+                return
+            yield raw
+            continue
+        # A long line: find its end a piece at a time (dropping the pieces), then read it whole.
+        start, size = f.tell() - len(raw), len(raw)
+        while size <= limit:
+            piece = f.readline(min(_CHUNK, limit + 1 - size))
+            size += len(piece)
+            if not piece or piece.endswith(b"\n"):
+                break
+        if size > limit:
+            yield None
             return
-        yield raw, True
+        f.seek(start)
+        yield f.read(size)
 
 
-def _line_too_long(n: int, limit: int) -> Problem:
-    return Problem(rule="file_too_large", line=n,
-                   message=f"this one line is over the {_size(limit)} file limit (reading stopped there)",
-                   fix="make the request smaller (e.g. send images by URL rather than inline base64)")
+def _line_too_large(n: int, limit: int) -> Problem:
+    return Problem(rule="line_too_large", line=n,
+                   message=f"the line is longer than {limit:,} bytes ({limit / 2**20:g} MB), the most one batch "
+                   "request may carry: OpenAI takes at most 50 MB per request (reading stopped there)",
+                   fix="make the request smaller: send images and files by URL or by file id (uploaded with "
+                   "purpose user_data) rather than inline base64, or split it into several requests")
 
 
 def _crossing_line(f: IO[bytes], limit: int) -> int:
@@ -592,6 +652,7 @@ def check_file(
     max_embedding_inputs: int = DEFAULT_MAX_EMBEDDING_INPUTS,
     max_problems: int = DEFAULT_MAX_PROBLEMS,
     azure: bool = False,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> tuple[FileReport, list[Problem]]:
     """Check a request file against the Batch API's input rules; never raises on a bad file.
 
@@ -606,6 +667,8 @@ def check_file(
         max_embedding_inputs: Most embedding inputs allowed in a ``/v1/embeddings`` file.
         max_problems: Stop collecting findings after this many.
         azure: accept Azure OpenAI's spelling of endpoints and urls (``/chat/completions``).
+        max_line_bytes: Longest line allowed (``line_too_large``); reading stops at a longer one, so
+            memory holds at most one line of this size.
 
     Returns:
         The report and the findings (empty when the file is valid).
@@ -632,6 +695,7 @@ def check_file(
         max_embedding_inputs=max_embedding_inputs,
         max_problems=max_problems,
         azure=azure,
+        max_line_bytes=max_line_bytes,
     )
     not_regular = _not_regular(name)
     if not_regular is not None:
@@ -652,10 +716,11 @@ def check_file(
     feed = checker.feed_bytes
     with open(name, "rb") as f:
         n = 0
-        for raw, whole in _capped_lines(f, max_bytes + 1):
+        for raw in read_lines(f, limit=max_line_bytes):
             n += 1
-            if not whole:
-                checker.add(_line_too_long(n, max_bytes))
+            if raw is None:
+                checker.too_large(n)
+                checker.bytes = size
                 break
             feed(n, raw)
             if checker.truncated:
@@ -706,6 +771,7 @@ def validate_file(
     max_embedding_inputs: int = DEFAULT_MAX_EMBEDDING_INPUTS,
     max_problems: int = DEFAULT_MAX_PROBLEMS,
     azure: bool = False,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> FileReport:
     """Check a request file and raise if anything is wrong; see :func:`check_file`.
 
@@ -731,6 +797,7 @@ def validate_file(
         max_embedding_inputs=max_embedding_inputs,
         max_problems=max_problems,
         azure=azure,
+        max_line_bytes=max_line_bytes,
     )
     if problems:
         raise InputValidationError(problems, source=os.fspath(path), truncated=report.truncated)
@@ -740,7 +807,9 @@ def validate_file(
 # ---------------------------------------------------------------------------------------
 # Read requests
 # ---------------------------------------------------------------------------------------
-def iter_request_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_request_lines(
+    path: str | os.PathLike[str], *, max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, request_object)`` for each request of an input file, streaming.
 
     Meant for files that already passed :func:`validate_file` (the local server reads
@@ -748,7 +817,8 @@ def iter_request_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict
     JSON shape is checked.
 
     Raises:
-        InputValidationError: A line is not a JSON object (``invalid_json_line``).
+        InputValidationError: A line is not a JSON object (``invalid_json_line``), or is longer than
+            ``max_line_bytes`` (``line_too_large``).
 
     Examples:
         >>> import os, tempfile
@@ -760,8 +830,10 @@ def iter_request_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict
     name = os.fspath(path)
     with open(name, "rb") as f:
         n = 0
-        for raw in f:
+        for raw in read_lines(f, limit=max_line_bytes):
             n += 1
+            if raw is None:
+                raise InputValidationError([_line_too_large(n, max_line_bytes)], source=name)
             if n == 1 and raw.startswith(_BOM):
                 raw = raw[3:]
             try:
@@ -862,6 +934,7 @@ def write_requests(
     max_embedding_inputs: int = DEFAULT_MAX_EMBEDDING_INPUTS,
     max_problems: int = DEFAULT_MAX_PROBLEMS,
     azure: bool = False,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> FileReport:
     """Write requests to a JSONL file, validating on the way; the file appears only if valid.
 
@@ -881,6 +954,7 @@ def write_requests(
         max_problems: Stop after this many findings.
         azure: Azure OpenAI's spelling: missing ``url`` values are written as Azure documents them
             (``/chat/completions``), and either spelling is accepted.
+        max_line_bytes: Longest request line allowed (``line_too_large``).
 
     Returns:
         The report of the written file.
@@ -905,6 +979,7 @@ def write_requests(
         max_embedding_inputs=max_embedding_inputs,
         max_problems=max_problems,
         azure=azure,
+        max_line_bytes=max_line_bytes,
     )
     # Written through a temporary file (fsynced: it is about to be uploaded, maybe by another
     # process) and renamed; a problem anywhere leaves nothing behind.
@@ -959,6 +1034,7 @@ def shard_file(
     max_embedding_inputs: int = DEFAULT_MAX_EMBEDDING_INPUTS,
     endpoint: str | None = None,
     prefix: str | None = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> list[Path]:
     """Validate a request file and split it into parts that each fit every limit.
 
@@ -976,6 +1052,7 @@ def shard_file(
         max_embedding_inputs: Most embedding inputs per part (``/v1/embeddings``).
         endpoint: The batch endpoint every ``url`` must equal; ``None`` takes the first line's.
         prefix: Part names are ``{prefix}-001.jsonl``, ...; defaults to the input's stem.
+        max_line_bytes: Longest line allowed (``line_too_large``): memory holds at most one such line.
 
     Returns:
         The parts, in order.
@@ -1003,6 +1080,7 @@ def shard_file(
         max_embedding_inputs=max_embedding_inputs,
         max_problems=DEFAULT_MAX_PROBLEMS,
         per_line_limits=True,
+        max_line_bytes=max_line_bytes,
     )
     temps: list[Path] = []
     part: IO[bytes] | None = None
@@ -1013,10 +1091,10 @@ def shard_file(
             raise InputValidationError([not_regular], source=src)
         with open(src, "rb") as f:
             n = 0
-            for raw, whole in _capped_lines(f, max_bytes + 1):
+            for raw in read_lines(f, limit=max_line_bytes):
                 n += 1
-                if not whole:
-                    checker.add(_line_too_long(n, max_bytes))
+                if raw is None:
+                    checker.too_large(n)
                     break
                 checker.feed_bytes(n, raw)
                 if checker.truncated:
@@ -1050,6 +1128,8 @@ def shard_file(
             raise InputValidationError(checker.problems, source=src, truncated=checker.truncated)
         width = max(3, len(str(len(temps))))
         parts = [out / f"{stem}-{i:0{width}d}.jsonl" for i in range(1, len(temps) + 1)]
+        for final in parts:
+            _check_part(final)  # every name first: no part is written unless all can be
         for tmp, final in zip(temps, parts, strict=True):
             os.replace(tmp, final)
         return parts
@@ -1060,6 +1140,21 @@ def shard_file(
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         raise
+
+
+def _check_part(final: Path) -> None:
+    """A part replaces a regular file of that name, or none; never a link, a FIFO, a device or a folder.
+
+    A part is read back to be uploaded, so it must be a file here: what else sits at its name is the
+    user's, and renaming over it would destroy it (a FIFO) or leave the link's target stale.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        mode = os.lstat(final).st_mode
+        if not stat.S_ISREG(mode):
+            what = "a link" if stat.S_ISLNK(mode) else "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+            raise InputValidationError(
+                [Problem(rule="invalid_output", param="out_dir", message=f"{final} is {what}: a part cannot go there",
+                         fix="remove it, or choose another output folder for the parts")], source=str(final))
 
 
 def filter_requests(
@@ -1084,7 +1179,9 @@ def filter_requests(
     def lines() -> Iterator[bytes]:
         nonlocal kept
         with open(os.fspath(path), "rb") as f:
-            for n, raw in enumerate(f, start=1):
+            for n, raw in enumerate(read_lines(f), start=1):
+                if raw is None:  # the file passed validation, so only a file changed since gets here
+                    raise InputValidationError([_line_too_large(n, MAX_LINE_BYTES)], source=os.fspath(path))
                 line = raw[3:] if n == 1 and raw.startswith(_BOM) else raw
                 if not line.strip():
                     continue

@@ -5,6 +5,10 @@ A batch answers each request with one line, in its output file (a response) or i
 request, in the input's order, reading line by line: memory holds an index of
 ``custom_id`` -> (file, byte offset), never the files.
 
+Every file is read through :func:`batch_ops.jsonl.read_lines`: no line longer than
+:data:`MAX_RESULT_LINE_BYTES` is ever held in memory; such a line is a :class:`ResultFileError`
+naming it.
+
 A request may have been carried by several attempts of one key (see :mod:`batch_ops.chain`):
 :func:`join_chain_results` joins the output and error files of every attempt, the latest
 success winning.
@@ -34,15 +38,25 @@ from typing import Any
 from pydantic import ValidationError
 
 from batch_ops.errors import InputValidationError, Problem, ResultFileError
-from batch_ops.jsonl import iter_request_lines
+from batch_ops.jsonl import iter_request_lines, read_lines
 from batch_ops.models import ResultError, ResultLine
 
-__all__ = ["iter_result_lines", "join_chain_results", "join_results", "successful_ids"]
+__all__ = ["MAX_RESULT_LINE_BYTES", "iter_result_lines", "join_chain_results", "join_results", "successful_ids"]
 
 _log = logging.getLogger(__name__)
 _BOM = b"\xef\xbb\xbf"
 
 PathLike = str | os.PathLike[str]
+
+#: The longest result line read (200 MB). An answer can be far bigger than its request: one
+#: embeddings request of 2,048 inputs answered with 3,072 floats each is ~130 MB of JSON, the
+#: largest answer the API documents. A longer line is refused rather than held in memory.
+MAX_RESULT_LINE_BYTES = 200 * 1024 * 1024
+
+
+def _too_large(path: str, line: int) -> ResultFileError:
+    return ResultFileError(f"the line is longer than {MAX_RESULT_LINE_BYTES:,} bytes (200 MB), more than any answer "
+                           "the API gives: this is not a batch result file (download it again)", path=path, line=line)
 
 
 def _parse_result(raw: bytes, *, path: str, line: int) -> ResultLine:
@@ -75,8 +89,10 @@ def iter_result_lines(path: PathLike) -> Iterator[ResultLine]:
     name = os.fspath(path)
     with open(name, "rb") as f:
         n = 0
-        for raw in f:
+        for raw in read_lines(f, limit=MAX_RESULT_LINE_BYTES):
             n += 1
+            if raw is None:
+                raise _too_large(name, n)
             if n == 1 and raw.startswith(_BOM):
                 raw = raw[3:]
             if not raw.strip():
@@ -99,8 +115,10 @@ def _scan(name: str) -> Iterator[tuple[int, int, str, bool]]:
     with open(name, "rb") as f:
         offset = 0
         n = 0
-        for raw in f:
+        for raw in read_lines(f, limit=MAX_RESULT_LINE_BYTES):
             n += 1
+            if raw is None:
+                raise _too_large(name, n)
             start = offset
             offset += len(raw)
             if n == 1 and raw.startswith(_BOM):
@@ -210,7 +228,8 @@ def _join(input_path: PathLike, files: list[_File]) -> Iterator[ResultLine]:
             handle = handles[which]
             assert handle is not None
             handle.seek(offset)
-            yield _parse_result(handle.readline(), path=names[which] or "", line=line)
+            # Measured by the scan that found it: no longer than the limit.
+            yield _parse_result(handle.readline(MAX_RESULT_LINE_BYTES + 1), path=names[which] or "", line=line)
     extra = len(index) - len(used)
     if extra:
         _log.warning("%d result(s) have a custom_id that is not in %s; they were not yielded", extra, src)

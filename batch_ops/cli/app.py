@@ -28,7 +28,7 @@ from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from batch_ops import SubmitSpec, storage
-from batch_ops._files import atomic_file
+from batch_ops._files import atomic_file, check_output
 from batch_ops.cli import EXIT_CODES, EXIT_CONFIG, EXIT_FAILED, exit_code_for, render
 from batch_ops.client import BatchClient
 from batch_ops.errors import (
@@ -345,6 +345,15 @@ def _file_or_url(value: str | None) -> str | None:
     return value
 
 
+def _check_output(output: str) -> None:
+    """Refuse a local output path that cannot be written (a directory, a disk, someone else's link in
+    /tmp) before any download or batch: a FIFO or a terminal is written as a stream, a link's target
+    is replaced and the link kept, never the other way round (see batch_ops._files)."""
+    where = storage.location(output)
+    if isinstance(where, Path):
+        check_output(where)
+
+
 InputArgument = Annotated[
     str, typer.Argument(metavar="INPUT", callback=_file_or_url,
                         help="JSONL request file, one request per line: a local path or an object storage URL "
@@ -591,7 +600,8 @@ def results(
     batch_id: Annotated[str, typer.Argument(metavar="BATCH_ID", help="A finished batch (completed, failed, ...).")],
     output: Annotated[
         str, typer.Option("--output", "-o", metavar="PATH",
-                          help="File to write (replaced whole): a local path or an object storage URL (s3://…).")
+                          help="File to write (replaced whole; a FIFO or /dev/stdout is streamed to, a link's "
+                          "target is written): a local path or an object storage URL (s3://…).")
     ],
     fmt: Annotated[
         Literal["jsonl", "csv"] | None,
@@ -618,6 +628,8 @@ def results(
     out = _Out(json=json_output)
     kind = fmt or ("csv" if output.lower().endswith(".csv") else "jsonl")
     tally = render.ResultTally()
+    with _handled(out):
+        _check_output(output)
     with _handled(out), _client(out, base_url, api_key, max_retries) as client:
         batch = client.batches.retrieve(batch_id)
         if not batch.status.is_terminal:
@@ -752,6 +764,7 @@ def job(
 
     out = _Out(json=json_output)
     with _handled(out):
+        _check_output(output)  # before any batch is paid for, not when the results are merged
         price_table = json.loads(prices.read_text()) if prices is not None else None
         config = JobConfig.of(endpoint=endpoint, max_concurrent=max_concurrent, max_rounds=max_rounds,
                               max_lines=max_lines, max_bytes=max_bytes, metadata=_parse_metadata(metadata),

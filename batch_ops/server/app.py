@@ -18,6 +18,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import json
 import os
@@ -25,7 +26,7 @@ import re
 import shutil
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,7 +42,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from batch_ops._files import atomic_file
-from batch_ops.jsonl import DEFAULT_MAX_BYTES
+from batch_ops.jsonl import DEFAULT_MAX_BYTES, MAX_LINE_BYTES
 from batch_ops.models import BATCH_ENDPOINTS, check_create_params
 from batch_ops.server.engines import EchoEngine, api_error_body, make_engine
 from batch_ops.server.faults import FaultPlan, losing_response
@@ -85,8 +86,16 @@ def _missing(param: str) -> _ApiError:
     return _ApiError(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
 
 
+#: The largest JSON body a route reads: one request may carry at most this much (batch_ops.jsonl).
+JSON_MAX_BYTES = MAX_LINE_BYTES
+
+
 async def _json_body(request: Request) -> Any:
-    raw = await request.body()
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > JSON_MAX_BYTES:
+        raise _body_too_large(int(declared))
+    # Counted as it arrives (a chunked body declares no length): never held past the limit.
+    raw = await Request(request.scope, _capped(request.receive, JSON_MAX_BYTES, _body_too_large)).body()
     try:
         return json.loads(raw)
     except ValueError as exc:
@@ -112,14 +121,42 @@ def _int_param(request: Request, name: str, *, default: int, low: int, high: int
     return value
 
 
-#: The API's limit on one uploaded batch input file, and the multipart framing allowed around it.
+#: The API's limit on one uploaded batch input file (the default of ``--upload-max-bytes``), and
+#: the multipart framing allowed around it.
 UPLOAD_MAX_BYTES = DEFAULT_MAX_BYTES
 _FORM_OVERHEAD = 64 * 1024
 
 
-def _file_too_large(size: int) -> _ApiError:
-    return _ApiError(f"File is too large: {size:,} bytes; the maximum is {UPLOAD_MAX_BYTES:,} bytes (200 MB).",
+def _body_too_large(size: int) -> _ApiError:
+    return _ApiError(f"Request body too large: {size:,} bytes or more; the maximum is {JSON_MAX_BYTES:,} bytes "
+                     f"({JSON_MAX_BYTES / 2**20:g} MB).", code="request_too_large", status=413)
+
+
+def _file_too_large(size: int, limit: int, *, so_far: bool = False) -> _ApiError:
+    what = f"more than {size:,} bytes so far" if so_far else f"{size:,} bytes"
+    return _ApiError(f"File is too large: {what}; the maximum is {limit:,} bytes ({limit / 2**20:g} MB).",
                      param="file", code="file_too_large")
+
+
+def _capped(receive: Receive, limit: int, refusal: Callable[[int], _ApiError]) -> Receive:
+    """``receive``, refusing the request (``refusal(bytes seen)``) once its body passes ``limit`` bytes.
+
+    Counted as the bytes arrive, whatever the framing: a chunked upload declares no length, and
+    was spooled to disk whole before its size was judged (600 MB spooled for a 400). Stopping
+    here stops the form parser, which closes (and so removes) what it spooled.
+    """
+    seen = 0
+
+    async def counted() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise refusal(seen)
+        return message
+
+    return counted
 
 
 def _expires_after(form: Any) -> int | None:
@@ -188,10 +225,14 @@ class _Api:
     # ---- files -------------------------------------------------------------------------------
 
     async def upload_file(self, request: Request) -> Response:
+        limit = self.options.upload_max_bytes
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > UPLOAD_MAX_BYTES + _FORM_OVERHEAD:
+        if declared is not None and declared.isdigit() and int(declared) > limit + _FORM_OVERHEAD:
             # Refused before a byte of it is stored, as the API refuses it.
-            raise _file_too_large(int(declared))
+            raise _file_too_large(int(declared), limit)
+        # Any other body (chunked, or a length that lies) is cut off as soon as it passes the limit.
+        refusal = functools.partial(_file_too_large, limit=limit, so_far=True)
+        request = Request(request.scope, _capped(request.receive, limit + _FORM_OVERHEAD, refusal))
         async with request.form(max_files=1, max_fields=16) as form:
             upload, purpose = form.get("file"), form.get("purpose")
             if not isinstance(upload, UploadFile):
@@ -210,8 +251,8 @@ class _Api:
                     "Invalid file format for Batch API. Must be .jsonl", param="file", code="invalid_file_format"
                 )
             expires_seconds = _expires_after(form)
-            if upload.size is not None and upload.size > UPLOAD_MAX_BYTES:
-                raise _file_too_large(upload.size)
+            if upload.size is not None and upload.size > limit:
+                raise _file_too_large(upload.size, limit)
             file_id = new_id("file-")
             size = await anyio.to_thread.run_sync(_save_upload, upload.file, self.store.file_path(file_id))
         created = int(time.time())

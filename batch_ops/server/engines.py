@@ -32,7 +32,9 @@ from typing import Any
 
 import httpx
 
+from batch_ops.jsonl import read_lines
 from batch_ops.models import BATCH_ENDPOINTS, ECHO_FINGERPRINT, canonical_endpoint
+from batch_ops.results import MAX_RESULT_LINE_BYTES
 from batch_ops.server.options import ServerOptions
 from batch_ops.server.store import Usage5
 
@@ -479,8 +481,12 @@ class ReplayEngine(Engine):
     def __init__(self, paths: Iterable[str | os.PathLike[str]]) -> None:
         self._records: dict[str, Reply] = {}
         for path in paths:
-            with Path(path).open(encoding="utf-8") as fh:
-                for raw in fh:
+            with Path(path).open("rb") as fh:
+                # The reader every result file goes through: no line past the limit is held.
+                for n, raw in enumerate(read_lines(fh, limit=MAX_RESULT_LINE_BYTES), start=1):
+                    if raw is None:
+                        raise ValueError(f"{path}, line {n}: longer than {MAX_RESULT_LINE_BYTES:,} bytes: not a "
+                                         "recorded output or error file")
                     if raw.strip():
                         self._add(json.loads(raw))
 

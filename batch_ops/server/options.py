@@ -54,6 +54,11 @@ class ServerOptions:
         upstream_url / upstream_api_key / upstream_model / upstream_timeout / upstream_retries:
             the upstream engine's target; ``upstream_model`` replaces each request's ``model``.
         concurrency: batch requests in flight at once (shared by all batches).
+        upload_max_bytes: the largest file ``POST /v1/files`` takes (OpenAI's limit for a batch input
+            file: 200 MB); a bigger upload is refused as soon as that many bytes have arrived, chunked
+            or not, and nothing of it stays on disk.
+        max_running: batches processed at once; the others wait as ``validating`` (the real API
+            queues batches too) and start in creation order as running ones end.
         api_key: when set, every /v1 call must carry it as a bearer token (or Azure ``api-key``).
         latency: seconds added before every /v1 HTTP response.
         request_latency: seconds each batch request takes to process.
@@ -95,6 +100,8 @@ class ServerOptions:
     upstream_timeout: float = 600.0
     upstream_retries: int = 3
     concurrency: int = 16
+    max_running: int = 64
+    upload_max_bytes: int = 200 * 1024 * 1024
     api_key: str | None = field(default=None, repr=False)
     latency: float = 0.0
     request_latency: float = 0.0
@@ -145,6 +152,10 @@ class ServerOptions:
             raise ValueError("expire_after must be positive seconds")
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if self.max_running < 1:
+            raise ValueError("max_running must be at least 1")
+        if self.upload_max_bytes < 1:
+            raise ValueError("upload_max_bytes must be at least 1")
         if min(self.token_limit_failures, self.create_failures, self.upstream_retries) < 0:
             raise ValueError("token_limit_failures, create_failures and upstream_retries must not be negative")
         if not 0 <= self.port <= 65535:
@@ -249,6 +260,12 @@ def build_parser(prog: str = "batch-ops serve") -> argparse.ArgumentParser:
     eng.add_argument("--upstream-retries", type=int, metavar="N",
                      help="Retries of a 429, 5xx or network failure upstream.  [default: 3]")
     eng.add_argument("--concurrency", type=int, metavar="N", help="Batch requests in flight at once.  [default: 16]")
+    net.add_argument("--upload-max-bytes", type=int, metavar="BYTES",
+                     help="Largest uploaded file; a bigger one is refused as soon as that much has arrived.  "
+                     "[default: 209715200, OpenAI's 200 MB]")
+    eng.add_argument("--max-running", type=int, metavar="N",
+                     help="Batches processed at once; the others wait as validating, as the real API queues them.  "
+                     "[default: 64]")
     flt = p.add_argument_group("faults (RATE is a share from 0 to 1)")
     flt.add_argument("--latency", type=float, metavar="SECONDS", help="Delay every /v1 HTTP response.")
     flt.add_argument("--request-latency", type=float, metavar="SECONDS", help="Processing time of each batch request.")

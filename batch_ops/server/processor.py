@@ -6,6 +6,14 @@ fsynced and the checkpoint committed after each chunk → ``finalizing`` → ``c
 ``cancelling`` → ``cancelled`` and deadline → ``expired`` keep the finished work and write one
 ``batch_cancelled`` / ``batch_expired`` line per request not run, so no request is ever dropped.
 
+At most ``max_running`` batches are processed at once; the others wait as ``validating``, as the
+real API queues them, and start in creation order as running ones end. A batch that must end (a
+cancel, or a deadline passed while it waited) never waits for a place: ending it is short, and a
+cancel must not queue behind hour-long batches. A running batch holds no file open between its
+chunks: each chunk opens the input, reads its lines and closes it, then appends its answers to the
+partial output and error files and closes them (before, three files per running batch stayed open
+for its whole run, and 500 running batches under a 1,024 file limit failed 164 of them).
+
 Durability: the partial files live at their final ``files/<file id>`` path but are only published
 (a ``files`` row) when the batch ends. A restarted server truncates them to the last checkpoint
 and carries on from the checkpoint's input offset, so a ``kill -9`` loses and repeats nothing.
@@ -27,9 +35,10 @@ import logging
 import os
 import random
 import time
-from typing import IO, Any
+from pathlib import Path
+from typing import Any
 
-from batch_ops.jsonl import check_file
+from batch_ops.jsonl import MAX_LINE_BYTES, check_file, read_lines
 from batch_ops.server.engines import Engine, Reply, api_error_body, usage_of
 from batch_ops.server.options import ServerOptions
 from batch_ops.server.store import ACTIVE_STATUSES, BatchRow, Store, new_id
@@ -89,7 +98,11 @@ def _result_line(custom_id: Any, reply: Reply) -> str:
 
 
 class _Run:
-    """One batch being processed: input positioned at the checkpoint, partial files truncated to it."""
+    """One batch being processed: where its input stands, and its partial files truncated to the checkpoint.
+
+    No file stays open: :meth:`read_chunk` and :func:`_append` open, use and close theirs, so a
+    batch waiting for its requests' answers costs no file descriptor.
+    """
 
     def __init__(self, store: Store, row: BatchRow) -> None:
         assert row.out_id is not None and row.err_id is not None
@@ -104,23 +117,9 @@ class _Run:
         self.out_bytes, self.err_bytes = row.out_bytes, row.err_bytes
         self.completed, self.failed = row.completed, row.failed
         self.usage = list(row.usage)
-        self._files: list[IO[bytes]] = []
-        self.input = self._open(store.file_path(row.input_file_id), "rb")
-        self.input.seek(self.next_offset)
-        self.out = self._partial(store, row.out_id, row.out_bytes)
-        self.err = self._partial(store, row.err_id, row.err_bytes)
-
-    def _open(self, path: os.PathLike[str], mode: str) -> IO[bytes]:
-        fh = open(path, mode)
-        self._files.append(fh)
-        return fh
-
-    def _partial(self, store: Store, file_id: str, size: int) -> IO[bytes]:
-        path = store.file_path(file_id)
-        fh = self._open(path, "r+b" if path.exists() else "w+b")
-        fh.truncate(size)  # drop whatever was written after the last checkpoint
-        fh.seek(size)
-        return fh
+        self.input = store.file_path(row.input_file_id)
+        self.out = _partial(store.file_path(row.out_id), row.out_bytes)
+        self.err = _partial(store.file_path(row.err_id), row.err_bytes)
 
     @property
     def done(self) -> bool:
@@ -135,18 +134,26 @@ class _Run:
         """
         lines: list[tuple[int, bytes]] = []
         index = self.next_index
-        for _ in range(min(limit, self.total - self.next_index)):
-            raw = self.input.readline()
-            if not raw:
-                raise RuntimeError(f"the input file ended after {index} of {self.total} requests")
-            lines.append((index, raw))
-            index += 1
-        return lines
+        wanted = min(limit, self.total - self.next_index)
+        if wanted <= 0:
+            return lines
+        with open(self.input, "rb") as fh:
+            fh.seek(self.next_offset)
+            for raw in read_lines(fh, limit=MAX_LINE_BYTES):
+                if raw is None:  # validation measured every line: only a file changed since gets here
+                    raise RuntimeError(f"line {index + 1} of the input file is over {MAX_LINE_BYTES:,} bytes")
+                lines.append((index, raw))
+                index += 1
+                if len(lines) == wanted:
+                    return lines
+        raise RuntimeError(f"the input file ended after {index} of {self.total} requests")
 
-    def close(self) -> None:
-        for fh in self._files:
-            with contextlib.suppress(OSError):
-                fh.close()
+
+def _partial(path: Path, size: int) -> Path:
+    """Create ``path`` if missing and drop whatever was written after the last checkpoint."""
+    with open(path, "ab") as fh:
+        fh.truncate(size)
+    return path
 
 
 class Processor:
@@ -166,6 +173,8 @@ class Processor:
         self.options = options
         self.seed = options.seed if options.seed is not None else random.getrandbits(63)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: Batches holding one of the ``max_running`` places (not those only being ended).
+        self._holding: set[str] = set()
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
@@ -201,17 +210,32 @@ class Processor:
     async def _supervise(self) -> None:
         assert self._wake is not None
         while True:
-            for batch_id in self.store.active_batch_ids():
-                if batch_id not in self._tasks:
-                    task = asyncio.create_task(self._guarded(batch_id), name=f"batch-{batch_id}")
-                    self._tasks[batch_id] = task
-                    task.add_done_callback(self._forget)
+            self._start_what_may_run()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
             self._wake.clear()
 
+    def _start_what_may_run(self) -> None:
+        """Start a task for each active batch that may run now; the rest keep waiting (see the module docstring)."""
+        now = time.time()
+        for batch_id, status, deadline in self.store.active_batches():
+            if batch_id in self._tasks:
+                continue
+            ending = status == "cancelling" or deadline <= now
+            if not ending and len(self._holding) >= self.options.max_running:
+                continue  # queued: it stays as it is until a running batch ends
+            task = asyncio.create_task(self._guarded(batch_id), name=f"batch-{batch_id}")
+            self._tasks[batch_id] = task
+            if not ending:
+                self._holding.add(batch_id)
+            task.add_done_callback(self._forget)
+
     def _forget(self, task: asyncio.Task[None]) -> None:
-        self._tasks = {b: t for b, t in self._tasks.items() if t is not task}
+        ended = [b for b, t in self._tasks.items() if t is task]
+        for batch_id in ended:
+            del self._tasks[batch_id]
+            self._holding.discard(batch_id)
+        self.wake()  # a place is free: start the next batch now, not at the next tick
 
     async def _guarded(self, batch_id: str) -> None:
         try:
@@ -242,11 +266,8 @@ class Processor:
             return
         while True:
             run = _Run(self.store, self.store.load(batch_id))
-            try:
-                if await self._drive(run):
-                    return
-            finally:
-                run.close()
+            if await self._drive(run):
+                return
 
     async def _drive(self, run: _Run) -> bool:
         """Process until the batch ends; False when a status race means: reload and go again."""
@@ -468,12 +489,16 @@ def _parse(index: int, raw: bytes) -> dict[str, Any] | None:
     return request if isinstance(request, dict) else None
 
 
-def _append(fh: IO[bytes], lines: list[str]) -> int:
-    """Append lines durably (flush + fsync before the checkpoint that counts them); bytes written."""
+def _append(path: Path, lines: list[str]) -> int:
+    """Append lines durably (flush + fsync before the checkpoint that counts them); bytes written.
+
+    The file is opened for this chunk only: between chunks a running batch holds no descriptor.
+    """
     if not lines:
         return 0
     data = "".join(lines).encode()
-    fh.write(data)
-    fh.flush()
-    os.fsync(fh.fileno())
+    with open(path, "ab") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
     return len(data)

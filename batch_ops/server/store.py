@@ -360,12 +360,18 @@ class Store:
     # ---- batches: processor side ---------------------------------------------------------------
 
     def active_batch_ids(self) -> list[str]:
+        return [batch_id for batch_id, _status, _deadline in self.active_batches()]
+
+    def active_batches(self) -> list[tuple[str, str, float]]:
+        """``(id, status, deadline)`` of every batch with work left: those already started first
+        (resumed after a restart), then the queued ones, oldest first."""
         marks = ",".join("?" * len(ACTIVE_STATUSES))
         with self._lock:
             rows = self._db.execute(
-                f"SELECT id FROM batches WHERE status IN ({marks}) ORDER BY seq", ACTIVE_STATUSES
+                f"SELECT id, status, deadline FROM batches WHERE status IN ({marks}) "
+                "ORDER BY out_id IS NULL, seq", ACTIVE_STATUSES
             ).fetchall()
-        return [r["id"] for r in rows]
+        return [(r["id"], r["status"], r["deadline"]) for r in rows]
 
     def load(self, batch_id: str) -> BatchRow:
         with self._lock:
