@@ -100,7 +100,7 @@ async def test_no_key_in_bundles_after_tasks_ran(tmp_path: Path) -> None:
                 for attr, value in vars(module).items():
                     try:
                         data = cloudpickle.dumps(value)
-                    except Exception:  # noqa: S112 - not picklable: it cannot travel in a bundle either
+                    except Exception:  # not picklable: it cannot travel in a bundle either
                         continue
                     if CANARY.encode() in data:
                         leaks.append(f"{name}.{attr}")
