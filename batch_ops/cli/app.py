@@ -530,9 +530,11 @@ def orphans(
 
     Each batch made by batch_ops' Airflow or Prefect adapters names its owner in metadata. With
     --prefect, flow run owners are looked up on the Prefect API; a batch whose flow run (or a
-    parent of it) has ended is an orphan. Airflow owners are judged by the DAG
-    ``batch_ops_orphan_sweep`` (dags/), which asks Airflow from inside a task. Owners nobody
-    asked about are reported as unknown and never cancelled.
+    parent of it) has ended is an orphan. A flow run this Prefect server does not know (another
+    server's, a deleted one) is unknown: never cancelled. Airflow owners are judged by the DAG
+    ``batch_ops_orphan_sweep`` (dags/), which asks Airflow from inside a task and cancels only
+    batches of its own deployment. Owners nobody asked about are reported as unknown and never
+    cancelled.
     """
     out = _Out(json=json_output)
     oracle: Any = lambda owners: {}  # noqa: E731 - nobody asked: every owner unknown
