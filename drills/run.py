@@ -65,13 +65,14 @@ DRILLS: tuple[Spec, ...] = (
          "money_drills"),
     Spec("hostile-wire", "9", "Waits against a hostile server: HTML, cut JSON, unknown status, redirect, "
          "silence, trickle, echoed key", "hostile_drills"),
+    Spec("two-deployments", "22.6", "Two deployments sweeping one project: 0 foreign cancels", "owner_drills"),
 )
 #: Cheap suites first, so a broken basic fails fast; the Airflow deployment last.
 SUITES: tuple[str, ...] = ("core_drills", "hostile_drills", "airflow_dags", "prefect_drills", "airflow_stack",
-                           "money_drills")
+                           "money_drills", "owner_drills")
 #: Seconds a suite may take before it is stopped (its drills then fail); a full run takes ~4 min.
 BUDGET: dict[str, float] = {"core_drills": 180, "airflow_dags": 240, "prefect_drills": 240, "airflow_stack": 420,
-                            "money_drills": 480, "hostile_drills": 120}
+                            "money_drills": 480, "hostile_drills": 120, "owner_drills": 300}
 #: The whole run stops within this (issue 8: 15 minutes), leaving a minute to stop what is running.
 TOTAL_BUDGET = 14 * 60.0
 

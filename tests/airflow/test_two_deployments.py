@@ -22,7 +22,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -91,10 +90,8 @@ class Deployment:
         return output
 
     def _run(self, argv: list[str]) -> str:
-        started = time.monotonic()
         done = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=300)
         output = done.stdout + done.stderr
-        print("TOOK", self.name, argv[1:3], round(time.monotonic() - started, 1))
         assert done.returncode == 0, f"{self.name}: {' '.join(argv)}\n{output[-3000:]}"
         return output
 
