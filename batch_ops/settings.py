@@ -19,13 +19,15 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 
 from batch_ops.errors import ConfigurationError
 
 __all__ = ["DEFAULT_BASE_URL", "ClientSettings", "settings_error"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+#: The fields of ``ClientSettings`` that are secrets: never pickled, never shown.
+_SECRET_FIELDS = ("api_key", "events_token")
 
 
 def settings_error(exc: ValidationError) -> ConfigurationError:
@@ -80,11 +82,34 @@ class ClientSettings(BaseModel):
     events_token: SecretStr | None = None
     safety_poll_interval: float = Field(default=1800.0, gt=0)
 
+    #: Set on a copy that came out of a pickle, whose secrets stayed behind (see ``__reduce__``).
+    _secrets_left_behind: bool = PrivateAttr(default=False)
+
     def __init__(self, **data: Any) -> None:
         try:
             super().__init__(**data)
         except ValidationError as exc:
             raise settings_error(exc) from None
+
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any], bool]]:
+        """Pickle without the key and the events token: no secret is ever inside a pickle.
+
+        Pickles travel and stay: Prefect pickles batch_ops by value into work-pool bundles,
+        persists task results with cloudpickle, and ships a distributed task runner's arguments
+        to other machines. The copy keeps where and how to call; a client built from it fails
+        with a ConfigurationError saying the key stayed behind and how to give it one (build the
+        settings where they are used: from the environment, an Airflow connection or a Prefect
+        credentials block). Copies within a process (``copy``, ``model_copy``) keep the key.
+
+        Examples:
+            >>> import pickle
+            >>> s = ClientSettings(api_key="sk-secret", base_url="http://127.0.0.1:8765/v1")
+            >>> copy = pickle.loads(pickle.dumps(s))
+            >>> b"sk-secret" in pickle.dumps(s), copy.base_url, copy.api_key
+            (False, 'http://127.0.0.1:8765/v1', None)
+        """
+        fields = {name: getattr(self, name) for name in type(self).model_fields if name not in _SECRET_FIELDS}
+        return _unpickled_settings, (fields, any(getattr(self, name) is not None for name in _SECRET_FIELDS))
 
     @field_validator("base_url")
     @classmethod
@@ -147,6 +172,13 @@ class ClientSettings(BaseModel):
 
     def require_key(self) -> str:
         """Return the key, or raise ConfigurationError naming the ways to provide one."""
+        if self.api_key is None and self._secrets_left_behind:
+            raise ConfigurationError(
+                "No API key: these client settings were unpickled, and batch_ops never puts a key in a "
+                "pickle. Build the settings in the process that uses them (ClientSettings.from_env(), an "
+                "Airflow connection, a Prefect OpenAIBatchCredentials block), or pass the credentials block "
+                "instead of the settings."
+            )
         if self.api_key is None:
             raise ConfigurationError(
                 "No API key: set OPENAI_API_KEY (Azure: AZURE_OPENAI_API_KEY) or pass api_key=... "
@@ -173,3 +205,10 @@ class ClientSettings(BaseModel):
     def url(self, path: str) -> str:
         """Join the base URL and an API path such as ``/batches``."""
         return self.base_url + "/" + path.lstrip("/")
+
+
+def _unpickled_settings(fields: dict[str, Any], had_secrets: bool) -> ClientSettings:
+    """A ``ClientSettings`` from its pickle (see ``ClientSettings.__reduce__``): no secrets in it."""
+    settings = ClientSettings(**fields)
+    settings._secrets_left_behind = had_secrets
+    return settings

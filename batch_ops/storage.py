@@ -45,7 +45,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import Any, Union, cast
+from typing import Any, NoReturn, Union, cast
 
 from batch_ops.errors import InputValidationError, Problem, StorageError
 
@@ -54,6 +54,7 @@ __all__ = [
     "StorageTarget",
     "display",
     "exists",
+    "has_credentials",
     "is_path_object",
     "is_remote",
     "is_url",
@@ -65,6 +66,7 @@ __all__ = [
     "publish",
     "read_all",
     "read_text",
+    "scrub",
     "stage",
     "write_text",
 ]
@@ -73,8 +75,14 @@ __all__ = [
 _PIECE = 8 * 1024 * 1024
 _URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
 _LOCAL_PROTOCOLS = frozenset({"", "file", "local"})
-#: ``user:password@`` in a URL: never shown.
-_USERINFO = re.compile(r"(?<=://)[^/@]*@")
+#: A URL inside any text (a message, an exception's text): up to a space or a quote.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]*")
+#: Query parameters whose values are credentials: S3/GCS presigned URLs (``X-Amz-Signature``,
+#: ``X-Amz-Credential``, ``X-Amz-Security-Token``, ``X-Goog-Signature``), Azure SAS (``sig``),
+#: tokens, keys, passwords. Matched anywhere in the name, ignoring case.
+_SECRET_PARAM = re.compile(r"sig|token|credential|secret|passw|pwd|key|auth|session|code", re.IGNORECASE)
+#: Shown instead of a secret.
+_HIDDEN = "***"
 
 
 @dataclass(frozen=True)
@@ -100,8 +108,9 @@ class Location:
 
     @property
     def name(self) -> str:
-        """The file's name (the last part of its path), for the local copy of it."""
-        return Path(self.path).name or "file"
+        """The file's name (the last part of its path, without a query string: a signed URL's
+        signature must not name the local copy, which messages may show), for the local copy of it."""
+        return Path(self.path.partition("?")[0].partition("#")[0]).name or "file"
 
     def child(self, *parts: str) -> Location:
         return Location(self.fs, "/".join([self.path.rstrip("/"), *parts]))
@@ -151,11 +160,13 @@ def location(target: StorageTarget) -> Path | Location:
 
         fs, path = url_to_fs(target)
     except ImportError as exc:
-        raise _bad_target(f"reading {scheme}:// needs a package that is not installed ({exc})", target,
+        why = scrub(str(exc), target)
+        raise _bad_target(f"reading {scheme}:// needs a package that is not installed ({why})", target,
                           fix=f"install fsspec's {scheme} file system (s3: pip install 'openai-batch-ops[s3]', "
                           "gs: gcsfs, az: adlfs)") from None
     except ValueError as exc:
-        raise _bad_target(f"{scheme}:// is not a file system fsspec knows ({exc})", target) from None
+        raise _bad_target(f"{scheme}:// is not a file system fsspec knows ({scrub(str(exc), target)})",
+                          target) from None
     return Location(fs, path)
 
 
@@ -185,8 +196,93 @@ def is_remote(target: StorageTarget) -> bool:
 
 
 def display(target: Any) -> str:
-    """``target`` as text for messages and results, without any ``user:password@`` in it."""
-    return _USERINFO.sub("", str(target))
+    """``target`` as text for messages, logs and results, without the credentials a URL can carry.
+
+    Every URL in the text loses its ``user:password@`` (the authority is split at its *last*
+    ``@``, as URL parsers do, so a password containing ``@`` goes whole) and the values of
+    query parameters that are credentials (presigned S3/GCS URLs, Azure SAS ``sig``, tokens,
+    keys). A password with an unescaped ``/`` makes the URL ambiguous: everything up to the last
+    ``@`` is hidden then. Works on any text: an exception's message may quote the URL too.
+
+    Examples:
+        >>> display("s3://user:p@ss@bucket/key")
+        's3://bucket/key'
+        >>> display("https://acct.blob.core.windows.net/c/x.jsonl?sv=2024-11-04&sp=r&sig=abc%2Bdef")
+        'https://acct.blob.core.windows.net/c/x.jsonl?sv=2024-11-04&sp=r&sig=***'
+        >>> display("Could not read s3://AKIA:wJal/rXUt@bucket/x: Forbidden")
+        'Could not read s3://bucket/x: Forbidden'
+    """
+    return _URL_IN_TEXT.sub(lambda m: _redact_url(m.group(0)), str(target))
+
+
+def _userinfo(rest: str) -> tuple[str, str]:
+    """A URL after its ``scheme://``, split into its ``user:password`` (empty when none) and the rest."""
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority = rest[:end]
+    if "@" in authority:
+        cut = authority.rindex("@")
+    elif "@" in rest and ":" in authority and not authority.rpartition(":")[2].isdigit():
+        cut = rest.rindex("@")  # ``user:pass/word@host``: a colon that is not a port's, an ``@`` further on
+    else:
+        return "", rest
+    return rest[:cut], rest[cut + 1:]
+
+
+def _query_secrets(query: str) -> list[str]:
+    """The values of ``query``'s parameters that are credentials."""
+    pairs = (p.partition("=") for p in query.partition("#")[0].split("&"))
+    return [value for name, eq, value in pairs if eq and value and _SECRET_PARAM.search(name)]
+
+
+def _redact_url(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    rest = _userinfo(rest)[1]
+    path, query_mark, query = rest.partition("?")
+    if not query_mark:
+        return f"{scheme}://{rest}"
+    query, hash_mark, fragment = query.partition("#")
+    params = []
+    for param in query.split("&"):
+        name, eq, value = param.partition("=")
+        params.append(f"{name}={_HIDDEN}" if eq and value and _SECRET_PARAM.search(name) else param)
+    return f"{scheme}://{path}?{'&'.join(params)}{hash_mark}{fragment}"
+
+
+def _secrets_in(target: Any) -> list[str]:
+    """The credentials written into ``target``'s URLs, as given and percent-decoded, longest first:
+    what a file system's own error may repeat in another shape (a bucket name, a decoded path)."""
+    from urllib.parse import unquote
+
+    found: set[str] = set()
+    for url in _URL_IN_TEXT.findall(str(target)):
+        userinfo, rest = _userinfo(url.partition("://")[2])
+        if ":" in userinfo:
+            found.update({userinfo, *userinfo.split(":", 1)})
+        elif len(userinfo) >= 8:  # a token as the user (``https://<token>@host``); short: a name (``az://container@``)
+            found.add(userinfo)
+        found.update(_query_secrets(rest.partition("?")[2]))
+    found |= {unquote(secret) for secret in found}
+    return sorted((secret for secret in found if len(secret) >= 3), key=len, reverse=True)
+
+
+def scrub(text: str, target: Any) -> str:
+    """``text`` (a file system's error about ``target``) as :func:`display` shows it, and without any
+    credential of ``target`` that it repeats elsewhere (botocore quotes ``key:secret@bucket`` as a bad
+    bucket name, with no ``://`` before it)."""
+    shown = display(text)
+    for secret in _secrets_in(target):
+        shown = shown.replace(secret, _HIDDEN)
+    return shown
+
+
+def has_credentials(target: Any) -> bool:
+    """True when ``target``'s text carries credentials that :func:`display` hides.
+
+    Examples:
+        >>> has_credentials("s3://k:s@bucket/x"), has_credentials("s3://bucket/x?versionId=3")
+        (True, False)
+    """
+    return bool(_secrets_in(target))
 
 
 def join(base: StorageTarget, *parts: str) -> Any:
@@ -205,8 +301,16 @@ def join(base: StorageTarget, *parts: str) -> Any:
     return str(cast(Path, location(base)).joinpath(*parts))
 
 
-def _storage_error(action: str, target: Any, exc: BaseException) -> StorageError:
-    return StorageError(f"Could not {action} {display(target)}: {type(exc).__name__}: {display(exc)}")
+def _fail(action: str, target: Any, exc: BaseException) -> NoReturn:
+    """Raise the StorageError for the file system's ``exc``, its text without ``target``'s credentials.
+
+    Chained to ``exc`` (``raise from``) unless ``target`` carries credentials: a traceback prints
+    the cause's own text, and a file system's error can repeat them.
+    """
+    error = StorageError(f"Could not {action} {display(target)}: {type(exc).__name__}: {scrub(str(exc), target)}")
+    if has_credentials(target):
+        raise error from None
+    raise error from exc
 
 
 def exists(target: StorageTarget) -> bool:
@@ -217,7 +321,7 @@ def exists(target: StorageTarget) -> bool:
     try:
         return bool(where.fs.exists(where.path))
     except Exception as exc:  # the file system's own errors: network, credentials
-        raise _storage_error("look up", target, exc) from exc
+        _fail("look up", target, exc)
 
 
 def _not_found(target: Any) -> InputValidationError:
@@ -264,7 +368,7 @@ def stage(target: StorageTarget, dest: Path) -> Path:
     except FileNotFoundError:
         raise _not_found(target) from None
     except Exception as exc:
-        raise _storage_error("read", target, exc) from exc
+        _fail("read", target, exc)
     return dest
 
 
@@ -305,7 +409,7 @@ def publish(local: Path, target: StorageTarget) -> None:
             where.fs.makedirs(parent, exist_ok=True)
         where.fs.put_file(str(local), where.path)
     except Exception as exc:
-        raise _storage_error("write", target, exc) from exc
+        _fail("write", target, exc)
 
 
 @contextlib.contextmanager
@@ -369,7 +473,7 @@ def read_all(folder: StorageTarget, *, suffix: str = "") -> list[str]:
     except FileNotFoundError:
         return []
     except Exception as exc:
-        raise _storage_error("read", folder, exc) from exc
+        _fail("read", folder, exc)
     if not isinstance(found, dict):  # one name: some file systems answer the bytes themselves
         found = {names[0]: found}
     return [found[name].decode("utf-8") for name in names if name in found]

@@ -5,14 +5,18 @@ triggerer down) can leave its batch running with nobody to collect it. Every bat
 operators create names its task instance in metadata; this DAG asks Airflow for the state of
 each one's DAG run and cancels the batches whose run has ended (success or failed). Runs still
 queued or running keep their batches: a task, a sensor or a retry will collect them. Batches
-younger than 10 minutes, made outside Airflow, or naming a run Airflow does not know are
-reported in the log and the XCom, never cancelled.
+younger than 10 minutes, made outside Airflow, naming a run Airflow does not know, or made by
+another deployment sharing the API project (staging beside production: same DAGs, same run ids)
+are reported in the log and the XCom, never cancelled. Batches made by an earlier batch_ops name
+no deployment: reported as unproven, cancelled only with `BATCH_OPS_SWEEP_UNPROVEN=1`.
 
 Configuration:
 
 - connection `openai_batch_default`: the account to sweep;
 - `BATCH_OPS_SWEEP_CANCEL=0`: report only;
-- `BATCH_OPS_SWEEP_MIN_AGE`: seconds a batch must have run before it may be cancelled (600).
+- `BATCH_OPS_SWEEP_MIN_AGE`: seconds a batch must have run before it may be cancelled (600);
+- `BATCH_OPS_SWEEP_UNPROVEN=1`: also cancel ended batches naming no deployment (only when no other
+  Airflow deployment uses the API project).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ def batch_ops_orphan_sweep() -> None:
         cancel=os.environ.get("BATCH_OPS_SWEEP_CANCEL", "1") != "0",
         min_age=float(os.environ.get("BATCH_OPS_SWEEP_MIN_AGE", "600")),
         lookback=timedelta(days=3),
+        sweep_unproven=os.environ.get("BATCH_OPS_SWEEP_UNPROVEN", "0") == "1",
     )
 
 

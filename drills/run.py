@@ -68,6 +68,7 @@ DRILLS: tuple[Spec, ...] = (
     Spec("receiver-body", "22.3", "Webhook receiver: unsigned 300 MB body, plain and chunked", "receiver_drills"),
     Spec("receiver-slow", "22.4", "Webhook receiver: 1,000 slow clients (and 1,100 under 1,024 files), genuine "
          "delivery", "receiver_drills"),
+    Spec("two-deployments", "22.6", "Two deployments sweeping one project: 0 foreign cancels", "owner_drills"),
     Spec("cli-output", "22.16", "-o onto a FIFO, a link, a folder: streamed, followed, refused", "files_drills"),
     Spec("big-line", "22.17", "One 700 MB line through validate, submit, shard, job; 190 MB in the server",
          "files_drills"),
@@ -76,10 +77,11 @@ DRILLS: tuple[Spec, ...] = (
 )
 #: Cheap suites first, so a broken basic fails fast; the Airflow deployment last.
 SUITES: tuple[str, ...] = ("core_drills", "hostile_drills", "receiver_drills", "files_drills", "airflow_dags",
-                           "prefect_drills", "airflow_stack", "money_drills")
+                           "prefect_drills", "airflow_stack", "money_drills", "owner_drills")
 #: Seconds a suite may take before it is stopped (its drills then fail); a full run takes ~4 min.
 BUDGET: dict[str, float] = {"core_drills": 180, "airflow_dags": 240, "prefect_drills": 240, "airflow_stack": 420,
-                            "money_drills": 480, "hostile_drills": 120, "receiver_drills": 150, "files_drills": 150}
+                            "money_drills": 480, "hostile_drills": 120, "receiver_drills": 150, "files_drills": 150,
+                            "owner_drills": 300}
 #: The whole run stops within this (issue 8: 15 minutes), leaving a minute to stop what is running.
 TOTAL_BUDGET = 14 * 60.0
 

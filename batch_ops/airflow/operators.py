@@ -35,6 +35,7 @@ except ImportError:  # Airflow 3.0 kept it in airflow.exceptions
 
 from batch_ops import OutcomePolicy, Source, SubmitSpec, is_permanent
 from batch_ops.airflow.config import default_deferrable
+from batch_ops.airflow.deployment import deployment_identity, deployment_name
 from batch_ops.airflow.hooks import OpenAIBatchHook
 from batch_ops.airflow.links import OpenAIBatchLink, batch_url
 from batch_ops.airflow.outcome import XCOM_BATCH, XCOM_BATCH_ID, BatchOutcomeMixin
@@ -71,10 +72,14 @@ def idempotency_key(*, dag_id: str, task_id: str, run_id: str, map_index: int = 
 
 
 def _owner(context: Context) -> dict[str, str]:
-    """The task instance, in the batch's metadata: an orphan sweep asks Airflow whether it is still running."""
+    """The task instance and this deployment, in the batch's metadata: an orphan sweep asks Airflow whether
+    the run is still going, and cancels the batch only when the deployment named is its own."""
     ti = context["ti"]
+    ti_id = getattr(ti, "id", None)
     return airflow_owner_metadata(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id,
-                                  map_index=ti.map_index if ti.map_index is not None else -1)
+                                  map_index=ti.map_index if ti.map_index is not None else -1,
+                                  deployment=deployment_identity(), ti_id=str(ti_id) if ti_id else None,
+                                  deployment_name=deployment_name())
 
 
 def _seconds(value: timedelta | float | None) -> float | None:
@@ -136,7 +141,8 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
             None: the file system's own defaults (environment, instance role).
         conn_id: an ``openaibatch`` connection (or an ``openai`` one).
         metadata: up to 14 string pairs (templated); batch_ops adds two: its idempotency key, and the
-            task instance that owns the batch (for the orphan sweep, :mod:`batch_ops.airflow.orphans`).
+            task instance and deployment that own the batch (for the orphan sweep,
+            :mod:`batch_ops.airflow.orphans`; the deployment: :mod:`batch_ops.airflow.deployment`).
         output_expires_after: ``{"anchor": "created_at", "seconds": 3600..2592000}`` (templated).
         completion_window: ``"24h"`` (templated).
         deferrable: wait in the triggerer instead of holding a worker slot. Default: Airflow's

@@ -7,10 +7,16 @@ metadata, and cancels the batches whose DAG run has ended: see :mod:`batch_ops.o
 rules and :func:`dag_run_states` for why the run, not the task instance, decides.
 ``dags/batch_ops_orphan_sweep.py`` runs it hourly.
 
+It cancels only batches it can prove are this deployment's: the owner record must name this
+deployment's identity (:mod:`batch_ops.airflow.deployment`). Another deployment sharing the API
+project (staging beside production, the same DAG, the same run ids) has its batches reported as
+``foreign`` and never touched; batches an earlier batch_ops made name no deployment and are
+reported as ``unproven`` unless ``sweep_unproven=True`` (an account no other deployment uses).
+
 Examples:
     >>> op = OpenAIBatchOrphanSweepOperator(task_id="sweep", cancel=False)
-    >>> op.cancel, op.min_age
-    (False, 600.0)
+    >>> op.cancel, op.min_age, op.sweep_unproven
+    (False, 600.0, False)
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from batch_ops.airflow.deployment import deployment_identity
 from batch_ops.airflow.hooks import OpenAIBatchHook
 from batch_ops.orphans import DEFAULT_LOOKBACK, DEFAULT_MIN_AGE, Owner, OwnerState, sweep
 
@@ -68,9 +75,13 @@ class OpenAIBatchOrphanSweepOperator(BaseOperator):
         cancel: cancel the orphans (default); False only reports them.
         min_age: keep batches younger than this (seconds or timedelta).
         lookback: how far back batches are listed (seconds or timedelta; default 3 days).
+        sweep_unproven: also cancel ended batches whose owner names no deployment (made by an
+            earlier batch_ops). Only for an API project that no other Airflow deployment uses:
+            their run ids may be this deployment's too.
 
     Returns (XCom): ``{"counts": {...}, "batches": [...]}``, one entry per unfinished batch with
-    its owner, the owner's state and the verdict (no secrets).
+    its owner, the owner's state and the verdict (kept, orphan, unproven, foreign, unknown,
+    unowned); no secrets.
     """
 
     template_fields: Sequence[str] = ("conn_id",)
@@ -84,11 +95,13 @@ class OpenAIBatchOrphanSweepOperator(BaseOperator):
         cancel: bool = True,
         min_age: timedelta | float = DEFAULT_MIN_AGE,
         lookback: timedelta | float = DEFAULT_LOOKBACK,
+        sweep_unproven: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.conn_id = conn_id
         self.cancel = cancel
+        self.sweep_unproven = sweep_unproven
         self.min_age = min_age.total_seconds() if isinstance(min_age, timedelta) else float(min_age)
         self.lookback = lookback.total_seconds() if isinstance(lookback, timedelta) else float(lookback)
 
@@ -96,13 +109,15 @@ class OpenAIBatchOrphanSweepOperator(BaseOperator):
         import time
 
         ti = context["ti"]
+        deployment = deployment_identity()
         with OpenAIBatchHook(conn_id=self.conn_id).get_client() as client:
             report = sweep(client, lambda owners: dag_run_states(ti, owners), cancel=self.cancel,
-                           since=time.time() - self.lookback, min_age=self.min_age, systems=["airflow"])
+                           since=time.time() - self.lookback, min_age=self.min_age, systems=["airflow"],
+                           deployment=deployment, sweep_unproven=self.sweep_unproven)
         for j in report.judgements:
             if j.verdict != "kept":
-                owner = f"{j.owner.system}:{j.owner.id}" if j.owner else "no owner"
+                owner = j.owner.label if j.owner else "no owner"
                 self.log.info("Batch %s (%s, %s): %s: %s%s", j.batch.id, j.batch.status.value, owner, j.verdict,
                               j.reason, " — cancelled" if j.cancelled else "")
-        self.log.info("Sweep: %s", dict(report.counts()))
+        self.log.info("Sweep (deployment %s): %s", deployment or "unknown", dict(report.counts()))
         return report.as_dict()

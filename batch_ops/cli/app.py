@@ -541,9 +541,11 @@ def orphans(
 
     Each batch made by batch_ops' Airflow or Prefect adapters names its owner in metadata. With
     --prefect, flow run owners are looked up on the Prefect API; a batch whose flow run (or a
-    parent of it) has ended is an orphan. Airflow owners are judged by the DAG
-    ``batch_ops_orphan_sweep`` (dags/), which asks Airflow from inside a task. Owners nobody
-    asked about are reported as unknown and never cancelled.
+    parent of it) has ended is an orphan. A flow run this Prefect server does not know (another
+    server's, a deleted one) is unknown: never cancelled. Airflow owners are judged by the DAG
+    ``batch_ops_orphan_sweep`` (dags/), which asks Airflow from inside a task and cancels only
+    batches of its own deployment. Owners nobody asked about are reported as unknown and never
+    cancelled.
     """
     out = _Out(json=json_output)
     oracle: Any = lambda owners: {}  # noqa: E731 - nobody asked: every owner unknown
@@ -653,7 +655,7 @@ def results(
                 **tally.as_dict()})
     style = "green" if tally.failed == 0 else "yellow"
     if not out.json:
-        out.stderr.print(f"wrote {output} ({kind}): {tally.summary()}", style=style, soft_wrap=True)
+        out.stderr.print(f"wrote {storage.display(output)} ({kind}): {tally.summary()}", style=style, soft_wrap=True)
 
 
 @app.command(cls=_Command)
@@ -667,18 +669,19 @@ def validate(
     Prints every problem with its line, rule and fix; exit 1 when there is any.
     """
     out = _Out(json=json_output)
+    shown = storage.display(input_path)  # a signed URL's signature, a URL's password: never printed
     with _handled(out), storage.local_copy(input_path) as local:
         report, problems = check_file(local, endpoint=endpoint)
     if out.json:
         out.result(render.report_json(report, problems))
     elif problems:
-        _print_problems(out, str(input_path), problems, truncated=report.truncated)
+        _print_problems(out, shown, problems, truncated=report.truncated)
         noun = "problem" if len(problems) == 1 else "problems"
-        out.stderr.print(f"{input_path}: {len(problems)}{'+' if report.truncated else ''} {noun} "
+        out.stderr.print(f"{shown}: {len(problems)}{'+' if report.truncated else ''} {noun} "
                          f"in {report.lines} lines", style="red")
     else:
         model = f", model {report.model}" if report.model else ""
-        out.stdout.print(f"{input_path}: valid: {report.lines} requests, {render.human_bytes(report.bytes)}, "
+        out.stdout.print(f"{shown}: valid: {report.lines} requests, {render.human_bytes(report.bytes)}, "
                          f"{report.endpoint}{model}", soft_wrap=True)
     if problems:
         raise typer.Exit(EXIT_FAILED)
@@ -706,7 +709,7 @@ def shard(
         sizes = [(p, _count_lines(p), p.stat().st_size) for p in paths]
     if out.json:
         parts = [{"path": str(p), "lines": lines, "bytes": size} for p, lines, size in sizes]
-        out.result({"input": str(input_path), "out_dir": str(out_dir), "parts": parts})
+        out.result({"input": storage.display(input_path), "out_dir": str(out_dir), "parts": parts})
         return
     for p, lines, size in sizes:
         out.stdout.print(f"{p}  {lines} requests  {render.human_bytes(size)}", soft_wrap=True)

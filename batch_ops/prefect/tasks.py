@@ -30,7 +30,6 @@ Examples:
 import asyncio
 import os
 import tempfile
-from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ from batch_ops.chain import IDEMPOTENCY_METADATA_KEY, derive_key, summary_of
 from batch_ops.client import AsyncBatchClient
 from batch_ops.errors import BatchTimeoutError, InputValidationError, Problem
 from batch_ops.jsonl import request_file, validate_file, write_requests
-from batch_ops.locks import PicklableLock
+from batch_ops.locks import PicklableLock, ProcessLocalDict
 from batch_ops.models import METADATA_MAX_PAIRS, Batch, BatchStatus, RequestCounts, Usage
 from batch_ops.polling import DEFAULT_FAIL_ON, describe, raise_for_outcome
 from batch_ops.prefect.artifacts import DEFAULT_ARTIFACT_KEY, ProgressArtifact, create_summary_artifact
@@ -204,20 +203,23 @@ def _tag_metadata(metadata: Mapping[str, str] | None, flow_run_id: str | None) -
 
 # Settings used by create_batch per flow run, so an on_cancellation hook running in this process
 # reaches the same API with the same key, even from a block that was never saved. Bounded: it only
-# has to outlive a running flow.
-_RUN_SETTINGS: OrderedDict[str, list[ClientSettings]] = OrderedDict()
+# has to outlive a running flow. Process-local: it holds API keys, and Prefect pickles batch_ops by
+# value into work-pool bundles with every module global its functions use; a ProcessLocalDict
+# pickles as an empty one, so no key travels in a bundle (the unpickling process fills its own).
+# Insertion order is the recency order (a re-used run moves to the end).
+_RUN_SETTINGS: ProcessLocalDict[str, list[ClientSettings]] = ProcessLocalDict()
 _RUN_SETTINGS_LOCK = PicklableLock()  # pickled by value with the package (Prefect bundles): a fresh lock
 _RUN_SETTINGS_MAX = 1024
 
 
 def _remember_settings(flow_run_id: str, settings: ClientSettings) -> None:
     with _RUN_SETTINGS_LOCK:
-        known = _RUN_SETTINGS.setdefault(flow_run_id, [])
-        _RUN_SETTINGS.move_to_end(flow_run_id)
+        known = _RUN_SETTINGS.pop(flow_run_id, [])
+        _RUN_SETTINGS[flow_run_id] = known  # now the most recent
         if settings not in known:
             known.append(settings)
         while len(_RUN_SETTINGS) > _RUN_SETTINGS_MAX:
-            _RUN_SETTINGS.popitem(last=False)
+            del _RUN_SETTINGS[next(iter(_RUN_SETTINGS))]  # the least recently used run
 
 
 def settings_used_by(flow_run_id: str) -> list[ClientSettings]:

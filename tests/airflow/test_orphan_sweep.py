@@ -89,5 +89,6 @@ def test_sweep_cancels_only_batches_whose_run_ended(make_server: Callable[..., A
     # The example DAG, once that run had ended: its batch is an orphan, cancelled; the others stay.
     assert status[first] in ("cancelling", "cancelled"), log[-3000:]
     assert status[stranger.id] == status[unowned.id] == "in_progress", status
-    assert "'kept': 0, 'orphan': 1, 'unknown': 1, 'unowned': 1, 'cancelled': 1" in log, log[-3000:]
+    assert "'kept': 0, 'orphan': 1, 'unproven': 0, 'foreign': 0, 'unknown': 1, 'unowned': 1, 'cancelled': 1" in log, \
+        log[-3000:]
     assert KEY not in first_log + log
