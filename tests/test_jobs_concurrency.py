@@ -36,13 +36,16 @@ WORKER = textwrap.dedent("""
     from batch_ops import AsyncBatchClient, BatchClient
     from batch_ops.jobs import BatchJob
     src, out, url, barrier, n, mode, me = sys.argv[1:8]
-    job = BatchJob.open(src, output_path=out, endpoint="/v1/chat/completions", max_lines=10)
+    def job_open():
+        return BatchJob.open(src, output_path=out, endpoint="/v1/chat/completions", max_lines=10)
+    job = job_open() if mode != "fresh" else None
     Path(barrier, me).touch()
     deadline = time.monotonic() + 60
     while len(os.listdir(barrier)) < int(n):
         if time.monotonic() > deadline:
             sys.exit("the other workers never reached the barrier")
         time.sleep(0.001)
+    job = job or job_open()  # "fresh": the job does not exist yet, every worker starts it at once
     events = []
     def note(progress):
         events.extend(progress.events)
@@ -116,6 +119,16 @@ def test_workers_stepping_one_job_at_once_on_local_disk_pay_once(
     BatchJob.open(src, output_path=out, endpoint=CHAT, max_lines=PER_PART)  # the job exists: they resume it
     with make_server(request_latency=0.01) as url:
         answers = race(n, mode, str(src), str(out), url, tmp_path)
+        assert_paid_once(url, answers)
+    assert len(out.read_text().splitlines()) == PARTS * PER_PART
+
+
+def test_workers_starting_one_new_job_at_once_shard_it_once_and_pay_once(
+        make_server: MakeServer, tmp_path: Path) -> None:
+    src = write_input(tmp_path / "in.jsonl")
+    out = tmp_path / "out.jsonl"
+    with make_server(request_latency=0.01) as url:
+        answers = race(3, "fresh", str(src), str(out), url, tmp_path)
         assert_paid_once(url, answers)
     assert len(out.read_text().splitlines()) == PARTS * PER_PART
 

@@ -42,9 +42,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import os
 import posixpath
 import re
+import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
@@ -543,18 +545,26 @@ class BatchJob:
                 except BatchOpsError as exc:
                     error = exc
         finally:
-            plan.close()  # interrupted (KeyboardInterrupt, a timeout of the caller): the lease goes back now
+            plan.close()  # interrupted mid-step (KeyboardInterrupt, a caller's timeout): the lease goes back now
 
     async def aadvance(self, client: Any) -> JobProgress:
         """Run one step with an :class:`~batch_ops.AsyncBatchClient`; file work runs in a thread."""
         plan = self.advance_plan()
+        # One thread at a time runs the plan: a cancelled await leaves its thread running, and the
+        # close below must wait for it (a generator cannot be closed while it executes).
+        running = threading.Lock()
 
         def step(value: Any, error: BaseException | None) -> tuple[bool, Any]:
             # StopIteration cannot cross a thread future, so report completion as a value.
-            try:
-                return False, (plan.throw(error) if error is not None else plan.send(value))
-            except StopIteration as done:
-                return True, done.value
+            with running:
+                try:
+                    return False, (plan.throw(error) if error is not None else plan.send(value))
+                except StopIteration as done:
+                    return True, done.value
+
+        def close() -> None:
+            with running:
+                plan.close()
 
         value: Any = None
         error: BaseException | None = None
@@ -569,9 +579,11 @@ class BatchJob:
                 except BatchOpsError as exc:
                     error = exc
         finally:
-            # Cancelled mid-step: the lease goes back (file or network work, so in a thread; the
-            # thread finishes even if this await is cancelled again).
-            await asyncio.to_thread(plan.close)
+            if inspect.getgeneratorstate(plan) != inspect.GEN_CLOSED:
+                # Cancelled (or failed) mid-step: the lease goes back now. The close runs in a thread
+                # (file or network work); shielded, so a second cancel still gets through at once
+                # while the close completes.
+                await asyncio.shield(asyncio.get_running_loop().run_in_executor(None, close))
 
     def run(self, client: Any, *, poll_interval: float = 30.0, on_step: Callable[[JobProgress], None] | None = None,
             sleep: Callable[[float], None] = time.sleep) -> JobSummary:

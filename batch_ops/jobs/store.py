@@ -51,6 +51,7 @@ import contextlib
 import re
 import shutil
 import tempfile
+import time
 import weakref
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -95,18 +96,24 @@ class JobStore:
             InputValidationError: the state is not a job state, or a file it names is outside the job's
                 work folder (each field named, with the fix); nothing has been read or uploaded.
         """
-        text = self._read()
-        if text is None:
-            return None
-        try:
-            state = JobState.model_validate_json(text)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(x) for x in first["loc"]) or "state"
-            raise InputValidationError(
-                [Problem(rule="invalid_state", param=where, message=f"{first['msg']} ({exc.error_count()} problem(s))",
-                         fix=_FIX)], source=self.state_name) from None
-        return self.confine(state)
+        error: ValidationError | None = None
+        for attempt in range(4):
+            text = self._read()
+            if text is None:
+                return None
+            try:
+                return self.confine(JobState.model_validate_json(text))
+            except ValidationError as exc:
+                # A store that shows an object while it is still being written (memory://, some FUSE
+                # mounts) can hand out part of a state another worker is saving: look again.
+                error = exc
+                time.sleep(0.05 * (attempt + 1))
+        assert error is not None
+        first = error.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "state"
+        raise InputValidationError(
+            [Problem(rule="invalid_state", param=where, message=f"{first['msg']} ({error.error_count()} problem(s))",
+                     fix=_FIX)], source=self.state_name)
 
     def _read(self) -> str | None:
         raise NotImplementedError
