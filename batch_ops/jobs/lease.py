@@ -374,8 +374,15 @@ class S3Lease(Lease):
             return
         # Only our own lease is deleted: If-Match fails when someone else holds it. A release that fails
         # (network) costs others one ttl of waiting, nothing more.
-        with contextlib.suppress(Exception):
+        try:
             self._call("delete_object", IfMatch=etag)
+        except Exception as exc:
+            if _s3_code(exc) in _CONFLICTS:
+                return  # not ours any more
+            # A store without conditional deletes: look, then delete if it is still ours.
+            with contextlib.suppress(Exception):
+                if str(self._call("head_object").get("ETag", "")) == etag:
+                    self._call("delete_object")
 
     def holder(self) -> str:
         return _who(self._seen)
