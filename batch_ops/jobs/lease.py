@@ -154,10 +154,14 @@ class FileLease(Lease):
         if self._fd is not None:
             return True
         self.took_over = None
-        parent = os.path.dirname(self.path)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            parent = os.path.dirname(self.path)
+            if parent:
+                os.makedirs(parent, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise StorageError(f"Could not take the job's lease {self.path}: {type(exc).__name__}: {exc}; fix: the "
+                               "output's folder must be writable by every worker that runs the job") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -301,7 +305,11 @@ class S3Lease(Lease):
     def _held(self, etag: str) -> bool:
         self._etag = etag
         if not self._probed:
-            self._probe()
+            try:
+                self._probe()
+            except BaseException:
+                self.release()  # not usable: give it back rather than hold it up for a ttl
+                raise
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat, name=f"batch_ops lease {self.key}", daemon=True)
         self._beat.start()
