@@ -8,6 +8,7 @@ Every error raised by the core, the Airflow provider and the Prefect collection 
     ├── InputValidationError          bad request file or parameters, caught before any upload
     ├── ResultFileError               an output or error file has a line that is not a result
     ├── AttemptsExhaustedError        a key made its last allowed attempt, and it was rejected too
+    ├── JobBusyError                  another worker is stepping the same job right now (try again later)
     ├── WebhookVerificationError      a webhook's signature, timestamp or id does not check out
     ├── APIError                      the API could not be used
     │   ├── APIConnectionError        no HTTP response (refused, reset, dropped, too many redirects)
@@ -63,6 +64,7 @@ __all__ = [
     "ConflictError",
     "InputValidationError",
     "InternalServerError",
+    "JobBusyError",
     "NotFoundError",
     "PermissionDeniedError",
     "Problem",
@@ -213,6 +215,18 @@ class StorageError(BatchOpsError):
 
 class AttemptsExhaustedError(BatchOpsError):
     """Raised when a key made its last allowed attempt and that one was rejected too."""
+
+
+class JobBusyError(BatchOpsError):
+    """Raised when another worker holds a job's lease (it is stepping the job), or this worker lost it.
+
+    Not permanent: the other step ends (or its lease expires), so a retried task tries again.
+    ``retry_after`` is a hint in seconds.
+    """
+
+    def __init__(self, message: str, *, retry_after: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class WebhookVerificationError(BatchOpsError):

@@ -99,7 +99,7 @@ def test_a_job_on_s3_runs_through_rounds_and_leaves_nothing_on_the_worker(
 def test_a_job_killed_on_one_worker_resumes_on_another_without_a_second_batch(
         s3: Any, make_server: MakeServer, tmp_path: Path) -> None:
     """Worker A (its own process, temp folder and working directory) is killed with SIGKILL mid-job and its
-    disk thrown away; worker B resumes from what is on S3 alone."""
+    disk thrown away; worker B resumes from what is on S3 alone, once A's lease (1 s here) has expired."""
     s3.pipe(f"{S3_BUCKET}/jobs/in.jsonl", requests_file(1200))
     worker_a = tmp_path / "worker-a"
     (worker_a / "tmp").mkdir(parents=True)
@@ -108,7 +108,7 @@ def test_a_job_killed_on_one_worker_resumes_on_another_without_a_second_batch(
         "from batch_ops import BatchClient\n"
         "from batch_ops.jobs import BatchJob\n"
         "job = BatchJob.open(sys.argv[1] + '/in.jsonl', output_path=sys.argv[1] + '/out.jsonl',"
-        " endpoint='/v1/chat/completions', max_lines=100, max_concurrent=2)\n"
+        " endpoint='/v1/chat/completions', max_lines=100, max_concurrent=2, lease_ttl=1)\n"
         "job.run(BatchClient(api_key='local', base_url=sys.argv[2]), poll_interval=0.05)\n"
     )
     state_key = f"{S3_BUCKET}/jobs/out.jsonl.state.json"
@@ -133,8 +133,12 @@ def test_a_job_killed_on_one_worker_resumes_on_another_without_a_second_batch(
             job = BatchJob.open(f"{BASE}/in.jsonl", output_path=f"{BASE}/out.jsonl", endpoint=CHAT, max_lines=100,
                                 max_concurrent=2)
             assert job.state.batch_ids == before.batch_ids  # resumed, not re-sharded
-            summary = job.run(client, poll_interval=0.05)
+            events: list[str] = []
+            summary = job.run(client, poll_interval=0.05, on_step=lambda p: events.extend(p.events))
         batch_ids, answered = on_server(url)
+    # A died holding the lease (if it was mid-step): B waited for it to expire, then took it over.
+    assert any(e.startswith("took the job's lease over from worker") for e in events) or not any(
+        e.startswith("busy:") for e in events)
     assert sorted(batch_ids) == sorted(job.state.batch_ids)
     assert summary.succeeded + summary.failed == 1200 and max(answered.values()) == 1
     assert len(s3.cat(f"{S3_BUCKET}/jobs/out.jsonl").splitlines()) == 1200

@@ -28,6 +28,7 @@ _FIXES = {
     "max_lines": f"use 1..{DEFAULT_MAX_LINES} requests per batch",
     "max_bytes": f"use 1..{DEFAULT_MAX_BYTES} bytes per batch",
     "token_limit_backoff": "use 0 or more seconds",
+    "lease_ttl": "use 1 or more seconds (the default, 120, suits steps of any size)",
 }
 
 
@@ -43,6 +44,8 @@ class JobConfig(BaseModel):
         prices: USD per 1M tokens per model, for the cost estimate.
         token_limit_backoff: seconds before resubmitting a part refused with
             ``token_limit_exceeded``; doubles per refusal, at most an hour.
+        lease_ttl: seconds the job's lease on object storage lives without a renewal: a worker that
+            died while stepping the job holds it up that long (see :mod:`batch_ops.jobs.lease`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -55,6 +58,7 @@ class JobConfig(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
     prices: dict[str, dict[str, float]] | None = None
     token_limit_backoff: float = Field(default=60.0, ge=0)
+    lease_ttl: float = Field(default=120.0, ge=1)
 
     @classmethod
     def of(cls, config: JobConfig | Mapping[str, Any] | None = None, **options: Any) -> JobConfig:

@@ -13,6 +13,14 @@ instead of paying for a second one; a part refused with ``token_limit_exceeded``
 again under the same key, as the next attempt of its chain; a finished part is never submitted
 again.
 
+One worker steps a job at a time: a step takes the job's lease (:mod:`batch_ops.jobs.lease`:
+``flock`` on a local disk, conditional PUTs on S3), reads the state afresh under it, and gives it
+back at the end; a worker that finds it taken returns a ``busy`` progress and tries again later.
+So two workers resuming one job at once (a Celery redelivery, two pods) create one batch per
+part, not two. Where the store cannot hold a lease, and in a step that took over the lease of a
+worker that stopped renewing it, every part is looked up by its key before it is created and
+reconciled after, as single submits are.
+
 :meth:`BatchJob.advance_plan` is the one implementation of a step, written as a generator of
 client calls; ``advance`` / ``run`` drive it with :class:`~batch_ops.BatchClient`,
 ``aadvance`` / ``arun`` with :class:`~batch_ops.AsyncBatchClient` (file work in a thread).
@@ -32,10 +40,15 @@ Examples:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import inspect
 import os
+import posixpath
+import re
+import threading
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,11 +61,13 @@ from batch_ops.errors import (
     BatchOpsError,
     ConfigurationError,
     InputValidationError,
+    JobBusyError,
     Problem,
     is_permanent,
 )
 from batch_ops.jobs.config import JobConfig
 from batch_ops.jobs.harvest import UsageTotals, harvest_part, merge, synthesize_failures
+from batch_ops.jobs.lease import DEFAULT_LEASE_TTL
 from batch_ops.jobs.state import JobState, PartState
 from batch_ops.jobs.store import JobStore, LocalJobStore, store_for
 from batch_ops.jsonl import check_file, shard_file, validate_file
@@ -83,6 +98,9 @@ class JobProgress:
     ``events`` says, one line each, what the step did to the API: batches created, re-attached
     (a part whose create was cut off by a crash, found again under its key) and harvested. The
     adapters log them.
+
+    ``busy`` is True when another worker was stepping the job: this step did nothing (``running``
+    and ``pending`` are as last seen here) and ``wake_at`` says when to try again.
     """
 
     running: list[str]
@@ -90,6 +108,7 @@ class JobProgress:
     done: bool
     wake_at: float | None
     events: tuple[str, ...] = ()
+    busy: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,15 +131,52 @@ class JobSummary:
         return dict(self.__dict__)
 
 
+_LOCAL_PROTOCOLS = frozenset({"file", "local"})
+
+
+def _identity(where: Path | storage.Location) -> tuple[str, str]:
+    """Where a file really is: ``("", its real local path)``, or ``(protocol, its normalised path)``.
+
+    Every spelling of one local file gives the same answer — ``file://``, ``local://``, a relative
+    path, ``./x/../in.jsonl``, a symlink, an fsspec local file system — and so does every spelling of
+    one object (``s3://b/k`` and ``s3a://b//k``).
+    """
+    if isinstance(where, storage.Location):
+        fs = where.fs
+        protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+        stripped = str(fs._strip_protocol(where.path)) if hasattr(fs, "_strip_protocol") else where.path
+        if not (getattr(fs, "local_file", False) or protocols & _LOCAL_PROTOCOLS):
+            return min(protocols), posixpath.normpath("/" + stripped.lstrip("/"))
+        where = Path(stripped)
+    return "", os.path.realpath(where)
+
+
 def _same_place(a: Path | storage.Location, b: Path | storage.Location) -> bool:
-    if not (isinstance(a, Path) and isinstance(b, Path)):
-        return _name(a) == _name(b)
-    try:
-        if b.exists() and a.exists():
-            return os.path.samefile(a, b)
-        return a.resolve() == b.resolve()
-    except OSError:
-        return False
+    """True when ``a`` and ``b`` name one file (however spelled; a hard link counts)."""
+    ia, ib = _identity(a), _identity(b)
+    if ia == ib:
+        return True
+    if ia[0] == ib[0] == "":
+        with contextlib.suppress(OSError):
+            return os.path.samefile(ia[1], ib[1])
+    return False
+
+
+def _own_file(src: Path | storage.Location, out: Path | storage.Location) -> str | None:
+    """Which of the job's own files (beside ``out``) ``src`` is, if any: they are rewritten or removed."""
+    (proto, path), (out_proto, out_path) = _identity(src), _identity(out)
+    if proto != out_proto:
+        return None
+    if path in (out_path + ".state.json", out_path + ".lease"):
+        return "its state" if path.endswith(".state.json") else "its lease"
+    if path.startswith(out_path + ".work/"):
+        return "a file in its work folder"
+    return None
+
+
+def _file_safe(text: str) -> str:
+    """``text`` (an id from the wire) as one harmless file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text).lstrip(".") or "_"
 
 
 def _name(where: Path | storage.Location) -> str:
@@ -161,7 +217,8 @@ class BatchJob:
     """
 
     def __init__(self, state: JobState, *, store: JobStore, input_path: Any, output_path: Any,
-                 max_concurrent: int, prices: Mapping[str, Mapping[str, float]] | None) -> None:
+                 max_concurrent: int, prices: Mapping[str, Mapping[str, float]] | None,
+                 lease_ttl: float = DEFAULT_LEASE_TTL) -> None:
         self.state = state
         self.store = store
         self.work_dir = store.work
@@ -170,6 +227,9 @@ class BatchJob:
         self.max_concurrent = max_concurrent
         self.prices = prices
         self._events: list[str] = []
+        self._lease = store.lease(ttl=lease_ttl)
+        self._lease_ttl = lease_ttl
+        self._noted = False
 
     @property
     def state_path(self) -> Path | str:
@@ -177,7 +237,33 @@ class BatchJob:
         return self.store.state_path if isinstance(self.store, LocalJobStore) else self.store.state_name
 
     def _save(self) -> None:
+        self._lease.check()  # a worker that lost the lease writes nothing more
         self.store.save(self.state)
+
+    def _reload(self) -> None:
+        """Read the state afresh: another worker may have stepped the job since this one last looked."""
+        state = self.store.load()
+        if state is None or state.job_id != self.state.job_id:
+            raise ConfigurationError(
+                f"{self.store.state_name} was removed or replaced by another job's state while job "
+                f"{self.state.job_id} was open; fix: open the job again (BatchJob.open) to see what is there now")
+        self.state = state
+
+    @contextlib.contextmanager
+    def _holding(self, what: str, *, wait: float) -> Iterator[None]:
+        """Hold the job's lease for the block, waiting up to ``wait`` seconds for it (blocking: run in a thread)."""
+        deadline = time.monotonic() + wait
+        while not self._lease.acquire():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise JobBusyError(
+                    f"Could not {what}: {self._lease.holder()} has been stepping job {self.state.job_id} for "
+                    f"{wait:.0f} s; try again later (nothing was changed)", retry_after=self._lease.retry_after)
+            time.sleep(min(self._lease.retry_after, left))
+        try:
+            yield
+        finally:
+            self._lease.release()
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
@@ -199,22 +285,52 @@ class BatchJob:
         if _same_place(src, out):
             raise InputValidationError(
                 [Problem(rule="output_is_input", param="output_path",
-                         message=f"the output {storage.display(out)} is the input {storage.display(src)} (the same "
-                         "file, or a link to it)",
+                         message=f"the output {storage.display(output_path)} is the input "
+                         f"{storage.display(input_path)} (the same file, however spelled, or a link to it): the "
+                         "results would overwrite the requests",
                          fix="choose another output path: the job writes its merged results there")],
+                source="job parameters",
+            )
+        own = _own_file(src, out)
+        if own is not None:
+            raise InputValidationError(
+                [Problem(rule="input_is_job_file", param="input_path",
+                         message=f"the input {storage.display(input_path)} is {own} of the job writing to "
+                         f"{storage.display(output_path)}, which the job rewrites or removes",
+                         fix="keep the request file outside the output's .state.json, .lease and .work names")],
                 source="job parameters",
             )
         store = store_for(out)
         job_args: dict[str, Any] = {"store": store, "input_path": input_path, "output_path": output_path,
-                                    "max_concurrent": cfg.max_concurrent, "prices": cfg.prices}
+                                    "max_concurrent": cfg.max_concurrent, "prices": cfg.prices,
+                                    "lease_ttl": cfg.lease_ttl}
         state = store.load()
         if state is not None:
-            if state.endpoint != cfg.endpoint or state.input_path != _name(src):
-                raise ConfigurationError(
-                    f"{store.state_name} belongs to a job over {state.input_path} ({state.endpoint}); fix: choose "
-                    "another output path, or delete the state file to start over"
-                )
-            return cls(state, **job_args)
+            return cls(cls._same_job(state, store, cfg, src), **job_args)
+        # A new job: one worker shards it and writes its first state; one that comes second waits, then resumes it.
+        placeholder = JobState(job_id=_job_id(src, out), endpoint=cfg.endpoint, input_path=_name(src),
+                               output_path=_name(out), total=0, created_at=_clock(), max_rounds=cfg.max_rounds)
+        job = cls(placeholder, **job_args)
+        with job._holding("start the job", wait=cfg.lease_ttl):
+            state = store.load()
+            if state is not None:
+                job.state = cls._same_job(state, store, cfg, src)
+                return job
+            job.state = cls._start(store, cfg, src, out)
+        return job
+
+    @staticmethod
+    def _same_job(state: JobState, store: JobStore, cfg: JobConfig, src: Path | storage.Location) -> JobState:
+        if state.endpoint != cfg.endpoint or state.input_path != _name(src):
+            raise ConfigurationError(
+                f"{store.state_name} belongs to a job over {state.input_path} ({state.endpoint}); fix: choose "
+                "another output path, or delete the state file to start over"
+            )
+        return state
+
+    @staticmethod
+    def _start(store: JobStore, cfg: JobConfig, src: Path | storage.Location, out: Path | storage.Location) -> JobState:
+        """Shard the input and store the parts, then the first state (under the lease)."""
         store.reset()
         with storage.local_copy(src) as local_src:
             # Any size is fine: the limits apply per part, when sharding.
@@ -232,13 +348,39 @@ class BatchJob:
             store.push(part)  # every part is stored before the state that names it
             state.parts.append(PartState(name=part.stem, round=0, path=store.name_of(part), requests=lines))
         store.save(state)
-        return cls(state, **job_args)
+        return state
 
     # -- the step, written once ---------------------------------------------------------------
     def advance_plan(self) -> Generator[Call, Any, JobProgress]:
-        """One step: look at running batches, harvest the finished, submit what may start."""
-        state = self.state
+        """One step: take the job's lease, look at running batches, harvest the finished, submit what may start.
+
+        When another worker holds the lease, the step does nothing and returns a ``busy`` progress.
+        The lease is given back when the plan ends (or is closed).
+        """
         self._events = []
+        if not self._lease.acquire():
+            return self._busy()
+        try:
+            self._reload()
+            if self._lease.took_over:
+                self._events.append(f"took the job's lease over from {self._lease.took_over}: every part is looked "
+                                    "up by its key before it is created")
+            if self._lease.note and not self._noted:
+                self._noted = True
+                self._events.append(self._lease.note)
+            return (yield from self._step())
+        finally:
+            self._lease.release()
+
+    def _busy(self) -> JobProgress:
+        retry = self._lease.retry_after
+        running = [p.batch_id for p in self.state.parts if p.status == "running" and p.batch_id]
+        event = f"busy: {self._lease.holder()} is stepping this job; trying again in {retry:.0f} s"
+        return JobProgress(running=running, pending=sum(1 for p in self.state.parts if p.status == "pending"),
+                           done=False, wake_at=_clock() + retry, busy=True, events=(event,))
+
+    def _step(self) -> Generator[Call, Any, JobProgress]:
+        state = self.state
         for part in [p for p in state.parts if p.status == "running"]:
             try:
                 batch: Batch = yield Call("batches.retrieve", {"batch_id": part.batch_id})
@@ -265,16 +407,21 @@ class BatchJob:
         # A key never used before needs no lookup: it is on disk before its first create, so a
         # crash leaves the part "submitting" and the resumed job looks the key's chain up. A part
         # sent again after token_limit_exceeded keeps its key: the core makes the next attempt.
+        # Under an exclusive lease nobody else can have used a fresh key; without one (or after taking
+        # over from a worker that may still be alive) the key is looked up and the create reconciled.
         fresh = part.key is None
         if fresh:
             part.key = f"{self.state.job_id}-{part.name}"
         if part.status != "submitting":
             part.status = "submitting"
             self._save()  # the key is stored before any create
+        lookup = not fresh or not self._lease.exclusive or self._lease.took_over is not None
         metadata = {**self.state.metadata, "batch_ops_job": self.state.job_id, "batch_ops_part": part.name}
         spec = SubmitSpec(endpoint=self.state.endpoint, metadata=metadata, idempotency_key=part.key,
-                          reattach=not fresh, since=self.state.created_at - _LOOKBACK_SKEW)
-        submission: Submission = yield Call("submit_spec", {"source": str(self.store.fetch(part.path)), "spec": spec})
+                          reattach=lookup, since=self.state.created_at - _LOOKBACK_SKEW)
+        source = str(self.store.fetch(part.path))
+        self._lease.confirm()  # still ours right now, or nothing is created
+        submission: Submission = yield Call("submit_spec", {"source": source, "spec": spec})
         batch = submission.batch
         if submission.created:
             self._events.append(f"part {part.name}: created batch {batch.id} ({part.requests} requests)")
@@ -301,15 +448,15 @@ class BatchJob:
             self._events.append(f"part {part.name}: batch {batch.id} refused (token_limit_exceeded); sent again "
                                 f"in {delay:.0f} s")
             return
-        downloads = self.work_dir / "downloads"
+        local = self.store.local_path
         out_path = err_path = None
         if batch.output_file_id:
-            out_path = yield Call("files.download", {"file_id": batch.output_file_id,
-                                                     "path": downloads / f"{batch.id}.output.jsonl"})
+            out_path = yield Call("files.download", {
+                "file_id": batch.output_file_id, "path": local(f"downloads/{_file_safe(batch.id)}.output.jsonl")})
         if batch.error_file_id:
-            err_path = yield Call("files.download", {"file_id": batch.error_file_id,
-                                                     "path": downloads / f"{batch.id}.errors.jsonl"})
-        results = self.work_dir / "results" / f"{part.name}.jsonl"
+            err_path = yield Call("files.download", {
+                "file_id": batch.error_file_id, "path": local(f"downloads/{_file_safe(batch.id)}.errors.jsonl")})
+        results = local(f"results/{part.name}.jsonl")
         part_path = self.store.fetch(part.path)
         provenance = {"batch_id": batch.id, "round": part.round, "part": part.name}
         if batch.status is BatchStatus.FAILED:
@@ -321,7 +468,7 @@ class BatchJob:
             next_round = part.round + 1
             retry_path = None
             if next_round <= state.max_rounds:
-                retry_path = self.work_dir / "parts" / f"r{next_round}-{part.name.split('-', 1)[1]}.jsonl"
+                retry_path = local(f"parts/r{next_round}-{part.name.split('-', 1)[1]}.jsonl")
             usage = UsageTotals()
             counts = harvest_part(part_path=part_path, output_path=out_path, error_path=err_path,
                                   results_path=results, retry_path=retry_path, provenance=provenance, usage=usage)
@@ -342,7 +489,18 @@ class BatchJob:
 
     # -- finishing ------------------------------------------------------------------------------
     def finish(self) -> JobSummary:
-        """Merge the final results into the output file and summarise (the job must be done)."""
+        """Merge the final results into the output file and summarise (the job must be done).
+
+        Holds the job's lease while it merges, waiting for a step of another worker to end.
+
+        Raises:
+            JobBusyError: another worker held the lease for longer than the lease's ttl.
+        """
+        with self._holding("merge the job's results", wait=self._lease_ttl):
+            self._reload()
+            return self._finish()
+
+    def _finish(self) -> JobSummary:
         state = self.state
         if not state.done:
             raise BatchOpsError(f"job {state.job_id} is not done: {self.describe()}; run it to the end first")
@@ -375,39 +533,57 @@ class BatchJob:
         plan = self.advance_plan()
         value: Any = None
         error: BaseException | None = None
-        while True:
-            try:
-                call = plan.throw(error) if error is not None else plan.send(value)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            value, error = None, None
-            try:
-                value = _resolve(client, call.target)(**call.kwargs)
-            except BatchOpsError as exc:
-                error = exc
+        try:
+            while True:
+                try:
+                    call = plan.throw(error) if error is not None else plan.send(value)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
+                value, error = None, None
+                try:
+                    value = _resolve(client, call.target)(**call.kwargs)
+                except BatchOpsError as exc:
+                    error = exc
+        finally:
+            plan.close()  # interrupted mid-step (KeyboardInterrupt, a caller's timeout): the lease goes back now
 
     async def aadvance(self, client: Any) -> JobProgress:
         """Run one step with an :class:`~batch_ops.AsyncBatchClient`; file work runs in a thread."""
         plan = self.advance_plan()
+        # One thread at a time runs the plan: a cancelled await leaves its thread running, and the
+        # close below must wait for it (a generator cannot be closed while it executes).
+        running = threading.Lock()
 
         def step(value: Any, error: BaseException | None) -> tuple[bool, Any]:
             # StopIteration cannot cross a thread future, so report completion as a value.
-            try:
-                return False, (plan.throw(error) if error is not None else plan.send(value))
-            except StopIteration as done:
-                return True, done.value
+            with running:
+                try:
+                    return False, (plan.throw(error) if error is not None else plan.send(value))
+                except StopIteration as done:
+                    return True, done.value
+
+        def close() -> None:
+            with running:
+                plan.close()
 
         value: Any = None
         error: BaseException | None = None
-        while True:
-            finished, result = await asyncio.to_thread(step, value, error)
-            if finished:
-                return result  # type: ignore[no-any-return]
-            value, error = None, None
-            try:
-                value = await _resolve(client, result.target)(**result.kwargs)
-            except BatchOpsError as exc:
-                error = exc
+        try:
+            while True:
+                finished, result = await asyncio.to_thread(step, value, error)
+                if finished:
+                    return result  # type: ignore[no-any-return]
+                value, error = None, None
+                try:
+                    value = await _resolve(client, result.target)(**result.kwargs)
+                except BatchOpsError as exc:
+                    error = exc
+        finally:
+            if inspect.getgeneratorstate(plan) != inspect.GEN_CLOSED:
+                # Cancelled (or failed) mid-step: the lease goes back now. The close runs in a thread
+                # (file or network work); shielded, so a second cancel still gets through at once
+                # while the close completes.
+                await asyncio.shield(asyncio.get_running_loop().run_in_executor(None, close))
 
     def run(self, client: Any, *, poll_interval: float = 30.0, on_step: Callable[[JobProgress], None] | None = None,
             sleep: Callable[[float], None] = time.sleep) -> JobSummary:

@@ -4,6 +4,7 @@ A job lives next to its output file::
 
     OUT                  the merged results (written when the job finishes)
     OUT.state.json       this state: parts, their batches, counters
+    OUT.lease            who is stepping the job right now (see batch_ops.jobs.lease)
     OUT.work/parts/      request files, one per part (round 0 = shards of the input,
                          later rounds = the retryable failures of a harvested part)
     OUT.work/results/    per part: the final line of every request that will not run again
@@ -109,6 +110,8 @@ def save_state(state: JobState, path: Path) -> None:
 
 
 def load_state(path: Path) -> JobState | None:
+    """The state at ``path``, as stored (unchecked: a job reads its state through ``JobStore.load``, which
+    confines the paths in it to the job's work folder)."""
     if not path.exists():
         return None
     return JobState.model_validate(json.loads(path.read_text(encoding="utf-8")))
