@@ -72,6 +72,7 @@ from batch_ops._plans import (
     download_plan,
     list_batches_plan,
     list_files_plan,
+    retrieve_batch_plan,
     upload_plan,
 )
 from batch_ops.chain import (
@@ -438,9 +439,23 @@ def _successes_plan(
 
 
 def _cancel_plan(batches: Iterable[Batch], *, policy: RetryPolicy) -> Generator[Send | Sleep, Any, list[Batch]]:
+    """Cancel each batch; returns each one as it now stands.
+
+    A duplicate can end before its cancel arrives (a fast server finishes a small batch within the
+    settle second): the API then refuses the cancel (400/409). That is not an error of the submit —
+    the batch is looked at again and returned as it is (its finished work stays in the chain).
+    """
     cancelled = []
     for batch in batches:
-        cancelled.append((yield from cancel_batch_plan(batch.id, policy=policy)))
+        try:
+            cancelled.append((yield from cancel_batch_plan(batch.id, policy=policy)))
+        except APIStatusError as exc:
+            if exc.status_code not in (400, 409):
+                raise
+            now = yield from retrieve_batch_plan(batch.id, policy=policy)
+            if not (now.status.is_terminal or now.status in (BatchStatus.CANCELLING, BatchStatus.FINALIZING)):
+                raise
+            cancelled.append(now)
     return cancelled
 
 

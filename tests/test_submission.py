@@ -247,3 +247,17 @@ def test_tries_racing_on_one_key_collapse_to_one_batch(make_server: MakeServer, 
         extra = sum(b.request_counts.completed for b in server_batches(url) if b.id != winner)
         assert done.request_counts.completed == 20
         assert paid(url) == 20 + extra  # the duplicates' work before their cancel, and nothing else
+
+
+def test_a_duplicate_that_ended_before_its_cancel_is_taken_as_it_is(make_server: MakeServer, tmp_path: Path) -> None:
+    """A try that lost a race cancels its own batch; on a fast server that batch may already have
+    completed, and the API refuses the cancel (400). The submit must go on with the batch as it is,
+    not fail (seen when racing job workers reconciled on a fast server)."""
+    from batch_ops._submit import _cancel_plan
+
+    with make_server() as url, BatchClient(api_key="k", base_url=url, max_retries=0) as client:
+        batch = client.submit(requests_file(tmp_path / "in.jsonl", 2), endpoint=CHAT)
+        done = client.batches.wait(batch.id, poll_interval=0.05, timeout=30)
+        assert done.status.value == "completed"
+        [now] = client._run(_cancel_plan([done], policy=client.retry_policy))
+        assert (now.id, now.status.value) == (batch.id, "completed")
