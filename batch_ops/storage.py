@@ -54,6 +54,7 @@ __all__ = [
     "StorageTarget",
     "display",
     "exists",
+    "fail",
     "has_credentials",
     "is_path_object",
     "is_remote",
@@ -301,7 +302,7 @@ def join(base: StorageTarget, *parts: str) -> Any:
     return str(cast(Path, location(base)).joinpath(*parts))
 
 
-def _fail(action: str, target: Any, exc: BaseException) -> NoReturn:
+def fail(action: str, target: Any, exc: BaseException) -> NoReturn:
     """Raise the StorageError for the file system's ``exc``, its text without ``target``'s credentials.
 
     Chained to ``exc`` (``raise from``) unless ``target`` carries credentials: a traceback prints
@@ -321,7 +322,7 @@ def exists(target: StorageTarget) -> bool:
     try:
         return bool(where.fs.exists(where.path))
     except Exception as exc:  # the file system's own errors: network, credentials
-        _fail("look up", target, exc)
+        fail("look up", target, exc)
 
 
 def _not_found(target: Any) -> InputValidationError:
@@ -368,7 +369,7 @@ def stage(target: StorageTarget, dest: Path) -> Path:
     except FileNotFoundError:
         raise _not_found(target) from None
     except Exception as exc:
-        _fail("read", target, exc)
+        fail("read", target, exc)
     return dest
 
 
@@ -409,7 +410,7 @@ def publish(local: Path, target: StorageTarget) -> None:
             where.fs.makedirs(parent, exist_ok=True)
         where.fs.put_file(str(local), where.path)
     except Exception as exc:
-        _fail("write", target, exc)
+        fail("write", target, exc)
 
 
 @contextlib.contextmanager
@@ -473,7 +474,7 @@ def read_all(folder: StorageTarget, *, suffix: str = "") -> list[str]:
     except FileNotFoundError:
         return []
     except Exception as exc:
-        _fail("read", folder, exc)
+        fail("read", folder, exc)
     if not isinstance(found, dict):  # one name: some file systems answer the bytes themselves
         found = {names[0]: found}
     return [found[name].decode("utf-8") for name in names if name in found]

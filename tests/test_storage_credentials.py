@@ -242,3 +242,18 @@ def test_cli_shows_no_credentials(s3: Any, api: ServerURL, files: str, tmp_path:
             if found := _leaks(done_cli.stdout + done_cli.stderr):
                 shown.append((name, found))
     assert not shown, shown
+
+
+def test_clearing_a_jobs_work_folder_shows_no_credentials(s3: Any) -> None:
+    """A job starting over clears its work folder on object storage; the file system's error about a
+    URL with credentials must not reach the StorageError, nor its chained cause."""
+    from batch_ops.jobs.store import store_for
+
+    for url in (_userinfo_url("out/results.jsonl"), _at_url("out/results.jsonl")):
+        store = store_for(url)
+        try:
+            store.reset()
+        except BatchOpsError as exc:
+            assert not _leaks(_all_text(exc)), _leaks(_all_text(exc))
+        else:  # pragma: no cover - fsspec refusing nothing here would make this test pointless
+            pytest.fail(f"clearing {storage.display(url)} raised nothing")

@@ -284,8 +284,7 @@ class RemoteJobStore(JobStore):
             except FileNotFoundError:
                 raise
             except Exception as exc:  # the file system's own errors: network, credentials
-                raise StorageError(f"Could not clear {storage.display(self.work_at)}: {type(exc).__name__}: "
-                                   f"{storage.display(exc)}") from exc
+                storage.fail("clear", self.work_at, exc)
 
     def _remote(self, name: str) -> storage.Location:
         self.local_path(name)  # the same rules as locally: relative, inside the folder
