@@ -57,9 +57,12 @@ class _HeldReplies(httpx.AsyncBaseTransport):
         await self._real.aclose()
 
 
-async def _ended(task: asyncio.Task[Any], within: float = 1.0) -> bool:
-    await asyncio.wait((task,), timeout=within)
-    return task.done()
+async def _outcome(task: asyncio.Task[Any], *, running: str) -> str:
+    """What became of a cancelled task 1 s later: "cancelled", "returned ...", or ``running``."""
+    await asyncio.wait((task,), timeout=1.0)
+    if not task.done():
+        return running
+    return "cancelled" if task.cancelled() else f"returned {task.result()!r}"
 
 
 async def _stop(task: asyncio.Task[Any], transport: _HeldReplies | None = None) -> None:
@@ -93,8 +96,7 @@ async def test_a_cancel_that_arrives_with_the_reply_ends_the_wait(make_server: C
                 gate = await asyncio.wait_for(transport.held.get(), 10)
                 gate.set_result(None)  # the reply is complete in the next iteration...
                 wait.cancel()          # ...and so is the cancellation
-                ended = await _ended(wait)
-                outcome = ("cancelled" if wait.cancelled() else f"returned {wait.result()!r}") if ended else "polling on"
+                outcome = await _outcome(wait, running="polling on")
                 await _stop(wait, transport)
                 assert outcome == "cancelled", f"attempt {attempt}: 1 s after its cancellation the wait was {outcome}"
 
@@ -109,8 +111,7 @@ async def test_a_cancel_that_arrives_with_the_batch_event_ends_the_sleep() -> No
             await asyncio.sleep(0.05)  # it is sleeping
             subscription._wake("batch_1", reason)  # what the subscription does when the event comes
             sleep.cancel()
-            ended = await _ended(sleep)
-            outcome = ("cancelled" if sleep.cancelled() else f"returned {sleep.result()!r}") if ended else "sleeping on"
+            outcome = await _outcome(sleep, running="sleeping on")
             await _stop(sleep)
             assert outcome == "cancelled", f"{reason}: 1 s after its cancellation the sleep was {outcome}"
     finally:

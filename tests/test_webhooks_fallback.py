@@ -10,8 +10,12 @@ HTTP: the local server, and ``batch-ops webhooks serve`` killed mid-way or a por
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,8 +63,17 @@ class Timed:
         late = self.returned - self.batch.completed_at
         assert late < POLL + SLACK, f"returned {late:.1f} s after the batch ended (poll interval {POLL} s)"
         times = [t for t in self.polls if t >= since]
-        gaps = [b - a for a, b in zip(times, times[1:])]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
         assert gaps and max(gaps) < POLL * 1.1 + 0.5, f"gaps between polls: {[round(g, 1) for g in gaps]}"
+
+
+async def _connected(subscription: EventSubscription, limit: float = 10.0) -> None:
+    """Until the subscription has reached its receiver."""
+    for _ in range(int(limit / 0.05)):
+        if subscription.available:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the subscription did not reach {subscription.events_url} within {limit} s")
 
 
 def test_waits_that_start_while_the_receiver_is_down_poll_at_their_interval(
@@ -107,8 +120,7 @@ def test_a_receiver_killed_mid_wait(make_server: Callable[..., Any], receiver: A
             long = await client.submit(_requests(tmp_path, 22, "long"), endpoint=CHAT)
             sleeping = asyncio.create_task(Timed().run(client, long.id, timeout=30))
             subscription = EventSubscription.shared(receiver.events_url)
-            while not subscription.available:  # connected: the wait sleeps until its safety poll
-                await asyncio.sleep(0.05)
+            await _connected(subscription)  # the wait now sleeps until its safety poll
             await asyncio.sleep(0.5)
             receiver.proc.kill()
             await asyncio.to_thread(receiver.proc.wait)
@@ -122,3 +134,100 @@ def test_a_receiver_killed_mid_wait(make_server: Callable[..., Any], receiver: A
     assert after_kill and 9.5 <= after_kill[0] <= 11, f"polls after the kill at {[round(t, 1) for t in after_kill]} s"
     sleeping.check_polled_on_schedule(since=killed)
     started_after.check_polled_on_schedule()
+
+
+
+class Forwarder:
+    """A TCP forwarder on loopback in front of the receiver (an ingress, a proxy): ``cut()`` drops
+    its connections and closes its port, ``start()`` opens it again."""
+
+    def __init__(self, target_port: int) -> None:
+        self.port = free_port()
+        self._target = target_port
+        self._server: asyncio.AbstractServer | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._forward, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+        await self._server.wait_closed()
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except OSError:
+                pass
+            finally:
+                sink.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+@pytest.mark.parametrize("outage", ["receiver restarted", "path cut"])
+def test_an_outage_of_seconds_costs_each_wait_one_poll(outage: str, make_server: Callable[..., Any], receiver: Any,
+                                                       webhook_secret: str, tmp_path: Path) -> None:
+    """For 2 s the subscription cannot reach the receiver: the receiver is killed and started again on
+    its port (a new epoch), or the path to it is cut (an ingress restarting; the receiver keeps its
+    events). A wait sleeping until its safety poll polls once when the subscription is back (events
+    may have been missed) and sleeps on: it never goes over to its ordinary schedule, which an
+    outage of 10 s would bring."""
+    port = int(receiver.base.rsplit(":", 1)[1])
+    forwarder = Forwarder(port)
+    with make_server(request_latency=1.0, concurrency=1) as url:
+        events_url = f"http://127.0.0.1:{forwarder.port}/events"
+        settings = ClientSettings(base_url=str(url), api_key=KEY, events_url=events_url)
+
+        async def main() -> tuple[Timed, float]:
+            await forwarder.start()
+            client = AsyncBatchClient.shared(settings)
+            batch = await client.submit(_requests(tmp_path, 60, "long"), endpoint=CHAT)  # runs a minute
+            timed = Timed()
+            wait = asyncio.create_task(timed.run(client, batch.id, timeout=60))
+            subscription = EventSubscription.shared(events_url)
+            await _connected(subscription)
+            await asyncio.sleep(0.5)
+            again = None
+            if outage == "path cut":
+                await forwarder.cut()
+            else:
+                receiver.proc.kill()
+                await asyncio.to_thread(receiver.proc.wait)
+            started = time.time()
+            await asyncio.sleep(2)
+            if outage == "path cut":
+                await forwarder.start()
+            else:
+                again = await asyncio.to_thread(
+                    subprocess.Popen, [sys.executable, "-m", "batch_ops.cli", "webhooks", "serve", "--port", str(port)],
+                    env={**os.environ, "OPENAI_WEBHOOK_SECRET": webhook_secret},
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                await asyncio.sleep(12.5 - (time.time() - started))  # past the 10 s an outage would take
+            finally:
+                wait.cancel()
+                await asyncio.wait((wait,))
+                await forwarder.cut()
+                if again is not None:
+                    again.terminate()
+                    await asyncio.to_thread(again.wait, 10)
+            return timed, started
+
+        timed, started = asyncio.run(main())
+    after = [round(t - started, 1) for t in timed.polls if t > started]
+    assert len(after) == 1 and 2 < after[0] < 8, f"polls after the outage began, at {after} s"

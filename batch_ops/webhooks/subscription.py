@@ -202,22 +202,25 @@ class EventSubscription:
 
     async def _run(self) -> None:
         pause = 0.5
+        answered = False  # the last request was answered
         try:
             async with httpx.AsyncClient(timeout=httpx.Timeout(LONG_POLL + 15, connect=5.0)) as client:
                 while self._waiters or time.monotonic() - self._idle_since < IDLE_STOP:
-                    # The first request is answered at once (with all the receiver keeps): the waits
-                    # learn in milliseconds, not after a long-poll, that events flow.
-                    wait = LONG_POLL if self._cursor is not None else 0.0
+                    # A long-poll only after an answer: the first request (and the first after a
+                    # failure) is answered at once, so the waits learn in milliseconds, not after a
+                    # long-poll, that events flow (again) and a quick restart never counts as an outage.
+                    wait = LONG_POLL if answered else 0.0
                     attempt = time.monotonic()
                     try:
                         page = await fetch_page(client, self.events_url, token=self._token, after=self._cursor,
                                                 wait=wait)
                     except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                        answered = False
                         self._unreached(exc, attempt=attempt, wait=wait)
                         await asyncio.sleep(pause)
                         pause = min(pause * 2, 15.0)
                         continue
-                    pause = 0.5
+                    answered, pause = True, 0.5
                     # Events may have come and gone while we could not reach the receiver: every
                     # wait looks once.
                     recovered = self._reached()

@@ -62,7 +62,8 @@ async def test_an_openai_type_connection_wakes_the_trigger_on_the_webhook(
         started = time.monotonic()
         event = await asyncio.wait_for(first_event(trigger), 60)
         took = time.monotonic() - started
-        calls = httpx.get(str(url).removesuffix("/v1") + "/healthz").json()["calls"]
+        async with httpx.AsyncClient() as http:
+            calls = (await http.get(str(url).removesuffix("/v1") + "/healthz")).json()["calls"]
     assert event["event"] == "terminal" and event["status"] == "completed", event["message"]
     assert took < 30, f"the trigger fired after {took:.0f} s"
     assert receiver.counts()["accepted"] == 1
