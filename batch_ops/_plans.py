@@ -117,14 +117,30 @@ class Sleep:
     """Effect: wait this many seconds. ``reason`` says what is being retried (the drivers log it).
 
     ``wake_on`` (a batch id): a driver that follows batch webhooks (an events subscription) may
-    end the sleep early when that batch's event arrives. The driver answers what ended it:
-    ``"timer"``, ``"event"``, ``"missed"`` (the subscription may have lost events: look now) or
-    ``"unavailable"`` (no working subscription: the plan falls back to polling).
+    end the sleep early when that batch's event arrives. ``polling`` is then the pause of the
+    wait's ordinary schedule: while no working subscription can end the sleep (none, not
+    connected yet, or unreachable for a while), the sleep lasts at most that long (see
+    :meth:`pause`). The driver answers what ended it: ``"timer"``, ``"event"``, ``"missed"`` (the
+    subscription may have lost events: look now) or ``"unavailable"`` (the ordinary pause ended
+    it: no working subscription).
+
+    Examples:
+        >>> Sleep(1800.0, wake_on="batch_1", polling=30.0).pause(events=False)
+        30.0
+        >>> Sleep(1800.0, wake_on="batch_1", polling=30.0).pause(events=True)
+        1800.0
     """
 
     seconds: float
     reason: str = ""
     wake_on: str | None = None
+    polling: float | None = None
+
+    def pause(self, *, events: bool) -> float:
+        """How long to sleep when a working events subscription can (``events``) or cannot end it."""
+        if events or self.polling is None:
+            return self.seconds
+        return min(self.seconds, self.polling)
 
 
 @dataclass(frozen=True)
@@ -511,8 +527,9 @@ def wait_plan(
     ``first_delay`` seconds pass before the first poll (a spread, so many waits do not poll in
     the same instant). With webhooks (``poller.safety_poll_interval``), every pause is a
     :class:`Sleep` that the batch's event may end early; between events the wait polls only
-    every ``safety_poll_interval`` seconds, and falls back to ordinary polling for a round
-    whenever the driver has no working subscription.
+    every ``safety_poll_interval`` seconds, and on its ordinary schedule (``Sleep.polling``)
+    whenever the driver has no working subscription at that moment: a wait that starts while
+    the receiver is down polls at its interval from the start.
     """
     poller.start(now=clock())
     send = Send("GET", api_path("/batches/{batch_id}", batch_id=batch_id), deadline=poller.deadline)
@@ -520,8 +537,7 @@ def wait_plan(
     last_body = b""
     events = poller.safety_poll_interval is not None
     if first_delay > 0:
-        woke = yield Sleep(poller.clip(first_delay, now=clock()), wake_on=batch_id if events else None)
-        poller.events_available(woke != "unavailable")
+        yield Sleep(poller.clip(first_delay, now=clock()), wake_on=batch_id if events else None)
     while True:
         try:
             reply = yield from send_with_retries(send, policy=policy)
@@ -547,9 +563,8 @@ def wait_plan(
                 return last
         if decision.action == "timeout":
             raise timeout_error(batch_id, deadline=poller.deadline, last=last)
-        woke = yield Sleep(decision.delay, wake_on=batch_id if decision.wake_on_event else None)
-        if decision.wake_on_event:
-            poller.events_available(woke != "unavailable")
+        yield Sleep(decision.delay, wake_on=batch_id if decision.wake_on_event else None,
+                    polling=decision.polling_delay)
 
 
 # ---------------------------------------------------------------------------------------------

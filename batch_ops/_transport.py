@@ -74,6 +74,10 @@ def env_proxy(url: httpx.URL) -> str | None:
     return proxy if "://" in proxy else f"http://{proxy}"
 
 
+#: Timeouts: on Python 3.10 asyncio's (which aiohttp's timeouts derive from) is not the built-in one.
+_TIMEOUTS: tuple[type[BaseException], ...] = (TimeoutError, asyncio.TimeoutError)
+
+
 def _map_error(exc: BaseException) -> httpx.TransportError:
     """The httpx error for an aiohttp failure, keeping "never sent" apart from "maybe sent".
 
@@ -89,7 +93,7 @@ def _map_error(exc: BaseException) -> httpx.TransportError:
         return httpx.ConnectError(message)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):  # no pooled connection, or connecting took too long
         return httpx.ConnectTimeout(message)
-    if isinstance(exc, TimeoutError):  # waiting for the answer: the request may have been handled
+    if isinstance(exc, _TIMEOUTS):  # waiting for the answer: the request may have been handled
         return httpx.ReadTimeout(message)
     if isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError)):
         return httpx.UnsupportedProtocol(message)
@@ -104,7 +108,7 @@ def _aiohttp_errors() -> tuple[type[BaseException], ...]:
     """What aiohttp raises for network trouble (its own errors, OS errors, timeouts)."""
     import aiohttp
 
-    return (aiohttp.ClientError, OSError, TimeoutError)
+    return (aiohttp.ClientError, OSError, *_TIMEOUTS)
 
 
 class _Body(httpx.AsyncByteStream):

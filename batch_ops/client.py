@@ -34,6 +34,7 @@ import httpx
 from pydantic import ValidationError
 
 from batch_ops import _plans, storage
+from batch_ops._aio import within
 from batch_ops._files import atomic_file
 from batch_ops._http import USER_AGENT, MultipartBody, RetryPolicy
 from batch_ops._plans import Notify, Reply, Send, Sleep, Work
@@ -358,7 +359,7 @@ class BatchClient(_Base):
                     value = self._send_once(effect)
                 elif isinstance(effect, Sleep):
                     self._log_retry(effect)
-                    _sleep(effect.seconds)
+                    _sleep(effect.pause(events=False))  # no events subscription here: the ordinary pause
                 elif isinstance(effect, Work):
                     value = effect.fn()
                 elif isinstance(effect, Notify):
@@ -784,14 +785,19 @@ class AsyncBatchClient(_Base):
 
     async def _send_within(self, send: Send) -> Reply:
         """One exchange, abandoned at ``send.deadline`` whatever the server is doing (cancelling the
-        exchange closes its connection)."""
+        exchange closes its connection).
+
+        Bounded by :func:`~batch_ops._aio.within`, not ``asyncio.wait_for``: before Python 3.12,
+        ``wait_for`` loses a cancellation that arrives in the same loop iteration as the reply,
+        and the cancelled wait would go on polling.
+        """
         if send.deadline is None:
             return await self._send_once(send)
         remaining = send.deadline - _plans.clock()
         if remaining <= 0:
             return Reply(error="the deadline passed", timed_out=True)
         try:
-            return await asyncio.wait_for(self._send_once(send), remaining)
+            return await within(self._send_once(send), remaining)
         except TimeoutError:
             return Reply(error="the deadline passed before the answer was complete", timed_out=True)
 
@@ -817,10 +823,11 @@ class AsyncBatchClient(_Base):
                     value = await self._send_within(effect)
                 elif isinstance(effect, Sleep):
                     if effect.wake_on is not None and self.settings.events_url is not None:
-                        value = await self._events().sleep(effect.wake_on, effect.seconds)
+                        # The subscription applies the ordinary pause while it is not working.
+                        value = await self._events().sleep(effect.wake_on, effect.seconds, polling=effect.polling)
                     else:
                         self._log_retry(effect)
-                        await _async_sleep(effect.seconds)
+                        await _async_sleep(effect.pause(events=False))
                         value = "timer"
                 elif isinstance(effect, Work):
                     value = await asyncio.to_thread(effect.fn)

@@ -10,7 +10,7 @@ Examples:
     >>> p.start(now=1000.0)
     >>> b = Batch(id="b", endpoint="/v1/embeddings", input_file_id="f", status="in_progress", created_at=0)
     >>> p.decide(b, now=1000.0)
-    PollDecision(action='wait', delay=10.0, reason='in_progress 0/0', wake_on_event=False)
+    PollDecision(action='wait', delay=10.0, reason='in_progress 0/0', wake_on_event=False, polling_delay=None)
     >>> p.decide(b, now=1010.0).delay   # no progress since the last poll: back off
     15.0
     >>> p.decide(b, now=1101.0).action
@@ -54,13 +54,17 @@ DEFAULT_FAIL_ON: frozenset[BatchStatus] = frozenset({BatchStatus.FAILED, BatchSt
 class PollDecision:
     """What a waiter does next: ``done`` (terminal), ``wait`` ``delay`` seconds, or ``timeout``.
 
-    ``wake_on_event``: the wait may end early on the batch's webhook event (webhooks on).
+    ``wake_on_event``: the wait may end early on the batch's webhook event (webhooks on); ``delay``
+    is then the safety poll, and ``polling_delay`` the ordinary schedule's pause, which applies
+    whenever no working events subscription can end the wait (the driver knows, at the moment
+    it sleeps: a decision taken earlier cannot).
     """
 
     action: Literal["done", "wait", "timeout"]
     delay: float = 0.0
     reason: str = ""
     wake_on_event: bool = False
+    polling_delay: float | None = None
 
 
 @dataclass
@@ -78,17 +82,17 @@ class BatchPoller:
         jitter: share of each delay randomised, so many waiters do not poll in lockstep.
         safety_poll_interval: set when batch webhooks wake the waiter (an events subscription):
             between events it polls only this often (default off; 1800 s is the usual value),
-            in case an event was lost. While the subscription is down (``events_available(False)``)
-            the ordinary schedule applies.
+            in case an event was lost. Each decision also carries the ordinary schedule's pause
+            (``polling_delay``), which the driver applies while the subscription is not working.
 
     Examples:
         >>> p = BatchPoller(poll_interval=10, jitter=0, safety_poll_interval=1800)
         >>> p.start(now=0.0)
         >>> b = Batch(id="b", endpoint="/v1/embeddings", input_file_id="f", status="in_progress", created_at=0)
         >>> p.decide(b, now=0.0)
-        PollDecision(action='wait', delay=1800.0, reason='in_progress 0/0', wake_on_event=True)
-        >>> p.events_available(False); p.decide(b, now=1.0)
-        PollDecision(action='wait', delay=15.0, reason='in_progress 0/0', wake_on_event=True)
+        PollDecision(action='wait', delay=1800.0, reason='in_progress 0/0', wake_on_event=True, polling_delay=10.0)
+        >>> p.decide(b, now=1.0).polling_delay  # no progress: the ordinary schedule backs off
+        15.0
     """
 
     poll_interval: float = 30.0
@@ -103,7 +107,6 @@ class BatchPoller:
     _interval: float = field(default=0.0, init=False, repr=False)
     _last_seen: Hashable | None = field(default=None, init=False, repr=False)
     _failures: int = field(default=0, init=False, repr=False)
-    _events_up: bool = field(default=True, init=False, repr=False)
 
     def __post_init__(self) -> None:
         _seconds("poll_interval", self.poll_interval, optional=False)
@@ -134,14 +137,6 @@ class BatchPoller:
         window = self.poll_interval if spread is None else spread
         delay = self.rng.uniform(0, max(window, 0.0))
         return self._clip(delay, now=now)
-
-    def events_available(self, up: bool) -> None:
-        """Whether the events subscription works; when it does not, the ordinary schedule applies."""
-        self._events_up = up
-
-    @property
-    def event_driven(self) -> bool:
-        return self.safety_poll_interval is not None and self._events_up
 
     def clip(self, delay: float, *, now: float) -> float:
         """``delay``, shortened so that it never passes the deadline."""
@@ -182,16 +177,15 @@ class BatchPoller:
             self._interval = float(self.poll_interval)
         self._last_seen = seen
         delay = self._interval * (1 + self.rng.uniform(-self.jitter, self.jitter)) if self.jitter else self._interval
-        if self.event_driven:
-            assert self.safety_poll_interval is not None
-            # The event ends the pause; its length only matters for an event that never comes.
-            safety = float(self.safety_poll_interval)
-            safety *= (1 + self.rng.uniform(-self.jitter, self.jitter)) if self.jitter else 1
-            return PollDecision("wait", self._clip(safety, now=now), reason, wake_on_event=True)
-        # Events configured but the subscription is down: the ordinary schedule, still woken by
-        # an event should the subscription come back (and the driver says whether it did).
-        return PollDecision("wait", self._clip(delay, now=now), reason,
-                            wake_on_event=self.safety_poll_interval is not None)
+        if self.safety_poll_interval is None:
+            return PollDecision("wait", self._clip(delay, now=now), reason)
+        # The event ends the pause; its length only matters for an event that never comes. Whether
+        # events can come is the driver's to say when it sleeps (the subscription may go down, or
+        # be down already, at any moment): the ordinary pause travels along for that case.
+        safety = float(self.safety_poll_interval)
+        safety *= (1 + self.rng.uniform(-self.jitter, self.jitter)) if self.jitter else 1
+        return PollDecision("wait", self._clip(safety, now=now), reason, wake_on_event=True,
+                            polling_delay=self._clip(delay, now=now))
 
     def failed(self, *, now: float, retryable: bool, error: str = "") -> PollDecision:
         """The verdict after a poll raised. Permanent errors should not reach here.

@@ -99,6 +99,8 @@ def main() -> int:
         run("upload", ["bench_upload.py", *(["--lines", "5000"] if q else [])], report),
         run("server", ["bench_server.py", *(["--requests", "5000"] if q else [])], report),
         run("job", ["bench_job.py", *(["--requests", "10000"] if q else [])], report),
+        # Issue 22 item 20: 1,000 waits cancelled at once, round after round; every one must end.
+        run("cancel", ["bench_cancel.py", *(["--n", "200", "--rounds", "3"] if q else ["--rounds", "10"])], report),
     ])
     if triggers_json.exists():
         rows = json.loads(triggers_json.read_text())

@@ -5,7 +5,8 @@ Connection type ``openaibatch`` (default id ``openai_batch_default``): host = ba
 Connections saved with the type's old name ``openai_batch`` keep working
 (:class:`LegacyOpenAIBatchHook` keeps that name registered for the connection form).
 A connection of the official provider's type ``openai`` works too: its host or
-``openai_client_kwargs.base_url`` is the base URL and its password the key.
+``openai_client_kwargs.base_url`` is the base URL and its password the key; batch webhooks
+(``events_url``, ``events_token``, ``safety_poll_interval``) go in its extra as in ours.
 
 The API key only ever lives in a ``SecretStr`` inside :class:`~batch_ops.ClientSettings`: it is
 not logged, not put into XCom and not serialized into trigger arguments (triggers carry the
@@ -32,6 +33,9 @@ from batch_ops.settings import DEFAULT_BASE_URL, ClientSettings
 
 __all__ = ["LegacyOpenAIBatchHook", "OpenAIBatchHook", "settings_from_connection"]
 
+#: Batch webhooks (docs/webhooks.md): the receiver's events URL, its token, the safety poll. Read
+#: from the extra of both connection types.
+_WEBHOOK_FIELDS = ("events_url", "events_token", "safety_poll_interval")
 #: Extra keys that map straight onto ClientSettings fields; anything else is rejected by name.
 _EXTRA_FIELDS = frozenset(
     {
@@ -45,10 +49,7 @@ _EXTRA_FIELDS = frozenset(
         "backoff_initial",
         "backoff_max",
         "idempotency_lookback",
-        # Batch webhooks (docs/webhooks.md): the receiver's events URL, its token, the safety poll.
-        "events_url",
-        "events_token",
-        "safety_poll_interval",
+        *_WEBHOOK_FIELDS,
     }
 )
 
@@ -102,6 +103,10 @@ def settings_from_connection(conn: Any, extra: Mapping[str, Any] | None = None) 
         >>> s = settings_from_connection(conn)
         >>> s.base_url, s.project, "sk-local" in repr(s)
         ('http://127.0.0.1:8765/v1', 'p1', False)
+        >>> official = SimpleNamespace(conn_id="openai_default", conn_type="openai", host=None, schema=None,
+        ...                            port=None, password="sk-local", extra='{"events_url": "http://rx:8780/events"}')
+        >>> settings_from_connection(official).events_url
+        'http://rx:8780/events'
     """
     conn_id = getattr(conn, "conn_id", None) or "?"
     extras = _extra_dict(conn.extra) if extra is None else dict(extra)
@@ -123,6 +128,9 @@ def settings_from_connection(conn: Any, extra: Mapping[str, Any] | None = None) 
         for name in ("organization", "project"):
             if client_kwargs.get(name):
                 values[name] = client_kwargs[name]
+        # The official type has no webhooks of its own: ours are read from its extra as they are
+        # from an openaibatch connection's (they were once dropped there without a word).
+        values.update({name: extras[name] for name in _WEBHOOK_FIELDS if name in extras})
     else:
         unknown = sorted(set(extras) - _EXTRA_FIELDS)
         if unknown:

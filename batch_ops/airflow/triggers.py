@@ -25,6 +25,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from batch_ops._aio import within
 from batch_ops.client import AsyncBatchClient
 from batch_ops.errors import APIStatusError, BatchOpsError, BatchTimeoutError, is_permanent
 from batch_ops.models import Batch
@@ -354,7 +355,7 @@ class OpenAIBatchTrigger(BaseTrigger):
                               self.batch_id)
                 return
             client = await self._client()
-            batch = await asyncio.wait_for(client.batches.cancel(self.batch_id), timeout=CANCEL_TIMEOUT)
+            batch = await within(client.batches.cancel(self.batch_id), CANCEL_TIMEOUT)
         except Exception as exc:
             self.log.warning("Task killed; cancelling batch %s failed: %s", self.batch_id, exc)
             return
@@ -369,12 +370,12 @@ class OpenAIBatchTrigger(BaseTrigger):
             from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
             # A synchronous call to the supervisor: run it in a worker thread, never on the loop.
-            states = await asyncio.wait_for(
+            states = await within(
                 asyncio.to_thread(
                     RuntimeTaskInstance.get_task_states,
                     dag_id=ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id], map_index=ti.map_index
                 ),
-                timeout=STATE_TIMEOUT,
+                STATE_TIMEOUT,
             )
         except Exception as exc:
             self.log.info("Could not read the state of task %s (%s); cancelling anyway", ti.task_id, exc)
