@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 
 #: Seconds one emission may take before it is given up (logged, not retried).
 EMIT_TIMEOUT = 30.0
+#: Seconds the look for an earlier announcement may take: past it the event is emitted anyway (a busy
+#: Prefect database must delay the announcement by seconds, not by the whole emit budget; Prefect's own
+#: de-duplication still covers the next 30 minutes).
+LOOKUP_TIMEOUT = 5.0
 #: How far back an announcement of the same ending is looked for: OpenAI retries for 72 hours.
 STORED_LOOKBACK = timedelta(hours=73)
 
@@ -88,7 +92,7 @@ def prefect_forwarder(settings: ClientSettings | None = None) -> Callable[[Batch
                 log.warning("could not retrieve batch %s for its Prefect event: %s", event.batch_id, exc)
         built = webhook_event(event, batch)
         try:
-            if await asyncio.wait_for(_stored(built.id), EMIT_TIMEOUT):
+            if await asyncio.wait_for(_stored(built.id), LOOKUP_TIMEOUT):
                 log.info("batch %s %s is already announced in Prefect (event %s): not emitted again",
                          event.batch_id, event.status, built.id)
                 return

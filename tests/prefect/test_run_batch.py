@@ -204,10 +204,15 @@ async def test_cancel_batch_task_then_wait_returns_the_cancelled_batch(
 
 
 async def test_timeout_raises_in_time_and_leaves_the_batch_running(
-    slow_server: str, secret: str, make_requests: Any
+    make_server: Any, secret: str, make_requests: Any
 ) -> None:
-    credentials = creds(slow_server, secret)
+    # A server of its own whose batch runs a minute: the shared slow server's batch (2-3 s) could end
+    # between the timeout and the check under a loaded full run (seen once).
+    with make_server(api_key=secret, request_latency=60.0, concurrency=256) as url:
+        await _timeout_leaves_the_batch_running(creds(url, secret), url, secret, make_requests)
 
+
+async def _timeout_leaves_the_batch_running(credentials: Any, url: str, secret: str, make_requests: Any) -> None:
     @flow
     async def wait_briefly() -> BatchResult:
         file_id = await upload_batch_file(make_requests(2), endpoint=ENDPOINT, credentials=credentials)
@@ -218,5 +223,5 @@ async def test_timeout_raises_in_time_and_leaves_the_batch_running(
         await wait_briefly()
 
     assert info.value.batch is not None
-    async with AsyncBatchClient(api_key=secret, base_url=slow_server) as client:
+    async with AsyncBatchClient(api_key=secret, base_url=url) as client:
         assert not (await client.batches.retrieve(info.value.batch.id)).status.is_terminal
