@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 
 from batch_ops.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from batch_ops.dialects import Dialect
 
 __all__ = ["DEFAULT_BASE_URL", "ClientSettings", "settings_error"]
 
@@ -48,6 +51,8 @@ class ClientSettings(BaseModel):
         api_key: the API key (``OPENAI_API_KEY``; Azure: ``AZURE_OPENAI_API_KEY``).
         base_url: API root including ``/v1`` (``OPENAI_BASE_URL``).
         organization / project: optional ``OpenAI-Organization`` / ``OpenAI-Project`` headers.
+        provider: the batch API spoken (``BATCH_OPS_PROVIDER``): ``openai`` or ``azure`` (see
+            :mod:`batch_ops.dialects`); unset, Azure OpenAI when ``api_version`` is set, else OpenAI.
         api_version: set for Azure OpenAI (``OPENAI_API_VERSION``); switches auth to ``api-key``.
         timeout: seconds for one HTTP exchange; connect_timeout for opening the connection.
         max_retries: retries after the first try for retryable failures (408/409/429/5xx, network).
@@ -68,6 +73,7 @@ class ClientSettings(BaseModel):
 
     api_key: SecretStr | None = None
     base_url: str = DEFAULT_BASE_URL
+    provider: str | None = None
     organization: str | None = None
     project: str | None = None
     api_version: str | None = None
@@ -121,6 +127,15 @@ class ClientSettings(BaseModel):
             raise ValueError(f"base_url must start with http:// or https://, e.g. 'https://api.openai.com/v1'{hint}")
         return value
 
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from batch_ops.dialects import dialect_named
+
+        return dialect_named(value).name
+
     @field_validator("events_url")
     @classmethod
     def _events_url(cls, value: str | None) -> str | None:
@@ -139,8 +154,15 @@ class ClientSettings(BaseModel):
         return value
 
     @property
+    def dialect(self) -> Dialect:
+        """The batch API these settings speak (see :func:`batch_ops.dialects.dialect_for`)."""
+        from batch_ops.dialects import dialect_for
+
+        return dialect_for(self)
+
+    @property
     def is_azure(self) -> bool:
-        return self.api_version is not None
+        return self.dialect.name == "azure"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ClientSettings:
@@ -160,6 +182,7 @@ class ClientSettings(BaseModel):
             ("organization", ("OPENAI_ORG_ID", "OPENAI_ORGANIZATION")),
             ("project", ("OPENAI_PROJECT_ID",)),
             ("api_version", ("OPENAI_API_VERSION", "AZURE_OPENAI_API_VERSION")),
+            ("provider", ("BATCH_OPS_PROVIDER",)),
             ("events_url", ("BATCH_OPS_EVENTS_URL",)),
             ("events_token", ("BATCH_OPS_EVENTS_TOKEN",)),
         ):
@@ -187,20 +210,12 @@ class ClientSettings(BaseModel):
         return self.api_key.get_secret_value()
 
     def auth_headers(self) -> dict[str, str]:
-        """Headers carrying the credentials. Never log these."""
-        key = self.require_key()
-        if self.is_azure:
-            return {"api-key": key}
-        headers = {"Authorization": f"Bearer {key}"}
-        if self.organization:
-            headers["OpenAI-Organization"] = self.organization
-        if self.project:
-            headers["OpenAI-Project"] = self.project
-        return headers
+        """Headers carrying the credentials, as this provider's dialect writes them. Never log these."""
+        return self.dialect.auth_headers(self)
 
     def default_params(self) -> dict[str, str]:
         """Query parameters sent on every call (Azure's ``api-version``)."""
-        return {"api-version": self.api_version} if self.api_version else {}
+        return self.dialect.default_params(self)
 
     def url(self, path: str) -> str:
         """Join the base URL and an API path such as ``/batches``."""
