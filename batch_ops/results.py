@@ -5,7 +5,8 @@ A batch answers each request with one line, in its output file (a response) or i
 request, in the input's order, reading line by line: memory holds an index of
 ``custom_id`` -> (file, byte offset), never the files.
 
-Every file is read through :func:`batch_ops.jsonl.read_lines`: no line longer than
+Every file is read through :func:`batch_ops.jsonl.iter_lines`, the one line reader of request and
+result files (a byte-order mark dropped, lines numbered): no line longer than
 :data:`MAX_RESULT_LINE_BYTES` is ever held in memory; such a line is a :class:`ResultFileError`
 naming it.
 
@@ -39,14 +40,13 @@ from pydantic import ValidationError
 
 from batch_ops._files import atomic_file
 from batch_ops.errors import InputValidationError, Problem, ResultFileError
-from batch_ops.jsonl import iter_request_lines, read_lines
+from batch_ops.jsonl import iter_lines, iter_request_lines
 from batch_ops.models import ResultError, ResultLine
 
 __all__ = ["MAX_RESULT_LINE_BYTES", "iter_result_lines", "join_chain_results", "join_results", "rewrite_results",
            "successful_ids"]
 
 _log = logging.getLogger(__name__)
-_BOM = b"\xef\xbb\xbf"
 
 PathLike = str | os.PathLike[str]
 
@@ -90,16 +90,11 @@ def iter_result_lines(path: PathLike) -> Iterator[ResultLine]:
     """
     name = os.fspath(path)
     with open(name, "rb") as f:
-        n = 0
-        for raw in read_lines(f, limit=MAX_RESULT_LINE_BYTES):
-            n += 1
+        for n, _offset, _size, raw in iter_lines(f, limit=MAX_RESULT_LINE_BYTES):
             if raw is None:
                 raise _too_large(name, n)
-            if n == 1 and raw.startswith(_BOM):
-                raw = raw[3:]
-            if not raw.strip():
-                continue
-            yield _parse_result(raw, path=name, line=n)
+            if raw.strip():
+                yield _parse_result(raw, path=name, line=n)
 
 
 def rewrite_results(path: PathLike, convert: Callable[[Mapping[str, Any]], Mapping[str, Any]]) -> int:
@@ -151,17 +146,9 @@ def _result_ok(obj: dict[str, Any]) -> bool:
 def _scan(name: str) -> Iterator[tuple[int, int, str, bool]]:
     """``(byte offset, line number, custom_id, succeeded)`` for each line of a result file."""
     with open(name, "rb") as f:
-        offset = 0
-        n = 0
-        for raw in read_lines(f, limit=MAX_RESULT_LINE_BYTES):
-            n += 1
+        for n, offset, _size, raw in iter_lines(f, limit=MAX_RESULT_LINE_BYTES):
             if raw is None:
                 raise _too_large(name, n)
-            start = offset
-            offset += len(raw)
-            if n == 1 and raw.startswith(_BOM):
-                raw = raw[3:]
-                start += 3
             try:
                 obj = json.loads(raw)
             except ValueError as exc:
@@ -171,7 +158,7 @@ def _scan(name: str) -> Iterator[tuple[int, int, str, bool]]:
             custom_id = obj.get("custom_id") if type(obj) is dict else None
             if not isinstance(custom_id, str):
                 raise ResultFileError("not a result object with a string custom_id", path=name, line=n)
-            yield start, n, custom_id, _result_ok(obj)
+            yield offset, n, custom_id, _result_ok(obj)
 
 
 def successful_ids(paths: Sequence[PathLike | None]) -> set[str]:
