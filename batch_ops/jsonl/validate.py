@@ -431,13 +431,14 @@ def check_file(path: str | os.PathLike[str], **options: Unpack[RuleOptions]) -> 
                             fix="split the file with batch_ops.jsonl.shard_file() (or run it as a job: "
                                 "batch-ops job) and submit one batch per part"))
         return checker.report(name), checker.problems
+    feed = checker.feed
     with open(name, "rb") as f:
         for n, _offset, line_size, raw in iter_lines(f, limit=rules.max_line_bytes):
             if raw is None:
                 checker.too_large(n)
                 checker.bytes = size
                 break
-            checker.feed(n, raw, line_size)
+            feed(n, raw, line_size)
             if checker.truncated:
                 _finish_reading(f, checker)
                 break
