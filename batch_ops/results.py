@@ -34,7 +34,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import IO, Any
 
 from pydantic import ValidationError
 
@@ -59,6 +59,14 @@ MAX_RESULT_LINE_BYTES = 200 * 1024 * 1024
 def _too_large(path: str, line: int) -> ResultFileError:
     return ResultFileError(f"the line is longer than {MAX_RESULT_LINE_BYTES:,} bytes (200 MB), more than any answer "
                            "the API gives: this is not a batch result file (download it again)", path=path, line=line)
+
+
+def _lines(f: IO[bytes], name: str) -> Iterator[tuple[int, int, bytes]]:
+    """``(line number, offset, line)`` for each line of the result file ``f`` (``name``), through the one reader."""
+    for n, offset, _size, raw in iter_lines(f, limit=MAX_RESULT_LINE_BYTES):
+        if raw is None:
+            raise _too_large(name, n)
+        yield n, offset, raw
 
 
 def _parse_result(raw: bytes, *, path: str, line: int) -> ResultLine:
@@ -90,9 +98,7 @@ def iter_result_lines(path: PathLike) -> Iterator[ResultLine]:
     """
     name = os.fspath(path)
     with open(name, "rb") as f:
-        for n, _offset, _size, raw in iter_lines(f, limit=MAX_RESULT_LINE_BYTES):
-            if raw is None:
-                raise _too_large(name, n)
+        for n, _offset, raw in _lines(f, name):
             if raw.strip():
                 yield _parse_result(raw, path=name, line=n)
 
@@ -115,11 +121,7 @@ def rewrite_results(path: PathLike, convert: Callable[[Mapping[str, Any]], Mappi
     name = os.fspath(path)
     written = 0
     with open(name, "rb") as f, atomic_file(name) as out:
-        for n, raw in enumerate(read_lines(f, limit=MAX_RESULT_LINE_BYTES), start=1):
-            if raw is None:
-                raise _too_large(name, n)
-            if n == 1 and raw.startswith(_BOM):
-                raw = raw[3:]
+        for n, _offset, raw in _lines(f, name):
             if not raw.strip():
                 continue
             try:
@@ -146,9 +148,7 @@ def _result_ok(obj: dict[str, Any]) -> bool:
 def _scan(name: str) -> Iterator[tuple[int, int, str, bool]]:
     """``(byte offset, line number, custom_id, succeeded)`` for each line of a result file."""
     with open(name, "rb") as f:
-        for n, offset, _size, raw in iter_lines(f, limit=MAX_RESULT_LINE_BYTES):
-            if raw is None:
-                raise _too_large(name, n)
+        for n, offset, raw in _lines(f, name):
             try:
                 obj = json.loads(raw)
             except ValueError as exc:
