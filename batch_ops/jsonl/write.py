@@ -4,7 +4,8 @@
 :class:`~batch_ops.models.RequestLine` objects, from any iterable) to a file that appears only when
 every line passed the rules (:class:`~batch_ops.jsonl.validate.Checker`, the same as for a file
 on disk); :func:`filter_requests` copies the lines of a file whose ``custom_id`` is not excluded,
-byte for byte, for the next attempt of a batch. All three stream: memory holds one line.
+byte for byte, for the next attempt of a batch. All three stream: memory holds one line (and the
+``custom_id`` values seen, to find duplicates).
 
 Examples:
     >>> import os, tempfile
