@@ -1,9 +1,16 @@
-"""Writing files whole or not at all: one helper for every temp-then-rename in the project.
+"""Output files: how a path given for output is written, and the writer that writes it whole or not at all.
 
-:func:`atomic_file` opens a temporary file beside the target; when the ``with`` block ends
-normally the data is flushed, fsynced, given the permissions a plain ``open()`` would have (the
-umask honoured: ``mkstemp`` alone makes 0600 files), and renamed over the target. If the block
-raises, the temporary file is removed and the target is untouched. A writer killed outright
+:func:`output_target` (and :func:`check_output`, before any work) decides from what a path names
+whether it is replaced, written as a stream, or refused (below); :func:`atomic_file` and
+:func:`atomic_write` write it. The outputs that must appear whole go through them: request files,
+downloads, results, job states, the local server's uploads, the CLI's ``-o`` (a shard's parts,
+several files that appear together, are renamed by :func:`batch_ops.jsonl.shard_file` itself; the
+local server appends to a batch's output under checkpoints instead).
+
+For a regular file, :func:`atomic_file` opens a temporary file beside the target; when the ``with``
+block ends normally the data is flushed, fsynced, given the permissions a plain ``open()`` would
+have (the umask honoured: ``mkstemp`` alone makes 0600 files), and renamed over the target. If the
+block raises, the temporary file is removed and the target is untouched. A writer killed outright
 (``kill -9``) cannot clean up: its temporary file carries its pid, and the next writer of the
 same target removes the files of writers that are gone.
 

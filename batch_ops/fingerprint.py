@@ -27,9 +27,11 @@ nothing: whoever can write the input decides the requests anyway, and the worst 
 does is what every submit did before fingerprints — re-attach to the earlier batch.
 
 A line that is not JSON (only an input that skipped validation, e.g. an uploaded file) counts by
-its bytes, stripped of surrounding whitespace. A line longer than :data:`LINE_LIMIT` (which the
-validator refuses before any fingerprint of a file to be uploaded is taken) is hashed a piece at a
-time, by its bytes: a line never sits in memory past the limit.
+its bytes, stripped of surrounding whitespace. A line of more than :data:`LINE_LIMIT` bytes before
+its newline (which the validator refuses before any fingerprint of a file to be uploaded is taken)
+is hashed a piece at a time, by its bytes, newline included: a line never sits in memory past the
+limit. Files are read through :func:`batch_ops.jsonl.iter_lines`, the one line reader of request
+and result files.
 
 The scheme is part of what batch_ops writes on batches: changing it (``_DOMAIN`` names its
 version) would make every earlier chain read as other requests, so it is changed only together
@@ -54,11 +56,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
-from batch_ops.jsonl import MAX_LINE_BYTES
+from batch_ops.jsonl import MAX_LINE_BYTES, iter_lines
+from batch_ops.jsonl.read import BOM
 
 __all__ = [
     "FINGERPRINT_LENGTH",
@@ -83,8 +86,6 @@ LINE_LIMIT = MAX_LINE_BYTES
 #: Names the scheme (canonical JSON lines, SHA-256, sum mod 2^256, count): see the module docstring.
 _DOMAIN = b"batch_ops.requests.v1\n"
 _MODULUS = 1 << 256
-_BOM = b"\xef\xbb\xbf"
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -198,15 +199,6 @@ def fingerprint_requests(requests: Iterable[Mapping[str, Any]]) -> Fingerprint:
     return builder.result()
 
 
-def _long_line(f: IO[bytes], first: bytes) -> Iterator[bytes]:
-    """The rest of a line whose first ``LINE_LIMIT + 1`` bytes are ``first``, a piece at a time."""
-    yield first
-    while piece := f.readline(_CHUNK):
-        yield piece
-        if piece.endswith(b"\n"):
-            return
-
-
 def fingerprint_file(path: str | os.PathLike[str], *, line_limit: int = LINE_LIMIT) -> Fingerprint:
     """The fingerprint of a JSONL request file, streamed (memory: one line, at most ``line_limit`` bytes).
 
@@ -221,13 +213,14 @@ def fingerprint_file(path: str | os.PathLike[str], *, line_limit: int = LINE_LIM
     """
     builder = FingerprintBuilder()
     with open(os.fspath(path), "rb") as f:
-        first = True
-        while raw := f.readline(line_limit + 1):
-            if first and raw.startswith(_BOM):
-                raw = raw[len(_BOM):]
-            first = False
-            if len(raw) > line_limit and not raw.endswith(b"\n"):
-                builder.add_long_line(_long_line(f, raw))
+        # The scheme measures a line without its newline (and a first line without its byte-order mark),
+        # the reader with both: its limit bounds memory, the line's own length decides. A longer line
+        # goes to add_long_line a piece at a time, and reading goes on.
+        for line in iter_lines(f, limit=line_limit + 1 + len(BOM), long_lines=builder.add_long_line):
+            raw = line.data
+            assert raw is not None  # None only when there is no long_lines
+            if len(raw) - raw.endswith(b"\n") > line_limit:
+                builder.add_long_line((raw,))
             else:
                 builder.add_line(raw)
     return builder.result()

@@ -5,7 +5,8 @@ A batch answers each request with one line, in its output file (a response) or i
 request, in the input's order, reading line by line: memory holds an index of
 ``custom_id`` -> (file, byte offset), never the files.
 
-Every file is read through :func:`batch_ops.jsonl.read_lines`: no line longer than
+Every file is read through :func:`batch_ops.jsonl.iter_lines`, the one line reader of request and
+result files (a byte-order mark dropped, lines numbered): no line longer than
 :data:`MAX_RESULT_LINE_BYTES` is ever held in memory; such a line is a :class:`ResultFileError`
 naming it.
 
@@ -33,20 +34,19 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import IO, Any
 
 from pydantic import ValidationError
 
 from batch_ops._files import atomic_file
 from batch_ops.errors import InputValidationError, Problem, ResultFileError
-from batch_ops.jsonl import iter_request_lines, read_lines
+from batch_ops.jsonl import iter_lines, iter_request_lines
 from batch_ops.models import ResultError, ResultLine
 
 __all__ = ["MAX_RESULT_LINE_BYTES", "iter_result_lines", "join_chain_results", "join_results", "rewrite_results",
            "successful_ids"]
 
 _log = logging.getLogger(__name__)
-_BOM = b"\xef\xbb\xbf"
 
 PathLike = str | os.PathLike[str]
 
@@ -59,6 +59,14 @@ MAX_RESULT_LINE_BYTES = 200 * 1024 * 1024
 def _too_large(path: str, line: int) -> ResultFileError:
     return ResultFileError(f"the line is longer than {MAX_RESULT_LINE_BYTES:,} bytes (200 MB), more than any answer "
                            "the API gives: this is not a batch result file (download it again)", path=path, line=line)
+
+
+def _lines(f: IO[bytes], name: str) -> Iterator[tuple[int, int, bytes]]:
+    """``(line number, offset, line)`` for each line of the result file ``f`` (``name``), through the one reader."""
+    for n, offset, _size, raw in iter_lines(f, limit=MAX_RESULT_LINE_BYTES):
+        if raw is None:
+            raise _too_large(name, n)
+        yield n, offset, raw
 
 
 def _parse_result(raw: bytes, *, path: str, line: int) -> ResultLine:
@@ -90,16 +98,9 @@ def iter_result_lines(path: PathLike) -> Iterator[ResultLine]:
     """
     name = os.fspath(path)
     with open(name, "rb") as f:
-        n = 0
-        for raw in read_lines(f, limit=MAX_RESULT_LINE_BYTES):
-            n += 1
-            if raw is None:
-                raise _too_large(name, n)
-            if n == 1 and raw.startswith(_BOM):
-                raw = raw[3:]
-            if not raw.strip():
-                continue
-            yield _parse_result(raw, path=name, line=n)
+        for n, _offset, raw in _lines(f, name):
+            if raw.strip():
+                yield _parse_result(raw, path=name, line=n)
 
 
 def rewrite_results(path: PathLike, convert: Callable[[Mapping[str, Any]], Mapping[str, Any]]) -> int:
@@ -120,11 +121,7 @@ def rewrite_results(path: PathLike, convert: Callable[[Mapping[str, Any]], Mappi
     name = os.fspath(path)
     written = 0
     with open(name, "rb") as f, atomic_file(name) as out:
-        for n, raw in enumerate(read_lines(f, limit=MAX_RESULT_LINE_BYTES), start=1):
-            if raw is None:
-                raise _too_large(name, n)
-            if n == 1 and raw.startswith(_BOM):
-                raw = raw[3:]
+        for n, _offset, raw in _lines(f, name):
             if not raw.strip():
                 continue
             try:
@@ -151,17 +148,7 @@ def _result_ok(obj: dict[str, Any]) -> bool:
 def _scan(name: str) -> Iterator[tuple[int, int, str, bool]]:
     """``(byte offset, line number, custom_id, succeeded)`` for each line of a result file."""
     with open(name, "rb") as f:
-        offset = 0
-        n = 0
-        for raw in read_lines(f, limit=MAX_RESULT_LINE_BYTES):
-            n += 1
-            if raw is None:
-                raise _too_large(name, n)
-            start = offset
-            offset += len(raw)
-            if n == 1 and raw.startswith(_BOM):
-                raw = raw[3:]
-                start += 3
+        for n, offset, raw in _lines(f, name):
             try:
                 obj = json.loads(raw)
             except ValueError as exc:
@@ -171,7 +158,7 @@ def _scan(name: str) -> Iterator[tuple[int, int, str, bool]]:
             custom_id = obj.get("custom_id") if type(obj) is dict else None
             if not isinstance(custom_id, str):
                 raise ResultFileError("not a result object with a string custom_id", path=name, line=n)
-            yield start, n, custom_id, _result_ok(obj)
+            yield offset, n, custom_id, _result_ok(obj)
 
 
 def successful_ids(paths: Sequence[PathLike | None]) -> set[str]:

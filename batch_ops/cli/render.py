@@ -55,18 +55,10 @@ _STATUS_STYLES = {
     BatchStatus.CANCELLED: "yellow",
 }
 
-# Timestamps in the order a batch passes through them.
-_TIMESTAMPS = (
-    "created_at",
-    "in_progress_at",
-    "finalizing_at",
-    "completed_at",
-    "failed_at",
-    "expired_at",
-    "cancelling_at",
-    "cancelled_at",
-    "expires_at",
-)
+# Timestamps in the order a batch passes through them: the model's ``*_at`` fields in its order
+# (a field added there is shown too), the deadline, expires_at, last.
+_TIMESTAMPS = tuple(sorted((name for name in Batch.model_fields if name.endswith("_at")),
+                           key=lambda name: name == "expires_at"))
 
 
 def when(ts: int | None) -> str:

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from batch_ops.models import Batch
+
 __all__ = ["ACTIVE_STATUSES", "WEBHOOK_EVENTS", "BatchRow", "OutboxRow", "Store", "Usage5", "new_id", "usage_json"]
 
 #: Statuses the processor still has work for (resumed after a restart).
@@ -90,30 +92,8 @@ WEBHOOK_EVENTS = {
     "cancelled": "batch.cancelled",
 }
 
-_BATCH_FIELDS = (
-    "id",
-    "object",
-    "endpoint",
-    "model",
-    "errors",
-    "input_file_id",
-    "completion_window",
-    "status",
-    "output_file_id",
-    "error_file_id",
-    "created_at",
-    "in_progress_at",
-    "expires_at",
-    "finalizing_at",
-    "completed_at",
-    "failed_at",
-    "expired_at",
-    "cancelling_at",
-    "cancelled_at",
-    "request_counts",
-    "usage",
-    "metadata",
-)
+#: A batch's fields, in the order the server sends them: the model's (a field added there is sent too).
+_BATCH_FIELDS = tuple(Batch.model_fields)
 
 
 def new_id(prefix: str, nbytes: int = 12) -> str:
@@ -286,25 +266,16 @@ class Store:
     ) -> dict[str, Any]:
         now = time.time()
         batch_id = new_id("batch_", 16)
+        # What a new batch knows; every other field of Batch is null until the processor sets it
+        # (_batch_json sends them all, from the model's list).
         obj: dict[str, Any] = {
             "id": batch_id,
             "object": "batch",
             "endpoint": endpoint,
-            "model": None,
-            "errors": None,
             "input_file_id": input_file_id,
             "completion_window": completion_window,
-            "output_file_id": None,
-            "error_file_id": None,
             "created_at": int(now),
-            "in_progress_at": None,
             "expires_at": int(now + window_seconds),
-            "finalizing_at": None,
-            "completed_at": None,
-            "failed_at": None,
-            "expired_at": None,
-            "cancelling_at": None,
-            "cancelled_at": None,
             "metadata": metadata,
         }
         if output_expires_after is not None:
