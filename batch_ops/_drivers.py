@@ -23,11 +23,11 @@ Examples:
     >>> from batch_ops.effects import Send
     >>> from batch_ops.settings import ClientSettings
     >>> settings = ClientSettings(api_key="sk-1", base_url="http://127.0.0.1:9/v1")
-    >>> driver = SyncDriver(settings, settings.dialect, httpx.Client(), sleep=lambda seconds: None)
-    >>> prepared = driver.prepare(Send("GET", "/batches/b1"))
+    >>> with httpx.Client(timeout=http_timeout(settings)) as http:
+    ...     driver = SyncDriver(settings, settings.dialect, http, sleep=lambda seconds: None)
+    ...     prepared = driver.prepare(Send("GET", "/batches/b1"))
     >>> str(prepared.url), prepared.headers["Authorization"]
     ('http://127.0.0.1:9/v1/batches/b1', 'Bearer sk-1')
-    >>> driver.close()
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from batch_ops.effects import Notify, Reply, Send, Sleep, Work
 from batch_ops.errors import BatchOpsError
 from batch_ops.settings import ClientSettings
 
-__all__ = ["AsyncDriver", "Driver", "Prepared", "SyncDriver", "not_sent", "transport_reply"]
+__all__ = ["AsyncDriver", "Driver", "Prepared", "SyncDriver", "http_timeout", "not_sent", "transport_reply"]
 
 _CHUNK = 1024 * 1024
 _log = logging.getLogger("batch_ops")
@@ -116,6 +116,11 @@ def _headers(response: httpx.Response) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 # what both drivers share: the request
 # ---------------------------------------------------------------------------------------------
+
+
+def http_timeout(settings: ClientSettings) -> httpx.Timeout:
+    """httpx's timeouts for one exchange: ``settings.timeout`` for each step, ``connect_timeout`` to connect."""
+    return httpx.Timeout(settings.timeout, connect=settings.connect_timeout)
 
 
 @dataclass(frozen=True)
@@ -190,10 +195,6 @@ class Driver:
             headers["Content-Type"] = "application/json"
         url = httpx.URL(send.url) if send.url is not None else self.url(send.path)
         return Prepared(url, headers, self.params(send), content, frame)
-
-    def timeout(self) -> httpx.Timeout:
-        """httpx's timeouts for one exchange, from the settings."""
-        return httpx.Timeout(self.settings.timeout, connect=self.settings.connect_timeout)
 
     def secrets(self) -> list[str]:
         """What must never appear in an error we raise: our own key."""
@@ -302,7 +303,7 @@ class SyncDriver(Driver):
             # Each blocking step (connect, write, wait for the answer, read a piece) is bounded by what
             # is left; between pieces of the body the deadline is checked again (a server trickling a
             # byte at a time cannot hold the call past it).
-            request.extensions["timeout"] = _capped_timeouts(self.timeout(), remaining)
+            request.extensions["timeout"] = _capped_timeouts(http_timeout(self.settings), remaining)
         try:
             response = self.http.send(request, stream=True)
             try:
@@ -321,10 +322,6 @@ class SyncDriver(Driver):
             return Reply(error="the deadline passed while the answer was arriving", timed_out=True, url=where)
         except httpx.TransportError as exc:
             return transport_reply(exc, where)
-
-    def close(self) -> None:
-        """Close the httpx client (the client that owns it calls this)."""
-        self.http.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,7 +375,7 @@ class AsyncDriver(Driver):
         #: which cost more CPU per status poll than the HTTP exchange itself.
         self.transport = transport
         self._sleep = sleep
-        self._timeout_extension = self.timeout().as_dict()
+        self._timeout_extension = http_timeout(settings).as_dict()
         self._aio_timeout = transport.timeout(self._timeout_extension) if transport is not None else None
         self._targets: dict[str, _Target] = {}
 
@@ -536,7 +533,3 @@ class AsyncDriver(Driver):
                 await asyncio.to_thread(writing.__exit__, type(exc), exc, exc.__traceback__)
             raise
         await asyncio.to_thread(writing.__exit__, None, None, None)
-
-    async def aclose(self) -> None:
-        """Close the httpx client, and with it our transport (the client that owns them calls this)."""
-        await self.http.aclose()

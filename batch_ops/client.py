@@ -34,7 +34,7 @@ import httpx
 from pydantic import ValidationError
 
 from batch_ops import _plans, storage
-from batch_ops._drivers import AsyncDriver, SyncDriver
+from batch_ops._drivers import AsyncDriver, SyncDriver, http_timeout
 from batch_ops._http import RetryPolicy
 from batch_ops._submit import Source, Submission, SubmitSpec, find_chain_plan, submit_plan
 from batch_ops._transport import ASYNC_POOL_LIMITS, default_async_transport
@@ -146,9 +146,6 @@ class _Base:
                                         output_expires_after=output_expires_after, idempotency_key=key)
         return _plans.create_plan(body, key=key, key_may_exist=False, **self._wire,
                                   lookback=self.settings.idempotency_lookback)
-
-    def _http_timeout(self) -> httpx.Timeout:
-        return httpx.Timeout(self.settings.timeout, connect=self.settings.connect_timeout)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.settings.base_url!r})"
@@ -285,7 +282,6 @@ class _BatchPlans(_Calls):
         return _plans.wait_plan(batch_id, poller=poller, **self._c._wire, on_poll=on_poll, first_delay=first_delay)
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Sync client
 # ---------------------------------------------------------------------------------------------
@@ -331,7 +327,7 @@ class BatchClient(_Base):
                                     "project": project, "api_version": api_version, "max_retries": max_retries,
                                     "timeout": timeout})
         self._owns_http = http_client is None
-        self._http = http_client or httpx.Client(timeout=self._http_timeout())
+        self._http = http_client or httpx.Client(timeout=http_timeout(self.settings))
         # The sleep is looked up at each call: tests shorten it by patching batch_ops.client._sleep.
         self._driver = SyncDriver(self.settings, self.dialect, self._http, sleep=lambda seconds: _sleep(seconds))
         self.files = Files(self)
@@ -607,7 +603,7 @@ class AsyncBatchClient(_Base):
         #: Our aiohttp transport when we own the pool (the driver calls it directly), else None.
         self._transport = default_async_transport(ASYNC_POOL_LIMITS) if http_client is None else None
         if http_client is None:
-            http_client = httpx.AsyncClient(timeout=self._http_timeout(), limits=ASYNC_POOL_LIMITS,
+            http_client = httpx.AsyncClient(timeout=http_timeout(self.settings), limits=ASYNC_POOL_LIMITS,
                                             transport=self._transport)
         self._http = http_client
         # The sleep is looked up at each call: tests shorten it by patching batch_ops.client._async_sleep.
