@@ -34,7 +34,7 @@ from batch_ops._deprecated import moved
 from batch_ops.errors import InputValidationError, Problem
 from batch_ops.models import Batch
 
-__all__ = ["BatchPoller", "Poll", "PollDecision", "WaitMany"]
+__all__ = ["BatchPoller", "Poll", "PollDecision", "Reconnect", "WaitMany"]
 
 
 @dataclass(frozen=True)
@@ -234,6 +234,35 @@ class BatchPoller:
         if self.deadline is not None:
             delay = min(delay, max(self.deadline - now, 0.0))
         return max(delay, 0.0)
+
+
+@dataclass
+class Reconnect:
+    """The pause before trying again to reach a stream that did not answer (the webhook receiver's
+    events, which waits and Airflow's event triggers long-poll): doubling from ``initial`` up to
+    ``ceiling``, back to ``initial`` once it answers. One schedule for every reader of the stream.
+
+    Examples:
+        >>> r = Reconnect()
+        >>> [r.failed() for _ in range(7)]
+        [0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0]
+        >>> r.answered(); r.failed()
+        0.5
+    """
+
+    initial: float = 0.5
+    ceiling: float = 15.0
+    _next: float = field(default=0.0, init=False, repr=False)
+
+    def failed(self) -> float:
+        """The pause after a failed attempt (the next one will be longer)."""
+        pause = self._next or self.initial
+        self._next = min(pause * 2, self.ceiling)
+        return pause
+
+    def answered(self) -> None:
+        """The stream answered: the next failure starts the schedule over."""
+        self._next = 0.0
 
 
 def _seconds(name: str, value: object, *, optional: bool = True) -> None:

@@ -103,7 +103,7 @@ class _Deployment:
 
 def two_deployments(d: Drill, work: Path) -> None:
     from batch_ops import BatchClient
-    from batch_ops.orphans import airflow_owner_metadata
+    from batch_ops.identity import airflow_owner_metadata
     from batch_ops.server import serve_in_background
 
     with serve_in_background(api_key=CANARY, request_latency=600) as url:

@@ -21,8 +21,8 @@ import openai
 import pytest
 
 from batch_ops import AsyncBatchClient, BatchClient, Source, SubmitSpec
-from batch_ops.chain import IDEMPOTENCY_METADATA_KEY, KEY_MAX_LENGTH
-from batch_ops.fingerprint import fingerprint_file, fingerprint_requests
+from batch_ops.identity.fingerprint import fingerprint_file, fingerprint_requests
+from batch_ops.identity.keys import IDEMPOTENCY_METADATA_KEY, KEY_MAX_LENGTH
 
 CHAT = "/v1/chat/completions"
 MakeServer = Callable[..., AbstractContextManager[Any]]

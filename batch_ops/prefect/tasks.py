@@ -76,6 +76,8 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike[str]
+#: The strictest outcome policy: only a batch that completed with every request answered passes.
+_STRICT = OutcomePolicy(fail_on_request_failures=True)
 
 
 class BatchResult(BaseModel):
@@ -510,10 +512,8 @@ async def _wait(
     emit_batch_event(batch)
     summary = f"Batch {batch.id} ended {describe(batch)}: output_file_id={batch.output_file_id} " \
               f"error_file_id={batch.error_file_id}"
-    if batch.status is BatchStatus.COMPLETED and not batch.request_counts.failed:
-        logger.info("%s", summary)
-    else:
-        logger.warning("%s", summary)
+    # Worth a warning whenever the strictest policy would reject it (any outcome but a clean completion).
+    (logger.info if _STRICT.accepts(batch) else logger.warning)("%s", summary)
     return batch
 
 
