@@ -131,17 +131,24 @@ async def arecent_batches(client: AsyncBatchClient, *, since: float) -> AsyncIte
         yield batch
 
 
-def unfinished_batches_of(client: BatchClient, owner_key: str, owner: str, *, since: float) -> list[Batch]:
+def unfinished_batches_of(client: BatchClient, owner_key: str, owner: str, *, since: float | None) -> list[Batch]:
     """The batches created since ``since`` whose owner record names ``owner`` (under ``owner_key``,
     e.g. ``PREFECT_OWNER_KEY`` and a flow-run id) and that are still running: what a cancelled run cancels.
-    ``since`` is when the run began, less ``batch_ops.identity.LOOKBACK_SKEW`` (``lookback_start``)."""
-    return unfinished_owned_by(recent_batches(client, since=since), owner_key, owner)
+    ``since`` is when the run began, less ``batch_ops.identity.LOOKBACK_SKEW`` (``lookback_start``);
+    None (the start is unknown): the client's ``idempotency_lookback``."""
+    start = _lookback(client, since)
+    return unfinished_owned_by(recent_batches(client, since=start), owner_key, owner)
 
 
 async def aunfinished_batches_of(client: AsyncBatchClient, owner_key: str, owner: str, *,
-                                 since: float) -> list[Batch]:
+                                 since: float | None) -> list[Batch]:
     """Async version of :func:`unfinished_batches_of`."""
-    return unfinished_owned_by([b async for b in arecent_batches(client, since=since)], owner_key, owner)
+    start = _lookback(client, since)
+    return unfinished_owned_by([b async for b in arecent_batches(client, since=start)], owner_key, owner)
+
+
+def _lookback(client: BatchClient | AsyncBatchClient, since: float | None) -> float:
+    return since if since is not None else time.time() - client.settings.idempotency_lookback
 
 
 # ---------------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ __all__ = [
     "DEFAULT_WAIT_TIMEOUT",
     "FINALIZE_MARGIN",
     "OutcomePolicy",
+    "check_deadline",
     "describe",
     "is_permanent",
     "outcome_error",
@@ -224,6 +225,22 @@ class OutcomePolicy:
         if error is not None:
             raise error
         return batch
+
+
+def check_deadline(deadline: float | None, *, now: float, what: str) -> None:
+    """Raise ``BatchTimeoutError`` when ``deadline`` (epoch seconds; None: none) has passed: the
+    budget of work that spans many waits (a job's steps), ``what`` naming it.
+
+    Examples:
+        >>> check_deadline(None, now=5.0, what="Job j"), check_deadline(10.0, now=5.0, what="Job j")
+        (None, None)
+        >>> check_deadline(10.0, now=10.0, what="Job j (2/4 parts done)")
+        Traceback (most recent call last):
+        ...
+        batch_ops.errors.BatchTimeoutError: Job j (2/4 parts done) ran past its timeout
+    """
+    if deadline is not None and now >= deadline:
+        raise BatchTimeoutError(f"{what} ran past its timeout", deadline=deadline)
 
 
 def timeout_error(

@@ -36,6 +36,7 @@ from batch_ops.airflow.operators import with_storage_conn
 from batch_ops.airflow.triggers import shared_client
 from batch_ops.errors import BatchOpsError, BatchTimeoutError, RequestFailuresError
 from batch_ops.jobs import BatchJob, JobConfig, JobProgress
+from batch_ops.outcomes import check_deadline
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -215,8 +216,7 @@ class OpenAIBatchJobOperator(BaseOperator):
 
     @staticmethod
     def _check_deadline(deadline: float | None, job: BatchJob) -> None:
-        if deadline is not None and time.time() >= deadline:
-            raise BatchTimeoutError(f"Job {job.state.job_id} ran past its timeout ({job.describe()})")
+        check_deadline(deadline, now=time.time(), what=f"Job {job.state.job_id} ({job.describe()})")
 
     def _finish(self, summary: dict[str, Any]) -> dict[str, Any]:
         self.log.info("Job done: %d of %d succeeded, %d failed, %d batches; merged results in %s",

@@ -23,7 +23,6 @@ Add it to your own flows that use the tasks: ``@flow(on_cancellation=[cancel_flo
 """
 
 import os
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -105,10 +104,9 @@ async def cancel_flow_run_batches(flow: Flow[Any, Any], flow_run: FlowRun, state
     except Exception as exc:
         logger.error("Could not find the Batch API credentials to cancel the batches of flow run %s: %s", run_id, exc)
         return
-    # No batch of this run is older than the run itself; without its date, search the idempotency window.
-    started = lookback_start(flow_run.created or flow_run.start_time or flow_run.expected_start_time)
+    # No batch of this run is older than the run itself (without its date, core searches the idempotency window).
+    since = lookback_start(flow_run.created or flow_run.start_time or flow_run.expected_start_time)
     for settings in candidates:
-        since = started if started is not None else time.time() - settings.idempotency_lookback
         try:
             # A client of its own: the hook may run on a short-lived loop in another process.
             async with AsyncBatchClient(settings=settings) as client:
