@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from batch_ops._submit import Source, Submission, SubmitSpec
 from batch_ops._version import __version__
-from batch_ops.chain import AttemptChain, OutcomePolicy
+from batch_ops.chain import AttemptChain
 from batch_ops.errors import (
     APIConnectionError,
     APIError,
@@ -49,7 +49,8 @@ from batch_ops.models import (
     ResultLine,
     Usage,
 )
-from batch_ops.polling import BatchPoller, outcome_error, raise_for_outcome
+from batch_ops.outcomes import OutcomePolicy, outcome_error, raise_for_outcome
+from batch_ops.polling import BatchPoller
 from batch_ops.settings import ClientSettings
 
 if TYPE_CHECKING:

@@ -455,13 +455,13 @@ def _interrupt_a_wait(slow_url: str, tmp_path: Path) -> None:
     )
     assert proc.stderr is not None
     seen = ""
-    while "submitted batch_" not in seen:  # the batch exists: now interrupt the wait
+    while "Created batch batch_" not in seen:  # the batch exists: now interrupt the wait
         line = proc.stderr.readline()
         assert line, f"the command ended early: {seen}"
         seen += line
     proc.send_signal(signal.SIGINT)
     stdout, rest = proc.communicate(timeout=20)
-    batch_id = re.search(r"submitted (batch_\w+)", seen).group(1)  # type: ignore[union-attr]
+    batch_id = re.search(r"Created batch (batch_\w+)", seen).group(1)  # type: ignore[union-attr]
     assert proc.returncode == 130
     assert f"error: interrupted; batch {batch_id} keeps running" in rest
     assert "Traceback" not in rest and stdout == ""

@@ -14,7 +14,6 @@ from pydantic import ValidationError
 from batch_ops import Batch, BatchList, BatchStatus, ClientSettings, CreateBatchRequest, Usage, _plans
 from batch_ops._http import RetryPolicy, parse_retry_after
 from batch_ops._plans import Reply, Send, Sleep
-from batch_ops.chain import IDEMPOTENCY_METADATA_KEY
 from batch_ops.dialects import OPENAI
 from batch_ops.errors import (
     APIConnectionError,
@@ -26,7 +25,9 @@ from batch_ops.errors import (
     InputValidationError,
     RequestFailuresError,
 )
-from batch_ops.polling import BatchPoller, outcome_error
+from batch_ops.identity.keys import IDEMPOTENCY_METADATA_KEY
+from batch_ops.outcomes import outcome_error
+from batch_ops.polling import BatchPoller
 
 SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
 

@@ -41,6 +41,7 @@ from typing import Literal
 import httpx
 
 from batch_ops.locks import PicklableWeakKeyDictionary
+from batch_ops.polling import Reconnect
 from batch_ops.webhooks.events import BatchEvent
 from batch_ops.webhooks.hub import Page
 
@@ -201,7 +202,7 @@ class EventSubscription:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="batch-ops-events")
 
     async def _run(self) -> None:
-        pause = 0.5
+        pause = Reconnect()
         answered = False  # the last request was answered
         try:
             async with httpx.AsyncClient(timeout=httpx.Timeout(LONG_POLL + 15, connect=5.0)) as client:
@@ -217,10 +218,10 @@ class EventSubscription:
                     except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
                         answered = False
                         self._unreached(exc, attempt=attempt, wait=wait)
-                        await asyncio.sleep(pause)
-                        pause = min(pause * 2, 15.0)
+                        await asyncio.sleep(pause.failed())
                         continue
-                    answered, pause = True, 0.5
+                    answered = True
+                    pause.answered()
                     # Events may have come and gone while we could not reach the receiver: every
                     # wait looks once.
                     recovered = self._reached()
