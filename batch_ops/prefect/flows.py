@@ -41,7 +41,7 @@ from batch_ops.client import AsyncBatchClient
 from batch_ops.errors import InputValidationError, Problem
 from batch_ops.models import Batch, BatchStatus
 from batch_ops.prefect.artifacts import DEFAULT_ARTIFACT_KEY
-from batch_ops.prefect.credentials import OpenAIBatchCredentials, resolve_settings
+from batch_ops.prefect.credentials import OpenAIBatchCredentials, resolve_settings, settings_from_parameters
 from batch_ops.prefect.storage import block_target
 from batch_ops.prefect.tasks import (
     DEFAULT_WAIT_TIMEOUT,
@@ -59,8 +59,6 @@ __all__ = ["batches_to_cancel", "cancel_flow_run_batches", "run_batch"]
 
 #: Seconds of clock skew allowed between Prefect and the Batch API when looking back for batches.
 _SKEW = 600.0
-#: Credential fields that survive in a flow run's stored parameters (the key is obfuscated there).
-_PLAIN_FIELDS = ("base_url", "organization", "project", "api_version", "timeout", "max_retries")
 
 
 def batches_to_cancel(batches: Iterable[Batch], *, flow_run_id: str) -> list[Batch]:
@@ -94,10 +92,8 @@ async def _settings_for(flow_run: FlowRun) -> list[ClientSettings]:
         block = await OpenAIBatchCredentials.aload_from_ref(ref)
         return [cast(OpenAIBatchCredentials, block).get_settings()]
     if isinstance(raw, dict):
-        # An unsaved block was stored with its key obfuscated: keep its endpoint, take the key from the
-        # environment.
-        plain = {k: v for k, v in raw.items() if k in _PLAIN_FIELDS and v is not None}
-        return [ClientSettings.from_env(**plain)]
+        # An unsaved block was stored with its key obfuscated: keep the rest, take the key from the environment.
+        return [settings_from_parameters(raw)]
     return [ClientSettings.from_env()]
 
 
