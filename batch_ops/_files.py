@@ -35,6 +35,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import secrets
@@ -45,8 +46,8 @@ from typing import IO, Any, NamedTuple
 
 from batch_ops.errors import InputValidationError, Problem
 
-__all__ = ["OutputTarget", "atomic_file", "atomic_write", "check_output", "output_target", "temp_name_for",
-           "write_mode"]
+__all__ = ["OutputTarget", "atomic_file", "atomic_write", "check_output", "output_target", "safe_file_name",
+           "temp_name_for", "write_mode"]
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.part$")
 
@@ -249,3 +250,22 @@ def atomic_write(path: str | os.PathLike[str], chunks: Iterable[bytes]) -> int:
             fh.write(chunk)
             count += 1
     return count
+
+
+def safe_file_name(text: str) -> str:
+    """``text`` (an id from the wire: a batch id, a file id) as one harmless file name.
+
+    An id that is already a plain name is kept; any other is cleaned and given a short hash of the
+    original, so two ids never share a name and none climbs out of its folder.
+
+    Examples:
+        >>> safe_file_name("batch_abc-1"), safe_file_name("../etc/passwd")
+        ('batch_abc-1', 'etc_passwd-7fef78f5')
+        >>> safe_file_name("a/b") != safe_file_name("a_b")
+        True
+    """
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", text).lstrip("._")
+    if cleaned == text and cleaned:
+        return text
+    return f"{cleaned or '_'}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+

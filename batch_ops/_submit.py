@@ -66,17 +66,16 @@ from batch_ops._plans import (
     Sleep,
     Work,
     cancel_batch_plan,
-    create_body,
     create_plan,
     delete_file_plan,
     download_plan,
+    download_results_plan,
     list_batches_plan,
     list_files_plan,
     retrieve_batch_plan,
     upload_plan,
 )
 from batch_ops.chain import (
-    IDEMPOTENCY_METADATA_KEY,
     MAX_ATTEMPTS,
     AttemptChain,
     ChainStep,
@@ -87,6 +86,7 @@ from batch_ops.chain import (
     next_step,
     parse_attempt,
 )
+from batch_ops.dialects import Dialect
 from batch_ops.errors import APIStatusError, BatchOpsError, InputValidationError, Problem, is_permanent
 from batch_ops.fingerprint import FINGERPRINT_LENGTH, fingerprint_file, fingerprint_of_file_id, short
 from batch_ops.jsonl import filter_requests, request_file, validate_file, write_requests
@@ -145,8 +145,8 @@ class SubmitSpec:
     reattach: bool = True
     policy: OutcomePolicy = field(default_factory=OutcomePolicy)
     since: float | None = None
-    #: Azure OpenAI: endpoints and urls may be spelled ``/chat/completions``, and are sent that way.
-    #: The client sets it from its settings (``api_version``).
+    #: Deprecated and ignored: the client's dialect (its settings' provider) decides how endpoints
+    #: are spelled (Azure OpenAI: ``/chat/completions``).
     azure: bool = False
 
     @classmethod
@@ -329,13 +329,14 @@ def _remaining(full: Path, done: set[str], dest: Path) -> int:
 
 
 def _scan_plan(
-    *, since: float, keep: Callable[[Batch], bool], policy: RetryPolicy, stop_before: Callable[[], float] | None = None
+    *, since: float, keep: Callable[[Batch], bool], dialect: Dialect, policy: RetryPolicy,
+    stop_before: Callable[[], float] | None = None
 ) -> Generator[Send | Sleep, Any, list[Batch]]:
     """Newest-first scan of the batch list back to ``since``, keeping what ``keep`` accepts."""
     found: list[Batch] = []
     after: str | None = None
     while True:
-        page = yield from list_batches_plan(limit=100, after=after, policy=policy)
+        page = yield from list_batches_plan(limit=100, after=after, dialect=dialect, policy=policy)
         found.extend(b for b in page.data if keep(b))
         if not page.has_more or not page.data or not page.last_id:
             return found
@@ -345,12 +346,9 @@ def _scan_plan(
         after = page.last_id
 
 
-def _key_of(batch: Batch) -> str | None:
-    return (batch.metadata or {}).get(IDEMPOTENCY_METADATA_KEY)
-
-
 def find_chains_plan(
-    key: str, *, since: float, policy: RetryPolicy, until: Callable[[Batch, str | None, int], bool] | None = None
+    key: str, *, since: float, dialect: Dialect, policy: RetryPolicy,
+    until: Callable[[Batch, str | None, int], bool] | None = None
 ) -> Generator[Send | Sleep, Any, dict[str | None, AttemptChain]]:
     """Every chain of ``key`` in the batch list back to ``since``, by fingerprint (one scan).
 
@@ -361,7 +359,7 @@ def find_chains_plan(
     marks: list[int] = []
 
     def keep(batch: Batch) -> bool:
-        parsed = parse_attempt(_key_of(batch), key)
+        parsed = parse_attempt(dialect.key_of(batch), key)
         if parsed is None:
             return False
         if until is not None and until(batch, *parsed):
@@ -371,12 +369,12 @@ def find_chains_plan(
     def stop_before() -> float:
         return min(marks) - _SCAN_SKEW if marks else float("-inf")
 
-    batches = yield from _scan_plan(since=since, keep=keep, policy=policy, stop_before=stop_before)
-    return chains_of(key, batches)
+    batches = yield from _scan_plan(since=since, keep=keep, dialect=dialect, policy=policy, stop_before=stop_before)
+    return chains_of(key, batches, key_of=dialect.key_of)
 
 
 def find_chain_plan(
-    key: str, *, since: float, policy: RetryPolicy, fingerprint: str | None = None
+    key: str, *, since: float, dialect: Dialect, policy: RetryPolicy, fingerprint: str | None = None
 ) -> Generator[Send | Sleep, Any, AttemptChain]:
     """The chain of ``key`` for the requests of ``fingerprint``, from the batch list (one scan).
 
@@ -391,7 +389,7 @@ def find_chain_plan(
             wanted.append(found)
         return number == 0 and found == wanted[0]
 
-    chains = yield from find_chains_plan(key, since=since, policy=policy, until=until)
+    chains = yield from find_chains_plan(key, since=since, dialect=dialect, policy=policy, until=until)
     if fingerprint is not None:
         return chains.get(fingerprint) or AttemptChain(key, fingerprint=fingerprint)
     if not chains:
@@ -400,7 +398,7 @@ def find_chain_plan(
 
 
 def _find_upload_plan(
-    filename: str, *, size: int, since: float, policy: RetryPolicy
+    filename: str, *, size: int, since: float, dialect: Dialect, policy: RetryPolicy
 ) -> Generator[Send | Sleep, Any, FileObject | None]:
     """An upload of this attempt's exact input left by an interrupted try, if the list shows one."""
     after: str | None = None
@@ -409,7 +407,8 @@ def _find_upload_plan(
         if after:
             params["after"] = after
         try:
-            page = yield from list_files_plan(purpose="batch", params=params, policy=policy)
+            page = yield from list_files_plan(purpose=dialect.upload_purpose, params=params, dialect=dialect,
+                                              policy=policy)
         except APIStatusError as exc:
             if is_permanent(exc):  # a server that cannot list files this way: just upload
                 return None
@@ -425,20 +424,20 @@ def _find_upload_plan(
 
 
 def _successes_plan(
-    chain: AttemptChain, *, workdir: Path, policy: RetryPolicy
+    chain: AttemptChain, *, workdir: Path, dialect: Dialect, policy: RetryPolicy
 ) -> Generator[Send | Sleep | Work, Any, set[str]]:
     """The custom_ids with a success in any batch of the chain (duplicates included)."""
     paths: list[Path] = []
     for batch in chain.batches:
-        if batch.output_file_id:
-            target = workdir / f"{batch.id}.output.jsonl"
-            yield from download_plan(batch.output_file_id, target, policy=policy)
-            paths.append(target)
+        found = yield from download_results_plan(batch, workdir, dialect=dialect, policy=policy, kinds=("output",))
+        if found.output is not None:
+            paths.append(found.output)
     done: set[str] = yield Work(partial(successful_ids, paths))
     return done
 
 
-def _cancel_plan(batches: Iterable[Batch], *, policy: RetryPolicy) -> Generator[Send | Sleep, Any, list[Batch]]:
+def _cancel_plan(batches: Iterable[Batch], *,
+                 dialect: Dialect, policy: RetryPolicy) -> Generator[Send | Sleep, Any, list[Batch]]:
     """Cancel each batch; returns each one as it now stands.
 
     A duplicate can end before its cancel arrives (a fast server finishes a small batch within the
@@ -448,11 +447,11 @@ def _cancel_plan(batches: Iterable[Batch], *, policy: RetryPolicy) -> Generator[
     cancelled = []
     for batch in batches:
         try:
-            cancelled.append((yield from cancel_batch_plan(batch.id, policy=policy)))
+            cancelled.append((yield from cancel_batch_plan(batch.id, dialect=dialect, policy=policy)))
         except APIStatusError as exc:
             if exc.status_code not in (400, 409):
                 raise
-            now = yield from retrieve_batch_plan(batch.id, policy=policy)
+            now = yield from retrieve_batch_plan(batch.id, dialect=dialect, policy=policy)
             if not (now.status.is_terminal or now.status in (BatchStatus.CANCELLING, BatchStatus.FINALIZING)):
                 raise
             cancelled.append(now)
@@ -464,7 +463,7 @@ def _order(batch: Batch) -> tuple[int, str]:
 
 
 def _reconcile_plan(
-    attempt: str, ours: Batch, *, since: float, policy: RetryPolicy
+    attempt: str, ours: Batch, *, since: float, dialect: Dialect, policy: RetryPolicy
 ) -> Generator[Send | Sleep, Any, tuple[Batch, list[Batch]]]:
     """Collapse concurrent creates of one attempt: the earliest batch stays, the others cancel.
 
@@ -475,20 +474,20 @@ def _reconcile_plan(
     earliest batch it sees then (the winner's second is never later than ours).
     """
     def same(batch: Batch) -> bool:
-        return _key_of(batch) == attempt
+        return dialect.key_of(batch) == attempt
 
     looked_at = _plans.clock()
-    rivals = yield from _scan_plan(since=since, keep=same, policy=policy)
+    rivals = yield from _scan_plan(since=since, keep=same, dialect=dialect, policy=policy)
     cancelled: list[Batch] = []
     if min([ours, *rivals], key=_order).id != ours.id:
-        cancelled = yield from _cancel_plan([ours], policy=policy)
+        cancelled = yield from _cancel_plan([ours], dialect=dialect, policy=policy)
     settle_at = ours.created_at + 1 + SETTLE_MARGIN
     if looked_at < settle_at:
         yield Sleep(max(0.0, settle_at - _plans.clock()))
-        rivals = yield from _scan_plan(since=since, keep=same, policy=policy)
+        rivals = yield from _scan_plan(since=since, keep=same, dialect=dialect, policy=policy)
     winner = min([ours, *rivals], key=_order)
     if winner.id != ours.id and not cancelled:
-        cancelled = yield from _cancel_plan([ours], policy=policy)
+        cancelled = yield from _cancel_plan([ours], dialect=dialect, policy=policy)
     return winner, cancelled
 
 
@@ -522,7 +521,7 @@ def _chain_made_from(chains: Mapping[str | None, AttemptChain], file_id: str) ->
 
 
 def _fingerprint_plan(
-    source: Source, prepared: _Input, *, workdir: Path, policy: RetryPolicy
+    source: Source, prepared: _Input, *, workdir: Path, dialect: Dialect, policy: RetryPolicy
 ) -> Generator[Send | Sleep | Work, Any, tuple[str, Path | None]]:
     """The requests' fingerprint, and the path of an uploaded source downloaded to take it (else None)."""
     if prepared.path is not None:
@@ -531,7 +530,7 @@ def _fingerprint_plan(
     file_id = str(source.file_id)
     target = workdir / "input.jsonl"
     try:
-        yield from download_plan(file_id, target, policy=policy)
+        yield from download_plan(file_id, target, dialect=dialect, policy=policy)
     except APIStatusError as exc:
         if not is_permanent(exc):
             raise
@@ -541,7 +540,7 @@ def _fingerprint_plan(
 
 
 def _legacy_fingerprint_plan(
-    chain: AttemptChain, *, workdir: Path, policy: RetryPolicy
+    chain: AttemptChain, *, workdir: Path, dialect: Dialect, policy: RetryPolicy
 ) -> Generator[Send | Sleep | Work, Any, tuple[str | None, str]]:
     """The fingerprint of a chain made before fingerprints, from its attempt 0's input (which
     carried every request): ``(fingerprint, "")``, or ``(None, why it cannot be known)``."""
@@ -550,7 +549,7 @@ def _legacy_fingerprint_plan(
         return None, f"their attempt 0 is older than the lookback (the oldest found is attempt {first.number})"
     target = workdir / f"{first.batch.id}.input.jsonl"
     try:
-        yield from download_plan(first.batch.input_file_id, target, policy=policy)
+        yield from download_plan(first.batch.input_file_id, target, dialect=dialect, policy=policy)
     except APIStatusError as exc:
         if not is_permanent(exc):
             raise
@@ -569,7 +568,8 @@ class _Choice:
 
 
 def _choose_plan(
-    key: str, fingerprint: str, chains: Mapping[str | None, AttemptChain], *, workdir: Path, policy: RetryPolicy
+    key: str, fingerprint: str, chains: Mapping[str | None, AttemptChain], *, workdir: Path, dialect: Dialect,
+    policy: RetryPolicy
 ) -> Generator[Send | Sleep | Work, Any, _Choice]:
     """The chain these requests belong to among the key's chains (see *Chains* in the module docstring)."""
     if fingerprint in chains:
@@ -577,7 +577,7 @@ def _choose_plan(
     others: list[tuple[str | None, AttemptChain]] = [(f, c) for f, c in chains.items() if f is not None]
     legacy = chains.get(None)
     if legacy is not None:
-        found, why = yield from _legacy_fingerprint_plan(legacy, workdir=workdir, policy=policy)
+        found, why = yield from _legacy_fingerprint_plan(legacy, workdir=workdir, dialect=dialect, policy=policy)
         if found is None:
             return _Choice(legacy, notices=(_unverified_notice(key, legacy, why),))
         if found == fingerprint:
@@ -594,7 +594,7 @@ def _choose_plan(
 
 
 def submit_plan(
-    spec: SubmitSpec, source: Source, *, workdir: Path, policy: RetryPolicy, lookback: float
+    spec: SubmitSpec, source: Source, *, workdir: Path, dialect: Dialect, policy: RetryPolicy, lookback: float
 ) -> Generator[Send | Sleep | Work, Any, Submission]:
     """Validate → fingerprint → find the chain → attach, or upload → create at most once → reconcile.
 
@@ -604,9 +604,9 @@ def submit_plan(
     key = check_idempotency_key(spec.idempotency_key) if given else _plans.new_idempotency_key()
     assert key is not None
     # Every parameter is checked before anything is sent (the longest attempt key included).
-    create_body(input_file_id="pending", endpoint=spec.endpoint, completion_window=spec.completion_window,
-                metadata=spec.metadata, output_expires_after=spec.output_expires_after,
-                idempotency_key=attempt_key(key, MAX_ATTEMPTS - 1, _WIDEST if given else None), azure=spec.azure)
+    dialect.create_body(input_file_id="pending", endpoint=spec.endpoint, completion_window=spec.completion_window,
+                        metadata=spec.metadata, output_expires_after=spec.output_expires_after,
+                        idempotency_key=attempt_key(key, MAX_ATTEMPTS - 1, _WIDEST if given else None))
     keyed = given and spec.reattach
     now = _plans.clock()
     since = spec.since if spec.since is not None else now - lookback
@@ -621,7 +621,8 @@ def submit_plan(
         matched = None
         if source.file_id is not None and keyed:
             # The same uploaded file is the same requests: found by id, nothing is downloaded.
-            chains = yield from find_chains_plan(key, since=since, policy=policy, until=_made_from(source.file_id))
+            chains = yield from find_chains_plan(key, since=since,
+                                                 dialect=dialect, policy=policy, until=_made_from(source.file_id))
             matched = _chain_made_from(chains, source.file_id)
         if matched is not None:
             choice = _Choice(matched)
@@ -629,11 +630,13 @@ def submit_plan(
         else:
             # Bad input is refused here, before any request is sent (re-attaching reads the input too:
             # whether the key's batches hold these requests is only known from them).
-            prepared = yield Work(partial(_prepare, source, spec.endpoint, workdir, spec.azure))
-            fingerprint, downloaded = yield from _fingerprint_plan(source, prepared, workdir=workdir, policy=policy)
+            prepared = yield Work(partial(_prepare, source, spec.endpoint, workdir, dialect.short_endpoints))
+            fingerprint, downloaded = yield from _fingerprint_plan(source, prepared, workdir=workdir,
+                                                                   dialect=dialect, policy=policy)
             if keyed and source.file_id is None:
-                chains = yield from find_chains_plan(key, since=since, policy=policy, until=_attempt_zero(fingerprint))
-            choice = yield from _choose_plan(key, fingerprint, chains, workdir=workdir, policy=policy)
+                chains = yield from find_chains_plan(key, since=since,
+                                                     dialect=dialect, policy=policy, until=_attempt_zero(fingerprint))
+            choice = yield from _choose_plan(key, fingerprint, chains, workdir=workdir, dialect=dialect, policy=policy)
     chain = choice.chain
     step = next_step(chain, spec.policy)
     if choice.reason:
@@ -641,7 +644,7 @@ def submit_plan(
     cancelled: list[Batch] = []
     if keyed and chain.live_duplicates():
         # A try that lost a race and died before cancelling its batch: cancel it now.
-        cancelled = yield from _cancel_plan(chain.live_duplicates(), policy=policy)
+        cancelled = yield from _cancel_plan(chain.live_duplicates(), dialect=dialect, policy=policy)
         for batch in cancelled:
             chain = chain.with_batch(batch)
     done_ids = tuple(b.id for b in cancelled)
@@ -652,23 +655,23 @@ def submit_plan(
 
     number = step.number
     if prepared is None:
-        prepared = yield Work(partial(_prepare, source, spec.endpoint, workdir, spec.azure))
+        prepared = yield Work(partial(_prepare, source, spec.endpoint, workdir, dialect.short_endpoints))
     upload: Path | None = prepared.path
     file_id = source.file_id
     carried = prepared.lines
     last = chain.last
     if last is not None:
-        if not any(b.output_file_id for b in (last.batch, *last.duplicates)):
+        if not any(r.kind == "output" for b in (last.batch, *last.duplicates) for r in dialect.result_files(b)):
             # Nothing of the last attempt succeeded (it failed, or expired before running anything):
             # the next attempt carries exactly what it carried, already uploaded.
             upload, file_id = None, last.batch.input_file_id
             carried = last.batch.request_counts.total or None
         else:
-            done: set[str] = yield from _successes_plan(chain, workdir=workdir, policy=policy)
+            done: set[str] = yield from _successes_plan(chain, workdir=workdir, dialect=dialect, policy=policy)
             full = prepared.path or downloaded
             if full is None:  # an uploaded file as the source: read it back to filter it
                 full = workdir / "input.jsonl"
-                yield from download_plan(str(source.file_id), full, policy=policy)
+                yield from download_plan(str(source.file_id), full, dialect=dialect, policy=policy)
             upload = workdir / f"attempt-{number}.jsonl"
             carried = yield Work(partial(_remaining, full, done, upload))
             if carried == 0:
@@ -684,33 +687,35 @@ def submit_plan(
         name = upload_filename(attempt, digest)
         found = None
         if keyed:
-            found = yield from _find_upload_plan(name, size=size, since=since, policy=policy)
+            found = yield from _find_upload_plan(name, size=size, since=since, dialect=dialect, policy=policy)
         if found is not None:
             file_id, reused = found.id, True
         else:
-            fresh_upload = yield from upload_plan(upload, purpose="batch", filename=name, policy=policy)
+            fresh_upload = yield from upload_plan(upload, filename=name, dialect=dialect, policy=policy)
             file_id = fresh_upload.id
     if not file_id:
         raise BatchOpsError("submit has no input: give a request file, requests or an uploaded file id")
 
-    body = create_body(input_file_id=file_id, endpoint=spec.endpoint, completion_window=spec.completion_window,
-                       metadata=spec.metadata, output_expires_after=spec.output_expires_after,
-                       idempotency_key=attempt, azure=spec.azure)
+    body = dialect.create_body(input_file_id=file_id, endpoint=spec.endpoint, completion_window=spec.completion_window,
+                               metadata=spec.metadata, output_expires_after=spec.output_expires_after,
+                               idempotency_key=attempt)
     started = _plans.clock()
     try:
-        batch = yield from create_plan(body, key_may_exist=False, policy=policy, lookback=lookback)
+        batch = yield from create_plan(body, key=attempt, key_may_exist=False, dialect=dialect, policy=policy,
+                                       lookback=lookback)
     except BatchOpsError as exc:
         if fresh_upload is not None and is_permanent(exc):
             # Refused for good: the upload would be an orphan. (After a transient failure the batch
             # may exist, so the file stays.)
             try:
-                yield from delete_file_plan(fresh_upload.id, policy=policy)
+                yield from delete_file_plan(fresh_upload.id, dialect=dialect, policy=policy)
             except BatchOpsError:
                 pass
         raise
     created = True
     if keyed:
-        winner, lost = yield from _reconcile_plan(attempt, batch, since=started - _SCAN_SKEW, policy=policy)
+        winner, lost = yield from _reconcile_plan(attempt, batch, since=started - _SCAN_SKEW,
+                                                  dialect=dialect, policy=policy)
         if winner.id != batch.id:
             created = False
             chain = chain.with_attempt(number, winner, lost)

@@ -57,7 +57,7 @@ import hashlib
 import json
 import re
 import unicodedata
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -489,16 +489,22 @@ class AttemptChain:
         }
 
 
-def chains_of(key: str, batches: Iterable[Batch]) -> dict[str | None, AttemptChain]:
+def _metadata_key(batch: Batch) -> str | None:
+    return (batch.metadata or {}).get(IDEMPOTENCY_METADATA_KEY)
+
+
+def chains_of(key: str, batches: Iterable[Batch], *,
+              key_of: Callable[[Batch], str | None] = _metadata_key) -> dict[str | None, AttemptChain]:
     """Every chain of ``key`` among ``batches``, by fingerprint (None: written before fingerprints).
 
     Within a chain, batches are grouped by attempt; the earliest of an attempt (by
-    ``(created_at, id)``) counts, the others are its duplicates.
+    ``(created_at, id)``) counts, the others are its duplicates. ``key_of`` reads the attempt key a
+    batch carries (a dialect's :meth:`~batch_ops.dialects.Dialect.key_of`; default: OpenAI's metadata).
     """
     grouped: dict[str | None, dict[int, list[Batch]]] = {}
     seen: set[str] = set()
     for batch in batches:
-        parsed = parse_attempt((batch.metadata or {}).get(IDEMPOTENCY_METADATA_KEY), key)
+        parsed = parse_attempt(key_of(batch), key)
         if parsed is None or batch.id in seen:
             continue
         seen.add(batch.id)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import inspect
 import itertools
 import json
@@ -28,6 +27,7 @@ import time
 from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar, cast
 
 import httpx
@@ -41,6 +41,7 @@ from batch_ops._plans import Notify, Reply, Send, Sleep, Work
 from batch_ops._submit import Source, Submission, SubmitSpec, find_chain_plan, submit_plan
 from batch_ops._transport import READ_EAGERLY, AiohttpTransport, aiohttp_available
 from batch_ops.chain import Attempt, AttemptChain
+from batch_ops.dialects import Dialect
 from batch_ops.errors import BatchOpsError, ConfigurationError, InputValidationError, Problem
 from batch_ops.locks import PicklableWeakKeyDictionary, ProcessLocalSet
 from batch_ops.models import Batch, BatchList, BatchStatus, FileList, FileObject, ResultLine
@@ -153,29 +154,6 @@ def _as_chain(what: Batch | AttemptChain | Submission) -> AttemptChain:
     return AttemptChain(what.id, (Attempt(0, what),))
 
 
-def _result_files(chain: AttemptChain, tmp: Path) -> list[tuple[str, Path]]:
-    """``(file id, local path)`` of every output and error file of the chain, oldest batch first."""
-    files = []
-    for batch in chain.batches:
-        if batch.output_file_id:
-            files.append((batch.output_file_id, tmp / f"{batch.id}.output.jsonl"))
-        if batch.error_file_id:
-            files.append((batch.error_file_id, tmp / f"{batch.id}.errors.jsonl"))
-    return files
-
-
-def _chain_pairs(chain: AttemptChain, tmp: Path) -> list[tuple[Path | None, Path | None, int]]:
-    pairs = []
-    for attempt in chain.attempts:
-        for batch in (attempt.batch, *attempt.duplicates):
-            out = tmp / f"{batch.id}.output.jsonl" if batch.output_file_id else None
-            err = tmp / f"{batch.id}.errors.jsonl" if batch.error_file_id else None
-            pairs.append((out, err, attempt.number))
-    return pairs
-
-
-
-
 @dataclass(frozen=True)
 class _Prepared:
     url: httpx.URL
@@ -192,18 +170,22 @@ class _Base:
         settings = _settings(settings, overrides)
         settings.require_key()  # fail now, with the fix, rather than at the first request
         self.settings = settings
+        #: The batch API spoken (settings.provider): builds every request, reads every answer.
+        self.dialect: Dialect = settings.dialect
         self.retry_policy = RetryPolicy(
             max_retries=settings.max_retries,
             max_elapsed=settings.retry_max_elapsed,
             initial=settings.backoff_initial,
             maximum=settings.backoff_max,
         )
+        #: What every plan is driven with: the dialect that speaks the wire, the retry policy.
+        self._wire: Mapping[str, Any] = MappingProxyType({"dialect": self.dialect, "policy": self.retry_policy})
         self._urls: dict[str, httpx.URL] = {}
         # Settings are frozen: the headers and query every request carries are built once (the
         # credentials are added per request, so no plain-text key lives on the client).
         self._base_headers = {"User-Agent": USER_AGENT, "Accept": "application/json",
                               "Accept-Encoding": "gzip, deflate"}
-        self._base_params = settings.default_params()
+        self._base_params = self.dialect.default_params(settings)
 
     def _prepare(self, send: Send) -> _Prepared:
         """URL, headers, query and body of a request: JSON, or an upload's multipart frame.
@@ -211,7 +193,8 @@ class _Base:
         A redirect's target (``send.url``) is used as it is, query included; the credentials go
         only where the plan says they may (``send.auth``: same origin).
         """
-        headers = {**self._base_headers, **self.settings.auth_headers()} if send.auth else dict(self._base_headers)
+        headers = ({**self._base_headers, **self.dialect.auth_headers(self.settings)} if send.auth
+                   else dict(self._base_headers))
         if send.url is not None:
             params: dict[str, Any] = dict(send.params or {})
         else:
@@ -228,6 +211,17 @@ class _Base:
         # None, not {}: httpx re-parses the URL to merge even empty params.
         url = httpx.URL(send.url) if send.url is not None else self._url(send.path)
         return _Prepared(url, headers, params or None, content, frame)
+
+    def _create_plan(self, *, input_file_id: str, endpoint: str, completion_window: str,
+                     metadata: Mapping[str, str] | None, output_expires_after: Mapping[str, Any] | None) -> Any:
+        """A create under a fresh random key (checked before any I/O): at most one batch, even when
+        the answer is lost."""
+        key = _plans.new_idempotency_key()
+        body = self.dialect.create_body(input_file_id=input_file_id, endpoint=endpoint,
+                                        completion_window=completion_window, metadata=metadata,
+                                        output_expires_after=output_expires_after, idempotency_key=key)
+        return _plans.create_plan(body, key=key, key_may_exist=False, **self._wire,
+                                  lookback=self.settings.idempotency_lookback)
 
     def _secrets(self) -> list[str]:
         """What must never appear in an error we raise: our own key."""
@@ -469,10 +463,9 @@ class BatchClient(_Base):
             >>> # sub = client.submit_spec("requests.jsonl", SubmitSpec(endpoint="/v1/embeddings", idempotency_key="k"))
         """
         src = Source.of(source)
-        spec = dataclasses.replace(spec, azure=spec.azure or self.settings.is_azure)
         workdir = Path(tempfile.mkdtemp(prefix="batch_ops_submit_"))
         try:
-            return self._run(submit_plan(spec, src, workdir=workdir, policy=self.retry_policy,  # type: ignore[no-any-return]
+            return self._run(submit_plan(spec, src, workdir=workdir, **self._wire,  # type: ignore[no-any-return]
                                          lookback=self.settings.idempotency_lookback))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -502,8 +495,7 @@ class BatchClient(_Base):
         _check_terminal(latest)
         tmp = Path(tempfile.mkdtemp(prefix="batch_ops_results_", dir=workdir))
         try:
-            for file_id, path in _result_files(chain, tmp):
-                self.files.download(file_id, path)
+            pairs = self._run(_plans.chain_results_plan(chain, tmp, **self._wire))
             first = chain.attempts[0].batch
             if input_path and storage.is_remote(input_path):
                 inp = storage.stage(input_path, tmp / "input.jsonl")
@@ -511,7 +503,7 @@ class BatchClient(_Base):
                 inp = Path(input_path)
             else:
                 inp = cast(Path, self.files.download(first.input_file_id, tmp / "input.jsonl"))
-            yield from join_chain_results(input_path=inp, attempts=_chain_pairs(chain, tmp))
+            yield from join_chain_results(input_path=inp, attempts=pairs)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -540,13 +532,13 @@ class Files:
         """
         with storage.local_copy(_source_path(path)) as local:
             return self._c._run(_plans.upload_plan(_existing(local), purpose=purpose,  # type: ignore[no-any-return]
-                                                   policy=self._c.retry_policy))
+                                                   **self._c._wire))
 
     def retrieve(self, file_id: str) -> FileObject:
-        return self._c._run(_plans.retrieve_file_plan(file_id, policy=self._c.retry_policy))  # type: ignore[no-any-return]
+        return self._c._run(_plans.retrieve_file_plan(file_id, **self._c._wire))  # type: ignore[no-any-return]
 
     def list(self, *, purpose: str | None = None) -> FileList:
-        return self._c._run(_plans.list_files_plan(purpose=purpose, policy=self._c.retry_policy))  # type: ignore[no-any-return]
+        return self._c._run(_plans.list_files_plan(purpose=purpose, **self._c._wire))  # type: ignore[no-any-return]
 
     def download(self, file_id: str, path: StorageTarget) -> Path | StorageTarget:
         """Stream a file's content to ``path`` (written whole or not at all).
@@ -557,11 +549,11 @@ class Files:
         """
         target = _target(path)
         with storage.local_output(target) as local:
-            written: Path = self._c._run(_plans.download_plan(file_id, local, policy=self._c.retry_policy))
+            written: Path = self._c._run(_plans.download_plan(file_id, local, **self._c._wire))
         return written if isinstance(target, Path) else path
 
     def delete(self, file_id: str) -> bool:
-        return self._c._run(_plans.delete_file_plan(file_id, policy=self._c.retry_policy))  # type: ignore[no-any-return]
+        return self._c._run(_plans.delete_file_plan(file_id, **self._c._wire))  # type: ignore[no-any-return]
 
 
 class Batches:
@@ -593,25 +585,27 @@ class Batches:
             return self._c.submit(Source(file_id=input_file_id), endpoint=endpoint,
                                   completion_window=completion_window, metadata=metadata,
                                   output_expires_after=output_expires_after, idempotency_key=idempotency_key)
-        body = _plans.create_body(
+        return self._c._run(self._c._create_plan(  # type: ignore[no-any-return]
             input_file_id=input_file_id, endpoint=endpoint, completion_window=completion_window,
-            metadata=metadata, output_expires_after=output_expires_after,
-            idempotency_key=_plans.new_idempotency_key(), azure=self._c.settings.is_azure,
-        )
-        return self._c._run(_plans.create_plan(body, key_may_exist=False, policy=self._c.retry_policy,  # type: ignore[no-any-return]
-                                               lookback=self._c.settings.idempotency_lookback))
+            metadata=metadata, output_expires_after=output_expires_after))
+
+    def download_results(self, batch: Batch, directory: PathLike) -> _plans.ResultPaths:
+        """Download ``batch``'s output and error files into ``directory`` (``<id>.output.jsonl``,
+        ``<id>.errors.jsonl``), in OpenAI's line shape whatever the provider; a file the batch
+        does not have is None."""
+        return self._c._run(_plans.download_results_plan(batch, Path(directory), **self._c._wire))  # type: ignore[no-any-return]
 
     def retrieve(self, batch_id: str) -> Batch:
-        return self._c._run(_plans.retrieve_batch_plan(batch_id, policy=self._c.retry_policy))  # type: ignore[no-any-return]
+        return self._c._run(_plans.retrieve_batch_plan(batch_id, **self._c._wire))  # type: ignore[no-any-return]
 
     def cancel(self, batch_id: str) -> Batch:
-        return self._c._run(_plans.cancel_batch_plan(batch_id, policy=self._c.retry_policy))  # type: ignore[no-any-return]
+        return self._c._run(_plans.cancel_batch_plan(batch_id, **self._c._wire))  # type: ignore[no-any-return]
 
     def list(self, *, limit: int = 20, after: str | None = None) -> BatchList:
         """One page, newest first; ``limit`` must be 1..100 (checked before any request).
         Iterating the page yields its batches; ``iter_all`` follows the cursor."""
         return self._c._run(_plans.list_batches_plan(limit=limit, after=after,  # type: ignore[no-any-return]
-                                                     policy=self._c.retry_policy))
+                                                     **self._c._wire))
 
     def iter_all(self, *, limit: int = 100, after: str | None = None) -> Iterator[Batch]:
         """Every batch, newest first, following ``has_more`` / ``last_id``."""
@@ -625,7 +619,7 @@ class Batches:
     def find_by_idempotency_key(self, key: str, *, since: float | None = None) -> Batch | None:
         """The batch batch_ops created with this exact (attempt) key, searching back to ``since`` (epoch s)."""
         since = _plans.clock() - self._c.settings.idempotency_lookback if since is None else since
-        return self._c._run(_plans.find_by_key_plan(key, since=since, policy=self._c.retry_policy))  # type: ignore[no-any-return]
+        return self._c._run(_plans.find_by_key_plan(key, since=since, **self._c._wire))  # type: ignore[no-any-return]
 
     def chain(self, key: str, *, since: float | None = None, fingerprint: str | None = None) -> AttemptChain:
         """Every attempt of ``key``, from the batch list alone.
@@ -638,7 +632,7 @@ class Batches:
             >>> # chain = client.batches.chain("nightly-1"); chain.batch_ids, chain.latest.status
         """
         since = _plans.clock() - self._c.settings.idempotency_lookback if since is None else since
-        return self._c._run(find_chain_plan(key, since=since, policy=self._c.retry_policy,  # type: ignore[no-any-return]
+        return self._c._run(find_chain_plan(key, since=since, **self._c._wire,  # type: ignore[no-any-return]
                                             fingerprint=fingerprint))
 
     def wait(
@@ -659,7 +653,7 @@ class Batches:
         """
         poller = BatchPoller(poll_interval=poll_interval, max_poll_interval=max_poll_interval, timeout=timeout,
                              deadline=deadline)
-        return self._c._run(_plans.wait_plan(batch_id, poller=poller, policy=self._c.retry_policy, on_poll=on_poll))
+        return self._c._run(_plans.wait_plan(batch_id, poller=poller, **self._c._wire, on_poll=on_poll))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -913,11 +907,9 @@ class AsyncBatchClient(_Base):
     ) -> Submission:
         """See :meth:`BatchClient.submit_spec`; file work runs in worker threads."""
         src = Source.of(source)
-        spec = dataclasses.replace(spec, azure=spec.azure or self.settings.is_azure)
         workdir = Path(await asyncio.to_thread(tempfile.mkdtemp, "", "batch_ops_submit_"))
         try:
-            return await self._run(submit_plan(spec, src, workdir=workdir,  # type: ignore[no-any-return]
-                                               policy=self.retry_policy,
+            return await self._run(submit_plan(spec, src, workdir=workdir, **self._wire,  # type: ignore[no-any-return]
                                                lookback=self.settings.idempotency_lookback))
         finally:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
@@ -939,15 +931,14 @@ class AsyncBatchClient(_Base):
         _check_terminal(latest)
         tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, "", "batch_ops_results_", workdir))
         try:
-            for file_id, path in _result_files(chain, tmp):
-                await self.files.download(file_id, path)
+            pairs = await self._run(_plans.chain_results_plan(chain, tmp, **self._wire))
             if input_path and storage.is_remote(input_path):
                 inp = await asyncio.to_thread(storage.stage, input_path, tmp / "input.jsonl")
             elif input_path:
                 inp = Path(input_path)
             else:
                 inp = cast(Path, await self.files.download(chain.attempts[0].batch.input_file_id, tmp / "input.jsonl"))
-            joined = join_chain_results(input_path=inp, attempts=_chain_pairs(chain, tmp))
+            joined = join_chain_results(input_path=inp, attempts=pairs)
             while chunk := await asyncio.to_thread(lambda: list(itertools.islice(joined, 1000))):
                 for line in chunk:
                     yield line
@@ -975,26 +966,24 @@ class AsyncFiles:
         """Async version of :meth:`Files.upload`; a remote file is staged in a thread."""
         async with _staged(_source_path(path)) as local:
             return await self._c._run(_plans.upload_plan(_existing(local), purpose=purpose,  # type: ignore[no-any-return]
-                                                         policy=self._c.retry_policy))
+                                                         **self._c._wire))
 
     async def retrieve(self, file_id: str) -> FileObject:
-        return await self._c._run(_plans.retrieve_file_plan(file_id,  # type: ignore[no-any-return]
-                                                            policy=self._c.retry_policy))
+        return await self._c._run(_plans.retrieve_file_plan(file_id, **self._c._wire))  # type: ignore[no-any-return]
 
     async def list(self, *, purpose: str | None = None) -> FileList:
         return await self._c._run(_plans.list_files_plan(purpose=purpose,  # type: ignore[no-any-return]
-                                                         policy=self._c.retry_policy))
+                                                         **self._c._wire))
 
     async def download(self, file_id: str, path: StorageTarget) -> Path | StorageTarget:
         """Async version of :meth:`Files.download`; a remote target is put in a thread."""
         target = _target(path)
         async with _published(target) as local:
-            written: Path = await self._c._run(_plans.download_plan(file_id, local, policy=self._c.retry_policy))
+            written: Path = await self._c._run(_plans.download_plan(file_id, local, **self._c._wire))
         return written if isinstance(target, Path) else path
 
     async def delete(self, file_id: str) -> bool:
-        return await self._c._run(_plans.delete_file_plan(file_id,  # type: ignore[no-any-return]
-                                                          policy=self._c.retry_policy))
+        return await self._c._run(_plans.delete_file_plan(file_id, **self._c._wire))  # type: ignore[no-any-return]
 
 
 class AsyncBatches:
@@ -1017,26 +1006,24 @@ class AsyncBatches:
             return await self._c.submit(Source(file_id=input_file_id), endpoint=endpoint,
                                         completion_window=completion_window, metadata=metadata,
                                         output_expires_after=output_expires_after, idempotency_key=idempotency_key)
-        body = _plans.create_body(
+        return await self._c._run(self._c._create_plan(  # type: ignore[no-any-return]
             input_file_id=input_file_id, endpoint=endpoint, completion_window=completion_window,
-            metadata=metadata, output_expires_after=output_expires_after,
-            idempotency_key=_plans.new_idempotency_key(), azure=self._c.settings.is_azure,
-        )
-        return await self._c._run(_plans.create_plan(body, key_may_exist=False,  # type: ignore[no-any-return]
-                                                     policy=self._c.retry_policy,
-                                                     lookback=self._c.settings.idempotency_lookback))
+            metadata=metadata, output_expires_after=output_expires_after))
+
+    async def download_results(self, batch: Batch, directory: PathLike) -> _plans.ResultPaths:
+        """See :meth:`Batches.download_results`."""
+        return await self._c._run(  # type: ignore[no-any-return]
+            _plans.download_results_plan(batch, Path(directory), **self._c._wire))
 
     async def retrieve(self, batch_id: str) -> Batch:
-        return await self._c._run(_plans.retrieve_batch_plan(batch_id,  # type: ignore[no-any-return]
-                                                             policy=self._c.retry_policy))
+        return await self._c._run(_plans.retrieve_batch_plan(batch_id, **self._c._wire))  # type: ignore[no-any-return]
 
     async def cancel(self, batch_id: str) -> Batch:
-        return await self._c._run(_plans.cancel_batch_plan(batch_id,  # type: ignore[no-any-return]
-                                                           policy=self._c.retry_policy))
+        return await self._c._run(_plans.cancel_batch_plan(batch_id, **self._c._wire))  # type: ignore[no-any-return]
 
     async def list(self, *, limit: int = 20, after: str | None = None) -> BatchList:
         return await self._c._run(_plans.list_batches_plan(limit=limit, after=after,  # type: ignore[no-any-return]
-                                                           policy=self._c.retry_policy))
+                                                           **self._c._wire))
 
     async def iter_all(self, *, limit: int = 100, after: str | None = None) -> AsyncIterator[Batch]:
         while True:
@@ -1050,13 +1037,13 @@ class AsyncBatches:
     async def find_by_idempotency_key(self, key: str, *, since: float | None = None) -> Batch | None:
         since = _plans.clock() - self._c.settings.idempotency_lookback if since is None else since
         return await self._c._run(_plans.find_by_key_plan(key, since=since,  # type: ignore[no-any-return]
-                                                          policy=self._c.retry_policy))
+                                                          **self._c._wire))
 
     async def chain(self, key: str, *, since: float | None = None, fingerprint: str | None = None) -> AttemptChain:
         """Every attempt of ``key`` (for the requests of ``fingerprint``); see :meth:`Batches.chain`."""
         since = _plans.clock() - self._c.settings.idempotency_lookback if since is None else since
         return await self._c._run(find_chain_plan(key, since=since,  # type: ignore[no-any-return]
-                                                  policy=self._c.retry_policy, fingerprint=fingerprint))
+                                                  **self._c._wire, fingerprint=fingerprint))
 
     async def wait(
         self,
@@ -1079,7 +1066,7 @@ class AsyncBatches:
         poller = BatchPoller(poll_interval=poll_interval, max_poll_interval=max_poll_interval, timeout=timeout,
                              deadline=deadline,
                              safety_poll_interval=settings.safety_poll_interval if settings.events_url else None)
-        return await self._c._run(_plans.wait_plan(batch_id, poller=poller, policy=self._c.retry_policy,
+        return await self._c._run(_plans.wait_plan(batch_id, poller=poller, **self._c._wire,
                                                    on_poll=on_poll, first_delay=first_delay))
 
 

@@ -463,11 +463,13 @@ def check_create_params(
     metadata: Any = None,
     output_expires_after: Any = None,
     azure: bool = False,
+    completion_windows: tuple[str, ...] = COMPLETION_WINDOWS,
 ) -> list[tuple[str, str, str]]:
     """Check the POST /batches parameters; return ``(param, problem, fix)`` for each violation.
 
     Shared by the client (raises before uploading) and the local server (answers 400), so the
-    two cannot disagree. ``azure`` also accepts Azure OpenAI's spelling (``/chat/completions``).
+    two cannot disagree. ``azure`` also accepts Azure OpenAI's spelling (``/chat/completions``);
+    ``completion_windows`` are the windows the API accepts (a dialect's limits).
 
     Examples:
         >>> [p for p, _, _ in check_create_params(endpoint="/v1/chat", completion_window="48h")]
@@ -478,10 +480,10 @@ def check_create_params(
         found.append(
             ("endpoint", f"unsupported endpoint {endpoint!r}", "use one of " + ", ".join(BATCH_ENDPOINTS))
         )
-    if completion_window not in COMPLETION_WINDOWS:
-        found.append(
-            ("completion_window", f"unsupported completion_window {completion_window!r}", "use '24h', the only window")
-        )
+    if completion_window not in completion_windows:
+        fix = (f"use {completion_windows[0]!r}, the only window" if len(completion_windows) == 1
+               else "use one of " + ", ".join(repr(w) for w in completion_windows))
+        found.append(("completion_window", f"unsupported completion_window {completion_window!r}", fix))
     if metadata is not None:
         if not isinstance(metadata, dict):
             found.append(("metadata", "metadata must be an object of string pairs", "pass a dict[str, str]"))

@@ -32,16 +32,18 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
 
+from batch_ops._files import atomic_file
 from batch_ops.errors import InputValidationError, Problem, ResultFileError
 from batch_ops.jsonl import iter_request_lines, read_lines
 from batch_ops.models import ResultError, ResultLine
 
-__all__ = ["MAX_RESULT_LINE_BYTES", "iter_result_lines", "join_chain_results", "join_results", "successful_ids"]
+__all__ = ["MAX_RESULT_LINE_BYTES", "iter_result_lines", "join_chain_results", "join_results", "rewrite_results",
+           "successful_ids"]
 
 _log = logging.getLogger(__name__)
 _BOM = b"\xef\xbb\xbf"
@@ -98,6 +100,42 @@ def iter_result_lines(path: PathLike) -> Iterator[ResultLine]:
             if not raw.strip():
                 continue
             yield _parse_result(raw, path=name, line=n)
+
+
+def rewrite_results(path: PathLike, convert: Callable[[Mapping[str, Any]], Mapping[str, Any]]) -> int:
+    """Rewrite a result file in place, each line through ``convert`` (a dialect's
+    :meth:`~batch_ops.dialects.Dialect.result_line`: a provider's own line into OpenAI's shape);
+    returns the lines written. Streamed, and atomic: a crash leaves the file as it was.
+
+    Examples:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "out.jsonl")
+        >>> _ = open(path, "w").write('{"key": "a", "answer": 1}\\n')
+        >>> rewrite_results(path, lambda o: {"custom_id": o["key"], "response": {"status_code": 200,
+        ...                                  "body": o["answer"]}, "raw": o})
+        1
+        >>> [(r.custom_id, r.body) for r in iter_result_lines(path)]
+        [('a', 1)]
+    """
+    name = os.fspath(path)
+    written = 0
+    with open(name, "rb") as f, atomic_file(name) as out:
+        for n, raw in enumerate(read_lines(f, limit=MAX_RESULT_LINE_BYTES), start=1):
+            if raw is None:
+                raise _too_large(name, n)
+            if n == 1 and raw.startswith(_BOM):
+                raw = raw[3:]
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except ValueError as exc:
+                raise ResultFileError(f"not a JSON line ({exc})", path=name, line=n) from None
+            if not isinstance(obj, dict):
+                raise ResultFileError("not a JSON object", path=name, line=n)
+            out.write(json.dumps(convert(obj), separators=(",", ":")).encode() + b"\n")
+            written += 1
+    return written
 
 
 def _result_ok(obj: dict[str, Any]) -> bool:

@@ -22,11 +22,14 @@ import os
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 
 from batch_ops.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from batch_ops.dialects import Dialect
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -64,6 +67,14 @@ def settings_error(exc: ValidationError) -> ConfigurationError:
     return ConfigurationError(f"Invalid client settings: {detail}")
 
 
+def _provider_names(schema: dict[str, Any]) -> None:
+    """The ``provider`` field's choices, the dialects' names: looked up when a schema or a form asks
+    (:func:`setting_fields`), not when the settings load (the dialects sit above them)."""
+    from batch_ops.dialects import DIALECTS
+
+    schema["enum"] = sorted(DIALECTS)
+
+
 class ClientSettings(BaseModel):
     """Everything a client needs to reach the Batch API. Frozen; the key is a ``SecretStr``.
 
@@ -71,6 +82,8 @@ class ClientSettings(BaseModel):
         api_key: the API key (``OPENAI_API_KEY``; Azure: ``AZURE_OPENAI_API_KEY``).
         base_url: API root including ``/v1`` (``OPENAI_BASE_URL``).
         organization / project: optional ``OpenAI-Organization`` / ``OpenAI-Project`` headers.
+        provider: the batch API spoken (``BATCH_OPS_PROVIDER``): ``openai`` or ``azure`` (see
+            :mod:`batch_ops.dialects`); unset, Azure OpenAI when ``api_version`` is set, else OpenAI.
         api_version: set for Azure OpenAI (``OPENAI_API_VERSION``); switches auth to ``api-key``.
         timeout: seconds for one HTTP exchange; connect_timeout for opening the connection.
         max_retries: retries after the first try for retryable failures (408/409/429/5xx, network).
@@ -95,6 +108,10 @@ class ClientSettings(BaseModel):
                                       description="The API key (Azure OpenAI: the resource key).")
     base_url: str = Field(default=DEFAULT_BASE_URL, title="Base URL",
                           description="API root including /v1, e.g. https://api.openai.com/v1.")
+    provider: str | None = Field(
+        default=None, title="Provider", json_schema_extra=_provider_names,
+        description="The batch API spoken (a dialect of batch_ops.dialects); empty: Azure OpenAI when an Azure API "
+        "version is set, else OpenAI.")
     organization: str | None = Field(default=None, title="Organization",
                                      description="Sent as the OpenAI-Organization header.")
     project: str | None = Field(default=None, title="Project", description="Sent as the OpenAI-Project header.")
@@ -165,6 +182,15 @@ class ClientSettings(BaseModel):
             raise ValueError(f"base_url must start with http:// or https://, e.g. 'https://api.openai.com/v1'{hint}")
         return value
 
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from batch_ops.dialects import dialect_named
+
+        return dialect_named(value).name
+
     @field_validator("events_url")
     @classmethod
     def _events_url(cls, value: str | None) -> str | None:
@@ -183,8 +209,15 @@ class ClientSettings(BaseModel):
         return value
 
     @property
+    def dialect(self) -> Dialect:
+        """The batch API these settings speak (see :func:`batch_ops.dialects.dialect_for`)."""
+        from batch_ops.dialects import dialect_for
+
+        return dialect_for(self)
+
+    @property
     def is_azure(self) -> bool:
-        return self.api_version is not None
+        return self.dialect.name == "azure"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ClientSettings:
@@ -204,6 +237,7 @@ class ClientSettings(BaseModel):
             ("organization", ("OPENAI_ORG_ID", "OPENAI_ORGANIZATION")),
             ("project", ("OPENAI_PROJECT_ID",)),
             ("api_version", ("OPENAI_API_VERSION", "AZURE_OPENAI_API_VERSION")),
+            ("provider", ("BATCH_OPS_PROVIDER",)),
             ("events_url", ("BATCH_OPS_EVENTS_URL",)),
             ("events_token", ("BATCH_OPS_EVENTS_TOKEN",)),
         ):
@@ -231,20 +265,12 @@ class ClientSettings(BaseModel):
         return self.api_key.get_secret_value()
 
     def auth_headers(self) -> dict[str, str]:
-        """Headers carrying the credentials. Never log these."""
-        key = self.require_key()
-        if self.is_azure:
-            return {"api-key": key}
-        headers = {"Authorization": f"Bearer {key}"}
-        if self.organization:
-            headers["OpenAI-Organization"] = self.organization
-        if self.project:
-            headers["OpenAI-Project"] = self.project
-        return headers
+        """Headers carrying the credentials, as this provider's dialect writes them. Never log these."""
+        return self.dialect.auth_headers(self)
 
     def default_params(self) -> dict[str, str]:
         """Query parameters sent on every call (Azure's ``api-version``)."""
-        return {"api-version": self.api_version} if self.api_version else {}
+        return self.dialect.default_params(self)
 
     def url(self, path: str) -> str:
         """Join the base URL and an API path such as ``/batches``."""
@@ -283,6 +309,15 @@ def _holds_secret(annotation: Any) -> bool:
     return annotation is SecretStr or SecretStr in typing.get_args(annotation)
 
 
+def _declared_choices(info: Any) -> tuple[str, ...]:
+    """The choices a field's ``json_schema_extra`` declares (``enum``), if any."""
+    extra = info.json_schema_extra
+    if callable(extra):
+        extra = {}
+        info.json_schema_extra(extra)
+    return tuple(map(str, (extra or {}).get("enum") or ()))
+
+
 def _value_type(annotation: Any) -> tuple[type, tuple[str, ...]]:
     """The type a form field holds (``None`` and ``SecretStr`` taken off) and its choices, if fixed."""
     if typing.get_origin(annotation) is typing.Literal:
@@ -315,7 +350,8 @@ class SettingField:
         help: what it does (the field's ``description``), with its default when that is a number.
         type: what the form holds: ``str``, ``int`` or ``float`` (a secret is a ``str``).
         secret: a ``SecretStr``: masked in every form, never shown.
-        choices: the only values allowed (a ``Literal`` or an enum), else empty.
+        choices: the only values allowed (a ``Literal``, an enum, or the ``enum`` of the field's
+            ``json_schema_extra``), else empty; the help names them.
         limits: pydantic's bounds (``gt``, ``ge``, ``le``), for a form to check before saving.
     """
 
@@ -342,9 +378,12 @@ def setting_fields() -> Mapping[str, SettingField]:
     fields: dict[str, SettingField] = {}
     for name, info in ClientSettings.model_fields.items():
         kind, choices = _value_type(info.annotation)
+        choices = _declared_choices(info) or choices
         help_text = info.description or ""
         if isinstance(info.default, (int, float)) and not isinstance(info.default, bool):
             help_text = f"{help_text.removesuffix('.')} (default {info.default:g})."
+        if choices:
+            help_text = f"{help_text} One of: {', '.join(choices)}.".strip()
         limits = {key: value for meta in info.metadata if dataclasses.is_dataclass(meta) and not isinstance(meta, type)
                   for key, value in dataclasses.asdict(meta).items()}
         fields[name] = SettingField(

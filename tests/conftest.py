@@ -225,6 +225,13 @@ class SettingsSamples:
         info = ClientSettings.model_fields[name]
         if self.is_secret(name):
             return f"sk-{name}-sample"
+        declared: dict[str, Any] = {}  # choices a field declares in its schema (provider: the dialects)
+        if callable(info.json_schema_extra):
+            info.json_schema_extra(declared)
+        elif isinstance(info.json_schema_extra, dict):
+            declared = dict(info.json_schema_extra)
+        if declared.get("enum"):
+            return next(str(v) for v in declared["enum"] if v != info.default)
         kind = next(k for k in typing.get_args(info.annotation) or (info.annotation,) if k is not type(None))
         if typing.get_origin(kind) is typing.Literal:
             return next(str(v) for v in typing.get_args(kind) if v != info.default)

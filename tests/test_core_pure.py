@@ -15,6 +15,7 @@ from batch_ops import Batch, BatchList, BatchStatus, ClientSettings, CreateBatch
 from batch_ops._http import RetryPolicy, parse_retry_after
 from batch_ops._plans import Reply, Send, Sleep
 from batch_ops.chain import IDEMPOTENCY_METADATA_KEY
+from batch_ops.dialects import OPENAI
 from batch_ops.errors import (
     APIConnectionError,
     BadRequestError,
@@ -256,7 +257,8 @@ def _page(*batches: Batch, has_more: bool = False) -> Reply:
 
 def test_create_after_dropped_connection_looks_up_before_resending(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_plans, "clock", lambda: 1_700_000_100.0)
-    plan = _plans.create_plan(_body(), key_may_exist=False, policy=RetryPolicy(rng=random.Random(0)),
+    plan = _plans.create_plan(_body(), key="k1", key_may_exist=False, dialect=OPENAI,
+                              policy=RetryPolicy(rng=random.Random(0)),
                               lookback=86400)
     first = next(plan)
     assert isinstance(first, Send) and first.method == "POST"
@@ -271,7 +273,8 @@ def test_create_after_dropped_connection_looks_up_before_resending(monkeypatch: 
 
 
 def test_create_after_429_or_refused_connection_resends_without_lookup() -> None:
-    plan = _plans.create_plan(_body(), key_may_exist=False, policy=RetryPolicy(rng=random.Random(0)),
+    plan = _plans.create_plan(_body(), key="k1", key_may_exist=False, dialect=OPENAI,
+                              policy=RetryPolicy(rng=random.Random(0)),
                               lookback=86400)
     next(plan)
     assert isinstance(plan.send(Reply(status=429, headers={"retry-after-ms": "10"})), Sleep)
@@ -281,7 +284,8 @@ def test_create_after_429_or_refused_connection_resends_without_lookup() -> None
 
 
 def test_create_with_a_given_key_reattaches_without_posting() -> None:
-    plan = _plans.create_plan(_body("task-key"), key_may_exist=True, policy=RetryPolicy(), lookback=86400)
+    plan = _plans.create_plan(_body("task-key"), key="task-key", key_may_exist=True, dialect=OPENAI,
+                              policy=RetryPolicy(), lookback=86400)
     lookup = next(plan)
     assert lookup.method == "GET"
     with pytest.raises(StopIteration) as done:
@@ -290,7 +294,8 @@ def test_create_with_a_given_key_reattaches_without_posting() -> None:
 
 
 def test_create_fails_fast_on_permanent_error() -> None:
-    plan = _plans.create_plan(_body(), key_may_exist=False, policy=RetryPolicy(), lookback=86400)
+    plan = _plans.create_plan(_body(), key="k1", key_may_exist=False, dialect=OPENAI,
+                              policy=RetryPolicy(), lookback=86400)
     next(plan)
     with pytest.raises(BadRequestError, match="input_file_id is not a batch file"):
         plan.send(Reply(status=400, body=b'{"error": {"message": "input_file_id is not a batch file", '

@@ -259,5 +259,5 @@ def test_a_duplicate_that_ended_before_its_cancel_is_taken_as_it_is(make_server:
         batch = client.submit(requests_file(tmp_path / "in.jsonl", 2), endpoint=CHAT)
         done = client.batches.wait(batch.id, poll_interval=0.05, timeout=30)
         assert done.status.value == "completed"
-        [now] = client._run(_cancel_plan([done], policy=client.retry_policy))
+        [now] = client._run(_cancel_plan([done], **client._wire))
         assert (now.id, now.status.value) == (batch.id, "completed")

@@ -45,7 +45,6 @@ import hashlib
 import inspect
 import os
 import posixpath
-import re
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
@@ -172,11 +171,6 @@ def _own_file(src: Path | storage.Location, out: Path | storage.Location) -> str
     if path.startswith(out_path + ".work/"):
         return "a file in its work folder"
     return None
-
-
-def _file_safe(text: str) -> str:
-    """``text`` (an id from the wire) as one harmless file name."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", text).lstrip(".") or "_"
 
 
 def _name(where: Path | storage.Location) -> str:
@@ -449,13 +443,10 @@ class BatchJob:
                                 f"in {delay:.0f} s")
             return
         local = self.store.local_path
-        out_path = err_path = None
-        if batch.output_file_id:
-            out_path = yield Call("files.download", {
-                "file_id": batch.output_file_id, "path": local(f"downloads/{_file_safe(batch.id)}.output.jsonl")})
-        if batch.error_file_id:
-            err_path = yield Call("files.download", {
-                "file_id": batch.error_file_id, "path": local(f"downloads/{_file_safe(batch.id)}.errors.jsonl")})
+        downloads = local("downloads")
+        downloads.mkdir(parents=True, exist_ok=True)
+        found = yield Call("batches.download_results", {"batch": batch, "directory": downloads})
+        out_path, err_path = found.output, found.error
         results = local(f"results/{part.name}.jsonl")
         part_path = self.store.fetch(part.path)
         provenance = {"batch_id": batch.id, "round": part.round, "part": part.name}

@@ -66,6 +66,7 @@ class OpenAIBatchCredentials(CredentialsBlock):
     # a "$ref" to a saved block as well, and Prefect rejects a deployment parameter that fits two schemas.
     api_key: SecretStr = _setting("api_key", default=...)
     base_url: str | None = _setting("base_url")
+    provider: str | None = _setting("provider")
     organization: str | None = _setting("organization")
     project: str | None = _setting("project")
     api_version: str | None = _setting("api_version")

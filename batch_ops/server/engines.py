@@ -38,18 +38,18 @@ from batch_ops.results import MAX_RESULT_LINE_BYTES
 from batch_ops.server.options import ServerOptions
 from batch_ops.server.store import Usage5
 
-__all__ = ["EchoEngine", "Engine", "ReplayEngine", "Reply", "UpstreamEngine", "make_engine", "usage_of"]
+__all__ = ["Answer", "EchoEngine", "Engine", "ReplayEngine", "UpstreamEngine", "make_engine", "usage_of"]
 
 
 @dataclass(frozen=True)
-class Reply:
+class Answer:
     """What one batch request produced.
 
     ``status_code`` and ``body`` form the HTTP response; ``status_code`` is None when there was
     no HTTP response at all and only the top-level ``error`` ``{code, message}`` says why.
 
     Examples:
-        >>> Reply(200, {"ok": 1}).ok, Reply(None, error={"code": "batch_expired", "message": "late"}).ok
+        >>> Answer(200, {"ok": 1}).ok, Answer(None, error={"code": "batch_expired", "message": "late"}).ok
         (True, False)
     """
 
@@ -111,11 +111,11 @@ class Engine:
 
     name = "base"
 
-    def answer_now(self, request: Mapping[str, Any]) -> Reply | None:
+    def answer_now(self, request: Mapping[str, Any]) -> Answer | None:
         """Answer without I/O, or return None when the request needs ``answer`` (awaited)."""
         return None
 
-    async def answer(self, request: Mapping[str, Any]) -> Reply:
+    async def answer(self, request: Mapping[str, Any]) -> Answer:
         reply = self.answer_now(request)
         if reply is None:  # pragma: no cover - subclasses without a fast path override answer
             raise NotImplementedError
@@ -219,21 +219,21 @@ class EchoEngine(Engine):
     def has_fast_path(self) -> bool:
         return True
 
-    def answer_now(self, request: Mapping[str, Any]) -> Reply:
+    def answer_now(self, request: Mapping[str, Any]) -> Answer:
         return self.respond(str(request.get("url", "")), request.get("body"))
 
-    def respond(self, url: str, body: Any) -> Reply:
+    def respond(self, url: str, body: Any) -> Answer:
         """Answer ``POST url`` with ``body`` as the real endpoint would (shape-wise); Azure's
         spelling (``/chat/completions``) reaches the same route."""
         route = self._routes.get(url) or self._routes.get(canonical_endpoint(url))
         if route is None:
-            return Reply(404, api_error_body(f"Invalid URL (POST {url})", code="unknown_url"))
+            return Answer(404, api_error_body(f"Invalid URL (POST {url})", code="unknown_url"))
         if not isinstance(body, dict):
-            return Reply(400, api_error_body("The request body must be a JSON object.", param="body"))
+            return Answer(400, api_error_body("The request body must be a JSON object.", param="body"))
         try:
-            return Reply(200, route(body))
+            return Answer(200, route(body))
         except _Invalid as exc:
-            return Reply(400, api_error_body(str(exc), param=exc.param))
+            return Answer(400, api_error_body(str(exc), param=exc.param))
 
     @staticmethod
     def _model(body: Mapping[str, Any], default: str | None = None) -> str:
@@ -479,7 +479,7 @@ class ReplayEngine(Engine):
     name = "replay"
 
     def __init__(self, paths: Iterable[str | os.PathLike[str]]) -> None:
-        self._records: dict[str, Reply] = {}
+        self._records: dict[str, Answer] = {}
         for path in paths:
             with Path(path).open("rb") as fh:
                 # The reader every result file goes through: no line past the limit is held.
@@ -496,9 +496,9 @@ class ReplayEngine(Engine):
             return
         response = line.get("response")
         if isinstance(response, dict):
-            reply = Reply(_int(response.get("status_code")) or 500, response.get("body"), line.get("error"))
+            reply = Answer(_int(response.get("status_code")) or 500, response.get("body"), line.get("error"))
         else:
-            reply = Reply(None, None, line.get("error") or {"code": "unknown", "message": "recorded without response"})
+            reply = Answer(None, None, line.get("error") or {"code": "unknown", "message": "recorded without response"})
         known = self._records.get(custom_id)
         if known is None or (reply.ok and not known.ok):
             self._records[custom_id] = reply
@@ -510,11 +510,11 @@ class ReplayEngine(Engine):
     def has_fast_path(self) -> bool:
         return True
 
-    def answer_now(self, request: Mapping[str, Any]) -> Reply:
+    def answer_now(self, request: Mapping[str, Any]) -> Answer:
         custom_id = request.get("custom_id")
         found = self._records.get(custom_id) if isinstance(custom_id, str) else None
         if found is None:
-            return Reply(
+            return Answer(
                 404,
                 api_error_body(
                     f"No recorded result for custom_id {custom_id!r} in the replay files.",
@@ -584,7 +584,7 @@ class UpstreamEngine(Engine):
                     return advertised
         return float(self._backoff * 2**attempt)
 
-    async def answer(self, request: Mapping[str, Any]) -> Reply:
+    async def answer(self, request: Mapping[str, Any]) -> Answer:
         body = request.get("body")
         if self._model and isinstance(body, dict):
             body = {**body, "model": self._model}
@@ -605,10 +605,10 @@ class UpstreamEngine(Engine):
                         payload = api_error_body(
                             f"upstream answered HTTP {response.status_code} without JSON", type="server_error"
                         )
-                    return Reply(response.status_code, payload)
+                    return Answer(response.status_code, payload)
             if attempt < self._retries:
                 await asyncio.sleep(self._delay(attempt, response))
-        return Reply(
+        return Answer(
             502,
             api_error_body(
                 f"upstream {self._base} unreachable after {self._retries + 1} attempts ({failure})",

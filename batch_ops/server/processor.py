@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from batch_ops.jsonl import MAX_LINE_BYTES, check_file, read_lines
-from batch_ops.server.engines import Engine, Reply, api_error_body, usage_of
+from batch_ops.server.engines import Answer, Engine, api_error_body, usage_of
 from batch_ops.server.options import ServerOptions
 from batch_ops.server.store import ACTIVE_STATUSES, BatchRow, Store, new_id
 
@@ -69,8 +69,8 @@ def _failure(errors: list[dict[str, Any]]) -> dict[str, Any]:
     return {"failed_at": int(time.time()), "errors": {"object": "list", "data": errors}}
 
 
-def _server_error_reply() -> Reply:
-    return Reply(
+def _server_error_reply() -> Answer:
+    return Answer(
         500,
         api_error_body(
             "The server had an error processing your request (injected by --fail-requests). Retry the request.",
@@ -80,7 +80,7 @@ def _server_error_reply() -> Reply:
     )
 
 
-def _result_line(custom_id: Any, reply: Reply) -> str:
+def _result_line(custom_id: Any, reply: Answer) -> str:
     response = None
     if reply.status_code is not None:
         response = {"status_code": reply.status_code, "request_id": "req_" + os.urandom(16).hex(), "body": reply.body}
@@ -379,11 +379,12 @@ class Processor:
 
     # ---- chunks ------------------------------------------------------------------------------
 
-    def _prepare(self, run: _Run, index: int, raw: bytes) -> tuple[Any, dict[str, Any] | None, Reply | None]:
+    def _prepare(self, run: _Run, index: int, raw: bytes) -> tuple[Any, dict[str, Any] | None, Answer | None]:
         """Parse one request line; decide up front when a fault fails it (no engine call then)."""
         request = _parse(index, raw)
         if request is None:  # validation passed, so only a file changed on disk gets here
-            return None, None, Reply(400, api_error_body("The request line is not a JSON object.", code="invalid_json"))
+            bad = api_error_body("The request line is not a JSON object.", code="invalid_json")
+            return None, None, Answer(400, bad)
         custom_id = request.get("custom_id")
         rate = self.options.fail_requests
         if rate and chance(self.seed, run.key, index) < rate:
@@ -399,7 +400,7 @@ class Processor:
             custom_id, request, reply = self._prepare(run, index, raw)
             if reply is None:
                 assert request is not None
-                reply = answer(request) or Reply(500, api_error_body("engine gave no answer", type="server_error"))
+                reply = answer(request) or Answer(500, api_error_body("engine gave no answer", type="server_error"))
             results.append((custom_id, reply))
         self._commit(run, lines, results)
 
@@ -409,7 +410,7 @@ class Processor:
         slots, latency = self._slots, self.options.request_latency
         lines = await asyncio.to_thread(run.read_chunk, 2 * self.options.concurrency)
 
-        async def one(index: int, raw: bytes) -> tuple[Any, Reply]:
+        async def one(index: int, raw: bytes) -> tuple[Any, Answer]:
             custom_id, request, reply = self._prepare(run, index, raw)
             if reply is not None:
                 return custom_id, reply
@@ -422,7 +423,7 @@ class Processor:
         results = await asyncio.gather(*(one(i, raw) for i, raw in lines))
         await asyncio.to_thread(self._commit, run, lines, results)
 
-    def _commit(self, run: _Run, lines: list[tuple[int, bytes]], results: list[tuple[Any, Reply]]) -> None:
+    def _commit(self, run: _Run, lines: list[tuple[int, bytes]], results: list[tuple[Any, Answer]]) -> None:
         """Append a chunk's lines (shuffled: output order is not input order), fsync, checkpoint."""
         if not lines:
             return
@@ -459,7 +460,7 @@ class Processor:
             for index, raw in lines:
                 request = _parse(index, raw)
                 custom_id = request.get("custom_id") if request is not None else None
-                err.append(_result_line(custom_id, Reply(None, None, error)))
+                err.append(_result_line(custom_id, Answer(None, None, error)))
             run.failed += len(err)
             run.err_bytes += _append(run.err, err)
             run.next_index = lines[-1][0] + 1

@@ -1,0 +1,49 @@
+"""Dialects: one object per batch API, so plans, polling, money rules and adapters never branch on a provider.
+
+See :mod:`batch_ops.dialects.base` for what a dialect holds. :func:`dialect_for` picks the one a
+client's settings name (``ClientSettings.provider``; when unset, Azure OpenAI if an
+``api_version`` is set, else OpenAI).
+
+Examples:
+    >>> from batch_ops.settings import ClientSettings
+    >>> dialect_for(ClientSettings(api_key="k")).name
+    'openai'
+    >>> dialect_for(ClientSettings(api_key="k", api_version="2024-10-21")).name
+    'azure'
+    >>> sorted(DIALECTS)
+    ['azure', 'openai']
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from batch_ops.dialects.azure import AzureDialect
+from batch_ops.dialects.base import Dialect, Limits, ResultFile
+from batch_ops.dialects.openai import OpenAIDialect
+
+if TYPE_CHECKING:
+    from batch_ops.settings import ClientSettings
+
+__all__ = ["AZURE", "DIALECTS", "OPENAI", "AzureDialect", "Dialect", "Limits", "OpenAIDialect", "ResultFile",
+           "dialect_for", "dialect_named"]
+
+OPENAI = OpenAIDialect()
+AZURE = AzureDialect()
+#: Every dialect, by the provider name settings use.
+DIALECTS: dict[str, Dialect] = {d.name: d for d in (OPENAI, AZURE)}
+
+
+def dialect_named(name: str) -> Dialect:
+    """The dialect of provider ``name`` (case-insensitive); raises ``ValueError`` naming the known ones."""
+    found = DIALECTS.get(name.strip().lower())
+    if found is None:
+        raise ValueError(f"unknown provider {name!r}: use one of {', '.join(sorted(DIALECTS))}")
+    return found
+
+
+def dialect_for(settings: ClientSettings) -> Dialect:
+    """The dialect ``settings`` speak: their ``provider``, else Azure OpenAI when an ``api_version`` is set."""
+    if settings.provider:
+        return dialect_named(settings.provider)
+    return AZURE if settings.api_version is not None else OPENAI

@@ -1,0 +1,288 @@
+"""The dialect seam: what one batch API says differently from another.
+
+The plans (:mod:`batch_ops._plans`, :mod:`batch_ops._submit`) never name a provider. Every request
+they send is built by a :class:`Dialect` (a :class:`~batch_ops.effects.Send`), and every answer is
+read by it into our neutral models (:class:`~batch_ops.models.Batch`,
+:class:`~batch_ops.models.FileObject`, :class:`~batch_ops.models.BatchList`). What differs
+between batch APIs lives in one dialect object each:
+
+* **addressing and credentials** — the path of each call, the query every call carries, the
+  headers that carry the key;
+* **request and response shapes** — the create body, the batch object, a list page;
+* **the status vocabulary**, mapped onto :class:`~batch_ops.models.BatchStatus` (and so onto the
+  outcomes the core decides on);
+* **where a batch's results live** (:meth:`Dialect.result_files`);
+* **limits and rules** (:class:`Limits`): completion windows, how an endpoint is spelled;
+* **the field that carries our idempotency key** (:meth:`Dialect.key_of`, :meth:`Dialect.create_body`).
+
+A quirk is data (a class attribute) or a small override in its dialect, never a branch in a plan.
+Dialects are frozen and hold no credentials: the key is read from the settings at each request.
+
+Examples:
+    >>> from batch_ops.dialects import dialect_for
+    >>> from batch_ops.settings import ClientSettings
+    >>> d = dialect_for(ClientSettings(api_key="sk-1"))
+    >>> d.name, d.retrieve_batch("batch_1").path, d.auth_headers(ClientSettings(api_key="sk-1"))
+    ('openai', '/batches/batch_1', {'Authorization': 'Bearer sk-1'})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from batch_ops.effects import Reply, Send, api_path, list_params, parse
+from batch_ops.errors import InputValidationError, Problem
+from batch_ops.models import (
+    METADATA_MAX_PAIRS,
+    Batch,
+    BatchList,
+    BatchStatus,
+    FileList,
+    FileObject,
+    check_create_params,
+)
+
+if TYPE_CHECKING:
+    from batch_ops.settings import ClientSettings
+
+__all__ = ["Dialect", "Limits", "ResultFile"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one batch may hold, and what the API accepts when it is created.
+
+    Attributes:
+        completion_windows: the ``completion_window`` values the create accepts.
+        expires: a batch that outlives its window ends ``expired`` (Azure OpenAI does not expire
+            batches: "we do not expire the jobs that take longer").
+        max_requests: requests in one batch.
+        max_file_bytes: bytes of one batch input.
+    """
+
+    completion_windows: tuple[str, ...] = ("24h",)
+    expires: bool = True
+    max_requests: int = 50_000
+    max_file_bytes: int = 200 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """One file that holds a batch's results: ``kind`` is ``"output"`` (successes) or ``"error"``."""
+
+    kind: str
+    file_id: str
+
+
+class Dialect:
+    """One batch API's way of saying things (see the module). Subclasses override what differs.
+
+    The defaults are OpenAI's Files and Batches API; :class:`~batch_ops.dialects.openai.OpenAIDialect`
+    is this class under its own name.
+    """
+
+    #: The provider's name, as settings and connections spell it.
+    name: ClassVar[str] = "openai"
+    #: What a person calls it, for messages and docs.
+    title: ClassVar[str] = "OpenAI Batch API"
+    #: Batch endpoints are spelled without ``/v1`` on the wire (Azure OpenAI's documented form); the
+    #: ``/v1`` form is accepted as well.
+    short_endpoints: ClassVar[bool] = False
+    #: The ``purpose`` of an uploaded batch input.
+    upload_purpose: ClassVar[str] = "batch"
+    #: Limits and rules of a batch.
+    limits: ClassVar[Limits] = Limits()
+    #: The metadata key under which our idempotency (attempt) key is written on a batch.
+    key_metadata: ClassVar[str] = "batch_ops_idempotency_key"
+    #: Wire statuses :class:`~batch_ops.models.BatchStatus` does not know by name (case and
+    #: ``canceled``/``InProgress`` spellings it reads already), mapped to ours — e.g. Novita's
+    #: ``PROGRESS``. A status still unknown stays unknown: never terminal, the wait goes on.
+    status_aliases: ClassVar[Mapping[str, BatchStatus]] = {}
+    #: Result lines arrive in another shape than OpenAI's output/error lines: each downloaded result
+    #: file is rewritten line by line with :meth:`result_line` before anything reads it.
+    rewrites_results: ClassVar[bool] = False
+
+    # -- addressing and credentials -------------------------------------------------------------
+    def auth_headers(self, settings: ClientSettings) -> dict[str, str]:
+        """The headers carrying the credentials (never logged)."""
+        headers = {"Authorization": f"Bearer {settings.require_key()}"}
+        if settings.organization:
+            headers["OpenAI-Organization"] = settings.organization
+        if settings.project:
+            headers["OpenAI-Project"] = settings.project
+        return headers
+
+    def default_params(self, settings: ClientSettings) -> dict[str, str]:
+        """Query parameters every call carries."""
+        return {}
+
+    def endpoint(self, endpoint: str) -> str:
+        """How ``endpoint`` (a batch endpoint such as ``/v1/chat/completions``) is spelled on the wire."""
+        return endpoint
+
+    # -- files ------------------------------------------------------------------------------------
+    def upload_file(self, path: Path, *, purpose: str | None = None, filename: str | None = None) -> Send:
+        """Upload a batch input (streamed multipart)."""
+        return Send("POST", "/files", json={"purpose": purpose or self.upload_purpose}, upload=path,
+                    filename=filename)
+
+    def retrieve_file(self, file_id: str) -> Send:
+        return Send("GET", api_path("/files/{file_id}", file_id=file_id))
+
+    def list_files(self, *, purpose: str | None = None, params: Mapping[str, Any] | None = None) -> Send:
+        query = {**({"purpose": purpose} if purpose else {}), **(params or {})}
+        return Send("GET", "/files", params=query or None)
+
+    def download_file(self, file_id: str, sink: Path) -> Send:
+        """A file's content, streamed into ``sink``."""
+        return Send("GET", api_path("/files/{file_id}/content", file_id=file_id), sink=sink)
+
+    def delete_file(self, file_id: str) -> Send:
+        return Send("DELETE", api_path("/files/{file_id}", file_id=file_id))
+
+    def parse_file(self, reply: Reply, send: Send) -> FileObject:
+        return parse(FileObject, reply, send, what="a file object")
+
+    def parse_file_list(self, reply: Reply, send: Send) -> FileList:
+        return parse(FileList, reply, send, what="a list of files")
+
+    def parse_deleted(self, reply: Reply) -> bool:
+        """Whether a delete's answer says the file is gone (a 2xx whose body we cannot read: yes)."""
+        try:
+            answer = reply.json()
+        except ValueError:
+            return True
+        return bool(answer.get("deleted", True)) if isinstance(answer, dict) else True
+
+    # -- batches ----------------------------------------------------------------------------------
+    def create_batch(self, body: Mapping[str, Any]) -> Send:
+        """The create call for a body :meth:`create_body` made."""
+        return Send("POST", "/batches", json=dict(body))
+
+    def retrieve_batch(self, batch_id: str, *, deadline: float | None = None) -> Send:
+        return Send("GET", api_path("/batches/{batch_id}", batch_id=batch_id), deadline=deadline)
+
+    def cancel_batch(self, batch_id: str) -> Send:
+        return Send("POST", api_path("/batches/{batch_id}/cancel", batch_id=batch_id))
+
+    def list_batches(self, *, limit: int, after: str | None) -> Send:
+        """One page of the batch list, newest first; ``after`` is the cursor a page gave."""
+        return Send("GET", "/batches", params=list_params(limit=limit, after=after))
+
+    def parse_batch(self, reply: Reply, send: Send) -> Batch:
+        """The answer as our :class:`~batch_ops.models.Batch`, its status in our vocabulary."""
+        batch = parse(Batch, reply, send, what="a batch")
+        if self.status_aliases and not batch.status.is_known:
+            ours = self.status_aliases.get(batch.status.value)
+            if ours is not None:
+                return batch.model_copy(update={"status": ours})
+        return batch
+
+    def parse_batch_list(self, reply: Reply, send: Send) -> BatchList:
+        return parse(BatchList, reply, send, what="a list of batches")
+
+    def create_body(
+        self,
+        *,
+        input_file_id: str,
+        endpoint: str,
+        completion_window: str,
+        metadata: Mapping[str, str] | None,
+        output_expires_after: Mapping[str, Any] | None,
+        idempotency_key: str,
+    ) -> dict[str, Any]:
+        """The create body, our idempotency key written where :meth:`key_of` reads it; every parameter
+        is checked first, so a bad one raises :class:`~batch_ops.errors.InputValidationError` before
+        any I/O.
+
+        Examples:
+            >>> Dialect().create_body(input_file_id="f", endpoint="/v1/embeddings", completion_window="24h",
+            ...                       metadata={"run": "n"}, output_expires_after=None, idempotency_key="k")
+            {'input_file_id': 'f', 'endpoint': '/v1/embeddings', 'completion_window': '24h', \
+'metadata': {'run': 'n', 'batch_ops_idempotency_key': 'k'}}
+        """
+        user_meta = dict(metadata or {})
+        if isinstance(output_expires_after, Mapping) and "anchor" not in output_expires_after:
+            # The API requires the anchor and knows only one: say it for the caller.
+            output_expires_after = {"anchor": "created_at", **output_expires_after}
+        problems = [
+            Problem(rule="invalid_batch_parameter", message=msg, fix=fix, param=param)
+            for param, msg, fix in check_create_params(
+                endpoint=endpoint, completion_window=completion_window, metadata=user_meta,
+                output_expires_after=output_expires_after, azure=self.short_endpoints,
+                completion_windows=self.limits.completion_windows,
+            )
+        ]
+        if not input_file_id or not isinstance(input_file_id, str):
+            problems.append(Problem(rule="invalid_batch_parameter", message="input_file_id is empty",
+                                    fix="upload the file first", param="input_file_id"))
+        problems.extend(self._metadata_room(user_meta))
+        if problems:
+            raise InputValidationError(problems, source="batch parameters")
+        user_meta[self.key_metadata] = idempotency_key
+        body: dict[str, Any] = {
+            "input_file_id": input_file_id,
+            "endpoint": self.endpoint(endpoint),
+            "completion_window": completion_window,
+            "metadata": user_meta,
+        }
+        if output_expires_after is not None:
+            body["output_expires_after"] = dict(output_expires_after)
+        return body
+
+    def _metadata_room(self, user_meta: Mapping[str, str]) -> list[Problem]:
+        """Our key takes a metadata pair: too many of the caller's own leave it no room."""
+        if self.key_metadata in user_meta or len(user_meta) < METADATA_MAX_PAIRS:
+            return []
+        from batch_ops.orphans import OWNER_METADATA_KEYS
+
+        # The adapters add the run that owns the batch (for the orphan sweep): name every pair that is ours.
+        ours = [k for k in OWNER_METADATA_KEYS if k in user_meta]
+        added = ", ".join(f"'{k}'" for k in (*ours, self.key_metadata))
+        return [Problem(
+            rule="invalid_batch_parameter",
+            message=f"metadata has {len(user_meta) - len(ours)} pairs of yours and batch_ops adds {added} "
+            "(so a retried create finds the batch instead of billing a second one, and a sweep finds its run)",
+            fix=f"keep at most {METADATA_MAX_PAIRS - 1 - len(ours)} metadata keys of your own",
+            param="metadata",
+        )]
+
+    # -- our key on a batch -----------------------------------------------------------------------
+    def key_of(self, batch: Batch) -> str | None:
+        """The idempotency (attempt) key written on ``batch``, or None (not ours)."""
+        return (batch.metadata or {}).get(self.key_metadata)
+
+    # -- results ----------------------------------------------------------------------------------
+    def result_line(self, line: Mapping[str, Any]) -> Mapping[str, Any]:
+        """One result line as OpenAI writes them (``custom_id``, ``response {status_code, body}``,
+        ``error``), from this API's own line; the provider's line is kept under ``raw`` by dialects
+        that rewrite (:attr:`rewrites_results`). OpenAI's lines are already that shape."""
+        return line
+
+    def result_files(self, batch: Batch) -> tuple[ResultFile, ...]:
+        """The files that hold ``batch``'s results, successes first.
+
+        Examples:
+            >>> b = Batch(id="b", endpoint="/v1/embeddings", input_file_id="f", status="completed",
+            ...           created_at=0, output_file_id="file-out")
+            >>> Dialect().result_files(b)
+            (ResultFile(kind='output', file_id='file-out'),)
+        """
+        found = []
+        if batch.output_file_id:
+            found.append(ResultFile("output", batch.output_file_id))
+        if batch.error_file_id:
+            found.append(ResultFile("error", batch.error_file_id))
+        return tuple(found)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
