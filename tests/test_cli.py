@@ -152,8 +152,8 @@ VERBS = ("submit", "status", "list", "orphans", "cancel", "results", "validate",
 
 @pytest.mark.parametrize("verb", VERBS)
 def test_every_verb_speaks_one_help_and_error_style(verb: str) -> None:
-    """serve (argparse, so it runs without typer) reads like the typer verbs: click's usage line,
-    capitalised sections, METAVARs without braces or type tags, click's error format."""
+    """serve (click without typer, so it runs without the cli extra) reads like the typer verbs: click's
+    usage line, capitalised sections, METAVARs without braces or type tags, click's error format."""
     shown = run(verb, "--help", key=None)
     assert shown.code == 0, shown
     usage, *rest = shown.stdout.splitlines()

@@ -204,22 +204,16 @@ class _Out:
         return text
 
 
-#: Interactive commands (no --wait) give up on an unreachable server after this many seconds of
-#: retrying, rather than the ~25 s the full budget takes (each retry is logged as it happens).
-FAIL_FAST_SECONDS = 8.0
-
-
 def _client(out: _Out, base_url: str | None, api_key: str | None, max_retries: int | None, *,
             fail_fast: bool = False) -> BatchClient:
     """A client from the flags and the environment (flags win); settings errors exit 4.
 
     ``fail_fast``: an interactive command answering a person at a prompt; unless ``--max-retries``
-    says otherwise, it stops retrying after :data:`FAIL_FAST_SECONDS`.
+    says otherwise, it retries within the core's ``interactive`` preset (``RETRY_PRESETS``: 8 s).
     """
     settings = ClientSettings.from_env(api_key=api_key, base_url=base_url, max_retries=max_retries)
     if fail_fast and max_retries is None:
-        settings = settings.model_copy(update={"retry_max_elapsed": FAIL_FAST_SECONDS,
-                                               "connect_timeout": min(settings.connect_timeout, 5.0)})
+        settings = settings.with_retries("interactive")
     if settings.api_key is None:
         # The core's message speaks Python (api_key=...); a shell user needs the flag.
         raise ConfigurationError(

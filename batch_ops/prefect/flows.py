@@ -41,7 +41,7 @@ from batch_ops.models import Batch
 from batch_ops.orphans import aunfinished_batches_of
 from batch_ops.outcomes import DEFAULT_WAIT_TIMEOUT, OutcomePolicy
 from batch_ops.prefect.artifacts import DEFAULT_ARTIFACT_KEY
-from batch_ops.prefect.credentials import OpenAIBatchCredentials
+from batch_ops.prefect.credentials import OpenAIBatchCredentials, settings_from_parameters
 from batch_ops.prefect.storage import block_target
 from batch_ops.prefect.tasks import BatchResult, _submit_task, _wait_task, run_start_time, settings_used_by
 from batch_ops.settings import ClientSettings
@@ -49,8 +49,6 @@ from batch_ops.storage import display
 
 __all__ = ["batches_to_cancel", "cancel_flow_run_batches", "run_batch"]
 
-#: Credential fields that survive in a flow run's stored parameters (the key is obfuscated there).
-_PLAIN_FIELDS = ("base_url", "organization", "project", "api_version", "timeout", "max_retries")
 
 
 def batches_to_cancel(batches: Iterable[Batch], *, flow_run_id: str) -> list[Batch]:
@@ -79,10 +77,8 @@ async def _settings_for(flow_run: FlowRun) -> list[ClientSettings]:
         block = await OpenAIBatchCredentials.aload_from_ref(ref)
         return [cast(OpenAIBatchCredentials, block).get_settings()]
     if isinstance(raw, dict):
-        # An unsaved block was stored with its key obfuscated: keep its endpoint, take the key from the
-        # environment.
-        plain = {k: v for k, v in raw.items() if k in _PLAIN_FIELDS and v is not None}
-        return [ClientSettings.from_env(**plain)]
+        # An unsaved block was stored with its key obfuscated: keep the rest, take the key from the environment.
+        return [settings_from_parameters(raw)]
     return [ClientSettings.from_env()]
 
 
