@@ -49,13 +49,13 @@ from batch_ops.errors import BatchTimeoutError
 from batch_ops.identity import FLOW_RUN_METADATA_KEY, RunIdentity, lookback_start, prefect_owner_metadata
 from batch_ops.identity import LOOKBACK_SKEW as LOOKBACK_SKEW  # the old name here; core's constant
 from batch_ops.jsonl import request_file, validate_file, write_requests
-from batch_ops.locks import PicklableLock, ProcessLocalDict
 from batch_ops.models import Batch, BatchStatus, RequestCounts, Usage
 from batch_ops.outcomes import DEFAULT_FAIL_ON, DEFAULT_WAIT_TIMEOUT, OutcomePolicy, describe
 from batch_ops.prefect.artifacts import DEFAULT_ARTIFACT_KEY, ProgressArtifact, create_summary_artifact
 from batch_ops.prefect.credentials import OpenAIBatchCredentials, resolve_settings
 from batch_ops.prefect.events import emit_batch_event
 from batch_ops.prefect.storage import block_target
+from batch_ops.process_state import STATE
 from batch_ops.settings import ClientSettings
 from batch_ops.storage import Location, StorageTarget, display
 
@@ -186,29 +186,33 @@ def task_idempotency_key() -> str | None:
 
 # Settings used by create_batch per flow run, so an on_cancellation hook running in this process
 # reaches the same API with the same key, even from a block that was never saved. Bounded: it only
-# has to outlive a running flow. Process-local: it holds API keys, and Prefect pickles batch_ops by
-# value into work-pool bundles with every module global its functions use; a ProcessLocalDict
-# pickles as an empty one, so no key travels in a bundle (the unpickling process fills its own).
+# has to outlive a running flow. In the process state (batch_ops.process_state), never in a module
+# global: it holds API keys, and Prefect pickles batch_ops by value into work-pool bundles.
 # Insertion order is the recency order (a re-used run moves to the end).
-_RUN_SETTINGS: ProcessLocalDict[str, list[ClientSettings]] = ProcessLocalDict()
-_RUN_SETTINGS_LOCK = PicklableLock()  # pickled by value with the package (Prefect bundles): a fresh lock
+_RUN_SETTINGS = "prefect.run_settings"
 _RUN_SETTINGS_MAX = 1024
 
 
+def _run_settings() -> dict[str, list[ClientSettings]]:
+    return STATE.slot(_RUN_SETTINGS, dict)
+
+
 def _remember_settings(flow_run_id: str, settings: ClientSettings) -> None:
-    with _RUN_SETTINGS_LOCK:
-        known = _RUN_SETTINGS.pop(flow_run_id, [])
-        _RUN_SETTINGS[flow_run_id] = known  # now the most recent
+    runs = _run_settings()
+    with STATE.lock(_RUN_SETTINGS):
+        known = runs.pop(flow_run_id, [])
+        runs[flow_run_id] = known  # now the most recent
         if settings not in known:
             known.append(settings)
-        while len(_RUN_SETTINGS) > _RUN_SETTINGS_MAX:
-            del _RUN_SETTINGS[next(iter(_RUN_SETTINGS))]  # the least recently used run
+        while len(runs) > _RUN_SETTINGS_MAX:
+            del runs[next(iter(runs))]  # the least recently used run
 
 
 def settings_used_by(flow_run_id: str) -> list[ClientSettings]:
     """Settings ``create_batch`` used in this process for the flow run (empty when none)."""
-    with _RUN_SETTINGS_LOCK:
-        return list(_RUN_SETTINGS.get(flow_run_id, ()))
+    runs = _run_settings()
+    with STATE.lock(_RUN_SETTINGS):
+        return list(runs.get(flow_run_id, ()))
 
 
 def _prepare_input(
