@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 from batch_ops._files import safe_file_name
 from batch_ops._http import RetryPolicy
 from batch_ops.chain import AttemptChain
-from batch_ops.dialects import AZURE, OPENAI, Dialect
+from batch_ops.dialects import Dialect
 from batch_ops.effects import (
     MAX_REDIRECTS,
     Notify,
@@ -78,7 +78,6 @@ __all__ = [
     "Work",
     "api_path",
     "call_plan",
-    "create_body",
     "create_plan",
     "find_by_key_plan",
     "follow",
@@ -161,33 +160,6 @@ def call_plan(send: Send, read: Callable[[Reply, Send], _T], *, policy: RetryPol
             yield Sleep(delay, f"{send.method} {send.path} answered with a body that is not {what}; "
                                f"retry {attempt + 1} of {policy.max_retries} in {delay:.1f} s")
             attempt += 1
-
-
-def create_body(
-    *,
-    input_file_id: str,
-    endpoint: str,
-    completion_window: str,
-    metadata: Mapping[str, str] | None,
-    output_expires_after: Mapping[str, Any] | None,
-    idempotency_key: str,
-    dialect: Dialect | None = None,
-    azure: bool = False,
-) -> dict[str, Any]:
-    """The create body ``dialect`` makes (see :meth:`~batch_ops.dialects.Dialect.create_body`);
-    raises before any I/O.
-
-    ``azure`` (deprecated: pass the Azure dialect) spells the endpoint as Azure OpenAI documents it.
-
-    Examples:
-        >>> create_body(input_file_id="f", endpoint="/v1/embeddings", completion_window="24h",
-        ...             metadata={"run": "n"}, output_expires_after=None, idempotency_key="k")["metadata"]
-        {'run': 'n', 'batch_ops_idempotency_key': 'k'}
-    """
-    chosen = dialect or (AZURE if azure else OPENAI)
-    return chosen.create_body(input_file_id=input_file_id, endpoint=endpoint, completion_window=completion_window,
-                              metadata=metadata, output_expires_after=output_expires_after,
-                              idempotency_key=idempotency_key)
 
 
 def find_by_key_plan(key: str, *, since: float, dialect: Dialect,
@@ -362,6 +334,7 @@ def poll_plan(
     permanent error, or one failure too many in a row (the poller counts them across polls).
 
     Examples:
+        >>> from batch_ops.dialects import OPENAI
         >>> p = BatchPoller(poll_interval=5, jitter=0)
         >>> plan = poll_plan("b1", poller=p, dialect=OPENAI, policy=RetryPolicy(max_retries=0))
         >>> next(plan).path

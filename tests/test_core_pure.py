@@ -245,7 +245,7 @@ def test_outcome_errors() -> None:
 
 
 def _body(key: str = "k1") -> dict[str, object]:
-    return _plans.create_body(input_file_id="file-1", endpoint="/v1/chat/completions", completion_window="24h",
+    return OPENAI.create_body(input_file_id="file-1", endpoint="/v1/chat/completions", completion_window="24h",
                               metadata={"job": "x"}, output_expires_after=None, idempotency_key=key)
 
 
@@ -314,7 +314,7 @@ def test_transport_errors_become_connection_errors_after_retries() -> None:
 
 def test_metadata_room_for_the_idempotency_key() -> None:
     with pytest.raises(InputValidationError, match="at most 15"):
-        _plans.create_body(input_file_id="f", endpoint="/v1/embeddings", completion_window="24h",
+        OPENAI.create_body(input_file_id="f", endpoint="/v1/embeddings", completion_window="24h",
                            metadata={f"k{i}": "v" for i in range(16)}, output_expires_after=None,
                            idempotency_key="k")
 
@@ -324,7 +324,7 @@ def test_metadata_room_counts_the_owner_pair_as_ours() -> None:
     message says 15 (not 16) and at most 14."""
     metadata = {**{f"k{i}": "v" for i in range(15)}, "airflow_task_instance": "{}"}
     with pytest.raises(InputValidationError, match="15 pairs of yours") as err:
-        _plans.create_body(input_file_id="f", endpoint="/v1/embeddings", completion_window="24h",
+        OPENAI.create_body(input_file_id="f", endpoint="/v1/embeddings", completion_window="24h",
                            metadata=metadata, output_expires_after=None, idempotency_key="k")
     assert "at most 14 metadata keys of your own" in str(err.value)
 
