@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from batch_ops._submit import Source, Submission, SubmitSpec
-from batch_ops._version import __version__
+from batch_ops._version import DOCS_URL, __version__
 from batch_ops.chain import AttemptChain
 from batch_ops.errors import (
     APIConnectionError,
@@ -90,6 +90,7 @@ __all__ = [
     "ClientSettings",
     "ConfigurationError",
     "CreateBatchRequest",
+    "DOCS_URL",
     "FileObject",
     "InputValidationError",
     "NotFoundError",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from batch_ops._version import DOCS_URL, __version__
+from batch_ops import DOCS_URL, __version__
 from batch_ops.settings import DEFAULT_BASE_URL, SettingField, setting_fields
 
 __all__ = [

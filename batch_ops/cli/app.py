@@ -28,7 +28,6 @@ from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from batch_ops import SubmitSpec, storage
-from batch_ops._files import atomic_file, check_output
 from batch_ops.cli import EXIT_CODES, EXIT_CONFIG, EXIT_FAILED, exit_code_for, render
 from batch_ops.client import BatchClient
 from batch_ops.errors import (
@@ -44,6 +43,7 @@ from batch_ops.models import Batch, BatchStatus
 from batch_ops.orphans import DEFAULT_LOOKBACK, DEFAULT_MIN_AGE, sweep
 from batch_ops.outcomes import DEFAULT_WAIT_TIMEOUT, OutcomePolicy, describe
 from batch_ops.settings import ClientSettings
+from batch_ops.storage import atomic_file, check_output
 
 __all__ = ["app"]
 

@@ -14,7 +14,7 @@ from typing import Any
 from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, HttpUrl, SecretStr
 
-from batch_ops._version import DOCS_URL
+from batch_ops import DOCS_URL
 from batch_ops.client import AsyncBatchClient, BatchClient
 from batch_ops.settings import SECRET_FIELDS, ClientSettings, setting_fields
 
