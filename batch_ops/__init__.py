@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from batch_ops._submit import Source, Submission, SubmitSpec
-from batch_ops._version import __version__
-from batch_ops.chain import AttemptChain, OutcomePolicy
+from batch_ops._version import DOCS_URL, __version__
+from batch_ops.chain import AttemptChain
 from batch_ops.errors import (
     APIConnectionError,
     APIError,
@@ -49,7 +49,8 @@ from batch_ops.models import (
     ResultLine,
     Usage,
 )
-from batch_ops.polling import BatchPoller, outcome_error, raise_for_outcome
+from batch_ops.outcomes import OutcomePolicy, outcome_error, raise_for_outcome
+from batch_ops.polling import BatchPoller
 from batch_ops.settings import ClientSettings
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ __all__ = [
     "ClientSettings",
     "ConfigurationError",
     "CreateBatchRequest",
+    "DOCS_URL",
     "FileObject",
     "InputValidationError",
     "NotFoundError",

@@ -1,7 +1,13 @@
-"""HTTP plumbing without I/O: request building, error mapping and the retry decision.
+"""HTTP decisions without I/O: whether and when to retry, what an error answer means, how an
+upload is framed.
 
-The sync and async clients both loop around these functions, so the two cannot drift: the
-only difference between them is whether they ``sleep`` or ``await asyncio.sleep``.
+* :class:`RetryPolicy` — retry or not, and how long to wait (back-off with jitter,
+  ``Retry-After``, a retry budget in tries and in seconds);
+* :func:`error_from_response` — an error answer as the exception of the error tree;
+* :class:`MultipartBody` — the frame of a streamed multipart upload (its head and tail, its length).
+
+Requests themselves are built by a dialect (:mod:`batch_ops.dialects`) and sent by a driver; the
+plans (:mod:`batch_ops._plans`) consult these when an answer is not a success.
 
 Examples:
     >>> policy = RetryPolicy(max_retries=3, max_elapsed=60, initial=1, maximum=8)

@@ -29,8 +29,7 @@ Examples:
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Callable, Collection, Generator, Mapping
+from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -39,7 +38,7 @@ from typing import Any, TypeVar
 from batch_ops._files import safe_file_name
 from batch_ops._http import RetryPolicy
 from batch_ops.chain import AttemptChain
-from batch_ops.dialects import AZURE, OPENAI, Dialect
+from batch_ops.dialects import Dialect
 from batch_ops.effects import (
     MAX_REDIRECTS,
     Notify,
@@ -58,10 +57,14 @@ from batch_ops.errors import (
     APIResponseValidationError,
     APIStatusError,
     APITimeoutError,
+    BatchOpsError,
+    BatchTimeoutError,
     is_retryable_status,
 )
+from batch_ops.identity.keys import LOOKBACK_SKEW, new_idempotency_key
 from batch_ops.models import Batch, BatchList, FileList, FileObject
-from batch_ops.polling import BatchPoller, timeout_error
+from batch_ops.outcomes import is_permanent, timeout_error
+from batch_ops.polling import BatchPoller, Poll, PollDecision, WaitMany
 from batch_ops.results import rewrite_results
 
 _T = TypeVar("_T")
@@ -75,26 +78,24 @@ __all__ = [
     "Work",
     "api_path",
     "call_plan",
-    "create_body",
     "create_plan",
     "find_by_key_plan",
     "follow",
     "list_params",
     "new_idempotency_key",
     "parse",
+    "poll_plan",
     "ResultPaths",
     "chain_results_plan",
     "download_results_plan",
     "send_with_retries",
+    "timeout_plan",
+    "wait_many_plan",
     "wait_plan",
 ]
 
 #: Clock used by plans; tests may patch it (and the drivers' sleeps), nothing else.
 clock: Callable[[], float] = time.time
-
-#: Seconds of clock skew allowed between us and the server when looking back for a create.
-CREATE_LOOKBACK_SKEW = 600.0
-
 
 
 
@@ -161,38 +162,6 @@ def call_plan(send: Send, read: Callable[[Reply, Send], _T], *, policy: RetryPol
             attempt += 1
 
 
-def new_idempotency_key() -> str:
-    """A fresh random key for a batch create that has no natural identity."""
-    return uuid.uuid4().hex
-
-
-def create_body(
-    *,
-    input_file_id: str,
-    endpoint: str,
-    completion_window: str,
-    metadata: Mapping[str, str] | None,
-    output_expires_after: Mapping[str, Any] | None,
-    idempotency_key: str,
-    dialect: Dialect | None = None,
-    azure: bool = False,
-) -> dict[str, Any]:
-    """The create body ``dialect`` makes (see :meth:`~batch_ops.dialects.Dialect.create_body`);
-    raises before any I/O.
-
-    ``azure`` (deprecated: pass the Azure dialect) spells the endpoint as Azure OpenAI documents it.
-
-    Examples:
-        >>> create_body(input_file_id="f", endpoint="/v1/embeddings", completion_window="24h",
-        ...             metadata={"run": "n"}, output_expires_after=None, idempotency_key="k")["metadata"]
-        {'run': 'n', 'batch_ops_idempotency_key': 'k'}
-    """
-    chosen = dialect or (AZURE if azure else OPENAI)
-    return chosen.create_body(input_file_id=input_file_id, endpoint=endpoint, completion_window=completion_window,
-                              metadata=metadata, output_expires_after=output_expires_after,
-                              idempotency_key=idempotency_key)
-
-
 def find_by_key_plan(key: str, *, since: float, dialect: Dialect,
                      policy: RetryPolicy) -> Generator[Send | Sleep, Any, Batch | None]:
     """Newest-first scan of the batch list for ``key``, back to ``since`` (epoch seconds)."""
@@ -231,8 +200,7 @@ def create_plan(
     may_exist = False
     while True:
         if may_exist:
-            found = yield from find_by_key_plan(key, since=started - CREATE_LOOKBACK_SKEW, dialect=dialect,
-                                                policy=policy)
+            found = yield from find_by_key_plan(key, since=started - LOOKBACK_SKEW, dialect=dialect, policy=policy)
             if found is not None:
                 return found
         reply: Reply = yield send
@@ -262,6 +230,37 @@ def create_plan(
         attempt += 1
 
 
+def _failed_poll(poller: BatchPoller, exc: BatchOpsError) -> PollDecision:
+    """The poller's verdict on a poll that raised ``exc``; raises ``exc`` when polling on cannot help:
+    a permanent error (the batch does not exist, the key is wrong) at once, a transient one once the
+    poller has seen too many in a row."""
+    if is_permanent(exc):
+        raise exc
+    decision = poller.failed(now=clock(), retryable=True, error=str(exc))
+    if decision.action == "done":
+        raise exc
+    return decision
+
+
+#: What a failed poll may raise that a wait tolerates (up to the poller's bound), unless permanent.
+_POLL_FAILURES = (APIStatusError, APIConnectionError, APIResponseValidationError)
+
+
+def timeout_plan(
+    batch_id: str, *, deadline: float | None, last: Batch | None, cancel: bool, dialect: Dialect,
+    policy: RetryPolicy,
+) -> Generator[Send | Sleep, Any, BatchTimeoutError]:
+    """The error that ends a wait out of time, after cancelling the batch when ``cancel`` (the caller's
+    ``cancel_on_timeout``). A cancel that fails is said in the error; the error is returned, not raised."""
+    if not cancel:
+        return timeout_error(batch_id, deadline=deadline, last=last)
+    try:
+        yield from cancel_batch_plan(batch_id, dialect=dialect, policy=policy)
+    except BatchOpsError as exc:
+        return timeout_error(batch_id, deadline=deadline, last=last, cancel=f"{type(exc).__name__}: {exc}")
+    return timeout_error(batch_id, deadline=deadline, last=last, cancel="requested")
+
+
 def wait_plan(
     batch_id: str,
     *,
@@ -270,13 +269,15 @@ def wait_plan(
     policy: RetryPolicy,
     on_poll: Callable[[Batch], Any] | None = None,
     first_delay: float = 0.0,
+    cancel_on_timeout: bool = False,
 ) -> Generator[Send | Sleep | Notify, Any, Batch]:
     """Poll until the batch is terminal; raise BatchTimeoutError at the deadline.
 
     Transient poll failures (after the per-request retries) are tolerated up to the poller's
     bound, an answer that is not a batch among them; permanent 4xx (the batch does not exist,
     the key is wrong) end the wait at once. Every request carries the wait's deadline, so a
-    server that never answers, or answers a byte at a time, cannot hold the wait past it.
+    server that never answers, or answers a byte at a time, cannot hold the wait past it. At the
+    deadline the batch is cancelled first when ``cancel_on_timeout`` (:func:`timeout_plan`).
 
     ``first_delay`` seconds pass before the first poll (a spread, so many waits do not poll in
     the same instant). With webhooks (``poller.safety_poll_interval``), every pause is a
@@ -299,16 +300,8 @@ def wait_plan(
             # (Batch is frozen, so handing out the same object again is safe).
             if last is None or reply.body != last_body:
                 last, last_body = dialect.parse_batch(reply, send), reply.body
-        except APIStatusError as exc:
-            if not is_retryable_status(exc.status_code):
-                raise
-            decision = poller.failed(now=clock(), retryable=True, error=str(exc))
-            if decision.action == "done":
-                raise
-        except (APIConnectionError, APIResponseValidationError) as exc:
-            decision = poller.failed(now=clock(), retryable=True, error=str(exc))
-            if decision.action == "done":
-                raise
+        except _POLL_FAILURES as exc:
+            decision = _failed_poll(poller, exc)
         else:
             if on_poll is not None:
                 yield Notify(on_poll, last)
@@ -316,9 +309,96 @@ def wait_plan(
             if decision.action == "done":
                 return last
         if decision.action == "timeout":
-            raise timeout_error(batch_id, deadline=poller.deadline, last=last)
+            raise (yield from timeout_plan(batch_id, deadline=poller.deadline, last=last, cancel=cancel_on_timeout,
+                                           dialect=dialect, policy=policy))
         yield Sleep(decision.delay, wake_on=batch_id if decision.wake_on_event else None,
                     polling=decision.polling_delay)
+
+
+def _get_batch_plan(
+    batch_id: str, *, deadline: float | None, dialect: Dialect, policy: RetryPolicy
+) -> Generator[Send | Sleep, Any, Batch]:
+    """One look at a batch for a wait: retried within the wait's deadline, and an answer that is
+    not a batch raised (the wait counts it as a failed poll) rather than retried here."""
+    send = dialect.retrieve_batch(batch_id, deadline=deadline)
+    reply = yield from send_with_retries(send, policy=policy)
+    return dialect.parse_batch(reply, send)
+
+
+def poll_plan(
+    batch_id: str, *, poller: BatchPoller, dialect: Dialect, policy: RetryPolicy
+) -> Generator[Send | Sleep, Any, Poll]:
+    """One poll of a wait that something else schedules (Airflow's sensor in poke or reschedule
+    mode): the batch and the poller's decision, or — after a transient failure the poller still
+    tolerates — no batch and the decision to look again. Raises what waiting cannot fix: a
+    permanent error, or one failure too many in a row (the poller counts them across polls).
+
+    Examples:
+        >>> from batch_ops.dialects import OPENAI
+        >>> p = BatchPoller(poll_interval=5, jitter=0)
+        >>> plan = poll_plan("b1", poller=p, dialect=OPENAI, policy=RetryPolicy(max_retries=0))
+        >>> next(plan).path
+        '/batches/b1'
+        >>> try:
+        ...     plan.send(Reply(status=200, body=b'{"id": "b1", "endpoint": "/v1/embeddings", "input_file_id": "f",'
+        ...                                      b' "status": "completed", "created_at": 0}'))
+        ... except StopIteration as done:
+        ...     done.value.done, done.value.batch.id
+        (True, 'b1')
+    """
+    poller.start(now=clock())
+    try:
+        batch = yield from _get_batch_plan(batch_id, deadline=poller.deadline, dialect=dialect, policy=policy)
+    except _POLL_FAILURES as exc:
+        return Poll(None, _failed_poll(poller, exc), str(exc))
+    return Poll(batch, poller.decide(batch, now=clock()))
+
+
+def wait_many_plan(
+    batch_ids: Sequence[str],
+    *,
+    poller: BatchPoller,
+    dialect: Dialect,
+    policy: RetryPolicy,
+    wake_at: float | None = None,
+    first_delay: float = 0.0,
+) -> Generator[Send | Sleep, Any, WaitMany]:
+    """Poll several batches until any of them ends, ``wake_at`` passes, or the poller's deadline does.
+
+    The wait of a job over many batches (Airflow's job trigger): each round looks at every batch
+    once; the poller decides the pause (backing off while nothing changes), tolerates a bounded run
+    of failed rounds (a permanent error ends the wait at once, raised), and owns the deadline.
+    ``wake_at`` (epoch seconds) is when the job wants to act anyway (a token-limit back-off is
+    over). Returns the batches as last seen and why the wait ended: ``ended`` (at least one is
+    terminal), ``wake`` or ``timeout`` (the deadline wins when both have passed).
+    """
+    ids = list(batch_ids)
+    poller.start(now=clock())
+
+    def pause(delay: float) -> float:
+        return delay if wake_at is None else min(delay, max(wake_at - clock(), 0.0))
+
+    if first_delay > 0:
+        yield Sleep(pause(poller.clip(first_delay, now=clock())))
+    last: tuple[Batch, ...] = ()
+    while True:
+        try:
+            seen = []
+            for batch_id in ids:
+                seen.append((yield from _get_batch_plan(batch_id, deadline=poller.deadline, dialect=dialect,
+                                                        policy=policy)))
+        except _POLL_FAILURES as exc:
+            decision = _failed_poll(poller, exc)
+        else:
+            last = tuple(seen)
+            decision = poller.decide_all(last, now=clock())
+            if decision.action == "done":
+                return WaitMany(last, "ended")
+        if decision.action == "timeout":
+            return WaitMany(last, "timeout")
+        if wake_at is not None and clock() >= wake_at:
+            return WaitMany(last, "wake")
+        yield Sleep(pause(decision.delay))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Collection, Generator, Iterable, Mapping
+from collections.abc import Callable, Collection, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -75,22 +75,22 @@ from batch_ops._plans import (
     retrieve_batch_plan,
     upload_plan,
 )
-from batch_ops.chain import (
+from batch_ops.chain import AttemptChain, ChainStep, chains_of, next_step
+from batch_ops.dialects import Dialect
+from batch_ops.errors import APIStatusError, BatchOpsError, InputValidationError, Problem
+from batch_ops.identity import LegacyKey, RunIdentity
+from batch_ops.identity.fingerprint import FINGERPRINT_LENGTH, fingerprint_file, fingerprint_of_file_id, short
+from batch_ops.identity.keys import (
+    LOOKBACK_SKEW,
     MAX_ATTEMPTS,
-    AttemptChain,
-    ChainStep,
-    OutcomePolicy,
     attempt_key,
-    chains_of,
     check_idempotency_key,
-    next_step,
+    new_idempotency_key,
     parse_attempt,
 )
-from batch_ops.dialects import Dialect
-from batch_ops.errors import APIStatusError, BatchOpsError, InputValidationError, Problem, is_permanent
-from batch_ops.fingerprint import FINGERPRINT_LENGTH, fingerprint_file, fingerprint_of_file_id, short
 from batch_ops.jsonl import filter_requests, request_file, validate_file, write_requests
 from batch_ops.models import Batch, BatchStatus, FileObject
+from batch_ops.outcomes import OutcomePolicy, describe, is_permanent
 from batch_ops.results import successful_ids
 from batch_ops.storage import Location
 
@@ -109,8 +109,6 @@ __all__ = [
 #: Two creates in the same second are ordered by id, so a try that looked before a concurrent
 #: create landed must look again once no batch can still be created in that second.
 SETTLE_MARGIN = 0.25
-#: How far before the oldest attempt a chain scan goes on looking (clock skew, slow creates).
-_SCAN_SKEW = 600.0
 _CHUNK = 1 << 20
 
 PathLike = str | os.PathLike[str]
@@ -130,11 +128,19 @@ class SubmitSpec:
     which outcomes call for a new attempt; ``since`` bounds the chain lookup (epoch seconds).
     ``reattach=False`` promises the key was never used (a job writes a part's key to disk before
     its first create): the chain lookup, upload reuse and reconcile are skipped. Lost create
-    answers are still looked up before any re-send.
+    answers are still looked up before any re-send. ``legacy``: the key the same work had under an
+    earlier batch_ops (``RunIdentity.legacy``); when the key has no batch of these requests, that
+    key's chain is taken over (never batches whose owner names another deployment), so a task
+    retried across an upgrade does not pay twice.
 
     Examples:
         >>> SubmitSpec.of(endpoint="/v1/embeddings", fail_on=["failed"]).policy.names
         ('failed',)
+        >>> from batch_ops.identity import RunIdentity
+        >>> spec = SubmitSpec.of(endpoint="/v1/embeddings", metadata={"run": "n"},
+        ...                      identity=RunIdentity.prefect_flow(flow_run_id="f1", started=1000.0))
+        >>> spec.idempotency_key, spec.since, spec.metadata
+        ('prefect-f1-run-batch', 400.0, {'run': 'n', 'prefect_flow_run_id': 'f1'})
     """
 
     endpoint: str
@@ -145,6 +151,7 @@ class SubmitSpec:
     reattach: bool = True
     policy: OutcomePolicy = field(default_factory=OutcomePolicy)
     since: float | None = None
+    legacy: LegacyKey | None = None
     #: Deprecated and ignored: the client's dialect (its settings' provider) decides how endpoints
     #: are spelled (Azure OpenAI: ``/chat/completions``).
     azure: bool = False
@@ -155,10 +162,21 @@ class SubmitSpec:
         *,
         fail_on: Collection[BatchStatus | str] | None = None,
         fail_on_request_failures: bool = False,
+        policy: OutcomePolicy | None = None,
+        identity: RunIdentity | None = None,
         **fields: Any,
     ) -> SubmitSpec:
-        """A spec from keywords, the policy given as ``fail_on`` / ``fail_on_request_failures``."""
-        return cls(policy=OutcomePolicy.of(fail_on, fail_on_request_failures), **fields)
+        """A spec from keywords: the policy given as ``fail_on`` / ``fail_on_request_failures`` (or
+        ``policy``), who submits as ``identity`` (:class:`~batch_ops.identity.RunIdentity`: its owner
+        record joins ``metadata``; its key, lookback start and legacy key apply unless an
+        ``idempotency_key`` is given)."""
+        if identity is not None:
+            fields["metadata"] = identity.metadata(fields.get("metadata"))
+            if fields.get("idempotency_key") is None and identity.key is not None:
+                fields["idempotency_key"] = identity.key
+                fields["since"] = fields.get("since") or identity.since
+                fields["legacy"] = identity.legacy
+        return cls(policy=policy or OutcomePolicy.of(fail_on, fail_on_request_failures), **fields)
 
 
 @dataclass(frozen=True)
@@ -240,6 +258,38 @@ class Submission:
         latest = self.chain.latest
         assert latest is not None, "a submission always holds a batch"
         return latest
+
+    def lines(self) -> tuple[tuple[str, str], ...]:
+        """What this submit did, for people, worded once here: ``(level, text)`` pairs, ``level`` being
+        ``"info"`` (created or re-attached) or ``"warning"`` (batches it cancelled, :attr:`notices`).
+        The Airflow operator and the Prefect tasks log them (:meth:`log`), the CLI prints them.
+
+        Examples:
+            >>> from batch_ops.chain import Attempt
+            >>> b = Batch(id="b1", endpoint="/v1/embeddings", input_file_id="file-1", status="validating",
+            ...           created_at=0)
+            >>> sub = Submission(AttemptChain("k", (Attempt(0, b),)), ChainStep("create", 0, b, "no batch carries "
+            ...                  "this key yet"), created=True, carried=2)
+            >>> for level, text in sub.lines():
+            ...     print(level, text)
+            info Created batch b1 from file file-1 (attempt 0, carrying 2 requests; no batch carries this key yet)
+        """
+        batch, step = self.batch, self.step
+        if self.created:
+            carried = f", carrying {self.carried} requests" if self.carried is not None else ""
+            said = f"Created batch {batch.id} from file {batch.input_file_id} (attempt {step.number}{carried}; " \
+                   f"{step.reason})"
+        else:
+            said = f"Re-attaching to batch {batch.id} ({describe(batch)}): {step.reason}"
+        return (("info", said),
+                *(("warning", f"Cancelled batch {c}: a concurrent try created the same attempt")
+                  for c in self.cancelled),
+                *(("warning", notice) for notice in self.notices))
+
+    def log(self, logger: Any) -> None:
+        """Log :meth:`lines` to ``logger`` (a ``logging.Logger``, Airflow's ``self.log``, Prefect's run logger)."""
+        for level, text in self.lines():
+            getattr(logger, level)("%s", text)
 
 
 #: Batch ids named in a notice, at most.
@@ -346,6 +396,39 @@ def _scan_plan(
         after = page.last_id
 
 
+def _chains_plan(
+    keys: Sequence[tuple[str, Callable[[Batch], bool]]],
+    *,
+    since: float,
+    dialect: Dialect,
+    policy: RetryPolicy,
+    until: Callable[[Batch, str | None, int], bool] | None = None,
+) -> Generator[Send | Sleep, Any, list[dict[str | None, AttemptChain]]]:
+    """The chains of each of ``keys`` (a key, and which of its batches count) in one scan; see
+    :func:`find_chains_plan`."""
+    marks: list[int] = []
+
+    def keep(batch: Batch) -> bool:
+        value = dialect.key_of(batch)
+        for key, admits in keys:
+            parsed = parse_attempt(value, key)
+            if parsed is not None and admits(batch):
+                if until is not None and until(batch, *parsed):
+                    marks.append(batch.created_at)
+                return True
+        return False
+
+    def stop_before() -> float:
+        return min(marks) - LOOKBACK_SKEW if marks else float("-inf")
+
+    batches = yield from _scan_plan(since=since, keep=keep, dialect=dialect, policy=policy, stop_before=stop_before)
+    return [chains_of(key, [b for b in batches if admits(b)], key_of=dialect.key_of) for key, admits in keys]
+
+
+def _every(batch: Batch) -> bool:
+    return True
+
+
 def find_chains_plan(
     key: str, *, since: float, dialect: Dialect, policy: RetryPolicy,
     until: Callable[[Batch, str | None, int], bool] | None = None
@@ -356,21 +439,24 @@ def find_chains_plan(
     attempts are created in order, so once its attempt 0 is seen nothing older can belong to it,
     and the scan stops a little (the clock skew) before it instead of going back to ``since``.
     """
-    marks: list[int] = []
+    (chains,) = yield from _chains_plan([(key, _every)], since=since, dialect=dialect, policy=policy, until=until)
+    return chains
 
-    def keep(batch: Batch) -> bool:
-        parsed = parse_attempt(dialect.key_of(batch), key)
-        if parsed is None:
-            return False
-        if until is not None and until(batch, *parsed):
-            marks.append(batch.created_at)
-        return True
 
-    def stop_before() -> float:
-        return min(marks) - _SCAN_SKEW if marks else float("-inf")
+_Chains = Mapping[str | None, AttemptChain]
 
-    batches = yield from _scan_plan(since=since, keep=keep, dialect=dialect, policy=policy, stop_before=stop_before)
-    return chains_of(key, batches, key_of=dialect.key_of)
+
+def _own_chains_plan(
+    key: str, legacy: LegacyKey | None, *, since: float, dialect: Dialect, policy: RetryPolicy,
+    until: Callable[[Batch, str | None, int], bool],
+) -> Generator[Send | Sleep, Any, tuple[_Chains, _Chains]]:
+    """The chains of ``key``, and those of the ``legacy`` key the work had before (only the batches it
+    may take over: :meth:`LegacyKey.adopts`), in one scan."""
+    if legacy is None:
+        return (yield from find_chains_plan(key, since=since, dialect=dialect, policy=policy, until=until)), {}
+    own, old = yield from _chains_plan([(key, _every), (legacy.key, legacy.adopts)], since=since, dialect=dialect,
+                                       policy=policy, until=until)
+    return own, old
 
 
 def find_chain_plan(
@@ -601,7 +687,7 @@ def submit_plan(
     ``workdir`` is an empty scratch directory the driver owns (and removes afterwards).
     """
     given = spec.idempotency_key is not None
-    key = check_idempotency_key(spec.idempotency_key) if given else _plans.new_idempotency_key()
+    key = check_idempotency_key(spec.idempotency_key) if given else new_idempotency_key()
     assert key is not None
     # Every parameter is checked before anything is sent (the longest attempt key included).
     dialect.create_body(input_file_id="pending", endpoint=spec.endpoint, completion_window=spec.completion_window,
@@ -617,13 +703,15 @@ def submit_plan(
     prepared: _Input | None = None
     downloaded: Path | None = None
     if given:
-        chains: Mapping[str | None, AttemptChain] = {}
+        chains: _Chains = {}
+        legacy = spec.legacy if keyed else None
+        old: _Chains = {}  # the legacy key's chains this work may take over
         matched = None
         if source.file_id is not None and keyed:
             # The same uploaded file is the same requests: found by id, nothing is downloaded.
-            chains = yield from find_chains_plan(key, since=since,
-                                                 dialect=dialect, policy=policy, until=_made_from(source.file_id))
-            matched = _chain_made_from(chains, source.file_id)
+            chains, old = yield from _own_chains_plan(key, legacy, since=since, dialect=dialect, policy=policy,
+                                                      until=_made_from(source.file_id))
+            matched = _chain_made_from(chains, source.file_id) or _chain_made_from(old, source.file_id)
         if matched is not None:
             choice = _Choice(matched)
             fingerprint = matched.fingerprint
@@ -634,9 +722,17 @@ def submit_plan(
             fingerprint, downloaded = yield from _fingerprint_plan(source, prepared, workdir=workdir,
                                                                    dialect=dialect, policy=policy)
             if keyed and source.file_id is None:
-                chains = yield from find_chains_plan(key, since=since,
-                                                     dialect=dialect, policy=policy, until=_attempt_zero(fingerprint))
+                chains, old = yield from _own_chains_plan(key, legacy, since=since, dialect=dialect, policy=policy,
+                                                          until=_attempt_zero(fingerprint))
             choice = yield from _choose_plan(key, fingerprint, chains, workdir=workdir, dialect=dialect, policy=policy)
+            if legacy is not None and old and not choice.chain.attempts:
+                # Nothing of these requests under the key: the work's batches from before the upgrade.
+                adopted = yield from _choose_plan(legacy.key, fingerprint, old, workdir=workdir, dialect=dialect,
+                                                  policy=policy)
+                if adopted.chain.attempts:
+                    choice = adopted
+                elif not chains:
+                    choice = replace(adopted, chain=choice.chain)  # a new chain, under the key; say what changed
     chain = choice.chain
     step = next_step(chain, spec.policy)
     if choice.reason:
@@ -714,7 +810,7 @@ def submit_plan(
         raise
     created = True
     if keyed:
-        winner, lost = yield from _reconcile_plan(attempt, batch, since=started - _SCAN_SKEW,
+        winner, lost = yield from _reconcile_plan(attempt, batch, since=started - LOOKBACK_SKEW,
                                                   dialect=dialect, policy=policy)
         if winner.id != batch.id:
             created = False

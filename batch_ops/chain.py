@@ -1,44 +1,36 @@
 """Attempt chains: every batch one idempotency key has paid for, found from the API alone.
 
-A key ``K`` names one piece of work (an Airflow task instance, a Prefect flow run, a job part, a
-``submit`` call), and the requests' fingerprint ``F`` (:mod:`batch_ops.fingerprint`) says which
-requests it was paid for. A *chain* is one key with one set of requests: its *attempts* are the
-batches whose metadata carries ``K@F``, ``K@F.1``, ``K@F.2``, … under
-:data:`IDEMPOTENCY_METADATA_KEY`. Listing the account's batches rebuilds the chains on any
-worker, on any machine, with no local state. Everything here is a pure decision over that list:
+A key ``K`` names one piece of work and the requests' fingerprint ``F`` says which requests it
+was paid for (both: :mod:`batch_ops.identity`). A *chain* is one key with one set of requests: its
+*attempts* are the batches whose metadata carries ``K@F``, ``K@F.1``, ``K@F.2``, … under
+:data:`~batch_ops.identity.keys.IDEMPOTENCY_METADATA_KEY` (the spelling:
+:mod:`batch_ops.identity.keys`). Listing the account's batches rebuilds the chains on any worker,
+on any machine, with no local state. Everything here is a pure decision over that list:
 
 * :func:`next_step` — attach to the running attempt, stop (the outcome is acceptable), or make
-  attempt ``n + 1``; a new attempt only when the caller's :class:`OutcomePolicy` rejects the
-  last outcome (``failed``, ``expired``, ``cancelled``, or request failures when asked);
+  attempt ``n + 1``; a new attempt only when the caller's :class:`~batch_ops.outcomes.OutcomePolicy`
+  rejects the last outcome (``failed``, ``expired``, ``cancelled``, or request failures when asked);
 * :meth:`AttemptChain.from_batches` — two batches with the same attempt key (two tries that
   created at the same moment) collapse: the earliest by ``(created_at, id)`` is the attempt, the
   others are *duplicates* that cancel themselves; their finished work is still harvested;
 * chain-wide counts and the result dict that Airflow's XCom and Prefect's ``BatchResult`` share.
 
 Which requests a new attempt carries (only those without a success anywhere in the chain) is
-decided by reading the earlier attempts' output files: see ``batch_ops._submit``.
+decided by reading the earlier attempts' output files: see ``batch_ops._submit``. Every attempt
+carries the fingerprint of the *whole* work (attempt ``n > 0`` carries only the unfinished
+requests, but names the chain they came from). Batches written before fingerprints (``K``,
+``K.1``, …) form the key's *unfingerprinted* chain (``fingerprint=None``); ``batch_ops._submit``
+decides whether they hold the same requests.
 
-Why the fingerprint is folded into the attempt key rather than written as a metadata pair of its
-own: a chain's identity is then one exact string, so everything that finds a batch by its attempt
-key — the chain scan, the lookup after a lost create answer, the reconcile of concurrent creates,
-the upload name — keeps two sets of requests apart with no change, even when two tries with
-different requests create at the same moment; and the user keeps every metadata pair batch_ops
-did not already use (16 pairs, one ours, one more for the owner in the adapters). The price is
-18 characters of the 512 a metadata value may hold: a key may have 491 characters (was 508).
-Every attempt carries the fingerprint of the *whole* work (attempt ``n > 0`` carries only the
-unfinished requests, but names the chain they came from).
-
-Batches written before fingerprints (``K``, ``K.1``, …) form the key's *unfingerprinted* chain
-(``fingerprint=None``); ``batch_ops._submit`` decides whether they hold the same requests. A key
-whose spelling already ends like a fingerprint (``…@`` and 16 hex digits) gets a ``~`` before its
-``@``, as a key ending in ``.<digits>`` does, so no two (key, fingerprint) pairs share a value;
-an unfingerprinted batch whose key ended that way is not recognised (no derived key does).
+The key spelling (``derive_key``, ``attempt_key``, ``parse_attempt``, …) and ``OutcomePolicy``
+lived here before; they are still importable from here, with a ``DeprecationWarning``.
 
 Examples:
     >>> from batch_ops.models import Batch
+    >>> from batch_ops.outcomes import OutcomePolicy
     >>> def batch(i, key, status, created=0, **kw):
     ...     return Batch(id=f"batch_{i}", endpoint="/v1/embeddings", input_file_id="f", status=status,
-    ...                  created_at=created, metadata={IDEMPOTENCY_METADATA_KEY: key}, **kw)
+    ...                  created_at=created, metadata={"batch_ops_idempotency_key": key}, **kw)
     >>> chain = AttemptChain.from_batches("k", [batch(1, "k", "expired"), batch(2, "other", "completed")])
     >>> chain.batch_ids, next_step(chain, OutcomePolicy())
     (['batch_1'], ChainStep(action='create', number=1, batch=None, reason='attempt 0 (batch_1) ended expired 0/0'))
@@ -53,261 +45,25 @@ Examples:
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
-import unicodedata
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from batch_ops.errors import AttemptsExhaustedError, BatchOpsError, BatchOutcomeError, InputValidationError, Problem
-from batch_ops.fingerprint import FINGERPRINT_LENGTH
-from batch_ops.models import METADATA_VALUE_MAX, Batch, BatchStatus, RequestCounts, Usage
-from batch_ops.polling import DEFAULT_FAIL_ON, describe, outcome_error
+from batch_ops import outcomes as _outcomes
+from batch_ops._deprecated import moved
+from batch_ops.errors import AttemptsExhaustedError, BatchOpsError
+from batch_ops.identity import keys as _keys
+from batch_ops.models import Batch, BatchStatus, RequestCounts, Usage
 
 __all__ = [
-    "IDEMPOTENCY_METADATA_KEY",
-    "KEY_MAX_LENGTH",
-    "MAX_ATTEMPTS",
     "Attempt",
     "AttemptChain",
     "ChainStep",
-    "OutcomePolicy",
-    "attempt_key",
-    "attempt_number",
     "chains_of",
-    "check_idempotency_key",
-    "parse_attempt",
-    "derive_key",
     "next_step",
     "summary_of",
 ]
 
-#: Metadata key under which batch_ops records the (attempt) key of every batch it creates.
-IDEMPOTENCY_METADATA_KEY = "batch_ops_idempotency_key"
-#: Attempts one key may make: ``K``, ``K.1`` … ``K.49``. A chain that long is a bug upstream.
-MAX_ATTEMPTS = 50
-#: A key (as attempts spell it) must leave room in a metadata value for the fingerprint and its
-#: longest attempt suffix: ``@<16 hex digits>.49``.
-KEY_MAX_LENGTH = METADATA_VALUE_MAX - len(f"@{'0' * FINGERPRINT_LENGTH}.{MAX_ATTEMPTS - 1}")
-
-_SUFFIX = re.compile(r"\.(\d+)$")
-_FINGERPRINT = re.compile(rf"[0-9a-f]{{{FINGERPRINT_LENGTH}}}")
-#: How a value written with a fingerprint ends: ``@F`` or ``@F.n``.
-_FINGERPRINTED = re.compile(rf"@[0-9a-f]{{{FINGERPRINT_LENGTH}}}(\.[1-9]\d*)?$")
-
-
-# ---------------------------------------------------------------------------------------------
-# keys
-# ---------------------------------------------------------------------------------------------
-
-
-def check_idempotency_key(key: object, *, param: str = "idempotency_key") -> str:
-    """Return ``key`` if it can name an attempt chain; raise ``InputValidationError`` otherwise.
-
-    Checked before anything is uploaded: a key must be a non-empty string without control
-    characters, short enough for a metadata value with the fingerprint and its attempt suffix
-    (at most ``KEY_MAX_LENGTH - 1`` = 491 characters).
-
-    Examples:
-        >>> check_idempotency_key("nightly-2026-11-29")
-        'nightly-2026-11-29'
-        >>> check_idempotency_key("")  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        batch_ops.errors.InputValidationError: batch parameters: 1 problem:
-          idempotency_key: invalid_idempotency_key: the key is empty (fix: ...)
-    """
-    fix = None
-    if not isinstance(key, str):
-        message = f"the key is a {type(key).__name__}, not a string"
-        fix = f"pass a string, e.g. idempotency_key={str(key)[:40]!r}"
-    elif not key.strip():
-        message = "the key is empty"
-        fix = "pass a non-empty string that names this piece of work (leave it out for a random one)"
-    elif len(_spelled(key)) > KEY_MAX_LENGTH:
-        message = (f"the key has {len(key)} characters; with the requests' fingerprint and its attempt suffix "
-                   f"it must fit a {METADATA_VALUE_MAX}-character metadata value")
-        fix = f"use at most {KEY_MAX_LENGTH - 1} characters (a hash of a longer identity works)"
-    elif any(unicodedata.category(c) == "Cc" for c in key):
-        message = "the key contains control characters"
-        fix = "use printable characters only"
-    else:
-        return key
-    raise InputValidationError(
-        [Problem(rule="invalid_idempotency_key", message=message, fix=fix, param=param)], source="batch parameters"
-    )
-
-
-def _base(key: str) -> str:
-    """The key as attempts spell it: a key that ends like an attempt suffix gets a ``~``.
-
-    ``K.1`` is attempt 1 of ``K``; a user's own key ``K.1`` must not be mistaken for it, so its
-    attempts are ``K.1~``, ``K.1~.1``, … (a key ending in ``~`` gets one more, keeping the
-    spelling one-to-one). No spelled key ends in ``.<digits>``.
-    """
-    return key + "~" if _SUFFIX.search(key) or key.endswith("~") else key
-
-
-def _spelled(key: str) -> str:
-    """The key as fingerprinted attempts spell it (before ``@F``): :func:`_base`, and a ``~`` when
-    that ends like a fingerprint, so ``K@F`` is never another key's spelling (see the module docstring)."""
-    base = _base(key)
-    return base + "~" if _FINGERPRINTED.search(base) else base
-
-
-def _namespace(key: str, fingerprint: str | None) -> str:
-    if fingerprint is None:
-        return _base(key)
-    if not _FINGERPRINT.fullmatch(fingerprint):
-        raise ValueError(f"a request fingerprint is {FINGERPRINT_LENGTH} lowercase hex digits, not {fingerprint!r}")
-    return f"{_spelled(key)}@{fingerprint}"
-
-
-def _number(value: str, namespace: str) -> int | None:
-    if value == namespace:
-        return 0
-    if not value.startswith(namespace + "."):
-        return None
-    tail = value[len(namespace) + 1 :]
-    if not tail.isdigit() or tail.startswith("0"):
-        return None
-    return int(tail)
-
-
-def derive_key(namespace: str, *identity: Any) -> str:
-    """A key named after what survives a retry: a namespace and a hash of the identity's parts.
-
-    The adapters pass what their orchestrator keeps across retries (Airflow: dag, task, run, map
-    index; Prefect: the flow run and the task's place, or the parent run and the work); the same
-    parts give the same key, in any process, on any machine.
-
-    Examples:
-        >>> derive_key("af", "d", "t", "manual__1", -1)
-        'af-e6866ef7529bcffa9b85341864c332201091dd1c'
-    """
-    raw = json.dumps(list(identity), separators=(",", ":"), sort_keys=True, default=str)
-    return f"{namespace}-" + hashlib.sha256(raw.encode()).hexdigest()[:40]
-
-
-def attempt_key(key: str, number: int, fingerprint: str | None = None) -> str:
-    """The metadata value of attempt ``number`` of the chain of ``key`` and ``fingerprint``.
-
-    ``fingerprint`` None spells a chain without one: batches written before fingerprints, and
-    keys nobody looks up again (a submit without a key).
-
-    Examples:
-        >>> attempt_key("k", 0), attempt_key("k", 2), attempt_key("dag.task.run.0", 1)
-        ('k', 'k.2', 'dag.task.run.0~.1')
-        >>> attempt_key("k", 0, "0123456789abcdef"), attempt_key("k.1", 2, "0123456789abcdef")
-        ('k@0123456789abcdef', 'k.1~@0123456789abcdef.2')
-    """
-    base = _namespace(key, fingerprint)
-    return base if number == 0 else f"{base}.{number}"
-
-
-def parse_attempt(value: str | None, key: str) -> tuple[str | None, int] | None:
-    """``(fingerprint, number)`` of the attempt of ``key`` that a metadata value names, or None.
-
-    ``fingerprint`` is None for an attempt written before fingerprints.
-
-    Examples:
-        >>> parse_attempt("k@0123456789abcdef.3", "k"), parse_attempt("k.3", "k"), parse_attempt("kk", "k")
-        (('0123456789abcdef', 3), (None, 3), None)
-        >>> parse_attempt("k@0123456789abcdef", "k@0123456789abcdef")  # another key's attempt, not this one's
-    """
-    if value is None:
-        return None
-    prefix = _spelled(key) + "@"
-    if value.startswith(prefix):
-        fingerprint = value[len(prefix) : len(prefix) + FINGERPRINT_LENGTH]
-        if _FINGERPRINT.fullmatch(fingerprint):
-            number = _number(value, prefix + fingerprint)
-            if number is not None:
-                return fingerprint, number
-    if _FINGERPRINTED.search(value):
-        return None  # written with a fingerprint, for another key
-    number = _number(value, _base(key))
-    return None if number is None else (None, number)
-
-
-def attempt_number(value: str | None, key: str, fingerprint: str | None = None) -> int | None:
-    """Which attempt of the chain of ``key`` and ``fingerprint`` a metadata value names, or None.
-
-    Examples:
-        >>> attempt_number("k", "k"), attempt_number("k.3", "k"), attempt_number("k.x", "k"), attempt_number("kk", "k")
-        (0, 3, None, None)
-        >>> attempt_number("k.1", "k.1"), attempt_number("k.1~", "k.1")
-        (None, 0)
-        >>> attempt_number("k@0123456789abcdef.2", "k", "0123456789abcdef"), attempt_number("k@0123456789abcdef", "k")
-        (2, None)
-    """
-    parsed = parse_attempt(value, key)
-    if parsed is None or parsed[0] != fingerprint:
-        return None
-    return parsed[1]
-
-
-# ---------------------------------------------------------------------------------------------
-# the caller's policy
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OutcomePolicy:
-    """Which terminal outcomes the caller rejects: they fail the task, and a retry makes a new attempt.
-
-    Examples:
-        >>> OutcomePolicy.of(["failed", "Expired"]).fail_on == {BatchStatus.FAILED, BatchStatus.EXPIRED}
-        True
-        >>> OutcomePolicy.of(["in_progress"])  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        batch_ops.errors.InputValidationError: batch parameters: 1 problem:
-          fail_on: invalid_fail_on: ...
-    """
-
-    fail_on: frozenset[BatchStatus] = DEFAULT_FAIL_ON
-    fail_on_request_failures: bool = False
-
-    @classmethod
-    def of(
-        cls, fail_on: Collection[BatchStatus | str] | None = None, fail_on_request_failures: bool = False
-    ) -> OutcomePolicy:
-        """Normalise what a user passed (names in any case), refusing statuses that are not terminal."""
-        if fail_on is None:
-            return cls(DEFAULT_FAIL_ON, bool(fail_on_request_failures))
-        if isinstance(fail_on, (str, bytes)):
-            fail_on = [fail_on] if isinstance(fail_on, str) else []
-        statuses: set[BatchStatus] = set()
-        bad: list[str] = []
-        for value in fail_on:
-            try:
-                status = BatchStatus.parse(value)
-            except ValueError:
-                bad.append(repr(value))
-                continue
-            if not status.is_terminal:
-                bad.append(status.value)
-            statuses.add(status)
-        if bad:
-            raise InputValidationError(
-                [Problem(rule="invalid_fail_on", param="fail_on",
-                         message=f"fail_on may only name terminal statuses, got {', '.join(bad)}",
-                         fix="use a subset of failed, expired, cancelled ([] accepts every outcome)")],
-                source="batch parameters",
-            )
-        return cls(frozenset(statuses), bool(fail_on_request_failures))
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """The rejected statuses as sorted strings (what Airflow templates and serializes)."""
-        return tuple(sorted(s.value for s in self.fail_on))
-
-    def rejection(self, batch: Batch) -> BatchOutcomeError | None:
-        """The error a terminal batch deserves under this policy, or None when it is acceptable."""
-        return outcome_error(batch, fail_on=self.fail_on, fail_on_request_failures=self.fail_on_request_failures)
 
 # ---------------------------------------------------------------------------------------------
 # the chain
@@ -364,7 +120,7 @@ class AttemptChain:
 
     def attempt_key(self, number: int) -> str:
         """The metadata value of this chain's attempt ``number``."""
-        return attempt_key(self.key, number, self.fingerprint)
+        return _keys.attempt_key(self.key, number, self.fingerprint)
 
     @property
     def batches(self) -> tuple[Batch, ...]:
@@ -490,7 +246,7 @@ class AttemptChain:
 
 
 def _metadata_key(batch: Batch) -> str | None:
-    return (batch.metadata or {}).get(IDEMPOTENCY_METADATA_KEY)
+    return (batch.metadata or {}).get(_keys.IDEMPOTENCY_METADATA_KEY)
 
 
 def chains_of(key: str, batches: Iterable[Batch], *,
@@ -504,7 +260,7 @@ def chains_of(key: str, batches: Iterable[Batch], *,
     grouped: dict[str | None, dict[int, list[Batch]]] = {}
     seen: set[str] = set()
     for batch in batches:
-        parsed = parse_attempt(key_of(batch), key)
+        parsed = _keys.parse_attempt(key_of(batch), key)
         if parsed is None or batch.id in seen:
             continue
         seen.add(batch.id)
@@ -536,7 +292,9 @@ class ChainStep:
     reason: str = ""
 
 
-def next_step(chain: AttemptChain, policy: OutcomePolicy, *, max_attempts: int = MAX_ATTEMPTS) -> ChainStep:
+def next_step(
+    chain: AttemptChain, policy: _outcomes.OutcomePolicy, *, max_attempts: int = _keys.MAX_ATTEMPTS
+) -> ChainStep:
     """Decide from the chain alone; see the module docstring.
 
     Raises:
@@ -546,17 +304,18 @@ def next_step(chain: AttemptChain, policy: OutcomePolicy, *, max_attempts: int =
     if last is None:
         return ChainStep("create", 0, None, "no batch carries this key yet")
     batch = last.batch
+    seen = f"attempt {last.number} ({batch.id})"
     if not batch.status.is_terminal:
-        return ChainStep("attach", last.number, batch, f"attempt {last.number} ({batch.id}) is {describe(batch)}")
-    if policy.rejection(batch) is None:
-        return ChainStep("done", last.number, batch, f"attempt {last.number} ({batch.id}) ended {describe(batch)}")
+        return ChainStep("attach", last.number, batch, f"{seen} is {_outcomes.describe(batch)}")
+    if policy.accepts(batch):
+        return ChainStep("done", last.number, batch, f"{seen} ended {_outcomes.describe(batch)}")
     number = last.number + 1
     if number >= max_attempts:
         raise AttemptsExhaustedError(
-            f"Key {chain.key!r} made {number} attempts and the last ({batch.id}) ended {describe(batch)}; "
+            f"Key {chain.key!r} made {number} attempts and the last ({batch.id}) ended {_outcomes.describe(batch)}; "
             "not paying for another: look at the batches' errors, then use a new key."
         )
-    return ChainStep("create", number, None, f"attempt {last.number} ({batch.id}) ended {describe(batch)}")
+    return ChainStep("create", number, None, f"{seen} ended {_outcomes.describe(batch)}")
 
 
 def summary_of(chain_or_batch: AttemptChain | Batch) -> dict[str, Any]:
@@ -570,8 +329,15 @@ def summary_of(chain_or_batch: AttemptChain | Batch) -> dict[str, Any]:
     """
     if isinstance(chain_or_batch, Batch):
         chain = AttemptChain(
-            (chain_or_batch.metadata or {}).get(IDEMPOTENCY_METADATA_KEY, chain_or_batch.id),
+            (chain_or_batch.metadata or {}).get(_keys.IDEMPOTENCY_METADATA_KEY, chain_or_batch.id),
             (Attempt(0, chain_or_batch),),
         )
         return chain.summary()
     return chain_or_batch.summary()
+
+
+__getattr__ = moved(__name__, {
+    **dict.fromkeys(("IDEMPOTENCY_METADATA_KEY", "KEY_MAX_LENGTH", "MAX_ATTEMPTS", "attempt_key", "attempt_number",
+                     "check_idempotency_key", "derive_key", "parse_attempt"), _keys),
+    "OutcomePolicy": _outcomes,
+})

@@ -40,10 +40,12 @@ from batch_ops._submit import Source, Submission, SubmitSpec, find_chain_plan, s
 from batch_ops._transport import ASYNC_POOL_LIMITS, default_async_transport
 from batch_ops.chain import Attempt, AttemptChain
 from batch_ops.dialects import Dialect
-from batch_ops.errors import BatchOpsError, ConfigurationError, InputValidationError, Problem
+from batch_ops.errors import BatchOpsError, BatchTimeoutError, ConfigurationError, InputValidationError, Problem
+from batch_ops.identity.keys import new_idempotency_key
 from batch_ops.locks import PicklableWeakKeyDictionary, ProcessLocalSet
 from batch_ops.models import Batch, BatchList, BatchStatus, FileList, FileObject, ResultLine
-from batch_ops.polling import DEFAULT_FAIL_ON, BatchPoller
+from batch_ops.outcomes import DEFAULT_FAIL_ON, DEFAULT_WAIT_TIMEOUT
+from batch_ops.polling import BatchPoller, Poll, WaitMany
 from batch_ops.results import join_chain_results
 from batch_ops.settings import ClientSettings, settings_error
 from batch_ops.storage import Location, StorageTarget
@@ -140,7 +142,7 @@ class _Base:
                      metadata: Mapping[str, str] | None, output_expires_after: Mapping[str, Any] | None) -> Any:
         """A create under a fresh random key (checked before any I/O): at most one batch, even when
         the answer is lost."""
-        key = _plans.new_idempotency_key()
+        key = new_idempotency_key()
         body = self.dialect.create_body(input_file_id=input_file_id, endpoint=endpoint,
                                         completion_window=completion_window, metadata=metadata,
                                         output_expires_after=output_expires_after, idempotency_key=key)
@@ -258,28 +260,77 @@ class _BatchPlans(_Calls):
         batch_id: str,
         *,
         poll_interval: float = 30.0,
-        timeout: float | None = 86400.0,
+        timeout: float | None = DEFAULT_WAIT_TIMEOUT,
         max_poll_interval: float | None = None,
         deadline: float | None = None,
         on_poll: Any = None,
         first_delay: float = 0.0,
+        cancel_on_timeout: bool = False,
+        first_poll_spread: float | None = None,
     ) -> Generator[Any, Any, Batch]:
         """Poll until terminal and return the batch (whatever its outcome).
 
-        Raises BatchTimeoutError at the deadline (the batch keeps running). Pass the result to
-        :func:`batch_ops.raise_for_outcome` to turn failed/expired/cancelled into exceptions.
-        ``on_poll(batch)`` is called after each poll (progress displays; awaited when it returns an
-        awaitable, in the async client). ``first_delay`` seconds pass before the first poll.
+        Raises BatchTimeoutError at the deadline (``timeout`` seconds from now, default
+        :data:`batch_ops.outcomes.DEFAULT_WAIT_TIMEOUT`, 25 h; or the absolute ``deadline``): the batch
+        keeps running, unless ``cancel_on_timeout`` (it is cancelled first, and the error says so).
+        Pass the result to :func:`batch_ops.raise_for_outcome` to turn failed/expired/cancelled into
+        exceptions. ``on_poll(batch)`` is called after each poll (progress displays; awaited when it
+        returns an awaitable, in the async client).
 
-        With ``settings.events_url`` (a webhook receiver), the async client's wait wakes on the
-        batch's webhook event and otherwise polls only every ``settings.safety_poll_interval``
-        seconds (an event also ends ``first_delay`` early).
+        ``first_delay`` puts off the first poll; ``first_poll_spread`` instead makes it a random
+        pause in ``[0, spread)``, so a thousand waits started together (a restarted Airflow
+        triggerer) do not poll in the same instant. With ``settings.events_url`` (a webhook
+        receiver), the async client's wait wakes on the batch's webhook event and otherwise polls
+        only every ``settings.safety_poll_interval`` seconds (an event also ends the first pause early).
         """
         settings = self._c.settings
         events = self._c.follows_events and settings.events_url is not None
         poller = BatchPoller(poll_interval=poll_interval, max_poll_interval=max_poll_interval, timeout=timeout,
                              deadline=deadline, safety_poll_interval=settings.safety_poll_interval if events else None)
-        return _plans.wait_plan(batch_id, poller=poller, **self._c._wire, on_poll=on_poll, first_delay=first_delay)
+        if first_poll_spread is not None:
+            first_delay = poller.first_delay(now=_plans.clock(), spread=first_poll_spread)
+        return _plans.wait_plan(batch_id, poller=poller, **self._c._wire, on_poll=on_poll, first_delay=first_delay,
+                                cancel_on_timeout=cancel_on_timeout)
+
+    def poll(self, batch_id: str, *, poller: BatchPoller) -> Generator[Any, Any, Poll]:
+        """One poll of a wait you schedule yourself (Airflow's poke sensor): the batch and the
+        ``poller``'s decision, or no batch after a failure it still tolerates (keep the same poller
+        from poll to poll: it counts failures in a row). Raises a permanent error, or one failure too many.
+
+        Examples:
+            >>> # poller = BatchPoller(poll_interval=60); poll = client.batches.poll("batch_1", poller=poller)
+            >>> # poll.done, poll.batch, poll.error
+        """
+        return _plans.poll_plan(batch_id, poller=poller, **self._c._wire)
+
+    def wait_many(
+        self,
+        batch_ids: Collection[str],
+        *,
+        poll_interval: float = 30.0,
+        deadline: float | None = None,
+        wake_at: float | None = None,
+        first_poll_spread: float = 0.0,
+        max_consecutive_failures: int = 5,
+    ) -> Generator[Any, Any, WaitMany]:
+        """Wait until any of ``batch_ids`` ends, ``wake_at`` passes or ``deadline`` does (epoch seconds).
+
+        Returns the batches as last seen and why the wait ended (see :class:`~batch_ops.polling.WaitMany`);
+        a permanent error, or more than ``max_consecutive_failures`` failed rounds in a row, is raised.
+        The first round comes after a random pause in ``[0, first_poll_spread)``.
+        """
+        poller = BatchPoller(poll_interval=poll_interval, deadline=deadline,
+                             max_consecutive_failures=max_consecutive_failures)
+        first_delay = poller.first_delay(now=_plans.clock(), spread=first_poll_spread) if first_poll_spread else 0.0
+        return _plans.wait_many_plan(list(batch_ids), poller=poller, **self._c._wire, wake_at=wake_at,
+                                     first_delay=first_delay)
+
+    def time_out(
+        self, batch_id: str, *, cancel: bool, last: Batch | None = None, deadline: float | None = None
+    ) -> Generator[Any, Any, BatchTimeoutError]:
+        """End a wait that ran out of time elsewhere (an Airflow trigger): cancel the batch when ``cancel``
+        (``cancel_on_timeout``) and return the error to raise, worded as every wait words it."""
+        return _plans.timeout_plan(batch_id, deadline=deadline, last=last, cancel=cancel, **self._c._wire)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,7 +532,7 @@ class Files(_Calls):
 
 
 class Batches(_Calls):
-    """``client.batches``: create (at most once), retrieve, cancel, list, iter_all, wait."""
+    """``client.batches``: create (at most once), retrieve, cancel, list, iter_all, wait, poll, wait_many."""
 
     _c: BatchClient
 
@@ -529,6 +580,9 @@ class Batches(_Calls):
     find_by_idempotency_key = _blocking(_BatchPlans.find_by_idempotency_key)
     chain = _blocking(_BatchPlans.chain)
     wait = _blocking(_BatchPlans.wait)
+    poll = _blocking(_BatchPlans.poll)
+    wait_many = _blocking(_BatchPlans.wait_many)
+    time_out = _blocking(_BatchPlans.time_out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -771,6 +825,9 @@ class AsyncBatches(_Calls):
     find_by_idempotency_key = _awaited(_BatchPlans.find_by_idempotency_key)
     chain = _awaited(_BatchPlans.chain)
     wait = _awaited(_BatchPlans.wait)
+    poll = _awaited(_BatchPlans.poll)
+    wait_many = _awaited(_BatchPlans.wait_many)
+    time_out = _awaited(_BatchPlans.time_out)
 
 
 # ---------------------------------------------------------------------------------------------

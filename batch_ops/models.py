@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from batch_ops.locks import PicklableLock, ProcessLocalDict
+from batch_ops.process_state import STATE
 
 __all__ = [
     "BATCH_ENDPOINTS",
@@ -146,13 +146,16 @@ class BatchStatus(str, Enum):
         """
         if not isinstance(value, str) or not value or not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", value):
             return None
-        with _UNKNOWN_LOCK:
-            member = _UNKNOWN.get(value)
+        # One member per unknown value for the life of the process (``is`` compares as it should);
+        # kept in the process state, never in a module global: see batch_ops.process_state.
+        unknown: dict[str, BatchStatus] = STATE.slot("models.unknown_statuses", dict)
+        with STATE.lock("models.unknown_statuses"):
+            member = unknown.get(value)
             if member is None:
                 member = str.__new__(cls, value)
                 member._name_ = value.upper()
                 member._value_ = value
-                _UNKNOWN[value] = member
+                unknown[value] = member
         return member
 
     @classmethod
@@ -170,11 +173,6 @@ class BatchStatus(str, Enum):
         return cls(text)
 
 
-#: Statuses seen on the wire that this release does not know, one object each (see ``_missing_``);
-#: pickled by value (Prefect bundles) as an empty registry: its members cannot be rebuilt before the
-#: class is (a bundle from a process that had seen one failed to unpickle).
-_UNKNOWN: ProcessLocalDict[str, BatchStatus] = ProcessLocalDict()
-_UNKNOWN_LOCK = PicklableLock()  # pickled by value with the package (Prefect bundles): a fresh lock
 
 
 _TERMINAL = frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED, BatchStatus.CANCELLED})

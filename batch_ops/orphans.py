@@ -3,13 +3,10 @@
 A run that dies hard (a lost pod, ``kill -9`` of a worker and its flow-run process, a task
 marked failed while the triggerer was down) leaves its batches running, with nobody to collect
 or cancel them; they still cost money. Every batch batch_ops creates from an orchestrator names
-its owner in metadata:
-
-* Airflow: ``airflow_task_instance`` = ``{"dag_id", "run_id", "task_id", "map_index",
-  "deployment", "ti", "deployment_name"}`` (JSON): the task instance, the identity of the Airflow
-  deployment that ran it (see :mod:`batch_ops.airflow.deployment`), the try's task-instance id
-  and the deployment's name, if it has one;
-* Prefect: ``prefect_flow_run_id`` = the flow run that created it.
+its owner in metadata (the owner records: :mod:`batch_ops.identity.owners`; the names that
+lived here before are still importable from here, with a ``DeprecationWarning``). This module
+is the sweep over them, and the scan a cancelled run uses to find its own batches
+(:func:`unfinished_batches_of`).
 
 A sweep lists the account's recent batches, asks the orchestrator for each owner's state (an
 *oracle*: :mod:`batch_ops.prefect.orphans`, :mod:`batch_ops.airflow.orphans`, or the CLI's
@@ -43,14 +40,13 @@ Examples:
     >>> from batch_ops.models import Batch
     >>> b = Batch(id="b1", endpoint="/v1/embeddings", input_file_id="f", status="in_progress",
     ...           created_at=1000, metadata={"prefect_flow_run_id": "run-1"})
-    >>> owner_of(b).label
-    'prefect:run-1'
     >>> judge(b, OwnerState.ENDED, now=2000, min_age=60).verdict
     'orphan'
     >>> judge(b, OwnerState.ACTIVE, now=2000, min_age=60).verdict  # its run will collect it
     'kept'
     >>> judge(b, OwnerState.ENDED, now=1010, min_age=60).verdict  # too young to judge
     'kept'
+    >>> from batch_ops.identity import airflow_owner_metadata
     >>> a = Batch(id="b2", endpoint="/v1/embeddings", input_file_id="f", status="in_progress", created_at=1000,
     ...           metadata=airflow_owner_metadata(dag_id="d", run_id="r", task_id="t", deployment="prod-1"))
     >>> [judge(a, OwnerState.ENDED, now=2000, min_age=60, deployment=d).verdict for d in ("prod-1", "staging-7")]
@@ -60,35 +56,36 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal
 
+from batch_ops._deprecated import moved
 from batch_ops.errors import BatchOpsError
+from batch_ops.identity import owners as _owners_module
+from batch_ops.identity.owners import unfinished_owned_by
 from batch_ops.models import Batch, BatchStatus
 
 if TYPE_CHECKING:
     from batch_ops.client import AsyncBatchClient, BatchClient
 
 __all__ = [
-    "AIRFLOW_OWNER_KEY",
-    "DEPLOYMENT_MAX",
-    "OWNER_METADATA_KEYS",
-    "PREFECT_OWNER_KEY",
+    "DEFAULT_LOOKBACK",
+    "DEFAULT_MIN_AGE",
     "Judgement",
-    "Owner",
     "OwnerState",
     "SweepReport",
     "VERDICTS",
-    "airflow_owner_metadata",
+    "arecent_batches",
     "asweep",
+    "aunfinished_batches_of",
     "judge",
-    "owner_of",
+    "recent_batches",
     "sweep",
     "sweep_candidates",
+    "unfinished_batches_of",
 ]
 
 #: How far back a sweep looks by default (seconds): the API's longest completion window, and then some.
@@ -97,17 +94,8 @@ DEFAULT_LOOKBACK = 3 * 24 * 3600.0
 DEFAULT_MIN_AGE = 600.0
 
 #: An oracle: the states of the given owners, by ``Owner.id`` (a missing id counts as unknown).
-Oracle = Callable[[list["Owner"]], Mapping[str, "OwnerState"]]
-AsyncOracle = Callable[[list["Owner"]], Awaitable[Mapping[str, "OwnerState"]]]
-
-AIRFLOW_OWNER_KEY = "airflow_task_instance"
-PREFECT_OWNER_KEY = "prefect_flow_run_id"
-#: The metadata pairs batch_ops' adapters add to name a batch's owner.
-OWNER_METADATA_KEYS = (AIRFLOW_OWNER_KEY, PREFECT_OWNER_KEY)
-#: The API's limit on a metadata value.
-_VALUE_MAX = 512
-#: The longest deployment identity or name kept in an owner record (the ids must fit beside them).
-DEPLOYMENT_MAX = 64
+Oracle = Callable[[list[_owners_module.Owner]], Mapping[str, "OwnerState"]]
+AsyncOracle = Callable[[list[_owners_module.Owner]], Awaitable[Mapping[str, "OwnerState"]]]
 
 Verdict = Literal["kept", "orphan", "unproven", "foreign", "unknown", "unowned"]
 #: Every verdict, in the order reports count them.
@@ -122,106 +110,50 @@ class OwnerState(str, Enum):
     UNKNOWN = "unknown"
 
 
-@dataclass(frozen=True)
-class Owner:
-    """The run that created a batch: ``system`` (``airflow``/``prefect``), an ``id`` and its fields.
-
-    ``deployment`` is the identity of the orchestrator deployment that recorded it (Airflow; None
-    in records an earlier batch_ops made), ``deployment_name`` its readable name, if it had one.
-    ``id_is_unique`` says the id is unique to one orchestrator's database (a Prefect flow-run
-    UUID): the orchestrator knowing it proves the batch belongs to whoever asked.
-    """
-
-    system: str
-    id: str
-    fields: tuple[tuple[str, Any], ...] = ()
-    deployment: str | None = None
-    deployment_name: str | None = None
-    id_is_unique: bool = False
-
-    def get(self, name: str) -> Any:
-        return dict(self.fields).get(name)
-
-    @property
-    def label(self) -> str:
-        """``system:id``, and the deployment (its name, else its identity) where the record names one."""
-        where = self.deployment_name or self.deployment
-        return f"{self.system}:{self.id}" + (f" @{where}" if where else "")
-
-    def proven_for(self, deployment: str | None) -> bool:
-        """True when this owner is provably the sweeper's (whose own identity is ``deployment``),
-        once its orchestrator has answered for it."""
-        return self.id_is_unique or (self.deployment is not None and self.deployment == deployment)
-
-    def foreign_to(self, deployment: str | None) -> bool:
-        """True when this owner names a deployment, and it is not ``deployment``."""
-        return self.deployment is not None and deployment is not None and self.deployment != deployment
+# ---------------------------------------------------------------------------------------------
+# the account's recent batches, and a run's own
+# ---------------------------------------------------------------------------------------------
 
 
-def _short(value: str | None) -> str | None:
-    value = (value or "").strip()
-    return value[:DEPLOYMENT_MAX] or None
+def recent_batches(client: BatchClient, *, since: float) -> Iterator[Batch]:
+    """The account's batches created since ``since`` (epoch seconds), newest first."""
+    for batch in client.batches.iter_all(limit=100):
+        if batch.created_at < since:  # the list is newest first: the rest is older still
+            return
+        yield batch
 
 
-def airflow_owner_metadata(
-    *,
-    dag_id: str,
-    run_id: str,
-    task_id: str,
-    map_index: int = -1,
-    deployment: str | None = None,
-    ti_id: str | None = None,
-    deployment_name: str | None = None,
-) -> dict[str, str]:
-    """The metadata pair naming an Airflow task instance, and the deployment that ran it, as a batch's owner.
-
-    ``deployment`` is what lets that deployment's sweep prove the batch its own (see the module
-    doc); ``ti_id`` (the try's task-instance UUID) and ``deployment_name`` are for people reading
-    a batch's metadata. When the ids are too long for the API's 512 characters, the name goes
-    first, then the try's id; a record that still does not fit is cut, and a sweep then reports
-    its batch as unknown (never cancelled).
-
-    Examples:
-        >>> airflow_owner_metadata(dag_id="d", run_id="manual__1", task_id="t")
-        {'airflow_task_instance': '{"dag_id":"d","run_id":"manual__1","task_id":"t","map_index":-1}'}
-        >>> json.loads(airflow_owner_metadata(dag_id="d", run_id="r", task_id="t", deployment="3f9c",
-        ...                                   deployment_name="prod")["airflow_task_instance"])
-        {'dag_id': 'd', 'run_id': 'r', 'task_id': 't', 'map_index': -1, 'deployment': '3f9c', 'deployment_name': 'prod'}
-
-    """
-    doc: dict[str, Any] = {"dag_id": dag_id, "run_id": run_id, "task_id": task_id,
-                           "map_index": int(map_index)}
-    extras = {"deployment": _short(deployment), "ti": _short(ti_id), "deployment_name": _short(deployment_name)}
-    doc.update({k: v for k, v in extras.items() if v is not None})
-    value = json.dumps(doc, separators=(",", ":"))
-    for optional in ("deployment_name", "ti"):  # for people: they give way to the ids and the deployment
-        if len(value) <= _VALUE_MAX:
-            break
-        doc.pop(optional, None)
-        value = json.dumps(doc, separators=(",", ":"))
-    if len(value) > _VALUE_MAX:  # ids of 250 characters each: keep what fits, the sweep then says "unknown"
-        value = value[:_VALUE_MAX]
-    return {AIRFLOW_OWNER_KEY: value}
+async def arecent_batches(client: AsyncBatchClient, *, since: float) -> AsyncIterator[Batch]:
+    """Async version of :func:`recent_batches`."""
+    async for batch in client.batches.iter_all(limit=100):
+        if batch.created_at < since:
+            return
+        yield batch
 
 
-def owner_of(batch: Batch) -> Owner | None:
-    """The owner named in ``batch``'s metadata, or None."""
-    meta = batch.metadata or {}
-    if meta.get(PREFECT_OWNER_KEY):
-        run = str(meta[PREFECT_OWNER_KEY])
-        return Owner("prefect", run, (("flow_run_id", run),), id_is_unique=True)
-    raw = meta.get(AIRFLOW_OWNER_KEY)
-    if raw:
-        try:
-            doc = json.loads(raw)
-            ident = f"{doc['dag_id']}/{doc['run_id']}/{doc['task_id']}/{int(doc.get('map_index', -1))}"
-        except (ValueError, KeyError, TypeError):
-            return Owner("airflow", str(raw), ())  # cut short or edited: the oracle will not know it
-        fields = tuple((k, doc[k]) for k in ("dag_id", "run_id", "task_id", "map_index", "ti") if k in doc)
-        deployment, name = doc.get("deployment"), doc.get("deployment_name")
-        return Owner("airflow", ident, fields, deployment=str(deployment) if deployment else None,
-                     deployment_name=str(name) if name else None)
-    return None
+def unfinished_batches_of(client: BatchClient, owner_key: str, owner: str, *, since: float | None) -> list[Batch]:
+    """The batches created since ``since`` whose owner record names ``owner`` (under ``owner_key``,
+    e.g. ``PREFECT_OWNER_KEY`` and a flow-run id) and that are still running: what a cancelled run cancels.
+    ``since`` is when the run began, less ``batch_ops.identity.LOOKBACK_SKEW`` (``lookback_start``);
+    None (the start is unknown): the client's ``idempotency_lookback``."""
+    start = _lookback(client, since)
+    return unfinished_owned_by(recent_batches(client, since=start), owner_key, owner)
+
+
+async def aunfinished_batches_of(client: AsyncBatchClient, owner_key: str, owner: str, *,
+                                 since: float | None) -> list[Batch]:
+    """Async version of :func:`unfinished_batches_of`."""
+    start = _lookback(client, since)
+    return unfinished_owned_by([b async for b in arecent_batches(client, since=start)], owner_key, owner)
+
+
+def _lookback(client: BatchClient | AsyncBatchClient, since: float | None) -> float:
+    return since if since is not None else time.time() - client.settings.idempotency_lookback
+
+
+# ---------------------------------------------------------------------------------------------
+# the sweep
+# ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -229,7 +161,7 @@ class Judgement:
     """One unfinished batch, its owner, what the orchestrator said, and the verdict."""
 
     batch: Batch
-    owner: Owner | None
+    owner: _owners_module.Owner | None
     state: OwnerState | None
     verdict: Verdict
     reason: str
@@ -257,7 +189,7 @@ def judge(
     owner can be proven its own); ``sweep_unproven`` makes an ended owner naming no deployment
     an orphan (an account used by a single deployment, with batches an earlier batch_ops made).
     """
-    owner = owner_of(batch)
+    owner = _owners_module.owner_of(batch)
     if owner is None:
         return Judgement(batch, None, None, "unowned", "no owner in metadata: made outside an orchestrator")
     if owner.foreign_to(deployment):
@@ -317,16 +249,18 @@ def _judge_all(batches: list[Batch], states: Mapping[str, OwnerState], *, min_ag
     now = time.time()
     out = []
     for batch in batches:
-        owner = owner_of(batch)
+        owner = _owners_module.owner_of(batch)
         state = states.get(owner.id) if owner else None
         out.append(judge(batch, state, now=now, min_age=min_age, deployment=deployment, sweep_unproven=sweep_unproven))
     return out
 
 
-def _owners(batches: Iterable[Batch], systems: Iterable[str] | None, deployment: str | None) -> list[Owner]:
+def _owners(
+    batches: Iterable[Batch], systems: Iterable[str] | None, deployment: str | None
+) -> list[_owners_module.Owner]:
     """The owners to ask the orchestrator about: of the asked systems, and not another deployment's."""
     wanted = None if systems is None else set(systems)
-    owners = (o for b in batches if (o := owner_of(b)) is not None)
+    owners = (o for b in batches if (o := _owners_module.owner_of(b)) is not None)
     return list({o.id: o for o in owners if (wanted is None or o.system in wanted) and not o.foreign_to(deployment)}
                 .values())
 
@@ -353,13 +287,7 @@ def sweep(
     owners naming another are foreign and the oracle is not asked about them. A cancel that fails
     (the batch finished meanwhile) is reported in the judgement's reason, and the sweep goes on.
     """
-    start = _since(since)
-    batches = []
-    for batch in client.batches.iter_all(limit=100):
-        if batch.created_at < start:
-            break
-        batches.append(batch)
-    batches = sweep_candidates(batches)
+    batches = sweep_candidates(recent_batches(client, since=_since(since)))
     owners = _owners(batches, systems, deployment)
     report = SweepReport(_judge_all(batches, oracle(owners) if owners else {}, min_age=min_age,
                                     deployment=deployment, sweep_unproven=sweep_unproven))
@@ -386,13 +314,7 @@ async def asweep(
     sweep_unproven: bool = False,
 ) -> SweepReport:
     """Async version of :func:`sweep`."""
-    start = _since(since)
-    batches = []
-    async for batch in client.batches.iter_all(limit=100):
-        if batch.created_at < start:
-            break
-        batches.append(batch)
-    batches = sweep_candidates(batches)
+    batches = sweep_candidates([b async for b in arecent_batches(client, since=_since(since))])
     owners = _owners(batches, systems, deployment)
     report = SweepReport(_judge_all(batches, await oracle(owners) if owners else {}, min_age=min_age,
                                     deployment=deployment, sweep_unproven=sweep_unproven))
@@ -405,3 +327,8 @@ async def asweep(
                 except BatchOpsError as exc:
                     report.judgements[i] = dataclasses.replace(j, reason=f"{j.reason}; cancel failed: {exc}")
     return report
+
+
+__getattr__ = moved(__name__, dict.fromkeys(
+    ("AIRFLOW_OWNER_KEY", "DEPLOYMENT_MAX", "OWNER_METADATA_KEYS", "PREFECT_OWNER_KEY", "Owner",
+     "airflow_owner_metadata", "owner_of"), _owners_module))

@@ -1,6 +1,11 @@
 """Waiting for a batch, as pure decisions: the clients, the Airflow trigger and the Prefect
 task only loop around :class:`BatchPoller` and never decide anything themselves.
 
+This module holds the wait's schedule only (when to poll next, when the deadline or a run of
+failed polls ends it). How an outcome ends a task — accepted or not, the outcome errors, the
+timeout error — is :mod:`batch_ops.outcomes`' (the names it held before are still importable
+here, with a ``DeprecationWarning``).
+
 The poller knows an absolute wall-clock ``deadline`` (epoch seconds), so a waiter that
 resumes in another process (a restarted Airflow triggerer) keeps the original budget.
 
@@ -20,34 +25,16 @@ Examples:
 from __future__ import annotations
 
 import random
-from collections.abc import Collection, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from batch_ops.errors import (
-    BatchCancelledError,
-    BatchExpiredError,
-    BatchFailedError,
-    BatchOutcomeError,
-    BatchTimeoutError,
-    InputValidationError,
-    Problem,
-    RequestFailuresError,
-)
-from batch_ops.models import Batch, BatchStatus
+from batch_ops import outcomes as _outcomes
+from batch_ops._deprecated import moved
+from batch_ops.errors import InputValidationError, Problem
+from batch_ops.models import Batch
 
-__all__ = [
-    "DEFAULT_FAIL_ON",
-    "BatchPoller",
-    "PollDecision",
-    "describe",
-    "outcome_error",
-    "raise_for_outcome",
-    "timeout_error",
-]
-
-#: Terminal statuses that fail a task unless the caller says otherwise.
-DEFAULT_FAIL_ON: frozenset[BatchStatus] = frozenset({BatchStatus.FAILED, BatchStatus.EXPIRED, BatchStatus.CANCELLED})
+__all__ = ["BatchPoller", "Poll", "PollDecision", "Reconnect", "WaitMany"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +52,42 @@ class PollDecision:
     reason: str = ""
     wake_on_event: bool = False
     polling_delay: float | None = None
+
+
+@dataclass(frozen=True)
+class Poll:
+    """One poll's outcome (``client.batches.poll``): the batch seen and the poller's decision, or —
+    after a transient failure the poller still tolerates — no batch, the decision to look again, and
+    the failure's text.
+
+    Examples:
+        >>> Poll(None, PollDecision("wait", 30.0, "poll failed (1): 503"), "503").done
+        False
+    """
+
+    batch: Batch | None
+    decision: PollDecision
+    error: str = ""
+
+    @property
+    def done(self) -> bool:
+        """The batch is terminal: the wait is over."""
+        return self.batch is not None and self.decision.action == "done"
+
+
+@dataclass(frozen=True)
+class WaitMany:
+    """How a wait for several batches ended (``client.batches.wait_many``): the batches as last seen
+    and ``reason``: ``ended`` (at least one is terminal: :attr:`ended`), ``wake`` (the wake-up time
+    the caller gave passed) or ``timeout`` (the deadline passed)."""
+
+    batches: tuple[Batch, ...]
+    reason: Literal["ended", "wake", "timeout"]
+
+    @property
+    def ended(self) -> list[str]:
+        """The ids of the batches that are terminal."""
+        return [b.id for b in self.batches if b.is_terminal]
 
 
 @dataclass
@@ -147,7 +170,7 @@ class BatchPoller:
         self._failures = 0
         if batch.status.is_terminal:
             return PollDecision("done", 0.0, batch.status.value)
-        return self._wait_or_timeout(_progress(batch), describe(batch), now=now)
+        return self._wait_or_timeout(_progress(batch), _outcomes.describe(batch), now=now)
 
     def decide_all(self, batches: Sequence[Batch], *, now: float) -> PollDecision:
         """The verdict after one poll of several batches: ``done`` as soon as any of them ended.
@@ -213,6 +236,35 @@ class BatchPoller:
         return max(delay, 0.0)
 
 
+@dataclass
+class Reconnect:
+    """The pause before trying again to reach a stream that did not answer (the webhook receiver's
+    events, which waits and Airflow's event triggers long-poll): doubling from ``initial`` up to
+    ``ceiling``, back to ``initial`` once it answers. One schedule for every reader of the stream.
+
+    Examples:
+        >>> r = Reconnect()
+        >>> [r.failed() for _ in range(7)]
+        [0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0]
+        >>> r.answered(); r.failed()
+        0.5
+    """
+
+    initial: float = 0.5
+    ceiling: float = 15.0
+    _next: float = field(default=0.0, init=False, repr=False)
+
+    def failed(self) -> float:
+        """The pause after a failed attempt (the next one will be longer)."""
+        pause = self._next or self.initial
+        self._next = min(pause * 2, self.ceiling)
+        return pause
+
+    def answered(self) -> None:
+        """The stream answered: the next failure starts the schedule over."""
+        self._next = 0.0
+
+
 def _seconds(name: str, value: object, *, optional: bool = True) -> None:
     """Refuse what is not a positive number of seconds, naming the parameter (before any request)."""
     if value is None and optional:
@@ -230,86 +282,5 @@ def _progress(batch: Batch) -> tuple[str, int, int]:
     return (batch.status.value, batch.request_counts.completed, batch.request_counts.failed)
 
 
-def describe(batch: Batch) -> str:
-    """One line for logs and progress: ``in_progress 40/100 (2 failed)``."""
-    c = batch.request_counts
-    failed = f" ({c.failed} failed)" if c.failed else ""
-    return f"{batch.status.value} {c.done}/{c.total}{failed}"
-
-
-def _error_summary(batch: Batch) -> str:
-    if batch.errors is None or not batch.errors.data:
-        return ""
-    parts = []
-    for err in batch.errors.data[:5]:
-        line = f" line {err.line}" if err.line is not None else ""
-        parts.append(f"{err.code}{line}: {err.message}")
-    more = len(batch.errors.data) - len(parts)
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
-
-
-def outcome_error(
-    batch: Batch,
-    *,
-    fail_on: Collection[BatchStatus | str] = DEFAULT_FAIL_ON,
-    fail_on_request_failures: bool = False,
-) -> BatchOutcomeError | None:
-    """The exception a terminal batch deserves under a policy, or None when it is acceptable.
-
-    Examples:
-        >>> b = Batch(id="b1", endpoint="/v1/embeddings", input_file_id="f", status="expired",
-        ...           created_at=0, output_file_id="file-out", request_counts={"total": 4, "completed": 3})
-        >>> type(outcome_error(b)).__name__
-        'BatchExpiredError'
-        >>> outcome_error(b, fail_on=[]) is None
-        True
-    """
-    statuses = {BatchStatus.parse(s) for s in fail_on}
-    status = batch.status
-    files = f" output_file_id={batch.output_file_id} error_file_id={batch.error_file_id}"
-    if status in statuses:
-        if status is BatchStatus.FAILED:
-            why = _error_summary(batch) or "no error details"
-            return BatchFailedError(f"Batch {batch.id} failed: {why}", batch=batch)
-        if status is BatchStatus.EXPIRED:
-            return BatchExpiredError(
-                f"Batch {batch.id} expired with {describe(batch)}; completed work is in its output file.{files}",
-                batch=batch,
-            )
-        if status is BatchStatus.CANCELLED:
-            return BatchCancelledError(
-                f"Batch {batch.id} was cancelled with {describe(batch)}; completed work is in its output file.{files}",
-                batch=batch,
-            )
-    if fail_on_request_failures and status is BatchStatus.COMPLETED and batch.request_counts.failed > 0:
-        return RequestFailuresError(
-            f"Batch {batch.id} completed but {batch.request_counts.failed} of {batch.request_counts.total} "
-            f"requests failed; see error_file_id={batch.error_file_id}",
-            batch=batch,
-        )
-    return None
-
-
-def raise_for_outcome(
-    batch: Batch,
-    *,
-    fail_on: Collection[BatchStatus | str] = DEFAULT_FAIL_ON,
-    fail_on_request_failures: bool = False,
-) -> Batch:
-    """Return the batch, or raise the outcome error ``outcome_error`` chose for it."""
-    error = outcome_error(batch, fail_on=fail_on, fail_on_request_failures=fail_on_request_failures)
-    if error is not None:
-        raise error
-    return batch
-
-
-def timeout_error(batch_id: str, *, deadline: float | None, last: Batch | None) -> BatchTimeoutError:
-    """The error for a wait that ran out of time; the batch itself keeps running."""
-    state = f" (last seen {describe(last)})" if last is not None else ""
-    return BatchTimeoutError(
-        f"Timed out waiting for batch {batch_id}{state}; it keeps running on the server: "
-        "wait again, raise the timeout, or cancel it.",
-        batch=last,
-        batch_id=batch_id,
-        deadline=deadline,
-    )
+__getattr__ = moved(__name__, dict.fromkeys(
+    ("DEFAULT_FAIL_ON", "describe", "outcome_error", "raise_for_outcome", "timeout_error"), _outcomes))

@@ -15,7 +15,12 @@ Examples:
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import functools
 import os
+import types
+import typing
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -26,11 +31,29 @@ from batch_ops.errors import ConfigurationError
 if TYPE_CHECKING:
     from batch_ops.dialects import Dialect
 
-__all__ = ["DEFAULT_BASE_URL", "ClientSettings", "settings_error"]
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "RETRY_PRESETS",
+    "SECRET_FIELDS",
+    "ClientSettings",
+    "SettingField",
+    "setting_fields",
+    "settings_error",
+]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-#: The fields of ``ClientSettings`` that are secrets: never pickled, never shown.
-_SECRET_FIELDS = ("api_key", "events_token")
+
+#: Shorter budgets for a caller with a person waiting for the answer, by name; each value is a
+#: ceiling (``ClientSettings.with_retries``): a preset never lengthens what the settings say.
+#: ``interactive``: a command at a prompt (``batch-ops status``, ``submit`` without ``--wait``)
+#: gives up on an unreachable server after 8 s of retrying, not the half minute or more of the full
+#: budget (each retry is logged as it happens).
+#: ``probe``: a connection check (Airflow's Test button) gets one retry within 5 s.
+RETRY_PRESETS: Mapping[str, Mapping[str, float]] = types.MappingProxyType({
+    "interactive": types.MappingProxyType({"retry_max_elapsed": 8.0, "connect_timeout": 5.0}),
+    "probe": types.MappingProxyType(
+        {"max_retries": 1, "retry_max_elapsed": 5.0, "connect_timeout": 5.0, "timeout": 15.0}),
+})
 
 
 def settings_error(exc: ValidationError) -> ConfigurationError:
@@ -42,6 +65,14 @@ def settings_error(exc: ValidationError) -> ConfigurationError:
     detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {str(e['msg']).removeprefix('Value error, ')}"
                        for e in exc.errors())
     return ConfigurationError(f"Invalid client settings: {detail}")
+
+
+def _provider_names(schema: dict[str, Any]) -> None:
+    """The ``provider`` field's choices, the dialects' names: looked up when a schema or a form asks
+    (:func:`setting_fields`), not when the settings load (the dialects sit above them)."""
+    from batch_ops.dialects import DIALECTS
+
+    schema["enum"] = sorted(DIALECTS)
 
 
 class ClientSettings(BaseModel):
@@ -71,22 +102,46 @@ class ClientSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    api_key: SecretStr | None = None
-    base_url: str = DEFAULT_BASE_URL
-    provider: str | None = None
-    organization: str | None = None
-    project: str | None = None
-    api_version: str | None = None
-    timeout: float = 60.0
-    connect_timeout: float = 10.0
-    max_retries: int = Field(default=6, ge=0, le=100)
-    retry_max_elapsed: float = Field(default=300.0, gt=0)
-    backoff_initial: float = Field(default=0.5, gt=0)
-    backoff_max: float = Field(default=30.0, gt=0)
-    idempotency_lookback: float = Field(default=7 * 86400, gt=0)
-    events_url: str | None = None
-    events_token: SecretStr | None = None
-    safety_poll_interval: float = Field(default=1800.0, gt=0)
+    # Each field's title and description are what the Prefect block and the Airflow connection
+    # form show (``setting_fields``): say what the setting does, not where this caller reads it.
+    api_key: SecretStr | None = Field(default=None, title="API Key",
+                                      description="The API key (Azure OpenAI: the resource key).")
+    base_url: str = Field(default=DEFAULT_BASE_URL, title="Base URL",
+                          description="API root including /v1, e.g. https://api.openai.com/v1.")
+    provider: str | None = Field(
+        default=None, title="Provider", json_schema_extra=_provider_names,
+        description="The batch API spoken (a dialect of batch_ops.dialects); empty: Azure OpenAI when an Azure API "
+        "version is set, else OpenAI.")
+    organization: str | None = Field(default=None, title="Organization",
+                                     description="Sent as the OpenAI-Organization header.")
+    project: str | None = Field(default=None, title="Project", description="Sent as the OpenAI-Project header.")
+    api_version: str | None = Field(
+        default=None, title="Azure API version",
+        description="Azure OpenAI only (e.g. 2024-10-21): the api-version query parameter; setting it switches "
+        "to the api-key header. Leave empty for OpenAI.")
+    timeout: float = Field(default=60.0, gt=0, title="Timeout", description="Seconds for one HTTP exchange.")
+    connect_timeout: float = Field(default=10.0, gt=0, title="Connect timeout",
+                                   description="Seconds to open a connection.")
+    max_retries: int = Field(default=6, ge=0, le=100, title="Max retries",
+                             description="Retries of a retryable failure (408, 409, 429, 5xx, network) per API call.")
+    retry_max_elapsed: float = Field(default=300.0, gt=0, title="Retry budget",
+                                     description="Seconds one API call may spend retrying, whatever Max retries says.")
+    backoff_initial: float = Field(
+        default=0.5, gt=0, title="Initial back-off",
+        description="Seconds before the first retry; the pauses grow exponentially, with full jitter.")
+    backoff_max: float = Field(default=30.0, gt=0, title="Longest back-off",
+                               description="The longest pause between two retries, in seconds.")
+    idempotency_lookback: float = Field(default=7 * 86400, gt=0, title="Idempotency lookback",
+                                        description="Seconds of batch history searched for a run's earlier batches.")
+    events_url: str | None = Field(
+        default=None, title="Webhook events URL",
+        description="The webhook receiver's events URL (batch-ops webhooks serve), e.g. http://receiver:8780/events: "
+        "waits wake on the batch's webhook instead of polling (docs: webhooks).")
+    events_token: SecretStr | None = Field(default=None, title="Webhook events token",
+                                           description="The receiver's --events-token, if it has one.")
+    safety_poll_interval: float = Field(
+        default=1800.0, gt=0, title="Safety poll interval",
+        description="With a webhook events URL: seconds between the polls that catch a lost webhook.")
 
     #: Set on a copy that came out of a pickle, whose secrets stayed behind (see ``__reduce__``).
     _secrets_left_behind: bool = PrivateAttr(default=False)
@@ -114,8 +169,8 @@ class ClientSettings(BaseModel):
             >>> b"sk-secret" in pickle.dumps(s), copy.base_url, copy.api_key
             (False, 'http://127.0.0.1:8765/v1', None)
         """
-        fields = {name: getattr(self, name) for name in type(self).model_fields if name not in _SECRET_FIELDS}
-        return _unpickled_settings, (fields, any(getattr(self, name) is not None for name in _SECRET_FIELDS))
+        fields = {name: getattr(self, name) for name in type(self).model_fields if name not in SECRET_FIELDS}
+        return _unpickled_settings, (fields, any(getattr(self, name) is not None for name in SECRET_FIELDS))
 
     @field_validator("base_url")
     @classmethod
@@ -221,9 +276,117 @@ class ClientSettings(BaseModel):
         """Join the base URL and an API path such as ``/batches``."""
         return self.base_url + "/" + path.lstrip("/")
 
+    def with_retries(self, preset: str) -> ClientSettings:
+        """A copy whose retry and timeout budgets are at most those of a :data:`RETRY_PRESETS` entry.
+
+        Raises:
+            ConfigurationError: no preset of that name.
+
+        Examples:
+            >>> s = ClientSettings(api_key="k").with_retries("probe")
+            >>> s.max_retries, s.retry_max_elapsed, s.timeout
+            (1, 5.0, 15.0)
+            >>> ClientSettings(api_key="k", max_retries=0).with_retries("probe").max_retries  # never more
+            0
+        """
+        try:
+            ceilings = RETRY_PRESETS[preset]
+        except KeyError:
+            raise ConfigurationError(
+                f"No retry preset {preset!r}; the presets are {', '.join(sorted(RETRY_PRESETS))}."
+            ) from None
+        return self.model_copy(update={name: min(getattr(self, name), limit) for name, limit in ceilings.items()})
+
 
 def _unpickled_settings(fields: dict[str, Any], had_secrets: bool) -> ClientSettings:
     """A ``ClientSettings`` from its pickle (see ``ClientSettings.__reduce__``): no secrets in it."""
     settings = ClientSettings(**fields)
     settings._secrets_left_behind = had_secrets
     return settings
+
+
+def _holds_secret(annotation: Any) -> bool:
+    return annotation is SecretStr or SecretStr in typing.get_args(annotation)
+
+
+def _declared_choices(info: Any) -> tuple[str, ...]:
+    """The choices a field's ``json_schema_extra`` declares (``enum``), if any."""
+    extra = info.json_schema_extra
+    if callable(extra):
+        extra = {}
+        info.json_schema_extra(extra)
+    return tuple(map(str, (extra or {}).get("enum") or ()))
+
+
+def _value_type(annotation: Any) -> tuple[type, tuple[str, ...]]:
+    """The type a form field holds (``None`` and ``SecretStr`` taken off) and its choices, if fixed."""
+    if typing.get_origin(annotation) is typing.Literal:
+        values = typing.get_args(annotation)
+        return type(values[0]), tuple(map(str, values))
+    if annotation is SecretStr:
+        return str, ()
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return str, tuple(str(member.value) for member in annotation)
+    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    return _value_type(args[0]) if args else (annotation, ())
+
+
+#: The fields of ``ClientSettings`` that are secrets (its ``SecretStr`` fields): never pickled, never
+#: shown. The adapters keep them secret too: a Prefect ``SecretStr`` field, an Airflow connection's
+#: password or a password field of its form.
+SECRET_FIELDS: tuple[str, ...] = tuple(
+    name for name, info in ClientSettings.model_fields.items() if _holds_secret(info.annotation)
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SettingField:
+    """One ``ClientSettings`` field as a form shows it: the Prefect block and the Airflow connection
+    form are built from these, so a new setting reaches both.
+
+    Attributes:
+        name: the ``ClientSettings`` field.
+        title: its label (the field's ``title``).
+        help: what it does (the field's ``description``), with its default when that is a number.
+        type: what the form holds: ``str``, ``int`` or ``float`` (a secret is a ``str``).
+        secret: a ``SecretStr``: masked in every form, never shown.
+        choices: the only values allowed (a ``Literal``, an enum, or the ``enum`` of the field's
+            ``json_schema_extra``), else empty; the help names them.
+        limits: pydantic's bounds (``gt``, ``ge``, ``le``), for a form to check before saving.
+    """
+
+    name: str
+    title: str
+    help: str
+    type: type
+    secret: bool
+    choices: tuple[str, ...]
+    limits: Mapping[str, float]
+
+
+@functools.cache
+def setting_fields() -> Mapping[str, SettingField]:
+    """Every ``ClientSettings`` field as a form shows it, by name, in declaration order.
+
+    Examples:
+        >>> f = setting_fields()["timeout"]
+        >>> f.title, f.help, f.type.__name__, dict(f.limits)
+        ('Timeout', 'Seconds for one HTTP exchange (default 60).', 'float', {'gt': 0})
+        >>> setting_fields()["events_token"].secret, setting_fields()["organization"].help
+        (True, 'Sent as the OpenAI-Organization header.')
+    """
+    fields: dict[str, SettingField] = {}
+    for name, info in ClientSettings.model_fields.items():
+        kind, choices = _value_type(info.annotation)
+        choices = _declared_choices(info) or choices
+        help_text = info.description or ""
+        if isinstance(info.default, (int, float)) and not isinstance(info.default, bool):
+            help_text = f"{help_text.removesuffix('.')} (default {info.default:g})."
+        if choices:
+            help_text = f"{help_text} One of: {', '.join(choices)}.".strip()
+        limits = {key: value for meta in info.metadata if dataclasses.is_dataclass(meta) and not isinstance(meta, type)
+                  for key, value in dataclasses.asdict(meta).items()}
+        fields[name] = SettingField(
+            name=name, title=info.title or name.replace("_", " ").capitalize(), help=help_text, type=kind,
+            secret=_holds_secret(info.annotation), choices=choices, limits=types.MappingProxyType(limits))
+    return types.MappingProxyType(fields)

@@ -47,11 +47,15 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any, NoReturn, Union, cast
 
+# Local outputs are written the one way batch_ops writes files (re-exported for the CLI).
+from batch_ops._files import atomic_file, check_output
 from batch_ops.errors import InputValidationError, Problem, StorageError
 
 __all__ = [
     "Location",
     "StorageTarget",
+    "atomic_file",
+    "check_output",
     "display",
     "exists",
     "fail",
@@ -490,7 +494,6 @@ def read_text(target: StorageTarget, default: str | None = None) -> str | None:
 
 def write_text(target: StorageTarget, text: str) -> None:
     """Write a small text file whole (atomically, locally or as one object)."""
-    from batch_ops._files import atomic_file
 
     with local_output(target) as path, atomic_file(path, "w", encoding="utf-8") as fh:
         fh.write(text)

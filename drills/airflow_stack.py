@@ -250,8 +250,11 @@ def worker_kill(d: Drill, stack: AirflowStack, *, proxy: HoldProxy, server: str)
     wait_for("the create to reach the server (its answer held back)", proxy.held.is_set, timeout=180,
              alive=stack.dead)
     sdk = oracle(server)
-    key = idempotency_key(dag_id="drill_worker_kill", task_id="batch", run_id=run_id, map_index=-1)
     (created,) = wait_for("the batch on the server", lambda: list(sdk.batches.list()), timeout=30)
+    # The key names the task instance in this deployment (the identity its owner record names).
+    deployment = json.loads((created.metadata or {}).get("airflow_task_instance") or "{}").get("deployment")
+    key = idempotency_key(dag_id="drill_worker_kill", task_id="batch", run_id=run_id, map_index=-1,
+                          deployment=deployment)
     d.check(((created.metadata or {}).get("batch_ops_idempotency_key") or "").split("@")[0] == key,
             "the server holds the batch, tagged with the task instance's idempotency key (<key>@<requests>)")
     ti = stack.wait("the task instance's pid", lambda: (t := stack.ti("drill_worker_kill", run_id)) and t["pid"] and t,

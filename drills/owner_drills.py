@@ -1,16 +1,16 @@
-"""Suite ``owner_drills``: two Airflow deployments sweeping one API project (issue 22, item 6).
+"""Suite ``owner_drills``: two Airflow deployments sweeping one API project (issue 22, item 6; issue 23, item 1).
 
 * ``two-deployments`` (22.6): production and staging, each a migrated AIRFLOW_HOME of its own
   (its own SQLite metadata database), run the same DAG file against one local Batch API server
   whose requests take 10 minutes (nothing finishes during the drill). A run of the same day has
   the same run id in both. The DAG leaves batches running after its run ends: ``create`` (the
-  default, re-attaching by key; staging's finds production's batch and adopts it), a mapped
-  ``create_mapped`` over two inputs (adopted likewise), and ``create_fresh``
-  (``reattach=False``: staging's own). Two batches an earlier batch_ops made (an owner naming no
+  default, re-attaching by key: the key holds the deployment, so staging's never finds
+  production's batch — before issue 23 it adopted it), a mapped ``create_mapped`` over two inputs
+  (likewise), and ``create_fresh`` (``reattach=False``). Two batches an earlier batch_ops made (an owner naming no
   deployment) name that run too.
 
   Then, with the example DAG ``batch_ops_orphan_sweep`` (``cancel=True``, the default):
-  staging sweeps (production's 4 batches must stay, staging's own orphan must go, the two old
+  staging sweeps (production's 4 batches must stay, staging's own 4 orphans must go, the two old
   ones stay: unproven); staging runs another day (4 batches of its own, run ended); production
   sweeps (its own 4 must go, staging's 4 and the old two stay). Figures: foreign cancels, own
   orphans cancelled, unproven left; the key in no output.
@@ -103,7 +103,7 @@ class _Deployment:
 
 def two_deployments(d: Drill, work: Path) -> None:
     from batch_ops import BatchClient
-    from batch_ops.orphans import airflow_owner_metadata
+    from batch_ops.identity import airflow_owner_metadata
     from batch_ops.server import serve_in_background
 
     with serve_in_background(api_key=CANARY, request_latency=600) as url:
@@ -126,8 +126,8 @@ def two_deployments(d: Drill, work: Path) -> None:
                                  metadata=airflow_owner_metadata(dag_id="nightly", run_id=RUN1, task_id=task)).id
                    for task in ("create", "create_fresh")}
             d.require(len(productions) == 4, f"production's run left 4 batches running ({len(productions)})")
-            d.check(len(staging_day1) == 1, f"staging adopted production's 3 keyed batches and made 1 of its own "
-                                            f"({len(staging_day1)} of its own)")
+            d.check(len(staging_day1) == 4, f"staging's run made 4 batches of its own, adopting none of "
+                                            f"production's (the key holds the deployment; {len(staging_day1)} made)")
 
             staging_log = staging.sweep()
             after_staging = cancelled()
@@ -139,7 +139,7 @@ def two_deployments(d: Drill, work: Path) -> None:
     foreign_by_staging = len(after_staging & productions)
     foreign_by_production = len(after_production & (staging_day1 | staging_day2))
     d.check(foreign_by_staging == 0, f"staging's sweep cancelled {foreign_by_staging} of production's 4 batches")
-    d.check(after_staging == staging_day1, f"staging's sweep cancelled exactly its own orphan "
+    d.check(after_staging == staging_day1, f"staging's sweep cancelled exactly its own orphans "
                                            f"({len(after_staging & staging_day1)} of {len(staging_day1)}; "
                                            f"{len(after_staging - staging_day1)} others)")
     d.check(len(staging_day2) == 4, f"staging's second day left 4 batches of its own ({len(staging_day2)})")
@@ -153,7 +153,7 @@ def two_deployments(d: Drill, work: Path) -> None:
             "production's report: staging's 4 foreign, the old 2 unproven")
     d.check(CANARY not in production.output + staging.output, "the key appears in no output of either deployment")
     d.figure("foreign cancels", f"{foreign_by_staging + foreign_by_production} (staging's sweep: {foreign_by_staging} "
-                                f"of production's 4, 3 of them adopted by staging's tasks; production's: "
+                                f"of production's 4, none of them adopted by staging's tasks; production's: "
                                 f"{foreign_by_production} of staging's 4)")
     d.figure("own orphans cancelled", f"staging {len(after_staging & staging_day1)}/{len(staging_day1)}, "
                                       f"production {len(after_production & productions)}/{len(productions)}")

@@ -192,3 +192,77 @@ def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     fs.mkdir(S3_BUCKET)
     fsspec.filesystem("s3").invalidate_cache()  # the instance the package will get
     return fs
+
+
+class SettingsSamples:
+    """A value for every ``ClientSettings`` field other than its default, read from ``ClientSettings``
+    alone, so a field added there gets a sample without a word: the adapter tests
+    (tests/*/test_settings_fields.py) check that each setting goes through the Prefect block and the
+    Airflow connection."""
+
+    @staticmethod
+    def is_secret(name: str) -> bool:
+        import typing
+
+        from pydantic import SecretStr
+
+        from batch_ops import ClientSettings
+
+        annotation = ClientSettings.model_fields[name].annotation
+        return annotation is SecretStr or SecretStr in typing.get_args(annotation)
+
+    def secret_fields(self) -> list[str]:
+        from batch_ops import ClientSettings
+
+        return [name for name in ClientSettings.model_fields if self.is_secret(name)]
+
+    def sample(self, name: str) -> Any:
+        """A valid value other than the default (a secret as its plain string)."""
+        import typing
+
+        from batch_ops import ClientSettings
+
+        info = ClientSettings.model_fields[name]
+        if self.is_secret(name):
+            return f"sk-{name}-sample"
+        declared: dict[str, Any] = {}  # choices a field declares in its schema (provider: the dialects)
+        if callable(info.json_schema_extra):
+            info.json_schema_extra(declared)
+        elif isinstance(info.json_schema_extra, dict):
+            declared = dict(info.json_schema_extra)
+        if declared.get("enum"):
+            return next(str(v) for v in declared["enum"] if v != info.default)
+        kind = next(k for k in typing.get_args(info.annotation) or (info.annotation,) if k is not type(None))
+        if typing.get_origin(kind) is typing.Literal:
+            return next(str(v) for v in typing.get_args(kind) if v != info.default)
+        if hasattr(kind, "__members__"):  # an enum
+            return next(str(m.value) for m in kind if m != info.default)
+        if kind is bool:
+            return not info.default
+        if kind is int:
+            return (info.default or 0) + 1
+        if kind is float:
+            return float(info.default or 1.0) * 2 + 0.5
+        # Any string: an http URL passes the URL fields' checks and means nothing to the others.
+        return f"http://{name.replace('_', '-')}.example/v1"
+
+    def samples(self) -> dict[str, Any]:
+        from batch_ops import ClientSettings
+
+        return {name: self.sample(name) for name in ClientSettings.model_fields}
+
+    @staticmethod
+    def lost(settings: Any, expected: dict[str, Any]) -> dict[str, Any]:
+        """The expected settings that ``settings`` does not hold, with the value it holds instead."""
+        from pydantic import SecretStr
+
+        def plain(value: Any) -> Any:
+            return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+        return {name: plain(getattr(settings, name)) for name, value in expected.items()
+                if plain(getattr(settings, name)) != value}
+
+
+@pytest.fixture(scope="session")
+def settings_samples() -> SettingsSamples:
+    return SettingsSamples()

@@ -152,8 +152,8 @@ VERBS = ("submit", "status", "list", "orphans", "cancel", "results", "validate",
 
 @pytest.mark.parametrize("verb", VERBS)
 def test_every_verb_speaks_one_help_and_error_style(verb: str) -> None:
-    """serve (argparse, so it runs without typer) reads like the typer verbs: click's usage line,
-    capitalised sections, METAVARs without braces or type tags, click's error format."""
+    """serve (click without typer, so it runs without the cli extra) reads like the typer verbs: click's
+    usage line, capitalised sections, METAVARs without braces or type tags, click's error format."""
     shown = run(verb, "--help", key=None)
     assert shown.code == 0, shown
     usage, *rest = shown.stdout.splitlines()
@@ -455,13 +455,13 @@ def _interrupt_a_wait(slow_url: str, tmp_path: Path) -> None:
     )
     assert proc.stderr is not None
     seen = ""
-    while "submitted batch_" not in seen:  # the batch exists: now interrupt the wait
+    while "Created batch batch_" not in seen:  # the batch exists: now interrupt the wait
         line = proc.stderr.readline()
         assert line, f"the command ended early: {seen}"
         seen += line
     proc.send_signal(signal.SIGINT)
     stdout, rest = proc.communicate(timeout=20)
-    batch_id = re.search(r"submitted (batch_\w+)", seen).group(1)  # type: ignore[union-attr]
+    batch_id = re.search(r"Created batch (batch_\w+)", seen).group(1)  # type: ignore[union-attr]
     assert proc.returncode == 130
     assert f"error: interrupted; batch {batch_id} keeps running" in rest
     assert "Traceback" not in rest and stdout == ""

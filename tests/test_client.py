@@ -30,7 +30,7 @@ from batch_ops import (
     RateLimitError,
 )
 from batch_ops import client as client_module
-from batch_ops.chain import IDEMPOTENCY_METADATA_KEY
+from batch_ops.identity.keys import IDEMPOTENCY_METADATA_KEY
 
 CHAT = "/v1/chat/completions"
 MakeServer = Callable[..., AbstractContextManager[str]]

@@ -14,7 +14,6 @@ from pydantic import ValidationError
 from batch_ops import Batch, BatchList, BatchStatus, ClientSettings, CreateBatchRequest, Usage, _plans
 from batch_ops._http import RetryPolicy, parse_retry_after
 from batch_ops._plans import Reply, Send, Sleep
-from batch_ops.chain import IDEMPOTENCY_METADATA_KEY
 from batch_ops.dialects import OPENAI
 from batch_ops.errors import (
     APIConnectionError,
@@ -26,7 +25,9 @@ from batch_ops.errors import (
     InputValidationError,
     RequestFailuresError,
 )
-from batch_ops.polling import BatchPoller, outcome_error
+from batch_ops.identity.keys import IDEMPOTENCY_METADATA_KEY
+from batch_ops.outcomes import outcome_error
+from batch_ops.polling import BatchPoller
 
 SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
 
@@ -244,7 +245,7 @@ def test_outcome_errors() -> None:
 
 
 def _body(key: str = "k1") -> dict[str, object]:
-    return _plans.create_body(input_file_id="file-1", endpoint="/v1/chat/completions", completion_window="24h",
+    return OPENAI.create_body(input_file_id="file-1", endpoint="/v1/chat/completions", completion_window="24h",
                               metadata={"job": "x"}, output_expires_after=None, idempotency_key=key)
 
 
@@ -313,7 +314,7 @@ def test_transport_errors_become_connection_errors_after_retries() -> None:
 
 def test_metadata_room_for_the_idempotency_key() -> None:
     with pytest.raises(InputValidationError, match="at most 15"):
-        _plans.create_body(input_file_id="f", endpoint="/v1/embeddings", completion_window="24h",
+        OPENAI.create_body(input_file_id="f", endpoint="/v1/embeddings", completion_window="24h",
                            metadata={f"k{i}": "v" for i in range(16)}, output_expires_after=None,
                            idempotency_key="k")
 
@@ -323,7 +324,7 @@ def test_metadata_room_counts_the_owner_pair_as_ours() -> None:
     message says 15 (not 16) and at most 14."""
     metadata = {**{f"k{i}": "v" for i in range(15)}, "airflow_task_instance": "{}"}
     with pytest.raises(InputValidationError, match="15 pairs of yours") as err:
-        _plans.create_body(input_file_id="f", endpoint="/v1/embeddings", completion_window="24h",
+        OPENAI.create_body(input_file_id="f", endpoint="/v1/embeddings", completion_window="24h",
                            metadata=metadata, output_expires_after=None, idempotency_key="k")
     assert "at most 14 metadata keys of your own" in str(err.value)
 

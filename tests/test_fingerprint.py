@@ -21,8 +21,8 @@ import openai
 import pytest
 
 from batch_ops import AsyncBatchClient, BatchClient, Source, SubmitSpec
-from batch_ops.chain import IDEMPOTENCY_METADATA_KEY, KEY_MAX_LENGTH
-from batch_ops.fingerprint import fingerprint_file, fingerprint_requests
+from batch_ops.identity.fingerprint import fingerprint_file, fingerprint_requests
+from batch_ops.identity.keys import IDEMPOTENCY_METADATA_KEY, KEY_MAX_LENGTH
 
 CHAT = "/v1/chat/completions"
 MakeServer = Callable[..., AbstractContextManager[Any]]
@@ -342,12 +342,12 @@ def test_the_cli_submits_changed_requests_as_a_new_batch_and_says_so(server_url:
     path = write(tmp_path / "in.jsonl", requests(2, prefix="cli"))
     first = submit_cli(path)
     assert first.returncode == 0, first.stderr
-    old = re.search(r"submitted (batch_\w+)", first.stderr)
+    old = re.search(r"Created batch (batch_\w+)", first.stderr)
     assert old is not None, first.stderr
     write(path, requests(2, prefix="cli fixed"))
     second = submit_cli(path)
     assert second.returncode == 0, second.stderr
-    new = re.search(r"submitted (batch_\w+)", second.stderr)
+    new = re.search(r"Created batch (batch_\w+)", second.stderr)
     assert new is not None and new.group(1) != old.group(1), second.stderr
     assert "warning: Idempotency key 'cli-key': the requests changed" in " ".join(second.stderr.split())
     assert old.group(1) in second.stderr

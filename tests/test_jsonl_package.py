@@ -24,7 +24,7 @@ import pytest
 
 import batch_ops.jsonl as jsonl
 from batch_ops.errors import InputValidationError
-from batch_ops.fingerprint import fingerprint_file
+from batch_ops.identity.fingerprint import fingerprint_file
 from batch_ops.jsonl import Line, RuleOptions, Rules, iter_lines, shard_file
 
 MODULES = sorted(m.name for m in pkgutil.iter_modules(jsonl.__path__))

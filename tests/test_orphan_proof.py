@@ -15,16 +15,8 @@ from contextlib import AbstractContextManager
 import pytest
 
 from batch_ops import Batch, BatchClient
-from batch_ops.orphans import (
-    AIRFLOW_OWNER_KEY,
-    DEPLOYMENT_MAX,
-    Owner,
-    OwnerState,
-    airflow_owner_metadata,
-    judge,
-    owner_of,
-    sweep,
-)
+from batch_ops.identity.owners import AIRFLOW_OWNER_KEY, DEPLOYMENT_MAX, Owner, airflow_owner_metadata, owner_of
+from batch_ops.orphans import OwnerState, judge, sweep
 from batch_ops.server import ServerURL
 
 KEY = "sk-orphan-proof-test"

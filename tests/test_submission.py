@@ -23,8 +23,8 @@ import openai
 import pytest
 
 from batch_ops import AsyncBatchClient, BatchClient, InputValidationError, Source, SubmitSpec
-from batch_ops.chain import IDEMPOTENCY_METADATA_KEY, KEY_MAX_LENGTH
 from batch_ops.errors import InternalServerError
+from batch_ops.identity.keys import IDEMPOTENCY_METADATA_KEY, KEY_MAX_LENGTH
 
 CHAT = "/v1/chat/completions"
 MakeServer = Callable[..., AbstractContextManager[Any]]

@@ -36,7 +36,7 @@ import logging
 import secrets
 import time
 
-from batch_ops.orphans import DEPLOYMENT_MAX
+from batch_ops.identity.owners import DEPLOYMENT_MAX
 
 __all__ = ["VARIABLE", "deployment_identity", "deployment_name"]
 

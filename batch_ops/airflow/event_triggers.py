@@ -30,6 +30,7 @@ from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 from batch_ops.airflow.triggers import batch_event, connection_settings, shared_client
 from batch_ops.errors import ConfigurationError
 from batch_ops.models import Batch
+from batch_ops.polling import Reconnect
 from batch_ops.webhooks.events import BATCH_EVENT_TYPES, BatchEvent
 from batch_ops.webhooks.subscription import LONG_POLL, fetch_page
 from batch_ops.webhooks.watermark import Watermark
@@ -122,7 +123,7 @@ class OpenAIBatchEventTrigger(BaseEventTrigger):
         stored = await self._load()
         mark = stored
         cursor: str | None = None
-        pause, down_since = 0.5, None
+        pause, down_since = Reconnect(), None  # core's schedule for reaching the receiver again
         async with httpx.AsyncClient(timeout=httpx.Timeout(LONG_POLL + 15, connect=5.0)) as http:
             while True:
                 try:
@@ -133,12 +134,12 @@ class OpenAIBatchEventTrigger(BaseEventTrigger):
                     if down_since is None:
                         down_since = time.monotonic()
                         self.log.warning("Batch events from %s unavailable (%s); retrying", url, type(exc).__name__)
-                    await asyncio.sleep(pause)
-                    pause = min(pause * 2, 15.0)
+                    await asyncio.sleep(pause.failed())
                     continue
+                pause.answered()
                 if down_since is not None:
                     self.log.info("Batch events from %s available again", url)
-                    down_since, pause = None, 0.5
+                    down_since = None
                 if mark is None:  # seen for the first time: start after what the receiver keeps now
                     mark = Watermark.starting_at(page.events)
                     await self._save(mark)

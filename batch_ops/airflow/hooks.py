@@ -1,7 +1,9 @@
 """``OpenAIBatchHook``: an Airflow connection turned into batch_ops client settings and clients.
 
 Connection type ``openaibatch`` (default id ``openai_batch_default``): host = base URL with
-``/v1``, password = API key, extra = ``organization``, ``project``, ``api_version`` (Azure).
+``/v1``, password = API key, extra = any other :class:`~batch_ops.ClientSettings` field
+(``organization``, ``project``, ``api_version`` for Azure, timeouts, retries, webhooks); the form
+shows each of them (:func:`~batch_ops.airflow.provider.connection_form_fields`).
 Connections saved with the type's old name ``openai_batch`` keep working
 (:class:`LegacyOpenAIBatchHook` keeps that name registered for the connection form).
 A connection of the official provider's type ``openai`` works too: its host or
@@ -26,32 +28,23 @@ except ImportError:  # Airflow 3.0: the Task SDK does not export it yet
     from airflow.hooks.base import BaseHook  # type: ignore[no-redef,attr-defined]
 from pydantic import ValidationError
 
-from batch_ops.airflow.provider import CONN_TYPE, LEGACY_CONN_TYPE
+from batch_ops.airflow.provider import (
+    CONN_TYPE,
+    EXTRA_FIELDS,
+    LEGACY_CONN_TYPE,
+    connection_form_fields,
+    ui_field_behaviour,
+)
 from batch_ops.client import AsyncBatchClient, BatchClient
 from batch_ops.errors import ConfigurationError
 from batch_ops.settings import DEFAULT_BASE_URL, ClientSettings
 
 __all__ = ["LegacyOpenAIBatchHook", "OpenAIBatchHook", "settings_from_connection"]
 
-#: Batch webhooks (docs/webhooks.md): the receiver's events URL, its token, the safety poll. Read
-#: from the extra of both connection types.
+#: Batch webhooks (docs/webhooks.md): the receiver's events URL, its token, the safety poll. The
+#: official ``openai`` type reads these from its extra (its other extra keys are its own); ours
+#: reads every setting (``EXTRA_FIELDS``).
 _WEBHOOK_FIELDS = ("events_url", "events_token", "safety_poll_interval")
-#: Extra keys that map straight onto ClientSettings fields; anything else is rejected by name.
-_EXTRA_FIELDS = frozenset(
-    {
-        "organization",
-        "project",
-        "api_version",
-        "timeout",
-        "connect_timeout",
-        "max_retries",
-        "retry_max_elapsed",
-        "backoff_initial",
-        "backoff_max",
-        "idempotency_lookback",
-        *_WEBHOOK_FIELDS,
-    }
-)
 
 
 def _base_url(host: str | None, *, schema: str | None = None, port: int | None = None) -> str:
@@ -132,11 +125,11 @@ def settings_from_connection(conn: Any, extra: Mapping[str, Any] | None = None) 
         # from an openaibatch connection's (they were once dropped there without a word).
         values.update({name: extras[name] for name in _WEBHOOK_FIELDS if name in extras})
     else:
-        unknown = sorted(set(extras) - _EXTRA_FIELDS)
+        unknown = sorted(set(extras) - set(EXTRA_FIELDS))
         if unknown:
             raise ConfigurationError(
                 f"Connection {conn_id!r}: unknown extra field(s) {', '.join(unknown)}; "
-                f"allowed: {', '.join(sorted(_EXTRA_FIELDS))}."
+                f"allowed: {', '.join(sorted(EXTRA_FIELDS))}."
             )
         values.update(extras)
         values["base_url"] = _base_url(conn.host, schema=conn.schema, port=conn.port)
@@ -213,8 +206,7 @@ class OpenAIBatchHook(BaseHook):
         """Used by the UI's "Test" button: list one batch, giving up within seconds (a person is
         waiting for the answer; a task would retry for minutes)."""
         try:
-            settings = self.get_settings().model_copy(update={
-                "max_retries": 1, "retry_max_elapsed": 5.0, "connect_timeout": 5.0, "timeout": 15.0})
+            settings = self.get_settings().with_retries("probe")
             with BatchClient(settings=settings) as client:
                 client.batches.list(limit=1)
         except Exception as exc:  # the UI shows the message; it never contains the key
@@ -222,25 +214,34 @@ class OpenAIBatchHook(BaseHook):
         return True, "Connection works: the Batch API answered."
 
     # -- UI (Airflow 3.0/3.1; 3.2+ reads the declarative form from get_provider_info) ----
+    # Both are built from provider.connection_form_fields / ui_field_behaviour, so the two forms are one.
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
-        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+        from flask_appbuilder.fieldwidgets import BS3PasswordFieldWidget, BS3TextFieldWidget
         from flask_babel import lazy_gettext
-        from wtforms import StringField
+        from wtforms import IntegerField, PasswordField, StringField
+        from wtforms.validators import Optional, any_of
 
-        return {
-            "organization": StringField(lazy_gettext("Organization"), widget=BS3TextFieldWidget()),
-            "project": StringField(lazy_gettext("Project"), widget=BS3TextFieldWidget()),
-            "api_version": StringField(lazy_gettext("Azure api_version"), widget=BS3TextFieldWidget()),
-        }
+        widgets: dict[str, Any] = {}
+        for name, spec in connection_form_fields().items():
+            schema, label = spec["schema"], lazy_gettext(spec["label"])
+            # Airflow turns only string, integer, password and boolean fields into its form: a float
+            # goes in a text field, and ClientSettings reads "2.5" as 2.5 (or names the field).
+            validators = [Optional()] + ([any_of([v for v in schema["enum"] if v is not None])]
+                                         if schema.get("enum") else [])
+            if schema.get("format") == "password":
+                widgets[name] = PasswordField(label, widget=BS3PasswordFieldWidget(), description=spec["description"])
+            elif "integer" in schema["type"]:
+                widgets[name] = IntegerField(label, widget=BS3TextFieldWidget(), validators=validators,
+                                             description=spec["description"])
+            else:
+                widgets[name] = StringField(label, widget=BS3TextFieldWidget(), validators=validators,
+                                            description=spec["description"])
+        return widgets
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": ["schema", "port", "login"],
-            "relabeling": {"host": "Base URL", "password": "API Key"},
-            "placeholders": {"host": "https://api.openai.com/v1"},
-        }
+        return {key.replace("-", "_"): value for key, value in ui_field_behaviour().items()}
 
 
 class LegacyOpenAIBatchHook(OpenAIBatchHook):

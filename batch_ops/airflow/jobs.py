@@ -22,7 +22,6 @@ re-attached, not paid twice.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
@@ -35,9 +34,9 @@ from batch_ops.airflow.config import default_deferrable
 from batch_ops.airflow.hooks import OpenAIBatchHook
 from batch_ops.airflow.operators import with_storage_conn
 from batch_ops.airflow.triggers import shared_client
-from batch_ops.errors import BatchOpsError, BatchTimeoutError, RequestFailuresError, is_permanent
+from batch_ops.errors import BatchOpsError, BatchTimeoutError, RequestFailuresError
 from batch_ops.jobs import BatchJob, JobConfig, JobProgress
-from batch_ops.polling import BatchPoller
+from batch_ops.outcomes import check_deadline
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -51,9 +50,10 @@ MAX_FAILED_POLLS = 5
 class OpenAIBatchJobTrigger(BaseTrigger):
     """Wait until any of ``batch_ids`` ends, ``wake_at`` passes, or ``deadline`` passes.
 
-    Polls every batch once per round through the shared async client of the connection and
-    leaves every decision (interval, back-off while nothing changes, jitter, the bound on failed
-    polls, the deadline) to core's :class:`~batch_ops.BatchPoller`; never blocks the loop.
+    The wait is core's (``client.batches.wait_many`` through the shared async client of the
+    connection): it polls every batch once per round and decides everything (interval, back-off
+    while nothing changes, jitter, the bound on failed polls, the wake-up and the deadline); the
+    trigger only maps how the wait ended to an event, and never blocks the loop.
     Events: ``{"event": "progress", "terminal": [ids]}``, ``{"event": "wake"}``,
     ``{"event": "timeout"}`` or ``{"event": "error", "message": ...}``.
 
@@ -80,41 +80,24 @@ class OpenAIBatchJobTrigger(BaseTrigger):
              "wake_at": self.wake_at, "deadline": self.deadline},
         )
 
-    def _poller(self) -> BatchPoller:
-        # Waking for a back-off and the job's deadline are both "stop waiting at": the earlier wins,
-        # and the event says which one it was.
-        bounds = [b for b in (self.wake_at, self.deadline) if b is not None]
-        return BatchPoller(poll_interval=self.poll_interval, deadline=min(bounds) if bounds else None,
-                           max_consecutive_failures=MAX_FAILED_POLLS)
-
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
             client = await shared_client(self.conn_id)
         except Exception as exc:  # connection missing or unusable: nothing to retry here
             yield TriggerEvent({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
             return
-        poller = self._poller()
-        poller.start(now=time.time())
-        # Spread the first poll: a restarted triggerer must not poll everything at once.
-        await asyncio.sleep(poller.first_delay(now=time.time(), spread=min(self.poll_interval, 5.0)))
-        while True:
-            try:
-                batches = await asyncio.gather(*(client.batches.retrieve(b) for b in self.batch_ids))
-            except BatchOpsError as exc:
-                decision = poller.failed(now=time.time(), retryable=not is_permanent(exc), error=str(exc))
-                if decision.action == "done":
-                    yield TriggerEvent({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
-                    return
-            else:
-                decision = poller.decide_all(batches, now=time.time())
-                if decision.action == "done":
-                    yield TriggerEvent({"event": "progress", "terminal": [b.id for b in batches if b.is_terminal]})
-                    return
-            if decision.action == "timeout":
-                ran_out = self.deadline is not None and time.time() >= self.deadline
-                yield TriggerEvent({"event": "timeout" if ran_out else "wake"})
-                return
-            await asyncio.sleep(decision.delay)
+        try:
+            # The first round is spread (at most 5 s): a restarted triggerer must not poll everything at once.
+            waited = await client.batches.wait_many(
+                self.batch_ids, poll_interval=self.poll_interval, deadline=self.deadline, wake_at=self.wake_at,
+                first_poll_spread=min(self.poll_interval, 5.0), max_consecutive_failures=MAX_FAILED_POLLS)
+        except BatchOpsError as exc:  # permanent, or too many failed rounds in a row
+            yield TriggerEvent({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
+            return
+        if waited.reason == "ended":
+            yield TriggerEvent({"event": "progress", "terminal": waited.ended})
+        else:
+            yield TriggerEvent({"event": waited.reason})
 
 
 class OpenAIBatchJobOperator(BaseOperator):
@@ -233,8 +216,7 @@ class OpenAIBatchJobOperator(BaseOperator):
 
     @staticmethod
     def _check_deadline(deadline: float | None, job: BatchJob) -> None:
-        if deadline is not None and time.time() >= deadline:
-            raise BatchTimeoutError(f"Job {job.state.job_id} ran past its timeout ({job.describe()})")
+        check_deadline(deadline, now=time.time(), what=f"Job {job.state.job_id} ({job.describe()})")
 
     def _finish(self, summary: dict[str, Any]) -> dict[str, Any]:
         self.log.info("Job done: %d of %d succeeded, %d failed, %d batches; merged results in %s",

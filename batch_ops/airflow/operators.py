@@ -9,12 +9,14 @@ once, and defers to :class:`~batch_ops.airflow.OpenAIBatchTrigger`. It returns (
      "batch_ids", "chain_request_counts", "chain_usage"}
 
 Retries. Every batch is tagged with the task instance's key, derived from (dag_id, task_id,
-run_id, map_index), and its attempt number: ``<key>``, ``<key>.1``, ... Any try, on any worker,
-finds the chain from the API alone. A retry re-attaches to a batch that is still running or
-ended acceptably. After an outcome the failure policy rejects (``failed``, ``expired``,
-``cancelled``, or request failures with ``fail_on_request_failures``) it creates the next
-attempt, carrying only the requests that have no successful result anywhere in the chain: a
-request that succeeded is never paid for again. Two tries at once (a zombie and its retry)
+run_id, map_index) and this Airflow deployment's identity (:mod:`batch_ops.airflow.deployment`),
+and its attempt number: ``<key>``, ``<key>.1``, ... Any try, on any worker, finds the chain from
+the API alone; another deployment sharing the API project (staging beside production, the same
+DAG, the same run ids) never does (see :mod:`batch_ops.identity`). A retry re-attaches to a
+batch that is still running or ended acceptably. After an outcome the failure policy rejects
+(``failed``, ``expired``, ``cancelled``, or request failures with ``fail_on_request_failures``) it
+creates the next attempt, carrying only the requests that have no successful result anywhere in
+the chain: a request that succeeded is never paid for again. Two tries at once (a zombie and its retry)
 collapse to one batch.
 """
 
@@ -40,26 +42,26 @@ from batch_ops.airflow.hooks import OpenAIBatchHook
 from batch_ops.airflow.links import OpenAIBatchLink, batch_url
 from batch_ops.airflow.outcome import XCOM_BATCH, XCOM_BATCH_ID, BatchOutcomeMixin
 from batch_ops.airflow.triggers import OpenAIBatchTrigger
-from batch_ops.chain import derive_key
 from batch_ops.client import BatchClient
 from batch_ops.errors import BatchOpsError, BatchTimeoutError
+from batch_ops.identity import RunIdentity, airflow_key
 from batch_ops.models import BatchStatus
-from batch_ops.orphans import airflow_owner_metadata
-from batch_ops.polling import DEFAULT_FAIL_ON, describe
+from batch_ops.outcomes import DEFAULT_FAIL_ON, DEFAULT_WAIT_TIMEOUT
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from batch_ops import Submission
 
-__all__ = ["XCOM_BATCH", "XCOM_BATCH_ID", "OpenAIBatchOperator", "idempotency_key", "with_storage_conn"]
+__all__ = ["XCOM_BATCH", "XCOM_BATCH_ID", "OpenAIBatchOperator", "idempotency_key", "run_identity", "with_storage_conn"]
 
-#: Seconds of clock skew allowed between Airflow and the API when bounding the key lookup.
-_LOOKBACK_SKEW = 600.0
+def idempotency_key(
+    *, dag_id: str, task_id: str, run_id: str, map_index: int = -1, deployment: str | None = None
+) -> str:
+    """The stable key of one task instance in one deployment: every try computes the same value.
 
-
-def idempotency_key(*, dag_id: str, task_id: str, run_id: str, map_index: int = -1) -> str:
-    """The stable key of one task instance: every try of it computes the same value.
+    ``deployment`` is the deployment's identity (:func:`~batch_ops.airflow.deployment.deployment_identity`);
+    None gives the key of batches made before it was part of the key.
 
     Examples:
         >>> k = idempotency_key(dag_id="d", task_id="t", run_id="manual__1", map_index=-1)
@@ -67,19 +69,23 @@ def idempotency_key(*, dag_id: str, task_id: str, run_id: str, map_index: int = 
         (True, 43)
         >>> k != idempotency_key(dag_id="d", task_id="t", run_id="manual__1", map_index=0)
         True
+        >>> k != idempotency_key(dag_id="d", task_id="t", run_id="manual__1", deployment="3f9c0d1e7a2b4c68")
+        True
     """
-    return derive_key("af", dag_id, task_id, run_id, int(map_index))
+    return airflow_key(dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=map_index, deployment=deployment)
 
 
-def _owner(context: Context) -> dict[str, str]:
-    """The task instance and this deployment, in the batch's metadata: an orphan sweep asks Airflow whether
-    the run is still going, and cancels the batch only when the deployment named is its own."""
+def run_identity(context: Context, *, reattach: bool = True) -> RunIdentity:
+    """The running task instance as core's :class:`~batch_ops.identity.RunIdentity`: what Airflow knows of
+    it (its ids, when its DAG run began, this deployment) — the key, the owner record and the lookback."""
     ti = context["ti"]
     ti_id = getattr(ti, "id", None)
-    return airflow_owner_metadata(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id,
-                                  map_index=ti.map_index if ti.map_index is not None else -1,
-                                  deployment=deployment_identity(), ti_id=str(ti_id) if ti_id else None,
-                                  deployment_name=deployment_name())
+    return RunIdentity.airflow(
+        dag_id=ti.dag_id, task_id=ti.task_id, run_id=ti.run_id, map_index=ti.map_index,
+        started=getattr(context.get("dag_run"), "start_date", None),
+        deployment=deployment_identity(), deployment_name=deployment_name(),
+        ti_id=str(ti_id) if ti_id else None, reattach=reattach,
+    )
 
 
 def _seconds(value: timedelta | float | None) -> float | None:
@@ -149,7 +155,9 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
             ``[operators] default_deferrable`` when the environment sets it, else True.
         poll_interval: seconds between status polls; backs off to ``max_poll_interval``
             while nothing changes.
-        timeout: how long one try waits (seconds or timedelta; None: until terminal).
+        timeout: how long one try waits (seconds or timedelta; None: until terminal). Default:
+            :data:`batch_ops.outcomes.DEFAULT_WAIT_TIMEOUT` (25 h: the 24 h completion window and
+            an hour to finalize), the default of every wait.
         wait_for_completion: False returns right after the create (pair with
             :class:`~batch_ops.airflow.OpenAIBatchSensor`).
         fail_on: terminal statuses that fail the task (default failed, expired, cancelled).
@@ -205,7 +213,7 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
         deferrable: bool | None = None,
         poll_interval: float = 60.0,
         max_poll_interval: float | None = None,
-        timeout: timedelta | float | None = timedelta(hours=48),
+        timeout: timedelta | float | None = DEFAULT_WAIT_TIMEOUT,
         wait_for_completion: bool = True,
         fail_on: Collection[BatchStatus | str] = DEFAULT_FAIL_ON,
         fail_on_request_failures: bool = False,
@@ -274,6 +282,7 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
                         max_poll_interval=self.max_poll_interval,
                         deadline=deadline,
                         cancel_on_kill=self.cancel_on_kill,
+                        cancel_on_timeout=self.cancel_on_timeout,
                     ),
                     method_name="execute_complete",
                     kwargs={"chain": chain.to_json()},
@@ -285,11 +294,12 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
                     max_poll_interval=self.max_poll_interval,
                     timeout=None,
                     deadline=deadline,
+                    cancel_on_timeout=self.cancel_on_timeout,
                 )
             except BatchTimeoutError as exc:
                 if exc.batch is not None:
                     context["ti"].xcom_push(key=XCOM_BATCH, value=chain.with_batch(exc.batch).summary())
-                self.timed_out(batch.id, last=exc.batch, deadline=deadline)
+                raise
             return self.finish(context, chain.with_batch(batch))
 
     def execute_complete(self, context: Context, event: Any = None, chain: Mapping[str, Any] | None = None) -> Any:
@@ -297,19 +307,6 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
         return self.resume(context, event, chain)
 
     # -- helpers ----------------------------------------------------------------------------
-    def _key(self, context: Context) -> str | None:
-        if not self.reattach:
-            return None
-        ti = context["ti"]
-        return idempotency_key(dag_id=ti.dag_id, task_id=ti.task_id, run_id=ti.run_id,
-                               map_index=ti.map_index if ti.map_index is not None else -1)
-
-    def _since(self, context: Context) -> float | None:
-        # A batch of this task instance cannot predate its DAG run: bound the chain lookup (a scan of
-        # the batch list) to the run instead of the default week of history.
-        started = getattr(context.get("dag_run"), "start_date", None)
-        return started.timestamp() - _LOOKBACK_SKEW if started is not None else None
-
     def _source(self) -> Any:
         if self.input_file_id is not None:
             return Source(file_id=self.input_file_id)
@@ -322,28 +319,18 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
 
     def _submit(self, client: BatchClient, context: Context) -> Submission:
         try:
-            submission = client.submit_spec(self._source(), SubmitSpec(
+            submission = client.submit_spec(self._source(), SubmitSpec.of(
                 endpoint=self.endpoint,
                 completion_window=self.completion_window,
-                metadata={**(self.metadata or {}), **_owner(context)},
+                metadata=self.metadata,
                 output_expires_after=_native_numbers(self.output_expires_after),
-                idempotency_key=self._key(context),
                 policy=self.policy,
-                since=self._since(context),
+                identity=run_identity(context, reattach=self.reattach),
             ))
         except BatchOpsError as exc:
             if is_permanent(exc):
                 # A bad file or parameter stays bad: fail now, without spending retries on it.
                 raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
             raise
-        batch, step = submission.batch, submission.step
-        if submission.created:
-            carried = f", carrying {submission.carried} requests" if submission.carried is not None else ""
-            self.log.info("Created batch %s (attempt %d%s; %s)", batch.id, step.number, carried, step.reason)
-        else:
-            self.log.info("Re-attaching to batch %s (%s): %s", batch.id, describe(batch), step.reason)
-        for cancelled in submission.cancelled:
-            self.log.warning("Cancelled batch %s: a concurrent try of this task created the same attempt", cancelled)
-        for notice in submission.notices:  # e.g. the input changed since the key's batches: a new chain
-            self.log.warning("%s", notice)
+        submission.log(self.log)
         return submission

@@ -29,7 +29,8 @@ from airflow.sdk import BaseOperator
 
 from batch_ops.airflow.deployment import deployment_identity
 from batch_ops.airflow.hooks import OpenAIBatchHook
-from batch_ops.orphans import DEFAULT_LOOKBACK, DEFAULT_MIN_AGE, Owner, OwnerState, sweep
+from batch_ops.identity import Owner
+from batch_ops.orphans import DEFAULT_LOOKBACK, DEFAULT_MIN_AGE, OwnerState, sweep
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

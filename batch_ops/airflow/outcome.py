@@ -19,17 +19,16 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from batch_ops.airflow.hooks import OpenAIBatchHook
 from batch_ops.airflow.triggers import EVENT_KINDS
-from batch_ops.chain import Attempt, AttemptChain, OutcomePolicy
+from batch_ops.chain import Attempt, AttemptChain
 from batch_ops.errors import (
     APIConnectionError,
     APITimeoutError,
     BatchOpsError,
-    BatchTimeoutError,
     ConfigurationError,
     status_error_class,
 )
 from batch_ops.models import Batch
-from batch_ops.polling import describe
+from batch_ops.outcomes import OutcomePolicy, describe, timeout_error
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -134,9 +133,7 @@ class BatchOutcomeMixin:
         # Pushed before the policy may fail the task, so partial output is never lost.
         context["ti"].xcom_push(key=XCOM_BATCH, value=summary)
         self.log.info("Batch %s ended %s", latest.id, describe(latest))
-        rejection = None if satisfied else self.policy.rejection(latest)
-        if rejection is not None:
-            raise rejection
+        self.policy.check(latest, satisfied=satisfied)
         return summary
 
     def resume(self, context: Context, event: Any, chain: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -152,22 +149,15 @@ class BatchOutcomeMixin:
             last = event_batch(payload)
             if last is not None:
                 context["ti"].xcom_push(key=XCOM_BATCH, value=chain_of(last, chain).summary())
-            self.timed_out(payload["batch_id"], last=last, deadline=payload.get("deadline"))
+            self.timed_out(payload, last=last)
         raise error_from_event(payload)
 
-    def timed_out(self, batch_id: str, *, last: Batch | None, deadline: float | None) -> NoReturn:
-        note = "it keeps running on the server"
-        if self.cancel_on_timeout:
-            try:
-                with OpenAIBatchHook(conn_id=self.conn_id).get_client() as client:
-                    client.batches.cancel(batch_id)
-                note = "cancel requested (cancel_on_timeout=True); completed work stays in its output file"
-            except BatchOpsError as exc:
-                note = f"cancelling it failed ({exc})"
-        state = f" (last seen {describe(last)})" if last is not None else ""
-        raise BatchTimeoutError(
-            f"Timed out waiting for batch {batch_id}{state}; {note}.",
-            batch=last,
-            batch_id=batch_id,
-            deadline=deadline,
-        )
+    def timed_out(self, payload: Mapping[str, Any], *, last: Batch | None) -> NoReturn:
+        """Fail the task for a wait that ran out of time in the trigger, with core's error: core's wait
+        already cancelled the batch there when ``cancel_on_timeout``."""
+        batch_id, deadline = payload["batch_id"], payload.get("deadline")
+        if payload.get("cancel_on_timeout") is None and self.cancel_on_timeout:
+            # A trigger serialized by an earlier batch_ops was not asked to cancel: core cancels it now.
+            with OpenAIBatchHook(conn_id=self.conn_id).get_client() as client:
+                raise client.batches.time_out(batch_id, cancel=True, last=last, deadline=deadline)
+        raise timeout_error(batch_id, deadline=deadline, last=last, cancel=payload.get("cancel"))

@@ -6,11 +6,23 @@ is still starting.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from batch_ops._version import DOCS_URL, __version__
+from batch_ops import DOCS_URL, __version__
+from batch_ops.settings import DEFAULT_BASE_URL, SettingField, setting_fields
 
-__all__ = ["CONN_TYPE", "DOCS_URL", "HOWTO_PAGES", "LEGACY_CONN_TYPE", "get_provider_info"]
+__all__ = [
+    "CONNECTION_FIELDS",
+    "CONN_TYPE",
+    "DOCS_URL",
+    "EXTRA_FIELDS",
+    "HOWTO_PAGES",
+    "LEGACY_CONN_TYPE",
+    "connection_form_fields",
+    "get_provider_info",
+    "ui_field_behaviour",
+]
 
 #: The connection type. No ``_`` in it: Airflow logs a warning (RFC 3986 schemes have none)
 #: every time it turns a connection whose type has one into a URI, which it does on each fetch.
@@ -20,6 +32,17 @@ LEGACY_CONN_TYPE = "openai_batch"
 
 #: ``docs/howto/<page>.md``: one how-to guide per operator.
 HOWTO_PAGES = ("operator", "sensor", "job-operator", "orphan-sweep")
+
+#: ``ClientSettings`` fields that a connection's standard fields hold (the key in the password,
+#: which Airflow masks); every other field is an extra (:data:`EXTRA_FIELDS`).
+CONNECTION_FIELDS: Mapping[str, str] = {"base_url": "host", "api_key": "password"}
+#: The connection's extra keys: every ``ClientSettings`` field that no standard field holds.
+EXTRA_FIELDS: tuple[str, ...] = tuple(name for name in setting_fields() if name not in CONNECTION_FIELDS)
+
+#: A setting's type as the form's JSON schema spells it.
+_SCHEMA_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
+#: pydantic's bounds as JSON schema keywords.
+_SCHEMA_LIMITS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -75,24 +98,46 @@ def get_provider_info() -> dict[str, Any]:
     }
 
 
+def connection_form_fields() -> dict[str, dict[str, Any]]:
+    """The connection form's extra fields, one per :data:`EXTRA_FIELDS` entry, from ``ClientSettings``'
+    titles, help and bounds; secrets are password fields (masked). Airflow >= 3.2 reads them
+    declaratively (``conn-fields``); older versions get the same fields from the hook.
+
+    Examples:
+        >>> fields = connection_form_fields()
+        >>> fields["api_version"]["label"], fields["max_retries"]["schema"]
+        ('Azure API version', {'type': ['integer', 'null'], 'minimum': 0, 'maximum': 100})
+        >>> fields["events_token"]["schema"]["format"]
+        'password'
+    """
+    return {name: _form_field(setting_fields()[name]) for name in EXTRA_FIELDS}
+
+
+def _form_field(field: SettingField) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": [_SCHEMA_TYPES.get(field.type, "string"), "null"]}
+    if field.secret:
+        schema["format"] = "password"
+    if field.choices:
+        schema["enum"] = [*field.choices, None]
+    schema.update({_SCHEMA_LIMITS[key]: value for key, value in field.limits.items() if key in _SCHEMA_LIMITS})
+    return {"label": field.title, "description": field.help, "schema": schema}
+
+
+def ui_field_behaviour() -> dict[str, Any]:
+    """The standard fields: which are hidden, and the labels of the two that hold settings."""
+    return {
+        "hidden-fields": ["schema", "port", "login"],
+        "relabeling": {field: setting_fields()[name].title for name, field in CONNECTION_FIELDS.items()},
+        "placeholders": {"host": DEFAULT_BASE_URL},
+    }
+
+
 def _connection_type(conn_type: str, hook_name: str, *, hook: str = "OpenAIBatchHook") -> dict[str, Any]:
     return {
         "hook-class-name": f"batch_ops.airflow.hooks.{hook}",
         "hook-name": hook_name,
         "connection-type": conn_type,
-        # Declarative form (Airflow >= 3.2); older versions ask the hook's methods.
-        "conn-fields": {
-            "organization": {"label": "Organization", "schema": {"type": ["string", "null"]}},
-            "project": {"label": "Project", "schema": {"type": ["string", "null"]}},
-            "api_version": {
-                "label": "Azure api_version",
-                "description": "Set for Azure OpenAI (e.g. 2024-10-21); leave empty for OpenAI.",
-                "schema": {"type": ["string", "null"]},
-            },
-        },
-        "ui-field-behaviour": {
-            "hidden-fields": ["schema", "port", "login"],
-            "relabeling": {"host": "Base URL", "password": "API Key"},
-            "placeholders": {"host": "https://api.openai.com/v1"},
-        },
+        # Declarative form (Airflow >= 3.2); older versions ask the hook's methods, which return the same.
+        "conn-fields": connection_form_fields(),
+        "ui-field-behaviour": ui_field_behaviour(),
     }

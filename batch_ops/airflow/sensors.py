@@ -6,8 +6,8 @@ anywhere else. Returns the same dict as the operator and applies the same failur
 
 from __future__ import annotations
 
-import time
 from collections.abc import Collection, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
@@ -17,14 +17,13 @@ try:
 except ImportError:  # Airflow 3.0 kept it in airflow.exceptions
     from airflow.exceptions import AirflowSkipException  # type: ignore[no-redef]
 
-from batch_ops import OutcomePolicy, is_permanent
 from batch_ops.airflow.config import default_deferrable
 from batch_ops.airflow.hooks import OpenAIBatchHook
 from batch_ops.airflow.outcome import BatchOutcomeMixin, chain_of, check_event
 from batch_ops.airflow.triggers import OpenAIBatchTrigger
-from batch_ops.errors import APIConnectionError, APIStatusError
 from batch_ops.models import BatchStatus
-from batch_ops.polling import DEFAULT_FAIL_ON, BatchPoller, describe
+from batch_ops.outcomes import DEFAULT_FAIL_ON, DEFAULT_WAIT_TIMEOUT, OutcomePolicy, describe
+from batch_ops.polling import BatchPoller
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -46,8 +45,9 @@ class OpenAIBatchSensor(BatchOutcomeMixin, BaseSensorOperator):
         fail_on_request_failures: also fail a completed batch with failed requests.
         cancel_on_kill: cancel the batch when the task is killed (default False: the sensor
             did not create it).
-        cancel_on_timeout: cancel the batch when the sensor times out (``timeout``, a
-            ``BaseSensorOperator`` argument: seconds before the sensor gives up, default 7 days).
+        cancel_on_timeout: cancel the batch when the sensor times out while deferred (``timeout``, a
+            ``BaseSensorOperator`` argument: seconds before the sensor gives up; default
+            :data:`batch_ops.outcomes.DEFAULT_WAIT_TIMEOUT`, 25 h, the default of every wait).
 
     Examples:
         >>> s = OpenAIBatchSensor(task_id="wait", poke_interval=30,
@@ -72,9 +72,11 @@ class OpenAIBatchSensor(BatchOutcomeMixin, BaseSensorOperator):
         fail_on_request_failures: bool = False,
         cancel_on_kill: bool = False,
         cancel_on_timeout: bool = False,
+        timeout: timedelta | float = DEFAULT_WAIT_TIMEOUT,
         **kwargs: Any,
     ) -> None:
-        super().__init__(poke_interval=poke_interval, **kwargs)
+        # One default for every wait (Airflow's own is 7 days); a parameter here, so default_args still set it.
+        super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
         self.batch_id = batch_id
         self.conn_id = conn_id
         self.deferrable = default_deferrable() if deferrable is None else deferrable
@@ -103,28 +105,25 @@ class OpenAIBatchSensor(BatchOutcomeMixin, BaseSensorOperator):
                 max_poll_interval=self.max_poll_interval,
                 timeout=self.timeout,
                 cancel_on_kill=self.cancel_on_kill,
+                cancel_on_timeout=self.cancel_on_timeout,
             ),
             method_name="execute_complete",
         )
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
+        # One poll, decided by core (kept across pokes: it counts failed polls in a row). A permanent
+        # error (no such batch, wrong key), or one failed poll too many, is raised.
         if self._poller is None:
             self._poller = BatchPoller(poll_interval=max(self.poke_interval, 1.0))
-        try:
-            with OpenAIBatchHook(conn_id=self.conn_id).get_client() as client:
-                batch = client.batches.retrieve(self.batch_id)
-        except (APIConnectionError, APIStatusError) as exc:
-            if is_permanent(exc):
-                raise  # no such batch, wrong key: waiting will not help
-            decision = self._poller.failed(now=time.time(), retryable=True, error=str(exc))
-            if decision.action == "done":
-                raise
-            self.log.warning("Polling batch %s failed (%s); trying again", self.batch_id, exc)
+        with OpenAIBatchHook(conn_id=self.conn_id).get_client() as client:
+            poll = client.batches.poll(self.batch_id, poller=self._poller)
+        if poll.batch is None:
+            self.log.warning("Polling batch %s failed (%s); trying again", self.batch_id, poll.error)
             return False
-        if not batch.is_terminal:
-            self.log.info("Batch %s: %s", batch.id, describe(batch))
+        if not poll.done:
+            self.log.info("Batch %s: %s", poll.batch.id, describe(poll.batch))
             return False
-        return PokeReturnValue(is_done=True, xcom_value=self.finish(context, chain_of(batch, None)))
+        return PokeReturnValue(is_done=True, xcom_value=self.finish(context, chain_of(poll.batch, None)))
 
     def execute_complete(self, context: Context, event: Any = None) -> Any:
         """Resume after the trigger fired; a timeout skips the task when ``soft_fail``."""

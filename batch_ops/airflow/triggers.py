@@ -27,9 +27,9 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from batch_ops._aio import within
 from batch_ops.client import AsyncBatchClient
-from batch_ops.errors import APIStatusError, BatchOpsError, BatchTimeoutError, is_permanent
+from batch_ops.errors import APIStatusError, BatchOpsError, BatchTimeoutError
 from batch_ops.models import Batch
-from batch_ops.polling import BatchPoller, describe
+from batch_ops.outcomes import describe
 from batch_ops.settings import ClientSettings
 
 __all__ = [
@@ -94,11 +94,19 @@ def batch_event(batch: Batch) -> dict[str, Any]:
     return _base_payload("terminal", batch.id, batch, f"Batch {batch.id} is {describe(batch)}")
 
 
-def timeout_event(batch_id: str, *, deadline: float | None, last: Batch | None) -> dict[str, Any]:
-    """The payload for a wait that reached its deadline (the batch keeps running)."""
+def timeout_event(
+    batch_id: str, *, deadline: float | None, last: Batch | None, error: BatchTimeoutError | None = None,
+    cancel_on_timeout: bool | None = None,
+) -> dict[str, Any]:
+    """The payload for a wait that reached its deadline: core's ``error`` (worded once, with what
+    ``cancel_on_timeout`` did, under ``cancel``), and whether the trigger was asked to cancel
+    (``cancel_on_timeout``; None: a trigger deferred before it could be asked)."""
     state = f", last seen {describe(last)}" if last is not None else ""
-    payload = _base_payload("timeout", batch_id, last, f"Timed out waiting for batch {batch_id}{state}")
+    message = str(error) if error is not None else f"Timed out waiting for batch {batch_id}{state}"
+    payload = _base_payload("timeout", batch_id, last, message)
     payload["deadline"] = deadline
+    payload["cancel"] = error.details.get("cancel") if error is not None else None
+    payload["cancel_on_timeout"] = cancel_on_timeout
     return payload
 
 
@@ -233,6 +241,9 @@ class OpenAIBatchTrigger(BaseTrigger):
             the budget of the original one, in whatever process it resumes).
         max_poll_interval: back-off ceiling while nothing changes (core's default: 4x poll_interval).
         cancel_on_kill: cancel the batch when a user kills the deferred task (Airflow >= 3.3).
+        cancel_on_timeout: cancel the batch when the deadline passes (core's wait does it, and its
+            timeout event says so). None: not asked (a trigger serialized by an earlier batch_ops);
+            the task then decides when it resumes.
         first_poll_spread: the first poll happens after a random delay in ``[0, spread)``
             (default: one poll interval), so a restarted triggerer does not send all its
             polls in the same instant.
@@ -257,6 +268,7 @@ class OpenAIBatchTrigger(BaseTrigger):
         max_poll_interval: float | None = None,
         cancel_on_kill: bool = True,
         first_poll_spread: float | None = None,
+        cancel_on_timeout: bool | None = None,
     ) -> None:
         super().__init__()
         if poll_interval <= 0:
@@ -272,6 +284,7 @@ class OpenAIBatchTrigger(BaseTrigger):
         self.max_poll_interval = max_poll_interval
         self.cancel_on_kill = cancel_on_kill
         self.first_poll_spread = first_poll_spread
+        self.cancel_on_timeout = cancel_on_timeout
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         # The connection id only: the key is looked up again where the trigger runs.
@@ -286,12 +299,8 @@ class OpenAIBatchTrigger(BaseTrigger):
                 "max_poll_interval": self.max_poll_interval,
                 "cancel_on_kill": self.cancel_on_kill,
                 "first_poll_spread": self.first_poll_spread,
+                "cancel_on_timeout": self.cancel_on_timeout,
             },
-        )
-
-    def _poller(self) -> BatchPoller:
-        return BatchPoller(
-            poll_interval=self.poll_interval, max_poll_interval=self.max_poll_interval, deadline=self.deadline
         )
 
     async def _client(self) -> AsyncBatchClient:
@@ -317,16 +326,16 @@ class OpenAIBatchTrigger(BaseTrigger):
                 on_poll=self._on_poll,
                 # The first poll is spread over one interval, so a restarted triggerer does not
                 # send all its polls at once; the batch's webhook event ends that pause early.
-                first_delay=self._poller().first_delay(now=time.time(), spread=self.first_poll_spread),
+                first_poll_spread=self.poll_interval if self.first_poll_spread is None else self.first_poll_spread,
+                cancel_on_timeout=bool(self.cancel_on_timeout),
             )
         except BatchTimeoutError as exc:
-            yield TriggerEvent(timeout_event(self.batch_id, deadline=self.deadline, last=exc.batch))
+            yield TriggerEvent(timeout_event(self.batch_id, deadline=self.deadline, last=exc.batch, error=exc,
+                                             cancel_on_timeout=self.cancel_on_timeout))
             return
         except BatchOpsError as exc:
-            # Permanent 4xx at once; transient failures only after the poller's bound; anything
-            # else core refuses (an answer that is not a batch) ends the wait with its reason.
-            kind = "permanent" if is_permanent(exc) else "repeated"
-            self.log.warning("Stopped polling batch %s (%s error): %s", self.batch_id, kind, exc)
+            # Core ended the wait: a permanent 4xx at once, transient failures once past the poller's bound.
+            self.log.warning("Stopped polling batch %s: %s", self.batch_id, exc)
             yield TriggerEvent(error_event(self.batch_id, exc))
             return
         yield TriggerEvent(batch_event(batch))

@@ -28,7 +28,6 @@ from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from batch_ops import SubmitSpec, storage
-from batch_ops._files import atomic_file, check_output
 from batch_ops.cli import EXIT_CODES, EXIT_CONFIG, EXIT_FAILED, exit_code_for, render
 from batch_ops.client import BatchClient
 from batch_ops.errors import (
@@ -42,8 +41,9 @@ from batch_ops.errors import (
 from batch_ops.jsonl import DEFAULT_MAX_BYTES, DEFAULT_MAX_LINES, check_file, shard_file
 from batch_ops.models import Batch, BatchStatus
 from batch_ops.orphans import DEFAULT_LOOKBACK, DEFAULT_MIN_AGE, sweep
-from batch_ops.polling import describe, outcome_error
+from batch_ops.outcomes import DEFAULT_WAIT_TIMEOUT, OutcomePolicy, describe
 from batch_ops.settings import ClientSettings
+from batch_ops.storage import atomic_file, check_output
 
 __all__ = ["app"]
 
@@ -138,7 +138,11 @@ PollIntervalOption = Annotated[
 TimeoutOption = Annotated[
     float,
     typer.Option("--timeout", min=0.01, metavar="SECONDS",
-                 help="Give up waiting after this many seconds (exit 5; the batch keeps running)."),
+                 help="Give up waiting after this many seconds (exit 5; the batch keeps running unless "
+                      "--cancel-on-timeout). Default: 25 h, the 24 h completion window and an hour to finalize."),
+]
+CancelOnTimeoutOption = Annotated[
+    bool, typer.Option("--cancel-on-timeout", help="With --wait: cancel the batch when --timeout runs out.")
 ]
 
 
@@ -200,22 +204,16 @@ class _Out:
         return text
 
 
-#: Interactive commands (no --wait) give up on an unreachable server after this many seconds of
-#: retrying, rather than the ~25 s the full budget takes (each retry is logged as it happens).
-FAIL_FAST_SECONDS = 8.0
-
-
 def _client(out: _Out, base_url: str | None, api_key: str | None, max_retries: int | None, *,
             fail_fast: bool = False) -> BatchClient:
     """A client from the flags and the environment (flags win); settings errors exit 4.
 
     ``fail_fast``: an interactive command answering a person at a prompt; unless ``--max-retries``
-    says otherwise, it stops retrying after :data:`FAIL_FAST_SECONDS`.
+    says otherwise, it retries within the core's ``interactive`` preset (``RETRY_PRESETS``: 8 s).
     """
     settings = ClientSettings.from_env(api_key=api_key, base_url=base_url, max_retries=max_retries)
     if fail_fast and max_retries is None:
-        settings = settings.model_copy(update={"retry_max_elapsed": FAIL_FAST_SECONDS,
-                                               "connect_timeout": min(settings.connect_timeout, 5.0)})
+        settings = settings.with_retries("interactive")
     if settings.api_key is None:
         # The core's message speaks Python (api_key=...); a shell user needs the flag.
         raise ConfigurationError(
@@ -299,9 +297,11 @@ class _Watch:
             self.progress.stop()
 
 
-def _wait(client: BatchClient, out: _Out, batch_id: str, *, poll_interval: float, timeout: float) -> Batch:
+def _wait(client: BatchClient, out: _Out, batch_id: str, *, poll_interval: float, timeout: float,
+          cancel_on_timeout: bool = False) -> Batch:
     with _Watch(out, batch_id) as watch:
-        return client.batches.wait(batch_id, poll_interval=poll_interval, timeout=timeout, on_poll=watch)
+        return client.batches.wait(batch_id, poll_interval=poll_interval, timeout=timeout, on_poll=watch,
+                                   cancel_on_timeout=cancel_on_timeout)
 
 
 def _batch_json(batch: Batch) -> dict[str, Any]:
@@ -395,7 +395,8 @@ def submit(
         bool, typer.Option("--wait", help="Wait until the batch ends, with progress; then a summary.")
     ] = False,
     poll_interval: PollIntervalOption = 10.0,
-    timeout: TimeoutOption = 86400.0,
+    timeout: TimeoutOption = DEFAULT_WAIT_TIMEOUT,
+    cancel_on_timeout: CancelOnTimeoutOption = False,
     base_url: BaseUrlOption = None,
     api_key: ApiKeyOption = None,
     max_retries: MaxRetriesOption = None,
@@ -423,28 +424,22 @@ def submit(
                 output_expires_after=expires, idempotency_key=idempotency_key,
             ))
             batch = submission.batch
-            for notice in submission.notices:  # e.g. the input changed since the key's batches: a new chain
-                out.note(f"warning: {notice}", style="yellow")
             # From here on the batch exists: an interrupt or a timeout must say which one keeps running.
             with _handled(out, batch_id=batch.id):
-                if submission.created:
-                    attempt = submission.step.number
-                    carried = f", carrying {submission.carried} requests" if attempt and submission.carried else ""
-                    out.note(f"submitted {batch.id} ({batch.status.value}), input file {batch.input_file_id}"
-                             + (f" (attempt {attempt}{carried})" if attempt else ""))
-                else:
-                    out.note(f"found {batch.id} ({batch.status.value}) of key {idempotency_key!r}: "
-                             f"{submission.step.reason}")
+                for level, text in submission.lines():  # created or re-attached, then warnings (e.g. a new chain)
+                    out.note(f"warning: {text}" if level == "warning" else text,
+                             style="yellow" if level == "warning" else None)
                 if not wait:
                     out.result(_batch_json(batch), render.batch_view(batch))
                     out.note(f"follow it: batch-ops status {batch.id}", style="dim")
                     return
-                batch = _wait(client, out, batch.id, poll_interval=poll_interval, timeout=timeout)
+                batch = _wait(client, out, batch.id, poll_interval=poll_interval, timeout=timeout,
+                              cancel_on_timeout=cancel_on_timeout)
         _finish_wait(out, batch)
 
 
 def _finish_wait(out: _Out, batch: Batch) -> None:
-    error = outcome_error(batch)
+    error = OutcomePolicy().rejection(batch)
     if error is not None:
         if not out.json:
             out.stdout.print(render.batch_view(batch))
@@ -461,7 +456,8 @@ def status(
         bool, typer.Option("--wait", help="Wait until the batch ends, with progress (resumes a timed-out wait).")
     ] = False,
     poll_interval: PollIntervalOption = 10.0,
-    timeout: TimeoutOption = 86400.0,
+    timeout: TimeoutOption = DEFAULT_WAIT_TIMEOUT,
+    cancel_on_timeout: CancelOnTimeoutOption = False,
     base_url: BaseUrlOption = None,
     api_key: ApiKeyOption = None,
     max_retries: MaxRetriesOption = None,
@@ -477,7 +473,8 @@ def status(
             _client(out, base_url, api_key, max_retries, fail_fast=not wait) as client:
         batch = client.batches.retrieve(batch_id)
         if wait and not batch.status.is_terminal:
-            batch = _wait(client, out, batch_id, poll_interval=poll_interval, timeout=timeout)
+            batch = _wait(client, out, batch_id, poll_interval=poll_interval, timeout=timeout,
+                          cancel_on_timeout=cancel_on_timeout)
     if wait:
         _finish_wait(out, batch)
     else:
@@ -573,7 +570,7 @@ def cancel(
     batch_id: Annotated[str, typer.Argument(metavar="BATCH_ID", help="The batch id (batch_...).")],
     wait: Annotated[bool, typer.Option("--wait", help="Wait until the batch has stopped.")] = False,
     poll_interval: PollIntervalOption = 5.0,
-    timeout: TimeoutOption = 86400.0,
+    timeout: TimeoutOption = DEFAULT_WAIT_TIMEOUT,
     base_url: BaseUrlOption = None,
     api_key: ApiKeyOption = None,
     max_retries: MaxRetriesOption = None,

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from batch_ops.effects import Reply, Send, api_path, list_params, parse
 from batch_ops.errors import InputValidationError, Problem
+from batch_ops.identity.keys import IDEMPOTENCY_METADATA_KEY
+from batch_ops.identity.owners import OWNER_METADATA_KEYS
 from batch_ops.models import (
     METADATA_MAX_PAIRS,
     Batch,
@@ -96,7 +98,7 @@ class Dialect:
     #: Limits and rules of a batch.
     limits: ClassVar[Limits] = Limits()
     #: The metadata key under which our idempotency (attempt) key is written on a batch.
-    key_metadata: ClassVar[str] = "batch_ops_idempotency_key"
+    key_metadata: ClassVar[str] = IDEMPOTENCY_METADATA_KEY
     #: Wire statuses :class:`~batch_ops.models.BatchStatus` does not know by name (case and
     #: ``canceled``/``InProgress`` spellings it reads already), mapped to ours — e.g. Novita's
     #: ``PROGRESS``. A status still unknown stays unknown: never terminal, the wait goes on.
@@ -237,8 +239,6 @@ class Dialect:
         """Our key takes a metadata pair: too many of the caller's own leave it no room."""
         if self.key_metadata in user_meta or len(user_meta) < METADATA_MAX_PAIRS:
             return []
-        from batch_ops.orphans import OWNER_METADATA_KEYS
-
         # The adapters add the run that owns the batch (for the orphan sweep): name every pair that is ours.
         ours = [k for k in OWNER_METADATA_KEYS if k in user_meta]
         added = ", ".join(f"'{k}'" for k in (*ours, self.key_metadata))

@@ -64,6 +64,7 @@ from batch_ops.errors import (
     Problem,
     is_permanent,
 )
+from batch_ops.identity import RunIdentity
 from batch_ops.jobs.config import JobConfig
 from batch_ops.jobs.harvest import UsageTotals, harvest_part, merge, synthesize_failures
 from batch_ops.jobs.lease import DEFAULT_LEASE_TTL
@@ -76,8 +77,6 @@ __all__ = ["BatchJob", "Call", "JobProgress", "JobSummary"]
 
 #: Longest wait between token-limit resubmissions of one part (the wait doubles per refusal).
 TOKEN_LIMIT_BACKOFF_MAX = 3600.0
-#: Seconds of clock skew allowed between us and the API when looking a part's key up.
-_LOOKBACK_SKEW = 600.0
 
 _clock: Callable[[], float] = time.time
 
@@ -403,16 +402,17 @@ class BatchJob:
         # sent again after token_limit_exceeded keeps its key: the core makes the next attempt.
         # Under an exclusive lease nobody else can have used a fresh key; without one (or after taking
         # over from a worker that may still be alive) the key is looked up and the create reconciled.
+        identity = RunIdentity.job_part(job_id=self.state.job_id, part=part.name, started=self.state.created_at)
         fresh = part.key is None
         if fresh:
-            part.key = f"{self.state.job_id}-{part.name}"
+            part.key = identity.key
         if part.status != "submitting":
             part.status = "submitting"
             self._save()  # the key is stored before any create
         lookup = not fresh or not self._lease.exclusive or self._lease.took_over is not None
         metadata = {**self.state.metadata, "batch_ops_job": self.state.job_id, "batch_ops_part": part.name}
         spec = SubmitSpec(endpoint=self.state.endpoint, metadata=metadata, idempotency_key=part.key,
-                          reattach=lookup, since=self.state.created_at - _LOOKBACK_SKEW)
+                          reattach=lookup, since=identity.since)
         source = str(self.store.fetch(part.path))
         self._lease.confirm()  # still ours right now, or nothing is created
         submission: Submission = yield Call("submit_spec", {"source": source, "spec": spec})

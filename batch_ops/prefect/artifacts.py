@@ -29,7 +29,7 @@ from uuid import UUID
 from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact, aupdate_progress_artifact
 
 from batch_ops.models import Batch
-from batch_ops.polling import describe
+from batch_ops.outcomes import describe
 from batch_ops.prefect.events import batch_duration
 
 __all__ = [

@@ -23,8 +23,7 @@ Add it to your own flows that use the tasks: ``@flow(on_cancellation=[cancel_flo
 """
 
 import os
-import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -35,36 +34,26 @@ from prefect.filesystems import WritableFileSystem
 from prefect.logging.loggers import flow_run_logger
 from prefect.states import State
 
-from batch_ops import AttemptChain, OutcomePolicy
-from batch_ops.chain import Attempt, derive_key
 from batch_ops.client import AsyncBatchClient
 from batch_ops.errors import InputValidationError, Problem
-from batch_ops.models import Batch, BatchStatus
+from batch_ops.identity import PREFECT_OWNER_KEY, RunIdentity, lookback_start, unfinished_owned_by
+from batch_ops.models import Batch
+from batch_ops.orphans import aunfinished_batches_of
+from batch_ops.outcomes import DEFAULT_WAIT_TIMEOUT, OutcomePolicy
 from batch_ops.prefect.artifacts import DEFAULT_ARTIFACT_KEY
-from batch_ops.prefect.credentials import OpenAIBatchCredentials, resolve_settings
+from batch_ops.prefect.credentials import OpenAIBatchCredentials, settings_from_parameters
 from batch_ops.prefect.storage import block_target
-from batch_ops.prefect.tasks import (
-    DEFAULT_WAIT_TIMEOUT,
-    FLOW_RUN_METADATA_KEY,
-    BatchResult,
-    run_started,
-    settings_used_by,
-    submit_batch,
-    wait_for_batch,
-)
+from batch_ops.prefect.tasks import BatchResult, _submit_task, _wait_task, run_start_time, settings_used_by
 from batch_ops.settings import ClientSettings
 from batch_ops.storage import display
 
 __all__ = ["batches_to_cancel", "cancel_flow_run_batches", "run_batch"]
 
-#: Seconds of clock skew allowed between Prefect and the Batch API when looking back for batches.
-_SKEW = 600.0
-#: Credential fields that survive in a flow run's stored parameters (the key is obfuscated there).
-_PLAIN_FIELDS = ("base_url", "organization", "project", "api_version", "timeout", "max_retries")
 
 
 def batches_to_cancel(batches: Iterable[Batch], *, flow_run_id: str) -> list[Batch]:
-    """The batches created by this flow run that are still running and not yet being cancelled.
+    """The batches created by this flow run that are still running and not yet being cancelled
+    (core's :func:`batch_ops.identity.unfinished_owned_by`).
 
     Examples:
         >>> b = Batch(id="b1", endpoint="/v1/embeddings", input_file_id="f", status="in_progress", created_at=0,
@@ -72,13 +61,7 @@ def batches_to_cancel(batches: Iterable[Batch], *, flow_run_id: str) -> list[Bat
         >>> [x.id for x in batches_to_cancel([b], flow_run_id="run-1")], batches_to_cancel([b], flow_run_id="run-2")
         (['b1'], [])
     """
-    return [
-        b
-        for b in batches
-        if (b.metadata or {}).get(FLOW_RUN_METADATA_KEY) == flow_run_id
-        and not b.status.is_terminal
-        and b.status is not BatchStatus.CANCELLING
-    ]
+    return unfinished_owned_by(batches, PREFECT_OWNER_KEY, flow_run_id)
 
 
 async def _settings_for(flow_run: FlowRun) -> list[ClientSettings]:
@@ -94,18 +77,9 @@ async def _settings_for(flow_run: FlowRun) -> list[ClientSettings]:
         block = await OpenAIBatchCredentials.aload_from_ref(ref)
         return [cast(OpenAIBatchCredentials, block).get_settings()]
     if isinstance(raw, dict):
-        # An unsaved block was stored with its key obfuscated: keep its endpoint, take the key from the
-        # environment.
-        plain = {k: v for k, v in raw.items() if k in _PLAIN_FIELDS and v is not None}
-        return [ClientSettings.from_env(**plain)]
+        # An unsaved block was stored with its key obfuscated: keep the rest, take the key from the environment.
+        return [settings_from_parameters(raw)]
     return [ClientSettings.from_env()]
-
-
-async def _recent_batches(client: AsyncBatchClient, *, since: float) -> AsyncIterator[Batch]:
-    async for batch in client.batches.iter_all(limit=100):
-        if batch.created_at < since:  # the list is newest first: the rest is older still
-            return
-        yield batch
 
 
 async def cancel_flow_run_batches(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> None:
@@ -126,14 +100,13 @@ async def cancel_flow_run_batches(flow: Flow[Any, Any], flow_run: FlowRun, state
     except Exception as exc:
         logger.error("Could not find the Batch API credentials to cancel the batches of flow run %s: %s", run_id, exc)
         return
-    started = flow_run.created or flow_run.start_time or flow_run.expected_start_time
+    # No batch of this run is older than the run itself (without its date, core searches the idempotency window).
+    since = lookback_start(flow_run.created or flow_run.start_time or flow_run.expected_start_time)
     for settings in candidates:
-        # No batch of this run is older than the run itself; without its date, search the idempotency window.
-        since = started.timestamp() - _SKEW if started is not None else time.time() - settings.idempotency_lookback
         try:
             # A client of its own: the hook may run on a short-lived loop in another process.
             async with AsyncBatchClient(settings=settings) as client:
-                found = batches_to_cancel([b async for b in _recent_batches(client, since=since)], flow_run_id=run_id)
+                found = await aunfinished_batches_of(client, PREFECT_OWNER_KEY, run_id, since=since)
                 if not found:
                     logger.info("Flow run cancelled: no unfinished batch of this run on %s", settings.base_url)
                 for batch in found:
@@ -147,21 +120,30 @@ async def cancel_flow_run_batches(flow: Flow[Any, Any], flow_run: FlowRun, state
             logger.error("Could not list the batches of flow run %s on %s: %s", run_id, settings.base_url, exc)
 
 
-async def flow_identity(work: Mapping[str, Any]) -> tuple[str | None, float | None]:
-    """The key of the running ``run_batch`` flow run (see the module docstring) and how far back its
-    batches can be: when the run (or, for a subflow, its parent) began. ``(None, None)`` outside a run."""
+async def run_identity(work: Mapping[str, Any]) -> RunIdentity | None:
+    """The running ``run_batch`` flow run as core's :class:`~batch_ops.identity.RunIdentity` (see the
+    module docstring: its own run alone, the parent's run and the work as a subflow), None outside a run."""
     ctx = FlowRunContext.get()
     if ctx is None or ctx.flow_run is None:
-        return None, None
+        return None
     run = ctx.flow_run
     if run.parent_task_run_id is None:
-        return f"prefect-{run.id}-run-batch", run_started(run)
+        return RunIdentity.prefect_flow(flow_run_id=run.id, started=run_start_time(run))
     from prefect.client.orchestration import get_client
 
     async with get_client() as client:
         tracking = await client.read_task_run(run.parent_task_run_id)
         parent = await client.read_flow_run(tracking.flow_run_id) if tracking.flow_run_id else None
-    return derive_key("prefect-sub", tracking.flow_run_id, dict(work)), run_started(parent)
+    return RunIdentity.prefect_subflow(parent_flow_run_id=tracking.flow_run_id, work=work,
+                                       started=run_start_time(parent) if parent is not None else None,
+                                       flow_run_id=run.id)
+
+
+async def flow_identity(work: Mapping[str, Any]) -> tuple[str | None, float | None]:
+    """The key of the running ``run_batch`` flow run and how far back its batches can be (see
+    :func:`run_identity`); ``(None, None)`` outside a run."""
+    identity = await run_identity(work)
+    return (identity.key, identity.since) if identity is not None else (None, None)
 
 
 @flow(name="run-batch", on_cancellation=[cancel_flow_run_batches])
@@ -181,6 +163,7 @@ async def run_batch(
     idempotency_key: str | None = None,
     storage: WritableFileSystem | None = None,
     artifact_key: str = DEFAULT_ARTIFACT_KEY,
+    cancel_on_timeout: bool = False,
 ) -> BatchResult:
     """Run one batch end to end: validate, upload, create, wait; return its :class:`BatchResult`.
 
@@ -199,7 +182,9 @@ async def run_batch(
         credentials: the block to use; None reads ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``.
         metadata: up to 14 string pairs stored on the batch.
         poll_interval: seconds between polls while the batch makes progress.
-        timeout: seconds to wait before failing with ``BatchTimeoutError`` (the batch goes on).
+        timeout: seconds to wait before failing with ``BatchTimeoutError`` (the batch goes on, unless
+            ``cancel_on_timeout``). Default: :data:`batch_ops.outcomes.DEFAULT_WAIT_TIMEOUT` (25 h), the
+            default of every wait.
         fail_on: terminal statuses that fail the flow (default failed, expired, cancelled);
             ``[]`` returns every outcome, e.g. an expired batch with its partial output.
         fail_on_request_failures: also fail when a completed batch has failed requests.
@@ -210,6 +195,8 @@ async def run_batch(
             passed by reference, keeps its credentials; see :mod:`batch_ops.prefect.storage`).
         artifact_key: the stem of the artifacts' keys (``<stem>-summary``, ``<stem>-progress``;
             default ``openai-batch``): one name per pipeline keeps its history in the Prefect UI.
+        cancel_on_timeout: cancel the batch when ``timeout`` passes (its finished work stays in its
+            output file); otherwise it keeps running and a retry of the flow run re-attaches to it.
 
     Examples:
         ```python
@@ -233,7 +220,7 @@ async def run_batch(
             "requests": requests, "metadata": metadata, "completion_window": completion_window,
             "output_expires_after": output_expires_after}
     key, since = (idempotency_key, None) if idempotency_key else await flow_identity(work)
-    submitted = await submit_batch(
+    submission = await _submit_task(
         source,
         endpoint=endpoint,
         credentials=credentials,
@@ -246,21 +233,13 @@ async def run_batch(
         since=since,
         storage=storage,
     )
-    # The policy is applied below, to the chain's latest batch, so the wait accepts every outcome.
-    await wait_for_batch(submitted.batch_id, credentials=credentials, poll_interval=poll_interval, timeout=timeout,
-                         fail_on=[], artifact_key=artifact_key)
-    client = AsyncBatchClient.shared(resolve_settings(credentials))
-    chain = await client.batches.chain(key, since=since) if key is not None else None
-    if chain is None or chain.latest is None or chain.latest.id != submitted.batch_id:
-        # No key (outside a flow run), or a list that does not show the batch yet: a chain of one.
-        chain = AttemptChain(key or submitted.batch_id,
-                             (Attempt(0, await client.batches.retrieve(submitted.batch_id)),))
+    # The wait returns every outcome: the policy is applied below, to the chain this submit found or made.
+    ended = await _wait_task(submission.batch.id, credentials=credentials, poll_interval=poll_interval,
+                             max_poll_interval=None, timeout=timeout, artifact_key=artifact_key,
+                             cancel_on_timeout=cancel_on_timeout)
+    chain = submission.chain.with_batch(ended)
     latest = chain.latest
     assert latest is not None
-    # The submit returns a terminal batch the policy rejects only when every request of the chain
-    # already has a success (nothing left to retry): that chain is accepted.
-    satisfied = submitted.status.is_terminal
-    rejection = None if satisfied else policy.rejection(latest)
-    if rejection is not None:
-        raise rejection
+    # A chain whose every request already has a success is accepted whatever its latest attempt's status.
+    policy.check(latest, satisfied=submission.satisfied)
     return BatchResult.from_chain(chain)

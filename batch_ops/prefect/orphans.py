@@ -30,7 +30,8 @@ from prefect.client.schemas.objects import StateType
 from prefect.exceptions import ObjectNotFound
 
 from batch_ops.client import AsyncBatchClient
-from batch_ops.orphans import DEFAULT_MIN_AGE, Owner, OwnerState, asweep
+from batch_ops.identity import Owner
+from batch_ops.orphans import DEFAULT_MIN_AGE, OwnerState, asweep
 from batch_ops.prefect.credentials import OpenAIBatchCredentials, resolve_settings
 
 __all__ = ["flow_run_states", "sweep_orphan_batches"]

@@ -43,17 +43,19 @@ from prefect.logging import get_logger, get_run_logger
 from pydantic import BaseModel, ConfigDict
 
 from batch_ops import AttemptChain, Source, Submission, SubmitSpec, storage
-from batch_ops.chain import IDEMPOTENCY_METADATA_KEY, derive_key, summary_of
+from batch_ops.chain import summary_of
 from batch_ops.client import AsyncBatchClient
-from batch_ops.errors import BatchTimeoutError, InputValidationError, Problem
+from batch_ops.errors import BatchTimeoutError
+from batch_ops.identity import FLOW_RUN_METADATA_KEY, RunIdentity, lookback_start, prefect_owner_metadata
+from batch_ops.identity import LOOKBACK_SKEW as LOOKBACK_SKEW  # the old name here; core's constant
 from batch_ops.jsonl import request_file, validate_file, write_requests
-from batch_ops.locks import PicklableLock, ProcessLocalDict
-from batch_ops.models import METADATA_MAX_PAIRS, Batch, BatchStatus, RequestCounts, Usage
-from batch_ops.polling import DEFAULT_FAIL_ON, describe, raise_for_outcome
+from batch_ops.models import Batch, BatchStatus, RequestCounts, Usage
+from batch_ops.outcomes import DEFAULT_FAIL_ON, DEFAULT_WAIT_TIMEOUT, OutcomePolicy, describe
 from batch_ops.prefect.artifacts import DEFAULT_ARTIFACT_KEY, ProgressArtifact, create_summary_artifact
 from batch_ops.prefect.credentials import OpenAIBatchCredentials, resolve_settings
 from batch_ops.prefect.events import emit_batch_event
 from batch_ops.prefect.storage import block_target
+from batch_ops.process_state import STATE
 from batch_ops.settings import ClientSettings
 from batch_ops.storage import Location, StorageTarget, display
 
@@ -67,18 +69,15 @@ __all__ = [
     "run_started",
     "settings_used_by",
     "submit_batch",
+    "task_identity",
     "task_idempotency_key",
     "upload_batch_file",
     "wait_for_batch",
 ]
 
-#: Batch metadata key naming the Prefect flow run that created the batch (found again on cancel).
-FLOW_RUN_METADATA_KEY = "prefect_flow_run_id"
-#: 25 hours: the 24 h completion window plus finalizing, so an expiring batch is seen to expire
-#: rather than cut short by our own timeout an instant before.
-DEFAULT_WAIT_TIMEOUT = 90_000.0
-
 PathLike = str | os.PathLike[str]
+#: The strictest outcome policy: only a batch that completed with every request answered passes.
+_STRICT = OutcomePolicy(fail_on_request_failures=True)
 
 
 class BatchResult(BaseModel):
@@ -144,88 +143,76 @@ def _flow_run_id() -> str | None:
     return None
 
 
-#: Seconds of clock skew allowed between Prefect and the Batch API when bounding a key lookup.
-LOOKBACK_SKEW = 600.0
+def run_start_time(flow_run: Any = None) -> Any:
+    """When the flow run (default: the running one) began: its ``created`` time, kept over its retries; or None."""
+    if flow_run is None:
+        ctx = FlowRunContext.get()
+        flow_run = ctx.flow_run if ctx is not None else None
+    return getattr(flow_run, "created", None) or getattr(flow_run, "expected_start_time", None)
 
 
 def run_started(flow_run: Any = None) -> float | None:
-    """When the flow run began (epoch seconds, less the clock skew allowance), or None.
+    """Where a lookup for the flow run's batches may stop: when it began, less the clock skew
+    allowance (:func:`batch_ops.identity.lookback_start`), or None.
 
     A batch of a run cannot predate the run: the key lookup (a scan of the batch list) stops there
     instead of going back a week. The run's ``created`` time is kept over its retries.
     """
-    if flow_run is None:
-        ctx = FlowRunContext.get()
-        flow_run = ctx.flow_run if ctx is not None else None
-    when = getattr(flow_run, "created", None) or getattr(flow_run, "expected_start_time", None)
-    return when.timestamp() - LOOKBACK_SKEW if when is not None else None
+    return lookback_start(run_start_time(flow_run))
 
 
-def task_idempotency_key() -> str | None:
-    """The idempotency key of the running task, or None outside a task.
+def task_identity() -> RunIdentity | None:
+    """The running task as core's :class:`~batch_ops.identity.RunIdentity`, or None outside a task.
 
-    Derived from what a retry keeps: the flow run id and the task's place in it (its task key and
-    dynamic key, which Prefect numbers in call order, again from 0 when the flow run is retried).
-    So a retried task, and the same call in a retried flow run, find the batch the earlier try
-    created instead of billing a second one. Calls made concurrently may be numbered in another
-    order on a retry: pass ``idempotency_key`` yourself there.
+    Its key is derived from what a retry keeps: the flow run id and the task's place in it (its
+    task key and dynamic key, which Prefect numbers in call order, again from 0 when the flow run
+    is retried). So a retried task, and the same call in a retried flow run, find the batch the
+    earlier try created instead of billing a second one. Calls made concurrently may be numbered in
+    another order on a retry: pass ``idempotency_key`` yourself there.
     """
     task_ctx = TaskRunContext.get()
     if task_ctx is None:
         return None
     run = task_ctx.task_run
-    return derive_key("prefect", run.flow_run_id, run.task_key, run.dynamic_key)
+    return RunIdentity.prefect_task(flow_run_id=run.flow_run_id, task_key=run.task_key, dynamic_key=run.dynamic_key,
+                                    started=run_start_time())
 
 
-def _tag_metadata(metadata: Mapping[str, str] | None, flow_run_id: str | None) -> dict[str, str]:
-    tagged = dict(metadata or {})
-    if flow_run_id is None:
-        return tagged
-    ours = {IDEMPOTENCY_METADATA_KEY, FLOW_RUN_METADATA_KEY}
-    room = METADATA_MAX_PAIRS - len(ours)
-    if len(set(tagged) - ours) > room:
-        raise InputValidationError(
-            [
-                Problem(
-                    rule="invalid_batch_parameter",
-                    message=f"metadata has {len(tagged)} pairs; batch_ops adds '{IDEMPOTENCY_METADATA_KEY}' "
-                    f"(a retried create finds its batch) and '{FLOW_RUN_METADATA_KEY}' (cancelling the flow run "
-                    f"cancels the batch), and the API allows {METADATA_MAX_PAIRS}",
-                    fix=f"keep at most {room} metadata keys",
-                    param="metadata",
-                )
-            ],
-            source="batch parameters",
-        )
-    tagged[FLOW_RUN_METADATA_KEY] = flow_run_id
-    return tagged
+def task_idempotency_key() -> str | None:
+    """The idempotency key of the running task, or None outside a task (see :func:`task_identity`)."""
+    identity = task_identity()
+    return identity.key if identity is not None else None
 
 
 # Settings used by create_batch per flow run, so an on_cancellation hook running in this process
 # reaches the same API with the same key, even from a block that was never saved. Bounded: it only
-# has to outlive a running flow. Process-local: it holds API keys, and Prefect pickles batch_ops by
-# value into work-pool bundles with every module global its functions use; a ProcessLocalDict
-# pickles as an empty one, so no key travels in a bundle (the unpickling process fills its own).
+# has to outlive a running flow. In the process state (batch_ops.process_state), never in a module
+# global: it holds API keys, and Prefect pickles batch_ops by value into work-pool bundles.
 # Insertion order is the recency order (a re-used run moves to the end).
-_RUN_SETTINGS: ProcessLocalDict[str, list[ClientSettings]] = ProcessLocalDict()
-_RUN_SETTINGS_LOCK = PicklableLock()  # pickled by value with the package (Prefect bundles): a fresh lock
+_RUN_SETTINGS = "prefect.run_settings"
 _RUN_SETTINGS_MAX = 1024
 
 
+def _run_settings() -> dict[str, list[ClientSettings]]:
+    return STATE.slot(_RUN_SETTINGS, dict)
+
+
 def _remember_settings(flow_run_id: str, settings: ClientSettings) -> None:
-    with _RUN_SETTINGS_LOCK:
-        known = _RUN_SETTINGS.pop(flow_run_id, [])
-        _RUN_SETTINGS[flow_run_id] = known  # now the most recent
+    runs = _run_settings()
+    with STATE.lock(_RUN_SETTINGS):
+        known = runs.pop(flow_run_id, [])
+        runs[flow_run_id] = known  # now the most recent
         if settings not in known:
             known.append(settings)
-        while len(_RUN_SETTINGS) > _RUN_SETTINGS_MAX:
-            del _RUN_SETTINGS[next(iter(_RUN_SETTINGS))]  # the least recently used run
+        while len(runs) > _RUN_SETTINGS_MAX:
+            del runs[next(iter(runs))]  # the least recently used run
 
 
 def settings_used_by(flow_run_id: str) -> list[ClientSettings]:
     """Settings ``create_batch`` used in this process for the flow run (empty when none)."""
-    with _RUN_SETTINGS_LOCK:
-        return list(_RUN_SETTINGS.get(flow_run_id, ()))
+    runs = _run_settings()
+    with STATE.lock(_RUN_SETTINGS):
+        return list(runs.get(flow_run_id, ()))
 
 
 def _prepare_input(
@@ -311,27 +298,18 @@ async def _submit(
     settings = resolve_settings(credentials)
     client = AsyncBatchClient.shared(settings)
     flow_run_id = _flow_run_id()
-    tagged = _tag_metadata(metadata, flow_run_id)
     if flow_run_id is not None:
         _remember_settings(flow_run_id, settings)
-    if idempotency_key is None:
-        # A key derived from this run names batches of this run only: look no further back than its start.
-        idempotency_key, since = task_idempotency_key(), since or run_started()
+    # Who submits: the task (its derived key, and a lookup no further back than its run's start) unless the
+    # caller names the work; the batch's owner is the flow run either way (cancelling it cancels the batch).
+    identity = (task_identity() if idempotency_key is None else None) or RunIdentity(
+        idempotency_key, prefect_owner_metadata(flow_run_id))
     submission = await client.submit_spec(source, SubmitSpec.of(
-        endpoint=endpoint, completion_window=completion_window, metadata=tagged,
-        output_expires_after=output_expires_after, idempotency_key=idempotency_key,
-        fail_on=fail_on, fail_on_request_failures=fail_on_request_failures, since=since,
+        endpoint=endpoint, completion_window=completion_window, metadata=metadata,
+        output_expires_after=output_expires_after, since=since, identity=identity,
+        fail_on=fail_on, fail_on_request_failures=fail_on_request_failures,
     ))
-    batch, step, logger = submission.batch, submission.step, _logger()
-    if submission.created:
-        carried = f", carrying {submission.carried} requests" if submission.carried is not None else ""
-        logger.info("Created batch %s (attempt %d%s; %s)", batch.id, step.number, carried, step.reason)
-    else:
-        logger.info("Batch %s of an earlier try is %s: %s", batch.id, describe(batch), step.reason)
-    for cancelled in submission.cancelled:
-        logger.warning("Cancelled batch %s: a concurrent try created the same attempt", cancelled)
-    for notice in submission.notices:  # e.g. the input changed since the key's batches: a new chain
-        logger.warning("%s", notice)
+    submission.log(_logger())
     return submission
 
 
@@ -377,14 +355,40 @@ async def submit_batch(
         batch = await submit_batch("requests.jsonl", endpoint="/v1/chat/completions", idempotency_key="nightly-1")
         ```
     """
+    submission = await _submit_from(source, endpoint=endpoint, credentials=credentials, metadata=metadata,
+                                    completion_window=completion_window, output_expires_after=output_expires_after,
+                                    idempotency_key=idempotency_key, fail_on=fail_on,
+                                    fail_on_request_failures=fail_on_request_failures, since=since, storage=storage)
+    return BatchResult.from_chain(submission.chain)
+
+
+async def _submit_from(
+    source: PathLike | Iterable[Mapping[str, Any]],
+    *,
+    endpoint: str,
+    credentials: OpenAIBatchCredentials | None,
+    metadata: Mapping[str, str] | None,
+    completion_window: str,
+    output_expires_after: Mapping[str, Any] | None,
+    idempotency_key: str | None,
+    fail_on: Collection[BatchStatus | str],
+    fail_on_request_failures: bool,
+    since: float | None,
+    storage: WritableFileSystem | None,
+) -> Submission:
+    """:func:`submit_batch`'s work: ``source`` read through the ``storage`` block, if one is given."""
     given: Any = source
     if storage is not None and isinstance(source, (str, os.PathLike)):
         given = block_target(storage, os.fspath(source))
-    submission = await _submit(given, endpoint=endpoint, credentials=credentials, metadata=metadata,
-                               completion_window=completion_window, output_expires_after=output_expires_after,
-                               idempotency_key=idempotency_key, fail_on=fail_on,
-                               fail_on_request_failures=fail_on_request_failures, since=since)
-    return BatchResult.from_chain(submission.chain)
+    return await _submit(given, endpoint=endpoint, credentials=credentials, metadata=metadata,
+                         completion_window=completion_window, output_expires_after=output_expires_after,
+                         idempotency_key=idempotency_key, fail_on=fail_on,
+                         fail_on_request_failures=fail_on_request_failures, since=since)
+
+
+#: ``submit_batch`` returning the whole :class:`~batch_ops.Submission` (its chain, whether every request
+#: already succeeded): what ``run_batch`` needs to report the chain it submitted to.
+_submit_task = task(name="submit_batch", cache_policy=NO_CACHE)(_submit_from)
 
 
 @task(name="create_batch", cache_policy=NO_CACHE)
@@ -436,6 +440,7 @@ async def wait_for_batch(
     fail_on: Collection[BatchStatus | str] = DEFAULT_FAIL_ON,
     fail_on_request_failures: bool = False,
     artifact_key: str = DEFAULT_ARTIFACT_KEY,
+    cancel_on_timeout: bool = False,
 ) -> BatchResult:
     """Wait for a batch to end without holding a thread; report progress, the summary and an event.
 
@@ -448,7 +453,9 @@ async def wait_for_batch(
         batch_id: the batch to wait for.
         poll_interval: seconds between polls while the batch makes progress.
         max_poll_interval: back-off ceiling while nothing changes (default 4x poll_interval).
-        timeout: seconds before ``BatchTimeoutError``; the batch keeps running. None waits on.
+        timeout: seconds before ``BatchTimeoutError``; the batch keeps running (unless
+            ``cancel_on_timeout``). None waits on. Default: :data:`batch_ops.outcomes.DEFAULT_WAIT_TIMEOUT`
+            (25 h), the default of every wait.
         fail_on: terminal statuses that fail the task (default failed, expired, cancelled);
             pass ``[]`` to return every outcome. Expired and cancelled batches still return
             completed work in ``output_file_id``.
@@ -456,6 +463,8 @@ async def wait_for_batch(
         artifact_key: the stem of the artifacts' keys: the progress bar is kept under
             ``<stem>-progress`` and the summary table under ``<stem>-summary`` (default
             ``openai-batch``), so the Prefect UI shows their history under one name.
+        cancel_on_timeout: cancel the batch when ``timeout`` passes (its finished work stays in
+            its output file); otherwise it keeps running and a retry re-attaches to it.
 
     Raises:
         BatchFailedError, BatchExpiredError, BatchCancelledError: per ``fail_on``; the
@@ -468,6 +477,25 @@ async def wait_for_batch(
         results = await asyncio.gather(*(wait_for_batch(b, poll_interval=60) for b in batch_ids))
         ```
     """
+    policy = OutcomePolicy.of(fail_on, fail_on_request_failures)  # checked before the wait
+    batch = await _wait(batch_id, credentials=credentials, poll_interval=poll_interval,
+                        max_poll_interval=max_poll_interval, timeout=timeout, artifact_key=artifact_key,
+                        cancel_on_timeout=cancel_on_timeout)
+    return BatchResult.from_batch(policy.check(batch))
+
+
+async def _wait(
+    batch_id: str,
+    *,
+    credentials: OpenAIBatchCredentials | None,
+    poll_interval: float,
+    max_poll_interval: float | None,
+    timeout: float | None,
+    artifact_key: str,
+    cancel_on_timeout: bool,
+) -> Batch:
+    """The wait of :func:`wait_for_batch`, with its progress, artifacts and event; returns the batch whatever
+    its outcome."""
     client = _client(credentials)
     logger = _logger()
     progress = ProgressArtifact(logger=logger, key=artifact_key)
@@ -479,7 +507,7 @@ async def wait_for_batch(
     try:
         batch = await client.batches.wait(
             batch_id, poll_interval=poll_interval, max_poll_interval=max_poll_interval, timeout=timeout,
-            on_poll=on_poll,
+            on_poll=on_poll, cancel_on_timeout=cancel_on_timeout,
         )
     except BatchTimeoutError as exc:
         logger.error("%s", exc)
@@ -488,12 +516,14 @@ async def wait_for_batch(
     emit_batch_event(batch)
     summary = f"Batch {batch.id} ended {describe(batch)}: output_file_id={batch.output_file_id} " \
               f"error_file_id={batch.error_file_id}"
-    if batch.status is BatchStatus.COMPLETED and not batch.request_counts.failed:
-        logger.info("%s", summary)
-    else:
-        logger.warning("%s", summary)
-    raise_for_outcome(batch, fail_on=fail_on, fail_on_request_failures=fail_on_request_failures)
-    return BatchResult.from_batch(batch)
+    # Worth a warning whenever the strictest policy would reject it (any outcome but a clean completion).
+    (logger.info if _STRICT.accepts(batch) else logger.warning)("%s", summary)
+    return batch
+
+
+#: ``wait_for_batch`` returning the terminal :class:`~batch_ops.Batch` whatever its outcome (``run_batch``
+#: applies the policy to the whole chain).
+_wait_task = task(name="wait_for_batch", cache_policy=NO_CACHE)(_wait)
 
 
 @task(name="download_batch_file", cache_policy=NO_CACHE)

@@ -20,7 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse the flags, serve until SIGINT/SIGTERM; the exit status."""
     try:
         options = ServerOptions.from_argv(argv)
-    except SystemExit as exc:  # --help, or a flag argparse refused (it printed why)
+    except SystemExit as exc:  # --help, or a flag the command refused (it printed why)
         return exc.code if isinstance(exc.code, int) else 0
     except ValueError as exc:
         print(f"batch-ops serve: {exc}", file=sys.stderr)

@@ -1,9 +1,12 @@
 """Options of the local Batch API server, shared by the CLI, ``create_app`` and ``serve_in_background``.
 
-One frozen dataclass is the single list of knobs: the argparse parser is built from it, and
-``to_argv()`` turns it back into flags so ``serve_in_background(**options)`` can start the same
-server in a subprocess. Secrets (``api_key``, ``upstream_api_key``) never travel on the command
-line, where ``ps`` would show them: they go through environment variables instead.
+One frozen dataclass is the single list of knobs. Each field's metadata (:class:`Flag`) holds what
+the command line needs beyond its name, type and default: the help text, the metavar, its section
+of ``--help``, whether it is a rate or a secret; :func:`build_command` turns the fields into the
+click command of ``batch-ops serve`` / ``python -m batch_ops.server``, and ``to_argv()`` turns
+options back into flags so ``serve_in_background(**options)`` can start the same server in a
+subprocess. Secrets (``api_key``, ``upstream_api_key``, ``webhook_secret``) never travel on the
+command line, where ``ps`` would show them: they go through environment variables instead.
 
 Examples:
     >>> opts = ServerOptions(port=9000, http_429=0.25, seed=7, api_key="sk-local")
@@ -13,21 +16,35 @@ Examples:
     ['BATCH_OPS_SERVER_API_KEY']
     >>> "sk-local" in repr(opts)
     False
+    >>> ServerOptions.from_argv(["--engine", "replay", "--replay-file", "out.jsonl", "--gzip"]).replay_files
+    ('out.jsonl',)
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
+import sys
+import types
+import typing
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from batch_ops.server._help import ClickStyleParser
+import click
+from click.core import ParameterSource
 
-__all__ = ["API_KEY_ENV", "ENGINES", "UPSTREAM_API_KEY_ENV", "WEBHOOK_SECRET_ENV", "ServerOptions", "build_parser"]
+__all__ = [
+    "API_KEY_ENV",
+    "ENGINES",
+    "UPSTREAM_API_KEY_ENV",
+    "WEBHOOK_SECRET_ENV",
+    "Flag",
+    "ServerOptions",
+    "build_command",
+]
 
 ENGINES: tuple[str, ...] = ("echo", "replay", "upstream")
 #: Environment variables that carry the secrets to the server process.
@@ -37,8 +54,50 @@ UPSTREAM_API_KEY_ENV = "BATCH_OPS_UPSTREAM_API_KEY"
 #: variable as the openai SDK does.
 WEBHOOK_SECRET_ENV = "OPENAI_WEBHOOK_SECRET"
 
-_RATES = ("http_429", "http_500", "drop", "fail_requests", "webhook_drop")
-_SECRETS = {"api_key": API_KEY_ENV, "upstream_api_key": UPSTREAM_API_KEY_ENV, "webhook_secret": WEBHOOK_SECRET_ENV}
+#: The sections of ``batch-ops serve --help``, in order, by the name a ``Flag`` gives.
+SECTIONS: Mapping[str, str] = {
+    "network": "Network",
+    "engine": "Engine",
+    "faults": "Faults (RATE is a share from 0 to 1)",
+    "webhooks": "Webhooks (signed events when a batch ends, as OpenAI sends them)",
+    "logging": "Logging",
+}
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a ``ServerOptions`` field appears on the command line (the field's ``metadata["flag"]``).
+
+    The flag's name (``--data-dir`` for ``data_dir``), its type (``int``, ``float``, ``str``, a
+    ``Literal`` of choices, ``bool`` as ``--x/--no-x``, a tuple as a repeatable flag) and its default
+    come from the field itself.
+
+    Attributes:
+        help: the help text.
+        section: its section of ``--help`` (a key of ``SECTIONS``).
+        metavar: the value's placeholder, e.g. ``SECONDS``.
+        name: the flag when it is not the field's name (``--replay-file`` for ``replay_files``).
+        rate: a share from 0 to 1 (checked when parsed).
+        env: a secret: the environment variable that carries it instead of a flag (``ps`` shows flags).
+        choices: the allowed values of a ``str`` field (a ``Literal`` field has its own).
+    """
+
+    help: str
+    section: str
+    metavar: str | None = None
+    name: str | None = None
+    rate: bool = False
+    env: str | None = None
+    choices: tuple[str, ...] = ()
+
+    def option(self, field_name: str) -> str:
+        return self.name or "--" + field_name.replace("_", "-")
+
+
+def _opt(default: Any, help: str, section: str, metavar: str | None = None, **flag: Any) -> Any:
+    """A dataclass field with its ``Flag``; secrets stay out of ``repr``."""
+    return field(default=default, repr=flag.get("env") is None,
+                 metadata={"flag": Flag(help=help, section=section, metavar=metavar, **flag)})
 
 
 @dataclass(frozen=True)
@@ -89,39 +148,54 @@ class ServerOptions:
         ValueError: engine 'upstream' needs upstream_url (e.g. http://127.0.0.1:8000/v1)
     """
 
-    host: str = "127.0.0.1"
-    port: int = 8765
-    data_dir: str | Path = ".batch_ops"
-    engine: Literal["echo", "replay", "upstream"] = "echo"
-    replay_files: tuple[str, ...] = ()
-    upstream_url: str | None = None
-    upstream_api_key: str | None = field(default=None, repr=False)
-    upstream_model: str | None = None
-    upstream_timeout: float = 600.0
-    upstream_retries: int = 3
-    concurrency: int = 16
-    max_running: int = 64
-    upload_max_bytes: int = 200 * 1024 * 1024
-    api_key: str | None = field(default=None, repr=False)
-    latency: float = 0.0
-    request_latency: float = 0.0
-    http_429: float = 0.0
-    http_500: float = 0.0
-    drop: float = 0.0
-    retry_after: float = 0.2
-    fail_requests: float = 0.0
-    token_limit_failures: int = 0
-    create_failures: int = 0
-    expire_after: float | None = None
-    cancel_delay: float = 0.2
-    seed: int | None = None
-    gzip: bool = False
-    access_log: bool = False
-    log_level: str = "warning"
-    webhook_urls: tuple[str, ...] = ()
-    webhook_secret: str | None = field(default=None, repr=False)
-    webhook_drop: float = 0.0
-    webhook_delay: float = 0.0
+    host: str = _opt("127.0.0.1", "Interface to bind.", "network", "HOST")
+    port: int = _opt(8765, "Port to bind; 0 picks a free one.", "network", "PORT")
+    # (ruff knows ``field()`` only: ``_opt`` is one too, and its default a str.)
+    data_dir: str | Path = _opt(".batch_ops", "SQLite database and file contents.", "network", "DIR")  # noqa: RUF009
+    engine: Literal["echo", "replay", "upstream"] = _opt(
+        "echo", "How batch requests are answered: echo, replay or upstream.", "engine", "ENGINE")
+    replay_files: tuple[str, ...] = _opt(
+        (), "A recorded output or error file for the replay engine; repeat for more.", "engine", "PATH",
+        name="--replay-file")
+    upstream_url: str | None = _opt(
+        None, "OpenAI-compatible base URL for the upstream engine, e.g. https://api.openai.com/v1.", "engine", "URL")
+    upstream_api_key: str | None = _opt(None, "Bearer token for the upstream.", "engine", "KEY",
+                                        env=UPSTREAM_API_KEY_ENV)
+    upstream_model: str | None = _opt(None, "Replace every request's model with this one upstream.", "engine", "MODEL")
+    upstream_timeout: float = _opt(600.0, "Seconds per upstream request.", "engine", "SECONDS")
+    upstream_retries: int = _opt(3, "Retries of a 429, 5xx or network failure upstream.", "engine", "N")
+    concurrency: int = _opt(16, "Batch requests in flight at once.", "engine", "N")
+    max_running: int = _opt(
+        64, "Batches processed at once; the others wait as validating, as the real API queues them.", "engine", "N")
+    upload_max_bytes: int = _opt(
+        200 * 1024 * 1024, "Largest uploaded file (OpenAI's: 200 MB); a bigger one is refused as soon as that "
+        "much has arrived.", "network", "BYTES")
+    api_key: str | None = _opt(None, "Require this bearer token on /v1.", "network", "KEY", env=API_KEY_ENV)
+    latency: float = _opt(0.0, "Delay every /v1 HTTP response.", "faults", "SECONDS")
+    request_latency: float = _opt(0.0, "Processing time of each batch request.", "faults", "SECONDS")
+    http_429: float = _opt(0.0, "Answer this share of /v1 calls with 429.", "faults", "RATE", rate=True)
+    http_500: float = _opt(0.0, "Answer this share of /v1 calls with 500.", "faults", "RATE", rate=True)
+    drop: float = _opt(0.0, "Close this share of connections without a response.", "faults", "RATE", rate=True)
+    retry_after: float = _opt(0.2, "Delay advertised by 429 answers.", "faults", "SECONDS")
+    fail_requests: float = _opt(0.0, "Share of batch requests failed with server_error.", "faults", "RATE",
+                                rate=True)
+    token_limit_failures: int = _opt(0, "The first N batches fail with token_limit_exceeded.", "faults", "N")
+    create_failures: int = _opt(0, "Answer the first N batch creates with 503, creating nothing.", "faults", "N")
+    expire_after: float | None = _opt(None, "A completion window of this many seconds instead of 24h.", "faults",
+                                      "SECONDS")
+    cancel_delay: float = _opt(0.2, "How long a batch stays cancelling.", "faults", "SECONDS")
+    seed: int | None = _opt(None, "Make fault choices and output order repeatable.", "faults", "N")
+    gzip: bool = _opt(False, "Gzip answers for clients that accept it.", "faults")
+    access_log: bool = _opt(False, "Log every request.", "logging")
+    log_level: str = _opt("warning", "critical, error, warning, info or debug.", "logging", "LEVEL",
+                          choices=("critical", "error", "warning", "info", "debug"))
+    webhook_urls: tuple[str, ...] = _opt(
+        (), "Send each batch.completed, .failed, .expired and .cancelled event here; repeat for more. Delivered "
+        "at least once, retried with back-off for 72 hours.", "webhooks", "URL", name="--webhook-url")
+    webhook_secret: str | None = _opt(None, "The whsec_... secret that signs them.", "webhooks", "SECRET",
+                                      env=WEBHOOK_SECRET_ENV)
+    webhook_drop: float = _opt(0.0, "Never deliver this share of events.", "webhooks", "RATE", rate=True)
+    webhook_delay: float = _opt(0.0, "Delay each delivery.", "webhooks", "SECONDS")
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -139,7 +213,7 @@ class ServerOptions:
             from batch_ops.server.webhooks import check_secret
 
             check_secret(self.webhook_secret)
-        for name in _RATES:
+        for name in _rates():
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name}={value!r} must be a share between 0 and 1")
@@ -174,130 +248,181 @@ class ServerOptions:
         argv = ["--host", self.host, "--port", str(self.port), "--data-dir", str(self.data_dir)]
         defaults = ServerOptions()
         for f in dataclasses.fields(self):
-            if f.name in ("host", "port", "data_dir") or f.name in _SECRETS:
-                continue
+            flag: Flag = f.metadata["flag"]
             value = getattr(self, f.name)
-            if value == getattr(defaults, f.name):
+            if f.name in ("host", "port", "data_dir") or flag.env or value == getattr(defaults, f.name):
                 continue
-            flag = "--" + f.name.replace("_", "-")
-            if f.name in ("replay_files", "webhook_urls"):
+            option = flag.option(f.name)
+            if isinstance(value, tuple):
                 for item in value:
-                    argv += ["--" + f.name.removesuffix("s").replace("_", "-"), item]
+                    argv += [option, item]
             elif isinstance(value, bool):
-                argv.append(flag if value else "--no-" + flag[2:])
+                argv.append(option if value else "--no-" + option[2:])
             else:
-                argv += [flag, str(value)]
+                argv += [option, str(value)]
         return argv
 
     def to_env(self) -> dict[str, str]:
         """Environment variables carrying the secrets to a server process."""
-        return {env: getattr(self, name) for name, env in _SECRETS.items() if getattr(self, name)}
+        return {env: getattr(self, name) for name, env in _secrets().items() if getattr(self, name)}
 
     @classmethod
     def from_argv(cls, argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None = None) -> ServerOptions:
-        """Parse command-line flags; secrets missing from the flags are read from the environment."""
-        ns = build_parser().parse_args(argv)
-        env = os.environ if environ is None else environ
-        values = {k: v for k, v in vars(ns).items() if v is not None}
+        """Parse command-line flags; secrets missing from the flags are read from ``environ`` (``os.environ``).
+
+        Raises:
+            SystemExit: ``--help`` (status 0, the help printed) or a flag the command refuses (status
+                2, its usage and the error printed on stderr), as a command line does.
+            ValueError: options that do not go together (``ServerOptions`` says which).
+        """
+        command = build_command()
+        try:
+            ctx = command.make_context(command.name, list(sys.argv[1:] if argv is None else argv))
+        except click.exceptions.Exit as exc:  # --help, already printed
+            raise SystemExit(exc.exit_code) from None
+        except click.ClickException as exc:
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        # Only the flags given: the rest keep the dataclass's defaults (and the secrets may come from
+        # the environment).
+        values = {name: value for name, value in ctx.params.items()
+                  if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
         if values.pop("eval_sample", False):
             from batch_ops.evals.dataset import SAMPLE_RUN
 
             if values.get("engine", "replay") != "replay":
                 raise ValueError(f"--eval-sample replays a recorded run: it cannot go with --engine {values['engine']}")
             values["engine"] = "replay"
-            values["replay_files"] = [str(SAMPLE_RUN), *values.get("replay_files", [])]
-        for name in ("replay_files", "webhook_urls"):
-            if name in values:
-                values[name] = tuple(values[name])
-        for name, var in _SECRETS.items():
+            values["replay_files"] = (str(SAMPLE_RUN), *values.get("replay_files", ()))
+        env = os.environ if environ is None else environ
+        for name, var in _secrets().items():
             if name not in values and env.get(var):
                 values[name] = env[var]
         return cls(**values)
 
 
-def _share(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not a share between 0 and 1")
-    return value
+def _flags() -> dict[str, Flag]:
+    return {f.name: f.metadata["flag"] for f in dataclasses.fields(ServerOptions)}
 
 
-def build_parser(prog: str = "batch-ops serve") -> argparse.ArgumentParser:
-    """The argparse parser of ``batch-ops serve`` / ``python -m batch_ops.server``.
+def _rates() -> tuple[str, ...]:
+    """The options that are a share from 0 to 1."""
+    return tuple(name for name, flag in _flags().items() if flag.rate)
 
-    Every flag defaults to ``None`` so that only the flags given override ``ServerOptions``. Its
-    help reads like the other ``batch-ops`` commands' (``ClickStyleParser``).
+
+def _secrets() -> dict[str, str]:
+    """The secret options and the environment variables that carry them."""
+    return {name: flag.env for name, flag in _flags().items() if flag.env}
+
+
+class _Rate(click.ParamType):
+    """A share from 0 to 1."""
+
+    name = "rate"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            share = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not 0.0 <= share <= 1.0:
+            self.fail(f"{value} is not a share between 0 and 1", param, ctx)
+        return share
+
+
+class _Option(click.Option):
+    """A click option that knows its section of ``--help``."""
+
+    def __init__(self, *args: Any, section: str = "Options", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.section = section
+
+
+class _Command(click.Command):
+    """A click command whose ``--help`` lists its options by section, in one column layout."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {"Options": []}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                sections.setdefault(getattr(param, "section", "Options"), []).append(record)
+        # click sizes the first column per list: one width for all keeps the sections aligned (a
+        # longer flag goes on a line of its own, as in click).
+        width = max(len(first) for rows in sections.values() for first, _ in rows if len(first) <= _FIRST_COLUMN)
+        for title in ("Options", *SECTIONS.values()):
+            rows = sections.get(title)
+            if rows:
+                with formatter.section(title):
+                    own = min(max(len(first) for first, _ in rows), width)
+                    formatter.write_dl(rows, col_max=width, col_spacing=2 + width - own)
+
+
+#: The widest flag column of ``--help`` (click's is 30): longer flags go on a line of their own.
+_FIRST_COLUMN = 28
+
+
+def _option(name: str, flag: Flag, annotation: Any, default: Any) -> click.Option:
+    """The click option of one ``ServerOptions`` field."""
+    kind = annotation
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        kinds = [t for t in typing.get_args(kind) if t is not type(None)]
+        kind = kinds[0] if len(kinds) == 1 else str  # ``str | Path`` is typed as a str
+    option = flag.option(name)
+    help_text = flag.help if flag.env is None else f"{flag.help} Prefer the environment variable: flags show in ps."
+    common: dict[str, Any] = {"help": help_text, "section": SECTIONS[flag.section], "metavar": flag.metavar,
+                              "envvar": flag.env, "show_envvar": flag.env is not None}
+    if kind is bool:
+        return _Option([f"{option}/--no-{option[2:]}", name], default=default, show_default=True, **common)
+    if typing.get_origin(kind) is tuple:
+        return _Option([option, name], multiple=True, **common)
+    if typing.get_origin(kind) is Literal or flag.choices:
+        choices = flag.choices or typing.get_args(kind)
+        click_type: click.ParamType = click.Choice(choices)
+    elif flag.rate:
+        click_type = _Rate()
+    else:
+        click_type = click.INT if kind is int else click.FLOAT if kind is float else click.STRING
+    return _Option([option, name], type=click_type, default=default, show_default=default is not None, **common)
+
+
+def build_command(prog: str = "batch-ops serve") -> click.Command:
+    """The click command of ``batch-ops serve`` / ``python -m batch_ops.server``, one option per
+    ``ServerOptions`` field (its ``Flag`` metadata), plus ``--eval-sample``.
+
+    Its ``--help`` reads like the other ``batch-ops`` commands' (they are typer, on click).
+
+    Examples:
+        >>> print(build_command().get_help(click.Context(build_command(), info_name="batch-ops serve")))
+        ... # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+        Usage: batch-ops serve [OPTIONS]
+        ...
+        Network:
+          --host HOST                   Interface to bind.  [default: 127.0.0.1]
+        ...
     """
-    p = ClickStyleParser(
-        prog=prog,
-        description="Run the local OpenAI-compatible Batch API server (files and batches; SQLite and "
-        "files on disk). Ctrl-C or SIGTERM stops it.",
-        argument_default=None,
+    hints = typing.get_type_hints(ServerOptions)
+    params: list[click.Parameter] = []
+    for f in dataclasses.fields(ServerOptions):
+        params.append(_option(f.name, f.metadata["flag"], hints[f.name], f.default))
+        if f.name == "replay_files":
+            # Not an option of the server itself: a shorthand for the replay engine and a shipped run.
+            params.append(_Option(
+                ["--eval-sample"], is_flag=True, default=False, section=SECTIONS["engine"],
+                help="Replay the recorded answers to the shipped eval set (what `make demo` serves), so the eval "
+                "pipelines score real answers, not the echo engine's repeated prompts."))
+    return _Command(
+        name=prog,
+        params=params,
+        help="Run the local OpenAI-compatible Batch API server (files and batches; SQLite and files on disk). "
+        "Ctrl-C or SIGTERM stops it.",
+        context_settings={"help_option_names": ["-h", "--help"]},
     )
-    net = p.add_argument_group("network")
-    net.add_argument("--host", metavar="HOST", help="Interface to bind.  [default: 127.0.0.1]")
-    net.add_argument("--port", type=int, metavar="PORT", help="Port to bind; 0 picks a free one.  [default: 8765]")
-    net.add_argument("--data-dir", metavar="DIR", help="SQLite database and file contents.  [default: .batch_ops]")
-    net.add_argument(
-        "--api-key", metavar="KEY",
-        help=f"Require this bearer token on /v1. Prefer the variable {API_KEY_ENV}: flags show in ps.",
-    )
-    eng = p.add_argument_group("engine")
-    eng.add_argument("--engine", choices=ENGINES, metavar="ENGINE",
-                     help="How batch requests are answered: echo, replay or upstream.  [default: echo]")
-    eng.add_argument("--replay-file", dest="replay_files", action="append", metavar="PATH",
-                     help="A recorded output or error file for the replay engine; repeat for more.")
-    eng.add_argument("--eval-sample", action="store_true", default=None,
-                     help="Replay the recorded answers to the shipped eval set (what `make demo` serves), so the "
-                     "eval pipelines score real answers, not the echo engine's repeated prompts.")
-    eng.add_argument("--upstream-url", metavar="URL", help="OpenAI-compatible base URL for the upstream engine, "
-                     "e.g. https://api.openai.com/v1.")
-    eng.add_argument("--upstream-api-key", metavar="KEY",
-                     help=f"Bearer token for the upstream. Prefer the variable {UPSTREAM_API_KEY_ENV}.")
-    eng.add_argument("--upstream-model", metavar="MODEL", help="Replace every request's model with this one upstream.")
-    eng.add_argument("--upstream-timeout", type=float, metavar="SECONDS",
-                     help="Seconds per upstream request.  [default: 600]")
-    eng.add_argument("--upstream-retries", type=int, metavar="N",
-                     help="Retries of a 429, 5xx or network failure upstream.  [default: 3]")
-    eng.add_argument("--concurrency", type=int, metavar="N", help="Batch requests in flight at once.  [default: 16]")
-    net.add_argument("--upload-max-bytes", type=int, metavar="BYTES",
-                     help="Largest uploaded file; a bigger one is refused as soon as that much has arrived.  "
-                     "[default: 209715200, OpenAI's 200 MB]")
-    eng.add_argument("--max-running", type=int, metavar="N",
-                     help="Batches processed at once; the others wait as validating, as the real API queues them.  "
-                     "[default: 64]")
-    flt = p.add_argument_group("faults (RATE is a share from 0 to 1)")
-    flt.add_argument("--latency", type=float, metavar="SECONDS", help="Delay every /v1 HTTP response.")
-    flt.add_argument("--request-latency", type=float, metavar="SECONDS", help="Processing time of each batch request.")
-    flt.add_argument("--http-429", type=_share, metavar="RATE", help="Answer this share of /v1 calls with 429.")
-    flt.add_argument("--http-500", type=_share, metavar="RATE", help="Answer this share of /v1 calls with 500.")
-    flt.add_argument("--drop", type=_share, metavar="RATE", help="Close this share of connections without a response.")
-    flt.add_argument("--retry-after", type=float, metavar="SECONDS",
-                     help="Delay advertised by 429 answers.  [default: 0.2]")
-    flt.add_argument("--fail-requests", type=_share, metavar="RATE",
-                     help="Share of batch requests failed with server_error.")
-    flt.add_argument("--token-limit-failures", type=int, metavar="N",
-                     help="The first N batches fail with token_limit_exceeded.")
-    flt.add_argument("--create-failures", type=int, metavar="N",
-                     help="Answer the first N batch creates with 503, creating nothing.")
-    flt.add_argument("--expire-after", type=float, metavar="SECONDS",
-                     help="A completion window of this many seconds instead of 24h.")
-    flt.add_argument("--cancel-delay", type=float, metavar="SECONDS",
-                     help="How long a batch stays cancelling.  [default: 0.2]")
-    flt.add_argument("--seed", type=int, metavar="N", help="Make fault choices and output order repeatable.")
-    flt.add_argument("--gzip", action=argparse.BooleanOptionalAction,
-                     help="Gzip answers for clients that accept it.  [default: no-gzip]")
-    hook = p.add_argument_group("webhooks (signed events when a batch ends, as OpenAI sends them)")
-    hook.add_argument("--webhook-url", dest="webhook_urls", action="append", metavar="URL",
-                      help="Send each batch.completed, .failed, .expired and .cancelled event here; repeat for "
-                      "more. Delivered at least once, retried with back-off for 72 hours.")
-    hook.add_argument("--webhook-secret", metavar="SECRET",
-                      help=f"The whsec_... secret that signs them. Prefer the variable {WEBHOOK_SECRET_ENV}.")
-    hook.add_argument("--webhook-drop", type=_share, metavar="RATE", help="Never deliver this share of events.")
-    hook.add_argument("--webhook-delay", type=float, metavar="SECONDS", help="Delay each delivery.")
-    log = p.add_argument_group("logging")
-    log.add_argument("--access-log", action=argparse.BooleanOptionalAction,
-                     help="Log every request.  [default: no-access-log]")
-    log.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), metavar="LEVEL",
-                     help="critical, error, warning, info or debug.  [default: warning]")
-    return p
+
+
+def __getattr__(name: str) -> Any:
+    if name == "build_parser":  # argparse until 0.3: the command is click's now
+        warnings.warn("batch_ops.server.options.build_parser is deprecated: use build_command (a click command)",
+                      DeprecationWarning, stacklevel=2)
+        return build_command
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

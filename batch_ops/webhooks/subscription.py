@@ -35,12 +35,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import OrderedDict
 from typing import Literal
 
 import httpx
 
-from batch_ops.locks import PicklableWeakKeyDictionary
+from batch_ops.polling import Reconnect
+from batch_ops.process_state import STATE
 from batch_ops.webhooks.events import BatchEvent
 from batch_ops.webhooks.hub import Page
 
@@ -61,11 +63,9 @@ UNAVAILABLE_AFTER = 10.0
 #: The subscription stops after this many seconds with no wait (it starts again on the next).
 IDLE_STOP = 300.0
 
-#: Live subscriptions by event loop. Picklable as an empty registry: Prefect pickles batch_ops by
-#: value into work-pool bundles, and live tasks and connections must not (and cannot) travel.
-_shared: PicklableWeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str | None], EventSubscription]] = (
-    PicklableWeakKeyDictionary()
-)
+#: Where the live subscriptions are kept, by event loop (see batch_ops.process_state: live tasks and
+#: connections never travel in a pickled bundle).
+_SLOT = "webhooks.subscriptions"
 
 
 async def fetch_page(
@@ -119,7 +119,9 @@ class EventSubscription:
     def shared(cls, events_url: str, *, token: str | None = None) -> EventSubscription:
         """The subscription of the running event loop for this receiver (made on first use)."""
         loop = asyncio.get_running_loop()
-        per_loop = _shared.setdefault(loop, {})
+        shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str | None], EventSubscription]]
+        shared = STATE.slot(_SLOT, weakref.WeakKeyDictionary)
+        per_loop = shared.setdefault(loop, {})
         key = (events_url, token)
         if key not in per_loop:
             per_loop[key] = cls(events_url, token=token)
@@ -201,7 +203,7 @@ class EventSubscription:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="batch-ops-events")
 
     async def _run(self) -> None:
-        pause = 0.5
+        pause = Reconnect()
         answered = False  # the last request was answered
         try:
             async with httpx.AsyncClient(timeout=httpx.Timeout(LONG_POLL + 15, connect=5.0)) as client:
@@ -217,10 +219,10 @@ class EventSubscription:
                     except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
                         answered = False
                         self._unreached(exc, attempt=attempt, wait=wait)
-                        await asyncio.sleep(pause)
-                        pause = min(pause * 2, 15.0)
+                        await asyncio.sleep(pause.failed())
                         continue
-                    answered, pause = True, 0.5
+                    answered = True
+                    pause.answered()
                     # Events may have come and gone while we could not reach the receiver: every
                     # wait looks once.
                     recovered = self._reached()

@@ -263,10 +263,13 @@ def worker_kill(row: Row, stack: CeleryStack, *, proxy: HoldProxy, server: Batch
              alive=stack.dead)
     sdk = oracle(server.url)
     try:
-        key = idempotency_key(dag_id="cluster_worker_kill", task_id="batch", run_id=run_id, map_index=-1)
         (created,) = wait_for("the batch on the server", lambda: list(sdk.batches.list()), timeout=30)
     finally:
         sdk.close()
+    # The key names the task instance in this deployment (the identity its owner record names).
+    deployment = json.loads((created.metadata or {}).get("airflow_task_instance") or "{}").get("deployment")
+    key = idempotency_key(dag_id="cluster_worker_kill", task_id="batch", run_id=run_id, map_index=-1,
+                          deployment=deployment)
     row.check(((created.metadata or {}).get("batch_ops_idempotency_key") or "").split("@")[0] == key,
               "the server holds the batch, tagged with the task instance's idempotency key (<key>@<requests>)")
     ti = stack.wait("the running task's pid and host", lambda: (

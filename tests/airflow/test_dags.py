@@ -19,9 +19,20 @@ RESULT_KEYS = {"batch_id", "status", "input_file_id", "output_file_id", "error_f
                "batch_ids", "chain_request_counts", "chain_usage"}
 
 
+def deployment() -> str | None:
+    """This test Airflow's deployment identity (made by the first operator that ran): part of every key."""
+    from airflow.models.variable import Variable as VariableRow
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.query(VariableRow).filter(VariableRow.key == "batch_ops_deployment_id").first()
+        return None if row is None else str(row.val)
+
+
 def task_batches(client: Any, dr: Any, task_id: str = "batch", map_index: int = -1) -> list[Any]:
     """The server's batches created by one task instance (any try), oldest first."""
-    base = idempotency_key(dag_id=dr.dag_id, task_id=task_id, run_id=dr.run_id, map_index=map_index)
+    base = idempotency_key(dag_id=dr.dag_id, task_id=task_id, run_id=dr.run_id, map_index=map_index,
+                           deployment=deployment())
     found = [
         b for b in client.batches.list(limit=100).data
         # Attempt keys are <key>@<requests' fingerprint>[.<n>] (before fingerprints: <key>[.<n>]).

@@ -20,6 +20,16 @@ def _run(dagbag: Any, logical_date: datetime, conf: dict[str, Any]) -> Any:
     return dag.test(run_after=logical_date, logical_date=logical_date, run_conf=conf)
 
 
+def _deployment() -> str | None:
+    """This test Airflow's deployment identity (made by the first operator that ran): part of every key."""
+    from airflow.models.variable import Variable as VariableRow
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.query(VariableRow).filter(VariableRow.key == "batch_ops_deployment_id").first()
+        return None if row is None else str(row.val)
+
+
 def _key_batches(client: Any, key: str) -> list[Any]:
     held = [b for b in client.batches.list(limit=100).data
             if (b.metadata or {}).get("batch_ops_idempotency_key", "").startswith(key)]
@@ -56,5 +66,5 @@ def test_a_cleared_task_with_a_fixed_input_file_gets_a_new_batch_not_the_stale_o
                               for x in reversed(lines)) + "\n")
     third_run = _run(dagbag, logical, {"input_path": str(path)})
     assert af.xcom(third_run, "batch")["batch_id"] == result["batch_id"]
-    key = idempotency_key(dag_id=first_run.dag_id, task_id="batch", run_id=first_run.run_id)
+    key = idempotency_key(dag_id=first_run.dag_id, task_id="batch", run_id=first_run.run_id, deployment=_deployment())
     assert [b.id for b in _key_batches(client, key)] == [stale, result["batch_id"]]

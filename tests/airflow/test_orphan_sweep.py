@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from batch_ops import BatchClient
-from batch_ops.orphans import airflow_owner_metadata
+from batch_ops.identity import airflow_owner_metadata
 
 REPO_DAGS = Path(__file__).resolve().parents[2] / "dags"
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))

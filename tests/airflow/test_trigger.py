@@ -45,7 +45,7 @@ def test_serialize_keeps_the_absolute_deadline_and_no_secret(api_key: str) -> No
     again = OpenAIBatchTrigger(**kwargs)
     assert again.deadline == trigger.deadline and again.serialize() == (classpath, kwargs)
     assert set(kwargs) == {"conn_id", "batch_id", "poll_interval", "timeout", "deadline", "max_poll_interval",
-                           "cancel_on_kill", "first_poll_spread"}
+                           "cancel_on_kill", "first_poll_spread", "cancel_on_timeout"}
     assert api_key not in repr(trigger)
 
 
