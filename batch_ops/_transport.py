@@ -13,9 +13,15 @@ that transport's streaming wrapper rather than to aiohttp, and it
 * builds its SSL context (reading the CA bundle, tens of ms) on the event loop.
 
 :class:`AiohttpTransport` is an ``httpx.AsyncBaseTransport``: requests and responses stay httpx
-objects, and ``AsyncBatchClient`` calls it directly for API calls (no cookie jar, auth flow or
-redirect loop to run per poll). A request with the ``READ_EAGERLY`` extension gets its body
-read and its connection released inside the transport; otherwise the body streams.
+objects, and the async driver (:mod:`batch_ops._drivers`) calls it directly (no cookie jar, auth
+flow or redirect loop to run per poll). A request with the ``READ_EAGERLY`` extension gets its
+body read and its connection released inside the transport; otherwise the body streams.
+
+An API call whose answer is small JSON (every call but uploads and downloads: a status poll above
+all) skips httpx's objects altogether: :meth:`AiohttpTransport.exchange` takes the URL, headers and
+body and returns the status, headers and decoded body. Building an ``httpx.Request`` and an
+``httpx.Response`` around aiohttp's own (headers normalised, re-decoded and re-joined three times)
+cost more CPU per poll than the rest of the wait (``benchmarks/bench_triggers.py``).
 
 Examples:
     >>> import httpx
@@ -27,9 +33,10 @@ Examples:
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -39,10 +46,14 @@ from batch_ops.errors import ConfigurationError
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["READ_EAGERLY", "AiohttpTransport", "aiohttp_available"]
+__all__ = ["ASYNC_POOL_LIMITS", "READ_EAGERLY", "AiohttpTransport", "aiohttp_available", "decoded_headers",
+           "default_async_transport"]
 
 #: Request extension: read the whole body in the transport (small JSON answers).
 READ_EAGERLY = "batch_ops.read_eagerly"
+#: The async connection pool: a triggerer's thousand waiters keep ~100 polls in flight at a 1 s
+#: interval and 100 ms latency, so a pool of 100 (aiohttp's default) would queue them.
+ASYNC_POOL_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=100)
 
 
 def aiohttp_available() -> bool:
@@ -52,6 +63,38 @@ def aiohttp_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def default_async_transport(limits: httpx.Limits = ASYNC_POOL_LIMITS) -> AiohttpTransport | None:
+    """Our aiohttp transport when aiohttp is installed, else None (httpx's own pool).
+
+    httpx's own async pool degrades past ~100 concurrent requests (``benchmarks/bench_triggers.py``);
+    ``BATCH_OPS_ASYNC_TRANSPORT=httpx`` chooses it anyway. The API is httpx either way.
+    """
+    if os.environ.get("BATCH_OPS_ASYNC_TRANSPORT", "auto") == "httpx" or not aiohttp_available():
+        return None
+    return AiohttpTransport(limits=limits)
+
+
+def decoded_headers(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Response headers as ``dict(httpx.Headers(raw).items())`` has them, without building httpx's
+    ``Headers``: lower-case names, a repeated header's values joined with ", ", every name and value
+    decoded as ASCII, else UTF-8, else Latin-1 (httpx's choice, made for the whole set at once).
+
+    Examples:
+        >>> decoded_headers([(b"Content-Type", b"application/json"), (b"Set-Cookie", b"a=1"), (b"set-cookie", b"b=2")])
+        {'content-type': 'application/json', 'set-cookie': 'a=1, b=2'}
+    """
+    for encoding in ("ascii", "utf-8", "iso-8859-1"):
+        try:
+            pairs = [(key.lower().decode(encoding), value.decode(encoding)) for key, value in raw]
+        except UnicodeDecodeError:
+            continue
+        break
+    headers: dict[str, str] = {}
+    for key, value in pairs:
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    return headers
 
 
 def env_proxy(url: httpx.URL) -> str | None:
@@ -184,7 +227,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=False)
         return self._session
 
-    def _proxy(self, url: httpx.URL) -> str | None:
+    def proxy(self, url: httpx.URL) -> str | None:
+        """The proxy for ``url`` (from the environment, looked up once per host), or None."""
         if not self._trust_env:
             return None
         key = (url.scheme, url.host, url.port)
@@ -192,10 +236,17 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._proxies[key] = env_proxy(url)
         return self._proxies[key]
 
-    def _timeout(self, request: httpx.Request) -> aiohttp.ClientTimeout:
+    def target(self, url: httpx.URL) -> tuple[Any, str | None]:
+        """What :meth:`exchange` takes for ``url``: the URL parsed as aiohttp parses it (a
+        ``yarl.URL``; parsing a string per request is a measurable share of a poll), and its proxy."""
+        import yarl
+
+        return yarl.URL(str(url)), self.proxy(url)
+
+    def timeout(self, given: Mapping[str, float | None]) -> aiohttp.ClientTimeout:
+        """aiohttp's timeouts for httpx's timeout dict (``connect``, ``read``, ``pool``), made once per value."""
         import aiohttp
 
-        given = request.extensions.get("timeout") or {}
         key = (given.get("connect"), given.get("read"), given.get("pool"))
         timeout = self._timeouts.get(key)
         if timeout is None:
@@ -224,8 +275,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 headers=headers,
                 data=data,
                 allow_redirects=False,
-                proxy=self._proxy(request.url),
-                timeout=self._timeout(request),
+                proxy=self.proxy(request.url),
+                timeout=self.timeout(request.extensions.get("timeout") or {}),
             )
             if request.extensions.get(READ_EAGERLY):
                 try:
@@ -238,6 +289,38 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             raise _map_error(exc) from exc
         return httpx.Response(response.status, headers=response.raw_headers, stream=_Body(response),
                               request=request, extensions={"http_version": b"HTTP/1.1"})
+
+    async def exchange(
+        self,
+        method: str,
+        url: Any,
+        *,
+        proxy: str | None,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeout: aiohttp.ClientTimeout,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One request whose answer is read whole: its status, headers (see :func:`decoded_headers`)
+        and body, decoded as httpx decodes it (``Content-Encoding``). ``url`` and ``proxy`` come from
+        :meth:`target`. Raises the httpx error of a failure, as :meth:`handle_async_request` does.
+
+        The same exchange as an httpx request with ``READ_EAGERLY``, without httpx's objects.
+        """
+        session = self._session or await self._open()
+        try:
+            response = await session.request(method, url, headers=headers, data=body, allow_redirects=False,
+                                             proxy=proxy, timeout=timeout)
+            try:
+                content = await response.read()
+            finally:
+                response.release()
+        except _aiohttp_errors() as exc:
+            raise _map_error(exc) from exc
+        raw = response.raw_headers
+        answer = decoded_headers(raw)
+        if "content-encoding" in answer:  # gzip, deflate...: decoded by httpx's own decoders, as ever
+            content = httpx.Response(response.status, headers=raw, content=content).read()
+        return response.status, answer, content
 
     async def aclose(self) -> None:
         if self._opening is not None and not self._opening.done():

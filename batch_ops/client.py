@@ -1,9 +1,11 @@
 """``BatchClient`` and ``AsyncBatchClient``: the Files and Batches API, submit and results.
 
-Both clients run the same plans (:mod:`batch_ops._plans`); they differ only in how they send
-a request and how they sleep. Every call retries what is worth retrying (408/409/429/5xx,
-network errors) with jittered back-off and ``Retry-After``; a batch create is never blindly
-re-sent (see ``create``).
+Both clients run the same plans (:mod:`batch_ops._plans`) on a driver (:mod:`batch_ops._drivers`);
+they differ only in how it sends a request and how it sleeps. Each call of ``client.files`` and
+``client.batches`` is written once, as the plan it runs (``_FilePlans``, ``_BatchPlans``): the
+blocking classes run it, their async twins await it. Every call retries what is worth retrying
+(408/409/429/5xx, network errors) with jittered back-off and ``Retry-After``; a batch create is
+never blindly re-sent (see ``create``).
 
 Examples:
     >>> from batch_ops import BatchClient
@@ -16,30 +18,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
+import functools
 import itertools
-import json
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Generator, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar, cast
 
 import httpx
 from pydantic import ValidationError
 
 from batch_ops import _plans, storage
-from batch_ops._aio import within
-from batch_ops._files import atomic_file
-from batch_ops._http import USER_AGENT, MultipartBody, RetryPolicy
-from batch_ops._plans import Notify, Reply, Send, Sleep, Work
+from batch_ops._drivers import AsyncDriver, SyncDriver, http_timeout
+from batch_ops._http import RetryPolicy
 from batch_ops._submit import Source, Submission, SubmitSpec, find_chain_plan, submit_plan
-from batch_ops._transport import READ_EAGERLY, AiohttpTransport, aiohttp_available
+from batch_ops._transport import ASYNC_POOL_LIMITS, default_async_transport
 from batch_ops.chain import Attempt, AttemptChain
 from batch_ops.dialects import Dialect
 from batch_ops.errors import BatchOpsError, BatchTimeoutError, ConfigurationError, InputValidationError, Problem
@@ -54,15 +52,15 @@ from batch_ops.storage import Location, StorageTarget
 
 __all__ = ["AsyncBatchClient", "BatchClient"]
 
-_CHUNK = 1024 * 1024
 _log = logging.getLogger("batch_ops")
-#: Parsed URLs kept per client (one per batch being polled); the cache starts over when full.
-_URL_CACHE_SIZE = 4096
-#: Sleeps used by the drivers; tests may patch these (and ``_plans.clock``), nothing else.
+#: Sleeps used by the drivers; tests may patch these (and ``_plans.clock``), nothing else. The
+#: clients hand their drivers a sleep that looks these names up at each call, so a patch reaches them.
 _sleep = time.sleep
 _async_sleep = asyncio.sleep
 
 PathLike = str | os.PathLike[str]
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 def _settings(settings: ClientSettings | None, overrides: Mapping[str, Any]) -> ClientSettings:
@@ -77,57 +75,6 @@ def _settings(settings: ClientSettings | None, overrides: Mapping[str, Any]) -> 
         return ClientSettings.model_validate({**dict(settings), **given}) if given else settings
     except ValidationError as exc:
         raise settings_error(exc) from None
-
-
-def _not_sent(exc: httpx.TransportError) -> bool:
-    """True only when the request certainly never reached the server.
-
-    This decides whether a failed create may have created a batch, so it must never say
-    "not sent" by mistake. httpx's ConnectError / ConnectTimeout / PoolTimeout mean the
-    connection was never established (our aiohttp transport maps to them the same way).
-    When the cause is an aiohttp error it decides instead: a caller's own client may use the
-    httpx-aiohttp package's transport, which maps *every* aiohttp connection error, a
-    connection dropped after the request was read included, to ``ConnectTimeout``; only
-    aiohttp's ``ClientConnectorError`` and ``ConnectionTimeoutError`` mean nothing was sent.
-    """
-    cause = exc.__cause__
-    if cause is not None and type(cause).__module__.split(".")[0] == "aiohttp":
-        return any(cls.__name__ in ("ClientConnectorError", "ConnectionTimeoutError") for cls in type(cause).__mro__)
-    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
-
-
-def _timed_out(exc: httpx.TransportError) -> bool:
-    cause = exc.__cause__
-    if cause is not None and type(cause).__module__.split(".")[0] == "aiohttp":
-        return isinstance(cause, TimeoutError) or "Timeout" in type(cause).__name__
-    return isinstance(exc, httpx.TimeoutException)
-
-
-def _transport_reply(exc: httpx.TransportError, url: str) -> Reply:
-    kind = type(exc.__cause__ or exc).__name__
-    detail = f"{kind}: {exc}" if str(exc) else kind
-    return Reply(
-        error=f"{detail} (reaching {url})",
-        timed_out=_timed_out(exc),
-        sent=not _not_sent(exc),
-    )
-
-
-def _headers(response: httpx.Response) -> dict[str, str]:
-    """The answer's headers as a plain dict with lower-case names, in one pass.
-
-    ``dict(response.headers)`` looks every name up again in httpx's header list: measurable at a
-    thousand polls a second.
-    """
-    return dict(response.headers.items())
-
-
-def _check_terminal(batch: Batch) -> None:
-    if not batch.status.is_terminal:
-        raise BatchOpsError(
-            f"Batch {batch.id} is still {batch.status.value}: wait for it (client.batches.wait) before "
-            "reading results."
-        )
 
 
 def _noticed(submission: Submission) -> Submission:
@@ -156,17 +103,25 @@ def _as_chain(what: Batch | AttemptChain | Submission) -> AttemptChain:
     return AttemptChain(what.id, (Attempt(0, what),))
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    url: httpx.URL
-    headers: dict[str, str]
-    params: dict[str, Any] | None
-    content: bytes | None
-    frame: MultipartBody | None
+def _ended_chain(what: Any) -> AttemptChain:
+    """The chain whose results ``results`` reads: its latest batch must have ended."""
+    chain = _as_chain(_checked_batch(what))
+    latest = chain.latest
+    if latest is None:
+        raise BatchOpsError(f"Key {chain.key!r} has no batch: nothing to read.")
+    if not latest.status.is_terminal:
+        raise BatchOpsError(
+            f"Batch {latest.id} is still {latest.status.value}: wait for it (client.batches.wait) before "
+            "reading results."
+        )
+    return chain
 
 
 class _Base:
-    """What both clients share: settings, retry policy, request preparation."""
+    """What both clients share: settings, the dialect, the retry policy."""
+
+    #: Whether the client's driver can end a pause on a batch's webhook event (an events subscription).
+    follows_events: ClassVar[bool] = False
 
     def __init__(self, settings: ClientSettings | None, overrides: Mapping[str, Any]) -> None:
         settings = _settings(settings, overrides)
@@ -182,37 +137,6 @@ class _Base:
         )
         #: What every plan is driven with: the dialect that speaks the wire, the retry policy.
         self._wire: Mapping[str, Any] = MappingProxyType({"dialect": self.dialect, "policy": self.retry_policy})
-        self._urls: dict[str, httpx.URL] = {}
-        # Settings are frozen: the headers and query every request carries are built once (the
-        # credentials are added per request, so no plain-text key lives on the client).
-        self._base_headers = {"User-Agent": USER_AGENT, "Accept": "application/json",
-                              "Accept-Encoding": "gzip, deflate"}
-        self._base_params = self.dialect.default_params(settings)
-
-    def _prepare(self, send: Send) -> _Prepared:
-        """URL, headers, query and body of a request: JSON, or an upload's multipart frame.
-
-        A redirect's target (``send.url``) is used as it is, query included; the credentials go
-        only where the plan says they may (``send.auth``: same origin).
-        """
-        headers = ({**self._base_headers, **self.dialect.auth_headers(self.settings)} if send.auth
-                   else dict(self._base_headers))
-        if send.url is not None:
-            params: dict[str, Any] = dict(send.params or {})
-        else:
-            params = {**self._base_params, **send.params} if send.params else dict(self._base_params)
-        content = frame = None
-        if send.upload is not None:
-            size = send.upload.stat().st_size
-            frame = MultipartBody.for_file(filename=send.filename or send.upload.name, size=size,
-                                           fields=dict(send.json or {}))
-            headers.update({"Content-Type": frame.content_type, "Content-Length": str(frame.content_length)})
-        elif send.json is not None:
-            content = json.dumps(send.json).encode()
-            headers["Content-Type"] = "application/json"
-        # None, not {}: httpx re-parses the URL to merge even empty params.
-        url = httpx.URL(send.url) if send.url is not None else self._url(send.path)
-        return _Prepared(url, headers, params or None, content, frame)
 
     def _create_plan(self, *, input_file_id: str, endpoint: str, completion_window: str,
                      metadata: Mapping[str, str] | None, output_expires_after: Mapping[str, Any] | None) -> Any:
@@ -225,69 +149,188 @@ class _Base:
         return _plans.create_plan(body, key=key, key_may_exist=False, **self._wire,
                                   lookback=self.settings.idempotency_lookback)
 
-    def _secrets(self) -> list[str]:
-        """What must never appear in an error we raise: our own key."""
-        key = self.settings.api_key
-        return [key.get_secret_value()] if key is not None else []
-
-    def _log_retry(self, sleep: Sleep) -> None:
-        if sleep.reason:
-            _log.warning("%s", sleep.reason)
-
-    def _url(self, path: str) -> httpx.URL:
-        """The URL of an API path, parsed once per client: httpx parses a string URL on every
-        request, a third of the CPU of a status poll (1,000 Airflow triggers poll ~900 times/s)."""
-        url = self._urls.get(path)
-        if url is None:
-            if len(self._urls) >= _URL_CACHE_SIZE:
-                self._urls.clear()
-            url = self._urls[path] = httpx.URL(self.settings.url(path))
-        return url
-
-    def _timeout(self) -> httpx.Timeout:
-        return httpx.Timeout(self.settings.timeout, connect=self.settings.connect_timeout)
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.settings.base_url!r})"
 
 
-def _iter_upload(frame: MultipartBody, path: Path) -> Iterator[bytes]:
-    yield frame.head
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            yield chunk
-    yield frame.tail
+# ---------------------------------------------------------------------------------------------
+# Each call of client.files and client.batches, written once as the plan it runs
+# ---------------------------------------------------------------------------------------------
 
 
-async def _aiter_upload(frame: MultipartBody, path: Path) -> AsyncIterator[bytes]:
-    yield frame.head
-    fh = await asyncio.to_thread(path.open, "rb")
-    try:
-        while chunk := await asyncio.to_thread(fh.read, _CHUNK):
-            yield chunk
-    finally:
-        await asyncio.to_thread(fh.close)
-    yield frame.tail
+class _Calls:
+    """``client.files`` / ``client.batches``: the client whose plans they run.
+
+    The plan makers below (``_FilePlans``, ``_BatchPlans``) are written as methods for their
+    signatures and docstrings, but run with a ``Files``/``Batches`` (or async twin) as ``self``:
+    they use ``self._c`` only.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._c = client
 
 
-class _DeadlinePassed(Exception):
-    """Internal: the caller's deadline passed while a body was arriving."""
+_PlanMaker = Callable[Concatenate[Any, _P], Generator[Any, Any, _T]]
 
 
-def _within(chunks: Iterator[bytes], deadline: float | None) -> Iterator[bytes]:
-    for chunk in chunks:
-        if deadline is not None and _plans.clock() > deadline:
-            raise _DeadlinePassed
-        yield chunk
+def _since(client: _Base, since: float | None) -> float:
+    """How far back a key is looked for: ``since``, else ``settings.idempotency_lookback`` ago."""
+    return _plans.clock() - client.settings.idempotency_lookback if since is None else since
 
 
-def _capped_timeouts(timeout: httpx.Timeout, remaining: float) -> dict[str, float | None]:
-    """httpx's per-request timeouts, none longer than the time left before the caller's deadline."""
-    def cap(value: float | None) -> float:
-        return remaining if value is None else min(value, remaining)
+def _blocking(make: _PlanMaker[_P, _T]) -> Callable[Concatenate[Any, _P], _T]:
+    """The method that runs the plan ``make`` builds, blocking (``Files``, ``Batches``)."""
 
-    return {"connect": cap(timeout.connect), "read": cap(timeout.read), "write": cap(timeout.write),
-            "pool": cap(timeout.pool)}
+    @functools.wraps(make)
+    def call(self: _Calls, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return self._c._run(make(self, *args, **kwargs))  # type: ignore[no-any-return]
+
+    return call
+
+
+def _awaited(make: _PlanMaker[_P, _T]) -> Callable[Concatenate[Any, _P], Coroutine[Any, Any, _T]]:
+    """The method that runs the plan ``make`` builds, awaited (``AsyncFiles``, ``AsyncBatches``)."""
+
+    @functools.wraps(make)
+    async def call(self: _Calls, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return await self._c._run(make(self, *args, **kwargs))  # type: ignore[no-any-return]
+
+    return call
+
+
+class _FilePlans(_Calls):
+    """The calls of ``client.files`` that are one plan each (upload and download also stage a remote
+    file, which the async client does in a thread: they are written in each class)."""
+
+    def retrieve(self, file_id: str) -> Generator[Any, Any, FileObject]:
+        """The file object (name, size, purpose, status)."""
+        return _plans.retrieve_file_plan(file_id, **self._c._wire)
+
+    def list(self, *, purpose: str | None = None) -> Generator[Any, Any, FileList]:
+        """The files, optionally only those of one ``purpose``."""
+        return _plans.list_files_plan(purpose=purpose, **self._c._wire)
+
+    def delete(self, file_id: str) -> Generator[Any, Any, bool]:
+        """Delete a file; True when the API says it is gone."""
+        return _plans.delete_file_plan(file_id, **self._c._wire)
+
+
+class _BatchPlans(_Calls):
+    """The calls of ``client.batches`` that are one plan each (``create`` with a key goes through
+    ``submit``, and ``iter_all`` is a generator: they are written in each class)."""
+
+    def download_results(self, batch: Batch, directory: PathLike) -> Generator[Any, Any, _plans.ResultPaths]:
+        """Download ``batch``'s output and error files into ``directory`` (``<id>.output.jsonl``,
+        ``<id>.errors.jsonl``), in OpenAI's line shape whatever the provider; a file the batch
+        does not have is None."""
+        return _plans.download_results_plan(batch, Path(directory), **self._c._wire)
+
+    def retrieve(self, batch_id: str) -> Generator[Any, Any, Batch]:
+        """The batch as the API has it now."""
+        return _plans.retrieve_batch_plan(batch_id, **self._c._wire)
+
+    def cancel(self, batch_id: str) -> Generator[Any, Any, Batch]:
+        """Ask the API to cancel the batch; returns it as the answer has it (usually ``cancelling``)."""
+        return _plans.cancel_batch_plan(batch_id, **self._c._wire)
+
+    def list(self, *, limit: int = 20, after: str | None = None) -> Generator[Any, Any, BatchList]:
+        """One page, newest first; ``limit`` must be 1..100 (checked before any request).
+        Iterating the page yields its batches; ``iter_all`` follows the cursor."""
+        return _plans.list_batches_plan(limit=limit, after=after, **self._c._wire)
+
+    def find_by_idempotency_key(self, key: str, *, since: float | None = None) -> Generator[Any, Any, Batch | None]:
+        """The batch batch_ops created with this exact (attempt) key, searching back to ``since`` (epoch s)."""
+        return _plans.find_by_key_plan(key, since=_since(self._c, since), **self._c._wire)
+
+    def chain(self, key: str, *, since: float | None = None,
+              fingerprint: str | None = None) -> Generator[Any, Any, AttemptChain]:
+        """Every attempt of ``key``, from the batch list alone.
+
+        A key used for other requests over time has one chain per set of requests (see
+        :mod:`batch_ops.chain`): ``fingerprint`` picks one (``Submission.fingerprint``, or
+        ``batch_ops.fingerprint.fingerprint_file(path).value``); without it, the key's newest chain.
+
+        Examples:
+            >>> # chain = client.batches.chain("nightly-1"); chain.batch_ids, chain.latest.status
+        """
+        return find_chain_plan(key, since=_since(self._c, since), **self._c._wire, fingerprint=fingerprint)
+
+    def wait(
+        self,
+        batch_id: str,
+        *,
+        poll_interval: float = 30.0,
+        timeout: float | None = DEFAULT_WAIT_TIMEOUT,
+        max_poll_interval: float | None = None,
+        deadline: float | None = None,
+        on_poll: Any = None,
+        first_delay: float = 0.0,
+        cancel_on_timeout: bool = False,
+        first_poll_spread: float | None = None,
+    ) -> Generator[Any, Any, Batch]:
+        """Poll until terminal and return the batch (whatever its outcome).
+
+        Raises BatchTimeoutError at the deadline (``timeout`` seconds from now, default
+        :data:`batch_ops.outcomes.DEFAULT_WAIT_TIMEOUT`, 25 h; or the absolute ``deadline``): the batch
+        keeps running, unless ``cancel_on_timeout`` (it is cancelled first, and the error says so).
+        Pass the result to :func:`batch_ops.raise_for_outcome` to turn failed/expired/cancelled into
+        exceptions. ``on_poll(batch)`` is called after each poll (progress displays; awaited when it
+        returns an awaitable, in the async client).
+
+        ``first_delay`` puts off the first poll; ``first_poll_spread`` instead makes it a random
+        pause in ``[0, spread)``, so a thousand waits started together (a restarted Airflow
+        triggerer) do not poll in the same instant. With ``settings.events_url`` (a webhook
+        receiver), the async client's wait wakes on the batch's webhook event and otherwise polls
+        only every ``settings.safety_poll_interval`` seconds (an event also ends the first pause early).
+        """
+        settings = self._c.settings
+        events = self._c.follows_events and settings.events_url is not None
+        poller = BatchPoller(poll_interval=poll_interval, max_poll_interval=max_poll_interval, timeout=timeout,
+                             deadline=deadline, safety_poll_interval=settings.safety_poll_interval if events else None)
+        if first_poll_spread is not None:
+            first_delay = poller.first_delay(now=_plans.clock(), spread=first_poll_spread)
+        return _plans.wait_plan(batch_id, poller=poller, **self._c._wire, on_poll=on_poll, first_delay=first_delay,
+                                cancel_on_timeout=cancel_on_timeout)
+
+    def poll(self, batch_id: str, *, poller: BatchPoller) -> Generator[Any, Any, Poll]:
+        """One poll of a wait you schedule yourself (Airflow's poke sensor): the batch and the
+        ``poller``'s decision, or no batch after a failure it still tolerates (keep the same poller
+        from poll to poll: it counts failures in a row). Raises a permanent error, or one failure too many.
+
+        Examples:
+            >>> # poller = BatchPoller(poll_interval=60); poll = client.batches.poll("batch_1", poller=poller)
+            >>> # poll.done, poll.batch, poll.error
+        """
+        return _plans.poll_plan(batch_id, poller=poller, **self._c._wire)
+
+    def wait_many(
+        self,
+        batch_ids: Collection[str],
+        *,
+        poll_interval: float = 30.0,
+        deadline: float | None = None,
+        wake_at: float | None = None,
+        first_poll_spread: float = 0.0,
+        max_consecutive_failures: int = 5,
+    ) -> Generator[Any, Any, WaitMany]:
+        """Wait until any of ``batch_ids`` ends, ``wake_at`` passes or ``deadline`` does (epoch seconds).
+
+        Returns the batches as last seen and why the wait ended (see :class:`~batch_ops.polling.WaitMany`);
+        a permanent error, or more than ``max_consecutive_failures`` failed rounds in a row, is raised.
+        The first round comes after a random pause in ``[0, first_poll_spread)``.
+        """
+        poller = BatchPoller(poll_interval=poll_interval, deadline=deadline,
+                             max_consecutive_failures=max_consecutive_failures)
+        first_delay = poller.first_delay(now=_plans.clock(), spread=first_poll_spread) if first_poll_spread else 0.0
+        return _plans.wait_many_plan(list(batch_ids), poller=poller, **self._c._wire, wake_at=wake_at,
+                                     first_delay=first_delay)
+
+    def time_out(
+        self, batch_id: str, *, cancel: bool, last: Batch | None = None, deadline: float | None = None
+    ) -> Generator[Any, Any, BatchTimeoutError]:
+        """End a wait that ran out of time elsewhere (an Airflow trigger): cancel the batch when ``cancel``
+        (``cancel_on_timeout``) and return the error to raise, worded as every wait words it."""
+        return _plans.timeout_plan(batch_id, deadline=deadline, last=last, cancel=cancel, **self._c._wire)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,76 +378,15 @@ class BatchClient(_Base):
                                     "project": project, "api_version": api_version, "max_retries": max_retries,
                                     "timeout": timeout})
         self._owns_http = http_client is None
-        self._http = http_client or httpx.Client(timeout=self._timeout())
+        self._http = http_client or httpx.Client(timeout=http_timeout(self.settings))
+        # The sleep is looked up at each call: tests shorten it by patching batch_ops.client._sleep.
+        self._driver = SyncDriver(self.settings, self.dialect, self._http, sleep=lambda seconds: _sleep(seconds))
         self.files = Files(self)
         self.batches = Batches(self)
 
-    # -- driver ---------------------------------------------------------------------------
-    def _drive(self, plan: Any) -> Any:
-        """Drive a plan: perform each effect it yields and send back its result (or throw its error)."""
-        value: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                effect = plan.throw(error) if error is not None else plan.send(value)
-            except StopIteration as done:
-                return done.value
-            value, error = None, None
-            try:
-                if isinstance(effect, Send):
-                    value = self._send_once(effect)
-                elif isinstance(effect, Sleep):
-                    self._log_retry(effect)
-                    _sleep(effect.pause(events=False))  # no events subscription here: the ordinary pause
-                elif isinstance(effect, Work):
-                    value = effect.fn()
-                elif isinstance(effect, Notify):
-                    effect.callback(effect.batch)
-            except Exception as exc:
-                error = exc
-
     def _run(self, plan: Any) -> Any:
         """Drive a plan; every batch_ops error leaves with our key redacted from its text."""
-        try:
-            return self._drive(plan)
-        except BatchOpsError as exc:
-            exc.redact(self._secrets())
-            raise
-
-    def _send_once(self, send: Send) -> Reply:
-        prepared = self._prepare(send)
-        url, headers, params = prepared.url, prepared.headers, prepared.params
-        content: Any = prepared.content
-        if send.upload is not None and prepared.frame is not None:
-            content = _iter_upload(prepared.frame, send.upload)
-        request = self._http.build_request(send.method, url, params=params, headers=headers, content=content)
-        where = str(request.url)
-        if send.deadline is not None:
-            remaining = send.deadline - _plans.clock()
-            if remaining <= 0:
-                return Reply(error="the deadline passed", timed_out=True, url=where)
-            # Each blocking step (connect, write, wait for the answer, read a piece) is bounded by what
-            # is left; between pieces of the body the deadline is checked again (a server trickling a
-            # byte at a time cannot hold the call past it).
-            request.extensions["timeout"] = _capped_timeouts(self._timeout(), remaining)
-        try:
-            response = self._http.send(request, stream=True)
-            try:
-                if send.sink is None or not 200 <= response.status_code < 300:
-                    # As the pieces arrive (iter_bytes with a size would wait for a whole MiB).
-                    body = b"".join(_within(response.iter_bytes(), send.deadline))
-                    return Reply(status=response.status_code, headers=_headers(response), body=body, url=where)
-                with atomic_file(send.sink) as out:
-                    # Decoded bytes, not raw: a server or proxy may gzip the file.
-                    for chunk in _within(response.iter_bytes(), send.deadline):
-                        out.write(chunk)
-                return Reply(status=response.status_code, headers=_headers(response), url=where)
-            finally:
-                response.close()
-        except _DeadlinePassed:
-            return Reply(error="the deadline passed while the answer was arriving", timed_out=True, url=where)
-        except httpx.TransportError as exc:
-            return _transport_reply(exc, where)
+        return self._driver.run(plan)
 
     # -- high level -------------------------------------------------------------------------
     def submit(
@@ -490,11 +472,7 @@ class BatchClient(_Base):
         """
         if isinstance(batch, str):
             batch = self.batches.retrieve(batch)
-        chain = _as_chain(_checked_batch(batch))
-        latest = chain.latest
-        if latest is None:
-            raise BatchOpsError(f"Key {chain.key!r} has no batch: nothing to read.")
-        _check_terminal(latest)
+        chain = _ended_chain(batch)
         tmp = Path(tempfile.mkdtemp(prefix="batch_ops_results_", dir=workdir))
         try:
             pairs = self._run(_plans.chain_results_plan(chain, tmp, **self._wire))
@@ -520,11 +498,10 @@ class BatchClient(_Base):
         self.close()
 
 
-class Files:
+class Files(_Calls):
     """``client.files``: upload (streamed), retrieve, list, download (streamed), delete."""
 
-    def __init__(self, client: BatchClient) -> None:
-        self._c = client
+    _c: BatchClient
 
     def upload(self, path: StorageTarget, *, purpose: str = "batch") -> FileObject:
         """Upload a file, streamed from disk in 1 MiB chunks (never read whole into memory).
@@ -536,11 +513,8 @@ class Files:
             return self._c._run(_plans.upload_plan(_existing(local), purpose=purpose,  # type: ignore[no-any-return]
                                                    **self._c._wire))
 
-    def retrieve(self, file_id: str) -> FileObject:
-        return self._c._run(_plans.retrieve_file_plan(file_id, **self._c._wire))  # type: ignore[no-any-return]
-
-    def list(self, *, purpose: str | None = None) -> FileList:
-        return self._c._run(_plans.list_files_plan(purpose=purpose, **self._c._wire))  # type: ignore[no-any-return]
+    retrieve = _blocking(_FilePlans.retrieve)
+    list = _blocking(_FilePlans.list)
 
     def download(self, file_id: str, path: StorageTarget) -> Path | StorageTarget:
         """Stream a file's content to ``path`` (written whole or not at all).
@@ -554,15 +528,13 @@ class Files:
             written: Path = self._c._run(_plans.download_plan(file_id, local, **self._c._wire))
         return written if isinstance(target, Path) else path
 
-    def delete(self, file_id: str) -> bool:
-        return self._c._run(_plans.delete_file_plan(file_id, **self._c._wire))  # type: ignore[no-any-return]
+    delete = _blocking(_FilePlans.delete)
 
 
-class Batches:
-    """``client.batches``: create (at most once), retrieve, cancel, list, iter_all, wait."""
+class Batches(_Calls):
+    """``client.batches``: create (at most once), retrieve, cancel, list, iter_all, wait, poll, wait_many."""
 
-    def __init__(self, client: BatchClient) -> None:
-        self._c = client
+    _c: BatchClient
 
     def create(
         self,
@@ -591,23 +563,10 @@ class Batches:
             input_file_id=input_file_id, endpoint=endpoint, completion_window=completion_window,
             metadata=metadata, output_expires_after=output_expires_after))
 
-    def download_results(self, batch: Batch, directory: PathLike) -> _plans.ResultPaths:
-        """Download ``batch``'s output and error files into ``directory`` (``<id>.output.jsonl``,
-        ``<id>.errors.jsonl``), in OpenAI's line shape whatever the provider; a file the batch
-        does not have is None."""
-        return self._c._run(_plans.download_results_plan(batch, Path(directory), **self._c._wire))  # type: ignore[no-any-return]
-
-    def retrieve(self, batch_id: str) -> Batch:
-        return self._c._run(_plans.retrieve_batch_plan(batch_id, **self._c._wire))  # type: ignore[no-any-return]
-
-    def cancel(self, batch_id: str) -> Batch:
-        return self._c._run(_plans.cancel_batch_plan(batch_id, **self._c._wire))  # type: ignore[no-any-return]
-
-    def list(self, *, limit: int = 20, after: str | None = None) -> BatchList:
-        """One page, newest first; ``limit`` must be 1..100 (checked before any request).
-        Iterating the page yields its batches; ``iter_all`` follows the cursor."""
-        return self._c._run(_plans.list_batches_plan(limit=limit, after=after,  # type: ignore[no-any-return]
-                                                     **self._c._wire))
+    download_results = _blocking(_BatchPlans.download_results)
+    retrieve = _blocking(_BatchPlans.retrieve)
+    cancel = _blocking(_BatchPlans.cancel)
+    list = _blocking(_BatchPlans.list)
 
     def iter_all(self, *, limit: int = 100, after: str | None = None) -> Iterator[Batch]:
         """Every batch, newest first, following ``has_more`` / ``last_id``."""
@@ -618,110 +577,17 @@ class Batches:
                 return
             after = page.last_id
 
-    def find_by_idempotency_key(self, key: str, *, since: float | None = None) -> Batch | None:
-        """The batch batch_ops created with this exact (attempt) key, searching back to ``since`` (epoch s)."""
-        since = _plans.clock() - self._c.settings.idempotency_lookback if since is None else since
-        return self._c._run(_plans.find_by_key_plan(key, since=since, **self._c._wire))  # type: ignore[no-any-return]
-
-    def chain(self, key: str, *, since: float | None = None, fingerprint: str | None = None) -> AttemptChain:
-        """Every attempt of ``key``, from the batch list alone.
-
-        A key used for other requests over time has one chain per set of requests (see
-        :mod:`batch_ops.chain`): ``fingerprint`` picks one (``Submission.fingerprint``, or
-        ``batch_ops.fingerprint.fingerprint_file(path).value``); without it, the key's newest chain.
-
-        Examples:
-            >>> # chain = client.batches.chain("nightly-1"); chain.batch_ids, chain.latest.status
-        """
-        since = _plans.clock() - self._c.settings.idempotency_lookback if since is None else since
-        return self._c._run(find_chain_plan(key, since=since, **self._c._wire,  # type: ignore[no-any-return]
-                                            fingerprint=fingerprint))
-
-    def wait(
-        self,
-        batch_id: str,
-        *,
-        poll_interval: float = 30.0,
-        timeout: float | None = DEFAULT_WAIT_TIMEOUT,
-        max_poll_interval: float | None = None,
-        deadline: float | None = None,
-        on_poll: Any = None,
-        cancel_on_timeout: bool = False,
-    ) -> Batch:
-        """Poll until terminal and return the batch (whatever its outcome).
-
-        Raises BatchTimeoutError at the deadline (``timeout`` seconds from now, default
-        :data:`batch_ops.outcomes.DEFAULT_WAIT_TIMEOUT`, 25 h; or the absolute ``deadline``): the batch
-        keeps running, unless ``cancel_on_timeout`` (it is cancelled first, and the error says so).
-        Pass the result to :func:`batch_ops.raise_for_outcome` to turn failed/expired/cancelled into
-        exceptions. ``on_poll(batch)`` is called after each poll (progress displays).
-        """
-        poller = BatchPoller(poll_interval=poll_interval, max_poll_interval=max_poll_interval, timeout=timeout,
-                             deadline=deadline)
-        return self._c._run(_plans.wait_plan(batch_id, poller=poller, **self._c._wire,  # type: ignore[no-any-return]
-                                             on_poll=on_poll, cancel_on_timeout=cancel_on_timeout))
-
-    def poll(self, batch_id: str, *, poller: BatchPoller) -> Poll:
-        """One poll of a wait you schedule yourself (Airflow's poke sensor): the batch and the
-        ``poller``'s decision, or no batch after a failure it still tolerates (keep the same poller
-        from poll to poll: it counts failures in a row). Raises a permanent error, or one failure too many.
-
-        Examples:
-            >>> # poller = BatchPoller(poll_interval=60); poll = client.batches.poll("batch_1", poller=poller)
-            >>> # poll.done, poll.batch, poll.error
-        """
-        return self._c._run(_plans.poll_plan(batch_id, poller=poller, **self._c._wire))  # type: ignore[no-any-return]
-
-    def wait_many(
-        self,
-        batch_ids: Collection[str],
-        *,
-        poll_interval: float = 30.0,
-        deadline: float | None = None,
-        wake_at: float | None = None,
-        first_poll_spread: float = 0.0,
-        max_consecutive_failures: int = 5,
-    ) -> WaitMany:
-        """Wait until any of ``batch_ids`` ends, ``wake_at`` passes or ``deadline`` does (epoch seconds).
-
-        Returns the batches as last seen and why the wait ended (see :class:`~batch_ops.polling.WaitMany`);
-        a permanent error, or more than ``max_consecutive_failures`` failed rounds in a row, is raised.
-        The first round comes after a random pause in ``[0, first_poll_spread)``.
-        """
-        poller = BatchPoller(poll_interval=poll_interval, deadline=deadline,
-                             max_consecutive_failures=max_consecutive_failures)
-        first_delay = poller.first_delay(now=_plans.clock(), spread=first_poll_spread) if first_poll_spread else 0.0
-        return self._c._run(_plans.wait_many_plan(  # type: ignore[no-any-return]
-            list(batch_ids), poller=poller, **self._c._wire, wake_at=wake_at, first_delay=first_delay))
-
-    def time_out(
-        self, batch_id: str, *, cancel: bool, last: Batch | None = None, deadline: float | None = None
-    ) -> BatchTimeoutError:
-        """End a wait that ran out of time elsewhere (an Airflow trigger): cancel the batch when ``cancel``
-        (``cancel_on_timeout``) and return the error to raise, worded as every wait words it."""
-        return self._c._run(_plans.timeout_plan(batch_id, deadline=deadline, last=last,  # type: ignore[no-any-return]
-                                                cancel=cancel, **self._c._wire))
+    find_by_idempotency_key = _blocking(_BatchPlans.find_by_idempotency_key)
+    chain = _blocking(_BatchPlans.chain)
+    wait = _blocking(_BatchPlans.wait)
+    poll = _blocking(_BatchPlans.poll)
+    wait_many = _blocking(_BatchPlans.wait_many)
+    time_out = _blocking(_BatchPlans.time_out)
 
 
 # ---------------------------------------------------------------------------------------------
 # Async client
 # ---------------------------------------------------------------------------------------------
-
-
-#: The async connection pool: a triggerer's thousand waiters keep ~100 polls in flight at a 1 s
-#: interval and 100 ms latency, so a pool of 100 (aiohttp's default) would queue them.
-ASYNC_POOL_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=100)
-
-
-def _default_async_transport(limits: httpx.Limits = ASYNC_POOL_LIMITS) -> httpx.AsyncBaseTransport | None:
-    """Our aiohttp transport when aiohttp is installed, else None (httpx's own pool).
-
-    httpx's own async pool degrades past ~100 concurrent requests (``benchmarks/bench_triggers.py``);
-    ``BATCH_OPS_ASYNC_TRANSPORT=httpx`` chooses it anyway. The API is httpx either way.
-    """
-    if os.environ.get("BATCH_OPS_ASYNC_TRANSPORT", "auto") == "httpx" or not aiohttp_available():
-        return None
-    return AiohttpTransport(limits=limits)
 
 
 #: The tasks that close shared clients when their event loop ends. Pickles as an empty set: Prefect
@@ -764,6 +630,8 @@ class AsyncBatchClient(_Base):
         'http://127.0.0.1:8765/v1'
     """
 
+    follows_events = True
+
     # Pickles as an empty dictionary: Prefect pickles batch_ops by value (see batch_ops.locks).
     _shared: ClassVar[PicklableWeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncBatchClient]]] = (
         PicklableWeakKeyDictionary()
@@ -786,16 +654,15 @@ class AsyncBatchClient(_Base):
                                     "project": project, "api_version": api_version, "max_retries": max_retries,
                                     "timeout": timeout})
         self._owns_http = http_client is None
-        #: Set when we own the transport: API calls then go to it directly, without httpx's
-        #: per-request client machinery (cookie jar, auth and redirect loops, header merging),
-        #: which cost more CPU per status poll than the HTTP exchange itself.
-        self._transport: httpx.AsyncBaseTransport | None = None
+        #: Our aiohttp transport when we own the pool (the driver calls it directly), else None.
+        self._transport = default_async_transport(ASYNC_POOL_LIMITS) if http_client is None else None
         if http_client is None:
-            self._transport = _default_async_transport(ASYNC_POOL_LIMITS)
-            http_client = httpx.AsyncClient(timeout=self._timeout(), limits=ASYNC_POOL_LIMITS,
+            http_client = httpx.AsyncClient(timeout=http_timeout(self.settings), limits=ASYNC_POOL_LIMITS,
                                             transport=self._transport)
         self._http = http_client
-        self._timeout_extension = self._timeout().as_dict()
+        # The sleep is looked up at each call: tests shorten it by patching batch_ops.client._async_sleep.
+        self._driver = AsyncDriver(self.settings, self.dialect, http_client, self._transport,
+                                   sleep=lambda seconds: _async_sleep(seconds))
         self.files = AsyncFiles(self)
         self.batches = AsyncBatches(self)
 
@@ -818,114 +685,7 @@ class AsyncBatchClient(_Base):
 
     async def _run(self, plan: Any) -> Any:
         """Drive a plan; every batch_ops error leaves with our key redacted from its text."""
-        try:
-            return await self._drive(plan)
-        except BatchOpsError as exc:
-            exc.redact(self._secrets())
-            raise
-
-    async def _send_within(self, send: Send) -> Reply:
-        """One exchange, abandoned at ``send.deadline`` whatever the server is doing (cancelling the
-        exchange closes its connection).
-
-        Bounded by :func:`~batch_ops._aio.within`, not ``asyncio.wait_for``: before Python 3.12,
-        ``wait_for`` loses a cancellation that arrives in the same loop iteration as the reply,
-        and the cancelled wait would go on polling.
-        """
-        if send.deadline is None:
-            return await self._send_once(send)
-        remaining = send.deadline - _plans.clock()
-        if remaining <= 0:
-            return Reply(error="the deadline passed", timed_out=True)
-        try:
-            return await within(self._send_once(send), remaining)
-        except TimeoutError:
-            return Reply(error="the deadline passed before the answer was complete", timed_out=True)
-
-    def _events(self) -> Any:
-        """This event loop's subscription to the webhook receiver (``settings.events_url``)."""
-        from batch_ops.webhooks.subscription import EventSubscription
-
-        assert self.settings.events_url is not None
-        token = self.settings.events_token.get_secret_value() if self.settings.events_token else None
-        return EventSubscription.shared(self.settings.events_url, token=token)
-
-    async def _drive(self, plan: Any) -> Any:
-        value: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                effect = plan.throw(error) if error is not None else plan.send(value)
-            except StopIteration as done:
-                return done.value
-            value, error = None, None
-            try:
-                if isinstance(effect, Send):
-                    value = await self._send_within(effect)
-                elif isinstance(effect, Sleep):
-                    if effect.wake_on is not None and self.settings.events_url is not None:
-                        # The subscription applies the ordinary pause while it is not working.
-                        value = await self._events().sleep(effect.wake_on, effect.seconds, polling=effect.polling)
-                    else:
-                        self._log_retry(effect)
-                        await _async_sleep(effect.pause(events=False))
-                        value = "timer"
-                elif isinstance(effect, Work):
-                    value = await asyncio.to_thread(effect.fn)
-                elif isinstance(effect, Notify):
-                    outcome = effect.callback(effect.batch)
-                    if inspect.isawaitable(outcome):
-                        await outcome
-            except Exception as exc:
-                error = exc
-
-    async def _send_once(self, send: Send) -> Reply:
-        prepared = self._prepare(send)
-        url, headers = prepared.url, prepared.headers
-        where = str(url)
-        content: bytes | AsyncIterator[bytes] | None = prepared.content
-        if send.upload is not None and prepared.frame is not None:
-            content = _aiter_upload(prepared.frame, send.upload)
-        try:
-            response = await self._open(send.method, url, params=prepared.params, headers=headers, content=content,
-                                        eager=send.sink is None)
-            try:
-                if send.sink is None or not 200 <= response.status_code < 300:
-                    body = await response.aread()
-                    return Reply(status=response.status_code, headers=_headers(response), body=body, url=where)
-                await self._save(response, send.sink)
-                return Reply(status=response.status_code, headers=_headers(response), url=where)
-            finally:
-                await response.aclose()
-        except httpx.TransportError as exc:
-            return _transport_reply(exc, where)
-
-    async def _open(self, method: str, url: httpx.URL, *, params: dict[str, Any] | None, headers: dict[str, str],
-                    content: bytes | AsyncIterator[bytes] | None, eager: bool) -> httpx.Response:
-        """Send a request; the response's body is not read yet (unless ``eager``: then it is)."""
-        if self._transport is not None:
-            request = httpx.Request(method, url, params=params, headers=headers, content=content,
-                                    extensions={"timeout": self._timeout_extension, READ_EAGERLY: eager})
-            return await self._transport.handle_async_request(request)
-        # A caller's own httpx client (or httpx's pool): its defaults, hooks and proxies apply.
-        request = self._http.build_request(method, url, params=params, headers=headers, content=content)
-        return await self._http.send(request, stream=True)
-
-    @staticmethod
-    async def _save(response: httpx.Response, sink: Path) -> None:
-        """Stream a response body into ``sink`` through a temporary file, then rename it (every
-        file operation in a worker thread)."""
-        writing = atomic_file(sink)
-        out = await asyncio.to_thread(writing.__enter__)
-        try:
-            # Decoded bytes, not raw: a server or proxy may gzip the file.
-            async for chunk in response.aiter_bytes(_CHUNK):
-                await asyncio.to_thread(out.write, chunk)
-        except BaseException as exc:
-            with contextlib.suppress(BaseException):  # removes the temporary file, re-raises exc
-                await asyncio.to_thread(writing.__exit__, type(exc), exc, exc.__traceback__)
-            raise
-        await asyncio.to_thread(writing.__exit__, None, None, None)
+        return await self._driver.run(plan)
 
     async def submit(
         self,
@@ -971,11 +731,7 @@ class AsyncBatchClient(_Base):
         """Async version of :meth:`BatchClient.results`; file work happens in threads."""
         if isinstance(batch, str):
             batch = await self.batches.retrieve(batch)
-        chain = _as_chain(_checked_batch(batch))
-        latest = chain.latest
-        if latest is None:
-            raise BatchOpsError(f"Key {chain.key!r} has no batch: nothing to read.")
-        _check_terminal(latest)
+        chain = _ended_chain(batch)
         tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, "", "batch_ops_results_", workdir))
         try:
             pairs = await self._run(_plans.chain_results_plan(chain, tmp, **self._wire))
@@ -1003,11 +759,10 @@ class AsyncBatchClient(_Base):
         await self.close()
 
 
-class AsyncFiles:
+class AsyncFiles(_Calls):
     """``client.files`` of :class:`AsyncBatchClient`."""
 
-    def __init__(self, client: AsyncBatchClient) -> None:
-        self._c = client
+    _c: AsyncBatchClient
 
     async def upload(self, path: StorageTarget, *, purpose: str = "batch") -> FileObject:
         """Async version of :meth:`Files.upload`; a remote file is staged in a thread."""
@@ -1015,12 +770,8 @@ class AsyncFiles:
             return await self._c._run(_plans.upload_plan(_existing(local), purpose=purpose,  # type: ignore[no-any-return]
                                                          **self._c._wire))
 
-    async def retrieve(self, file_id: str) -> FileObject:
-        return await self._c._run(_plans.retrieve_file_plan(file_id, **self._c._wire))  # type: ignore[no-any-return]
-
-    async def list(self, *, purpose: str | None = None) -> FileList:
-        return await self._c._run(_plans.list_files_plan(purpose=purpose,  # type: ignore[no-any-return]
-                                                         **self._c._wire))
+    retrieve = _awaited(_FilePlans.retrieve)
+    list = _awaited(_FilePlans.list)
 
     async def download(self, file_id: str, path: StorageTarget) -> Path | StorageTarget:
         """Async version of :meth:`Files.download`; a remote target is put in a thread."""
@@ -1029,15 +780,13 @@ class AsyncFiles:
             written: Path = await self._c._run(_plans.download_plan(file_id, local, **self._c._wire))
         return written if isinstance(target, Path) else path
 
-    async def delete(self, file_id: str) -> bool:
-        return await self._c._run(_plans.delete_file_plan(file_id, **self._c._wire))  # type: ignore[no-any-return]
+    delete = _awaited(_FilePlans.delete)
 
 
-class AsyncBatches:
+class AsyncBatches(_Calls):
     """``client.batches`` of :class:`AsyncBatchClient`."""
 
-    def __init__(self, client: AsyncBatchClient) -> None:
-        self._c = client
+    _c: AsyncBatchClient
 
     async def create(
         self,
@@ -1049,6 +798,7 @@ class AsyncBatches:
         output_expires_after: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> Batch:
+        """Create a batch, never twice; see :meth:`Batches.create`."""
         if idempotency_key is not None:  # the submission core: the key's chain, attach or a new attempt
             return await self._c.submit(Source(file_id=input_file_id), endpoint=endpoint,
                                         completion_window=completion_window, metadata=metadata,
@@ -1057,22 +807,13 @@ class AsyncBatches:
             input_file_id=input_file_id, endpoint=endpoint, completion_window=completion_window,
             metadata=metadata, output_expires_after=output_expires_after))
 
-    async def download_results(self, batch: Batch, directory: PathLike) -> _plans.ResultPaths:
-        """See :meth:`Batches.download_results`."""
-        return await self._c._run(  # type: ignore[no-any-return]
-            _plans.download_results_plan(batch, Path(directory), **self._c._wire))
-
-    async def retrieve(self, batch_id: str) -> Batch:
-        return await self._c._run(_plans.retrieve_batch_plan(batch_id, **self._c._wire))  # type: ignore[no-any-return]
-
-    async def cancel(self, batch_id: str) -> Batch:
-        return await self._c._run(_plans.cancel_batch_plan(batch_id, **self._c._wire))  # type: ignore[no-any-return]
-
-    async def list(self, *, limit: int = 20, after: str | None = None) -> BatchList:
-        return await self._c._run(_plans.list_batches_plan(limit=limit, after=after,  # type: ignore[no-any-return]
-                                                           **self._c._wire))
+    download_results = _awaited(_BatchPlans.download_results)
+    retrieve = _awaited(_BatchPlans.retrieve)
+    cancel = _awaited(_BatchPlans.cancel)
+    list = _awaited(_BatchPlans.list)
 
     async def iter_all(self, *, limit: int = 100, after: str | None = None) -> AsyncIterator[Batch]:
+        """Every batch, newest first, following ``has_more`` / ``last_id``."""
         while True:
             page = await self.list(limit=limit, after=after)
             for batch in page.data:
@@ -1081,76 +822,12 @@ class AsyncBatches:
                 return
             after = page.last_id
 
-    async def find_by_idempotency_key(self, key: str, *, since: float | None = None) -> Batch | None:
-        since = _plans.clock() - self._c.settings.idempotency_lookback if since is None else since
-        return await self._c._run(_plans.find_by_key_plan(key, since=since,  # type: ignore[no-any-return]
-                                                          **self._c._wire))
-
-    async def chain(self, key: str, *, since: float | None = None, fingerprint: str | None = None) -> AttemptChain:
-        """Every attempt of ``key`` (for the requests of ``fingerprint``); see :meth:`Batches.chain`."""
-        since = _plans.clock() - self._c.settings.idempotency_lookback if since is None else since
-        return await self._c._run(find_chain_plan(key, since=since,  # type: ignore[no-any-return]
-                                                  **self._c._wire, fingerprint=fingerprint))
-
-    async def wait(
-        self,
-        batch_id: str,
-        *,
-        poll_interval: float = 30.0,
-        timeout: float | None = DEFAULT_WAIT_TIMEOUT,
-        max_poll_interval: float | None = None,
-        deadline: float | None = None,
-        on_poll: Any = None,
-        first_delay: float = 0.0,
-        cancel_on_timeout: bool = False,
-        first_poll_spread: float | None = None,
-    ) -> Batch:
-        """Poll until the batch ends; see :meth:`Batches.wait`.
-
-        With ``settings.events_url`` (a webhook receiver), the wait wakes on the batch's webhook
-        event and otherwise polls only every ``settings.safety_poll_interval`` seconds.
-        ``first_delay`` puts off the first poll; ``first_poll_spread`` instead makes it a random
-        pause in ``[0, spread)``, so a thousand waits started together (a restarted Airflow
-        triggerer) do not poll in the same instant (an event still ends either early).
-        """
-        settings = self._c.settings
-        poller = BatchPoller(poll_interval=poll_interval, max_poll_interval=max_poll_interval, timeout=timeout,
-                             deadline=deadline,
-                             safety_poll_interval=settings.safety_poll_interval if settings.events_url else None)
-        if first_poll_spread is not None:
-            first_delay = poller.first_delay(now=_plans.clock(), spread=first_poll_spread)
-        return await self._c._run(_plans.wait_plan(batch_id, poller=poller, **self._c._wire,  # type: ignore[no-any-return]
-                                                   on_poll=on_poll, first_delay=first_delay,
-                                                   cancel_on_timeout=cancel_on_timeout))
-
-    async def poll(self, batch_id: str, *, poller: BatchPoller) -> Poll:
-        """One poll of a wait you schedule yourself; see :meth:`Batches.poll`."""
-        return await self._c._run(_plans.poll_plan(batch_id, poller=poller,  # type: ignore[no-any-return]
-                                                   **self._c._wire))
-
-    async def wait_many(
-        self,
-        batch_ids: Collection[str],
-        *,
-        poll_interval: float = 30.0,
-        deadline: float | None = None,
-        wake_at: float | None = None,
-        first_poll_spread: float = 0.0,
-        max_consecutive_failures: int = 5,
-    ) -> WaitMany:
-        """Wait until any of ``batch_ids`` ends, ``wake_at`` or ``deadline`` passes; see :meth:`Batches.wait_many`."""
-        poller = BatchPoller(poll_interval=poll_interval, deadline=deadline,
-                             max_consecutive_failures=max_consecutive_failures)
-        first_delay = poller.first_delay(now=_plans.clock(), spread=first_poll_spread) if first_poll_spread else 0.0
-        return await self._c._run(_plans.wait_many_plan(  # type: ignore[no-any-return]
-            list(batch_ids), poller=poller, **self._c._wire, wake_at=wake_at, first_delay=first_delay))
-
-    async def time_out(
-        self, batch_id: str, *, cancel: bool, last: Batch | None = None, deadline: float | None = None
-    ) -> BatchTimeoutError:
-        """End a wait that ran out of time elsewhere; see :meth:`Batches.time_out`."""
-        return await self._c._run(_plans.timeout_plan(batch_id, deadline=deadline,  # type: ignore[no-any-return]
-                                                      last=last, cancel=cancel, **self._c._wire))
+    find_by_idempotency_key = _awaited(_BatchPlans.find_by_idempotency_key)
+    chain = _awaited(_BatchPlans.chain)
+    wait = _awaited(_BatchPlans.wait)
+    poll = _awaited(_BatchPlans.poll)
+    wait_many = _awaited(_BatchPlans.wait_many)
+    time_out = _awaited(_BatchPlans.time_out)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from batch_ops import APIConnectionError, AsyncBatchClient, BatchClient, ClientSettings, ConfigurationError
+from batch_ops._drivers import not_sent as _not_sent
 from batch_ops._transport import AiohttpTransport, _map_error, env_proxy
-from batch_ops.client import _not_sent
 from batch_ops.server import ServerURL
 
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
