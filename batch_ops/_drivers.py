@@ -45,10 +45,10 @@ from typing import Any
 import httpx
 
 from batch_ops import _plans
-from batch_ops._aio import within
 from batch_ops._files import atomic_file
 from batch_ops._http import USER_AGENT, MultipartBody
 from batch_ops._transport import READ_EAGERLY, AiohttpTransport
+from batch_ops.aio import within
 from batch_ops.dialects import Dialect
 from batch_ops.effects import Notify, Reply, Send, Sleep, Work
 from batch_ops.errors import BatchOpsError
@@ -353,7 +353,7 @@ class _Target:
 class AsyncDriver(Driver):
     """Drives plans without ever blocking the event loop (``AsyncBatchClient``'s driver).
 
-    Every ``Send`` is bounded by its deadline (:func:`~batch_ops._aio.within`); a ``Sleep`` that
+    Every ``Send`` is bounded by its deadline (:func:`~batch_ops.aio.within`); a ``Sleep`` that
     may end on a batch's webhook event waits on the events subscription when the settings name a
     receiver; ``Work`` (file work) runs in a worker thread.
 
@@ -429,7 +429,7 @@ class AsyncDriver(Driver):
         """One exchange, abandoned at ``send.deadline`` whatever the server is doing (cancelling the
         exchange closes its connection).
 
-        Bounded by :func:`~batch_ops._aio.within`, not ``asyncio.wait_for``: before Python 3.12,
+        Bounded by :func:`~batch_ops.aio.within`, not ``asyncio.wait_for``: before Python 3.12,
         ``wait_for`` loses a cancellation that arrives in the same loop iteration as the reply,
         and the cancelled wait would go on polling.
         """

@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Generator, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -42,10 +43,10 @@ from batch_ops.chain import Attempt, AttemptChain
 from batch_ops.dialects import Dialect
 from batch_ops.errors import BatchOpsError, BatchTimeoutError, ConfigurationError, InputValidationError, Problem
 from batch_ops.identity.keys import new_idempotency_key
-from batch_ops.locks import PicklableWeakKeyDictionary, ProcessLocalSet
 from batch_ops.models import Batch, BatchList, BatchStatus, FileList, FileObject, ResultLine
 from batch_ops.outcomes import DEFAULT_FAIL_ON, DEFAULT_WAIT_TIMEOUT
 from batch_ops.polling import BatchPoller, Poll, WaitMany
+from batch_ops.process_state import STATE
 from batch_ops.results import join_chain_results
 from batch_ops.settings import ClientSettings, settings_error
 from batch_ops.storage import Location, StorageTarget
@@ -590,10 +591,18 @@ class Batches(_Calls):
 # ---------------------------------------------------------------------------------------------
 
 
-#: The tasks that close shared clients when their event loop ends. Pickles as an empty set: Prefect
-#: pickles batch_ops by value, and a loop that never ends (Prefect's own loop thread) keeps its
-#: closer pending here for the life of the process.
-_CLOSERS: ProcessLocalSet[asyncio.Task[None]] = ProcessLocalSet()
+def _shared_clients() -> weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncBatchClient]]:
+    """Per event loop, the shared clients (``STATE`` slot ``client.shared``); a loop's entry goes with it."""
+    return STATE.slot("client.shared", weakref.WeakKeyDictionary)
+
+
+def _closers() -> set[asyncio.Task[None]]:
+    """The tasks that close shared clients when their loop ends (``STATE`` slot ``client.closers``).
+
+    A pending task nobody references would be garbage-collected, and a loop that never ends
+    (Prefect's own loop thread) keeps its closer here for the life of the process.
+    """
+    return STATE.slot("client.closers", set)
 
 
 async def _close_when_loop_ends(client: AsyncBatchClient) -> None:
@@ -610,7 +619,7 @@ async def _close_when_loop_ends(client: AsyncBatchClient) -> None:
     finally:
         # Forget the loop's clients now: they refer to the loop, so the weak dictionary would never
         # let it go (1,000 asyncio.run() calls kept 1,001 loops alive).
-        AsyncBatchClient._shared.pop(loop, None)
+        _shared_clients().pop(loop, None)
         await client.close()
 
 
@@ -631,11 +640,6 @@ class AsyncBatchClient(_Base):
     """
 
     follows_events = True
-
-    # Pickles as an empty dictionary: Prefect pickles batch_ops by value (see batch_ops.locks).
-    _shared: ClassVar[PicklableWeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncBatchClient]]] = (
-        PicklableWeakKeyDictionary()
-    )
 
     def __init__(
         self,
@@ -673,14 +677,15 @@ class AsyncBatchClient(_Base):
         Must be called from a coroutine. Never close a shared client yourself.
         """
         loop = asyncio.get_running_loop()
-        per_loop = cls._shared.setdefault(loop, {})
+        per_loop = _shared_clients().setdefault(loop, {})
         key = settings.model_dump_json() + (settings.api_key.get_secret_value() if settings.api_key else "")
         client = per_loop.get(key)
         if client is None:
             client = per_loop[key] = cls(settings=settings)
             closer = loop.create_task(_close_when_loop_ends(client))
-            _CLOSERS.add(closer)  # a pending task nobody references would be garbage-collected
-            closer.add_done_callback(_CLOSERS.discard)
+            closers = _closers()
+            closers.add(closer)
+            closer.add_done_callback(closers.discard)
         return client
 
     async def _run(self, plan: Any) -> Any:

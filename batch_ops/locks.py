@@ -1,4 +1,7 @@
-"""Locks and weak caches for module-level state that survive pickling by value (public: adapters use them too).
+"""Superseded by :mod:`batch_ops.process_state`; kept, unchanged, for code that imported it.
+
+batch_ops itself keeps no module-level state any more: what must outlive a call lives in
+:data:`batch_ops.process_state.STATE`, which pickles as empty. The containers below still work.
 
 Prefect pickles a flow with cloudpickle, and pickles a local (e.g. editable) package such as
 batch_ops *by value*: the module globals its functions use go along. A ``threading.Lock()`` there

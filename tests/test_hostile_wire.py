@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from batch_ops import AsyncBatchClient, BatchClient, BatchOpsError, BatchStatus, ConfigurationError
+from batch_ops.client import _shared_clients
 from batch_ops.errors import APIResponseValidationError, APITimeoutError, AuthenticationError, BatchTimeoutError
 from batch_ops.server.hostile import serve_hostile
 
@@ -189,7 +190,7 @@ def test_shared_clients_do_not_outlive_their_event_loops() -> None:
     gc.collect()
     alive = sum(1 for ref in loops if ref() is not None)
     assert alive <= 1, f"{alive} of 50 finished event loops are still alive"
-    assert len(AsyncBatchClient._shared) <= 1
+    assert len(_shared_clients()) <= 1
 
 
 # --- an unreachable server: said, and given up on quickly where a person waits ---------------------

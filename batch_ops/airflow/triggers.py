@@ -25,7 +25,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from batch_ops._aio import within
+from batch_ops.aio import within
 from batch_ops.client import AsyncBatchClient
 from batch_ops.errors import APIStatusError, BatchOpsError, BatchTimeoutError
 from batch_ops.models import Batch

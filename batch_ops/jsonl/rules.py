@@ -180,7 +180,7 @@ def _reject_constant(name: str) -> Any:
 class _Decoder(json.JSONDecoder):
     """``json.JSONDecoder(parse_constant=_reject_constant)`` that pickles by re-creating itself.
 
-    Its C scanner cannot be pickled, and Prefect pickles batch_ops by value (see batch_ops.locks).
+    Its C scanner cannot be pickled, and Prefect pickles batch_ops by value (see batch_ops.process_state).
     """
 
     def __init__(self) -> None:
