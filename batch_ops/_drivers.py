@@ -164,8 +164,8 @@ class Driver:
         """The headers of ``send``: ours, and the credentials only where the plan says they may go
         (``send.auth``: not to another origin after a redirect). A new dict: the caller may add to it."""
         if send.auth:
-            return {**self._base_headers, **self.dialect.auth_headers(self.settings)}
-        return dict(self._base_headers)
+            return {**self._base_headers, **(send.headers or {}), **self.dialect.auth_headers(self.settings)}
+        return {**self._base_headers, **(send.headers or {})}
 
     def params(self, send: Send) -> dict[str, Any] | None:
         """The query of ``send``: the dialect's query on every call (an api-version) and the call's
@@ -185,6 +185,11 @@ class Driver:
         """
         headers = self.headers(send)
         content = frame = None
+        if send.stream is not None:
+            headers.setdefault("Content-Type", "application/octet-stream")
+            headers["Content-Length"] = str(send.stream.stat().st_size)
+            url = httpx.URL(send.url) if send.url is not None else self.url(send.path)
+            return Prepared(url, headers, self.params(send), None, None)
         if send.upload is not None:
             size = send.upload.stat().st_size
             frame = MultipartBody.for_file(filename=send.filename or send.upload.name, size=size,
@@ -212,12 +217,15 @@ class Driver:
 # ---------------------------------------------------------------------------------------------
 
 
-def _iter_upload(frame: MultipartBody, path: Path) -> Iterator[bytes]:
-    yield frame.head
+def _iter_upload(frame: MultipartBody | None, path: Path) -> Iterator[bytes]:
+    """The file in pieces, inside the multipart frame when there is one (else the bare bytes)."""
+    if frame is not None:
+        yield frame.head
     with path.open("rb") as fh:
         while chunk := fh.read(_CHUNK):
             yield chunk
-    yield frame.tail
+    if frame is not None:
+        yield frame.tail
 
 
 class _DeadlinePassed(Exception):
@@ -293,6 +301,8 @@ class SyncDriver(Driver):
         content: Any = prepared.content
         if send.upload is not None and prepared.frame is not None:
             content = _iter_upload(prepared.frame, send.upload)
+        elif send.stream is not None:
+            content = _iter_upload(None, send.stream)
         request = self.http.build_request(send.method, prepared.url, params=prepared.params,
                                           headers=prepared.headers, content=content)
         where = str(request.url)
@@ -329,15 +339,17 @@ class SyncDriver(Driver):
 # ---------------------------------------------------------------------------------------------
 
 
-async def _aiter_upload(frame: MultipartBody, path: Path) -> AsyncIterator[bytes]:
-    yield frame.head
+async def _aiter_upload(frame: MultipartBody | None, path: Path) -> AsyncIterator[bytes]:
+    if frame is not None:
+        yield frame.head
     fh = await asyncio.to_thread(path.open, "rb")
     try:
         while chunk := await asyncio.to_thread(fh.read, _CHUNK):
             yield chunk
     finally:
         await asyncio.to_thread(fh.close)
-    yield frame.tail
+    if frame is not None:
+        yield frame.tail
 
 
 @dataclass(frozen=True)
@@ -450,7 +462,7 @@ class AsyncDriver(Driver):
         poll builds no httpx object); an upload, a download, or a caller's own httpx client go through
         httpx (:meth:`_send_httpx`).
         """
-        if self.transport is not None and send.sink is None and send.upload is None:
+        if self.transport is not None and send.sink is None and send.upload is None and send.stream is None:
             return self._exchange(send, self.transport)
         return self._send_httpx(send)
 
@@ -493,6 +505,8 @@ class AsyncDriver(Driver):
         content: bytes | AsyncIterator[bytes] | None = prepared.content
         if send.upload is not None and prepared.frame is not None:
             content = _aiter_upload(prepared.frame, send.upload)
+        elif send.stream is not None:
+            content = _aiter_upload(None, send.stream)
         try:
             response = await self._open(send.method, url, params=prepared.params, headers=headers, content=content,
                                         eager=send.sink is None)

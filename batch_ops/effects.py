@@ -56,7 +56,10 @@ class Send:
     """Effect: send one HTTP request (no retry); the driver answers with a :class:`Reply`.
 
     ``upload`` streams that file as the multipart ``file`` field (``json`` then holds the
-    other form fields); ``sink`` streams a successful response body into that file.
+    other form fields); ``stream`` streams that file as the whole body, as it is (a resumable
+    upload's bytes, a create body a dialect wrote to disk); ``sink`` streams a successful
+    response body into that file. ``headers`` are the call's own (a protocol header, a body's
+    ``Content-Type``), added to the client's; credentials are never among them.
     ``filename`` names the upload on the server (default: the local file's name).
     ``url`` (absolute) replaces base URL + ``path`` when following a redirect; ``auth=False``
     sends no credentials (a redirect to another origin). ``deadline`` (epoch seconds): the
@@ -68,11 +71,13 @@ class Send:
     params: Mapping[str, Any] | None = None
     json: Any = None
     upload: Path | None = None
+    stream: Path | None = None
     sink: Path | None = None
     filename: str | None = None
     url: str | None = None
     auth: bool = True
     deadline: float | None = None
+    headers: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)

@@ -134,3 +134,81 @@ asyncio.run(main())
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "1"
+
+
+class _Recorder:
+    """A loopback HTTP server that records each request it gets (method, path, headers, body) and answers {}."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        seen = self.seen = []  # type: list[tuple[str, str, dict[str, str], bytes]]
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                seen.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def recorder() -> Iterator[_Recorder]:
+    server = _Recorder()
+    yield server
+    server.close()
+
+
+def test_a_streamed_body_and_call_headers_reach_the_wire_on_both_drivers(recorder: _Recorder, tmp_path: Path) -> None:
+    """``Send.stream`` sends a file as the whole body (bytes as they are, its length declared), with the
+    call's own headers; a call header cannot replace the credentials."""
+    from batch_ops import BatchClient
+
+    body = tmp_path / "body.bin"
+    body.write_bytes(bytes(range(256)) * 9000)  # > 2 MiB: several pieces
+    send = Send("POST", "/upload", stream=body, headers={"X-Goog-Upload-Command": "upload, finalize",
+                                                        "Authorization": "Bearer stolen"})
+
+    async def async_way() -> Reply:
+        async with AsyncBatchClient(api_key="sk-driver", base_url=recorder.url) as client:
+            return await client._driver.send(send)
+
+    with BatchClient(api_key="sk-driver", base_url=recorder.url) as client:
+        replies = [client._driver.send(send), asyncio.run(async_way())]
+    assert [r.status for r in replies] == [200, 200]
+    assert len(recorder.seen) == 2
+    for method, path, headers, got in recorder.seen:
+        assert (method, path, got) == ("POST", "/v1/upload", body.read_bytes())
+        assert headers["content-length"] == str(body.stat().st_size)
+        assert headers["content-type"] == "application/octet-stream"
+        assert headers["x-goog-upload-command"] == "upload, finalize"
+        assert headers["authorization"] == "Bearer sk-driver"
+
+
+def test_call_headers_reach_the_wire_on_the_fast_path(recorder: _Recorder) -> None:
+    """A small JSON call with its own headers (Anthropic's ``anthropic-version``) on our aiohttp transport."""
+    async def go() -> Reply:
+        async with AsyncBatchClient(api_key="sk-driver", base_url=recorder.url) as client:
+            return await client._driver.send(Send("POST", "/messages/batches", json={"a": 1},
+                                                  headers={"anthropic-version": "2023-06-01"}))
+
+    assert asyncio.run(go()).status == 200
+    ((_, _, headers, got),) = recorder.seen
+    assert headers["anthropic-version"] == "2023-06-01" and headers["content-type"] == "application/json"
+    assert json.loads(got) == {"a": 1}
