@@ -88,7 +88,7 @@ from batch_ops.identity.keys import (
     new_idempotency_key,
     parse_attempt,
 )
-from batch_ops.jsonl import filter_requests, request_file, validate_file, write_requests
+from batch_ops.jsonl import RuleOptions, filter_requests, request_file, validate_file, write_requests
 from batch_ops.models import Batch, BatchStatus, FileObject
 from batch_ops.outcomes import OutcomePolicy, describe, is_permanent
 from batch_ops.results import successful_ids
@@ -355,17 +355,18 @@ class _Input:
     lines: int | None
 
 
-def _prepare(source: Source, endpoint: str, workdir: Path, azure: bool) -> _Input:
-    """Validate a request file, or write request dicts to a validated file in ``workdir``."""
+def _prepare(source: Source, endpoint: str, workdir: Path, dialect: Dialect) -> _Input:
+    """Validate a request file, or write request dicts to a validated file in ``workdir``, by ``dialect``'s rules."""
+    rules = RuleOptions(endpoint=endpoint, azure=dialect.short_endpoints, shape=dialect.line_shape)
     if isinstance(source.path, Location):
         path = storage.stage(source.path, workdir / "input.jsonl")
-        return _Input(path, validate_file(path, endpoint=endpoint, azure=azure).lines)
+        return _Input(path, validate_file(path, **rules).lines)
     if source.path is not None:
         path = request_file(source.path)  # a missing file is bad input, naming the fix
-        return _Input(path, validate_file(path, endpoint=endpoint, azure=azure).lines)
+        return _Input(path, validate_file(path, **rules).lines)
     if source.requests is not None:
         path = workdir / "requests.jsonl"
-        return _Input(path, write_requests(source.requests, path, endpoint=endpoint, azure=azure).lines)
+        return _Input(path, write_requests(source.requests, path, **rules).lines)
     return _Input(None, None)
 
 
@@ -718,7 +719,7 @@ def submit_plan(
         else:
             # Bad input is refused here, before any request is sent (re-attaching reads the input too:
             # whether the key's batches hold these requests is only known from them).
-            prepared = yield Work(partial(_prepare, source, spec.endpoint, workdir, dialect.short_endpoints))
+            prepared = yield Work(partial(_prepare, source, spec.endpoint, workdir, dialect))
             fingerprint, downloaded = yield from _fingerprint_plan(source, prepared, workdir=workdir,
                                                                    dialect=dialect, policy=policy)
             if keyed and source.file_id is None:
@@ -751,7 +752,7 @@ def submit_plan(
 
     number = step.number
     if prepared is None:
-        prepared = yield Work(partial(_prepare, source, spec.endpoint, workdir, dialect.short_endpoints))
+        prepared = yield Work(partial(_prepare, source, spec.endpoint, workdir, dialect))
     upload: Path | None = prepared.path
     file_id = source.file_id
     carried = prepared.lines

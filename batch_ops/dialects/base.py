@@ -37,6 +37,7 @@ from batch_ops.effects import Reply, Send, api_path, list_params, parse
 from batch_ops.errors import InputValidationError, Problem
 from batch_ops.identity.keys import IDEMPOTENCY_METADATA_KEY
 from batch_ops.identity.owners import OWNER_METADATA_KEYS
+from batch_ops.jsonl.rules import OPENAI_LINES, LineShape
 from batch_ops.models import (
     METADATA_MAX_PAIRS,
     Batch,
@@ -103,6 +104,8 @@ class Dialect:
     #: ``canceled``/``InProgress`` spellings it reads already), mapped to ours — e.g. Novita's
     #: ``PROGRESS``. A status still unknown stays unknown: never terminal, the wait goes on.
     status_aliases: ClassVar[Mapping[str, BatchStatus]] = {}
+    #: How a request line of this API is shaped (the request file's checker reads it).
+    line_shape: ClassVar[LineShape] = OPENAI_LINES
     #: Result lines arrive in another shape than OpenAI's output/error lines: each downloaded result
     #: file is rewritten line by line with :meth:`result_line` before anything reads it.
     rewrites_results: ClassVar[bool] = False

@@ -54,8 +54,10 @@ __all__ = [
     "DEFAULT_MAX_LINES",
     "DEFAULT_MAX_PROBLEMS",
     "MAX_LINE_BYTES",
+    "OPENAI_LINES",
     "FileReport",
     "Line",
+    "LineShape",
     "RuleOptions",
     "Rules",
     "check_file",
@@ -78,6 +80,8 @@ DEFAULT_MAX_LINES = rules.DEFAULT_MAX_LINES
 DEFAULT_MAX_PROBLEMS = rules.DEFAULT_MAX_PROBLEMS
 MAX_LINE_BYTES = rules.MAX_LINE_BYTES
 FileReport = rules.FileReport
+LineShape = rules.LineShape
+OPENAI_LINES = rules.OPENAI_LINES
 RuleOptions = rules.RuleOptions
 Rules = rules.Rules
 embedding_input_count = rules.embedding_input_count

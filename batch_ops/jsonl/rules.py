@@ -45,7 +45,9 @@ __all__ = [
     "DEFAULT_MAX_LINES",
     "DEFAULT_MAX_PROBLEMS",
     "MAX_LINE_BYTES",
+    "OPENAI_LINES",
     "FileReport",
+    "LineShape",
     "RuleOptions",
     "Rules",
     "embedding_input_count",
@@ -69,6 +71,39 @@ EXAMPLE_LINE = '{"custom_id": "req-1", "method": "POST", "url": "/v1/chat/comple
 
 
 @dataclass(frozen=True, kw_only=True)
+class LineShape:
+    """How one batch API shapes a request line: a dialect's data (``Dialect.line_shape``), read by the checker.
+
+    Attributes:
+        name: The request vocabulary (``"openai"``, ``"anthropic"``, ``"gemini"``): which translation
+            of a neutral request applies.
+        id_field: The field that names a request and joins its result (``custom_id``; Gemini: ``key``).
+        id_pattern: A regular expression every id must match in full, or None (any non-empty string).
+        body_field: The field holding the request itself (``body``; Anthropic: ``params``; Gemini: ``request``).
+        method_url: Each line carries ``method`` and ``url`` (OpenAI's files); else they are not part of a line.
+        model_in_body: The body names its ``model``; ``one_model``: every line the same one.
+        example: A line of this shape, as the fixes show it.
+
+    Examples:
+        >>> OPENAI_LINES.id_field, OPENAI_LINES.body_field, OPENAI_LINES.method_url
+        ('custom_id', 'body', True)
+    """
+
+    name: str = "openai"
+    id_field: str = "custom_id"
+    id_pattern: str | None = None
+    body_field: str = "body"
+    method_url: bool = True
+    model_in_body: bool = True
+    one_model: bool = True
+    example: str = EXAMPLE_LINE
+
+
+#: OpenAI's request line (``custom_id``, ``method``, ``url``, ``body`` with one ``model`` per file).
+OPENAI_LINES = LineShape()
+
+
+@dataclass(frozen=True, kw_only=True)
 class Rules:
     """What a request file is checked against: its endpoint, the limits, and how many findings to keep.
 
@@ -85,6 +120,7 @@ class Rules:
             ``write_requests`` fills missing ``url`` values in that spelling.
         max_line_bytes: Longest line allowed (``line_too_large``); reading stops at a longer one, so
             memory holds at most one line of this size.
+        shape: How a line is shaped (the provider's :class:`LineShape`; OpenAI's by default).
 
     Examples:
         >>> Rules(max_lines=10)  # doctest: +ELLIPSIS
@@ -98,6 +134,7 @@ class Rules:
     max_problems: int = DEFAULT_MAX_PROBLEMS
     azure: bool = False
     max_line_bytes: int = MAX_LINE_BYTES
+    shape: LineShape = OPENAI_LINES
 
 
 class RuleOptions(TypedDict, total=False):
@@ -113,6 +150,7 @@ class RuleOptions(TypedDict, total=False):
     max_problems: int
     azure: bool
     max_line_bytes: int
+    shape: LineShape
 
 
 @dataclass(frozen=True)
