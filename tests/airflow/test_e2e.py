@@ -115,6 +115,19 @@ class Airflow:
         return rows[0] if rows else None
 
 
+def _money_evidence(home: Path, dag_id: str, batches: list[Any]) -> str:
+    """What each try said it did, and every batch the server holds: why a retry paid what it paid."""
+    said = []
+    for log in sorted((home / "logs" / f"dag_id={dag_id}").rglob("attempt=*.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            if re.search(r"Created batch|Attached|concurrent|carrying|ended|Marking|heartbeat|zombie", line):
+                said.append(f"{log.name}: {line[:300]}")
+    held = [f"{b.id} created {b.created_at} {b.status} total {b.request_counts.total} "
+            f"completed {b.request_counts.completed} key {(b.metadata or {}).get('batch_ops_idempotency_key')}"
+            for b in batches]
+    return "\n".join(["what the tries logged:", *said, "batches on the server:", *held])
+
+
 def test_deferred_then_success_and_kill_cancels(make_server, receiver, webhook_secret: str, tmp_path: Path,
                                                 oracle) -> None:
     home = tmp_path / "airflow_home"
@@ -222,7 +235,8 @@ def test_deferred_then_success_and_kill_cancels(make_server, receiver, webhook_s
                 batches = sorted(oracle(server).batches.list(limit=100).data, key=lambda b: b.created_at)
                 paid = sum(b.request_counts.completed for b in batches)
                 assert tries >= 2, f"{dag_id}: the outcome called for at least one retry"
-                assert paid == needed, f"{dag_id}: paid for {paid} requests, needed {needed}"
+                assert paid == needed, (f"{dag_id}: paid for {paid} requests, needed {needed}\n"
+                                        + _money_evidence(home, dag_id, batches))
                 # One attempt per try, except a last try that finds every request already answered (an
                 # attempt that expired just after its last answer) and so pays for nothing.
                 assert 2 <= len(batches) <= tries and result["batch_ids"] == [b.id for b in batches]
