@@ -204,10 +204,11 @@ def test_line_rules_carry_the_dialects_shape_and_limits(tiny: Dialect, tmp_path:
 
 
 def test_submit_refuses_a_file_over_the_providers_limit_before_any_upload(
-    tiny: Dialect, server_url: str, tmp_path: Path
+    tiny: Dialect, make_server: Any, tmp_path: Path
 ) -> None:
     path = _write(tmp_path / "r.jsonl", _openai_lines(4))
-    with BatchClient(settings=ClientSettings(api_key="k", base_url=server_url, provider=tiny.name)) as client:
+    with make_server() as url, \
+            BatchClient(settings=ClientSettings(api_key="k", base_url=url, provider=tiny.name)) as client:
         assert client.dialect is tiny
         with pytest.raises(InputValidationError) as info:
             client.submit(path, endpoint="/v1/embeddings")
