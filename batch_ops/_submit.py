@@ -365,7 +365,16 @@ class _Input:
 
 
 def _prepare(source: Source, endpoint: str, workdir: Path, dialect: Dialect) -> _Input:
-    """Validate a request file, or write request dicts to a validated file in ``workdir``, by ``dialect``'s rules."""
+    """Validate a request file, or write request dicts to a validated file in ``workdir``, by ``dialect``'s rules;
+    the model the lines want must be one the batch can have (``Dialect.lines_model_problems``)."""
+    prepared = _prepared(source, endpoint, workdir, dialect)
+    problems = dialect.lines_model_problems(prepared.model, endpoint) if prepared.path is not None else []
+    if problems:
+        raise InputValidationError(problems, source=str(prepared.path))
+    return prepared
+
+
+def _prepared(source: Source, endpoint: str, workdir: Path, dialect: Dialect) -> _Input:
     rules = dialect.line_rules(endpoint)
     local: Path | None = None
     if isinstance(source.path, Location):

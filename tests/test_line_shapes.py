@@ -260,3 +260,33 @@ def test_the_cli_checks_and_shards_by_the_providers_rules(tmp_path: Path, capsys
                  "--max-lines", "2"]) == 0
     assert len(list((tmp_path / "p").glob("*.jsonl"))) == 3
     capsys.readouterr()
+
+
+class _PerBatchModel(Dialect):
+    """Gemini's line shape, and a batch whose model the endpoint names (as data for this test)."""
+
+    name = "per-batch-model"
+    line_shape = GEMINI
+
+    def lines_model_problems(self, model: str | None, endpoint: str) -> list[Any]:
+        from batch_ops.errors import Problem
+
+        if model is None or model == "m-1":
+            return []
+        return [Problem(rule="model_mismatch", param="model", message=f"the lines want {model!r}, the batch m-1",
+                        fix="submit them to a batch of their model")]
+
+
+def test_the_model_the_lines_want_is_checked_before_any_upload(
+    monkeypatch: pytest.MonkeyPatch, make_server: Any
+) -> None:
+    dialect = _PerBatchModel()
+    monkeypatch.setitem(DIALECTS, dialect.name, dialect)
+    neutral = [{"custom_id": f"q{i}", "model": "m-2", "messages": [{"role": "user", "content": "hi"}]}
+               for i in range(2)]
+    with make_server() as url, \
+            BatchClient(settings=ClientSettings(api_key="k", base_url=url, provider=dialect.name)) as client:
+        with pytest.raises(InputValidationError) as info:
+            client.submit(neutral, endpoint="/v1/chat/completions")
+        assert info.value.problems[0].message == "the lines want 'm-2', the batch m-1"
+        assert client.files.list().data == []

@@ -153,6 +153,13 @@ class Dialect:
         return RuleOptions(endpoint=endpoint, azure=self.short_endpoints, shape=self.line_shape,
                            max_lines=self.limits.max_requests, max_bytes=self.limits.max_file_bytes)
 
+    def lines_model_problems(self, model: str | None, endpoint: str) -> list[Problem]:
+        """Findings when the model the request lines want (``model``: the one model of a checked file, or
+        the one a translated neutral request names for an API whose model is the batch's) cannot be
+        this batch's, e.g. it differs from the model the batch names. Checked before any upload; OpenAI:
+        none (the lines name the model themselves)."""
+        return []
+
     # -- files ------------------------------------------------------------------------------------
     def upload_file(self, path: Path, *, purpose: str | None = None, filename: str | None = None) -> Send:
         """Upload a batch input (streamed multipart)."""
