@@ -182,7 +182,24 @@ def test_azure_v1_form_with_the_openai_sdk_and_batch_ops(server_url: str, tmp_pa
 # -- Together's money: the key rides in the input's file name -----------------------------------------
 
 
-def test_together_retries_reattach_and_pay_only_for_what_did_not_finish(make_server: Any) -> None:
+def test_together_a_retried_submit_reattaches_to_the_running_job(make_server: Any) -> None:
+    from batch_ops import SubmitSpec
+
+    # Each request takes 30 s: the job is still running when the retry comes.
+    with make_server(wire="together", concurrency=1, request_latency=30) as url, \
+            BatchClient(settings=ClientSettings(api_key="k", provider="together", base_url=url)) as client:
+        spec = SubmitSpec.of(endpoint=CHAT, idempotency_key="together-running")
+        first = client.submit_spec(NEUTRAL, spec)
+        again = client.submit_spec(NEUTRAL, spec)  # a retried task: re-attached, nothing paid twice
+        assert first.created and not again.created and again.batch.id == first.batch.id
+        assert [a.batch.id for a in client.batches.chain("together-running").attempts] == [first.batch.id]
+        # No metadata on the wire: what told the job apart is the name of its input.
+        raw = httpx.get(f"{url}/batches/{first.batch.id}", headers={"Authorization": "Bearer k"}).json()
+        assert "metadata" not in raw
+        client.batches.cancel(first.batch.id)
+
+
+def test_together_a_retry_after_expiry_pays_only_for_what_did_not_finish(make_server: Any) -> None:
     from batch_ops import SubmitSpec
 
     with make_server(wire="together", concurrency=1, request_latency=0.15, expire_after=0.6) as url, \
@@ -190,8 +207,6 @@ def test_together_retries_reattach_and_pay_only_for_what_did_not_finish(make_ser
         requests = [{**NEUTRAL[0], "custom_id": f"q-{i}"} for i in range(10)]
         spec = SubmitSpec.of(endpoint=CHAT, idempotency_key="together-nightly")
         first = client.submit_spec(requests, spec)
-        again = client.submit_spec(requests, spec)  # a retried task, while the batch runs: re-attached
-        assert first.created and not again.created and again.batch.id == first.batch.id
         ended = client.batches.wait(first.batch.id, poll_interval=0.05, timeout=30)
         assert ended.status is BatchStatus.EXPIRED
         done_first = sum(r.ok for r in client.results(ended))
@@ -200,9 +215,6 @@ def test_together_retries_reattach_and_pay_only_for_what_did_not_finish(make_ser
         assert second.created and second.step.number == 1 and second.carried == 10 - done_first
         chain = client.batches.chain("together-nightly")
         assert [a.batch.id for a in chain.attempts] == [first.batch.id, second.batch.id]
-        # No metadata on the wire: what told the chain apart is the input's name.
-        raw = httpx.get(f"{url}/batches/{first.batch.id}", headers={"Authorization": "Bearer k"}).json()
-        assert "metadata" not in raw
 
 
 def test_together_refuses_a_key_too_long_for_a_file_name() -> None:
