@@ -38,6 +38,7 @@ from batch_ops.errors import (
     RequestFailuresError,
     is_permanent,
 )
+from batch_ops.jsonl.neutral import ChatRequest
 from batch_ops.models import (
     Batch,
     BatchList,
@@ -87,6 +88,7 @@ __all__ = [
     "BatchPoller",
     "BatchStatus",
     "BatchTimeoutError",
+    "ChatRequest",
     "ClientSettings",
     "ConfigurationError",
     "CreateBatchRequest",

@@ -33,18 +33,18 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
 from pydantic import ValidationError
 
 from batch_ops._files import atomic_file
-from batch_ops.errors import InputValidationError, Problem, ResultFileError
+from batch_ops.errors import BatchOpsError, InputValidationError, Problem, ResultFileError
 from batch_ops.jsonl import iter_lines, iter_request_lines
 from batch_ops.models import ResultError, ResultLine
 
-__all__ = ["MAX_RESULT_LINE_BYTES", "iter_result_lines", "join_chain_results", "join_results", "rewrite_results",
-           "successful_ids"]
+__all__ = ["DEFAULT_MAX_RECORDS", "MAX_RESULT_LINE_BYTES", "iter_result_lines", "join_chain_results", "join_results",
+           "result_records", "rewrite_results", "successful_ids"]
 
 _log = logging.getLogger(__name__)
 
@@ -54,6 +54,36 @@ PathLike = str | os.PathLike[str]
 #: embeddings request of 2,048 inputs answered with 3,072 floats each is ~130 MB of JSON, the
 #: largest answer the API documents. A longer line is refused rather than held in memory.
 MAX_RESULT_LINE_BYTES = 200 * 1024 * 1024
+
+
+#: At most this many results are handed on whole (an XCom, a task result): a larger batch's results
+#: belong in a file (``download_batch_file``, ``client.results`` streamed), not in the metadata database.
+DEFAULT_MAX_RECORDS = 10_000
+
+
+def result_records(lines: Iterable[ResultLine], *, limit: int = DEFAULT_MAX_RECORDS, raw: bool = True,
+                   what: str = "the batch") -> list[dict[str, Any]]:
+    """Results as users read them, one plain dict each (:meth:`ResultLine.record
+    <batch_ops.models.ResultLine.record>`: ``custom_id``, ``ok``, ``text``, ``body``, ``usage``, ``error``,
+    ``raw``), the same whatever the provider: what the Airflow hook and the Prefect results task hand on.
+
+    Raises:
+        BatchOpsError: More than ``limit`` results (reading stops there: memory stays bounded).
+
+    Examples:
+        >>> lines = [ResultLine(custom_id="a", response={"status_code": 200, "body": {"choices": [
+        ...     {"message": {"content": "4"}}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}})]
+        >>> [(r["custom_id"], r["text"], r["usage"]["total_tokens"]) for r in result_records(lines)]
+        [('a', '4', 4)]
+    """
+    records: list[dict[str, Any]] = []
+    for line in lines:
+        if len(records) >= limit:
+            raise BatchOpsError(f"{what} has more than {limit:,} results, more than are handed on whole (an XCom, a "
+                                "task result); fix: read them streamed (client.results) or download the output file, "
+                                "or raise max_results")
+        records.append(line.record(raw=raw))
+    return records
 
 
 def _too_large(path: str, line: int) -> ResultFileError:
@@ -209,7 +239,7 @@ def _index(files: Sequence[_File]) -> tuple[dict[str, _Entry], int, list[str]]:
     return index, duplicates, examples
 
 
-def _join(input_path: PathLike, files: list[_File]) -> Iterator[ResultLine]:
+def _join(input_path: PathLike, files: list[_File], id_field: str = "custom_id") -> Iterator[ResultLine]:
     index, duplicates, examples = _index(files)
     if duplicates:
         _log.warning(
@@ -224,15 +254,18 @@ def _join(input_path: PathLike, files: list[_File]) -> Iterator[ResultLine]:
     with contextlib.ExitStack() as stack:
         handles = [stack.enter_context(open(name, "rb")) if name else None for name in names]
         for n, request in iter_request_lines(src):
-            custom_id = request.get("custom_id")
+            # The request's id, in its own shape's field (Gemini's ``key``); results carry it as ``custom_id``
+            # (a dialect that rewrites result lines writes it there).
+            custom_id = request.get(id_field)
             if not isinstance(custom_id, str):
                 raise InputValidationError(
                     [
                         Problem(
                             rule="missing_custom_id",
-                            message=f"custom_id is {custom_id!r}, not a string",
-                            fix="results can only be joined to requests that have a custom_id",
+                            message=f"{id_field} is {custom_id!r}, not a string",
+                            fix=f"results can only be joined to requests that have a {id_field}",
                             line=n,
+                            param=id_field,
                         )
                     ],
                     source=src,
@@ -265,6 +298,7 @@ def join_results(
     input_path: PathLike,
     output_path: PathLike | None,
     error_path: PathLike | None,
+    id_field: str = "custom_id",
 ) -> Iterator[ResultLine]:
     """Yield one result per input request, in input order, joined by ``custom_id``.
 
@@ -281,6 +315,8 @@ def join_results(
         input_path: The request file the batch ran.
         output_path: The downloaded output file, or ``None`` (e.g. every request failed).
         error_path: The downloaded error file, or ``None`` (a clean batch has none).
+        id_field: The field naming each request in the input (the dialect's ``line_shape.id_field``:
+            ``custom_id``, Gemini's ``key``); result lines always name it ``custom_id``.
 
     Raises:
         ResultFileError: A line of the output or error file is not a result.
@@ -298,13 +334,14 @@ def join_results(
         ...                                                             error_path=None)]
         [('a', 1, None), ('b', None, 'missing_result'), ('c', 3, None)]
     """
-    return join_chain_results(input_path=input_path, attempts=[(output_path, error_path)])
+    return join_chain_results(input_path=input_path, attempts=[(output_path, error_path)], id_field=id_field)
 
 
 def join_chain_results(
     *,
     input_path: PathLike,
     attempts: Sequence[tuple[PathLike | None, PathLike | None] | tuple[PathLike | None, PathLike | None, int]],
+    id_field: str = "custom_id",
 ) -> Iterator[ResultLine]:
     """Like :func:`join_results`, over the ``(output, error)`` files of several batches, oldest first.
 
@@ -320,4 +357,4 @@ def join_chain_results(
         attempt = item[2] if len(item) > 2 else batch  # type: ignore[misc]
         files.append((os.fspath(out) if out else None, batch, attempt, True))
         files.append((os.fspath(err) if err else None, batch, attempt, False))
-    return _join(input_path, files)
+    return _join(input_path, files, id_field)

@@ -72,7 +72,9 @@ def test_an_unknown_provider_in_the_environment_is_named() -> None:
 def test_the_cli_reads_the_providers_key_only() -> None:
     """``batch-ops --provider azure``: the key comes from the provider's variables; the message names them."""
     env = {k: v for k, v in os.environ.items() if "API_KEY" not in k and not k.startswith(("OPENAI_", "AZURE_"))}
-    done = subprocess.run([sys.executable, "-m", "batch_ops.cli", "--provider", "azure", "list"], env=env,
+    # Azure OpenAI has no API root of its own (every resource has one): give it, so the key is what is missing.
+    done = subprocess.run([sys.executable, "-m", "batch_ops.cli", "--provider", "azure", "list"],
+                          env={**env, "AZURE_OPENAI_ENDPOINT": "https://r.openai.azure.com"},
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 4, done.stderr
     assert "No API key for Azure OpenAI global batch: set OPENAI_API_KEY or AZURE_OPENAI_API_KEY" in done.stderr

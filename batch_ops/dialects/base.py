@@ -37,8 +37,9 @@ from batch_ops.effects import Reply, Send, api_path, list_params, parse
 from batch_ops.errors import InputValidationError, Problem
 from batch_ops.identity.keys import IDEMPOTENCY_METADATA_KEY
 from batch_ops.identity.owners import OWNER_METADATA_KEYS
-from batch_ops.jsonl.rules import OPENAI_LINES, LineShape
+from batch_ops.jsonl.rules import OPENAI_LINES, LineShape, RuleOptions
 from batch_ops.models import (
+    BATCH_ENDPOINTS,
     METADATA_MAX_PAIRS,
     Batch,
     BatchList,
@@ -64,12 +65,15 @@ class Limits:
             batches: "we do not expire the jobs that take longer").
         max_requests: requests in one batch.
         max_file_bytes: bytes of one batch input.
+        endpoints: the batch endpoints the API takes (OpenAI's spelling; a subset of
+            :data:`~batch_ops.models.BATCH_ENDPOINTS`).
     """
 
     completion_windows: tuple[str, ...] = ("24h",)
     expires: bool = True
     max_requests: int = 50_000
     max_file_bytes: int = 200 * 1024 * 1024
+    endpoints: tuple[str, ...] = BATCH_ENDPOINTS
 
 
 @dataclass(frozen=True)
@@ -91,8 +95,9 @@ class Dialect:
     name: ClassVar[str] = "openai"
     #: What a person calls it, for messages and docs.
     title: ClassVar[str] = "OpenAI Batch API"
-    #: The API root when the settings name none (``ClientSettings.base_url`` left empty).
-    default_base_url: ClassVar[str] = "https://api.openai.com/v1"
+    #: The API root when the settings name none (``ClientSettings.base_url`` left empty); None: the user
+    #: must give one (Azure OpenAI: every resource has its own; any OpenAI-compatible server).
+    default_base_url: ClassVar[str | None] = "https://api.openai.com/v1"
     #: Environment variables that hold the key, first found wins (``ClientSettings.from_env``).
     key_env: ClassVar[tuple[str, ...]] = ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY")
     #: Environment variables that hold the API root, each with what to append to reach our base URL
@@ -135,6 +140,25 @@ class Dialect:
     def endpoint(self, endpoint: str) -> str:
         """How ``endpoint`` (a batch endpoint such as ``/v1/chat/completions``) is spelled on the wire."""
         return endpoint
+
+    def line_rules(self, endpoint: str | None = None) -> RuleOptions:
+        """The rules a request file of this API is checked by (the options of ``check_file``,
+        ``validate_file``, ``write_requests``, ``shard_file``): its line shape and its limits.
+
+        Examples:
+            >>> rules = Dialect().line_rules("/v1/embeddings")
+            >>> rules["shape"].id_field, rules["max_lines"], rules["max_bytes"] // 2**20
+            ('custom_id', 50000, 200)
+        """
+        return RuleOptions(endpoint=endpoint, azure=self.short_endpoints, shape=self.line_shape,
+                           max_lines=self.limits.max_requests, max_bytes=self.limits.max_file_bytes)
+
+    def lines_model_problems(self, model: str | None, endpoint: str) -> list[Problem]:
+        """Findings when the model the request lines want (``model``: the one model of a checked file, or
+        the one a translated neutral request names for an API whose model is the batch's) cannot be
+        this batch's, e.g. it differs from the model the batch names. Checked before any upload; OpenAI:
+        none (the lines name the model themselves)."""
+        return []
 
     # -- files ------------------------------------------------------------------------------------
     def upload_file(self, path: Path, *, purpose: str | None = None, filename: str | None = None) -> Send:
@@ -187,15 +211,21 @@ class Dialect:
 
     def parse_batch(self, reply: Reply, send: Send) -> Batch:
         """The answer as our :class:`~batch_ops.models.Batch`, its status in our vocabulary."""
-        batch = parse(Batch, reply, send, what="a batch")
+        return self._aliased(parse(Batch, reply, send, what="a batch"))
+
+    def parse_batch_list(self, reply: Reply, send: Send) -> BatchList:
+        """A page of batches, each status in our vocabulary (a list is read as a retrieve is)."""
+        page = parse(BatchList, reply, send, what="a list of batches")
+        if not self.status_aliases:
+            return page
+        return page.model_copy(update={"data": [self._aliased(b) for b in page.data]})
+
+    def _aliased(self, batch: Batch) -> Batch:
         if self.status_aliases and not batch.status.is_known:
             ours = self.status_aliases.get(batch.status.value)
             if ours is not None:
                 return batch.model_copy(update={"status": ours})
         return batch
-
-    def parse_batch_list(self, reply: Reply, send: Send) -> BatchList:
-        return parse(BatchList, reply, send, what="a list of batches")
 
     def create_body(
         self,
@@ -226,7 +256,7 @@ class Dialect:
             for param, msg, fix in check_create_params(
                 endpoint=endpoint, completion_window=completion_window, metadata=user_meta,
                 output_expires_after=output_expires_after, azure=self.short_endpoints,
-                completion_windows=self.limits.completion_windows,
+                completion_windows=self.limits.completion_windows, endpoints=self.limits.endpoints,
             )
         ]
         if not input_file_id or not isinstance(input_file_id, str):
@@ -265,6 +295,21 @@ class Dialect:
     def key_of(self, batch: Batch) -> str | None:
         """The idempotency (attempt) key written on ``batch``, or None (not ours)."""
         return (batch.metadata or {}).get(self.key_metadata)
+
+    # An API whose batches carry no metadata (Together) carries the attempt key in the name of the
+    # batch's uploaded input instead: the three hooks below say how; OpenAI's defaults do nothing.
+    def upload_name(self, attempt: str, digest: str) -> str | None:
+        """The name to upload attempt ``attempt``'s input under (``digest``: its content's hash), or None
+        for the plans' own name (which carries only a hash of the key)."""
+        return None
+
+    def batch_list_companion(self) -> Send | None:
+        """A call whose answer tells whose each listed batch is (Together: the file list), or None."""
+        return None
+
+    def annotate_batch_list(self, page: BatchList, reply: Reply, send: Send) -> BatchList:
+        """``page`` with each batch's key written where :meth:`key_of` reads it, from the companion's answer."""
+        return page
 
     # -- results ----------------------------------------------------------------------------------
     def result_line(self, line: Mapping[str, Any]) -> Mapping[str, Any]:

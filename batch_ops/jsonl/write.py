@@ -22,17 +22,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch_ops._files import atomic_file, atomic_write
 from batch_ops.errors import InputValidationError, Problem
-from batch_ops.jsonl.read import iter_lines
+from batch_ops.jsonl.neutral import ChatRequest, is_neutral, translate
+from batch_ops.jsonl.read import iter_lines, iter_request_lines
 from batch_ops.jsonl.rules import (
     DECODER,
     ENCODER,
     MAX_LINE_BYTES,
     FileReport,
+    LineShape,
     RuleOptions,
     Rules,
     line_too_large,
@@ -44,7 +47,7 @@ from batch_ops.models import BATCH_ENDPOINTS, RequestLine, azure_endpoint
 if TYPE_CHECKING:
     from typing import Unpack
 
-__all__ = ["filter_requests", "request_line", "write_requests"]
+__all__ = ["filter_requests", "holds_neutral_requests", "request_line", "translate_file", "write_requests"]
 
 
 def request_line(custom_id: str, body: Mapping[str, Any], *, endpoint: str) -> dict[str, Any]:
@@ -75,40 +78,58 @@ def request_line(custom_id: str, body: Mapping[str, Any], *, endpoint: str) -> d
     return {"custom_id": custom_id, "method": "POST", "url": endpoint, "body": dict(body)}
 
 
-_FIRST_KEYS = ("custom_id", "method", "url", "body")
-
-
-def _normalise(item: Any, endpoint: str | None) -> dict[str, Any] | None:
+def _normalise(item: Any, endpoint: str | None, shape: LineShape) -> dict[str, Any] | None:
     if isinstance(item, RequestLine):
         raw = item.model_dump()
     elif isinstance(item, Mapping):
         raw = dict(item)
     else:
         return None
-    raw.setdefault("method", "POST")
-    if endpoint is not None:
-        raw.setdefault("url", endpoint)
-    body = raw.get("body")
+    if shape.method_url:
+        # Only lines that carry them get the defaults: another batch API's line has no method or url.
+        raw.setdefault("method", "POST")
+        if endpoint is not None:
+            raw.setdefault("url", endpoint)
+    body = raw.get(shape.body_field)
     if isinstance(body, Mapping) and not isinstance(body, dict):
-        raw["body"] = dict(body)
+        raw[shape.body_field] = dict(body)
     # The usual key order, whatever order the caller built the dict in: easier to read.
-    obj = {k: raw[k] for k in _FIRST_KEYS if k in raw}
+    first = (shape.id_field, "method", "url", shape.body_field) if shape.method_url else (shape.id_field,
+                                                                                        shape.body_field)
+    obj = {k: raw[k] for k in first if k in raw}
     obj.update(raw)
     return obj
 
 
+def _translate(item: Any, n: int, endpoint: str | None, shape: LineShape, checker: Checker) -> dict[str, Any] | None:
+    """Request ``n``, a neutral chat request, as ``shape``'s native line; its findings go to ``checker``."""
+    try:
+        done = translate(item, shape.name, id_field=shape.id_field, body_field=shape.body_field,
+                         method_url=shape.method_url, endpoint=endpoint)
+    except InputValidationError as exc:
+        checker.lines = n
+        for problem in exc.problems:
+            checker.add(replace(problem, line=n))
+        return None
+    if not shape.model_in_body:
+        checker.batch_model(n, done.model)  # the batch's model: every line must want the same one
+    return done.line
+
+
 def write_requests(
-    requests: Iterable[RequestLine | Mapping[str, Any]],
+    requests: Iterable[RequestLine | ChatRequest | Mapping[str, Any]],
     path: str | os.PathLike[str],
     **options: Unpack[RuleOptions],
 ) -> FileReport:
     """Write requests to a JSONL file, validating on the way; the file appears only if valid.
 
-    Each item (a :class:`~batch_ops.models.RequestLine` or a mapping) gets ``method`` "POST"
-    and ``url`` = ``endpoint`` when missing, and is checked by the same rules as
-    :func:`~batch_ops.jsonl.check_file`. Lines stream to a temporary file in the target's directory, renamed
-    over ``path`` only when every line is valid: a failed write leaves no file behind (and
-    an existing file at ``path`` untouched).
+    Each item is a native line (a :class:`~batch_ops.models.RequestLine` or a mapping), which gets
+    ``method`` "POST" and ``url`` = ``endpoint`` when missing (if the line shape has them), or a
+    provider-neutral chat request (a :class:`~batch_ops.jsonl.neutral.ChatRequest`, or a mapping with
+    top-level ``messages``), translated for the line shape's provider (``shape.name``); every line
+    is checked by the same rules as :func:`~batch_ops.jsonl.check_file`. Lines stream to a temporary
+    file in the target's directory, renamed over ``path`` only when every line is valid: a failed
+    write leaves no file behind (and an existing file at ``path`` untouched).
 
     Args:
         requests: The requests, consumed once (a generator is fine: memory stays flat).
@@ -142,7 +163,14 @@ def write_requests(
         n = 0
         for item in requests:
             n += 1
-            obj = _normalise(item, endpoint)
+            if is_neutral(item):
+                translated = _translate(item, n, endpoint, rules.shape, checker)
+                if translated is None:
+                    if checker.truncated:
+                        break
+                    continue
+                item = translated
+            obj = _normalise(item, endpoint, rules.shape)
             data = b""
             if obj is None:
                 reason = f"item {n} is a {type(item).__name__}, not a RequestLine or a mapping"
@@ -177,14 +205,47 @@ def write_requests(
     return checker.report(str(target))
 
 
+def holds_neutral_requests(path: str | os.PathLike[str]) -> bool:
+    """Whether the request file at ``path`` holds provider-neutral chat requests (its first request is one),
+    to be translated with :func:`translate_file`, rather than native lines. Reads one line.
+
+    Examples:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "evals.jsonl")
+        >>> _ = open(path, "w").write('{"custom_id": "a", "messages": [{"role": "user", "content": "hi"}]}\\n')
+        >>> holds_neutral_requests(path)
+        True
+    """
+    try:
+        for _n, request in iter_request_lines(path):
+            return is_neutral(request)
+    except InputValidationError:
+        return False  # not a request file at all: the checker says why, line by line
+    return False
+
+
+def translate_file(
+    path: str | os.PathLike[str], dest: str | os.PathLike[str], **options: Unpack[RuleOptions]
+) -> FileReport:
+    """Write the requests of ``path`` (neutral chat requests, or native lines: each passes as it is) to
+    ``dest`` in the line shape of ``options`` (its provider's), validated as by :func:`write_requests`.
+    Streamed: memory holds one request.
+
+    Raises:
+        InputValidationError: A request cannot be said in this shape, or a line breaks a rule.
+    """
+    return write_requests((request for _n, request in iter_request_lines(path)), dest, **options)
+
+
 def filter_requests(
-    path: str | os.PathLike[str], *, exclude: set[str], dest: str | os.PathLike[str]
+    path: str | os.PathLike[str], *, exclude: set[str], dest: str | os.PathLike[str], id_field: str = "custom_id"
 ) -> int:
     """Copy the request lines of ``path`` whose ``custom_id`` is not in ``exclude`` to ``dest``.
 
     Lines are copied byte for byte (a request carried to a new attempt is the request the first
     attempt was validated with). Returns how many lines ``dest`` holds; ``dest`` is written
-    whole or not at all.
+    whole or not at all. ``id_field`` is the field that names a request in this file
+    (:attr:`LineShape.id_field <batch_ops.jsonl.rules.LineShape.id_field>`: Gemini's ``key``).
 
     Examples:
         >>> import os, tempfile
@@ -206,7 +267,7 @@ def filter_requests(
                 if not line.strip():
                     continue
                 obj = DECODER.decode(line.decode("utf-8"))
-                if isinstance(obj, dict) and obj.get("custom_id") in exclude:
+                if isinstance(obj, dict) and obj.get(id_field) in exclude:
                     continue
                 kept += 1
                 yield line if line.endswith(b"\n") else line + b"\n"

@@ -43,19 +43,27 @@ from prefect.logging import get_logger, get_run_logger
 from pydantic import BaseModel, ConfigDict
 
 from batch_ops import AttemptChain, Source, Submission, SubmitSpec, storage
-from batch_ops.chain import summary_of
+from batch_ops.chain import Attempt, summary_of
 from batch_ops.client import AsyncBatchClient
 from batch_ops.errors import BatchTimeoutError
 from batch_ops.identity import FLOW_RUN_METADATA_KEY, RunIdentity, lookback_start, prefect_owner_metadata
 from batch_ops.identity import LOOKBACK_SKEW as LOOKBACK_SKEW  # the old name here; core's constant
-from batch_ops.jsonl import request_file, validate_file, write_requests
-from batch_ops.models import Batch, BatchStatus, RequestCounts, Usage
+from batch_ops.jsonl import (
+    RuleOptions,
+    holds_neutral_requests,
+    request_file,
+    translate_file,
+    validate_file,
+    write_requests,
+)
+from batch_ops.models import Batch, BatchStatus, RequestCounts, ResultLine, Usage
 from batch_ops.outcomes import DEFAULT_FAIL_ON, DEFAULT_WAIT_TIMEOUT, OutcomePolicy, describe
 from batch_ops.prefect.artifacts import DEFAULT_ARTIFACT_KEY, ProgressArtifact, create_summary_artifact
 from batch_ops.prefect.credentials import OpenAIBatchCredentials, resolve_settings
 from batch_ops.prefect.events import emit_batch_event
 from batch_ops.prefect.storage import block_target
 from batch_ops.process_state import STATE
+from batch_ops.results import DEFAULT_MAX_RECORDS, result_records
 from batch_ops.settings import ClientSettings
 from batch_ops.storage import Location, StorageTarget, display
 
@@ -66,6 +74,7 @@ __all__ = [
     "cancel_batch",
     "create_batch",
     "download_batch_file",
+    "read_batch_results",
     "run_started",
     "settings_used_by",
     "submit_batch",
@@ -216,21 +225,33 @@ def settings_used_by(flow_run_id: str) -> list[ClientSettings]:
 
 
 def _prepare_input(
-    source: StorageTarget | Iterable[Mapping[str, Any]], endpoint: str | None
+    source: StorageTarget | Iterable[Mapping[str, Any]], rules: RuleOptions
 ) -> tuple[Path, int, Path | None]:
     """Validate a request file (copied first when on object storage), or write requests to a validated
-    temporary file (in a thread)."""
-    if isinstance(source, (str, os.PathLike)) and not storage.is_remote(source):
-        path = request_file(source)  # a missing file fails as bad input, naming the fix
-        return path, validate_file(path, endpoint=endpoint).lines, None
+    temporary file (in a thread), by ``rules`` (the provider's: ``Dialect.line_rules``)."""
+    local = isinstance(source, (str, os.PathLike)) and not storage.is_remote(source)
+    if local:
+        path = request_file(source)  # type: ignore[arg-type]  # a missing file fails as bad input, naming the fix
+        if not holds_neutral_requests(path):
+            return path, validate_file(path, **rules).lines, None
     fd, name = tempfile.mkstemp(prefix="batch_ops_requests_", suffix=".jsonl")
     os.close(fd)
     tmp = Path(name)
     try:
-        if isinstance(source, (str, os.PathLike, Location)) or storage.is_path_object(source):
-            lines = validate_file(storage.stage(source, tmp), endpoint=endpoint).lines  # on object storage
+        if local:
+            lines = translate_file(path, tmp, **rules).lines  # neutral chat requests, in the provider's words
+        elif isinstance(source, (str, os.PathLike, Location)) or storage.is_path_object(source):
+            staged = storage.stage(source, tmp)  # on object storage
+            if holds_neutral_requests(staged):
+                copy = staged.rename(tmp.with_name(tmp.name + ".neutral"))
+                try:
+                    lines = translate_file(copy, tmp, **rules).lines
+                finally:
+                    copy.unlink(missing_ok=True)
+            else:
+                lines = validate_file(staged, **rules).lines
         else:
-            lines = write_requests(source, tmp, endpoint=endpoint).lines
+            lines = write_requests(source, tmp, **rules).lines
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -271,7 +292,7 @@ async def upload_batch_file(
     given: Any = source
     if storage is not None and isinstance(source, (str, os.PathLike)):
         given = block_target(storage, os.fspath(source))
-    path, lines, tmp = await asyncio.to_thread(_prepare_input, given, endpoint)
+    path, lines, tmp = await asyncio.to_thread(_prepare_input, given, client.dialect.line_rules(endpoint))
     try:
         uploaded = await client.files.upload(path)
     finally:
@@ -573,3 +594,44 @@ async def cancel_batch(
     batch = await _client(credentials).batches.cancel(batch_id)
     _logger().info("Batch %s: cancel requested, now %s", batch.id, batch.status.value)
     return BatchResult.from_batch(batch)
+
+
+@task(name="read_batch_results", cache_policy=NO_CACHE)
+async def read_batch_results(
+    batch: str | BatchResult,
+    *,
+    credentials: OpenAIBatchCredentials | None = None,
+    input_path: PathLike | None = None,
+    max_results: int = DEFAULT_MAX_RECORDS,
+    raw: bool = True,
+) -> list[dict[str, Any]]:
+    """The results of an ended batch (or of every attempt of a ``BatchResult``), one dict per request in
+    input order, the same shape whatever the provider: ``custom_id``, ``ok``, ``text`` (the answer),
+    ``body`` (parsed), ``usage`` (``input_tokens``, ``output_tokens``, ``total_tokens``), ``error``
+    (``code``, ``message``) and ``raw`` (the provider's own line, when its dialect rewrote it).
+
+    A batch of more than ``max_results`` requests fails the task (task results live in Prefect's
+    storage): download its output file instead. ``input_path``: the request file (saves a download).
+
+    Examples:
+        ```python
+        done = await run_batch("requests.jsonl", endpoint="/v1/chat/completions")
+        for r in await read_batch_results(done):
+            print(r["custom_id"], r["text"], r["usage"])
+        ```
+    """
+    client = _client(credentials)
+    target: Any = batch
+    if isinstance(batch, BatchResult):
+        ids = batch.batch_ids or [batch.batch_id]
+        batches = [await client.batches.retrieve(i) for i in ids]
+        target = AttemptChain("results", tuple(Attempt(n, b) for n, b in enumerate(batches)))
+    collected: list[ResultLine] = []
+    async for line in client.results(target, input_path=input_path):
+        collected.append(line)
+        if len(collected) > max_results:
+            break  # result_records says why; no more is held in memory
+    name = batch if isinstance(batch, str) else batch.batch_id
+    records = result_records(collected, limit=max_results, raw=raw, what=f"batch {name}")
+    _logger().info("Batch %s: %d results (%d ok)", name, len(records), sum(r["ok"] for r in records))
+    return records
