@@ -88,7 +88,7 @@ from batch_ops.identity.keys import (
     new_idempotency_key,
     parse_attempt,
 )
-from batch_ops.jsonl import RuleOptions, filter_requests, request_file, validate_file, write_requests
+from batch_ops.jsonl import filter_requests, request_file, validate_file, write_requests
 from batch_ops.models import Batch, BatchStatus, FileObject
 from batch_ops.outcomes import OutcomePolicy, describe, is_permanent
 from batch_ops.results import successful_ids
@@ -357,7 +357,7 @@ class _Input:
 
 def _prepare(source: Source, endpoint: str, workdir: Path, dialect: Dialect) -> _Input:
     """Validate a request file, or write request dicts to a validated file in ``workdir``, by ``dialect``'s rules."""
-    rules = RuleOptions(endpoint=endpoint, azure=dialect.short_endpoints, shape=dialect.line_shape)
+    rules = dialect.line_rules(endpoint)
     if isinstance(source.path, Location):
         path = storage.stage(source.path, workdir / "input.jsonl")
         return _Input(path, validate_file(path, **rules).lines)
@@ -370,8 +370,8 @@ def _prepare(source: Source, endpoint: str, workdir: Path, dialect: Dialect) -> 
     return _Input(None, None)
 
 
-def _remaining(full: Path, done: set[str], dest: Path) -> int:
-    return filter_requests(full, exclude=done, dest=dest)
+def _remaining(full: Path, done: set[str], dest: Path, id_field: str = "custom_id") -> int:
+    return filter_requests(full, exclude=done, dest=dest, id_field=id_field)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -770,7 +770,7 @@ def submit_plan(
                 full = workdir / "input.jsonl"
                 yield from download_plan(str(source.file_id), full, dialect=dialect, policy=policy)
             upload = workdir / f"attempt-{number}.jsonl"
-            carried = yield Work(partial(_remaining, full, done, upload))
+            carried = yield Work(partial(_remaining, full, done, upload, dialect.line_shape.id_field))
             if carried == 0:
                 return made(chain, replace(step, action="done", batch=chain.latest,
                                            reason="every request already has a success in the chain"),

@@ -484,7 +484,7 @@ class BatchClient(_Base):
                 inp = Path(input_path)
             else:
                 inp = cast(Path, self.files.download(first.input_file_id, tmp / "input.jsonl"))
-            yield from join_chain_results(input_path=inp, attempts=pairs)
+            yield from join_chain_results(input_path=inp, attempts=pairs, id_field=self.dialect.line_shape.id_field)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -746,7 +746,7 @@ class AsyncBatchClient(_Base):
                 inp = Path(input_path)
             else:
                 inp = cast(Path, await self.files.download(chain.attempts[0].batch.input_file_id, tmp / "input.jsonl"))
-            joined = join_chain_results(input_path=inp, attempts=pairs)
+            joined = join_chain_results(input_path=inp, attempts=pairs, id_field=self.dialect.line_shape.id_field)
             while chunk := await asyncio.to_thread(lambda: list(itertools.islice(joined, 1000))):
                 for line in chunk:
                     yield line

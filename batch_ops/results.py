@@ -209,7 +209,7 @@ def _index(files: Sequence[_File]) -> tuple[dict[str, _Entry], int, list[str]]:
     return index, duplicates, examples
 
 
-def _join(input_path: PathLike, files: list[_File]) -> Iterator[ResultLine]:
+def _join(input_path: PathLike, files: list[_File], id_field: str = "custom_id") -> Iterator[ResultLine]:
     index, duplicates, examples = _index(files)
     if duplicates:
         _log.warning(
@@ -224,15 +224,18 @@ def _join(input_path: PathLike, files: list[_File]) -> Iterator[ResultLine]:
     with contextlib.ExitStack() as stack:
         handles = [stack.enter_context(open(name, "rb")) if name else None for name in names]
         for n, request in iter_request_lines(src):
-            custom_id = request.get("custom_id")
+            # The request's id, in its own shape's field (Gemini's ``key``); results carry it as ``custom_id``
+            # (a dialect that rewrites result lines writes it there).
+            custom_id = request.get(id_field)
             if not isinstance(custom_id, str):
                 raise InputValidationError(
                     [
                         Problem(
                             rule="missing_custom_id",
-                            message=f"custom_id is {custom_id!r}, not a string",
-                            fix="results can only be joined to requests that have a custom_id",
+                            message=f"{id_field} is {custom_id!r}, not a string",
+                            fix=f"results can only be joined to requests that have a {id_field}",
                             line=n,
+                            param=id_field,
                         )
                     ],
                     source=src,
@@ -265,6 +268,7 @@ def join_results(
     input_path: PathLike,
     output_path: PathLike | None,
     error_path: PathLike | None,
+    id_field: str = "custom_id",
 ) -> Iterator[ResultLine]:
     """Yield one result per input request, in input order, joined by ``custom_id``.
 
@@ -281,6 +285,8 @@ def join_results(
         input_path: The request file the batch ran.
         output_path: The downloaded output file, or ``None`` (e.g. every request failed).
         error_path: The downloaded error file, or ``None`` (a clean batch has none).
+        id_field: The field naming each request in the input (the dialect's ``line_shape.id_field``:
+            ``custom_id``, Gemini's ``key``); result lines always name it ``custom_id``.
 
     Raises:
         ResultFileError: A line of the output or error file is not a result.
@@ -298,13 +304,14 @@ def join_results(
         ...                                                             error_path=None)]
         [('a', 1, None), ('b', None, 'missing_result'), ('c', 3, None)]
     """
-    return join_chain_results(input_path=input_path, attempts=[(output_path, error_path)])
+    return join_chain_results(input_path=input_path, attempts=[(output_path, error_path)], id_field=id_field)
 
 
 def join_chain_results(
     *,
     input_path: PathLike,
     attempts: Sequence[tuple[PathLike | None, PathLike | None] | tuple[PathLike | None, PathLike | None, int]],
+    id_field: str = "custom_id",
 ) -> Iterator[ResultLine]:
     """Like :func:`join_results`, over the ``(output, error)`` files of several batches, oldest first.
 
@@ -320,4 +327,4 @@ def join_chain_results(
         attempt = item[2] if len(item) > 2 else batch  # type: ignore[misc]
         files.append((os.fspath(out) if out else None, batch, attempt, True))
         files.append((os.fspath(err) if err else None, batch, attempt, False))
-    return _join(input_path, files)
+    return _join(input_path, files, id_field)

@@ -30,6 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from batch_ops import SubmitSpec, storage
 from batch_ops.cli import EXIT_CODES, EXIT_CONFIG, EXIT_FAILED, exit_code_for, render
 from batch_ops.client import BatchClient
+from batch_ops.dialects import Dialect
 from batch_ops.errors import (
     APIConnectionError,
     BatchOpsError,
@@ -38,7 +39,7 @@ from batch_ops.errors import (
     InputValidationError,
     Problem,
 )
-from batch_ops.jsonl import DEFAULT_MAX_BYTES, DEFAULT_MAX_LINES, check_file, shard_file
+from batch_ops.jsonl import check_file, shard_file
 from batch_ops.models import Batch, BatchStatus
 from batch_ops.orphans import DEFAULT_LOOKBACK, DEFAULT_MIN_AGE, sweep
 from batch_ops.outcomes import DEFAULT_WAIT_TIMEOUT, OutcomePolicy, describe
@@ -241,6 +242,12 @@ def _client(out: _Out, ctx: typer.Context, base_url: str | None, api_key: str | 
     return BatchClient(settings=settings)
 
 
+def _dialect() -> Dialect:
+    """The batch API the environment names (``BATCH_OPS_PROVIDER``; Azure OpenAI with an api-version):
+    offline commands check request files by its rules and limits; no key is needed."""
+    return ClientSettings.from_env().dialect
+
+
 @contextlib.contextmanager
 def _handled(out: _Out, *, batch_id: str | None = None) -> Iterator[None]:
     """Turn the failures a command can meet into one line on stderr and an exit code."""
@@ -430,7 +437,7 @@ def submit(
     # A remote INPUT is copied locally once (piece by piece), then validated and uploaded from there.
     with _handled(out), storage.local_copy(input_path) as local:
         # Offline first: a bad file is reported line by line before any key or network is needed.
-        report, problems = check_file(local, endpoint=endpoint)
+        report, problems = check_file(local, **_dialect().line_rules(endpoint))
         if problems:
             raise InputValidationError(problems, source=storage.display(input_path), truncated=report.truncated)
         out.note(f"validated {report.lines} requests ({render.human_bytes(report.bytes)}) for {report.endpoint}"
@@ -691,7 +698,7 @@ def validate(
     out = _Out(json=json_output)
     shown = storage.display(input_path)  # a signed URL's signature, a URL's password: never printed
     with _handled(out), storage.local_copy(input_path) as local:
-        report, problems = check_file(local, endpoint=endpoint)
+        report, problems = check_file(local, **_dialect().line_rules(endpoint))
     if out.json:
         out.result(render.report_json(report, problems))
     elif problems:
@@ -714,18 +721,23 @@ def shard(
         Path, typer.Option("--out-dir", "-d", file_okay=False, metavar="DIR", help="Directory for the parts.")
     ],
     max_lines: Annotated[
-        int, typer.Option("--max-lines", min=1, metavar="N", help="Most requests per part.")
-    ] = DEFAULT_MAX_LINES,
+        int | None, typer.Option("--max-lines", min=1, metavar="N", show_default=False,
+                                 help="Most requests per part [default: the provider's limit, OpenAI: 50000].")
+    ] = None,
     max_bytes: Annotated[
-        int, typer.Option("--max-bytes", min=1, metavar="BYTES", help="Largest part in bytes.")
-    ] = DEFAULT_MAX_BYTES,
+        int | None, typer.Option("--max-bytes", min=1, metavar="BYTES", show_default=False,
+                                 help="Largest part in bytes [default: the provider's limit, OpenAI: 200 MB].")
+    ] = None,
     endpoint: EndpointOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Split a request file into parts that each fit the limits (validated first; lines kept whole, in order)."""
     out = _Out(json=json_output)
     with _handled(out), storage.local_copy(input_path) as local:
-        paths = shard_file(local, out_dir, max_lines=max_lines, max_bytes=max_bytes, endpoint=endpoint)
+        rules = _dialect().line_rules(endpoint)
+        rules["max_lines"] = max_lines or rules["max_lines"]
+        rules["max_bytes"] = max_bytes or rules["max_bytes"]
+        paths = shard_file(local, out_dir, **rules)
         sizes = [(p, _count_lines(p), p.stat().st_size) for p in paths]
     if out.json:
         parts = [{"path": str(p), "lines": lines, "bytes": size} for p, lines, size in sizes]
@@ -756,11 +768,13 @@ def job(
         int, typer.Option("--max-rounds", min=0, metavar="N", help="Extra rounds for retryable failures (0: none).")
     ] = 3,
     max_lines: Annotated[
-        int, typer.Option("--max-lines", min=1, metavar="N", help="Most requests per batch.")
-    ] = DEFAULT_MAX_LINES,
+        int | None, typer.Option("--max-lines", min=1, metavar="N", show_default=False,
+                                 help="Most requests per batch [default: the provider's limit, OpenAI: 50000].")
+    ] = None,
     max_bytes: Annotated[
-        int, typer.Option("--max-bytes", min=1, metavar="BYTES", help="Largest batch file in bytes.")
-    ] = DEFAULT_MAX_BYTES,
+        int | None, typer.Option("--max-bytes", min=1, metavar="BYTES", show_default=False,
+                                 help="Largest batch file in bytes [default: the provider's limit, OpenAI: 200 MB].")
+    ] = None,
     metadata: Annotated[
         list[str] | None,
         typer.Option("--metadata", "-m", metavar="KEY=VALUE", help="Metadata for every batch of the job."),
@@ -790,7 +804,8 @@ def job(
     with _handled(out):
         _check_output(output)  # before any batch is paid for, not when the results are merged
         price_table = json.loads(prices.read_text()) if prices is not None else None
-        config = JobConfig.of(endpoint=endpoint, max_concurrent=max_concurrent, max_rounds=max_rounds,
+        config = JobConfig.of(endpoint=endpoint, provider=_dialect().name, max_concurrent=max_concurrent,
+                              max_rounds=max_rounds,
                               max_lines=max_lines, max_bytes=max_bytes, metadata=_parse_metadata(metadata),
                               prices=price_table)
         batch_job = BatchJob.open(input_path, output_path=output, config=config)

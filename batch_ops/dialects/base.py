@@ -37,7 +37,7 @@ from batch_ops.effects import Reply, Send, api_path, list_params, parse
 from batch_ops.errors import InputValidationError, Problem
 from batch_ops.identity.keys import IDEMPOTENCY_METADATA_KEY
 from batch_ops.identity.owners import OWNER_METADATA_KEYS
-from batch_ops.jsonl.rules import OPENAI_LINES, LineShape
+from batch_ops.jsonl.rules import OPENAI_LINES, LineShape, RuleOptions
 from batch_ops.models import (
     METADATA_MAX_PAIRS,
     Batch,
@@ -135,6 +135,18 @@ class Dialect:
     def endpoint(self, endpoint: str) -> str:
         """How ``endpoint`` (a batch endpoint such as ``/v1/chat/completions``) is spelled on the wire."""
         return endpoint
+
+    def line_rules(self, endpoint: str | None = None) -> RuleOptions:
+        """The rules a request file of this API is checked by (the options of ``check_file``,
+        ``validate_file``, ``write_requests``, ``shard_file``): its line shape and its limits.
+
+        Examples:
+            >>> rules = Dialect().line_rules("/v1/embeddings")
+            >>> rules["shape"].id_field, rules["max_lines"], rules["max_bytes"] // 2**20
+            ('custom_id', 50000, 200)
+        """
+        return RuleOptions(endpoint=endpoint, azure=self.short_endpoints, shape=self.line_shape,
+                           max_lines=self.limits.max_requests, max_bytes=self.limits.max_file_bytes)
 
     # -- files ------------------------------------------------------------------------------------
     def upload_file(self, path: Path, *, purpose: str | None = None, filename: str | None = None) -> Send:

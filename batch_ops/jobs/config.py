@@ -15,18 +15,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from batch_ops.dialects import OPENAI, Dialect, dialect_named
 from batch_ops.errors import ConfigurationError
-from batch_ops.jsonl import DEFAULT_MAX_BYTES, DEFAULT_MAX_LINES
 
 __all__ = ["JobConfig"]
 
 _FIXES = {
     "max_concurrent": "run at least 1 batch at a time",
     "max_rounds": "use 0 (no resubmission) or more",
-    "max_lines": f"use 1..{DEFAULT_MAX_LINES} requests per batch",
-    "max_bytes": f"use 1..{DEFAULT_MAX_BYTES} bytes per batch",
+    "max_lines": "use 1 up to the provider's most requests per batch (OpenAI: 50,000)",
+    "max_bytes": "use 1 up to the provider's largest batch file in bytes (OpenAI: 200 MB)",
+    "provider": "use the name of a batch API batch_ops speaks (see batch_ops.dialects.DIALECTS)",
     "token_limit_backoff": "use 0 or more seconds",
     "lease_ttl": "use 1 or more seconds (the default, 120, suits steps of any size)",
 }
@@ -39,7 +40,11 @@ class JobConfig(BaseModel):
         endpoint: the batch endpoint every request targets.
         max_concurrent: batches running at once.
         max_rounds: extra rounds for retryable failures (0: no resubmission).
-        max_lines / max_bytes: per-batch limits used for sharding.
+        provider: the batch API the job runs on (a dialect's name, as ``BATCH_OPS_PROVIDER`` spells it;
+            None: OpenAI's rules): its request lines are checked by that API's rules, and its parts
+            fit that API's limits. Running the job with a client of another provider is refused.
+        max_lines / max_bytes: per-batch limits used for sharding; None (the default): the
+            provider's own (``Dialect.limits``), and never more than them.
         metadata: added to every batch (with the job id and part name).
         prices: USD per 1M tokens per model, for the cost estimate.
         token_limit_backoff: seconds before resubmitting a part refused with
@@ -53,12 +58,47 @@ class JobConfig(BaseModel):
     endpoint: str
     max_concurrent: int = Field(default=4, ge=1)
     max_rounds: int = Field(default=3, ge=0)
-    max_lines: int = Field(default=DEFAULT_MAX_LINES, ge=1, le=DEFAULT_MAX_LINES)
-    max_bytes: int = Field(default=DEFAULT_MAX_BYTES, ge=1, le=DEFAULT_MAX_BYTES)
+    provider: str | None = None
+    max_lines: int = Field(default=0, ge=1)
+    max_bytes: int = Field(default=0, ge=1)
     metadata: dict[str, str] = Field(default_factory=dict)
     prices: dict[str, dict[str, float]] | None = None
     token_limit_backoff: float = Field(default=60.0, ge=0)
     lease_ttl: float = Field(default=120.0, ge=1)
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, value: str | None) -> str | None:
+        return None if value is None else dialect_named(value).name  # ValueError names the known ones
+
+    @model_validator(mode="before")
+    @classmethod
+    def _provider_limits(cls, data: Any) -> Any:
+        """Unset limits are the provider's; given ones may not pass them (checked after)."""
+        if isinstance(data, Mapping):
+            data = dict(data)
+            limits = _dialect(data.get("provider")).limits
+            if data.get("max_lines") is None:
+                data["max_lines"] = limits.max_requests
+            if data.get("max_bytes") is None:
+                data["max_bytes"] = limits.max_file_bytes
+        return data
+
+    @model_validator(mode="after")
+    def _within_provider_limits(self) -> JobConfig:
+        limits = self.dialect.limits
+        if self.max_lines > limits.max_requests:
+            raise ValueError(f"max_lines {self.max_lines:,} is over {self.dialect.title}'s {limits.max_requests:,} "
+                             "requests per batch")
+        if self.max_bytes > limits.max_file_bytes:
+            raise ValueError(f"max_bytes {self.max_bytes:,} is over {self.dialect.title}'s "
+                             f"{limits.max_file_bytes:,} bytes per batch")
+        return self
+
+    @property
+    def dialect(self) -> Dialect:
+        """The dialect of :attr:`provider` (OpenAI's when None): its line shape and limits."""
+        return _dialect(self.provider)
 
     @classmethod
     def of(cls, config: JobConfig | Mapping[str, Any] | None = None, **options: Any) -> JobConfig:
@@ -82,3 +122,12 @@ class JobConfig(BaseModel):
                 fix = _FIXES.get(str(e["loc"][0]) if e["loc"] else "", "see JobConfig's fields")
                 parts.append(f"{field}: {e['msg']} (fix: {fix})")
             raise ConfigurationError("Invalid job settings: " + "; ".join(parts)) from None
+
+
+def _dialect(provider: Any) -> Dialect:
+    if not isinstance(provider, str) or not provider:
+        return OPENAI
+    try:
+        return dialect_named(provider)
+    except ValueError:
+        return OPENAI  # the field's own validator reports it

@@ -79,6 +79,7 @@ def harvest_part(
     retry_path: Path | None,
     provenance: Mapping[str, Any],
     usage: UsageTotals,
+    id_field: str = "custom_id",
 ) -> HarvestCounts:
     """Split a finished part into final results and (when ``retry_path``) requests to rerun.
 
@@ -90,7 +91,8 @@ def harvest_part(
     retry_ids: set[str] = set()
 
     def finals() -> Iterator[bytes]:
-        for line in join_results(input_path=part_path, output_path=output_path, error_path=error_path):
+        for line in join_results(input_path=part_path, output_path=output_path, error_path=error_path,
+                                 id_field=id_field):
             if line.ok:
                 counts.succeeded += 1
                 usage.add(line.body)
@@ -107,34 +109,35 @@ def harvest_part(
     if retry_path is not None:
         counts.retried = len(retry_ids)
         if retry_ids:
-            atomic_write(retry_path, _select_requests(part_path, retry_ids))
+            atomic_write(retry_path, _select_requests(part_path, retry_ids, id_field))
     return counts
 
 
-def _select_requests(path: Path, wanted: set[str]) -> Iterator[bytes]:
+def _select_requests(path: Path, wanted: set[str], id_field: str = "custom_id") -> Iterator[bytes]:
     with path.open("rb") as fh:
         for raw in fh:
             if not raw.strip():
                 continue
-            custom_id = json.loads(raw).get("custom_id")
+            custom_id = json.loads(raw).get(id_field)
             if custom_id in wanted:
                 yield raw if raw.endswith(b"\n") else raw + b"\n"
 
 
 def synthesize_failures(*, part_path: Path, results_path: Path, code: str, message: str,
-                        provenance: Mapping[str, Any]) -> int:
+                        provenance: Mapping[str, Any], id_field: str = "custom_id") -> int:
     """Final failure lines for every request of a part whose batch failed as a whole."""
 
     def lines() -> Iterator[bytes]:
         for _, request in iter_request_lines(part_path):
-            line = ResultLine(custom_id=str(request.get("custom_id")), response=None,
+            line = ResultLine(custom_id=str(request.get(id_field)), response=None,
                               error={"code": code, "message": message})  # type: ignore[arg-type]
             yield _final_line(line, provenance)
 
     return atomic_write(results_path, lines())
 
 
-def merge(*, input_path: Path, results_paths: Iterable[Path], output_path: Path) -> tuple[int, int, int, int]:
+def merge(*, input_path: Path, results_paths: Iterable[Path], output_path: Path,
+          id_field: str = "custom_id") -> tuple[int, int, int, int]:
     """Write one line per input request, in input order; return (succeeded, failed, missing, duplicates).
 
     ``duplicates`` counts custom_ids that more than one results file finalised; by
@@ -162,7 +165,7 @@ def merge(*, input_path: Path, results_paths: Iterable[Path], output_path: Path)
         def lines() -> Iterator[bytes]:
             nonlocal succeeded, failed, missing
             for _, request in iter_request_lines(input_path):
-                custom_id = request.get("custom_id")
+                custom_id = request.get(id_field)
                 entry = index.get(str(custom_id))
                 if entry is None:
                     missing += 1

@@ -54,6 +54,7 @@ from typing import Any
 
 from batch_ops import storage
 from batch_ops._submit import Submission, SubmitSpec
+from batch_ops.dialects import OPENAI, Dialect, dialect_named
 from batch_ops.errors import (
     APIConnectionError,
     APIStatusError,
@@ -70,7 +71,7 @@ from batch_ops.jobs.harvest import UsageTotals, harvest_part, merge, synthesize_
 from batch_ops.jobs.lease import DEFAULT_LEASE_TTL
 from batch_ops.jobs.state import JobState, PartState
 from batch_ops.jobs.store import JobStore, LocalJobStore, store_for
-from batch_ops.jsonl import check_file, shard_file, validate_file
+from batch_ops.jsonl import RuleOptions, check_file, shard_file, validate_file
 from batch_ops.models import Batch, BatchStatus
 
 __all__ = ["BatchJob", "Call", "JobProgress", "JobSummary"]
@@ -327,17 +328,19 @@ class BatchJob:
         store.reset()
         with storage.local_copy(src) as local_src:
             # Any size is fine: the limits apply per part, when sharding.
-            report = validate_file(local_src, endpoint=cfg.endpoint, max_lines=2**62, max_bytes=2**62,
-                                   max_embedding_inputs=2**62)
-            parts = shard_file(local_src, store.work / "parts", max_lines=cfg.max_lines, max_bytes=cfg.max_bytes,
-                               endpoint=cfg.endpoint, prefix="r0")
+            # The provider's rules (its line shape), and its limits per part (cfg's, within the provider's).
+            rules = cfg.dialect.line_rules(cfg.endpoint)
+            whole: RuleOptions = {**rules, "max_lines": 2**62, "max_bytes": 2**62, "max_embedding_inputs": 2**62}
+            rules["max_lines"], rules["max_bytes"] = cfg.max_lines, cfg.max_bytes
+            report = validate_file(local_src, **whole)
+            parts = shard_file(local_src, store.work / "parts", **rules, prefix="r0")
         state = JobState(
             job_id=_job_id(src, out), endpoint=cfg.endpoint, input_path=_name(src), output_path=_name(out),
             total=report.lines, created_at=_clock(), max_rounds=cfg.max_rounds,
-            metadata=dict(cfg.metadata), token_limit_backoff=cfg.token_limit_backoff,
+            metadata=dict(cfg.metadata), token_limit_backoff=cfg.token_limit_backoff, provider=cfg.provider,
         )
         for part in parts:
-            lines = check_file(part, endpoint=cfg.endpoint)[0].lines
+            lines = check_file(part, **rules)[0].lines
             store.push(part)  # every part is stored before the state that names it
             state.parts.append(PartState(name=part.stem, round=0, path=store.name_of(part), requests=lines))
         store.save(state)
@@ -452,7 +455,7 @@ class BatchJob:
         provenance = {"batch_id": batch.id, "round": part.round, "part": part.name}
         if batch.status is BatchStatus.FAILED:
             detail = "; ".join(f"{e.code}: {e.message}" for e in errors[:3]) or "batch failed"
-            part.failed = synthesize_failures(part_path=part_path, results_path=results,
+            part.failed = synthesize_failures(part_path=part_path, results_path=results, id_field=self._id_field,
                                               code=errors[0].code if errors and errors[0].code else "batch_failed",
                                               message=detail, provenance=provenance)
         else:
@@ -462,7 +465,8 @@ class BatchJob:
                 retry_path = local(f"parts/r{next_round}-{part.name.split('-', 1)[1]}.jsonl")
             usage = UsageTotals()
             counts = harvest_part(part_path=part_path, output_path=out_path, error_path=err_path,
-                                  results_path=results, retry_path=retry_path, provenance=provenance, usage=usage)
+                                  results_path=results, retry_path=retry_path, provenance=provenance, usage=usage,
+                                  id_field=self._id_field)
             part.succeeded, part.failed, part.retried = counts.succeeded, counts.failed, counts.retried
             part.usage = usage.per_model
             if retry_path is not None and counts.retried:
@@ -497,7 +501,8 @@ class BatchJob:
             raise BatchOpsError(f"job {state.job_id} is not done: {self.describe()}; run it to the end first")
         results = [self.store.fetch(f"results/{p.name}.jsonl") for p in state.parts]
         with storage.local_copy(self._input) as src, storage.local_output(self._output) as out:
-            succeeded, failed, _missing, duplicates = merge(input_path=src, results_paths=results, output_path=out)
+            succeeded, failed, _missing, duplicates = merge(input_path=src, results_paths=results, output_path=out,
+                                                            id_field=self._id_field)
         if state.finished_at is None:
             state.finished_at = _clock()
             self._save()
@@ -518,9 +523,30 @@ class BatchJob:
             by[p.status] = by.get(p.status, 0) + 1
         return ", ".join(f"{n} {s}" for s, n in sorted(by.items())) or "no parts"
 
+    # -- the provider ----------------------------------------------------------------------------
+    @property
+    def dialect(self) -> Dialect:
+        """The batch API the job's parts were checked and sharded for (``JobConfig.provider``)."""
+        return dialect_named(self.state.provider) if self.state.provider else OPENAI
+
+    @property
+    def _id_field(self) -> str:
+        return self.dialect.line_shape.id_field
+
+    def _check_client(self, client: Any) -> None:
+        """A client of another batch API would send parts shaped and sized for this one: refuse it first."""
+        theirs = getattr(client, "dialect", None)
+        ours = self.dialect
+        if isinstance(theirs, Dialect) and theirs.line_shape != ours.line_shape:
+            raise ConfigurationError(
+                f"job {self.state.job_id} was sharded for {ours.title} (provider {self.state.provider or 'openai'!r}) "
+                f"but the client speaks {theirs.title}; fix: run it with a client of that provider, or start a new "
+                "job (another output path) with provider set to the client's")
+
     # -- drivers ---------------------------------------------------------------------------------
     def advance(self, client: Any) -> JobProgress:
         """Run one step with a :class:`~batch_ops.BatchClient` (blocking)."""
+        self._check_client(client)
         plan = self.advance_plan()
         value: Any = None
         error: BaseException | None = None
@@ -540,6 +566,7 @@ class BatchJob:
 
     async def aadvance(self, client: Any) -> JobProgress:
         """Run one step with an :class:`~batch_ops.AsyncBatchClient`; file work runs in a thread."""
+        self._check_client(client)
         plan = self.advance_plan()
         # One thread at a time runs the plan: a cancelled await leaves its thread running, and the
         # close below must wait for it (a generator cannot be closed while it executes).

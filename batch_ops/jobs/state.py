@@ -76,6 +76,8 @@ class JobState(BaseModel):
     batch_ids: list[str] = Field(default_factory=list)
     token_limit_resubmits: int = 0
     finished_at: float | None = None
+    #: The batch API the parts were checked and sharded for (None: OpenAI's, as before providers).
+    provider: str | None = None
 
     def active(self) -> list[PartState]:
         """Parts with a batch that may be running (or being created)."""

@@ -9,7 +9,8 @@ or read back says the same thing. Its ``rule`` is the OpenAI API's own error cod
 (``invalid_json_line``, ``duplicate_custom_id``, ``url_mismatch``, ``model_mismatch``,
 ``empty_file``, ``too_many_tasks``) and a client-side code otherwise (``missing_custom_id``,
 ``invalid_method``, ``missing_body``, ``unknown_endpoint``, ``file_too_large``, ``line_too_large``,
-``too_many_embedding_inputs``, ``not_a_regular_file``).
+``too_many_embedding_inputs``, ``not_a_regular_file``; and, for batch APIs whose lines are shaped
+otherwise (:class:`LineShape`), ``invalid_custom_id``, ``missing_model``, ``unexpected_field``).
 
 Line rules, decided to match the JSON Lines format the API reads: a single newline at the end
 of the file is a line terminator and fine; any empty or whitespace-only line (in the middle
@@ -78,15 +79,26 @@ class LineShape:
         name: The request vocabulary (``"openai"``, ``"anthropic"``, ``"gemini"``): which translation
             of a neutral request applies.
         id_field: The field that names a request and joins its result (``custom_id``; Gemini: ``key``).
-        id_pattern: A regular expression every id must match in full, or None (any non-empty string).
+        id_pattern: A regular expression every id must match in full, or None (any non-empty string);
+            an id that does not is an ``invalid_custom_id``.
         body_field: The field holding the request itself (``body``; Anthropic: ``params``; Gemini: ``request``).
-        method_url: Each line carries ``method`` and ``url`` (OpenAI's files); else they are not part of a line.
-        model_in_body: The body names its ``model``; ``one_model``: every line the same one.
+        method_url: Each line carries ``method`` and ``url`` (OpenAI's files); else they are not part of a
+            line, and a line that has them is an ``unexpected_field``.
+        model_in_body: The body names its ``model``; ``one_model``: every line the same one
+            (``model_mismatch``), else each line must name its own (``missing_model``).
         example: A line of this shape, as the fixes show it.
 
     Examples:
         >>> OPENAI_LINES.id_field, OPENAI_LINES.body_field, OPENAI_LINES.method_url
         ('custom_id', 'body', True)
+        >>> from batch_ops.jsonl.validate import Checker
+        >>> keyed = LineShape(name="gemini", id_field="key", body_field="request", method_url=False,
+        ...                   model_in_body=False, example='{"key": "req-1", "request": {"contents": [...]}}')
+        >>> checker = Checker(Rules(shape=keyed))
+        >>> checker.feed(1, b'{"key": "a", "request": {"contents": []}}', 40)
+        >>> checker.feed(2, b'{"custom_id": "b", "body": {}}', 30)
+        >>> [(p.line, p.rule, p.message) for p in checker.problems]
+        [(2, 'missing_custom_id', 'key is missing'), (2, 'missing_body', 'request is missing')]
     """
 
     name: str = "openai"
@@ -320,11 +332,11 @@ def invalid_json(n: int, raw: bytes, exc: BaseException) -> Problem:
     return Problem(rule="invalid_json_line", message=message, fix=fix, line=n)
 
 
-def not_an_object(n: int, value: Any) -> Problem:
-    """``invalid_json_line``: line ``n`` parsed, but to ``value``, not a JSON object."""
+def not_an_object(n: int, value: Any, *, example: str = EXAMPLE_LINE) -> Problem:
+    """``invalid_json_line``: line ``n`` parsed, but to ``value``, not a JSON object (``example``: a good line)."""
     return Problem(
         rule="invalid_json_line",
         message=f"the line is a JSON {describe(value)}, not an object",
-        fix=f"make every line one JSON request object, e.g. {EXAMPLE_LINE}",
+        fix=f"make every line one JSON request object, e.g. {example}",
         line=n,
     )

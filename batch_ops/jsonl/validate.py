@@ -22,6 +22,7 @@ Examples:
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -30,7 +31,6 @@ from batch_ops.errors import InputValidationError, Problem
 from batch_ops.jsonl.read import CHUNK, iter_lines
 from batch_ops.jsonl.rules import (
     DECODER,
-    EXAMPLE_LINE,
     FileReport,
     RuleOptions,
     Rules,
@@ -98,7 +98,13 @@ class Checker:
         self._over_bytes = False
         self._over_line = False
         self._over_inputs = False
-        if endpoint is not None and endpoint not in BATCH_ENDPOINTS:
+        #: How a line is shaped (the provider's); its id pattern compiled once.
+        self.shape = rules.shape
+        self.id_pattern = re.compile(rules.shape.id_pattern) if rules.shape.id_pattern else None
+        self.not_for_lines = False  # an OpenAI-only field was reported (once per file)
+        # A line's url is checked against the Batch API's endpoints; a batch API whose lines carry no url
+        # checks its endpoint (if it has one) when the batch is created.
+        if endpoint is not None and endpoint not in BATCH_ENDPOINTS and rules.shape.method_url:
             self.add(unknown_endpoint(endpoint, param="endpoint"))
 
     # -- bookkeeping -------------------------------------------------------------------
@@ -123,7 +129,7 @@ class Checker:
             return
         if type(obj) is not dict:
             self._count(n, size, blank=False)
-            self.add(not_an_object(n, obj))
+            self.add(not_an_object(n, obj, example=self.shape.example))
             self.line_inputs = 0
             return
         self.check_obj(n, obj, size)
@@ -142,58 +148,76 @@ class Checker:
         self.bytes += size
         add = self.add
 
-        custom_id = obj.get("custom_id")
+        shape = self.shape
+        id_field = shape.id_field
+        custom_id = obj.get(id_field)
         if type(custom_id) is str and custom_id:
             first = self.seen.setdefault(custom_id, n)
             if first != n:
                 add(
                     Problem(
                         rule="duplicate_custom_id",
-                        message=f"custom_id {custom_id!r} repeats line {first}",
-                        fix=f"make every custom_id unique; {custom_id!r} first appears on line {first}",
+                        message=f"{id_field} {custom_id!r} repeats line {first}",
+                        fix=f"make every {id_field} unique; {custom_id!r} first appears on line {first}",
                         line=n,
-                        param="custom_id",
+                        param=id_field,
                     )
                 )
+            if self.id_pattern is not None and self.id_pattern.fullmatch(custom_id) is None:
+                add(self._bad_id(n, custom_id))
         else:
             what = "is missing" if custom_id is None else f"is {custom_id!r}, not a non-empty string"
             add(
                 Problem(
                     rule="missing_custom_id",
-                    message=f"custom_id {what}",
-                    fix='give every line a unique, non-empty string "custom_id" (e.g. "req-1"): results are '
-                    "matched to requests by it",
+                    message=f"{id_field} {what}",
+                    fix=f'give every line a unique, non-empty string "{id_field}" (e.g. "req-1"): results are '
+                    f"matched to requests by it; a line looks like {shape.example}",
                     line=n,
-                    param="custom_id",
+                    param=id_field,
                 )
             )
 
-        method = obj.get("method")
-        if method != "POST":
-            what = "is missing" if method is None else f"is {method!r}"
-            add(
-                Problem(
-                    rule="invalid_method",
-                    message=f"method {what}",
-                    fix='set "method": "POST" on every line (the only method the Batch API accepts)',
-                    line=n,
-                    param="method",
+        if shape.method_url:
+            method = obj.get("method")
+            if method != "POST":
+                what = "is missing" if method is None else f"is {method!r}"
+                add(
+                    Problem(
+                        rule="invalid_method",
+                        message=f"method {what}",
+                        fix='set "method": "POST" on every line (the only method the Batch API accepts)',
+                        line=n,
+                        param="method",
+                    )
                 )
-            )
+            url = obj.get("url")
+            if self.azure:
+                url = canonical_endpoint(url)
+            if url != self.ref_url or not self.ref_set:
+                self._check_url(n, url)
+        else:
+            # The endpoint is the batch's, not the line's: a line says nothing of it.
+            url = self.ref_url
+            for field in ("method", "url"):
+                if field in obj and not self.not_for_lines:
+                    self.not_for_lines = True
+                    add(
+                        Problem(
+                            rule="unexpected_field",
+                            message=f"the line has {field!r}: this batch API's lines carry no {field} (the "
+                            "endpoint is the batch's)",
+                            fix=f"drop {field!r} from every line: a line looks like {shape.example}",
+                            line=n,
+                            param=field,
+                        )
+                    )
 
-        url = obj.get("url")
-        if self.azure:
-            url = canonical_endpoint(url)
-        if url != self.ref_url or not self.ref_set:
-            self._check_url(n, url)
-
-        body = obj.get("body")
+        body_field = shape.body_field
+        body = obj.get(body_field)
         if type(body) is dict:
-            model = body.get("model")
-            if not self.model_line:
-                self.model, self.model_line = model, n
-            elif model != self.model:
-                self._model_mismatch(n, model)
+            if shape.model_in_body:
+                self._check_model(n, body.get("model"))
             if url == _EMBEDDINGS:
                 self.line_inputs = count = embedding_input_count(body.get("input"))
                 self.inputs += count
@@ -206,14 +230,42 @@ class Checker:
             add(
                 Problem(
                     rule="missing_body",
-                    message=f"body {what}",
-                    fix='put the request parameters in a JSON object under "body", e.g. '
-                    '"body": {"model": "gpt-4o-mini", "messages": [...]}',
+                    message=f"{body_field} {what}",
+                    fix=f'put the request parameters in a JSON object under "{body_field}": a line looks like '
+                    f"{shape.example}",
                     line=n,
-                    param="body",
+                    param=body_field,
                 )
             )
         self._check_size(n, size)
+
+    def _bad_id(self, n: int, value: str) -> Problem:
+        shape = self.shape
+        return Problem(
+            rule="invalid_custom_id",
+            message=f"{shape.id_field} {value!r} does not match {shape.id_pattern}, what this batch API accepts",
+            fix=f"use only the characters and length {shape.id_pattern} allows in every {shape.id_field} "
+            "(e.g. replace spaces, dots and colons with '-')",
+            line=n,
+            param=shape.id_field,
+        )
+
+    def _check_model(self, n: int, model: Any) -> None:
+        where = f"{self.shape.body_field}.model"
+        if not self.shape.one_model:
+            # Each line picks its model: each must name one.
+            if not (isinstance(model, str) and model):
+                what = "is missing" if model is None else f"is {model!r}, not a non-empty string"
+                self.add(Problem(rule="missing_model", message=f"{where} {what}",
+                                 fix=f"name the model of every request in {where}: a line looks like "
+                                 f"{self.shape.example}", line=n, param=where))
+            if not self.model_line:
+                self.model, self.model_line = model, n
+            return
+        if not self.model_line:
+            self.model, self.model_line = model, n
+        elif model != self.model:
+            self._model_mismatch(n, model)
 
     def _check_url(self, n: int, url: Any) -> None:
         if not isinstance(url, str):
@@ -255,19 +307,20 @@ class Checker:
         )
 
     def _model_mismatch(self, n: int, model: Any) -> None:
+        where = f"{self.shape.body_field}.model"
         if self.model is None:
-            message = f"body.model {model!r} differs from line {self.model_line}, which has no model"
-            target = "the same body.model"
+            message = f"{where} {model!r} differs from line {self.model_line}, which has no model"
+            target = f"the same {where}"
         else:
-            message = f"body.model {model!r} differs from {self.model!r} on line {self.model_line}"
-            target = f"body.model to {self.model!r}"
+            message = f"{where} {model!r} differs from {self.model!r} on line {self.model_line}"
+            target = f"{where} to {self.model!r}"
         self.add(
             Problem(
                 rule="model_mismatch",
                 message=message,
                 fix=f"use one model per file: set {target} on every line, or write one file per model",
                 line=n,
-                param="body.model",
+                param=where,
             )
         )
 
@@ -325,7 +378,8 @@ class Checker:
             fix = "split the file with batch_ops.jsonl.shard_file() and submit one batch per part"
         if over and not self._over_inputs:
             self._over_inputs = True
-            self.add(Problem(rule="too_many_embedding_inputs", message=message, fix=fix, line=n, param="body.input"))
+            self.add(Problem(rule="too_many_embedding_inputs", message=message, fix=fix, line=n,
+                             param=f"{self.shape.body_field}.input"))
 
     def too_large(self, n: int) -> None:
         """Line ``n`` is over :attr:`max_line_bytes`; the reader stopped there (nothing more is checked)."""
@@ -343,7 +397,7 @@ class Checker:
                 Problem(
                     rule="empty_file",
                     message="the file holds no requests",
-                    fix=f"write at least one request line, e.g. {EXAMPLE_LINE}",
+                    fix=f"write at least one request line, e.g. {self.shape.example}",
                 )
             )
 

@@ -33,6 +33,7 @@ from batch_ops.jsonl.rules import (
     ENCODER,
     MAX_LINE_BYTES,
     FileReport,
+    LineShape,
     RuleOptions,
     Rules,
     line_too_large,
@@ -75,24 +76,25 @@ def request_line(custom_id: str, body: Mapping[str, Any], *, endpoint: str) -> d
     return {"custom_id": custom_id, "method": "POST", "url": endpoint, "body": dict(body)}
 
 
-_FIRST_KEYS = ("custom_id", "method", "url", "body")
-
-
-def _normalise(item: Any, endpoint: str | None) -> dict[str, Any] | None:
+def _normalise(item: Any, endpoint: str | None, shape: LineShape) -> dict[str, Any] | None:
     if isinstance(item, RequestLine):
         raw = item.model_dump()
     elif isinstance(item, Mapping):
         raw = dict(item)
     else:
         return None
-    raw.setdefault("method", "POST")
-    if endpoint is not None:
-        raw.setdefault("url", endpoint)
-    body = raw.get("body")
+    if shape.method_url:
+        # Only lines that carry them get the defaults: another batch API's line has no method or url.
+        raw.setdefault("method", "POST")
+        if endpoint is not None:
+            raw.setdefault("url", endpoint)
+    body = raw.get(shape.body_field)
     if isinstance(body, Mapping) and not isinstance(body, dict):
-        raw["body"] = dict(body)
+        raw[shape.body_field] = dict(body)
     # The usual key order, whatever order the caller built the dict in: easier to read.
-    obj = {k: raw[k] for k in _FIRST_KEYS if k in raw}
+    first = (shape.id_field, "method", "url", shape.body_field) if shape.method_url else (shape.id_field,
+                                                                                        shape.body_field)
+    obj = {k: raw[k] for k in first if k in raw}
     obj.update(raw)
     return obj
 
@@ -142,7 +144,7 @@ def write_requests(
         n = 0
         for item in requests:
             n += 1
-            obj = _normalise(item, endpoint)
+            obj = _normalise(item, endpoint, rules.shape)
             data = b""
             if obj is None:
                 reason = f"item {n} is a {type(item).__name__}, not a RequestLine or a mapping"
@@ -178,13 +180,14 @@ def write_requests(
 
 
 def filter_requests(
-    path: str | os.PathLike[str], *, exclude: set[str], dest: str | os.PathLike[str]
+    path: str | os.PathLike[str], *, exclude: set[str], dest: str | os.PathLike[str], id_field: str = "custom_id"
 ) -> int:
     """Copy the request lines of ``path`` whose ``custom_id`` is not in ``exclude`` to ``dest``.
 
     Lines are copied byte for byte (a request carried to a new attempt is the request the first
     attempt was validated with). Returns how many lines ``dest`` holds; ``dest`` is written
-    whole or not at all.
+    whole or not at all. ``id_field`` is the field that names a request in this file
+    (:attr:`LineShape.id_field <batch_ops.jsonl.rules.LineShape.id_field>`: Gemini's ``key``).
 
     Examples:
         >>> import os, tempfile
@@ -206,7 +209,7 @@ def filter_requests(
                 if not line.strip():
                     continue
                 obj = DECODER.decode(line.decode("utf-8"))
-                if isinstance(obj, dict) and obj.get("custom_id") in exclude:
+                if isinstance(obj, dict) and obj.get(id_field) in exclude:
                     continue
                 kept += 1
                 yield line if line.endswith(b"\n") else line + b"\n"

@@ -48,7 +48,7 @@ from batch_ops.client import AsyncBatchClient
 from batch_ops.errors import BatchTimeoutError
 from batch_ops.identity import FLOW_RUN_METADATA_KEY, RunIdentity, lookback_start, prefect_owner_metadata
 from batch_ops.identity import LOOKBACK_SKEW as LOOKBACK_SKEW  # the old name here; core's constant
-from batch_ops.jsonl import request_file, validate_file, write_requests
+from batch_ops.jsonl import RuleOptions, request_file, validate_file, write_requests
 from batch_ops.models import Batch, BatchStatus, RequestCounts, Usage
 from batch_ops.outcomes import DEFAULT_FAIL_ON, DEFAULT_WAIT_TIMEOUT, OutcomePolicy, describe
 from batch_ops.prefect.artifacts import DEFAULT_ARTIFACT_KEY, ProgressArtifact, create_summary_artifact
@@ -216,21 +216,21 @@ def settings_used_by(flow_run_id: str) -> list[ClientSettings]:
 
 
 def _prepare_input(
-    source: StorageTarget | Iterable[Mapping[str, Any]], endpoint: str | None
+    source: StorageTarget | Iterable[Mapping[str, Any]], rules: RuleOptions
 ) -> tuple[Path, int, Path | None]:
     """Validate a request file (copied first when on object storage), or write requests to a validated
-    temporary file (in a thread)."""
+    temporary file (in a thread), by ``rules`` (the provider's: ``Dialect.line_rules``)."""
     if isinstance(source, (str, os.PathLike)) and not storage.is_remote(source):
         path = request_file(source)  # a missing file fails as bad input, naming the fix
-        return path, validate_file(path, endpoint=endpoint).lines, None
+        return path, validate_file(path, **rules).lines, None
     fd, name = tempfile.mkstemp(prefix="batch_ops_requests_", suffix=".jsonl")
     os.close(fd)
     tmp = Path(name)
     try:
         if isinstance(source, (str, os.PathLike, Location)) or storage.is_path_object(source):
-            lines = validate_file(storage.stage(source, tmp), endpoint=endpoint).lines  # on object storage
+            lines = validate_file(storage.stage(source, tmp), **rules).lines  # on object storage
         else:
-            lines = write_requests(source, tmp, endpoint=endpoint).lines
+            lines = write_requests(source, tmp, **rules).lines
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -271,7 +271,7 @@ async def upload_batch_file(
     given: Any = source
     if storage is not None and isinstance(source, (str, os.PathLike)):
         given = block_target(storage, os.fspath(source))
-    path, lines, tmp = await asyncio.to_thread(_prepare_input, given, endpoint)
+    path, lines, tmp = await asyncio.to_thread(_prepare_input, given, client.dialect.line_rules(endpoint))
     try:
         uploaded = await client.files.upload(path)
     finally:
