@@ -49,6 +49,7 @@ from batch_ops.models import (
     ResultLine,
     Usage,
 )
+from batch_ops.neutral import ChatRequest
 from batch_ops.outcomes import OutcomePolicy, outcome_error, raise_for_outcome
 from batch_ops.polling import BatchPoller
 from batch_ops.settings import ClientSettings
@@ -87,6 +88,7 @@ __all__ = [
     "BatchPoller",
     "BatchStatus",
     "BatchTimeoutError",
+    "ChatRequest",
     "ClientSettings",
     "ConfigurationError",
     "CreateBatchRequest",

@@ -88,7 +88,14 @@ from batch_ops.identity.keys import (
     new_idempotency_key,
     parse_attempt,
 )
-from batch_ops.jsonl import filter_requests, request_file, validate_file, write_requests
+from batch_ops.jsonl import (
+    filter_requests,
+    holds_neutral_requests,
+    request_file,
+    translate_file,
+    validate_file,
+    write_requests,
+)
 from batch_ops.models import Batch, BatchStatus, FileObject
 from batch_ops.outcomes import OutcomePolicy, describe, is_permanent
 from batch_ops.results import successful_ids
@@ -353,20 +360,31 @@ def _sha256(path: Path) -> tuple[str, int]:
 class _Input:
     path: Path | None
     lines: int | None
+    #: The model the requests want (a translated neutral request's, for an API whose model is the batch's).
+    model: str | None = None
 
 
 def _prepare(source: Source, endpoint: str, workdir: Path, dialect: Dialect) -> _Input:
     """Validate a request file, or write request dicts to a validated file in ``workdir``, by ``dialect``'s rules."""
     rules = dialect.line_rules(endpoint)
+    local: Path | None = None
     if isinstance(source.path, Location):
-        path = storage.stage(source.path, workdir / "input.jsonl")
-        return _Input(path, validate_file(path, **rules).lines)
-    if source.path is not None:
-        path = request_file(source.path)  # a missing file is bad input, naming the fix
-        return _Input(path, validate_file(path, **rules).lines)
+        local = storage.stage(source.path, workdir / "input.jsonl")
+    elif source.path is not None:
+        local = request_file(source.path)  # a missing file is bad input, naming the fix
+    if local is not None:
+        path = local
+        if holds_neutral_requests(path):
+            # Provider-neutral chat requests: written in this provider's words, then paid for as such.
+            dest = workdir / "requests.jsonl"
+            report = translate_file(path, dest, **rules)
+            return _Input(dest, report.lines, report.model)
+        report = validate_file(path, **rules)
+        return _Input(path, report.lines, report.model)
     if source.requests is not None:
         path = workdir / "requests.jsonl"
-        return _Input(path, write_requests(source.requests, path, **rules).lines)
+        report = write_requests(source.requests, path, **rules)
+        return _Input(path, report.lines, report.model)
     return _Input(None, None)
 
 

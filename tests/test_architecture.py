@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1] / "batch_ops"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("_version", "errors", "aio", "_deprecated", "process_state", "locks", "_files")),
     ("data", ("models", "storage", "_http", "_transport")),
-    ("files", ("jsonl", "results", "identity.fingerprint")),
+    ("files", ("neutral", "jsonl", "results", "identity.fingerprint")),
     ("wire", ("effects", "identity", "dialects", "settings")),
     ("decisions", ("outcomes", "polling", "chain", "fingerprint")),
     ("plans", ("_plans", "_submit")),

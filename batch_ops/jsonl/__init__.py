@@ -11,7 +11,8 @@ modules, each importable on its own, and every public name here:
 * :mod:`~batch_ops.jsonl.read`: the one line reader, :func:`iter_lines` (over :func:`read_lines`),
   and :func:`iter_request_lines`;
 * :mod:`~batch_ops.jsonl.validate`: :func:`check_file`, :func:`validate_file`, :func:`request_file`;
-* :mod:`~batch_ops.jsonl.write`: :func:`request_line`, :func:`write_requests`, :func:`filter_requests`;
+* :mod:`~batch_ops.jsonl.write`: :func:`request_line`, :func:`write_requests`, :func:`filter_requests`,
+  :func:`holds_neutral_requests`, :func:`translate_file` (neutral chat requests, :mod:`batch_ops.neutral`);
 * :mod:`~batch_ops.jsonl.shard`: :func:`shard_file`.
 
 Examples:
@@ -63,12 +64,14 @@ __all__ = [
     "check_file",
     "embedding_input_count",
     "filter_requests",
+    "holds_neutral_requests",
     "iter_lines",
     "iter_request_lines",
     "read_lines",
     "request_file",
     "request_line",
     "shard_file",
+    "translate_file",
     "validate_file",
     "write_requests",
 ]
@@ -96,6 +99,8 @@ request_file = validate.request_file
 validate_file = validate.validate_file
 # write
 filter_requests = write.filter_requests
+holds_neutral_requests = write.holds_neutral_requests
+translate_file = write.translate_file
 request_line = write.request_line
 write_requests = write.write_requests
 # shard

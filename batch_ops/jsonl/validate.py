@@ -250,6 +250,16 @@ class Checker:
             param=shape.id_field,
         )
 
+    def batch_model(self, n: int, model: str | None) -> None:
+        """Line ``n`` (a translated neutral request) wants ``model``, on an API whose lines name none (the
+        model is the batch's): every line must want the same one (``model_mismatch``)."""
+        if model is None:
+            return
+        if not self.model_line:
+            self.model, self.model_line = model, n
+        elif model != self.model:
+            self._model_mismatch(n, model, where="model")
+
     def _check_model(self, n: int, model: Any) -> None:
         where = f"{self.shape.body_field}.model"
         if not self.shape.one_model:
@@ -306,8 +316,8 @@ class Checker:
             )
         )
 
-    def _model_mismatch(self, n: int, model: Any) -> None:
-        where = f"{self.shape.body_field}.model"
+    def _model_mismatch(self, n: int, model: Any, where: str | None = None) -> None:
+        where = where or f"{self.shape.body_field}.model"
         if self.model is None:
             message = f"{where} {model!r} differs from line {self.model_line}, which has no model"
             target = f"the same {where}"

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch_ops._files import atomic_file, atomic_write
 from batch_ops.errors import InputValidationError, Problem
-from batch_ops.jsonl.read import iter_lines
+from batch_ops.jsonl.read import iter_lines, iter_request_lines
 from batch_ops.jsonl.rules import (
     DECODER,
     ENCODER,
@@ -41,11 +42,12 @@ from batch_ops.jsonl.rules import (
 )
 from batch_ops.jsonl.validate import Checker
 from batch_ops.models import BATCH_ENDPOINTS, RequestLine, azure_endpoint
+from batch_ops.neutral import ChatRequest, is_neutral, translate
 
 if TYPE_CHECKING:
     from typing import Unpack
 
-__all__ = ["filter_requests", "request_line", "write_requests"]
+__all__ = ["filter_requests", "holds_neutral_requests", "request_line", "translate_file", "write_requests"]
 
 
 def request_line(custom_id: str, body: Mapping[str, Any], *, endpoint: str) -> dict[str, Any]:
@@ -99,18 +101,35 @@ def _normalise(item: Any, endpoint: str | None, shape: LineShape) -> dict[str, A
     return obj
 
 
+def _translate(item: Any, n: int, endpoint: str | None, shape: LineShape, checker: Checker) -> dict[str, Any] | None:
+    """Request ``n``, a neutral chat request, as ``shape``'s native line; its findings go to ``checker``."""
+    try:
+        done = translate(item, shape.name, id_field=shape.id_field, body_field=shape.body_field,
+                         method_url=shape.method_url, endpoint=endpoint)
+    except InputValidationError as exc:
+        checker.lines = n
+        for problem in exc.problems:
+            checker.add(replace(problem, line=n))
+        return None
+    if not shape.model_in_body:
+        checker.batch_model(n, done.model)  # the batch's model: every line must want the same one
+    return done.line
+
+
 def write_requests(
-    requests: Iterable[RequestLine | Mapping[str, Any]],
+    requests: Iterable[RequestLine | ChatRequest | Mapping[str, Any]],
     path: str | os.PathLike[str],
     **options: Unpack[RuleOptions],
 ) -> FileReport:
     """Write requests to a JSONL file, validating on the way; the file appears only if valid.
 
-    Each item (a :class:`~batch_ops.models.RequestLine` or a mapping) gets ``method`` "POST"
-    and ``url`` = ``endpoint`` when missing, and is checked by the same rules as
-    :func:`~batch_ops.jsonl.check_file`. Lines stream to a temporary file in the target's directory, renamed
-    over ``path`` only when every line is valid: a failed write leaves no file behind (and
-    an existing file at ``path`` untouched).
+    Each item is a native line (a :class:`~batch_ops.models.RequestLine` or a mapping), which gets
+    ``method`` "POST" and ``url`` = ``endpoint`` when missing (if the line shape has them), or a
+    provider-neutral chat request (a :class:`~batch_ops.neutral.ChatRequest`, or a mapping with
+    top-level ``messages``), translated for the line shape's provider (``shape.name``); every line
+    is checked by the same rules as :func:`~batch_ops.jsonl.check_file`. Lines stream to a temporary
+    file in the target's directory, renamed over ``path`` only when every line is valid: a failed
+    write leaves no file behind (and an existing file at ``path`` untouched).
 
     Args:
         requests: The requests, consumed once (a generator is fine: memory stays flat).
@@ -144,6 +163,13 @@ def write_requests(
         n = 0
         for item in requests:
             n += 1
+            if is_neutral(item):
+                translated = _translate(item, n, endpoint, rules.shape, checker)
+                if translated is None:
+                    if checker.truncated:
+                        break
+                    continue
+                item = translated
             obj = _normalise(item, endpoint, rules.shape)
             data = b""
             if obj is None:
@@ -177,6 +203,38 @@ def write_requests(
         if checker.problems:
             raise InputValidationError(checker.problems, source=str(target), truncated=checker.truncated)
     return checker.report(str(target))
+
+
+def holds_neutral_requests(path: str | os.PathLike[str]) -> bool:
+    """Whether the request file at ``path`` holds provider-neutral chat requests (its first request is one),
+    to be translated with :func:`translate_file`, rather than native lines. Reads one line.
+
+    Examples:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "evals.jsonl")
+        >>> _ = open(path, "w").write('{"custom_id": "a", "messages": [{"role": "user", "content": "hi"}]}\n')
+        >>> holds_neutral_requests(path)
+        True
+    """
+    try:
+        for _n, request in iter_request_lines(path):
+            return is_neutral(request)
+    except InputValidationError:
+        return False  # not a request file at all: the checker says why, line by line
+    return False
+
+
+def translate_file(
+    path: str | os.PathLike[str], dest: str | os.PathLike[str], **options: Unpack[RuleOptions]
+) -> FileReport:
+    """Write the requests of ``path`` (neutral chat requests, or native lines: each passes as it is) to
+    ``dest`` in the line shape of ``options`` (its provider's), validated as by :func:`write_requests`.
+    Streamed: memory holds one request.
+
+    Raises:
+        InputValidationError: A request cannot be said in this shape, or a line breaks a rule.
+    """
+    return write_requests((request for _n, request in iter_request_lines(path)), dest, **options)
 
 
 def filter_requests(

@@ -48,7 +48,14 @@ from batch_ops.client import AsyncBatchClient
 from batch_ops.errors import BatchTimeoutError
 from batch_ops.identity import FLOW_RUN_METADATA_KEY, RunIdentity, lookback_start, prefect_owner_metadata
 from batch_ops.identity import LOOKBACK_SKEW as LOOKBACK_SKEW  # the old name here; core's constant
-from batch_ops.jsonl import RuleOptions, request_file, validate_file, write_requests
+from batch_ops.jsonl import (
+    RuleOptions,
+    holds_neutral_requests,
+    request_file,
+    translate_file,
+    validate_file,
+    write_requests,
+)
 from batch_ops.models import Batch, BatchStatus, RequestCounts, Usage
 from batch_ops.outcomes import DEFAULT_FAIL_ON, DEFAULT_WAIT_TIMEOUT, OutcomePolicy, describe
 from batch_ops.prefect.artifacts import DEFAULT_ARTIFACT_KEY, ProgressArtifact, create_summary_artifact
@@ -220,15 +227,27 @@ def _prepare_input(
 ) -> tuple[Path, int, Path | None]:
     """Validate a request file (copied first when on object storage), or write requests to a validated
     temporary file (in a thread), by ``rules`` (the provider's: ``Dialect.line_rules``)."""
-    if isinstance(source, (str, os.PathLike)) and not storage.is_remote(source):
-        path = request_file(source)  # a missing file fails as bad input, naming the fix
-        return path, validate_file(path, **rules).lines, None
+    local = isinstance(source, (str, os.PathLike)) and not storage.is_remote(source)
+    if local:
+        path = request_file(source)  # type: ignore[arg-type]  # a missing file fails as bad input, naming the fix
+        if not holds_neutral_requests(path):
+            return path, validate_file(path, **rules).lines, None
     fd, name = tempfile.mkstemp(prefix="batch_ops_requests_", suffix=".jsonl")
     os.close(fd)
     tmp = Path(name)
     try:
-        if isinstance(source, (str, os.PathLike, Location)) or storage.is_path_object(source):
-            lines = validate_file(storage.stage(source, tmp), **rules).lines  # on object storage
+        if local:
+            lines = translate_file(path, tmp, **rules).lines  # neutral chat requests, in the provider's words
+        elif isinstance(source, (str, os.PathLike, Location)) or storage.is_path_object(source):
+            staged = storage.stage(source, tmp)  # on object storage
+            if holds_neutral_requests(staged):
+                copy = staged.rename(tmp.with_name(tmp.name + ".neutral"))
+                try:
+                    lines = translate_file(copy, tmp, **rules).lines
+                finally:
+                    copy.unlink(missing_ok=True)
+            else:
+                lines = validate_file(staged, **rules).lines
         else:
             lines = write_requests(source, tmp, **rules).lines
     except BaseException:
