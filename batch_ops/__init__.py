@@ -38,6 +38,7 @@ from batch_ops.errors import (
     RequestFailuresError,
     is_permanent,
 )
+from batch_ops.jsonl.neutral import ChatRequest
 from batch_ops.models import (
     Batch,
     BatchList,
@@ -49,7 +50,6 @@ from batch_ops.models import (
     ResultLine,
     Usage,
 )
-from batch_ops.neutral import ChatRequest
 from batch_ops.outcomes import OutcomePolicy, outcome_error, raise_for_outcome
 from batch_ops.polling import BatchPoller
 from batch_ops.settings import ClientSettings

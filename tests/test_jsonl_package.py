@@ -33,7 +33,7 @@ BOM = b"\xef\xbb\xbf"
 
 
 def test_the_package_holds_rules_read_validate_write_and_shard() -> None:
-    assert MODULES == ["read", "rules", "shard", "validate", "write"]
+    assert MODULES == ["neutral", "read", "rules", "shard", "validate", "write"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -12,7 +12,7 @@ import pytest
 from batch_ops import BatchClient, ChatRequest, ClientSettings
 from batch_ops.errors import InputValidationError
 from batch_ops.jsonl import LineShape, write_requests
-from batch_ops.neutral import is_neutral, translate
+from batch_ops.jsonl.neutral import is_neutral, translate
 
 ANTHROPIC = LineShape(name="anthropic", id_pattern=r"[A-Za-z0-9_-]{1,64}", body_field="params", method_url=False,
                       one_model=False, example='{"custom_id": "req-1", "params": {...}}')
@@ -25,7 +25,8 @@ EVAL = [
                 stop=["\n"], messages=[{"role": "user", "content": "Capital of France?"}]),
     {"custom_id": "q-2", "model": "m-1", "max_tokens": 8,
      "messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "2+2?"},
-                  {"role": "assistant", "content": "4"}, {"role": "user", "content": [{"type": "text", "text": "3+3?"}]}]},
+                  {"role": "assistant", "content": "4"},
+                  {"role": "user", "content": [{"type": "text", "text": "3+3?"}]}]},
 ]
 
 

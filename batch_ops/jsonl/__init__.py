@@ -12,8 +12,10 @@ modules, each importable on its own, and every public name here:
   and :func:`iter_request_lines`;
 * :mod:`~batch_ops.jsonl.validate`: :func:`check_file`, :func:`validate_file`, :func:`request_file`;
 * :mod:`~batch_ops.jsonl.write`: :func:`request_line`, :func:`write_requests`, :func:`filter_requests`,
-  :func:`holds_neutral_requests`, :func:`translate_file` (neutral chat requests, :mod:`batch_ops.neutral`);
-* :mod:`~batch_ops.jsonl.shard`: :func:`shard_file`.
+  :func:`holds_neutral_requests`, :func:`translate_file` (neutral chat requests, :mod:`batch_ops.jsonl.neutral`);
+* :mod:`~batch_ops.jsonl.shard`: :func:`shard_file`;
+* :mod:`~batch_ops.jsonl.neutral`: :class:`ChatRequest`, provider-neutral chat requests, and their
+  translation into each provider's line (``translate``).
 
 Examples:
     >>> import os, tempfile
@@ -47,7 +49,7 @@ from __future__ import annotations
 
 # The modules, bound whole and their names picked below, so that this file reads as the table of
 # contents of the package (and imports nothing but its own modules).
-from . import read, rules, shard, validate, write
+from . import neutral, read, rules, shard, validate, write
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -56,6 +58,7 @@ __all__ = [
     "DEFAULT_MAX_PROBLEMS",
     "MAX_LINE_BYTES",
     "OPENAI_LINES",
+    "ChatRequest",
     "FileReport",
     "Line",
     "LineShape",
@@ -88,6 +91,8 @@ OPENAI_LINES = rules.OPENAI_LINES
 RuleOptions = rules.RuleOptions
 Rules = rules.Rules
 embedding_input_count = rules.embedding_input_count
+# neutral: provider-neutral chat requests
+ChatRequest = neutral.ChatRequest
 # read: the one line reader
 Line = read.Line
 iter_lines = read.iter_lines

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from batch_ops._files import atomic_file, atomic_write
 from batch_ops.errors import InputValidationError, Problem
+from batch_ops.jsonl.neutral import ChatRequest, is_neutral, translate
 from batch_ops.jsonl.read import iter_lines, iter_request_lines
 from batch_ops.jsonl.rules import (
     DECODER,
@@ -42,7 +43,6 @@ from batch_ops.jsonl.rules import (
 )
 from batch_ops.jsonl.validate import Checker
 from batch_ops.models import BATCH_ENDPOINTS, RequestLine, azure_endpoint
-from batch_ops.neutral import ChatRequest, is_neutral, translate
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -125,7 +125,7 @@ def write_requests(
 
     Each item is a native line (a :class:`~batch_ops.models.RequestLine` or a mapping), which gets
     ``method`` "POST" and ``url`` = ``endpoint`` when missing (if the line shape has them), or a
-    provider-neutral chat request (a :class:`~batch_ops.neutral.ChatRequest`, or a mapping with
+    provider-neutral chat request (a :class:`~batch_ops.jsonl.neutral.ChatRequest`, or a mapping with
     top-level ``messages``), translated for the line shape's provider (``shape.name``); every line
     is checked by the same rules as :func:`~batch_ops.jsonl.check_file`. Lines stream to a temporary
     file in the target's directory, renamed over ``path`` only when every line is valid: a failed
@@ -212,7 +212,7 @@ def holds_neutral_requests(path: str | os.PathLike[str]) -> bool:
     Examples:
         >>> import os, tempfile
         >>> path = os.path.join(tempfile.mkdtemp(), "evals.jsonl")
-        >>> _ = open(path, "w").write('{"custom_id": "a", "messages": [{"role": "user", "content": "hi"}]}\n')
+        >>> _ = open(path, "w").write('{"custom_id": "a", "messages": [{"role": "user", "content": "hi"}]}\\n')
         >>> holds_neutral_requests(path)
         True
     """
