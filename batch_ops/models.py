@@ -50,6 +50,10 @@ __all__ = [
     "RequestLine",
     "ResultError",
     "ResultLine",
+    "TEXT_READERS",
+    "USAGE_READERS",
+    "answer_text",
+    "answer_usage",
     "ResultResponse",
     "Usage",
     "azure_endpoint",
@@ -622,17 +626,24 @@ class ResultError(BaseModel):
 
 
 class ResultLine(BaseModel):
-    """One line of an output or error file, or a joined result.
+    """One line of an output or error file, or a joined result: the same shape whatever the provider.
 
     ``ok`` is True for an HTTP 2xx response without a top-level error. A request missing from
     both files is yielded by ``results()`` with ``error.code == "missing_result"`` rather than
-    silently dropped.
+    silently dropped. What users read is here whichever batch API answered: :attr:`text` (the
+    answer), :attr:`usage` (tokens), :attr:`body` (the parsed answer), :attr:`error_code` /
+    :attr:`error_message`, and :attr:`raw` (the provider's own line, kept by dialects that rewrite
+    theirs into this shape). :meth:`record` is all of it as a plain dict, as XCom and task results carry it.
 
     Examples:
         >>> r = ResultLine.model_validate({"id": "batch_req_1", "custom_id": "q-1",
         ...     "response": {"status_code": 200, "request_id": "req_1", "body": {"x": 1}}, "error": None})
         >>> r.ok, r.body
         (True, {'x': 1})
+        >>> claude = ResultLine(custom_id="q-2", response={"status_code": 200, "body": {"type": "message",
+        ...     "content": [{"type": "text", "text": "Paris"}], "usage": {"input_tokens": 9, "output_tokens": 2}}})
+        >>> claude.text, claude.usage.total_tokens
+        ('Paris', 11)
     """
 
     model_config = _WIRE
@@ -640,6 +651,8 @@ class ResultLine(BaseModel):
     custom_id: str
     response: ResultResponse | None = None
     error: ResultError | None = None
+    #: The provider's own result line, when a dialect rewrote it into this shape (else None).
+    raw: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -648,6 +661,18 @@ class ResultLine(BaseModel):
     @property
     def body(self) -> Any:
         return self.response.body if self.response is not None else None
+
+    @property
+    def text(self) -> str | None:
+        """The answer's text, whichever API wrote the body (see :data:`TEXT_READERS`); None when it holds none
+        (an embedding, a failure)."""
+        return answer_text(self.body) if self.ok else None
+
+    @property
+    def usage(self) -> Usage | None:
+        """The tokens the request used, whichever API wrote the body (see :data:`USAGE_READERS`); None when
+        the body says nothing of them."""
+        return answer_usage(self.body)
 
     @property
     def error_code(self) -> str | None:
@@ -660,3 +685,185 @@ class ResultLine(BaseModel):
                 return body["error"].get("code") or body["error"].get("type") or str(self.response.status_code)
             return str(self.response.status_code)
         return None
+
+    @property
+    def error_message(self) -> str | None:
+        """Why the request failed: the top-level error's message, else the response body's ``error``; None if ok."""
+        if self.ok:
+            return None
+        if self.error is not None:
+            return self.error.message or self.error.code or "error"
+        body = self.body
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            message = body["error"].get("message")
+            if isinstance(message, str) and message:
+                return message
+        status = self.response.status_code if self.response is not None else None
+        return f"HTTP {status}" if status is not None else "no response"
+
+    def record(self, *, raw: bool = True) -> dict[str, Any]:
+        """The result as users read it, a plain JSON dict the same for every provider: ``custom_id``, ``ok``,
+        ``text``, ``body``, ``usage`` (``input_tokens``, ``output_tokens``, ``total_tokens``, or None),
+        ``error`` (``code``, ``message``, or None), and ``raw`` (the provider's line, when rewritten; left
+        out with ``raw=False``). What the Airflow hook and the Prefect results task hand on.
+
+        Examples:
+            >>> ResultLine(custom_id="a", error={"code": "batch_expired", "message": "x"}).record()
+            {'custom_id': 'a', 'ok': False, 'text': None, 'body': None, 'usage': None, \
+'error': {'code': 'batch_expired', 'message': 'x'}, 'raw': None}
+        """
+        usage = self.usage
+        out: dict[str, Any] = {
+            "custom_id": self.custom_id,
+            "ok": self.ok,
+            "text": self.text,
+            "body": self.body,
+            "usage": None if usage is None else {"input_tokens": usage.input_tokens,
+                                                 "output_tokens": usage.output_tokens,
+                                                 "total_tokens": usage.total_tokens},
+            "error": None if self.ok else {"code": self.error_code, "message": self.error_message},
+        }
+        if raw:
+            out["raw"] = self.raw
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading an answer, whichever API wrote it: a small table of readers, each recognising its body by shape
+# ---------------------------------------------------------------------------------------------
+def _joined(texts: list[str]) -> str | None:
+    return "".join(texts) if texts else None
+
+
+def _chat_text(body: dict[str, Any]) -> str | None:
+    """OpenAI chat completions (``choices[0].message.content``, a string or text parts) and completions."""
+    choices = body.get("choices")
+    if not (isinstance(choices, list) and choices and isinstance(choices[0], dict)):
+        return None
+    first = choices[0]
+    message = first.get("message")
+    if isinstance(message, dict):
+        content = message.get("content")
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list):
+            return _joined([p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)])
+        return None
+    return first["text"] if isinstance(first.get("text"), str) else None
+
+
+def _responses_text(body: dict[str, Any]) -> str | None:
+    """OpenAI Responses API (``output_text``, else ``output[].content[]`` of type ``output_text``)."""
+    if isinstance(body.get("output_text"), str):
+        return str(body["output_text"])
+    output = body.get("output")
+    if not isinstance(output, list):
+        return None
+    return _joined([part["text"] for item in output if isinstance(item, dict)
+                    for part in item.get("content") or () if isinstance(part, dict)
+                    and part.get("type", "output_text") == "output_text" and isinstance(part.get("text"), str)])
+
+
+def _anthropic_text(body: dict[str, Any]) -> str | None:
+    """Anthropic Messages (``content[]`` blocks of type ``text``; tool use and thinking blocks are not the answer)."""
+    content = body.get("content")
+    if not isinstance(content, list):
+        return None
+    return _joined([b["text"] for b in content if isinstance(b, dict) and b.get("type") == "text"
+                    and isinstance(b.get("text"), str)])
+
+
+def _gemini_text(body: dict[str, Any]) -> str | None:
+    """Gemini ``generateContent`` (``candidates[0].content.parts[].text``, thought parts left out)."""
+    candidates = body.get("candidates")
+    if not (isinstance(candidates, list) and candidates and isinstance(candidates[0], dict)):
+        return None
+    content = candidates[0].get("content")
+    parts = content.get("parts") if isinstance(content, dict) else None
+    if not isinstance(parts, list):
+        return None
+    return _joined([p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)
+                    and not p.get("thought")])
+
+
+#: How an answer's text is found: ``(the key that tells the shape, reader)``, tried in order.
+TEXT_READERS: tuple[tuple[str, Any], ...] = (
+    ("choices", _chat_text),
+    ("output", _responses_text),
+    ("output_text", _responses_text),
+    ("candidates", _gemini_text),
+    ("content", _anthropic_text),
+)
+
+
+def answer_text(body: Any) -> str | None:
+    """The text of an answer body of any batch API we speak (None when it holds no text).
+
+    Examples:
+        >>> answer_text({"choices": [{"message": {"role": "assistant", "content": "4"}}]})
+        '4'
+        >>> answer_text({"candidates": [{"content": {"role": "model", "parts": [{"text": "Par"}, {"text": "is"}]}}]})
+        'Paris'
+        >>> answer_text({"data": [{"embedding": [0.1]}]}) is None
+        True
+    """
+    if not isinstance(body, dict):
+        return None
+    for key, reader in TEXT_READERS:
+        if key in body:
+            text = reader(body)
+            if text is not None:
+                return str(text)
+    return None
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _openai_usage(usage: dict[str, Any]) -> Usage:
+    """``usage`` of chat completions (``prompt_tokens``/``completion_tokens``), of the Responses API and of
+    Anthropic (``input_tokens``/``output_tokens``; Anthropic's cache reads and writes are input too)."""
+    if "prompt_tokens" in usage or "completion_tokens" in usage:
+        inp, out = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+    else:
+        inp = (_count(usage.get("input_tokens")) + _count(usage.get("cache_creation_input_tokens"))
+               + _count(usage.get("cache_read_input_tokens")))
+        out = _count(usage.get("output_tokens"))
+    return Usage(input_tokens=inp, output_tokens=out, total_tokens=_count(usage.get("total_tokens")) or inp + out)
+
+
+def _gemini_usage(meta: dict[str, Any]) -> Usage:
+    """Gemini's ``usageMetadata`` (thinking tokens are billed as output)."""
+    inp = _count(meta.get("promptTokenCount", meta.get("prompt_token_count")))
+    out = (_count(meta.get("candidatesTokenCount", meta.get("candidates_token_count")))
+           + _count(meta.get("thoughtsTokenCount", meta.get("thoughts_token_count"))))
+    total = _count(meta.get("totalTokenCount", meta.get("total_token_count")))
+    return Usage(input_tokens=inp, output_tokens=out, total_tokens=total or inp + out)
+
+
+#: Where an answer's token counts are: ``(key, reader of the object under it)``, tried in order.
+USAGE_READERS: tuple[tuple[str, Any], ...] = (
+    ("usage", _openai_usage),
+    ("usageMetadata", _gemini_usage),
+    ("usage_metadata", _gemini_usage),
+)
+
+
+def answer_usage(body: Any) -> Usage | None:
+    """The tokens an answer body of any batch API we speak reports (None when it reports none).
+
+    Examples:
+        >>> answer_usage({"usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}).output_tokens
+        2
+        >>> answer_usage({"usageMetadata": {"promptTokenCount": 4, "candidatesTokenCount": 3,
+        ...                                 "totalTokenCount": 7}}).input_tokens
+        4
+    """
+    if not isinstance(body, dict):
+        return None
+    for key, reader in USAGE_READERS:
+        found = body.get(key)
+        if isinstance(found, dict):
+            return reader(found)  # type: ignore[no-any-return]
+    return None

@@ -33,18 +33,18 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
 from pydantic import ValidationError
 
 from batch_ops._files import atomic_file
-from batch_ops.errors import InputValidationError, Problem, ResultFileError
+from batch_ops.errors import BatchOpsError, InputValidationError, Problem, ResultFileError
 from batch_ops.jsonl import iter_lines, iter_request_lines
 from batch_ops.models import ResultError, ResultLine
 
-__all__ = ["MAX_RESULT_LINE_BYTES", "iter_result_lines", "join_chain_results", "join_results", "rewrite_results",
-           "successful_ids"]
+__all__ = ["DEFAULT_MAX_RECORDS", "MAX_RESULT_LINE_BYTES", "iter_result_lines", "join_chain_results", "join_results",
+           "result_records", "rewrite_results", "successful_ids"]
 
 _log = logging.getLogger(__name__)
 
@@ -54,6 +54,36 @@ PathLike = str | os.PathLike[str]
 #: embeddings request of 2,048 inputs answered with 3,072 floats each is ~130 MB of JSON, the
 #: largest answer the API documents. A longer line is refused rather than held in memory.
 MAX_RESULT_LINE_BYTES = 200 * 1024 * 1024
+
+
+#: At most this many results are handed on whole (an XCom, a task result): a larger batch's results
+#: belong in a file (``download_batch_file``, ``client.results`` streamed), not in the metadata database.
+DEFAULT_MAX_RECORDS = 10_000
+
+
+def result_records(lines: Iterable[ResultLine], *, limit: int = DEFAULT_MAX_RECORDS, raw: bool = True,
+                   what: str = "the batch") -> list[dict[str, Any]]:
+    """Results as users read them, one plain dict each (:meth:`ResultLine.record
+    <batch_ops.models.ResultLine.record>`: ``custom_id``, ``ok``, ``text``, ``body``, ``usage``, ``error``,
+    ``raw``), the same whatever the provider: what the Airflow hook and the Prefect results task hand on.
+
+    Raises:
+        BatchOpsError: More than ``limit`` results (reading stops there: memory stays bounded).
+
+    Examples:
+        >>> lines = [ResultLine(custom_id="a", response={"status_code": 200, "body": {"choices": [
+        ...     {"message": {"content": "4"}}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}})]
+        >>> [(r["custom_id"], r["text"], r["usage"]["total_tokens"]) for r in result_records(lines)]
+        [('a', '4', 4)]
+    """
+    records: list[dict[str, Any]] = []
+    for line in lines:
+        if len(records) >= limit:
+            raise BatchOpsError(f"{what} has more than {limit:,} results, more than are handed on whole (an XCom, a "
+                                "task result); fix: read them streamed (client.results) or download the output file, "
+                                "or raise max_results")
+        records.append(line.record(raw=raw))
+    return records
 
 
 def _too_large(path: str, line: int) -> ResultFileError:

@@ -35,9 +35,11 @@ from batch_ops.airflow.provider import (
     connection_form_fields,
     ui_field_behaviour,
 )
+from batch_ops.chain import Attempt, AttemptChain
 from batch_ops.client import AsyncBatchClient, BatchClient
 from batch_ops.dialects import DIALECTS, OPENAI
 from batch_ops.errors import ConfigurationError
+from batch_ops.results import DEFAULT_MAX_RECORDS, result_records
 from batch_ops.settings import ClientSettings
 
 __all__ = ["LegacyOpenAIBatchHook", "OpenAIBatchHook", "settings_from_connection"]
@@ -205,6 +207,35 @@ class OpenAIBatchHook(BaseHook):
         """
         settings = await self.aget_settings()
         return AsyncBatchClient.shared(settings) if shared else AsyncBatchClient(settings=settings)
+
+    # -- results ----------------------------------------------------------------------------
+    def get_results(
+        self,
+        batch: str | Mapping[str, Any],
+        *,
+        input_path: Any = None,
+        max_results: int = DEFAULT_MAX_RECORDS,
+        raw: bool = True,
+    ) -> list[dict[str, Any]]:
+        """The results of an ended batch, one dict per request in input order, the same shape whatever the
+        provider (``custom_id``, ``ok``, ``text``, ``body``, ``usage``, ``error``, ``raw``): return it from a
+        task and it is the XCom. ``batch`` is a batch id, or the operator's XCom (``batch_ids``: every
+        attempt, joined). More than ``max_results`` requests fail (XComs live in the metadata database):
+        download the output file instead.
+
+        Example:
+            ```python
+            @task
+            def answers(summary):
+                return OpenAIBatchHook("openai_batch_default").get_results(summary)
+            ```
+        """
+        ids = [batch] if isinstance(batch, str) else list(batch.get("batch_ids") or [batch["batch_id"]])
+        with self.get_client() as client:
+            batches = [client.batches.retrieve(i) for i in ids]
+            chain = AttemptChain("results", tuple(Attempt(n, b) for n, b in enumerate(batches)))
+            return result_records(client.results(chain, input_path=input_path), limit=max_results, raw=raw,
+                                  what=f"batch {ids[-1]}")
 
     def test_connection(self) -> tuple[bool, str]:
         """Used by the UI's "Test" button: list one batch, giving up within seconds (a person is

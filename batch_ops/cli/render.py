@@ -101,17 +101,7 @@ def result_error_message(line: ResultLine) -> str | None:
         ...     "status_code": 400, "body": {"error": {"message": "Missing 'messages'."}}}}))
         "Missing 'messages'."
     """
-    if line.ok:
-        return None
-    if line.error is not None:
-        return line.error.message or line.error.code or "error"
-    body = line.body
-    if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
-        message = body["error"].get("message")
-        if isinstance(message, str) and message:
-            return message
-    status = line.response.status_code if line.response is not None else None
-    return f"HTTP {status}" if status is not None else "no response"
+    return line.error_message
 
 
 def _embedding_dims(vector: Any) -> int | None:
@@ -173,16 +163,8 @@ def result_content(line: ResultLine, endpoint: str) -> str:
         results = body.get("results") or ()
         first = results[0] if results and isinstance(results[0], Mapping) else {}
         return "flagged" if first.get("flagged") else "not flagged"
-    choices = body.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):
-        choice = choices[0]
-        message = choice.get("message")
-        if isinstance(message, Mapping):
-            content = message.get("content")
-            return content if isinstance(content, str) else ""
-        text = choice.get("text")  # /v1/completions
-        return text if isinstance(text, str) else ""
-    return ""
+    # Chat and completions, and every other API's answer (Anthropic's content blocks, Gemini's candidates).
+    return line.text or ""
 
 
 def csv_row(line: ResultLine, endpoint: str) -> list[str]:

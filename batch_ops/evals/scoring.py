@@ -24,7 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from batch_ops.evals.dataset import EvalItem
-from batch_ops.models import ECHO_FINGERPRINT, ResultLine, Usage
+from batch_ops.models import ECHO_FINGERPRINT, ResultLine, Usage, answer_text, answer_usage
 
 __all__ = [
     "SCORERS",
@@ -90,24 +90,9 @@ def _numeric(answer: str, item: EvalItem) -> bool:
 
 
 def extract_answer(body: Any) -> str | None:
-    """The answer text of a chat completion, a Responses API response or a completion."""
-    if not isinstance(body, dict):
-        return None
-    choices = body.get("choices")
-    if isinstance(choices, list) and choices:
-        first = choices[0] or {}
-        message = first.get("message")
-        if isinstance(message, dict) and isinstance(message.get("content"), str):
-            return str(message["content"])
-        if isinstance(first.get("text"), str):
-            return str(first["text"])
-    if isinstance(body.get("output_text"), str):
-        return str(body["output_text"])
-    for out in body.get("output") or []:
-        for part in (out or {}).get("content") or []:
-            if isinstance(part, dict) and isinstance(part.get("text"), str):
-                return str(part["text"])
-    return None
+    """The answer text of a chat completion, a Responses API response, a completion, or any other batch
+    API's answer (Anthropic, Gemini: :func:`batch_ops.models.answer_text`)."""
+    return answer_text(body)
 
 
 class ItemScore(BaseModel):
@@ -167,7 +152,7 @@ class EvalRun(BaseModel):
 def _usage_of(body: Any) -> Usage:
     usage = body.get("usage") if isinstance(body, dict) else None
     if not isinstance(usage, dict):
-        return Usage()
+        return answer_usage(body) or Usage()  # Gemini's usageMetadata
     if "prompt_tokens" in usage:  # chat / completions naming
         return Usage(
             input_tokens=int(usage.get("prompt_tokens") or 0),

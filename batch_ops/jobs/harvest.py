@@ -28,7 +28,7 @@ from typing import Any
 
 from batch_ops._files import atomic_write
 from batch_ops.jsonl import iter_request_lines
-from batch_ops.models import ResultLine
+from batch_ops.models import ResultLine, answer_usage
 from batch_ops.results import join_results
 
 __all__ = [
@@ -208,7 +208,13 @@ class UsageTotals:
     per_model: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def add(self, body: Any) -> None:
-        if not isinstance(body, dict) or not isinstance(body.get("usage"), dict):
+        if not isinstance(body, dict):
+            return
+        if not isinstance(body.get("usage"), dict):
+            other = answer_usage(body)  # an answer that counts tokens elsewhere (Gemini's usageMetadata)
+            if other is not None:
+                self._add(str(body.get("model") or body.get("modelVersion") or "unknown"), other.input_tokens, 0,
+                          other.output_tokens, 0)
             return
         usage = body["usage"]
         model = str(body.get("model") or "unknown")
@@ -222,6 +228,9 @@ class UsageTotals:
             out = usage.get("output_tokens") or 0
             cached = (usage.get("input_tokens_details") or {}).get("cached_tokens") or 0
             reasoning = (usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0
+        self._add(model, inp, cached, out, reasoning)
+
+    def _add(self, model: str, inp: int, cached: int, out: int, reasoning: int) -> None:
         row = self.per_model.setdefault(model, {"input": 0, "cached": 0, "output": 0, "reasoning": 0})
         row["input"] += int(inp)
         row["cached"] += int(cached)

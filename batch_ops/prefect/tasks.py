@@ -43,7 +43,7 @@ from prefect.logging import get_logger, get_run_logger
 from pydantic import BaseModel, ConfigDict
 
 from batch_ops import AttemptChain, Source, Submission, SubmitSpec, storage
-from batch_ops.chain import summary_of
+from batch_ops.chain import Attempt, summary_of
 from batch_ops.client import AsyncBatchClient
 from batch_ops.errors import BatchTimeoutError
 from batch_ops.identity import FLOW_RUN_METADATA_KEY, RunIdentity, lookback_start, prefect_owner_metadata
@@ -56,13 +56,14 @@ from batch_ops.jsonl import (
     validate_file,
     write_requests,
 )
-from batch_ops.models import Batch, BatchStatus, RequestCounts, Usage
+from batch_ops.models import Batch, BatchStatus, RequestCounts, ResultLine, Usage
 from batch_ops.outcomes import DEFAULT_FAIL_ON, DEFAULT_WAIT_TIMEOUT, OutcomePolicy, describe
 from batch_ops.prefect.artifacts import DEFAULT_ARTIFACT_KEY, ProgressArtifact, create_summary_artifact
 from batch_ops.prefect.credentials import OpenAIBatchCredentials, resolve_settings
 from batch_ops.prefect.events import emit_batch_event
 from batch_ops.prefect.storage import block_target
 from batch_ops.process_state import STATE
+from batch_ops.results import DEFAULT_MAX_RECORDS, result_records
 from batch_ops.settings import ClientSettings
 from batch_ops.storage import Location, StorageTarget, display
 
@@ -73,6 +74,7 @@ __all__ = [
     "cancel_batch",
     "create_batch",
     "download_batch_file",
+    "read_batch_results",
     "run_started",
     "settings_used_by",
     "submit_batch",
@@ -592,3 +594,44 @@ async def cancel_batch(
     batch = await _client(credentials).batches.cancel(batch_id)
     _logger().info("Batch %s: cancel requested, now %s", batch.id, batch.status.value)
     return BatchResult.from_batch(batch)
+
+
+@task(name="read_batch_results", cache_policy=NO_CACHE)
+async def read_batch_results(
+    batch: str | BatchResult,
+    *,
+    credentials: OpenAIBatchCredentials | None = None,
+    input_path: PathLike | None = None,
+    max_results: int = DEFAULT_MAX_RECORDS,
+    raw: bool = True,
+) -> list[dict[str, Any]]:
+    """The results of an ended batch (or of every attempt of a ``BatchResult``), one dict per request in
+    input order, the same shape whatever the provider: ``custom_id``, ``ok``, ``text`` (the answer),
+    ``body`` (parsed), ``usage`` (``input_tokens``, ``output_tokens``, ``total_tokens``), ``error``
+    (``code``, ``message``) and ``raw`` (the provider's own line, when its dialect rewrote it).
+
+    A batch of more than ``max_results`` requests fails the task (task results live in Prefect's
+    storage): download its output file instead. ``input_path``: the request file (saves a download).
+
+    Examples:
+        ```python
+        done = await run_batch("requests.jsonl", endpoint="/v1/chat/completions")
+        for r in await read_batch_results(done):
+            print(r["custom_id"], r["text"], r["usage"])
+        ```
+    """
+    client = _client(credentials)
+    target: Any = batch
+    if isinstance(batch, BatchResult):
+        ids = batch.batch_ids or [batch.batch_id]
+        batches = [await client.batches.retrieve(i) for i in ids]
+        target = AttemptChain("results", tuple(Attempt(n, b) for n, b in enumerate(batches)))
+    collected: list[ResultLine] = []
+    async for line in client.results(target, input_path=input_path):
+        collected.append(line)
+        if len(collected) > max_results:
+            break  # result_records says why; no more is held in memory
+    name = batch if isinstance(batch, str) else batch.batch_id
+    records = result_records(collected, limit=max_results, raw=raw, what=f"batch {name}")
+    _logger().info("Batch %s: %d results (%d ok)", name, len(records), sum(r["ok"] for r in records))
+    return records
