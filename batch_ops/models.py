@@ -466,25 +466,31 @@ def check_create_params(
     output_expires_after: Any = None,
     azure: bool = False,
     completion_windows: tuple[str, ...] = COMPLETION_WINDOWS,
+    endpoints: tuple[str, ...] = BATCH_ENDPOINTS,
 ) -> list[tuple[str, str, str]]:
     """Check the POST /batches parameters; return ``(param, problem, fix)`` for each violation.
 
     Shared by the client (raises before uploading) and the local server (answers 400), so the
     two cannot disagree. ``azure`` also accepts Azure OpenAI's spelling (``/chat/completions``);
-    ``completion_windows`` are the windows the API accepts (a dialect's limits).
+    ``completion_windows`` are the windows the API accepts, ``endpoints`` the endpoints it takes (a
+    dialect's limits).
 
     Examples:
         >>> [p for p, _, _ in check_create_params(endpoint="/v1/chat", completion_window="48h")]
         ['endpoint', 'completion_window']
     """
     found: list[tuple[str, str, str]] = []
-    if (canonical_endpoint(endpoint) if azure else endpoint) not in BATCH_ENDPOINTS:
+    if (canonical_endpoint(endpoint) if azure else endpoint) not in endpoints:
         found.append(
-            ("endpoint", f"unsupported endpoint {endpoint!r}", "use one of " + ", ".join(BATCH_ENDPOINTS))
+            ("endpoint", f"unsupported endpoint {endpoint!r}", "use one of " + ", ".join(endpoints))
         )
     if completion_window not in completion_windows:
-        fix = (f"use {completion_windows[0]!r}, the only window" if len(completion_windows) == 1
-               else "use one of " + ", ".join(repr(w) for w in completion_windows))
+        if len(completion_windows) == 1:
+            fix = f"use {completion_windows[0]!r}, the only window"
+        elif len(completion_windows) > 8:  # a range (Groq: 24h to 7d)
+            fix = f"use a window from {completion_windows[0]!r} to {completion_windows[-1]!r}, e.g. '48h'"
+        else:
+            fix = "use one of " + ", ".join(repr(w) for w in completion_windows)
         found.append(("completion_window", f"unsupported completion_window {completion_window!r}", fix))
     if metadata is not None:
         if not isinstance(metadata, dict):

@@ -71,8 +71,8 @@ def settings_error(exc: ValidationError) -> ConfigurationError:
     pydantic's own text repeats the input, and a key pasted into the wrong field must not end up
     in a log.
     """
-    detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {str(e['msg']).removeprefix('Value error, ')}"
-                       for e in exc.errors())
+    detail = "; ".join(("{}: ".format(".".join(map(str, e["loc"]))) if e["loc"] else "")
+                       + str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
     return ConfigurationError(f"Invalid client settings: {detail}")
 
 
@@ -190,6 +190,10 @@ class ClientSettings(BaseModel):
             from batch_ops.dialects import DIALECTS
 
             dialect = DIALECTS.get(str(data["provider"]).strip().lower())
+            if dialect is not None and dialect.default_base_url is None:
+                # Azure OpenAI (a root per resource), any OpenAI-compatible server: no root to guess.
+                raise ValueError(f"provider {dialect.name!r} ({dialect.title}) has no base URL of its own: give "
+                                 "base_url, the API root including its version (e.g. https://llm.example.com/v1)")
             if dialect is not None:
                 return {**data, "base_url": dialect.default_base_url}
         if isinstance(data, Mapping) and "base_url" in data and not (data.get("base_url") or "").strip():

@@ -64,7 +64,7 @@ def _base_url(host: str | None, *, schema: str | None = None, port: int | None =
     if parts.path in ("", "/"):
         # A bare host ("api.openai.com") means the API root, under the provider's version path (/v1).
         default = DIALECTS.get((provider or "").strip().lower(), OPENAI).default_base_url
-        host = host.rstrip("/") + urlsplit(default).path
+        host = host.rstrip("/") + (urlsplit(default).path if default else "/v1")
     return host
 
 

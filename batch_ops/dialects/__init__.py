@@ -11,7 +11,7 @@ Examples:
     >>> dialect_for(ClientSettings(api_key="k", api_version="2024-10-21")).name
     'azure'
     >>> sorted(DIALECTS)
-    ['azure', 'openai']
+    ['azure', 'deepinfra', 'groq', 'novita', 'openai', 'openai_compatible', 'together']
 """
 
 from __future__ import annotations
@@ -21,17 +21,26 @@ from typing import TYPE_CHECKING
 from batch_ops.dialects.azure import AzureDialect
 from batch_ops.dialects.base import Dialect, Limits, ResultFile
 from batch_ops.dialects.openai import OpenAIDialect
+from batch_ops.dialects.profiles import (
+    DeepInfraDialect,
+    GroqDialect,
+    NovitaDialect,
+    OpenAICompatibleDialect,
+    TogetherDialect,
+)
 
 if TYPE_CHECKING:
     from batch_ops.settings import ClientSettings
 
-__all__ = ["AZURE", "DIALECTS", "OPENAI", "AzureDialect", "Dialect", "Limits", "OpenAIDialect", "ResultFile",
-           "dialect_for", "dialect_named"]
+__all__ = ["AZURE", "DIALECTS", "OPENAI", "AzureDialect", "DeepInfraDialect", "Dialect", "GroqDialect", "Limits",
+           "NovitaDialect", "OpenAICompatibleDialect", "OpenAIDialect", "ResultFile", "TogetherDialect", "dialect_for",
+           "dialect_named"]
 
 OPENAI = OpenAIDialect()
 AZURE = AzureDialect()
 #: Every dialect, by the provider name settings use.
-DIALECTS: dict[str, Dialect] = {d.name: d for d in (OPENAI, AZURE)}
+DIALECTS: dict[str, Dialect] = {d.name: d for d in (OPENAI, AZURE, GroqDialect(), TogetherDialect(), DeepInfraDialect(),
+                                                    NovitaDialect(), OpenAICompatibleDialect())}
 
 
 def dialect_named(name: str) -> Dialect:

@@ -38,6 +38,9 @@ class AzureDialect(Dialect):
 
     name = "azure"
     title = "Azure OpenAI global batch"
+    #: Every resource has its own: ``https://<resource>.openai.azure.com/openai`` (with an api-version) or
+    #: ``.../openai/v1`` (without).
+    default_base_url = None
     short_endpoints = True
     limits = Limits(completion_windows=("24h",), expires=False, max_requests=50_000,
                     max_file_bytes=200 * 1024 * 1024)

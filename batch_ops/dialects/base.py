@@ -39,6 +39,7 @@ from batch_ops.identity.keys import IDEMPOTENCY_METADATA_KEY
 from batch_ops.identity.owners import OWNER_METADATA_KEYS
 from batch_ops.jsonl.rules import OPENAI_LINES, LineShape, RuleOptions
 from batch_ops.models import (
+    BATCH_ENDPOINTS,
     METADATA_MAX_PAIRS,
     Batch,
     BatchList,
@@ -64,12 +65,15 @@ class Limits:
             batches: "we do not expire the jobs that take longer").
         max_requests: requests in one batch.
         max_file_bytes: bytes of one batch input.
+        endpoints: the batch endpoints the API takes (OpenAI's spelling; a subset of
+            :data:`~batch_ops.models.BATCH_ENDPOINTS`).
     """
 
     completion_windows: tuple[str, ...] = ("24h",)
     expires: bool = True
     max_requests: int = 50_000
     max_file_bytes: int = 200 * 1024 * 1024
+    endpoints: tuple[str, ...] = BATCH_ENDPOINTS
 
 
 @dataclass(frozen=True)
@@ -91,8 +95,9 @@ class Dialect:
     name: ClassVar[str] = "openai"
     #: What a person calls it, for messages and docs.
     title: ClassVar[str] = "OpenAI Batch API"
-    #: The API root when the settings name none (``ClientSettings.base_url`` left empty).
-    default_base_url: ClassVar[str] = "https://api.openai.com/v1"
+    #: The API root when the settings name none (``ClientSettings.base_url`` left empty); None: the user
+    #: must give one (Azure OpenAI: every resource has its own; any OpenAI-compatible server).
+    default_base_url: ClassVar[str | None] = "https://api.openai.com/v1"
     #: Environment variables that hold the key, first found wins (``ClientSettings.from_env``).
     key_env: ClassVar[tuple[str, ...]] = ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY")
     #: Environment variables that hold the API root, each with what to append to reach our base URL
@@ -199,15 +204,21 @@ class Dialect:
 
     def parse_batch(self, reply: Reply, send: Send) -> Batch:
         """The answer as our :class:`~batch_ops.models.Batch`, its status in our vocabulary."""
-        batch = parse(Batch, reply, send, what="a batch")
+        return self._aliased(parse(Batch, reply, send, what="a batch"))
+
+    def parse_batch_list(self, reply: Reply, send: Send) -> BatchList:
+        """A page of batches, each status in our vocabulary (a list is read as a retrieve is)."""
+        page = parse(BatchList, reply, send, what="a list of batches")
+        if not self.status_aliases:
+            return page
+        return page.model_copy(update={"data": [self._aliased(b) for b in page.data]})
+
+    def _aliased(self, batch: Batch) -> Batch:
         if self.status_aliases and not batch.status.is_known:
             ours = self.status_aliases.get(batch.status.value)
             if ours is not None:
                 return batch.model_copy(update={"status": ours})
         return batch
-
-    def parse_batch_list(self, reply: Reply, send: Send) -> BatchList:
-        return parse(BatchList, reply, send, what="a list of batches")
 
     def create_body(
         self,
@@ -238,7 +249,7 @@ class Dialect:
             for param, msg, fix in check_create_params(
                 endpoint=endpoint, completion_window=completion_window, metadata=user_meta,
                 output_expires_after=output_expires_after, azure=self.short_endpoints,
-                completion_windows=self.limits.completion_windows,
+                completion_windows=self.limits.completion_windows, endpoints=self.limits.endpoints,
             )
         ]
         if not input_file_id or not isinstance(input_file_id, str):

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -49,6 +50,8 @@ from batch_ops.server.faults import FaultPlan, losing_response
 from batch_ops.server.options import ServerOptions
 from batch_ops.server.processor import Processor
 from batch_ops.server.store import Store, new_id
+from batch_ops.server.together import PURPOSE as TOGETHER_PURPOSE
+from batch_ops.server.together import together_job
 from batch_ops.server.webhooks import WebhookSender
 
 __all__ = ["BatchOpsApp", "create_app", "error_response"]
@@ -189,6 +192,10 @@ class _Api:
         self.options = options
         self.store = store
         self.processor = processor
+        # Which vendor's objects the answers are (ServerOptions.wire): Together's jobs, or OpenAI's batches.
+        self._together = options.wire == "together"
+        self._batch_purpose = TOGETHER_PURPOSE if self._together else "batch"
+        self._purposes = (*UPLOAD_PURPOSES, TOGETHER_PURPOSE) if self._together else UPLOAD_PURPOSES
         self.echo = EchoEngine()
 
     def routes(self) -> list[Route]:
@@ -239,14 +246,14 @@ class _Api:
                 raise _missing("file")
             if not isinstance(purpose, str) or not purpose:
                 raise _missing("purpose")
-            if purpose not in UPLOAD_PURPOSES:
+            if purpose not in self._purposes:
                 raise _ApiError(
-                    f"'{purpose}' is not one of {list(UPLOAD_PURPOSES)} - 'purpose'",
+                    f"'{purpose}' is not one of {list(self._purposes)} - 'purpose'",
                     param="purpose",
                     code="invalid_value",
                 )
             filename = upload.filename or "upload"
-            if purpose == "batch" and not filename.endswith(".jsonl"):
+            if purpose == self._batch_purpose and not filename.endswith(".jsonl"):
                 raise _ApiError(
                     "Invalid file format for Batch API. Must be .jsonl", param="file", code="invalid_file_format"
                 )
@@ -326,10 +333,10 @@ class _Api:
         if self.options.create_failures and self.store.take_fault("create_failures", self.options.create_failures):
             raise _ApiError("The server is overloaded (injected by --create-failures); nothing was created.",
                             code="server_overloaded", status=503)
-        if found["purpose"] != "batch":
+        if found["purpose"] != self._batch_purpose:
             raise _ApiError(
                 f"File {input_file_id} has purpose {found['purpose']!r}; a batch input file must be uploaded with "
-                "purpose 'batch'.",
+                f"purpose {self._batch_purpose!r}.",
                 param="input_file_id",
                 code="invalid_value",
             )
@@ -338,15 +345,31 @@ class _Api:
             endpoint=body["endpoint"],
             completion_window=body["completion_window"],
             window_seconds=self.options.expire_after or _DAY,
-            metadata=body.get("metadata"),
+            metadata=None if self._together else body.get("metadata"),  # Together's jobs carry none
             output_expires_after=body.get("output_expires_after"),
+            batch_id=str(uuid.uuid4()) if self._together else None,
         )
         self.processor.wake()
+        if self._together:
+            return JSONResponse({"job": self._job(batch), "warning": None})
         return JSONResponse(batch)
 
     async def list_batches(self, request: Request) -> Response:
         limit = _int_param(request, "limit", default=20, low=1, high=100)
         after = request.query_params.get("after") or None  # ``after=`` (empty) is no cursor
+        if self._together:
+            # Together lists every job at once, as a bare array (no pages, no cursor).
+            jobs: list[dict[str, Any]] = []
+            cursor: str | None = None
+            while True:
+                found = self.store.list_batches(after=cursor, limit=100)
+                if not found or not found[0]:
+                    break
+                jobs.extend(self._job(b) for b in found[0])
+                if not found[1]:
+                    break
+                cursor = found[0][-1]["id"]
+            return JSONResponse(jobs)
         page = self.store.list_batches(after=after, limit=limit)
         if page is None:
             raise _ApiError(f"Invalid 'after': no batch with id {after!r}.", param="after", code="invalid_value")
@@ -357,7 +380,7 @@ class _Api:
         found = self.store.get_batch(batch_id)
         if found is None:
             raise _ApiError(f"No batch found with id '{batch_id}'.", param="batch_id", status=404)
-        return JSONResponse(found)
+        return JSONResponse(self._job(found) if self._together else found)
 
     async def cancel_batch(self, request: Request) -> Response:
         batch_id = request.path_params["batch_id"]
@@ -367,7 +390,11 @@ class _Api:
         if refusal is not None:
             raise _ApiError(refusal, param="batch_id", code="invalid_state")
         self.processor.wake()
-        return JSONResponse(batch)
+        return JSONResponse(self._job(batch) if self._together else batch)
+
+    def _job(self, batch: dict[str, Any]) -> dict[str, Any]:
+        found = self.store.get_file(batch["input_file_id"]) if batch.get("input_file_id") else None
+        return together_job(batch, file_size=int(found["bytes"]) if found else 0)
 
     # ---- synchronous echo (one local server can be another's upstream) ------------------------
 
@@ -460,6 +487,13 @@ class BatchOpsApp(Starlette):
             self.store.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/openai/"):
+            # Azure OpenAI's two URL forms, served as the /v1 API: ``<resource>/openai/v1/...`` (no api-version)
+            # and ``<resource>/openai/...?api-version=...`` (the query is not read).
+            path = scope["path"]
+            path = "/v1/" + path.removeprefix("/openai/v1/") if path.startswith("/openai/v1/") else \
+                "/v1/" + path.removeprefix("/openai/")
+            scope = {**scope, "path": path, "raw_path": path.encode()}
         if scope["type"] == "http" and scope["path"].startswith("/v1"):
             self.calls[f"{scope['method']} {_ID.sub('{id}', scope['path'])}"] += 1
             fault = await self.faults.apply(send) if self.faults.active else None

@@ -47,6 +47,8 @@ __all__ = [
 ]
 
 ENGINES: tuple[str, ...] = ("echo", "replay", "upstream")
+#: The OpenAI-shaped wires the server can answer in (``--wire``).
+WIRES: tuple[str, ...] = ("openai", "together")
 #: Environment variables that carry the secrets to the server process.
 API_KEY_ENV = "BATCH_OPS_SERVER_API_KEY"
 UPSTREAM_API_KEY_ENV = "BATCH_OPS_UPSTREAM_API_KEY"
@@ -110,6 +112,8 @@ class ServerOptions:
         engine: ``echo`` (deterministic answers), ``replay`` (answers from recorded output files)
             or ``upstream`` (forwards to an OpenAI-compatible server at ``upstream_url``).
         replay_files: recorded output/error files for the replay engine.
+        wire: ``openai`` (OpenAI's and Azure OpenAI's objects) or ``together`` (Together AI's: see
+            :mod:`batch_ops.server.together`).
         upstream_url / upstream_api_key / upstream_model / upstream_timeout / upstream_retries:
             the upstream engine's target; ``upstream_model`` replaces each request's ``model``.
         concurrency: batch requests in flight at once (shared by all batches).
@@ -171,6 +175,9 @@ class ServerOptions:
         200 * 1024 * 1024, "Largest uploaded file (OpenAI's: 200 MB); a bigger one is refused as soon as that "
         "much has arrived.", "network", "BYTES")
     api_key: str | None = _opt(None, "Require this bearer token on /v1.", "network", "KEY", env=API_KEY_ENV)
+    wire: str = _opt("openai", "Answer as this OpenAI-shaped API does: openai, or together (jobs with UUID ids and "
+                     "upper-case statuses, a wrapped create answer, purpose batch-api, lines without method/url).",
+                     "network", "NAME", choices=WIRES)
     latency: float = _opt(0.0, "Delay every /v1 HTTP response.", "faults", "SECONDS")
     request_latency: float = _opt(0.0, "Processing time of each batch request.", "faults", "SECONDS")
     http_429: float = _opt(0.0, "Answer this share of /v1 calls with 429.", "faults", "RATE", rate=True)
@@ -198,6 +205,8 @@ class ServerOptions:
     webhook_delay: float = _opt(0.0, "Delay each delivery.", "webhooks", "SECONDS")
 
     def __post_init__(self) -> None:
+        if self.wire not in WIRES:
+            raise ValueError(f"wire {self.wire!r} is not one of {', '.join(WIRES)}")
         if self.engine not in ENGINES:
             raise ValueError(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
         if self.engine == "upstream" and not self.upstream_url:

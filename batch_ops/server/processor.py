@@ -38,10 +38,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from batch_ops.jsonl import MAX_LINE_BYTES, check_file, read_lines
+from batch_ops.jsonl import MAX_LINE_BYTES, OPENAI_LINES, check_file, read_lines
 from batch_ops.server.engines import Answer, Engine, api_error_body, usage_of
 from batch_ops.server.options import ServerOptions
 from batch_ops.server.store import ACTIVE_STATUSES, BatchRow, Store, new_id
+from batch_ops.server.together import TOGETHER_LINES
 
 __all__ = ["FAST_CHUNK", "Processor", "chance"]
 
@@ -118,6 +119,7 @@ class _Run:
         self.completed, self.failed = row.completed, row.failed
         self.usage = list(row.usage)
         self.input = store.file_path(row.input_file_id)
+        self.endpoint = row.endpoint
         self.out = _partial(store.file_path(row.out_id), row.out_bytes)
         self.err = _partial(store.file_path(row.err_id), row.err_bytes)
 
@@ -297,7 +299,10 @@ class Processor:
         """Check the input file; True when the batch moved on (``in_progress`` or ``cancelling``)."""
         path = self.store.file_path(row.input_file_id)
         try:
-            report, problems = await asyncio.to_thread(check_file, path, endpoint=row.endpoint, azure=True)
+            # Lines as the wire's vendor writes them (Together's: no method or url).
+            shape = TOGETHER_LINES if self.options.wire == "together" else OPENAI_LINES
+            report, problems = await asyncio.to_thread(check_file, path, endpoint=row.endpoint, azure=True,
+                                                       shape=shape)
         except OSError as exc:
             message = f"The input file {row.input_file_id} could not be read: {exc.strerror}."
             self._fail(row.id, [_error("file_not_found", message, param="input_file_id")])
@@ -386,6 +391,8 @@ class Processor:
             bad = api_error_body("The request line is not a JSON object.", code="invalid_json")
             return None, None, Answer(400, bad)
         custom_id = request.get("custom_id")
+        if "url" not in request:
+            request["url"] = run.endpoint  # a line without one (Together's) goes to the batch's endpoint
         rate = self.options.fail_requests
         if rate and chance(self.seed, run.key, index) < rate:
             return custom_id, None, _server_error_reply()

@@ -263,9 +263,10 @@ class Store:
         completion_window: str = "24h",
         metadata: dict[str, str] | None = None,
         output_expires_after: dict[str, Any] | None = None,
+        batch_id: str | None = None,
     ) -> dict[str, Any]:
         now = time.time()
-        batch_id = new_id("batch_", 16)
+        batch_id = batch_id or new_id("batch_", 16)  # a wire with ids of its own (Together: UUIDs) gives one
         # What a new batch knows; every other field of Batch is null until the processor sets it
         # (_batch_json sends them all, from the model's list).
         obj: dict[str, Any] = {

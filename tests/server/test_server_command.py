@@ -25,7 +25,8 @@ def _other_value(f: dataclasses.Field[Any], webhook_secret: str) -> Any:
     """A valid value of option ``f`` other than its default."""
     flag, default = f.metadata["flag"], f.default
     special = {"engine": "replay", "log_level": "info", "webhook_secret": webhook_secret,
-               "upstream_url": "http://127.0.0.1:9/v1", "data_dir": "/tmp/elsewhere", "host": "0.0.0.0"}
+               "upstream_url": "http://127.0.0.1:9/v1", "data_dir": "/tmp/elsewhere", "host": "0.0.0.0",
+               "wire": "together"}
     if f.name in special:
         return special[f.name]
     if flag.rate:
