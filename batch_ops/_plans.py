@@ -495,4 +495,15 @@ def cancel_batch_plan(batch_id: str, *, dialect: Dialect,
 def list_batches_plan(*, limit: int, after: str | None, dialect: Dialect,
                       policy: RetryPolicy) -> Generator[Send | Sleep, Any, BatchList]:
     send = dialect.list_batches(limit=limit, after=after)
-    return (yield from call_plan(send, dialect.parse_batch_list, policy=policy, what="a list of batches"))
+    page = yield from call_plan(send, dialect.parse_batch_list, policy=policy, what="a list of batches")
+    companion = dialect.batch_list_companion()
+    if companion is None or not page.data:
+        return page
+    # Batches that carry no metadata: whose each one is, is read from another call (Together: the names
+    # of their uploaded inputs), so every scan by key sees what a metadata key would have told it.
+    return (yield from call_plan(companion, partial(_annotated, dialect, page), policy=policy,
+                                 what="a list of files"))
+
+
+def _annotated(dialect: Dialect, page: BatchList, reply: Reply, send: Send) -> BatchList:
+    return dialect.annotate_batch_list(page, reply, send)

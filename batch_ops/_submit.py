@@ -799,7 +799,7 @@ def submit_plan(
     reused = False
     if upload is not None:
         digest, size = yield Work(partial(_sha256, upload))
-        name = upload_filename(attempt, digest)
+        name = dialect.upload_name(attempt, digest) or upload_filename(attempt, digest)
         found = None
         if keyed:
             found = yield from _find_upload_plan(name, size=size, since=since, dialect=dialect, policy=policy)

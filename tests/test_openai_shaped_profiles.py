@@ -177,3 +177,40 @@ def test_azure_v1_form_with_the_openai_sdk_and_batch_ops(server_url: str, tmp_pa
         assert done.status is BatchStatus.COMPLETED
         batch = client.submit(path, endpoint="/chat/completions")
         assert client.batches.wait(batch.id, poll_interval=0.05, timeout=60).request_counts.completed == 2
+
+
+# -- Together's money: the key rides in the input's file name -----------------------------------------
+
+
+def test_together_retries_reattach_and_pay_only_for_what_did_not_finish(make_server: Any) -> None:
+    from batch_ops import SubmitSpec
+
+    with make_server(wire="together", concurrency=1, request_latency=0.15, expire_after=0.6) as url, \
+            BatchClient(settings=ClientSettings(api_key="k", provider="together", base_url=url)) as client:
+        requests = [{**NEUTRAL[0], "custom_id": f"q-{i}"} for i in range(10)]
+        spec = SubmitSpec.of(endpoint=CHAT, idempotency_key="together-nightly")
+        first = client.submit_spec(requests, spec)
+        again = client.submit_spec(requests, spec)  # a retried task, while the batch runs: re-attached
+        assert first.created and not again.created and again.batch.id == first.batch.id
+        ended = client.batches.wait(first.batch.id, poll_interval=0.05, timeout=30)
+        assert ended.status is BatchStatus.EXPIRED
+        done_first = sum(r.ok for r in client.results(ended))
+        assert 0 < done_first < 10
+        second = client.submit_spec(requests, spec)
+        assert second.created and second.step.number == 1 and second.carried == 10 - done_first
+        chain = client.batches.chain("together-nightly")
+        assert [a.batch.id for a in chain.attempts] == [first.batch.id, second.batch.id]
+        # No metadata on the wire: what told the chain apart is the input's name.
+        raw = httpx.get(f"{url}/batches/{first.batch.id}", headers={"Authorization": "Bearer k"}).json()
+        assert "metadata" not in raw
+
+
+def test_together_refuses_a_key_too_long_for_a_file_name() -> None:
+    together = DIALECTS["together"]
+    with pytest.raises(InputValidationError) as info:
+        together.create_body(input_file_id="f", endpoint=CHAT, completion_window="24h", metadata=None,
+                             output_expires_after=None, idempotency_key="k" * 300)
+    assert info.value.problems[0].rule == "invalid_idempotency_key"
+    body = together.create_body(input_file_id="f", endpoint=CHAT, completion_window="24h", metadata={"a": "b"},
+                                output_expires_after=None, idempotency_key="k")
+    assert "metadata" not in body

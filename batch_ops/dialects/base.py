@@ -289,6 +289,21 @@ class Dialect:
         """The idempotency (attempt) key written on ``batch``, or None (not ours)."""
         return (batch.metadata or {}).get(self.key_metadata)
 
+    # An API whose batches carry no metadata (Together) carries the attempt key in the name of the
+    # batch's uploaded input instead: the three hooks below say how; OpenAI's defaults do nothing.
+    def upload_name(self, attempt: str, digest: str) -> str | None:
+        """The name to upload attempt ``attempt``'s input under (``digest``: its content's hash), or None
+        for the plans' own name (which carries only a hash of the key)."""
+        return None
+
+    def batch_list_companion(self) -> Send | None:
+        """A call whose answer tells whose each listed batch is (Together: the file list), or None."""
+        return None
+
+    def annotate_batch_list(self, page: BatchList, reply: Reply, send: Send) -> BatchList:
+        """``page`` with each batch's key written where :meth:`key_of` reads it, from the companion's answer."""
+        return page
+
     # -- results ----------------------------------------------------------------------------------
     def result_line(self, line: Mapping[str, Any]) -> Mapping[str, Any]:
         """One result line as OpenAI writes them (``custom_id``, ``response {status_code, body}``,

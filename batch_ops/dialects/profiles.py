@@ -10,7 +10,8 @@ provider               what differs from OpenAI
 ``together``           uploads with ``purpose="batch-api"``; lines ``{custom_id (<= 64), body}`` without
                        ``method``/``url``; the create answer wraps the job (``{"job": {...}}``), the list
                        is a bare array; upper-case statuses, UUID ids, ISO timestamps, no request counts
-                       (``progress`` in percent) and no ``metadata``
+                       (``progress`` in percent) and no ``metadata``: our key rides in the name of the
+                       job's uploaded input, read back through the file list
 ``deepinfra``          the base URL only
 ``novita``             lines without ``method``/``url``; statuses ``PROGRESS`` (and upper-case others);
                        counts as top-level ``total``/``completed``/``failed``
@@ -29,6 +30,7 @@ Examples:
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping
 from dataclasses import replace
@@ -37,7 +39,7 @@ from typing import Any, ClassVar
 from batch_ops.dialects.base import Limits
 from batch_ops.dialects.openai import OpenAIDialect
 from batch_ops.effects import Reply, Send
-from batch_ops.errors import BatchOpsError
+from batch_ops.errors import BatchOpsError, InputValidationError, Problem
 from batch_ops.jsonl.rules import LineShape
 from batch_ops.models import Batch, BatchList, BatchStatus
 
@@ -129,6 +131,49 @@ class TogetherDialect(OpenAIDialect):
     def parse_batch(self, reply: Reply, send: Send) -> Batch:
         return super().parse_batch(_unwrapped(reply, send), send)
 
+    # -- our key: jobs carry no metadata, so it rides in the name of the job's uploaded input ----------
+    def create_body(self, *, input_file_id: str, endpoint: str, completion_window: str,
+                    metadata: Mapping[str, str] | None, output_expires_after: Mapping[str, Any] | None,
+                    idempotency_key: str) -> dict[str, Any]:
+        """OpenAI's checks, then Together's body: no ``metadata`` (a job keeps none; the key is carried by the
+        input's file name, so it must fit one)."""
+        body = super().create_body(input_file_id=input_file_id, endpoint=endpoint,
+                                   completion_window=completion_window, metadata=metadata,
+                                   output_expires_after=output_expires_after, idempotency_key=idempotency_key)
+        name = self.upload_name(idempotency_key, "0" * 16)
+        if len(name) > MAX_NAME:
+            raise InputValidationError([Problem(
+                rule="invalid_idempotency_key", param="idempotency_key",
+                message=f"the key is too long for {self.title}: its jobs keep no metadata, so batch_ops carries the "
+                f"key in the input file's name, which would be {len(name)} characters (at most {MAX_NAME})",
+                fix=f"use a key of at most about {(MAX_NAME - 60) * 3 // 4} characters")], source="batch parameters")
+        body.pop("metadata", None)
+        return body
+
+    def upload_name(self, attempt: str, digest: str) -> str:
+        """``batch_ops~<attempt key, base64url>~<content hash>.jsonl``: the whole attempt key, readable back.
+
+        Examples:
+            >>> name = TogetherDialect().upload_name("af-1@0123456789abcdef.1", "9f86d081884c7d65")
+            >>> name, _attempt_of(name)
+            ('batch_ops~YWYtMUAwMTIzNDU2Nzg5YWJjZGVmLjE~9f86d081884c7d65.jsonl', 'af-1@0123456789abcdef.1')
+        """
+        token = base64.urlsafe_b64encode(attempt.encode()).decode().rstrip("=")
+        return f"{_NAME_PREFIX}{token}~{digest[:16]}.jsonl"
+
+    def batch_list_companion(self) -> Send:
+        return self.list_files(purpose=self.upload_purpose)
+
+    def annotate_batch_list(self, page: BatchList, reply: Reply, send: Send) -> BatchList:
+        names = {f.id: f.filename for f in self.parse_file_list(reply, send).data if f.filename}
+        jobs = []
+        for batch in page.data:
+            attempt = _attempt_of(names.get(batch.input_file_id))
+            if attempt is not None and not batch.metadata:
+                batch = batch.model_copy(update={"metadata": {self.key_metadata: attempt}})
+            jobs.append(batch)
+        return page.model_copy(update={"data": jobs})
+
     def parse_batch_list(self, reply: Reply, send: Send) -> BatchList:
         try:
             answer = reply.json()
@@ -141,6 +186,22 @@ class TogetherDialect(OpenAIDialect):
             answer = {"object": "list", "data": jobs, "has_more": False,
                       "first_id": jobs[0]["id"] if jobs else None, "last_id": jobs[-1]["id"] if jobs else None}
         return super().parse_batch_list(_replaced(reply, answer), send)
+
+
+#: The longest upload name batch_ops writes for Together (a file name; Together documents no limit).
+MAX_NAME = 255
+_NAME_PREFIX = "batch_ops~"
+
+
+def _attempt_of(filename: str | None) -> str | None:
+    """The attempt key a Together upload of ours carries in its name, or None (not ours)."""
+    if not filename or not filename.startswith(_NAME_PREFIX) or not filename.endswith(".jsonl"):
+        return None
+    token = filename[len(_NAME_PREFIX):].rsplit("~", 1)[0]
+    try:
+        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
