@@ -243,3 +243,19 @@ def test_a_job_checks_keyed_lines_and_refuses_a_client_of_another_shape(
     with BatchClient(settings=ClientSettings(api_key="k", base_url=server_url)) as client, \
             pytest.raises(ConfigurationError, match="sharded for"):
         job.advance(client)
+
+
+def test_the_cli_checks_and_shards_by_the_providers_rules(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from batch_ops.cli import main
+
+    monkeypatch.delenv("BATCH_OPS_PROVIDER", raising=False)
+    monkeypatch.setenv("NO_COLOR", "1")
+    lines = _write(tmp_path / "t.jsonl", [{"custom_id": f"t{i}", "body": {"model": "m", "messages": []}}
+                                          for i in range(5)])
+    assert main(["validate", str(lines)]) == 1  # OpenAI's rules: no method, no url
+    assert main(["--provider", "together", "validate", str(lines)]) == 0
+    assert main(["--provider", "together", "shard", str(lines), "--out-dir", str(tmp_path / "p"),
+                 "--max-lines", "2"]) == 0
+    assert len(list((tmp_path / "p").glob("*.jsonl"))) == 3
+    capsys.readouterr()

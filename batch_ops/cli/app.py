@@ -30,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from batch_ops import SubmitSpec, storage
 from batch_ops.cli import EXIT_CODES, EXIT_CONFIG, EXIT_FAILED, exit_code_for, render
 from batch_ops.client import BatchClient
-from batch_ops.dialects import Dialect
+from batch_ops.dialects import Dialect, dialect_named
 from batch_ops.errors import (
     APIConnectionError,
     BatchOpsError,
@@ -242,9 +242,15 @@ def _client(out: _Out, ctx: typer.Context, base_url: str | None, api_key: str | 
     return BatchClient(settings=settings)
 
 
-def _dialect() -> Dialect:
-    """The batch API the environment names (``BATCH_OPS_PROVIDER``; Azure OpenAI with an api-version):
-    offline commands check request files by its rules and limits; no key is needed."""
+def _dialect(ctx: typer.Context) -> Dialect:
+    """The batch API of ``--provider`` (env ``BATCH_OPS_PROVIDER``; unset: Azure OpenAI with an api-version,
+    else OpenAI): offline commands check request files by its rules and limits; no key is needed."""
+    provider = (ctx.find_root().obj or {}).get("provider")
+    if provider:
+        try:
+            return dialect_named(provider)
+        except ValueError as exc:
+            raise ConfigurationError(f"--provider: {exc}") from None
     return ClientSettings.from_env().dialect
 
 
@@ -437,7 +443,7 @@ def submit(
     # A remote INPUT is copied locally once (piece by piece), then validated and uploaded from there.
     with _handled(out), storage.local_copy(input_path) as local:
         # Offline first: a bad file is reported line by line before any key or network is needed.
-        report, problems = check_file(local, **_dialect().line_rules(endpoint))
+        report, problems = check_file(local, **_dialect(ctx).line_rules(endpoint))
         if problems:
             raise InputValidationError(problems, source=storage.display(input_path), truncated=report.truncated)
         out.note(f"validated {report.lines} requests ({render.human_bytes(report.bytes)}) for {report.endpoint}"
@@ -687,6 +693,7 @@ def results(
 
 @app.command(cls=_Command)
 def validate(
+    ctx: typer.Context,
     input_path: InputArgument,
     endpoint: EndpointOption = None,
     json_output: JsonOption = False,
@@ -698,7 +705,7 @@ def validate(
     out = _Out(json=json_output)
     shown = storage.display(input_path)  # a signed URL's signature, a URL's password: never printed
     with _handled(out), storage.local_copy(input_path) as local:
-        report, problems = check_file(local, **_dialect().line_rules(endpoint))
+        report, problems = check_file(local, **_dialect(ctx).line_rules(endpoint))
     if out.json:
         out.result(render.report_json(report, problems))
     elif problems:
@@ -716,6 +723,7 @@ def validate(
 
 @app.command(cls=_Command)
 def shard(
+    ctx: typer.Context,
     input_path: InputArgument,
     out_dir: Annotated[
         Path, typer.Option("--out-dir", "-d", file_okay=False, metavar="DIR", help="Directory for the parts.")
@@ -734,7 +742,7 @@ def shard(
     """Split a request file into parts that each fit the limits (validated first; lines kept whole, in order)."""
     out = _Out(json=json_output)
     with _handled(out), storage.local_copy(input_path) as local:
-        rules = _dialect().line_rules(endpoint)
+        rules = _dialect(ctx).line_rules(endpoint)
         rules["max_lines"] = max_lines or rules["max_lines"]
         rules["max_bytes"] = max_bytes or rules["max_bytes"]
         paths = shard_file(local, out_dir, **rules)
@@ -804,7 +812,7 @@ def job(
     with _handled(out):
         _check_output(output)  # before any batch is paid for, not when the results are merged
         price_table = json.loads(prices.read_text()) if prices is not None else None
-        config = JobConfig.of(endpoint=endpoint, provider=_dialect().name, max_concurrent=max_concurrent,
+        config = JobConfig.of(endpoint=endpoint, provider=_dialect(ctx).name, max_concurrent=max_concurrent,
                               max_rounds=max_rounds,
                               max_lines=max_lines, max_bytes=max_bytes, metadata=_parse_metadata(metadata),
                               prices=price_table)
