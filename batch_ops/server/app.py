@@ -505,7 +505,8 @@ class BatchOpsApp(Starlette):
             fault = await self.faults.apply(send) if self.faults.active else None
             if fault == "handled":
                 return
-            if fault == "drop_after":
+            if fault == "drop_after" or (self.options.lose_creates and _is_create(scope)
+                                         and self.store.take_fault("lose_creates", self.options.lose_creates)):
                 send = losing_response(send)  # handle the call, then lose the answer
             request_id = ("req_" + os.urandom(16).hex()).encode()
             denied = self._denied(scope)
@@ -536,6 +537,11 @@ class BatchOpsApp(Starlette):
             # Never echo the key back: it would end up in client logs and exceptions.
             return error_response(401, "Incorrect API key provided.", code="invalid_api_key")
         return None
+
+
+def _is_create(scope: Scope) -> bool:
+    """A batch create, on any wire this server speaks (``POST .../batches``, ``POST ...:batchGenerateContent``)."""
+    return scope["method"] == "POST" and scope["path"].endswith(("/batches", ":batchGenerateContent"))
 
 
 def _with_header(send: Send, name: bytes, value: bytes) -> Send:
