@@ -125,6 +125,9 @@ class Dialect:
     rewrites_results: ClassVar[bool] = False
     #: A cancel is answered with the batch. False (Gemini answers ``{}``): the plan retrieves it after.
     cancel_answers_batch: ClassVar[bool] = True
+    #: An uploaded batch input can be downloaded again (results are joined to it when no request file
+    #: is given). False: Gemini hands back generated files only.
+    downloads_uploads: ClassVar[bool] = True
 
     # -- addressing and credentials -------------------------------------------------------------
     def auth_headers(self, settings: ClientSettings) -> dict[str, str]:

@@ -182,6 +182,7 @@ class GeminiDialect(Dialect):
     line_shape = GEMINI_LINES
     rewrites_results = True
     cancel_answers_batch = False
+    downloads_uploads = False
 
     # -- addressing and credentials -------------------------------------------------------------
     def auth_headers(self, settings: ClientSettings) -> dict[str, str]:
