@@ -83,6 +83,9 @@ EXPIRE_SECONDS = 48 * 3600.0
 FILE_TTL_SECONDS = 48 * 3600.0
 #: Inline requests of one create: at most this many bytes of body (the guide's 20 MB).
 INLINE_MAX_BYTES = 20 * 1024 * 1024
+#: The store's (OpenAI's) ending events as Gemini's webhook events name them.
+WEBHOOK_TYPES = {"batch.completed": "batch.succeeded", "batch.failed": "batch.failed",
+                 "batch.expired": "batch.expired", "batch.cancelled": "batch.cancelled"}
 _BATCH_PAGE = (50, 1000)  # default and largest pageSize of the batch list
 _FILE_PAGE = (10, 100)  # default and largest pageSize of the file list
 
@@ -269,9 +272,22 @@ class GeminiApi:
         self.processor = processor
         self.state = _GeminiState(store.root)
         self._render = asyncio.Lock()
+        store.event_renderers.append(self._event_body)
 
     def close(self) -> None:
         self.state.close()
+
+    def _event_body(self, event_id: str, kind: str, batch_id: str, now: float) -> str | None:
+        """A Gemini batch's ending as Gemini's webhook names it (``batch.succeeded`` …), for the outbox.
+
+        Gemini signs its (static) webhooks as Standard Webhooks, as the server signs every event; the
+        body's fields beyond the event type and the batch's name are not documented (unverified).
+        """
+        if self.state.one("SELECT 1 FROM gbatches WHERE id = ?", (batch_id,)) is None:
+            return None
+        name = f"batches/{batch_id}"
+        return json.dumps({"id": event_id, "type": WEBHOOK_TYPES[kind], "created_at": int(now),
+                           "timestamp": rfc3339(now), "data": {"id": name, "name": name}}, separators=(",", ":"))
 
     def routes(self) -> list[Route]:
         # Routes with a ``:verb`` first: ``{id}`` alone would match ``abc:download`` too.

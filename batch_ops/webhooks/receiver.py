@@ -200,6 +200,7 @@ def create_receiver_app(
 
     app = Starlette(routes=[
         Route("/openai", receive, methods=["POST"]),
+        Route("/gemini", receive, methods=["POST"]),  # Gemini signs its webhooks the same way
         Route("/events", events, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
     ])
