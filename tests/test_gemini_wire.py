@@ -200,3 +200,16 @@ def test_chunked_resumable_upload(server: ServerURL) -> None:
                       headers={"X-Goog-Upload-Command": "upload, finalize", "X-Goog-Upload-Offset": str(half)})
     assert last.headers["x-goog-upload-status"] == "final"
     assert last.json()["file"]["sizeBytes"] == str(len(body))
+
+
+def test_an_inline_create_over_20_mb_is_refused_as_it_arrives(server: ServerURL) -> None:
+    """Chunked (no length declared): counted as it arrives and refused past 20 MB, never held whole."""
+    def body() -> Iterator[bytes]:
+        yield b'{"batch": {"displayName": "big", "inputConfig": {"requests": {"requests": ['
+        for _ in range(22):
+            yield b'{"request": {"contents": [{"parts": [{"text": "' + b"x" * (1 << 20) + b'"}]}]}},'
+        yield b"{}]}}}}"
+
+    reply = httpx.post(f"{_root(server)}/v1beta/models/{MODEL}:batchGenerateContent", content=body(),
+                       headers={"x-goog-api-key": KEY}, timeout=30)
+    assert reply.status_code == 400 and "exceeds the limit" in reply.json()["error"]["message"]

@@ -258,6 +258,26 @@ def _next_token(seq: int) -> str:
     return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
 
 
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, refused once it passes ``limit`` bytes (counted as it arrives: a chunked body
+    declares no length), so a route never holds more than that."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks, seen = [], 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> GoogleError:
+    return GoogleError(400, f"Request payload size exceeds the limit: {limit:,} bytes (inline requests must stay "
+                            "under 20 MB: upload a JSONL file and pass its name as input_config.file_name).")
+
+
 def _file_id(name: str) -> str:
     """``files/abc`` or ``abc`` → ``abc``."""
     return name.removeprefix("files/")
@@ -365,7 +385,7 @@ class GeminiApi:
         return JSONResponse({"file": self._file_json(row, request)}, headers={"X-Goog-Upload-Status": "final"})
 
     async def _start_upload(self, request: Request) -> Response:
-        raw = await request.body()
+        raw = await _body(request, 1 << 20)
         try:
             body = json.loads(raw) if raw.strip() else {}
         except ValueError:
@@ -456,12 +476,8 @@ class GeminiApi:
 
     async def create_batch(self, request: Request) -> Response:
         model = "models/" + request.path_params["model"].removeprefix("models/")
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > INLINE_MAX_BYTES + MAX_LINE_BYTES:
-            raise GoogleError(400, "Request payload size exceeds the limit: inline requests must stay under 20 MB; "
-                                   "upload a JSONL file and pass its name as input_config.file_name.")
         try:
-            body = json.loads(await request.body())
+            body = json.loads(await _body(request, INLINE_MAX_BYTES))
         except ValueError:
             raise GoogleError(400, "Invalid JSON payload received.") from None
         batch = body.get("batch") if isinstance(body, dict) else None
