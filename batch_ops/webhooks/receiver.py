@@ -30,7 +30,7 @@ Examples:
     >>> import base64
     >>> app = create_receiver_app(secret="whsec_" + base64.b64encode(b"k" * 32).decode())
     >>> sorted(r.path for r in app.routes)
-    ['/events', '/healthz', '/openai']
+    ['/events', '/gemini', '/healthz', '/openai']
 """
 
 from __future__ import annotations
