@@ -58,8 +58,8 @@ from batch_ops.server.webhooks import WebhookSender
 
 __all__ = ["BatchOpsApp", "create_app", "error_response"]
 
-#: An id in a path (batch_..., file-...), replaced by {id} when counting calls.
-_ID = re.compile(r"(?<=/)(?:batch_|file-)[\w-]+")
+#: An id in a path (batch_..., Gemini's gbatch_..., file-...), replaced by {id} when counting calls.
+_ID = re.compile(r"(?<=/)(?:batch_|gbatch_|file-)[\w-]+")
 
 #: Purposes the Files API accepts on upload.
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")

@@ -510,8 +510,10 @@ class GeminiApi:
             inline_meta = await anyio.to_thread.run_sync(self._translate_inline, items, model, target)
             count = len(items)
             input_json = {"requests": {"requestCount": str(count)}}
+        # ``gbatch_``: a Gemini batch is told from OpenAI's (``batch_``) by its id.
         created = self.store.create_batch(input_file_id=chat_id, endpoint="/v1/chat/completions",
-                                          window_seconds=self.options.expire_after or EXPIRE_SECONDS)
+                                          window_seconds=self.options.expire_after or EXPIRE_SECONDS,
+                                          batch_id=new_id("gbatch_", 16))
         self.state.run("INSERT INTO gbatches (id, display_name, model, input, inline_meta) VALUES (?, ?, ?, ?, ?)",
                        (created["id"], display_name, model, json.dumps(input_json),
                         json.dumps(inline_meta) if inline_meta is not None else None))
