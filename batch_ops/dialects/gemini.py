@@ -284,7 +284,9 @@ class GeminiDialect(Dialect):
     def batch_of(self, op: Mapping[str, Any]) -> Batch:
         """A Gemini Operation (or a bare batch resource) as our :class:`~batch_ops.models.Batch`."""
         meta: Mapping[str, Any] = op["metadata"] if isinstance(op.get("metadata"), Mapping) else op
-        name = str(op.get("name") or meta.get("name"))
+        name = op.get("name") or meta.get("name")
+        if not isinstance(name, str) or not name.startswith("batches/"):
+            raise ValueError(f"no batch name (batches/...): {name!r}")
         status = _state(meta.get("state"))
         created = _epoch(meta.get("createTime")) or 0
         ended = _epoch(meta.get("endTime"))
