@@ -65,7 +65,7 @@ from batch_ops.identity.keys import LOOKBACK_SKEW, new_idempotency_key
 from batch_ops.models import Batch, BatchList, FileList, FileObject
 from batch_ops.outcomes import is_permanent, timeout_error
 from batch_ops.polling import BatchPoller, Poll, PollDecision, WaitMany
-from batch_ops.results import rewrite_results
+from batch_ops.results import rewrite_results, split_results
 
 _T = TypeVar("_T")
 
@@ -408,7 +408,15 @@ def wait_many_plan(
 
 def upload_plan(path: Path, *, purpose: str | None = None, filename: str | None = None, dialect: Dialect,
                 policy: RetryPolicy) -> Generator[Send | Sleep, Any, FileObject]:
-    send = dialect.upload_file(path, purpose=purpose, filename=filename)
+    """Upload a batch input: one request (OpenAI's multipart), or two where the dialect opens an
+    upload first (:meth:`~batch_ops.dialects.Dialect.start_upload`: Gemini's resumable protocol,
+    whose first answer says where the bytes go)."""
+    start = dialect.start_upload(path, purpose=purpose, filename=filename)
+    if start is None:
+        send = dialect.upload_file(path, purpose=purpose, filename=filename)
+    else:
+        opened = yield from send_with_retries(start, policy=policy)
+        send = dialect.finish_upload(path, opened, start)
     return (yield from call_plan(send, dialect.parse_file, policy=policy, what="a file object"))
 
 
@@ -449,6 +457,15 @@ def download_results_plan(
     (``("output",)``: the successes only)."""
     found: dict[str, Path] = {}
     for result in dialect.result_files(batch):
+        if result.kind == "results":  # successes and failures in one file: split it into the two
+            mixed = directory / f"{safe_file_name(batch.id)}.results.jsonl"
+            yield from download_plan(result.file_id, mixed, dialect=dialect, policy=policy)
+            output, error = (directory / f"{safe_file_name(batch.id)}.{n}.jsonl" for n in ("output", "errors"))
+            ok, failed = yield Work(partial(split_results, mixed, dialect.result_line, output, error))
+            yield Work(partial(mixed.unlink, missing_ok=True))
+            found.update({k: p for k, p, n in (("output", output, ok), ("error", error, failed))
+                          if n and k in kinds})
+            continue
         if result.kind not in kinds:
             continue
         # The id comes from the wire: one plain file name whatever it holds.
@@ -489,7 +506,11 @@ def retrieve_batch_plan(batch_id: str, *, dialect: Dialect,
 def cancel_batch_plan(batch_id: str, *, dialect: Dialect,
                       policy: RetryPolicy) -> Generator[Send | Sleep, Any, Batch]:
     send = dialect.cancel_batch(batch_id)
-    return (yield from call_plan(send, dialect.parse_batch, policy=policy, what="a batch"))
+    if dialect.cancel_answers_batch:
+        return (yield from call_plan(send, dialect.parse_batch, policy=policy, what="a batch"))
+    # The API answers a cancel without the batch (Gemini: ``{}``): look at it now.
+    yield from send_with_retries(send, policy=policy)
+    return (yield from retrieve_batch_plan(batch_id, dialect=dialect, policy=policy))
 
 
 def list_batches_plan(*, limit: int, after: str | None, dialect: Dialect,

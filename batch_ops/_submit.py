@@ -785,7 +785,8 @@ def submit_plan(
     carried = prepared.lines
     last = chain.last
     if last is not None:
-        if not any(r.kind == "output" for b in (last.batch, *last.duplicates) for r in dialect.result_files(b)):
+        if not any(r.kind in ("output", "results") for b in (last.batch, *last.duplicates)
+                   for r in dialect.result_files(b)):
             # Nothing of the last attempt succeeded (it failed, or expired before running anything):
             # the next attempt carries exactly what it carried, already uploaded.
             upload, file_id = None, last.batch.input_file_id

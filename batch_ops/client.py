@@ -104,6 +104,14 @@ def _as_chain(what: Batch | AttemptChain | Submission) -> AttemptChain:
     return AttemptChain(what.id, (Attempt(0, what),))
 
 
+def _check_input(dialect: Dialect, input_path: PathLike | None) -> None:
+    """Results are joined to the requests: without ``input_path`` they are the first attempt's uploaded
+    input, which some APIs never hand back (Gemini: only generated files can be downloaded)."""
+    if input_path is None and not dialect.downloads_uploads:
+        raise BatchOpsError(f"{dialect.title} does not hand back an uploaded file, so the requests to join the "
+                            "results to cannot be read from it: pass input_path= (the request file you submitted)")
+
+
 def _ended_chain(what: Any) -> AttemptChain:
     """The chain whose results ``results`` reads: its latest batch must have ended."""
     chain = _as_chain(_checked_batch(what))
@@ -471,6 +479,7 @@ class BatchClient(_Base):
         are the first attempt's input file, or ``input_path`` (the local request file; saves a
         download).
         """
+        _check_input(self.dialect, input_path)
         if isinstance(batch, str):
             batch = self.batches.retrieve(batch)
         chain = _ended_chain(batch)
@@ -734,6 +743,7 @@ class AsyncBatchClient(_Base):
         workdir: PathLike | None = None,
     ) -> AsyncIterator[ResultLine]:
         """Async version of :meth:`BatchClient.results`; file work happens in threads."""
+        _check_input(self.dialect, input_path)
         if isinstance(batch, str):
             batch = await self.batches.retrieve(batch)
         chain = _ended_chain(batch)

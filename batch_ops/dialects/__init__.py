@@ -11,7 +11,7 @@ Examples:
     >>> dialect_for(ClientSettings(api_key="k", api_version="2024-10-21")).name
     'azure'
     >>> sorted(DIALECTS)
-    ['azure', 'deepinfra', 'groq', 'novita', 'openai', 'openai_compatible', 'together']
+    ['azure', 'deepinfra', 'gemini', 'groq', 'novita', 'openai', 'openai_compatible', 'together']
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from batch_ops.dialects.azure import AzureDialect
 from batch_ops.dialects.base import Dialect, Limits, ResultFile
+from batch_ops.dialects.gemini import GeminiDialect
 from batch_ops.dialects.openai import OpenAIDialect
 from batch_ops.dialects.profiles import (
     DeepInfraDialect,
@@ -32,15 +33,16 @@ from batch_ops.dialects.profiles import (
 if TYPE_CHECKING:
     from batch_ops.settings import ClientSettings
 
-__all__ = ["AZURE", "DIALECTS", "OPENAI", "AzureDialect", "DeepInfraDialect", "Dialect", "GroqDialect", "Limits",
-           "NovitaDialect", "OpenAICompatibleDialect", "OpenAIDialect", "ResultFile", "TogetherDialect", "dialect_for",
-           "dialect_named"]
+__all__ = ["AZURE", "DIALECTS", "GEMINI", "OPENAI", "AzureDialect", "DeepInfraDialect", "Dialect", "GeminiDialect",
+           "GroqDialect", "Limits", "NovitaDialect", "OpenAICompatibleDialect", "OpenAIDialect", "ResultFile",
+           "TogetherDialect", "dialect_for", "dialect_named"]
 
 OPENAI = OpenAIDialect()
 AZURE = AzureDialect()
+GEMINI = GeminiDialect()
 #: Every dialect, by the provider name settings use.
-DIALECTS: dict[str, Dialect] = {d.name: d for d in (OPENAI, AZURE, GroqDialect(), TogetherDialect(), DeepInfraDialect(),
-                                                    NovitaDialect(), OpenAICompatibleDialect())}
+DIALECTS: dict[str, Dialect] = {d.name: d for d in (OPENAI, AZURE, GEMINI, GroqDialect(), TogetherDialect(),
+                                                    DeepInfraDialect(), NovitaDialect(), OpenAICompatibleDialect())}
 
 
 def dialect_named(name: str) -> Dialect:

@@ -78,7 +78,8 @@ class Limits:
 
 @dataclass(frozen=True)
 class ResultFile:
-    """One file that holds a batch's results: ``kind`` is ``"output"`` (successes) or ``"error"``."""
+    """One file that holds a batch's results: ``kind`` is ``"output"`` (successes), ``"error"``, or
+    ``"results"`` (both together, split on download into an output and an error file)."""
 
     kind: str
     file_id: str
@@ -122,6 +123,11 @@ class Dialect:
     #: Result lines arrive in another shape than OpenAI's output/error lines: each downloaded result
     #: file is rewritten line by line with :meth:`result_line` before anything reads it.
     rewrites_results: ClassVar[bool] = False
+    #: A cancel is answered with the batch. False (Gemini answers ``{}``): the plan retrieves it after.
+    cancel_answers_batch: ClassVar[bool] = True
+    #: An uploaded batch input can be downloaded again (results are joined to it when no request file
+    #: is given). False: Gemini hands back generated files only.
+    downloads_uploads: ClassVar[bool] = True
 
     # -- addressing and credentials -------------------------------------------------------------
     def auth_headers(self, settings: ClientSettings) -> dict[str, str]:
@@ -165,6 +171,15 @@ class Dialect:
         """Upload a batch input (streamed multipart)."""
         return Send("POST", "/files", json={"purpose": purpose or self.upload_purpose}, upload=path,
                     filename=filename)
+
+    def start_upload(self, path: Path, *, purpose: str | None = None, filename: str | None = None) -> Send | None:
+        """The request that opens a two-step upload (its answer goes to :meth:`finish_upload`), or None:
+        the upload is the one request :meth:`upload_file` makes (OpenAI)."""
+        return None
+
+    def finish_upload(self, path: Path, opened: Reply, start: Send) -> Send:
+        """(Two-step uploads) the request that sends the bytes, from the answer to :meth:`start_upload`."""
+        raise NotImplementedError(f"{self.title} uploads in one request (upload_file)")
 
     def retrieve_file(self, file_id: str) -> Send:
         return Send("GET", api_path("/files/{file_id}", file_id=file_id))

@@ -47,6 +47,8 @@ from batch_ops.jsonl import DEFAULT_MAX_BYTES, MAX_LINE_BYTES
 from batch_ops.models import BATCH_ENDPOINTS, check_create_params
 from batch_ops.server.engines import EchoEngine, api_error_body, make_engine
 from batch_ops.server.faults import FaultPlan, losing_response
+from batch_ops.server.gemini_api import GeminiApi, gemini_scope, is_gemini_path
+from batch_ops.server.gemini_api import denied as gemini_denied
 from batch_ops.server.options import ServerOptions
 from batch_ops.server.processor import Processor
 from batch_ops.server.store import Store, new_id
@@ -56,8 +58,8 @@ from batch_ops.server.webhooks import WebhookSender
 
 __all__ = ["BatchOpsApp", "create_app", "error_response"]
 
-#: An id in a path (batch_..., file-...), replaced by {id} when counting calls.
-_ID = re.compile(r"(?<=/)(?:batch_|file-)[\w-]+")
+#: An id in a path (batch_..., Gemini's gbatch_..., file-...), replaced by {id} when counting calls.
+_ID = re.compile(r"(?<=/)(?:batch_|gbatch_|file-)[\w-]+")
 
 #: Purposes the Files API accepts on upload.
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
@@ -465,9 +467,10 @@ class BatchOpsApp(Starlette):
         self.faults = FaultPlan.from_options(options)
         self._key = options.api_key.encode() if options.api_key else None
         api = _Api(options=options, store=self.store, processor=self.processor)
+        self.gemini = GeminiApi(options=options, store=self.store, processor=self.processor)
         self.calls = api.calls
         super().__init__(
-            routes=api.routes(),
+            routes=api.routes() + self.gemini.routes(),
             middleware=[Middleware(GZipMiddleware, minimum_size=500)] if options.gzip else None,
             lifespan=self._lifespan,
             exception_handlers={_ApiError: _api_error, HTTPException: _http_error, Exception: _server_error},
@@ -484,6 +487,7 @@ class BatchOpsApp(Starlette):
             await self.processor.stop()
             if self.webhooks is not None:
                 await self.webhooks.stop()
+            self.gemini.close()
             self.store.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -494,12 +498,15 @@ class BatchOpsApp(Starlette):
             path = "/v1/" + path.removeprefix("/openai/v1/") if path.startswith("/openai/v1/") else \
                 "/v1/" + path.removeprefix("/openai/")
             scope = {**scope, "path": path, "raw_path": path.encode()}
-        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+        if scope["type"] == "http":
+            scope = gemini_scope(scope)  # Gemini's SDK calls /v1 too: its calls go to /v1beta
+        if scope["type"] == "http" and scope["path"].startswith(("/v1", "/upload/v1")):
             self.calls[f"{scope['method']} {_ID.sub('{id}', scope['path'])}"] += 1
             fault = await self.faults.apply(send) if self.faults.active else None
             if fault == "handled":
                 return
-            if fault == "drop_after":
+            if fault == "drop_after" or (self.options.lose_creates and _is_create(scope)
+                                         and self.store.take_fault("lose_creates", self.options.lose_creates)):
                 send = losing_response(send)  # handle the call, then lose the answer
             request_id = ("req_" + os.urandom(16).hex()).encode()
             denied = self._denied(scope)
@@ -513,6 +520,8 @@ class BatchOpsApp(Starlette):
         """A 401 when the server has a key and the call does not carry it; None when allowed."""
         if self._key is None:
             return None
+        if is_gemini_path(scope["path"]):
+            return gemini_denied(scope, self._key)
         headers = dict(scope["headers"])
         given = headers.get(b"api-key")  # Azure style
         auth = headers.get(b"authorization", b"")
@@ -528,6 +537,11 @@ class BatchOpsApp(Starlette):
             # Never echo the key back: it would end up in client logs and exceptions.
             return error_response(401, "Incorrect API key provided.", code="invalid_api_key")
         return None
+
+
+def _is_create(scope: Scope) -> bool:
+    """A batch create, on any wire this server speaks (``POST .../batches``, ``POST ...:batchGenerateContent``)."""
+    return scope["method"] == "POST" and scope["path"].endswith(("/batches", ":batchGenerateContent"))
 
 
 def _with_header(send: Send, name: bytes, value: bytes) -> Send:

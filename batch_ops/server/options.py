@@ -132,6 +132,9 @@ class ServerOptions:
         token_limit_failures: the first N batches created in this data dir fail with ``token_limit_exceeded``.
         create_failures: the first N batch creates of this data dir are answered 503 and create nothing
             (drills: a try that uploaded its input and died before its create landed).
+        lose_creates: the first N batch creates of this data dir are handled (the batch exists), then
+            the connection is closed before the answer: a create whose answer is lost, for any wire
+            (``POST .../batches``, Gemini's ``:batchGenerateContent``).
         expire_after: completion window in seconds instead of 24 h (the batch then ends ``expired``).
         cancel_delay: seconds a cancelled batch stays ``cancelling``.
         seed: makes the fault choices and the output order repeatable.
@@ -188,6 +191,8 @@ class ServerOptions:
                                 rate=True)
     token_limit_failures: int = _opt(0, "The first N batches fail with token_limit_exceeded.", "faults", "N")
     create_failures: int = _opt(0, "Answer the first N batch creates with 503, creating nothing.", "faults", "N")
+    lose_creates: int = _opt(0, "Handle the first N batch creates, then close the connection unanswered.", "faults",
+                             "N")
     expire_after: float | None = _opt(None, "A completion window of this many seconds instead of 24h.", "faults",
                                       "SECONDS")
     cancel_delay: float = _opt(0.2, "How long a batch stays cancelling.", "faults", "SECONDS")

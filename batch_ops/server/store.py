@@ -27,6 +27,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,9 @@ class Store:
     def __init__(self, data_dir: str | os.PathLike[str], *, webhook_urls: tuple[str, ...] = ()) -> None:
         self.root = Path(data_dir)
         self.webhook_urls = tuple(webhook_urls)
+        #: Wires that write a batch's ending event otherwise than OpenAI (Gemini): each is asked
+        #: ``(event id, OpenAI event type, batch id, now)`` and answers the body, or None (not its batch).
+        self.event_renderers: list[Callable[[str, str, str, float], str | None]] = []
         self.files_dir = self.root / "files"
         self.work_dir = self.root / "work"
         self.files_dir.mkdir(parents=True, exist_ok=True)
@@ -420,8 +424,9 @@ class Store:
         # OpenAI's body: the event names the batch; the receiver retrieves it for the details.
         now = time.time()
         event_id = new_id("evt_")
-        body = json.dumps({"id": event_id, "object": "event", "created_at": int(now), "type": kind,
-                           "data": {"id": batch_id}}, separators=(",", ":"))
+        body = next((b for render in self.event_renderers if (b := render(event_id, kind, batch_id, now)) is not None),
+                    None) or json.dumps({"id": event_id, "object": "event", "created_at": int(now), "type": kind,
+                                         "data": {"id": batch_id}}, separators=(",", ":"))
         self._db.executemany(
             "INSERT INTO webhook_outbox (event_id, url, body, created, next_at) VALUES (?, ?, ?, ?, ?)",
             [(event_id, url, body, now, now) for url in self.webhook_urls],

@@ -35,9 +35,11 @@ __all__ = ["BATCH_EVENT_TYPES", "ENDINGS_WINDOW", "BatchEvent", "parse_event"]
 #: watermark, the Prefect announcement lookup): OpenAI retries a delivery for up to 72 hours; one hour more.
 ENDINGS_WINDOW = 73 * 3600.0
 
-#: The batch events OpenAI sends, and the status each one reports.
+#: The batch events OpenAI sends, and the status each one reports; Gemini's ``batch.succeeded`` too
+#: (its other batch events are spelled as OpenAI's).
 BATCH_EVENT_TYPES = {
     "batch.completed": "completed",
+    "batch.succeeded": "completed",
     "batch.failed": "failed",
     "batch.expired": "expired",
     "batch.cancelled": "cancelled",
@@ -80,8 +82,16 @@ class BatchEvent:
                    batch_id=str(data["batch_id"]), received_at=float(data.get("received_at", 0.0)))
 
 
-def parse_event(body: bytes | str, *, received_at: float = 0.0) -> BatchEvent | None:
+def parse_event(body: bytes | str, *, received_at: float = 0.0, event_id: str | None = None) -> BatchEvent | None:
     """The batch event in a (verified) body; None for events of other kinds (``response.*``, ...).
+
+    ``event_id`` (the delivery's ``webhook-id``) stands in for a body without an ``id``; the batch is
+    ``data.id``, else ``data.name`` (Gemini names a batch ``batches/...``).
+
+    Examples:
+        >>> e = parse_event(b'{"type": "batch.succeeded", "data": {"name": "batches/b1"}}', event_id="msg_1")
+        >>> e.id, e.batch_id, e.status
+        ('msg_1', 'batches/b1', 'completed')
 
     Raises:
         WebhookVerificationError: the body is not an event (``reason="malformed"``).
@@ -92,8 +102,11 @@ def parse_event(body: bytes | str, *, received_at: float = 0.0) -> BatchEvent | 
         if kind not in BATCH_EVENT_TYPES:
             return None
         # int() of 1e999 (inf) raises OverflowError, of NaN ValueError: both a malformed event.
-        return BatchEvent(id=str(data["id"]), type=kind, created_at=int(data.get("created_at") or 0),
-                          batch_id=str(data["data"]["id"]), received_at=received_at)
+        found = data["data"]
+        batch_id = found.get("id") or found["name"]
+        return BatchEvent(id=str(data.get("id") or event_id or data["id"]), type=kind,
+                          created_at=int(data.get("created_at") or 0), batch_id=str(batch_id),
+                          received_at=received_at)
     except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
         # UnicodeDecodeError is a ValueError; RecursionError: a body of thousands of nested brackets.
         raise WebhookVerificationError(f"the webhook body is not an event: {type(exc).__name__}: {exc}"[:300],

@@ -30,7 +30,7 @@ Examples:
     >>> import base64
     >>> app = create_receiver_app(secret="whsec_" + base64.b64encode(b"k" * 32).decode())
     >>> sorted(r.path for r in app.routes)
-    ['/events', '/healthz', '/openai']
+    ['/events', '/gemini', '/healthz', '/openai']
 """
 
 from __future__ import annotations
@@ -200,6 +200,7 @@ def create_receiver_app(
 
     app = Starlette(routes=[
         Route("/openai", receive, methods=["POST"]),
+        Route("/gemini", receive, methods=["POST"]),  # Gemini signs its webhooks the same way
         Route("/events", events, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
     ])

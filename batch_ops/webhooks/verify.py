@@ -117,7 +117,7 @@ class WebhookVerifier:
         if not any(self._matches(w, event_id, stamp, text, signatures) for w in self._webhooks):
             raise WebhookVerificationError(f"webhook {event_id[:64]}: the signature does not match the secret",
                                            reason="signature")
-        event = parse_event(text, received_at=clock)
+        event = parse_event(text, received_at=clock, event_id=event_id)
         with self._lock:
             self._forget(clock)
             if event_id in self._seen:
