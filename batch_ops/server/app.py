@@ -44,6 +44,7 @@ from starlette.types import Message, Receive, Scope, Send
 from batch_ops._files import atomic_file
 from batch_ops.jsonl import DEFAULT_MAX_BYTES, MAX_LINE_BYTES
 from batch_ops.models import BATCH_ENDPOINTS, check_create_params
+from batch_ops.server import anthropic_api
 from batch_ops.server.engines import EchoEngine, api_error_body, make_engine
 from batch_ops.server.faults import FaultPlan, losing_response
 from batch_ops.server.options import ServerOptions
@@ -54,7 +55,7 @@ from batch_ops.server.webhooks import WebhookSender
 __all__ = ["BatchOpsApp", "create_app", "error_response"]
 
 #: An id in a path (batch_..., file-...), replaced by {id} when counting calls.
-_ID = re.compile(r"(?<=/)(?:batch_|file-)[\w-]+")
+_ID = re.compile(r"(?<=/)(?:batch_|msgbatch_|file-)[\w-]+")
 
 #: Purposes the Files API accepts on upload.
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
@@ -439,8 +440,9 @@ class BatchOpsApp(Starlette):
         self._key = options.api_key.encode() if options.api_key else None
         api = _Api(options=options, store=self.store, processor=self.processor)
         self.calls = api.calls
+        anthropic = anthropic_api.AnthropicApi(options=options, store=self.store, processor=self.processor)
         super().__init__(
-            routes=api.routes(),
+            routes=api.routes() + anthropic.routes(),
             middleware=[Middleware(GZipMiddleware, minimum_size=500)] if options.gzip else None,
             lifespan=self._lifespan,
             exception_handlers={_ApiError: _api_error, HTTPException: _http_error, Exception: _server_error},
@@ -477,6 +479,8 @@ class BatchOpsApp(Starlette):
 
     def _denied(self, scope: Scope) -> Response | None:
         """A 401 when the server has a key and the call does not carry it; None when allowed."""
+        if scope["path"].startswith(anthropic_api.ANTHROPIC_PREFIX):
+            return anthropic_api.denied(scope, self._key)  # Anthropic's header and error shape
         if self._key is None:
             return None
         headers = dict(scope["headers"])
