@@ -34,6 +34,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 from pydantic import ValidationError
@@ -133,6 +134,58 @@ def rewrite_results(path: PathLike, convert: Callable[[Mapping[str, Any]], Mappi
             out.write(json.dumps(convert(obj), separators=(",", ":")).encode() + b"\n")
             written += 1
     return written
+
+
+def split_results(
+    path: PathLike, convert: Callable[[Mapping[str, Any]], Mapping[str, Any]], output: PathLike, error: PathLike
+) -> tuple[int, int]:
+    """Rewrite one file that holds successes and failures together (Anthropic's results) into an output
+    file (successes) and an error file (the rest), each line through ``convert`` (a dialect's
+    :meth:`~batch_ops.dialects.Dialect.result_line`); returns ``(successes, failures)``. Streamed; each
+    file appears only whole, and only when it has a line.
+
+    Examples:
+        >>> import os, tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> src = os.path.join(d, "all.jsonl")
+        >>> _ = open(src, "w").write('{"id": "a", "ok": true}\\n{"id": "b", "ok": false}\\n')
+        >>> conv = lambda o: {"custom_id": o["id"], "response": {"status_code": 200 if o["ok"] else 500}}
+        >>> split_results(src, conv, os.path.join(d, "out.jsonl"), os.path.join(d, "err.jsonl"))
+        (1, 1)
+    """
+    name = os.fspath(path)
+    counts = [0, 0]
+    with open(name, "rb") as f, atomic_file(output) as out, atomic_file(error) as err:
+        for n, _offset, raw in _lines(f, name):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except ValueError as exc:
+                raise ResultFileError(f"not a JSON line ({exc})", path=name, line=n) from None
+            if not isinstance(obj, dict):
+                raise ResultFileError("not a JSON object", path=name, line=n)
+            line = dict(convert(obj))
+            ok = _result_ok(line)
+            (out if ok else err).write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+            counts[0 if ok else 1] += 1
+    for target, count in ((output, counts[0]), (error, counts[1])):
+        if not count:
+            os.unlink(target)
+    return counts[0], counts[1]
+
+
+def result_ids_file(paths: Sequence[PathLike | None], dest: Path) -> Path:
+    """Write ``{"custom_id": …}`` for each line of the result files ``paths`` to ``dest`` (the requests of a
+    batch whose input cannot be read back — an API without a file store — known from its results, which
+    hold one line per request); returns ``dest``."""
+    with atomic_file(dest) as out:
+        for path in paths:
+            if path is None:
+                continue
+            for _offset, _n, custom_id, _ok in _scan(os.fspath(path)):
+                out.write(json.dumps({"custom_id": custom_id}).encode() + b"\n")
+    return dest
 
 
 def _result_ok(obj: dict[str, Any]) -> bool:

@@ -11,13 +11,14 @@ Examples:
     >>> dialect_for(ClientSettings(api_key="k", api_version="2024-10-21")).name
     'azure'
     >>> sorted(DIALECTS)
-    ['azure', 'openai']
+    ['anthropic', 'azure', 'openai']
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from batch_ops.dialects.anthropic import AnthropicDialect
 from batch_ops.dialects.azure import AzureDialect
 from batch_ops.dialects.base import Dialect, Limits, ResultFile
 from batch_ops.dialects.openai import OpenAIDialect
@@ -25,13 +26,15 @@ from batch_ops.dialects.openai import OpenAIDialect
 if TYPE_CHECKING:
     from batch_ops.settings import ClientSettings
 
-__all__ = ["AZURE", "DIALECTS", "OPENAI", "AzureDialect", "Dialect", "Limits", "OpenAIDialect", "ResultFile",
+__all__ = ["ANTHROPIC", "AZURE", "DIALECTS", "OPENAI", "AnthropicDialect", "AzureDialect", "Dialect", "Limits",
+           "OpenAIDialect", "ResultFile",
            "dialect_for", "dialect_named"]
 
 OPENAI = OpenAIDialect()
 AZURE = AzureDialect()
+ANTHROPIC = AnthropicDialect()
 #: Every dialect, by the provider name settings use.
-DIALECTS: dict[str, Dialect] = {d.name: d for d in (OPENAI, AZURE)}
+DIALECTS: dict[str, Dialect] = {d.name: d for d in (OPENAI, AZURE, ANTHROPIC)}
 
 
 def dialect_named(name: str) -> Dialect:

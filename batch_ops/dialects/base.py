@@ -74,7 +74,8 @@ class Limits:
 
 @dataclass(frozen=True)
 class ResultFile:
-    """One file that holds a batch's results: ``kind`` is ``"output"`` (successes) or ``"error"``."""
+    """One file that holds a batch's results: ``kind`` is ``"output"`` (successes), ``"error"``, or
+    ``"results"`` (both together, split on download into an output and an error file)."""
 
     kind: str
     file_id: str
@@ -109,6 +110,16 @@ class Dialect:
     #: Result lines arrive in another shape than OpenAI's output/error lines: each downloaded result
     #: file is rewritten line by line with :meth:`result_line` before anything reads it.
     rewrites_results: ClassVar[bool] = False
+    #: The API root when the settings name none (a provider's own; the settings' default is OpenAI's).
+    default_base_url: ClassVar[str] = "https://api.openai.com/v1"
+    #: The API keeps uploaded files and a batch is created from one (``input_file_id``). False: the
+    #: create carries the requests themselves (:meth:`inline_body`, :meth:`create_from_file`), and a
+    #: retry re-sends exactly the requests it carries.
+    stores_files: ClassVar[bool] = True
+    #: A batch can carry our idempotency key (:meth:`key_of`), so a key's batches are found by listing.
+    #: False (Anthropic has no batch metadata): the submit records key → batch in a durable key
+    #: ledger instead (:mod:`batch_ops.identity.ledger`).
+    carries_key: ClassVar[bool] = True
 
     # -- addressing and credentials -------------------------------------------------------------
     def auth_headers(self, settings: ClientSettings) -> dict[str, str]:
@@ -169,6 +180,15 @@ class Dialect:
 
     def retrieve_batch(self, batch_id: str, *, deadline: float | None = None) -> Send:
         return Send("GET", api_path("/batches/{batch_id}", batch_id=batch_id), deadline=deadline)
+
+    def inline_body(self, requests: Path, dest: Path) -> int:
+        """(Without a file store) write the create body carrying the validated request file ``requests`` to
+        ``dest``, streamed (blocking file work: a plan runs it as a ``Work``); the number of requests."""
+        raise NotImplementedError(f"{self.title} creates batches from uploaded files")
+
+    def create_from_file(self, body: Path) -> Send:
+        """(Without a file store) the create call, the body :meth:`inline_body` wrote streamed from disk."""
+        raise NotImplementedError(f"{self.title} creates batches from uploaded files")
 
     def cancel_batch(self, batch_id: str) -> Send:
         return Send("POST", api_path("/batches/{batch_id}/cancel", batch_id=batch_id))

@@ -22,6 +22,7 @@ Examples:
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ from batch_ops.jsonl.rules import (
     DECODER,
     EXAMPLE_LINE,
     FileReport,
+    LineShape,
     RuleOptions,
     Rules,
     describe,
@@ -98,7 +100,8 @@ class Checker:
         self._over_bytes = False
         self._over_line = False
         self._over_inputs = False
-        if endpoint is not None and endpoint not in BATCH_ENDPOINTS:
+        self.shape: LineShape = rules.shape
+        if endpoint is not None and endpoint not in BATCH_ENDPOINTS and rules.shape.method_url:
             self.add(unknown_endpoint(endpoint, param="endpoint"))
 
     # -- bookkeeping -------------------------------------------------------------------
@@ -137,6 +140,9 @@ class Checker:
 
     def check_obj(self, n: int, obj: dict[str, Any], size: int) -> None:
         """Check one parsed request object that occupies ``size`` bytes on disk."""
+        if not self.shape.method_url:
+            self._check_shaped(n, obj, size)
+            return
         self.lines = n
         self.nonblank += 1
         self.bytes += size
@@ -213,6 +219,37 @@ class Checker:
                     param="body",
                 )
             )
+        self._check_size(n, size)
+
+    def _check_shaped(self, n: int, obj: dict[str, Any], size: int) -> None:
+        """A line of a batch API without ``method``/``url`` (Anthropic's ``{custom_id, params}``): its id
+        (present, unique, of the shape's pattern) and its body (an object naming a model)."""
+        shape = self.shape
+        self.lines = n
+        self.nonblank += 1
+        self.bytes += size
+        self.line_inputs = 0
+        ident, body = obj.get(shape.id_field), obj.get(shape.body_field)
+        example = f"a line looks like {shape.example}"
+        if type(ident) is not str or not ident:
+            self.add(Problem(rule="missing_custom_id", line=n, param=shape.id_field,
+                             message=f"{shape.id_field} is missing or not a non-empty string",
+                             fix=f"give every line a unique {shape.id_field}; {example}"))
+        elif (first := self.seen.setdefault(ident, n)) != n:
+            self.add(Problem(rule="duplicate_custom_id", line=n, param=shape.id_field,
+                             message=f"{shape.id_field} {ident!r} repeats line {first}",
+                             fix=f"make every {shape.id_field} unique; {ident!r} first appears on line {first}"))
+        elif shape.id_pattern and re.fullmatch(shape.id_pattern, ident) is None:
+            self.add(Problem(rule="invalid_custom_id", line=n, param=shape.id_field,
+                             message=f"{shape.id_field} {ident!r} does not match {shape.id_pattern}",
+                             fix=f"use only the characters and length {shape.id_pattern} allows; {example}"))
+        if type(body) is not dict:
+            self.add(Problem(rule="missing_body", line=n, param=shape.body_field,
+                             message=f"{shape.body_field} is missing or not an object",
+                             fix=f"put the request in a JSON object under {shape.body_field!r}; {example}"))
+        elif shape.model_in_body and (type(body.get("model")) is not str or not body.get("model")):
+            self.add(Problem(rule="missing_model", line=n, param=f"{shape.body_field}.model",
+                             message=f"{shape.body_field}.model is missing", fix=f"name the model; {example}"))
         self._check_size(n, size)
 
     def _check_url(self, n: int, url: Any) -> None:

@@ -78,16 +78,17 @@ def request_line(custom_id: str, body: Mapping[str, Any], *, endpoint: str) -> d
 _FIRST_KEYS = ("custom_id", "method", "url", "body")
 
 
-def _normalise(item: Any, endpoint: str | None) -> dict[str, Any] | None:
+def _normalise(item: Any, endpoint: str | None, fill: bool = True) -> dict[str, Any] | None:
     if isinstance(item, RequestLine):
         raw = item.model_dump()
     elif isinstance(item, Mapping):
         raw = dict(item)
     else:
         return None
-    raw.setdefault("method", "POST")
-    if endpoint is not None:
-        raw.setdefault("url", endpoint)
+    if fill:  # a batch API whose lines carry method and url (OpenAI's); others' lines have neither
+        raw.setdefault("method", "POST")
+        if endpoint is not None:
+            raw.setdefault("url", endpoint)
     body = raw.get("body")
     if isinstance(body, Mapping) and not isinstance(body, dict):
         raw["body"] = dict(body)
@@ -142,7 +143,7 @@ def write_requests(
         n = 0
         for item in requests:
             n += 1
-            obj = _normalise(item, endpoint)
+            obj = _normalise(item, endpoint, rules.shape.method_url)
             data = b""
             if obj is None:
                 reason = f"item {n} is a {type(item).__name__}, not a RequestLine or a mapping"
