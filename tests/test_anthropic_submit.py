@@ -188,3 +188,14 @@ def test_lost_answers_are_found_not_resent(make_server: MakeServer, tmp_path: Pa
     assert lost and posts <= 8 + len(lost)  # creates failed on the wire; none made a second batch
     records = [json.loads(p.read_text()) for p in (tmp_path / "ledger").glob("*.json")]
     assert sorted(e["batch_id"] for r in records for e in r["attempts"].values()) == sorted(made)
+
+
+def test_airflow_connection_without_host_takes_the_providers_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    from batch_ops.airflow import OpenAIBatchHook
+
+    monkeypatch.setenv("AIRFLOW_CONN_CLAUDE", json.dumps({
+        "conn_type": "openaibatch", "host": "", "password": "sk-ant-1",
+        "extra": {"provider": "anthropic", "key_ledger": "s3://bucket/ledger"}}))
+    found = OpenAIBatchHook(conn_id="claude").get_settings()
+    assert found.base_url == "https://api.anthropic.com/v1" and found.key_ledger == "s3://bucket/ledger"
+    assert found.dialect.name == "anthropic"

@@ -132,7 +132,8 @@ def settings_from_connection(conn: Any, extra: Mapping[str, Any] | None = None) 
                 f"allowed: {', '.join(sorted(EXTRA_FIELDS))}."
             )
         values.update(extras)
-        values["base_url"] = _base_url(conn.host, schema=conn.schema, port=conn.port)
+        if (conn.host or "").strip():  # empty: the provider's own API root (the settings' default)
+            values["base_url"] = _base_url(conn.host, schema=conn.schema, port=conn.port)
         values["api_key"] = conn.password
     try:
         settings = ClientSettings(**values)
