@@ -463,9 +463,12 @@ def _own_chains_plan(
 
 
 def find_chain_plan(
-    key: str, *, since: float, dialect: Dialect, policy: RetryPolicy, fingerprint: str | None = None
-) -> Generator[Send | Sleep, Any, AttemptChain]:
-    """The chain of ``key`` for the requests of ``fingerprint``, from the batch list (one scan).
+    key: str, *, since: float, dialect: Dialect, policy: RetryPolicy, fingerprint: str | None = None,
+    ledger: KeyLedger | None = None,
+) -> Generator[Send | Sleep | Work, Any, AttemptChain]:
+    """The chain of ``key`` for the requests of ``fingerprint``, from the batch list (one scan), or from
+    the key ledger's record when the dialect's batches cannot carry the key (``ledger``; a create whose
+    answer was lost is not resolved here: the next submit of the key does that).
 
     Without a fingerprint: the key's newest chain (the one whose latest batch is newest; a key
     used for one set of requests has just one). Newest first, the first batch of the key seen
@@ -478,7 +481,10 @@ def find_chain_plan(
             wanted.append(found)
         return number == 0 and found == wanted[0]
 
-    chains = yield from find_chains_plan(key, since=since, dialect=dialect, policy=policy, until=until)
+    if ledger is not None and not dialect.carries_key:
+        chains = yield from _ledger_chains_plan(key, ledger, dialect=dialect, policy=policy, resolve=False)
+    else:
+        chains = yield from find_chains_plan(key, since=since, dialect=dialect, policy=policy, until=until)
     if fingerprint is not None:
         return chains.get(fingerprint) or AttemptChain(key, fingerprint=fingerprint)
     if not chains:
@@ -611,14 +617,17 @@ def _lost_create_plan(
 
 
 def _ledger_chains_plan(
-    key: str, ledger: KeyLedger, *, dialect: Dialect, policy: RetryPolicy
+    key: str, ledger: KeyLedger, *, dialect: Dialect, policy: RetryPolicy, resolve: bool = True
 ) -> Generator[Send | Sleep | Work, Any, dict[str | None, AttemptChain]]:
-    """The chains of ``key`` from the ledger's record (held under the key's lease): each recorded batch
-    retrieved; an intent without a batch resolved first (:func:`_lost_create_plan`)."""
+    """The chains of ``key`` from the ledger's record: each recorded batch retrieved; with ``resolve``
+    (a submit, holding the key's lease) an intent without a batch is resolved first
+    (:func:`_lost_create_plan`), else left out."""
     entries: dict[str, LedgerEntry] = yield Work(partial(ledger.entries, key))
     attempt_of: dict[str, str] = {}
     for attempt, entry in entries.items():
         batch_id = entry.batch_id
+        if batch_id is None and not resolve:
+            continue
         if batch_id is None:
             found = yield from _lost_create_plan(entry, ledger, dialect=dialect, policy=policy)
             if found is None:

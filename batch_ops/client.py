@@ -248,7 +248,8 @@ class _BatchPlans(_Calls):
 
     def chain(self, key: str, *, since: float | None = None,
               fingerprint: str | None = None) -> Generator[Any, Any, AttemptChain]:
-        """Every attempt of ``key``, from the batch list alone.
+        """Every attempt of ``key``, from the batch list alone (or the key ledger, for a provider whose batches
+        cannot carry the key).
 
         A key used for other requests over time has one chain per set of requests (see
         :mod:`batch_ops.chain`): ``fingerprint`` picks one (``Submission.fingerprint``, or
@@ -257,7 +258,8 @@ class _BatchPlans(_Calls):
         Examples:
             >>> # chain = client.batches.chain("nightly-1"); chain.batch_ids, chain.latest.status
         """
-        return find_chain_plan(key, since=_since(self._c, since), **self._c._wire, fingerprint=fingerprint)
+        return find_chain_plan(key, since=_since(self._c, since), **self._c._wire, fingerprint=fingerprint,
+                               ledger=self._c._ledger)
 
     def wait(
         self,

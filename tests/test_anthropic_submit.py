@@ -144,6 +144,8 @@ def test_retry_after_expired_pays_only_for_what_did_not_succeed(make_server: Mak
         final = client.submit_spec(requests(12), spec)
         joined = {r.custom_id: r for r in client.results(final.chain)}
         assert len(joined) == 12 and all(r.ok for r in joined.values())
+        chain = client.batches.chain("expiring")  # from the key ledger: no batch carries the key
+        assert chain.batch_ids == final.chain.batch_ids and len(chain.attempts) == len(carried)
 
 
 def test_retry_after_failed_carries_every_request_again(make_server: MakeServer, tmp_path: Path) -> None:

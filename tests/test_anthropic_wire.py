@@ -9,6 +9,7 @@ by the SDK's own types. The same faults as OpenAI's wire apply: failed requests 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -173,3 +174,26 @@ def test_big_body_streamed(server_url: str) -> None:
                         headers={"x-api-key": "k", "anthropic-version": "2023-06-01"}, timeout=60)
     assert answer.status_code == 200, answer.text
     assert answer.json()["request_counts"]["processing"] == 20_000
+
+
+def test_body_over_256_mb_refused_before_it_is_read(server_url: str) -> None:
+    host, port = server_url.removeprefix("http://").removesuffix("/v1").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /v1/messages/batches HTTP/1.1\r\nHost: x\r\nx-api-key: k\r\n"
+                     b"anthropic-version: 2023-06-01\r\ncontent-type: application/json\r\n"
+                     b"content-length: 300000000\r\n\r\n{\"requests\": [")
+        answer = sock.recv(65536).decode()
+    assert answer.startswith("HTTP/1.1 413") and "request_too_large" in answer
+
+
+def test_refused_batch_and_overloaded_create(make_server: MakeServer) -> None:
+    with make_server(api_key=KEY, token_limit_failures=1, create_failures=1) as url:
+        client = _sdk(url)
+        with pytest.raises(anthropic.APIStatusError) as caught:  # --create-failures: 529, nothing created
+            client.messages.batches.create(requests=_requests(2))  # type: ignore[arg-type]
+        assert caught.value.status_code == 529 and not client.messages.batches.list().data
+        # --token-limit-failures: the whole batch refused: it ends with every request errored.
+        batch = _ended(client, client.messages.batches.create(requests=_requests(3)).id)  # type: ignore[arg-type]
+        assert batch.request_counts.errored == 3 and batch.request_counts.succeeded == 0
+        kinds = {r.result.error.error.type for r in client.messages.batches.results(batch.id)}  # type: ignore[union-attr]
+        assert kinds == {"rate_limit_error"}
