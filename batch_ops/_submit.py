@@ -658,8 +658,13 @@ def _inline_create_plan(
     def lookup(since: float) -> Generator[Send | Sleep | Work, Any, Batch | None]:
         return (yield from _lost_create_plan(entry, ledger, dialect=dialect, policy=policy))
 
-    batch = yield from create_plan({}, key=attempt, key_may_exist=False, dialect=dialect, policy=policy,
-                                   lookback=0.0, send=dialect.create_from_file(body), lookup=lookup)
+    try:
+        batch = yield from create_plan({}, key=attempt, key_may_exist=False, dialect=dialect, policy=policy,
+                                       lookback=0.0, send=dialect.create_from_file(body), lookup=lookup)
+    except BatchOpsError as exc:
+        if is_permanent(exc):  # refused for good: nothing was created, the intent is void
+            yield Work(partial(ledger.forget, key, attempt))
+        raise
     yield Work(partial(ledger.record, key, attempt, batch.id, at=_plans.clock()))
     yield Work(partial(body.unlink, missing_ok=True))
     return batch, carried

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from batch_ops import AsyncBatchClient, BatchClient, ClientSettings, Source, SubmitSpec
-from batch_ops.errors import InputValidationError
+from batch_ops.errors import BatchOpsError, InputValidationError
 from batch_ops.models import BatchStatus
 
 MakeServer = Callable[..., AbstractContextManager[Any]]
@@ -201,3 +201,11 @@ def test_airflow_connection_without_host_takes_the_providers_root(monkeypatch: p
     found = OpenAIBatchHook(conn_id="claude").get_settings()
     assert found.base_url == "https://api.anthropic.com/v1" and found.key_ledger == "s3://bucket/ledger"
     assert found.dialect.name == "anthropic"
+
+
+def test_a_refused_create_leaves_no_intent(make_server: MakeServer, tmp_path: Path) -> None:
+    with make_server(api_key="sk-ant-right") as url, BatchClient(settings=settings(url, tmp_path)) as client:
+        with pytest.raises(BatchOpsError, match="401|invalid x-api-key"):
+            client.submit_spec(requests(2), SubmitSpec(endpoint=MESSAGES, idempotency_key="refused"))
+    records = [json.loads(p.read_text()) for p in (tmp_path / "ledger").glob("*.json")]
+    assert all(not r["attempts"] for r in records)  # the intent was dropped: nothing can be lost
