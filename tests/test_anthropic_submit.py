@@ -205,7 +205,18 @@ def test_airflow_connection_without_host_takes_the_providers_root(monkeypatch: p
 
 def test_a_refused_create_leaves_no_intent(make_server: MakeServer, tmp_path: Path) -> None:
     with make_server(api_key="sk-ant-right") as url, BatchClient(settings=settings(url, tmp_path)) as client:
-        with pytest.raises(BatchOpsError, match="401|invalid x-api-key"):
+        with pytest.raises(BatchOpsError, match=r"401|invalid x-api-key"):
             client.submit_spec(requests(2), SubmitSpec(endpoint=MESSAGES, idempotency_key="refused"))
     records = [json.loads(p.read_text()) for p in (tmp_path / "ledger").glob("*.json")]
     assert all(not r["attempts"] for r in records)  # the intent was dropped: nothing can be lost
+
+
+def test_the_key_goes_to_a_results_url_only_on_the_apis_origin(tmp_path: Path) -> None:
+    from batch_ops.dialects import ANTHROPIC
+
+    with BatchClient(settings=settings("https://api.anthropic.com/v1", tmp_path)) as client:
+        own = ANTHROPIC.download_file("https://api.anthropic.com/v1/messages/batches/b/results", tmp_path / "a")
+        foreign = ANTHROPIC.download_file("https://storage.example/b/results?sig=1", tmp_path / "b")
+        assert client._driver.headers(own)["x-api-key"] == "sk-ant-test"
+        assert "x-api-key" not in client._driver.headers(foreign)
+        assert client._driver.headers(foreign)["anthropic-version"] == "2023-06-01"
