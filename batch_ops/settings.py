@@ -118,7 +118,8 @@ class ClientSettings(BaseModel):
     api_key: SecretStr | None = Field(default=None, title="API Key",
                                       description="The API key (Azure OpenAI: the resource key).")
     base_url: str = Field(default=DEFAULT_BASE_URL, title="Base URL",
-                          description="API root including /v1, e.g. https://api.openai.com/v1.")
+                          description="API root including its version, e.g. https://api.openai.com/v1; empty: the "
+                          "provider's own.")
     provider: str | None = Field(
         default=None, title="Provider", json_schema_extra=_provider_names,
         description="The batch API spoken (a dialect of batch_ops.dialects); empty: Azure OpenAI when an Azure API "
@@ -191,13 +192,15 @@ class ClientSettings(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _provider_base_url(cls, data: Any) -> Any:
-        """No base URL given: the provider's own (its dialect's ``default_base_url``), OpenAI's without one."""
-        if isinstance(data, dict) and not data.get("base_url") and data.get("provider"):
+        """No base URL given: the provider's own (an Anthropic key must never be sent to OpenAI)."""
+        if isinstance(data, Mapping) and not (data.get("base_url") or "").strip() and data.get("provider"):
             from batch_ops.dialects import DIALECTS
 
-            found = DIALECTS.get(str(data["provider"]).strip().lower())
-            if found is not None:
-                data = {**data, "base_url": found.default_base_url}
+            dialect = DIALECTS.get(str(data["provider"]).strip().lower())
+            if dialect is not None:
+                return {**data, "base_url": dialect.default_base_url}
+        if isinstance(data, Mapping) and "base_url" in data and not (data.get("base_url") or "").strip():
+            return {k: v for k, v in data.items() if k != "base_url"}
         return data
 
     @field_validator("base_url")
@@ -251,16 +254,10 @@ class ClientSettings(BaseModel):
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ClientSettings:
         """Read ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ``OPENAI_ORG_ID``, ``OPENAI_PROJECT_ID``,
         ``OPENAI_API_VERSION`` (and the ``AZURE_OPENAI_*`` equivalents); ``overrides`` win."""
+        from batch_ops.dialects import AZURE, OPENAI, dialect_named
+
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        key = env.get("OPENAI_API_KEY") or env.get("AZURE_OPENAI_API_KEY")
-        if key:
-            values["api_key"] = key
-        base = env.get("OPENAI_BASE_URL")
-        if not base and env.get("AZURE_OPENAI_ENDPOINT"):
-            base = env["AZURE_OPENAI_ENDPOINT"].rstrip("/") + "/openai"
-        if base:
-            values["base_url"] = base
         for field, names in (
             ("organization", ("OPENAI_ORG_ID", "OPENAI_ORGANIZATION")),
             ("project", ("OPENAI_PROJECT_ID",)),
@@ -274,6 +271,20 @@ class ClientSettings(BaseModel):
                 if env.get(name):
                     values[field] = env[name]
                     break
+        values.update({k: v for k, v in overrides.items() if v is not None and k in ("provider", "api_version")})
+        # The provider decides which variables hold the key and the API root: an Anthropic run reads
+        # ANTHROPIC_API_KEY, never OPENAI_API_KEY (a key must only ever reach its own vendor).
+        try:
+            dialect = dialect_named(values["provider"]) if values.get("provider") else (
+                AZURE if values.get("api_version") else OPENAI)
+        except ValueError as exc:
+            raise ConfigurationError(f"Invalid client settings: provider: {exc}") from None
+        key = next((env[name] for name in dialect.key_env if env.get(name)), None)
+        if key:
+            values["api_key"] = key
+        base = next((env[name].rstrip("/") + suffix for name, suffix in dialect.base_url_env if env.get(name)), None)
+        if base:
+            values["base_url"] = base
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -287,8 +298,9 @@ class ClientSettings(BaseModel):
                 "instead of the settings."
             )
         if self.api_key is None:
+            names = " or ".join(self.dialect.key_env)
             raise ConfigurationError(
-                "No API key: set OPENAI_API_KEY (Azure: AZURE_OPENAI_API_KEY) or pass api_key=... "
+                f"No API key for {self.dialect.title}: set {names} or pass api_key=... "
                 "(the local server accepts any key unless started with --api-key)."
             )
         return self.api_key.get_secret_value()

@@ -36,8 +36,9 @@ from batch_ops.airflow.provider import (
     ui_field_behaviour,
 )
 from batch_ops.client import AsyncBatchClient, BatchClient
+from batch_ops.dialects import DIALECTS, OPENAI
 from batch_ops.errors import ConfigurationError
-from batch_ops.settings import DEFAULT_BASE_URL, ClientSettings
+from batch_ops.settings import ClientSettings
 
 __all__ = ["LegacyOpenAIBatchHook", "OpenAIBatchHook", "settings_from_connection"]
 
@@ -47,18 +48,21 @@ __all__ = ["LegacyOpenAIBatchHook", "OpenAIBatchHook", "settings_from_connection
 _WEBHOOK_FIELDS = ("events_url", "events_token", "safety_poll_interval")
 
 
-def _base_url(host: str | None, *, schema: str | None = None, port: int | None = None) -> str:
-    """The API root from a connection's host, which may be a full URL or a bare host name."""
+def _base_url(host: str | None, *, schema: str | None = None, port: int | None = None,
+              provider: str | None = None) -> str | None:
+    """The API root from a connection's host, which may be a full URL or a bare host name; None when
+    the host is empty (the provider's own root, ``Dialect.default_base_url``)."""
     host = (host or "").strip()
     if not host:
-        return DEFAULT_BASE_URL
+        return None
     if "://" not in host:
         scheme = (schema or "").strip() or "https"
         host = f"{scheme}://{host}" + (f":{port}" if port else "")
     parts = urlsplit(host)
     if parts.path in ("", "/"):
-        # A bare host ("api.openai.com") means the API root, which lives under /v1.
-        host = host.rstrip("/") + "/v1"
+        # A bare host ("api.openai.com") means the API root, under the provider's version path (/v1).
+        default = DIALECTS.get((provider or "").strip().lower(), OPENAI).default_base_url
+        host = host.rstrip("/") + urlsplit(default).path
     return host
 
 
@@ -132,8 +136,7 @@ def settings_from_connection(conn: Any, extra: Mapping[str, Any] | None = None) 
                 f"allowed: {', '.join(sorted(EXTRA_FIELDS))}."
             )
         values.update(extras)
-        if (conn.host or "").strip():  # empty: the provider's own API root (the settings' default)
-            values["base_url"] = _base_url(conn.host, schema=conn.schema, port=conn.port)
+        values["base_url"] = _base_url(conn.host, schema=conn.schema, port=conn.port, provider=extras.get("provider"))
         values["api_key"] = conn.password
     try:
         settings = ClientSettings(**values)

@@ -98,31 +98,44 @@ def _show_version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", "-V", is_eager=True, callback=_show_version,
                            help="Print the version and exit.")
     ] = False,
+    provider: Annotated[
+        str | None,
+        typer.Option("--provider", envvar="BATCH_OPS_PROVIDER", show_default=False, metavar="NAME",
+                     help="The batch API spoken: openai (default), azure, or another of batch_ops.dialects. "
+                          "It decides which environment variables hold the key and the API root."),
+    ] = None,
 ) -> None:
-    """batch_ops: run the OpenAI Batch API from a shell: submit, watch, list, cancel, collect.
+    """batch_ops: run LLM batch APIs from a shell: submit, watch, list, cancel, collect.
 
-    API commands take --base-url, --api-key (env OPENAI_API_KEY), --max-retries and --json
-    (one JSON object on stdout, nothing else).
+    API commands take --base-url, --api-key (env: the provider's own, e.g. OPENAI_API_KEY),
+    --max-retries and --json (one JSON object on stdout, nothing else). Put --provider before
+    the command: batch-ops --provider anthropic submit requests.jsonl.
     """
+    ctx.obj = {"provider": provider}
 
 
 # ---------------------------------------------------------------------------------------------
 # Options shared by the API commands
 # ---------------------------------------------------------------------------------------------
 
+# No envvar on these two: which variable holds the key and the root depends on the provider
+# (ClientSettings.from_env reads the provider's own), and typer cannot know it.
 BaseUrlOption = Annotated[
     str | None,
-    typer.Option("--base-url", envvar="OPENAI_BASE_URL", show_default=False, metavar="URL",
-                 help="API root including /v1 [default: https://api.openai.com/v1; local: http://127.0.0.1:8765/v1]."),
+    typer.Option("--base-url", show_default=False, metavar="URL",
+                 help="API root including its version (env OPENAI_BASE_URL, or the provider's) [default: the "
+                      "provider's, e.g. https://api.openai.com/v1; local: http://127.0.0.1:8765/v1]."),
 ]
 ApiKeyOption = Annotated[
     str | None,
-    typer.Option("--api-key", envvar="OPENAI_API_KEY", show_default=False, metavar="KEY",
-                 help="API key (prefer the environment variable: flags show up in `ps` and shell history)."),
+    typer.Option("--api-key", show_default=False, metavar="KEY",
+                 help="API key (env OPENAI_API_KEY, or the provider's, e.g. ANTHROPIC_API_KEY; prefer the "
+                      "environment variable: flags show up in `ps` and shell history)."),
 ]
 MaxRetriesOption = Annotated[
     int | None,
@@ -204,20 +217,23 @@ class _Out:
         return text
 
 
-def _client(out: _Out, base_url: str | None, api_key: str | None, max_retries: int | None, *,
+def _client(out: _Out, ctx: typer.Context, base_url: str | None, api_key: str | None, max_retries: int | None, *,
             fail_fast: bool = False) -> BatchClient:
     """A client from the flags and the environment (flags win); settings errors exit 4.
 
     ``fail_fast``: an interactive command answering a person at a prompt; unless ``--max-retries``
     says otherwise, it retries within the core's ``interactive`` preset (``RETRY_PRESETS``: 8 s).
     """
-    settings = ClientSettings.from_env(api_key=api_key, base_url=base_url, max_retries=max_retries)
+    provider = (ctx.find_root().obj or {}).get("provider")  # the root's --provider
+    settings = ClientSettings.from_env(api_key=api_key, base_url=base_url, max_retries=max_retries,
+                                       provider=provider)
     if fail_fast and max_retries is None:
         settings = settings.with_retries("interactive")
     if settings.api_key is None:
         # The core's message speaks Python (api_key=...); a shell user needs the flag.
+        dialect = settings.dialect
         raise ConfigurationError(
-            "No API key: set OPENAI_API_KEY (Azure: AZURE_OPENAI_API_KEY) or pass --api-key. "
+            f"No API key for {dialect.title}: set {' or '.join(dialect.key_env)} or pass --api-key. "
             "The local server (batch-ops serve) takes any key unless started with --api-key."
         )
     out.base_url = settings.base_url
@@ -368,6 +384,7 @@ EndpointOption = Annotated[
 
 @app.command(cls=_Command)
 def submit(
+    ctx: typer.Context,
     input_path: InputArgument,
     endpoint: Annotated[
         str, typer.Option("--endpoint", "-e", metavar="ENDPOINT", help="Batch endpoint, e.g. /v1/chat/completions.")
@@ -418,7 +435,7 @@ def submit(
             raise InputValidationError(problems, source=storage.display(input_path), truncated=report.truncated)
         out.note(f"validated {report.lines} requests ({render.human_bytes(report.bytes)}) for {report.endpoint}"
                  + (f", model {report.model}" if report.model else ""))
-        with _client(out, base_url, api_key, max_retries) as client:
+        with _client(out, ctx, base_url, api_key, max_retries) as client:
             submission = client.submit_spec(local, SubmitSpec(
                 endpoint=endpoint, completion_window=completion_window, metadata=meta,
                 output_expires_after=expires, idempotency_key=idempotency_key,
@@ -451,6 +468,7 @@ def _finish_wait(out: _Out, batch: Batch) -> None:
 
 @app.command(cls=_Command)
 def status(
+    ctx: typer.Context,
     batch_id: Annotated[str, typer.Argument(metavar="BATCH_ID", help="The batch id (batch_...).")],
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait until the batch ends, with progress (resumes a timed-out wait).")
@@ -470,7 +488,7 @@ def status(
     """
     out = _Out(json=json_output)
     with _handled(out, batch_id=batch_id if wait else None), \
-            _client(out, base_url, api_key, max_retries, fail_fast=not wait) as client:
+            _client(out, ctx, base_url, api_key, max_retries, fail_fast=not wait) as client:
         batch = client.batches.retrieve(batch_id)
         if wait and not batch.status.is_terminal:
             batch = _wait(client, out, batch_id, poll_interval=poll_interval, timeout=timeout,
@@ -483,6 +501,7 @@ def status(
 
 @app.command("list", cls=_Command)
 def list_batches(
+    ctx: typer.Context,
     limit: Annotated[
         int, typer.Option("--limit", "-n", min=1, max=100, metavar="N", help="Batches per page (1..100).")
     ] = 20,
@@ -498,7 +517,7 @@ def list_batches(
 ) -> None:
     """List batches, newest first, one page (or --all pages)."""
     out = _Out(json=json_output)
-    with _handled(out), _client(out, base_url, api_key, max_retries, fail_fast=True) as client:
+    with _handled(out), _client(out, ctx, base_url, api_key, max_retries, fail_fast=True) as client:
         if all_pages:
             batches = list(client.batches.iter_all(limit=limit, after=after))
             has_more = False
@@ -519,6 +538,7 @@ def list_batches(
 
 @app.command(cls=_Command)
 def orphans(
+    ctx: typer.Context,
     cancel: Annotated[bool, typer.Option("--cancel", help="Cancel the orphans (default: report only).")] = False,
     prefect: Annotated[
         bool, typer.Option("--prefect", help="Ask the Prefect API (PREFECT_API_URL) about each flow run owner.")
@@ -553,7 +573,7 @@ def orphans(
             out.fail("--prefect needs Prefect: pip install 'openai-batch-ops[prefect]'", EXIT_CONFIG,
                      kind="ConfigurationError")
         oracle = lambda owners: asyncio.run(flow_run_states(owners))  # noqa: E731
-    with _handled(out), _client(out, base_url, api_key, max_retries) as client:
+    with _handled(out), _client(out, ctx, base_url, api_key, max_retries) as client:
         report = sweep(client, oracle, cancel=cancel, since=time.time() - since_hours * 3600, min_age=min_age,
                        systems=["prefect"] if prefect else [])
     counts = report.counts()
@@ -567,6 +587,7 @@ def orphans(
 
 @app.command(cls=_Command)
 def cancel(
+    ctx: typer.Context,
     batch_id: Annotated[str, typer.Argument(metavar="BATCH_ID", help="The batch id (batch_...).")],
     wait: Annotated[bool, typer.Option("--wait", help="Wait until the batch has stopped.")] = False,
     poll_interval: PollIntervalOption = 5.0,
@@ -582,7 +603,8 @@ def cancel(
     failed, expired); 5 when --timeout ran out.
     """
     out = _Out(json=json_output)
-    with _handled(out, batch_id=batch_id), _client(out, base_url, api_key, max_retries, fail_fast=not wait) as client:
+    with _handled(out, batch_id=batch_id), \
+            _client(out, ctx, base_url, api_key, max_retries, fail_fast=not wait) as client:
         batch = client.batches.cancel(batch_id)
         if wait and not batch.status.is_terminal:
             batch = _wait(client, out, batch_id, poll_interval=poll_interval, timeout=timeout)
@@ -596,6 +618,7 @@ def cancel(
 
 @app.command(cls=_Command)
 def results(
+    ctx: typer.Context,
     batch_id: Annotated[str, typer.Argument(metavar="BATCH_ID", help="A finished batch (completed, failed, ...).")],
     output: Annotated[
         str, typer.Option("--output", "-o", metavar="PATH",
@@ -629,7 +652,7 @@ def results(
     tally = render.ResultTally()
     with _handled(out):
         _check_output(output)
-    with _handled(out), _client(out, base_url, api_key, max_retries) as client:
+    with _handled(out), _client(out, ctx, base_url, api_key, max_retries) as client:
         batch = client.batches.retrieve(batch_id)
         if not batch.status.is_terminal:
             out.fail(f"Batch {batch.id} is still {describe(batch)}: its results are not ready "
@@ -715,6 +738,7 @@ def shard(
 
 @app.command(cls=_Command)
 def job(
+    ctx: typer.Context,
     input_path: InputArgument,
     endpoint: Annotated[
         str, typer.Option("--endpoint", "-e", metavar="ENDPOINT", help="Batch endpoint, e.g. /v1/chat/completions.")
@@ -772,7 +796,7 @@ def job(
         batch_job = BatchJob.open(input_path, output_path=output, config=config)
         out.note(f"job {batch_job.state.job_id}: {batch_job.state.total} requests in {len(batch_job.state.parts)} "
                  f"part(s); state in {batch_job.state_path}")
-        with _client(out, base_url, api_key, max_retries) as client:
+        with _client(out, ctx, base_url, api_key, max_retries) as client:
 
             def progress(step: Any) -> None:
                 for event in step.events:

@@ -76,6 +76,9 @@ class AnthropicDialect(Dialect):
     name = "anthropic"
     title = "Anthropic Message Batches"
     default_base_url = "https://api.anthropic.com/v1"
+    key_env = ("ANTHROPIC_API_KEY",)
+    #: The SDK's variable names the host (``https://api.anthropic.com``); our base URL ends in ``/v1``.
+    base_url_env = (("ANTHROPIC_BASE_URL", "/v1"),)
     limits = Limits(completion_windows=("24h",), expires=True, max_requests=100_000,
                     max_file_bytes=256 * 1024 * 1024)
     line_shape = ANTHROPIC_LINES

@@ -92,6 +92,14 @@ class Dialect:
     name: ClassVar[str] = "openai"
     #: What a person calls it, for messages and docs.
     title: ClassVar[str] = "OpenAI Batch API"
+    #: The API root when the settings name none (``ClientSettings.base_url`` left empty).
+    default_base_url: ClassVar[str] = "https://api.openai.com/v1"
+    #: Environment variables that hold the key, first found wins (``ClientSettings.from_env``).
+    key_env: ClassVar[tuple[str, ...]] = ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY")
+    #: Environment variables that hold the API root, each with what to append to reach our base URL
+    #: (an SDK's variable may name the host only, e.g. ``ANTHROPIC_BASE_URL`` without ``/v1``).
+    base_url_env: ClassVar[tuple[tuple[str, str], ...]] = (("OPENAI_BASE_URL", ""),
+                                                            ("AZURE_OPENAI_ENDPOINT", "/openai"))
     #: Batch endpoints are spelled without ``/v1`` on the wire (Azure OpenAI's documented form); the
     #: ``/v1`` form is accepted as well.
     short_endpoints: ClassVar[bool] = False
@@ -110,8 +118,6 @@ class Dialect:
     #: Result lines arrive in another shape than OpenAI's output/error lines: each downloaded result
     #: file is rewritten line by line with :meth:`result_line` before anything reads it.
     rewrites_results: ClassVar[bool] = False
-    #: The API root when the settings name none (a provider's own; the settings' default is OpenAI's).
-    default_base_url: ClassVar[str] = "https://api.openai.com/v1"
     #: The API keeps uploaded files and a batch is created from one (``input_file_id``). False: the
     #: create carries the requests themselves (:meth:`inline_body`, :meth:`create_from_file`), and a
     #: retry re-sends exactly the requests it carries.

@@ -40,7 +40,7 @@ from batch_ops.errors import BatchOpsError, ConfigurationError
 from batch_ops.models import Batch
 from batch_ops.prefect.events import webhook_event
 from batch_ops.settings import ClientSettings
-from batch_ops.webhooks.events import BatchEvent
+from batch_ops.webhooks.events import ENDINGS_WINDOW, BatchEvent
 
 __all__ = ["prefect_forwarder", "require_prefect_api"]
 
@@ -52,8 +52,8 @@ EMIT_TIMEOUT = 30.0
 #: Prefect database must delay the announcement by seconds, not by the whole emit budget; Prefect's own
 #: de-duplication still covers the next 30 minutes).
 LOOKUP_TIMEOUT = 5.0
-#: How far back an announcement of the same ending is looked for: OpenAI retries for 72 hours.
-STORED_LOOKBACK = timedelta(hours=73)
+#: How far back an announcement of the same ending is looked for: as long as endings are remembered.
+STORED_LOOKBACK = timedelta(seconds=ENDINGS_WINDOW)
 
 
 def require_prefect_api() -> str:

@@ -29,7 +29,11 @@ from typing import Any
 
 from batch_ops.errors import WebhookVerificationError
 
-__all__ = ["BATCH_EVENT_TYPES", "BatchEvent", "parse_event"]
+__all__ = ["BATCH_EVENT_TYPES", "ENDINGS_WINDOW", "BatchEvent", "parse_event"]
+
+#: Seconds a batch's ending is remembered wherever endings are told apart from repeats (the hub, the
+#: watermark, the Prefect announcement lookup): OpenAI retries a delivery for up to 72 hours; one hour more.
+ENDINGS_WINDOW = 73 * 3600.0
 
 #: The batch events OpenAI sends, and the status each one reports.
 BATCH_EVENT_TYPES = {

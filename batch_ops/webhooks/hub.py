@@ -37,14 +37,12 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-from batch_ops.webhooks.events import BatchEvent
+from batch_ops.webhooks.events import ENDINGS_WINDOW, BatchEvent
 
 __all__ = ["DEFAULT_KEEP", "ENDINGS_WINDOW", "MAX_ENDINGS", "EventHub", "Page", "parse_cursor"]
 
 #: Events kept by default: a day of a busy account's batches, about 2 MB.
 DEFAULT_KEEP = 10_000
-#: Seconds a batch's ending is remembered: OpenAI retries a delivery for up to 72 hours; one hour more.
-ENDINGS_WINDOW = 73 * 3600.0
 #: Endings remembered at most (~170 bytes each, ~17 MB): 3x the 72 hours of a busy account (10,000
 #: endings a day); an account ending more than ~33,000 batches a day forgets the oldest sooner.
 MAX_ENDINGS = 100_000

@@ -42,7 +42,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from batch_ops.webhooks.events import BatchEvent
+from batch_ops.webhooks.events import ENDINGS_WINDOW, BatchEvent
 
 __all__ = ["ENDINGS_WINDOW", "MAX_ENDINGS", "RECENT", "SKEW", "Watermark"]
 
@@ -50,8 +50,6 @@ __all__ = ["ENDINGS_WINDOW", "MAX_ENDINGS", "RECENT", "SKEW", "Watermark"]
 SKEW = 60.0
 #: Ids remembered (the newest): more than a minute of completions on any account we know of.
 RECENT = 1000
-#: Seconds an announced ending is remembered: OpenAI retries a delivery for 72 hours; one hour more.
-ENDINGS_WINDOW = 73 * 3600.0
 #: Announced endings remembered at most (~70 bytes each in the stored JSON, ~700 KB at the bound):
 #: a watcher announcing more than 10,000 batches in 72 hours forgets the oldest sooner.
 MAX_ENDINGS = 10_000

@@ -185,3 +185,27 @@ def test_provider_info_loads_without_airflow() -> None:
     # The providers manager reads it while Airflow itself is starting; core never loads Airflow.
     code = "import sys, batch_ops, batch_ops.airflow.provider; assert 'airflow' not in sys.modules, 'loaded'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_connection_without_host_reaches_its_providers_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty host is the provider's own API root; a bare host takes the provider's version path."""
+    from types import SimpleNamespace
+
+    from batch_ops.airflow.hooks import settings_from_connection
+    from batch_ops.dialects import DIALECTS, Dialect
+
+    class Vendor(Dialect):
+        name = "vendortest"
+        default_base_url = "https://api.vendor.test/v1beta"
+
+    monkeypatch.setitem(DIALECTS, "vendortest", Vendor())
+
+    def conn(host: str | None) -> SimpleNamespace:
+        return SimpleNamespace(conn_id="v", conn_type="openaibatch", host=host, schema=None, port=None,
+                               password="vk-1", extra='{"provider": "vendortest"}')
+
+    assert settings_from_connection(conn(None)).base_url == "https://api.vendor.test/v1beta"
+    assert settings_from_connection(conn("proxy.internal")).base_url == "https://proxy.internal/v1beta"
+    openai = SimpleNamespace(conn_id="o", conn_type="openaibatch", host="", schema=None, port=None,
+                             password="sk-1", extra=None)
+    assert settings_from_connection(openai).base_url == "https://api.openai.com/v1"

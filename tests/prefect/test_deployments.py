@@ -387,6 +387,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, batch_server: ServerURL, sec
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "false",
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        # SQLite's busy timeout: a write waits this long for the lock (Prefect's 10 s default fails a
+        # flow run with "database is locked" when the machine is busy with other work).
+        "PREFECT_API_DATABASE_TIMEOUT": "60",
         "PREFECT_LOCAL_STORAGE_PATH": str(home / "storage"),
         "PREFECT_SERVER_MEMO_STORE_PATH": str(home / "memo_store.toml"),
         "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
