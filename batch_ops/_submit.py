@@ -637,8 +637,17 @@ def _ledger_chains_plan(
             yield Work(partial(ledger.record, key, attempt, batch_id, at=_plans.clock()))
         attempt_of[batch_id] = attempt
     batches = []
-    for batch_id in attempt_of:
-        batches.append((yield from retrieve_batch_plan(batch_id, dialect=dialect, policy=policy)))
+    for batch_id, attempt in attempt_of.items():
+        try:
+            batches.append((yield from retrieve_batch_plan(batch_id, dialect=dialect, policy=policy)))
+        except APIStatusError as exc:
+            if exc.status_code != 404:
+                raise
+            # Deleted: what it ran cannot be known any more. Paying again is the caller's call, not ours.
+            raise BatchOpsError(
+                f"Idempotency key {key!r}: the key ledger ({ledger.describe(key)}) records batch {batch_id} (attempt "
+                f"{attempt!r}), which the API no longer has (deleted). Nothing was created. Fix: submit under a new "
+                "key, or remove the key's record from the ledger to pay for these requests again") from exc
     return chains_of(key, batches, key_of=lambda b: attempt_of.get(b.id))
 
 

@@ -220,3 +220,15 @@ def test_the_key_goes_to_a_results_url_only_on_the_apis_origin(tmp_path: Path) -
         assert client._driver.headers(own)["x-api-key"] == "sk-ant-test"
         assert "x-api-key" not in client._driver.headers(foreign)
         assert client._driver.headers(foreign)["anthropic-version"] == "2023-06-01"
+
+
+def test_a_recorded_batch_deleted_since_is_said_not_paid_again(server_url: str, tmp_path: Path) -> None:
+    with BatchClient(settings=settings(server_url, tmp_path)) as client:
+        sub = client.submit_spec(requests(2), SubmitSpec(endpoint=MESSAGES, idempotency_key="deleted-later"))
+        client.batches.wait(sub.batch.id, poll_interval=0.1, timeout=30)
+        httpx.delete(f"{server_url}/messages/batches/{sub.batch.id}",
+                     headers={"x-api-key": "k", "anthropic-version": "2023-06-01"}).raise_for_status()
+        before = creates(server_url)
+        with pytest.raises(BatchOpsError, match="no longer has") as caught:
+            client.submit_spec(requests(2), SubmitSpec(endpoint=MESSAGES, idempotency_key="deleted-later"))
+        assert sub.batch.id in str(caught.value) and creates(server_url) == before

@@ -99,6 +99,10 @@ class KeyLedger:
     def _file(self, key: str) -> Any:
         return storage.join(self.where, self._name(key))
 
+    def describe(self, key: str) -> str:
+        """Where ``key``'s record is, for messages."""
+        return storage.display(self._file(key))
+
     def lease(self, key: str) -> Lease:
         """The lease of ``key`` (``<record>.lease``); refused where it could not keep tries apart."""
         found = lease_for(self._file(key), ttl=self.ttl)
