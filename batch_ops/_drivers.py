@@ -50,7 +50,7 @@ from batch_ops._http import USER_AGENT, MultipartBody
 from batch_ops._transport import READ_EAGERLY, AiohttpTransport
 from batch_ops.aio import within
 from batch_ops.dialects import Dialect
-from batch_ops.effects import Notify, Reply, Send, Sleep, Work
+from batch_ops.effects import Notify, Reply, Send, Sleep, Work, same_origin
 from batch_ops.errors import BatchOpsError
 from batch_ops.settings import ClientSettings
 
@@ -163,7 +163,8 @@ class Driver:
     def headers(self, send: Send) -> dict[str, str]:
         """The headers of ``send``: ours, and the credentials only where the plan says they may go
         (``send.auth``: not to another origin after a redirect). A new dict: the caller may add to it."""
-        if send.auth:
+        # An absolute URL the API handed out (Anthropic's results_url) gets the key only on the API's own origin.
+        if send.auth and (send.url is None or same_origin(send.url, self.settings.base_url)):
             return {**self._base_headers, **(send.headers or {}), **self.dialect.auth_headers(self.settings)}
         return {**self._base_headers, **(send.headers or {})}
 

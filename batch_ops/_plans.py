@@ -180,8 +180,9 @@ def find_by_key_plan(key: str, *, since: float, dialect: Dialect,
 
 def create_plan(
     body: Mapping[str, Any], *, key: str, key_may_exist: bool, dialect: Dialect, policy: RetryPolicy,
-    lookback: float
-) -> Generator[Send | Sleep, Any, Batch]:
+    lookback: float, send: Send | None = None,
+    lookup: Callable[[float], Generator[Any, Any, Batch | None]] | None = None,
+) -> Generator[Any, Any, Batch]:
     """Create a batch at most once.
 
     A create is not idempotent on the server. So: when the key may already have been used
@@ -189,18 +190,27 @@ def create_plan(
     that may have reached the server (timeout, dropped connection, 5xx, 408, 409, an answer that
     is not a batch), look it up again before re-sending. A 429 or a refused connection means
     nothing was created. ``key`` is the one ``body`` carries (``dialect.create_body`` wrote it).
+
+    ``send``: the create call itself, when it is not ``dialect.create_batch(body)`` (a body streamed
+    from a work file); ``lookup(since)``: how a create that may have happened is looked for, when the
+    batch cannot carry ``key`` (the key ledger's rule); default: by ``key`` in the batch list.
     """
+    def find(since: float) -> Generator[Any, Any, Batch | None]:
+        if lookup is not None:
+            return (yield from lookup(since))
+        return (yield from find_by_key_plan(key, since=since, dialect=dialect, policy=policy))
+
     if key_may_exist:
-        found = yield from find_by_key_plan(key, since=clock() - lookback, dialect=dialect, policy=policy)
+        found = yield from find(clock() - lookback)
         if found is not None:
             return found
     started = clock()
-    first = send = dialect.create_batch(body)
+    first = send = send or dialect.create_batch(body)
     attempt = redirects = 0
     may_exist = False
     while True:
         if may_exist:
-            found = yield from find_by_key_plan(key, since=started - LOOKBACK_SKEW, dialect=dialect, policy=policy)
+            found = yield from find(started - LOOKBACK_SKEW)
             if found is not None:
                 return found
         reply: Reply = yield send

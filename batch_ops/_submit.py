@@ -88,6 +88,7 @@ from batch_ops.identity.keys import (
     new_idempotency_key,
     parse_attempt,
 )
+from batch_ops.identity.ledger import KeyLedger, LedgerEntry
 from batch_ops.jsonl import (
     filter_requests,
     holds_neutral_requests,
@@ -284,8 +285,8 @@ class Submission:
         batch, step = self.batch, self.step
         if self.created:
             carried = f", carrying {self.carried} requests" if self.carried is not None else ""
-            said = f"Created batch {batch.id} from file {batch.input_file_id} (attempt {step.number}{carried}; " \
-                   f"{step.reason})"
+            source = f" from file {batch.input_file_id}" if batch.input_file_id else ""
+            said = f"Created batch {batch.id}{source} (attempt {step.number}{carried}; {step.reason})"
         else:
             said = f"Re-attaching to batch {batch.id} ({describe(batch)}): {step.reason}"
         return (("info", said),
@@ -488,9 +489,12 @@ def _own_chains_plan(
 
 
 def find_chain_plan(
-    key: str, *, since: float, dialect: Dialect, policy: RetryPolicy, fingerprint: str | None = None
-) -> Generator[Send | Sleep, Any, AttemptChain]:
-    """The chain of ``key`` for the requests of ``fingerprint``, from the batch list (one scan).
+    key: str, *, since: float, dialect: Dialect, policy: RetryPolicy, fingerprint: str | None = None,
+    ledger: KeyLedger | None = None,
+) -> Generator[Send | Sleep | Work, Any, AttemptChain]:
+    """The chain of ``key`` for the requests of ``fingerprint``, from the batch list (one scan), or from
+    the key ledger's record when the dialect's batches cannot carry the key (``ledger``; a create whose
+    answer was lost is not resolved here: the next submit of the key does that).
 
     Without a fingerprint: the key's newest chain (the one whose latest batch is newest; a key
     used for one set of requests has just one). Newest first, the first batch of the key seen
@@ -503,7 +507,10 @@ def find_chain_plan(
             wanted.append(found)
         return number == 0 and found == wanted[0]
 
-    chains = yield from find_chains_plan(key, since=since, dialect=dialect, policy=policy, until=until)
+    if ledger is not None and not dialect.carries_key:
+        chains = yield from _ledger_chains_plan(key, ledger, dialect=dialect, policy=policy, resolve=False)
+    else:
+        chains = yield from find_chains_plan(key, since=since, dialect=dialect, policy=policy, until=until)
     if fingerprint is not None:
         return chains.get(fingerprint) or AttemptChain(key, fingerprint=fingerprint)
     if not chains:
@@ -603,6 +610,99 @@ def _reconcile_plan(
     if winner.id != ours.id and not cancelled:
         cancelled = yield from _cancel_plan([ours], dialect=dialect, policy=policy)
     return winner, cancelled
+
+
+# ---------------------------------------------------------------------------------------------
+# a dialect without a file store, and whose batches cannot carry the key: the key ledger
+# ---------------------------------------------------------------------------------------------
+
+
+def _lost_create_plan(
+    entry: LedgerEntry, ledger: KeyLedger, *, dialect: Dialect, policy: RetryPolicy
+) -> Generator[Send | Sleep | Work, Any, Batch | None]:
+    """The batch a create recorded only as an intent made, if the list shows exactly one that can be it
+    (see :mod:`batch_ops.identity.ledger`); None when none can; an error naming them when several can."""
+    start, end = entry.intent_at - LOOKBACK_SKEW, entry.intent_at + policy.max_elapsed + LOOKBACK_SKEW
+
+    def fits(batch: Batch) -> bool:
+        return start <= batch.created_at <= end and batch.request_counts.total == entry.carried
+
+    candidates = yield from _scan_plan(since=start, keep=fits, dialect=dialect, policy=policy)
+    if not candidates:
+        return None
+    claimed = yield Work(ledger.claimed)
+    free = [b for b in candidates if b.id not in claimed]
+    if len(free) > 1:
+        ids = ", ".join(b.id for b in free)
+        raise BatchOpsError(
+            f"Attempt {entry.attempt!r}: its create (carrying {entry.carried} requests, sent at "
+            f"{entry.intent_at:.0f}) lost its answer, and {len(free)} batches of that size created then are recorded "
+            f"under no key: {ids}. Nothing was created. Fix: cancel and delete the ones this run did not create, "
+            "then try again (the one left is recorded and attached)")
+    return free[0] if free else None
+
+
+def _ledger_chains_plan(
+    key: str, ledger: KeyLedger, *, dialect: Dialect, policy: RetryPolicy, resolve: bool = True
+) -> Generator[Send | Sleep | Work, Any, dict[str | None, AttemptChain]]:
+    """The chains of ``key`` from the ledger's record: each recorded batch retrieved; with ``resolve``
+    (a submit, holding the key's lease) an intent without a batch is resolved first
+    (:func:`_lost_create_plan`), else left out."""
+    entries: dict[str, LedgerEntry] = yield Work(partial(ledger.entries, key))
+    attempt_of: dict[str, str] = {}
+    for attempt, entry in entries.items():
+        batch_id = entry.batch_id
+        if batch_id is None and not resolve:
+            continue
+        if batch_id is None:
+            found = yield from _lost_create_plan(entry, ledger, dialect=dialect, policy=policy)
+            if found is None:
+                yield Work(partial(ledger.forget, key, attempt))  # the create never landed
+                continue
+            batch_id = found.id
+            yield Work(partial(ledger.record, key, attempt, batch_id, at=_plans.clock()))
+        attempt_of[batch_id] = attempt
+    batches = []
+    for batch_id, attempt in attempt_of.items():
+        try:
+            batches.append((yield from retrieve_batch_plan(batch_id, dialect=dialect, policy=policy)))
+        except APIStatusError as exc:
+            if exc.status_code != 404:
+                raise
+            # Deleted: what it ran cannot be known any more. Paying again is the caller's call, not ours.
+            raise BatchOpsError(
+                f"Idempotency key {key!r}: the key ledger ({ledger.describe(key)}) records batch {batch_id} (attempt "
+                f"{attempt!r}), which the API no longer has (deleted). Nothing was created. Fix: submit under a new "
+                "key, or remove the key's record from the ledger to pay for these requests again") from exc
+    return chains_of(key, batches, key_of=lambda b: attempt_of.get(b.id))
+
+
+def _inline_create_plan(
+    requests: Path, *, key: str, attempt: str, ledger: KeyLedger, workdir: Path, dialect: Dialect,
+    policy: RetryPolicy,
+) -> Generator[Send | Sleep | Work, Any, tuple[Batch, int]]:
+    """Create a batch that carries ``requests`` itself (no file store): the body written to a work file and
+    streamed; the intent recorded before the create is sent, the batch right after; a lost answer looked
+    for as the ledger says (never re-sent blindly). Returns the batch and how many requests it carries."""
+    body = workdir / f"create-{hashlib.sha256(attempt.encode()).hexdigest()[:16]}.json"
+    carried: int = yield Work(partial(dialect.inline_body, requests, body))
+    sent_at = _plans.clock()
+    yield Work(partial(ledger.intend, key, attempt, carried=carried, at=sent_at))
+    entry = LedgerEntry(attempt, sent_at, carried)
+
+    def lookup(since: float) -> Generator[Send | Sleep | Work, Any, Batch | None]:
+        return (yield from _lost_create_plan(entry, ledger, dialect=dialect, policy=policy))
+
+    try:
+        batch = yield from create_plan({}, key=attempt, key_may_exist=False, dialect=dialect, policy=policy,
+                                       lookback=0.0, send=dialect.create_from_file(body), lookup=lookup)
+    except BatchOpsError as exc:
+        if is_permanent(exc):  # refused for good: nothing was created, the intent is void
+            yield Work(partial(ledger.forget, key, attempt))
+        raise
+    yield Work(partial(ledger.record, key, attempt, batch.id, at=_plans.clock()))
+    yield Work(partial(body.unlink, missing_ok=True))
+    return batch, carried
 
 
 # ---------------------------------------------------------------------------------------------
@@ -708,15 +808,57 @@ def _choose_plan(
 
 
 def submit_plan(
-    spec: SubmitSpec, source: Source, *, workdir: Path, dialect: Dialect, policy: RetryPolicy, lookback: float
+    spec: SubmitSpec, source: Source, *, workdir: Path, dialect: Dialect, policy: RetryPolicy, lookback: float,
+    ledger: KeyLedger | None = None,
 ) -> Generator[Send | Sleep | Work, Any, Submission]:
     """Validate → fingerprint → find the chain → attach, or upload → create at most once → reconcile.
 
-    ``workdir`` is an empty scratch directory the driver owns (and removes afterwards).
+    ``workdir`` is an empty scratch directory the driver owns (and removes afterwards). ``ledger``: where
+    key → batch is recorded for a dialect whose batches cannot carry the key (``carries_key`` False;
+    required then): a keyed submit holds the key's lease from the lookup to the record, so two tries
+    of one key make one batch (:mod:`batch_ops.identity.ledger`).
     """
+    if source.file_id is not None and not dialect.stores_files:
+        raise InputValidationError([Problem(
+            rule="invalid_source", param="source", message=f"{dialect.title} keep no uploaded files: a batch carries "
+            f"its requests (got file id {source.file_id!r})", fix="pass the request file or the request dicts")],
+            source="batch parameters")
+    if dialect.carries_key:
+        ledger = None
+    elif ledger is None:
+        raise BatchOpsError(f"{dialect.title} batches cannot carry the idempotency key: a submit needs a key ledger "
+                            "(the clients pass the one ClientSettings.key_ledger names)")
     given = spec.idempotency_key is not None
     key = check_idempotency_key(spec.idempotency_key) if given else new_idempotency_key()
     assert key is not None
+    if ledger is None or not (given and spec.reattach):
+        return (yield from _submit_plan(spec, source, key, workdir=workdir, dialect=dialect, policy=policy,
+                                        lookback=lookback, ledger=ledger))
+    lease = yield Work(partial(ledger.lease, key))
+    waited = _plans.clock()
+    while not (yield Work(lease.acquire)):
+        if _plans.clock() - waited > max(policy.max_elapsed, 60.0):
+            raise BatchOpsError(f"Idempotency key {key!r}: another try ({lease.holder()}) has held the key's ledger "
+                                f"lease for {_plans.clock() - waited:.0f} s; nothing was created. Fix: try again once "
+                                "it has ended (a try that died frees it at once on a local ledger, after the lease's "
+                                "ttl on S3)")
+        yield Sleep(lease.retry_after, f"Idempotency key {key!r}: another try ({lease.holder()}) is submitting it; "
+                                       f"looking again in {lease.retry_after:.1f} s")
+    try:
+        found = yield from _submit_plan(spec, source, key, workdir=workdir, dialect=dialect, policy=policy,
+                                        lookback=lookback, ledger=ledger)
+    except BaseException:
+        lease.release()  # a plan that is closed cannot yield: the release is a small write
+        raise
+    yield Work(lease.release)
+    return found
+
+
+def _submit_plan(
+    spec: SubmitSpec, source: Source, key: str, *, workdir: Path, dialect: Dialect, policy: RetryPolicy,
+    lookback: float, ledger: KeyLedger | None,
+) -> Generator[Send | Sleep | Work, Any, Submission]:
+    given = spec.idempotency_key is not None
     # Every parameter is checked before anything is sent (the longest attempt key included).
     dialect.create_body(input_file_id="pending", endpoint=spec.endpoint, completion_window=spec.completion_window,
                         metadata=spec.metadata, output_expires_after=spec.output_expires_after,
@@ -749,7 +891,9 @@ def submit_plan(
             prepared = yield Work(partial(_prepare, source, spec.endpoint, workdir, dialect))
             fingerprint, downloaded = yield from _fingerprint_plan(source, prepared, workdir=workdir,
                                                                    dialect=dialect, policy=policy)
-            if keyed and source.file_id is None:
+            if keyed and ledger is not None:
+                chains = yield from _ledger_chains_plan(key, ledger, dialect=dialect, policy=policy)
+            elif keyed and source.file_id is None:
                 chains, old = yield from _own_chains_plan(key, legacy, since=since, dialect=dialect, policy=policy,
                                                           until=_attempt_zero(fingerprint))
             choice = yield from _choose_plan(key, fingerprint, chains, workdir=workdir, dialect=dialect, policy=policy)
@@ -785,8 +929,8 @@ def submit_plan(
     carried = prepared.lines
     last = chain.last
     if last is not None:
-        if not any(r.kind in ("output", "results") for b in (last.batch, *last.duplicates)
-                   for r in dialect.result_files(b)):
+        if dialect.stores_files and not any(r.kind in ("output", "results") for b in (last.batch, *last.duplicates)
+                                            for r in dialect.result_files(b)):
             # Nothing of the last attempt succeeded (it failed, or expired before running anything):
             # the next attempt carries exactly what it carried, already uploaded.
             upload, file_id = None, last.batch.input_file_id
@@ -805,6 +949,11 @@ def submit_plan(
                             satisfied=True)
 
     attempt = chain.attempt_key(number)
+    if ledger is not None:
+        assert upload is not None  # no file store: the requests are always at hand
+        batch, carried = yield from _inline_create_plan(upload, key=key, attempt=attempt, ledger=ledger,
+                                                        workdir=workdir, dialect=dialect, policy=policy)
+        return made(chain.with_attempt(number, batch), replace(step, batch=batch), created=True, carried=carried)
     fresh_upload: FileObject | None = None
     reused = False
     if upload is not None:

@@ -43,11 +43,12 @@ from batch_ops.chain import Attempt, AttemptChain
 from batch_ops.dialects import Dialect
 from batch_ops.errors import BatchOpsError, BatchTimeoutError, ConfigurationError, InputValidationError, Problem
 from batch_ops.identity.keys import new_idempotency_key
+from batch_ops.identity.ledger import KeyLedger
 from batch_ops.models import Batch, BatchList, BatchStatus, FileList, FileObject, ResultLine
 from batch_ops.outcomes import DEFAULT_FAIL_ON, DEFAULT_WAIT_TIMEOUT
 from batch_ops.polling import BatchPoller, Poll, WaitMany
 from batch_ops.process_state import STATE
-from batch_ops.results import join_chain_results
+from batch_ops.results import join_chain_results, result_ids_file
 from batch_ops.settings import ClientSettings, settings_error
 from batch_ops.storage import Location, StorageTarget
 
@@ -146,6 +147,8 @@ class _Base:
         )
         #: What every plan is driven with: the dialect that speaks the wire, the retry policy.
         self._wire: Mapping[str, Any] = MappingProxyType({"dialect": self.dialect, "policy": self.retry_policy})
+        #: Where key → batch is recorded when the dialect's batches cannot carry the key (Anthropic).
+        self._ledger = None if self.dialect.carries_key else KeyLedger(settings.key_ledger)
 
     def _create_plan(self, *, input_file_id: str, endpoint: str, completion_window: str,
                      metadata: Mapping[str, str] | None, output_expires_after: Mapping[str, Any] | None) -> Any:
@@ -253,7 +256,8 @@ class _BatchPlans(_Calls):
 
     def chain(self, key: str, *, since: float | None = None,
               fingerprint: str | None = None) -> Generator[Any, Any, AttemptChain]:
-        """Every attempt of ``key``, from the batch list alone.
+        """Every attempt of ``key``, from the batch list alone (or the key ledger, for a provider whose batches
+        cannot carry the key).
 
         A key used for other requests over time has one chain per set of requests (see
         :mod:`batch_ops.chain`): ``fingerprint`` picks one (``Submission.fingerprint``, or
@@ -262,7 +266,8 @@ class _BatchPlans(_Calls):
         Examples:
             >>> # chain = client.batches.chain("nightly-1"); chain.batch_ids, chain.latest.status
         """
-        return find_chain_plan(key, since=_since(self._c, since), **self._c._wire, fingerprint=fingerprint)
+        return find_chain_plan(key, since=_since(self._c, since), **self._c._wire, fingerprint=fingerprint,
+                               ledger=self._c._ledger)
 
     def wait(
         self,
@@ -459,7 +464,7 @@ class BatchClient(_Base):
         workdir = Path(tempfile.mkdtemp(prefix="batch_ops_submit_"))
         try:
             return self._run(submit_plan(spec, src, workdir=workdir, **self._wire,  # type: ignore[no-any-return]
-                                         lookback=self.settings.idempotency_lookback))
+                                         lookback=self.settings.idempotency_lookback, ledger=self._ledger))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -491,6 +496,8 @@ class BatchClient(_Base):
                 inp = storage.stage(input_path, tmp / "input.jsonl")
             elif input_path:
                 inp = Path(input_path)
+            elif not self.dialect.stores_files:  # no input file to read back: attempt 0 answered every request
+                inp = result_ids_file([p for o, e, n in pairs if n == 0 for p in (o, e)], tmp / "input.jsonl")
             else:
                 inp = cast(Path, self.files.download(first.input_file_id, tmp / "input.jsonl"))
             yield from join_chain_results(input_path=inp, attempts=pairs, id_field=self.dialect.line_shape.id_field)
@@ -731,7 +738,7 @@ class AsyncBatchClient(_Base):
         workdir = Path(await asyncio.to_thread(tempfile.mkdtemp, "", "batch_ops_submit_"))
         try:
             return await self._run(submit_plan(spec, src, workdir=workdir, **self._wire,  # type: ignore[no-any-return]
-                                               lookback=self.settings.idempotency_lookback))
+                                               lookback=self.settings.idempotency_lookback, ledger=self._ledger))
         finally:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
 
@@ -754,6 +761,9 @@ class AsyncBatchClient(_Base):
                 inp = await asyncio.to_thread(storage.stage, input_path, tmp / "input.jsonl")
             elif input_path:
                 inp = Path(input_path)
+            elif not self.dialect.stores_files:  # no input file to read back: attempt 0 answered every request
+                inp = await asyncio.to_thread(result_ids_file, [p for o, e, n in pairs if n == 0 for p in (o, e)],
+                                              tmp / "input.jsonl")
             else:
                 inp = cast(Path, await self.files.download(chain.attempts[0].batch.input_file_id, tmp / "input.jsonl"))
             joined = join_chain_results(input_path=inp, attempts=pairs, id_field=self.dialect.line_shape.id_field)

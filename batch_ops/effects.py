@@ -48,6 +48,7 @@ __all__ = [
     "follow",
     "list_params",
     "parse",
+    "same_origin",
 ]
 
 
@@ -187,6 +188,17 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
     return (parts.scheme, (parts.hostname or "").lower(), port)
+
+
+def same_origin(url: str, base: str) -> bool:
+    """``url`` is on ``base``'s origin (scheme, host, port): where credentials meant for ``base`` may go.
+
+    Examples:
+        >>> same_origin("https://api.example/v1/x", "https://api.example/v1"), same_origin("https://cdn.example/x",
+        ...                                                                              "https://api.example/v1")
+        (True, False)
+    """
+    return _origin(url) == _origin(base)
 
 
 def follow(send: Send, reply: Reply, location: str) -> Send:

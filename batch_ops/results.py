@@ -34,6 +34,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 from pydantic import ValidationError
@@ -202,6 +203,19 @@ def split_results(
         if not count:
             os.unlink(target)
     return counts[0], counts[1]
+
+
+def result_ids_file(paths: Sequence[PathLike | None], dest: Path) -> Path:
+    """Write ``{"custom_id": …}`` for each line of the result files ``paths`` to ``dest`` (the requests of a
+    batch whose input cannot be read back — an API without a file store — known from its results, which
+    hold one line per request); returns ``dest``."""
+    with atomic_file(dest) as out:
+        for path in paths:
+            if path is None:
+                continue
+            for _offset, _n, custom_id, _ok in _scan(os.fspath(path)):
+                out.write(json.dumps({"custom_id": custom_id}).encode() + b"\n")
+    return dest
 
 
 def _result_ok(obj: dict[str, Any]) -> bool:

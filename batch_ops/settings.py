@@ -99,6 +99,8 @@ class ClientSettings(BaseModel):
         retry_max_elapsed: total seconds one call may spend retrying, whatever ``max_retries`` says.
         backoff_initial / backoff_max: exponential back-off bounds (full jitter).
         idempotency_lookback: seconds of batch history searched for an idempotency key.
+        key_ledger: where key -> batch is recorded for a provider whose batches cannot carry the key
+            (``BATCH_OPS_KEY_LEDGER``; see :mod:`batch_ops.identity.ledger`).
         events_url: a webhook receiver's events URL (``BATCH_OPS_EVENTS_URL``, e.g.
             ``http://receiver:8780/events``): async waits wake on the batch's webhook event and
             poll only every ``safety_poll_interval`` seconds (default 1800) in case one is lost.
@@ -143,6 +145,11 @@ class ClientSettings(BaseModel):
                                description="The longest pause between two retries, in seconds.")
     idempotency_lookback: float = Field(default=7 * 86400, gt=0, title="Idempotency lookback",
                                         description="Seconds of batch history searched for a run's earlier batches.")
+    key_ledger: str | None = Field(
+        default=None, title="Key ledger",
+        description="For providers whose batches cannot carry the idempotency key (Anthropic): the folder where "
+        "submits record key -> batch, shared by every worker that may retry the work (a local folder or an s3:// "
+        "URL); empty: ~/.batch_ops/key-ledger on this machine only.")
     events_url: str | None = Field(
         default=None, title="Webhook events URL",
         description="The webhook receiver's events URL (batch-ops webhooks serve), e.g. http://receiver:8780/events: "
@@ -261,6 +268,7 @@ class ClientSettings(BaseModel):
             ("api_version", ("OPENAI_API_VERSION", "AZURE_OPENAI_API_VERSION")),
             ("provider", ("BATCH_OPS_PROVIDER",)),
             ("events_url", ("BATCH_OPS_EVENTS_URL",)),
+            ("key_ledger", ("BATCH_OPS_KEY_LEDGER",)),
             ("events_token", ("BATCH_OPS_EVENTS_TOKEN",)),
         ):
             for name in names:

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1] / "batch_ops"
 #: stands for the module and everything under it (``jsonl`` is the package and its modules).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("_version", "errors", "aio", "_deprecated", "process_state", "locks", "_files")),
-    ("data", ("models", "storage", "_http", "_transport")),
+    ("data", ("models", "storage", "_http", "_transport", "leases")),
     ("files", ("neutral", "jsonl", "results", "identity.fingerprint")),
     ("wire", ("effects", "identity", "dialects", "settings")),
     ("decisions", ("outcomes", "polling", "chain", "fingerprint")),

@@ -86,6 +86,8 @@ def test_blocks_meant_to_run_run(item: tuple[Path, int, str], tmp_path: Path, mo
     with serve_in_background() as url:
         monkeypatch.setenv("OPENAI_BASE_URL", str(url))
         monkeypatch.setenv("OPENAI_API_KEY", "sk-local-dev-7f3a")
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", str(url).removesuffix("/v1"))  # the SDK's variable: the host
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-local-dev-7f3a")
         scope: dict[str, Any] = {"__name__": "__docs__"}
         exec(compile(code, f"{page.name}:{line}", "exec"), scope)  # running the snippet is the point
     printed = capsys.readouterr().out

@@ -11,13 +11,14 @@ Examples:
     >>> dialect_for(ClientSettings(api_key="k", api_version="2024-10-21")).name
     'azure'
     >>> sorted(DIALECTS)
-    ['azure', 'deepinfra', 'gemini', 'groq', 'novita', 'openai', 'openai_compatible', 'together']
+    ['anthropic', 'azure', 'deepinfra', 'gemini', 'groq', 'novita', 'openai', 'openai_compatible', 'together']
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from batch_ops.dialects.anthropic import AnthropicDialect
 from batch_ops.dialects.azure import AzureDialect
 from batch_ops.dialects.base import Dialect, Limits, ResultFile
 from batch_ops.dialects.gemini import GeminiDialect
@@ -33,15 +34,16 @@ from batch_ops.dialects.profiles import (
 if TYPE_CHECKING:
     from batch_ops.settings import ClientSettings
 
-__all__ = ["AZURE", "DIALECTS", "GEMINI", "OPENAI", "AzureDialect", "DeepInfraDialect", "Dialect", "GeminiDialect",
-           "GroqDialect", "Limits", "NovitaDialect", "OpenAICompatibleDialect", "OpenAIDialect", "ResultFile",
-           "TogetherDialect", "dialect_for", "dialect_named"]
+__all__ = ["ANTHROPIC", "AZURE", "DIALECTS", "GEMINI", "OPENAI", "AnthropicDialect", "AzureDialect", "DeepInfraDialect",
+           "Dialect", "GeminiDialect", "GroqDialect", "Limits", "NovitaDialect", "OpenAICompatibleDialect",
+           "OpenAIDialect", "ResultFile", "TogetherDialect", "dialect_for", "dialect_named"]
 
 OPENAI = OpenAIDialect()
 AZURE = AzureDialect()
+ANTHROPIC = AnthropicDialect()
 GEMINI = GeminiDialect()
 #: Every dialect, by the provider name settings use.
-DIALECTS: dict[str, Dialect] = {d.name: d for d in (OPENAI, AZURE, GEMINI, GroqDialect(), TogetherDialect(),
+DIALECTS: dict[str, Dialect] = {d.name: d for d in (OPENAI, AZURE, ANTHROPIC, GEMINI, GroqDialect(), TogetherDialect(),
                                                     DeepInfraDialect(), NovitaDialect(), OpenAICompatibleDialect())}
 
 

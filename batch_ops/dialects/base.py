@@ -128,6 +128,14 @@ class Dialect:
     #: An uploaded batch input can be downloaded again (results are joined to it when no request file
     #: is given). False: Gemini hands back generated files only.
     downloads_uploads: ClassVar[bool] = True
+    #: The API keeps uploaded files and a batch is created from one (``input_file_id``). False: the
+    #: create carries the requests themselves (:meth:`inline_body`, :meth:`create_from_file`), and a
+    #: retry re-sends exactly the requests it carries.
+    stores_files: ClassVar[bool] = True
+    #: A batch can carry our idempotency key (:meth:`key_of`), so a key's batches are found by listing.
+    #: False (Anthropic has no batch metadata): the submit records key → batch in a durable key
+    #: ledger instead (:mod:`batch_ops.identity.ledger`).
+    carries_key: ClassVar[bool] = True
 
     # -- addressing and credentials -------------------------------------------------------------
     def auth_headers(self, settings: ClientSettings) -> dict[str, str]:
@@ -216,6 +224,15 @@ class Dialect:
 
     def retrieve_batch(self, batch_id: str, *, deadline: float | None = None) -> Send:
         return Send("GET", api_path("/batches/{batch_id}", batch_id=batch_id), deadline=deadline)
+
+    def inline_body(self, requests: Path, dest: Path) -> int:
+        """(Without a file store) write the create body carrying the validated request file ``requests`` to
+        ``dest``, streamed (blocking file work: a plan runs it as a ``Work``); the number of requests."""
+        raise NotImplementedError(f"{self.title} creates batches from uploaded files")
+
+    def create_from_file(self, body: Path) -> Send:
+        """(Without a file store) the create call, the body :meth:`inline_body` wrote streamed from disk."""
+        raise NotImplementedError(f"{self.title} creates batches from uploaded files")
 
     def cancel_batch(self, batch_id: str) -> Send:
         return Send("POST", api_path("/batches/{batch_id}/cancel", batch_id=batch_id))

@@ -77,6 +77,7 @@ class OpenAIBatchCredentials(CredentialsBlock):
     backoff_initial: float | None = _setting("backoff_initial")
     backoff_max: float | None = _setting("backoff_max")
     idempotency_lookback: float | None = _setting("idempotency_lookback")
+    key_ledger: str | None = _setting("key_ledger")
     events_url: str | None = _setting("events_url")
     events_token: SecretStr | None = _setting("events_token")
     safety_poll_interval: float | None = _setting("safety_poll_interval")

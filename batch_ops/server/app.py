@@ -45,6 +45,7 @@ from starlette.types import Message, Receive, Scope, Send
 from batch_ops._files import atomic_file
 from batch_ops.jsonl import DEFAULT_MAX_BYTES, MAX_LINE_BYTES
 from batch_ops.models import BATCH_ENDPOINTS, check_create_params
+from batch_ops.server import anthropic_api
 from batch_ops.server.engines import EchoEngine, api_error_body, make_engine
 from batch_ops.server.faults import FaultPlan, losing_response
 from batch_ops.server.gemini_api import GeminiApi, gemini_scope, is_gemini_path
@@ -58,8 +59,9 @@ from batch_ops.server.webhooks import WebhookSender
 
 __all__ = ["BatchOpsApp", "create_app", "error_response"]
 
-#: An id in a path (batch_..., Gemini's gbatch_..., file-...), replaced by {id} when counting calls.
-_ID = re.compile(r"(?<=/)(?:batch_|gbatch_|file-)[\w-]+")
+#: An id in a path (batch_..., Anthropic's msgbatch_..., Gemini's gbatch_..., file-...), replaced by {id}
+#: when counting calls.
+_ID = re.compile(r"(?<=/)(?:batch_|msgbatch_|gbatch_|file-)[\w-]+")
 
 #: Purposes the Files API accepts on upload.
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
@@ -469,8 +471,9 @@ class BatchOpsApp(Starlette):
         api = _Api(options=options, store=self.store, processor=self.processor)
         self.gemini = GeminiApi(options=options, store=self.store, processor=self.processor)
         self.calls = api.calls
+        anthropic = anthropic_api.AnthropicApi(options=options, store=self.store, processor=self.processor)
         super().__init__(
-            routes=api.routes() + self.gemini.routes(),
+            routes=api.routes() + self.gemini.routes() + anthropic.routes(),
             middleware=[Middleware(GZipMiddleware, minimum_size=500)] if options.gzip else None,
             lifespan=self._lifespan,
             exception_handlers={_ApiError: _api_error, HTTPException: _http_error, Exception: _server_error},
@@ -518,6 +521,8 @@ class BatchOpsApp(Starlette):
 
     def _denied(self, scope: Scope) -> Response | None:
         """A 401 when the server has a key and the call does not carry it; None when allowed."""
+        if scope["path"].startswith(anthropic_api.ANTHROPIC_PREFIX):
+            return anthropic_api.denied(scope, self._key)  # Anthropic's header and error shape
         if self._key is None:
             return None
         if is_gemini_path(scope["path"]):

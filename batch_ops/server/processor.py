@@ -298,28 +298,33 @@ class Processor:
     async def _validate(self, row: BatchRow) -> bool:
         """Check the input file; True when the batch moved on (``in_progress`` or ``cancelling``)."""
         path = self.store.file_path(row.input_file_id)
-        try:
-            # Lines as the wire's vendor writes them (Together's: no method or url).
-            shape = TOGETHER_LINES if self.options.wire == "together" else OPENAI_LINES
-            report, problems = await asyncio.to_thread(check_file, path, endpoint=row.endpoint, azure=True,
-                                                       shape=shape)
-        except OSError as exc:
-            message = f"The input file {row.input_file_id} could not be read: {exc.strerror}."
-            self._fail(row.id, [_error("file_not_found", message, param="input_file_id")])
-            return False
-        if problems:
-            self._fail(row.id, [_error(p.rule, p.message, line=p.line, param=p.param) for p in problems])
-            return False
+        checked = row.obj.get("request_total")
+        if isinstance(checked, int):  # another wire's route checked every request at create (Anthropic's)
+            lines, model = checked, None
+        else:
+            try:
+                # Lines as the wire's vendor writes them (Together's: no method or url).
+                shape = TOGETHER_LINES if self.options.wire == "together" else OPENAI_LINES
+                report, problems = await asyncio.to_thread(check_file, path, endpoint=row.endpoint, azure=True,
+                                                           shape=shape)
+            except OSError as exc:
+                message = f"The input file {row.input_file_id} could not be read: {exc.strerror}."
+                self._fail(row.id, [_error("file_not_found", message, param="input_file_id")])
+                return False
+            if problems:
+                self._fail(row.id, [_error(p.rule, p.message, line=p.line, param=p.param) for p in problems])
+                return False
+            lines, model = report.lines, report.model
         limit = self.options.token_limit_failures
         if limit and self.store.take_token_limit_failure(limit):
             message = (
-                f"Enqueued token limit reached for {report.model or 'the model'} in organization org-local. "
+                f"Enqueued token limit reached for {model or 'the model'} in organization org-local. "
                 "Limit: 90,000 enqueued tokens. Please try again once some in_progress batches have been completed."
             )
             self._fail(row.id, [_error("token_limit_exceeded", message)])
             return False
-        columns = {"total": report.lines, "out_id": new_id("file-"), "err_id": new_id("file-")}
-        fields = {"in_progress_at": int(time.time()), "model": report.model}
+        columns = {"total": lines, "out_id": new_id("file-"), "err_id": new_id("file-")}
+        fields = {"in_progress_at": int(time.time()), "model": model}
         if self.store.transition(row.id, expect=("validating",), status="in_progress", fields=fields, columns=columns):
             return True
         # Cancelled while validating: keep the status, but record what the cancel must account for.

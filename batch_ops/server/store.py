@@ -268,9 +268,14 @@ class Store:
         metadata: dict[str, str] | None = None,
         output_expires_after: dict[str, Any] | None = None,
         batch_id: str | None = None,
+        id_prefix: str = "batch_",
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """A new batch, ``validating``. ``id_prefix``/``extra``: another wire's batch (Anthropic's
+        ``msgbatch_``) whose route already checked its requests (``extra["request_total"]``)."""
         now = time.time()
-        batch_id = batch_id or new_id("batch_", 16)  # a wire with ids of its own (Together: UUIDs) gives one
+        # A wire with ids of its own (Together: UUIDs) gives one; another names its prefix (Anthropic: msgbatch_).
+        batch_id = batch_id or new_id(id_prefix, 16)
         # What a new batch knows; every other field of Batch is null until the processor sets it
         # (_batch_json sends them all, from the model's list).
         obj: dict[str, Any] = {
@@ -285,6 +290,7 @@ class Store:
         }
         if output_expires_after is not None:
             obj["output_expires_after"] = output_expires_after
+        obj.update(extra or {})
         with self._lock, self._db:
             self._db.execute(
                 "INSERT INTO batches (id, status, obj, deadline) VALUES (?, 'validating', ?, ?)",
@@ -300,18 +306,46 @@ class Store:
         return _batch_json(row) if row is not None else None
 
     def list_batches(self, *, after: str | None, limit: int) -> tuple[list[dict[str, Any]], bool] | None:
-        """Newest first; None when the ``after`` cursor names no batch."""
+        """OpenAI's batches (``batch_…``), newest first; None when the ``after`` cursor names no batch."""
+        return self.page_batches(prefix="batch_", after=after, before=None, limit=limit)
+
+    def page_batches(
+        self, *, prefix: str, after: str | None, before: str | None, limit: int
+    ) -> tuple[list[dict[str, Any]], bool] | None:
+        """One page of the batches whose id starts with ``prefix`` (one wire's), newest first: those
+        older than ``after``, or the ``limit`` newer ones nearest ``before``; None when a cursor names
+        no batch. ``has_more``: more in the direction of the cursor."""
+        where, args, order = "substr(id, 1, ?) = ?", [len(prefix), prefix], "DESC"
         with self._lock:
-            if after is not None:
-                cursor = self._db.execute("SELECT seq FROM batches WHERE id = ?", (after,)).fetchone()
+            for cursor_id, op in ((after, "<"), (before, ">")):
+                if cursor_id is None:
+                    continue
+                cursor = self._db.execute("SELECT seq FROM batches WHERE id = ?", (cursor_id,)).fetchone()
                 if cursor is None:
                     return None
-                rows = self._db.execute(
-                    "SELECT * FROM batches WHERE seq < ? ORDER BY seq DESC LIMIT ?", (cursor["seq"], limit + 1)
-                ).fetchall()
-            else:
-                rows = self._db.execute("SELECT * FROM batches ORDER BY seq DESC LIMIT ?", (limit + 1,)).fetchall()
-        return [_batch_json(r) for r in rows[:limit]], len(rows) > limit
+                where += f" AND seq {op} ?"
+                args.append(cursor["seq"])
+                if op == ">":
+                    order = "ASC"  # the nearest newer ones first, turned newest first below
+            rows = self._db.execute(f"SELECT * FROM batches WHERE {where} ORDER BY seq {order} LIMIT ?",
+                                    (*args, limit + 1)).fetchall()
+        page = rows[:limit]
+        if order == "ASC":
+            page.reverse()
+        return [_batch_json(r) for r in page], len(rows) > limit
+
+    def delete_batch(self, batch_id: str) -> None:
+        """Forget a batch that has ended, and remove its input and result files."""
+        with self._lock, self._db:
+            row = self._db.execute("SELECT obj, out_id, err_id FROM batches WHERE id = ?", (batch_id,)).fetchone()
+            if row is None:
+                return
+            self._db.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
+            ids = [json.loads(row["obj"]).get("input_file_id"), row["out_id"], row["err_id"]]
+            self._db.executemany("DELETE FROM files WHERE id = ?", [(i,) for i in ids if i])
+        for file_id in ids:
+            if file_id:
+                self.file_path(file_id).unlink(missing_ok=True)
 
     def request_cancel(self, batch_id: str) -> tuple[dict[str, Any] | None, str | None]:
         """Move a running batch to ``cancelling``; return (batch, None) or (batch|None, refusal)."""

@@ -62,9 +62,12 @@ def test_a_stored_unsaved_block_keeps_every_setting_but_the_secrets(
     stored = OpenAIBatchCredentials(**expected).model_dump(mode="json")
     secrets = settings_samples.secret_fields()
     assert all(str(stored[name]).strip("*") == "" for name in secrets), stored  # what Prefect stores
-    for name in ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", "BATCH_OPS_EVENTS_TOKEN"):
+    from batch_ops.dialects import dialect_named
+
+    key_env = dialect_named(expected["provider"]).key_env  # the sample provider's own variable holds its key
+    for name in ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", *key_env, "BATCH_OPS_EVENTS_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment")
+    monkeypatch.setenv(key_env[0], "sk-from-the-environment")
 
     settings = settings_from_parameters(stored)
 

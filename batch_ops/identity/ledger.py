@@ -1,0 +1,176 @@
+"""The key ledger: where key → batch is kept for a batch API whose batches cannot carry our key.
+
+OpenAI's and Azure's batches carry our idempotency key in their ``metadata``, so any try on any
+machine finds a key's batches by listing them. Anthropic's Message Batches have no field to carry
+it. For such a dialect (``Dialect.carries_key`` False) the submit keeps the key's record here
+instead, in a folder every try of the work can read (a local folder on one machine or a volume all
+workers mount; ``s3://`` for workers anywhere): one small JSON file per key, written only while
+holding that key's lease (:mod:`batch_ops.leases`: ``flock`` locally, conditional PUTs on S3).
+
+The guarantee, and how it is kept (:mod:`batch_ops._submit` drives it):
+
+1. **One try of a key at a time.** A submit takes the key's lease before it looks at the record
+   and holds it until the batch it created is recorded. A second try of the same key (a retry
+   while the first still runs, two processes at once) waits for the lease, then finds the batch
+   in the record and attaches: one batch, never two.
+2. **The intent is written before the create is sent** (the attempt, the number of requests it
+   carries, the time), the batch id right after the answer.
+3. **A create whose answer was lost** (the process was killed between sending the create and
+   recording its id; the lease died with it) leaves an intent without an id. The next try looks
+   among the batches created from the intent's time (less the clock skew) to the end of the
+   create's retry budget, carrying exactly the intent's request count, and not recorded under any
+   key of this ledger. Exactly one: that is the lost batch, recorded and attached. None: the
+   create never landed, the intent is dropped and the attempt created. More than one: it cannot
+   tell which, and refuses with the ids (nothing is created; cancel and delete the batch that is
+   not this run's, then retry).
+
+What it cannot promise: a record kept where the other tries cannot read it (a local folder with
+workers on several machines) protects nothing across them; a batch of the same size created in
+the same minutes by something that does not record it here (another tool, another ledger) makes
+a lost create ambiguous (refused, never guessed); a store without conditional writes cannot hold
+a lease (refused for keyed submits: ``memory://``, ``gs://``).
+
+Examples:
+    >>> import tempfile
+    >>> ledger = KeyLedger(tempfile.mkdtemp())
+    >>> ledger.intend("k", "k@f", carried=3, at=100.0)
+    >>> ledger.entries("k")["k@f"].batch_id is None
+    True
+    >>> ledger.record("k", "k@f", "msgbatch_1", at=101.0)
+    >>> ledger.entries("k")["k@f"].batch_id, ledger.claimed()
+    ('msgbatch_1', {'msgbatch_1'})
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from batch_ops import storage
+from batch_ops.errors import ConfigurationError, StorageError
+from batch_ops.leases import DEFAULT_LEASE_TTL, Lease, lease_for
+
+__all__ = ["DEFAULT_LEDGER", "KeyLedger", "LedgerEntry"]
+
+#: Where the ledger is kept when the settings name no place: this machine only.
+DEFAULT_LEDGER = "~/.batch_ops/key-ledger"
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One attempt of a key: when its create was about to be sent, what it carried, the batch it made."""
+
+    attempt: str
+    intent_at: float
+    carried: int
+    batch_id: str | None = None
+    recorded_at: float | None = None
+    host: str = ""
+    pid: int = 0
+
+
+class KeyLedger:
+    """Records key → batch in ``where`` (a local folder or a URL); see the module docstring.
+
+    Every method is blocking file work (a plan runs it as a ``Work`` effect). The record of a key is
+    changed only while holding :meth:`lease`.
+    """
+
+    def __init__(self, where: storage.StorageTarget | None = None, *, ttl: float = DEFAULT_LEASE_TTL) -> None:
+        if where is None or (isinstance(where, str) and not where.strip()):
+            where = os.path.expanduser(DEFAULT_LEDGER)
+        elif isinstance(where, str) and not storage.is_url(where):
+            where = os.path.expanduser(where)
+        self.where = where
+        self.ttl = ttl
+
+    def __repr__(self) -> str:
+        return f"KeyLedger({storage.display(self.where)!r})"
+
+    @staticmethod
+    def _name(key: str) -> str:
+        return hashlib.sha256(key.encode()).hexdigest()[:32] + ".json"
+
+    def _file(self, key: str) -> Any:
+        return storage.join(self.where, self._name(key))
+
+    def describe(self, key: str) -> str:
+        """Where ``key``'s record is, for messages."""
+        return storage.display(self._file(key))
+
+    def lease(self, key: str) -> Lease:
+        """The lease of ``key`` (``<record>.lease``); refused where it could not keep tries apart."""
+        found = lease_for(self._file(key), ttl=self.ttl)
+        if not found.exclusive:
+            raise ConfigurationError(
+                f"The key ledger {storage.display(self.where)} cannot hold a lease (no conditional writes), so two "
+                "tries of one key could both create a batch. Fix: set the key ledger (ClientSettings.key_ledger, "
+                "BATCH_OPS_KEY_LEDGER) to a local folder every worker mounts, or to an s3:// URL.")
+        return found
+
+    def _read(self, key: str) -> dict[str, Any]:
+        text = storage.read_text(self._file(key))
+        if not text:
+            return {"key": key, "attempts": {}}
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise StorageError(f"The key ledger's record {storage.display(self._file(key))} is not JSON ({exc}); "
+                               "fix: restore it from a backup, or remove it if no batch of that key exists") from None
+        return data if isinstance(data, dict) else {"key": key, "attempts": {}}
+
+    def _write(self, key: str, data: dict[str, Any]) -> None:
+        target = self._file(key)
+        if isinstance(target, str) and not storage.is_url(target):
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+        storage.write_text(target, json.dumps(data, indent=1, sort_keys=True))
+
+    def entries(self, key: str) -> dict[str, LedgerEntry]:
+        """Every recorded attempt of ``key``, by attempt key."""
+        found = {}
+        for attempt, raw in (self._read(key).get("attempts") or {}).items():
+            if isinstance(raw, dict):
+                fields = {k: raw[k] for k in LedgerEntry.__dataclass_fields__ if k in raw}
+                found[attempt] = LedgerEntry(**{**fields, "attempt": attempt})
+        return found
+
+    def _put(self, key: str, entry: LedgerEntry | None, attempt: str) -> None:
+        data = self._read(key)
+        attempts = data.setdefault("attempts", {})
+        if entry is None:
+            attempts.pop(attempt, None)
+        else:
+            attempts[attempt] = asdict(entry)
+        self._write(key, data)
+
+    def intend(self, key: str, attempt: str, *, carried: int, at: float) -> None:
+        """Write that ``attempt``'s create, carrying ``carried`` requests, is about to be sent (durably, first)."""
+        self._put(key, LedgerEntry(attempt, at, carried, host=socket.gethostname(), pid=os.getpid()), attempt)
+
+    def record(self, key: str, attempt: str, batch_id: str, *, at: float) -> None:
+        """Write the batch ``attempt``'s create made."""
+        entry = self.entries(key).get(attempt) or LedgerEntry(attempt, at, 0)
+        self._put(key, LedgerEntry(entry.attempt, entry.intent_at, entry.carried, batch_id, at, entry.host,
+                                   entry.pid), attempt)
+
+    def forget(self, key: str, attempt: str) -> None:
+        """Drop an intent whose create never landed."""
+        self._put(key, None, attempt)
+
+    def claimed(self) -> set[str]:
+        """Every batch id recorded under any key of this ledger (read when a lost create is looked for)."""
+        ids: set[str] = set()
+        for text in storage.read_all(self.where, suffix=".json"):
+            try:
+                data = json.loads(text)
+            except ValueError:
+                continue
+            for raw in (data.get("attempts") or {}).values() if isinstance(data, dict) else ():
+                if isinstance(raw, dict) and isinstance(raw.get("batch_id"), str):
+                    ids.add(raw["batch_id"])
+        return ids
