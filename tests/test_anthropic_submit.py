@@ -63,7 +63,7 @@ def test_dialect_over_the_wire(server_url: str, tmp_path: Path) -> None:
         assert set(results) == {"q-0", "q-1", "q-2", "q-3"}
         line = results["q-3"]
         assert line.ok and line.body["content"][0]["text"] == "say 3" and line.body["model"] == "claude-1"
-        assert line.model_extra and line.model_extra["raw"]["result"]["type"] == "succeeded"
+        assert line.raw is not None and line.raw["result"]["type"] == "succeeded"
 
 
 def test_async_client(server_url: str, tmp_path: Path) -> None:
