@@ -305,17 +305,28 @@ class Store:
             row = self._db.execute("SELECT * FROM batches WHERE id = ?", (batch_id,)).fetchone()
         return _batch_json(row) if row is not None else None
 
+    #: Id prefixes of the batches other wires made (Anthropic's, Gemini's): never in OpenAI's list.
+    OTHER_WIRES = ("msgbatch_", "gbatch_")
+
     def list_batches(self, *, after: str | None, limit: int) -> tuple[list[dict[str, Any]], bool] | None:
-        """OpenAI's batches (``batch_…``), newest first; None when the ``after`` cursor names no batch."""
-        return self.page_batches(prefix="batch_", after=after, before=None, limit=limit)
+        """The OpenAI-shaped wire's batches (``batch_…``, or a wire's own ids such as Together's UUIDs),
+        newest first; None when the ``after`` cursor names no batch."""
+        return self.page_batches(prefix=None, exclude=self.OTHER_WIRES, after=after, before=None, limit=limit)
 
     def page_batches(
-        self, *, prefix: str, after: str | None, before: str | None, limit: int
+        self, *, prefix: str | None, after: str | None, before: str | None, limit: int,
+        exclude: tuple[str, ...] = (),
     ) -> tuple[list[dict[str, Any]], bool] | None:
-        """One page of the batches whose id starts with ``prefix`` (one wire's), newest first: those
-        older than ``after``, or the ``limit`` newer ones nearest ``before``; None when a cursor names
-        no batch. ``has_more``: more in the direction of the cursor."""
-        where, args, order = "substr(id, 1, ?) = ?", [len(prefix), prefix], "DESC"
+        """One page of the batches whose id starts with ``prefix`` (one wire's) and with none of
+        ``exclude``, newest first: those older than ``after``, or the ``limit`` newer ones nearest
+        ``before``; None when a cursor names no batch. ``has_more``: more in the direction of the cursor."""
+        clauses: list[str] = []
+        args: list[Any] = []
+        for value, op in ((prefix, "="), *((other, "!=") for other in exclude)):
+            if value is not None:
+                clauses.append(f"substr(id, 1, ?) {op} ?")
+                args += [len(value), value]
+        where, order = " AND ".join(clauses) or "1", "DESC"
         with self._lock:
             for cursor_id, op in ((after, "<"), (before, ">")):
                 if cursor_id is None:
