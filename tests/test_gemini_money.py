@@ -197,10 +197,10 @@ _RACER = textwrap.dedent("""
 
 
 def test_two_processes_at_once_with_one_key_pay_for_one_batch(client_for: Any, tmp_path: Path) -> None:
-    # One batch runs at a time and a blocker holds the place: the racers' batches wait, so the one that
-    # loses the race is cancelled before it has run anything (a running chunk would finish first).
-    with serve_in_background(api_key=KEY, request_latency=2.0, max_running=1) as url:
-        client_for(url).submit(_requests(tmp_path / "blocker.jsonl", 1, prefix="blocker"), endpoint=MODEL)
+    # One batch runs at a time, one request at a time, and a blocker of 4 s holds the place from just
+    # before the racers go: their batches wait, so the one that loses the race is cancelled before it
+    # has run anything (the losers' cancels come within about 2 s of their creates).
+    with serve_in_background(api_key=KEY, request_latency=1.0, concurrency=1, max_running=1) as url:
         _requests(tmp_path / "in.jsonl", 4)
         env = {**os.environ, "GEMINI_API_KEY": KEY, "GEMINI_BASE": _root(url) + "/v1beta"}
         procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(tmp_path), str(n)], env=env,
@@ -209,6 +209,7 @@ def test_two_processes_at_once_with_one_key_pay_for_one_batch(client_for: Any, t
         while not all((tmp_path / f"ready-{n}").exists() for n in (1, 2)):
             assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "racers did not start"
             time.sleep(0.01)
+        client_for(url).submit(_requests(tmp_path / "blocker.jsonl", 4, prefix="blocker"), endpoint=MODEL)
         (tmp_path / "go").touch()  # both submit at the same moment
         outs = []
         for p in procs:
@@ -216,7 +217,8 @@ def test_two_processes_at_once_with_one_key_pay_for_one_batch(client_for: Any, t
             assert p.returncode == 0, err
             outs.append(json.loads(out.strip().splitlines()[-1]))
         assert outs[0]["batch"] == outs[1]["batch"], outs  # both use one batch
-        assert _paid(url, timeout=30) == Counter({"blocker-0": 1, **{f"q-{i}": 1 for i in range(4)}})
+        needed = [f"blocker-{i}" for i in range(4)] + [f"q-{i}" for i in range(4)]
+        assert _paid(url, timeout=30) == Counter(needed)
         raced = [op for op in _batches(url) if op["metadata"]["displayName"].startswith("race@")]
         live = [op["name"] for op in raced if op["metadata"]["state"] != "BATCH_STATE_CANCELLED"]
         assert live == [outs[0]["batch"]], raced
