@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import itertools
 import logging
@@ -149,6 +150,12 @@ class _Base:
         self._wire: Mapping[str, Any] = MappingProxyType({"dialect": self.dialect, "policy": self.retry_policy})
         #: Where key → batch is recorded when the dialect's batches cannot carry the key (Anthropic).
         self._ledger = None if self.dialect.carries_key else KeyLedger(settings.key_ledger)
+
+    def _spec(self, spec: SubmitSpec) -> SubmitSpec:
+        """``spec`` with the settings' model for neutral requests that name none (a connection's model)."""
+        if spec.model is None and self.settings.model:
+            return dataclasses.replace(spec, model=self.settings.model)
+        return spec
 
     def _create_plan(self, *, input_file_id: str, endpoint: str, completion_window: str,
                      metadata: Mapping[str, str] | None, output_expires_after: Mapping[str, Any] | None) -> Any:
@@ -407,7 +414,7 @@ class BatchClient(_Base):
         self,
         source: StorageTarget | Iterable[Mapping[str, Any]] | Source,
         *,
-        endpoint: str,
+        endpoint: str = "",
         completion_window: str = "24h",
         metadata: Mapping[str, str] | None = None,
         output_expires_after: Mapping[str, Any] | None = None,
@@ -460,7 +467,7 @@ class BatchClient(_Base):
         Examples:
             >>> # sub = client.submit_spec("requests.jsonl", SubmitSpec(endpoint="/v1/embeddings", idempotency_key="k"))
         """
-        src = Source.of(source)
+        src, spec = Source.of(source), self._spec(spec)
         workdir = Path(tempfile.mkdtemp(prefix="batch_ops_submit_"))
         try:
             return self._run(submit_plan(spec, src, workdir=workdir, **self._wire,  # type: ignore[no-any-return]
@@ -712,7 +719,7 @@ class AsyncBatchClient(_Base):
         self,
         source: StorageTarget | Iterable[Mapping[str, Any]] | Source,
         *,
-        endpoint: str,
+        endpoint: str = "",
         completion_window: str = "24h",
         metadata: Mapping[str, str] | None = None,
         output_expires_after: Mapping[str, Any] | None = None,
@@ -734,7 +741,7 @@ class AsyncBatchClient(_Base):
         self, source: StorageTarget | Iterable[Mapping[str, Any]] | Source, spec: SubmitSpec
     ) -> Submission:
         """See :meth:`BatchClient.submit_spec`; file work runs in worker threads."""
-        src = Source.of(source)
+        src, spec = Source.of(source), self._spec(spec)
         workdir = Path(await asyncio.to_thread(tempfile.mkdtemp, "", "batch_ops_submit_"))
         try:
             return await self._run(submit_plan(spec, src, workdir=workdir, **self._wire,  # type: ignore[no-any-return]
