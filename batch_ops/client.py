@@ -106,14 +106,6 @@ def _as_chain(what: Batch | AttemptChain | Submission) -> AttemptChain:
     return AttemptChain(what.id, (Attempt(0, what),))
 
 
-def _check_input(dialect: Dialect, input_path: PathLike | None) -> None:
-    """Results are joined to the requests: without ``input_path`` they are the first attempt's uploaded
-    input, which some APIs never hand back (Gemini: only generated files can be downloaded)."""
-    if input_path is None and not dialect.downloads_uploads:
-        raise BatchOpsError(f"{dialect.title} does not hand back an uploaded file, so the requests to join the "
-                            "results to cannot be read from it: pass input_path= (the request file you submitted)")
-
-
 def _ended_chain(what: Any) -> AttemptChain:
     """The chain whose results ``results`` reads: its latest batch must have ended."""
     chain = _as_chain(_checked_batch(what))
@@ -491,7 +483,6 @@ class BatchClient(_Base):
         are the first attempt's input file, or ``input_path`` (the local request file; saves a
         download).
         """
-        _check_input(self.dialect, input_path)
         if isinstance(batch, str):
             batch = self.batches.retrieve(batch)
         chain = _ended_chain(batch)
@@ -503,8 +494,10 @@ class BatchClient(_Base):
                 inp = storage.stage(input_path, tmp / "input.jsonl")
             elif input_path:
                 inp = Path(input_path)
-            elif not self.dialect.stores_files:  # no input file to read back: attempt 0 answered every request
-                inp = result_ids_file([p for o, e, n in pairs if n == 0 for p in (o, e)], tmp / "input.jsonl")
+            elif not (self.dialect.stores_files and self.dialect.downloads_uploads):
+                # No input file to read back: the requests are the ones the chain's results name.
+                inp = result_ids_file([p for o, e, _n in pairs for p in (o, e)], tmp / "input.jsonl",
+                                      id_field=self.dialect.line_shape.id_field)
             else:
                 inp = cast(Path, self.files.download(first.input_file_id, tmp / "input.jsonl"))
             yield from join_chain_results(input_path=inp, attempts=pairs, id_field=self.dialect.line_shape.id_field)
@@ -757,7 +750,6 @@ class AsyncBatchClient(_Base):
         workdir: PathLike | None = None,
     ) -> AsyncIterator[ResultLine]:
         """Async version of :meth:`BatchClient.results`; file work happens in threads."""
-        _check_input(self.dialect, input_path)
         if isinstance(batch, str):
             batch = await self.batches.retrieve(batch)
         chain = _ended_chain(batch)
@@ -768,9 +760,11 @@ class AsyncBatchClient(_Base):
                 inp = await asyncio.to_thread(storage.stage, input_path, tmp / "input.jsonl")
             elif input_path:
                 inp = Path(input_path)
-            elif not self.dialect.stores_files:  # no input file to read back: attempt 0 answered every request
-                inp = await asyncio.to_thread(result_ids_file, [p for o, e, n in pairs if n == 0 for p in (o, e)],
-                                              tmp / "input.jsonl")
+            elif not (self.dialect.stores_files and self.dialect.downloads_uploads):
+                # No input file to read back: the requests are the ones the chain's results name.
+                named = [p for o, e, _n in pairs for p in (o, e)]
+                inp = await asyncio.to_thread(functools.partial(result_ids_file, named, tmp / "input.jsonl",
+                                                                id_field=self.dialect.line_shape.id_field))
             else:
                 inp = cast(Path, await self.files.download(chain.attempts[0].batch.input_file_id, tmp / "input.jsonl"))
             joined = join_chain_results(input_path=inp, attempts=pairs, id_field=self.dialect.line_shape.id_field)
