@@ -151,7 +151,8 @@ class SubmitSpec:
         ('prefect-f1-run-batch', 400.0, {'run': 'n', 'prefect_flow_run_id': 'f1'})
     """
 
-    endpoint: str
+    #: Empty: the provider's chat endpoint (``Dialect.chat_endpoint``), for provider-neutral chat requests.
+    endpoint: str = ""
     completion_window: str = "24h"
     metadata: Mapping[str, str] | None = None
     output_expires_after: Mapping[str, Any] | None = None
@@ -160,6 +161,9 @@ class SubmitSpec:
     policy: OutcomePolicy = field(default_factory=OutcomePolicy)
     since: float | None = None
     legacy: LegacyKey | None = None
+    #: The model of provider-neutral requests that name none (the settings' ``model``: one eval set, a
+    #: model per connection).
+    model: str | None = None
     #: Deprecated and ignored: the client's dialect (its settings' provider) decides how endpoints
     #: are spelled (Azure OpenAI: ``/chat/completions``).
     azure: bool = False
@@ -365,18 +369,20 @@ class _Input:
     model: str | None = None
 
 
-def _prepare(source: Source, endpoint: str, workdir: Path, dialect: Dialect) -> _Input:
+def _prepare(source: Source, endpoint: str, workdir: Path, dialect: Dialect, model: str | None = None) -> _Input:
     """Validate a request file, or write request dicts to a validated file in ``workdir``, by ``dialect``'s rules;
     the model the lines want must be one the batch can have (``Dialect.lines_model_problems``)."""
-    prepared = _prepared(source, endpoint, workdir, dialect)
+    prepared = _prepared(source, endpoint, workdir, dialect, model)
     problems = dialect.lines_model_problems(prepared.model, endpoint) if prepared.path is not None else []
     if problems:
         raise InputValidationError(problems, source=str(prepared.path))
     return prepared
 
 
-def _prepared(source: Source, endpoint: str, workdir: Path, dialect: Dialect) -> _Input:
+def _prepared(source: Source, endpoint: str, workdir: Path, dialect: Dialect, model: str | None) -> _Input:
     rules = dialect.line_rules(endpoint)
+    if model:
+        rules["model"] = model  # neutral requests that name no model run on the connection's
     local: Path | None = None
     if isinstance(source.path, Location):
         local = storage.stage(source.path, workdir / "input.jsonl")
@@ -818,6 +824,9 @@ def submit_plan(
     required then): a keyed submit holds the key's lease from the lookup to the record, so two tries
     of one key make one batch (:mod:`batch_ops.identity.ledger`).
     """
+    if not spec.endpoint:
+        # Provider-neutral chat requests: the provider's chat endpoint (Gemini's names the model).
+        spec = replace(spec, endpoint=dialect.chat_endpoint(spec.model))
     if source.file_id is not None and not dialect.stores_files:
         raise InputValidationError([Problem(
             rule="invalid_source", param="source", message=f"{dialect.title} keep no uploaded files: a batch carries "
@@ -888,7 +897,7 @@ def _submit_plan(
         else:
             # Bad input is refused here, before any request is sent (re-attaching reads the input too:
             # whether the key's batches hold these requests is only known from them).
-            prepared = yield Work(partial(_prepare, source, spec.endpoint, workdir, dialect))
+            prepared = yield Work(partial(_prepare, source, spec.endpoint, workdir, dialect, spec.model))
             fingerprint, downloaded = yield from _fingerprint_plan(source, prepared, workdir=workdir,
                                                                    dialect=dialect, policy=policy)
             if keyed and ledger is not None:
@@ -923,7 +932,7 @@ def _submit_plan(
 
     number = step.number
     if prepared is None:
-        prepared = yield Work(partial(_prepare, source, spec.endpoint, workdir, dialect))
+        prepared = yield Work(partial(_prepare, source, spec.endpoint, workdir, dialect, spec.model))
     upload: Path | None = prepared.path
     file_id = source.file_id
     carried = prepared.lines

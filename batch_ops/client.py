@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import itertools
 import logging
@@ -105,14 +106,6 @@ def _as_chain(what: Batch | AttemptChain | Submission) -> AttemptChain:
     return AttemptChain(what.id, (Attempt(0, what),))
 
 
-def _check_input(dialect: Dialect, input_path: PathLike | None) -> None:
-    """Results are joined to the requests: without ``input_path`` they are the first attempt's uploaded
-    input, which some APIs never hand back (Gemini: only generated files can be downloaded)."""
-    if input_path is None and not dialect.downloads_uploads:
-        raise BatchOpsError(f"{dialect.title} does not hand back an uploaded file, so the requests to join the "
-                            "results to cannot be read from it: pass input_path= (the request file you submitted)")
-
-
 def _ended_chain(what: Any) -> AttemptChain:
     """The chain whose results ``results`` reads: its latest batch must have ended."""
     chain = _as_chain(_checked_batch(what))
@@ -149,6 +142,12 @@ class _Base:
         self._wire: Mapping[str, Any] = MappingProxyType({"dialect": self.dialect, "policy": self.retry_policy})
         #: Where key → batch is recorded when the dialect's batches cannot carry the key (Anthropic).
         self._ledger = None if self.dialect.carries_key else KeyLedger(settings.key_ledger)
+
+    def _spec(self, spec: SubmitSpec) -> SubmitSpec:
+        """``spec`` with the settings' model for neutral requests that name none (a connection's model)."""
+        if spec.model is None and self.settings.model:
+            return dataclasses.replace(spec, model=self.settings.model)
+        return spec
 
     def _create_plan(self, *, input_file_id: str, endpoint: str, completion_window: str,
                      metadata: Mapping[str, str] | None, output_expires_after: Mapping[str, Any] | None) -> Any:
@@ -407,7 +406,7 @@ class BatchClient(_Base):
         self,
         source: StorageTarget | Iterable[Mapping[str, Any]] | Source,
         *,
-        endpoint: str,
+        endpoint: str = "",
         completion_window: str = "24h",
         metadata: Mapping[str, str] | None = None,
         output_expires_after: Mapping[str, Any] | None = None,
@@ -460,7 +459,7 @@ class BatchClient(_Base):
         Examples:
             >>> # sub = client.submit_spec("requests.jsonl", SubmitSpec(endpoint="/v1/embeddings", idempotency_key="k"))
         """
-        src = Source.of(source)
+        src, spec = Source.of(source), self._spec(spec)
         workdir = Path(tempfile.mkdtemp(prefix="batch_ops_submit_"))
         try:
             return self._run(submit_plan(spec, src, workdir=workdir, **self._wire,  # type: ignore[no-any-return]
@@ -484,7 +483,6 @@ class BatchClient(_Base):
         are the first attempt's input file, or ``input_path`` (the local request file; saves a
         download).
         """
-        _check_input(self.dialect, input_path)
         if isinstance(batch, str):
             batch = self.batches.retrieve(batch)
         chain = _ended_chain(batch)
@@ -496,8 +494,10 @@ class BatchClient(_Base):
                 inp = storage.stage(input_path, tmp / "input.jsonl")
             elif input_path:
                 inp = Path(input_path)
-            elif not self.dialect.stores_files:  # no input file to read back: attempt 0 answered every request
-                inp = result_ids_file([p for o, e, n in pairs if n == 0 for p in (o, e)], tmp / "input.jsonl")
+            elif not (self.dialect.stores_files and self.dialect.downloads_uploads):
+                # No input file to read back: the requests are the ones the chain's results name.
+                inp = result_ids_file([p for o, e, _n in pairs for p in (o, e)], tmp / "input.jsonl",
+                                      id_field=self.dialect.line_shape.id_field)
             else:
                 inp = cast(Path, self.files.download(first.input_file_id, tmp / "input.jsonl"))
             yield from join_chain_results(input_path=inp, attempts=pairs, id_field=self.dialect.line_shape.id_field)
@@ -712,7 +712,7 @@ class AsyncBatchClient(_Base):
         self,
         source: StorageTarget | Iterable[Mapping[str, Any]] | Source,
         *,
-        endpoint: str,
+        endpoint: str = "",
         completion_window: str = "24h",
         metadata: Mapping[str, str] | None = None,
         output_expires_after: Mapping[str, Any] | None = None,
@@ -734,7 +734,7 @@ class AsyncBatchClient(_Base):
         self, source: StorageTarget | Iterable[Mapping[str, Any]] | Source, spec: SubmitSpec
     ) -> Submission:
         """See :meth:`BatchClient.submit_spec`; file work runs in worker threads."""
-        src = Source.of(source)
+        src, spec = Source.of(source), self._spec(spec)
         workdir = Path(await asyncio.to_thread(tempfile.mkdtemp, "", "batch_ops_submit_"))
         try:
             return await self._run(submit_plan(spec, src, workdir=workdir, **self._wire,  # type: ignore[no-any-return]
@@ -750,7 +750,6 @@ class AsyncBatchClient(_Base):
         workdir: PathLike | None = None,
     ) -> AsyncIterator[ResultLine]:
         """Async version of :meth:`BatchClient.results`; file work happens in threads."""
-        _check_input(self.dialect, input_path)
         if isinstance(batch, str):
             batch = await self.batches.retrieve(batch)
         chain = _ended_chain(batch)
@@ -761,9 +760,11 @@ class AsyncBatchClient(_Base):
                 inp = await asyncio.to_thread(storage.stage, input_path, tmp / "input.jsonl")
             elif input_path:
                 inp = Path(input_path)
-            elif not self.dialect.stores_files:  # no input file to read back: attempt 0 answered every request
-                inp = await asyncio.to_thread(result_ids_file, [p for o, e, n in pairs if n == 0 for p in (o, e)],
-                                              tmp / "input.jsonl")
+            elif not (self.dialect.stores_files and self.dialect.downloads_uploads):
+                # No input file to read back: the requests are the ones the chain's results name.
+                named = [p for o, e, _n in pairs for p in (o, e)]
+                inp = await asyncio.to_thread(functools.partial(result_ids_file, named, tmp / "input.jsonl",
+                                                                id_field=self.dialect.line_shape.id_field))
             else:
                 inp = cast(Path, await self.files.download(chain.attempts[0].batch.input_file_id, tmp / "input.jsonl"))
             joined = join_chain_results(input_path=inp, attempts=pairs, id_field=self.dialect.line_shape.id_field)

@@ -205,16 +205,19 @@ def split_results(
     return counts[0], counts[1]
 
 
-def result_ids_file(paths: Sequence[PathLike | None], dest: Path) -> Path:
-    """Write ``{"custom_id": …}`` for each line of the result files ``paths`` to ``dest`` (the requests of a
-    batch whose input cannot be read back — an API without a file store — known from its results, which
-    hold one line per request); returns ``dest``."""
+def result_ids_file(paths: Sequence[PathLike | None], dest: Path, *, id_field: str = "custom_id") -> Path:
+    """Write ``{id_field: …}`` once for each request named in the result files ``paths`` to ``dest``, in the
+    order first seen (the requests of a chain whose input cannot be read back — an API without a file
+    store, or one that never hands an upload back — known from its results); returns ``dest``."""
+    seen: set[str] = set()
     with atomic_file(dest) as out:
         for path in paths:
             if path is None:
                 continue
             for _offset, _n, custom_id, _ok in _scan(os.fspath(path)):
-                out.write(json.dumps({"custom_id": custom_id}).encode() + b"\n")
+                if custom_id not in seen:
+                    seen.add(custom_id)
+                    out.write(json.dumps({id_field: custom_id}).encode() + b"\n")
     return dest
 
 

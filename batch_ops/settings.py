@@ -91,8 +91,10 @@ class ClientSettings(BaseModel):
         api_key: the API key (``OPENAI_API_KEY``; Azure: ``AZURE_OPENAI_API_KEY``).
         base_url: API root including ``/v1`` (``OPENAI_BASE_URL``).
         organization / project: optional ``OpenAI-Organization`` / ``OpenAI-Project`` headers.
-        provider: the batch API spoken (``BATCH_OPS_PROVIDER``): ``openai`` or ``azure`` (see
-            :mod:`batch_ops.dialects`); unset, Azure OpenAI when ``api_version`` is set, else OpenAI.
+        provider: the batch API spoken (``BATCH_OPS_PROVIDER``): ``openai``, ``azure``, ``anthropic``,
+            ``gemini``, … (see :mod:`batch_ops.dialects`); unset, Azure OpenAI when ``api_version`` is
+            set, else OpenAI.
+        model: the model of provider-neutral chat requests that name none (``BATCH_OPS_MODEL``).
         api_version: set for Azure OpenAI (``OPENAI_API_VERSION``); switches auth to ``api-key``.
         timeout: seconds for one HTTP exchange; connect_timeout for opening the connection.
         max_retries: retries after the first try for retryable failures (408/409/429/5xx, network).
@@ -124,6 +126,10 @@ class ClientSettings(BaseModel):
         default=None, title="Provider", json_schema_extra=_provider_names,
         description="The batch API spoken (a dialect of batch_ops.dialects); empty: Azure OpenAI when an Azure API "
         "version is set, else OpenAI.")
+    model: str | None = Field(
+        default=None, title="Model",
+        description="The model of provider-neutral chat requests that name none, e.g. claude-sonnet-4-5 (Gemini: "
+        "the batch's model): one eval set runs on several vendors, a model per connection.")
     organization: str | None = Field(default=None, title="Organization",
                                      description="Sent as the OpenAI-Organization header.")
     project: str | None = Field(default=None, title="Project", description="Sent as the OpenAI-Project header.")
@@ -267,6 +273,7 @@ class ClientSettings(BaseModel):
             ("project", ("OPENAI_PROJECT_ID",)),
             ("api_version", ("OPENAI_API_VERSION", "AZURE_OPENAI_API_VERSION")),
             ("provider", ("BATCH_OPS_PROVIDER",)),
+            ("model", ("BATCH_OPS_MODEL",)),
             ("events_url", ("BATCH_OPS_EVENTS_URL",)),
             ("key_ledger", ("BATCH_OPS_KEY_LEDGER",)),
             ("events_token", ("BATCH_OPS_EVENTS_TOKEN",)),

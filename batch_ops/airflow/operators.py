@@ -138,7 +138,8 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
     that runs *this* task.
 
     Args:
-        endpoint: e.g. ``/v1/chat/completions`` (templated).
+        endpoint: e.g. ``/v1/chat/completions`` (templated); empty: the provider's chat endpoint, for
+            provider-neutral chat requests (see ``docs/requests-and-results.md``).
         input_file_id: an uploaded file's id (templated); see above.
         input_path: a request file (templated): a local path or an object storage URL; see above.
         requests: request dicts, or an XComArg resolved at run time; see above.
@@ -201,7 +202,7 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
     def __init__(
         self,
         *,
-        endpoint: str,
+        endpoint: str = "",
         input_file_id: str | None = None,
         input_path: str | os.PathLike[str] | ObjectStoragePath | None = None,
         requests: Any = None,

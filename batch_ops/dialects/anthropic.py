@@ -87,6 +87,9 @@ class AnthropicDialect(Dialect):
     carries_key = False
 
     # -- addressing and credentials -------------------------------------------------------------
+    def chat_endpoint(self, model: str | None) -> str:
+        return "/v1/messages"
+
     def auth_headers(self, settings: ClientSettings) -> dict[str, str]:
         return {"x-api-key": settings.require_key()}
 

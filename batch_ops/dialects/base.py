@@ -167,6 +167,11 @@ class Dialect:
         return RuleOptions(endpoint=endpoint, azure=self.short_endpoints, shape=self.line_shape,
                            max_lines=self.limits.max_requests, max_bytes=self.limits.max_file_bytes)
 
+    def chat_endpoint(self, model: str | None) -> str:
+        """The endpoint provider-neutral chat requests go to when the caller names none (``model``: the
+        settings' model, for an API whose batch names it)."""
+        return "/v1/chat/completions"
+
     def lines_model_problems(self, model: str | None, endpoint: str) -> list[Problem]:
         """Findings when the model the request lines want (``model``: the one model of a checked file, or
         the one a translated neutral request names for an API whose model is the batch's) cannot be

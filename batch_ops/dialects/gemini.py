@@ -191,6 +191,31 @@ class GeminiDialect(Dialect):
     def endpoint(self, endpoint: str) -> str:
         return model_path(endpoint)
 
+    def chat_endpoint(self, model: str | None) -> str:
+        """A Gemini batch's endpoint is its model: the settings' (a connection's) model."""
+        if not model:
+            raise InputValidationError([Problem(
+                rule="missing_model", param="endpoint",
+                message="a Gemini batch names its model, and neither the endpoint nor the settings name one",
+                fix="set the connection's (or block's, or ClientSettings') model, e.g. 'gemini-2.5-flash', or pass "
+                "the model as the endpoint")], source="batch parameters")
+        return model
+
+    def lines_model_problems(self, model: str | None, endpoint: str) -> list[Problem]:
+        """Translated neutral requests naming a model other than the batch's (Gemini runs one model a batch)."""
+        if not model:
+            return []
+        try:
+            same = model_path(model) == model_path(endpoint)
+        except ValueError:
+            same = False
+        if same:
+            return []
+        return [Problem(rule="model_mismatch", param="model",
+                        message=f"the requests want model {model!r}, the batch is {endpoint!r}",
+                        fix="give the batch the requests' model as its endpoint, or leave the model out of the "
+                        "requests (the batch's is used)")]
+
     # -- files ------------------------------------------------------------------------------------
     def start_upload(self, path: Path, *, purpose: str | None = None, filename: str | None = None) -> Send:
         """Open a resumable upload; the file's display name is the name batch_ops looks it up by."""

@@ -38,7 +38,7 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from batch_ops.errors import InputValidationError, Problem
@@ -296,11 +296,13 @@ TRANSLATIONS: dict[str, Callable[..., Translated]] = {"openai": _openai, "anthro
 
 
 def translate(item: ChatRequest | Mapping[str, Any], vocabulary: str, *, id_field: str | None = None,
-              body_field: str | None = None, method_url: bool = True, endpoint: str | None = None) -> Translated:
+              body_field: str | None = None, method_url: bool = True, endpoint: str | None = None,
+              model: str | None = None) -> Translated:
     """``item``, a neutral chat request, as a native line in ``vocabulary`` (a ``LineShape.name``).
 
     ``id_field``/``body_field``/``method_url`` are the line shape's (defaults: the vocabulary's own);
-    ``endpoint`` the batch's, for OpenAI-shaped lines.
+    ``endpoint`` the batch's, for OpenAI-shaped lines; ``model`` the model of a request that names none
+    (the connection's: one eval set, a model per provider).
 
     Raises:
         InputValidationError: The request is not one a neutral request can say, or not one this provider
@@ -315,6 +317,10 @@ def translate(item: ChatRequest | Mapping[str, Any], vocabulary: str, *, id_fiel
           messages[0].role: unknown_role: messages[0].role is 'tool', a role ... (fix: use one of system, user, ...)
     """
     translation = TRANSLATIONS.get(vocabulary)
+    if model and isinstance(item, Mapping) and not item.get("model"):
+        item = {**item, "model": model}
+    elif model and isinstance(item, ChatRequest) and not item.model:
+        item = replace(item, model=model)
     chat = _read(item)
     if translation is None:
         raise InputValidationError([_problem(

@@ -133,6 +133,7 @@ class Rules:
         max_line_bytes: Longest line allowed (``line_too_large``); reading stops at a longer one, so
             memory holds at most one line of this size.
         shape: How a line is shaped (the provider's :class:`LineShape`; OpenAI's by default).
+        model: The model of provider-neutral chat requests that name none (a connection's model).
 
     Examples:
         >>> Rules(max_lines=10)  # doctest: +ELLIPSIS
@@ -147,6 +148,7 @@ class Rules:
     azure: bool = False
     max_line_bytes: int = MAX_LINE_BYTES
     shape: LineShape = OPENAI_LINES
+    model: str | None = None
 
 
 class RuleOptions(TypedDict, total=False):
@@ -163,6 +165,7 @@ class RuleOptions(TypedDict, total=False):
     azure: bool
     max_line_bytes: int
     shape: LineShape
+    model: str | None
 
 
 @dataclass(frozen=True)

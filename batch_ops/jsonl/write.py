@@ -101,11 +101,13 @@ def _normalise(item: Any, endpoint: str | None, shape: LineShape) -> dict[str, A
     return obj
 
 
-def _translate(item: Any, n: int, endpoint: str | None, shape: LineShape, checker: Checker) -> dict[str, Any] | None:
-    """Request ``n``, a neutral chat request, as ``shape``'s native line; its findings go to ``checker``."""
+def _translate(item: Any, n: int, endpoint: str | None, shape: LineShape, checker: Checker,
+               model: str | None = None) -> dict[str, Any] | None:
+    """Request ``n``, a neutral chat request, as ``shape``'s native line (``model`` for one that names
+    none); its findings go to ``checker``."""
     try:
         done = translate(item, shape.name, id_field=shape.id_field, body_field=shape.body_field,
-                         method_url=shape.method_url, endpoint=endpoint)
+                         method_url=shape.method_url, endpoint=endpoint, model=model)
     except InputValidationError as exc:
         checker.lines = n
         for problem in exc.problems:
@@ -164,7 +166,7 @@ def write_requests(
         for item in requests:
             n += 1
             if is_neutral(item):
-                translated = _translate(item, n, endpoint, rules.shape, checker)
+                translated = _translate(item, n, endpoint, rules.shape, checker, rules.model)
                 if translated is None:
                     if checker.truncated:
                         break

@@ -67,6 +67,7 @@ class OpenAIBatchCredentials(CredentialsBlock):
     api_key: SecretStr = _setting("api_key", default=...)
     base_url: str | None = _setting("base_url")
     provider: str | None = _setting("provider")
+    model: str | None = _setting("model")
     organization: str | None = _setting("organization")
     project: str | None = _setting("project")
     api_version: str | None = _setting("api_version")

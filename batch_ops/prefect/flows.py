@@ -151,7 +151,7 @@ async def run_batch(
     input_path: str | Path | None = None,
     requests: list[dict[str, Any]] | None = None,
     *,
-    endpoint: str,
+    endpoint: str = "",
     credentials: OpenAIBatchCredentials | None = None,
     metadata: dict[str, str] | None = None,
     poll_interval: float = 30.0,

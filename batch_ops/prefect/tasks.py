@@ -305,7 +305,7 @@ async def upload_batch_file(
 async def _submit(
     source: Source | PathLike | Iterable[Mapping[str, Any]],
     *,
-    endpoint: str,
+    endpoint: str = "",
     credentials: OpenAIBatchCredentials | None,
     metadata: Mapping[str, str] | None,
     completion_window: str,
@@ -338,7 +338,7 @@ async def _submit(
 async def submit_batch(
     source: PathLike | Iterable[Mapping[str, Any]],
     *,
-    endpoint: str,
+    endpoint: str = "",
     credentials: OpenAIBatchCredentials | None = None,
     metadata: Mapping[str, str] | None = None,
     completion_window: str = "24h",

@@ -1,0 +1,64 @@
+"""The example DAG ``dags/compare_providers.py`` runs end to end (``airflow dags test``, deferred waits run
+inline) on three providers at once: the same neutral requests, three connections that differ only in
+provider, model and key, one local server speaking OpenAI's, Anthropic's and Gemini's batch APIs."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+
+
+def test_compare_providers_dag_runs_the_same_requests_on_three_providers(
+        make_server: Callable[..., AbstractContextManager[str]], tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AIRFLOW", "OPENAI", "ANTHROPIC", "GEMINI", "GOOGLE", "BATCH_OPS"))}
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "BATCH_OPS_COMPARE_POLL_INTERVAL": "0.2",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    })
+    migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
+    assert migrate.returncode == 0, migrate.stderr[-2000:]
+    with make_server(request_latency=0.05) as url:
+        root = str(url).removesuffix("/v1")
+        conns = {
+            "BATCH_OPS_OPENAI": {"host": str(url), "password": "sk-openai-7731",
+                                 "extra": {"provider": "openai", "model": "gpt-4o-mini"}},
+            "BATCH_OPS_ANTHROPIC": {"host": str(url), "password": "sk-ant-7731",
+                                    "extra": {"provider": "anthropic", "model": "claude-sonnet-4-5",
+                                              "key_ledger": str(tmp_path / "ledger")}},
+            "BATCH_OPS_GEMINI": {"host": root + "/v1beta", "password": "gemini-7731",
+                                 "extra": {"provider": "gemini", "model": "gemini-2.5-flash"}},
+        }
+        for name, conn in conns.items():
+            env[f"AIRFLOW_CONN_{name}"] = json.dumps({"conn_type": "openaibatch", **conn})
+        run = subprocess.run([AIRFLOW, "dags", "test", "compare_providers"], env=env, capture_output=True, text=True,
+                             timeout=600)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-4000:]
+    assert "state=success" in log
+    for conn in conns.values():
+        assert str(conn["password"]) not in log
+    with sqlite3.connect(home / "airflow.db") as db:
+        (value,) = db.execute("select value from xcom where dag_id = 'compare_providers' and task_id = 'compare' "
+                              "and key = 'return_value'").fetchone()
+    summary = json.loads(value)
+    ids = ["batch_ops_openai", "batch_ops_anthropic", "batch_ops_gemini"]
+    assert sorted(summary["answers"]) == ["q-0", "q-1", "q-2"]
+    for answers in summary["answers"].values():
+        assert sorted(answers) == sorted(ids)
+        assert all(isinstance(text, str) and text and not text.startswith("error") for text in answers.values())
+    assert all(summary["tokens"][conn_id] > 0 for conn_id in ids), summary["tokens"]
