@@ -63,10 +63,11 @@ def nightly():
 
 DAG = nightly()
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # the run for a day, then that run again (the same task instances: their next tries)
     import sys
     day = pendulum.parse(sys.argv[1])
-    print("state=" + str(DAG.test(run_after=day, logical_date=day).state))
+    for n in (1, 2):
+        print(f"run {n} state=" + str(DAG.test(run_after=day, logical_date=day).state), flush=True)
 ''' % {"late": LATE}
 REQUESTS = [{"custom_id": f"r{i}", "body": {"model": "m", "input": "x"}} for i in range(3)]
 
@@ -100,12 +101,15 @@ def test_a_retry_after_the_identity_was_replaced_takes_over_its_batch_and_never_
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         })
 
-        def run() -> str:
-            done = subprocess.run([sys.executable, str(dags / "nightly.py"), DAY], env=env, capture_output=True,
-                                  text=True, timeout=300)
-            output = done.stdout + done.stderr
-            assert done.returncode == 0 and "state=success" in output, output[-3000:]
-            return output
+        def run() -> tuple[str, str]:
+            """Both runs in one process (each ``dag.test()``); what each logged."""
+            done = subprocess.run([sys.executable, str(dags / "nightly.py"), DAY], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, timeout=300)
+            output = done.stdout
+            assert done.returncode == 0 and "run 1 state=success" in output and "run 2 state=success" in output, \
+                output[-3000:]
+            first, second = output.split("run 1 state=success", 1)
+            return first, second
 
         with BatchClient(api_key=KEY, base_url=url) as client:
             # The other deployment's batches for both tasks of this run, same requests, under its identity.
@@ -114,8 +118,7 @@ def test_a_retry_after_the_identity_was_replaced_takes_over_its_batch_and_never_
                 idempotency_key=idempotency_key(dag_id="nightly", task_id=task_id, run_id=RUN_ID, deployment=FOREIGN),
                 metadata=airflow_owner_metadata(dag_id="nightly", run_id=RUN_ID, task_id=task_id,
                                                 deployment=FOREIGN)).id for task_id in ("embed", "other")}
-            first = run()
-            second = run()
+            first, second = run()
             made = {b.id: _owner(b) for b in client.batches.iter_all()}
 
     mine = {b: o for b, o in made.items() if b not in foreign.values()}
