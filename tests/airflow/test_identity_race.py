@@ -56,8 +56,8 @@ def nightly():
     def late_first_task():
         # What a first task of the deployment that read "no identity yet" before `embed` made one does
         # when its writes land late: its record, then the identity (Airflow's own Variable API).
-        Variable.set("batch_ops_deployment_id.%(late)s", "%(late)s")
-        Variable.set("batch_ops_deployment_id", "%(late)s")
+        Variable.set("batch_ops_deployment_id.LATE", "LATE")
+        Variable.set("batch_ops_deployment_id", "LATE")
 
     [embed, other] >> late_first_task()
 
@@ -68,7 +68,7 @@ if __name__ == "__main__":  # the run for a day, then that run again (the same t
     day = pendulum.parse(sys.argv[1])
     for n in (1, 2):
         print(f"run {n} state=" + str(DAG.test(run_after=day, logical_date=day).state), flush=True)
-''' % {"late": LATE}
+'''.replace("LATE", LATE)
 REQUESTS = [{"custom_id": f"r{i}", "body": {"model": "m", "input": "x"}} for i in range(3)]
 
 
