@@ -22,8 +22,9 @@ deployment's metadata database, like the runs it names.
   backup: delete the Variable there): the two would then prove each other's batches.
 * Made at the same moment by several first tasks (a fresh deployment starting many DAGs), the
   identity can differ between them: Airflow offers no compare-and-set on Variables, so a task
-  that was slow between its read and its write replaces a value another task already used, and
-  that task's next try derives another key. Whatever the timing, each value made is first
+  that reads while the others' writes are still landing, or one slow between its own read and
+  write, uses a value that is then replaced, and its next try derives another key (seen under
+  load: a retry paid attempt 0 again). Whatever the timing, each value made is first
   recorded in a Variable of its own, ``batch_ops_deployment_id.<value>``, before it is written
   as the identity: a retry that finds its task instance's batches under such an earlier identity
   of its own deployment takes that chain over (:func:`proves_identity`), and never one of an
@@ -59,7 +60,9 @@ _MADE_DESCRIPTION = ("An identity this Airflow deployment made for batch_ops_dep
                      "at the same moment): proves that batches naming it are this deployment's, so a retry never pays "
                      "for them again (batch_ops). Keep it; never copy it to another deployment.")
 #: Seconds to wait after making the identity before reading it back: tasks that make it at the same
-#: moment (the deployment's very first batches) all end up with the value written last.
+#: moment (the deployment's very first batches) mostly end up with the value written last. Mostly:
+#: a task that reads between their writes does not wait, and a write can land later than this
+#: (see the module docstring for what keeps money safe then).
 _SETTLE = 1.0
 
 
