@@ -78,7 +78,7 @@ from batch_ops._plans import (
 from batch_ops.chain import AttemptChain, ChainStep, chains_of, next_step
 from batch_ops.dialects import Dialect
 from batch_ops.errors import APIStatusError, BatchOpsError, InputValidationError, Problem
-from batch_ops.identity import LegacyKey, RunIdentity
+from batch_ops.identity import LegacyKey, ProvenIdentities, RunIdentity
 from batch_ops.identity.fingerprint import FINGERPRINT_LENGTH, fingerprint_file, fingerprint_of_file_id, short
 from batch_ops.identity.keys import (
     LOOKBACK_SKEW,
@@ -139,7 +139,10 @@ class SubmitSpec:
     answers are still looked up before any re-send. ``legacy``: the key the same work had under an
     earlier batch_ops (``RunIdentity.legacy``); when the key has no batch of these requests, that
     key's chain is taken over (never batches whose owner names another deployment), so a task
-    retried across an upgrade does not pay twice.
+    retried across an upgrade does not pay twice. ``proven``: the deployment's other identities
+    (``RunIdentity.proven``); when neither key has a batch of these requests, a chain of this
+    work made under an identity the deployment proves its own is taken over, so a try that used an
+    identity a racing first task replaced is not paid for again.
 
     Examples:
         >>> SubmitSpec.of(endpoint="/v1/embeddings", fail_on=["failed"]).policy.names
@@ -161,6 +164,7 @@ class SubmitSpec:
     policy: OutcomePolicy = field(default_factory=OutcomePolicy)
     since: float | None = None
     legacy: LegacyKey | None = None
+    proven: ProvenIdentities | None = None
     #: The model of provider-neutral requests that name none (the settings' ``model``: one eval set, a
     #: model per connection).
     model: str | None = None
@@ -188,6 +192,7 @@ class SubmitSpec:
                 fields["idempotency_key"] = identity.key
                 fields["since"] = fields.get("since") or identity.since
                 fields["legacy"] = identity.legacy
+                fields["proven"] = identity.proven
         return cls(policy=policy or OutcomePolicy.of(fail_on, fail_on_request_failures), **fields)
 
 
@@ -438,12 +443,16 @@ def _chains_plan(
     dialect: Dialect,
     policy: RetryPolicy,
     until: Callable[[Batch, str | None, int], bool] | None = None,
+    also: Callable[[Batch], bool] | None = None,
+    kept: list[Batch] | None = None,
 ) -> Generator[Send | Sleep, Any, list[dict[str | None, AttemptChain]]]:
     """The chains of each of ``keys`` (a key, and which of its batches count) in one scan; see
-    :func:`find_chains_plan`."""
+    :func:`find_chains_plan`. Batches for which ``also`` is true are appended to ``kept`` too."""
     marks: list[int] = []
 
     def keep(batch: Batch) -> bool:
+        if also is not None and kept is not None and also(batch):
+            kept.append(batch)
         value = dialect.key_of(batch)
         for key, admits in keys:
             parsed = parse_attempt(value, key)
@@ -483,15 +492,36 @@ _Chains = Mapping[str | None, AttemptChain]
 
 def _own_chains_plan(
     key: str, legacy: LegacyKey | None, *, since: float, dialect: Dialect, policy: RetryPolicy,
-    until: Callable[[Batch, str | None, int], bool],
+    until: Callable[[Batch, str | None, int], bool], proven: ProvenIdentities | None = None,
+    kept: list[Batch] | None = None,
 ) -> Generator[Send | Sleep, Any, tuple[_Chains, _Chains]]:
     """The chains of ``key``, and those of the ``legacy`` key the work had before (only the batches it
-    may take over: :meth:`LegacyKey.adopts`), in one scan."""
-    if legacy is None:
-        return (yield from find_chains_plan(key, since=since, dialect=dialect, policy=policy, until=until)), {}
-    own, old = yield from _chains_plan([(key, _every), (legacy.key, legacy.adopts)], since=since, dialect=dialect,
-                                       policy=policy, until=until)
-    return own, old
+    may take over: :meth:`LegacyKey.adopts`), in one scan; the batches whose owner names the work
+    (``proven``) go to ``kept``, for :func:`_proven_plan`."""
+    keys = [(key, _every)] + ([(legacy.key, legacy.adopts)] if legacy is not None else [])
+    chains = yield from _chains_plan(keys, since=since, dialect=dialect, policy=policy, until=until,
+                                     also=proven.names_task if proven is not None else None, kept=kept)
+    return chains[0], (chains[1] if legacy is not None else {})
+
+
+def _proven_plan(
+    proven: ProvenIdentities, batches: Sequence[Batch], fingerprint: str, *, dialect: Dialect
+) -> Generator[Work, Any, _Choice | None]:
+    """The chain of these requests that this work made under another identity of its deployment, or None.
+
+    Each identity the work's ``batches`` name is asked about (``proven.proves``, orchestrator I/O, so a
+    :class:`Work`), newest first; an identity that is not proven is never taken over: it may be
+    another deployment's.
+    """
+    for identity in proven.candidates(batches):
+        if not (yield Work(partial(proven.proves, identity))):
+            continue
+        chains = chains_of(proven.key_for(identity), batches, key_of=dialect.key_of)
+        if fingerprint in chains:
+            return _Choice(chains[fingerprint], notices=(
+                f"this work's chain was made under {identity}, an earlier identity of this deployment (made by "
+                f"tasks at the same moment; it is now {proven.deployment}): taking it over",))
+    return None
 
 
 def find_chain_plan(
@@ -884,12 +914,14 @@ def _submit_plan(
     if given:
         chains: _Chains = {}
         legacy = spec.legacy if keyed else None
+        proven = spec.proven if keyed else None
         old: _Chains = {}  # the legacy key's chains this work may take over
+        named: list[Batch] = []  # the batches whose owner names this work (any identity): see _proven_plan
         matched = None
         if source.file_id is not None and keyed:
             # The same uploaded file is the same requests: found by id, nothing is downloaded.
             chains, old = yield from _own_chains_plan(key, legacy, since=since, dialect=dialect, policy=policy,
-                                                      until=_made_from(source.file_id))
+                                                      until=_made_from(source.file_id), proven=proven, kept=named)
             matched = _chain_made_from(chains, source.file_id) or _chain_made_from(old, source.file_id)
         if matched is not None:
             choice = _Choice(matched)
@@ -904,7 +936,8 @@ def _submit_plan(
                 chains = yield from _ledger_chains_plan(key, ledger, dialect=dialect, policy=policy)
             elif keyed and source.file_id is None:
                 chains, old = yield from _own_chains_plan(key, legacy, since=since, dialect=dialect, policy=policy,
-                                                          until=_attempt_zero(fingerprint))
+                                                          until=_attempt_zero(fingerprint), proven=proven,
+                                                          kept=named)
             choice = yield from _choose_plan(key, fingerprint, chains, workdir=workdir, dialect=dialect, policy=policy)
             if legacy is not None and old and not choice.chain.attempts:
                 # Nothing of these requests under the key: the work's batches from before the upgrade.
@@ -914,6 +947,11 @@ def _submit_plan(
                     choice = adopted
                 elif not chains:
                     choice = replace(adopted, chain=choice.chain)  # a new chain, under the key; say what changed
+            if proven is not None and named and not choice.chain.attempts:
+                # Nothing under either key: a try that used an identity a racing first task then replaced.
+                raced = yield from _proven_plan(proven, named, fingerprint, dialect=dialect)
+                if raced is not None:
+                    choice = raced
     chain = choice.chain
     step = next_step(chain, spec.policy)
     if choice.reason:

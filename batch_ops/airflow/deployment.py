@@ -20,6 +20,15 @@ deployment's metadata database, like the runs it names.
   still recognises the batches made before).
 * Never copy it into *another* deployment (a staging database restored from production's
   backup: delete the Variable there): the two would then prove each other's batches.
+* Made at the same moment by several first tasks (a fresh deployment starting many DAGs), the
+  identity can differ between them: Airflow offers no compare-and-set on Variables, so a task
+  that reads while the others' writes are still landing, or one slow between its own read and
+  write, uses a value that is then replaced, and its next try derives another key (seen under
+  load: a retry paid attempt 0 again). Whatever the timing, each value made is first
+  recorded in a Variable of its own, ``batch_ops_deployment_id.<value>``, before it is written
+  as the identity: a retry that finds its task instance's batches under such an earlier identity
+  of its own deployment takes that chain over (:func:`proves_identity`), and never one of an
+  identity its deployment did not make. Keep these Variables (and move them with the identity).
 * ``[batch_ops] deployment_name`` (``AIRFLOW__BATCH_OPS__DEPLOYMENT_NAME``), optional, is a name
   for people: it is recorded beside the identity and shown in sweep reports, never trusted.
 
@@ -38,7 +47,7 @@ import time
 
 from batch_ops.identity.owners import DEPLOYMENT_MAX
 
-__all__ = ["VARIABLE", "deployment_identity", "deployment_name"]
+__all__ = ["VARIABLE", "deployment_identity", "deployment_name", "made_variable", "proves_identity"]
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +56,13 @@ VARIABLE = "batch_ops_deployment_id"
 _DESCRIPTION = ("Identifies this Airflow deployment in the metadata of the OpenAI batches it creates, so that its "
                 "orphan sweep never cancels another deployment's batches (batch_ops). Never copy it to another "
                 "deployment; copy it when moving this one to a new metadata database.")
+_MADE_DESCRIPTION = ("An identity this Airflow deployment made for batch_ops_deployment_id (several tasks can make one "
+                     "at the same moment): proves that batches naming it are this deployment's, so a retry never pays "
+                     "for them again (batch_ops). Keep it; never copy it to another deployment.")
 #: Seconds to wait after making the identity before reading it back: tasks that make it at the same
-#: moment (the deployment's very first batches) all end up with the value written last.
+#: moment (the deployment's very first batches) mostly end up with the value written last. Mostly:
+#: a task that reads between their writes does not wait, and a write can land later than this
+#: (see the module docstring for what keeps money safe then).
 _SETTLE = 1.0
 
 
@@ -64,7 +78,10 @@ def deployment_identity(*, create: bool = True) -> str | None:
     try:
         value = Variable.get(VARIABLE, default=None)
         if not value and create:
-            Variable.set(VARIABLE, secrets.token_hex(8), description=_DESCRIPTION)
+            made = secrets.token_hex(8)
+            # The record first: any value a task reads as the identity then has its record (proves_identity).
+            Variable.set(made_variable(made), made, description=_MADE_DESCRIPTION)
+            Variable.set(VARIABLE, made, description=_DESCRIPTION)
             time.sleep(_SETTLE)
             value = Variable.get(VARIABLE, default=None)
     except Exception as exc:  # the Execution API's own errors; a setting must not stop a batch
@@ -74,6 +91,30 @@ def deployment_identity(*, create: bool = True) -> str | None:
         return None
     value = str(value).strip() if value is not None else ""
     return value[:DEPLOYMENT_MAX] or None
+
+
+def made_variable(identity: str) -> str:
+    """The Variable recording that this deployment made ``identity``.
+
+    Examples:
+        >>> made_variable("3f9c0d1e7a2b4c68")
+        'batch_ops_deployment_id.3f9c0d1e7a2b4c68'
+    """
+    return f"{VARIABLE}.{identity}"
+
+
+def proves_identity(identity: str) -> bool:
+    """True when this deployment made ``identity`` (its :func:`made_variable` exists): batches naming it
+    are this deployment's. False when it did not, or when the Variable cannot be read (a retry may then
+    pay again, never take over another deployment's batch). Call it inside a running task."""
+    from airflow.sdk import Variable
+
+    try:
+        return Variable.get(made_variable(identity), default=None) == identity
+    except Exception as exc:  # the Execution API's own errors
+        log.warning("Could not read the Airflow Variable %s (%s: %s): batches made under that identity are not "
+                    "taken over", made_variable(identity), type(exc).__name__, exc)
+        return False
 
 
 def deployment_name() -> str | None:

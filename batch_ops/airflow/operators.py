@@ -37,7 +37,7 @@ except ImportError:  # Airflow 3.0 kept it in airflow.exceptions
 
 from batch_ops import OutcomePolicy, Source, SubmitSpec, is_permanent
 from batch_ops.airflow.config import default_deferrable
-from batch_ops.airflow.deployment import deployment_identity, deployment_name
+from batch_ops.airflow.deployment import deployment_identity, deployment_name, proves_identity
 from batch_ops.airflow.hooks import OpenAIBatchHook
 from batch_ops.airflow.links import OpenAIBatchLink, batch_url
 from batch_ops.airflow.outcome import XCOM_BATCH, XCOM_BATCH_ID, BatchOutcomeMixin
@@ -84,7 +84,7 @@ def run_identity(context: Context, *, reattach: bool = True) -> RunIdentity:
         dag_id=ti.dag_id, task_id=ti.task_id, run_id=ti.run_id, map_index=ti.map_index,
         started=getattr(context.get("dag_run"), "start_date", None),
         deployment=deployment_identity(), deployment_name=deployment_name(),
-        ti_id=str(ti_id) if ti_id else None, reattach=reattach,
+        ti_id=str(ti_id) if ti_id else None, reattach=reattach, proves=proves_identity,
     )
 
 

@@ -27,6 +27,13 @@ What remains: a batch made by a batch_ops older than the deployment identity (it
 deployment) under the same old key can still be adopted by the other deployment's try of that
 task instance — the behaviour of those versions, for batches made before the upgrade only.
 
+A deployment's identity is made by its first tasks, often several at once, and Airflow offers no
+compare-and-set: under load one try can use a value that a later write replaces, so its next try
+derives another key (seen: 35 requests paid for 20). Every value ever made is recorded where only
+its deployment can read it, so the lookup also takes over a chain this task instance made under an
+identity its deployment *proves* its own (``proven``, :class:`ProvenIdentities`), and never one of
+an identity it cannot prove.
+
 Examples:
     >>> ident = RunIdentity.airflow(dag_id="d", task_id="t", run_id="manual__1", started=10_000.0,
     ...                             deployment="3f9c0d1e7a2b4c68")
@@ -40,7 +47,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,8 +76,10 @@ __all__ = [
     "LOOKBACK_SKEW",
     "OWNER_METADATA_KEYS",
     "PREFECT_OWNER_KEY",
+    "PROVEN_MAX",
     "LegacyKey",
     "Owner",
+    "ProvenIdentities",
     "RunIdentity",
     "airflow_key",
     "airflow_owner_metadata",
@@ -135,6 +144,58 @@ class LegacyKey:
         return owner is None or not owner.foreign_to(self.deployment)
 
 
+#: Other deployment identities a lookup asks about at most (one orchestrator read each): a fresh
+#: deployment's first tasks make a handful at once, never more than its first burst of tasks.
+PROVEN_MAX = 8
+
+
+@dataclass(frozen=True)
+class ProvenIdentities:
+    """The other identities of the running deployment, proven one by one, under which an earlier try of
+    this task instance may have made its chain (see *Deployments* in the module docstring).
+
+    ``proves(identity)`` asks the orchestrator whether its deployment made ``identity`` (I/O: the plans
+    run it as :class:`~batch_ops.effects.Work`); it must be False for any other deployment's identity,
+    and False when it cannot tell (a retry may then pay again; it never takes over another's batch).
+
+    Examples:
+        >>> b = Batch(id="b", endpoint="/v1/embeddings", input_file_id="f", status="completed", created_at=0,
+        ...           metadata=airflow_owner_metadata(dag_id="d", run_id="r", task_id="t", deployment="lost"))
+        >>> p = ProvenIdentities(dag_id="d", task_id="t", run_id="r", deployment="kept", proves=lambda _: True)
+        >>> p.candidates([b]), p.key_for("lost") == airflow_key(dag_id="d", task_id="t", run_id="r", deployment="lost")
+        (['lost'], True)
+    """
+
+    dag_id: str
+    task_id: str
+    run_id: str
+    deployment: str
+    proves: Callable[[str], bool]
+    map_index: int = -1
+
+    def names_task(self, batch: Batch) -> bool:
+        """True when ``batch``'s owner record names this task instance (in any deployment)."""
+        owner = owner_of(batch)
+        return (owner is not None and owner.system == "airflow"
+                and owner.id == f"{self.dag_id}/{self.run_id}/{self.task_id}/{self.map_index}")
+
+    def candidates(self, batches: Iterable[Batch]) -> list[str]:
+        """The identities other than the running one that this task instance's ``batches`` name, newest
+        batch first, at most :data:`PROVEN_MAX` (each costs one question to the orchestrator)."""
+        found: list[str] = []
+        for batch in sorted(batches, key=lambda b: (b.created_at, b.id), reverse=True):
+            owner = owner_of(batch) if self.names_task(batch) else None
+            identity = owner.deployment if owner is not None else None
+            if identity and identity != self.deployment and identity not in found:
+                found.append(identity)
+        return found[:PROVEN_MAX]
+
+    def key_for(self, identity: str) -> str:
+        """The key this task instance has under ``identity``."""
+        return airflow_key(dag_id=self.dag_id, task_id=self.task_id, run_id=self.run_id, map_index=self.map_index,
+                           deployment=identity)
+
+
 @dataclass(frozen=True)
 class RunIdentity:
     """Who is submitting: the key, the owner record, how far back to look (see the module docstring).
@@ -147,13 +208,14 @@ class RunIdentity:
         >>> RunIdentity.prefect_task(flow_run_id="f1", task_key="t", dynamic_key="0").owner
         {'prefect_flow_run_id': 'f1'}
         >>> RunIdentity.job_part(job_id="job", part="00001", started=1000.0)
-        RunIdentity(key='job-00001', owner={}, since=400.0, legacy=None)
+        RunIdentity(key='job-00001', owner={}, since=400.0, legacy=None, proven=None)
     """
 
     key: str | None = None
     owner: Mapping[str, str] = field(default_factory=dict)
     since: float | None = None
     legacy: LegacyKey | None = None
+    proven: ProvenIdentities | None = None
 
     def metadata(self, user: Mapping[str, str] | None = None) -> dict[str, str]:
         """The user's metadata with the owner record added (the idempotency key is added at create)."""
@@ -172,10 +234,12 @@ class RunIdentity:
         deployment_name: str | None = None,
         ti_id: str | None = None,
         reattach: bool = True,
+        proves: Callable[[str], bool] | None = None,
     ) -> RunIdentity:
         """One Airflow task instance of one deployment (``started``: when its DAG run began).
 
         ``reattach=False``: every try is new work (a random key), still owned by the task instance.
+        ``proves``: whether an identity is one this deployment made (see :class:`ProvenIdentities`).
         """
         index = -1 if map_index is None else int(map_index)
         owner = airflow_owner_metadata(dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=index,
@@ -183,11 +247,14 @@ class RunIdentity:
         if not reattach:
             return cls(None, owner)
         key = airflow_key(dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=index, deployment=deployment)
-        legacy = None
+        legacy = proven = None
         if deployment:
             legacy = LegacyKey(airflow_key(dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=index),
                                deployment)
-        return cls(key, owner, lookback_start(started), legacy)
+            if proves is not None:
+                proven = ProvenIdentities(dag_id=dag_id, task_id=task_id, run_id=run_id, map_index=index,
+                                          deployment=deployment, proves=proves)
+        return cls(key, owner, lookback_start(started), legacy, proven)
 
     @classmethod
     def prefect_task(cls, *, flow_run_id: Any, task_key: str, dynamic_key: Any, started: Any = None) -> RunIdentity:
