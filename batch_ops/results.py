@@ -134,6 +134,20 @@ def iter_result_lines(path: PathLike) -> Iterator[ResultLine]:
                 yield _parse_result(raw, path=name, line=n)
 
 
+def _objects(f: IO[bytes], name: str) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a result file, one per non-blank line; anything else is a :class:`ResultFileError`."""
+    for n, _offset, raw in _lines(f, name):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError as exc:
+            raise ResultFileError(f"not a JSON line ({exc})", path=name, line=n) from None
+        if not isinstance(obj, dict):
+            raise ResultFileError("not a JSON object", path=name, line=n)
+        yield obj
+
+
 def rewrite_results(path: PathLike, convert: Callable[[Mapping[str, Any]], Mapping[str, Any]]) -> int:
     """Rewrite a result file in place, each line through ``convert`` (a dialect's
     :meth:`~batch_ops.dialects.Dialect.result_line`: a provider's own line into OpenAI's shape);
@@ -152,15 +166,7 @@ def rewrite_results(path: PathLike, convert: Callable[[Mapping[str, Any]], Mappi
     name = os.fspath(path)
     written = 0
     with open(name, "rb") as f, atomic_file(name) as out:
-        for n, _offset, raw in _lines(f, name):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except ValueError as exc:
-                raise ResultFileError(f"not a JSON line ({exc})", path=name, line=n) from None
-            if not isinstance(obj, dict):
-                raise ResultFileError("not a JSON object", path=name, line=n)
+        for obj in _objects(f, name):
             out.write(json.dumps(convert(obj), separators=(",", ":")).encode() + b"\n")
             written += 1
     return written
@@ -186,15 +192,7 @@ def split_results(
     name = os.fspath(path)
     counts = [0, 0]
     with open(name, "rb") as f, atomic_file(output) as out, atomic_file(error) as err:
-        for n, _offset, raw in _lines(f, name):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except ValueError as exc:
-                raise ResultFileError(f"not a JSON line ({exc})", path=name, line=n) from None
-            if not isinstance(obj, dict):
-                raise ResultFileError("not a JSON object", path=name, line=n)
+        for obj in _objects(f, name):
             line = dict(convert(obj))
             ok = _result_ok(line)
             (out if ok else err).write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
