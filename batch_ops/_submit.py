@@ -849,10 +849,14 @@ def submit_plan(
 ) -> Generator[Send | Sleep | Work, Any, Submission]:
     """Validate → fingerprint → find the chain → attach, or upload → create at most once → reconcile.
 
-    ``workdir`` is an empty scratch directory the driver owns (and removes afterwards). ``ledger``: where
-    key → batch is recorded for a dialect whose batches cannot carry the key (``carries_key`` False;
-    required then): a keyed submit holds the key's lease from the lookup to the record, so two tries
-    of one key make one batch (:mod:`batch_ops.identity.ledger`).
+    ``workdir`` is an empty scratch directory the driver owns (and removes afterwards). ``ledger``: the
+    key ledger the settings name (:mod:`batch_ops.identity.ledger`). A keyed submit holding one takes the
+    key's lease first and keeps it until its batch exists, so tries of one key take turns: two tries at
+    the same moment make one batch, and the later one attaches to it instead of creating a duplicate
+    that runs (and is billed) until it cancels itself. Where the dialect's batches carry the key, the
+    ledger serves only that lease: the key's batches are still found by listing and reconciled after
+    the create (the second line of defence: a lease taken over after a stall, a list that lags). Where
+    they cannot (``carries_key`` False), the ledger is required and also records key → batch.
     """
     if not spec.endpoint:
         # Provider-neutral chat requests: the provider's chat endpoint (Gemini's names the model).
@@ -862,17 +866,17 @@ def submit_plan(
             rule="invalid_source", param="source", message=f"{dialect.title} keep no uploaded files: a batch carries "
             f"its requests (got file id {source.file_id!r})", fix="pass the request file or the request dicts")],
             source="batch parameters")
-    if dialect.carries_key:
-        ledger = None
-    elif ledger is None:
+    if ledger is None and not dialect.carries_key:
         raise BatchOpsError(f"{dialect.title} batches cannot carry the idempotency key: a submit needs a key ledger "
                             "(the clients pass the one ClientSettings.key_ledger names)")
+    # Where the batches carry the key, they are its record: the ledger only lends the key's lease.
+    records = None if dialect.carries_key else ledger
     given = spec.idempotency_key is not None
     key = check_idempotency_key(spec.idempotency_key) if given else new_idempotency_key()
     assert key is not None
     if ledger is None or not (given and spec.reattach):
         return (yield from _submit_plan(spec, source, key, workdir=workdir, dialect=dialect, policy=policy,
-                                        lookback=lookback, ledger=ledger))
+                                        lookback=lookback, ledger=records))
     lease = yield Work(partial(ledger.lease, key))
     waited = _plans.clock()
     while not (yield Work(lease.acquire)):
@@ -885,7 +889,7 @@ def submit_plan(
                                        f"looking again in {lease.retry_after:.1f} s")
     try:
         found = yield from _submit_plan(spec, source, key, workdir=workdir, dialect=dialect, policy=policy,
-                                        lookback=lookback, ledger=ledger)
+                                        lookback=lookback, ledger=records)
     except BaseException:
         lease.release()  # a plan that is closed cannot yield: the release is a small write
         raise

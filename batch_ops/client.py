@@ -140,8 +140,10 @@ class _Base:
         )
         #: What every plan is driven with: the dialect that speaks the wire, the retry policy.
         self._wire: Mapping[str, Any] = MappingProxyType({"dialect": self.dialect, "policy": self.retry_policy})
-        #: Where key → batch is recorded when the dialect's batches cannot carry the key (Anthropic).
-        self._ledger = None if self.dialect.carries_key else KeyLedger(settings.key_ledger)
+        #: The key ledger: the key's lease for every keyed submit when the settings name one (a race makes one
+        #: batch); always for a dialect whose batches cannot carry the key (Anthropic), which records key → batch
+        #: in it too (default folder: this machine's).
+        self._ledger = KeyLedger(settings.key_ledger) if settings.key_ledger or not self.dialect.carries_key else None
 
     def _spec(self, spec: SubmitSpec) -> SubmitSpec:
         """``spec`` with the settings' model for neutral requests that name none (a connection's model)."""

@@ -101,8 +101,11 @@ class ClientSettings(BaseModel):
         retry_max_elapsed: total seconds one call may spend retrying, whatever ``max_retries`` says.
         backoff_initial / backoff_max: exponential back-off bounds (full jitter).
         idempotency_lookback: seconds of batch history searched for an idempotency key.
-        key_ledger: where key -> batch is recorded for a provider whose batches cannot carry the key
-            (``BATCH_OPS_KEY_LEDGER``; see :mod:`batch_ops.identity.ledger`).
+        key_ledger: a folder (or ``s3://`` URL) every try of a piece of work can reach (``BATCH_OPS_KEY_LEDGER``).
+            Set, tries of one key take turns under the key's lease on every provider, so tries racing at
+            the same moment make one batch; a provider whose batches cannot carry the key (Anthropic)
+            records key -> batch there too, and needs it (unset: ``~/.batch_ops/key-ledger``). See
+            :mod:`batch_ops.identity.ledger`.
         events_url: a webhook receiver's events URL (``BATCH_OPS_EVENTS_URL``, e.g.
             ``http://receiver:8780/events``): async waits wake on the batch's webhook event and
             poll only every ``safety_poll_interval`` seconds (default 1800) in case one is lost.
@@ -153,9 +156,11 @@ class ClientSettings(BaseModel):
                                         description="Seconds of batch history searched for a run's earlier batches.")
     key_ledger: str | None = Field(
         default=None, title="Key ledger",
-        description="For providers whose batches cannot carry the idempotency key (Anthropic): the folder where "
-        "submits record key -> batch, shared by every worker that may retry the work (a local folder or an s3:// "
-        "URL); empty: ~/.batch_ops/key-ledger on this machine only.")
+        description="A folder every worker that may run the same work can reach (a local folder on one machine, a "
+        "shared volume, or an s3:// URL for workers on several machines). Set: tries of one idempotency key take "
+        "turns (a lease), so tries racing at the same moment make one batch and pay once, on every provider; empty: "
+        "racing tries each create and all but one cancel themselves. Anthropic also records key -> batch there "
+        "and needs one (empty: ~/.batch_ops/key-ledger, this machine only).")
     events_url: str | None = Field(
         default=None, title="Webhook events URL",
         description="The webhook receiver's events URL (batch-ops webhooks serve), e.g. http://receiver:8780/events: "

@@ -70,6 +70,8 @@ DRILLS: tuple[Spec, ...] = (
     Spec("money-anthropic", "24a", "Paid vs needed on Anthropic (no metadata: the key ledger): retries after "
          "expired/failed, 4 racing tries, 5 kills between create and record; the lost-create window",
          "anthropic_drills"),
+    Spec("money-lease", "24l", "Paid vs needed: 4 racing tries of one key on OpenAI, Gemini and Together, without "
+         "and with the key ledger's lease", "lease_drills"),
     Spec("hostile-wire", "9", "Waits against a hostile server: HTML, cut JSON, unknown status, redirect, "
          "silence, trickle, echoed key", "hostile_drills"),
     Spec("receiver-body", "22.3", "Webhook receiver: unsigned 300 MB body, plain and chunked", "receiver_drills"),
@@ -85,11 +87,12 @@ DRILLS: tuple[Spec, ...] = (
 #: Cheap suites first, so a broken basic fails fast; the Airflow deployment last.
 SUITES: tuple[str, ...] = ("core_drills", "hostile_drills", "receiver_drills", "files_drills", "airflow_dags",
                            "prefect_drills", "airflow_stack", "money_drills", "job_drills", "owner_drills",
-                           "gemini_drills", "anthropic_drills")
+                           "gemini_drills", "anthropic_drills", "lease_drills")
 #: Seconds a suite may take before it is stopped (its drills then fail); a full run takes ~4 min.
 BUDGET: dict[str, float] = {"core_drills": 180, "airflow_dags": 240, "prefect_drills": 240, "airflow_stack": 420,
                             "money_drills": 480, "hostile_drills": 120, "receiver_drills": 150, "files_drills": 150,
-                            "owner_drills": 300, "job_drills": 180, "gemini_drills": 180, "anthropic_drills": 240}
+                            "owner_drills": 300, "job_drills": 180, "gemini_drills": 180, "anthropic_drills": 240,
+                            "lease_drills": 180}
 #: The whole run stops within this (issue 8 asked for 15 minutes; issue 22 added seven heavy rows), leaving a minute
 #: to stop what is running.
 TOTAL_BUDGET = 24 * 60.0
