@@ -26,30 +26,15 @@ import signal
 import sqlite3
 import statistics
 import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from drills._common import Drill, wait_for
+from drills._common import Drill, wait_for, write_jsonl
+from drills._racers import race, submit_argv
 
 __all__ = ["run"]
-
-_SUBMIT = textwrap.dedent("""
-    import json, os, sys, time
-    from batch_ops import BatchClient, ClientSettings, SubmitSpec
-    url, ledger, key, n, start = sys.argv[1:6]
-    settings = ClientSettings(api_key="k", base_url=url, provider="anthropic", key_ledger=ledger)
-    lines = [{"custom_id": f"q-{i}", "params": {"model": "claude", "max_tokens": 8,
-              "messages": [{"role": "user", "content": f"q {i}"}]}} for i in range(int(n))]
-    time.sleep(max(0.0, float(start) - time.time()))
-    with BatchClient(settings=settings) as client:
-        sub = client.submit_spec(lines, SubmitSpec(endpoint="/v1/messages", idempotency_key=key))
-    print(json.dumps({"batch": sub.batch.id, "created": sub.created}), flush=True)
-""")
 
 
 def run(names: list[str], work: Path) -> list[Drill]:
@@ -90,11 +75,19 @@ def _row(d: Drill, scenario: str, *, paid: int, needed: int, detail: str) -> Non
     d.figure(scenario, f"paid {paid} / needed {needed}; {detail}")
 
 
+def _settings(url: str, ledger: Path) -> dict[str, Any]:
+    return {"api_key": "k", "base_url": url, "provider": "anthropic", "key_ledger": str(ledger),
+            "backoff_initial": 0.05, "backoff_max": 0.2}
+
+
+def _spec(key: str) -> dict[str, Any]:
+    return {"endpoint": "/v1/messages", "idempotency_key": key}
+
+
 def _client(url: str, ledger: Path) -> Any:
     from batch_ops import BatchClient, ClientSettings
 
-    return BatchClient(settings=ClientSettings(api_key="k", base_url=url, provider="anthropic",
-                                               key_ledger=str(ledger), backoff_initial=0.05, backoff_max=0.2))
+    return BatchClient(settings=ClientSettings(**_settings(url, ledger)))
 
 
 def _retries(d: Drill, work: Path) -> None:
@@ -136,19 +129,10 @@ def _retries(d: Drill, work: Path) -> None:
 def _race(d: Drill, work: Path) -> None:
     from batch_ops.server import serve_in_background
 
-    script = work / "submit.py"
-    script.write_text(_SUBMIT)
     needed = 40
+    source = write_jsonl(work / "race.jsonl", _lines(needed, "q"))
     with serve_in_background(latency=0.1) as url:
-        start = time.time() + 3.0
-        procs = [subprocess.Popen([sys.executable, str(script), url, str(work / "ledger-race"), "race", str(needed),
-                                   str(start)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for _ in range(4)]
-        said = []
-        for proc in procs:
-            out, err = proc.communicate(timeout=120)
-            d.require(proc.returncode == 0, f"a racing process failed: {err[-400:]}")
-            said.append(json.loads(out))
+        said = race(d, 4, settings=_settings(url, work / "ledger-race"), source=source, spec=_spec("race"))
         d.check(len({s["batch"] for s in said}) == 1, "4 tries agree on one batch")
         paid, _carried, made = _paid(url)
         d.check(made == 1, f"4 concurrent tries made {made} batches")
@@ -170,9 +154,8 @@ def _landed(data: Path, before: int, child: subprocess.Popen[str]) -> bool:
 def _kills(d: Drill, work: Path) -> None:
     from batch_ops.server import serve_in_background
 
-    script = work / "submit.py"
-    script.write_text(_SUBMIT)
     trials, per = 5, 8
+    source = write_jsonl(work / "kill.jsonl", _lines(per, "q"))
     attached = 0
     data = work / "kill-server"
     for trial in range(trials):
@@ -181,14 +164,14 @@ def _kills(d: Drill, work: Path) -> None:
         # process looks for its lost create and is killed before it records it.
         with serve_in_background(data_dir=str(data), drop=1.0, seed=2) as url:
             before = len(_server_ids(data))
-            child = subprocess.Popen([sys.executable, str(script), url, str(ledger), key, str(per), "0"],
+            child = subprocess.Popen(submit_argv(_settings(url, ledger), source, _spec(key)),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             landed = functools.partial(_landed, data, before, child)
             wait_for("the create to land", landed, timeout=60, interval=0.005)
             child.send_signal(signal.SIGKILL)
             child.communicate()
         with serve_in_background(data_dir=str(data)) as url:
-            retry = subprocess.run([sys.executable, str(script), url, str(ledger), key, str(per), "0"],
+            retry = subprocess.run(submit_argv(_settings(url, ledger), source, _spec(key)),
                                    capture_output=True, text=True, timeout=120)
             d.require(retry.returncode == 0, f"the retry failed: {retry.stderr[-400:]}")
             attached += not json.loads(retry.stdout)["created"]

@@ -14,10 +14,6 @@ extra must equal what the duplicates finished before they cancelled themselves (
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +21,7 @@ from typing import Any
 import httpx
 
 from drills._common import CANARY, Drill, wait_for
+from drills._racers import race
 
 __all__ = ["run"]
 
@@ -73,18 +70,6 @@ def _row(d: Drill, scenario: str, *, paid: int, needed: int, detail: str, extra_
              + f"; {detail}")
 
 
-_RACER = textwrap.dedent("""
-    import sys, time
-    from batch_ops import BatchClient, SubmitSpec
-    from batch_ops.settings import ClientSettings
-    base, key, path, name, start = sys.argv[1:6]
-    client = BatchClient(settings=ClientSettings(provider="gemini", api_key=key, base_url=base))
-    time.sleep(max(0.0, float(start) - time.time()))
-    sub = client.submit_spec(path, SubmitSpec(endpoint="gemini-2.5-flash", idempotency_key=name))
-    print(sub.batch.id, int(sub.created), flush=True)
-""")
-
-
 def _client(url: Any) -> Any:
     from batch_ops import BatchClient
     from batch_ops.settings import ClientSettings
@@ -103,16 +88,9 @@ def money_gemini(d: Drill, work: Path) -> None:
     path = _requests(work / "race.jsonl", needed, "race")
     for n in (2, 4):
         with serve_in_background(api_key=CANARY, concurrency=1, request_latency=0.02) as url:
-            start = int(time.time()) + 3.05  # all tries in the same second: ties broken by id
-            procs = [subprocess.Popen([sys.executable, "-c", _RACER, _root(url) + "/v1beta", CANARY, str(path),
-                                       f"race-{n}", str(start)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True, start_new_session=True) for _ in range(n)]
-            answers = []
-            for proc in procs:
-                out, err = proc.communicate(timeout=120)
-                d.require(proc.returncode == 0, f"a racing process failed: {err[-500:]}")
-                answers.append(out.split())
-            ids = {a[0] for a in answers}
+            said = race(d, n, settings={"provider": "gemini", "api_key": CANARY, "base_url": _root(url) + "/v1beta"},
+                        source=path, spec={"endpoint": MODEL, "idempotency_key": f"race-{n}"})
+            ids = {s["batch"] for s in said}
             d.check(len(ids) == 1, f"{n} tries agree on one batch ({len(ids)} distinct answers)")
             paid, ops = _paid(url)
             kept = [o for o in ops if o["metadata"]["state"] != "BATCH_STATE_CANCELLED"]

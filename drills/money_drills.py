@@ -30,7 +30,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ from drills._common import (
     wait_for,
     write_jsonl,
 )
+from drills._racers import race
 
 __all__ = ["paid_for", "run"]
 
@@ -111,17 +111,6 @@ def _row(d: Drill, scenario: str, *, paid: int, needed: int, detail: str, extra_
 # 8a. concurrent tries of one key
 # ---------------------------------------------------------------------------------------------
 
-_RACER = textwrap.dedent("""
-    import sys, time
-    from batch_ops import BatchClient, SubmitSpec
-    url, key, path, name, start = sys.argv[1:6]
-    client = BatchClient(api_key=key, base_url=url)
-    time.sleep(max(0.0, float(start) - time.time()))
-    sub = client.submit_spec(path, SubmitSpec(endpoint="/v1/chat/completions", idempotency_key=name))
-    print(sub.batch.id, int(sub.created), flush=True)
-""")
-
-
 def money_core(d: Drill, work: Path) -> None:
     from batch_ops.server import serve_in_background
 
@@ -130,16 +119,9 @@ def money_core(d: Drill, work: Path) -> None:
     for n in (2, 4):
         # One request at a time, 20 ms each: a duplicate gets some work done before it cancels itself.
         with serve_in_background(api_key=CANARY, concurrency=1, request_latency=0.02) as url:
-            start = int(time.time()) + 3.05  # all tries in the same second: ties broken by id
-            procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(url), CANARY, str(path), f"race-{n}",
-                                       str(start)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      start_new_session=True) for _ in range(n)]
-            answers = []
-            for proc in procs:
-                out, err = proc.communicate(timeout=120)
-                d.require(proc.returncode == 0, f"a racing process failed: {err[-500:]}")
-                answers.append(out.split())
-            ids = {a[0] for a in answers}
+            said = race(d, n, settings={"api_key": CANARY, "base_url": str(url)}, source=path,
+                        spec={"endpoint": "/v1/chat/completions", "idempotency_key": f"race-{n}"})
+            ids = {s["batch"] for s in said}
             d.check(len(ids) == 1, f"{n} tries agree on one batch ({len(ids)} distinct answers)")
             paid, batches, _uploads = paid_for(url)
             kept = [b for b in batches if b.status != "cancelled"]
