@@ -16,9 +16,11 @@ A sweep lists the account's recent batches, asks the orchestrator for each owner
 (production and staging with one key, one DAG, equal scheduled run ids): a run id names a run
 in *some* Airflow, not in this one. A Prefect flow-run id is a UUID its server made, so the
 oracle knowing it proves the batch ours. An Airflow owner is proven when the deployment it
-names is the sweeper's own. An owner naming another deployment is ``foreign`` and is not even
-asked about; one naming none (made by an earlier batch_ops) is ``unproven``: reported, and
-cancelled only with ``sweep_unproven=True`` (an account used by one deployment only).
+names is the sweeper's own, or an earlier identity of it that the orchestrator proves (``proves``:
+first tasks that made the identity at the same moment, one of them replaced). An owner naming
+another deployment is ``foreign`` and is not even asked about; one naming none (made by an
+earlier batch_ops) is ``unproven``: reported, and cancelled only with ``sweep_unproven=True`` (an
+account used by one deployment only).
 
 ============================  ==========================================================
 the owner is …                the batch is …
@@ -55,9 +57,10 @@ Examples:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal
@@ -82,6 +85,7 @@ __all__ = [
     "asweep",
     "aunfinished_batches_of",
     "judge",
+    "proven_identities",
     "recent_batches",
     "sweep",
     "sweep_candidates",
@@ -182,16 +186,29 @@ def judge(
     min_age: float,
     deployment: str | None = None,
     sweep_unproven: bool = False,
+    proven: Collection[str] = (),
 ) -> Judgement:
     """The verdict on one unfinished batch, given its owner's state (see the module table).
 
     ``deployment`` is the sweeper's own deployment identity (None: it has none, so no Airflow
     owner can be proven its own); ``sweep_unproven`` makes an ended owner naming no deployment
     an orphan (an account used by a single deployment, with batches an earlier batch_ops made).
+    ``proven``: the deployment's earlier identities, each proven its own by the orchestrator (an
+    identity first tasks made at the same moment and one of them replaced): an owner naming one is
+    this deployment's, as one naming ``deployment`` is.
+
+    Examples:
+        >>> from batch_ops.identity import airflow_owner_metadata
+        >>> b = Batch(id="b", endpoint="/v1/embeddings", input_file_id="f", status="in_progress", created_at=0,
+        ...           metadata=airflow_owner_metadata(dag_id="d", run_id="r", task_id="t", deployment="replaced"))
+        >>> [judge(b, OwnerState.ENDED, now=999, min_age=60, deployment="now", proven=p).verdict
+        ...  for p in ((), {"replaced"})]
+        ['foreign', 'orphan']
     """
     owner = _owners_module.owner_of(batch)
     if owner is None:
         return Judgement(batch, None, None, "unowned", "no owner in metadata: made outside an orchestrator")
+    deployment = _mine(owner, deployment, proven)
     if owner.foreign_to(deployment):
         return Judgement(batch, owner, None, "foreign",
                          f"made by another deployment ({owner.deployment_name or owner.deployment}): never cancelled "
@@ -210,6 +227,32 @@ def judge(
         return Judgement(batch, owner, state, "orphan", f"its run ended without it; {why}, swept as asked")
     return Judgement(batch, owner, state, "unproven", f"its run ended, but {why}: never cancelled unless asked "
                      "(sweep_unproven)")
+
+
+def _mine(owner: _owners_module.Owner, deployment: str | None, proven: Collection[str]) -> str | None:
+    """The sweeper's identity as ``owner`` should be judged against: the one it names when that is proven ours."""
+    return owner.deployment if owner.deployment is not None and owner.deployment in proven else deployment
+
+
+#: Other identities a sweep asks the orchestrator about, at most (each is one question: a Variable read).
+PROVEN_ASKED_MAX = 16
+
+
+def proven_identities(batches: Iterable[Batch], deployment: str | None,
+                      proves: Callable[[str], bool] | None) -> frozenset[str]:
+    """The identities other than ``deployment`` that ``batches``' owners name and the orchestrator proves
+    this deployment's own (``proves``: Airflow's ``proves_identity``), newest batch first, at most
+    :data:`PROVEN_ASKED_MAX` asked. None of them without ``proves`` or without a ``deployment``
+    (a sweep that does not know its own identity proves nothing)."""
+    if proves is None or deployment is None:
+        return frozenset()
+    asked: list[str] = []
+    for batch in sorted(batches, key=lambda b: (b.created_at, b.id), reverse=True):
+        owner = _owners_module.owner_of(batch)
+        other = owner.deployment if owner is not None else None
+        if other is not None and other != deployment and other not in asked:
+            asked.append(other)
+    return frozenset(i for i in asked[:PROVEN_ASKED_MAX] if proves(i))
 
 
 def sweep_candidates(batches: Iterable[Batch]) -> list[Batch]:
@@ -245,24 +288,25 @@ class SweepReport:
 
 
 def _judge_all(batches: list[Batch], states: Mapping[str, OwnerState], *, min_age: float,
-               deployment: str | None, sweep_unproven: bool) -> list[Judgement]:
+               deployment: str | None, sweep_unproven: bool, proven: Collection[str]) -> list[Judgement]:
     now = time.time()
     out = []
     for batch in batches:
         owner = _owners_module.owner_of(batch)
         state = states.get(owner.id) if owner else None
-        out.append(judge(batch, state, now=now, min_age=min_age, deployment=deployment, sweep_unproven=sweep_unproven))
+        out.append(judge(batch, state, now=now, min_age=min_age, deployment=deployment, sweep_unproven=sweep_unproven,
+                         proven=proven))
     return out
 
 
 def _owners(
-    batches: Iterable[Batch], systems: Iterable[str] | None, deployment: str | None
+    batches: Iterable[Batch], systems: Iterable[str] | None, deployment: str | None, proven: Collection[str]
 ) -> list[_owners_module.Owner]:
     """The owners to ask the orchestrator about: of the asked systems, and not another deployment's."""
     wanted = None if systems is None else set(systems)
     owners = (o for b in batches if (o := _owners_module.owner_of(b)) is not None)
-    return list({o.id: o for o in owners if (wanted is None or o.system in wanted) and not o.foreign_to(deployment)}
-                .values())
+    return list({o.id: o for o in owners if (wanted is None or o.system in wanted)
+                 and not o.foreign_to(_mine(o, deployment, proven))}.values())
 
 
 def _since(since: float | None) -> float:
@@ -279,18 +323,22 @@ def sweep(
     systems: Iterable[str] | None = None,
     deployment: str | None = None,
     sweep_unproven: bool = False,
+    proves: Callable[[str], bool] | None = None,
 ) -> SweepReport:
     """List the unfinished batches created since ``since``, judge each, and cancel the orphans when ``cancel``.
 
     ``oracle`` answers for the owners of ``systems`` (e.g. ``["prefect"]``); owners of other
     systems are reported as unknown. ``deployment`` is the sweeper's own deployment identity:
-    owners naming another are foreign and the oracle is not asked about them. A cancel that fails
-    (the batch finished meanwhile) is reported in the judgement's reason, and the sweep goes on.
+    owners naming another are foreign and the oracle is not asked about them — unless ``proves``
+    (the orchestrator's word: Airflow's ``proves_identity``) says that identity is an earlier one of
+    this deployment (:func:`proven_identities`). A cancel that fails (the batch finished meanwhile)
+    is reported in the judgement's reason, and the sweep goes on.
     """
     batches = sweep_candidates(recent_batches(client, since=_since(since)))
-    owners = _owners(batches, systems, deployment)
+    proven = proven_identities(batches, deployment, proves)
+    owners = _owners(batches, systems, deployment, proven)
     report = SweepReport(_judge_all(batches, oracle(owners) if owners else {}, min_age=min_age,
-                                    deployment=deployment, sweep_unproven=sweep_unproven))
+                                    deployment=deployment, sweep_unproven=sweep_unproven, proven=proven))
     if cancel:
         for i, j in enumerate(report.judgements):
             if j.verdict == "orphan":
@@ -312,12 +360,14 @@ async def asweep(
     systems: Iterable[str] | None = None,
     deployment: str | None = None,
     sweep_unproven: bool = False,
+    proves: Callable[[str], bool] | None = None,
 ) -> SweepReport:
-    """Async version of :func:`sweep`."""
+    """Async version of :func:`sweep` (``proves`` is blocking orchestrator I/O: it runs in a thread)."""
     batches = sweep_candidates([b async for b in arecent_batches(client, since=_since(since))])
-    owners = _owners(batches, systems, deployment)
+    proven = await asyncio.to_thread(proven_identities, batches, deployment, proves) if proves else frozenset()
+    owners = _owners(batches, systems, deployment, proven)
     report = SweepReport(_judge_all(batches, await oracle(owners) if owners else {}, min_age=min_age,
-                                    deployment=deployment, sweep_unproven=sweep_unproven))
+                                    deployment=deployment, sweep_unproven=sweep_unproven, proven=proven))
     if cancel:
         for i, j in enumerate(report.judgements):
             if j.verdict == "orphan":

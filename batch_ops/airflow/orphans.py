@@ -10,8 +10,11 @@ rules and :func:`dag_run_states` for why the run, not the task instance, decides
 It cancels only batches it can prove are this deployment's: the owner record must name this
 deployment's identity (:mod:`batch_ops.airflow.deployment`). Another deployment sharing the API
 project (staging beside production, the same DAG, the same run ids) has its batches reported as
-``foreign`` and never touched; batches an earlier batch_ops made name no deployment and are
-reported as ``unproven`` unless ``sweep_unproven=True`` (an account no other deployment uses).
+``foreign`` and never touched; batches naming an identity this deployment made and then replaced
+(first tasks making it at the same moment) are its own, proven by their Variable
+``batch_ops_deployment_id.<value>`` (:func:`~batch_ops.airflow.deployment.proves_identity`);
+batches an earlier batch_ops made name no deployment and are reported as ``unproven`` unless
+``sweep_unproven=True`` (an account no other deployment uses).
 
 Examples:
     >>> op = OpenAIBatchOrphanSweepOperator(task_id="sweep", cancel=False)
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from batch_ops.airflow.deployment import deployment_identity
+from batch_ops.airflow.deployment import deployment_identity, proves_identity
 from batch_ops.airflow.hooks import OpenAIBatchHook
 from batch_ops.identity import Owner
 from batch_ops.orphans import DEFAULT_LOOKBACK, DEFAULT_MIN_AGE, OwnerState, sweep
@@ -114,7 +117,7 @@ class OpenAIBatchOrphanSweepOperator(BaseOperator):
         with OpenAIBatchHook(conn_id=self.conn_id).get_client() as client:
             report = sweep(client, lambda owners: dag_run_states(ti, owners), cancel=self.cancel,
                            since=time.time() - self.lookback, min_age=self.min_age, systems=["airflow"],
-                           deployment=deployment, sweep_unproven=self.sweep_unproven)
+                           deployment=deployment, sweep_unproven=self.sweep_unproven, proves=proves_identity)
         for j in report.judgements:
             if j.verdict != "kept":
                 owner = j.owner.label if j.owner else "no owner"
