@@ -89,6 +89,7 @@ from batch_ops.identity.keys import (
     parse_attempt,
 )
 from batch_ops.identity.ledger import KeyLedger, LedgerEntry
+from batch_ops.identity.owners import OWNER_METADATA_KEYS
 from batch_ops.jsonl import (
     filter_requests,
     holds_neutral_requests,
@@ -875,8 +876,23 @@ def submit_plan(
     key = check_idempotency_key(spec.idempotency_key) if given else new_idempotency_key()
     assert key is not None
     if ledger is None or not (given and spec.reattach):
-        return (yield from _submit_plan(spec, source, key, workdir=workdir, dialect=dialect, policy=policy,
-                                        lookback=lookback, ledger=records))
+        found = yield from _submit_plan(spec, source, key, workdir=workdir, dialect=dialect, policy=policy,
+                                        lookback=lookback, ledger=records)
+    else:
+        found = yield from _leased_plan(spec, source, key, workdir=workdir, dialect=dialect, policy=policy,
+                                        lookback=lookback, ledger=ledger, records=records)
+    owner = {k: v for k, v in (spec.metadata or {}).items() if k in OWNER_METADATA_KEYS}
+    if found.created and owner and ledger is not None and not dialect.carries_metadata:
+        # The batch cannot carry its owner record: the orphan sweep finds it in the ledger.
+        yield Work(partial(ledger.own, found.batch.id, owner))
+    return found
+
+
+def _leased_plan(
+    spec: SubmitSpec, source: Source, key: str, *, workdir: Path, dialect: Dialect, policy: RetryPolicy,
+    lookback: float, ledger: KeyLedger, records: KeyLedger | None,
+) -> Generator[Send | Sleep | Work, Any, Submission]:
+    """:func:`_submit_plan` holding the key's lease (taken, waited for, given back however it ends)."""
     lease = yield Work(partial(ledger.lease, key))
     waited = _plans.clock()
     while not (yield Work(lease.acquire)):

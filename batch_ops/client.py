@@ -145,6 +145,12 @@ class _Base:
         #: in it too (default folder: this machine's).
         self._ledger = KeyLedger(settings.key_ledger) if settings.key_ledger or not self.dialect.carries_key else None
 
+    @property
+    def key_ledger(self) -> KeyLedger | None:
+        """The key ledger this client's submits use (``ClientSettings.key_ledger``; always one for a provider whose
+        batches cannot carry the key), or None. The orphan sweep reads the owners it keeps."""
+        return self._ledger
+
     def _spec(self, spec: SubmitSpec) -> SubmitSpec:
         """``spec`` with the settings' model for neutral requests that name none (a connection's model)."""
         if spec.model is None and self.settings.model:

@@ -32,7 +32,8 @@ ended, not proven ours        ``unproven``: reported; cancelled only with ``swee
 unknown to the orchestrator   ``unknown``: reported, never cancelled (deleted run, other
                               orchestrator, another deployment's database)
 not named in metadata         ``unowned``: reported, never cancelled (made outside batch_ops'
-                              adapters: by hand, by another tool)
+(nor in the key ledger)       adapters: by hand, by another tool; or on an API without
+                              metadata and without a ledger: :func:`with_ledger_owners`)
 ============================  ==========================================================
 
 Batches younger than ``min_age`` are kept whatever their owner says: a run's state reaches the
@@ -73,6 +74,7 @@ from batch_ops.models import Batch, BatchStatus
 
 if TYPE_CHECKING:
     from batch_ops.client import AsyncBatchClient, BatchClient
+    from batch_ops.identity.ledger import KeyLedger
 
 __all__ = [
     "DEFAULT_LOOKBACK",
@@ -90,6 +92,7 @@ __all__ = [
     "sweep",
     "sweep_candidates",
     "unfinished_batches_of",
+    "with_ledger_owners",
 ]
 
 #: How far back a sweep looks by default (seconds): the API's longest completion window, and then some.
@@ -260,6 +263,20 @@ def sweep_candidates(batches: Iterable[Batch]) -> list[Batch]:
     return [b for b in batches if not b.status.is_terminal and b.status is not BatchStatus.CANCELLING]
 
 
+def with_ledger_owners(batches: Iterable[Batch], ledger: KeyLedger | None) -> list[Batch]:
+    """``batches``, each one whose metadata names no owner given the owner record the key ledger keeps for it.
+
+    A batch of an API that keeps no metadata (Anthropic, Gemini, Together) cannot carry its owner; a
+    submit with a key ledger records it there (:meth:`~batch_ops.identity.ledger.KeyLedger.own`). One
+    small read per unfinished batch without an owner; without a ledger, ``batches`` as they are.
+    """
+    out = []
+    for batch in batches:
+        owner = ledger.owner(batch.id) if ledger is not None and _owners_module.owner_of(batch) is None else None
+        out.append(batch.model_copy(update={"metadata": {**(batch.metadata or {}), **owner}}) if owner else batch)
+    return out
+
+
 @dataclass
 class SweepReport:
     """What a sweep found: one :class:`Judgement` per unfinished batch, and the batches it cancelled."""
@@ -334,7 +351,7 @@ def sweep(
     this deployment (:func:`proven_identities`). A cancel that fails (the batch finished meanwhile)
     is reported in the judgement's reason, and the sweep goes on.
     """
-    batches = sweep_candidates(recent_batches(client, since=_since(since)))
+    batches = with_ledger_owners(sweep_candidates(recent_batches(client, since=_since(since))), client.key_ledger)
     proven = proven_identities(batches, deployment, proves)
     owners = _owners(batches, systems, deployment, proven)
     report = SweepReport(_judge_all(batches, oracle(owners) if owners else {}, min_age=min_age,
@@ -364,6 +381,8 @@ async def asweep(
 ) -> SweepReport:
     """Async version of :func:`sweep` (``proves`` is blocking orchestrator I/O: it runs in a thread)."""
     batches = sweep_candidates([b async for b in arecent_batches(client, since=_since(since))])
+    if client.key_ledger is not None:
+        batches = await asyncio.to_thread(with_ledger_owners, batches, client.key_ledger)
     proven = await asyncio.to_thread(proven_identities, batches, deployment, proves) if proves else frozenset()
     owners = _owners(batches, systems, deployment, proven)
     report = SweepReport(_judge_all(batches, await oracle(owners) if owners else {}, min_age=min_age,

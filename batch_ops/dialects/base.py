@@ -136,6 +136,10 @@ class Dialect:
     #: False (Anthropic has no batch metadata): the submit records key → batch in a durable key
     #: ledger instead (:mod:`batch_ops.identity.ledger`).
     carries_key: ClassVar[bool] = True
+    #: A batch keeps the metadata pairs it was created with, the adapters' owner record among them (the orphan
+    #: sweep reads it). False (Anthropic, Gemini, Together): the submit keeps the owner record in the key
+    #: ledger, when there is one (:meth:`batch_ops.identity.ledger.KeyLedger.own`).
+    carries_metadata: ClassVar[bool] = True
 
     # -- addressing and credentials -------------------------------------------------------------
     def auth_headers(self, settings: ClientSettings) -> dict[str, str]:

@@ -179,6 +179,7 @@ class GeminiDialect(Dialect):
     limits = Limits(completion_windows=("24h",), expires=True, max_requests=50_000,
                     max_file_bytes=2 * 1024 * 1024 * 1024)
     key_metadata = "displayName"
+    carries_metadata = False
     line_shape = GEMINI_LINES
     rewrites_results = True
     cancel_answers_batch = False

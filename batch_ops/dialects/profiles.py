@@ -127,6 +127,7 @@ class TogetherDialect(OpenAIDialect):
     upload_purpose = "batch-api"
     line_shape = TOGETHER_LINES
     limits = Limits(endpoints=("/v1/chat/completions", "/v1/completions"))
+    carries_metadata = False
 
     def parse_batch(self, reply: Reply, send: Send) -> Batch:
         return super().parse_batch(_unwrapped(reply, send), send)

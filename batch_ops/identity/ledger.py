@@ -24,6 +24,13 @@ The guarantee, and how it is kept (:mod:`batch_ops._submit` drives it):
    tell which, and refuses with the ids (nothing is created; cancel and delete the batch that is
    not this run's, then retry).
 
+Owners: a batch of an API that keeps no metadata (Anthropic, Gemini, Together) cannot carry the
+owner record the Airflow and Prefect adapters add for the orphan sweep. A keyed or unkeyed submit
+with a ledger records it here instead, one small file per batch (``owners/``, written once, right
+after the create: :meth:`KeyLedger.own`), and the sweep reads the record of each unfinished batch
+whose metadata names no owner (:meth:`KeyLedger.owner`). A batch whose record was never written (a
+crash between the create and the record) stays unowned: reported, never cancelled.
+
 What it cannot promise: a record kept where the other tries cannot read it (a local folder with
 workers on several machines) protects nothing across them; a batch of the same size created in
 the same minutes by something that does not record it here (another tool, another ledger) makes
@@ -47,6 +54,7 @@ import hashlib
 import json
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -125,10 +133,32 @@ class KeyLedger:
         return data if isinstance(data, dict) else {"key": key, "attempts": {}}
 
     def _write(self, key: str, data: dict[str, Any]) -> None:
-        target = self._file(key)
-        if isinstance(target, str) and not storage.is_url(target):
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
-        storage.write_text(target, json.dumps(data, indent=1, sort_keys=True))
+        _write_json(self._file(key), data)
+
+    def _owner_file(self, batch_id: str) -> Any:
+        return storage.join(self.where, "owners", self._name(batch_id))
+
+    def own(self, batch_id: str, owner: Mapping[str, str]) -> None:
+        """Record the owner record (the adapters' metadata pairs) of ``batch_id``, a batch that cannot carry it."""
+        _write_json(self._owner_file(batch_id), {"batch_id": batch_id, "owner": dict(owner)})
+
+    def owner(self, batch_id: str) -> dict[str, str] | None:
+        """The owner record :meth:`own` kept for ``batch_id``, or None (none kept, or unreadable: unowned).
+
+        Examples:
+            >>> import tempfile
+            >>> ledger = KeyLedger(tempfile.mkdtemp())
+            >>> ledger.own("msgbatch_1", {"prefect_flow_run_id": "f1"})
+            >>> ledger.owner("msgbatch_1"), ledger.owner("msgbatch_2")
+            ({'prefect_flow_run_id': 'f1'}, None)
+        """
+        try:
+            data = json.loads(storage.read_text(self._owner_file(batch_id)) or "null")
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or data.get("batch_id") != batch_id or not isinstance(data.get("owner"), dict):
+            return None
+        return {str(k): str(v) for k, v in data["owner"].items()}
 
     def entries(self, key: str) -> dict[str, LedgerEntry]:
         """Every recorded attempt of ``key``, by attempt key."""
@@ -174,3 +204,9 @@ class KeyLedger:
                 if isinstance(raw, dict) and isinstance(raw.get("batch_id"), str):
                     ids.add(raw["batch_id"])
         return ids
+
+
+def _write_json(target: Any, data: dict[str, Any]) -> None:
+    if isinstance(target, str) and not storage.is_url(target):
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+    storage.write_text(target, json.dumps(data, indent=1, sort_keys=True))
