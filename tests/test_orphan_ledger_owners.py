@@ -1,7 +1,7 @@
-"""The orphan sweep owns batches of APIs that keep no metadata (Anthropic, Gemini) through the key ledger.
+"""The orphan sweep owns batches of APIs that keep no metadata (Anthropic, Gemini, Together) through the key ledger.
 
-The Airflow and Prefect adapters name a batch's owner in its metadata; an Anthropic or Gemini batch
-has none, so before, every one of them was ``unowned`` to the sweep (reported, never cancelled),
+The Airflow and Prefect adapters name a batch's owner in its metadata; an Anthropic, Gemini or
+Together batch has none, so before, every one of them was ``unowned`` to the sweep (reported, never cancelled),
 even when its run had died. A submit with a key ledger now records the owner there, and the sweep
 reads it for each unfinished batch whose metadata names no owner. Real HTTP against the local
 server; the orchestrator's answer is a plain function (as in ``tests/test_orphan_proof.py``).
@@ -42,12 +42,18 @@ def _anthropic(tmp_path: Path) -> tuple[str, Callable[[str], str], str]:
     return str(tmp_path / "r.jsonl"), str, "/v1/messages"
 
 
-@pytest.mark.parametrize("provider", ["gemini", "anthropic"])
+def _together(tmp_path: Path) -> tuple[str, Callable[[str], str], str]:
+    tmp_path.joinpath("r.jsonl").write_text(json.dumps(
+        {"custom_id": "a", "body": {"model": "m", "messages": [{"role": "user", "content": "x"}]}}) + "\n")
+    return str(tmp_path / "r.jsonl"), str, "/v1/chat/completions"
+
+
+@pytest.mark.parametrize("provider", ["gemini", "anthropic", "together"])
 def test_a_dead_runs_batch_without_metadata_is_swept_through_the_ledger(provider: str, make_server: MakeServer,
                                                                          tmp_path: Path) -> None:
-    source, base, endpoint = {"gemini": _gemini, "anthropic": _anthropic}[provider](tmp_path)
+    source, base, endpoint = {"gemini": _gemini, "anthropic": _anthropic, "together": _together}[provider](tmp_path)
     # Every request takes 10 minutes: the batches run while the sweep looks.
-    with make_server(request_latency=600) as url:
+    with make_server(request_latency=600, wire="together" if provider == "together" else "openai") as url:
         settings = ClientSettings(api_key="k", provider=provider, base_url=base(url),
                                   key_ledger=str(tmp_path / "ledger"))
         with BatchClient(settings=settings) as client:
