@@ -26,6 +26,20 @@ from batch_ops.evals.dataset import (
     write_request_file,
 )
 from batch_ops.evals.pipeline import DEFAULT_MAX_DROP, prepare_requests, run_dir, score_and_report
+from batch_ops.evals.record import (
+    Aggregate,
+    Comparison,
+    Cost,
+    EvalSetInfo,
+    GateDecision,
+    GraderResult,
+    ModelRecord,
+    ResultCounts,
+    RunRecord,
+    SampleResult,
+    TokenUsage,
+    example_run_record,
+)
 from batch_ops.evals.report import (
     ReportPaths,
     ScoreRegressionError,
@@ -37,6 +51,18 @@ from batch_ops.evals.report import (
 from batch_ops.evals.scoring import SCORERS, EvalRun, ItemScore, extract_answer, register_scorer, score_results
 
 __all__ = [
+    "Aggregate",
+    "Comparison",
+    "Cost",
+    "EvalSetInfo",
+    "GateDecision",
+    "GraderResult",
+    "ModelRecord",
+    "ResultCounts",
+    "RunRecord",
+    "SampleResult",
+    "TokenUsage",
+    "example_run_record",
     "DEFAULT_EVAL_SET",
     "DEFAULT_MAX_DROP",
     "DEFAULT_MODEL",
