@@ -305,6 +305,10 @@ class JsonMatch:
             return self.normalise(got) == self.normalise(want)
         if isinstance(got, int | float) and isinstance(want, int | float) and not isinstance(got, bool):
             return abs(float(got) - float(want)) <= 1e-9
+        if isinstance(got, Mapping) and isinstance(want, Mapping):
+            return got.keys() == want.keys() and all(self._same(got[k], want[k]) for k in want)
+        if isinstance(got, list) and isinstance(want, list):
+            return len(got) == len(want) and all(self._same(a, b) for a, b in zip(got, want, strict=True))
         return bool(got == want)
 
     def grade(self, answer: str, item: EvalItem) -> Grade:

@@ -125,7 +125,7 @@ class ModelGraded:
         template: A name from :data:`TEMPLATES` or a :class:`JudgeTemplate`.
         criterion: The criterion or rubric (``{expected}`` and metadata fields allowed); default: the
             template's, which compares with the expected answer.
-        grade_pattern: Finds the grade letter (group 1) in a reply; the last match counts.
+        grade_pattern: Finds the grade letter (group 1) in a reply, ignoring case; the last match counts.
         pass_threshold: The score a sample needs to pass (1.0: ``P`` partial credit fails).
         max_tokens / temperature: The judge's generation settings (temperature 0: repeatable grades).
         name: The grader's name in the record.
@@ -157,7 +157,7 @@ class ModelGraded:
             raise ConfigurationError(f"model-graded grader {self.name!r}: no template {self.template!r}; fix: "
                                      f"one of {sorted(TEMPLATES)} or a JudgeTemplate")
         try:
-            compiled = re.compile(self.grade_pattern)
+            compiled = re.compile(self.grade_pattern, re.IGNORECASE)
         except re.error as exc:
             raise ConfigurationError(f"model-graded grader {self.name!r}: bad grade_pattern ({exc})") from exc
         if compiled.groups < 1:
