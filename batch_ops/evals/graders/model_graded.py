@@ -5,9 +5,8 @@ models in a second batch (at batch price, with its own cost line):
 
 1. :meth:`ModelGraded.judge_requests` — one neutral :class:`~batch_ops.jsonl.neutral.ChatRequest`
    per answer and judge (``custom_id`` = ``<prefix><sample custom_id>__j<k>``), any provider;
-2. (run them as a batch: an OpenAI-shaped, Anthropic or Gemini file via
-   :func:`batch_ops.jsonl.write_requests`; Gemini takes one model per batch, so several Gemini
-   judges are one batch each: split on ``request.model``);
+2. (run them as batches: a batch file names one model, so :meth:`ModelGraded.judge_batches` gives
+   one list per judge; write each for the judge's provider with :func:`batch_ops.jsonl.write_requests`);
 3. :meth:`ModelGraded.grades_from_judge` — the judge results (``client.results(batch)``) become one
    :class:`~batch_ops.evals.graders.Grade` per sample.
 
@@ -216,6 +215,14 @@ class ModelGraded:
                                        messages=[{"role": "user", "content": text}],
                                        max_tokens=self.max_tokens, temperature=self.temperature))
         return out
+
+    def judge_batches(self, samples: Iterable[SampleResult], items: Mapping[str, EvalItem], *,
+                      prefix: str = "") -> dict[str, list[ChatRequest]]:
+        """:meth:`judge_requests` split by judge model: one batch each (a batch file names one model)."""
+        out: dict[str, list[ChatRequest]] = {j: [] for j in self.judges}
+        for r in self.judge_requests(samples, items, prefix=prefix):
+            out[r.model or ""].append(r)
+        return {j: reqs for j, reqs in out.items() if reqs}
 
     def parse(self, reply: str) -> str | None:
         """The grade letter in a judge's reply (the last match, upper-cased), or None when there is none
