@@ -43,6 +43,8 @@ from batch_ops.evals.graders import (
     PythonGrader,
     Regex,
     check_graders,
+    grader_from_config,
+    graders_from_config,
 )
 from batch_ops.evals.grading import (
     apply_judge,
@@ -141,6 +143,8 @@ __all__ = [
     "extract_answer",
     "gate",
     "grade_answers",
+    "grader_from_config",
+    "graders_from_config",
     "item_scores",
     "load_eval_set",
     "mean_interval",

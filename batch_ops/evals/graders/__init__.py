@@ -36,6 +36,7 @@ from typing import Any
 from batch_ops.errors import InputValidationError, Problem
 from batch_ops.evals.dataset import EvalItem
 from batch_ops.evals.graders.base import Grade, Grader, GradeStatus
+from batch_ops.evals.graders.config import grader_from_config, graders_from_config
 from batch_ops.evals.graders.custom import PythonGrader, load_function
 from batch_ops.evals.graders.deterministic import (
     F1,
@@ -76,6 +77,8 @@ __all__ = [
     "PythonGrader",
     "Regex",
     "check_graders",
+    "grader_from_config",
+    "graders_from_config",
     "is_model_graded",
     "judge_usage",
     "load_function",
