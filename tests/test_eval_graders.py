@@ -125,6 +125,8 @@ def test_check_graders_refuses_before_spending() -> None:
                    ModelGraded(judges=["j"], template="rubric", criterion="Polite and under 50 words.")], items)
     with pytest.raises(InputValidationError, match="grader 'judge' needs"):
         check_graders([ModelGraded(judges=["j"])], items)  # the default criterion quotes the expected answer
+    with pytest.raises(InputValidationError, match="grader 'regex' needs"):
+        check_graders([Regex(r"\b{expected}\b")], items)
 
 
 def said(custom_id: str, text: str) -> ResultLine:

@@ -96,8 +96,8 @@ def is_model_graded(grader: Any) -> bool:
 
 def needs_expected(grader: Any) -> bool:
     """Whether the grader needs each item's expected answer."""
-    if isinstance(grader, ModelGraded):
-        return grader.requires_expected_answer
+    if hasattr(grader, "requires_expected_answer"):  # depends on the grader's options (a pattern, a criterion)
+        return bool(grader.requires_expected_answer)
     return bool(getattr(grader, "requires_expected", False))
 
 
