@@ -37,13 +37,20 @@ from prefect.states import State
 from batch_ops.client import AsyncBatchClient
 from batch_ops.errors import InputValidationError, Problem
 from batch_ops.identity import PREFECT_OWNER_KEY, RunIdentity, lookback_start, unfinished_owned_by
-from batch_ops.models import Batch
+from batch_ops.models import Batch, BatchStatus
 from batch_ops.orphans import aunfinished_batches_of
 from batch_ops.outcomes import DEFAULT_WAIT_TIMEOUT, OutcomePolicy
 from batch_ops.prefect.artifacts import DEFAULT_ARTIFACT_KEY
 from batch_ops.prefect.credentials import OpenAIBatchCredentials, settings_from_parameters
 from batch_ops.prefect.storage import block_target
-from batch_ops.prefect.tasks import BatchResult, _submit_task, _wait_task, run_start_time, settings_used_by
+from batch_ops.prefect.tasks import (
+    BatchResult,
+    _submit_task,
+    _wait_task,
+    batches_submitted_by,
+    run_start_time,
+    settings_used_by,
+)
 from batch_ops.settings import ClientSettings
 from batch_ops.storage import display
 
@@ -107,6 +114,10 @@ async def cancel_flow_run_batches(flow: Flow[Any, Any], flow_run: FlowRun, state
             # A client of its own: the hook may run on a short-lived loop in another process.
             async with AsyncBatchClient(settings=settings) as client:
                 found = await aunfinished_batches_of(client, PREFECT_OWNER_KEY, run_id, since=since)
+                try:
+                    found += await _remembered_unfinished(client, settings, run_id, {b.id for b in found})
+                except Exception as exc:  # the listed ones are still cancelled
+                    logger.error("Flow run cancelled: could not look up the batches it submitted: %s", exc)
                 if not found:
                     logger.info("Flow run cancelled: no unfinished batch of this run on %s", settings.base_url)
                 for batch in found:
@@ -118,6 +129,16 @@ async def cancel_flow_run_batches(flow: Flow[Any, Any], flow_run: FlowRun, state
                         logger.info("Flow run cancelled: batch %s is now %s", batch.id, cancelled.status.value)
         except Exception as exc:
             logger.error("Could not list the batches of flow run %s on %s: %s", run_id, settings.base_url, exc)
+
+
+async def _remembered_unfinished(client: AsyncBatchClient, settings: ClientSettings, run_id: str,
+                                 listed: set[str]) -> list[Batch]:
+    """The unfinished batches this process saw the run submit with ``settings``, beyond those ``listed``
+    by their owner metadata: a batch that cannot carry its owner (Anthropic's, Gemini's) is found here,
+    when the hook runs in the process that submitted it (a ``run_batch`` subflow's does)."""
+    ids = [i for i, used in batches_submitted_by(run_id).items() if used == settings and i not in listed]
+    batches = [await client.batches.retrieve(i) for i in ids]
+    return [b for b in batches if not b.status.is_terminal and b.status is not BatchStatus.CANCELLING]
 
 
 async def run_identity(work: Mapping[str, Any]) -> RunIdentity | None:
