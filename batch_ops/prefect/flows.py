@@ -116,6 +116,7 @@ async def cancel_flow_run_batches(flow: Flow[Any, Any], flow_run: FlowRun, state
                 found = await aunfinished_batches_of(client, PREFECT_OWNER_KEY, run_id, since=since)
                 try:
                     found += await _remembered_unfinished(client, settings, run_id, {b.id for b in found})
+                    found += await _keyed_unfinished(client, flow, flow_run, {b.id for b in found}, since=since)
                 except Exception as exc:  # the listed ones are still cancelled
                     logger.error("Flow run cancelled: could not look up the batches it submitted: %s", exc)
                 if not found:
@@ -138,7 +139,29 @@ async def _remembered_unfinished(client: AsyncBatchClient, settings: ClientSetti
     when the hook runs in the process that submitted it (a ``run_batch`` subflow's does)."""
     ids = [i for i, used in batches_submitted_by(run_id).items() if used == settings and i not in listed]
     batches = [await client.batches.retrieve(i) for i in ids]
-    return [b for b in batches if not b.status.is_terminal and b.status is not BatchStatus.CANCELLING]
+    return [b for b in batches if _unfinished(b)]
+
+
+async def _keyed_unfinished(client: AsyncBatchClient, flow: Flow[Any, Any], flow_run: FlowRun, listed: set[str], *,
+                            since: float | None) -> list[Batch]:
+    """A ``run_batch`` flow run of its own (a deployment of it) keys its work on its flow run id alone:
+    that key's chain is its batches on any provider (found by metadata, Gemini's display name or
+    Anthropic's key ledger), wherever the hook runs — the runner's process, after it killed the run's.
+    A key the caller gave may be shared with other runs: such a run's batches are not looked up by it."""
+    if flow.name != "run-batch" or flow_run.parent_task_run_id is not None:
+        return []
+    if (flow_run.parameters or {}).get("idempotency_key"):
+        return []
+    key = RunIdentity.prefect_flow(flow_run_id=flow_run.id).key
+    if key is None:
+        return []
+    chain = await client.batches.chain(key, since=since)
+    return [a.batch for a in chain.attempts if a.batch.id not in listed and _unfinished(a.batch)]
+
+
+def _unfinished(batch: Batch) -> bool:
+    """Still running and not yet being cancelled: what a cancelled run cancels (as core's ``unfinished_owned_by``)."""
+    return not batch.status.is_terminal and batch.status is not BatchStatus.CANCELLING
 
 
 async def run_identity(work: Mapping[str, Any]) -> RunIdentity | None:
