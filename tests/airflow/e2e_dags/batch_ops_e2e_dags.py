@@ -7,6 +7,7 @@ never slow down or muddle another's audit.
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, task
@@ -50,11 +51,12 @@ with _dag("bo_e2e_retry_expired"):
                         conn_id="openai_batch_expiring", retries=8, retry_delay=timedelta(seconds=0))
 
 
-# The same scenarios on the other batch APIs: Anthropic's Message Batches, Gemini's Batch Mode and an
-# OpenAI-shaped profile (Groq). The requests are provider-neutral (no endpoint, no model: each
-# connection names its provider and model), so one DAG definition serves every provider; the
-# connections are ``bo_<provider>_<scenario>`` (``AIRFLOW_CONN_BO_...``), a server of its own each.
-PROVIDERS = ("anthropic", "gemini", "groq")
+# The same scenarios on the other batch APIs: Anthropic's Message Batches and Gemini's Batch Mode (and,
+# with BATCH_OPS_E2E_PROVIDERS=anthropic,gemini,groq, an OpenAI-shaped profile). The requests are
+# provider-neutral (no endpoint, no model: each connection names its provider and model), so one DAG
+# definition serves every provider; the connections are ``bo_<provider>_<scenario>``
+# (``AIRFLOW_CONN_BO_...``), a server of its own each.
+PROVIDERS = [p for p in os.environ.get("BATCH_OPS_E2E_PROVIDERS", "anthropic,gemini").split(",") if p]
 
 
 def _neutral(n: int, tag: str) -> list[dict]:
