@@ -266,3 +266,102 @@ class SettingsSamples:
 @pytest.fixture(scope="session")
 def settings_samples() -> SettingsSamples:
     return SettingsSamples()
+
+
+class WireOracle:
+    """What a local server holds, read through the official SDK of the provider whose wire it speaks
+    (``openai`` for OpenAI and its profiles, ``anthropic``, ``google-genai``), never through batch_ops'
+    own client: the judge of the end-to-end money tests.
+
+    ``batches(provider, url)`` lists every batch on the server, oldest first, as ``(id, status)``;
+    ``paid(provider, url)`` counts, per ``custom_id`` (Gemini: ``key``), the requests that succeeded
+    over all of them, read from their result files — what the provider bills.
+    """
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[str, str], Any] = {}
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+
+    def anthropic(self, url: str) -> Any:
+        import anthropic
+
+        return self._client("anthropic", url, lambda: anthropic.Anthropic(
+            api_key="sk-ant-oracle", base_url=str(url).removesuffix("/v1"), max_retries=0))
+
+    def gemini(self, url: str) -> Any:
+        from google import genai
+
+        # Kept: a genai.Client closes its HTTP client when it is garbage collected, under its pagers' feet.
+        return self._client("gemini", url, lambda: genai.Client(
+            api_key="gemini-oracle", http_options={"base_url": str(url).removesuffix("/v1") + "/"}))
+
+    def openai(self, url: str) -> Any:
+        import openai
+
+        return self._client("openai", url, lambda: openai.OpenAI(api_key="sk-oracle", base_url=str(url),
+                                                                  max_retries=0))
+
+    def _client(self, kind: str, url: str, make: Callable[[], Any]) -> Any:
+        if (kind, str(url)) not in self._clients:
+            self._clients[kind, str(url)] = make()
+        return self._clients[kind, str(url)]
+
+    @staticmethod
+    def cancel_seen(provider: str, status: str) -> bool:
+        """A cancel reached the batch, in the provider's words (a status from :meth:`batches`)."""
+        if provider == "anthropic":
+            return status.endswith("+cancel") or status == "canceling"
+        return status in ("cancelling", "cancelled", "JOB_STATE_CANCELLED", "JOB_STATE_CANCELLING")
+
+    def batches(self, provider: str, url: str) -> list[tuple[str, str]]:
+        """Every batch on the server, oldest first: ``(id, status)`` in the provider's own words
+        (Anthropic: ``processing_status``, plus ``+cancel`` once a cancel was asked for)."""
+        if provider == "anthropic":
+            listed = sorted(self.anthropic(url).messages.batches.list(limit=100), key=lambda b: b.created_at)
+            return [(b.id, b.processing_status + ("+cancel" if b.cancel_initiated_at else "")) for b in listed]
+        if provider == "gemini":
+            jobs = sorted(self.gemini(url).batches.list(config={"page_size": 100}), key=lambda j: j.create_time)
+            return [(j.name, j.state.name if j.state else "") for j in jobs]
+        listed = sorted(self.openai(url).batches.list(limit=100), key=lambda b: b.created_at)
+        return [(b.id, b.status) for b in listed]
+
+    def paid(self, provider: str, url: str) -> dict[str, int]:
+        """Successes per custom id over every batch on the server (each must have ended)."""
+        paid: dict[str, int] = {}
+        for custom_id in self._successes(provider, url):
+            paid[custom_id] = paid.get(custom_id, 0) + 1
+        return paid
+
+    def _successes(self, provider: str, url: str) -> Iterator[str]:
+        if provider == "anthropic":
+            client = self.anthropic(url)
+            for batch_id, _ in self.batches(provider, url):
+                yield from (r.custom_id for r in client.messages.batches.results(batch_id)
+                            if r.result.type == "succeeded")
+        elif provider == "gemini":
+            client = self.gemini(url)
+            for job in client.batches.list(config={"page_size": 100}):
+                if job.dest is not None and job.dest.file_name:
+                    for raw in client.files.download(file=job.dest.file_name).decode().splitlines():
+                        line = json.loads(raw)
+                        if "response" in line:
+                            yield line["key"]
+        else:
+            client = self.openai(url)
+            for batch in client.batches.list(limit=100):
+                if batch.output_file_id:
+                    for raw in client.files.content(batch.output_file_id).text.splitlines():
+                        line = json.loads(raw)
+                        if (line.get("response") or {}).get("status_code") == 200:
+                            yield line["custom_id"]
+
+
+@pytest.fixture
+def wire_oracle() -> Iterator[WireOracle]:
+    """The official SDKs on local servers (see :class:`WireOracle`)."""
+    oracle = WireOracle()
+    yield oracle
+    oracle.close()

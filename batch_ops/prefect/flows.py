@@ -37,13 +37,20 @@ from prefect.states import State
 from batch_ops.client import AsyncBatchClient
 from batch_ops.errors import InputValidationError, Problem
 from batch_ops.identity import PREFECT_OWNER_KEY, RunIdentity, lookback_start, unfinished_owned_by
-from batch_ops.models import Batch
+from batch_ops.models import Batch, BatchStatus
 from batch_ops.orphans import aunfinished_batches_of
 from batch_ops.outcomes import DEFAULT_WAIT_TIMEOUT, OutcomePolicy
 from batch_ops.prefect.artifacts import DEFAULT_ARTIFACT_KEY
 from batch_ops.prefect.credentials import OpenAIBatchCredentials, settings_from_parameters
 from batch_ops.prefect.storage import block_target
-from batch_ops.prefect.tasks import BatchResult, _submit_task, _wait_task, run_start_time, settings_used_by
+from batch_ops.prefect.tasks import (
+    BatchResult,
+    _submit_task,
+    _wait_task,
+    batches_submitted_by,
+    run_start_time,
+    settings_used_by,
+)
 from batch_ops.settings import ClientSettings
 from batch_ops.storage import display
 
@@ -107,6 +114,11 @@ async def cancel_flow_run_batches(flow: Flow[Any, Any], flow_run: FlowRun, state
             # A client of its own: the hook may run on a short-lived loop in another process.
             async with AsyncBatchClient(settings=settings) as client:
                 found = await aunfinished_batches_of(client, PREFECT_OWNER_KEY, run_id, since=since)
+                try:
+                    found += await _remembered_unfinished(client, settings, run_id, {b.id for b in found})
+                    found += await _keyed_unfinished(client, flow, flow_run, {b.id for b in found}, since=since)
+                except Exception as exc:  # the listed ones are still cancelled
+                    logger.error("Flow run cancelled: could not look up the batches it submitted: %s", exc)
                 if not found:
                     logger.info("Flow run cancelled: no unfinished batch of this run on %s", settings.base_url)
                 for batch in found:
@@ -118,6 +130,38 @@ async def cancel_flow_run_batches(flow: Flow[Any, Any], flow_run: FlowRun, state
                         logger.info("Flow run cancelled: batch %s is now %s", batch.id, cancelled.status.value)
         except Exception as exc:
             logger.error("Could not list the batches of flow run %s on %s: %s", run_id, settings.base_url, exc)
+
+
+async def _remembered_unfinished(client: AsyncBatchClient, settings: ClientSettings, run_id: str,
+                                 listed: set[str]) -> list[Batch]:
+    """The unfinished batches this process saw the run submit with ``settings``, beyond those ``listed``
+    by their owner metadata: a batch that cannot carry its owner (Anthropic's, Gemini's) is found here,
+    when the hook runs in the process that submitted it (a ``run_batch`` subflow's does)."""
+    ids = [i for i, used in batches_submitted_by(run_id).items() if used == settings and i not in listed]
+    batches = [await client.batches.retrieve(i) for i in ids]
+    return [b for b in batches if _unfinished(b)]
+
+
+async def _keyed_unfinished(client: AsyncBatchClient, flow: Flow[Any, Any], flow_run: FlowRun, listed: set[str], *,
+                            since: float | None) -> list[Batch]:
+    """A ``run_batch`` flow run of its own (a deployment of it) keys its work on its flow run id alone:
+    that key's chain is its batches on any provider (found by metadata, Gemini's display name or
+    Anthropic's key ledger), wherever the hook runs — the runner's process, after it killed the run's.
+    A key the caller gave may be shared with other runs: such a run's batches are not looked up by it."""
+    if flow.name != "run-batch" or flow_run.parent_task_run_id is not None:
+        return []
+    if (flow_run.parameters or {}).get("idempotency_key"):
+        return []
+    key = RunIdentity.prefect_flow(flow_run_id=flow_run.id).key
+    if key is None:
+        return []
+    chain = await client.batches.chain(key, since=since)
+    return [a.batch for a in chain.attempts if a.batch.id not in listed and _unfinished(a.batch)]
+
+
+def _unfinished(batch: Batch) -> bool:
+    """Still running and not yet being cancelled: what a cancelled run cancels (as core's ``unfinished_owned_by``)."""
+    return not batch.status.is_terminal and batch.status is not BatchStatus.CANCELLING
 
 
 async def run_identity(work: Mapping[str, Any]) -> RunIdentity | None:

@@ -76,6 +76,7 @@ __all__ = [
     "download_batch_file",
     "read_batch_results",
     "run_started",
+    "batches_submitted_by",
     "settings_used_by",
     "submit_batch",
     "task_identity",
@@ -224,6 +225,33 @@ def settings_used_by(flow_run_id: str) -> list[ClientSettings]:
         return list(runs.get(flow_run_id, ()))
 
 
+# The batches each flow run submitted in this process (made or attached), with the settings that reach
+# them: what an on_cancellation hook running here cancels even when the batch cannot say whose it is
+# (Anthropic's batches carry no metadata, Gemini's only our key). Bounded like the settings above.
+_RUN_BATCHES = "prefect.run_batches"
+
+
+def _remember_batch(flow_run_id: str, batch_id: str, settings: ClientSettings) -> None:
+    runs: dict[str, dict[str, ClientSettings]] = STATE.slot(_RUN_BATCHES, dict)
+    with STATE.lock(_RUN_BATCHES):
+        known = runs.pop(flow_run_id, {})
+        runs[flow_run_id] = known  # now the most recent
+        known.pop(batch_id, None)
+        known[batch_id] = settings
+        while len(known) > _RUN_SETTINGS_MAX:
+            del known[next(iter(known))]
+        while len(runs) > _RUN_SETTINGS_MAX:
+            del runs[next(iter(runs))]  # the least recently used run
+
+
+def batches_submitted_by(flow_run_id: str) -> dict[str, ClientSettings]:
+    """The batches the flow run submitted in this process, by id, with the settings that reach each
+    (empty when none)."""
+    runs: dict[str, dict[str, ClientSettings]] = STATE.slot(_RUN_BATCHES, dict)
+    with STATE.lock(_RUN_BATCHES):
+        return dict(runs.get(flow_run_id, {}))
+
+
 def _prepare_input(
     source: StorageTarget | Iterable[Mapping[str, Any]], rules: RuleOptions
 ) -> tuple[Path, int, Path | None]:
@@ -330,6 +358,8 @@ async def _submit(
         output_expires_after=output_expires_after, since=since, identity=identity,
         fail_on=fail_on, fail_on_request_failures=fail_on_request_failures,
     ))
+    if flow_run_id is not None:
+        _remember_batch(flow_run_id, submission.batch.id, settings)
     submission.log(_logger())
     return submission
 

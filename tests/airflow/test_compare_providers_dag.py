@@ -1,6 +1,7 @@
 """The example DAG ``dags/compare_providers.py`` runs end to end (``airflow dags test``, deferred waits run
-inline) on three providers at once: the same neutral requests, three connections that differ only in
-provider, model and key, one local server speaking OpenAI's, Anthropic's and Gemini's batch APIs."""
+inline) on four providers at once: the same neutral requests, four connections that differ only in
+provider, model and key, one local server speaking OpenAI's, Anthropic's and Gemini's batch APIs (and
+OpenAI's as Groq, an OpenAI-shaped profile)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,11 @@ def test_compare_providers_dag_runs_the_same_requests_on_three_providers(
                                               "key_ledger": str(tmp_path / "ledger")}},
             "BATCH_OPS_GEMINI": {"host": root + "/v1beta", "password": "gemini-7731",
                                  "extra": {"provider": "gemini", "model": "gemini-2.5-flash"}},
+            # An OpenAI-shaped profile too: the fourth connection is all it takes.
+            "BATCH_OPS_GROQ": {"host": str(url), "password": "gsk-groq-7731",
+                               "extra": {"provider": "groq", "model": "llama-3.3-70b-versatile"}},
         }
+        env["BATCH_OPS_COMPARE_CONNS"] = ",".join(name.lower() for name in conns)
         for name, conn in conns.items():
             env[f"AIRFLOW_CONN_{name}"] = json.dumps({"conn_type": "openaibatch", **conn})
         run = subprocess.run([AIRFLOW, "dags", "test", "compare_providers"], env=env, capture_output=True, text=True,
@@ -56,7 +61,7 @@ def test_compare_providers_dag_runs_the_same_requests_on_three_providers(
         (value,) = db.execute("select value from xcom where dag_id = 'compare_providers' and task_id = 'compare' "
                               "and key = 'return_value'").fetchone()
     summary = json.loads(value)
-    ids = ["batch_ops_openai", "batch_ops_anthropic", "batch_ops_gemini"]
+    ids = ["batch_ops_openai", "batch_ops_anthropic", "batch_ops_gemini", "batch_ops_groq"]
     assert sorted(summary["answers"]) == ["q-0", "q-1", "q-2"]
     for answers in summary["answers"].values():
         assert sorted(answers) == sorted(ids)

@@ -12,6 +12,11 @@ the metadata database, and checks the servers:
   in a new task process, after request failures (``fail_on_request_failures``) or an expired
   batch; the requests paid for (successes over all batches on the server) equal the requests
   needed, and the result lists the chain's batches;
+* the same kill and retries on Anthropic's and Gemini's batch APIs (``bo_e2e_<provider>_*``: neutral
+  requests, a connection per provider and scenario), judged by the provider's own SDK
+  (``anthropic``, ``google-genai``; ``openai`` for a profile): the cancel reached the batch, each
+  custom id was paid exactly once over every batch the SDK lists, and a downstream task gets the
+  chain's results joined by custom id;
 * the example pair ``dags/eval_assets.py``: ``eval_submit`` creates a batch and ends; its webhook
   reaches ``batch-ops webhooks serve``; the asset watcher in the triggerer turns it into one
   asset event; the scheduler runs ``eval_process``, which scores that batch.
@@ -40,6 +45,12 @@ from batch_ops.server.background import free_port
 
 E2E_DAGS = Path(__file__).resolve().parent / "e2e_dags"
 EXAMPLE_ASSET_DAGS = Path(__file__).resolve().parents[2] / "dags" / "eval_assets.py"
+#: The other batch APIs run through the same scenarios, and the model each connection names. ``make test``
+#: runs the new wires (Anthropic, Gemini); ``BATCH_OPS_E2E_PROVIDERS=anthropic,gemini,groq`` adds an
+#: OpenAI-shaped profile (three more DAGs: +30 s, and on a loaded 2-core machine one more chance for the
+#: one API server worker to time out).
+MODELS = {"anthropic": "claude-sonnet-4-5", "gemini": "gemini-2.5-flash", "groq": "llama-3.3-70b-versatile"}
+PROVIDER_MODELS = {p: MODELS[p] for p in os.environ.get("BATCH_OPS_E2E_PROVIDERS", "anthropic,gemini").split(",") if p}
 STARTUP_TIMEOUT = 240.0
 RUN_TIMEOUT = 180.0
 
@@ -81,6 +92,26 @@ class Airflow:
             if answer.status_code in (200, 201):
                 self.http.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
                 self._token = True
+
+    def patch(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        """A PATCH as a user makes it in the UI, again while the API server answers 500 (its "Database
+        error" is SQLite busy with the scheduler's writes: a dozen DAGs at once) or not in time."""
+        for attempt in range(20):
+            try:
+                answer = self.http.patch(path, json=body)
+            except httpx.TimeoutException:  # the one worker busy; setting a state again is harmless
+                if attempt == 19:
+                    raise
+                continue
+            if answer.status_code < 500:
+                break
+            time.sleep(0.5)
+        return answer
+
+    def mark_failed(self, dag_id: str, run_id: str) -> None:
+        """A user marks the deferred task failed."""
+        answer = self.patch(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/batch", {"new_state": "failed"})
+        assert answer.status_code == 200, answer.text
 
     def log_tail(self, lines: int = 60) -> str:
         text = (self.home / "standalone.log").read_text(errors="replace")
@@ -128,32 +159,64 @@ def _money_evidence(home: Path, dag_id: str, batches: list[Any]) -> str:
     return "\n".join(["what the tries logged:", *said, "batches on the server:", *held])
 
 
+def _provider_connections(provider: str, urls: dict[str, str], ledger: Path) -> dict[str, str]:
+    """``AIRFLOW_CONN_BO_<PROVIDER>_<SCENARIO>``: a connection per scenario to its own server, differing from
+    the other providers' only in provider, model, the host's API root and (Anthropic) the key ledger."""
+    extra: dict[str, str] = {"provider": provider, "model": PROVIDER_MODELS[provider]}
+    if provider == "anthropic":  # no batch metadata: the key ledger all workers share keeps the key
+        extra["key_ledger"] = str(ledger)
+    conns = {}
+    for scenario, url in urls.items():
+        host = str(url).removesuffix("/v1") + "/v1beta" if provider == "gemini" else str(url)
+        conns[f"AIRFLOW_CONN_BO_{provider.upper()}_{scenario.upper()}"] = json.dumps(
+            {"conn_type": CONN_TYPE, "host": host, "password": f"{provider}-e2e-key", "extra": extra})
+    return conns
+
+
+def _money_evidence_of(home: Path, dag_id: str, batches: list[tuple[str, str]]) -> str:
+    """:func:`_money_evidence` for any provider: the tries' words, and the batches its SDK lists."""
+    return _money_evidence(home, dag_id, []) + "".join(f"\n{b} {status}" for b, status in batches)
+
+
 def test_deferred_then_success_and_kill_cancels(make_server, receiver, webhook_secret: str, tmp_path: Path,
-                                                oracle) -> None:
+                                                oracle, wire_oracle) -> None:
     home = tmp_path / "airflow_home"
     home.mkdir()
     dags = tmp_path / "dags"
     dags.mkdir()
     for source in (*E2E_DAGS.glob("*.py"), EXAMPLE_ASSET_DAGS):
         (dags / source.name).write_text(source.read_text())
-    port = free_port()
-    api = f"http://127.0.0.1:{port}"
     with make_server(concurrency=1, request_latency=0.5) as url, \
             make_server(concurrency=1, request_latency=1.0) as kill_url, \
             make_server(fail_requests=0.3, seed=4, request_latency=0.01) as failing_url, \
             make_server(concurrency=1, request_latency=0.25, expire_after=1.2) as expiring_url, \
             make_server(request_latency=0.05, webhook_urls=[receiver.hook_url],
-                        webhook_secret=webhook_secret) as events_url:
+                        webhook_secret=webhook_secret) as events_url, contextlib.ExitStack() as servers:
+        # The other batch APIs: per provider a server per scenario, with the same faults as OpenAI's.
+        provider_urls = {provider: {
+            "kill": str(servers.enter_context(make_server(concurrency=1, request_latency=1.0))),
+            "failures": str(servers.enter_context(make_server(fail_requests=0.3, seed=4, request_latency=0.01))),
+            "expiring": str(servers.enter_context(make_server(concurrency=1, request_latency=0.25,
+                                                              expire_after=1.2))),
+        } for provider in PROVIDER_MODELS}
+        # Picked once every server above holds its port: a free port picked earlier can go to one of them.
+        port = free_port()
+        api = f"http://127.0.0.1:{port}"
         env = {
             **os.environ,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            # SQLite's busy timeout 60 s, not 5: with sixteen DAGs at once a write waited longer, and the API
+            # server then failed a task it meant to retry ("database is locked" in ti_update_state).
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}?timeout=60",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
             "AIRFLOW__API__PORT": str(port),
             "AIRFLOW__API__WORKERS": "1",
+            # A task's calls to the API server wait 60 s, not 5: on a loaded machine a task's start timed out
+            # and the task failed before it ran (httpx.ReadTimeout in the supervisor; its retry then got 409).
+            "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "2",
@@ -171,9 +234,13 @@ def test_deferred_then_success_and_kill_cancels(make_server, receiver, webhook_s
             "BATCH_OPS_EVAL_CONN_ID": "openai_batch_events",
             "BATCH_OPS_EVAL_STORAGE": str(tmp_path / "eval"),
         }
+        for provider, urls in provider_urls.items():
+            env.update(_provider_connections(provider, urls, tmp_path / "ledger"))
         with standalone(home, env) as proc:
             af = Airflow(home, proc, api)
-            dag_ids = ("bo_e2e", "bo_e2e_kill", "bo_e2e_retry_failures", "bo_e2e_retry_expired")
+            dag_ids = ("bo_e2e", "bo_e2e_kill", "bo_e2e_retry_failures", "bo_e2e_retry_expired",
+                       *(f"bo_e2e_{p}_{s}" for p in PROVIDER_MODELS for s in ("kill", "retry_failures",
+                                                                                "retry_expired")))
             af.wait("the API server and the DAGs", lambda: af.http.get(
                 "/api/v2/dags", params={"tags": "batch_ops-e2e"}).json()["total_entries"] == len(dag_ids),
                 STARTUP_TIMEOUT)
@@ -181,7 +248,7 @@ def test_deferred_then_success_and_kill_cancels(make_server, receiver, webhook_s
             # starts when the file is parsed again: min_file_process_interval), so the batch ends watched.
             af.wait("the example asset DAGs", lambda: af.http.get(
                 "/api/v2/dags", params={"tags": "assets"}).json()["total_entries"] == 2, RUN_TIMEOUT)
-            assert af.http.patch("/api/v2/dags/eval_process", json={"is_paused": False}).status_code == 200
+            assert af.patch("/api/v2/dags/eval_process", {"is_paused": False}).status_code == 200
             # The default connection is saved the way a user does it in the UI: in the metadata
             # database, so tasks fetch it through the API server (the others come from the environment).
             answer = af.http.post("/api/v2/connections", json={
@@ -189,7 +256,7 @@ def test_deferred_then_success_and_kill_cancels(make_server, receiver, webhook_s
                 "password": "sk-e2e"})
             assert answer.status_code == 201, answer.text
             for dag_id in dag_ids:
-                assert af.http.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}).status_code == 200
+                assert af.patch(f"/api/v2/dags/{dag_id}", {"is_paused": False}).status_code == 200
 
             # The task waits in the triggerer, not in a worker slot...
             run_id, _ = af.wait("bo_e2e deferred", lambda: (ti := af.ti("bo_e2e")) and ti[1] == "deferred" and ti,
@@ -199,20 +266,31 @@ def test_deferred_then_success_and_kill_cancels(make_server, receiver, webhook_s
             kill_run, _ = af.wait("bo_e2e_kill deferred",
                                   lambda: (ti := af.ti("bo_e2e_kill")) and ti[1] == "deferred" and ti, RUN_TIMEOUT)
             trigger_logs = home / "logs" / "dag_id=bo_e2e_kill"
-            polled = re.compile(r"Batch batch_\w+: ")  # the trigger's line after its first poll
+            polled = re.compile(r"Batch \S+: ")  # the trigger's line after its first poll
             af.wait("the kill DAG's trigger polling", lambda: any(
                 polled.search(p.read_text(errors="replace")) for p in trigger_logs.rglob("*.trigger.*")),
                 RUN_TIMEOUT)
-            answer = af.http.patch(f"/api/v2/dags/bo_e2e_kill/dagRuns/{kill_run}/taskInstances/batch",
-                                   json={"new_state": "failed"})
-            assert answer.status_code == 200, answer.text
+            af.mark_failed("bo_e2e_kill", kill_run)
             (killed,) = oracle(kill_url).batches.list().data
             af.wait("the killed task's batch cancelled",
                     lambda: oracle(kill_url).batches.retrieve(killed.id).status in ("cancelling", "cancelled"), 60)
 
+            # The same kill on every other provider: deferred, polled, failed by a user, cancelled on the wire.
+            for provider, urls in provider_urls.items():
+                dag_id = f"bo_e2e_{provider}_kill"
+                run, _ = af.wait(f"{dag_id} deferred", lambda dag_id=dag_id: (ti := af.ti(dag_id)) and
+                                 ti[1] == "deferred" and ti, RUN_TIMEOUT)
+                logs = home / "logs" / f"dag_id={dag_id}"
+                af.wait(f"the {dag_id} trigger polling", lambda logs=logs: any(
+                    polled.search(p.read_text(errors="replace")) for p in logs.rglob("*.trigger.*")), RUN_TIMEOUT)
+                af.mark_failed(dag_id, run)
+                af.wait(f"the {provider} batch cancelled", lambda provider=provider, url=urls["kill"]: (
+                    len(listed := wire_oracle.batches(provider, url)) == 1
+                    and wire_oracle.cancel_seen(provider, listed[0][1])), 60)
+
             af.wait("the asset watcher following the receiver", lambda: af.grep("Watching batch events from"),
                     RUN_TIMEOUT)
-            assert af.http.patch("/api/v2/dags/eval_submit", json={"is_paused": False}).status_code == 200
+            assert af.patch("/api/v2/dags/eval_submit", {"is_paused": False}).status_code == 200
 
             af.wait("bo_e2e success", lambda: af.ti("bo_e2e") == (run_id, "success"), RUN_TIMEOUT)
             (value,) = af.query("select value from xcom where dag_id = 'bo_e2e' and key = 'return_value'")[0]
@@ -243,6 +321,37 @@ def test_deferred_then_success_and_kill_cancels(make_server, receiver, webhook_s
                 assert batches[0].request_counts.total == needed
                 assert all(b.request_counts.total < needed for b in batches[1:]), "a retry carried a success again"
                 assert result["chain_request_counts"]["completed"] == needed
+
+            # The same retries on every other provider, judged by its own SDK: each custom id paid exactly once
+            # over the chain's batches, and the chain's results joined by custom id (a task downstream).
+            for provider, urls in provider_urls.items():
+                for scenario, url, needed, tag in (("retry_failures", urls["failures"], 20, "rf"),
+                                                   ("retry_expired", urls["expiring"], 12, "ex")):
+                    dag_id = f"bo_e2e_{provider}_{scenario}"
+                    af.wait(f"{dag_id} joined", lambda dag_id=dag_id: af.query(
+                        "select state from task_instance where dag_id = ? and task_id = 'joined'", dag_id)
+                        in ([("success",)], [("failed",)], [("upstream_failed",)]), RUN_TIMEOUT)
+                    states = af.query("select task_id, state, try_number from task_instance where dag_id = ? "
+                                      "order by task_id", dag_id)
+                    batches = wire_oracle.batches(provider, url)
+                    paid = wire_oracle.paid(provider, url)
+                    evidence = _money_evidence_of(home, dag_id, batches)
+                    assert [(t, st) for t, st, _ in states] == [("batch", "success"), ("joined", "success")], (
+                        f"{dag_id}: {states}\n{evidence}")
+                    tries = states[0][2]
+                    ids = [f"{tag}-{i}" for i in range(needed)]
+                    assert tries >= 2, f"{dag_id}: the outcome called for at least one retry\n{evidence}"
+                    assert paid == dict.fromkeys(ids, 1), (
+                        f"{dag_id}: paid for {sum(paid.values())} requests, needed {needed}: {paid}\n{evidence}")
+                    (value,) = af.query("select value from xcom where dag_id = ? and task_id = 'batch' "
+                                        "and key = 'return_value'", dag_id)[0]
+                    result = json.loads(value)
+                    assert 2 <= len(batches) <= tries and result["batch_ids"] == [b for b, _ in batches], evidence
+                    (value,) = af.query("select value from xcom where dag_id = ? and task_id = 'joined' "
+                                        "and key = 'return_value'", dag_id)[0]
+                    answers = json.loads(value)
+                    assert sorted(answers) == sorted(ids) and all(ok and text for ok, text in answers.values()), (
+                        f"{dag_id}: results joined by custom id: {answers}")
 
             # Event-driven: eval_submit ended right after the create; the batch's webhook became one
             # asset event, and the scheduler ran eval_process on it, which scored that batch.

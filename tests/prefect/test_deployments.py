@@ -165,6 +165,69 @@ SERVE_ON_EVENT = textwrap.dedent('''
 ''')
 
 
+#: The other batch APIs, each from a saved credentials block per scenario (``e2e-<provider>-<scenario>``)
+#: naming its provider, model and local server: the parent runs ``run_batch`` on the block's provider
+#: (provider-neutral requests), is retried when the batch fails or expires, and writes the chain's
+#: results joined by custom id where the test reads them.
+PROVIDER_MODELS = {"anthropic": "claude-sonnet-4-5", "gemini": "gemini-2.5-flash"}
+PROVIDER_SCENARIOS = {  # scenario: (requests, the local server's faults)
+    "failures": (20, {"fail_requests": 0.3, "seed": 4, "request_latency": 0.01}),
+    "expiring": (12, {"concurrency": 1, "request_latency": 0.25, "expire_after": 1.2}),
+    "kill": (400, {"concurrency": 1, "request_latency": 1.0}),
+}
+PROVIDER_FLOW = textwrap.dedent('''
+    import json
+
+    from prefect import flow
+
+    from batch_ops.prefect import OpenAIBatchCredentials, read_batch_results, run_batch
+
+
+    @flow(name="provider-parent", retries=6, retry_delay_seconds=0)
+    async def provider_parent(block: str, tag: str, n: int, out: str, fail_on_request_failures: bool = False) -> None:
+        credentials = await OpenAIBatchCredentials.load(block)
+        requests = [{"custom_id": f"{tag}-{i}", "max_tokens": 16,
+                     "messages": [{"role": "user", "content": f"{tag} {i}"}]} for i in range(n)]
+        done = await run_batch(requests=requests, credentials=credentials, poll_interval=0.2,
+                               fail_on_request_failures=fail_on_request_failures)
+        records = await read_batch_results(done, credentials=credentials)
+        with open(out, "w") as f:
+            json.dump({"batch_ids": done.batch_ids,
+                       "joined": {r["custom_id"]: [r["ok"], r["text"]] for r in records}}, f)
+
+
+    if __name__ == "__main__":
+        provider_parent.serve(name="providers")
+''')
+SAVE_BLOCKS = textwrap.dedent('''
+    import asyncio
+    import json
+    import sys
+
+    from batch_ops.prefect import OpenAIBatchCredentials
+
+
+    async def main() -> None:
+        for name, fields in json.loads(sys.argv[1]).items():
+            await OpenAIBatchCredentials(**fields).save(name, overwrite=True)
+
+
+    asyncio.run(main())
+''')
+
+
+def provider_blocks(urls: dict[str, dict[str, str]], ledger: Path) -> dict[str, dict[str, Any]]:
+    """The credentials blocks, ``e2e-<provider>-<scenario>``: provider, model, key and server only."""
+    blocks = {}
+    for provider, scenarios in urls.items():
+        for scenario, url in scenarios.items():
+            blocks[f"e2e-{provider}-{scenario}"] = {
+                "provider": provider, "model": PROVIDER_MODELS[provider], "api_key": f"{provider}-e2e-key",
+                "base_url": url.removesuffix("/v1") + "/v1beta" if provider == "gemini" else url,
+                **({"key_ledger": str(ledger)} if provider == "anthropic" else {})}
+    return blocks
+
+
 def write_requests(path: Path, requests: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps({"method": "POST", "url": ENDPOINT, **r}) + "\n" for r in requests))
 
@@ -225,6 +288,7 @@ class Stack:
     work: Path
     pool: str
     webhook_batch_url: str = ""
+    provider_urls: dict[str, dict[str, str]] = field(default_factory=dict)
     procs: dict[str, Proc] = field(default_factory=dict)
     runs: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
@@ -440,6 +504,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory, batch_server: ServerURL, sec
         (code / "serve_on_event.py").write_text(SERVE_ON_EVENT)
         s.start("serve-on-event", [sys.executable, str(code / "serve_on_event.py")], cwd=work, env=on_event_env)
         serve_parent = s.start("serve-parent", [sys.executable, str(installed / "deploy_parent.py")], cwd=work)
+        # The other providers: a server per provider and scenario, a saved block each, one served parent.
+        s.provider_urls = {provider: {scenario: str(servers.enter_context(serve_in_background(**faults)))
+                                      for scenario, (_, faults) in PROVIDER_SCENARIOS.items()}
+                           for provider in PROVIDER_MODELS}
+        (installed / "provider_parent.py").write_text(PROVIDER_FLOW)
+        serve_providers = s.start("serve-providers", [sys.executable, str(installed / "provider_parent.py")], cwd=work)
+        save_blocks = s.start("save-blocks", [sys.executable, "-c", SAVE_BLOCKS, json.dumps(
+            provider_blocks(s.provider_urls, work / "ledger"))])
         s.start("serve-scheduled", [sys.executable, "-c", SERVE_SCHEDULED, str(work / "scheduled.jsonl")], cwd=work)
         serve_nightly = s.start("serve-nightly-eval", [sys.executable, str(NIGHTLY_EVAL)], cwd=work, env={
             "BATCH_OPS_EVAL_DIR": str(work / "eval"),
@@ -452,6 +524,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory, batch_server: ServerURL, sec
                                                                             "tag": "served"}, proc=serve_parent)
         with s.trying("nightly"):
             s.runs["nightly"] = s.run_deployment("nightly-eval", "nightly-eval", {}, proc=serve_nightly)
+        provider_runs = [f"{p}-{scenario}" for p in PROVIDER_MODELS for scenario in PROVIDER_SCENARIOS]
+        with s.trying(*provider_runs):
+            assert save_blocks.popen.wait(120) == 0, f"saving the blocks failed:\n{save_blocks.tail()}"
+            for provider in PROVIDER_MODELS:
+                for scenario, (n, _) in PROVIDER_SCENARIOS.items():
+                    name = f"{provider}-{scenario}"
+                    s.runs[name] = s.run_deployment("provider-parent", "providers", {
+                        "block": f"e2e-{name}", "tag": scenario[:2], "n": n, "out": str(work / f"{name}.json"),
+                        "fail_on_request_failures": scenario == "failures"}, proc=serve_providers)
         with s.trying("worker-deployment", "worker-bundle"):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 deploy.popen.wait(120)
@@ -671,3 +752,50 @@ def test_scheduler_creates_and_runs_scheduled_flow_runs(stack: Stack) -> None:
         stack.assert_ran_batch(str(first["id"]), proc=served, requests=2, test="scheduled")
     finally:  # its later runs are of no use here: pausing deletes those not started yet
         stack.call("POST", f"/deployments/{scheduled}/pause_deployment")
+
+
+@pytest.mark.parametrize("scenario", ["failures", "expiring"])
+@pytest.mark.parametrize("provider", list(PROVIDER_MODELS))
+def test_a_served_flow_retried_after_a_failed_or_expired_batch_pays_only_for_the_rest(
+        stack: Stack, wire_oracle: Any, provider: str, scenario: str) -> None:
+    """A served flow runs ``run_batch`` on Anthropic's or Gemini's batch API (a saved block each); the batch
+    has request failures (``fail_on_request_failures``) or expires half done, the flow run is retried, and
+    each retry's batch carries only what had not succeeded. The provider's own SDK is the judge: over
+    every batch on the server, each custom id succeeded exactly once; the results come back joined by
+    custom id, every one answered."""
+    name = f"{provider}-{scenario}"
+    proc, url = stack.procs["serve-providers"], stack.provider_urls[provider][scenario]
+    state = stack.final_state(stack.run_id(name), proc=proc, timeout=150)
+    batches = wire_oracle.batches(provider, url)
+    assert state["type"] == "COMPLETED", f"{state.get('message')}\n{batches}\n{stack.logs()}"
+    run = stack.call("GET", f"/flow_runs/{stack.run_id(name)}").json()
+    assert run["run_count"] >= 2, f"{name}: the outcome called for a retry: {batches}"
+    n = PROVIDER_SCENARIOS[scenario][0]
+    ids = [f"{scenario[:2]}-{i}" for i in range(n)]
+    paid = wire_oracle.paid(provider, url)
+    assert paid == dict.fromkeys(ids, 1), f"{name}: paid for {sum(paid.values())}, needed {n}: {paid}\n{batches}"
+    written = json.loads((stack.work / f"{name}.json").read_text())
+    assert 2 <= len(batches) <= run["run_count"] and written["batch_ids"] == [b for b, _ in batches], batches
+    assert sorted(written["joined"]) == sorted(ids)
+    assert all(ok and text for ok, text in written["joined"].values()), written["joined"]
+
+
+@pytest.mark.parametrize("provider", list(PROVIDER_MODELS))
+def test_cancelling_a_served_flow_run_cancels_its_batch_on_every_provider(
+        stack: Stack, wire_oracle: Any, provider: str) -> None:
+    """A user cancels the served flow run while its ``run_batch`` subflow waits on Anthropic's or Gemini's
+    batch: the batch is cancelled on the wire (the provider's SDK says so) and the run ends CANCELLED."""
+    name = f"{provider}-kill"
+    run_id, proc, url = stack.run_id(name), stack.procs["serve-providers"], stack.provider_urls[provider]["kill"]
+    deadline = time.monotonic() + 120
+    while not (batches := wire_oracle.batches(provider, url)):
+        assert proc.alive() and time.monotonic() < deadline, f"no batch of {name}:\n{stack.logs()}"
+        time.sleep(0.25)
+    stack.call("POST", f"/flow_runs/{run_id}/set_state", json={
+        "state": {"type": "CANCELLING"}, "force": True}).raise_for_status()
+    deadline = time.monotonic() + 60
+    while not wire_oracle.cancel_seen(provider, (batches := wire_oracle.batches(provider, url))[0][1]):
+        assert time.monotonic() < deadline, f"{name}: the batch was not cancelled: {batches}\n{stack.logs()}"
+        time.sleep(0.25)
+    assert len(batches) == 1, batches
+    assert stack.final_state(run_id, proc=proc, timeout=60)["type"] == "CANCELLED"
