@@ -85,6 +85,7 @@ class AnthropicDialect(Dialect):
     rewrites_results = True
     stores_files = False
     carries_key = False
+    structured_form = "anthropic"
 
     # -- addressing and credentials -------------------------------------------------------------
     def chat_endpoint(self, model: str | None) -> str:

@@ -136,6 +136,10 @@ class Dialect:
     #: False (Anthropic has no batch metadata): the submit records key → batch in a durable key
     #: ledger instead (:mod:`batch_ops.identity.ledger`).
     carries_key: ClassVar[bool] = True
+    #: How a response schema is said to this API, and which JSON Schema subset it takes
+    #: (:mod:`batch_ops.structured`): ``"openai"`` (``response_format`` json_schema, strict),
+    #: ``"anthropic"`` (a forced tool's ``input_schema``), ``"gemini"`` (``response_json_schema``).
+    structured_form: ClassVar[str] = "openai"
 
     # -- addressing and credentials -------------------------------------------------------------
     def auth_headers(self, settings: ClientSettings) -> dict[str, str]:
