@@ -52,6 +52,18 @@ class RepairRound:
         """How many answers were invalid."""
         return sum(self.invalid.values())
 
+    def summary(self) -> dict[str, Any]:
+        """The round as plain JSON (XCom, task results, a deferred task's kwargs): ``round``, ``invalid`` (by
+        reason), ``batch_id`` and ``carried`` of the repair attempt (None: nothing submitted).
+
+        Examples:
+            >>> RepairRound(1, {"schema": 2}).summary()
+            {'round': 1, 'invalid': {'schema': 2}, 'batch_id': None, 'carried': None}
+        """
+        sub = self.submission
+        return {"round": self.round, "invalid": dict(self.invalid), "batch_id": None if sub is None else sub.batch.id,
+                "carried": None if sub is None else sub.carried}
+
     def line(self) -> str:
         """The round in words, for a log.
 
@@ -102,3 +114,4 @@ def repair_plan(
     submission = yield from submit_plan(keyed, source, workdir=scratch, dialect=dialect, policy=policy,
                                         lookback=lookback, ledger=ledger)
     return RepairRound(round, reasons, submission)
+

@@ -7,11 +7,12 @@ content, or as the forced tool's call. The dialect routes render it in their own
 ``tool_use`` block; Gemini: the text part).
 
 The fault flags ``--invalid-share RATE --invalid-kind KIND`` spoil a repeatable share of those answers
-(chosen by ``seed`` and ``custom_id``): ``bad_json`` (not JSON), ``wrong_type`` (JSON the schema
+(chosen by ``seed``, ``custom_id`` and ``model``): ``bad_json`` (not JSON), ``wrong_type`` (JSON the schema
 refuses), ``truncated`` (cut, ``finish_reason: length``: Anthropic's ``max_tokens``, Gemini's
 ``MAX_TOKENS``), ``refusal`` (``message.refusal``: Anthropic's ``stop_reason: refusal``, Gemini's
-``SAFETY``) or ``mixed`` (one of them per request). A request is spoiled at most ``--invalid-rounds``
-times (default 1): the repair round that asks again gets a valid answer, so repair is testable offline.
+``SAFETY``) or ``mixed`` (one of them per request). A request (its ``custom_id`` and ``model``: the same
+eval set sent to several providers is drawn for each) is spoiled at most ``--invalid-rounds`` times
+(default 1): the repair round that asks again gets a valid answer, so repair is testable offline.
 
 Examples:
     >>> body = {"model": "m", "messages": [], "response_format": {"type": "json_schema", "json_schema": {
@@ -136,9 +137,12 @@ class InvalidAnswers:
 
     def spoil(self, custom_id: Any, want: Wanted, body: dict[str, Any]) -> dict[str, Any]:
         """``body`` (a chat completion answering a structured request) spoiled when this request's draw says so."""
-        if not (self.active and isinstance(custom_id, str) and self._take(custom_id)):
+        if not (self.active and isinstance(custom_id, str)):
             return body
-        kind = self.kind_for(custom_id)
+        request = f"{custom_id}\x00{body.get('model')}"
+        if not self._take(request):
+            return body
+        kind = self.kind_for(request)
         choice = dict(body["choices"][0])
         message = dict(choice.get("message") or {})
         calls = message.get("tool_calls")

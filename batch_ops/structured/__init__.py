@@ -20,6 +20,7 @@ from batch_ops.structured.native import carries_schema, with_schema
 from batch_ops.structured.parse import INVALID_REASONS, extract, parse_line
 from batch_ops.structured.schema import ResponseSchema, strict_schema
 from batch_ops.structured.subsets import FORMS, schema_problems
+from batch_ops.structured.summary import structured_summary
 
 __all__ = [
     "FORMS",
@@ -35,5 +36,6 @@ __all__ = [
     "repair_input",
     "schema_problems",
     "strict_schema",
+    "structured_summary",
     "with_schema",
 ]
