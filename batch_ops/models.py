@@ -672,11 +672,12 @@ class ResultLine(BaseModel):
     raw: dict[str, Any] | None = None
     #: The structured answer (a pydantic model instance, or the JSON for a JSON Schema), when the line was
     #: read against a response schema (:func:`batch_ops.structured.parse_line`) and it follows it.
-    parsed: Any = None
+    #: (These three are never part of the line's own JSON, ``model_dump``: :meth:`record` carries them.)
+    parsed: Any = Field(default=None, exclude=True)
     #: Why the answer is not the structured result asked for (set when ``parsed`` is not).
-    invalid: InvalidAnswer | None = None
+    invalid: InvalidAnswer | None = Field(default=None, exclude=True)
     #: The line was read against a response schema: :meth:`record` then carries ``parsed`` and ``invalid``.
-    structured: bool = False
+    structured: bool = Field(default=False, exclude=True)
 
     @property
     def ok(self) -> bool:
