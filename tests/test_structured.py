@@ -248,3 +248,39 @@ def test_native_forms_are_what_the_sdks_send() -> None:
                          form="gemini", body_field="request")["request"]
     config = genai_types.GenerationConfig.model_validate(gemini["generation_config"])  # extra fields: refused
     assert config.response_mime_type == "application/json" and config.response_json_schema == schema.schema
+
+
+# ---- jobs over many batches ------------------------------------------------------------------------
+
+
+def test_a_job_gives_every_part_the_schema_and_answers_parse(server_url: ServerURL, tmp_path: Path) -> None:
+    from batch_ops.jobs import BatchJob
+    from batch_ops.models import ResultLine
+    from batch_ops.structured import ResponseSchema, parse_line
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"custom_id": f"j-{i}", "method": "POST", "url": "/v1/chat/completions",
+                                       "body": {"model": "m", "messages": [{"role": "user", "content": "x"}]}}) + "\n"
+                           for i in range(6)))
+    with BatchClient(api_key="sk-local", base_url=str(server_url)) as client:
+        job = BatchJob.open(src, output_path=tmp_path / "out.jsonl", endpoint="/v1/chat/completions", max_lines=3,
+                            response_schema=City)
+        assert len(job.state.parts) == 2 and job.state.response_schema is not None
+        summary = job.run(client, poll_interval=0.05)
+    assert summary.succeeded == 6
+    schema = ResponseSchema.from_json(job.state.response_schema)
+    lines = [parse_line(ResultLine.model_validate_json(x), schema) for x in (tmp_path / "out.jsonl").read_text()
+             .splitlines()]
+    assert all(isinstance(line.parsed, City) for line in lines)  # the model is imported again by its path
+
+
+def test_a_job_refuses_a_schema_the_provider_refuses_before_sharding(tmp_path: Path) -> None:
+    from batch_ops.jobs import BatchJob
+
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+                               "body": {"model": "m", "messages": []}}) + "\n")
+    with pytest.raises(InputValidationError, match="additionalProperties: false"):
+        BatchJob.open(src, output_path=tmp_path / "out.jsonl", endpoint="/v1/chat/completions",
+                      response_schema={"type": "object", "properties": {"a": {"type": "string"}}})
+    assert not list(tmp_path.glob("out.jsonl*"))

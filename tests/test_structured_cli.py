@@ -55,7 +55,8 @@ def test_submit_repairs_the_invalid_and_results_are_typed(provider: str, tmp_pat
         env = environment(OPENAI_API_KEY=KEY, OPENAI_BASE_URL=str(url), GEMINI_API_KEY=KEY,
                           GOOGLE_GEMINI_BASE_URL=str(url).removesuffix("/v1"))
         sub = cli("submit", path, "--endpoint", endpoint, "--response-schema", schema, "--repair-rounds", "1",
-                  "--repair-feedback", "--idempotency-key", "cities", "--wait", "--poll-interval", "0.1", "--json", provider=provider, env=env)
+                  "--repair-feedback", "--idempotency-key", "cities", "--wait", "--poll-interval", "0.1", "--json",
+                  provider=provider, env=env)
         assert sub.returncode == 0, sub.stderr
         repaired = json.loads(sub.stdout)  # the chain's latest batch: the repair round's, with the rounds
         (round_one,) = repaired["structured"]["rounds"]
