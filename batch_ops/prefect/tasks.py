@@ -40,7 +40,7 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import MissingContextError
 from prefect.filesystems import WritableFileSystem
 from prefect.logging import get_logger, get_run_logger
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 from batch_ops import AttemptChain, RepairRound, ResponseSchema, Source, Submission, SubmitSpec, storage
 from batch_ops.chain import Attempt, summary_of
@@ -120,6 +120,14 @@ class BatchResult(BaseModel):
     #: With a response schema: the schema and each repair round (``batch_ops.structured.structured_summary``);
     #: ``read_batch_results`` reads the answers against it.
     structured: dict[str, Any] | None = None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The summary contract: ``structured`` only when there is a schema (the same keys as the XCom)."""
+        data: dict[str, Any] = handler(self)
+        if data.get("structured") is None:
+            data.pop("structured", None)
+        return data
 
     @classmethod
     def from_batch(cls, batch: Batch) -> "BatchResult":
