@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from batch_ops._repair import RepairRound
 from batch_ops._submit import Source, Submission, SubmitSpec
 from batch_ops._version import DOCS_URL, __version__
 from batch_ops.chain import AttemptChain
@@ -45,6 +46,7 @@ from batch_ops.models import (
     BatchStatus,
     CreateBatchRequest,
     FileObject,
+    InvalidAnswer,
     RequestCounts,
     RequestLine,
     ResultLine,
@@ -53,6 +55,7 @@ from batch_ops.models import (
 from batch_ops.outcomes import OutcomePolicy, outcome_error, raise_for_outcome
 from batch_ops.polling import BatchPoller
 from batch_ops.settings import ClientSettings
+from batch_ops.structured import ResponseSchema
 
 if TYPE_CHECKING:
     from batch_ops.client import AsyncBatchClient, BatchClient
@@ -95,12 +98,15 @@ __all__ = [
     "DOCS_URL",
     "FileObject",
     "InputValidationError",
+    "InvalidAnswer",
     "NotFoundError",
     "OutcomePolicy",
     "RateLimitError",
+    "RepairRound",
     "RequestCounts",
     "RequestFailuresError",
     "RequestLine",
+    "ResponseSchema",
     "ResultLine",
     "Source",
     "Submission",

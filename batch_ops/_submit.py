@@ -77,7 +77,7 @@ from batch_ops._plans import (
 )
 from batch_ops.chain import AttemptChain, ChainStep, chains_of, next_step
 from batch_ops.dialects import Dialect
-from batch_ops.errors import APIStatusError, BatchOpsError, InputValidationError, Problem
+from batch_ops.errors import APIStatusError, AttemptsExhaustedError, BatchOpsError, InputValidationError, Problem
 from batch_ops.identity import LegacyKey, ProvenIdentities, RunIdentity
 from batch_ops.identity.fingerprint import FINGERPRINT_LENGTH, fingerprint_file, fingerprint_of_file_id, short
 from batch_ops.identity.keys import (
@@ -98,13 +98,15 @@ from batch_ops.jsonl import (
     validate_file,
     write_requests,
 )
-from batch_ops.models import Batch, BatchStatus, FileObject
+from batch_ops.models import Batch, BatchStatus, FileObject, canonical_endpoint
 from batch_ops.outcomes import OutcomePolicy, describe, is_permanent
 from batch_ops.results import successful_ids
 from batch_ops.storage import Location
+from batch_ops.structured import ResponseSchema, apply_schema_file, repair_input, schema_problems
 
 __all__ = [
     "SETTLE_MARGIN",
+    "Repair",
     "Source",
     "SubmitSpec",
     "Submission",
@@ -127,6 +129,23 @@ SubmitPlan = Generator["Send | Sleep | Work", Any, "Submission"]
 # ---------------------------------------------------------------------------------------------
 # what is submitted
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Repair:
+    """A repair round (:mod:`batch_ops._repair`): the attempt after attempt ``after`` carries only the requests
+    of ``invalid`` (custom_id → why its answer was invalid), each with the reason as a new user turn when
+    ``feedback``. ``round`` counts the repair rounds of the chain (for the reason a person reads).
+
+    It is a new attempt of the same chain: found again by a retried try (attached, never paid twice), paid
+    through the one submit, counted in the chain's usage. A repair attempt that failed is retried like any
+    other, carrying the repaired requests that have no answer in the attempts after ``after`` yet.
+    """
+
+    after: int
+    invalid: Mapping[str, str]
+    feedback: bool = False
+    round: int = 1
 
 
 @dataclass(frozen=True)
@@ -172,6 +191,12 @@ class SubmitSpec:
     #: Deprecated and ignored: the client's dialect (its settings' provider) decides how endpoints
     #: are spelled (Azure OpenAI: ``/chat/completions``).
     azure: bool = False
+    #: Answers must follow this schema (:mod:`batch_ops.structured`): checked against the provider's schema
+    #: subset, then written into every request line that carries none, in the provider's words
+    #: (``SubmitSpec.of`` takes a pydantic model or a JSON Schema too). Part of the requests' fingerprint.
+    response_schema: ResponseSchema | None = None
+    #: This submit is a repair round (:class:`Repair`; made by :func:`batch_ops._repair.repair_plan`).
+    repair: Repair | None = None
 
     @classmethod
     def of(
@@ -187,6 +212,8 @@ class SubmitSpec:
         ``policy``), who submits as ``identity`` (:class:`~batch_ops.identity.RunIdentity`: its owner
         record joins ``metadata``; its key, lookback start and legacy key apply unless an
         ``idempotency_key`` is given)."""
+        if fields.get("response_schema") is not None:
+            fields["response_schema"] = ResponseSchema.of(fields["response_schema"])
         if identity is not None:
             fields["metadata"] = identity.metadata(fields.get("metadata"))
             if fields.get("idempotency_key") is None and identity.key is not None:
@@ -375,14 +402,45 @@ class _Input:
     model: str | None = None
 
 
-def _prepare(source: Source, endpoint: str, workdir: Path, dialect: Dialect, model: str | None = None) -> _Input:
+def _prepare(source: Source, endpoint: str, workdir: Path, dialect: Dialect, model: str | None = None,
+             schema: ResponseSchema | None = None) -> _Input:
     """Validate a request file, or write request dicts to a validated file in ``workdir``, by ``dialect``'s rules;
-    the model the lines want must be one the batch can have (``Dialect.lines_model_problems``)."""
+    the model the lines want must be one the batch can have (``Dialect.lines_model_problems``). With a
+    ``schema``, the lines are written again with it in the provider's words (:mod:`batch_ops.structured`)."""
     prepared = _prepared(source, endpoint, workdir, dialect, model)
     problems = dialect.lines_model_problems(prepared.model, endpoint) if prepared.path is not None else []
     if problems:
         raise InputValidationError(problems, source=str(prepared.path))
-    return prepared
+    if schema is None or prepared.path is None:
+        return prepared
+    dest = workdir / "structured.jsonl"
+    apply_schema_file(prepared.path, dest, schema, form=dialect.structured_form,
+                      body_field=dialect.line_shape.body_field)
+    return replace(prepared, path=dest)
+
+
+#: The endpoints whose answers can be held to a response schema, on an OpenAI-shaped API.
+_STRUCTURED_ENDPOINTS = ("/v1/chat/completions", "/v1/responses")
+
+
+def check_response_schema(spec: SubmitSpec, source: Source, dialect: Dialect) -> None:
+    """Refuse, before anything is read or sent, a response schema the provider would refuse (its subset:
+    :func:`batch_ops.structured.schema_problems`), on an endpoint that gives no structured answers, or
+    with an uploaded file (whose lines cannot be given the schema)."""
+    schema = spec.response_schema
+    if schema is None:
+        return
+    problems = schema_problems(schema.schema, dialect.structured_form)
+    if dialect.structured_form == "openai" and canonical_endpoint(spec.endpoint) not in _STRUCTURED_ENDPOINTS:
+        problems.append(Problem(rule="unsupported_endpoint", param="endpoint",
+                                message=f"{spec.endpoint} gives no structured answers",
+                                fix="use a response schema with /v1/chat/completions or /v1/responses"))
+    if source.file_id is not None:
+        problems.append(Problem(rule="invalid_source", param="source", message="a response schema is written into "
+                                "each request line, and an uploaded file cannot be changed",
+                                fix="pass the request file or the request dicts"))
+    if problems:
+        raise InputValidationError(problems, source=f"response schema {schema.name!r} for {dialect.title}")
 
 
 def _prepared(source: Source, endpoint: str, workdir: Path, dialect: Dialect, model: str | None) -> _Input:
@@ -579,6 +637,41 @@ def _find_upload_plan(
         if min((f.created_at or 0) for f in page.data) < since:
             return None
         after = page.last_id
+
+
+def _full_input_plan(
+    source: Source, prepared: _Input, downloaded: Path | None, *, workdir: Path, dialect: Dialect,
+    policy: RetryPolicy,
+) -> Generator[Send | Sleep | Work, Any, Path]:
+    """Every request of the work, as a local file: the prepared one, or the uploaded source read back."""
+    full = prepared.path or downloaded
+    if full is None:  # an uploaded file as the source: read it back to filter it
+        full = workdir / "input.jsonl"
+        yield from download_plan(str(source.file_id), full, dialect=dialect, policy=policy)
+    return full
+
+
+def _attempts_after(chain: AttemptChain, number: int) -> AttemptChain:
+    return replace(chain, attempts=tuple(a for a in chain.attempts if a.number > number))
+
+
+def _repair_step(chain: AttemptChain, step: ChainStep, repair: Repair) -> ChainStep:
+    """The step of a repair round: the attempt after ``repair.after`` — made now if the chain ends at that
+    attempt with an accepted outcome, else the chain's own step (it was made already: attach to it, or
+    retry it as any attempt)."""
+    last = chain.last
+    if last is None or last.number < repair.after:
+        raise BatchOpsError(f"Repair round {repair.round} of key {chain.key!r}: the chain has no attempt "
+                            f"{repair.after} (it holds {chain.batch_ids or 'no batch'}); nothing was created. Fix: "
+                            "repair the chain the results were read from")
+    if last.number > repair.after or step.action != "done":
+        return step
+    number = repair.after + 1
+    if number >= MAX_ATTEMPTS:
+        raise AttemptsExhaustedError(f"Key {chain.key!r} made {number} attempts; not paying for a repair round: "
+                                     "the invalid answers are delivered as they are")
+    return ChainStep("create", number, None, f"repair round {repair.round}: {len(repair.invalid)} invalid answers "
+                     f"of attempt {repair.after} ({last.batch.id})")
 
 
 def _successes_plan(
@@ -862,6 +955,7 @@ def submit_plan(
     if not spec.endpoint:
         # Provider-neutral chat requests: the provider's chat endpoint (Gemini's names the model).
         spec = replace(spec, endpoint=dialect.chat_endpoint(spec.model))
+    check_response_schema(spec, source, dialect)
     if source.file_id is not None and not dialect.stores_files:
         raise InputValidationError([Problem(
             rule="invalid_source", param="source", message=f"{dialect.title} keep no uploaded files: a batch carries "
@@ -949,7 +1043,8 @@ def _submit_plan(
         else:
             # Bad input is refused here, before any request is sent (re-attaching reads the input too:
             # whether the key's batches hold these requests is only known from them).
-            prepared = yield Work(partial(_prepare, source, spec.endpoint, workdir, dialect, spec.model))
+            prepared = yield Work(partial(_prepare, source, spec.endpoint, workdir, dialect, spec.model,
+                                          spec.response_schema))
             fingerprint, downloaded = yield from _fingerprint_plan(source, prepared, workdir=workdir,
                                                                    dialect=dialect, policy=policy)
             if keyed and ledger is not None:
@@ -976,6 +1071,8 @@ def _submit_plan(
     step = next_step(chain, spec.policy)
     if choice.reason:
         step = replace(step, reason=choice.reason)
+    if spec.repair is not None:
+        step = _repair_step(chain, step, spec.repair)
     cancelled: list[Batch] = []
     if keyed and chain.live_duplicates():
         # A try that lost a race and died before cancelling its batch: cancel it now.
@@ -990,12 +1087,28 @@ def _submit_plan(
 
     number = step.number
     if prepared is None:
-        prepared = yield Work(partial(_prepare, source, spec.endpoint, workdir, dialect, spec.model))
+        prepared = yield Work(partial(_prepare, source, spec.endpoint, workdir, dialect, spec.model,
+                                      spec.response_schema))
     upload: Path | None = prepared.path
     file_id = source.file_id
     carried = prepared.lines
     last = chain.last
-    if last is not None:
+    if spec.repair is not None:
+        # A repair round: only the invalid answers' requests, less those answered since (a retried repair).
+        answered: set[str] = yield from _successes_plan(_attempts_after(chain, spec.repair.after), workdir=workdir,
+                                                        dialect=dialect, policy=policy)
+        full = yield from _full_input_plan(source, prepared, downloaded, workdir=workdir, dialect=dialect,
+                                           policy=policy)
+        upload = workdir / f"attempt-{number}.jsonl"
+        wanted = {k: v for k, v in spec.repair.invalid.items() if k not in answered}
+        shape = dialect.line_shape
+        carried = yield Work(partial(repair_input, full, upload, wanted, shape=shape.name, id_field=shape.id_field,
+                                     body_field=shape.body_field, feedback=spec.repair.feedback))
+        file_id = None
+        if carried == 0:
+            return made(chain, replace(step, action="done", batch=chain.latest,
+                                       reason="every invalid answer was repaired already"), satisfied=True)
+    elif last is not None:
         if dialect.stores_files and not any(r.kind in ("output", "results") for b in (last.batch, *last.duplicates)
                                             for r in dialect.result_files(b)):
             # Nothing of the last attempt succeeded (it failed, or expired before running anything):
@@ -1004,10 +1117,8 @@ def _submit_plan(
             carried = last.batch.request_counts.total or None
         else:
             done: set[str] = yield from _successes_plan(chain, workdir=workdir, dialect=dialect, policy=policy)
-            full = prepared.path or downloaded
-            if full is None:  # an uploaded file as the source: read it back to filter it
-                full = workdir / "input.jsonl"
-                yield from download_plan(str(source.file_id), full, dialect=dialect, policy=policy)
+            full = yield from _full_input_plan(source, prepared, downloaded, workdir=workdir, dialect=dialect,
+                                               policy=policy)
             upload = workdir / f"attempt-{number}.jsonl"
             carried = yield Work(partial(_remaining, full, done, upload, dialect.line_shape.id_field))
             if carried == 0:

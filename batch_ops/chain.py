@@ -210,9 +210,12 @@ class AttemptChain:
         if not self.attempts:
             return RequestCounts()
         winners = [a.batch for a in self.attempts]
+        total = max(b.request_counts.total for b in winners)
         return RequestCounts(
-            total=max(b.request_counts.total for b in winners),
-            completed=sum(b.request_counts.completed for b in winners),
+            total=total,
+            # A repair round (batch_ops._repair) answers again requests an earlier attempt completed: a request
+            # counts once.
+            completed=min(total, sum(b.request_counts.completed for b in winners)),
             failed=winners[-1].request_counts.failed,
         )
 

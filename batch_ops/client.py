@@ -38,6 +38,7 @@ from pydantic import ValidationError
 from batch_ops import _plans, storage
 from batch_ops._drivers import AsyncDriver, SyncDriver, http_timeout
 from batch_ops._http import RetryPolicy
+from batch_ops._repair import RepairRound, repair_plan
 from batch_ops._submit import Source, Submission, SubmitSpec, find_chain_plan, submit_plan
 from batch_ops._transport import ASYNC_POOL_LIMITS, default_async_transport
 from batch_ops.chain import Attempt, AttemptChain
@@ -52,6 +53,7 @@ from batch_ops.process_state import STATE
 from batch_ops.results import join_chain_results, result_ids_file
 from batch_ops.settings import ClientSettings, settings_error
 from batch_ops.storage import Location, StorageTarget
+from batch_ops.structured import ResponseSchema, parse_line
 
 __all__ = ["AsyncBatchClient", "BatchClient"]
 
@@ -423,6 +425,7 @@ class BatchClient(_Base):
         fail_on: Collection[BatchStatus | str] = DEFAULT_FAIL_ON,
         fail_on_request_failures: bool = False,
         since: float | None = None,
+        response_schema: Any = None,
     ) -> Batch:
         """Validate, upload and create a batch; nothing is uploaded if anything is invalid.
 
@@ -443,6 +446,10 @@ class BatchClient(_Base):
             fail_on_request_failures: a completed batch with failed requests calls for one too.
             since: how far back (epoch seconds) the key is looked for; default
                 ``settings.idempotency_lookback`` ago.
+            response_schema: a pydantic model or a JSON Schema the answers must follow
+                (:mod:`batch_ops.structured`): written into every request in the provider's own form,
+                after the provider's schema subset is checked. Read the answers with
+                ``results(..., response_schema=...)``; repair invalid ones with :meth:`repair`.
 
         Returns:
             The batch to wait for (or the final one): the latest attempt. With a key used before for
@@ -456,6 +463,7 @@ class BatchClient(_Base):
             endpoint=endpoint, completion_window=completion_window, metadata=metadata,
             output_expires_after=output_expires_after, idempotency_key=idempotency_key, reattach=reattach,
             fail_on=fail_on, fail_on_request_failures=fail_on_request_failures, since=since,
+            response_schema=response_schema,
         )
         return _noticed(self.submit_spec(source, spec)).batch
 
@@ -475,12 +483,40 @@ class BatchClient(_Base):
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
+    def repair(
+        self,
+        source: StorageTarget | Iterable[Mapping[str, Any]] | Source,
+        spec: SubmitSpec,
+        chain: AttemptChain | Submission,
+        *,
+        round: int = 1,
+        feedback: bool = False,
+    ) -> RepairRound:
+        """One repair round (:mod:`batch_ops._repair`): the chain's invalid answers (against
+        ``spec.response_schema``) resubmitted, and only those, as its next attempt; ``source`` and ``spec``
+        are the ones the chain was submitted with. ``feedback`` puts each answer's fault in its request as a
+        new user turn. Wait for ``round.submission.batch`` when it is not None, then read the results again.
+
+        Examples:
+            >>> # sub = client.submit_spec("q.jsonl", SubmitSpec.of(idempotency_key="k", response_schema=City))
+            >>> # ... wait; r = client.repair("q.jsonl", spec, sub.chain.with_batch(ended)); r.line()
+        """
+        src, spec = Source.of(source), self._spec(spec)
+        workdir = Path(tempfile.mkdtemp(prefix="batch_ops_repair_"))
+        try:
+            return self._run(repair_plan(spec, src, _as_chain(chain), round=round,  # type: ignore[no-any-return]
+                                         feedback=feedback, workdir=workdir, **self._wire,
+                                         lookback=self.settings.idempotency_lookback, ledger=self._ledger))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
     def results(
         self,
         batch: Batch | AttemptChain | Submission | str,
         *,
         input_path: PathLike | None = None,
         workdir: PathLike | None = None,
+        response_schema: Any = None,
     ) -> Iterator[ResultLine]:
         """Yield one :class:`ResultLine` per input request, in input order.
 
@@ -489,8 +525,10 @@ class BatchClient(_Base):
         into a temporary directory and joined by ``custom_id``, the latest success winning. A
         request found nowhere is yielded with ``error.code == "missing_result"``. The requests
         are the first attempt's input file, or ``input_path`` (the local request file; saves a
-        download).
+        download). With ``response_schema`` (a pydantic model, a JSON Schema), each answer is read
+        against it: ``line.parsed`` (a model instance, or the JSON), or ``line.invalid`` with the reason.
         """
+        schema = None if response_schema is None else ResponseSchema.of(response_schema)
         if isinstance(batch, str):
             batch = self.batches.retrieve(batch)
         chain = _ended_chain(batch)
@@ -508,7 +546,8 @@ class BatchClient(_Base):
                                       id_field=self.dialect.line_shape.id_field)
             else:
                 inp = cast(Path, self.files.download(first.input_file_id, tmp / "input.jsonl"))
-            yield from join_chain_results(input_path=inp, attempts=pairs, id_field=self.dialect.line_shape.id_field)
+            joined = join_chain_results(input_path=inp, attempts=pairs, id_field=self.dialect.line_shape.id_field)
+            yield from (joined if schema is None else (parse_line(line, schema) for line in joined))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -729,12 +768,14 @@ class AsyncBatchClient(_Base):
         fail_on: Collection[BatchStatus | str] = DEFAULT_FAIL_ON,
         fail_on_request_failures: bool = False,
         since: float | None = None,
+        response_schema: Any = None,
     ) -> Batch:
         """Validate, upload and create a batch; see :meth:`BatchClient.submit`."""
         spec = SubmitSpec.of(
             endpoint=endpoint, completion_window=completion_window, metadata=metadata,
             output_expires_after=output_expires_after, idempotency_key=idempotency_key, reattach=reattach,
             fail_on=fail_on, fail_on_request_failures=fail_on_request_failures, since=since,
+            response_schema=response_schema,
         )
         return _noticed(await self.submit_spec(source, spec)).batch
 
@@ -750,14 +791,35 @@ class AsyncBatchClient(_Base):
         finally:
             await asyncio.to_thread(shutil.rmtree, workdir, True)
 
+    async def repair(
+        self,
+        source: StorageTarget | Iterable[Mapping[str, Any]] | Source,
+        spec: SubmitSpec,
+        chain: AttemptChain | Submission,
+        *,
+        round: int = 1,
+        feedback: bool = False,
+    ) -> RepairRound:
+        """See :meth:`BatchClient.repair`; file work runs in worker threads."""
+        src, spec = Source.of(source), self._spec(spec)
+        workdir = Path(await asyncio.to_thread(tempfile.mkdtemp, "", "batch_ops_repair_"))
+        try:
+            return await self._run(repair_plan(spec, src, _as_chain(chain), round=round,  # type: ignore[no-any-return]
+                                               feedback=feedback, workdir=workdir, **self._wire,
+                                               lookback=self.settings.idempotency_lookback, ledger=self._ledger))
+        finally:
+            await asyncio.to_thread(shutil.rmtree, workdir, True)
+
     async def results(
         self,
         batch: Batch | AttemptChain | Submission | str,
         *,
         input_path: PathLike | None = None,
         workdir: PathLike | None = None,
+        response_schema: Any = None,
     ) -> AsyncIterator[ResultLine]:
         """Async version of :meth:`BatchClient.results`; file work happens in threads."""
+        schema = None if response_schema is None else ResponseSchema.of(response_schema)
         if isinstance(batch, str):
             batch = await self.batches.retrieve(batch)
         chain = _ended_chain(batch)
@@ -776,7 +838,8 @@ class AsyncBatchClient(_Base):
             else:
                 inp = cast(Path, await self.files.download(chain.attempts[0].batch.input_file_id, tmp / "input.jsonl"))
             joined = join_chain_results(input_path=inp, attempts=pairs, id_field=self.dialect.line_shape.id_field)
-            while chunk := await asyncio.to_thread(lambda: list(itertools.islice(joined, 1000))):
+            read = joined if schema is None else (parse_line(line, schema) for line in joined)
+            while chunk := await asyncio.to_thread(lambda: list(itertools.islice(read, 1000))):
                 for line in chunk:
                     yield line
         finally:

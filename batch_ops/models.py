@@ -37,6 +37,7 @@ __all__ = [
     "OUTPUT_EXPIRES_MIN_SECONDS",
     "Batch",
     "BatchError",
+    "InvalidAnswer",
     "BatchErrors",
     "BatchList",
     "BatchStatus",
@@ -631,6 +632,16 @@ class ResultError(BaseModel):
     message: str | None = None
 
 
+class InvalidAnswer(BaseModel):
+    """Why an answer does not give the structured result asked for: ``reason`` is ``bad_json`` (not JSON),
+    ``schema`` (JSON the schema refuses), ``refusal`` (the model declined) or ``truncated`` (cut by the
+    token limit); ``message`` says what was wrong, for a person and for a repair round's prompt."""
+
+    model_config = _WIRE
+    reason: str
+    message: str = ""
+
+
 class ResultLine(BaseModel):
     """One line of an output or error file, or a joined result: the same shape whatever the provider.
 
@@ -659,6 +670,14 @@ class ResultLine(BaseModel):
     error: ResultError | None = None
     #: The provider's own result line, when a dialect rewrote it into this shape (else None).
     raw: dict[str, Any] | None = None
+    #: The structured answer (a pydantic model instance, or the JSON for a JSON Schema), when the line was
+    #: read against a response schema (:func:`batch_ops.structured.parse_line`) and it follows it.
+    #: (These three are never part of the line's own JSON, ``model_dump``: :meth:`record` carries them.)
+    parsed: Any = Field(default=None, exclude=True)
+    #: Why the answer is not the structured result asked for (set when ``parsed`` is not).
+    invalid: InvalidAnswer | None = Field(default=None, exclude=True)
+    #: The line was read against a response schema: :meth:`record` then carries ``parsed`` and ``invalid``.
+    structured: bool = Field(default=False, exclude=True)
 
     @property
     def ok(self) -> bool:
@@ -729,6 +748,10 @@ class ResultLine(BaseModel):
                                                  "total_tokens": usage.total_tokens},
             "error": None if self.ok else {"code": self.error_code, "message": self.error_message},
         }
+        if self.structured:
+            parsed = self.parsed
+            out["parsed"] = parsed.model_dump(mode="json") if isinstance(parsed, BaseModel) else parsed
+            out["invalid"] = None if self.invalid is None else self.invalid.model_dump()
         if raw:
             out["raw"] = self.raw
         return out

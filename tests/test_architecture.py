@@ -25,10 +25,10 @@ ROOT = Path(__file__).resolve().parents[1] / "batch_ops"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("_version", "errors", "aio", "_deprecated", "process_state", "locks", "_files")),
     ("data", ("models", "storage", "_http", "_transport", "leases")),
-    ("files", ("neutral", "jsonl", "results", "identity.fingerprint")),
+    ("files", ("neutral", "jsonl", "results", "identity.fingerprint", "structured")),
     ("wire", ("effects", "identity", "dialects", "settings")),
     ("decisions", ("outcomes", "polling", "chain", "fingerprint")),
-    ("plans", ("_plans", "_submit")),
+    ("plans", ("_plans", "_submit", "_repair")),
     # The waits' side of webhooks (a driver's sleep ends on its batch's event) sits with the drivers;
     # the receiver is a service.
     ("drivers", ("_drivers", "client", "webhooks.subscription", "webhooks.hub", "webhooks.events")),

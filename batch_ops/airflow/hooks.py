@@ -41,6 +41,7 @@ from batch_ops.dialects import DIALECTS, OPENAI
 from batch_ops.errors import ConfigurationError
 from batch_ops.results import DEFAULT_MAX_RECORDS, result_records
 from batch_ops.settings import ClientSettings
+from batch_ops.structured import ResponseSchema
 
 __all__ = ["LegacyOpenAIBatchHook", "OpenAIBatchHook", "settings_from_connection"]
 
@@ -216,12 +217,15 @@ class OpenAIBatchHook(BaseHook):
         input_path: Any = None,
         max_results: int = DEFAULT_MAX_RECORDS,
         raw: bool = True,
+        response_schema: Any = None,
     ) -> list[dict[str, Any]]:
         """The results of an ended batch, one dict per request in input order, the same shape whatever the
         provider (``custom_id``, ``ok``, ``text``, ``body``, ``usage``, ``error``, ``raw``): return it from a
         task and it is the XCom. ``batch`` is a batch id, or the operator's XCom (``batch_ids``: every
         attempt, joined). More than ``max_results`` requests fail (XComs live in the metadata database):
-        download the output file instead.
+        download the output file instead. With a response schema (``response_schema``: a pydantic model or a
+        JSON Schema; by default the one the operator's XCom carries under ``structured``) each record also
+        has ``parsed`` (the answer as JSON) and ``invalid`` (``{reason, message}``, or None).
 
         Example:
             ```python
@@ -231,10 +235,14 @@ class OpenAIBatchHook(BaseHook):
             ```
         """
         ids = [batch] if isinstance(batch, str) else list(batch.get("batch_ids") or [batch["batch_id"]])
+        carried = (batch.get("structured") or {}).get("response_schema") if isinstance(batch, Mapping) else None
+        if response_schema is None and carried:
+            response_schema = ResponseSchema.from_json(carried)
         with self.get_client() as client:
             batches = [client.batches.retrieve(i) for i in ids]
             chain = AttemptChain("results", tuple(Attempt(n, b) for n, b in enumerate(batches)))
-            return result_records(client.results(chain, input_path=input_path), limit=max_results, raw=raw,
+            lines = client.results(chain, input_path=input_path, response_schema=response_schema)
+            return result_records(lines, limit=max_results, raw=raw,
                                   what=f"batch {ids[-1]}")
 
     def test_connection(self) -> tuple[bool, str]:

@@ -35,25 +35,31 @@ try:
 except ImportError:  # Airflow 3.0 kept it in airflow.exceptions
     from airflow.exceptions import AirflowFailException  # type: ignore[no-redef]
 
-from batch_ops import OutcomePolicy, Source, SubmitSpec, is_permanent
+from batch_ops import OutcomePolicy, ResponseSchema, Source, SubmitSpec, is_permanent
 from batch_ops.airflow.config import default_deferrable
 from batch_ops.airflow.deployment import deployment_identity, deployment_name, proves_identity
 from batch_ops.airflow.hooks import OpenAIBatchHook
 from batch_ops.airflow.links import OpenAIBatchLink, batch_url
-from batch_ops.airflow.outcome import XCOM_BATCH, XCOM_BATCH_ID, BatchOutcomeMixin
+from batch_ops.airflow.outcome import XCOM_BATCH, XCOM_BATCH_ID, BatchOutcomeMixin, chain_of, check_event, event_batch
 from batch_ops.airflow.triggers import OpenAIBatchTrigger
+from batch_ops.chain import AttemptChain
 from batch_ops.client import BatchClient
 from batch_ops.errors import BatchOpsError, BatchTimeoutError
 from batch_ops.identity import RunIdentity, airflow_key
 from batch_ops.models import BatchStatus
 from batch_ops.outcomes import DEFAULT_FAIL_ON, DEFAULT_WAIT_TIMEOUT
+from batch_ops.structured import structured_summary
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from batch_ops import Submission
 
-__all__ = ["XCOM_BATCH", "XCOM_BATCH_ID", "OpenAIBatchOperator", "idempotency_key", "run_identity", "with_storage_conn"]
+#: XCom key of the repair rounds done in this try (``RepairRound.summary()`` each): what a resume continues from.
+XCOM_REPAIRS = "batch_ops_repairs"
+
+__all__ = ["XCOM_BATCH", "XCOM_BATCH_ID", "XCOM_REPAIRS", "OpenAIBatchOperator", "idempotency_key", "run_identity",
+           "with_storage_conn"]
 
 def idempotency_key(
     *, dag_id: str, task_id: str, run_id: str, map_index: int = -1, deployment: str | None = None
@@ -169,6 +175,16 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
             and a retry re-attaches to it).
         reattach: look the task instance's attempt chain up before creating (see module doc);
             False makes every try a new, unrelated batch.
+        response_model: a pydantic model the answers must follow (structured outputs,
+            docs/structured-outputs.md): written into each request in the provider's native form, checked
+            against its schema subset before upload. The XCom then carries ``structured`` (the schema and
+            the repair rounds), and ``OpenAIBatchHook.get_results`` parses each answer (``parsed``, or
+            ``invalid`` with the reason).
+        response_schema: a JSON Schema (a dict, or a ``.json`` file's path) instead of ``response_model``.
+        repair_rounds: after the batch ends, resubmit only the requests whose answers are invalid (bad JSON,
+            schema mismatch, refusal, cut by the token limit), up to this many times, as new attempts of
+            the same chain (paid once each, counted in ``chain_usage``); the task defers again for each.
+        repair_feedback: put each invalid answer's fault in its repaired request (a new user turn).
 
     Examples:
         >>> op = OpenAIBatchOperator(task_id="embed", endpoint="/v1/embeddings",
@@ -221,6 +237,10 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
         cancel_on_kill: bool = True,
         cancel_on_timeout: bool = False,
         reattach: bool = True,
+        response_model: Any = None,
+        response_schema: Any = None,
+        repair_rounds: int = 0,
+        repair_feedback: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -255,6 +275,19 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
         self.cancel_on_kill = cancel_on_kill
         self.cancel_on_timeout = cancel_on_timeout
         self.reattach = reattach
+        if response_model is not None and response_schema is not None:
+            raise ValueError("give response_model or response_schema, not both")
+        if repair_rounds < 0:
+            raise ValueError(f"repair_rounds must be >= 0, got {repair_rounds}")
+        if repair_rounds and response_model is None and response_schema is None:
+            raise ValueError("repair_rounds needs response_model or response_schema: the answers are repaired "
+                             "against it")
+        # Checked now (a DAG with a bad schema fails to load, not at 3 a.m.); kept as JSON (operators are
+        # serialized) and made again at run time.
+        given = response_model if response_model is not None else response_schema
+        self.response_schema = ResponseSchema.of(given) if given is not None else None
+        self.repair_rounds = int(repair_rounds)
+        self.repair_feedback = repair_feedback
         self._batch_id: str | None = None
         self._batch_url: str | None = None
 
@@ -272,40 +305,98 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
             if not self.wait_for_completion:
                 return chain.summary()
             if batch.is_terminal:
-                return self.finish(context, chain, satisfied=submission.satisfied)
+                return self._ended(context, client, chain, satisfied=submission.satisfied)
             deadline = time.time() + self.timeout if self.timeout is not None else None
-            if self.deferrable:
-                self.defer(
-                    trigger=OpenAIBatchTrigger(
-                        conn_id=self.conn_id,
-                        batch_id=batch.id,
-                        poll_interval=self.poll_interval,
-                        max_poll_interval=self.max_poll_interval,
-                        deadline=deadline,
-                        cancel_on_kill=self.cancel_on_kill,
-                        cancel_on_timeout=self.cancel_on_timeout,
-                    ),
-                    method_name="execute_complete",
-                    kwargs={"chain": chain.to_json()},
-                )
-            try:
-                batch = client.batches.wait(
-                    batch.id,
+            return self._wait(context, client, chain, deadline)
+
+    def _wait(self, context: Context, client: BatchClient, chain: AttemptChain, deadline: float | None,
+              repairs: list[dict[str, Any]] | None = None) -> Any:
+        """Wait for the chain's latest batch: deferred (the trigger), or here; then :meth:`_ended`."""
+        batch = chain.latest
+        assert batch is not None
+        if self.deferrable:
+            self.defer(
+                trigger=OpenAIBatchTrigger(
+                    conn_id=self.conn_id,
+                    batch_id=batch.id,
                     poll_interval=self.poll_interval,
                     max_poll_interval=self.max_poll_interval,
-                    timeout=None,
                     deadline=deadline,
+                    cancel_on_kill=self.cancel_on_kill,
                     cancel_on_timeout=self.cancel_on_timeout,
-                )
-            except BatchTimeoutError as exc:
-                if exc.batch is not None:
-                    context["ti"].xcom_push(key=XCOM_BATCH, value=chain.with_batch(exc.batch).summary())
-                raise
-            return self.finish(context, chain.with_batch(batch))
+                ),
+                method_name="execute_complete",
+                kwargs={"chain": chain.to_json(), "repairs": repairs or [], "deadline": deadline},
+            )
+        try:
+            batch = client.batches.wait(
+                batch.id,
+                poll_interval=self.poll_interval,
+                max_poll_interval=self.max_poll_interval,
+                timeout=None,
+                deadline=deadline,
+                cancel_on_timeout=self.cancel_on_timeout,
+            )
+        except BatchTimeoutError as exc:
+            if exc.batch is not None:
+                context["ti"].xcom_push(key=XCOM_BATCH, value=chain.with_batch(exc.batch).summary())
+            raise
+        return self._ended(context, client, chain.with_batch(batch), repairs=repairs, deadline=deadline)
 
-    def execute_complete(self, context: Context, event: Any = None, chain: Mapping[str, Any] | None = None) -> Any:
-        """Resume after the trigger fired: apply the failure policy and return the result dict."""
-        return self.resume(context, event, chain)
+    def _ended(self, context: Context, client: BatchClient, chain: AttemptChain, *, satisfied: bool = False,
+               repairs: list[dict[str, Any]] | None = None, deadline: float | None = None) -> Any:
+        """The chain's latest batch ended: with a response schema and repair rounds left, and an accepted
+        outcome, repair the invalid answers (core's round: only they are resubmitted, as the chain's next
+        attempt) and wait again; else finish (XCom, failure policy). ``repairs``: the rounds done so far."""
+        repairs = list(repairs or [])
+        latest = chain.latest
+        assert latest is not None
+        schema = self.response_schema
+        rounds_left = self.repair_rounds - len(repairs)
+        if schema is not None and rounds_left > 0 and self.policy.accepts(latest, satisfied=satisfied):
+            spec = self._spec(context)
+            done = client.repair(self._source(), spec, chain, round=len(repairs) + 1, feedback=self.repair_feedback)
+            self.log.info("%s", done.line())
+            repairs.append(done.summary())
+            context["ti"].xcom_push(key=XCOM_REPAIRS, value=repairs)
+            if done.submission is not None:
+                following = done.submission.chain
+                if following.latest is not None and not following.latest.is_terminal:
+                    self._batch_id = following.latest.id
+                    context["ti"].xcom_push(key=XCOM_BATCH_ID, value=following.latest.id)
+                    return self._wait(context, client, following, deadline, repairs)
+                return self._ended(context, client, following, satisfied=done.submission.satisfied,
+                                   repairs=repairs, deadline=deadline)
+        extra = {"structured": structured_summary(schema, repairs)} if schema is not None else None
+        return self.finish(context, chain, satisfied=satisfied, extra=extra)
+
+    def execute_complete(self, context: Context, event: Any = None, chain: Mapping[str, Any] | None = None,
+                         repairs: list[dict[str, Any]] | None = None, deadline: float | None = None) -> Any:
+        """Resume after the trigger fired: repair invalid answers when asked (and defer again), else apply the
+        failure policy and return the result dict."""
+        if self.response_schema is None:
+            return self.resume(context, event, chain)
+        payload = check_event(event)
+        batch = event_batch(payload)
+        if payload["event"] != "terminal" or batch is None:
+            return self.resume(context, event, chain)
+        self._batch_id = batch.id
+        if repairs is None:  # a resume that lost its kwargs (``dags test`` keeps only the event): from XCom
+            ti = context["ti"]
+            repairs = ti.xcom_pull(task_ids=self.task_id, key=XCOM_REPAIRS, map_indexes=ti.map_index) or []
+        with BatchClient(settings=OpenAIBatchHook(conn_id=self.conn_id).get_settings()) as client:
+            found = chain_of(batch, chain) if chain else self._chain_of(client, context, batch)
+            return self._ended(context, client, found, repairs=repairs, deadline=deadline)
+
+    def _chain_of(self, client: BatchClient, context: Context, batch: Any) -> AttemptChain:
+        """The task instance's chain, from the API, with ``batch`` as the trigger saw it (a chain of one if it
+        is not the key's)."""
+        identity = run_identity(context, reattach=self.reattach)
+        if identity.key is not None:
+            found = client.batches.chain(identity.key, since=identity.since)
+            if batch.id in found.batch_ids:
+                return found.with_batch(batch)
+        return chain_of(batch, None)
 
     # -- helpers ----------------------------------------------------------------------------
     def _source(self) -> Any:
@@ -318,16 +409,20 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
             raise AirflowFailException(f"requests must be a list of request dicts, got {type(requests).__name__}")
         return list(requests)
 
+    def _spec(self, context: Context) -> SubmitSpec:
+        return SubmitSpec.of(
+            endpoint=self.endpoint,
+            completion_window=self.completion_window,
+            metadata=self.metadata,
+            output_expires_after=_native_numbers(self.output_expires_after),
+            policy=self.policy,
+            identity=run_identity(context, reattach=self.reattach),
+            response_schema=self.response_schema,
+        )
+
     def _submit(self, client: BatchClient, context: Context) -> Submission:
         try:
-            submission = client.submit_spec(self._source(), SubmitSpec.of(
-                endpoint=self.endpoint,
-                completion_window=self.completion_window,
-                metadata=self.metadata,
-                output_expires_after=_native_numbers(self.output_expires_after),
-                policy=self.policy,
-                identity=run_identity(context, reattach=self.reattach),
-            ))
+            submission = client.submit_spec(self._source(), self._spec(context))
         except BatchOpsError as exc:
             if is_permanent(exc):
                 # A bad file or parameter stays bad: fail now, without spending retries on it.

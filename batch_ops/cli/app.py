@@ -27,7 +27,8 @@ import typer
 from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from batch_ops import SubmitSpec, storage
+from batch_ops import ResponseSchema, SubmitSpec, storage
+from batch_ops.chain import Attempt, AttemptChain
 from batch_ops.cli import EXIT_CODES, EXIT_CONFIG, EXIT_FAILED, exit_code_for, render
 from batch_ops.client import BatchClient
 from batch_ops.dialects import Dialect, dialect_named
@@ -45,6 +46,7 @@ from batch_ops.orphans import DEFAULT_LOOKBACK, DEFAULT_MIN_AGE, sweep
 from batch_ops.outcomes import DEFAULT_WAIT_TIMEOUT, OutcomePolicy, describe
 from batch_ops.settings import ClientSettings
 from batch_ops.storage import atomic_file, check_output
+from batch_ops.structured import structured_summary
 
 __all__ = ["app"]
 
@@ -395,6 +397,19 @@ EndpointOption = Annotated[
 ]
 
 
+ResponseSchemaOption = Annotated[
+    str | None,
+    typer.Option("--response-schema", metavar="FILE", show_default=False,
+                 help="A JSON Schema file the answers must follow (structured outputs): written into each request "
+                      "in the provider's own form, checked against its schema subset before upload; results then "
+                      "carry parsed or invalid (with the reason)."),
+]
+
+
+def _response_schema(path: str | None) -> ResponseSchema | None:
+    return None if path is None else ResponseSchema.of(path, name=Path(path).stem)
+
+
 @app.command(cls=_Command)
 def submit(
     ctx: typer.Context,
@@ -427,6 +442,15 @@ def submit(
     poll_interval: PollIntervalOption = 10.0,
     timeout: TimeoutOption = DEFAULT_WAIT_TIMEOUT,
     cancel_on_timeout: CancelOnTimeoutOption = False,
+    response_schema: ResponseSchemaOption = None,
+    repair_rounds: Annotated[
+        int, typer.Option("--repair-rounds", metavar="N", min=0,
+                          help="With --wait and --response-schema: after the batch ends, resubmit only the requests "
+                               "whose answers are invalid, up to N times, each as the chain's next attempt.")
+    ] = 0,
+    repair_feedback: Annotated[
+        bool, typer.Option("--repair-feedback", help="Put each invalid answer's fault in its repaired request.")
+    ] = False,
     base_url: BaseUrlOption = None,
     api_key: ApiKeyOption = None,
     max_retries: MaxRetriesOption = None,
@@ -438,6 +462,8 @@ def submit(
     that ended failed, expired or cancelled; 5 when --timeout ran out.
     """
     out = _Out(json=json_output)
+    if repair_rounds and not (wait and response_schema):
+        raise typer.BadParameter("--repair-rounds needs --wait and --response-schema", param_hint="--repair-rounds")
     meta = _parse_metadata(metadata)
     expires = {"anchor": "created_at", "seconds": output_expires_after} if output_expires_after is not None else None
     # A remote INPUT is copied locally once (piece by piece), then validated and uploaded from there.
@@ -448,11 +474,12 @@ def submit(
             raise InputValidationError(problems, source=storage.display(input_path), truncated=report.truncated)
         out.note(f"validated {report.lines} requests ({render.human_bytes(report.bytes)}) for {report.endpoint}"
                  + (f", model {report.model}" if report.model else ""))
+        schema = _response_schema(response_schema)
         with _client(out, ctx, base_url, api_key, max_retries) as client:
-            submission = client.submit_spec(local, SubmitSpec(
-                endpoint=endpoint, completion_window=completion_window, metadata=meta,
-                output_expires_after=expires, idempotency_key=idempotency_key,
-            ))
+            spec = SubmitSpec(endpoint=endpoint, completion_window=completion_window, metadata=meta,
+                              output_expires_after=expires, idempotency_key=idempotency_key,
+                              response_schema=schema)
+            submission = client.submit_spec(local, spec)
             batch = submission.batch
             # From here on the batch exists: an interrupt or a timeout must say which one keeps running.
             with _handled(out, batch_id=batch.id):
@@ -465,16 +492,37 @@ def submit(
                     return
                 batch = _wait(client, out, batch.id, poll_interval=poll_interval, timeout=timeout,
                               cancel_on_timeout=cancel_on_timeout)
-        _finish_wait(out, batch)
+            chain = submission.chain.with_batch(batch)
+            rounds: list[dict[str, Any]] = []
+            for number in range(1, repair_rounds + 1):
+                if OutcomePolicy().rejection(batch) is not None:
+                    break
+                done = client.repair(local, spec, chain, round=number, feedback=repair_feedback)
+                out.note(done.line())
+                rounds.append(done.summary())
+                if done.submission is None:
+                    break
+                with _handled(out, batch_id=done.submission.batch.id):
+                    batch = _wait(client, out, done.submission.batch.id, poll_interval=poll_interval,
+                                  timeout=timeout, cancel_on_timeout=cancel_on_timeout)
+                chain = done.submission.chain.with_batch(batch)
+        if len(chain.batch_ids) > 1 and OutcomePolicy().rejection(batch) is None:
+            ids = ",".join(chain.batch_ids)
+            out.note(f"collect the results of every attempt: batch-ops results {ids} --output results.jsonl"
+                     + (f" --response-schema {response_schema}" if response_schema else ""), style="dim")
+        extra = None if schema is None else {"batch_ids": chain.batch_ids,
+                                             "structured": structured_summary(schema, rounds)}
+        _finish_wait(out, batch, extra)
 
 
-def _finish_wait(out: _Out, batch: Batch) -> None:
+def _finish_wait(out: _Out, batch: Batch, extra: dict[str, Any] | None = None) -> None:
+    """The end of a wait: fail by the outcome policy, or the batch (``extra``: keys added to its JSON)."""
     error = OutcomePolicy().rejection(batch)
     if error is not None:
         if not out.json:
             out.stdout.print(render.batch_view(batch))
         out.fail(str(error), exit_code_for(error), kind=type(error).__name__, batch=batch)
-    out.result(_batch_json(batch), render.batch_view(batch))
+    out.result({**_batch_json(batch), **(extra or {})}, render.batch_view(batch))
     if batch.status is BatchStatus.COMPLETED:
         out.note(f"collect the results: batch-ops results {batch.id} --output results.jsonl", style="dim")
 
@@ -648,12 +696,17 @@ def results(
         typer.Option("--input", "-i", callback=_file_or_url, metavar="PATH", show_default=False,
                      help="The request file the batch ran, local or a URL (saves downloading the input file)."),
     ] = None,
+    response_schema: ResponseSchemaOption = None,
     base_url: BaseUrlOption = None,
     api_key: ApiKeyOption = None,
     max_retries: MaxRetriesOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Write every request's result, in input order: output and error files joined by custom_id.
+
+    BATCH_ID may list the attempts of one chain, oldest first, comma separated (b1,b2: a retry or a
+    repair round's batch after the first): each request gets its latest answer. With --response-schema,
+    each JSONL result also carries parsed (the answer) or invalid (reason and message).
 
     CSV columns: custom_id, ok, status_code, error_code, content. content is the answer
     (chat: choices[0].message.content; responses: the output text; embeddings: the dimensions,
@@ -665,15 +718,19 @@ def results(
     tally = render.ResultTally()
     with _handled(out):
         _check_output(output)
+    schema = _response_schema(response_schema)
+    invalid = 0
     with _handled(out), _client(out, ctx, base_url, api_key, max_retries) as client:
-        batch = client.batches.retrieve(batch_id)
+        attempts = [client.batches.retrieve(i) for i in batch_id.split(",") if i]
+        batch = attempts[-1]
+        chain = AttemptChain(batch.id, tuple(Attempt(n, b) for n, b in enumerate(attempts)))
         if not batch.status.is_terminal:
             out.fail(f"Batch {batch.id} is still {describe(batch)}: its results are not ready "
                      f"(batch-ops status {batch.id}; or submit with --wait).", EXIT_FAILED,
                      kind="BatchNotFinished", batch=batch)
         # Written beside the target and renamed (or put as one object): PATH holds all results or stays as it was.
         with storage.local_output(output) as target, atomic_file(target, "w", encoding="utf-8", newline="") as fh:
-            lines = client.results(batch, input_path=input_path)
+            lines = client.results(chain, input_path=input_path, response_schema=schema)
             if kind == "csv":
                 writer = csv.writer(fh)
                 writer.writerow(render.CSV_COLUMNS)
@@ -683,9 +740,15 @@ def results(
             else:
                 for line in lines:
                     tally.add(line)
-                    fh.write(line.model_dump_json() + "\n")
+                    invalid += line.invalid is not None
+                    if schema is None:
+                        fh.write(line.model_dump_json() + "\n")
+                        continue
+                    record = line.record(raw=False)
+                    data = {**line.model_dump(mode="json"), "parsed": record["parsed"], "invalid": record["invalid"]}
+                    fh.write(json.dumps(data, separators=(",", ":")) + "\n")
     out.result({"batch_id": batch.id, "status": batch.status.value, "output": storage.display(output), "format": kind,
-                **tally.as_dict()})
+                **tally.as_dict(), **({"invalid": invalid} if schema is not None else {})})
     style = "green" if tally.failed == 0 else "yellow"
     if not out.json:
         out.stderr.print(f"wrote {storage.display(output)} ({kind}): {tally.summary()}", style=style, soft_wrap=True)

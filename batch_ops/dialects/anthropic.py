@@ -86,6 +86,7 @@ class AnthropicDialect(Dialect):
     stores_files = False
     carries_key = False
     carries_metadata = False
+    structured_form = "anthropic"
 
     # -- addressing and credentials -------------------------------------------------------------
     def chat_endpoint(self, model: str | None) -> str:

@@ -140,6 +140,10 @@ class Dialect:
     #: sweep reads it). False (Anthropic, Gemini, Together): the submit keeps the owner record in the key
     #: ledger, when there is one (:meth:`batch_ops.identity.ledger.KeyLedger.own`).
     carries_metadata: ClassVar[bool] = True
+    #: How a response schema is said to this API, and which JSON Schema subset it takes
+    #: (:mod:`batch_ops.structured`): ``"openai"`` (``response_format`` json_schema, strict),
+    #: ``"anthropic"`` (a forced tool's ``input_schema``), ``"gemini"`` (``response_json_schema``).
+    structured_form: ClassVar[str] = "openai"
 
     # -- addressing and credentials -------------------------------------------------------------
     def auth_headers(self, settings: ClientSettings) -> dict[str, str]:

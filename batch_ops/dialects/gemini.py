@@ -184,6 +184,7 @@ class GeminiDialect(Dialect):
     rewrites_results = True
     cancel_answers_batch = False
     downloads_uploads = False
+    structured_form = "gemini"
 
     # -- addressing and credentials -------------------------------------------------------------
     def auth_headers(self, settings: ClientSettings) -> dict[str, str]:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from batch_ops.dialects import OPENAI, Dialect, dialect_named
 from batch_ops.errors import ConfigurationError
+from batch_ops.structured import ResponseSchema
 
 __all__ = ["JobConfig"]
 
@@ -51,6 +52,10 @@ class JobConfig(BaseModel):
             ``token_limit_exceeded``; doubles per refusal, at most an hour.
         lease_ttl: seconds the job's lease on object storage lives without a renewal: a worker that
             died while stepping the job holds it up that long (see :mod:`batch_ops.jobs.lease`).
+        response_schema: a JSON Schema (or a pydantic model, kept as its schema) every answer must follow:
+            written into each part's requests in the provider's native form, checked against its schema
+            subset before the first upload (docs/structured-outputs.md). Read the merged results with
+            ``batch_ops.structured.parse_line``. Repair rounds are not run by jobs.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -65,6 +70,13 @@ class JobConfig(BaseModel):
     prices: dict[str, dict[str, float]] | None = None
     token_limit_backoff: float = Field(default=60.0, ge=0)
     lease_ttl: float = Field(default=120.0, ge=1)
+    response_schema: dict[str, Any] | None = None
+
+    @field_validator("response_schema", mode="before")
+    @classmethod
+    def _schema(cls, value: Any) -> dict[str, Any] | None:
+        """A pydantic model or a JSON Schema, kept as :meth:`ResponseSchema.to_json` (checked now)."""
+        return None if value is None else ResponseSchema.of(value).to_json()
 
     @field_validator("provider")
     @classmethod

@@ -73,6 +73,7 @@ from batch_ops.jobs.state import JobState, PartState
 from batch_ops.jobs.store import JobStore, LocalJobStore, store_for
 from batch_ops.jsonl import RuleOptions, check_file, shard_file, validate_file
 from batch_ops.models import Batch, BatchStatus
+from batch_ops.structured import ResponseSchema, schema_problems
 
 __all__ = ["BatchJob", "Call", "JobProgress", "JobSummary"]
 
@@ -275,6 +276,10 @@ class BatchJob:
         (its fields as keywords, e.g. ``endpoint=...``) say what to run and how.
         """
         cfg = JobConfig.of(config, **options)
+        if cfg.response_schema is not None:  # the provider's schema subset, before anything is sharded or paid
+            problems = schema_problems(cfg.response_schema["schema"], cfg.dialect.structured_form)
+            if problems:
+                raise InputValidationError(problems, source=f"response schema for {cfg.dialect.title}")
         src, out = storage.location(input_path), storage.location(output_path)
         if _same_place(src, out):
             raise InputValidationError(
@@ -338,6 +343,7 @@ class BatchJob:
             job_id=_job_id(src, out), endpoint=cfg.endpoint, input_path=_name(src), output_path=_name(out),
             total=report.lines, created_at=_clock(), max_rounds=cfg.max_rounds,
             metadata=dict(cfg.metadata), token_limit_backoff=cfg.token_limit_backoff, provider=cfg.provider,
+            response_schema=cfg.response_schema,
         )
         for part in parts:
             lines = check_file(part, **rules)[0].lines
@@ -414,8 +420,10 @@ class BatchJob:
             self._save()  # the key is stored before any create
         lookup = not fresh or not self._lease.exclusive or self._lease.took_over is not None
         metadata = {**self.state.metadata, "batch_ops_job": self.state.job_id, "batch_ops_part": part.name}
+        schema = self.state.response_schema
         spec = SubmitSpec(endpoint=self.state.endpoint, metadata=metadata, idempotency_key=part.key,
-                          reattach=lookup, since=identity.since)
+                          reattach=lookup, since=identity.since,
+                          response_schema=None if schema is None else ResponseSchema.from_json(schema))
         source = str(self.store.fetch(part.path))
         self._lease.confirm()  # still ours right now, or nothing is created
         submission: Submission = yield Call("submit_spec", {"source": source, "spec": spec})

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -78,6 +78,8 @@ class JobState(BaseModel):
     finished_at: float | None = None
     #: The batch API the parts were checked and sharded for (None: OpenAI's, as before providers).
     provider: str | None = None
+    #: The JSON Schema every answer must follow (``ResponseSchema.to_json()``; None: free answers).
+    response_schema: dict[str, Any] | None = None
 
     def active(self) -> list[PartState]:
         """Parts with a batch that may be running (or being created)."""

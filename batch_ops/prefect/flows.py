@@ -45,6 +45,7 @@ from batch_ops.prefect.credentials import OpenAIBatchCredentials, settings_from_
 from batch_ops.prefect.storage import block_target
 from batch_ops.prefect.tasks import (
     BatchResult,
+    _repair_task,
     _submit_task,
     _wait_task,
     batches_submitted_by,
@@ -53,6 +54,7 @@ from batch_ops.prefect.tasks import (
 )
 from batch_ops.settings import ClientSettings
 from batch_ops.storage import display
+from batch_ops.structured import ResponseSchema, structured_summary
 
 __all__ = ["batches_to_cancel", "cancel_flow_run_batches", "run_batch"]
 
@@ -208,6 +210,10 @@ async def run_batch(
     storage: WritableFileSystem | None = None,
     artifact_key: str = DEFAULT_ARTIFACT_KEY,
     cancel_on_timeout: bool = False,
+    response_model: Any = None,
+    response_schema: dict[str, Any] | str | None = None,
+    repair_rounds: int = 0,
+    repair_feedback: bool = False,
 ) -> BatchResult:
     """Run one batch end to end: validate, upload, create, wait; return its :class:`BatchResult`.
 
@@ -241,6 +247,15 @@ async def run_batch(
             default ``openai-batch``): one name per pipeline keeps its history in the Prefect UI.
         cancel_on_timeout: cancel the batch when ``timeout`` passes (its finished work stays in its
             output file); otherwise it keeps running and a retry of the flow run re-attaches to it.
+        response_model: a pydantic model the answers must follow (structured outputs; see
+            docs/structured-outputs.md): written into each request in the provider's native form,
+            checked against its schema subset before upload. The result then carries ``structured``
+            and ``read_batch_results`` parses each answer (``parsed``, or ``invalid`` with the reason).
+        response_schema: a JSON Schema (a dict, or a ``.json`` file's path) instead of ``response_model``
+            (what a deployment's parameters can carry).
+        repair_rounds: after the batch ends, resubmit only the requests whose answers are invalid, up to
+            this many rounds, each a new attempt of the same chain (paid once, in ``chain_usage``).
+        repair_feedback: put each invalid answer's fault in its repaired request (a new user turn).
 
     Examples:
         ```python
@@ -254,6 +269,16 @@ async def run_batch(
                      fix="pass input_path='requests.jsonl' or requests=[{...}, ...]", param="input_path")]
         )
     policy = OutcomePolicy.of(fail_on, fail_on_request_failures)  # checked before anything is sent
+    if response_model is not None and response_schema is not None:
+        raise InputValidationError([Problem(rule="invalid_argument", param="response_schema",
+                                            message="run_batch got both response_model and response_schema",
+                                            fix="give one of them")])
+    given = response_model if response_model is not None else response_schema
+    schema = None if given is None else ResponseSchema.of(given)
+    if repair_rounds and schema is None:
+        raise InputValidationError([Problem(rule="invalid_argument", param="repair_rounds",
+                                            message="repair_rounds needs response_model or response_schema",
+                                            fix="give the schema the answers are repaired against")])
     source: str | os.PathLike[str] | list[dict[str, Any]] = (
         os.fspath(input_path) if input_path is not None else requests or []
     )
@@ -276,6 +301,7 @@ async def run_batch(
         fail_on_request_failures=policy.fail_on_request_failures,
         since=since,
         storage=storage,
+        response_schema=schema,
     )
     # The wait returns every outcome: the policy is applied below, to the chain this submit found or made.
     ended = await _wait_task(submission.batch.id, credentials=credentials, poll_interval=poll_interval,
@@ -286,4 +312,19 @@ async def run_batch(
     assert latest is not None
     # A chain whose every request already has a success is accepted whatever its latest attempt's status.
     policy.check(latest, satisfied=submission.satisfied)
-    return BatchResult.from_chain(chain)
+    if schema is None:
+        return BatchResult.from_chain(chain)
+    rounds: list[dict[str, Any]] = []
+    for number in range(1, repair_rounds + 1):
+        done = await _repair_task(source, chain, endpoint=endpoint, credentials=credentials, metadata=metadata,
+                                  completion_window=completion_window, output_expires_after=output_expires_after,
+                                  response_schema=schema, round=number, feedback=repair_feedback, storage=storage)
+        rounds.append(done.summary())
+        if done.submission is None:
+            break
+        ended = await _wait_task(done.submission.batch.id, credentials=credentials, poll_interval=poll_interval,
+                                 max_poll_interval=None, timeout=timeout, artifact_key=artifact_key,
+                                 cancel_on_timeout=cancel_on_timeout)
+        chain = done.submission.chain.with_batch(ended)
+        policy.check(ended, satisfied=done.submission.satisfied)
+    return BatchResult.from_chain(chain, structured=structured_summary(schema, rounds))

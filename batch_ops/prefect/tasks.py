@@ -40,9 +40,9 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import MissingContextError
 from prefect.filesystems import WritableFileSystem
 from prefect.logging import get_logger, get_run_logger
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
-from batch_ops import AttemptChain, Source, Submission, SubmitSpec, storage
+from batch_ops import AttemptChain, RepairRound, ResponseSchema, Source, Submission, SubmitSpec, storage
 from batch_ops.chain import Attempt, summary_of
 from batch_ops.client import AsyncBatchClient
 from batch_ops.errors import BatchTimeoutError
@@ -66,6 +66,7 @@ from batch_ops.process_state import STATE
 from batch_ops.results import DEFAULT_MAX_RECORDS, result_records
 from batch_ops.settings import ClientSettings
 from batch_ops.storage import Location, StorageTarget, display
+from batch_ops.structured import structured_summary
 
 __all__ = [
     "DEFAULT_WAIT_TIMEOUT",
@@ -117,14 +118,25 @@ class BatchResult(BaseModel):
     batch_ids: list[str] = []
     chain_request_counts: RequestCounts | None = None
     chain_usage: Usage | None = None
+    #: With a response schema: the schema and each repair round (``batch_ops.structured.structured_summary``);
+    #: ``read_batch_results`` reads the answers against it.
+    structured: dict[str, Any] | None = None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The summary contract: ``structured`` only when there is a schema (the same keys as the XCom)."""
+        data: dict[str, Any] = handler(self)
+        if data.get("structured") is None:
+            data.pop("structured", None)
+        return data
 
     @classmethod
     def from_batch(cls, batch: Batch) -> "BatchResult":
         return cls.model_validate(summary_of(batch))
 
     @classmethod
-    def from_chain(cls, chain: AttemptChain) -> "BatchResult":
-        return cls.model_validate(chain.summary())
+    def from_chain(cls, chain: AttemptChain, *, structured: Mapping[str, Any] | None = None) -> "BatchResult":
+        return cls.model_validate({**chain.summary(), "structured": structured})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,6 +354,7 @@ async def _submit(
     fail_on: Collection[BatchStatus | str],
     fail_on_request_failures: bool,
     since: float | None = None,
+    response_schema: Any = None,
 ) -> Submission:
     """Drive core's submission core with the run's key and tags; log what it did."""
     settings = resolve_settings(credentials)
@@ -356,12 +369,48 @@ async def _submit(
     submission = await client.submit_spec(source, SubmitSpec.of(
         endpoint=endpoint, completion_window=completion_window, metadata=metadata,
         output_expires_after=output_expires_after, since=since, identity=identity,
-        fail_on=fail_on, fail_on_request_failures=fail_on_request_failures,
+        fail_on=fail_on, fail_on_request_failures=fail_on_request_failures, response_schema=response_schema,
     ))
     if flow_run_id is not None:
         _remember_batch(flow_run_id, submission.batch.id, settings)
     submission.log(_logger())
     return submission
+
+
+async def _repair(
+    source: PathLike | Iterable[Mapping[str, Any]],
+    chain: AttemptChain,
+    *,
+    endpoint: str = "",
+    credentials: OpenAIBatchCredentials | None,
+    metadata: Mapping[str, str] | None = None,
+    completion_window: str = "24h",
+    output_expires_after: Mapping[str, Any] | None = None,
+    response_schema: Any,
+    round: int = 1,
+    feedback: bool = False,
+    storage: WritableFileSystem | None = None,
+) -> RepairRound:
+    """One repair round of ``chain`` (core's: only the invalid answers' requests, as its next attempt), the
+    batch owned by this flow run like the first; logs what it found and did."""
+    given: Any = source
+    if storage is not None and isinstance(source, (str, os.PathLike)):
+        given = block_target(storage, os.fspath(source))
+    settings = resolve_settings(credentials)
+    identity = RunIdentity(None, prefect_owner_metadata(_flow_run_id()))
+    spec = SubmitSpec.of(endpoint=endpoint, completion_window=completion_window, metadata=metadata,
+                         output_expires_after=output_expires_after, identity=identity,
+                         response_schema=response_schema)
+    done: RepairRound = await AsyncBatchClient.shared(settings).repair(given, spec, chain, round=round,
+                                                                       feedback=feedback)
+    _logger().info("%s", done.line())
+    if done.submission is not None:
+        done.submission.log(_logger())
+    return done
+
+
+#: One repair round as a task (``run_batch`` runs one per round, then waits for its batch).
+_repair_task = task(name="repair_batch", cache_policy=NO_CACHE)(_repair)
 
 
 @task(name="submit_batch", cache_policy=NO_CACHE)
@@ -378,6 +427,7 @@ async def submit_batch(
     fail_on_request_failures: bool = False,
     since: float | None = None,
     storage: WritableFileSystem | None = None,
+    response_schema: Any = None,
 ) -> BatchResult:
     """Validate, upload and create a batch, at most once per key; safe to retry.
 
@@ -400,6 +450,9 @@ async def submit_batch(
         since: how far back (epoch seconds) the key's batches are looked for; default: when the
             flow run began for a derived key (its batches cannot be older), else the client's
             ``idempotency_lookback``.
+        response_schema: a pydantic model or a JSON Schema the answers must follow (structured
+            outputs: written into each request in the provider's native form, its schema subset
+            checked before upload; docs/structured-outputs.md).
 
     Examples:
         ```python
@@ -409,8 +462,11 @@ async def submit_batch(
     submission = await _submit_from(source, endpoint=endpoint, credentials=credentials, metadata=metadata,
                                     completion_window=completion_window, output_expires_after=output_expires_after,
                                     idempotency_key=idempotency_key, fail_on=fail_on,
-                                    fail_on_request_failures=fail_on_request_failures, since=since, storage=storage)
-    return BatchResult.from_chain(submission.chain)
+                                    fail_on_request_failures=fail_on_request_failures, since=since, storage=storage,
+                                    response_schema=response_schema)
+    schema = None if response_schema is None else ResponseSchema.of(response_schema)
+    return BatchResult.from_chain(submission.chain,
+                                  structured=None if schema is None else structured_summary(schema, []))
 
 
 async def _submit_from(
@@ -426,6 +482,7 @@ async def _submit_from(
     fail_on_request_failures: bool,
     since: float | None,
     storage: WritableFileSystem | None,
+    response_schema: Any = None,
 ) -> Submission:
     """:func:`submit_batch`'s work: ``source`` read through the ``storage`` block, if one is given."""
     given: Any = source
@@ -434,7 +491,8 @@ async def _submit_from(
     return await _submit(given, endpoint=endpoint, credentials=credentials, metadata=metadata,
                          completion_window=completion_window, output_expires_after=output_expires_after,
                          idempotency_key=idempotency_key, fail_on=fail_on,
-                         fail_on_request_failures=fail_on_request_failures, since=since)
+                         fail_on_request_failures=fail_on_request_failures, since=since,
+                         response_schema=response_schema)
 
 
 #: ``submit_batch`` returning the whole :class:`~batch_ops.Submission` (its chain, whether every request
@@ -634,6 +692,7 @@ async def read_batch_results(
     input_path: PathLike | None = None,
     max_results: int = DEFAULT_MAX_RECORDS,
     raw: bool = True,
+    response_schema: Any = None,
 ) -> list[dict[str, Any]]:
     """The results of an ended batch (or of every attempt of a ``BatchResult``), one dict per request in
     input order, the same shape whatever the provider: ``custom_id``, ``ok``, ``text`` (the answer),
@@ -642,6 +701,9 @@ async def read_batch_results(
 
     A batch of more than ``max_results`` requests fails the task (task results live in Prefect's
     storage): download its output file instead. ``input_path``: the request file (saves a download).
+    ``response_schema`` (a pydantic model, a JSON Schema; default: the one a ``BatchResult`` carries under
+    ``structured``): each record also has ``parsed`` (the answer as JSON) and ``invalid`` (``{reason,
+    message}``, or None).
 
     Examples:
         ```python
@@ -652,12 +714,14 @@ async def read_batch_results(
     """
     client = _client(credentials)
     target: Any = batch
+    if response_schema is None and isinstance(batch, BatchResult) and batch.structured:
+        response_schema = ResponseSchema.from_json(batch.structured["response_schema"])
     if isinstance(batch, BatchResult):
         ids = batch.batch_ids or [batch.batch_id]
         batches = [await client.batches.retrieve(i) for i in ids]
         target = AttemptChain("results", tuple(Attempt(n, b) for n, b in enumerate(batches)))
     collected: list[ResultLine] = []
-    async for line in client.results(target, input_path=input_path):
+    async for line in client.results(target, input_path=input_path, response_schema=response_schema):
         collected.append(line)
         if len(collected) > max_results:
             break  # result_records says why; no more is held in memory

@@ -236,6 +236,16 @@ def _check_params(i: int, params: Any) -> str | None:
             return f"{where}.messages.{j}.content: Field required"
     if params.get("stream"):
         return f"{where}.stream: streaming is not supported in Message Batches"
+    tools = params.get("tools", [])
+    if not isinstance(tools, list) or not all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in tools):
+        return f"{where}.tools: Input should be a list of tools, each with a name"
+    for j, tool in enumerate(tools):
+        if tool.get("type") in (None, "custom") and (tool.get("input_schema") or {}).get("type") != "object":
+            return f"{where}.tools.{j}.input_schema.type: Input should be 'object'"
+    choice = params.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "tool" and choice.get("name") not in {
+            t["name"] for t in tools}:
+        return f"{where}.tool_choice.name: Tool {choice.get('name')!r} not found in tools"
     return None
 
 
@@ -263,6 +273,16 @@ def chat_body(params: dict[str, Any]) -> dict[str, Any]:
     for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"), ("stop", "stop_sequences")):
         if params.get(theirs) is not None:
             body[ours] = params[theirs]
+    # Tools as OpenAI's function tools; a forced tool (tool_choice "tool") as a forced function call, which
+    # the engines answer with the smallest input its schema accepts (batch_ops.server.structured).
+    tools = [t for t in params.get("tools") or () if isinstance(t, dict) and t.get("type") in (None, "custom")]
+    if tools:
+        body["tools"] = [{"type": "function", "function": {"name": t["name"], "description": t.get("description", ""),
+                                                            "parameters": t.get("input_schema") or {}}}
+                         for t in tools]
+    choice = params.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "tool":
+        body["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
     return body
 
 
@@ -299,18 +319,38 @@ def write_input(body: Path, dest: Path) -> int:
 # ---- results: the engine's answers in Anthropic's words --------------------------------------
 
 
+def _tool_use(call: Any) -> dict[str, Any]:
+    """An OpenAI tool call as Anthropic's ``tool_use`` block (arguments cut by the token limit: an empty input,
+    as a cut tool call arrives)."""
+    fn: dict[str, Any] = call["function"] if isinstance(call, dict) and isinstance(call.get("function"), dict) else {}
+    try:
+        value = json.loads(fn.get("arguments") or "{}")
+    except ValueError:
+        value = {}
+    return {"type": "tool_use", "id": "toolu_" + os.urandom(12).hex(), "name": fn.get("name"),
+            "input": value if isinstance(value, dict) else {}}
+
+
 def _message(custom_id: Any, body: dict[str, Any]) -> dict[str, Any]:
     choice = (body.get("choices") or [{}])[0]
-    text = _text((choice.get("message") or {}).get("content"))
+    message = choice.get("message") or {}
+    text = _text(message.get("content"))
     usage = body.get("usage") or {}
     cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text or not message.get("tool_calls") else []
+    content += [_tool_use(call) for call in message.get("tool_calls") or ()]
+    stop = "max_tokens" if choice.get("finish_reason") == "length" else "end_turn"
+    if message.get("refusal"):
+        stop, content = "refusal", [{"type": "text", "text": str(message["refusal"])}]
+    elif stop == "end_turn" and message.get("tool_calls"):
+        stop = "tool_use"
     return {
         "id": "msg_" + os.urandom(12).hex(),
         "type": "message",
         "role": "assistant",
         "model": body.get("model"),
-        "content": [{"type": "text", "text": text}],
-        "stop_reason": "max_tokens" if choice.get("finish_reason") == "length" else "end_turn",
+        "content": content,
+        "stop_reason": stop,
         "stop_sequence": None,
         "usage": {"input_tokens": int(usage.get("prompt_tokens") or 0) - cached,
                   "output_tokens": int(usage.get("completion_tokens") or 0),

@@ -37,6 +37,7 @@ from batch_ops.models import BATCH_ENDPOINTS, ECHO_FINGERPRINT, canonical_endpoi
 from batch_ops.results import MAX_RESULT_LINE_BYTES
 from batch_ops.server.options import ServerOptions
 from batch_ops.server.store import Usage5
+from batch_ops.server.structured import structured_answer, wanted
 
 __all__ = ["Answer", "EchoEngine", "Engine", "ReplayEngine", "UpstreamEngine", "make_engine", "usage_of"]
 
@@ -249,10 +250,18 @@ class EchoEngine(Engine):
             raise _Invalid("messages", "Invalid value for 'messages': every message needs a 'role'.")
         answer = next((_text(m.get("content")) for m in reversed(messages) if m["role"] == "user"), "")
         prompt_tokens = 3 + sum(4 + _tokens(_text(m.get("content"))) for m in messages)
+        want = wanted(body)  # a response schema or a forced tool: the smallest JSON that follows it
+        if want is not None:
+            answer = structured_answer(want)
         answer, finish = _cut(answer, body.get("max_completion_tokens") or body.get("max_tokens"))
         n = max(1, _int(body.get("n")) or 1)
         completion_tokens = _tokens(answer) * n
         message: dict[str, Any] = {"role": "assistant", "content": answer, "refusal": None, "annotations": []}
+        if want is not None and want.tool is not None:
+            message["content"] = None
+            message["tool_calls"] = [{"id": _rid("call_"), "type": "function",
+                                      "function": {"name": want.tool, "arguments": answer}}]
+            finish = "tool_calls" if finish == "stop" else finish
         return {
             "id": _rid("chatcmpl-"),
             "object": "chat.completion",

@@ -160,7 +160,23 @@ def chat_line(key: Any, request: Any, *, model: str) -> dict[str, Any]:
             value = _get(config, camel, snake)
             if value is not None:
                 body[ours] = value
+        # A response schema (responseJsonSchema, or the OpenAPI-subset responseSchema) as OpenAI's json_schema
+        # response format: the engines answer the smallest JSON that follows it, in the text part.
+        schema = _get(config, "responseJsonSchema", "response_json_schema") or _get(config, "responseSchema",
+                                                                                     "response_schema")
+        if isinstance(schema, Mapping):
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "response",
+                                                                               "schema": _lower_types(schema)}}
     return {"custom_id": key, "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+
+def _lower_types(schema: Any) -> Any:
+    """An OpenAPI ``responseSchema`` (``type: OBJECT``) in JSON Schema's words (``type: object``)."""
+    if isinstance(schema, Mapping):
+        return {k: (v.lower() if k == "type" and isinstance(v, str) else _lower_types(v)) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [_lower_types(v) for v in schema]
+    return schema
 
 
 def _usage(usage: Any) -> dict[str, int]:
@@ -184,8 +200,9 @@ def _response(body: Mapping[str, Any]) -> dict[str, Any]:
     for choice in body.get("choices") or []:
         message = choice.get("message") or {}
         text = message.get("content") if isinstance(message.get("content"), str) else ""
+        finish = "content_filter" if message.get("refusal") else choice.get("finish_reason")
         candidates.append({"content": {"role": "model", "parts": [{"text": text}]},
-                           "finishReason": _FINISH.get(str(choice.get("finish_reason")), "OTHER"),
+                           "finishReason": _FINISH.get(str(finish), "OTHER"),
                            "index": int(choice.get("index") or 0)})
     response: dict[str, Any] = {"candidates": candidates, "usageMetadata": _usage(body.get("usage"))}
     if body.get("model"):

@@ -36,6 +36,8 @@ from typing import Any, Literal
 import click
 from click.core import ParameterSource
 
+from batch_ops.server.structured import INVALID_KINDS
+
 __all__ = [
     "API_KEY_ENV",
     "ENGINES",
@@ -189,6 +191,12 @@ class ServerOptions:
     retry_after: float = _opt(0.2, "Delay advertised by 429 answers.", "faults", "SECONDS")
     fail_requests: float = _opt(0.0, "Share of batch requests failed with server_error.", "faults", "RATE",
                                 rate=True)
+    invalid_share: float = _opt(0.0, "Share of structured answers (a request with a response schema or a forced "
+                                "tool) made invalid, chosen by seed and custom_id.", "faults", "RATE", rate=True)
+    invalid_kind: str = _opt("bad_json", "How --invalid-share spoils an answer: bad_json, wrong_type, truncated, "
+                             "refusal or mixed.", "faults", "KIND", choices=INVALID_KINDS)
+    invalid_rounds: int = _opt(1, "Times the same request is answered invalid (then valid: a repair round fixes it).",
+                               "faults", "N")
     token_limit_failures: int = _opt(0, "The first N batches fail with token_limit_exceeded.", "faults", "N")
     create_failures: int = _opt(0, "Answer the first N batch creates with 503, creating nothing.", "faults", "N")
     lose_creates: int = _opt(0, "Handle the first N batch creates, then close the connection unanswered.", "faults",
@@ -244,7 +252,9 @@ class ServerOptions:
             raise ValueError("max_running must be at least 1")
         if self.upload_max_bytes < 1:
             raise ValueError("upload_max_bytes must be at least 1")
-        if min(self.token_limit_failures, self.create_failures, self.upstream_retries) < 0:
+        if self.invalid_kind not in INVALID_KINDS:
+            raise ValueError(f"invalid_kind {self.invalid_kind!r} is not one of {', '.join(INVALID_KINDS)}")
+        if min(self.token_limit_failures, self.create_failures, self.upstream_retries, self.invalid_rounds) < 0:
             raise ValueError("token_limit_failures, create_failures and upstream_retries must not be negative")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} is outside 0..65535")

@@ -35,6 +35,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from batch_ops.jsonl import MAX_LINE_BYTES, OPENAI_LINES, check_file, read_lines
 from batch_ops.server.engines import Answer, Engine, api_error_body, usage_of
 from batch_ops.server.options import ServerOptions
 from batch_ops.server.store import ACTIVE_STATUSES, BatchRow, Store, new_id
+from batch_ops.server.structured import InvalidAnswers, wanted
 from batch_ops.server.together import TOGETHER_LINES
 
 __all__ = ["FAST_CHUNK", "Processor", "chance"]
@@ -181,6 +183,9 @@ class Processor:
         self._supervisor: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
+        #: The ``--invalid-share`` fault: structured answers spoiled on purpose (``server.structured``).
+        self.invalid = InvalidAnswers(share=options.invalid_share, kind=options.invalid_kind,
+                                      rounds=options.invalid_rounds, seed=self.seed)
 
     @property
     def running(self) -> list[str]:
@@ -403,6 +408,17 @@ class Processor:
             return custom_id, None, _server_error_reply()
         return custom_id, request, None
 
+    def _spoiled(self, custom_id: Any, request: Mapping[str, Any], reply: Answer) -> Answer:
+        """``reply`` spoiled by the ``--invalid-share`` fault when it answers a structured request drawn for it."""
+        body = request.get("body")
+        if not (self.invalid.active and reply.ok and isinstance(reply.body, dict) and reply.body.get("choices")
+                and isinstance(body, Mapping)):
+            return reply
+        want = wanted(body)
+        if want is None:
+            return reply
+        return Answer(reply.status_code, self.invalid.spoil(custom_id, want, reply.body), reply.error)
+
     def _fast_chunk(self, run: _Run) -> None:
         """Read, answer and write one chunk in this (worker) thread: no I/O in the engine."""
         lines = run.read_chunk(FAST_CHUNK)
@@ -413,6 +429,7 @@ class Processor:
             if reply is None:
                 assert request is not None
                 reply = answer(request) or Answer(500, api_error_body("engine gave no answer", type="server_error"))
+                reply = self._spoiled(custom_id, request, reply)
             results.append((custom_id, reply))
         self._commit(run, lines, results)
 
@@ -430,7 +447,8 @@ class Processor:
             async with slots:
                 if latency:
                     await asyncio.sleep(latency)
-                return custom_id, self.engine.answer_now(request) or await self.engine.answer(request)
+                reply = self.engine.answer_now(request) or await self.engine.answer(request)
+                return custom_id, self._spoiled(custom_id, request, reply)
 
         results = await asyncio.gather(*(one(i, raw) for i, raw in lines))
         await asyncio.to_thread(self._commit, run, lines, results)

@@ -74,6 +74,35 @@ PARENT_FLOW = textwrap.dedent('''
         parent.serve(name="served")
 ''')
 
+#: Structured outputs served: ``run_batch`` with a pydantic model and one repair round, then the results typed.
+STRUCTURED_FLOW = textwrap.dedent('''
+    from typing import Any
+
+    from prefect import flow
+    from pydantic import BaseModel
+
+    from batch_ops.prefect import read_batch_results, run_batch
+
+
+    class City(BaseModel):
+        name: str
+        population: int
+        tags: list[str]
+
+
+    @flow(name="deploy-structured")
+    async def structured(input_path: str) -> dict[str, Any]:
+        result = await run_batch(input_path=input_path, endpoint="/v1/chat/completions", poll_interval=0.2,
+                                 response_model=City, repair_rounds=1, repair_feedback=True)
+        records = await read_batch_results(result, raw=False)
+        return {"result": result.model_dump(mode="json"), "parsed": [r["parsed"] for r in records],
+                "invalid": [r["invalid"] for r in records]}
+
+
+    if __name__ == "__main__":
+        structured.serve(name="structured")
+''')
+
 #: Bundle storage for the work pool: a directory on this machine (``--mode upload`` copies the
 #: bundle there from the submitter's temporary directory; ``--mode execute`` runs it).
 BUNDLE_STEPS = textwrap.dedent('''
@@ -289,6 +318,7 @@ class Stack:
     pool: str
     webhook_batch_url: str = ""
     provider_urls: dict[str, dict[str, str]] = field(default_factory=dict)
+    structured_batch_url: str = ""
     procs: dict[str, Proc] = field(default_factory=dict)
     runs: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
@@ -435,11 +465,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory, batch_server: ServerURL, sec
     installed = code / "site-packages"
     installed.mkdir(parents=True)
     (installed / "deploy_parent.py").write_text(PARENT_FLOW)
+    (installed / "deploy_structured.py").write_text(STRUCTURED_FLOW)
     (code / "bundle_steps.py").write_text(BUNDLE_STEPS)
     served_requests, worker_requests = work / "served.jsonl", work / "worker.jsonl"
     write_requests(served_requests, make_requests(3, prefix="served"))
     write_requests(work / "scheduled.jsonl", make_requests(2, prefix="scheduled"))
     write_requests(worker_requests, make_requests(4, prefix="worker"))
+    write_requests(work / "structured.jsonl", make_requests(20, prefix="structured"))
     env = {
         **keep,
         "PATH": f"{BIN}{os.pathsep}{keep.get('PATH', '')}",
@@ -512,6 +544,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, batch_server: ServerURL, sec
         serve_providers = s.start("serve-providers", [sys.executable, str(installed / "provider_parent.py")], cwd=work)
         save_blocks = s.start("save-blocks", [sys.executable, "-c", SAVE_BLOCKS, json.dumps(
             provider_blocks(s.provider_urls, work / "ledger"))])
+        # Structured outputs: a Batch API server that spoils a fifth of the structured answers.
+        s.structured_batch_url = str(servers.enter_context(serve_in_background(
+            api_key=secret, request_latency=0.01, invalid_share=0.2, invalid_kind="mixed", seed=5)))
+        serve_structured = s.start("serve-structured", [sys.executable, str(installed / "deploy_structured.py")],
+                                   cwd=work, env={"OPENAI_BASE_URL": s.structured_batch_url})
         s.start("serve-scheduled", [sys.executable, "-c", SERVE_SCHEDULED, str(work / "scheduled.jsonl")], cwd=work)
         serve_nightly = s.start("serve-nightly-eval", [sys.executable, str(NIGHTLY_EVAL)], cwd=work, env={
             "BATCH_OPS_EVAL_DIR": str(work / "eval"),
@@ -533,6 +570,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, batch_server: ServerURL, sec
                     s.runs[name] = s.run_deployment("provider-parent", "providers", {
                         "block": f"e2e-{name}", "tag": scenario[:2], "n": n, "out": str(work / f"{name}.json"),
                         "fail_on_request_failures": scenario == "failures"}, proc=serve_providers)
+        with s.trying("structured"):
+            s.runs["structured"] = s.run_deployment("deploy-structured", "structured", {
+                "input_path": str(work / "structured.jsonl")}, proc=serve_structured)
         with s.trying("worker-deployment", "worker-bundle"):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 deploy.popen.wait(120)
@@ -708,6 +748,34 @@ def test_flow_using_run_batch_pickles_with_batch_ops_by_value(tmp_path: Path, li
 def test_served_flow_runs_run_batch_as_a_subflow(stack: Stack) -> None:
     """``parent.serve()`` in its own process; a run of its deployment; ``run_batch`` inside it."""
     stack.assert_ran_batch(stack.run_id("served"), proc=stack.procs["serve-parent"], requests=3, test="served")
+
+
+def test_served_structured_outputs_repair_only_the_invalid(stack: Stack) -> None:
+    """A served deployment runs ``run_batch`` with a pydantic model and ``repair_rounds=1`` against a server
+    that spoils a fifth of the answers: the repair batch carries exactly the invalid requests (counted on the
+    server), and every answer arrives typed through ``read_batch_results``."""
+    proc = stack.procs["serve-structured"]
+    state = stack.final_state(stack.run_id("structured"), proc=proc)
+    assert state["type"] == "COMPLETED", f"{state.get('message')}\n{stack.logs()}"
+    with BatchClient(api_key=stack.secret, base_url=stack.structured_batch_url) as client:
+        batches = sorted(client.batches.iter_all(limit=100), key=lambda b: b.created_at)
+        assert len(batches) == 2, batches  # the batch, and its one repair round
+        first, repair = batches
+        invalid = [line for line in client.results(first, response_schema=CITY_SCHEMA) if line.invalid is not None]
+        final = client.results(client.batches.chain(
+            (first.metadata or {})["batch_ops_idempotency_key"].split("@")[0]), response_schema=CITY_SCHEMA)
+        typed = [line.parsed for line in final]
+    assert invalid and repair.request_counts.total == len(invalid), (len(invalid), repair)  # paid == needed
+    assert len(typed) == 20 and all(isinstance(p, dict) and set(p) == {"name", "population", "tags"} for p in typed)
+    assert (repair.metadata or {})["batch_ops_idempotency_key"].endswith(".1")  # the chain's next attempt
+    logs = proc.tail(200_000)
+    assert "Repair round 1:" in logs and f"carrying {len(invalid)} requests" in logs
+
+
+#: City's JSON Schema (the served flow's model), to read the answers here.
+CITY_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["name", "population", "tags"],
+               "properties": {"name": {"type": "string"}, "population": {"type": "integer"},
+                              "tags": {"type": "array", "items": {"type": "string"}}}}
 
 
 def test_process_worker_runs_deployment_and_submitted_flow(stack: Stack) -> None:

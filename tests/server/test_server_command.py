@@ -26,7 +26,7 @@ def _other_value(f: dataclasses.Field[Any], webhook_secret: str) -> Any:
     flag, default = f.metadata["flag"], f.default
     special = {"engine": "replay", "log_level": "info", "webhook_secret": webhook_secret,
                "upstream_url": "http://127.0.0.1:9/v1", "data_dir": "/tmp/elsewhere", "host": "0.0.0.0",
-               "wire": "together"}
+               "wire": "together", "invalid_kind": "mixed"}
     if f.name in special:
         return special[f.name]
     if flag.rate:
