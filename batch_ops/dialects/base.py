@@ -120,6 +120,8 @@ class Dialect:
     status_aliases: ClassVar[Mapping[str, BatchStatus]] = {}
     #: How a request line of this API is shaped (the request file's checker reads it).
     line_shape: ClassVar[LineShape] = OPENAI_LINES
+    #: The provider in the batch price table (genai-prices' provider id); None: prices come from overrides only.
+    price_provider: ClassVar[str | None] = "openai"
     #: Result lines arrive in another shape than OpenAI's output/error lines: each downloaded result
     #: file is rewritten line by line with :meth:`result_line` before anything reads it.
     rewrites_results: ClassVar[bool] = False

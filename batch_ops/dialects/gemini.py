@@ -171,6 +171,7 @@ class GeminiDialect(Dialect):
 
     name = "gemini"
     title = "Gemini API Batch Mode"
+    price_provider = "google"
     default_base_url = f"https://generativelanguage.googleapis.com/{_API_VERSION}"
     key_env = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
     # The SDK's variable names the host only.
