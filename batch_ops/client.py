@@ -85,6 +85,8 @@ def _noticed(submission: Submission) -> Submission:
     here (``submit_spec`` callers — the adapters, the CLI — log ``Submission.notices`` themselves)."""
     for notice in submission.notices:
         _log.warning("%s", notice)
+    if submission.created and (submission.estimate is not None or submission.cost_note):
+        _log.info("%s", submission.estimate.summary() if submission.estimate is not None else submission.cost_note)
     return submission
 
 
@@ -415,6 +417,8 @@ class BatchClient(_Base):
         fail_on: Collection[BatchStatus | str] = DEFAULT_FAIL_ON,
         fail_on_request_failures: bool = False,
         since: float | None = None,
+        max_cost_usd: float | None = None,
+        prices: Mapping[str, Any] | None = None,
     ) -> Batch:
         """Validate, upload and create a batch; nothing is uploaded if anything is invalid.
 
@@ -435,6 +439,10 @@ class BatchClient(_Base):
             fail_on_request_failures: a completed batch with failed requests calls for one too.
             since: how far back (epoch seconds) the key is looked for; default
                 ``settings.idempotency_lookback`` ago.
+            max_cost_usd: a hard budget for the key's whole chain (USD, batch prices): refused before
+                upload with :class:`~batch_ops.errors.BudgetExceededError` when the chain's spend so far plus
+                this attempt's upper bound passes it (docs/cost.md).
+            prices: price overrides, ``{"model": {"input": .., "output": ..}}`` in USD per 1M tokens.
 
         Returns:
             The batch to wait for (or the final one): the latest attempt. With a key used before for
@@ -448,6 +456,7 @@ class BatchClient(_Base):
             endpoint=endpoint, completion_window=completion_window, metadata=metadata,
             output_expires_after=output_expires_after, idempotency_key=idempotency_key, reattach=reattach,
             fail_on=fail_on, fail_on_request_failures=fail_on_request_failures, since=since,
+            max_cost_usd=max_cost_usd, prices=prices,
         )
         return _noticed(self.submit_spec(source, spec)).batch
 
@@ -721,12 +730,15 @@ class AsyncBatchClient(_Base):
         fail_on: Collection[BatchStatus | str] = DEFAULT_FAIL_ON,
         fail_on_request_failures: bool = False,
         since: float | None = None,
+        max_cost_usd: float | None = None,
+        prices: Mapping[str, Any] | None = None,
     ) -> Batch:
         """Validate, upload and create a batch; see :meth:`BatchClient.submit`."""
         spec = SubmitSpec.of(
             endpoint=endpoint, completion_window=completion_window, metadata=metadata,
             output_expires_after=output_expires_after, idempotency_key=idempotency_key, reattach=reattach,
             fail_on=fail_on, fail_on_request_failures=fail_on_request_failures, since=since,
+            max_cost_usd=max_cost_usd, prices=prices,
         )
         return _noticed(await self.submit_spec(source, spec)).batch
 

@@ -273,9 +273,9 @@ def estimate(
     dialect = dialect_named(provider) if isinstance(provider, str) else provider
     acc = _Accumulator(dialect, PriceTable.of(prices), model, endpoint)
     if isinstance(source, (str, os.PathLike)):
-        for _, line in iter_request_lines(source):
-            acc.add(line)
+        for _, request in iter_request_lines(source):
+            acc.add(request)
     else:
-        for line in source:
-            acc.add(line)
+        for item in source:
+            acc.add(item)
     return acc.done()

