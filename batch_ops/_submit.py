@@ -112,6 +112,7 @@ __all__ = [
     "Source",
     "SubmitSpec",
     "Submission",
+    "chain_bill_plan",
     "find_chain_plan",
     "find_chains_plan",
     "submit_plan",
@@ -1146,3 +1147,27 @@ def _budget_plan(
         spent = Spent(actual=actual, bounded=bounded, attempts=len(chain.batches))
     check_budget(budget, priced, spent, attempt=number)
     return priced, spent, None
+
+
+def _bill_files(paths: Sequence[Path], *, dialect: Dialect, model: str | None, prices: Any) -> Any:
+    from itertools import chain as joined
+
+    return bill(joined.from_iterable(iter_result_lines(p) for p in paths), provider=dialect, model=model,
+                prices=prices)
+
+
+def chain_bill_plan(
+    chain: AttemptChain, workdir: Path, *, dialect: Dialect, policy: RetryPolicy, model: str | None = None,
+    prices: Any = None,
+) -> Generator[Send | Sleep | Work, Any, Any]:
+    """The actual bill of every batch of ``chain`` (duplicates too: they were paid), from their results' usage.
+
+    Returns a :class:`~batch_ops.cost.Bill`. An attempt with no output contributes nothing (nothing completed).
+    """
+    paths: list[Path] = []
+    for batch in chain.batches:
+        found = yield from download_results_plan(batch, workdir, dialect=dialect, policy=policy, kinds=("output",))
+        if found.output is not None:
+            paths.append(found.output)
+    result = yield Work(partial(_bill_files, paths, dialect=dialect, model=model, prices=PriceTable.of(prices)))
+    return result

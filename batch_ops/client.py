@@ -38,7 +38,8 @@ from pydantic import ValidationError
 from batch_ops import _plans, storage
 from batch_ops._drivers import AsyncDriver, SyncDriver, http_timeout
 from batch_ops._http import RetryPolicy
-from batch_ops._submit import Source, Submission, SubmitSpec, find_chain_plan, submit_plan
+from batch_ops._submit import Source, Submission, SubmitSpec, chain_bill_plan, find_chain_plan, submit_plan
+from batch_ops.cost.bill import Bill
 from batch_ops._transport import ASYNC_POOL_LIMITS, default_async_transport
 from batch_ops.chain import Attempt, AttemptChain
 from batch_ops.dialects import Dialect
@@ -513,6 +514,24 @@ class BatchClient(_Base):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    def bill(self, batch: Batch | AttemptChain | Submission | str, *, model: str | None = None,
+             prices: Mapping[str, Any] | None = None) -> Bill:
+        """The actual cost of ``batch`` (every attempt of a chain, duplicates included) from its results' usage,
+        at batch prices (:func:`batch_ops.cost.bill`). ``model``: for answers that name none (Gemini's batch model).
+
+        Examples:
+            >>> # print(client.bill(sub).summary())   # Actual: $0.001234 (gpt-4o-mini: 20 requests, ...)
+        """
+        if isinstance(batch, str):
+            batch = self.batches.retrieve(batch)
+        chain = _ended_chain(batch)
+        tmp = Path(tempfile.mkdtemp(prefix="batch_ops_bill_"))
+        try:
+            return self._run(chain_bill_plan(chain, tmp, **self._wire, model=model,  # type: ignore[no-any-return]
+                                             prices=prices))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
     def close(self) -> None:
         if self._owns_http:
             self._http.close()
@@ -783,6 +802,19 @@ class AsyncBatchClient(_Base):
             while chunk := await asyncio.to_thread(lambda: list(itertools.islice(joined, 1000))):
                 for line in chunk:
                     yield line
+        finally:
+            await asyncio.to_thread(shutil.rmtree, tmp, True)
+
+    async def bill(self, batch: Batch | AttemptChain | Submission | str, *, model: str | None = None,
+                   prices: Mapping[str, Any] | None = None) -> Bill:
+        """Async version of :meth:`BatchClient.bill`."""
+        if isinstance(batch, str):
+            batch = await self.batches.retrieve(batch)
+        chain = _ended_chain(batch)
+        tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, "", "batch_ops_bill_"))
+        try:
+            return await self._run(chain_bill_plan(chain, tmp, **self._wire,  # type: ignore[no-any-return]
+                                                   model=model, prices=prices))
         finally:
             await asyncio.to_thread(shutil.rmtree, tmp, True)
 

@@ -405,14 +405,15 @@ class RequestFailuresError(BatchOutcomeError):
 def is_permanent(exc: BaseException) -> bool:
     """True when doing the same thing again cannot succeed: the one answer to "retry this?".
 
-    Bad input and settings, a 4xx other than 408/409/429, a result file that is not one, and a
-    chain out of attempts are permanent. Network failures, 408/409/429/5xx, timeouts and batch
+    Bad input and settings, a 4xx other than 408/409/429, a result file that is not one, a
+    chain out of attempts, a budget the next attempt would pass and a model without a price are permanent. Network failures, 408/409/429/5xx, timeouts and batch
     outcomes are not: a batch that failed or expired gets a new attempt when retried.
 
     Examples:
         >>> is_permanent(InputValidationError([])), is_permanent(status_error_class(503)("x", status_code=503))
         (True, False)
     """
-    if isinstance(exc, (InputValidationError, ConfigurationError, ResultFileError, AttemptsExhaustedError)):
+    if isinstance(exc, (InputValidationError, ConfigurationError, ResultFileError, AttemptsExhaustedError,
+                        BudgetExceededError, UnknownPriceError)):
         return True
     return isinstance(exc, APIStatusError) and not is_retryable_status(exc.status_code)

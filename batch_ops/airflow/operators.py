@@ -41,7 +41,11 @@ from batch_ops.airflow.deployment import deployment_identity, deployment_name, p
 from batch_ops.airflow.hooks import OpenAIBatchHook
 from batch_ops.airflow.links import OpenAIBatchLink, batch_url
 from batch_ops.airflow.outcome import XCOM_BATCH, XCOM_BATCH_ID, BatchOutcomeMixin
+
+#: XCom key of the cost estimate made before the upload (kept across a deferral; also in ``return_value``).
+XCOM_ESTIMATE = "estimate"
 from batch_ops.airflow.triggers import OpenAIBatchTrigger
+from batch_ops.chain import AttemptChain
 from batch_ops.client import BatchClient
 from batch_ops.errors import BatchOpsError, BatchTimeoutError
 from batch_ops.identity import RunIdentity, airflow_key
@@ -167,6 +171,12 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
             on the worker and, on Airflow >= 3.3, while deferred.
         cancel_on_timeout: cancel the batch when ``timeout`` passes (otherwise it keeps running
             and a retry re-attaches to it).
+        max_cost_usd: a hard budget in USD for the task's whole chain (every try and retry): a try whose
+            upper bound, with what earlier tries spent, passes it fails before uploading anything
+            (``BudgetExceededError``, not retried). See docs/cost.md.
+        prices: price overrides, ``{"model": {"input": .., "output": ..}}`` in USD per 1M tokens (batch
+            prices); default genai-prices' table. The result dict gets ``estimate`` (made before the
+            upload) and ``cost`` (the actual bill from the results' usage) side by side.
         reattach: look the task instance's attempt chain up before creating (see module doc);
             False makes every try a new, unrelated batch.
 
@@ -221,6 +231,8 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
         cancel_on_kill: bool = True,
         cancel_on_timeout: bool = False,
         reattach: bool = True,
+        max_cost_usd: float | None = None,
+        prices: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -255,6 +267,10 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
         self.cancel_on_kill = cancel_on_kill
         self.cancel_on_timeout = cancel_on_timeout
         self.reattach = reattach
+        self.max_cost_usd = max_cost_usd
+        self.prices = dict(prices) if prices is not None else None
+        self._estimate: Any = None
+        self._model: str | None = None
         self._batch_id: str | None = None
         self._batch_url: str | None = None
 
@@ -270,7 +286,7 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
             # Now, not when the task ends: the link works while the task is deferred.
             context["ti"].xcom_push(key=OpenAIBatchLink().xcom_key, value=self._batch_url)
             if not self.wait_for_completion:
-                return chain.summary()
+                return {**chain.summary(), "estimate": self._estimate}
             if batch.is_terminal:
                 return self.finish(context, chain, satisfied=submission.satisfied)
             deadline = time.time() + self.timeout if self.timeout is not None else None
@@ -307,6 +323,23 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
         """Resume after the trigger fired: apply the failure policy and return the result dict."""
         return self.resume(context, event, chain)
 
+    def cost_fields(self, context: Context, chain: AttemptChain) -> dict[str, Any]:
+        """``estimate`` (made before the upload; kept in XCom across a deferral) and ``cost`` (the actual bill of
+        the chain, from its results' usage), side by side in the result dict."""
+        if self._estimate is None:
+            ti = context["ti"]
+            self._estimate = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_ESTIMATE, map_indexes=ti.map_index)
+        models = (self._estimate or {}).get("models") or []
+        self._model = models[0]["model"] if models else None
+        try:
+            with OpenAIBatchHook(conn_id=self.conn_id).get_client() as client:
+                paid = client.bill(chain, model=self._model, prices=self.prices)
+        except BatchOpsError as exc:  # a bill that cannot be made must not fail a batch that ran
+            self.log.warning("No actual cost for this run: %s", exc)
+            return {"estimate": self._estimate, "cost": None}
+        self.log.info("%s", paid.summary())
+        return {"estimate": self._estimate, "cost": paid.as_dict()}
+
     # -- helpers ----------------------------------------------------------------------------
     def _source(self) -> Any:
         if self.input_file_id is not None:
@@ -327,6 +360,8 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
                 output_expires_after=_native_numbers(self.output_expires_after),
                 policy=self.policy,
                 identity=run_identity(context, reattach=self.reattach),
+                max_cost_usd=self.max_cost_usd,
+                prices=self.prices,
             ))
         except BatchOpsError as exc:
             if is_permanent(exc):
@@ -334,4 +369,7 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
                 raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
             raise
         submission.log(self.log)
+        if submission.estimate is not None:
+            self._estimate = submission.estimate.as_dict()
+            context["ti"].xcom_push(key=XCOM_ESTIMATE, value=self._estimate)
         return submission

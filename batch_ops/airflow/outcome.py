@@ -121,13 +121,17 @@ class BatchOutcomeMixin:
         except Exception as exc:  # a kill must not fail on a cancel error
             self.log.warning("Task killed; cancelling batch %s failed: %s", self._batch_id, exc)
 
+    def cost_fields(self, context: Context, chain: AttemptChain) -> dict[str, Any]:
+        """Fields the result dict gets besides the chain's summary (the operator: the estimate and the bill)."""
+        return {}
+
     def finish(self, context: Context, chain: AttemptChain, *, satisfied: bool = False) -> dict[str, Any]:
         """Push the result dict, then apply the policy: return it, or raise the outcome's error.
 
         ``satisfied``: the submit found a success for every request in the chain (the latest
         attempt was rejected after answering them all): nothing is left to retry, so it is accepted.
         """
-        summary = chain.summary()
+        summary = {**chain.summary(), **self.cost_fields(context, chain)}
         latest = chain.latest
         assert latest is not None
         # Pushed before the policy may fail the task, so partial output is never lost.
