@@ -43,7 +43,15 @@ from batch_ops.outcomes import DEFAULT_WAIT_TIMEOUT, OutcomePolicy
 from batch_ops.prefect.artifacts import DEFAULT_ARTIFACT_KEY
 from batch_ops.prefect.credentials import OpenAIBatchCredentials, settings_from_parameters
 from batch_ops.prefect.storage import block_target
-from batch_ops.prefect.tasks import BatchResult, _submit_task, _wait_task, run_start_time, settings_used_by
+from batch_ops.prefect.tasks import (
+    BatchResult,
+    _submit_task,
+    _wait_task,
+    bill_chain,
+    estimate_of,
+    run_start_time,
+    settings_used_by,
+)
 from batch_ops.settings import ClientSettings
 from batch_ops.storage import display
 
@@ -164,6 +172,8 @@ async def run_batch(
     storage: WritableFileSystem | None = None,
     artifact_key: str = DEFAULT_ARTIFACT_KEY,
     cancel_on_timeout: bool = False,
+    max_cost_usd: float | None = None,
+    prices: dict[str, Any] | None = None,
 ) -> BatchResult:
     """Run one batch end to end: validate, upload, create, wait; return its :class:`BatchResult`.
 
@@ -197,6 +207,11 @@ async def run_batch(
             default ``openai-batch``): one name per pipeline keeps its history in the Prefect UI.
         cancel_on_timeout: cancel the batch when ``timeout`` passes (its finished work stays in its
             output file); otherwise it keeps running and a retry of the flow run re-attaches to it.
+        max_cost_usd: a hard budget in USD for the whole chain (every retry of the flow run): refused
+            before upload with ``BudgetExceededError`` when the chain's spend plus this attempt's upper
+            bound passes it (docs/cost.md).
+        prices: price overrides, ``{"model": {"input": .., "output": ..}}`` in USD per 1M tokens. The result's
+            ``estimate`` and ``cost`` (the actual bill) sit side by side, and in the ``<stem>-cost`` artifact.
 
     Examples:
         ```python
@@ -232,6 +247,8 @@ async def run_batch(
         fail_on_request_failures=policy.fail_on_request_failures,
         since=since,
         storage=storage,
+        max_cost_usd=max_cost_usd,
+        prices=prices,
     )
     # The wait returns every outcome: the policy is applied below, to the chain this submit found or made.
     ended = await _wait_task(submission.batch.id, credentials=credentials, poll_interval=poll_interval,
@@ -241,5 +258,8 @@ async def run_batch(
     latest = chain.latest
     assert latest is not None
     # A chain whose every request already has a success is accepted whatever its latest attempt's status.
+    estimate = estimate_of(submission)
+    cost = await bill_chain(chain, credentials=credentials, estimate=estimate, prices=prices, key=artifact_key)
+    result = BatchResult.from_chain(chain).model_copy(update={"estimate": estimate, "cost": cost})
     policy.check(latest, satisfied=submission.satisfied)
-    return BatchResult.from_chain(chain)
+    return result

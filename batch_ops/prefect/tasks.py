@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict
 from batch_ops import AttemptChain, Source, Submission, SubmitSpec, storage
 from batch_ops.chain import Attempt, summary_of
 from batch_ops.client import AsyncBatchClient
-from batch_ops.errors import BatchTimeoutError
+from batch_ops.errors import BatchOpsError, BatchTimeoutError
 from batch_ops.identity import FLOW_RUN_METADATA_KEY, RunIdentity, lookback_start, prefect_owner_metadata
 from batch_ops.identity import LOOKBACK_SKEW as LOOKBACK_SKEW  # the old name here; core's constant
 from batch_ops.jsonl import (
@@ -58,7 +58,12 @@ from batch_ops.jsonl import (
 )
 from batch_ops.models import Batch, BatchStatus, RequestCounts, ResultLine, Usage
 from batch_ops.outcomes import DEFAULT_FAIL_ON, DEFAULT_WAIT_TIMEOUT, OutcomePolicy, describe
-from batch_ops.prefect.artifacts import DEFAULT_ARTIFACT_KEY, ProgressArtifact, create_summary_artifact
+from batch_ops.prefect.artifacts import (
+    DEFAULT_ARTIFACT_KEY,
+    ProgressArtifact,
+    create_cost_artifact,
+    create_summary_artifact,
+)
 from batch_ops.prefect.credentials import OpenAIBatchCredentials, resolve_settings
 from batch_ops.prefect.events import emit_batch_event
 from batch_ops.prefect.storage import block_target
@@ -116,6 +121,10 @@ class BatchResult(BaseModel):
     batch_ids: list[str] = []
     chain_request_counts: RequestCounts | None = None
     chain_usage: Usage | None = None
+    #: The cost estimate made before the upload (:meth:`batch_ops.cost.Estimate.as_dict`), or None.
+    estimate: dict[str, Any] | None = None
+    #: The actual bill from the results' usage (:meth:`batch_ops.cost.Bill.as_dict`; ``run_batch``), or None.
+    cost: dict[str, Any] | None = None
 
     @classmethod
     def from_batch(cls, batch: Batch) -> "BatchResult":
@@ -314,6 +323,8 @@ async def _submit(
     fail_on: Collection[BatchStatus | str],
     fail_on_request_failures: bool,
     since: float | None = None,
+    max_cost_usd: float | None = None,
+    prices: Mapping[str, Any] | None = None,
 ) -> Submission:
     """Drive core's submission core with the run's key and tags; log what it did."""
     settings = resolve_settings(credentials)
@@ -328,10 +339,35 @@ async def _submit(
     submission = await client.submit_spec(source, SubmitSpec.of(
         endpoint=endpoint, completion_window=completion_window, metadata=metadata,
         output_expires_after=output_expires_after, since=since, identity=identity,
-        fail_on=fail_on, fail_on_request_failures=fail_on_request_failures,
+        fail_on=fail_on, fail_on_request_failures=fail_on_request_failures, max_cost_usd=max_cost_usd,
+        prices=prices,
     ))
     submission.log(_logger())
     return submission
+
+
+async def bill_chain(chain: AttemptChain, *, credentials: OpenAIBatchCredentials | None,
+                     estimate: dict[str, Any] | None, prices: Mapping[str, Any] | None,
+                     key: str = DEFAULT_ARTIFACT_KEY) -> dict[str, Any] | None:
+    """The chain's actual bill (plain JSON), logged and stored with the estimate in the ``<stem>-cost`` artifact;
+    None when it cannot be made (it never fails the run: the batch already ran)."""
+    logger = _logger()
+    models = (estimate or {}).get("models") or []
+    try:
+        paid = await _client(credentials).bill(chain, model=models[0]["model"] if models else None, prices=prices)
+    except BatchOpsError as exc:
+        logger.warning("No actual cost for this run: %s", exc)
+        cost = None
+    else:
+        logger.info("%s", paid.summary())
+        cost = paid.as_dict()
+    await create_cost_artifact(estimate, cost, logger=logger, key=key)
+    return cost
+
+
+def estimate_of(submission: Submission) -> dict[str, Any] | None:
+    """The submission's cost estimate as plain JSON (None when nothing was created or it could not be made)."""
+    return submission.estimate.as_dict() if submission.estimate is not None else None
 
 
 @task(name="submit_batch", cache_policy=NO_CACHE)
@@ -348,6 +384,8 @@ async def submit_batch(
     fail_on_request_failures: bool = False,
     since: float | None = None,
     storage: WritableFileSystem | None = None,
+    max_cost_usd: float | None = None,
+    prices: Mapping[str, Any] | None = None,
 ) -> BatchResult:
     """Validate, upload and create a batch, at most once per key; safe to retry.
 
@@ -370,6 +408,9 @@ async def submit_batch(
         since: how far back (epoch seconds) the key's batches are looked for; default: when the
             flow run began for a derived key (its batches cannot be older), else the client's
             ``idempotency_lookback``.
+        max_cost_usd: a hard budget in USD for the key's whole chain: refused before upload with
+            ``BudgetExceededError`` when the chain's spend plus this attempt's upper bound passes it.
+        prices: price overrides, ``{"model": {"input": .., "output": ..}}`` in USD per 1M tokens.
 
     Examples:
         ```python
@@ -379,8 +420,9 @@ async def submit_batch(
     submission = await _submit_from(source, endpoint=endpoint, credentials=credentials, metadata=metadata,
                                     completion_window=completion_window, output_expires_after=output_expires_after,
                                     idempotency_key=idempotency_key, fail_on=fail_on,
-                                    fail_on_request_failures=fail_on_request_failures, since=since, storage=storage)
-    return BatchResult.from_chain(submission.chain)
+                                    fail_on_request_failures=fail_on_request_failures, since=since, storage=storage,
+                                    max_cost_usd=max_cost_usd, prices=prices)
+    return BatchResult.from_chain(submission.chain).model_copy(update={"estimate": estimate_of(submission)})
 
 
 async def _submit_from(
@@ -396,6 +438,8 @@ async def _submit_from(
     fail_on_request_failures: bool,
     since: float | None,
     storage: WritableFileSystem | None,
+    max_cost_usd: float | None = None,
+    prices: Mapping[str, Any] | None = None,
 ) -> Submission:
     """:func:`submit_batch`'s work: ``source`` read through the ``storage`` block, if one is given."""
     given: Any = source
@@ -404,7 +448,8 @@ async def _submit_from(
     return await _submit(given, endpoint=endpoint, credentials=credentials, metadata=metadata,
                          completion_window=completion_window, output_expires_after=output_expires_after,
                          idempotency_key=idempotency_key, fail_on=fail_on,
-                         fail_on_request_failures=fail_on_request_failures, since=since)
+                         fail_on_request_failures=fail_on_request_failures, since=since,
+                         max_cost_usd=max_cost_usd, prices=prices)
 
 
 #: ``submit_batch`` returning the whole :class:`~batch_ops.Submission` (its chain, whether every request
