@@ -707,6 +707,6 @@ def test_served_run_batch_refuses_a_budget_before_upload_and_bills_the_other(sta
     found = stack.call("POST", "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [sub["id"]]},
                                                                         "key": {"any_": ["openai-batch-cost"]}}})
     rows = json.loads(found.json()[0]["data"])
-    assert rows[0]["model"] == "m" and rows[0]["actual_usd"] > 0, rows
+    assert rows[0]["model"] == "gpt-4o-mini" and rows[0]["actual_usd"] > 0, rows
     lower, upper = (float(x) for x in rows[0]["estimate_usd"].split(".."))
     assert lower <= rows[0]["actual_usd"] <= upper, rows
