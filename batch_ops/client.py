@@ -39,9 +39,9 @@ from batch_ops import _plans, storage
 from batch_ops._drivers import AsyncDriver, SyncDriver, http_timeout
 from batch_ops._http import RetryPolicy
 from batch_ops._submit import Source, Submission, SubmitSpec, chain_bill_plan, find_chain_plan, submit_plan
-from batch_ops.cost.bill import Bill
 from batch_ops._transport import ASYNC_POOL_LIMITS, default_async_transport
 from batch_ops.chain import Attempt, AttemptChain
+from batch_ops.cost.bill import Bill
 from batch_ops.dialects import Dialect
 from batch_ops.errors import BatchOpsError, BatchTimeoutError, ConfigurationError, InputValidationError, Problem
 from batch_ops.identity.keys import new_idempotency_key

@@ -8,7 +8,7 @@ Every error raised by the core, the Airflow provider and the Prefect collection 
     ├── InputValidationError          bad request file or parameters, caught before any upload
     ├── ResultFileError               an output or error file has a line that is not a result
     ├── AttemptsExhaustedError        a key made its last allowed attempt, and it was rejected too
-    ├── UnknownPriceError             a model has no batch price (pass an override), or an override is malformed
+    ├── UnknownPriceError             a model has no batch price (pass an override), or a bad override
     ├── BudgetExceededError           the chain's spend plus this attempt's upper bound would pass max_cost_usd
     ├── JobBusyError                  another worker is stepping the same job right now (try again later)
     ├── WebhookVerificationError      a webhook's signature, timestamp or id does not check out
@@ -406,8 +406,9 @@ def is_permanent(exc: BaseException) -> bool:
     """True when doing the same thing again cannot succeed: the one answer to "retry this?".
 
     Bad input and settings, a 4xx other than 408/409/429, a result file that is not one, a
-    chain out of attempts, a budget the next attempt would pass and a model without a price are permanent. Network failures, 408/409/429/5xx, timeouts and batch
-    outcomes are not: a batch that failed or expired gets a new attempt when retried.
+    chain out of attempts, a budget the next attempt would pass and a model without a price are
+    permanent. Network failures, 408/409/429/5xx, timeouts and batch outcomes are not: a batch that
+    failed or expired gets a new attempt when retried.
 
     Examples:
         >>> is_permanent(InputValidationError([])), is_permanent(status_error_class(503)("x", status_code=503))

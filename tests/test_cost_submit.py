@@ -23,7 +23,7 @@ from batch_ops.settings import ClientSettings
 CHAT = "/v1/chat/completions"
 PRICES = {"gpt-4": {"input": 10, "output": 30}, "claude-x": {"input": 3, "output": 15},
           "gemini-2.5-flash": {"input": 0.15, "output": 1.25}}
-TEXTS = ["What is 2+2?", "日本の首都は？ 東京です。", "emoji 👩‍👩‍👧‍👦 and digits 31415926535897932384626",
+TEXTS = ["What is 2+2?", "日本の首都は\uff1f 東京です。", "emoji 👩‍👩‍👧‍👦 and digits 31415926535897932384626",
          "   spaced    out\t\ttext\n\n", "a" * 300]
 
 
@@ -96,7 +96,7 @@ def test_estimate_bounds_the_anthropic_and_gemini_routes(server_url: Any, tmp_pa
         with BatchClient(settings=settings) as client:
             batch = client.batches.wait(client.submit(lines).id, poll_interval=0.05, timeout=60)
             actual = bill(client.results(batch), provider=provider, model="gemini-2.5-flash", prices=PRICES)
-        (name, m), = est.models.items()
+        (_, m), = est.models.items()
         got = actual.models[next(iter(actual.models))]
         assert m.input_kind == "bound" and got.requests == 10, provider
         assert got.input_tokens <= m.input_tokens and got.output_tokens <= m.output_bound, provider

@@ -41,9 +41,6 @@ from batch_ops.airflow.deployment import deployment_identity, deployment_name, p
 from batch_ops.airflow.hooks import OpenAIBatchHook
 from batch_ops.airflow.links import OpenAIBatchLink, batch_url
 from batch_ops.airflow.outcome import XCOM_BATCH, XCOM_BATCH_ID, BatchOutcomeMixin
-
-#: XCom key of the cost estimate made before the upload (kept across a deferral; also in ``return_value``).
-XCOM_ESTIMATE = "estimate"
 from batch_ops.airflow.triggers import OpenAIBatchTrigger
 from batch_ops.chain import AttemptChain
 from batch_ops.client import BatchClient
@@ -51,6 +48,9 @@ from batch_ops.errors import BatchOpsError, BatchTimeoutError
 from batch_ops.identity import RunIdentity, airflow_key
 from batch_ops.models import BatchStatus
 from batch_ops.outcomes import DEFAULT_FAIL_ON, DEFAULT_WAIT_TIMEOUT
+
+#: XCom key of the cost estimate made before the upload (kept across a deferral; also in ``return_value``).
+XCOM_ESTIMATE = "estimate"
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

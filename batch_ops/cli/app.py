@@ -395,6 +395,57 @@ EndpointOption = Annotated[
 ]
 
 
+PricesOption = Annotated[
+    Path | None,
+    typer.Option("--prices", exists=True, dir_okay=False, metavar="JSON", show_default=False,
+                 help='Price overrides, USD per 1M tokens per model (batch prices), e.g. '
+                      '{"my-model": {"input": 0.075, "output": 0.3}}; default: genai-prices\' table.'),
+]
+MaxCostOption = Annotated[
+    float | None,
+    typer.Option("--max-cost-usd", min=0, metavar="USD", show_default=False,
+                 help="Hard budget for the key's whole chain: refuse before uploading when its spend so far plus "
+                      "this attempt's upper bound would pass it."),
+]
+
+
+def _prices(path: Path | None) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path is not None else None
+
+
+@app.command(cls=_Command)
+def estimate(
+    ctx: typer.Context,
+    input_path: InputArgument,
+    endpoint: EndpointOption = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", metavar="MODEL", show_default=False,
+                     help="The model of lines that name none (Gemini: the batch's model)."),
+    ] = None,
+    prices: PricesOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Estimate what INPUT costs at batch prices, offline: per model, requests, input tokens (exact, or a bound
+    guaranteed above the true count), the output bound and the cost range (input alone .. every output limit).
+
+    Exit 1 when a request cannot be bounded (media in a prompt; no output limit and no known maximum).
+    """
+    from batch_ops.cost import estimate as estimate_file
+
+    out = _Out(json=json_output)
+    with _handled(out), storage.local_copy(input_path) as local:
+        found = estimate_file(local, provider=_dialect(ctx), model=model, endpoint=endpoint, prices=_prices(prices))
+    if out.json:
+        out.result(found.as_dict())
+    else:
+        out.stdout.print(render.estimate_view(found))
+        for problem in found.problems[:5]:
+            out.stderr.print(f"not bounded: {problem}", style="red", soft_wrap=True)
+    if not found.complete:
+        raise typer.Exit(EXIT_FAILED)
+
+
 @app.command(cls=_Command)
 def submit(
     ctx: typer.Context,
@@ -427,6 +478,8 @@ def submit(
     poll_interval: PollIntervalOption = 10.0,
     timeout: TimeoutOption = DEFAULT_WAIT_TIMEOUT,
     cancel_on_timeout: CancelOnTimeoutOption = False,
+    max_cost_usd: MaxCostOption = None,
+    prices: PricesOption = None,
     base_url: BaseUrlOption = None,
     api_key: ApiKeyOption = None,
     max_retries: MaxRetriesOption = None,
@@ -449,10 +502,13 @@ def submit(
         out.note(f"validated {report.lines} requests ({render.human_bytes(report.bytes)}) for {report.endpoint}"
                  + (f", model {report.model}" if report.model else ""))
         with _client(out, ctx, base_url, api_key, max_retries) as client:
+            price_table = _prices(prices)
             submission = client.submit_spec(local, SubmitSpec(
                 endpoint=endpoint, completion_window=completion_window, metadata=meta,
                 output_expires_after=expires, idempotency_key=idempotency_key,
+                max_cost_usd=max_cost_usd, prices=price_table,
             ))
+            estimated = submission.estimate.as_dict() if submission.estimate is not None else None
             batch = submission.batch
             # From here on the batch exists: an interrupt or a timeout must say which one keeps running.
             with _handled(out, batch_id=batch.id):
@@ -460,21 +516,38 @@ def submit(
                     out.note(f"warning: {text}" if level == "warning" else text,
                              style="yellow" if level == "warning" else None)
                 if not wait:
-                    out.result(_batch_json(batch), render.batch_view(batch))
+                    out.result({**_batch_json(batch), "estimate": estimated}, render.batch_view(batch))
                     out.note(f"follow it: batch-ops status {batch.id}", style="dim")
                     return
                 batch = _wait(client, out, batch.id, poll_interval=poll_interval, timeout=timeout,
                               cancel_on_timeout=cancel_on_timeout)
-        _finish_wait(out, batch)
+                cost = _bill(client, out, submission.chain.with_batch(batch), estimated, price_table)
+        _finish_wait(out, batch, {"estimate": estimated, "cost": cost})
 
 
-def _finish_wait(out: _Out, batch: Batch) -> None:
+def _bill(client: BatchClient, out: _Out, chain: Any, estimated: dict[str, Any] | None,
+          prices: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The chain's actual bill next to its estimate (a note each); None when it cannot be made."""
+    models = (estimated or {}).get("models") or []
+    try:
+        paid = client.bill(chain, model=models[0]["model"] if models else None, prices=prices)
+    except BatchOpsError as exc:
+        out.note(f"warning: no actual cost: {exc}", style="yellow")
+        return None
+    if estimated is not None:
+        out.note(f"estimate: ${estimated['lower_usd']:.6f}..${estimated['upper_usd']:.6f}; "
+                 f"actual: ${paid.total:.6f}")
+    out.note(paid.summary(), style="dim")
+    return paid.as_dict()
+
+
+def _finish_wait(out: _Out, batch: Batch, extra: dict[str, Any] | None = None) -> None:
     error = OutcomePolicy().rejection(batch)
     if error is not None:
         if not out.json:
             out.stdout.print(render.batch_view(batch))
         out.fail(str(error), exit_code_for(error), kind=type(error).__name__, batch=batch)
-    out.result(_batch_json(batch), render.batch_view(batch))
+    out.result({**_batch_json(batch), **(extra or {})}, render.batch_view(batch))
     if batch.status is BatchStatus.COMPLETED:
         out.note(f"collect the results: batch-ops results {batch.id} --output results.jsonl", style="dim")
 

@@ -5,9 +5,9 @@ For each request line (in the provider's own shape, or a provider-neutral chat r
 * **input tokens** — :func:`~batch_ops.cost.tokens.count_request`: exact where the tokenizer is offline,
   else a bound guaranteed at least the true count (labelled);
 * **output bound** — the request's own limit, read per request shape: OpenAI chat
-  ``max_completion_tokens`` / ``max_tokens`` (× ``n``), Responses ``max_output_tokens``, completions
-  ``max_tokens`` (× ``n`` × prompts), embeddings and moderations 0; Anthropic ``max_tokens``; Gemini
-  ``generationConfig.maxOutputTokens`` (× ``candidateCount``). Reasoning and thinking tokens are billed as
+  ``max_completion_tokens`` / ``max_tokens`` (x ``n``), Responses ``max_output_tokens``, completions
+  ``max_tokens`` (x ``n`` x prompts), embeddings and moderations 0; Anthropic ``max_tokens``; Gemini
+  ``generationConfig.maxOutputTokens`` (x ``candidateCount``). Reasoning and thinking tokens are billed as
   output and count inside those limits. A request that sets none is bounded by the model's maximum output
   (:data:`MAX_OUTPUT`, else the price table's context window) and counted as **loose**;
 * **cost** — ``lower`` prices the input alone, ``upper`` adds every request's output bound at the dearest
@@ -36,6 +36,7 @@ from typing import Any
 from batch_ops.cost.prices import PriceTable, Rate
 from batch_ops.cost.tokens import Count, count_request
 from batch_ops.dialects import Dialect, dialect_named
+from batch_ops.errors import InputValidationError, Problem
 from batch_ops.jsonl.neutral import is_neutral, translate
 from batch_ops.jsonl.read import iter_request_lines
 
@@ -200,8 +201,12 @@ class _Accumulator:
             line = translate(line, shape.name, id_field=shape.id_field, body_field=shape.body_field,
                              method_url=shape.method_url, endpoint=self.endpoint, model=self.model).line
         body = line.get(shape.body_field)
-        body = body if isinstance(body, Mapping) else {}
         rid = str(line.get(shape.id_field, f"#{self._seen + 1}"))
+        if not isinstance(body, Mapping):
+            raise InputValidationError([Problem(
+                rule="missing_body", param=shape.body_field, message=f"request {rid!r} has no {shape.body_field!r} "
+                f"object: not a {self.dialect.title} request line", fix=f"write lines like {shape.example}")],
+                source="estimate")
         model = str(body.get("model") or self.model or "unknown")
         endpoint = line.get("url") if isinstance(line.get("url"), str) else self.endpoint
         entry = self.result.models.get(model)

@@ -149,7 +149,8 @@ def cost_rows(estimate: dict[str, Any] | None, cost: dict[str, Any] | None) -> l
     Examples:
         >>> cost_rows({"models": [{"model": "m", "requests": 2, "input_tokens": 10, "input_kind": "exact",
         ...            "output_bound": 20, "lower_usd": 0.1, "upper_usd": 0.5}], "price_table_date": "2026-11-19"},
-        ...           {"models": [{"model": "m", "input_tokens": 10, "output_tokens": 4, "cost_usd": 0.2}]})[0]["actual_usd"]
+        ...           {"models": [{"model": "m", "input_tokens": 10, "output_tokens": 4,
+        ...                        "cost_usd": 0.2}]})[0]["actual_usd"]
         0.2
     """
     actual = {m["model"]: m for m in (cost or {}).get("models") or []}
