@@ -865,6 +865,12 @@ def job(
         typer.Option("--prices", exists=True, dir_okay=False, metavar="JSON", show_default=False,
                      help='USD per 1M tokens per model, e.g. {"gpt-4o-mini": {"input": 0.075, "output": 0.3}}.'),
     ] = None,
+    max_cost_usd: Annotated[
+        float | None,
+        typer.Option("--max-cost-usd", min=0, metavar="USD", show_default=False,
+                     help="Hard budget for the whole job: it stops submitting parts before passing it (the rest "
+                          "end as budget_exceeded failures; the summary says how far it got)."),
+    ] = None,
     poll_interval: PollIntervalOption = 30.0,
     base_url: BaseUrlOption = None,
     api_key: ApiKeyOption = None,
@@ -888,7 +894,7 @@ def job(
         config = JobConfig.of(endpoint=endpoint, provider=_dialect(ctx).name, max_concurrent=max_concurrent,
                               max_rounds=max_rounds,
                               max_lines=max_lines, max_bytes=max_bytes, metadata=_parse_metadata(metadata),
-                              prices=price_table)
+                              prices=price_table, max_cost_usd=max_cost_usd)
         batch_job = BatchJob.open(input_path, output_path=output, config=config)
         out.note(f"job {batch_job.state.job_id}: {batch_job.state.total} requests in {len(batch_job.state.parts)} "
                  f"part(s); state in {batch_job.state_path}")

@@ -4,7 +4,7 @@ Where a price comes from, in order:
 
 1. the **override table** the caller passes (``prices={"my-model": {"input": 0.1, "output": 0.4}}``, USD per
    1M tokens, batch prices as the user states them; a key may be ``"provider/model"`` to price one
-   provider only);
+   provider only; ``"*"`` prices any model the rest of the table does not know);
 2. **genai-prices** (the ``cost`` extra), with ``price_context={"processing": "batch"}``: a model whose entry
    has a batch variant gets it (OpenAI, Anthropic, Google and a few Groq, Mistral, xAI models in 0.2.5).
    A model with no batch variant (Azure, Together, most Groq models) gets its **standard** price, said so
@@ -215,7 +215,7 @@ class PriceTable:
         key = (model, provider)
         if key not in self._cache:
             found = (self._overrides.get(f"{provider}/{model}".lower()) or self._overrides.get(model.lower())
-                     or (_from_genai_prices(model, provider) if self._use else None))
+                     or (_from_genai_prices(model, provider) if self._use else None) or self._overrides.get("*"))
             if found is None:
                 why = ("genai-prices is not installed (pip install 'openai-batch-ops[cost]')"
                        if self._use and genai_prices_info() is None else
