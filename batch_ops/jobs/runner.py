@@ -530,7 +530,7 @@ class BatchJob:
         """Stop submitting: every part not submitted yet ends as ``budget_exceeded`` failures; say how far it got."""
         state = self.state
         submitted = sum(1 for p in state.parts if p.submits > 0)
-        left = [p for p in state.parts if p.status in ("pending", "submitting") and p.submits == 0 or p is part]
+        left = [p for p in state.parts if (p.status in ("pending", "submitting") and p.submits == 0) or p is part]
         requests = sum(p.requests for p in left)
         state.budget_stop = (f"budget: stopped submitting at part {part.name}: {submitted} of {len(state.parts)} "
                              f"parts submitted, {requests} requests not submitted (budget_exceeded). {exc}")
