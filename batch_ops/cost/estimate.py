@@ -141,6 +141,8 @@ class Estimate:
             f"output <= {m.output_bound}{f' ({m.loose} loose: no limit set)' if m.loose else ''}, "
             f"${m.lower:.6f}..${m.upper:.6f}" for m in self.models.values())
         tail = f"; NOT BOUNDED: {self.problems[0]}" if self.problems else ""
+        if any(m.input_kind != "exact" for m in self.models.values()):
+            tail += "; input counted as a bound, so the lower end is not a floor"
         return (f"Estimate: {self.requests} requests, ${self.lower:.6f}..${self.upper:.6f} "
                 f"({parts + '; ' if parts else ''}batch prices: {self.table_source}, dated {self.table_date}){tail}")
 
