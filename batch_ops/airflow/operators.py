@@ -6,7 +6,10 @@ once, and defers to :class:`~batch_ops.airflow.OpenAIBatchTrigger`. It returns (
 ``return_value``)::
 
     {"batch_id", "status", "input_file_id", "output_file_id", "error_file_id", "request_counts", "usage",
-     "batch_ids", "chain_request_counts", "chain_usage"}
+     "batch_ids", "chain_request_counts", "chain_usage", "estimate", "cost"}
+
+``estimate`` is the cost estimate made before the upload and ``cost`` the actual bill from the results'
+usage (both plain JSON at batch prices, see docs/cost.md; ``cost`` is None until the batch has ended).
 
 Retries. Every batch is tagged with the task instance's key, derived from (dag_id, task_id,
 run_id, map_index) and this Airflow deployment's identity (:mod:`batch_ops.airflow.deployment`),
@@ -286,7 +289,7 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
             # Now, not when the task ends: the link works while the task is deferred.
             context["ti"].xcom_push(key=OpenAIBatchLink().xcom_key, value=self._batch_url)
             if not self.wait_for_completion:
-                return {**chain.summary(), "estimate": self._estimate}
+                return {**chain.summary(), "estimate": self._estimate, "cost": None}
             if batch.is_terminal:
                 return self.finish(context, chain, satisfied=submission.satisfied)
             deadline = time.time() + self.timeout if self.timeout is not None else None

@@ -122,8 +122,9 @@ class BatchOutcomeMixin:
             self.log.warning("Task killed; cancelling batch %s failed: %s", self._batch_id, exc)
 
     def cost_fields(self, context: Context, chain: AttemptChain) -> dict[str, Any]:
-        """Fields the result dict gets besides the chain's summary (the operator: the estimate and the bill)."""
-        return {}
+        """Fields the result dict gets besides the chain's summary: the cost estimate and the actual bill (the
+        operator fills them in; the sensor, which submitted nothing, leaves them None)."""
+        return {"estimate": None, "cost": None}
 
     def finish(self, context: Context, chain: AttemptChain, *, satisfied: bool = False) -> dict[str, Any]:
         """Push the result dict, then apply the policy: return it, or raise the outcome's error.
