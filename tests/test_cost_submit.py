@@ -71,7 +71,13 @@ def test_estimate_vs_actual_on_the_openai_route(make_server: Any, tmp_path: Path
     est = estimate(path, prices=PRICES)
     with make_server() as url, BatchClient(api_key="local", base_url=url) as client:
         batch = client.batches.wait(client.submit(path, endpoint=CHAT).id, poll_interval=0.05, timeout=60)
-        actual = bill(client.results(batch), prices=PRICES)
+        results = list(client.results(batch))
+        actual = bill(results, prices=PRICES)
+    # per request: prompt tokens are the exact cl100k count, completion tokens never pass the limit
+    lines = {json.loads(x)["custom_id"]: json.loads(x) for x in path.read_text().splitlines()}
+    for r in results:
+        assert r.usage is not None and r.usage.output_tokens <= 5
+        assert r.usage.input_tokens == estimate([lines[r.custom_id]], prices=PRICES).models["gpt-4"].input_tokens
     model = est.models["gpt-4"]
     assert model.input_kind == "exact"
     assert actual.models["gpt-4"].input_tokens == model.input_tokens  # the server counts as we do
@@ -95,7 +101,10 @@ def test_estimate_bounds_the_anthropic_and_gemini_routes(server_url: Any, tmp_pa
         est = estimate(lines, provider=provider, model="gemini-2.5-flash", prices=PRICES)
         with BatchClient(settings=settings) as client:
             batch = client.batches.wait(client.submit(lines).id, poll_interval=0.05, timeout=60)
-            actual = bill(client.results(batch), provider=provider, model="gemini-2.5-flash", prices=PRICES)
+            results = list(client.results(batch))
+            actual = bill(results, provider=provider, model="gemini-2.5-flash", prices=PRICES)
+        limit = 7 if provider == "anthropic" else 6
+        assert all(r.usage is not None and r.usage.output_tokens <= limit for r in results), provider
         (_, m), = est.models.items()
         got = actual.models[next(iter(actual.models))]
         assert m.input_kind == "bound" and got.requests == 10, provider
