@@ -1020,7 +1020,7 @@ def _submit_plan(
     # The budget, before anything of this attempt is uploaded or created: every path passes here.
     priced, spent, said = yield from _budget_plan(
         spec, chain, number, this=upload, full=prepared.path or downloaded, file_id=file_id, workdir=workdir,
-        dialect=dialect, policy=policy, model=prepared.model or spec.model)
+        dialect=dialect, policy=policy, model=prepared.model or spec.model or dialect.batch_model(spec.endpoint))
     made = partial(made, estimate=priced, spent=spent, cost_note=said)
 
     attempt = chain.attempt_key(number)

@@ -174,6 +174,11 @@ class Dialect:
         settings' model, for an API whose batch names it)."""
         return "/v1/chat/completions"
 
+    def batch_model(self, endpoint: str) -> str | None:
+        """The model a batch runs when the batch (not its lines) names it, from its ``endpoint``; None: the lines
+        name their models (OpenAI). Prices the estimate of lines that name none."""
+        return None
+
     def lines_model_problems(self, model: str | None, endpoint: str) -> list[Problem]:
         """Findings when the model the request lines want (``model``: the one model of a checked file, or
         the one a translated neutral request names for an API whose model is the batch's) cannot be

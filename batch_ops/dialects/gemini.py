@@ -202,6 +202,13 @@ class GeminiDialect(Dialect):
                 "the model as the endpoint")], source="batch parameters")
         return model
 
+    def batch_model(self, endpoint: str) -> str | None:
+        """A Gemini batch's endpoint is its model."""
+        try:
+            return model_path(endpoint).removeprefix("models/")
+        except ValueError:
+            return None
+
     def lines_model_problems(self, model: str | None, endpoint: str) -> list[Problem]:
         """Translated neutral requests naming a model other than the batch's (Gemini runs one model a batch)."""
         if not model:
