@@ -66,6 +66,12 @@ def test_media_is_unbounded_never_guessed() -> None:
     body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "what is this"},
                                                       {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}
     assert count_request(body, "openai", "gpt-4o").kind == "unbounded"
+    # words in the text, or a tool's property named "file", are not media
+    said = {"messages": [{"role": "user", "content": 'a "type":"image" and "image_url": in text'}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"properties": {"file": {}}}}}]}
+    assert count_request(said, "openai", "gpt-4o").kind == "bound"
+    gemini = {"contents": [{"parts": [{"inlineData": {"mimeType": "image/png", "data": "AAAA"}}]}]}
+    assert count_request(gemini, "gemini", "gemini-2.5-flash").kind == "unbounded"
     est = estimate([{"custom_id": "img", "method": "POST", "url": "/v1/chat/completions",
                      "body": {"model": "m", "max_tokens": 5, **body}}], prices={"m": {"input": 1, "output": 1}})
     assert not est.complete

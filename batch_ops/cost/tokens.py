@@ -215,14 +215,18 @@ _MEDIA = frozenset({"image_url", "input_image", "image", "input_audio", "audio",
                     "document", "inline_data", "inlineData", "file_data", "fileData"})
 
 
-def _has_media(value: Any) -> bool:
-    if isinstance(value, Mapping):
-        if value.get("type") in _MEDIA or any(k in _MEDIA for k in value):
-            return True
-        return any(_has_media(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_media(v) for v in value)
-    return False
+#: What media looks like in compact JSON: a key (``"image_url":``) or a part type (``"type":"image"``). Text that
+#: merely contains these words cannot match: inside a JSON string every quote is escaped (``\"``).
+_MEDIA_MARKS = tuple(f'"{k}":' for k in _MEDIA) + tuple(f'"type":"{k}"' for k in _MEDIA)
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _has_media(dumped: str) -> bool:
+    """Whether the compact JSON of a request's prompt fields holds an image, audio or file part."""
+    return any(mark in dumped for mark in _MEDIA_MARKS)
 
 
 def _text_only(messages: Any) -> bool:
@@ -246,6 +250,7 @@ PROMPT_FIELDS: dict[str, tuple[str, ...]] = {
     "gemini": ("contents", "system_instruction", "systemInstruction", "tools", "toolConfig", "tool_config"),
 }
 _MESSAGE_LISTS = ("messages", "contents", "input")
+_DEFINITIONS = frozenset({"tools", "functions", "tool_choice", "response_format", "text", "toolConfig", "tool_config"})
 
 
 def count_request(body: Mapping[str, Any], vocabulary: str, model: str | None) -> Count:
@@ -259,8 +264,11 @@ def count_request(body: Mapping[str, Any], vocabulary: str, model: str | None) -
         'unbounded'
     """
     fields = {k: body[k] for k in PROMPT_FIELDS.get(vocabulary, PROMPT_FIELDS["openai"]) if body.get(k) is not None}
-    if _has_media(fields):
-        return Count(_bound(fields), "unbounded")
+    # Media is looked for in what is said, not in tool or schema definitions (a property may be named "file").
+    said = _compact({k: v for k, v in fields.items() if k not in _DEFINITIONS})
+    dumped = said + _compact({k: v for k, v in fields.items() if k in _DEFINITIONS})
+    if _has_media(said):
+        return Count(_bound(fields, dumped), "unbounded")
     if exact_model(model) and vocabulary == "openai":
         if set(fields) == {"messages"} and _text_only(fields["messages"]):
             return Count(chat_prompt_tokens(fields["messages"]), "exact")
@@ -268,7 +276,7 @@ def count_request(body: Mapping[str, Any], vocabulary: str, model: str | None) -
             texts = [t for k in ("input", "prompt") for t in _strings(fields.get(k))]
             if texts is not None and all(isinstance(t, str) for t in texts):
                 return Count(sum(_bpe(t) for t in texts), "exact")
-    return Count(_bound(fields), "bound")
+    return Count(_bound(fields, dumped), "bound")
 
 
 def _strings(value: Any) -> list[Any]:
@@ -277,8 +285,9 @@ def _strings(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def _bound(fields: Mapping[str, Any]) -> int:
-    """The byte bound of a request's prompt fields (module docstring: why it is never too low)."""
+def _bound(fields: Mapping[str, Any], dumped: str) -> int:
+    """The byte bound of a request's prompt fields, ``dumped`` their compact JSON (module docstring: why it is
+    never too low)."""
     messages = sum(len(fields[k]) if isinstance(fields.get(k), list) else 1 for k in _MESSAGE_LISTS if k in fields)
     tools = TOOLS_OVERHEAD if any(fields.get(k) for k in ("tools", "functions")) else 0
-    return _bytes(dict(fields)) + MESSAGE_OVERHEAD * max(messages, 1) + REQUEST_OVERHEAD + tools
+    return len(dumped.encode("utf-8")) + MESSAGE_OVERHEAD * max(messages, 1) + REQUEST_OVERHEAD + tools
