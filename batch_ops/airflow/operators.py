@@ -329,10 +329,14 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
     def cost_fields(self, context: Context, chain: AttemptChain) -> dict[str, Any]:
         """``estimate`` (made before the upload; kept in XCom across a deferral) and ``cost`` (the actual bill of
         the chain, from its results' usage), side by side in the result dict."""
-        if self._estimate is None:
-            ti = context["ti"]
+        ti = context["ti"]
+        if self._estimate is None and hasattr(ti, "xcom_pull"):
             self._estimate = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_ESTIMATE, map_indexes=ti.map_index)
-        models = (self._estimate or {}).get("models") or []
+        if not self._estimate:
+            # Nothing estimated (no price for the model, or a batch this try did not submit): nothing to set
+            # the bill beside, and no download of the results just for it.
+            return {"estimate": None, "cost": None}
+        models = self._estimate.get("models") or []
         self._model = models[0]["model"] if models else None
         try:
             with OpenAIBatchHook(conn_id=self.conn_id).get_client() as client:
