@@ -35,10 +35,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from functools import cache
 from typing import Any
 
 from batch_ops.errors import UnknownPriceError
+from batch_ops.process_state import STATE
 
 __all__ = ["BATCH_CONTEXT", "PriceTable", "Rate", "genai_prices_info"]
 
@@ -113,13 +113,19 @@ def _override(model: str, value: Any) -> Rate:
                 context_window=int(window) if window is not None else None)
 
 
-@cache
 def genai_prices_info() -> tuple[str, str] | None:
     """``(version, date)`` of the installed genai-prices table, or None when it is not installed.
 
     The table carries no date of its own; its date here is the newest day its maintainers note having
-    checked or verified a price ("checked 2026-11-19"), read from its price comments.
+    checked or verified a price ("checked 2026-11-19"), read from its price comments (once per process).
     """
+    found: dict[str, Any] = STATE.slot("cost.genai_prices", dict)
+    if "info" not in found:
+        found["info"] = _genai_prices_info()
+    return found["info"]  # type: ignore[no-any-return]
+
+
+def _genai_prices_info() -> tuple[str, str] | None:
     try:
         import genai_prices
         from genai_prices.data_snapshot import get_snapshot

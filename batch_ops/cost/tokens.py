@@ -49,8 +49,9 @@ import json
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
 from typing import Any, Literal
+
+from batch_ops.process_state import STATE
 
 __all__ = [
     "EXACT_MODELS",
@@ -95,10 +96,6 @@ class Count:
         return Count(self.tokens + other.tokens, worst)
 
 
-_LOADING = threading.Lock()
-
-
-@cache
 def _load() -> Any | None:
     try:
         import tiktoken
@@ -117,8 +114,13 @@ def encoding() -> Any | None:
     Loading it takes about a second; it happens once per process, under a lock, so threads that ask at
     the same moment wait for the one load (the local server starts it in the background: :func:`warm_up`).
     """
-    with _LOADING:
-        return _load()
+    # In the process registry, never a module global: Prefect pickles batch_ops by value (process_state).
+    found: dict[str, Any] = STATE.slot("cost.encoding", dict)
+    if "cl100k" not in found:
+        with STATE.lock("cost.encoding"):
+            if "cl100k" not in found:
+                found["cl100k"] = _load()
+    return found["cl100k"]
 
 
 def warm_up() -> None:
