@@ -55,6 +55,7 @@ import hashlib
 import os
 from collections.abc import Callable, Collection, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,19 @@ from batch_ops._plans import (
     upload_plan,
 )
 from batch_ops.chain import AttemptChain, ChainStep, chains_of, next_step
+from batch_ops.cost.bill import bill
+from batch_ops.cost.budget import Spent, check_budget
+from batch_ops.cost.estimate import Estimate, estimate
+from batch_ops.cost.prices import PriceTable
 from batch_ops.dialects import Dialect
-from batch_ops.errors import APIStatusError, AttemptsExhaustedError, BatchOpsError, InputValidationError, Problem
+from batch_ops.errors import (
+    APIStatusError,
+    AttemptsExhaustedError,
+    BatchOpsError,
+    InputValidationError,
+    Problem,
+    UnknownPriceError,
+)
 from batch_ops.identity import LegacyKey, ProvenIdentities, RunIdentity
 from batch_ops.identity.fingerprint import FINGERPRINT_LENGTH, fingerprint_file, fingerprint_of_file_id, short
 from batch_ops.identity.keys import (
@@ -100,7 +112,7 @@ from batch_ops.jsonl import (
 )
 from batch_ops.models import Batch, BatchStatus, FileObject, canonical_endpoint
 from batch_ops.outcomes import OutcomePolicy, describe, is_permanent
-from batch_ops.results import successful_ids
+from batch_ops.results import iter_result_lines, successful_ids
 from batch_ops.storage import Location
 from batch_ops.structured import ResponseSchema, apply_schema_file, repair_input, schema_problems
 
@@ -110,6 +122,7 @@ __all__ = [
     "Source",
     "SubmitSpec",
     "Submission",
+    "chain_bill_plan",
     "find_chain_plan",
     "find_chains_plan",
     "submit_plan",
@@ -197,6 +210,14 @@ class SubmitSpec:
     response_schema: ResponseSchema | None = None
     #: This submit is a repair round (:class:`Repair`; made by :func:`batch_ops._repair.repair_plan`).
     repair: Repair | None = None
+    #: The hard budget in USD for the whole chain (:mod:`batch_ops.cost.budget`): checked before every
+    #: upload; None: no budget (the estimate is still made and shown).
+    max_cost_usd: float | None = None
+    #: Price overrides (``{"model": {"input": .., "output": ..}}``, USD per 1M tokens) or a
+    #: :class:`~batch_ops.cost.PriceTable`; None: genai-prices' batch prices.
+    prices: Any = None
+    #: Estimate the cost of each attempt before its upload (always, when ``max_cost_usd`` is set).
+    estimate_cost: bool = True
 
     @classmethod
     def of(
@@ -292,6 +313,12 @@ class Submission:
     fingerprint: str | None = None
     replaced: tuple[AttemptChain, ...] = ()
     notices: tuple[str, ...] = ()
+    #: The cost estimate of the attempt this call created (None: nothing created, or no estimate: a notice says why).
+    estimate: Estimate | None = None
+    #: What the chain's earlier attempts cost, when a budget asked (actual where known, else their bound).
+    spent: Spent | None = None
+    #: Why there is no estimate (no price for the model, an uploaded file without a budget), or None.
+    cost_note: str | None = None
 
     @property
     def new_chain(self) -> bool:
@@ -326,7 +353,9 @@ class Submission:
             said = f"Created batch {batch.id}{source} (attempt {step.number}{carried}; {step.reason})"
         else:
             said = f"Re-attaching to batch {batch.id} ({describe(batch)}): {step.reason}"
-        return (("info", said),
+        costs = (("info", self.estimate.summary()),) if self.estimate is not None and self.created else (
+            (("info", self.cost_note),) if self.cost_note and self.created else ())
+        return (("info", said), *costs,
                 *(("warning", f"Cancelled batch {c}: a concurrent try created the same attempt")
                   for c in self.cancelled),
                 *(("warning", notice) for notice in self.notices))
@@ -1126,6 +1155,12 @@ def _submit_plan(
                                            reason="every request already has a success in the chain"),
                             satisfied=True)
 
+    # The budget, before anything of this attempt is uploaded or created: every path passes here.
+    priced, spent, said = yield from _budget_plan(
+        spec, chain, number, this=upload, full=prepared.path or downloaded, file_id=file_id, workdir=workdir,
+        dialect=dialect, policy=policy, model=prepared.model or spec.model or dialect.batch_model(spec.endpoint))
+    made = partial(made, estimate=priced, spent=spent, cost_note=said)
+
     attempt = chain.attempt_key(number)
     if ledger is not None:
         assert upload is not None  # no file store: the requests are always at hand
@@ -1176,3 +1211,101 @@ def _submit_plan(
                         carried=carried, reused_upload=reused, cancelled=done_ids + tuple(b.id for b in lost))
     chain = chain.with_attempt(number, batch)
     return made(chain, replace(step, batch=batch), created=created, carried=carried, reused_upload=reused)
+
+
+# ---------------------------------------------------------------------------------------------
+# cost: the estimate and the budget (decided in batch_ops.cost; checked here, before every upload)
+# ---------------------------------------------------------------------------------------------
+
+
+def _estimate_file(path: Path, *, dialect: Dialect, model: str | None, endpoint: str, prices: Any) -> Estimate:
+    return estimate(path, provider=dialect, model=model, endpoint=endpoint, prices=prices)
+
+
+def _bill_file(path: Path, *, dialect: Dialect, model: str | None, prices: Any) -> Any:
+    return bill(iter_result_lines(path), provider=dialect, model=model, prices=prices)
+
+
+def _budget_plan(
+    spec: SubmitSpec, chain: AttemptChain, number: int, *, this: Path | None, full: Path | None, file_id: str | None,
+    workdir: Path, dialect: Dialect, policy: RetryPolicy, model: str | None,
+) -> Generator[Send | Sleep | Work, Any, tuple[Estimate | None, Spent | None, str | None]]:
+    """This attempt's estimate, the chain's spend so far, and the budget check (raises before any upload).
+
+    The attempt's input is ``this`` (the requests it carries), else ``full`` (every request: the attempt
+    re-sends its predecessor's upload, a subset of them, so its bound holds), else the uploaded ``file_id``
+    read back (only under a budget: without one, an uploaded file is not downloaded just to be estimated).
+    """
+    budget = spec.max_cost_usd
+    if budget is None and not spec.estimate_cost:
+        return None, None, None
+    if budget is not None and budget < 0:
+        raise InputValidationError([Problem(rule="invalid_budget", param="max_cost_usd",
+                                            message=f"max_cost_usd is {budget}", fix="give a budget >= 0 in USD")],
+                                   source="batch parameters")
+    prices = PriceTable.of(spec.prices)
+    path = this or full
+    if path is None and file_id and budget is not None:
+        path = workdir / "budget-input.jsonl"
+        yield from download_plan(file_id, path, dialect=dialect, policy=policy)
+    if path is None:
+        return None, None, ("No cost estimate: the input is an uploaded file (give max_cost_usd to have it read "
+                            "back and estimated)")
+    work = partial(_estimate_file, dialect=dialect, model=model, endpoint=spec.endpoint, prices=prices)
+    try:
+        priced: Estimate = yield Work(partial(work, path))
+    except UnknownPriceError as exc:
+        if budget is not None:
+            raise
+        return None, None, f"No cost estimate: {exc}"
+    if budget is None:
+        return priced, None, None
+    spent = Spent()
+    if chain.batches:
+        whole: Estimate | None = priced if path == full else None
+        actual = bounded = Decimal(0)
+        spentdir = workdir / "spent"
+        yield Work(partial(spentdir.mkdir, exist_ok=True))
+        for batch in chain.batches:
+            if not batch.status.is_terminal:
+                # Still running (a duplicate being cancelled): it may spend up to its whole input.
+                if whole is None:
+                    whole = priced if full is None else (yield Work(partial(work, full)))
+                bounded += whole.upper
+                continue
+            found = yield from download_results_plan(batch, spentdir, dialect=dialect, policy=policy,
+                                                     kinds=("output",))
+            if found.output is None:
+                continue  # ended with nothing completed: nothing billed
+            paid = yield Work(partial(_bill_file, found.output, dialect=dialect, model=model, prices=prices))
+            if paid.unpriced:
+                raise UnknownPriceError(f"the chain's earlier batch {batch.id} was answered by "
+                                        f"{', '.join(paid.unpriced)}, which has no batch price: pass a price for it")
+            actual += paid.total
+        spent = Spent(actual=actual, bounded=bounded, attempts=len(chain.batches))
+    check_budget(budget, priced, spent, attempt=number)
+    return priced, spent, None
+
+
+def _bill_files(paths: Sequence[Path], *, dialect: Dialect, model: str | None, prices: Any) -> Any:
+    from itertools import chain as joined
+
+    return bill(joined.from_iterable(iter_result_lines(p) for p in paths), provider=dialect, model=model,
+                prices=prices)
+
+
+def chain_bill_plan(
+    chain: AttemptChain, workdir: Path, *, dialect: Dialect, policy: RetryPolicy, model: str | None = None,
+    prices: Any = None,
+) -> Generator[Send | Sleep | Work, Any, Any]:
+    """The actual bill of every batch of ``chain`` (duplicates too: they were paid), from their results' usage.
+
+    Returns a :class:`~batch_ops.cost.Bill`. An attempt with no output contributes nothing (nothing completed).
+    """
+    paths: list[Path] = []
+    for batch in chain.batches:
+        found = yield from download_results_plan(batch, workdir, dialect=dialect, policy=policy, kinds=("output",))
+        if found.output is not None:
+            paths.append(found.output)
+    result = yield Work(partial(_bill_files, paths, dialect=dialect, model=model, prices=PriceTable.of(prices)))
+    return result

@@ -39,9 +39,10 @@ from batch_ops import _plans, storage
 from batch_ops._drivers import AsyncDriver, SyncDriver, http_timeout
 from batch_ops._http import RetryPolicy
 from batch_ops._repair import RepairRound, repair_plan
-from batch_ops._submit import Source, Submission, SubmitSpec, find_chain_plan, submit_plan
+from batch_ops._submit import Source, Submission, SubmitSpec, chain_bill_plan, find_chain_plan, submit_plan
 from batch_ops._transport import ASYNC_POOL_LIMITS, default_async_transport
 from batch_ops.chain import Attempt, AttemptChain
+from batch_ops.cost.bill import Bill
 from batch_ops.dialects import Dialect
 from batch_ops.errors import BatchOpsError, BatchTimeoutError, ConfigurationError, InputValidationError, Problem
 from batch_ops.identity.keys import new_idempotency_key
@@ -87,6 +88,8 @@ def _noticed(submission: Submission) -> Submission:
     here (``submit_spec`` callers — the adapters, the CLI — log ``Submission.notices`` themselves)."""
     for notice in submission.notices:
         _log.warning("%s", notice)
+    if submission.created and (submission.estimate is not None or submission.cost_note):
+        _log.info("%s", submission.estimate.summary() if submission.estimate is not None else submission.cost_note)
     return submission
 
 
@@ -426,6 +429,8 @@ class BatchClient(_Base):
         fail_on_request_failures: bool = False,
         since: float | None = None,
         response_schema: Any = None,
+        max_cost_usd: float | None = None,
+        prices: Mapping[str, Any] | None = None,
     ) -> Batch:
         """Validate, upload and create a batch; nothing is uploaded if anything is invalid.
 
@@ -450,6 +455,10 @@ class BatchClient(_Base):
                 (:mod:`batch_ops.structured`): written into every request in the provider's own form,
                 after the provider's schema subset is checked. Read the answers with
                 ``results(..., response_schema=...)``; repair invalid ones with :meth:`repair`.
+            max_cost_usd: a hard budget for the key's whole chain (USD, batch prices): refused before
+                upload with :class:`~batch_ops.errors.BudgetExceededError` when the chain's spend so far plus
+                this attempt's upper bound passes it (docs/cost.md).
+            prices: price overrides, ``{"model": {"input": .., "output": ..}}`` in USD per 1M tokens.
 
         Returns:
             The batch to wait for (or the final one): the latest attempt. With a key used before for
@@ -464,6 +473,7 @@ class BatchClient(_Base):
             output_expires_after=output_expires_after, idempotency_key=idempotency_key, reattach=reattach,
             fail_on=fail_on, fail_on_request_failures=fail_on_request_failures, since=since,
             response_schema=response_schema,
+            max_cost_usd=max_cost_usd, prices=prices,
         )
         return _noticed(self.submit_spec(source, spec)).batch
 
@@ -548,6 +558,24 @@ class BatchClient(_Base):
                 inp = cast(Path, self.files.download(first.input_file_id, tmp / "input.jsonl"))
             joined = join_chain_results(input_path=inp, attempts=pairs, id_field=self.dialect.line_shape.id_field)
             yield from (joined if schema is None else (parse_line(line, schema) for line in joined))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def bill(self, batch: Batch | AttemptChain | Submission | str, *, model: str | None = None,
+             prices: Mapping[str, Any] | None = None) -> Bill:
+        """The actual cost of ``batch`` (every attempt of a chain, duplicates included) from its results' usage,
+        at batch prices (:func:`batch_ops.cost.bill`). ``model``: for answers that name none (Gemini's batch model).
+
+        Examples:
+            >>> # print(client.bill(sub).summary())   # Actual: $0.001234 (gpt-4o-mini: 20 requests, ...)
+        """
+        if isinstance(batch, str):
+            batch = self.batches.retrieve(batch)
+        chain = _ended_chain(batch)
+        tmp = Path(tempfile.mkdtemp(prefix="batch_ops_bill_"))
+        try:
+            return self._run(chain_bill_plan(chain, tmp, **self._wire, model=model,  # type: ignore[no-any-return]
+                                             prices=prices))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -769,6 +797,8 @@ class AsyncBatchClient(_Base):
         fail_on_request_failures: bool = False,
         since: float | None = None,
         response_schema: Any = None,
+        max_cost_usd: float | None = None,
+        prices: Mapping[str, Any] | None = None,
     ) -> Batch:
         """Validate, upload and create a batch; see :meth:`BatchClient.submit`."""
         spec = SubmitSpec.of(
@@ -776,6 +806,7 @@ class AsyncBatchClient(_Base):
             output_expires_after=output_expires_after, idempotency_key=idempotency_key, reattach=reattach,
             fail_on=fail_on, fail_on_request_failures=fail_on_request_failures, since=since,
             response_schema=response_schema,
+            max_cost_usd=max_cost_usd, prices=prices,
         )
         return _noticed(await self.submit_spec(source, spec)).batch
 
@@ -842,6 +873,19 @@ class AsyncBatchClient(_Base):
             while chunk := await asyncio.to_thread(lambda: list(itertools.islice(read, 1000))):
                 for line in chunk:
                     yield line
+        finally:
+            await asyncio.to_thread(shutil.rmtree, tmp, True)
+
+    async def bill(self, batch: Batch | AttemptChain | Submission | str, *, model: str | None = None,
+                   prices: Mapping[str, Any] | None = None) -> Bill:
+        """Async version of :meth:`BatchClient.bill`."""
+        if isinstance(batch, str):
+            batch = await self.batches.retrieve(batch)
+        chain = _ended_chain(batch)
+        tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, "", "batch_ops_bill_"))
+        try:
+            return await self._run(chain_bill_plan(chain, tmp, **self._wire,  # type: ignore[no-any-return]
+                                                   model=model, prices=prices))
         finally:
             await asyncio.to_thread(shutil.rmtree, tmp, True)
 

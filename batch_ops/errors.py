@@ -8,6 +8,8 @@ Every error raised by the core, the Airflow provider and the Prefect collection 
     ├── InputValidationError          bad request file or parameters, caught before any upload
     ├── ResultFileError               an output or error file has a line that is not a result
     ├── AttemptsExhaustedError        a key made its last allowed attempt, and it was rejected too
+    ├── UnknownPriceError             a model has no batch price (pass an override), or a bad override
+    ├── BudgetExceededError           the chain's spend plus this attempt's upper bound would pass max_cost_usd
     ├── JobBusyError                  another worker is stepping the same job right now (try again later)
     ├── WebhookVerificationError      a webhook's signature, timestamp or id does not check out
     ├── APIError                      the API could not be used
@@ -60,6 +62,7 @@ __all__ = [
     "BatchOpsError",
     "BatchOutcomeError",
     "BatchTimeoutError",
+    "BudgetExceededError",
     "ConfigurationError",
     "ConflictError",
     "InputValidationError",
@@ -72,6 +75,7 @@ __all__ = [
     "RequestFailuresError",
     "ResultFileError",
     "StorageError",
+    "UnknownPriceError",
     "UnprocessableEntityError",
     "WebhookVerificationError",
     "RETRYABLE_STATUSES",
@@ -215,6 +219,25 @@ class StorageError(BatchOpsError):
 
 class AttemptsExhaustedError(BatchOpsError):
     """Raised when a key made its last allowed attempt and that one was rejected too."""
+
+
+class UnknownPriceError(BatchOpsError):
+    """Raised when a model has no batch price in the table (the fix: a price override), or an override is malformed."""
+
+
+class BudgetExceededError(BatchOpsError):
+    """Raised before an upload when the chain's spend so far plus this attempt's upper bound passes ``max_cost_usd``.
+
+    Nothing of this attempt was uploaded or created. ``limit``, ``spent`` (the chain's earlier attempts:
+    actual where their usage is known, else their upper bound), ``upper`` (this attempt's upper bound),
+    ``lower``, and ``contributors`` (``(model, upper bound USD)``, dearest first) say why.
+    """
+
+    def __init__(self, message: str, *, limit: float, spent: float, upper: float, lower: float = 0.0,
+                 contributors: tuple[tuple[str, float], ...] = ()) -> None:
+        super().__init__(message)
+        self.limit, self.spent, self.upper, self.lower = limit, spent, upper, lower
+        self.contributors = contributors
 
 
 class JobBusyError(BatchOpsError):
@@ -382,14 +405,16 @@ class RequestFailuresError(BatchOutcomeError):
 def is_permanent(exc: BaseException) -> bool:
     """True when doing the same thing again cannot succeed: the one answer to "retry this?".
 
-    Bad input and settings, a 4xx other than 408/409/429, a result file that is not one, and a
-    chain out of attempts are permanent. Network failures, 408/409/429/5xx, timeouts and batch
-    outcomes are not: a batch that failed or expired gets a new attempt when retried.
+    Bad input and settings, a 4xx other than 408/409/429, a result file that is not one, a
+    chain out of attempts, a budget the next attempt would pass and a model without a price are
+    permanent. Network failures, 408/409/429/5xx, timeouts and batch outcomes are not: a batch that
+    failed or expired gets a new attempt when retried.
 
     Examples:
         >>> is_permanent(InputValidationError([])), is_permanent(status_error_class(503)("x", status_code=503))
         (True, False)
     """
-    if isinstance(exc, (InputValidationError, ConfigurationError, ResultFileError, AttemptsExhaustedError)):
+    if isinstance(exc, (InputValidationError, ConfigurationError, ResultFileError, AttemptsExhaustedError,
+                        BudgetExceededError, UnknownPriceError)):
         return True
     return isinstance(exc, APIStatusError) and not is_retryable_status(exc.status_code)

@@ -19,6 +19,8 @@ Slots in use:
 ``client.closers``              the tasks that close those clients when their loop ends
 ``webhooks.subscriptions``      per event loop: the shared events subscriptions
 ``prefect.run_settings``        per Prefect flow run: the settings its tasks used
+``cost.encoding``               the offline ``cl100k_base`` tokenizer, loaded once (about a second)
+``cost.genai_prices``           genai-prices' version and table date, read once
 ==============================  ===========================================================
 
 Examples:

@@ -111,6 +111,8 @@ def main() -> int:
         run("job", ["bench_job.py", *(["--requests", "10000"] if q else [])], report),
         # Issue 22 item 20: 1,000 waits cancelled at once, round after round; every one must end.
         run("cancel", ["bench_cancel.py", *(["--n", "200", "--rounds", "3"] if q else ["--rounds", "10"])], report),
+        # Issue 25: the cost estimate's upper bound against the actual bill, on the eval set replayed.
+        run("estimate", ["bench_estimate.py"], report),
     ])
     if triggers_json.exists():
         rows = json.loads(triggers_json.read_text())

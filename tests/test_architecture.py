@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("data", ("models", "storage", "_http", "_transport", "leases")),
     ("files", ("neutral", "jsonl", "results", "identity.fingerprint", "structured")),
     ("wire", ("effects", "identity", "dialects", "settings")),
-    ("decisions", ("outcomes", "polling", "chain", "fingerprint")),
+    ("decisions", ("outcomes", "polling", "chain", "fingerprint", "cost")),
     ("plans", ("_plans", "_submit", "_repair")),
     # The waits' side of webhooks (a driver's sleep ends on its batch's event) sits with the drivers;
     # the receiver is a service.

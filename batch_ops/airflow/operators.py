@@ -6,7 +6,10 @@ once, and defers to :class:`~batch_ops.airflow.OpenAIBatchTrigger`. It returns (
 ``return_value``)::
 
     {"batch_id", "status", "input_file_id", "output_file_id", "error_file_id", "request_counts", "usage",
-     "batch_ids", "chain_request_counts", "chain_usage"}
+     "batch_ids", "chain_request_counts", "chain_usage", "estimate", "cost"}
+
+``estimate`` is the cost estimate made before the upload and ``cost`` the actual bill from the results'
+usage (both plain JSON at batch prices, see docs/cost.md; ``cost`` is None until the batch has ended).
 
 Retries. Every batch is tagged with the task instance's key, derived from (dag_id, task_id,
 run_id, map_index) and this Airflow deployment's identity (:mod:`batch_ops.airflow.deployment`),
@@ -49,6 +52,9 @@ from batch_ops.identity import RunIdentity, airflow_key
 from batch_ops.models import BatchStatus
 from batch_ops.outcomes import DEFAULT_FAIL_ON, DEFAULT_WAIT_TIMEOUT
 from batch_ops.structured import structured_summary
+
+#: XCom key of the cost estimate made before the upload (kept across a deferral; also in ``return_value``).
+XCOM_ESTIMATE = "estimate"
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -173,6 +179,12 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
             on the worker and, on Airflow >= 3.3, while deferred.
         cancel_on_timeout: cancel the batch when ``timeout`` passes (otherwise it keeps running
             and a retry re-attaches to it).
+        max_cost_usd: a hard budget in USD for the task's whole chain (every try and retry): a try whose
+            upper bound, with what earlier tries spent, passes it fails before uploading anything
+            (``BudgetExceededError``, not retried). See docs/cost.md.
+        prices: price overrides, ``{"model": {"input": .., "output": ..}}`` in USD per 1M tokens (batch
+            prices); default genai-prices' table. The result dict gets ``estimate`` (made before the
+            upload) and ``cost`` (the actual bill from the results' usage) side by side.
         reattach: look the task instance's attempt chain up before creating (see module doc);
             False makes every try a new, unrelated batch.
         response_model: a pydantic model the answers must follow (structured outputs,
@@ -241,6 +253,8 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
         response_schema: Any = None,
         repair_rounds: int = 0,
         repair_feedback: bool = False,
+        max_cost_usd: float | None = None,
+        prices: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -288,6 +302,10 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
         self.response_schema = ResponseSchema.of(given) if given is not None else None
         self.repair_rounds = int(repair_rounds)
         self.repair_feedback = repair_feedback
+        self.max_cost_usd = max_cost_usd
+        self.prices = dict(prices) if prices is not None else None
+        self._estimate: Any = None
+        self._model: str | None = None
         self._batch_id: str | None = None
         self._batch_url: str | None = None
 
@@ -303,7 +321,7 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
             # Now, not when the task ends: the link works while the task is deferred.
             context["ti"].xcom_push(key=OpenAIBatchLink().xcom_key, value=self._batch_url)
             if not self.wait_for_completion:
-                return chain.summary()
+                return {**chain.summary(), "estimate": self._estimate, "cost": None}
             if batch.is_terminal:
                 return self._ended(context, client, chain, satisfied=submission.satisfied)
             deadline = time.time() + self.timeout if self.timeout is not None else None
@@ -398,6 +416,27 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
                 return found.with_batch(batch)
         return chain_of(batch, None)
 
+    def cost_fields(self, context: Context, chain: AttemptChain) -> dict[str, Any]:
+        """``estimate`` (made before the upload; kept in XCom across a deferral) and ``cost`` (the actual bill of
+        the chain, from its results' usage), side by side in the result dict."""
+        ti = context["ti"]
+        if self._estimate is None and hasattr(ti, "xcom_pull"):
+            self._estimate = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_ESTIMATE, map_indexes=ti.map_index)
+        if not self._estimate:
+            # Nothing estimated (no price for the model, or a batch this try did not submit): nothing to set
+            # the bill beside, and no download of the results just for it.
+            return {"estimate": None, "cost": None}
+        models = self._estimate.get("models") or []
+        self._model = models[0]["model"] if models else None
+        try:
+            with OpenAIBatchHook(conn_id=self.conn_id).get_client() as client:
+                paid = client.bill(chain, model=self._model, prices=self.prices)
+        except BatchOpsError as exc:  # a bill that cannot be made must not fail a batch that ran
+            self.log.warning("No actual cost for this run: %s", exc)
+            return {"estimate": self._estimate, "cost": None}
+        self.log.info("%s", paid.summary())
+        return {"estimate": self._estimate, "cost": paid.as_dict()}
+
     # -- helpers ----------------------------------------------------------------------------
     def _source(self) -> Any:
         if self.input_file_id is not None:
@@ -418,6 +457,8 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
             policy=self.policy,
             identity=run_identity(context, reattach=self.reattach),
             response_schema=self.response_schema,
+            max_cost_usd=self.max_cost_usd,
+            prices=self.prices,
         )
 
     def _submit(self, client: BatchClient, context: Context) -> Submission:
@@ -429,4 +470,7 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
                 raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
             raise
         submission.log(self.log)
+        if submission.estimate is not None:
+            self._estimate = submission.estimate.as_dict()
+            context["ti"].xcom_push(key=XCOM_ESTIMATE, value=self._estimate)
         return submission

@@ -121,6 +121,11 @@ class BatchOutcomeMixin:
         except Exception as exc:  # a kill must not fail on a cancel error
             self.log.warning("Task killed; cancelling batch %s failed: %s", self._batch_id, exc)
 
+    def cost_fields(self, context: Context, chain: AttemptChain) -> dict[str, Any]:
+        """Fields the result dict gets besides the chain's summary: the cost estimate and the actual bill (the
+        operator fills them in; the sensor, which submitted nothing, leaves them None)."""
+        return {"estimate": None, "cost": None}
+
     def finish(self, context: Context, chain: AttemptChain, *, satisfied: bool = False,
                extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Push the result dict, then apply the policy: return it, or raise the outcome's error.
@@ -129,7 +134,7 @@ class BatchOutcomeMixin:
         attempt was rejected after answering them all): nothing is left to retry, so it is accepted.
         ``extra``: keys added to the result dict (the operator's ``structured``).
         """
-        summary = {**chain.summary(), **(extra or {})}
+        summary = {**chain.summary(), **self.cost_fields(context, chain), **(extra or {})}
         latest = chain.latest
         assert latest is not None
         # Pushed before the policy may fail the task, so partial output is never lost.

@@ -408,6 +408,55 @@ ResponseSchemaOption = Annotated[
 
 def _response_schema(path: str | None) -> ResponseSchema | None:
     return None if path is None else ResponseSchema.of(path, name=Path(path).stem)
+PricesOption = Annotated[
+    Path | None,
+    typer.Option("--prices", exists=True, dir_okay=False, metavar="JSON", show_default=False,
+                 help='Price overrides, USD per 1M tokens per model (batch prices), e.g. '
+                      '{"my-model": {"input": 0.075, "output": 0.3}}; default: genai-prices\' table.'),
+]
+MaxCostOption = Annotated[
+    float | None,
+    typer.Option("--max-cost-usd", min=0, metavar="USD", show_default=False,
+                 help="Hard budget for the key's whole chain: refuse before uploading when its spend so far plus "
+                      "this attempt's upper bound would pass it."),
+]
+
+
+def _prices(path: Path | None) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path is not None else None
+
+
+@app.command(cls=_Command)
+def estimate(
+    ctx: typer.Context,
+    input_path: InputArgument,
+    endpoint: EndpointOption = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", metavar="MODEL", show_default=False,
+                     help="The model of lines that name none (Gemini: the batch's model)."),
+    ] = None,
+    prices: PricesOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Estimate what INPUT costs at batch prices, offline: per model, requests, input tokens (exact, or a bound
+    guaranteed above the true count), the output bound and the cost range (input alone .. every output limit).
+
+    Exit 1 when a request cannot be bounded (media in a prompt; no output limit and no known maximum).
+    """
+    from batch_ops.cost import estimate as estimate_file
+
+    out = _Out(json=json_output)
+    with _handled(out), storage.local_copy(input_path) as local:
+        found = estimate_file(local, provider=_dialect(ctx), model=model, endpoint=endpoint, prices=_prices(prices))
+    if out.json:
+        out.result(found.as_dict())
+    else:
+        out.stdout.print(render.estimate_view(found))
+        for problem in found.problems[:5]:
+            out.stderr.print(f"not bounded: {problem}", style="red", soft_wrap=True)
+    if not found.complete:
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command(cls=_Command)
@@ -451,6 +500,8 @@ def submit(
     repair_feedback: Annotated[
         bool, typer.Option("--repair-feedback", help="Put each invalid answer's fault in its repaired request.")
     ] = False,
+    max_cost_usd: MaxCostOption = None,
+    prices: PricesOption = None,
     base_url: BaseUrlOption = None,
     api_key: ApiKeyOption = None,
     max_retries: MaxRetriesOption = None,
@@ -476,10 +527,12 @@ def submit(
                  + (f", model {report.model}" if report.model else ""))
         schema = _response_schema(response_schema)
         with _client(out, ctx, base_url, api_key, max_retries) as client:
+            price_table = _prices(prices)
             spec = SubmitSpec(endpoint=endpoint, completion_window=completion_window, metadata=meta,
                               output_expires_after=expires, idempotency_key=idempotency_key,
-                              response_schema=schema)
+                              response_schema=schema, max_cost_usd=max_cost_usd, prices=price_table)
             submission = client.submit_spec(local, spec)
+            estimated = submission.estimate.as_dict() if submission.estimate is not None else None
             batch = submission.batch
             # From here on the batch exists: an interrupt or a timeout must say which one keeps running.
             with _handled(out, batch_id=batch.id):
@@ -487,7 +540,7 @@ def submit(
                     out.note(f"warning: {text}" if level == "warning" else text,
                              style="yellow" if level == "warning" else None)
                 if not wait:
-                    out.result(_batch_json(batch), render.batch_view(batch))
+                    out.result({**_batch_json(batch), "estimate": estimated}, render.batch_view(batch))
                     out.note(f"follow it: batch-ops status {batch.id}", style="dim")
                     return
                 batch = _wait(client, out, batch.id, poll_interval=poll_interval, timeout=timeout,
@@ -506,13 +559,32 @@ def submit(
                     batch = _wait(client, out, done.submission.batch.id, poll_interval=poll_interval,
                                   timeout=timeout, cancel_on_timeout=cancel_on_timeout)
                 chain = done.submission.chain.with_batch(batch)
+            with _handled(out, batch_id=batch.id):
+                cost = _bill(client, out, chain, estimated, price_table)
         if len(chain.batch_ids) > 1 and OutcomePolicy().rejection(batch) is None:
             ids = ",".join(chain.batch_ids)
             out.note(f"collect the results of every attempt: batch-ops results {ids} --output results.jsonl"
                      + (f" --response-schema {response_schema}" if response_schema else ""), style="dim")
-        extra = None if schema is None else {"batch_ids": chain.batch_ids,
-                                             "structured": structured_summary(schema, rounds)}
+        extra: dict[str, Any] = {"estimate": estimated, "cost": cost}
+        if schema is not None:
+            extra |= {"batch_ids": chain.batch_ids, "structured": structured_summary(schema, rounds)}
         _finish_wait(out, batch, extra)
+
+
+def _bill(client: BatchClient, out: _Out, chain: Any, estimated: dict[str, Any] | None,
+          prices: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The chain's actual bill next to its estimate (a note each); None when it cannot be made."""
+    models = (estimated or {}).get("models") or []
+    try:
+        paid = client.bill(chain, model=models[0]["model"] if models else None, prices=prices)
+    except BatchOpsError as exc:
+        out.note(f"warning: no actual cost: {exc}", style="yellow")
+        return None
+    if estimated is not None:
+        out.note(f"estimate: ${estimated['lower_usd']:.6f}..${estimated['upper_usd']:.6f}; "
+                 f"actual: ${paid.total:.6f}")
+    out.note(paid.summary(), style="dim")
+    return paid.as_dict()
 
 
 def _finish_wait(out: _Out, batch: Batch, extra: dict[str, Any] | None = None) -> None:
@@ -855,6 +927,12 @@ def job(
         typer.Option("--prices", exists=True, dir_okay=False, metavar="JSON", show_default=False,
                      help='USD per 1M tokens per model, e.g. {"gpt-4o-mini": {"input": 0.075, "output": 0.3}}.'),
     ] = None,
+    max_cost_usd: Annotated[
+        float | None,
+        typer.Option("--max-cost-usd", min=0, metavar="USD", show_default=False,
+                     help="Hard budget for the whole job: it stops submitting parts before passing it (the rest "
+                          "end as budget_exceeded failures; the summary says how far it got)."),
+    ] = None,
     poll_interval: PollIntervalOption = 30.0,
     base_url: BaseUrlOption = None,
     api_key: ApiKeyOption = None,
@@ -878,7 +956,7 @@ def job(
         config = JobConfig.of(endpoint=endpoint, provider=_dialect(ctx).name, max_concurrent=max_concurrent,
                               max_rounds=max_rounds,
                               max_lines=max_lines, max_bytes=max_bytes, metadata=_parse_metadata(metadata),
-                              prices=price_table)
+                              prices=price_table, max_cost_usd=max_cost_usd)
         batch_job = BatchJob.open(input_path, output_path=output, config=config)
         out.note(f"job {batch_job.state.job_id}: {batch_job.state.total} requests in {len(batch_job.state.parts)} "
                  f"part(s); state in {batch_job.state_path}")

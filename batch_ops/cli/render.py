@@ -25,12 +25,14 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from batch_ops.cost import Estimate
 from batch_ops.errors import Problem
 from batch_ops.jsonl import FileReport
 from batch_ops.models import Batch, BatchStatus, ResultLine
 from batch_ops.orphans import Judgement
 
 __all__ = [
+    "estimate_view",
     "CSV_COLUMNS",
     "ResultTally",
     "batch_table",
@@ -323,6 +325,24 @@ def batch_view(batch: Batch) -> RenderableType:
             errors.add_row("-" if err.line is None else str(err.line), err.code or "-", err.message or "")
         parts.append(errors)
     return Group(*parts)
+
+
+def estimate_view(found: Estimate) -> RenderableType:
+    """``batch-ops estimate``: one row per model, then the total and the price table's source and date."""
+    table = Table(show_edge=False, pad_edge=False)
+    for name, justify in (("model", "left"), ("requests", "right"), ("input tokens", "right"), ("counted", "left"),
+                          ("output bound", "right"), ("lower USD", "right"), ("upper USD", "right"),
+                          ("price", "left")):
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for m in found.models.values():
+        loose = f" ({m.loose} loose)" if m.loose else ""
+        table.add_row(m.model, f"{m.requests:,}", f"{m.input_tokens:,}", m.input_kind, f"{m.output_bound:,}{loose}",
+                      f"{m.lower:.6f}", f"{m.upper:.6f}", m.rate.describe() if m.rate else "-")
+    total = Text(f"total: {found.requests:,} requests, ${found.lower:.6f} .. ${found.upper:.6f} at batch prices "
+                 f"({found.table_source}, dated {found.table_date})")
+    notes = Text("counted: exact = the model's tokenizer; bound = guaranteed >= the true count. loose: no output "
+                 "limit set, bounded by the model's maximum.", style="dim")
+    return Group(table, total, notes)
 
 
 def sweep_table(judgements: Iterable[Judgement]) -> Table:

@@ -75,6 +75,7 @@ class AnthropicDialect(Dialect):
 
     name = "anthropic"
     title = "Anthropic Message Batches"
+    price_provider = "anthropic"
     default_base_url = "https://api.anthropic.com/v1"
     key_env = ("ANTHROPIC_API_KEY",)
     #: The SDK's variable names the host (``https://api.anthropic.com``); our base URL ends in ``/v1``.

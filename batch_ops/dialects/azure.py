@@ -38,6 +38,7 @@ class AzureDialect(Dialect):
 
     name = "azure"
     title = "Azure OpenAI global batch"
+    price_provider = "azure"
     #: Every resource has its own: ``https://<resource>.openai.azure.com/openai`` (with an api-version) or
     #: ``.../openai/v1`` (without).
     default_base_url = None

@@ -120,6 +120,8 @@ class Dialect:
     status_aliases: ClassVar[Mapping[str, BatchStatus]] = {}
     #: How a request line of this API is shaped (the request file's checker reads it).
     line_shape: ClassVar[LineShape] = OPENAI_LINES
+    #: The provider in the batch price table (genai-prices' provider id); None: prices come from overrides only.
+    price_provider: ClassVar[str | None] = "openai"
     #: Result lines arrive in another shape than OpenAI's output/error lines: each downloaded result
     #: file is rewritten line by line with :meth:`result_line` before anything reads it.
     rewrites_results: ClassVar[bool] = False
@@ -179,6 +181,11 @@ class Dialect:
         """The endpoint provider-neutral chat requests go to when the caller names none (``model``: the
         settings' model, for an API whose batch names it)."""
         return "/v1/chat/completions"
+
+    def batch_model(self, endpoint: str) -> str | None:
+        """The model a batch runs when the batch (not its lines) names it, from its ``endpoint``; None: the lines
+        name their models (OpenAI). Prices the estimate of lines that name none."""
+        return None
 
     def lines_model_problems(self, model: str | None, endpoint: str) -> list[Problem]:
         """Findings when the model the request lines want (``model``: the one model of a checked file, or

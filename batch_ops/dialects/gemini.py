@@ -171,6 +171,7 @@ class GeminiDialect(Dialect):
 
     name = "gemini"
     title = "Gemini API Batch Mode"
+    price_provider = "google"
     default_base_url = f"https://generativelanguage.googleapis.com/{_API_VERSION}"
     key_env = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
     # The SDK's variable names the host only.
@@ -202,6 +203,13 @@ class GeminiDialect(Dialect):
                 fix="set the connection's (or block's, or ClientSettings') model, e.g. 'gemini-2.5-flash', or pass "
                 "the model as the endpoint")], source="batch parameters")
         return model
+
+    def batch_model(self, endpoint: str) -> str | None:
+        """A Gemini batch's endpoint is its model."""
+        try:
+            return model_path(endpoint).removeprefix("models/")
+        except ValueError:
+            return None
 
     def lines_model_problems(self, model: str | None, endpoint: str) -> list[Problem]:
         """Translated neutral requests naming a model other than the batch's (Gemini runs one model a batch)."""

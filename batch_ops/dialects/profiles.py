@@ -67,6 +67,7 @@ class GroqDialect(OpenAIDialect):
 
     name = "groq"
     title = "Groq Batch API"
+    price_provider = "groq"
     default_base_url = "https://api.groq.com/openai/v1"
     limits = Limits(completion_windows=GROQ_WINDOWS, max_requests=50_000, max_file_bytes=100 * 1024 * 1024,
                     endpoints=("/v1/chat/completions",))
@@ -77,6 +78,7 @@ class DeepInfraDialect(OpenAIDialect):
 
     name = "deepinfra"
     title = "DeepInfra Batch API"
+    price_provider = None  # not in genai-prices 0.2.5: overrides
     default_base_url = "https://api.deepinfra.com/v1/openai"
 
 
@@ -85,6 +87,7 @@ class OpenAICompatibleDialect(OpenAIDialect):
 
     name = "openai_compatible"
     title = "OpenAI-compatible Batch API"
+    price_provider = None  # any server: overrides
     default_base_url = None
 
 
@@ -94,6 +97,7 @@ class NovitaDialect(OpenAIDialect):
 
     name = "novita"
     title = "Novita Batch API"
+    price_provider = "novita"
     default_base_url = "https://api.novita.ai/openai/v1"
     line_shape = UNMETHODED_LINES
     limits = Limits(endpoints=("/v1/chat/completions", "/v1/completions"))
@@ -123,6 +127,7 @@ class TogetherDialect(OpenAIDialect):
 
     name = "together"
     title = "Together AI Batch API"
+    price_provider = "together"
     default_base_url = "https://api.together.xyz/v1"
     upload_purpose = "batch-api"
     line_shape = TOGETHER_LINES

@@ -8,7 +8,7 @@ worker stepping it at a time (its lease; a second worker waits: ``JobBusyError``
 Examples:
     >>> from batch_ops.jobs import BatchJob, JobSummary
     >>> sorted(JobSummary.__dataclass_fields__)[:4]
-    ['batches', 'duplicates', 'failed', 'output_path']
+    ['batches', 'budget_stop', 'cost_usd', 'duplicates']
 """
 
 from __future__ import annotations

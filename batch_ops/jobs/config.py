@@ -47,7 +47,12 @@ class JobConfig(BaseModel):
         max_lines / max_bytes: per-batch limits used for sharding; None (the default): the
             provider's own (``Dialect.limits``), and never more than them.
         metadata: added to every batch (with the job id and part name).
-        prices: USD per 1M tokens per model, for the cost estimate.
+        prices: USD per 1M tokens per model (batch prices; ``"*"``: any model), for the estimate, the bill and
+            the budget; default genai-prices' table.
+        max_cost_usd: a hard budget in USD for the whole job (every part, round and resubmission): a part
+            whose upper bound, with what the job spent or may still spend, would pass it is not submitted;
+            the job stops submitting there, its remaining requests end as ``budget_exceeded`` failures,
+            and the summary says how far it got.
         token_limit_backoff: seconds before resubmitting a part refused with
             ``token_limit_exceeded``; doubles per refusal, at most an hour.
         lease_ttl: seconds the job's lease on object storage lives without a renewal: a worker that
@@ -68,6 +73,7 @@ class JobConfig(BaseModel):
     max_bytes: int = Field(default=0, ge=1)
     metadata: dict[str, str] = Field(default_factory=dict)
     prices: dict[str, dict[str, float]] | None = None
+    max_cost_usd: float | None = Field(default=None, ge=0)
     token_limit_backoff: float = Field(default=60.0, ge=0)
     lease_ttl: float = Field(default=120.0, ge=1)
     response_schema: dict[str, Any] | None = None

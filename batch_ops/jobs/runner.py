@@ -49,20 +49,24 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from batch_ops import storage
 from batch_ops._submit import Submission, SubmitSpec
+from batch_ops.cost.prices import PriceTable
 from batch_ops.dialects import OPENAI, Dialect, dialect_named
 from batch_ops.errors import (
     APIConnectionError,
     APIStatusError,
     BatchOpsError,
+    BudgetExceededError,
     ConfigurationError,
     InputValidationError,
     JobBusyError,
     Problem,
+    UnknownPriceError,
     is_permanent,
 )
 from batch_ops.identity import RunIdentity
@@ -126,6 +130,10 @@ class JobSummary:
     usage: dict[str, Any]
     output_path: str
     state_path: str
+    #: Why the job stopped submitting (its budget) and how far it got; None: it did not.
+    budget_stop: str | None = None
+    #: The job's actual cost (USD, batch prices; None: a model without a price).
+    cost_usd: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -213,7 +221,7 @@ class BatchJob:
 
     def __init__(self, state: JobState, *, store: JobStore, input_path: Any, output_path: Any,
                  max_concurrent: int, prices: Mapping[str, Mapping[str, float]] | None,
-                 lease_ttl: float = DEFAULT_LEASE_TTL) -> None:
+                 lease_ttl: float = DEFAULT_LEASE_TTL, max_cost_usd: float | None = None) -> None:
         self.state = state
         self.store = store
         self.work_dir = store.work
@@ -221,6 +229,7 @@ class BatchJob:
         self._output = output_path
         self.max_concurrent = max_concurrent
         self.prices = prices
+        self.max_cost_usd = max_cost_usd
         self._events: list[str] = []
         self._lease = store.lease(ttl=lease_ttl)
         self._lease_ttl = lease_ttl
@@ -302,7 +311,7 @@ class BatchJob:
         store = store_for(out)
         job_args: dict[str, Any] = {"store": store, "input_path": input_path, "output_path": output_path,
                                     "max_concurrent": cfg.max_concurrent, "prices": cfg.prices,
-                                    "lease_ttl": cfg.lease_ttl}
+                                    "lease_ttl": cfg.lease_ttl, "max_cost_usd": cfg.max_cost_usd}
         state = store.load()
         if state is not None:
             return cls(cls._same_job(state, store, cfg, src), **job_args)
@@ -422,12 +431,19 @@ class BatchJob:
         metadata = {**self.state.metadata, "batch_ops_job": self.state.job_id, "batch_ops_part": part.name}
         schema = self.state.response_schema
         spec = SubmitSpec(endpoint=self.state.endpoint, metadata=metadata, idempotency_key=part.key,
-                          reattach=lookup, since=identity.since,
+                          reattach=lookup, since=identity.since, prices=self.prices,
+                          max_cost_usd=self._budget_left(part),
                           response_schema=None if schema is None else ResponseSchema.from_json(schema))
         source = str(self.store.fetch(part.path))
         self._lease.confirm()  # still ours right now, or nothing is created
-        submission: Submission = yield Call("submit_spec", {"source": source, "spec": spec})
+        try:
+            submission: Submission = yield Call("submit_spec", {"source": source, "spec": spec})
+        except BudgetExceededError as exc:
+            self._stop_for_budget(part, exc)
+            return
         batch = submission.batch
+        if submission.created and submission.estimate is not None:
+            part.upper_usd = float(submission.estimate.upper)
         if submission.created:
             self._events.append(f"part {part.name}: created batch {batch.id} ({part.requests} requests)")
         else:
@@ -462,6 +478,7 @@ class BatchJob:
         part_path = self.store.fetch(part.path)
         provenance = {"batch_id": batch.id, "round": part.round, "part": part.name}
         if batch.status is BatchStatus.FAILED:
+            part.cost_usd = 0.0  # failed as a whole: nothing completed, nothing billed
             detail = "; ".join(f"{e.code}: {e.message}" for e in errors[:3]) or "batch failed"
             part.failed = synthesize_failures(part_path=part_path, results_path=results, id_field=self._id_field,
                                               code=errors[0].code if errors and errors[0].code else "batch_failed",
@@ -477,6 +494,7 @@ class BatchJob:
                                   id_field=self._id_field)
             part.succeeded, part.failed, part.retried = counts.succeeded, counts.failed, counts.retried
             part.usage = usage.per_model
+            part.cost_usd = self._cost_of(usage.per_model)
             if retry_path is not None and counts.retried:
                 self.store.push(retry_path)
                 name = retry_path.stem
@@ -489,6 +507,53 @@ class BatchJob:
         self._save()
         self._events.append(f"part {part.name}: batch {batch.id} {batch.status.value}: {part.succeeded} succeeded, "
                             f"{part.failed} failed, {part.retried} to the next round")
+
+    # -- the budget -------------------------------------------------------------------------------
+    def _budget_left(self, part: PartState) -> float | None:
+        """What the job's budget leaves for ``part``'s chain: the limit less every other part's spend (actual once
+        harvested, else its upper bound: it may still spend that). The part's own earlier attempts are counted
+        by the submission core (its chain)."""
+        if self.max_cost_usd is None:
+            return None
+        others = sum((p.cost_usd if p.cost_usd is not None else p.upper_usd) or 0.0
+                     for p in self.state.parts if p is not part and p.submits > 0)
+        return max(self.max_cost_usd - others, 0.0)
+
+    def _cost_of(self, per_model: Mapping[str, Mapping[str, int]]) -> float | None:
+        """The actual cost of a part from its billed tokens (None: a model without a price; its bound stands).
+
+        Tokens are summed per model, so a long-context tier cannot be told per request: the dearest tier the
+        sum reaches is taken (never below the true bill)."""
+        table = PriceTable.of(self.prices)
+        total = Decimal(0)
+        try:
+            for model, row in per_model.items():
+                rate = table.rate(model, self.dialect.price_provider)
+                total += rate.cost_upper(int(row.get("input", 0)), int(row.get("output", 0)))
+        except UnknownPriceError:
+            return None
+        return float(total)
+
+    def _stop_for_budget(self, part: PartState, exc: BudgetExceededError) -> None:
+        """Stop submitting: every part not submitted yet ends as ``budget_exceeded`` failures; say how far it got."""
+        state = self.state
+        submitted = sum(1 for p in state.parts if p.submits > 0)
+        left = [p for p in state.parts if (p.status in ("pending", "submitting") and p.submits == 0) or p is part]
+        requests = sum(p.requests for p in left)
+        state.budget_stop = (f"budget: stopped submitting at part {part.name}: {submitted} of {len(state.parts)} "
+                             f"parts submitted, {requests} requests not submitted (budget_exceeded). {exc}")
+        local = self.store.local_path
+        for p in left:
+            results = local(f"results/{p.name}.jsonl")
+            results.parent.mkdir(parents=True, exist_ok=True)
+            p.failed = synthesize_failures(part_path=self.store.fetch(p.path), results_path=results,
+                                           id_field=self._id_field, code="budget_exceeded",
+                                           message=f"not submitted: max_cost_usd {self.max_cost_usd} would be "
+                                                   "passed", provenance={"part": p.name, "round": p.round})
+            self.store.push(results)
+            p.status, p.outcome, p.batch_id = "harvested", "not_submitted", None
+        self._save()
+        self._events.append(state.budget_stop)
 
     # -- finishing ------------------------------------------------------------------------------
     def finish(self) -> JobSummary:
@@ -522,7 +587,9 @@ class BatchJob:
             resubmitted=sum(p.requests for p in state.parts if p.round > 0),
             rounds=max(p.round for p in state.parts) + 1, token_limit_resubmits=state.token_limit_resubmits,
             duplicates=duplicates, usage=usage.summary(prices=self.prices), output_path=state.output_path,
-            state_path=str(self.state_path),
+            state_path=str(self.state_path), budget_stop=state.budget_stop,
+            cost_usd=None if any(p.cost_usd is None and p.submits for p in state.parts) else round(
+                sum(p.cost_usd or 0.0 for p in state.parts), 6),
         )
 
     def describe(self) -> str:

@@ -56,6 +56,9 @@ class PartState(BaseModel):
     retried: int = 0
     #: Billed tokens of this part's batch, per model (see harvest.UsageTotals).
     usage: dict[str, dict[str, int]] = Field(default_factory=dict)
+    #: The upper bound of the part's last created attempt (USD), and its actual cost once harvested.
+    upper_usd: float | None = None
+    cost_usd: float | None = None
 
 
 class JobState(BaseModel):
@@ -80,6 +83,8 @@ class JobState(BaseModel):
     provider: str | None = None
     #: The JSON Schema every answer must follow (``ResponseSchema.to_json()``; None: free answers).
     response_schema: dict[str, Any] | None = None
+    #: Why the job stopped submitting (its budget), and how far it got; None: it did not.
+    budget_stop: str | None = None
 
     def active(self) -> list[PartState]:
         """Parts with a batch that may be running (or being created)."""

@@ -34,6 +34,8 @@ from batch_ops.prefect.events import batch_duration
 
 __all__ = [
     "DEFAULT_ARTIFACT_KEY",
+    "cost_rows",
+    "create_cost_artifact",
     "ProgressArtifact",
     "artifact_keys",
     "create_summary_artifact",
@@ -139,3 +141,42 @@ class ProgressArtifact:
                 self._warned = True
                 self._logger.warning("Could not update the progress artifact of batch %s: %s", batch.id, exc)
         return True
+
+
+def cost_rows(estimate: dict[str, Any] | None, cost: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Estimate vs actual, one row per model (USD, batch prices), for the ``<stem>-cost`` table artifact.
+
+    Examples:
+        >>> cost_rows({"models": [{"model": "m", "requests": 2, "input_tokens": 10, "input_kind": "exact",
+        ...            "output_bound": 20, "lower_usd": 0.1, "upper_usd": 0.5}], "price_table_date": "2026-11-19"},
+        ...           {"models": [{"model": "m", "input_tokens": 10, "output_tokens": 4,
+        ...                        "cost_usd": 0.2}]})[0]["actual_usd"]
+        0.2
+    """
+    actual = {m["model"]: m for m in (cost or {}).get("models") or []}
+    rows = []
+    for m in (estimate or {}).get("models") or []:
+        got = actual.pop(m["model"], {})
+        rows.append({"model": m["model"], "requests": m["requests"],
+                     "input_tokens": f"{m['input_tokens']} ({m['input_kind']})", "output_bound": m["output_bound"],
+                     "estimate_usd": f"{m['lower_usd']:.6f}..{m['upper_usd']:.6f}",
+                     "actual_input_tokens": got.get("input_tokens"), "actual_output_tokens": got.get("output_tokens"),
+                     "actual_usd": got.get("cost_usd"),
+                     "price_table_date": (estimate or {}).get("price_table_date")})
+    for name, got in actual.items():  # answered by a model the estimate did not name
+        rows.append({"model": name, "actual_input_tokens": got.get("input_tokens"),
+                     "actual_output_tokens": got.get("output_tokens"), "actual_usd": got.get("cost_usd")})
+    return rows
+
+
+async def create_cost_artifact(estimate: dict[str, Any] | None, cost: dict[str, Any] | None, *,
+                               logger: logging.Logger | logging.LoggerAdapter[Any],
+                               key: str = DEFAULT_ARTIFACT_KEY) -> UUID | None:
+    """Store estimate vs actual (:func:`cost_rows`) under ``<stem>-cost``."""
+    try:
+        return await acreate_table_artifact(table=cost_rows(estimate, cost), key=f"{artifact_keys(key)[0][:-8]}-cost",
+                                            description="Batch cost: the estimate made before the upload, and the "
+                                                        "actual bill from the results' usage (USD, batch prices)")
+    except Exception as exc:  # a report must not fail the batch it reports on
+        logger.warning("Could not store the cost artifact: %s", exc)
+        return None

@@ -49,6 +49,8 @@ from batch_ops.prefect.tasks import (
     _submit_task,
     _wait_task,
     batches_submitted_by,
+    bill_chain,
+    estimate_of,
     run_start_time,
     settings_used_by,
 )
@@ -214,6 +216,8 @@ async def run_batch(
     response_schema: dict[str, Any] | str | None = None,
     repair_rounds: int = 0,
     repair_feedback: bool = False,
+    max_cost_usd: float | None = None,
+    prices: dict[str, Any] | None = None,
 ) -> BatchResult:
     """Run one batch end to end: validate, upload, create, wait; return its :class:`BatchResult`.
 
@@ -256,6 +260,11 @@ async def run_batch(
         repair_rounds: after the batch ends, resubmit only the requests whose answers are invalid, up to
             this many rounds, each a new attempt of the same chain (paid once, in ``chain_usage``).
         repair_feedback: put each invalid answer's fault in its repaired request (a new user turn).
+        max_cost_usd: a hard budget in USD for the whole chain (every retry of the flow run): refused
+            before upload with ``BudgetExceededError`` when the chain's spend plus this attempt's upper
+            bound passes it (docs/cost.md).
+        prices: price overrides, ``{"model": {"input": .., "output": ..}}`` in USD per 1M tokens. The result's
+            ``estimate`` and ``cost`` (the actual bill) sit side by side, and in the ``<stem>-cost`` artifact.
 
     Examples:
         ```python
@@ -302,6 +311,8 @@ async def run_batch(
         since=since,
         storage=storage,
         response_schema=schema,
+        max_cost_usd=max_cost_usd,
+        prices=prices,
     )
     # The wait returns every outcome: the policy is applied below, to the chain this submit found or made.
     ended = await _wait_task(submission.batch.id, credentials=credentials, poll_interval=poll_interval,
@@ -312,13 +323,12 @@ async def run_batch(
     assert latest is not None
     # A chain whose every request already has a success is accepted whatever its latest attempt's status.
     policy.check(latest, satisfied=submission.satisfied)
-    if schema is None:
-        return BatchResult.from_chain(chain)
     rounds: list[dict[str, Any]] = []
-    for number in range(1, repair_rounds + 1):
+    for number in range(1, repair_rounds + 1 if schema is not None else 1):
         done = await _repair_task(source, chain, endpoint=endpoint, credentials=credentials, metadata=metadata,
                                   completion_window=completion_window, output_expires_after=output_expires_after,
-                                  response_schema=schema, round=number, feedback=repair_feedback, storage=storage)
+                                  response_schema=schema, round=number, feedback=repair_feedback, storage=storage,
+                                  max_cost_usd=max_cost_usd, prices=prices)
         rounds.append(done.summary())
         if done.submission is None:
             break
@@ -327,4 +337,7 @@ async def run_batch(
                                  cancel_on_timeout=cancel_on_timeout)
         chain = done.submission.chain.with_batch(ended)
         policy.check(ended, satisfied=done.submission.satisfied)
-    return BatchResult.from_chain(chain, structured=structured_summary(schema, rounds))
+    estimate = estimate_of(submission)
+    cost = await bill_chain(chain, credentials=credentials, estimate=estimate, prices=prices, key=artifact_key)
+    structured = None if schema is None else structured_summary(schema, rounds)
+    return BatchResult.from_chain(chain, structured=structured).model_copy(update={"estimate": estimate, "cost": cost})

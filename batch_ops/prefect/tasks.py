@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model
 from batch_ops import AttemptChain, RepairRound, ResponseSchema, Source, Submission, SubmitSpec, storage
 from batch_ops.chain import Attempt, summary_of
 from batch_ops.client import AsyncBatchClient
-from batch_ops.errors import BatchTimeoutError
+from batch_ops.errors import BatchOpsError, BatchTimeoutError
 from batch_ops.identity import FLOW_RUN_METADATA_KEY, RunIdentity, lookback_start, prefect_owner_metadata
 from batch_ops.identity import LOOKBACK_SKEW as LOOKBACK_SKEW  # the old name here; core's constant
 from batch_ops.jsonl import (
@@ -58,7 +58,12 @@ from batch_ops.jsonl import (
 )
 from batch_ops.models import Batch, BatchStatus, RequestCounts, ResultLine, Usage
 from batch_ops.outcomes import DEFAULT_FAIL_ON, DEFAULT_WAIT_TIMEOUT, OutcomePolicy, describe
-from batch_ops.prefect.artifacts import DEFAULT_ARTIFACT_KEY, ProgressArtifact, create_summary_artifact
+from batch_ops.prefect.artifacts import (
+    DEFAULT_ARTIFACT_KEY,
+    ProgressArtifact,
+    create_cost_artifact,
+    create_summary_artifact,
+)
 from batch_ops.prefect.credentials import OpenAIBatchCredentials, resolve_settings
 from batch_ops.prefect.events import emit_batch_event
 from batch_ops.prefect.storage import block_target
@@ -118,6 +123,10 @@ class BatchResult(BaseModel):
     batch_ids: list[str] = []
     chain_request_counts: RequestCounts | None = None
     chain_usage: Usage | None = None
+    #: The cost estimate made before the upload (:meth:`batch_ops.cost.Estimate.as_dict`), or None.
+    estimate: dict[str, Any] | None = None
+    #: The actual bill from the results' usage (:meth:`batch_ops.cost.Bill.as_dict`; ``run_batch``), or None.
+    cost: dict[str, Any] | None = None
     #: With a response schema: the schema and each repair round (``batch_ops.structured.structured_summary``);
     #: ``read_batch_results`` reads the answers against it.
     structured: dict[str, Any] | None = None
@@ -355,6 +364,8 @@ async def _submit(
     fail_on_request_failures: bool,
     since: float | None = None,
     response_schema: Any = None,
+    max_cost_usd: float | None = None,
+    prices: Mapping[str, Any] | None = None,
 ) -> Submission:
     """Drive core's submission core with the run's key and tags; log what it did."""
     settings = resolve_settings(credentials)
@@ -370,6 +381,7 @@ async def _submit(
         endpoint=endpoint, completion_window=completion_window, metadata=metadata,
         output_expires_after=output_expires_after, since=since, identity=identity,
         fail_on=fail_on, fail_on_request_failures=fail_on_request_failures, response_schema=response_schema,
+        max_cost_usd=max_cost_usd, prices=prices,
     ))
     if flow_run_id is not None:
         _remember_batch(flow_run_id, submission.batch.id, settings)
@@ -390,6 +402,8 @@ async def _repair(
     round: int = 1,
     feedback: bool = False,
     storage: WritableFileSystem | None = None,
+    max_cost_usd: float | None = None,
+    prices: Mapping[str, Any] | None = None,
 ) -> RepairRound:
     """One repair round of ``chain`` (core's: only the invalid answers' requests, as its next attempt), the
     batch owned by this flow run like the first; logs what it found and did."""
@@ -400,7 +414,7 @@ async def _repair(
     identity = RunIdentity(None, prefect_owner_metadata(_flow_run_id()))
     spec = SubmitSpec.of(endpoint=endpoint, completion_window=completion_window, metadata=metadata,
                          output_expires_after=output_expires_after, identity=identity,
-                         response_schema=response_schema)
+                         response_schema=response_schema, max_cost_usd=max_cost_usd, prices=prices)
     done: RepairRound = await AsyncBatchClient.shared(settings).repair(given, spec, chain, round=round,
                                                                        feedback=feedback)
     _logger().info("%s", done.line())
@@ -411,6 +425,30 @@ async def _repair(
 
 #: One repair round as a task (``run_batch`` runs one per round, then waits for its batch).
 _repair_task = task(name="repair_batch", cache_policy=NO_CACHE)(_repair)
+
+
+async def bill_chain(chain: AttemptChain, *, credentials: OpenAIBatchCredentials | None,
+                     estimate: dict[str, Any] | None, prices: Mapping[str, Any] | None,
+                     key: str = DEFAULT_ARTIFACT_KEY) -> dict[str, Any] | None:
+    """The chain's actual bill (plain JSON), logged and stored with the estimate in the ``<stem>-cost`` artifact;
+    None when it cannot be made (it never fails the run: the batch already ran)."""
+    logger = _logger()
+    models = (estimate or {}).get("models") or []
+    try:
+        paid = await _client(credentials).bill(chain, model=models[0]["model"] if models else None, prices=prices)
+    except BatchOpsError as exc:
+        logger.warning("No actual cost for this run: %s", exc)
+        cost = None
+    else:
+        logger.info("%s", paid.summary())
+        cost = paid.as_dict()
+    await create_cost_artifact(estimate, cost, logger=logger, key=key)
+    return cost
+
+
+def estimate_of(submission: Submission) -> dict[str, Any] | None:
+    """The submission's cost estimate as plain JSON (None when nothing was created or it could not be made)."""
+    return submission.estimate.as_dict() if submission.estimate is not None else None
 
 
 @task(name="submit_batch", cache_policy=NO_CACHE)
@@ -428,6 +466,8 @@ async def submit_batch(
     since: float | None = None,
     storage: WritableFileSystem | None = None,
     response_schema: Any = None,
+    max_cost_usd: float | None = None,
+    prices: Mapping[str, Any] | None = None,
 ) -> BatchResult:
     """Validate, upload and create a batch, at most once per key; safe to retry.
 
@@ -453,6 +493,9 @@ async def submit_batch(
         response_schema: a pydantic model or a JSON Schema the answers must follow (structured
             outputs: written into each request in the provider's native form, its schema subset
             checked before upload; docs/structured-outputs.md).
+        max_cost_usd: a hard budget in USD for the key's whole chain: refused before upload with
+            ``BudgetExceededError`` when the chain's spend plus this attempt's upper bound passes it.
+        prices: price overrides, ``{"model": {"input": .., "output": ..}}`` in USD per 1M tokens.
 
     Examples:
         ```python
@@ -463,10 +506,10 @@ async def submit_batch(
                                     completion_window=completion_window, output_expires_after=output_expires_after,
                                     idempotency_key=idempotency_key, fail_on=fail_on,
                                     fail_on_request_failures=fail_on_request_failures, since=since, storage=storage,
-                                    response_schema=response_schema)
+                                    response_schema=response_schema, max_cost_usd=max_cost_usd, prices=prices)
     schema = None if response_schema is None else ResponseSchema.of(response_schema)
-    return BatchResult.from_chain(submission.chain,
-                                  structured=None if schema is None else structured_summary(schema, []))
+    return BatchResult.from_chain(submission.chain, structured=None if schema is None else structured_summary(
+        schema, [])).model_copy(update={"estimate": estimate_of(submission)})
 
 
 async def _submit_from(
@@ -483,6 +526,8 @@ async def _submit_from(
     since: float | None,
     storage: WritableFileSystem | None,
     response_schema: Any = None,
+    max_cost_usd: float | None = None,
+    prices: Mapping[str, Any] | None = None,
 ) -> Submission:
     """:func:`submit_batch`'s work: ``source`` read through the ``storage`` block, if one is given."""
     given: Any = source
@@ -492,7 +537,7 @@ async def _submit_from(
                          completion_window=completion_window, output_expires_after=output_expires_after,
                          idempotency_key=idempotency_key, fail_on=fail_on,
                          fail_on_request_failures=fail_on_request_failures, since=since,
-                         response_schema=response_schema)
+                         response_schema=response_schema, max_cost_usd=max_cost_usd, prices=prices)
 
 
 #: ``submit_batch`` returning the whole :class:`~batch_ops.Submission` (its chain, whether every request

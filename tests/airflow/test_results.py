@@ -60,7 +60,8 @@ def test_completed_batch_returns_the_result_dict() -> None:
     ctx = context()
     result = operator().execute_complete(ctx, batch_event(batch("completed")))
     assert result == {**batch("completed").summary(), "batch_ids": ["batch_1"],
-                      "chain_request_counts": {"total": 4, "completed": 3, "failed": 1}, "chain_usage": None}
+                      "chain_request_counts": {"total": 4, "completed": 3, "failed": 1}, "chain_usage": None,
+                      "estimate": None, "cost": None}
     assert ctx["ti"].pushed["batch"] == result
 
 

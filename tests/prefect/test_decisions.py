@@ -92,7 +92,7 @@ def test_batch_result_is_the_summary_contract_and_frozen() -> None:
 
     assert result.model_dump(mode="json") == {**b.summary(), "batch_ids": [b.id],
                                               "chain_request_counts": b.summary()["request_counts"],
-                                              "chain_usage": b.summary()["usage"]}
+                                              "chain_usage": b.summary()["usage"], "estimate": None, "cost": None}
     assert result.status is BatchStatus.COMPLETED and result.error_file_id is None
     with pytest.raises(ValidationError):
         result.status = BatchStatus.FAILED  # type: ignore[misc]

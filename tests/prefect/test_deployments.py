@@ -58,7 +58,7 @@ ENDPOINT = "/v1/chat/completions"
 PARENT_FLOW = textwrap.dedent('''
     from typing import Any
 
-    from prefect import flow
+    from prefect import flow, serve
 
     from batch_ops.prefect import run_batch
 
@@ -70,8 +70,15 @@ PARENT_FLOW = textwrap.dedent('''
         return result.model_dump(mode="json")
 
 
+    @flow(name="deploy-budgeted")
+    async def budgeted(input_path: str, tag: str, max_cost_usd: float, prices: dict[str, Any]) -> dict[str, Any]:
+        result = await run_batch(input_path=input_path, endpoint="/v1/chat/completions", metadata={"test": tag},
+                                 poll_interval=0.2, max_cost_usd=max_cost_usd, prices=prices)
+        return result.model_dump(mode="json")
+
+
     if __name__ == "__main__":
-        parent.serve(name="served")
+        serve(parent.to_deployment(name="served"), budgeted.to_deployment(name="budgeted"))
 ''')
 
 #: Structured outputs served: ``run_batch`` with a pydantic model and one repair round, then the results typed.
@@ -559,6 +566,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory, batch_server: ServerURL, sec
         with s.trying("served"):
             s.runs["served"] = s.run_deployment("deploy-parent", "served", {"input_path": str(served_requests),
                                                                             "tag": "served"}, proc=serve_parent)
+        # The cost issue (25): one run refused by its budget before any upload, one billed.
+        for tag, budget in (("budget-refused", 1e-9), ("budget-billed", 100.0)):
+            path = work / f"{tag}.jsonl"
+            write_requests(path, make_requests(3, prefix=tag))
+            with s.trying(tag):
+                s.runs[tag] = s.run_deployment("deploy-budgeted", "budgeted", {
+                    "input_path": str(path), "tag": tag, "max_cost_usd": budget,
+                    "prices": {"gpt-4o-mini": {"input": 1, "output": 2}}}, proc=serve_parent)
         with s.trying("nightly"):
             s.runs["nightly"] = s.run_deployment("nightly-eval", "nightly-eval", {}, proc=serve_nightly)
         provider_runs = [f"{p}-{scenario}" for p in PROVIDER_MODELS for scenario in PROVIDER_SCENARIOS]
@@ -867,3 +882,27 @@ def test_cancelling_a_served_flow_run_cancels_its_batch_on_every_provider(
         time.sleep(0.25)
     assert len(batches) == 1, batches
     assert stack.final_state(run_id, proc=proc, timeout=60)["type"] == "CANCELLED"
+
+
+def test_served_run_batch_refuses_a_budget_before_upload_and_bills_the_other(stack: Stack) -> None:
+    """Issue 25 through a served deployment: ``max_cost_usd`` below the estimate fails the run with
+    ``BudgetExceededError`` and nothing of it reaches the Batch API (no batch, no upload holding its
+    requests); a run within its budget completes, its artifact showing estimate vs actual."""
+    proc = stack.procs["serve-parent"]
+    refused = stack.final_state(stack.run_id("budget-refused"), proc=proc)
+    assert refused["type"] == "FAILED" and "BudgetExceededError" in str(refused.get("message")), refused
+    stack.assert_ran_batch(stack.run_id("budget-billed"), proc=proc, requests=3, test="budget-billed")
+    with BatchClient(api_key=stack.secret, base_url=stack.batch_url) as client:
+        assert not [b for b in client.batches.iter_all(limit=100)
+                    if (b.metadata or {}).get("test") == "budget-refused"]
+        uploads = client.files.list(purpose="batch").data
+        for f in uploads:
+            assert b"budget-refused-" not in httpx.get(f"{stack.batch_url}/files/{f.id}/content", headers={
+                "Authorization": f"Bearer {stack.secret}"}).content
+    sub = stack.subflow_runs(stack.run_id("budget-billed"))[0]
+    found = stack.call("POST", "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [sub["id"]]},
+                                                                        "key": {"any_": ["openai-batch-cost"]}}})
+    rows = json.loads(found.json()[0]["data"])
+    assert rows[0]["model"] == "gpt-4o-mini" and rows[0]["actual_usd"] > 0, rows
+    upper = float(rows[0]["estimate_usd"].split("..")[1])  # the input is a byte bound: the lower end is no floor
+    assert rows[0]["actual_usd"] <= upper, rows

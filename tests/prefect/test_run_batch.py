@@ -36,7 +36,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 ENDPOINT = "/v1/chat/completions"
 FIELDS = {"batch_id", "status", "input_file_id", "output_file_id", "error_file_id", "request_counts", "usage",
-          "batch_ids", "chain_request_counts", "chain_usage"}
+          "batch_ids", "chain_request_counts", "chain_usage", "estimate", "cost"}
 
 
 def creds(url: str, secret: str) -> OpenAIBatchCredentials:
