@@ -68,18 +68,18 @@ def normalise(text: str) -> str:
 
 @register_scorer("exact")
 def _exact(answer: str, item: EvalItem) -> bool:
-    return normalise(answer) == normalise(item.expected)
+    return item.expected is not None and normalise(answer) == normalise(item.expected)
 
 
 @register_scorer("contains")
 def _contains(answer: str, item: EvalItem) -> bool:
-    return f" {normalise(item.expected)} " in f" {normalise(answer)} "
+    return item.expected is not None and f" {normalise(item.expected)} " in f" {normalise(answer)} "
 
 
 @register_scorer("numeric")
 def _numeric(answer: str, item: EvalItem) -> bool:
     match = _NUMBER.search(answer)
-    if match is None:
+    if match is None or item.expected is None:
         return False
     try:
         got = float(match.group().replace(",", ""))
@@ -101,7 +101,7 @@ class ItemScore(BaseModel):
     model_config = ConfigDict(frozen=True)
     id: str
     category: str
-    expected: str
+    expected: str | None
     answer: str | None
     outcome: Literal["correct", "wrong", "failed"]
     error_code: str | None = None
