@@ -40,8 +40,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from batch_ops import storage
 from batch_ops._files import atomic_write
 from batch_ops.evals.record import Aggregate, ModelRecord, RunRecord
+from batch_ops.storage import StorageTarget
 
 __all__ = [
     "MODELS_HISTORY",
@@ -182,20 +184,17 @@ def history_entry(m: ModelRecord, run: RunRecord) -> dict[str, Any]:
     }
 
 
-def read_model_history(report_dir: str | Path, models: Iterable[str] | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Every recorded run of each model (``models``: only those), oldest first; an absent history is empty."""
-    root = Path(report_dir) / MODELS_HISTORY
-    wanted = None if models is None else {safe_name(m) for m in models}
+def read_model_history(report_dir: StorageTarget, models: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    """Every recorded run of each of ``models``, oldest first; the folder may be on object storage.
+
+    A model never recorded has no key (an absent history is empty).
+    """
     out: dict[str, list[dict[str, Any]]] = {}
-    if not root.is_dir():
-        return out
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        if wanted is not None and folder.name not in wanted:
-            continue
-        runs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
+    for model in models:
+        texts = storage.read_all(storage.join(report_dir, MODELS_HISTORY, safe_name(model)), suffix=".json")
+        runs = [json.loads(t) for t in texts if t.strip()]
         if runs:
-            runs.sort(key=lambda r: str(r.get("time") or ""))
-            out[str(runs[-1].get("model", folder.name))] = runs
+            out[model] = sorted(runs, key=lambda r: str(r.get("time") or ""))
     return out
 
 
@@ -474,7 +473,7 @@ def write_run_report(run: RunRecord, report_dir: str | Path,
     entry is a file of its own, written once: runs that finish together never overwrite each other.
     """
     root = Path(report_dir)
-    known = read_model_history(root) if history is None else history
+    known = read_model_history(root, [m.model for m in run.models]) if history is None else history
     folder = root / "runs" / safe_name(run.run_id)
     files = ReportFiles(html=folder / "report.html", markdown=folder / "report.md", record=folder / "record.json",
                         openai=folder / "openai_report.json", history=tuple(
