@@ -57,7 +57,14 @@ from airflow.sdk import ObjectStoragePath, Param, dag, task
 
 from batch_ops import storage
 from batch_ops.airflow import EvalReportOperator, OpenAIBatchHook, OpenAIBatchOperator
-from batch_ops.evals.matrix import DEMO_MATRIX, MatrixConfig, answer_requests, grade_answers, model_record
+from batch_ops.evals.matrix import (
+    DEMO_MATRIX,
+    MatrixConfig,
+    answer_requests,
+    grade_answers,
+    model_record,
+    with_times,
+)
 
 _LOCAL_DEFAULT = Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow")) / "eval_runs"
 STORAGE = os.environ.get("BATCH_OPS_EVAL_STORAGE") or str(
@@ -78,6 +85,13 @@ def _reports() -> Any:
 
 def _conn(connection: str | None) -> str:
     return connection or OpenAIBatchHook.default_conn_name
+
+
+def _timed(hook: OpenAIBatchHook, outcome: dict[str, Any]) -> dict[str, Any]:
+    """The outcome with its batches' creation and end times (the record's turnaround)."""
+    with hook.get_client() as client:
+        return with_times(outcome, [client.batches.retrieve(i) for i in outcome.get("batch_ids") or
+                                    [outcome["batch_id"]]])
 
 
 def _judge_kwargs(graded: dict[str, Any]) -> dict[str, Any]:
@@ -126,8 +140,8 @@ def eval_matrix() -> None:
         planned_one, outcome = pair
         config = MatrixConfig.from_params(params or {})
         spec = next(m for m in config.models if m.model == planned_one["metadata"]["model"])
-        records = OpenAIBatchHook(conn_id=planned_one["conn_id"]).get_results(outcome, raw=False)
-        graded = grade_answers(config, spec, records, outcome)
+        hook = OpenAIBatchHook(conn_id=planned_one["conn_id"])
+        graded = grade_answers(config, spec, hook.get_results(outcome, raw=False), _timed(hook, outcome))
         assert config.judge is not None
         return {**graded, "judge_conn_id": _conn(config.judge.connection)}
 
@@ -141,10 +155,11 @@ def eval_matrix() -> None:
         graded_one, outcome = pair
         config = MatrixConfig.from_params(params or {})
         spec = next(m for m in config.models if m.model == graded_one["model"])
-        records = OpenAIBatchHook(conn_id=graded_one["judge_conn_id"]).get_results(outcome, raw=False)
+        judge = OpenAIBatchHook(conn_id=graded_one["judge_conn_id"])
         provider = OpenAIBatchHook(conn_id=_conn(spec.connection)).get_settings().provider
         spec = spec.model_copy(update={"provider": spec.provider or str(provider)})
-        return model_record(config, spec, graded_one, records, outcome).model_dump(mode="json")
+        return model_record(config, spec, graded_one, judge.get_results(outcome, raw=False),
+                            _timed(judge, outcome)).model_dump(mode="json")
 
     scored = score.expand(pair=graded.zip(judged.output))
     EvalReportOperator(task_id="report", models=scored, report_dir=_reports(), report_base_url=REPORT_URL)

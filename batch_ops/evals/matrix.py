@@ -64,18 +64,21 @@ from batch_ops.evals.record import (
 )
 from batch_ops.evals.render import read_model_history, write_run_report
 from batch_ops.evals.scoring import SCORERS
+from batch_ops.models import Batch
 from batch_ops.storage import StorageTarget
 
 __all__ = [
     "DEMO_MATRIX",
     "MATRIX_RUN",
     "EvalGateError",
+    "EvalRunError",
     "JudgeSpec",
     "MatrixConfig",
     "ModelSpec",
     "Price",
     "answer_requests",
     "enforce_gate",
+    "with_times",
     "finish_run",
     "grade_answers",
     "model_record",
@@ -98,6 +101,10 @@ DEMO_MATRIX: dict[str, Any] = {
     "baseline": "demo-large",
     "min_drop": 0.02,
 }
+
+
+class EvalRunError(BatchOpsError):
+    """A matrix run cannot go on: e.g. a model with no answer at all, so nothing to judge or report."""
 
 
 class EvalGateError(BatchOpsError):
@@ -286,6 +293,13 @@ def grade_answers(config: MatrixConfig, spec: ModelSpec, records: Sequence[Mappi
                           "system": _JUDGE_SYSTEM, "max_tokens": 16, "temperature": 0.0,
                           "messages": [{"role": "user", "content": _CLOSED_QA.format(
                               input=item.input, expected=item.expected or "", answer=answer)}]})
+    if config.judge is not None and not judge:
+        # Nothing to judge: no answer came back. A judge batch of nothing cannot be created, and a report
+        # of a model with no answer is no eval: say what happened, loudly.
+        codes = sorted({str(s.error_code) for s in samples})
+        raise EvalRunError(f"model {spec.model!r}: none of its {len(samples)} requests has an answer "
+                           f"({', '.join(codes)}); nothing to judge. Fix: check the model's connection and "
+                           f"batch {((batch or {}).get('batch_id'))!r}, then run again")
     return {"model": spec.model, "samples": [s.model_dump(mode="json") for s in samples], "judge_requests": judge,
             "usage": usage.model_dump(), "batch": _batch_summary(batch)}
 
@@ -300,14 +314,30 @@ def _add_usage(usage: TokenUsage, raw: Any) -> TokenUsage:
                       cached_tokens=usage.cached_tokens + int((details or {}).get("cached_tokens") or 0))
 
 
+def with_times(outcome: Mapping[str, Any], batches: Sequence[Batch]) -> dict[str, Any]:
+    """A batch outcome (XCom, ``BatchResult``) with the times of its attempts: the first one's creation and
+    the last one's end, so that the record can say how long the model's batch took (its turnaround).
+
+    Examples:
+        >>> b = Batch(id="b", endpoint="/v1/chat/completions", input_file_id="f", status="completed",
+        ...           created_at=100, completed_at=460)
+        >>> _batch_summary(with_times({"batch_id": "b", "status": "completed"}, [b]))["turnaround_s"]
+        360.0
+    """
+    if not batches:
+        return dict(outcome)
+    last = batches[-1]
+    ended = last.completed_at or last.failed_at or last.expired_at or last.cancelled_at
+    return {**outcome, "created_at": batches[0].created_at, "ended_at": ended}
+
+
 def _batch_summary(batch: Mapping[str, Any] | None) -> dict[str, Any]:
     """What the record keeps of a batch: ids, status, counts and its turnaround (created → ended)."""
     if not batch:
         return {}
     ids = list(batch.get("batch_ids") or ([batch["batch_id"]] if batch.get("batch_id") else []))
     created = batch.get("created_at")
-    ended = next((batch.get(k) for k in ("completed_at", "failed_at", "expired_at", "cancelled_at")
-                  if batch.get(k)), None)
+    ended = batch.get("ended_at")
     turnaround = float(ended) - float(created) if isinstance(created, (int, float)) and isinstance(
         ended, (int, float)) else batch.get("turnaround_s")
     return {"batch_ids": ids, "status": batch.get("status"), "request_counts": batch.get("request_counts"),
