@@ -75,7 +75,7 @@ class EvalItem(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
     id: str = Field(min_length=1)
-    question: str = Field(validation_alias=AliasChoices("input", "question"))
+    input: str = Field(validation_alias=AliasChoices("input", "question"))
     expected: str | None = None
     scorer: str = "exact"
     tolerance: float = 0.0
@@ -104,9 +104,9 @@ class EvalItem(BaseModel):
         return out
 
     @property
-    def input(self) -> str:
-        """The item's input (the shipped set calls it ``question``)."""
-        return self.question
+    def question(self) -> str:
+        """The item's input, by the shipped set's name for it."""
+        return self.input
 
 
 def load_eval_set(path: StorageTarget | None = None) -> list[EvalItem]:

@@ -71,6 +71,7 @@ __all__ = [
     "SampleResult",
     "SampleStatus",
     "TokenUsage",
+    "Verdict",
     "example_run_record",
 ]
 
@@ -82,6 +83,17 @@ Outcome = Literal["passed", "failed", "errored", "unparsed"]
 
 # Records are read back from the history written by older versions: unknown fields are kept, not refused.
 _RECORD = ConfigDict(extra="allow", frozen=False)
+
+
+class Verdict(BaseModel):
+    """One grader's verdict on one sample: ``graded`` (``score``, ``passed``), ``errored``, ``unparsed`` or
+    ``pending`` (a model-graded grader whose judge batch has not been read yet)."""
+
+    model_config = _RECORD
+    status: Literal["graded", "errored", "unparsed", "pending"]
+    score: float | None = None
+    passed: bool | None = None
+    detail: str | None = None
 
 
 class SampleResult(BaseModel):
@@ -101,6 +113,8 @@ class SampleResult(BaseModel):
         error_code: Why the sample is not graded (``batch_expired``, ``missing_result``, ``judge_unparsed``…).
         detail: A grader's explanation or the judge's unparsed reply, shortened.
         metadata: The item's metadata (``category``, ``difficulty``, any other key).
+        verdicts: Each grader's :class:`Verdict` by grader name (added in schema 1; may be empty in
+            hand-made records).
 
     Examples:
         >>> s = SampleResult(custom_id="q1", item_id="q1", model="m", status="graded", score=1.0, passed=True)
@@ -124,6 +138,7 @@ class SampleResult(BaseModel):
     error_code: str | None = None
     detail: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    verdicts: dict[str, Verdict] = Field(default_factory=dict)
 
     @property
     def outcome(self) -> Outcome:
