@@ -22,7 +22,7 @@ every answer as a **second batch**; paired statistics, a regression gate and one
 
 - `models`: a list; each a model name (the default connection) or
   `{"model": ..., "connection": <conn id>, "provider": ..., "price": {"input_per_million": ...,
-  "output_per_million": ...}}` (batch prices: the report's actual cost is usage × price).
+  "output_per_million": ...}}` (batch prices: the report's actual cost is usage x price).
 - `judge`: `{"model": ..., "connection": ...}` (the pinned judge) — required by this DAG.
 - `baseline`: the model the others are compared with (default: the first).
 - `min_drop`: the smallest drop (a share: 0.02 = 2 points) the gate fails on, when significant.
@@ -126,6 +126,7 @@ def eval_matrix() -> None:
         config = MatrixConfig.from_params(params or {})
         if config.judge is None:
             raise ValueError("the eval_matrix DAG grades with a judge: set the judge param ({model, connection})")
+        config.check()  # the eval set and the graders, before any batch is paid for
         return [{"conn_id": _conn(spec.connection), "requests": answer_requests(config, spec),
                  "metadata": {"eval": "matrix", "stage": "answers", "model": spec.model[:64]}}
                 for spec in config.models]

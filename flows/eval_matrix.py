@@ -9,7 +9,7 @@ model runs concurrently (``asyncio.gather``), each wait async, holding no thread
 3. ``run_batch`` again: the **judge batch**, through the judge's block (grading at batch price);
 4. ``score`` joins the judge's verdicts (an answer without a grade: *unparsed*, counted apart);
 5. ``report`` writes the HTML report (plots), Markdown, JSON (OpenAI's report shape) and each
-   model's history, publishes a markdown artifact (the model × category table) and a link artifact
+   model's history, publishes a markdown artifact (the model x category table) and a link artifact
    to the HTML page, then fails the run when a model dropped significantly (and by at least
    ``min_drop``) against its previous run.
 
@@ -116,7 +116,8 @@ async def _one_model(config: MatrixConfig, spec: ModelSpec, poll_interval: float
 @task(cache_policy=NO_CACHE)
 def report(config: MatrixConfig, models: list[dict[str, Any]], run_id: str) -> dict[str, Any]:
     """Record, comparisons, gate and report; the artifacts; then the gate (after the report is written)."""
-    run, shown = finish_run(config, models, run_id=run_id, pipeline="prefect", report_dir=storage.join(STORAGE, "matrix"))
+    run, shown = finish_run(config, models, run_id=run_id, pipeline="prefect",
+                            report_dir=storage.join(STORAGE, "matrix"))
     relative = f"runs/{Path(shown['html']).parent.name}/report.html"
     url = (REPORT_URL.rstrip("/") + "/" + relative) if REPORT_URL else (
         Path(shown["html"]).resolve().as_uri() if not storage.is_remote(STORAGE) else shown["html"])
@@ -146,6 +147,7 @@ async def eval_matrix(models: list[Any] | None = None, judge: Any = None, baseli
     config = MatrixConfig.from_params({**DEFAULTS, **{k: v for k, v in given.items() if v is not None}})
     if config.judge is None:
         raise ValueError("the eval-matrix flow grades with a judge: give judge={model, connection}")
+    await asyncio.to_thread(config.check)  # the eval set and the graders, before any batch is paid for
     run_id = _run_id()
     records = await asyncio.gather(*(_one_model(config, spec, poll_interval) for spec in config.models))
     return report(config, list(records), run_id)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from make_eval_set import answer_text  # noqa: E402  (the shipped set's own wrong-answer maker)
 
-from batch_ops.evals.matrix import judge_custom_id  # noqa: E402
+from batch_ops.evals.matrix import judge_prefix  # noqa: E402
 
 OUT = ROOT / "batch_ops" / "evals" / "data" / "matrix_run.jsonl"
 JUDGE = "demo-judge"
@@ -66,9 +66,14 @@ def main() -> None:
             content = answer_text(item, right, rng)
             out.append(line(item["id"], model, content, 18 + len(item["question"].split())))
             judged_right = right if rng.random() >= JUDGE_DISAGREES else not right
-            verdict = ("I would need more context to say." if n in unparsed
-                       else f"GRADE: {'C' if judged_right else 'I'}")
-            out.append(line(judge_custom_id(model, item["id"]), JUDGE, verdict, 70 + 2 * len(item["question"].split())))
+            if n in unparsed:
+                verdict = "The submission may be right; I would need more context to say."
+            elif judged_right:
+                verdict = "The submission matches the criterion.\nGRADE: C"
+            else:
+                verdict = "The submission does not match the criterion.\nGRADE: I"
+            prompt_tokens = 70 + 2 * len(item["question"].split())
+            out.append(line(f"{judge_prefix(model)}{item['id']}__j1", JUDGE, verdict, prompt_tokens))
     rng.shuffle(out)  # output files do not follow the input order
     with OUT.open("w") as fh:
         for rec in out:

@@ -38,39 +38,38 @@ Examples:
 from __future__ import annotations
 
 import datetime as dt
-import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from batch_ops import storage
 from batch_ops.errors import BatchOpsError, InputValidationError, Problem
-from batch_ops.evals.dataset import EvalItem, EvalSet, parse_custom_id, read_eval_set
-from batch_ops.evals.record import (
-    Aggregate,
-    Comparison,
-    Cost,
-    EvalSetInfo,
-    GateDecision,
-    GraderResult,
-    ModelRecord,
-    ResultCounts,
-    RunRecord,
-    SampleResult,
-    TokenUsage,
+from batch_ops.evals import grading
+from batch_ops.evals.dataset import EvalSet, read_eval_set
+from batch_ops.evals.graders import (
+    F1,
+    Exact,
+    Includes,
+    ItemScorer,
+    JsonMatch,
+    ModelGraded,
+    Normalise,
+    Numeric,
+    PythonGrader,
+    Regex,
+    check_graders,
 )
+from batch_ops.evals.record import Cost, EvalSetInfo, ModelRecord, RunRecord, SampleResult, TokenUsage
 from batch_ops.evals.render import read_model_history, write_run_report
-from batch_ops.evals.scoring import SCORERS
-from batch_ops.models import Batch
+from batch_ops.evals.report import ScoreRegressionError
+from batch_ops.models import Batch, ResultLine
 from batch_ops.storage import StorageTarget
 
 __all__ = [
     "DEMO_MATRIX",
     "MATRIX_RUN",
-    "EvalGateError",
     "EvalRunError",
     "JudgeSpec",
     "MatrixConfig",
@@ -80,7 +79,9 @@ __all__ = [
     "enforce_gate",
     "with_times",
     "finish_run",
+    "build_grader",
     "grade_answers",
+    "judge_prefix",
     "model_record",
 ]
 
@@ -105,10 +106,6 @@ DEMO_MATRIX: dict[str, Any] = {
 
 class EvalRunError(BatchOpsError):
     """A matrix run cannot go on: e.g. a model with no answer at all, so nothing to judge or report."""
-
-
-class EvalGateError(BatchOpsError):
-    """The regression gate failed the run: a model's score dropped significantly (and by at least the minimum)."""
 
 
 class Price(BaseModel):
@@ -144,10 +141,17 @@ class ModelSpec(BaseModel):
 class JudgeSpec(ModelSpec):
     """The judge: a pinned model (and its connection) that grades answers in a second batch.
 
-    ``template``: ``closed_qa`` (is the answer correct, given the expected one?).
+    Attributes:
+        template: ``closed_qa``, ``rubric`` or ``factuality`` (:data:`~batch_ops.evals.graders.TEMPLATES`).
+        criterion: The criterion or rubric (``{expected}`` and metadata fields allowed); None: the template's.
+        pass_threshold: The score a sample needs to pass.
+        max_tokens: The judge's answer length (it reasons before its grade).
     """
 
     template: str = "closed_qa"
+    criterion: str | None = None
+    pass_threshold: float = Field(default=1.0, ge=0, le=1)
+    max_tokens: int = Field(default=512, ge=1)
 
 
 class MatrixConfig(BaseModel):
@@ -162,6 +166,9 @@ class MatrixConfig(BaseModel):
         min_drop: The gate fails a model only on a significant drop of at least this much (0.02 = 2 points).
         alpha: The significance level of the gate's test.
         max_tokens: Most tokens per answer.
+        graders: The deterministic / Python graders (:func:`build_grader` forms); default ``item_scorer``,
+            each item's own scorer (the shipped set's way).
+        ci / cluster: How intervals are computed (``stderr``, ``bootstrap``, ``clustered`` by a metadata key).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -173,6 +180,9 @@ class MatrixConfig(BaseModel):
     min_drop: float = Field(default=0.02, ge=0, le=1)
     alpha: float = Field(default=0.05, gt=0, lt=1)
     max_tokens: int = Field(default=64, ge=1)
+    graders: list[str | dict[str, Any]] = Field(default_factory=lambda: list[str | dict[str, Any]](["item_scorer"]))
+    ci: Literal["stderr", "bootstrap", "clustered"] = "stderr"
+    cluster: str | None = None
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> MatrixConfig:
@@ -203,7 +213,16 @@ class MatrixConfig(BaseModel):
                                     fix="name one of the models, or leave baseline empty (the first model)"))
         if problems:
             raise InputValidationError(problems, source="models")
+        config.all_graders()  # a grader or judge set up wrong is refused here, before anything is spent
         return config
+
+    def check(self) -> EvalSet:
+        """Read the eval set and refuse, before any batch is paid for, what would fail later: template fields
+        an item lacks, graders needing an expected answer an item has not (line-numbered errors)."""
+        eval_set = self.eval_set_read()
+        eval_set.check()
+        check_graders(self.all_graders(), eval_set.items)
+        return eval_set
 
     @property
     def baseline_model(self) -> str:
@@ -218,6 +237,21 @@ class MatrixConfig(BaseModel):
     def eval_set_read(self) -> EvalSet:
         return read_eval_set(self.eval_set, template=self.template)
 
+    def grader_objects(self) -> list[Any]:
+        """The graders that grade as the answers come back (the judge is :meth:`judge_grader`)."""
+        return [build_grader(g) for g in self.graders]
+
+    def judge_grader(self) -> ModelGraded | None:
+        """The model-graded grader of the judge, pinned to its model (None without a judge)."""
+        if self.judge is None:
+            return None
+        return ModelGraded(judges=[self.judge.model], template=self.judge.template, criterion=self.judge.criterion,
+                           pass_threshold=self.judge.pass_threshold, max_tokens=self.judge.max_tokens)
+
+    def all_graders(self) -> list[Any]:
+        judge = self.judge_grader()
+        return [*self.grader_objects(), *([judge] if judge is not None else [])]
+
 
 # ---- step 1: the answers' requests -------------------------------------------------------------
 
@@ -229,31 +263,59 @@ def answer_requests(config: MatrixConfig, spec: ModelSpec) -> list[dict[str, Any
 
 # ---- step 3: deterministic grades, and the judge's requests --------------------------------------
 
-_JUDGE_SYSTEM = "You are a strict grader. You compare an answer with the expected answer."
-_CLOSED_QA = ("Question: {input}\nExpected answer: {expected}\nSubmitted answer: {answer}\n\n"
-              "Is the submitted answer correct, given the expected answer? Reply with one line: "
-              "GRADE: C if it is correct, GRADE: I if it is not.")
-_GRADE = re.compile(r"GRADE:\s*([CPI])\b")
-_GRADE_VALUE = {"C": 1.0, "P": 0.5, "I": 0.0}
-
-
-def judge_custom_id(model: str, custom_id: str) -> str:
-    """The judge request's id for one model's sample: the model in it, as one judge grades every model.
+def judge_prefix(model: str) -> str:
+    """What prefixes the judge's request ids for one model's answers: one judge grades every model, so
+    its ids (and the replay of a recorded judge) name the model whose answer it grades.
 
     Examples:
-        >>> judge_custom_id("demo-large", "arith-000")
-        'judge:demo-large:arith-000'
+        >>> judge_prefix("demo-large") + "arith-000__j1"
+        'demo-large__arith-000__j1'
     """
-    return f"judge:{model}:{custom_id}"
+    return f"{model}__"
 
 
-def _records_by_id(records: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
-    return {str(r["custom_id"]): r for r in records}
+_GRADER_KINDS: dict[str, type] = {"exact": Exact, "includes": Includes, "regex": Regex, "numeric": Numeric,
+                                  "json_match": JsonMatch, "f1": F1, "python": PythonGrader,
+                                  "item_scorer": ItemScorer}
 
 
-def _deterministic(item: EvalItem, answer: str) -> float:
-    scorer = SCORERS.get(item.scorer or "exact") or SCORERS["exact"]
-    return 1.0 if scorer(answer, item) else 0.0
+def build_grader(spec: str | Mapping[str, Any]) -> Any:
+    """A deterministic or Python grader from its params form: a kind name, or ``{"kind": ..., options}``.
+
+    ``normalise`` may be a mapping of :class:`~batch_ops.evals.graders.Normalise` options; a
+    ``python`` grader names its function as ``"package.module:function"``.
+
+    Examples:
+        >>> build_grader("exact").name, build_grader({"kind": "numeric", "tolerance": 0.01}).tolerance
+        ('exact', 0.01)
+        >>> build_grader({"kind": "exact", "normalise": {"punctuation": True}}).normalise.punctuation
+        True
+    """
+    raw: dict[str, Any] = {"kind": spec} if isinstance(spec, str) else dict(spec)
+    kind = str(raw.pop("kind", ""))
+    cls = _GRADER_KINDS.get(kind)
+    if cls is None:
+        raise InputValidationError([Problem(rule="unknown_grader", param="graders", message=f"grader kind {kind!r}",
+                                            fix=f"one of {sorted(_GRADER_KINDS)}; the judge is the judge param")],
+                                   source="graders")
+    if isinstance(raw.get("normalise"), Mapping):
+        raw["normalise"] = Normalise(**raw["normalise"])
+    if kind == "python" and "function" in raw:
+        raw["fn"] = raw.pop("function")
+    return cls(**raw)
+
+
+def _records_to_results(records: Iterable[Mapping[str, Any]]) -> list[ResultLine]:
+    """The adapters' result records (``OpenAIBatchHook.get_results``, ``read_batch_results``) as result lines."""
+    out = []
+    for r in records:
+        if r.get("ok"):
+            out.append(ResultLine(custom_id=str(r["custom_id"]), response={"status_code": 200, "body": r.get("body")}))
+        else:
+            error = r.get("error") or {}
+            out.append(ResultLine(custom_id=str(r["custom_id"]),
+                                  error={"code": error.get("code") or "error", "message": error.get("message")}))
+    return out
 
 
 def grade_answers(config: MatrixConfig, spec: ModelSpec, records: Sequence[Mapping[str, Any]],
@@ -262,56 +324,26 @@ def grade_answers(config: MatrixConfig, spec: ModelSpec, records: Sequence[Mappi
 
     A request with no successful result is a ``failed`` sample (``error_code`` says why: the
     error line's code, ``batch_expired``, ``missing_result``): counted apart, never a wrong
-    answer. Returns JSON: ``model``, ``samples`` (without the judge's verdicts yet),
-    ``judge_requests`` (empty without a judge), ``usage``, ``batch``.
+    answer. Returns JSON: ``model``, ``samples`` (the judge's verdicts pending), ``judge_requests``
+    (empty without a judge), ``usage``, ``batch``.
     """
-    items = {i.id: i for i in config.eval_set_read().items}
-    by_id = _records_by_id(records)
-    samples: list[SampleResult] = []
+    eval_set = config.eval_set_read()
+    results = _records_to_results(records)
+    samples = grading.grade_answers(eval_set, results, config.all_graders(), model=spec.model)
     judge: list[dict[str, Any]] = []
-    usage = TokenUsage()
-    expired = str((batch or {}).get("status")) in ("expired", "cancelled")
-    for custom_id in (r["custom_id"] for r in answer_requests(config, spec)):
-        item_id, epoch = parse_custom_id(custom_id)
-        item = items[item_id]
-        rec = by_id.get(custom_id)
-        common = {"custom_id": custom_id, "item_id": item_id, "model": spec.model, "epoch": epoch,
-                  "expected": item.expected, "metadata": {**item.metadata, "category": item.category}}
-        if rec is not None:
-            usage = _add_usage(usage, rec.get("usage"))
-        if rec is None or not rec.get("ok") or rec.get("text") is None:
-            code = ((rec or {}).get("error") or {}).get("code") if rec else None
-            code = code or (f"batch_{(batch or {}).get('status')}" if expired else "missing_result")
-            samples.append(SampleResult(**common, status="failed", error_code=str(code)))
-            continue
-        answer = str(rec["text"])
-        exact = _deterministic(item, answer)
-        samples.append(SampleResult(**common, status="graded", score=exact, passed=exact >= 1.0,
-                                    scores={"exact": exact}, answer=answer))
-        if config.judge is not None:
-            judge.append({"custom_id": judge_custom_id(spec.model, custom_id), "model": config.judge.model,
-                          "system": _JUDGE_SYSTEM, "max_tokens": 16, "temperature": 0.0,
-                          "messages": [{"role": "user", "content": _CLOSED_QA.format(
-                              input=item.input, expected=item.expected or "", answer=answer)}]})
-    if config.judge is not None and not judge:
-        # Nothing to judge: no answer came back. A judge batch of nothing cannot be created, and a report
-        # of a model with no answer is no eval: say what happened, loudly.
-        codes = sorted({str(s.error_code) for s in samples})
-        raise EvalRunError(f"model {spec.model!r}: none of its {len(samples)} requests has an answer "
-                           f"({', '.join(codes)}); nothing to judge. Fix: check the model's connection and "
-                           f"batch {((batch or {}).get('batch_id'))!r}, then run again")
+    judge_grader = config.judge_grader()
+    if judge_grader is not None:
+        items = {i.id: i for i in eval_set.items}
+        judge = [r.as_dict() for r in judge_grader.judge_requests(samples, items, prefix=judge_prefix(spec.model))]
+        if not judge:
+            # Nothing to judge: no answer came back. A judge batch of nothing cannot be created, and a report
+            # of a model with no answer is no eval: say what happened, loudly.
+            codes = sorted({str(s.error_code) for s in samples})
+            raise EvalRunError(f"model {spec.model!r}: none of its {len(samples)} requests has an answer "
+                               f"({', '.join(codes)}); nothing to judge. Fix: check the model's connection and "
+                               f"batch {((batch or {}).get('batch_id'))!r}, then run again")
     return {"model": spec.model, "samples": [s.model_dump(mode="json") for s in samples], "judge_requests": judge,
-            "usage": usage.model_dump(), "batch": _batch_summary(batch)}
-
-
-def _add_usage(usage: TokenUsage, raw: Any) -> TokenUsage:
-    raw = raw if isinstance(raw, Mapping) else {}
-    details = raw.get("input_tokens_details") or raw.get("prompt_tokens_details") or {}
-    return TokenUsage(requests=usage.requests + 1,
-                      input_tokens=usage.input_tokens + int(raw.get("input_tokens") or raw.get("prompt_tokens") or 0),
-                      output_tokens=usage.output_tokens + int(raw.get("output_tokens")
-                                                              or raw.get("completion_tokens") or 0),
-                      cached_tokens=usage.cached_tokens + int((details or {}).get("cached_tokens") or 0))
+            "usage": grading.usage_of(results).model_dump(), "batch": _batch_summary(batch)}
 
 
 def with_times(outcome: Mapping[str, Any], batches: Sequence[Batch]) -> dict[str, Any]:
@@ -336,8 +368,7 @@ def _batch_summary(batch: Mapping[str, Any] | None) -> dict[str, Any]:
     if not batch:
         return {}
     ids = list(batch.get("batch_ids") or ([batch["batch_id"]] if batch.get("batch_id") else []))
-    created = batch.get("created_at")
-    ended = batch.get("ended_at")
+    created, ended = batch.get("created_at"), batch.get("ended_at")
     turnaround = float(ended) - float(created) if isinstance(created, (int, float)) and isinstance(
         ended, (int, float)) else batch.get("turnaround_s")
     return {"batch_ids": ids, "status": batch.get("status"), "request_counts": batch.get("request_counts"),
@@ -351,138 +382,59 @@ def model_record(config: MatrixConfig, spec: ModelSpec, graded: Mapping[str, Any
                  judge_batch: Mapping[str, Any] | None = None) -> ModelRecord:
     """One model's record: each sample's final status and score, aggregates with intervals, cost, time.
 
-    With a judge, its verdict is the sample's score (``scores["judge"]``; the deterministic grade
-    stays in ``scores["exact"]``); a judge answer with no ``GRADE:`` is ``unparsed`` and a failed
-    judge request ``errored``: both counted apart, and 0 in ``overall``, never a better score.
+    A judge answer with no grade is ``unparsed`` and a failed judge request ``errored``: both counted
+    apart, and 0 in ``overall``, never a better score (:mod:`batch_ops.evals.grading`).
     """
     samples = [SampleResult.model_validate(s) for s in graded["samples"]]
+    judge_grader = config.judge_grader()
     judge_usage = None
-    if config.judge is not None:
-        by_id = _records_by_id(judge_records or [])
-        judge_usage = TokenUsage()
-        for i, s in enumerate(samples):
-            if s.status != "graded":
-                continue
-            rec = by_id.get(judge_custom_id(spec.model, s.custom_id))
-            if rec is not None:
-                judge_usage = _add_usage(judge_usage, rec.get("usage"))
-            if rec is None or not rec.get("ok") or rec.get("text") is None:
-                code = ((rec or {}).get("error") or {}).get("code") if rec else "missing_result"
-                samples[i] = s.model_copy(update={"status": "errored", "score": None, "passed": None,
-                                                  "error_code": f"judge_{code or 'failed'}",
-                                                  "scores": {**s.scores, "judge": None}})
-                continue
-            found = _GRADE.search(str(rec["text"]))
-            if found is None:
-                samples[i] = s.model_copy(update={"status": "unparsed", "score": None, "passed": None,
-                                                  "error_code": "judge_unparsed", "detail": str(rec["text"])[:200],
-                                                  "scores": {**s.scores, "judge": None}})
-                continue
-            value = _GRADE_VALUE[found.group(1)]
-            samples[i] = s.model_copy(update={"score": value, "passed": value >= 0.5,
-                                              "scores": {**s.scores, "judge": value}})
-    counts = ResultCounts.tally(samples)
+    if judge_grader is not None:
+        results = _records_to_results(judge_records or [])
+        grades = judge_grader.grades_from_judge(results, prefix=judge_prefix(spec.model))
+        samples = grading.apply_judge(samples, judge_grader, grades)
+        judge_usage = grading.usage_of(results)
     usage = TokenUsage.model_validate(graded.get("usage") or {})
     answers_batch = graded.get("batch") or {}
     judges = _batch_summary(judge_batch)
-    by_cat: dict[str, list[float]] = {}
-    for s in samples:
-        by_cat.setdefault(s.category, []).append(s.score or 0.0)
     turnaround = [t for t in (answers_batch.get("turnaround_s"), judges.get("turnaround_s")) if t is not None]
-    return ModelRecord(
-        model=spec.model, provider=spec.provider or "openai", connection=spec.connection,
-        overall=_mean_ci([s.score or 0.0 for s in samples]),
-        answered=_mean_ci([s.score or 0.0 for s in samples if s.status == "graded"]),
-        by_category={c: _mean_ci(v) for c, v in sorted(by_cat.items())},
-        result_counts=counts,
-        graders=_grader_results(config, samples),
-        usage=usage,
-        cost=Cost(actual=spec.price.cost(usage) if spec.price else None,
-                  currency=spec.price.currency if spec.price else "USD"),
-        judge_usage=judge_usage,
-        judge_cost=None if config.judge is None else Cost(
-            actual=config.judge.price.cost(judge_usage) if config.judge.price and judge_usage else None),
+    judge_price = config.judge.price if config.judge else None
+    return grading.model_record(
+        samples, model=spec.model, graders=config.all_graders(), provider=spec.provider or "openai",
+        connection=spec.connection, ci=config.ci, cluster=config.cluster, usage=usage, judge_usage=judge_usage,
+        cost=Cost(actual=spec.price.cost(usage), currency=spec.price.currency) if spec.price else Cost(),
+        judge_cost=None if judge_usage is None else (
+            Cost(actual=judge_price.cost(judge_usage), currency=judge_price.currency) if judge_price else Cost()),
         turnaround_s=sum(turnaround) if turnaround else None,
         batch_ids=[*answers_batch.get("batch_ids", []), *judges.get("batch_ids", [])],
-        complete=counts.complete,
-        samples=samples,
     )
 
 
-def _grader_results(config: MatrixConfig, samples: Sequence[SampleResult]) -> list[GraderResult]:
-    out = []
-    names = ["exact", *(["judge"] if config.judge is not None else [])]
-    for name in names:
-        values = [s.scores.get(name) for s in samples if name in s.scores]
-        given = [v for v in values if v is not None]
-        out.append(GraderResult(
-            name=name, kind="model_graded" if name == "judge" else "exact",
-            passed=sum(1 for v in given if v >= (0.5 if name == "judge" else 1.0)),
-            failed=sum(1 for v in given if v < (0.5 if name == "judge" else 1.0)),
-            errored=sum(1 for s in samples if s.status in ("failed", "errored") and s.scores.get(name) is None),
-            unparsed=sum(1 for s in samples if s.status == "unparsed") if name == "judge" else 0,
-            mean=_mean_ci(given) if given else None,
-            judge_models=[config.judge.model] if name == "judge" and config.judge else []))
-    return out
-
-
-# ---- statistics --------------------------------------------------------------------------------
-
-_Z = 1.959963984540054
-
-
-def _mean_ci(values: Sequence[float]) -> Aggregate:
-    """Mean with a 95 % normal interval on the standard error, clipped to 0..1."""
-    n = len(values)
-    if n == 0:
-        return Aggregate(n=0, mean=0.0, ci_low=0.0, ci_high=0.0, method="none")
-    mean = sum(values) / n
-    if n < 2:
-        return Aggregate(n=n, mean=mean, ci_low=mean, ci_high=mean, method="none")
-    se = math.sqrt(sum((x - mean) ** 2 for x in values) / (n - 1) / n)
-    return Aggregate(n=n, mean=round(mean, 6), ci_low=round(max(0.0, mean - _Z * se), 6),
-                     ci_high=round(min(1.0, mean + _Z * se), 6), method="stderr", stderr=round(se, 6))
-
-
-def _paired(model: ModelRecord, reference: Mapping[str, float], *, kind: str, ref_name: str,
-            alpha: float) -> Comparison | None:
-    """Paired difference (this minus reference) over the samples both have, with a normal interval and test."""
-    mine = _scores_of(model)
-    pairs = [(mine[k], reference[k]) for k in sorted(set(mine) & set(reference))]
-    n = len(pairs)
-    if n < 2:
-        return None
-    diffs = [a - b for a, b in pairs]
-    d = sum(diffs) / n
-    se = math.sqrt(sum((x - d) ** 2 for x in diffs) / (n - 1) / n)
-    z = d / se if se > 0 else (0.0 if d == 0 else math.copysign(math.inf, d))
-    p = math.erfc(abs(z) / math.sqrt(2)) if math.isfinite(z) else 0.0
-    return Comparison(model=model.model, kind=kind, reference=ref_name, n=n,  # type: ignore[arg-type]
-                      mean=round(sum(a for a, _ in pairs) / n, 6), reference_mean=round(sum(b for _, b in pairs) / n, 6),
-                      diff=round(d, 6), ci_low=round(d - _Z * se, 6), ci_high=round(d + _Z * se, 6),
-                      p_value=round(p, 6), significant=p < alpha)
-
-
-def _scores_of(model: ModelRecord) -> dict[str, float]:
-    return {f"{s.item_id}#{s.epoch}": s.score or 0.0 for s in model.samples}
-
-
-def _previous_record(report_dir: StorageTarget, history: Sequence[Mapping[str, Any]], model: str,
-                     eval_hash: str) -> tuple[str, ModelRecord] | None:
-    """The model's newest recorded run of the same eval set, as its full record (for the paired comparison)."""
-    runs = [h for h in history if h.get("eval_set_hash") == eval_hash]
-    if not runs:
-        return None
-    text = storage.read_text(storage.join(report_dir, *str(runs[-1]["record"]).split("/")), default=None)
-    if not text:
-        return None
-    try:
-        return str(runs[-1]["run_id"]), RunRecord.from_json(text).model(model)
-    except (ValueError, KeyError):  # a record from an older writer that lost the model: no comparison
-        return None
-
-
 # ---- the run: record, comparisons, gate, report -------------------------------------------------
+
+def _previous_run(report_dir: StorageTarget, history: Mapping[str, Sequence[Mapping[str, Any]]],
+                  eval_hash: str) -> RunRecord | None:
+    """Each model's newest recorded run of the same eval set, as one record to compare with (None: none yet)."""
+    models: list[ModelRecord] = []
+    runs: list[str] = []
+    info: EvalSetInfo | None = None
+    for model, entries in history.items():
+        same = [h for h in entries if h.get("eval_set_hash") == eval_hash]
+        if not same:
+            continue
+        text = storage.read_text(storage.join(report_dir, *str(same[-1]["record"]).split("/")), default=None)
+        if not text:
+            continue
+        try:
+            record = RunRecord.from_json(text)
+            models.append(record.model(model))
+        except (ValueError, KeyError):  # a record that lost the model, or unreadable: no comparison for it
+            continue
+        info = record.eval_set
+        runs.append(record.run_id)
+    if not models or info is None:
+        return None
+    return RunRecord(run_id=",".join(sorted(set(runs))), eval_set=info, models=models)
+
 
 def finish_run(config: MatrixConfig, models: Sequence[ModelRecord | Mapping[str, Any]], *, run_id: str,
                pipeline: str, report_dir: StorageTarget, started_at: dt.datetime | None = None,
@@ -493,24 +445,12 @@ def finish_run(config: MatrixConfig, models: Sequence[ModelRecord | Mapping[str,
     """
     records = [m if isinstance(m, ModelRecord) else ModelRecord.model_validate(m) for m in models]
     eval_set = config.eval_set_read()
-    info = EvalSetInfo(name=eval_set.name, hash=eval_set.hash, n_items=len(eval_set.items), source=eval_set.source)
-    comparisons: list[Comparison] = []
-    base = next((m for m in records if m.model == config.baseline_model), None)
     history = read_model_history(report_dir, [m.model for m in records])
-    for m in records:
-        previous = _previous_record(report_dir, history.get(m.model, []), m.model, info.hash)
-        if previous is not None:
-            c = _paired(m, _scores_of(previous[1]), kind="previous_run", ref_name=previous[0], alpha=config.alpha)
-            if c is not None:
-                comparisons.append(c)
-        if base is not None and m is not base:
-            c = _paired(m, _scores_of(base), kind="baseline_model", ref_name=base.model, alpha=config.alpha)
-            if c is not None:
-                comparisons.append(c)
-    now = dt.datetime.now(dt.UTC)
-    run = RunRecord(run_id=run_id, pipeline=pipeline, started_at=started_at or now, finished_at=now, eval_set=info,
-                    graders=_grader_descriptions(config), models=records, comparisons=comparisons,
-                    gate=_gate(config, records, comparisons), baseline_model=config.baseline_model)
+    run = grading.run_record(
+        run_id=run_id, eval_set=eval_set, models=records, graders=config.all_graders(),
+        previous=_previous_run(report_dir, history, eval_set.hash), baseline_model=config.baseline_model,
+        min_drop=config.min_drop, alpha=config.alpha, cluster=config.cluster, pipeline=pipeline,
+        started_at=started_at or dt.datetime.now(dt.UTC))
     with storage.local_folder(report_dir) as root:
         files = write_run_report(run, root, history)
         shown = files.as_dict()
@@ -520,43 +460,12 @@ def finish_run(config: MatrixConfig, models: Sequence[ModelRecord | Mapping[str,
     return run, shown
 
 
-def _grader_descriptions(config: MatrixConfig) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = [{"name": "exact", "kind": "exact", "options": {"scorer": "per item (exact, "
-                                                                                "contains, numeric)"}}]
-    if config.judge is not None:
-        out.append({"name": "judge", "kind": "model_graded", "template": config.judge.template,
-                    "judge_models": [config.judge.model], "grade_pattern": _GRADE.pattern})
-    return out
-
-
-def _gate(config: MatrixConfig, models: Sequence[ModelRecord], comparisons: Sequence[Comparison]) -> GateDecision:
-    """Fail on a drop vs the previous run that is significant AND at least ``min_drop``; incomplete apart."""
-    previous = [c for c in comparisons if c.kind == "previous_run"]
-    failing = [c for c in previous if c.significant and c.diff < 0 and -c.diff >= config.min_drop - 1e-12]
-    incomplete = [m for m in models if not m.complete]
-    if failing:
-        reason = "; ".join(f"{c.model}: {c.reference_mean:.1%} → {c.mean:.1%} ({c.diff * 100:+.1f} points, "
-                           f"95% CI [{c.ci_low * 100:+.1f}, {c.ci_high * 100:+.1f}], p={c.p_value:.3g})"
-                           for c in failing)
-        return GateDecision(status="fail", reason=f"significant drop of at least {config.min_drop * 100:.1f} points "
-                            f"vs the previous run: {reason}", min_drop=config.min_drop, alpha=config.alpha,
-                            failing=[c.model for c in failing])
-    if incomplete:
-        reason = "; ".join(f"{m.model}: {m.result_counts.errored} errored, {m.result_counts.unparsed} unparsed"
-                           for m in incomplete)
-        return GateDecision(status="incomplete", reason=f"{reason} (counted as 0, never a better score); "
-                            "no significant drop vs the previous run", min_drop=config.min_drop, alpha=config.alpha)
-    if not previous:
-        return GateDecision(status="no_reference", reason="first recorded run of this eval set: nothing to compare "
-                            "with yet", min_drop=config.min_drop, alpha=config.alpha)
-    return GateDecision(status="pass", reason="no significant drop of at least "
-                        f"{config.min_drop * 100:.1f} points vs the previous run", min_drop=config.min_drop,
-                        alpha=config.alpha)
-
-
 def enforce_gate(run: RunRecord, report: Mapping[str, str] | None = None) -> None:
-    """Raise :class:`EvalGateError` when the gate failed the run (the report is written already)."""
-    if run.gate is not None and run.gate.status == "fail":
-        where = f"; report: {report.get('html')}" if report else ""
-        raise EvalGateError(f"eval gate failed: {run.gate.reason}{where}; fix the regression, or raise min_drop "
-                            "if the change is expected")
+    """Raise :class:`~batch_ops.evals.ScoreRegressionError` when the gate failed the run (the report is
+    written already: its place is in the message)."""
+    try:
+        grading.check_gate(run)
+    except ScoreRegressionError as exc:
+        if report:
+            raise ScoreRegressionError(f"{exc}; report: {report.get('html')}") from None
+        raise

@@ -89,13 +89,13 @@ def safe_name(text: str) -> str:
 # ---- formatting -----------------------------------------------------------------------------------
 
 def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{x * 100:.1f}%"
+    return "-" if x is None else f"{x * 100:.1f}%"
 
 
 def _interval(a: Aggregate | None) -> str:
     """``71.4% [64.9, 77.9]``: the mean and its interval in points."""
     if a is None:
-        return "–"
+        return "-"
     if a.method == "none" or a.n < 2:
         return f"{_pct(a.mean)} (n={a.n})"
     return f"{_pct(a.mean)} [{a.ci_low * 100:.1f}, {a.ci_high * 100:.1f}]"
@@ -103,17 +103,17 @@ def _interval(a: Aggregate | None) -> str:
 
 def _money(x: float | None, currency: str = "USD") -> str:
     if x is None:
-        return "–"
+        return "-"
     sign = "$" if currency == "USD" else f"{currency} "
     return f"{sign}{x:.4f}" if x < 1 else f"{sign}{x:,.2f}"
 
 
 def _estimate(low: float | None, high: float | None, currency: str = "USD") -> str:
     if low is None and high is None:
-        return "–"
+        return "-"
     if low == high or high is None:
         return _money(low, currency)
-    return f"{_money(low, currency)}–{_money(high, currency)}"
+    return f"{_money(low, currency)}-{_money(high, currency)}"
 
 
 def _total_cost(m: ModelRecord) -> float | None:
@@ -125,7 +125,7 @@ def _total_cost(m: ModelRecord) -> float | None:
 
 def _seconds(s: float | None) -> str:
     if s is None:
-        return "–"
+        return "-"
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
@@ -143,7 +143,7 @@ def _counts(m: ModelRecord) -> str:
 
 
 def matrix_rows(run: RunRecord) -> list[list[str]]:
-    """The model × category table as strings: model, overall, each category, counts, cost, judge cost, time.
+    """The model x category table as strings: model, overall, each category, counts, cost, judge cost, time.
 
     The header is :func:`matrix_header`; the demo prints these rows, the Markdown and the HTML tables hold them.
     """
@@ -155,7 +155,7 @@ def matrix_rows(run: RunRecord) -> list[list[str]]:
             _counts(m),
             f"{_estimate(m.cost.estimate_low, m.cost.estimate_high, m.cost.currency)} / "
             f"{_money(m.cost.actual, m.cost.currency)}",
-            _money(judge.actual, judge.currency) if judge else "–",
+            _money(judge.actual, judge.currency) if judge else "-",
             _seconds(m.turnaround_s),
             "yes" if m.complete else "NO",
         ])
@@ -317,7 +317,7 @@ def _comparison_rows(run: RunRecord) -> list[list[str]]:
     return [[c.model, "previous run" if c.kind == "previous_run" else f"baseline {c.reference}",
              f"{c.reference_mean * 100:.1f}% → {c.mean * 100:.1f}%",
              f"{c.diff * 100:+.1f} [{c.ci_low * 100:+.1f}, {c.ci_high * 100:+.1f}]",
-             "–" if c.p_value is None else f"{c.p_value:.3f}", "yes" if c.significant else "no", str(c.n)]
+             "-" if c.p_value is None else f"{c.p_value:.3f}", "yes" if c.significant else "no", str(c.n)]
             for c in run.comparisons]
 
 
@@ -326,7 +326,7 @@ _COMPARISON_HEADER = ["model", "against", "score", "difference, points [95% CI]"
 
 def _grader_rows(run: RunRecord) -> list[list[str]]:
     return [[m.model, g.name, g.kind, str(g.passed), str(g.failed), str(g.errored), str(g.unparsed),
-             _interval(g.mean), ", ".join(g.judge_models) or "–"] for m in run.models for g in m.graders]
+             _interval(g.mean), ", ".join(g.judge_models) or "-"] for m in run.models for g in m.graders]
 
 
 _GRADER_HEADER = ["model", "grader", "kind", "passed", "failed", "errored", "unparsed", "mean [95% CI]", "judge"]
@@ -337,13 +337,13 @@ def _usage_rows(run: RunRecord) -> list[list[str]]:
     for m in run.models:
         rows.append([m.model, "answers", str(m.usage.requests), f"{m.usage.input_tokens:,}",
                      f"{m.usage.output_tokens:,}", _estimate(m.cost.estimate_low, m.cost.estimate_high),
-                     _money(m.cost.actual), ", ".join(m.batch_ids[:1]) or "–"])
+                     _money(m.cost.actual), ", ".join(m.batch_ids[:1]) or "-"])
         if m.judge_usage is not None:
             judge = m.judge_cost
             rows.append([m.model, "judge", str(m.judge_usage.requests), f"{m.judge_usage.input_tokens:,}",
                          f"{m.judge_usage.output_tokens:,}",
-                         _estimate(judge.estimate_low, judge.estimate_high) if judge else "–",
-                         _money(judge.actual) if judge else "–", ", ".join(m.batch_ids[1:]) or "–"])
+                         _estimate(judge.estimate_low, judge.estimate_high) if judge else "-",
+                         _money(judge.actual) if judge else "-", ", ".join(m.batch_ids[1:]) or "-"])
     return rows
 
 
@@ -355,12 +355,12 @@ def _not_graded(run: RunRecord, limit: int = 30) -> list[list[str]]:
     for m in run.models:
         for s in m.samples:
             if s.status != "graded":
-                rows.append([m.model, s.item_id, s.status, s.error_code or "–", (s.detail or "")[:80]])
+                rows.append([m.model, s.item_id, s.status, s.error_code or "-", (s.detail or "")[:80]])
     return rows[:limit]
 
 
 def markdown_report(run: RunRecord) -> str:
-    """The report as Markdown: headline, the model × category matrix, comparisons, graders, usage and cost."""
+    """The report as Markdown: headline, the model x category matrix, comparisons, graders, usage and cost."""
     when = run.finished_at or run.started_at
     lines = [f"# Eval run {run.eval_set.name} — {run.run_id}", "",
              f"*{run.pipeline}, {when:%Y-%m-%d %H:%M UTC}; {run.eval_set.n_items} items, "

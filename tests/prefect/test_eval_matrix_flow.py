@@ -15,7 +15,8 @@ from types import ModuleType
 
 import pytest
 
-from batch_ops.evals.matrix import MATRIX_RUN, EvalGateError
+from batch_ops.evals import ScoreRegressionError
+from batch_ops.evals.matrix import MATRIX_RUN
 from batch_ops.evals.record import RunRecord
 
 FLOW_FILE = Path(__file__).resolve().parents[2] / "flows" / "eval_matrix.py"
@@ -39,13 +40,13 @@ def worse_large(path: Path) -> Path:
         line = json.loads(raw)
         body = line["response"]["body"]
         cid: str = line["custom_id"]
-        if body["model"] == "demo-large" or cid.startswith("judge:demo-large:"):
+        if body["model"] == "demo-large" or cid.startswith("demo-large__"):
             continue
         out.append(json.dumps(line))
         if body["model"] == "demo-small":
             body["model"] = "demo-large"
-        elif cid.startswith("judge:demo-small:"):
-            line["custom_id"] = cid.replace("judge:demo-small:", "judge:demo-large:")
+        elif cid.startswith("demo-small__"):
+            line["custom_id"] = "demo-large__" + cid.removeprefix("demo-small__")
         else:
             continue
         out.append(json.dumps(line))
@@ -70,7 +71,7 @@ def test_eval_matrix_flow_runs_three_models_and_gates_a_real_regression(
     with make_server(engine="replay", replay_files=(str(worse_large(tmp_path / "worse.jsonl")),), seed=3,
                      api_key="local-matrix-key") as url:
         monkeypatch.setenv("OPENAI_BASE_URL", url)
-        with pytest.raises(EvalGateError, match="demo-large"):
+        with pytest.raises(ScoreRegressionError, match="demo-large"):
             asyncio.run(module.eval_matrix(poll_interval=0.1))
     runs = sorted((tmp_path / "matrix" / "runs").glob("*/record.json"))
     assert len(runs) == 2  # the failing run's report was written before the gate failed it
