@@ -142,14 +142,29 @@ def _counts(m: ModelRecord) -> str:
     return f"{c.passed}/{c.failed}/{c.errored}/{c.unparsed}"
 
 
-def matrix_rows(run: RunRecord) -> list[list[str]]:
+def _short_interval(a: Aggregate | None) -> str:
+    """``86.2 ±4.1``: the mean and the interval's half width, in points (the console's narrow form)."""
+    if a is None:
+        return "-"
+    if a.method == "none" or a.n < 2:
+        return f"{a.mean * 100:.1f}"
+    return f"{a.mean * 100:.1f} ±{a.half_width * 100:.1f}"
+
+
+def matrix_rows(run: RunRecord, *, compact: bool = False) -> list[list[str]]:
     """The model x category table as strings: model, overall, each category, counts, cost, judge cost, time.
 
-    The header is :func:`matrix_header`; the demo prints these rows, the Markdown and the HTML tables hold them.
+    The header is :func:`matrix_header`; the Markdown and the HTML tables hold these rows. ``compact``:
+    a console's narrow form (``86.2 ±4.1`` points; one cost column, answers + judge, actual).
     """
     rows = []
     for m in run.models:
         judge = m.judge_cost
+        if compact:
+            rows.append([m.model, _short_interval(m.overall),
+                         *[_short_interval(m.by_category.get(c)) for c in _categories(run)], _counts(m),
+                         _money(_total_cost(m), m.cost.currency), _seconds(m.turnaround_s)])
+            continue
         rows.append([
             m.model, _interval(m.overall), *[_interval(m.by_category.get(c)) for c in _categories(run)],
             _counts(m),
@@ -162,8 +177,10 @@ def matrix_rows(run: RunRecord) -> list[list[str]]:
     return rows
 
 
-def matrix_header(run: RunRecord) -> list[str]:
+def matrix_header(run: RunRecord, *, compact: bool = False) -> list[str]:
     """Column names of :func:`matrix_rows`."""
+    if compact:
+        return ["model", "overall", *_categories(run), "p/f/e/u", "cost", "time"]
     return ["model", "overall [95% CI]", *_categories(run), "pass/fail/err/unparsed", "cost est. / actual",
             "judge cost", "turnaround", "complete"]
 
