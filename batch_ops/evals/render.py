@@ -275,7 +275,7 @@ def _trend_plot(plt: Any, history: Mapping[str, Sequence[Mapping[str, Any]]]) ->
 
 def _category_plot(plt: Any, run: RunRecord) -> str:
     cats = _categories(run)
-    fig, ax = plt.subplots(figsize=(max(7.5, 1.1 * len(cats) * max(len(run.models), 1) * 0.45 + 3), 3.8), dpi=100)
+    fig, ax = plt.subplots(figsize=(7.5, 3.8), dpi=100)
     width = 0.8 / max(len(run.models), 1)
     for i, m in enumerate(run.models):
         aggs = [m.by_category.get(c) for c in cats]
