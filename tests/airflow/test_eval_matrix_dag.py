@@ -45,17 +45,47 @@ def _xcom(home: Path, task_id: str, key: str = "return_value") -> list[object]:
     return [json.loads(v) for (v,) in rows]
 
 
-def test_eval_matrix_dag_three_models_judge_gate_report(make_server: Callable[..., AbstractContextManager[str]],
-                                                        tmp_path: Path) -> None:
-    env = _env(tmp_path)
-    started = time.monotonic()
-    migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
-    assert migrate.returncode == 0, migrate.stderr[-2000:]
-    with make_server(engine="replay", replay_files=(str(MATRIX_RUN),), seed=5, api_key=KEY) as url:
+def _dags_test(make_server: Callable[..., AbstractContextManager[str]], env: dict[str, str],
+               recording: Path) -> subprocess.CompletedProcess[str]:
+    with make_server(engine="replay", replay_files=(str(recording),), seed=5, api_key=KEY) as url:
         env["AIRFLOW_CONN_OPENAI_BATCH_DEFAULT"] = json.dumps({"conn_type": "openaibatch", "host": url,
                                                                "password": KEY})
-        run = subprocess.run([AIRFLOW, "dags", "test", "eval_matrix"], env=env, capture_output=True, text=True,
-                             timeout=600)
+        return subprocess.run([AIRFLOW, "dags", "test", "eval_matrix"], env=env, capture_output=True, text=True,
+                              timeout=600)
+
+
+def _migrated(tmp_path: Path) -> dict[str, str]:
+    env = _env(tmp_path)
+    migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
+    assert migrate.returncode == 0, migrate.stderr[-2000:]
+    return env
+
+
+def worse_large(path: Path) -> Path:
+    """The demo recording where ``demo-large`` answers (and is judged) as ``demo-small`` was: a real regression."""
+    out = []
+    for raw in MATRIX_RUN.read_text().splitlines():
+        line = json.loads(raw)
+        body, cid = line["response"]["body"], str(line["custom_id"])
+        if body["model"] == "demo-large" or cid.startswith("demo-large__"):
+            continue
+        out.append(json.dumps(line))
+        if body["model"] == "demo-small":
+            body["model"] = "demo-large"
+        elif cid.startswith("demo-small__"):
+            line["custom_id"] = "demo-large__" + cid.removeprefix("demo-small__")
+        else:
+            continue
+        out.append(json.dumps(line))
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+def test_eval_matrix_dag_three_models_judge_gate_report(make_server: Callable[..., AbstractContextManager[str]],
+                                                        tmp_path: Path) -> None:
+    started = time.monotonic()
+    env = _migrated(tmp_path)
+    run = _dags_test(make_server, env, MATRIX_RUN)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-4000:]
     assert "state=success" in log and KEY not in log
@@ -84,3 +114,19 @@ def test_eval_matrix_dag_three_models_judge_gate_report(make_server: Callable[..
     assert str(link).startswith("file://") and str(link).endswith("/report.html")
     assert Path(str(link).removeprefix("file://")).exists()
     assert time.monotonic() - started < 120
+
+
+def test_a_failed_gate_fails_the_run_after_the_report_and_keeps_its_link(
+        make_server: Callable[..., AbstractContextManager[str]], tmp_path: Path) -> None:
+    """Night 1 as recorded; night 2 demo-large answers as demo-small did: the report task fails (significant drop
+    of at least min_drop against its previous run), its report is on disk and its extra link points at it."""
+    env = _migrated(tmp_path)
+    assert _dags_test(make_server, env, MATRIX_RUN).returncode == 0
+    night2 = _dags_test(make_server, env, worse_large(tmp_path / "worse.jsonl"))
+    log = night2.stdout + night2.stderr
+    assert night2.returncode != 0 and "ScoreRegressionError" in log and "demo-large" in log, log[-3000:]
+    runs = [RunRecord.from_json(p.read_text()) for p in (tmp_path / "eval" / "matrix" / "runs").glob("*/record.json")]
+    failed = [r for r in runs if r.gate is not None and r.gate.status == "fail"]
+    assert len(runs) == 2 and len(failed) == 1 and failed[0].gate.failing == ["demo-large"]  # type: ignore[union-attr]
+    links = [str(v) for v in _xcom(Path(env["AIRFLOW_HOME"]), "report", "_link_EvalReportLink")]
+    assert len(links) == 2 and all(Path(v.removeprefix("file://")).exists() for v in links)
