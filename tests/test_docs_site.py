@@ -34,7 +34,8 @@ def _public(module: str) -> list[str]:
 
 
 @pytest.mark.parametrize(("module", "page"), [("batch_ops", "core"), ("batch_ops.airflow", "airflow"),
-                                              ("batch_ops.prefect", "prefect"), ("batch_ops.server", "server")])
+                                              ("batch_ops.prefect", "prefect"), ("batch_ops.server", "server"),
+                                              ("batch_ops.evals", "evals")])
 def test_the_reference_documents_every_public_name(site: Path, module: str, page: str) -> None:
     text = (site / "reference" / page / "index.html").read_text()
     anchors = set(re.findall(r'id="([\w.]+)"', text))

@@ -125,6 +125,8 @@ def test_check_graders_refuses_before_spending() -> None:
                    ModelGraded(judges=["j"], template="rubric", criterion="Polite and under 50 words.")], items)
     with pytest.raises(InputValidationError, match="grader 'judge' needs"):
         check_graders([ModelGraded(judges=["j"])], items)  # the default criterion quotes the expected answer
+    with pytest.raises(InputValidationError, match="grader 'regex' needs"):
+        check_graders([Regex(r"\b{expected}\b")], items)
 
 
 def said(custom_id: str, text: str) -> ResultLine:
@@ -179,3 +181,39 @@ def test_several_judges_majority_and_unparsed_apart(replies: list[str | None], s
     if detail is not None:
         assert grade.detail == detail
     assert grade.passed is (None if status != "graded" else score == 1.0)  # P is partial credit: not a pass
+
+
+def test_graders_from_json_config_and_back() -> None:
+    from batch_ops.evals import grader_from_config, graders_from_config
+    from batch_ops.evals.graders import JudgeTemplate
+
+    specs = [
+        {"kind": "exact", "normalise": "squad"},
+        {"kind": "includes", "normalise": {"case": True, "accents": True}, "whole_words": True, "name": "has"},
+        {"kind": "regex", "pattern": r"ANSWER:\s*(\w)"},
+        {"kind": "numeric", "tolerance": 0.01, "relative": True},
+        {"kind": "json_match", "fields": ["a"], "schema": {"type": "object"}},
+        {"kind": "f1", "threshold": 0.7},
+        {"kind": "python", "function": "operator:eq", "name": "same"},
+        {"kind": "model_graded", "judges": ["j-2026-01"], "template": "factuality", "name": "fact"},
+        {"kind": "model_graded", "judges": ["j-2026-01", "k-2026-01"], "name": "custom", "template": {
+            "text": "Is {answer} polite? GRADE: Y or N", "grades": {"Y": 1.0, "N": 0.0}}},
+    ]
+    graders = graders_from_config(specs)
+    assert [g.kind for g in graders] == ["exact", "includes", "regex", "numeric", "json_match", "f1", "python",
+                                        "model_graded", "model_graded"]
+    assert graders[0].normalise == Normalise.SQUAD and graders[1].normalise.accents
+    assert graders[6].describe()["function"] == "operator:eq" and graders[6].grade("x", item("x")).passed is False
+    assert isinstance(graders[8].template, JudgeTemplate) and graders[8].parse("GRADE: y") == "Y"
+    # A record's description builds the same grader again.
+    for g in graders:
+        if g.kind != "python":
+            again = grader_from_config(g.describe())
+            assert again.describe() == g.describe()
+    for bad, message in [({"kind": "fuzzy"}, "unknown kind 'fuzzy'"),
+                         ({"kind": "exact", "tolerance": 1}, r"unknown options \['tolerance'\]"),
+                         ({"kind": "exact", "normalise": "loose"}, "no normalisation preset 'loose'"),
+                         ({"kind": "python"}, "no function"),
+                         ({"kind": "model_graded", "judges": ["gpt-4o-latest"]}, "pin a dated model")]:
+        with pytest.raises(ConfigurationError, match=message):
+            grader_from_config(bad)

@@ -211,3 +211,26 @@ def test_answer_batch_then_judge_batch_on_the_local_server(
     assert [u["model_name"] for u in report["per_model_usage"]] == ["model-x", "judge-a-2026-01,judge-b-2026-01"]
     assert record.graders[1]["judges"] == ["judge-a-2026-01", "judge-b-2026-01"]
     assert RunRecord.from_json(record.to_json()) == record
+
+
+def test_judge_ids_with_epochs_and_a_shared_judge_batch() -> None:
+    """Several epochs and several models in one judge batch: ids stay within Anthropic's [A-Za-z0-9_-]{1,64}
+    and every grade finds its sample."""
+    import re
+
+    items = ITEMS[:2]
+    judge = ModelGraded(judges=["j-2026-01"], template="rubric", criterion="Says {expected}")
+    answers = [said(f"q{i}__e{e}", str(i)) for i in range(2) for e in (1, 2)]
+    by_model = {m: grade_answers(items, answers, [judge], model=m, epochs=2) for m in ("big", "small")}
+    requests = [r for m, samples in by_model.items()
+                for r in judge.judge_requests(samples, {i.id: i for i in items}, prefix=f"{m}__")]
+    assert [r.custom_id for r in requests][:2] == ["big__q0__e1__j1", "big__q0__e2__j1"]
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", r.custom_id) for r in requests)
+    replies = [said(r.custom_id, "GRADE: C" if r.custom_id.startswith("big") else "GRADE: P") for r in requests]
+    for m, samples in by_model.items():
+        graded = apply_judge(samples, judge, judge.grades_from_judge(replies, prefix=f"{m}__"))
+        assert [(s.custom_id, s.score) for s in graded] == [
+            (f"q{i}__e{e}", 1.0 if m == "big" else 0.5) for i in range(2) for e in (1, 2)]
+    # A judge grade never read leaves the sample errored (judge_missing), not passed or failed.
+    missing = apply_judge(by_model["big"], judge, {})
+    assert {(s.status, s.error_code) for s in missing} == {("errored", "judge_missing")}

@@ -1,7 +1,15 @@
-"""The nightly eval pipeline's shared pieces: eval set, request building, scoring, reports.
+"""The nightly eval pipeline's shared pieces: eval sets, graders, statistics, the run record, reports.
 
-The Airflow DAG (``dags/nightly_eval.py``) and the Prefect flow (``flows/nightly_eval.py``)
-both call these, so the two pipelines score and report identically.
+The Airflow DAGs (``dags/nightly_eval.py``, ``dags/eval_matrix.py``) and the Prefect flows
+(``flows/``) call these, so the pipelines score and report identically:
+
+* a team's own eval set: :func:`read_eval_set` (JSONL or CSV, local or object storage, a
+  :class:`PromptTemplate`, epochs) → neutral chat requests for any provider;
+* graders (:mod:`batch_ops.evals.graders`): deterministic with explicit normalisation, a Python
+  function, and :class:`ModelGraded` judges run as a second batch;
+* :mod:`batch_ops.evals.grading`: results → samples → a :class:`ModelRecord` per model →
+  the :class:`RunRecord` with comparisons and the gate (:mod:`batch_ops.evals.stats`);
+* the shipped single-model pipeline (:func:`score_results`, :func:`score_and_report`), as before.
 
 Examples:
     >>> from batch_ops.evals import load_eval_set, score_results
@@ -12,6 +20,10 @@ Examples:
     ...     response={"status_code": 200, "body": answer})])
     >>> run.correct, run.failed
     (1, 1)
+    >>> record = model_record(grade_answers(items, [ResultLine(custom_id=items[0].id,
+    ...     response={"status_code": 200, "body": answer})], [ItemScorer()], model="m"), model="m")
+    >>> record.overall.mean, record.result_counts.errored, record.complete
+    (0.5, 1, False)
 """
 
 from __future__ import annotations
@@ -43,6 +55,8 @@ from batch_ops.evals.graders import (
     PythonGrader,
     Regex,
     check_graders,
+    grader_from_config,
+    graders_from_config,
 )
 from batch_ops.evals.grading import (
     apply_judge,
@@ -141,6 +155,8 @@ __all__ = [
     "extract_answer",
     "gate",
     "grade_answers",
+    "grader_from_config",
+    "graders_from_config",
     "item_scores",
     "load_eval_set",
     "mean_interval",

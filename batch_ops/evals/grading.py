@@ -256,7 +256,12 @@ def model_record(
         ci: The interval: ``stderr``, ``bootstrap`` (with ``seed``, ``resamples``) or ``clustered``
             (by the metadata key ``cluster``; giving ``cluster`` alone means ``clustered``).
         pass_k: With several epochs, the k of pass@k to report (those up to the number of epochs).
-        usage / judge_usage / cost / judge_cost / turnaround_s / batch_ids: Carried into the record.
+        usage: The answers' tokens (:func:`usage_of` the answer batch's results).
+        judge_usage: The judge batches' tokens.
+        cost: The answers' cost (estimate and actual), when known.
+        judge_cost: The judge batches' cost.
+        turnaround_s: Seconds from batch creation to its end.
+        batch_ids: The answer batch, then the judge batches.
     """
     method: CiMethod = "clustered" if cluster and ci == "stderr" else ci
     if method == "clustered" and not cluster:

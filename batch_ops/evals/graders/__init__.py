@@ -36,6 +36,7 @@ from typing import Any
 from batch_ops.errors import InputValidationError, Problem
 from batch_ops.evals.dataset import EvalItem
 from batch_ops.evals.graders.base import Grade, Grader, GradeStatus
+from batch_ops.evals.graders.config import grader_from_config, graders_from_config
 from batch_ops.evals.graders.custom import PythonGrader, load_function
 from batch_ops.evals.graders.deterministic import (
     F1,
@@ -76,6 +77,8 @@ __all__ = [
     "PythonGrader",
     "Regex",
     "check_graders",
+    "grader_from_config",
+    "graders_from_config",
     "is_model_graded",
     "judge_usage",
     "load_function",
@@ -93,8 +96,8 @@ def is_model_graded(grader: Any) -> bool:
 
 def needs_expected(grader: Any) -> bool:
     """Whether the grader needs each item's expected answer."""
-    if isinstance(grader, ModelGraded):
-        return grader.requires_expected_answer
+    if hasattr(grader, "requires_expected_answer"):  # depends on the grader's options (a pattern, a criterion)
+        return bool(grader.requires_expected_answer)
     return bool(getattr(grader, "requires_expected", False))
 
 

@@ -172,6 +172,11 @@ class Regex:
             raise ConfigurationError(f"regex grader {self.name!r}: bad pattern {self.pattern!r} ({exc}); "
                                      "fix: write a Python regular expression") from exc
 
+    @property
+    def requires_expected_answer(self) -> bool:
+        """A pattern quoting ``{expected}`` needs every item's expected answer."""
+        return "{expected}" in self.pattern
+
     def grade(self, answer: str, item: EvalItem) -> Grade:
         flags = re.IGNORECASE if self.ignore_case else 0
         uses_expected = "{expected}" in self.pattern

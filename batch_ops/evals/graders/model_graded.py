@@ -177,7 +177,8 @@ class ModelGraded:
     def describe(self) -> dict[str, Any]:
         tpl = self.judge_template
         return {"name": self.name, "kind": self.kind, "judges": list(self.judges),
-                "template": self.template if isinstance(self.template, str) else "custom",
+                "template": self.template if isinstance(self.template, str) else {
+                    "text": tpl.text, "grades": dict(tpl.grades), "default_criterion": tpl.default_criterion},
                 "criterion": self.criterion, "grades": dict(tpl.grades), "grade_pattern": self.grade_pattern,
                 "pass_threshold": self.pass_threshold, "temperature": self.temperature,
                 "reducer": "majority" if len(self.judges) > 1 else None}
