@@ -38,6 +38,7 @@ Examples:
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -48,19 +49,7 @@ from batch_ops import storage
 from batch_ops.errors import BatchOpsError, InputValidationError, Problem
 from batch_ops.evals import grading
 from batch_ops.evals.dataset import EvalSet, read_eval_set
-from batch_ops.evals.graders import (
-    F1,
-    Exact,
-    Includes,
-    ItemScorer,
-    JsonMatch,
-    ModelGraded,
-    Normalise,
-    Numeric,
-    PythonGrader,
-    Regex,
-    check_graders,
-)
+from batch_ops.evals.graders import ModelGraded, check_graders, grader_from_config
 from batch_ops.evals.record import Cost, EvalSetInfo, ModelRecord, RunRecord, SampleResult, TokenUsage
 from batch_ops.evals.render import read_model_history, write_run_report
 from batch_ops.evals.report import ScoreRegressionError
@@ -264,45 +253,27 @@ def answer_requests(config: MatrixConfig, spec: ModelSpec) -> list[dict[str, Any
 # ---- step 3: deterministic grades, and the judge's requests --------------------------------------
 
 def judge_prefix(model: str) -> str:
-    """What prefixes the judge's request ids for one model's answers: one judge grades every model, so
-    its ids (and the replay of a recorded judge) name the model whose answer it grades.
+    """What prefixes the judge's request ids for one model's answers: one judge grades every model, so its
+    ids (and the replay of a recorded judge) name the model whose answer it grades. Kept to the characters
+    and length every provider takes in an id (Anthropic: ``[A-Za-z0-9_-]{1,64}``); each model has its own
+    judge batch, so two models whose names read alike here never share one.
 
     Examples:
-        >>> judge_prefix("demo-large") + "arith-000__j1"
-        'demo-large__arith-000__j1'
+        >>> judge_prefix("demo-large") + "arith-000__j1", judge_prefix("gpt-4.1-mini")
+        ('demo-large__arith-000__j1', 'gpt-4-1-mini__')
     """
-    return f"{model}__"
-
-
-_GRADER_KINDS: dict[str, type] = {"exact": Exact, "includes": Includes, "regex": Regex, "numeric": Numeric,
-                                  "json_match": JsonMatch, "f1": F1, "python": PythonGrader,
-                                  "item_scorer": ItemScorer}
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", model)[:24] + "__"
 
 
 def build_grader(spec: str | Mapping[str, Any]) -> Any:
-    """A deterministic or Python grader from its params form: a kind name, or ``{"kind": ..., options}``.
-
-    ``normalise`` may be a mapping of :class:`~batch_ops.evals.graders.Normalise` options; a
-    ``python`` grader names its function as ``"package.module:function"``.
+    """A grader from its params form: a kind name, or ``{"kind": ..., options}``
+    (:func:`batch_ops.evals.graders.grader_from_config`).
 
     Examples:
         >>> build_grader("exact").name, build_grader({"kind": "numeric", "tolerance": 0.01}).tolerance
         ('exact', 0.01)
-        >>> build_grader({"kind": "exact", "normalise": {"punctuation": True}}).normalise.punctuation
-        True
     """
-    raw: dict[str, Any] = {"kind": spec} if isinstance(spec, str) else dict(spec)
-    kind = str(raw.pop("kind", ""))
-    cls = _GRADER_KINDS.get(kind)
-    if cls is None:
-        raise InputValidationError([Problem(rule="unknown_grader", param="graders", message=f"grader kind {kind!r}",
-                                            fix=f"one of {sorted(_GRADER_KINDS)}; the judge is the judge param")],
-                                   source="graders")
-    if isinstance(raw.get("normalise"), Mapping):
-        raw["normalise"] = Normalise(**raw["normalise"])
-    if kind == "python" and "function" in raw:
-        raw["fn"] = raw.pop("function")
-    return cls(**raw)
+    return grader_from_config({"kind": spec} if isinstance(spec, str) else spec)
 
 
 def _records_to_results(records: Iterable[Mapping[str, Any]]) -> list[ResultLine]:
