@@ -327,7 +327,10 @@ def _gate_line(run: RunRecord) -> str:
     if run.gate is None:
         return "Gate: not run."
     mark = {"pass": "PASS", "fail": "FAIL", "incomplete": "INCOMPLETE", "no_reference": "NO REFERENCE"}
-    return f"Gate: **{mark.get(run.gate.status, run.gate.status)}** — {run.gate.reason}"
+    reason = run.gate.reason
+    if reason.lower().startswith(run.gate.status + ":"):  # the status once, not twice
+        reason = reason[len(run.gate.status) + 1:].lstrip()
+    return f"Gate: **{mark.get(run.gate.status, run.gate.status)}** — {reason}"
 
 
 def _comparison_rows(run: RunRecord) -> list[list[str]]:
