@@ -17,6 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from batch_ops.airflow.evals import EvalReportLink, EvalReportOperator
     from batch_ops.airflow.event_triggers import OpenAIBatchEventTrigger
     from batch_ops.airflow.hooks import OpenAIBatchHook
     from batch_ops.airflow.jobs import OpenAIBatchJobOperator, OpenAIBatchJobTrigger
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from batch_ops.airflow.triggers import OpenAIBatchTrigger
 
 __all__ = [
+    "EvalReportLink",
+    "EvalReportOperator",
     "OpenAIBatchEventTrigger",
     "OpenAIBatchHook",
     "OpenAIBatchJobOperator",
@@ -37,6 +40,8 @@ __all__ = [
 ]
 
 _MODULES = {
+    "EvalReportLink": "evals",
+    "EvalReportOperator": "evals",
     "OpenAIBatchEventTrigger": "event_triggers",
     "OpenAIBatchHook": "hooks",
     "OpenAIBatchJobOperator": "jobs",

@@ -89,7 +89,7 @@ def get_provider_info() -> dict[str, Any]:
                 ],
             }
         ],
-        "extra-links": ["batch_ops.airflow.links.OpenAIBatchLink"],
+        "extra-links": ["batch_ops.airflow.links.OpenAIBatchLink", "batch_ops.airflow.evals.EvalReportLink"],
         "connection-types": [
             _connection_type(CONN_TYPE, "OpenAI Batch (batch_ops)"),
             _connection_type(LEGACY_CONN_TYPE, "OpenAI Batch (batch_ops, old type name)",

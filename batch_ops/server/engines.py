@@ -490,6 +490,13 @@ class ReplayEngine(Engine):
     was never recorded is answered 404 ``replay_not_found`` (in the error file), so a replay
     never invents answers.
 
+    Recordings of several models (the ``model`` of each recorded response body) serve a model
+    matrix from one server: a request is answered from the recording of the model it names, so
+    three models asked the same question answer as each was recorded. A ``custom_id`` recorded
+    for one model only (or with no model) answers whatever model asks, as a single recording
+    always did; one recorded for several models, none of them the one asked, is ``replay_not_found``
+    naming the models recorded (answering with another model's answer would make the matrix lie).
+
     Examples:
         >>> import json, tempfile
         >>> rec = tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False)
@@ -499,12 +506,25 @@ class ReplayEngine(Engine):
         >>> engine = ReplayEngine([rec.name])
         >>> engine.answer_now({"custom_id": "q-1"}).body, engine.answer_now({"custom_id": "q-2"}).status_code
         ({'answer': 4}, 404)
+        >>> two = tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False)
+        >>> for model, answer in (("small", 3), ("large", 4)):
+        ...     _ = two.write(json.dumps({"custom_id": "q-1", "response": {"status_code": 200,
+        ...         "body": {"model": model, "answer": answer}}}) + "\\n")
+        >>> two.close()
+        >>> matrix = ReplayEngine([two.name])
+        >>> [matrix.answer_now({"custom_id": "q-1", "body": {"model": m}}).body["answer"] for m in ("small", "large")]
+        [3, 4]
+        >>> matrix.answer_now({"custom_id": "q-1", "body": {"model": "medium"}}).body["error"]["code"]
+        'replay_not_found'
     """
 
     name = "replay"
 
     def __init__(self, paths: Iterable[str | os.PathLike[str]]) -> None:
         self._records: dict[str, Answer] = {}
+        # (model, custom_id) -> answer, for recordings that name their model; custom_id -> models recorded.
+        self._by_model: dict[tuple[str, str], Answer] = {}
+        self._models: dict[str, set[str]] = {}
         for path in paths:
             with Path(path).open("rb") as fh:
                 # The reader every result file goes through: no line past the limit is held.
@@ -527,6 +547,12 @@ class ReplayEngine(Engine):
         known = self._records.get(custom_id)
         if known is None or (reply.ok and not known.ok):
             self._records[custom_id] = reply
+        model = _model_of(response.get("body") if isinstance(response, dict) else None)
+        if model is not None:
+            self._models.setdefault(custom_id, set()).add(model)
+            mine = self._by_model.get((model, custom_id))
+            if mine is None or (reply.ok and not mine.ok):
+                self._by_model[(model, custom_id)] = reply
 
     def __len__(self) -> int:
         return len(self._records)
@@ -538,6 +564,14 @@ class ReplayEngine(Engine):
     def answer_now(self, request: Mapping[str, Any]) -> Answer:
         custom_id = request.get("custom_id")
         found = self._records.get(custom_id) if isinstance(custom_id, str) else None
+        recorded = self._models.get(custom_id, set()) if isinstance(custom_id, str) else set()
+        if found is not None and len(recorded) > 1:
+            asked = _model_of(request.get("body")) or _model_of(request.get("params")) or _model_of(request)
+            found = self._by_model.get((asked, custom_id)) if asked is not None else None  # type: ignore[arg-type]
+            if found is None:
+                return Answer(404, api_error_body(
+                    f"No recorded result for custom_id {custom_id!r} of model {asked!r}; the replay files "
+                    f"record it for {', '.join(sorted(recorded))}.", param="model", code="replay_not_found"))
         if found is None:
             return Answer(
                 404,
@@ -548,6 +582,12 @@ class ReplayEngine(Engine):
                 ),
             )
         return found
+
+
+def _model_of(body: Any) -> str | None:
+    """The ``model`` a request or response body names, if any."""
+    model = body.get("model") if isinstance(body, Mapping) else None
+    return model if isinstance(model, str) and model else None
 
 
 # ---- upstream --------------------------------------------------------------------------------

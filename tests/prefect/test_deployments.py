@@ -50,6 +50,7 @@ from batch_ops.server import ServerURL, serve_in_background
 
 ROOT = Path(__file__).resolve().parents[2]
 NIGHTLY_EVAL = ROOT / "flows" / "nightly_eval.py"
+EVAL_MATRIX = ROOT / "flows" / "eval_matrix.py"
 BIN = Path(sys.executable).parent
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 ENDPOINT = "/v1/chat/completions"
@@ -562,6 +563,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory, batch_server: ServerURL, sec
             "BATCH_OPS_EVAL_POLL_INTERVAL": "0.2",
             "BATCH_OPS_EVAL_CRON": "0 0 1 1 *",  # no scheduled run can start during the test
         })
+        # The eval matrix example, served as users serve it, against a server replaying three models and a judge.
+        from batch_ops.evals.matrix import MATRIX_RUN
+
+        matrix_batch = servers.enter_context(serve_in_background(
+            api_key=secret, engine="replay", replay_files=(str(MATRIX_RUN),)))
+        serve_matrix = s.start("serve-eval-matrix", [sys.executable, str(EVAL_MATRIX)], cwd=work, env={
+            "OPENAI_BASE_URL": str(matrix_batch),
+            "BATCH_OPS_EVAL_DIR": str(work / "matrix-eval"),
+            "BATCH_OPS_EVAL_POLL_INTERVAL": "0.2",
+            "BATCH_OPS_EVAL_CRON": "0 0 1 1 *",  # no scheduled run can start during the test
+        })
         # One run of each; a path that cannot start its run fails its own test only.
         with s.trying("served"):
             s.runs["served"] = s.run_deployment("deploy-parent", "served", {"input_path": str(served_requests),
@@ -588,6 +600,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, batch_server: ServerURL, sec
         with s.trying("structured"):
             s.runs["structured"] = s.run_deployment("deploy-structured", "structured", {
                 "input_path": str(work / "structured.jsonl")}, proc=serve_structured)
+        with s.trying("matrix"):
+            s.runs["matrix"] = s.run_deployment("eval-matrix", "eval-matrix", {}, proc=serve_matrix)
         with s.trying("worker-deployment", "worker-bundle"):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 deploy.popen.wait(120)
@@ -808,6 +822,26 @@ def test_served_nightly_eval_example(stack: Stack) -> None:
     run = stack.run_id("nightly")
     stack.assert_ran_batch(run, proc=stack.procs["serve-nightly-eval"], requests=None, pipeline="nightly_eval")
     assert list((stack.work / "eval" / "reports").rglob("*.md")), "the run wrote no report"
+
+
+def test_served_eval_matrix_example(stack: Stack) -> None:
+    """``python flows/eval_matrix.py`` serves the matrix; a run of its deployment runs three models' batches and
+    three judge batches (six ``run_batch`` subflows, at once), writes the HTML report and publishes its artifacts."""
+    run = stack.run_id("matrix")
+    proc = stack.procs["serve-eval-matrix"]
+    state = stack.final_state(run, proc=proc, timeout=180)
+    assert state["type"] == "COMPLETED", f"eval matrix run ended {state['type']}: {state.get('message')}\n{proc.tail()}"
+    subflows = stack.subflow_runs(run)
+    assert len(subflows) == 6 and {s["state"]["type"] for s in subflows} == {"COMPLETED"}, subflows
+    reports = list((stack.work / "matrix-eval" / "matrix" / "runs").glob("*/report.html"))
+    assert len(reports) == 1 and reports[0].read_text().count("<svg") == 3
+    found = stack.call("POST", "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run]}}})
+    found.raise_for_status()
+    kinds = {a["key"]: a["type"] for a in found.json() if a.get("key", "").startswith("eval-matrix")}
+    # A link artifact is stored as markdown holding the link (Prefect 3).
+    assert kinds.get("eval-matrix") == "markdown" and "eval-matrix-report" in kinds, kinds
+    link = next(a for a in found.json() if a.get("key") == "eval-matrix-report")
+    assert reports[0].resolve().as_uri() in link["data"] and stack.secret not in json.dumps(found.json())
 
 
 def test_scheduler_creates_and_runs_scheduled_flow_runs(stack: Stack) -> None:

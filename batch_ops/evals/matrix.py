@@ -1,0 +1,442 @@
+"""A model matrix eval, once, for both orchestrators: several models, a judge batch, one record, one report.
+
+``dags/eval_matrix.py`` (Airflow: dynamic task mapping, every batch deferred) and
+``flows/eval_matrix.py`` (Prefect: concurrent tasks) drive the same five steps; the batches run
+in between, each through the orchestrator's own adapter and the model's own connection:
+
+1. :func:`answer_requests` — per model, the eval set's requests (provider-neutral: any provider);
+2. (the orchestrator runs one batch per model, all at once);
+3. :func:`grade_answers` — per model, the answers graded by the deterministic graders, and the
+   judge's requests (a **second batch**: grading at batch price, with its own cost line);
+4. (the orchestrator runs one judge batch per model);
+5. :func:`model_record` — per model, the judge's verdicts joined in: a
+   :class:`~batch_ops.evals.record.ModelRecord`; then :func:`finish_run` — the run's record, the
+   comparisons, the gate, the report (:mod:`batch_ops.evals.render`) and the history; the caller
+   raises :class:`EvalGateError` afterwards (:func:`enforce_gate`), so a failing run has its report
+   on disk to explain it.
+
+Everything passed between steps is plain JSON (XCom, Prefect results): the config
+(:class:`MatrixConfig`), the request lists, the result records every adapter reads
+(``custom_id``, ``ok``, ``text``, ``usage``, ``error``; see ``OpenAIBatchHook.get_results`` and
+``read_batch_results``), and the records.
+
+Examples:
+    >>> config = MatrixConfig.from_params({"models": ["demo-large", {"model": "demo-small", "connection": "c2"}],
+    ...                                    "judge": {"model": "demo-judge"}})
+    >>> [(m.model, m.connection) for m in config.models]
+    [('demo-large', None), ('demo-small', 'c2')]
+    >>> reqs = answer_requests(config, config.models[0])
+    >>> len(reqs), reqs[0]["model"], reqs[0]["custom_id"]
+    (210, 'demo-large', 'arith-000')
+    >>> MatrixConfig.from_params({"models": ["a", "a"]})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    batch_ops.errors.InputValidationError: models: 1 problem:
+      models: duplicate_model: ...
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from batch_ops import storage
+from batch_ops.errors import BatchOpsError, InputValidationError, Problem
+from batch_ops.evals import grading
+from batch_ops.evals.dataset import EvalSet, read_eval_set
+from batch_ops.evals.graders import ModelGraded, check_graders, grader_from_config
+from batch_ops.evals.record import Cost, EvalSetInfo, ModelRecord, RunRecord, SampleResult, TokenUsage
+from batch_ops.evals.render import read_model_history, write_run_report
+from batch_ops.evals.report import ScoreRegressionError
+from batch_ops.models import Batch, ResultLine
+from batch_ops.storage import StorageTarget
+
+__all__ = [
+    "DEMO_MATRIX",
+    "MATRIX_RUN",
+    "EvalRunError",
+    "JudgeSpec",
+    "MatrixConfig",
+    "ModelSpec",
+    "Price",
+    "answer_requests",
+    "enforce_gate",
+    "with_times",
+    "finish_run",
+    "build_grader",
+    "grade_answers",
+    "judge_prefix",
+    "model_record",
+]
+
+
+#: The recorded answers of the demo matrix (three models and a judge) that the local server replays:
+#: ``batch-ops serve --engine replay --replay-file <MATRIX_RUN>`` (``scripts/make_matrix_sample.py`` makes it).
+MATRIX_RUN = Path(__file__).with_name("data") / "matrix_run.jsonl"
+
+#: The offline demo matrix: three "models" and a judge, all replayed by the local server on the default
+#: connection. Their prices are made up (per million tokens, batch), to show the cost columns.
+DEMO_MATRIX: dict[str, Any] = {
+    "models": [
+        {"model": "demo-large", "price": {"input_per_million": 1.25, "output_per_million": 5.0}},
+        {"model": "demo-medium", "price": {"input_per_million": 0.2, "output_per_million": 0.8}},
+        {"model": "demo-small", "price": {"input_per_million": 0.05, "output_per_million": 0.2}},
+    ],
+    "judge": {"model": "demo-judge", "price": {"input_per_million": 0.1, "output_per_million": 0.4}},
+    "baseline": "demo-large",
+    "min_drop": 0.02,
+}
+
+
+class EvalRunError(BatchOpsError):
+    """A matrix run cannot go on: e.g. a model with no answer at all, so nothing to judge or report."""
+
+
+class Price(BaseModel):
+    """Batch prices per million tokens (what a model's usage costs; PRICING.md lists the vendors')."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    input_per_million: float = Field(ge=0)
+    output_per_million: float = Field(ge=0)
+    currency: str = "USD"
+
+    def cost(self, usage: TokenUsage) -> float:
+        return round((usage.input_tokens * self.input_per_million + usage.output_tokens * self.output_per_million)
+                     / 1e6, 8)
+
+
+class ModelSpec(BaseModel):
+    """One model of the matrix and how to reach it.
+
+    Attributes:
+        model: The model name sent in every request (Azure: the deployment).
+        connection: The Airflow connection id / Prefect credentials block name (None: the default one).
+        provider: Shown in the report (``openai``, ``anthropic``, …); the connection decides what is spoken.
+        price: Batch prices, for the actual cost from usage (None: the cost stays unknown, never guessed).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    model: str = Field(min_length=1)
+    connection: str | None = None
+    provider: str | None = None
+    price: Price | None = None
+
+
+class JudgeSpec(ModelSpec):
+    """The judge: a pinned model (and its connection) that grades answers in a second batch.
+
+    Attributes:
+        template: ``closed_qa``, ``rubric`` or ``factuality`` (:data:`~batch_ops.evals.graders.TEMPLATES`).
+        criterion: The criterion or rubric (``{expected}`` and metadata fields allowed); None: the template's.
+        pass_threshold: The score a sample needs to pass.
+        max_tokens: The judge's answer length (it reasons before its grade).
+    """
+
+    template: str = "closed_qa"
+    criterion: str | None = None
+    pass_threshold: float = Field(default=1.0, ge=0, le=1)
+    max_tokens: int = Field(default=512, ge=1)
+
+
+class MatrixConfig(BaseModel):
+    """What one matrix run evaluates: the eval set, the models, the judge, the baseline and the gate's minimum.
+
+    Attributes:
+        eval_set: A JSONL or CSV eval set (path or object storage URL); None: the shipped set.
+        template: The user-message template (``{input}``, metadata fields); None: the set's default.
+        models: The models (at least one; names unique).
+        judge: The judge (None: deterministic graders only, no second batch).
+        baseline: The model the others are compared with (default: the first).
+        min_drop: The gate fails a model only on a significant drop of at least this much (0.02 = 2 points).
+        alpha: The significance level of the gate's test.
+        max_tokens: Most tokens per answer.
+        graders: The deterministic / Python graders (:func:`build_grader` forms); default ``item_scorer``,
+            each item's own scorer (the shipped set's way).
+        ci / cluster: How intervals are computed (``stderr``, ``bootstrap``, ``clustered`` by a metadata key).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    eval_set: str | None = None
+    template: str | None = None
+    models: list[ModelSpec] = Field(min_length=1)
+    judge: JudgeSpec | None = None
+    baseline: str | None = None
+    min_drop: float = Field(default=0.02, ge=0, le=1)
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    max_tokens: int = Field(default=64, ge=1)
+    graders: list[str | dict[str, Any]] = Field(default_factory=lambda: list[str | dict[str, Any]](["item_scorer"]))
+    ci: Literal["stderr", "bootstrap", "clustered"] = "stderr"
+    cluster: str | None = None
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> MatrixConfig:
+        """The config from DAG params / flow parameters: a model may be a name or a mapping.
+
+        Bad input is refused here, before any batch is paid for: an :class:`InputValidationError`
+        naming each problem and its fix.
+        """
+        raw = dict(params)
+        raw["models"] = [{"model": m} if isinstance(m, str) else m for m in raw.get("models") or []]
+        if isinstance(raw.get("judge"), str):
+            raw["judge"] = {"model": raw["judge"]}
+        try:
+            config = cls.model_validate(raw)
+        except ValidationError as exc:
+            raise InputValidationError(
+                [Problem(rule="invalid_matrix_param", param=".".join(str(p) for p in e["loc"]) or "params",
+                         message=e["msg"], fix="give models as names or {model, connection, provider, price}; "
+                         "judge as a name or {model, connection}; see docs/evals.md") for e in exc.errors()],
+                source="params") from None
+        names = [m.model for m in config.models]
+        problems = [Problem(rule="duplicate_model", param="models", message=f"model {n!r} appears twice",
+                            fix="name each model once (two connections to one model: evaluate them in two runs)")
+                    for n in sorted({n for n in names if names.count(n) > 1})]
+        if config.baseline is not None and config.baseline not in names:
+            problems.append(Problem(rule="unknown_baseline", param="baseline",
+                                    message=f"baseline {config.baseline!r} is not one of the models {names}",
+                                    fix="name one of the models, or leave baseline empty (the first model)"))
+        if problems:
+            raise InputValidationError(problems, source="models")
+        config.all_graders()  # a grader or judge set up wrong is refused here, before anything is spent
+        return config
+
+    def check(self) -> EvalSet:
+        """Read the eval set and refuse, before any batch is paid for, what would fail later: template fields
+        an item lacks, graders needing an expected answer an item has not (line-numbered errors)."""
+        eval_set = self.eval_set_read()
+        eval_set.check()
+        check_graders(self.all_graders(), eval_set.items)
+        return eval_set
+
+    @property
+    def baseline_model(self) -> str:
+        return self.baseline or self.models[0].model
+
+    def spec(self, model: str) -> ModelSpec:
+        for m in self.models:
+            if m.model == model:
+                return m
+        raise KeyError(model)
+
+    def eval_set_read(self) -> EvalSet:
+        return read_eval_set(self.eval_set, template=self.template)
+
+    def grader_objects(self) -> list[Any]:
+        """The graders that grade as the answers come back (the judge is :meth:`judge_grader`)."""
+        return [build_grader(g) for g in self.graders]
+
+    def judge_grader(self) -> ModelGraded | None:
+        """The model-graded grader of the judge, pinned to its model (None without a judge)."""
+        if self.judge is None:
+            return None
+        return ModelGraded(judges=[self.judge.model], template=self.judge.template, criterion=self.judge.criterion,
+                           pass_threshold=self.judge.pass_threshold, max_tokens=self.judge.max_tokens)
+
+    def all_graders(self) -> list[Any]:
+        judge = self.judge_grader()
+        return [*self.grader_objects(), *([judge] if judge is not None else [])]
+
+
+# ---- step 1: the answers' requests -------------------------------------------------------------
+
+def answer_requests(config: MatrixConfig, spec: ModelSpec) -> list[dict[str, Any]]:
+    """The eval set's requests for one model: provider-neutral chat requests (the connection's provider
+    writes them in its own words)."""
+    return [r.as_dict() for r in config.eval_set_read().requests(spec.model, max_tokens=config.max_tokens)]
+
+
+# ---- step 3: deterministic grades, and the judge's requests --------------------------------------
+
+def judge_prefix(model: str) -> str:
+    """What prefixes the judge's request ids for one model's answers: one judge grades every model, so its
+    ids (and the replay of a recorded judge) name the model whose answer it grades. Kept to the characters
+    and length every provider takes in an id (Anthropic: ``[A-Za-z0-9_-]{1,64}``); each model has its own
+    judge batch, so two models whose names read alike here never share one.
+
+    Examples:
+        >>> judge_prefix("demo-large") + "arith-000__j1", judge_prefix("gpt-4.1-mini")
+        ('demo-large__arith-000__j1', 'gpt-4-1-mini__')
+    """
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", model)[:24] + "__"
+
+
+def build_grader(spec: str | Mapping[str, Any]) -> Any:
+    """A grader from its params form: a kind name, or ``{"kind": ..., options}``
+    (:func:`batch_ops.evals.graders.grader_from_config`).
+
+    Examples:
+        >>> build_grader("exact").name, build_grader({"kind": "numeric", "tolerance": 0.01}).tolerance
+        ('exact', 0.01)
+    """
+    return grader_from_config({"kind": spec} if isinstance(spec, str) else spec)
+
+
+def _records_to_results(records: Iterable[Mapping[str, Any]]) -> list[ResultLine]:
+    """The adapters' result records (``OpenAIBatchHook.get_results``, ``read_batch_results``) as result lines."""
+    out = []
+    for r in records:
+        if r.get("ok"):
+            out.append(ResultLine(custom_id=str(r["custom_id"]), response={"status_code": 200, "body": r.get("body")}))
+        else:
+            error = r.get("error") or {}
+            out.append(ResultLine(custom_id=str(r["custom_id"]),
+                                  error={"code": error.get("code") or "error", "message": error.get("message")}))
+    return out
+
+
+def grade_answers(config: MatrixConfig, spec: ModelSpec, records: Sequence[Mapping[str, Any]],
+                  batch: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One model's answers graded by the deterministic graders, and the judge batch's requests.
+
+    A request with no successful result is a ``failed`` sample (``error_code`` says why: the
+    error line's code, ``batch_expired``, ``missing_result``): counted apart, never a wrong
+    answer. Returns JSON: ``model``, ``samples`` (the judge's verdicts pending), ``judge_requests``
+    (empty without a judge), ``usage``, ``batch``.
+    """
+    eval_set = config.eval_set_read()
+    results = _records_to_results(records)
+    samples = grading.grade_answers(eval_set, results, config.all_graders(), model=spec.model)
+    judge: list[dict[str, Any]] = []
+    judge_grader = config.judge_grader()
+    if judge_grader is not None:
+        items = {i.id: i for i in eval_set.items}
+        judge = [r.as_dict() for r in judge_grader.judge_requests(samples, items, prefix=judge_prefix(spec.model))]
+        if not judge:
+            # Nothing to judge: no answer came back. A judge batch of nothing cannot be created, and a report
+            # of a model with no answer is no eval: say what happened, loudly.
+            codes = sorted({str(s.error_code) for s in samples})
+            raise EvalRunError(f"model {spec.model!r}: none of its {len(samples)} requests has an answer "
+                               f"({', '.join(codes)}); nothing to judge. Fix: check the model's connection and "
+                               f"batch {((batch or {}).get('batch_id'))!r}, then run again")
+    return {"model": spec.model, "samples": [s.model_dump(mode="json") for s in samples], "judge_requests": judge,
+            "usage": grading.usage_of(results).model_dump(), "batch": _batch_summary(batch)}
+
+
+def with_times(outcome: Mapping[str, Any], batches: Sequence[Batch]) -> dict[str, Any]:
+    """A batch outcome (XCom, ``BatchResult``) with the times of its attempts: the first one's creation and
+    the last one's end, so that the record can say how long the model's batch took (its turnaround).
+
+    Examples:
+        >>> b = Batch(id="b", endpoint="/v1/chat/completions", input_file_id="f", status="completed",
+        ...           created_at=100, completed_at=460)
+        >>> _batch_summary(with_times({"batch_id": "b", "status": "completed"}, [b]))["turnaround_s"]
+        360.0
+    """
+    if not batches:
+        return dict(outcome)
+    last = batches[-1]
+    ended = last.completed_at or last.failed_at or last.expired_at or last.cancelled_at
+    return {**outcome, "created_at": batches[0].created_at, "ended_at": ended}
+
+
+def _batch_summary(batch: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What the record keeps of a batch: ids, status, counts and its turnaround (created → ended)."""
+    if not batch:
+        return {}
+    ids = list(batch.get("batch_ids") or ([batch["batch_id"]] if batch.get("batch_id") else []))
+    created, ended = batch.get("created_at"), batch.get("ended_at")
+    turnaround = float(ended) - float(created) if isinstance(created, (int, float)) and isinstance(
+        ended, (int, float)) else batch.get("turnaround_s")
+    return {"batch_ids": ids, "status": batch.get("status"), "request_counts": batch.get("request_counts"),
+            "turnaround_s": turnaround}
+
+
+# ---- step 5: the judge's verdicts joined in: a ModelRecord ---------------------------------------
+
+def model_record(config: MatrixConfig, spec: ModelSpec, graded: Mapping[str, Any],
+                 judge_records: Sequence[Mapping[str, Any]] | None = None,
+                 judge_batch: Mapping[str, Any] | None = None) -> ModelRecord:
+    """One model's record: each sample's final status and score, aggregates with intervals, cost, time.
+
+    A judge answer with no grade is ``unparsed`` and a failed judge request ``errored``: both counted
+    apart, and 0 in ``overall``, never a better score (:mod:`batch_ops.evals.grading`).
+    """
+    samples = [SampleResult.model_validate(s) for s in graded["samples"]]
+    judge_grader = config.judge_grader()
+    judge_usage = None
+    if judge_grader is not None:
+        results = _records_to_results(judge_records or [])
+        grades = judge_grader.grades_from_judge(results, prefix=judge_prefix(spec.model))
+        samples = grading.apply_judge(samples, judge_grader, grades)
+        judge_usage = grading.usage_of(results)
+    usage = TokenUsage.model_validate(graded.get("usage") or {})
+    answers_batch = graded.get("batch") or {}
+    judges = _batch_summary(judge_batch)
+    turnaround = [t for t in (answers_batch.get("turnaround_s"), judges.get("turnaround_s")) if t is not None]
+    judge_price = config.judge.price if config.judge else None
+    return grading.model_record(
+        samples, model=spec.model, graders=config.all_graders(), provider=spec.provider or "openai",
+        connection=spec.connection, ci=config.ci, cluster=config.cluster, usage=usage, judge_usage=judge_usage,
+        cost=Cost(actual=spec.price.cost(usage), currency=spec.price.currency) if spec.price else Cost(),
+        judge_cost=None if judge_usage is None else (
+            Cost(actual=judge_price.cost(judge_usage), currency=judge_price.currency) if judge_price else Cost()),
+        turnaround_s=sum(turnaround) if turnaround else None,
+        batch_ids=[*answers_batch.get("batch_ids", []), *judges.get("batch_ids", [])],
+    )
+
+
+# ---- the run: record, comparisons, gate, report -------------------------------------------------
+
+def _previous_run(report_dir: StorageTarget, history: Mapping[str, Sequence[Mapping[str, Any]]],
+                  eval_hash: str) -> RunRecord | None:
+    """Each model's newest recorded run of the same eval set, as one record to compare with (None: none yet)."""
+    models: list[ModelRecord] = []
+    runs: list[str] = []
+    info: EvalSetInfo | None = None
+    for model, entries in history.items():
+        same = [h for h in entries if h.get("eval_set_hash") == eval_hash]
+        if not same:
+            continue
+        text = storage.read_text(storage.join(report_dir, *str(same[-1]["record"]).split("/")), default=None)
+        if not text:
+            continue
+        try:
+            record = RunRecord.from_json(text)
+            models.append(record.model(model))
+        except (ValueError, KeyError):  # a record that lost the model, or unreadable: no comparison for it
+            continue
+        info = record.eval_set
+        runs.append(record.run_id)
+    if not models or info is None:
+        return None
+    return RunRecord(run_id=",".join(sorted(set(runs))), eval_set=info, models=models)
+
+
+def finish_run(config: MatrixConfig, models: Sequence[ModelRecord | Mapping[str, Any]], *, run_id: str,
+               pipeline: str, report_dir: StorageTarget, started_at: dt.datetime | None = None,
+               ) -> tuple[RunRecord, dict[str, str]]:
+    """Compare, gate, write the report and the history; returns the record and where the report is.
+
+    The gate's verdict is in the record; :func:`enforce_gate` raises on it *after* the report is written.
+    """
+    records = [m if isinstance(m, ModelRecord) else ModelRecord.model_validate(m) for m in models]
+    eval_set = config.eval_set_read()
+    history = read_model_history(report_dir, [m.model for m in records])
+    run = grading.run_record(
+        run_id=run_id, eval_set=eval_set, models=records, graders=config.all_graders(),
+        previous=_previous_run(report_dir, history, eval_set.hash), baseline_model=config.baseline_model,
+        min_drop=config.min_drop, alpha=config.alpha, cluster=config.cluster, pipeline=pipeline,
+        started_at=started_at or dt.datetime.now(dt.UTC))
+    with storage.local_folder(report_dir) as root:
+        files = write_run_report(run, root, history)
+        shown = files.as_dict()
+        if storage.is_remote(report_dir):  # name the files where they went, not the staging folder
+            shown = {k: storage.display(storage.join(report_dir, *Path(v).relative_to(root).parts))
+                     for k, v in shown.items()}
+    return run, shown
+
+
+def enforce_gate(run: RunRecord, report: Mapping[str, str] | None = None) -> None:
+    """Raise :class:`~batch_ops.evals.ScoreRegressionError` when the gate failed the run (the report is
+    written already: its place is in the message)."""
+    try:
+        grading.check_gate(run)
+    except ScoreRegressionError as exc:
+        if report:
+            raise ScoreRegressionError(f"{exc}; report: {report.get('html')}") from None
+        raise

@@ -1,0 +1,132 @@
+"""The example DAG ``dags/eval_matrix.py`` end to end (``airflow dags test``, deferred waits run inline):
+three models as three mapped batches on one local server whose replay engine answers each model from its
+own recording, a judge stage as three more mapped batches, the gate, and the HTML report linked from the
+task. A second run with a weaker "model" under the same name makes the gate fail, the report written first."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from batch_ops.evals.matrix import DEMO_MATRIX, MATRIX_RUN
+from batch_ops.evals.record import RunRecord
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+KEY = "sk-matrix-dag-secret-5521"
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "OPENAI", "BATCH_OPS"))}
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "BATCH_OPS_EVAL_DIR": str(tmp_path / "eval"),
+        "BATCH_OPS_EVAL_POLL_INTERVAL": "0.2",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    })
+    return env
+
+
+def _xcom(home: Path, task_id: str, key: str = "return_value") -> list[object]:
+    with sqlite3.connect(home / "airflow.db") as db:
+        rows = db.execute("select value from xcom where dag_id = 'eval_matrix' and task_id = ? and key = ? "
+                          "order by map_index", (task_id, key)).fetchall()
+    return [json.loads(v) for (v,) in rows]
+
+
+def _dags_test(make_server: Callable[..., AbstractContextManager[str]], env: dict[str, str],
+               recording: Path) -> subprocess.CompletedProcess[str]:
+    with make_server(engine="replay", replay_files=(str(recording),), seed=5, api_key=KEY) as url:
+        env["AIRFLOW_CONN_OPENAI_BATCH_DEFAULT"] = json.dumps({"conn_type": "openaibatch", "host": url,
+                                                               "password": KEY})
+        return subprocess.run([AIRFLOW, "dags", "test", "eval_matrix"], env=env, capture_output=True, text=True,
+                              timeout=600)
+
+
+def _migrated(tmp_path: Path) -> dict[str, str]:
+    env = _env(tmp_path)
+    migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
+    assert migrate.returncode == 0, migrate.stderr[-2000:]
+    return env
+
+
+def worse_large(path: Path) -> Path:
+    """The demo recording where ``demo-large`` answers (and is judged) as ``demo-small`` was: a real regression."""
+    out = []
+    for raw in MATRIX_RUN.read_text().splitlines():
+        line = json.loads(raw)
+        body, cid = line["response"]["body"], str(line["custom_id"])
+        if body["model"] == "demo-large" or cid.startswith("demo-large__"):
+            continue
+        out.append(json.dumps(line))
+        if body["model"] == "demo-small":
+            body["model"] = "demo-large"
+        elif cid.startswith("demo-small__"):
+            line["custom_id"] = "demo-large__" + cid.removeprefix("demo-small__")
+        else:
+            continue
+        out.append(json.dumps(line))
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+def test_eval_matrix_dag_three_models_judge_gate_report(make_server: Callable[..., AbstractContextManager[str]],
+                                                        tmp_path: Path) -> None:
+    started = time.monotonic()
+    env = _migrated(tmp_path)
+    run = _dags_test(make_server, env, MATRIX_RUN)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-4000:]
+    assert "state=success" in log and KEY not in log
+    home = Path(env["AIRFLOW_HOME"])
+    # Mapped: one answer batch and one judge batch per model, six distinct batches.
+    answers, judges = _xcom(home, "answer"), _xcom(home, "judge")
+    assert len(answers) == 3 and len(judges) == 3
+    assert len({a["batch_id"] for a in answers + judges}) == 6  # type: ignore[index]
+    reports = tmp_path / "eval" / "matrix"
+    record = RunRecord.from_json(next((reports / "runs").glob("*/record.json")).read_text())
+    scores = {m.model: m.overall.mean for m in record.models}
+    assert list(scores) == [m["model"] for m in DEMO_MATRIX["models"]]
+    assert scores["demo-large"] > scores["demo-medium"] > scores["demo-small"], scores
+    for m in record.models:
+        assert m.result_counts.unparsed == 2 and not m.complete  # the recorded judge's two ungraded answers
+        assert m.judge_usage is not None and m.judge_usage.requests == m.result_counts.total
+        assert m.cost.actual and m.judge_cost and m.judge_cost.actual and len(m.batch_ids) == 2
+    assert record.gate is not None and record.gate.status == "incomplete"
+    assert {c.model for c in record.comparisons if c.kind == "baseline_model"} == {"demo-medium", "demo-small"}
+    html = (reports / "latest.html").read_text()
+    assert html.count("<svg") == 3 and "demo-small" in html
+    openai = json.loads(next((reports / "runs").glob("*/openai_report.json")).read_text())
+    assert openai["result_counts"]["total"] == 630 and len(openai["per_model_usage"]) == 4
+    # The task's extra link: the report's URL, in the XCom Airflow's UI reads.
+    (link,) = _xcom(home, "report", "_link_EvalReportLink")
+    assert str(link).startswith("file://") and str(link).endswith("/report.html")
+    assert Path(str(link).removeprefix("file://")).exists()
+    assert time.monotonic() - started < 120
+
+
+def test_a_failed_gate_fails_the_run_after_the_report_and_keeps_its_link(
+        make_server: Callable[..., AbstractContextManager[str]], tmp_path: Path) -> None:
+    """Night 1 as recorded; night 2 demo-large answers as demo-small did: the report task fails (significant drop
+    of at least min_drop against its previous run), its report is on disk and its extra link points at it."""
+    env = _migrated(tmp_path)
+    assert _dags_test(make_server, env, MATRIX_RUN).returncode == 0
+    night2 = _dags_test(make_server, env, worse_large(tmp_path / "worse.jsonl"))
+    log = night2.stdout + night2.stderr
+    assert night2.returncode != 0 and "ScoreRegressionError" in log and "demo-large" in log, log[-3000:]
+    runs = [RunRecord.from_json(p.read_text()) for p in (tmp_path / "eval" / "matrix" / "runs").glob("*/record.json")]
+    failed = [r for r in runs if r.gate is not None and r.gate.status == "fail"]
+    assert len(runs) == 2 and len(failed) == 1 and failed[0].gate.failing == ["demo-large"]  # type: ignore[union-attr]
+    links = [str(v) for v in _xcom(Path(env["AIRFLOW_HOME"]), "report", "_link_EvalReportLink")]
+    assert len(links) == 2 and all(Path(v.removeprefix("file://")).exists() for v in links)
