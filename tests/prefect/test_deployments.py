@@ -457,11 +457,21 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, batch_server: ServerURL, secret: str,
           make_requests: Any, webhook_secret: str) -> Iterator[Stack]:
-    """``prefect server start``; then, all at once so that their start-ups overlap: a process work
-    pool and its worker, ``.serve()`` of the parent flow, ``python flows/nightly_eval.py``, and the
-    deployment and submission for the worker; then one run of each deployment. The tests wait for
-    the runs."""
-    work = tmp_path_factory.mktemp("deployments")
+    """The orchestration stack (see :func:`run_stack`); test_deployments_breadth.py runs the breadth one."""
+    with run_stack(tmp_path_factory, batch_server, secret, make_requests, webhook_secret, breadth=False) as s:
+        yield s
+
+
+@contextlib.contextmanager
+def run_stack(tmp_path_factory: pytest.TempPathFactory, batch_server: ServerURL, secret: str,
+              make_requests: Any, webhook_secret: str, *, breadth: bool) -> Iterator[Stack]:
+    """``prefect server start``; then, all at once so that their start-ups overlap, the served flows and
+    their runs; the tests wait for the runs. Two stacks, one per module (so that pytest-xdist runs them
+    side by side, each Prefect server with half the runs): ``breadth=False`` — a process work pool and
+    its worker, ``.serve()`` of the parent flow (and its budgeted twin), the webhook receiver,
+    ``python flows/nightly_eval.py``, a served schedule; ``breadth=True`` — the other providers' served
+    runs (retries, cancel), structured outputs with repair, ``python flows/eval_matrix.py``."""
+    work = tmp_path_factory.mktemp("deployments-breadth" if breadth else "deployments")
     home = work / "prefect_home"
     home.mkdir()
     port = _free_port()
@@ -519,95 +529,104 @@ def stack(tmp_path_factory: pytest.TempPathFactory, batch_server: ServerURL, sec
             assert time.monotonic() < deadline, f"prefect server not healthy after 120 s:\n{server.tail()}"
             time.sleep(0.25)
 
-        from prefect.workers.process import ProcessWorker
+        if not breadth:
+            from prefect.workers.process import ProcessWorker
 
-        def step(mode: str) -> dict[str, Any]:
-            return {"bundle_steps": {"launcher": [sys.executable], "dir": str(work / "bundles"), "mode": mode}}
+            def step(mode: str) -> dict[str, Any]:
+                return {"bundle_steps": {"launcher": [sys.executable], "dir": str(work / "bundles"), "mode": mode}}
 
-        s.call("POST", "/work_pools/", json={
-            "name": s.pool, "type": "process", "base_job_template": ProcessWorker.get_default_base_job_template(),
-            "storage_configuration": {"bundle_upload_step": step("upload"), "bundle_execution_step": step("execute")},
-        }).raise_for_status()
-        s.start("worker", [str(BIN / "prefect"), "worker", "start", "--pool", s.pool, "--type", "process"])
-        submitted = work / "submitted.json"
-        deploy = s.start("deploy-and-submit", [sys.executable, "-c", DEPLOY_AND_SUBMIT, str(installed), s.pool,
-                                               str(worker_requests), str(submitted)])
-        # Event-driven: a Batch API server sending webhooks to `batch-ops webhooks serve --prefect`.
-        receiver_port = _free_port()
-        webhook_batch = servers.enter_context(serve_in_background(
-            api_key=secret, request_latency=0.05, webhook_urls=[f"http://127.0.0.1:{receiver_port}/openai"],
-            webhook_secret=webhook_secret))
-        s.webhook_batch_url = str(webhook_batch)
-        on_event_env = {"OPENAI_BASE_URL": s.webhook_batch_url, "OPENAI_WEBHOOK_SECRET": webhook_secret}
-        s.start("receiver", [str(BIN / "batch-ops"), "webhooks", "serve", "--port", str(receiver_port), "--prefect"],
-                env=on_event_env)
-        (code / "serve_on_event.py").write_text(SERVE_ON_EVENT)
-        s.start("serve-on-event", [sys.executable, str(code / "serve_on_event.py")], cwd=work, env=on_event_env)
-        serve_parent = s.start("serve-parent", [sys.executable, str(installed / "deploy_parent.py")], cwd=work)
-        # The other providers: a server per provider and scenario, a saved block each, one served parent.
-        s.provider_urls = {provider: {scenario: str(servers.enter_context(serve_in_background(**faults)))
-                                      for scenario, (_, faults) in PROVIDER_SCENARIOS.items()}
-                           for provider in PROVIDER_MODELS}
-        (installed / "provider_parent.py").write_text(PROVIDER_FLOW)
-        serve_providers = s.start("serve-providers", [sys.executable, str(installed / "provider_parent.py")], cwd=work)
-        save_blocks = s.start("save-blocks", [sys.executable, "-c", SAVE_BLOCKS, json.dumps(
-            provider_blocks(s.provider_urls, work / "ledger"))])
-        # Structured outputs: a Batch API server that spoils a fifth of the structured answers.
-        s.structured_batch_url = str(servers.enter_context(serve_in_background(
-            api_key=secret, request_latency=0.01, invalid_share=0.2, invalid_kind="mixed", seed=5)))
-        serve_structured = s.start("serve-structured", [sys.executable, str(installed / "deploy_structured.py")],
-                                   cwd=work, env={"OPENAI_BASE_URL": s.structured_batch_url})
-        s.start("serve-scheduled", [sys.executable, "-c", SERVE_SCHEDULED, str(work / "scheduled.jsonl")], cwd=work)
-        serve_nightly = s.start("serve-nightly-eval", [sys.executable, str(NIGHTLY_EVAL)], cwd=work, env={
-            "BATCH_OPS_EVAL_DIR": str(work / "eval"),
-            "BATCH_OPS_EVAL_POLL_INTERVAL": "0.2",
-            "BATCH_OPS_EVAL_CRON": "0 0 1 1 *",  # no scheduled run can start during the test
-        })
-        # The eval matrix example, served as users serve it, against a server replaying three models and a judge.
-        from batch_ops.evals.matrix import MATRIX_RUN
+            s.call("POST", "/work_pools/", json={
+                "name": s.pool, "type": "process",
+                "base_job_template": ProcessWorker.get_default_base_job_template(),
+                "storage_configuration": {"bundle_upload_step": step("upload"),
+                                          "bundle_execution_step": step("execute")},
+            }).raise_for_status()
+            s.start("worker", [str(BIN / "prefect"), "worker", "start", "--pool", s.pool, "--type", "process"])
+            submitted = work / "submitted.json"
+            deploy = s.start("deploy-and-submit", [sys.executable, "-c", DEPLOY_AND_SUBMIT, str(installed), s.pool,
+                                                   str(worker_requests), str(submitted)])
+            # Event-driven: a Batch API server sending webhooks to `batch-ops webhooks serve --prefect`.
+            receiver_port = _free_port()
+            webhook_batch = servers.enter_context(serve_in_background(
+                api_key=secret, request_latency=0.05, webhook_urls=[f"http://127.0.0.1:{receiver_port}/openai"],
+                webhook_secret=webhook_secret))
+            s.webhook_batch_url = str(webhook_batch)
+            on_event_env = {"OPENAI_BASE_URL": s.webhook_batch_url, "OPENAI_WEBHOOK_SECRET": webhook_secret}
+            s.start("receiver", [str(BIN / "batch-ops"), "webhooks", "serve", "--port", str(receiver_port),
+                                 "--prefect"], env=on_event_env)
+            (code / "serve_on_event.py").write_text(SERVE_ON_EVENT)
+            s.start("serve-on-event", [sys.executable, str(code / "serve_on_event.py")], cwd=work, env=on_event_env)
+            serve_parent = s.start("serve-parent", [sys.executable, str(installed / "deploy_parent.py")], cwd=work)
+            s.start("serve-scheduled", [sys.executable, "-c", SERVE_SCHEDULED, str(work / "scheduled.jsonl")],
+                    cwd=work)
+            serve_nightly = s.start("serve-nightly-eval", [sys.executable, str(NIGHTLY_EVAL)], cwd=work, env={
+                "BATCH_OPS_EVAL_DIR": str(work / "eval"),
+                "BATCH_OPS_EVAL_POLL_INTERVAL": "0.2",
+                "BATCH_OPS_EVAL_CRON": "0 0 1 1 *",  # no scheduled run can start during the test
+            })
+        else:
+            # The other providers: a server per provider and scenario, a saved block each, one served parent.
+            s.provider_urls = {provider: {scenario: str(servers.enter_context(serve_in_background(**faults)))
+                                          for scenario, (_, faults) in PROVIDER_SCENARIOS.items()}
+                               for provider in PROVIDER_MODELS}
+            (installed / "provider_parent.py").write_text(PROVIDER_FLOW)
+            serve_providers = s.start("serve-providers", [sys.executable, str(installed / "provider_parent.py")],
+                                      cwd=work)
+            save_blocks = s.start("save-blocks", [sys.executable, "-c", SAVE_BLOCKS, json.dumps(
+                provider_blocks(s.provider_urls, work / "ledger"))])
+            # Structured outputs: a Batch API server that spoils a fifth of the structured answers.
+            s.structured_batch_url = str(servers.enter_context(serve_in_background(
+                api_key=secret, request_latency=0.01, invalid_share=0.2, invalid_kind="mixed", seed=5)))
+            serve_structured = s.start("serve-structured", [sys.executable, str(installed / "deploy_structured.py")],
+                                       cwd=work, env={"OPENAI_BASE_URL": s.structured_batch_url})
+            # The eval matrix example, served as users serve it, against a server replaying three models and a
+            # judge.
+            from batch_ops.evals.matrix import MATRIX_RUN
 
-        matrix_batch = servers.enter_context(serve_in_background(
-            api_key=secret, engine="replay", replay_files=(str(MATRIX_RUN),)))
-        serve_matrix = s.start("serve-eval-matrix", [sys.executable, str(EVAL_MATRIX)], cwd=work, env={
-            "OPENAI_BASE_URL": str(matrix_batch),
-            "BATCH_OPS_EVAL_DIR": str(work / "matrix-eval"),
-            "BATCH_OPS_EVAL_POLL_INTERVAL": "0.2",
-            "BATCH_OPS_EVAL_CRON": "0 0 1 1 *",  # no scheduled run can start during the test
-        })
-        # One run of each; a path that cannot start its run fails its own test only.
-        with s.trying("served"):
-            s.runs["served"] = s.run_deployment("deploy-parent", "served", {"input_path": str(served_requests),
-                                                                            "tag": "served"}, proc=serve_parent)
-        # The cost issue (25): one run refused by its budget before any upload, one billed.
-        for tag, budget in (("budget-refused", 1e-9), ("budget-billed", 100.0)):
-            path = work / f"{tag}.jsonl"
-            write_requests(path, make_requests(3, prefix=tag))
-            with s.trying(tag):
-                s.runs[tag] = s.run_deployment("deploy-budgeted", "budgeted", {
-                    "input_path": str(path), "tag": tag, "max_cost_usd": budget,
-                    "prices": {"gpt-4o-mini": {"input": 1, "output": 2}}}, proc=serve_parent)
-        with s.trying("nightly"):
-            s.runs["nightly"] = s.run_deployment("nightly-eval", "nightly-eval", {}, proc=serve_nightly)
-        provider_runs = [f"{p}-{scenario}" for p in PROVIDER_MODELS for scenario in PROVIDER_SCENARIOS]
-        with s.trying(*provider_runs):
-            assert save_blocks.popen.wait(120) == 0, f"saving the blocks failed:\n{save_blocks.tail()}"
-            for provider in PROVIDER_MODELS:
-                for scenario, (n, _) in PROVIDER_SCENARIOS.items():
-                    name = f"{provider}-{scenario}"
-                    s.runs[name] = s.run_deployment("provider-parent", "providers", {
-                        "block": f"e2e-{name}", "tag": scenario[:2], "n": n, "out": str(work / f"{name}.json"),
-                        "fail_on_request_failures": scenario == "failures"}, proc=serve_providers)
-        with s.trying("structured"):
-            s.runs["structured"] = s.run_deployment("deploy-structured", "structured", {
-                "input_path": str(work / "structured.jsonl")}, proc=serve_structured)
-        with s.trying("matrix"):
-            s.runs["matrix"] = s.run_deployment("eval-matrix", "eval-matrix", {}, proc=serve_matrix)
-        with s.trying("worker-deployment", "worker-bundle"):
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                deploy.popen.wait(120)
-            assert deploy.popen.returncode == 0, f"deploy and submit failed:\n{deploy.tail()}"
-            ids = json.loads(submitted.read_text())
-            s.runs["worker-deployment"], s.runs["worker-bundle"] = ids["deployment"], ids["bundle"]
+            matrix_batch = servers.enter_context(serve_in_background(
+                api_key=secret, engine="replay", replay_files=(str(MATRIX_RUN),)))
+            serve_matrix = s.start("serve-eval-matrix", [sys.executable, str(EVAL_MATRIX)], cwd=work, env={
+                "OPENAI_BASE_URL": str(matrix_batch),
+                "BATCH_OPS_EVAL_DIR": str(work / "matrix-eval"),
+                "BATCH_OPS_EVAL_POLL_INTERVAL": "0.2",
+                "BATCH_OPS_EVAL_CRON": "0 0 1 1 *",  # no scheduled run can start during the test
+            })
+        if not breadth:
+            # One run of each; a path that cannot start its run fails its own test only.
+            with s.trying("served"):
+                s.runs["served"] = s.run_deployment("deploy-parent", "served", {"input_path": str(served_requests),
+                                                                                "tag": "served"}, proc=serve_parent)
+            # The cost issue (25): one run refused by its budget before any upload, one billed.
+            for tag, budget in (("budget-refused", 1e-9), ("budget-billed", 100.0)):
+                path = work / f"{tag}.jsonl"
+                write_requests(path, make_requests(3, prefix=tag))
+                with s.trying(tag):
+                    s.runs[tag] = s.run_deployment("deploy-budgeted", "budgeted", {
+                        "input_path": str(path), "tag": tag, "max_cost_usd": budget,
+                        "prices": {"gpt-4o-mini": {"input": 1, "output": 2}}}, proc=serve_parent)
+            with s.trying("nightly"):
+                s.runs["nightly"] = s.run_deployment("nightly-eval", "nightly-eval", {}, proc=serve_nightly)
+            with s.trying("worker-deployment", "worker-bundle"):
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    deploy.popen.wait(120)
+                assert deploy.popen.returncode == 0, f"deploy and submit failed:\n{deploy.tail()}"
+                ids = json.loads(submitted.read_text())
+                s.runs["worker-deployment"], s.runs["worker-bundle"] = ids["deployment"], ids["bundle"]
+        else:
+            provider_runs = [f"{p}-{scenario}" for p in PROVIDER_MODELS for scenario in PROVIDER_SCENARIOS]
+            with s.trying(*provider_runs):
+                assert save_blocks.popen.wait(120) == 0, f"saving the blocks failed:\n{save_blocks.tail()}"
+                for provider in PROVIDER_MODELS:
+                    for scenario, (n, _) in PROVIDER_SCENARIOS.items():
+                        name = f"{provider}-{scenario}"
+                        s.runs[name] = s.run_deployment("provider-parent", "providers", {
+                            "block": f"e2e-{name}", "tag": scenario[:2], "n": n, "out": str(work / f"{name}.json"),
+                            "fail_on_request_failures": scenario == "failures"}, proc=serve_providers)
+            with s.trying("structured"):
+                s.runs["structured"] = s.run_deployment("deploy-structured", "structured", {
+                    "input_path": str(work / "structured.jsonl")}, proc=serve_structured)
+            with s.trying("matrix"):
+                s.runs["matrix"] = s.run_deployment("eval-matrix", "eval-matrix", {}, proc=serve_matrix)
         yield s
     finally:
         stop_all(list(reversed(s.procs.values())))
@@ -779,34 +798,7 @@ def test_served_flow_runs_run_batch_as_a_subflow(stack: Stack) -> None:
     stack.assert_ran_batch(stack.run_id("served"), proc=stack.procs["serve-parent"], requests=3, test="served")
 
 
-def test_served_structured_outputs_repair_only_the_invalid(stack: Stack) -> None:
-    """A served deployment runs ``run_batch`` with a pydantic model and ``repair_rounds=1`` against a server
-    that spoils a fifth of the answers: the repair batch carries exactly the invalid requests (counted on the
-    server), and every answer arrives typed through ``read_batch_results``."""
-    proc = stack.procs["serve-structured"]
-    state = stack.final_state(stack.run_id("structured"), proc=proc)
-    assert state["type"] == "COMPLETED", f"{state.get('message')}\n{stack.logs()}"
-    with BatchClient(api_key=stack.secret, base_url=stack.structured_batch_url) as client:
-        batches = sorted(client.batches.iter_all(limit=100), key=lambda b: b.created_at)
-        assert len(batches) == 2, batches  # the batch, and its one repair round
-        first, repair = batches
-        invalid = [line for line in client.results(first, response_schema=CITY_SCHEMA) if line.invalid is not None]
-        final = client.results(client.batches.chain(
-            (first.metadata or {})["batch_ops_idempotency_key"].split("@")[0]), response_schema=CITY_SCHEMA)
-        typed = [line.parsed for line in final]
-    assert invalid and repair.request_counts.total == len(invalid), (len(invalid), repair)  # paid == needed
-    assert len(typed) == 20 and all(isinstance(p, dict) and set(p) == {"name", "population", "tags"} for p in typed)
-    assert (repair.metadata or {})["batch_ops_idempotency_key"].endswith(".1")  # the chain's next attempt
-    logs = proc.tail(200_000)
-    assert "Repair round 1:" in logs and f"carrying {len(invalid)} requests" in logs
-
-
 #: City's JSON Schema (the served flow's model), to read the answers here.
-CITY_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["name", "population", "tags"],
-               "properties": {"name": {"type": "string"}, "population": {"type": "integer"},
-                              "tags": {"type": "array", "items": {"type": "string"}}}}
-
-
 def test_process_worker_runs_deployment_and_submitted_flow(stack: Stack) -> None:
     """``prefect worker start --type process``: a deployment from source (the flow-run process loads
     it from its entrypoint) and the same flow submitted to the pool (a pickled bundle); both call
@@ -822,26 +814,6 @@ def test_served_nightly_eval_example(stack: Stack) -> None:
     run = stack.run_id("nightly")
     stack.assert_ran_batch(run, proc=stack.procs["serve-nightly-eval"], requests=None, pipeline="nightly_eval")
     assert list((stack.work / "eval" / "reports").rglob("*.md")), "the run wrote no report"
-
-
-def test_served_eval_matrix_example(stack: Stack) -> None:
-    """``python flows/eval_matrix.py`` serves the matrix; a run of its deployment runs three models' batches and
-    three judge batches (six ``run_batch`` subflows, at once), writes the HTML report and publishes its artifacts."""
-    run = stack.run_id("matrix")
-    proc = stack.procs["serve-eval-matrix"]
-    state = stack.final_state(run, proc=proc, timeout=180)
-    assert state["type"] == "COMPLETED", f"eval matrix run ended {state['type']}: {state.get('message')}\n{proc.tail()}"
-    subflows = stack.subflow_runs(run)
-    assert len(subflows) == 6 and {s["state"]["type"] for s in subflows} == {"COMPLETED"}, subflows
-    reports = list((stack.work / "matrix-eval" / "matrix" / "runs").glob("*/report.html"))
-    assert len(reports) == 1 and reports[0].read_text().count("<svg") == 3
-    found = stack.call("POST", "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run]}}})
-    found.raise_for_status()
-    kinds = {a["key"]: a["type"] for a in found.json() if a.get("key", "").startswith("eval-matrix")}
-    # A link artifact is stored as markdown holding the link (Prefect 3).
-    assert kinds.get("eval-matrix") == "markdown" and "eval-matrix-report" in kinds, kinds
-    link = next(a for a in found.json() if a.get("key") == "eval-matrix-report")
-    assert reports[0].resolve().as_uri() in link["data"] and stack.secret not in json.dumps(found.json())
 
 
 def test_scheduler_creates_and_runs_scheduled_flow_runs(stack: Stack) -> None:
@@ -869,53 +841,6 @@ def test_scheduler_creates_and_runs_scheduled_flow_runs(stack: Stack) -> None:
         stack.assert_ran_batch(str(first["id"]), proc=served, requests=2, test="scheduled")
     finally:  # its later runs are of no use here: pausing deletes those not started yet
         stack.call("POST", f"/deployments/{scheduled}/pause_deployment")
-
-
-@pytest.mark.parametrize("scenario", ["failures", "expiring"])
-@pytest.mark.parametrize("provider", list(PROVIDER_MODELS))
-def test_a_served_flow_retried_after_a_failed_or_expired_batch_pays_only_for_the_rest(
-        stack: Stack, wire_oracle: Any, provider: str, scenario: str) -> None:
-    """A served flow runs ``run_batch`` on Anthropic's or Gemini's batch API (a saved block each); the batch
-    has request failures (``fail_on_request_failures``) or expires half done, the flow run is retried, and
-    each retry's batch carries only what had not succeeded. The provider's own SDK is the judge: over
-    every batch on the server, each custom id succeeded exactly once; the results come back joined by
-    custom id, every one answered."""
-    name = f"{provider}-{scenario}"
-    proc, url = stack.procs["serve-providers"], stack.provider_urls[provider][scenario]
-    state = stack.final_state(stack.run_id(name), proc=proc, timeout=150)
-    batches = wire_oracle.batches(provider, url)
-    assert state["type"] == "COMPLETED", f"{state.get('message')}\n{batches}\n{stack.logs()}"
-    run = stack.call("GET", f"/flow_runs/{stack.run_id(name)}").json()
-    assert run["run_count"] >= 2, f"{name}: the outcome called for a retry: {batches}"
-    n = PROVIDER_SCENARIOS[scenario][0]
-    ids = [f"{scenario[:2]}-{i}" for i in range(n)]
-    paid = wire_oracle.paid(provider, url)
-    assert paid == dict.fromkeys(ids, 1), f"{name}: paid for {sum(paid.values())}, needed {n}: {paid}\n{batches}"
-    written = json.loads((stack.work / f"{name}.json").read_text())
-    assert 2 <= len(batches) <= run["run_count"] and written["batch_ids"] == [b for b, _ in batches], batches
-    assert sorted(written["joined"]) == sorted(ids)
-    assert all(ok and text for ok, text in written["joined"].values()), written["joined"]
-
-
-@pytest.mark.parametrize("provider", list(PROVIDER_MODELS))
-def test_cancelling_a_served_flow_run_cancels_its_batch_on_every_provider(
-        stack: Stack, wire_oracle: Any, provider: str) -> None:
-    """A user cancels the served flow run while its ``run_batch`` subflow waits on Anthropic's or Gemini's
-    batch: the batch is cancelled on the wire (the provider's SDK says so) and the run ends CANCELLED."""
-    name = f"{provider}-kill"
-    run_id, proc, url = stack.run_id(name), stack.procs["serve-providers"], stack.provider_urls[provider]["kill"]
-    deadline = time.monotonic() + 120
-    while not (batches := wire_oracle.batches(provider, url)):
-        assert proc.alive() and time.monotonic() < deadline, f"no batch of {name}:\n{stack.logs()}"
-        time.sleep(0.25)
-    stack.call("POST", f"/flow_runs/{run_id}/set_state", json={
-        "state": {"type": "CANCELLING"}, "force": True}).raise_for_status()
-    deadline = time.monotonic() + 60
-    while not wire_oracle.cancel_seen(provider, (batches := wire_oracle.batches(provider, url))[0][1]):
-        assert time.monotonic() < deadline, f"{name}: the batch was not cancelled: {batches}\n{stack.logs()}"
-        time.sleep(0.25)
-    assert len(batches) == 1, batches
-    assert stack.final_state(run_id, proc=proc, timeout=60)["type"] == "CANCELLED"
 
 
 def test_served_run_batch_refuses_a_budget_before_upload_and_bills_the_other(stack: Stack) -> None:
