@@ -374,7 +374,9 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
         if schema is not None and rounds_left > 0 and self.policy.accepts(latest, satisfied=satisfied):
             spec = self._spec(context)
             done = client.repair(self._source(), spec, chain, round=len(repairs) + 1, feedback=self.repair_feedback)
-            self.log.info("%s", done.line())
+            # A round the budget refused is a warning, not a failure: the paid-for answers are delivered (core's
+            # decision, batch_ops._repair); the rounds in the result dict say so.
+            (self.log.warning if done.refused else self.log.info)("%s", done.line())
             repairs.append(done.summary())
             context["ti"].xcom_push(key=XCOM_REPAIRS, value=repairs)
             if done.submission is not None:

@@ -551,7 +551,9 @@ def submit(
                 if OutcomePolicy().rejection(batch) is not None:
                     break
                 done = client.repair(local, spec, chain, round=number, feedback=repair_feedback)
-                out.note(done.line())
+                # Refused by the budget: a warning, the run goes on to its summary (core's decision, _repair).
+                out.note(f"warning: {done.line()}" if done.refused else done.line(),
+                         style="yellow" if done.refused else None)
                 rounds.append(done.summary())
                 if done.submission is None:
                     break
