@@ -5,8 +5,8 @@ The server spoils a fifth of the structured answers; output dominates the price 
 is exactly the valid answer's 15 tokens, so attempt 0's actual cost is close to its upper bound. With a budget
 just above that bound the repair round is refused before anything of it is uploaded (counted on the server): the
 command exits 0 with a warning naming the budget, and its JSON carries the rounds (the refusal and its numbers),
-the estimate and the bill (for people: a warning on stderr); ``batch-ops results`` gives the valid answers typed and the invalid ones marked. With
-room for both the round runs, and the bill covers the repair batch too.
+the estimate and the bill (for people: a warning on stderr); ``batch-ops results`` gives the valid answers
+typed and the invalid ones marked. With room for both the round runs, and the bill covers the repair batch too.
 """
 
 from __future__ import annotations

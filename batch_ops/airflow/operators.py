@@ -181,7 +181,9 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
             and a retry re-attaches to it).
         max_cost_usd: a hard budget in USD for the task's whole chain (every try and retry): a try whose
             upper bound, with what earlier tries spent, passes it fails before uploading anything
-            (``BudgetExceededError``, not retried). See docs/cost.md.
+            (``BudgetExceededError``, not retried). A repair round that does not fit is not submitted and
+            the task succeeds with the answers paid for (a warning; the round's ``refused`` says why).
+            See docs/cost.md.
         prices: price overrides, ``{"model": {"input": .., "output": ..}}`` in USD per 1M tokens (batch
             prices); default genai-prices' table. The result dict gets ``estimate`` (made before the
             upload) and ``cost`` (the actual bill from the results' usage) side by side.

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.airflow.dags.batch_ops_repair_budget_dags import ANSWER_TOKENS, MODEL, N, PRICES, ROOMY, TIGHT
+from tests.airflow.dags.batch_ops_repair_budget_dags import ANSWER_TOKENS, MODEL, PRICES, ROOMY, TIGHT, N
 
 
 def test_a_budget_the_repair_round_would_cross_stops_it_and_the_paid_answers_arrive(

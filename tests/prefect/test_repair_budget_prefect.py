@@ -40,6 +40,12 @@ def requests(prefix: str) -> list[dict[str, Any]]:
              "messages": [{"role": "user", "content": f"City {i}?"}]} for i in range(N)]
 
 
+async def server_calls(url: str) -> dict[str, int]:
+    """What the server was asked, by route (uploads and batches counted there)."""
+    async with httpx.AsyncClient() as http:
+        return dict((await http.get(str(url).removesuffix("/v1") + "/healthz")).json()["calls"])
+
+
 async def test_a_budget_the_repair_round_would_cross_stops_it_and_the_paid_answers_arrive(
         make_server: Callable[..., AbstractContextManager[str]]) -> None:
     with make_server(invalid_share=0.2, invalid_kind="mixed", seed=11) as url:
@@ -48,12 +54,12 @@ async def test_a_budget_the_repair_round_would_cross_stops_it_and_the_paid_answe
                                   "poll_interval": 0.1, "response_model": City, "repair_rounds": 1,
                                   "repair_feedback": True, "prices": PRICES}
         tight = await run_batch(requests=requests("t"), max_cost_usd=TIGHT, **common)
-        calls = httpx.get(str(url).removesuffix("/v1") + "/healthz").json()["calls"]
+        calls = await server_calls(url)
         assert calls.get("POST /v1/files") == 1 and calls.get("POST /v1/batches") == 1, calls  # no repair upload
         tight_records = await read_batch_results(tight, credentials=credentials)
         roomy = await run_batch(requests=requests("r"), max_cost_usd=ROOMY, **common)
         roomy_records = await read_batch_results(roomy, credentials=credentials)
-        calls = httpx.get(str(url).removesuffix("/v1") + "/healthz").json()["calls"]
+        calls = await server_calls(url)
     assert calls.get("POST /v1/files") == 3 and calls.get("POST /v1/batches") == 3, calls
 
     # tight: refused with the numbers, nothing of the round submitted; the result is still the run's.
