@@ -15,6 +15,14 @@ the reason as a new user turn when ``feedback``). So a repair round
 The adapters drive it: the client (:meth:`BatchClient.repair <batch_ops.BatchClient.repair>`), the
 Airflow operator (the trigger fires, the operator submits the round and defers again), the Prefect
 tasks and ``run_batch``, and the CLI. Answers still invalid after the last round are delivered as such.
+
+**A round the budget refuses** (``max_cost_usd``: the chain's spend plus the round's upper bound would pass
+it) is not an error of the run: nothing of it was uploaded, the answers already paid for are all there,
+and the invalid ones are delivered as invalid — as after the last round. So :func:`repair_plan` returns the
+round with :attr:`RepairRound.refused` (the budget's message, naming the numbers) instead of raising, and
+every adapter logs it as a warning and finishes the run with the rounds so far. Decided here, once: failing
+the run would hide paid-for answers behind a failed task (Airflow would retry into the same refusal, a
+Prefect flow would return nothing), and a budget caps spending; it is not a quality gate.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from batch_ops._plans import Send, Sleep, Work, chain_results_plan
 from batch_ops._submit import Repair, Source, Submission, SubmitSpec, submit_plan
 from batch_ops.chain import AttemptChain
 from batch_ops.dialects import Dialect
-from batch_ops.errors import BatchOpsError
+from batch_ops.errors import BatchOpsError, BudgetExceededError
 from batch_ops.identity.ledger import KeyLedger
 from batch_ops.structured import invalid_answers
 
@@ -41,11 +49,18 @@ __all__ = ["RepairRound", "repair_plan"]
 @dataclass(frozen=True)
 class RepairRound:
     """What a repair round found and did: ``invalid`` answers found (by reason), and the ``submission`` of the
-    repair attempt (None: every answer is valid, nothing was submitted)."""
+    repair attempt (None: every answer is valid, or the budget refused the round: nothing was submitted).
+
+    ``refused``: the budget's message when ``max_cost_usd`` refused the round (its ``BudgetExceededError``,
+    which names the chain's spend, the round's upper bound and the limit); ``upper_usd``: the round's upper
+    bound in USD (its estimate; None when it was not estimated).
+    """
 
     round: int
     invalid: dict[str, int]
     submission: Submission | None = None
+    refused: str | None = None
+    upper_usd: float | None = None
 
     @property
     def count(self) -> int:
@@ -54,15 +69,17 @@ class RepairRound:
 
     def summary(self) -> dict[str, Any]:
         """The round as plain JSON (XCom, task results, a deferred task's kwargs): ``round``, ``invalid`` (by
-        reason), ``batch_id`` and ``carried`` of the repair attempt (None: nothing submitted).
+        reason), ``batch_id`` and ``carried`` of the repair attempt (None: nothing submitted), ``upper_usd``
+        (the round's upper bound) and ``refused`` (the budget's message when it refused the round, else None).
 
         Examples:
-            >>> RepairRound(1, {"schema": 2}).summary()
-            {'round': 1, 'invalid': {'schema': 2}, 'batch_id': None, 'carried': None}
+            >>> RepairRound(1, {"schema": 2}, upper_usd=0.5).summary()  # doctest: +NORMALIZE_WHITESPACE
+            {'round': 1, 'invalid': {'schema': 2}, 'batch_id': None, 'carried': None, 'upper_usd': 0.5,
+             'refused': None}
         """
         sub = self.submission
         return {"round": self.round, "invalid": dict(self.invalid), "batch_id": None if sub is None else sub.batch.id,
-                "carried": None if sub is None else sub.carried}
+                "carried": None if sub is None else sub.carried, "upper_usd": self.upper_usd, "refused": self.refused}
 
     def line(self) -> str:
         """The round in words, for a log.
@@ -72,11 +89,15 @@ class RepairRound:
             'Repair round 1: every answer follows the schema; nothing to repair'
             >>> RepairRound(2, {"schema": 3, "bad_json": 1}).line()
             'Repair round 2: 4 invalid answers (schema 3, bad_json 1); nothing submitted'
+            >>> RepairRound(1, {"schema": 1}, refused="Budget: attempt 1 would cost ...").line()  # doctest: +ELLIPSIS
+            'Repair round 1: 1 invalid answers (schema 1); refused by the budget, delivered as invalid: Budget: ...'
         """
         if not self.count:
             return f"Repair round {self.round}: every answer follows the schema; nothing to repair"
         reasons = ", ".join(f"{r} {n}" for r, n in self.invalid.items())
-        if self.submission is None:
+        if self.refused is not None:
+            done = f"refused by the budget, delivered as invalid: {self.refused}"
+        elif self.submission is None:
             done = "nothing submitted"
         else:
             batch = self.submission.batch
@@ -111,7 +132,12 @@ def repair_plan(
         return RepairRound(round, {})
     repair = Repair(after=last.number, invalid=invalid, feedback=feedback, round=round)
     keyed = replace(spec, idempotency_key=chain.key, reattach=True, repair=repair)
-    submission = yield from submit_plan(keyed, source, workdir=scratch, dialect=dialect, policy=policy,
-                                        lookback=lookback, ledger=ledger)
-    return RepairRound(round, reasons, submission)
+    try:
+        submission = yield from submit_plan(keyed, source, workdir=scratch, dialect=dialect, policy=policy,
+                                            lookback=lookback, ledger=ledger)
+    except BudgetExceededError as exc:
+        # Nothing of the round was uploaded; what the chain paid for stays delivered (see the module).
+        return RepairRound(round, reasons, refused=str(exc), upper_usd=exc.upper)
+    priced = submission.estimate
+    return RepairRound(round, reasons, submission, upper_usd=None if priced is None else float(priced.upper))
 

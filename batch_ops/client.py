@@ -506,6 +506,8 @@ class BatchClient(_Base):
         ``spec.response_schema``) resubmitted, and only those, as its next attempt; ``source`` and ``spec``
         are the ones the chain was submitted with. ``feedback`` puts each answer's fault in its request as a
         new user turn. Wait for ``round.submission.batch`` when it is not None, then read the results again.
+        A round ``spec.max_cost_usd`` has no room for is not submitted and does not raise: ``round.refused``
+        holds the budget's message (the answers already paid for stand; see :mod:`batch_ops._repair`).
 
         Examples:
             >>> # sub = client.submit_spec("q.jsonl", SubmitSpec.of(idempotency_key="k", response_schema=City))

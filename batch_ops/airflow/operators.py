@@ -181,7 +181,9 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
             and a retry re-attaches to it).
         max_cost_usd: a hard budget in USD for the task's whole chain (every try and retry): a try whose
             upper bound, with what earlier tries spent, passes it fails before uploading anything
-            (``BudgetExceededError``, not retried). See docs/cost.md.
+            (``BudgetExceededError``, not retried). A repair round that does not fit is not submitted and
+            the task succeeds with the answers paid for (a warning; the round's ``refused`` says why).
+            See docs/cost.md.
         prices: price overrides, ``{"model": {"input": .., "output": ..}}`` in USD per 1M tokens (batch
             prices); default genai-prices' table. The result dict gets ``estimate`` (made before the
             upload) and ``cost`` (the actual bill from the results' usage) side by side.
@@ -374,7 +376,9 @@ class OpenAIBatchOperator(BatchOutcomeMixin, BaseOperator):
         if schema is not None and rounds_left > 0 and self.policy.accepts(latest, satisfied=satisfied):
             spec = self._spec(context)
             done = client.repair(self._source(), spec, chain, round=len(repairs) + 1, feedback=self.repair_feedback)
-            self.log.info("%s", done.line())
+            # A round the budget refused is a warning, not a failure: the paid-for answers are delivered (core's
+            # decision, batch_ops._repair); the rounds in the result dict say so.
+            (self.log.warning if done.refused else self.log.info)("%s", done.line())
             repairs.append(done.summary())
             context["ti"].xcom_push(key=XCOM_REPAIRS, value=repairs)
             if done.submission is not None:

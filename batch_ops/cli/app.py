@@ -495,7 +495,8 @@ def submit(
     repair_rounds: Annotated[
         int, typer.Option("--repair-rounds", metavar="N", min=0,
                           help="With --wait and --response-schema: after the batch ends, resubmit only the requests "
-                               "whose answers are invalid, up to N times, each as the chain's next attempt.")
+                               "whose answers are invalid, up to N times, each as the chain's next attempt. A round "
+                               "--max-cost-usd has no room for is not submitted (a warning; exit 0).")
     ] = 0,
     repair_feedback: Annotated[
         bool, typer.Option("--repair-feedback", help="Put each invalid answer's fault in its repaired request.")
@@ -551,7 +552,9 @@ def submit(
                 if OutcomePolicy().rejection(batch) is not None:
                     break
                 done = client.repair(local, spec, chain, round=number, feedback=repair_feedback)
-                out.note(done.line())
+                # Refused by the budget: a warning, the run goes on to its summary (core's decision, _repair).
+                out.note(f"warning: {done.line()}" if done.refused else done.line(),
+                         style="yellow" if done.refused else None)
                 rounds.append(done.summary())
                 if done.submission is None:
                     break

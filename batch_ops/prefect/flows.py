@@ -262,7 +262,8 @@ async def run_batch(
         repair_feedback: put each invalid answer's fault in its repaired request (a new user turn).
         max_cost_usd: a hard budget in USD for the whole chain (every retry of the flow run): refused
             before upload with ``BudgetExceededError`` when the chain's spend plus this attempt's upper
-            bound passes it (docs/cost.md).
+            bound passes it (docs/cost.md). A repair round that does not fit is not submitted: the run
+            returns the answers paid for, with a warning and the round's ``refused`` in ``structured``.
         prices: price overrides, ``{"model": {"input": .., "output": ..}}`` in USD per 1M tokens. The result's
             ``estimate`` and ``cost`` (the actual bill) sit side by side, and in the ``<stem>-cost`` artifact.
 

@@ -417,9 +417,11 @@ async def _repair(
                          response_schema=response_schema, max_cost_usd=max_cost_usd, prices=prices)
     done: RepairRound = await AsyncBatchClient.shared(settings).repair(given, spec, chain, round=round,
                                                                        feedback=feedback)
-    _logger().info("%s", done.line())
+    logger = _logger()
+    # A round the budget refused is a warning, not a failure (core's decision, batch_ops._repair).
+    (logger.warning if done.refused else logger.info)("%s", done.line())
     if done.submission is not None:
-        done.submission.log(_logger())
+        done.submission.log(logger)
     return done
 
 
