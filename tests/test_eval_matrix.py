@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from batch_ops import BatchClient
-from batch_ops.errors import BatchOpsError, InputValidationError
+from batch_ops import BatchClient, SubmitSpec
+from batch_ops.errors import BatchOpsError, BudgetExceededError, InputValidationError
 from batch_ops.evals.matrix import (
     DEMO_MATRIX,
     MATRIX_RUN,
@@ -29,12 +29,16 @@ from batch_ops.results import result_records
 KEY = "sk-matrix-core-5531"
 
 
-def _run(client: BatchClient, requests: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """One batch of neutral requests, waited for; its result records and its outcome with times."""
-    batch = client.submit(requests, endpoint="/v1/chat/completions")
-    done = client.batches.wait(batch.id, poll_interval=0.05)
-    return result_records(client.results(done), raw=False), with_times(done.summary() | {"batch_ids": [done.id]},
-                                                                        [done])
+def _run(client: BatchClient, requests: list[dict[str, Any]], *, prices: dict[str, Any] | None = None,
+         max_cost_usd: float | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One batch of neutral requests, waited for; its result records and its outcome with times, the estimate
+    made before the upload and the bill, as the adapters return them (``estimate``, ``cost``)."""
+    sub = client.submit_spec(requests, SubmitSpec.of(endpoint="/v1/chat/completions", prices=prices,
+                                                     max_cost_usd=max_cost_usd))
+    done = client.batches.wait(sub.batch.id, poll_interval=0.05)
+    outcome = done.summary() | {"batch_ids": [done.id], "estimate": sub.estimate.as_dict() if sub.estimate else None,
+                                "cost": client.bill(done, prices=prices).as_dict()}
+    return result_records(client.results(done), raw=False), with_times(outcome, [done])
 
 
 def test_one_replay_server_answers_each_model_from_its_own_recording(
@@ -66,11 +70,12 @@ def test_three_models_and_a_judge_stage_end_to_end_without_an_orchestrator(
     with make_server(engine="replay", replay_files=(str(MATRIX_RUN),), api_key=KEY) as url, \
             BatchClient(api_key=KEY, base_url=url) as client:
         for spec in config.models:
-            answers, outcome = _run(client, answer_requests(config, spec))
+            answers, outcome = _run(client, answer_requests(config, spec), prices=config.prices())
             graded = grade_answers(config, spec, answers, outcome)
-            assert len(graded["judge_requests"]) == 210  # the judge batch: every answer, the judge pinned
-            assert {r["model"] for r in graded["judge_requests"]} == {"demo-judge"}
-            verdicts, judged = _run(client, graded["judge_requests"])
+            (judge,) = graded["judge_batches"]
+            assert len(judge["requests"]) == 210  # the judge batch: every answer, the judge pinned
+            assert {r["model"] for r in judge["requests"]} == {"demo-judge"} and judge["judge"] == "demo-judge"
+            verdicts, judged = _run(client, judge["requests"], prices=config.prices())
             records.append(model_record(config, spec, graded, verdicts, judged))
     run, report = finish_run(config, records, run_id="core-1", pipeline="test", report_dir=tmp_path)
     means = [m.overall.mean for m in run.models]
@@ -82,10 +87,19 @@ def test_three_models_and_a_judge_stage_end_to_end_without_an_orchestrator(
         assert judge.unparsed == 2 and judge.judge_models == ["demo-judge"]
         assert m.judge_usage is not None and m.judge_usage.requests == 210
         assert m.cost.actual is not None and m.judge_cost is not None and m.judge_cost.actual is not None
-        assert m.turnaround_s is not None and len(m.batch_ids) == 2
-    # cost = usage x the price the params give (batch prices per million tokens)
+        assert m.turnaround_s is not None and m.judge_turnaround_s is not None and len(m.batch_ids) == 2
+        # the estimate made before each upload bounds what the batch cost (batch_ops.cost, one table of prices)
+        for cost in (m.cost, m.judge_cost):
+            assert cost.estimate_low is not None and cost.estimate_high is not None and cost.actual is not None
+            assert cost.estimate_high >= cost.actual > 0, (m.model, cost)
+    # actual = usage x the price the params give, as an override of the price table (USD per 1M batch tokens)
     large = run.models[0]
     assert large.cost.actual == pytest.approx((large.usage.input_tokens * 1.25 + large.usage.output_tokens * 5.0) / 1e6)
+    assert large.judge_usage is not None and large.judge_cost is not None and large.judge_cost.actual == pytest.approx(
+        (large.judge_usage.input_tokens * 0.1 + large.judge_usage.output_tokens * 0.4) / 1e6)
+    markdown = Path(report["markdown"]).read_text()
+    low, high = large.cost.estimate_low, large.cost.estimate_high
+    assert f"${low:.4f}-${high:.4f} / ${large.cost.actual:.4f}" in markdown  # estimate range and actual, side by side
     assert run.gate is not None and run.gate.status == "incomplete"
     assert Path(report["html"]).exists() and json.loads(Path(report["openai"]).read_text())["result_counts"][
         "unparsed"] == 6
