@@ -18,7 +18,9 @@ from batch_ops.evals.matrix import (
     DEMO_MATRIX,
     MATRIX_RUN,
     MatrixConfig,
+    answer_estimate,
     answer_requests,
+    batch_budgets,
     finish_run,
     grade_answers,
     model_record,
@@ -128,3 +130,96 @@ def test_a_floating_judge_alias_is_refused_and_a_bad_eval_set_fails_up_front(tmp
     config = MatrixConfig.from_params({"models": ["a"], "eval_set": str(bad)})
     with pytest.raises(InputValidationError, match="missing_expected"):
         config.check()
+
+
+def test_a_run_budget_is_refused_before_any_upload_and_each_batch_carries_its_share(
+        make_server: Callable[..., AbstractContextManager[str]]) -> None:
+    """Before: the matrix had no budget; a run could spend any amount. Now the answers' upper bounds (estimated by
+    batch_ops.cost, the core's function) are checked against the run's budget before anything is uploaded, and each
+    batch's share is its own max_cost_usd, which the submission core checks before the upload."""
+    config = MatrixConfig.from_params({**DEMO_MATRIX, "max_cost_usd": 0.01})
+    estimates = {s.model: answer_estimate(config, answer_requests(config, s)) for s in config.models}
+    uppers = {m: float(e.upper) for m, e in estimates.items()}
+    with pytest.raises(BudgetExceededError, match=r"max_cost_usd \$0\.010000.*Nothing was uploaded"):
+        batch_budgets(config, estimates)  # demo-large alone may cost ~$0.07
+    budget = sum(uppers.values()) + 0.03
+    config = MatrixConfig.from_params({**DEMO_MATRIX, "max_cost_usd": budget})
+    shares = batch_budgets(config, estimates)
+    assert shares["judge"] == pytest.approx(0.03 / 6, abs=1e-8)  # 3 answers + 3 judge batches share the slack
+    assert shares["answers"]["demo-large"] == pytest.approx(uppers["demo-large"] + 0.005, abs=1e-8)
+    assert sum(shares["answers"].values()) + 3 * shares["judge"] <= budget  # the caps never add up past it
+    spec = config.models[0]
+    with make_server(engine="replay", replay_files=(str(MATRIX_RUN),), api_key=KEY) as url, \
+            BatchClient(api_key=KEY, base_url=url) as client:
+        with pytest.raises(BudgetExceededError, match="Nothing was uploaded"):  # a share below the bound: refused
+            _run(client, answer_requests(config, spec), prices=config.prices(), max_cost_usd=uppers[spec.model] / 2)
+        assert not list(client.files.list())
+        _, outcome = _run(client, answer_requests(config, spec), prices=config.prices(),
+                          max_cost_usd=shares["answers"][spec.model])
+    assert outcome["estimate"]["upper_usd"] <= shares["answers"][spec.model]
+    assert 0 < outcome["cost"]["cost_usd"] <= outcome["estimate"]["upper_usd"]
+
+
+def more_judges(path: Path) -> Path:
+    """The demo recording plus two more judges for demo-large: judge b and c both flip every ``arith`` grade (so the
+    majority flips them), c alone flips every ``units`` grade (so the majority keeps them)."""
+    out = [raw for raw in MATRIX_RUN.read_text().splitlines()]
+    for raw in MATRIX_RUN.read_text().splitlines():
+        line = json.loads(raw)
+        cid = str(line["custom_id"])
+        if not (cid.startswith("demo-large__") and cid.endswith("__j1")):
+            continue
+        for k, judge, flips in ((2, "demo-judge-b", ("arith",)), (3, "demo-judge-c", ("arith", "units"))):
+            copy = json.loads(raw)
+            body = copy["response"]["body"]
+            body["model"] = judge
+            copy["custom_id"] = cid[:-1] + str(k)
+            msg = body["choices"][0]["message"]
+            if cid.removeprefix("demo-large__").startswith(flips):
+                msg["content"] = msg["content"].replace("GRADE: C", "GRADE: x").replace(
+                    "GRADE: I", "GRADE: C").replace("GRADE: x", "GRADE: I")
+            out.append(json.dumps(copy))
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+def test_several_judges_grade_in_one_batch_each_and_the_majority_decides(
+        make_server: Callable[..., AbstractContextManager[str]], tmp_path: Path) -> None:
+    """Before: the matrix pinned one judge. Now ``judge`` may be a list: one judge batch per judge model (through its
+    own connection, with its own price and cost line), the grade the judges' majority (ModelGraded)."""
+    price = {"input_per_million": 0.1, "output_per_million": 0.4}
+    params = {**DEMO_MATRIX, "models": DEMO_MATRIX["models"][:1],
+              "judge": [DEMO_MATRIX["judge"], {"model": "demo-judge-b", "price": price},
+                        {"model": "demo-judge-c", "price": price}]}
+    config = MatrixConfig.from_params(params)
+    assert [j.model for j in config.judge_specs()] == ["demo-judge", "demo-judge-b", "demo-judge-c"]
+    one_judge = MatrixConfig.from_params({**params, "judge": DEMO_MATRIX["judge"]})
+    spec = config.models[0]
+    with make_server(engine="replay", replay_files=(str(more_judges(tmp_path / "rec.jsonl")),), api_key=KEY) as url, \
+            BatchClient(api_key=KEY, base_url=url) as client:
+        answers, outcome = _run(client, answer_requests(config, spec), prices=config.prices())
+        graded = grade_answers(config, spec, answers, outcome)
+        assert [b["judge"] for b in graded["judge_batches"]] == ["demo-judge", "demo-judge-b", "demo-judge-c"]
+        verdicts: list[dict[str, Any]] = []
+        judged = []
+        for batch in graded["judge_batches"]:
+            assert {r["model"] for r in batch["requests"]} == {batch["judge"]} and len(batch["requests"]) == 210
+            records, done = _run(client, batch["requests"], prices=config.prices())
+            verdicts += records
+            judged.append(done)
+        many = model_record(config, spec, graded, verdicts, judged)
+        single = model_record(one_judge, spec, grade_answers(one_judge, spec, answers, outcome),
+                              [v for v in verdicts if v["custom_id"].endswith("__j1")], judged[0])
+    by_item = {s.item_id: s for s in many.samples}
+    alone = {s.item_id: s for s in single.samples}
+    flipped = [i for i in by_item if i.startswith("arith") and by_item[i].verdicts["judge"].status == "graded"]
+    assert flipped and all(by_item[i].scores["judge"] == 1 - alone[i].scores["judge"] for i in flipped)
+    kept = [i for i in by_item if i.startswith("units") and by_item[i].verdicts["judge"].status == "graded"]
+    assert kept and all(by_item[i].scores["judge"] == alone[i].scores["judge"] for i in kept)
+    assert "votes" in by_item[kept[0]].verdicts["judge"].detail
+    judge = next(g for g in many.graders if g.name == "judge")
+    assert judge.judge_models == ["demo-judge", "demo-judge-b", "demo-judge-c"]
+    assert many.judge_usage is not None and many.judge_usage.requests == 630 and len(many.batch_ids) == 4
+    assert many.judge_cost is not None and many.judge_cost.actual == pytest.approx(
+        sum(d["cost"]["cost_usd"] for d in judged))
+    assert many.judge_cost.estimate_high is not None and many.judge_cost.estimate_high >= many.judge_cost.actual

@@ -43,8 +43,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from decimal import ROUND_DOWN, Decimal
 from collections.abc import Iterable, Mapping, Sequence
+from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -281,8 +281,9 @@ class MatrixConfig(BaseModel):
         """The model-graded grader of the judges, pinned to their models (None without a judge)."""
         if self.judge is None:
             return None
-        return ModelGraded(judges=[j.model for j in self.judge_specs()], template=self.judge.template, criterion=self.judge.criterion,
-                           pass_threshold=self.judge.pass_threshold, max_tokens=self.judge.max_tokens)
+        return ModelGraded(judges=[j.model for j in self.judge_specs()], template=self.judge.template,
+                           criterion=self.judge.criterion, pass_threshold=self.judge.pass_threshold,
+                           max_tokens=self.judge.max_tokens)
 
     def all_graders(self) -> list[Any]:
         judge = self.judge_grader()
@@ -467,7 +468,8 @@ def _sum_costs(costs: Sequence[Mapping[str, Any]]) -> Cost:
     """Several batches' costs added (a model's judge batches); a part unknown makes the sum unknown."""
     def total(key: str) -> float | None:
         values = [c.get(key) for c in costs]
-        return None if not values or any(v is None for v in values) else round(sum(values), 10)
+        known = [float(v) for v in values if v is not None]
+        return round(sum(known), 10) if values and len(known) == len(values) else None
     return Cost(estimate_low=total("estimate_low"), estimate_high=total("estimate_high"), actual=total("actual"))
 
 
