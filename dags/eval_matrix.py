@@ -29,6 +29,8 @@ every answer as a **second batch**; paired statistics, a regression gate and one
   `batch_ops.cost` and show side by side in the report.
 - `judge`: `{"model": ..., "connection": ..., "price": ...}` (the pinned judge) — required by this
   DAG; or a list of judges: one judge batch each, the grade their majority.
+- `epochs` / `temperature`: answers per item (in the same batch) and their sampling temperature
+  (above 0 with several epochs); the report then adds pass@1 and pass@epochs.
 - `max_cost_usd`: the run's budget in USD at batch prices (empty: none). `plan` refuses the run
   before any upload when the answers' upper bounds pass it; each batch gets its share
   (`batch_ops.evals.matrix.batch_budgets`) and the core refuses a batch that could pass its share.
@@ -125,6 +127,9 @@ def _batch_kwargs(planned: dict[str, Any]) -> dict[str, Any]:
         "judge": Param(DEFAULTS.get("judge"), type=["object", "string", "array"],
                        description="{model, connection, price, template, criterion}, or a list of judges (the first's "
                        "grading settings apply; the grade is their majority)"),
+        "epochs": Param(DEFAULTS.get("epochs", 1), type="integer", minimum=1, maximum=100,
+                        description="answers per item (pass@k in the report); more than 1 needs a temperature"),
+        "temperature": Param(DEFAULTS.get("temperature"), type=["null", "number"], minimum=0, maximum=2),
         "max_cost_usd": Param(DEFAULTS.get("max_cost_usd"), type=["null", "number"], minimum=0,
                               description="the run's budget in USD (batch prices): every batch refused before upload "
                               "when it could pass its share"),
@@ -147,7 +152,7 @@ def eval_matrix() -> None:
         requests = {spec.model: answer_requests(config, spec) for spec in config.models}
         budgets: dict[str, Any] = {"answers": {}, "judge": None}
         if config.max_cost_usd is not None:  # the run's budget: refused here, before any upload, when it cannot hold
-            provider = {s.model: str(OpenAIBatchHook(conn_id=_conn(s.connection)).get_settings().provider)
+            provider = {s.model: str(OpenAIBatchHook(conn_id=_conn(s.connection)).get_settings().dialect.name)
                         for s in config.models}
             budgets = batch_budgets(config, {m: answer_estimate(config, r, provider=provider[m])
                                              for m, r in requests.items()})
@@ -201,7 +206,7 @@ def eval_matrix() -> None:
             hook = OpenAIBatchHook(conn_id=planned_judge["conn_id"])
             records += hook.get_results(outcome, raw=False)
             outcomes.append(_timed(hook, outcome))
-        provider = OpenAIBatchHook(conn_id=_conn(spec.connection)).get_settings().provider
+        provider = OpenAIBatchHook(conn_id=_conn(spec.connection)).get_settings().dialect.name
         spec = spec.model_copy(update={"provider": spec.provider or str(provider)})
         return model_record(config, spec, graded_one, records, outcomes).model_dump(mode="json")
 

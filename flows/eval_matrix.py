@@ -17,8 +17,9 @@ Parameters: ``models`` (names, or ``{"model", "connection": <credentials block n
 "price": {"input_per_million", "output_per_million"}}``; ``price`` overrides genai-prices' batch price),
 ``judge`` (``{"model", "connection", "price"}``, or a list: one judge batch each, concurrently, the grade
 their majority), ``baseline``, ``min_drop``, ``eval_set`` (JSONL/CSV path or URL), ``template``,
-``max_cost_usd`` (the run's budget: refused before any upload when the answers' upper bounds pass it;
-each batch carries its share, which the core checks before its upload). Each batch's estimate (made
+``epochs`` and ``temperature`` (answers per item, pass@k in the report), ``max_cost_usd`` (the run's
+budget: refused before any upload when the answers' upper bounds pass it; each batch carries its
+share, which the core checks before its upload). Each batch's estimate (made
 before its upload) and actual bill (``batch_ops.cost``) are in the report's cost columns. Left empty, they
 come from ``BATCH_OPS_EVAL_MATRIX`` (JSON) or the offline demo matrix (three replayed models and a
 judge on the local server: ``batch-ops serve --engine replay --replay-file
@@ -82,7 +83,7 @@ async def _credentials(name: str | None) -> OpenAIBatchCredentials | None:
 async def _provider(spec: ModelSpec) -> str:
     """The provider a model's block speaks (its request shape and prices); no block: the environment's OpenAI."""
     credentials = await _credentials(spec.connection)
-    return str(credentials.get_settings().provider) if credentials is not None else spec.provider or "openai"
+    return str(credentials.get_settings().dialect.name) if credentials is not None else spec.provider or "openai"
 
 
 async def _timed(result: BatchResult, credentials: OpenAIBatchCredentials | None) -> dict[str, Any]:
@@ -132,7 +133,7 @@ async def _one_model(config: MatrixConfig, spec: ModelSpec, requests: list[dict[
     judged = await asyncio.gather(*(_judge(config, spec, planned, budgets["judge"], poll_interval)
                                     for planned in graded["judge_batches"]))
     if credentials is not None and not spec.provider:
-        spec = spec.model_copy(update={"provider": str(credentials.get_settings().provider)})
+        spec = spec.model_copy(update={"provider": str(credentials.get_settings().dialect.name)})
     verdicts = [r for records_one, _ in judged for r in records_one]
     return await score(config, spec, graded, verdicts, [outcome for _, outcome in judged])
 
@@ -164,10 +165,11 @@ def report(config: MatrixConfig, models: list[dict[str, Any]], run_id: str) -> d
 @flow(name="eval-matrix", log_prints=True)
 async def eval_matrix(models: list[Any] | None = None, judge: Any = None, baseline: str | None = None,
                       min_drop: float | None = None, eval_set: str | None = None, template: str | None = None,
-                      max_cost_usd: float | None = None, poll_interval: float = POLL_INTERVAL) -> dict[str, Any]:
+                      max_cost_usd: float | None = None, epochs: int | None = None, temperature: float | None = None,
+                      poll_interval: float = POLL_INTERVAL) -> dict[str, Any]:
     """Evaluate every model at once, judge every answer in a second batch, report, and gate on regressions."""
     given = {"models": models, "judge": judge, "baseline": baseline, "min_drop": min_drop, "eval_set": eval_set,
-             "template": template, "max_cost_usd": max_cost_usd}
+             "template": template, "max_cost_usd": max_cost_usd, "epochs": epochs, "temperature": temperature}
     config = MatrixConfig.from_params({**DEFAULTS, **{k: v for k, v in given.items() if v is not None}})
     if config.judge is None:
         raise ValueError("the eval-matrix flow grades with a judge: give judge={model, connection}")

@@ -223,3 +223,42 @@ def test_several_judges_grade_in_one_batch_each_and_the_majority_decides(
     assert many.judge_cost is not None and many.judge_cost.actual == pytest.approx(
         sum(d["cost"]["cost_usd"] for d in judged))
     assert many.judge_cost.estimate_high is not None and many.judge_cost.estimate_high >= many.judge_cost.actual
+
+
+def test_epochs_answer_each_item_several_times_and_the_report_gives_pass_at_k(
+        make_server: Callable[..., AbstractContextManager[str]], tmp_path: Path) -> None:
+    """Before: the matrix asked each item once. ``epochs`` asks it k times in the same batch (``<id>__e<k>``); the
+    item scores the mean of its epochs, and pass@k (unbiased) is in the record and the report. Hand-computed: right
+    answers per item q1..q4 of 3 epochs: 3, 1, 0, 2 → pass@1 = (1 + 1/3 + 0 + 2/3) / 4 = 0.5, pass@3 = 3/4."""
+    eval_set = tmp_path / "set.jsonl"
+    eval_set.write_text("".join(json.dumps({"id": f"q{i}", "input": f"Say {i}", "expected": str(i)}) + "\n"
+                                for i in range(1, 5)))
+    right = {"q1": {1, 2, 3}, "q2": {1}, "q3": set(), "q4": {2, 3}}
+    recording = tmp_path / "epochs.jsonl"
+    recording.write_text("".join(json.dumps({"custom_id": f"{q}__e{k}", "response": {"status_code": 200, "body": {
+        "object": "chat.completion", "model": "m", "choices": [{"index": 0, "message": {
+            "role": "assistant", "content": q[1:] if k in ok else "no"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}}}, "error": None}) + "\n"
+        for q, ok in right.items() for k in (1, 2, 3)))
+    with pytest.raises(InputValidationError, match="epochs_without_temperature"):
+        MatrixConfig.from_params({"models": ["m"], "eval_set": str(eval_set), "graders": ["exact"], "epochs": 3})
+    config = MatrixConfig.from_params({"models": [{"model": "m", "price": {"input_per_million": 1,
+                                                                           "output_per_million": 2}}],
+                                       "eval_set": str(eval_set), "graders": ["exact"], "epochs": 3,
+                                       "temperature": 0.7})
+    spec = config.models[0]
+    requests = answer_requests(config, spec)
+    assert [r["custom_id"] for r in requests[:3]] == ["q1__e1", "q1__e2", "q1__e3"] and len(requests) == 12
+    assert {r["temperature"] for r in requests} == {0.7}
+    with make_server(engine="replay", replay_files=(str(recording),), api_key=KEY) as url, \
+            BatchClient(api_key=KEY, base_url=url) as client:
+        answers, outcome = _run(client, requests, prices=config.prices())
+    graded = grade_answers(config, spec, answers, outcome)
+    assert graded["judge_batches"] == []
+    m = model_record(config, spec, graded)
+    assert m.epochs == 3 and m.pass_at_k == {1: pytest.approx(0.5), 3: pytest.approx(0.75)}
+    assert m.overall.mean == pytest.approx(0.5) and m.overall.n == 4 and len(m.samples) == 12
+    assert m.cost.estimate_high is not None and m.cost.actual is not None and m.cost.estimate_high >= m.cost.actual
+    _, report = finish_run(config, [m], run_id="epochs-1", pipeline="test", report_dir=tmp_path / "reports")
+    markdown = Path(report["markdown"]).read_text()
+    assert "| pass@1 | pass@3 |" in markdown and "| 50.0% | 75.0% |" in markdown

@@ -178,6 +178,10 @@ class MatrixConfig(BaseModel):
         min_drop: The gate fails a model only on a significant drop of at least this much (0.02 = 2 points).
         alpha: The significance level of the gate's test.
         max_tokens: Most tokens per answer.
+        epochs: Answers per item (one batch still: ``<id>__e<k>`` request ids); the item's score is the mean
+            over its epochs, and the report adds pass@k (unbiased estimator) for k = 1 and k = epochs.
+        temperature: The answers' sampling temperature (default 0; several epochs need more than 0, or every
+            epoch repeats the first).
         graders: The deterministic / Python graders (:func:`build_grader` forms); default ``item_scorer``,
             each item's own scorer (the shipped set's way).
         ci / cluster: How intervals are computed (``stderr``, ``bootstrap``, ``clustered`` by a metadata key).
@@ -194,6 +198,8 @@ class MatrixConfig(BaseModel):
     min_drop: float = Field(default=0.02, ge=0, le=1)
     alpha: float = Field(default=0.05, gt=0, lt=1)
     max_tokens: int = Field(default=64, ge=1)
+    epochs: int = Field(default=1, ge=1, le=100)
+    temperature: float | None = Field(default=None, ge=0, le=2)
     graders: list[str | dict[str, Any]] = Field(default_factory=lambda: list[str | dict[str, Any]](["item_scorer"]))
     ci: Literal["stderr", "bootstrap", "clustered"] = "stderr"
     cluster: str | None = None
@@ -231,6 +237,11 @@ class MatrixConfig(BaseModel):
         problems += [Problem(rule="duplicate_judge", param="judge", message=f"judge {n!r} appears twice",
                              fix="name each judge once (a majority of one model's votes is that model's vote)")
                      for n in sorted({n for n in judges if judges.count(n) > 1})]
+        if config.epochs > 1 and not config.temperature:
+            problems.append(Problem(rule="epochs_without_temperature", param="temperature",
+                                    message=f"epochs={config.epochs} at temperature {config.temperature or 0}: "
+                                    "every epoch would repeat the first answer",
+                                    fix="give a temperature above 0 (e.g. 0.7), or epochs=1"))
         if config.baseline is not None and config.baseline not in names:
             problems.append(Problem(rule="unknown_baseline", param="baseline",
                                     message=f"baseline {config.baseline!r} is not one of the models {names}",
@@ -295,7 +306,8 @@ class MatrixConfig(BaseModel):
 def answer_requests(config: MatrixConfig, spec: ModelSpec) -> list[dict[str, Any]]:
     """The eval set's requests for one model: provider-neutral chat requests (the connection's provider
     writes them in its own words)."""
-    return [r.as_dict() for r in config.eval_set_read().requests(spec.model, max_tokens=config.max_tokens)]
+    return [r.as_dict() for r in config.eval_set_read().requests(
+        spec.model, max_tokens=config.max_tokens, epochs=config.epochs, temperature=config.temperature or 0.0)]
 
 
 def answer_estimate(config: MatrixConfig, requests: Sequence[Mapping[str, Any]], *,
@@ -398,7 +410,7 @@ def grade_answers(config: MatrixConfig, spec: ModelSpec, records: Sequence[Mappi
     """
     eval_set = config.eval_set_read()
     results = _records_to_results(records)
-    samples = grading.grade_answers(eval_set, results, config.all_graders(), model=spec.model)
+    samples = grading.grade_answers(eval_set, results, config.all_graders(), model=spec.model, epochs=config.epochs)
     judge: list[dict[str, Any]] = []
     judge_grader = config.judge_grader()
     if judge_grader is not None:
@@ -503,7 +515,7 @@ def model_record(config: MatrixConfig, spec: ModelSpec, graded: Mapping[str, Any
     record = grading.model_record(
         samples, model=spec.model, graders=config.all_graders(), provider=spec.provider or "openai",
         connection=spec.connection, ci=config.ci, cluster=config.cluster, usage=usage, judge_usage=judge_usage,
-        cost=Cost.model_validate(answers_batch.get("cost") or {}),
+        pass_k=sorted({1, config.epochs}), cost=Cost.model_validate(answers_batch.get("cost") or {}),
         judge_cost=None if judge_usage is None else _sum_costs([j.get("cost") or {} for j in judges]),
         turnaround_s=answers_batch.get("turnaround_s"),
         batch_ids=[*answers_batch.get("batch_ids", []), *(i for j in judges for i in j.get("batch_ids", []))],
