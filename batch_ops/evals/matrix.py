@@ -227,7 +227,8 @@ class MatrixConfig(BaseModel):
             raise InputValidationError(
                 [Problem(rule="invalid_matrix_param", param=".".join(str(p) for p in e["loc"]) or "params",
                          message=e["msg"], fix="give models as names or {model, connection, provider, price}; "
-                         "judge as a name or {model, connection}; see docs/evals.md") for e in exc.errors()],
+                         "judge as a name, {model, connection, price, template, ...} or a list of them; "
+                         "see docs/evals.md") for e in exc.errors()],
                 source="params") from None
         names = [m.model for m in config.models]
         problems = [Problem(rule="duplicate_model", param="models", message=f"model {n!r} appears twice",
@@ -431,7 +432,9 @@ def grade_answers(config: MatrixConfig, spec: ModelSpec, records: Sequence[Mappi
 
 def with_times(outcome: Mapping[str, Any], batches: Sequence[Batch]) -> dict[str, Any]:
     """A batch outcome (XCom, ``BatchResult``) with the times of its attempts: the first one's creation and
-    the last one's end, so that the record can say how long the model's batch took (its turnaround).
+    the last one's end, so that the record can say how long the model's batch took (its turnaround). The
+    outcome's other fields ride along, ``estimate`` (made by the submission core before the upload) and ``cost``
+    (the chain's bill) among them: the record's cost columns.
 
     Examples:
         >>> b = Batch(id="b", endpoint="/v1/chat/completions", input_file_id="f", status="completed",
@@ -441,8 +444,6 @@ def with_times(outcome: Mapping[str, Any], batches: Sequence[Batch]) -> dict[str
     """
     if not batches:
         return dict(outcome)
-    # (the outcome's ``estimate`` and ``cost`` — made by the submission core before the upload, and the bill of
-    # the chain's results — ride along: the record's cost columns)
     last = batches[-1]
     ended = last.completed_at or last.failed_at or last.expired_at or last.cancelled_at
     return {**outcome, "created_at": batches[0].created_at, "ended_at": ended}
