@@ -10,10 +10,12 @@ every answer as a **second batch**; paired statistics, a regression gate and one
    connection) defers to the triggerer until its batch ends, holding no worker slot.
 3. `grade` (mapped) grades each model's answers with the deterministic graders and writes the
    judge's requests.
-4. `judge` (`OpenAIBatchOperator`, mapped: one judge batch per model, through the judge's
-   connection): grading at batch price, with its own cost line.
-5. `score` (mapped) joins the judge's verdicts: a judge answer without a grade is counted
-   *unparsed*, a failed request *errored*: both apart, never a pass or a fail.
+4. `judge_plan` lists every model's judge batches; `judge` (`OpenAIBatchOperator`, mapped: one
+   judge batch per model and judge, each through its judge's connection): grading at batch price,
+   with its own cost line.
+5. `score` (mapped per model) joins the judges' verdicts (several judges: their majority): a judge
+   answer without a grade is counted *unparsed*, a failed request *errored*: both apart, never a
+   pass or a fail.
 6. `report` (`EvalReportOperator`) writes the report (HTML with plots, Markdown, JSON in OpenAI's
    report shape) and each model's history, links it from the task (**Eval report**), then fails
    the run when a model dropped significantly, and by at least `min_drop`, against its previous run.
@@ -22,8 +24,16 @@ every answer as a **second batch**; paired statistics, a regression gate and one
 
 - `models`: a list; each a model name (the default connection) or
   `{"model": ..., "connection": <conn id>, "provider": ..., "price": {"input_per_million": ...,
-  "output_per_million": ...}}` (batch prices: the report's actual cost is usage x price).
-- `judge`: `{"model": ..., "connection": ...}` (the pinned judge) — required by this DAG.
+  "output_per_million": ...}}` (`price`: batch prices overriding genai-prices' table, for a model it
+  does not know). Every batch's cost estimate (made before its upload) and actual bill come from
+  `batch_ops.cost` and show side by side in the report.
+- `judge`: `{"model": ..., "connection": ..., "price": ...}` (the pinned judge) — required by this
+  DAG; or a list of judges: one judge batch each, the grade their majority.
+- `epochs` / `temperature`: answers per item (in the same batch) and their sampling temperature
+  (above 0 with several epochs); the report then adds pass@1 and pass@epochs.
+- `max_cost_usd`: the run's budget in USD at batch prices (empty: none). `plan` refuses the run
+  before any upload when the answers' upper bounds pass it; each batch gets its share
+  (`batch_ops.evals.matrix.batch_budgets`) and the core refuses a batch that could pass its share.
 - `baseline`: the model the others are compared with (default: the first).
 - `min_drop`: the smallest drop (a share: 0.02 = 2 points) the gate fails on, when significant.
 - `eval_set`: a JSONL or CSV file (path or `s3://…` URL); empty: the shipped 210-item set.
@@ -60,7 +70,9 @@ from batch_ops.airflow import EvalReportOperator, OpenAIBatchHook, OpenAIBatchOp
 from batch_ops.evals.matrix import (
     DEMO_MATRIX,
     MatrixConfig,
+    answer_estimate,
     answer_requests,
+    batch_budgets,
     grade_answers,
     model_record,
     with_times,
@@ -94,10 +106,12 @@ def _timed(hook: OpenAIBatchHook, outcome: dict[str, Any]) -> dict[str, Any]:
                                     [outcome["batch_id"]]])
 
 
-def _judge_kwargs(graded: dict[str, Any]) -> dict[str, Any]:
-    """The judge batch of one model: the judge's connection and requests (mapped over the graded models)."""
-    return {"conn_id": graded["judge_conn_id"], "requests": graded["judge_requests"],
-            "metadata": {"eval": "matrix", "stage": "judge", "model": graded["model"][:64]}}
+_OPERATOR_KWARGS = ("conn_id", "requests", "metadata", "prices", "max_cost_usd")
+
+
+def _batch_kwargs(planned: dict[str, Any]) -> dict[str, Any]:
+    """What the batch operator takes of a planned batch (the rest: for the steps after it)."""
+    return {k: planned[k] for k in _OPERATOR_KWARGS}
 
 
 @dag(
@@ -110,7 +124,15 @@ def _judge_kwargs(graded: dict[str, Any]) -> dict[str, Any]:
     params={
         "models": Param(DEFAULTS["models"], type="array", description="model names or {model, connection, "
                         "provider, price} objects"),
-        "judge": Param(DEFAULTS.get("judge"), type=["object", "string"], description="{model, connection}"),
+        "judge": Param(DEFAULTS.get("judge"), type=["object", "string", "array"],
+                       description="{model, connection, price, template, criterion}, or a list of judges (the first's "
+                       "grading settings apply; the grade is their majority)"),
+        "epochs": Param(DEFAULTS.get("epochs", 1), type="integer", minimum=1, maximum=100,
+                        description="answers per item (pass@k in the report); more than 1 needs a temperature"),
+        "temperature": Param(DEFAULTS.get("temperature"), type=["null", "number"], minimum=0, maximum=2),
+        "max_cost_usd": Param(DEFAULTS.get("max_cost_usd"), type=["null", "number"], minimum=0,
+                              description="the run's budget in USD (batch prices): every batch refused before upload "
+                              "when it could pass its share"),
         "baseline": Param(DEFAULTS.get("baseline"), type=["null", "string"]),
         "min_drop": Param(DEFAULTS.get("min_drop", 0.02), type="number", minimum=0, maximum=1),
         "eval_set": Param(DEFAULTS.get("eval_set"), type=["null", "string"]),
@@ -127,42 +149,68 @@ def eval_matrix() -> None:
         if config.judge is None:
             raise ValueError("the eval_matrix DAG grades with a judge: set the judge param ({model, connection})")
         config.check()  # the eval set and the graders, before any batch is paid for
-        return [{"conn_id": _conn(spec.connection), "requests": answer_requests(config, spec),
+        requests = {spec.model: answer_requests(config, spec) for spec in config.models}
+        budgets: dict[str, Any] = {"answers": {}, "judge": None}
+        if config.max_cost_usd is not None:  # the run's budget: refused here, before any upload, when it cannot hold
+            provider = {s.model: str(OpenAIBatchHook(conn_id=_conn(s.connection)).get_settings().dialect.name)
+                        for s in config.models}
+            budgets = batch_budgets(config, {m: answer_estimate(config, r, provider=provider[m])
+                                             for m, r in requests.items()})
+        return [{"conn_id": _conn(spec.connection), "requests": requests[spec.model], "prices": config.prices(),
+                 "max_cost_usd": budgets["answers"].get(spec.model), "judge_max_cost_usd": budgets["judge"],
                  "metadata": {"eval": "matrix", "stage": "answers", "model": spec.model[:64]}}
                 for spec in config.models]
 
     planned = plan()
     answers = OpenAIBatchOperator.partial(
         task_id="answer", poll_interval=POLL_INTERVAL, timeout=pendulum.duration(hours=26), retries=2,
-    ).expand_kwargs(planned)
+    ).expand_kwargs(planned.map(_batch_kwargs))
 
     @task
     def grade(pair: Any, params: dict[str, Any] | None = None) -> dict[str, Any]:
         planned_one, outcome = pair
         config = MatrixConfig.from_params(params or {})
-        spec = next(m for m in config.models if m.model == planned_one["metadata"]["model"])
+        spec = next(m for m in config.models if m.model[:64] == planned_one["metadata"]["model"])
         hook = OpenAIBatchHook(conn_id=planned_one["conn_id"])
         graded = grade_answers(config, spec, hook.get_results(outcome, raw=False), _timed(hook, outcome))
-        assert config.judge is not None
-        return {**graded, "judge_conn_id": _conn(config.judge.connection)}
+        # one judge batch per judge model, through its own connection, with its share of the run's budget
+        graded["judge_batches"] = [
+            {"conn_id": _conn(j["connection"]), "requests": j["requests"], "prices": config.prices(),
+             "max_cost_usd": planned_one["judge_max_cost_usd"],
+             "metadata": {"eval": "matrix", "stage": "judge", "model": spec.model[:64], "judge": j["judge"][:64]}}
+            for j in graded["judge_batches"]]
+        return graded
 
     graded = grade.expand(pair=planned.zip(answers.output))
-    judged = OpenAIBatchOperator.partial(
-        task_id="judge", poll_interval=POLL_INTERVAL, timeout=pendulum.duration(hours=26), retries=2,
-    ).expand_kwargs(graded.map(_judge_kwargs))
 
     @task
-    def score(pair: Any, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        graded_one, outcome = pair
+    def judge_plan(graded_all: Any) -> list[dict[str, Any]]:
+        """Every model's judge batches, one list: the judge stage is mapped over (model, judge) pairs."""
+        return [b for g in graded_all for b in g["judge_batches"]]
+
+    judge_batches = judge_plan(graded)
+    judged = OpenAIBatchOperator.partial(
+        task_id="judge", poll_interval=POLL_INTERVAL, timeout=pendulum.duration(hours=26), retries=2,
+    ).expand_kwargs(judge_batches)
+
+    @task
+    def score(graded_one: dict[str, Any], judge_batches: Any, judged: Any,
+              params: dict[str, Any] | None = None) -> dict[str, Any]:
         config = MatrixConfig.from_params(params or {})
         spec = next(m for m in config.models if m.model == graded_one["model"])
-        judge = OpenAIBatchHook(conn_id=graded_one["judge_conn_id"])
-        provider = OpenAIBatchHook(conn_id=_conn(spec.connection)).get_settings().provider
+        records: list[dict[str, Any]] = []
+        outcomes = []
+        for planned_judge, outcome in zip(judge_batches, judged, strict=True):
+            if planned_judge["metadata"]["model"] != spec.model[:64]:
+                continue  # another model's judge batch
+            hook = OpenAIBatchHook(conn_id=planned_judge["conn_id"])
+            records += hook.get_results(outcome, raw=False)
+            outcomes.append(_timed(hook, outcome))
+        provider = OpenAIBatchHook(conn_id=_conn(spec.connection)).get_settings().dialect.name
         spec = spec.model_copy(update={"provider": spec.provider or str(provider)})
-        return model_record(config, spec, graded_one, judge.get_results(outcome, raw=False),
-                            _timed(judge, outcome)).model_dump(mode="json")
+        return model_record(config, spec, graded_one, records, outcomes).model_dump(mode="json")
 
-    scored = score.expand(pair=graded.zip(judged.output))
+    scored = score.partial(judge_batches=judge_batches, judged=judged.output).expand(graded_one=graded)
     EvalReportOperator(task_id="report", models=scored, report_dir=_reports(), report_base_url=REPORT_URL)
 
 

@@ -14,8 +14,13 @@ model runs concurrently (``asyncio.gather``), each wait async, holding no thread
    ``min_drop``) against its previous run.
 
 Parameters: ``models`` (names, or ``{"model", "connection": <credentials block name>, "provider",
-"price": {"input_per_million", "output_per_million"}}``), ``judge`` (``{"model", "connection"}``),
-``baseline``, ``min_drop``, ``eval_set`` (JSONL/CSV path or URL), ``template``. Left empty, they
+"price": {"input_per_million", "output_per_million"}}``; ``price`` overrides genai-prices' batch price),
+``judge`` (``{"model", "connection", "price"}``, or a list: one judge batch each, concurrently, the grade
+their majority), ``baseline``, ``min_drop``, ``eval_set`` (JSONL/CSV path or URL), ``template``,
+``epochs`` and ``temperature`` (answers per item, pass@k in the report), ``max_cost_usd`` (the run's
+budget: refused before any upload when the answers' upper bounds pass it; each batch carries its
+share, which the core checks before its upload). Each batch's estimate (made
+before its upload) and actual bill (``batch_ops.cost``) are in the report's cost columns. Left empty, they
 come from ``BATCH_OPS_EVAL_MATRIX`` (JSON) or the offline demo matrix (three replayed models and a
 judge on the local server: ``batch-ops serve --engine replay --replay-file
 batch_ops/evals/data/matrix_run.jsonl``). A model without a block uses the environment
@@ -46,7 +51,9 @@ from batch_ops.evals.matrix import (
     DEMO_MATRIX,
     MatrixConfig,
     ModelSpec,
+    answer_estimate,
     answer_requests,
+    batch_budgets,
     enforce_gate,
     finish_run,
     grade_answers,
@@ -73,6 +80,12 @@ async def _credentials(name: str | None) -> OpenAIBatchCredentials | None:
     return await OpenAIBatchCredentials.load(name) if name else None  # type: ignore[misc]
 
 
+async def _provider(spec: ModelSpec) -> str:
+    """The provider a model's block speaks (its request shape and prices); no block: the environment's OpenAI."""
+    credentials = await _credentials(spec.connection)
+    return str(credentials.get_settings().dialect.name) if credentials is not None else spec.provider or "openai"
+
+
 async def _timed(result: BatchResult, credentials: OpenAIBatchCredentials | None) -> dict[str, Any]:
     """The batch's summary with its attempts' creation and end times (the record's turnaround)."""
     async with (credentials.get_async_client() if credentials else AsyncBatchClient()) as client:
@@ -89,28 +102,40 @@ async def grade(config: MatrixConfig, spec: ModelSpec, records: list[dict[str, A
 
 @task(cache_policy=NO_CACHE)
 async def score(config: MatrixConfig, spec: ModelSpec, graded: dict[str, Any], records: list[dict[str, Any]],
-                batch: dict[str, Any]) -> dict[str, Any]:
-    """The judge's verdicts joined in: the model's record (JSON)."""
+                batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """The judges' verdicts joined in: the model's record (JSON)."""
     record = await asyncio.to_thread(model_record, config, spec, graded, records, batch)
     return record.model_dump(mode="json")
 
 
-async def _one_model(config: MatrixConfig, spec: ModelSpec, poll_interval: float) -> dict[str, Any]:
+async def _judge(config: MatrixConfig, spec: ModelSpec, planned: dict[str, Any], budget: float | None,
+                 poll_interval: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One judge's batch over one model's answers, through the judge's block: its verdicts and its outcome."""
+    credentials = await _credentials(planned["connection"])
+    judged = await run_batch(requests=planned["requests"], credentials=credentials, prices=config.prices(),
+                             max_cost_usd=budget, poll_interval=poll_interval, artifact_key="eval-matrix-judge",
+                             metadata={"eval": "matrix", "stage": "judge", "model": spec.model[:64],
+                                       "judge": planned["judge"][:64]})
+    return (await read_batch_results(judged, credentials=credentials, raw=False),
+            await _timed(judged, credentials))
+
+
+async def _one_model(config: MatrixConfig, spec: ModelSpec, requests: list[dict[str, Any]],
+                     budgets: dict[str, Any], poll_interval: float) -> dict[str, Any]:
     credentials = await _credentials(spec.connection)
-    answers = await run_batch(requests=answer_requests(config, spec), credentials=credentials,
+    answers = await run_batch(requests=requests, credentials=credentials, prices=config.prices(),
+                              max_cost_usd=budgets["answers"].get(spec.model),
                               metadata={"eval": "matrix", "stage": "answers", "model": spec.model[:64]},
                               poll_interval=poll_interval, artifact_key="eval-matrix-answers")
     records = await read_batch_results(answers, credentials=credentials, raw=False)
     graded = await grade(config, spec, records, await _timed(answers, credentials))
-    assert config.judge is not None
-    judge_credentials = await _credentials(config.judge.connection)
-    judged = await run_batch(requests=graded["judge_requests"], credentials=judge_credentials,
-                             metadata={"eval": "matrix", "stage": "judge", "model": spec.model[:64]},
-                             poll_interval=poll_interval, artifact_key="eval-matrix-judge")
-    verdicts = await read_batch_results(judged, credentials=judge_credentials, raw=False)
+    # every judge at once (several: their majority grades), each through its own block
+    judged = await asyncio.gather(*(_judge(config, spec, planned, budgets["judge"], poll_interval)
+                                    for planned in graded["judge_batches"]))
     if credentials is not None and not spec.provider:
-        spec = spec.model_copy(update={"provider": str(credentials.get_settings().provider)})
-    return await score(config, spec, graded, verdicts, await _timed(judged, judge_credentials))
+        spec = spec.model_copy(update={"provider": str(credentials.get_settings().dialect.name)})
+    verdicts = [r for records_one, _ in judged for r in records_one]
+    return await score(config, spec, graded, verdicts, [outcome for _, outcome in judged])
 
 
 @task(cache_policy=NO_CACHE)
@@ -140,16 +165,24 @@ def report(config: MatrixConfig, models: list[dict[str, Any]], run_id: str) -> d
 @flow(name="eval-matrix", log_prints=True)
 async def eval_matrix(models: list[Any] | None = None, judge: Any = None, baseline: str | None = None,
                       min_drop: float | None = None, eval_set: str | None = None, template: str | None = None,
+                      max_cost_usd: float | None = None, epochs: int | None = None, temperature: float | None = None,
                       poll_interval: float = POLL_INTERVAL) -> dict[str, Any]:
     """Evaluate every model at once, judge every answer in a second batch, report, and gate on regressions."""
     given = {"models": models, "judge": judge, "baseline": baseline, "min_drop": min_drop, "eval_set": eval_set,
-             "template": template}
+             "template": template, "max_cost_usd": max_cost_usd, "epochs": epochs, "temperature": temperature}
     config = MatrixConfig.from_params({**DEFAULTS, **{k: v for k, v in given.items() if v is not None}})
     if config.judge is None:
         raise ValueError("the eval-matrix flow grades with a judge: give judge={model, connection}")
     await asyncio.to_thread(config.check)  # the eval set and the graders, before any batch is paid for
     run_id = _run_id()
-    records = await asyncio.gather(*(_one_model(config, spec, poll_interval) for spec in config.models))
+    requests = await asyncio.to_thread(lambda: {spec.model: answer_requests(config, spec) for spec in config.models})
+    budgets: dict[str, Any] = {"answers": {}, "judge": None}
+    if config.max_cost_usd is not None:  # the run's budget: refused here, before any upload, when it cannot hold
+        providers = {s.model: await _provider(s) for s in config.models}
+        budgets = await asyncio.to_thread(lambda: batch_budgets(config, {
+            m: answer_estimate(config, r, provider=providers[m]) for m, r in requests.items()}))
+    records = await asyncio.gather(*(_one_model(config, spec, requests[spec.model], budgets, poll_interval)
+                                     for spec in config.models))
     return report(config, list(records), run_id)
 
 

@@ -120,7 +120,8 @@ def summary(console: Console) -> None:
             continue
         run, path = latest
         table = Table(title=f"eval matrix ({pipeline}, run {run.run_id}): score % per model and category "
-                            "± the 95% interval; cost = answers + judge at (made-up) batch prices", box=box.SIMPLE_HEAD,
+                            "± the 95% interval; cost = the estimate made before upload / the actual bill, answers + "
+                            "judge, at (made-up) batch prices; time = answers / judge batch", box=box.SIMPLE_HEAD,
                       padding=(0, 1), collapse_padding=True, pad_edge=False)
         for i, column in enumerate(matrix_header(run, compact=True)):
             table.add_column(column, no_wrap=True, justify="left" if i == 0 else "right")
@@ -144,7 +145,7 @@ def summary(console: Console) -> None:
 
 
 def main() -> int:
-    console = Console(width=max(Console().width, 140))
+    console = Console(width=max(Console().width, 176))  # the model x category table, cost and time columns
     DEMO.mkdir(exist_ok=True)
     with serve_in_background(data_dir=DEMO / "server", engine="replay", replay_files=(str(MATRIX_RUN),),
                              fail_requests=0.02, request_latency=0.005) as base_url:

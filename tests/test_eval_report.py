@@ -106,3 +106,25 @@ def test_the_report_opens_in_headless_chromium_with_its_plots_drawn(tmp_path: Pa
     if os.environ.get("BATCH_OPS_DOCS_SCREENSHOT"):  # regenerate the docs' picture from the demo's report
         demo = ROOT / ".demo" / "eval" / "matrix" / "latest.html"
         screenshot(demo if demo.exists() else html_path, ROOT / "docs" / "img" / "eval_matrix_report.png")
+
+
+def test_cost_columns_show_the_estimate_range_beside_the_actual_and_turnaround_per_batch(tmp_path: Path) -> None:
+    """Before: the record's estimate fields stayed empty and the console table showed the actual cost alone, and one
+    turnaround summed the answers and judge batches."""
+    from batch_ops.evals.record import Cost, TokenUsage
+
+    run = example_run_record()
+    a = run.models[0].model_copy(update={
+        "cost": Cost(estimate_low=0.0012, estimate_high=0.0105, actual=0.0031),
+        "judge_cost": Cost(estimate_low=0.0008, estimate_high=0.0042, actual=0.0011),
+        "judge_usage": TokenUsage(requests=8, input_tokens=900, output_tokens=300),
+        "turnaround_s": 95.0, "judge_turnaround_s": 40.0})
+    run = run.model_copy(update={"models": [a, *run.models[1:]]})
+    row = matrix_rows(run)[0]
+    assert "$0.0012-$0.0105 / $0.0031" in row and "$0.0008-$0.0042 / $0.0011" in row and "95 s / 40 s" in row
+    compact = matrix_rows(run, compact=True)[0]
+    assert "$0.0020-$0.0147 / $0.0042" in compact and compact[-1] == "95 s / 40 s"  # answers + judge
+    files = write_run_report(run, tmp_path)
+    for text in (files.html.read_text(), (files.html.parent / "report.md").read_text()):
+        assert "$0.0012-$0.0105" in text and "$0.0031" in text and "turnaround answers / judge" in text
+    assert RunRecord.from_json((files.html.parent / "record.json").read_text()).models[0].judge_turnaround_s == 40.0

@@ -260,7 +260,8 @@ class TokenUsage(BaseModel):
 class Cost(BaseModel):
     """Money: the estimate made before submitting (a range) and the actual cost from usage at batch prices.
 
-    Fields stay None until something fills them (the cost estimate of issue 20 / ``batch_ops.cost``).
+    Filled from :mod:`batch_ops.cost` (the estimate the submission core makes before each upload, the bill
+    of the results' usage); a field stays None when it is unknown (no price for the model), never guessed.
     """
 
     model_config = _RECORD
@@ -330,7 +331,9 @@ class ModelRecord(BaseModel):
         result_counts: See :class:`ResultCounts`.
         graders: One :class:`GraderResult` per grader.
         usage / cost: The answers' tokens and cost; ``judge_usage`` / ``judge_cost``: the judge batch's.
-        turnaround_s: Seconds from batch creation to its end (the longest, with several batches).
+        turnaround_s: Seconds from the answers batch's creation to its end (with retries: the first attempt's
+            creation to the last one's end); ``judge_turnaround_s``: the same for the judge batches (the
+            slowest, as they run at once).
         batch_ids: The answer batches, then the judge batches.
         complete: Every sample graded (see :attr:`ResultCounts.complete`).
         epochs: Samples per item; ``pass_at_k``: unbiased pass@k by k (with more than one epoch).
@@ -351,6 +354,7 @@ class ModelRecord(BaseModel):
     judge_usage: TokenUsage | None = None
     judge_cost: Cost | None = None
     turnaround_s: float | None = None
+    judge_turnaround_s: float | None = None
     batch_ids: list[str] = Field(default_factory=list)
     complete: bool = True
     epochs: int = 1

@@ -129,6 +129,30 @@ def _seconds(s: float | None) -> str:
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
+def _pass_ks(run: RunRecord) -> list[int]:
+    """The k of pass@k the run's models report (several epochs only)."""
+    return sorted({k for m in run.models for k in m.pass_at_k})
+
+
+def _pass_at_k(m: ModelRecord, ks: list[int]) -> list[str]:
+    return [f"{m.pass_at_k[k] * 100:.1f}%" if k in m.pass_at_k else "-" for k in ks]
+
+
+def _turnaround(m: ModelRecord) -> str:
+    """Each batch's turnaround: ``answers / judges`` (the judges' column only with a judge)."""
+    if m.judge_usage is None:
+        return _seconds(m.turnaround_s)
+    return f"{_seconds(m.turnaround_s)} / {_seconds(m.judge_turnaround_s)}"
+
+
+def _total_estimate(m: ModelRecord) -> tuple[float | None, float | None]:
+    """Answers plus judges, the estimate range made before the uploads (None: a part unknown)."""
+    parts = [m.cost, *([m.judge_cost] if m.judge_cost else [])]
+    lows, highs = [c.estimate_low for c in parts], [c.estimate_high for c in parts]
+    return (None if None in lows else sum(x for x in lows if x is not None),
+            None if None in highs else sum(x for x in highs if x is not None))
+
+
 def _categories(run: RunRecord) -> list[str]:
     seen: dict[str, None] = {}
     for m in run.models:
@@ -161,17 +185,21 @@ def matrix_rows(run: RunRecord, *, compact: bool = False) -> list[list[str]]:
     for m in run.models:
         judge = m.judge_cost
         if compact:
-            rows.append([m.model, _short_interval(m.overall),
+            rows.append([m.model, _short_interval(m.overall), *_pass_at_k(m, _pass_ks(run)),
                          *[_short_interval(m.by_category.get(c)) for c in _categories(run)], _counts(m),
-                         _money(_total_cost(m), m.cost.currency), _seconds(m.turnaround_s)])
+                         f"{_estimate(*_total_estimate(m), m.cost.currency)} / "
+                         f"{_money(_total_cost(m), m.cost.currency)}",
+                         _turnaround(m)])
             continue
         rows.append([
-            m.model, _interval(m.overall), *[_interval(m.by_category.get(c)) for c in _categories(run)],
+            m.model, _interval(m.overall), *_pass_at_k(m, _pass_ks(run)),
+            *[_interval(m.by_category.get(c)) for c in _categories(run)],
             _counts(m),
             f"{_estimate(m.cost.estimate_low, m.cost.estimate_high, m.cost.currency)} / "
             f"{_money(m.cost.actual, m.cost.currency)}",
-            _money(judge.actual, judge.currency) if judge else "-",
-            _seconds(m.turnaround_s),
+            f"{_estimate(judge.estimate_low, judge.estimate_high, judge.currency)} / "
+            f"{_money(judge.actual, judge.currency)}" if judge else "-",
+            _turnaround(m),
             "yes" if m.complete else "NO",
         ])
     return rows
@@ -180,9 +208,11 @@ def matrix_rows(run: RunRecord, *, compact: bool = False) -> list[list[str]]:
 def matrix_header(run: RunRecord, *, compact: bool = False) -> list[str]:
     """Column names of :func:`matrix_rows`."""
     if compact:
-        return ["model", "overall", *_categories(run), "p/f/e/u", "cost", "time"]
-    return ["model", "overall [95% CI]", *_categories(run), "pass/fail/err/unparsed", "cost est. / actual",
-            "judge cost", "turnaround", "complete"]
+        return ["model", "overall", *[f"pass@{k}" for k in _pass_ks(run)], *_categories(run), "p/f/e/u",
+                "cost est. / actual", "time ans./judge"]
+    return ["model", "overall [95% CI]", *[f"pass@{k}" for k in _pass_ks(run)], *_categories(run),
+            "pass/fail/err/unparsed", "cost est. / actual",
+            "judge cost est. / actual", "turnaround answers / judge", "complete"]
 
 
 # ---- history --------------------------------------------------------------------------------------

@@ -46,12 +46,13 @@ def _xcom(home: Path, task_id: str, key: str = "return_value") -> list[object]:
 
 
 def _dags_test(make_server: Callable[..., AbstractContextManager[str]], env: dict[str, str],
-               recording: Path) -> subprocess.CompletedProcess[str]:
+               recording: Path, conf: dict[str, object] | None = None) -> subprocess.CompletedProcess[str]:
     with make_server(engine="replay", replay_files=(str(recording),), seed=5, api_key=KEY) as url:
         env["AIRFLOW_CONN_OPENAI_BATCH_DEFAULT"] = json.dumps({"conn_type": "openaibatch", "host": url,
                                                                "password": KEY})
-        return subprocess.run([AIRFLOW, "dags", "test", "eval_matrix"], env=env, capture_output=True, text=True,
-                              timeout=600)
+        extra = ["-c", json.dumps(conf)] if conf else []
+        return subprocess.run([AIRFLOW, "dags", "test", *extra, "eval_matrix"], env=env, capture_output=True,
+                              text=True, timeout=600)
 
 
 def _migrated(tmp_path: Path) -> dict[str, str]:
@@ -103,6 +104,11 @@ def test_eval_matrix_dag_three_models_judge_gate_report(make_server: Callable[..
         assert m.result_counts.unparsed == 2 and not m.complete  # the recorded judge's two ungraded answers
         assert m.judge_usage is not None and m.judge_usage.requests == m.result_counts.total
         assert m.cost.actual and m.judge_cost and m.judge_cost.actual and len(m.batch_ids) == 2
+        # the estimate each operator made before its upload, beside the actual bill (batch_ops.cost)
+        for cost in (m.cost, m.judge_cost):
+            assert cost.estimate_low is not None and cost.estimate_high is not None
+            assert cost.estimate_low <= cost.estimate_high and cost.estimate_high >= cost.actual > 0, (m.model, cost)
+        assert m.turnaround_s is not None and m.judge_turnaround_s is not None
     assert record.gate is not None and record.gate.status == "incomplete"
     assert {c.model for c in record.comparisons if c.kind == "baseline_model"} == {"demo-medium", "demo-small"}
     html = (reports / "latest.html").read_text()
@@ -130,3 +136,33 @@ def test_a_failed_gate_fails_the_run_after_the_report_and_keeps_its_link(
     assert len(runs) == 2 and len(failed) == 1 and failed[0].gate.failing == ["demo-large"]  # type: ignore[union-attr]
     links = [str(v) for v in _xcom(Path(env["AIRFLOW_HOME"]), "report", "_link_EvalReportLink")]
     assert len(links) == 2 and all(Path(v.removeprefix("file://")).exists() for v in links)
+
+
+def test_several_judges_as_mapped_batches_with_a_run_budget(make_server: Callable[..., AbstractContextManager[str]],
+                                                           tmp_path: Path) -> None:
+    """``judge`` as a list: one mapped judge batch per (model, judge), the majority through the library; the run's
+    ``max_cost_usd`` shared by the batches, each refused by the core before upload if it could pass its share."""
+    from tests.test_eval_matrix import more_judges
+
+    price = {"input_per_million": 0.1, "output_per_million": 0.4}
+    conf = {"models": DEMO_MATRIX["models"][:1], "max_cost_usd": 1.0,
+            "judge": [DEMO_MATRIX["judge"], {"model": "demo-judge-b", "price": price},
+                      {"model": "demo-judge-c", "price": price}]}
+    started = time.monotonic()
+    env = _migrated(tmp_path)
+    run = _dags_test(make_server, env, more_judges(tmp_path / "judges.jsonl"), conf)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-4000:]
+    home = Path(env["AIRFLOW_HOME"])
+    (answers,), judges = _xcom(home, "answer"), _xcom(home, "judge")
+    assert len(judges) == 3 and len({j["batch_id"] for j in judges}) == 3  # type: ignore[index]
+    plan = _xcom(home, "plan")[0][0]  # type: ignore[index]
+    assert answers["estimate"]["upper_usd"] <= plan["max_cost_usd"] < 1.0  # type: ignore[index]
+    (m,) = RunRecord.from_json(next((tmp_path / "eval" / "matrix" / "runs").glob("*/record.json")).read_text()).models
+    judge = next(g for g in m.graders if g.name == "judge")
+    assert judge.judge_models == ["demo-judge", "demo-judge-b", "demo-judge-c"] and len(m.batch_ids) == 4
+    votes = [s.verdicts["judge"].detail or "" for s in m.samples if s.verdicts["judge"].status == "graded"]
+    assert votes and all(v.startswith("votes") for v in votes)
+    assert m.judge_cost is not None and m.judge_cost.actual and m.judge_cost.estimate_high
+    assert m.judge_cost.estimate_high >= m.judge_cost.actual
+    assert time.monotonic() - started < 60

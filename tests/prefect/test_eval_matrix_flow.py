@@ -67,6 +67,11 @@ def test_eval_matrix_flow_runs_three_models_and_gates_a_real_regression(
     assert means["demo-large"] > means["demo-medium"] > means["demo-small"]
     html = Path(first["report"]["html"])
     assert html.exists() and first["report"]["url"] == html.resolve().as_uri()
+    record = RunRecord.from_json((html.parent / "record.json").read_text())
+    for m in record.models:  # run_batch's estimate (before the upload) beside its bill, answers and judge
+        for cost in (m.cost, m.judge_cost):
+            assert cost is not None and cost.estimate_high is not None and cost.actual is not None
+            assert cost.estimate_high >= cost.actual > 0, (m.model, cost)
 
     with make_server(engine="replay", replay_files=(str(worse_large(tmp_path / "worse.jsonl")),), seed=3,
                      api_key="local-matrix-key") as url:
