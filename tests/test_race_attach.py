@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Generator
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import openai
 import pytest
@@ -23,7 +24,7 @@ from batch_ops._submit import submit_plan
 from batch_ops.identity.fingerprint import fingerprint_file
 from batch_ops.identity.keys import IDEMPOTENCY_METADATA_KEY, attempt_key
 
-CHAT = "/v1/chat/completions"
+CHAT: Final = "/v1/chat/completions"
 
 
 def requests_file(path: Path, n: int) -> Path:
@@ -55,36 +56,39 @@ def after_first_list(plan: Generator[Any, Any, Any], act: Callable[[], None]) ->
             act()
 
 
+def create(sdk: openai.OpenAI, file_id: str, attempt: str) -> Any:
+    """A batch of ``attempt`` made as a racing try's create makes it."""
+    return sdk.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h",
+                              metadata={IDEMPOTENCY_METADATA_KEY: attempt})
+
+
+def racing_creates(sdk: openai.OpenAI, file_id: str, attempt: str, found: Any, rivals: list[Any]) -> None:
+    """Creates of the same attempt landing after the try looked, until one beats ``found`` by id."""
+    for _ in range(8):
+        rivals.append(create(sdk, file_id, attempt))
+        if rivals[-1].id < found.id:
+            return
+
+
 def test_a_try_that_finds_a_young_batch_attaches_to_the_one_a_racing_create_beats_it_with(
     make_server: Callable[..., Any], tmp_path: Path
 ) -> None:
     path = requests_file(tmp_path / "in.jsonl", 3)
     with make_server() as url, openai.OpenAI(api_key="local", base_url=str(url), max_retries=3) as sdk, \
             BatchClient(api_key="local", base_url=url) as client:
-        file_id = sdk.files.create(file=path.open("rb"), purpose="batch").id
+        file_id = sdk.files.create(file=("in.jsonl", path.read_bytes()), purpose="batch").id
         for setup in range(6):
             key = f"racewin-{setup}"
             attempt = attempt_key(key, 0, fingerprint_file(path).value)
 
-            def create() -> Any:
-                return sdk.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h",
-                                          metadata={IDEMPOTENCY_METADATA_KEY: attempt})
-
             time.sleep(1.02 - time.time() % 1)  # at the start of a second: the whole scene fits in it
-            found = create()  # the batch the try finds: young, and (as it turns out) a loser
+            found = create(sdk, file_id, attempt)  # the batch the try finds: young, and (as it turns out) a loser
             rivals: list[Any] = []
-
-            def racing_creates() -> None:
-                # Creates of the same attempt landing after the try looked, until one beats ``found``.
-                for _ in range(8):
-                    rivals.append(create())
-                    if rivals[-1].id < found.id:
-                        return
-
             plan = submit_plan(SubmitSpec.of(endpoint=CHAT, idempotency_key=key), Source.of(path),
                                workdir=tmp_path / f"w{setup}", lookback=3600.0, **client._wire)
             (tmp_path / f"w{setup}").mkdir()
-            sub = client._driver.drive(after_first_list(plan, racing_creates))
+            sub = client._driver.drive(after_first_list(plan, partial(racing_creates, sdk, file_id, attempt, found,
+                                                                      rivals)))
             scene = [found, *rivals]
             winner = min(scene, key=lambda b: (b.created_at, b.id))
             if winner.id == found.id or {b.created_at for b in scene} != {found.created_at}:
