@@ -9,7 +9,9 @@ the Prefect tasks and flows and their retries, job parts and the CLI all drive
 2. **find the key's attempt chain for these requests** from the batch list alone
    (:mod:`batch_ops.chain`): same key and same requests → that chain; same key and other
    requests → a new chain beside the old ones, which are left alone (see *Chains* below);
-3. **attach** to a running attempt, stop at an accepted outcome, or go on to make attempt ``n``;
+3. **attach** to a running attempt, stop at an accepted outcome, or go on to make attempt ``n``
+   (a batch found within its ``created_at`` second is settled first, as the reconcile does:
+   :func:`_settled_plan`);
 4. **prepare the input**: for ``n > 0`` keep only the requests with no success anywhere in the
    chain (read from the earlier output files);
 5. **upload** it under a name derived from the attempt key and the content, or reuse the
