@@ -9,7 +9,9 @@ the Prefect tasks and flows and their retries, job parts and the CLI all drive
 2. **find the key's attempt chain for these requests** from the batch list alone
    (:mod:`batch_ops.chain`): same key and same requests → that chain; same key and other
    requests → a new chain beside the old ones, which are left alone (see *Chains* below);
-3. **attach** to a running attempt, stop at an accepted outcome, or go on to make attempt ``n``;
+3. **attach** to a running attempt, stop at an accepted outcome, or go on to make attempt ``n``
+   (a batch found within its ``created_at`` second is settled first, as the reconcile does:
+   :func:`_settled_plan`);
 4. **prepare the input**: for ``n > 0`` keep only the requests with no success anywhere in the
    chain (read from the earlier output files);
 5. **upload** it under a name derived from the attempt key and the content, or reuse the
@@ -76,7 +78,13 @@ from batch_ops._plans import (
     retrieve_batch_plan,
     upload_plan,
 )
-from batch_ops.chain import AttemptChain, ChainStep, chains_of, next_step
+from batch_ops.chain import (
+    AttemptChain,
+    ChainStep,
+    _order,  # the one winner rule: the reconcile and the attach share it
+    chains_of,
+    next_step,
+)
 from batch_ops.cost.bill import bill
 from batch_ops.cost.budget import Spent, check_budget
 from batch_ops.cost.estimate import Estimate, estimate
@@ -738,8 +746,48 @@ def _cancel_plan(batches: Iterable[Batch], *,
     return cancelled
 
 
-def _order(batch: Batch) -> tuple[int, str]:
-    return (batch.created_at, batch.id)
+def _settle_at(batch: Batch) -> float:
+    """When no batch created in ``batch``'s second (that could still come before it by id) can appear any more."""
+    return batch.created_at + 1 + SETTLE_MARGIN
+
+
+def _attempt_batches_plan(
+    attempt: str, *, since: float, dialect: Dialect, policy: RetryPolicy
+) -> Generator[Send | Sleep, Any, list[Batch]]:
+    """Every batch that carries the attempt key ``attempt``, back to ``since``."""
+    def same(batch: Batch) -> bool:
+        return dialect.key_of(batch) == attempt
+
+    return (yield from _scan_plan(since=since, keep=same, dialect=dialect, policy=policy))
+
+
+def _settled_plan(
+    chain: AttemptChain, *, dialect: Dialect, policy: RetryPolicy
+) -> Generator[Send | Sleep, Any, AttemptChain]:
+    """``chain`` with its last attempt's batch as the racing creators' reconcile will have it.
+
+    A try that finds the key's batch does not create, so it has no reconcile of its own. But the
+    batch it found may be one that a create racing in the same ``created_at`` second beats by id
+    (:func:`_reconcile_plan`); its creator then cancels it, and a try that attached to it waits on a
+    cancelled batch while the others use the winner. So, like the reconcile, a try that looked before
+    the found batch's second settled waits until it has, looks again, and takes the earliest batch of
+    the attempt by the same order (``chains_of``'s): the winner every try agrees on.
+    """
+    last = chain.last
+    if last is None:
+        return chain
+    settle_at = _settle_at(last.batch)
+    if _plans.clock() >= settle_at:
+        return chain
+    yield Sleep(max(0.0, settle_at - _plans.clock()))  # no reason: an ordinary wait, not a retry to warn of
+    seen = yield from _attempt_batches_plan(chain.attempt_key(last.number), since=last.batch.created_at - LOOKBACK_SKEW,
+                                            dialect=dialect, policy=policy)
+    known = {b.id for b in seen}
+    now = chains_of(chain.key, [*seen, *(b for b in (last.batch, *last.duplicates) if b.id not in known)],
+                    key_of=dialect.key_of)
+    (settled,) = now.values()
+    (attempt,) = settled.attempts
+    return chain.with_attempt(last.number, attempt.batch, attempt.duplicates)
 
 
 def _reconcile_plan(
@@ -753,18 +801,15 @@ def _reconcile_plan(
     every try looks again once no batch can be created in its own second any more, and uses the
     earliest batch it sees then (the winner's second is never later than ours).
     """
-    def same(batch: Batch) -> bool:
-        return dialect.key_of(batch) == attempt
-
     looked_at = _plans.clock()
-    rivals = yield from _scan_plan(since=since, keep=same, dialect=dialect, policy=policy)
+    rivals = yield from _attempt_batches_plan(attempt, since=since, dialect=dialect, policy=policy)
     cancelled: list[Batch] = []
     if min([ours, *rivals], key=_order).id != ours.id:
         cancelled = yield from _cancel_plan([ours], dialect=dialect, policy=policy)
-    settle_at = ours.created_at + 1 + SETTLE_MARGIN
+    settle_at = _settle_at(ours)
     if looked_at < settle_at:
         yield Sleep(max(0.0, settle_at - _plans.clock()))
-        rivals = yield from _scan_plan(since=since, keep=same, dialect=dialect, policy=policy)
+        rivals = yield from _attempt_batches_plan(attempt, since=since, dialect=dialect, policy=policy)
     winner = min([ours, *rivals], key=_order)
     if winner.id != ours.id and not cancelled:
         cancelled = yield from _cancel_plan([ours], dialect=dialect, policy=policy)
@@ -1097,6 +1142,9 @@ def _submit_plan(
                 if raced is not None:
                     choice = raced
     chain = choice.chain
+    if keyed and ledger is None:
+        # The batch found may yet lose to a create racing in its second: take the one the reconcile keeps.
+        chain = yield from _settled_plan(chain, dialect=dialect, policy=policy)
     step = next_step(chain, spec.policy)
     if choice.reason:
         step = replace(step, reason=choice.reason)
