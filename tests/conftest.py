@@ -318,14 +318,19 @@ class WireOracle:
 
     def batches(self, provider: str, url: str) -> list[tuple[str, str]]:
         """Every batch on the server, oldest first: ``(id, status)`` in the provider's own words
-        (Anthropic: ``processing_status``, plus ``+cancel`` once a cancel was asked for)."""
+        (Anthropic: ``processing_status``, plus ``+cancel`` once a cancel was asked for).
+
+        Every list API here pages newest first, and a creation time has whole seconds: the page is
+        reversed before the stable sort, so two batches made in the same second keep their order."""
         if provider == "anthropic":
-            listed = sorted(self.anthropic(url).messages.batches.list(limit=100), key=lambda b: b.created_at)
+            page = list(self.anthropic(url).messages.batches.list(limit=100))
+            listed = sorted(reversed(page), key=lambda b: b.created_at)
             return [(b.id, b.processing_status + ("+cancel" if b.cancel_initiated_at else "")) for b in listed]
         if provider == "gemini":
-            jobs = sorted(self.gemini(url).batches.list(config={"page_size": 100}), key=lambda j: j.create_time)
+            jobs = sorted(reversed(list(self.gemini(url).batches.list(config={"page_size": 100}))),
+                          key=lambda j: j.create_time)
             return [(j.name, j.state.name if j.state else "") for j in jobs]
-        listed = sorted(self.openai(url).batches.list(limit=100), key=lambda b: b.created_at)
+        listed = sorted(reversed(list(self.openai(url).batches.list(limit=100))), key=lambda b: b.created_at)
         return [(b.id, b.status) for b in listed]
 
     def paid(self, provider: str, url: str) -> dict[str, int]:
