@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -370,3 +371,29 @@ def wire_oracle() -> Iterator[WireOracle]:
     oracle = WireOracle()
     yield oracle
     oracle.close()
+
+
+@pytest.fixture
+def regressed_matrix_run(tmp_path: Path) -> Path:
+    """The demo matrix recording with a real regression in it: ``demo-large`` answers, and is judged, as
+    ``demo-small`` did (its own lines dropped, ``demo-small``'s copied under its name). Replayed by the
+    local server, it is the night an eval gate must fail on."""
+    from batch_ops.evals.matrix import MATRIX_RUN
+
+    out = []
+    for raw in MATRIX_RUN.read_text().splitlines():
+        line = json.loads(raw)
+        body, cid = line["response"]["body"], str(line["custom_id"])
+        if body["model"] == "demo-large" or cid.startswith("demo-large__"):
+            continue
+        out.append(json.dumps(line))
+        if body["model"] == "demo-small":  # an answer batch line: the model is in the body
+            body["model"] = "demo-large"
+        elif cid.startswith("demo-small__"):  # a judge batch line: the model is in the custom id
+            line["custom_id"] = "demo-large__" + cid.removeprefix("demo-small__")
+        else:
+            continue
+        out.append(json.dumps(line))
+    path = tmp_path / "regressed_matrix_run.jsonl"
+    path.write_text("\n".join(out) + "\n")
+    return path

@@ -75,7 +75,24 @@ def standalone(home: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[byt
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
+        # A task process runs in a session of its own (out of the group) and outlives its supervisor:
+        # found by the AIRFLOW_HOME only this run uses, and stopped by its id.
+        for pid in _processes_of(home):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         log.close()
+
+
+def _processes_of(home: Path) -> list[int]:
+    """The ids of the live processes whose environment names ``home`` as AIRFLOW_HOME."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.pid != os.getpid() and process.environ().get("AIRFLOW_HOME") == str(home):
+                found.append(process.pid)
+    return found
 
 
 class Airflow:

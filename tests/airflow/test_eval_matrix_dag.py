@@ -10,7 +10,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -62,29 +61,8 @@ def _migrated(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def worse_large(path: Path) -> Path:
-    """The demo recording where ``demo-large`` answers (and is judged) as ``demo-small`` was: a real regression."""
-    out = []
-    for raw in MATRIX_RUN.read_text().splitlines():
-        line = json.loads(raw)
-        body, cid = line["response"]["body"], str(line["custom_id"])
-        if body["model"] == "demo-large" or cid.startswith("demo-large__"):
-            continue
-        out.append(json.dumps(line))
-        if body["model"] == "demo-small":
-            body["model"] = "demo-large"
-        elif cid.startswith("demo-small__"):
-            line["custom_id"] = "demo-large__" + cid.removeprefix("demo-small__")
-        else:
-            continue
-        out.append(json.dumps(line))
-    path.write_text("\n".join(out) + "\n")
-    return path
-
-
 def test_eval_matrix_dag_three_models_judge_gate_report(make_server: Callable[..., AbstractContextManager[str]],
                                                         tmp_path: Path) -> None:
-    started = time.monotonic()
     env = _migrated(tmp_path)
     run = _dags_test(make_server, env, MATRIX_RUN)
     log = run.stdout + run.stderr
@@ -119,16 +97,15 @@ def test_eval_matrix_dag_three_models_judge_gate_report(make_server: Callable[..
     (link,) = _xcom(home, "report", "_link_EvalReportLink")
     assert str(link).startswith("file://") and str(link).endswith("/report.html")
     assert Path(str(link).removeprefix("file://")).exists()
-    assert time.monotonic() - started < 120
 
 
 def test_a_failed_gate_fails_the_run_after_the_report_and_keeps_its_link(
-        make_server: Callable[..., AbstractContextManager[str]], tmp_path: Path) -> None:
+        make_server: Callable[..., AbstractContextManager[str]], tmp_path: Path, regressed_matrix_run: Path) -> None:
     """Night 1 as recorded; night 2 demo-large answers as demo-small did: the report task fails (significant drop
     of at least min_drop against its previous run), its report is on disk and its extra link points at it."""
     env = _migrated(tmp_path)
     assert _dags_test(make_server, env, MATRIX_RUN).returncode == 0
-    night2 = _dags_test(make_server, env, worse_large(tmp_path / "worse.jsonl"))
+    night2 = _dags_test(make_server, env, regressed_matrix_run)
     log = night2.stdout + night2.stderr
     assert night2.returncode != 0 and "ScoreRegressionError" in log and "demo-large" in log, log[-3000:]
     runs = [RunRecord.from_json(p.read_text()) for p in (tmp_path / "eval" / "matrix" / "runs").glob("*/record.json")]
@@ -148,7 +125,6 @@ def test_several_judges_as_mapped_batches_with_a_run_budget(make_server: Callabl
     conf = {"models": DEMO_MATRIX["models"][:1], "max_cost_usd": 1.0,
             "judge": [DEMO_MATRIX["judge"], {"model": "demo-judge-b", "price": price},
                       {"model": "demo-judge-c", "price": price}]}
-    started = time.monotonic()
     env = _migrated(tmp_path)
     run = _dags_test(make_server, env, more_judges(tmp_path / "judges.jsonl"), conf)
     log = run.stdout + run.stderr
@@ -165,4 +141,3 @@ def test_several_judges_as_mapped_batches_with_a_run_budget(make_server: Callabl
     assert votes and all(v.startswith("votes") for v in votes)
     assert m.judge_cost is not None and m.judge_cost.actual and m.judge_cost.estimate_high
     assert m.judge_cost.estimate_high >= m.judge_cost.actual
-    assert time.monotonic() - started < 60

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import json
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -33,29 +32,9 @@ def load_flow_module(monkeypatch: pytest.MonkeyPatch, eval_dir: Path) -> ModuleT
     return module
 
 
-def worse_large(path: Path) -> Path:
-    """The demo recording where ``demo-large`` answers (and is judged) as ``demo-small`` was: a real regression."""
-    out = []
-    for raw in MATRIX_RUN.read_text().splitlines():
-        line = json.loads(raw)
-        body = line["response"]["body"]
-        cid: str = line["custom_id"]
-        if body["model"] == "demo-large" or cid.startswith("demo-large__"):
-            continue
-        out.append(json.dumps(line))
-        if body["model"] == "demo-small":
-            body["model"] = "demo-large"
-        elif cid.startswith("demo-small__"):
-            line["custom_id"] = "demo-large__" + cid.removeprefix("demo-small__")
-        else:
-            continue
-        out.append(json.dumps(line))
-    path.write_text("\n".join(out) + "\n")
-    return path
-
-
 def test_eval_matrix_flow_runs_three_models_and_gates_a_real_regression(
-    make_server: Callable[..., AbstractContextManager[str]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    make_server: Callable[..., AbstractContextManager[str]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    regressed_matrix_run: Path,
 ) -> None:
     module = load_flow_module(monkeypatch, tmp_path)
     monkeypatch.setenv("OPENAI_API_KEY", "local-matrix-key")
@@ -73,7 +52,7 @@ def test_eval_matrix_flow_runs_three_models_and_gates_a_real_regression(
             assert cost is not None and cost.estimate_high is not None and cost.actual is not None
             assert cost.estimate_high >= cost.actual > 0, (m.model, cost)
 
-    with make_server(engine="replay", replay_files=(str(worse_large(tmp_path / "worse.jsonl")),), seed=3,
+    with make_server(engine="replay", replay_files=(str(regressed_matrix_run),), seed=3,
                      api_key="local-matrix-key") as url:
         monkeypatch.setenv("OPENAI_BASE_URL", url)
         with pytest.raises(ScoreRegressionError, match="demo-large"):
