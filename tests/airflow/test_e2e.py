@@ -327,7 +327,8 @@ def test_deferred_then_success_and_kill_cancels(make_server, receiver, webhook_s
                                  dag_id)[0][0]
                 (value,) = af.query("select value from xcom where dag_id = ? and key = 'return_value'", dag_id)[0]
                 result = json.loads(value)
-                batches = sorted(oracle(server).batches.list(limit=100).data, key=lambda b: b.created_at)
+                # Oldest first: pages come newest first, and creation times have whole seconds.
+                batches = sorted(reversed(oracle(server).batches.list(limit=100).data), key=lambda b: b.created_at)
                 paid = sum(b.request_counts.completed for b in batches)
                 assert tries >= 2, f"{dag_id}: the outcome called for at least one retry"
                 assert paid == needed, (f"{dag_id}: paid for {paid} requests, needed {needed}\n"

@@ -28,7 +28,8 @@ ENDPOINT = "/v1/chat/completions"
 
 def _batches(url: str, secret: str) -> list[Any]:
     with openai.OpenAI(api_key=secret, base_url=str(url), max_retries=3) as sdk:
-        return sorted(sdk.batches.list(limit=100), key=lambda b: b.created_at)
+        # Oldest first: pages come newest first, and creation times have whole seconds.
+        return sorted(reversed(list(sdk.batches.list(limit=100))), key=lambda b: b.created_at)
 
 
 def _paid(url: str, secret: str) -> int:

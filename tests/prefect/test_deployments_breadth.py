@@ -63,7 +63,8 @@ def test_served_structured_outputs_repair_only_the_invalid(stack: Stack) -> None
     state = stack.final_state(stack.run_id("structured"), proc=proc)
     assert state["type"] == "COMPLETED", f"{state.get('message')}\n{stack.logs()}"
     with BatchClient(api_key=stack.secret, base_url=stack.structured_batch_url) as client:
-        batches = sorted(client.batches.iter_all(limit=100), key=lambda b: b.created_at)
+        # Oldest first: pages come newest first, and creation times have whole seconds.
+        batches = sorted(reversed(list(client.batches.iter_all(limit=100))), key=lambda b: b.created_at)
         assert len(batches) == 2, batches  # the batch, and its one repair round
         first, repair = batches
         invalid = [line for line in client.results(first, response_schema=CITY_SCHEMA) if line.invalid is not None]
