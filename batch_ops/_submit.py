@@ -98,7 +98,7 @@ from batch_ops.errors import (
     Problem,
     UnknownPriceError,
 )
-from batch_ops.identity import LegacyKey, ProvenIdentities, RunIdentity
+from batch_ops.identity import PROVEN_MAX, LegacyKey, ProvenIdentities, RunIdentity
 from batch_ops.identity.fingerprint import FINGERPRINT_LENGTH, fingerprint_file, fingerprint_of_file_id, short
 from batch_ops.identity.keys import (
     LOOKBACK_SKEW,
@@ -600,6 +600,11 @@ def _own_chains_plan(
     return chains[0], (chains[1] if legacy is not None else {})
 
 
+def _taken_over(identity: str, proven: ProvenIdentities) -> tuple[str]:
+    return (f"this work's chain was made under {identity}, an earlier identity of this deployment (made by tasks "
+            f"at the same moment; it is now {proven.deployment}): taking it over",)
+
+
 def _proven_plan(
     proven: ProvenIdentities, batches: Sequence[Batch], fingerprint: str, *, dialect: Dialect
 ) -> Generator[Work, Any, _Choice | None]:
@@ -614,9 +619,28 @@ def _proven_plan(
             continue
         chains = chains_of(proven.key_for(identity), batches, key_of=dialect.key_of)
         if fingerprint in chains:
-            return _Choice(chains[fingerprint], notices=(
-                f"this work's chain was made under {identity}, an earlier identity of this deployment (made by "
-                f"tasks at the same moment; it is now {proven.deployment}): taking it over",))
+            return _Choice(chains[fingerprint], notices=_taken_over(identity, proven))
+    return None
+
+
+def _proven_ledger_plan(
+    proven: ProvenIdentities, key: str, fingerprint: str, ledger: KeyLedger, *, dialect: Dialect,
+    policy: RetryPolicy,
+) -> Generator[Send | Sleep | Work, Any, _Choice | None]:
+    """:func:`_proven_plan` where the key ledger records the chains (a dialect whose batches cannot carry the
+    key): the identities this task instance created under (:meth:`KeyLedger.mark_identity`), the latest
+    first, each asked about; the chain of these requests under a proven one is copied into ``key``'s
+    record (held under its lease), so the next attempt and the next try continue it under ``key``."""
+    identities = yield Work(partial(ledger.identities, proven.task))
+    for identity in [i for i in identities if i != proven.deployment][:PROVEN_MAX]:
+        if not (yield Work(partial(proven.proves, identity))):
+            continue
+        old_key = proven.key_for(identity)
+        # Resolving a lost create needs that key's lease; a try of the old identity left none to resolve.
+        chains = yield from _ledger_chains_plan(old_key, ledger, dialect=dialect, policy=policy, resolve=False)
+        if fingerprint in chains:
+            yield Work(partial(ledger.adopt, old_key, key, fingerprint))
+            return _Choice(replace(chains[fingerprint], key=key), notices=_taken_over(identity, proven))
     return None
 
 
@@ -1141,6 +1165,12 @@ def _submit_plan(
                 raced = yield from _proven_plan(proven, named, fingerprint, dialect=dialect)
                 if raced is not None:
                     choice = raced
+            if proven is not None and ledger is not None and not choice.chain.attempts:
+                # The same race where the ledger, not the batch list, holds the chains.
+                raced = yield from _proven_ledger_plan(proven, key, fingerprint, ledger, dialect=dialect,
+                                                       policy=policy)
+                if raced is not None:
+                    choice = raced
     chain = choice.chain
     if keyed and ledger is None:
         # The batch found may yet lose to a create racing in its second: take the one the reconcile keeps.
@@ -1212,6 +1242,9 @@ def _submit_plan(
     attempt = chain.attempt_key(number)
     if ledger is not None:
         assert upload is not None  # no file store: the requests are always at hand
+        if keyed and spec.proven is not None:
+            # Before the intent: a try under a later identity of the deployment must find this one.
+            yield Work(partial(ledger.mark_identity, spec.proven.task, spec.proven.deployment, at=_plans.clock()))
         batch, carried = yield from _inline_create_plan(upload, key=key, attempt=attempt, ledger=ledger,
                                                         workdir=workdir, dialect=dialect, policy=policy)
         return made(chain.with_attempt(number, batch), replace(step, batch=batch), created=True, carried=carried)

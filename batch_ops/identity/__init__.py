@@ -190,6 +190,11 @@ class ProvenIdentities:
                 found.append(identity)
         return found[:PROVEN_MAX]
 
+    @property
+    def task(self) -> str:
+        """This task instance's key without any deployment: what a key ledger files its identities under."""
+        return airflow_key(dag_id=self.dag_id, task_id=self.task_id, run_id=self.run_id, map_index=self.map_index)
+
     def key_for(self, identity: str) -> str:
         """The key this task instance has under ``identity``."""
         return airflow_key(dag_id=self.dag_id, task_id=self.task_id, run_id=self.run_id, map_index=self.map_index,

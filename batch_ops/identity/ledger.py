@@ -55,12 +55,13 @@ import json
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from batch_ops import storage
 from batch_ops.errors import ConfigurationError, StorageError
+from batch_ops.identity.keys import attempt_key, parse_attempt
 from batch_ops.leases import DEFAULT_LEASE_TTL, Lease, lease_for
 
 __all__ = ["DEFAULT_LEDGER", "KeyLedger", "LedgerEntry"]
@@ -191,6 +192,60 @@ class KeyLedger:
     def forget(self, key: str, attempt: str) -> None:
         """Drop an intent whose create never landed."""
         self._put(key, None, attempt)
+
+    def _identities_folder(self, task: str) -> Any:
+        return storage.join(self.where, "identities", self._name(task).removesuffix(".json"))
+
+    def mark_identity(self, task: str, identity: str, *, at: float) -> None:
+        """Record that ``task`` (a task instance's key without its deployment) creates under ``identity``.
+
+        Written before the create's intent, one file per identity (written whole, never merged, so two
+        tries need no lease between them): a later try of the task under another identity of its
+        deployment finds these (:meth:`identities`), and takes the chain over when its orchestrator
+        proves the identity its deployment's own (:func:`batch_ops._submit._proven_ledger_plan`).
+        """
+        _write_json(storage.join(self._identities_folder(task), self._name(identity)),
+                    {"task": task, "identity": identity, "at": at})
+
+    def identities(self, task: str) -> list[str]:
+        """The identities ``task`` created under (:meth:`mark_identity`), the latest first.
+
+        Examples:
+            >>> import tempfile
+            >>> ledger = KeyLedger(tempfile.mkdtemp())
+            >>> ledger.mark_identity("d.t.r.-1", "A", at=1.0); ledger.mark_identity("d.t.r.-1", "K", at=2.0)
+            >>> ledger.identities("d.t.r.-1"), ledger.identities("other")
+            (['K', 'A'], [])
+        """
+        found: list[tuple[float, str]] = []
+        for text in storage.read_all(self._identities_folder(task), suffix=".json"):
+            try:
+                data = json.loads(text)
+            except ValueError:
+                continue
+            if (isinstance(data, dict) and data.get("task") == task and isinstance(data.get("identity"), str)
+                    and isinstance(data.get("at"), (int, float))):
+                found.append((float(data["at"]), data["identity"]))
+        return [identity for _, identity in sorted(found, reverse=True)]
+
+    def adopt(self, old_key: str, key: str, fingerprint: str) -> None:
+        """Copy the attempts of ``old_key``'s chain of ``fingerprint`` into ``key``'s record, as the same
+        attempts of ``key``: its next try finds that chain under its own key. Hold ``key``'s lease.
+
+        Examples:
+            >>> import tempfile
+            >>> ledger = KeyLedger(tempfile.mkdtemp()); fp = "0123456789abcdef"
+            >>> ledger.record("old", "old@" + fp, "msgbatch_1", at=1.0)
+            >>> ledger.adopt("old", "new", fp)
+            >>> {a: e.batch_id for a, e in ledger.entries("new").items()}
+            {'new@0123456789abcdef': 'msgbatch_1'}
+        """
+        for attempt, entry in self.entries(old_key).items():
+            parsed = parse_attempt(attempt, old_key)
+            if parsed is not None and parsed[0] == fingerprint:
+                moved = attempt_key(key, parsed[1], fingerprint)
+                if moved not in self.entries(key):
+                    self._put(key, replace(entry, attempt=moved), moved)
 
     def claimed(self) -> set[str]:
         """Every batch id recorded under any key of this ledger (read when a lost create is looked for)."""
