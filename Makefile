@@ -39,8 +39,9 @@ typecheck: install
 # Three workers, one test file each at a time (loadfile keeps a module's fixtures in one process):
 # the suite waits on servers far more than it computes (1.1 of 2 cores busy with two workers), so on
 # 2 cores three workers took pytest from 8:01 to 6:31 (measured, 801 tests).
+# Long scenarios (``-m scenario``: two deployments, outages of seconds, lost subflows, ...) run in `make drill`.
 pytest: install
-	$(BIN)/python -m pytest -q -n 3 --dist loadfile --durations=12
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile --durations=12 -m "not scenario"
 
 # Lint, type-check and docs run beside the tests (mypy alone is ~27 s cold); --output-sync keeps each
 # one's output together.

@@ -25,6 +25,9 @@ from batch_ops.jsonl import request_line, write_requests
 
 from .conftest import S3_BUCKET
 
+#: Racing worker processes (~35 s): run by `make drill` (drills/scenario_tests.py), beside drill 8d.
+pytestmark = pytest.mark.scenario
+
 CHAT = "/v1/chat/completions"
 MakeServer = Callable[..., AbstractContextManager[str]]
 PARTS, PER_PART = 4, 10

@@ -27,6 +27,9 @@ from batch_ops import AsyncBatchClient, Batch, ClientSettings
 from batch_ops.server.background import free_port
 from batch_ops.webhooks import EventSubscription
 
+#: Outages of seconds (~60 s): run by `make drill` (drills/scenario_tests.py).
+pytestmark = pytest.mark.scenario
+
 CHAT = "/v1/chat/completions"
 KEY = "sk-local-dev-7f3a"
 POLL = 2.0

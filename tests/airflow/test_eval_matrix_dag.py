@@ -14,6 +14,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+import pytest
+
 from batch_ops.evals.matrix import DEMO_MATRIX, MATRIX_RUN
 from batch_ops.evals.record import RunRecord
 
@@ -99,6 +101,7 @@ def test_eval_matrix_dag_three_models_judge_gate_report(make_server: Callable[..
     assert Path(str(link).removeprefix("file://")).exists()
 
 
+@pytest.mark.scenario  # two `airflow dags test` nights (~45 s): `make drill`
 def test_a_failed_gate_fails_the_run_after_the_report_and_keeps_its_link(
         make_server: Callable[..., AbstractContextManager[str]], tmp_path: Path, regressed_matrix_run: Path) -> None:
     """Night 1 as recorded; night 2 demo-large answers as demo-small did: the report task fails (significant drop

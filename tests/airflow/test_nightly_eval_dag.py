@@ -11,6 +11,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+import pytest
+
 from batch_ops.evals import SAMPLE_RUN, read_history
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
@@ -48,6 +50,7 @@ def test_nightly_eval_dag_runs_and_reports(make_server: Callable[..., AbstractCo
     assert (tmp_path / "eval" / "reports" / "trend.png").exists()
 
 
+@pytest.mark.scenario  # ~20 s: `make drill`
 def test_nightly_eval_dag_keeps_every_file_on_object_storage(
         make_server: Callable[..., AbstractContextManager[str]], tmp_path: Path) -> None:
     """BATCH_OPS_EVAL_STORAGE=s3://…: requests, downloads, reports and history on S3 (moto over loopback),

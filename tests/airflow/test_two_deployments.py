@@ -26,9 +26,14 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+import pytest
+
 from batch_ops import BatchClient
 from batch_ops.airflow.operators import idempotency_key
 from batch_ops.identity import airflow_owner_metadata
+
+#: Long (~70 s): run by `make drill` (drills/scenario_tests.py), beside drill 22.6.
+pytestmark = pytest.mark.scenario
 
 REPO_DAGS = Path(__file__).resolve().parents[2] / "dags"
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))

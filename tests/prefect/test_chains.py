@@ -91,6 +91,7 @@ async def fan_out(credentials: OpenAIBatchCredentials, n: int, requests: list[di
     return list(outcomes)
 
 
+@pytest.mark.scenario  # ~75 s: `make drill`, beside drill 8c
 async def test_a_retried_parent_flow_run_finds_the_batches_of_its_lost_subflow_runs(
     secret: str, make_requests: Any
 ) -> None:
