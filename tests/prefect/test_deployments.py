@@ -82,14 +82,17 @@ PARENT_FLOW = textwrap.dedent('''
         serve(parent.to_deployment(name="served"), budgeted.to_deployment(name="budgeted"))
 ''')
 
-#: Structured outputs served: ``run_batch`` with a pydantic model and one repair round, then the results typed.
+#: Structured outputs served: ``run_batch`` with a pydantic model and one repair round, then the results typed;
+#: a run may carry a budget and a price table, name another Batch API server and write what it returns.
 STRUCTURED_FLOW = textwrap.dedent('''
+    import json
+    import os
     from typing import Any
 
     from prefect import flow
     from pydantic import BaseModel
 
-    from batch_ops.prefect import read_batch_results, run_batch
+    from batch_ops.prefect import OpenAIBatchCredentials, read_batch_results, run_batch
 
 
     class City(BaseModel):
@@ -99,17 +102,32 @@ STRUCTURED_FLOW = textwrap.dedent('''
 
 
     @flow(name="deploy-structured")
-    async def structured(input_path: str) -> dict[str, Any]:
+    async def structured(input_path: str, max_cost_usd: float | None = None, prices: dict[str, Any] | None = None,
+                         base_url: str | None = None, out: str | None = None) -> dict[str, Any]:
+        credentials = None if base_url is None else OpenAIBatchCredentials(
+            api_key=os.environ["OPENAI_API_KEY"], base_url=base_url)
         result = await run_batch(input_path=input_path, endpoint="/v1/chat/completions", poll_interval=0.2,
-                                 response_model=City, repair_rounds=1, repair_feedback=True)
-        records = await read_batch_results(result, raw=False)
-        return {"result": result.model_dump(mode="json"), "parsed": [r["parsed"] for r in records],
-                "invalid": [r["invalid"] for r in records]}
+                                 response_model=City, repair_rounds=1, repair_feedback=True,
+                                 max_cost_usd=max_cost_usd, prices=prices, credentials=credentials)
+        records = await read_batch_results(result, raw=False, credentials=credentials)
+        answer = {"result": result.model_dump(mode="json"), "parsed": [r["parsed"] for r in records],
+                  "invalid": [r["invalid"] for r in records]}
+        if out:
+            with open(out, "w") as f:
+                json.dump(answer, f)
+        return answer
 
 
     if __name__ == "__main__":
         structured.serve(name="structured")
 ''')
+
+#: The served repair-under-budget run: USD per 1M tokens (the answers are what costs), each request's output limit,
+#: and a budget just above attempt 0's upper bound (~$0.03001). Its answers cost ~$0.022 (11 tokens each); half of
+#: them invalid, the repair round's bound (~$0.0015 a request) takes the chain past the budget.
+STRUCTURED_PRICES = {"gpt-4o-mini": {"input": 0.001, "output": 100}}
+STRUCTURED_ANSWER_TOKENS = 15
+STRUCTURED_TIGHT_BUDGET = 0.0301
 
 #: Bundle storage for the work pool: a directory on this machine (``--mode upload`` copies the
 #: bundle there from the submitter's temporary directory; ``--mode execute`` runs it).
@@ -327,6 +345,7 @@ class Stack:
     webhook_batch_url: str = ""
     provider_urls: dict[str, dict[str, str]] = field(default_factory=dict)
     structured_batch_url: str = ""
+    structured_budget_url: str = ""
     procs: dict[str, Proc] = field(default_factory=dict)
     runs: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
@@ -490,6 +509,12 @@ def run_stack(tmp_path_factory: pytest.TempPathFactory, batch_server: ServerURL,
     write_requests(work / "scheduled.jsonl", make_requests(2, prefix="scheduled"))
     write_requests(worker_requests, make_requests(4, prefix="worker"))
     write_requests(work / "structured.jsonl", make_requests(20, prefix="structured"))
+    # Output dominates the price and each request's limit is the valid answer's 15 tokens: attempt 0's bill is
+    # close to its upper bound, and a budget just above that bound has no room for a repair round.
+    write_requests(work / "structured-budget.jsonl", [
+        {"custom_id": f"sb-{i}", "body": {"model": "gpt-4o-mini", "max_tokens": STRUCTURED_ANSWER_TOKENS,
+                                          "messages": [{"role": "user", "content": f"City {i}?"}]}}
+        for i in range(20)])
     env = {
         **keep,
         "PATH": f"{BIN}{os.pathsep}{keep.get('PATH', '')}",
@@ -579,6 +604,9 @@ def run_stack(tmp_path_factory: pytest.TempPathFactory, batch_server: ServerURL,
                 api_key=secret, request_latency=0.01, invalid_share=0.2, invalid_kind="mixed", seed=5)))
             serve_structured = s.start("serve-structured", [sys.executable, str(installed / "deploy_structured.py")],
                                        cwd=work, env={"OPENAI_BASE_URL": s.structured_batch_url})
+            # Half the answers spoiled, on a server of its own, for a run whose budget cannot pay a repair round.
+            s.structured_budget_url = str(servers.enter_context(serve_in_background(
+                api_key=secret, request_latency=0.01, invalid_share=0.5, invalid_kind="mixed", seed=11)))
             # The eval matrix example, served as users serve it, against a server replaying three models and a
             # judge.
             from batch_ops.evals.matrix import MATRIX_RUN
@@ -625,6 +653,11 @@ def run_stack(tmp_path_factory: pytest.TempPathFactory, batch_server: ServerURL,
             with s.trying("structured"):
                 s.runs["structured"] = s.run_deployment("deploy-structured", "structured", {
                     "input_path": str(work / "structured.jsonl")}, proc=serve_structured)
+            with s.trying("structured-budget"):
+                s.runs["structured-budget"] = s.run_deployment("deploy-structured", "structured", {
+                    "input_path": str(work / "structured-budget.jsonl"), "base_url": s.structured_budget_url,
+                    "max_cost_usd": STRUCTURED_TIGHT_BUDGET, "prices": STRUCTURED_PRICES,
+                    "out": str(work / "structured-budget.json")}, proc=serve_structured)
             with s.trying("matrix"):
                 s.runs["matrix"] = s.run_deployment("eval-matrix", "eval-matrix", {}, proc=serve_matrix)
         yield s

@@ -4,7 +4,8 @@ this module's own (the stack of test_deployments.py, its breadth half: ``run_sta
 * the other providers (Anthropic, Gemini; a saved credentials block each): a served flow retried after
   a failed and after an expired batch pays only for the rest, and cancelling a run cancels its batch —
   the provider's official SDK is the judge of what the server holds;
-* structured outputs: a served ``run_batch`` with a response schema repairs only the invalid answers;
+* structured outputs: a served ``run_batch`` with a response schema repairs only the invalid answers, and a
+  budget the repair round would cross refuses that round with nothing uploaded;
 * ``python flows/eval_matrix.py`` served as users serve it: three models, a judge batch, the report.
 
 A module of its own so that pytest-xdist (``--dist loadfile``) runs it beside test_deployments.py, each
@@ -22,6 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import httpx
 import pytest
 
 from batch_ops import BatchClient
@@ -76,6 +78,28 @@ def test_served_structured_outputs_repair_only_the_invalid(stack: Stack) -> None
     assert (repair.metadata or {})["batch_ops_idempotency_key"].endswith(".1")  # the chain's next attempt
     logs = proc.tail(200_000)
     assert "Repair round 1:" in logs and f"carrying {len(invalid)} requests" in logs
+
+
+def test_served_repair_round_refused_by_the_budget_keeps_the_paid_answers(stack: Stack) -> None:
+    """The same served ``run_batch`` with ``max_cost_usd`` just above attempt 0's upper bound: the repair round
+    would cross it, so it is refused before anything of it is uploaded (counted on the server); the run still
+    completes, its result names the refusal with its numbers, and the paid answers arrive (valid typed, invalid
+    marked) with the bill under the budget."""
+    proc = stack.procs["serve-structured"]
+    state = stack.final_state(stack.run_id("structured-budget"), proc=proc)
+    assert state["type"] == "COMPLETED", f"{state.get('message')}\n{stack.logs()}"
+    calls = httpx.get(stack.structured_budget_url.removesuffix("/v1") + "/healthz").json()["calls"]
+    assert calls.get("POST /v1/files") == 1 and calls.get("POST /v1/batches") == 1, calls  # no repair upload
+    written = json.loads((stack.work / "structured-budget.json").read_text())
+    result = written["result"]
+    (refused,) = result["structured"]["rounds"]
+    invalid = sum(refused["invalid"].values())
+    assert invalid > 0 and refused["batch_id"] is None and result["batch_ids"] == [result["batch_id"]]
+    assert refused["refused"].startswith("Budget: attempt 1 would cost up to $"), refused
+    assert "Nothing was uploaded" in refused["refused"]
+    assert sum(p is not None for p in written["parsed"]) == 20 - invalid
+    assert sum(i is not None for i in written["invalid"]) == invalid
+    assert result["cost"]["cost_usd"] <= result["estimate"]["upper_usd"] <= _deployments.STRUCTURED_TIGHT_BUDGET
 
 
 CITY_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["name", "population", "tags"],
