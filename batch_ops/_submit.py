@@ -644,6 +644,24 @@ def _proven_ledger_plan(
     return None
 
 
+def _proven_listed_plan(
+    proven: ProvenIdentities, fingerprint: str, index: KeyLedger, *, since: float, dialect: Dialect,
+    policy: RetryPolicy,
+) -> Generator[Send | Sleep | Work, Any, _Choice | None]:
+    """:func:`_proven_plan` for batches that carry the key but no owner record: the identities this task
+    instance created under come from the key ledger (:meth:`KeyLedger.identities`), the latest first; a
+    proven one's key is looked up in the batch list (one more scan, only on a try after the race)."""
+    identities = yield Work(partial(index.identities, proven.task))
+    for identity in [i for i in identities if i != proven.deployment][:PROVEN_MAX]:
+        if not (yield Work(partial(proven.proves, identity))):
+            continue
+        (chains,) = yield from _chains_plan([(proven.key_for(identity), _every)], since=since, dialect=dialect,
+                                            policy=policy, until=_attempt_zero(fingerprint))
+        if fingerprint in chains:
+            return _Choice(chains[fingerprint], notices=_taken_over(identity, proven))
+    return None
+
+
 def find_chain_plan(
     key: str, *, since: float, dialect: Dialect, policy: RetryPolicy, fingerprint: str | None = None,
     ledger: KeyLedger | None = None,
@@ -1097,7 +1115,7 @@ def _leased_plan(
                                        f"looking again in {lease.retry_after:.1f} s")
     try:
         found = yield from _submit_plan(spec, source, key, workdir=workdir, dialect=dialect, policy=policy,
-                                        lookback=lookback, ledger=records)
+                                        lookback=lookback, ledger=records, index=ledger)
     except BaseException:
         lease.release()  # a plan that is closed cannot yield: the release is a small write
         raise
@@ -1107,8 +1125,10 @@ def _leased_plan(
 
 def _submit_plan(
     spec: SubmitSpec, source: Source, key: str, *, workdir: Path, dialect: Dialect, policy: RetryPolicy,
-    lookback: float, ledger: KeyLedger | None,
+    lookback: float, ledger: KeyLedger | None, index: KeyLedger | None = None,
 ) -> Generator[Send | Sleep | Work, Any, Submission]:
+    # ``ledger``: the key ledger when it records the chains; ``index``: the one the settings name (a leased
+    # submit), where a task instance's deployment identities are recorded (see _proven_ledger_plan).
     given = spec.idempotency_key is not None
     # Every parameter is checked before anything is sent (the longest attempt key included).
     dialect.create_body(input_file_id="pending", endpoint=spec.endpoint, completion_window=spec.completion_window,
@@ -1168,6 +1188,13 @@ def _submit_plan(
             if proven is not None and ledger is not None and not choice.chain.attempts:
                 # The same race where the ledger, not the batch list, holds the chains.
                 raced = yield from _proven_ledger_plan(proven, key, fingerprint, ledger, dialect=dialect,
+                                                       policy=policy)
+                if raced is not None:
+                    choice = raced
+            elif (proven is not None and index is not None and not dialect.carries_metadata
+                  and not choice.chain.attempts):
+                # Batches that carry the key but no owner (Gemini, Together): the ledger names the identities.
+                raced = yield from _proven_listed_plan(proven, fingerprint, index, since=since, dialect=dialect,
                                                        policy=policy)
                 if raced is not None:
                     choice = raced
@@ -1240,11 +1267,11 @@ def _submit_plan(
     made = partial(made, estimate=priced, spent=spent, cost_note=said)
 
     attempt = chain.attempt_key(number)
+    if keyed and spec.proven is not None and index is not None:
+        # Before anything is created: a try under a later identity of the deployment must find this one.
+        yield Work(partial(index.mark_identity, spec.proven.task, spec.proven.deployment, at=_plans.clock()))
     if ledger is not None:
         assert upload is not None  # no file store: the requests are always at hand
-        if keyed and spec.proven is not None:
-            # Before the intent: a try under a later identity of the deployment must find this one.
-            yield Work(partial(ledger.mark_identity, spec.proven.task, spec.proven.deployment, at=_plans.clock()))
         batch, carried = yield from _inline_create_plan(upload, key=key, attempt=attempt, ledger=ledger,
                                                         workdir=workdir, dialect=dialect, policy=policy)
         return made(chain.with_attempt(number, batch), replace(step, batch=batch), created=True, carried=carried)

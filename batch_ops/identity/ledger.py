@@ -31,6 +31,13 @@ after the create: :meth:`KeyLedger.own`), and the sweep reads the record of each
 whose metadata names no owner (:meth:`KeyLedger.owner`). A batch whose record was never written (a
 crash between the create and the record) stays unowned: reported, never cancelled.
 
+Identities: an Airflow deployment's identity is part of every key, and under a race of its first
+tasks a try can use one that is then replaced (:mod:`batch_ops.identity`, *Deployments*). Where the
+batches carry no owner record (Anthropic, Gemini, Together), nothing on the wire says which task
+instance made a batch, so a keyed Airflow submit records here, per task instance, each identity it
+creates under (``identities/``, :meth:`KeyLedger.mark_identity`); its next try under the new
+identity asks the orchestrator about them and continues the chain of a proven one.
+
 What it cannot promise: a record kept where the other tries cannot read it (a local folder with
 workers on several machines) protects nothing across them; a batch of the same size created in
 the same minutes by something that does not record it here (another tool, another ledger) makes
@@ -199,10 +206,11 @@ class KeyLedger:
     def mark_identity(self, task: str, identity: str, *, at: float) -> None:
         """Record that ``task`` (a task instance's key without its deployment) creates under ``identity``.
 
-        Written before the create's intent, one file per identity (written whole, never merged, so two
+        Written before anything is created, one file per identity (written whole, never merged, so two
         tries need no lease between them): a later try of the task under another identity of its
         deployment finds these (:meth:`identities`), and takes the chain over when its orchestrator
-        proves the identity its deployment's own (:func:`batch_ops._submit._proven_ledger_plan`).
+        proves the identity its deployment's own (``_proven_ledger_plan`` and ``_proven_listed_plan`` in
+        :mod:`batch_ops._submit`).
         """
         _write_json(storage.join(self._identities_folder(task), self._name(identity)),
                     {"task": task, "identity": identity, "at": at})
