@@ -104,3 +104,29 @@ def test_repair_rounds_need_a_schema_and_a_wait(tmp_path: Path) -> None:
     done = cli("submit", path, "--endpoint", "/v1/chat/completions", "--repair-rounds", "1",
                env=environment(OPENAI_API_KEY=KEY))
     assert done.returncode == 2 and "--repair-rounds needs --wait and --response-schema" in done.stderr
+
+
+def test_a_pydantic_model_named_module_colon_class_types_the_answers(tmp_path: Path) -> None:
+    """``--response-schema cities:City``: a user's pydantic model, importable from their project, instead of a JSON
+    Schema file; a name that imports nothing is refused before upload, naming the fix."""
+    (tmp_path / "cities.py").write_text("from pydantic import BaseModel\n\n\nclass City(BaseModel):\n"
+                                        "    name: str\n    population: int\n    tags: list[str]\n")
+    path = requests(tmp_path / "in.jsonl", "openai", 3)
+    with serve_in_background(api_key=KEY) as url:
+        env = environment(OPENAI_API_KEY=KEY, OPENAI_BASE_URL=str(url), PYTHONPATH=str(tmp_path))
+        sub = cli("submit", path, "--endpoint", "/v1/chat/completions", "--response-schema", "cities:City", "--wait",
+                  "--poll-interval", "0.1", "--json", env=env)
+        assert sub.returncode == 0, sub.stderr
+        batch = json.loads(sub.stdout)
+        assert batch["structured"]["response_schema"]["name"] == "City"
+        assert batch["structured"]["response_schema"]["model"] == "cities:City"
+        out = tmp_path / "results.jsonl"
+        got = cli("results", batch["id"], "--output", out, "--response-schema", "cities:City", "--json", env=env)
+        assert got.returncode == 0 and json.loads(got.stdout)["invalid"] == 0, got.stderr
+        assert all(json.loads(x)["parsed"] == {"name": "", "population": 0, "tags": []}
+                   for x in out.read_text().splitlines())
+        missing = cli("submit", path, "--endpoint", "/v1/chat/completions", "--response-schema", "cities:Town",
+                      env=env)
+        calls = httpx.get(str(url).removesuffix("/v1") + "/healthz").json()["calls"]
+    assert missing.returncode != 0 and "'cities:Town' names no pydantic model" in missing.stdout + missing.stderr
+    assert calls.get("POST /v1/batches") == 1  # the refused one uploaded nothing

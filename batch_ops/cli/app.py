@@ -399,15 +399,20 @@ EndpointOption = Annotated[
 
 ResponseSchemaOption = Annotated[
     str | None,
-    typer.Option("--response-schema", metavar="FILE", show_default=False,
-                 help="A JSON Schema file the answers must follow (structured outputs): written into each request "
-                      "in the provider's own form, checked against its schema subset before upload; results then "
-                      "carry parsed or invalid (with the reason)."),
+    typer.Option("--response-schema", metavar="FILE|MODULE:CLASS", show_default=False,
+                 help="What the answers must follow (structured outputs): a JSON Schema file, or a pydantic model "
+                      "as module:Class (importable here). Written into each request in the provider's own form, "
+                      "checked against its schema subset before upload; results then carry parsed or invalid "
+                      "(with the reason)."),
 ]
 
 
-def _response_schema(path: str | None) -> ResponseSchema | None:
-    return None if path is None else ResponseSchema.of(path, name=Path(path).stem)
+def _response_schema(given: str | None) -> ResponseSchema | None:
+    if given is None:
+        return None
+    schema = ResponseSchema.of(given)  # a model names itself; a file's schema is named for the file
+    return schema if schema.model is not None else ResponseSchema.of(schema.schema, name=Path(given).stem)
+
 PricesOption = Annotated[
     Path | None,
     typer.Option("--prices", exists=True, dir_okay=False, metavar="JSON", show_default=False,

@@ -99,14 +99,26 @@ class ResponseSchema:
 
     @classmethod
     def of(cls, value: Any, *, name: str | None = None, strict: bool = True) -> ResponseSchema:
-        """A schema from a pydantic model class, a JSON Schema (a dict, or the path of a ``.json`` file), or
-        a :class:`ResponseSchema` (returned as it is)."""
+        """A schema from a pydantic model class (or ``"module:Class"`` naming one), a JSON Schema (a dict, or the
+        path of a ``.json`` file), or a :class:`ResponseSchema` (returned as it is).
+
+        Examples:
+            >>> ResponseSchema.of("batch_ops.models:Usage").model.__name__
+            'Usage'
+        """
         if isinstance(value, ResponseSchema):
             return value
         if isinstance(value, type) and issubclass(value, BaseModel):
             path = f"{value.__module__}:{value.__qualname__}"
             return cls(name or _clean(value.__name__), strict_schema(value.model_json_schema()), value, strict,
                        path if "<locals>" not in path else None)
+        if isinstance(value, str) and _MODEL_PATH.fullmatch(value) and not Path(value).exists():
+            model = _import_model(value)
+            if model is None:
+                raise _problem(f"{value!r} names no pydantic model that can be imported here",
+                               "give module:Class of a pydantic BaseModel importable by this Python (its folder "
+                               "on PYTHONPATH), or the path of a JSON Schema file")
+            return cls.of(model, name=name, strict=strict)
         if isinstance(value, (str, Path)):
             try:
                 text = Path(value).read_text(encoding="utf-8")
@@ -154,6 +166,10 @@ class ResponseSchema:
                 loc = ".".join(str(x) for x in first.get("loc", ())) or "(root)"
                 return None, f"{loc}: {first['msg']} (got {_short(first.get('input'))})"
         return _validate_json_schema(self.schema, data)
+
+
+#: ``module:Qualname`` of a model (a file path has a slash or a suffix a dotted module path lacks: checked on disk too).
+_MODEL_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 
 def _clean(name: str) -> str:
