@@ -1,4 +1,4 @@
-"""A repair round under a budget, through Airflow (``dag.test()``, what ``airflow dags test`` runs).
+"""A repair round under a budget, through Airflow, run as a user runs a DAG: ``airflow dags test``.
 
 With a fifth of the structured answers spoiled, ``tight``'s budget covers attempt 0 but not attempt 0's actual
 cost plus the repair round's upper bound: the round is refused before anything of it is uploaded (counted on
@@ -10,30 +10,41 @@ and the bill in XCom covers the repair batch too. (dags/batch_ops_repair_budget_
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
+import subprocess
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any
+from pathlib import Path
 
 import httpx
-import pytest
 
+from tests.airflow.conftest import airflow_bin
 from tests.airflow.dags.batch_ops_repair_budget_dags import ANSWER_TOKENS, MODEL, PRICES, ROOMY, TIGHT, N
 
 
 def test_a_budget_the_repair_round_would_cross_stops_it_and_the_paid_answers_arrive(
-        make_server: Callable[..., AbstractContextManager[str]], dagbag: Any, af: Any,
-        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+        make_server: Callable[..., AbstractContextManager[str]], airflow_db: None, airflow_home: Path) -> None:
     with make_server(invalid_share=0.2, invalid_kind="mixed", seed=11) as url:
-        monkeypatch.setenv("AIRFLOW_CONN_BO_REPAIR_BUDGET", json.dumps({
+        env = {**os.environ, "AIRFLOW_CONN_BO_REPAIR_BUDGET": json.dumps({
             "conn_type": "openaibatch", "host": str(url), "password": "sk-repair-budget",
-            "extra": {"provider": "openai", "model": MODEL}}))
-        run = dagbag.get_dag("batch_ops_repair_budget").test()
+            "extra": {"provider": "openai", "model": MODEL}})}
+        run = subprocess.run([airflow_bin(), "dags", "test", "batch_ops_repair_budget"], env=env,
+                             capture_output=True, text=True, timeout=300)
         calls = httpx.get(str(url).removesuffix("/v1") + "/healthz").json()["calls"]
-    assert {t: af.state(run, t) for t in ("tight", "roomy", "typed")} == dict.fromkeys(("tight", "roomy", "typed"),
-                                                                                     "success")
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-4000:]
+    with sqlite3.connect(airflow_home / "airflow.db") as db:
+        run_id = db.execute("select run_id from dag_run where dag_id = 'batch_ops_repair_budget' "
+                            "order by id desc").fetchone()[0]
+        states = dict(db.execute("select task_id, state from task_instance where dag_id = 'batch_ops_repair_budget' "
+                                 "and run_id = ?", (run_id,)))
+        (value,) = db.execute("select value from xcom where dag_id = 'batch_ops_repair_budget' and run_id = ? "
+                              "and task_id = 'typed' and key = 'return_value'", (run_id,)).fetchone()
+    assert states == dict.fromkeys(("tight", "roomy", "typed"), "success"), states
     # Uploads and batches on the server: tight's attempt 0 only; roomy's attempt 0 and its repair round.
-    assert calls.get("POST /v1/files") == 3 and calls.get("POST /v1/batches") == 3, calls
-    typed = af.xcom(run, "typed")
+    typed = json.loads(value)
+    assert calls.get("POST /v1/files") == 3 and calls.get("POST /v1/batches") == 3, (calls, typed)
     tight, roomy = typed["tight"], typed["roomy"]
 
     # tight: the round found the invalid answers and the budget refused it, naming the numbers.
@@ -54,9 +65,9 @@ def test_a_budget_the_repair_round_would_cross_stops_it_and_the_paid_answers_arr
     assert tight["records"] == N and tight["parsed"] == N - invalid and len(tight["invalid"]) == invalid
     assert summary["cost"]["cost_usd"] <= summary["estimate"]["upper_usd"] <= TIGHT
     assert summary["cost"]["models"][0]["requests"] == N
-    logged = capfd.readouterr()
-    assert any("[warning" in line and "Repair round 1" in line and "refused by the budget" in line
-               for line in (logged.out + logged.err).splitlines())  # the task log's warning
+    assert any("warning" in line and "Repair round 1" in line and "refused by the budget" in line
+               for line in log.splitlines()), log[-3000:]  # the task log's warning
+    assert "sk-repair-budget" not in log + value
 
     # roomy: the round ran, carried exactly the invalid answers, and every answer arrives typed.
     summary = roomy["summary"]

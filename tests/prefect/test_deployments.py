@@ -123,8 +123,9 @@ STRUCTURED_FLOW = textwrap.dedent('''
 ''')
 
 #: The served repair-under-budget run: USD per 1M tokens (the answers are what costs), each request's output limit,
-#: and a budget just above attempt 0's upper bound (~$0.03001). Its answers cost ~$0.022 (11 tokens each); half of
-#: them invalid, the repair round's bound (~$0.0015 a request) takes the chain past the budget.
+#: and a budget just above attempt 0's upper bound (~$0.03001). Its answers cost ~$0.03 (15 tokens each; ~$0.022
+#: where the server counts without the tokenizer); half of them invalid, the repair round's bound (~$0.0015 a
+#: request) takes the chain past the budget either way.
 STRUCTURED_PRICES = {"gpt-4o-mini": {"input": 0.001, "output": 100}}
 STRUCTURED_ANSWER_TOKENS = 15
 STRUCTURED_TIGHT_BUDGET = 0.0301
