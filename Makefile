@@ -10,7 +10,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check
 .PHONY: install lint typecheck docs pytest test demo demo-core demo-clean bench drill compat clean
 
 # pip is pinned too: 26.3 resolves the known-good set in ~25 s where the venv's bundled 23.2 takes
-# ~100 s (tests/test_constraints.py resolves it in every `make test`).
+# ~100 s (`make install` resolves it; tests/test_constraints.py, every extra, in `make drill`).
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check "pip==26.3"

@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 CONSTRAINTS = ROOT / "constraints.txt"
 #: Every extra a deployment may add on top of ``make install``'s ``all,dev``.
@@ -67,6 +69,7 @@ def _said(stderr: str) -> str:
     return "\n".join([*verdict, "--- last lines ---", *lines[-40:]])[-8000:]
 
 
+@pytest.mark.scenario  # ~20 s of pip resolving: `make drill` (make install resolves the set it uses)
 def test_constraints_resolve_with_every_extra() -> None:
     argv = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
             "--disable-pip-version-check", "--report", "-", "-c", str(CONSTRAINTS), "-e", f".[{EXTRAS}]"]

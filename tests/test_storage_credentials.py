@@ -210,6 +210,7 @@ def _cli(*args: str, api: str) -> subprocess.CompletedProcess[str]:
                           timeout=60, check=False)
 
 
+@pytest.mark.scenario  # ~30 s of CLI processes: `make drill`, beside drill 7c
 def test_cli_shows_no_credentials(s3: Any, api: ServerURL, files: str, tmp_path: Path) -> None:
     s3.pipe(f"{S3_BUCKET}/in/requests.jsonl", _requests(2).encode())
     with BatchClient(api_key=KEY, base_url=api) as client:

@@ -118,6 +118,7 @@ def test_a_failed_gate_fails_the_run_after_the_report_and_keeps_its_link(
     assert len(links) == 2 and all(Path(v.removeprefix("file://")).exists() for v in links)
 
 
+@pytest.mark.scenario  # ~20 s: `make drill`
 def test_several_judges_as_mapped_batches_with_a_run_budget(make_server: Callable[..., AbstractContextManager[str]],
                                                            tmp_path: Path) -> None:
     """``judge`` as a list: one mapped judge batch per (model, judge), the majority through the library; the run's

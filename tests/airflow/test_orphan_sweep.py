@@ -18,6 +18,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+import pytest
+
 from batch_ops import BatchClient
 from batch_ops.identity import airflow_owner_metadata
 
@@ -45,6 +47,7 @@ def _requests() -> list[dict[str, object]]:
     return [{"custom_id": "a", "body": {"model": "m", "input": "x"}}]
 
 
+@pytest.mark.scenario  # ~35 s: `make drill`, beside drill 22.6
 def test_sweep_cancels_only_batches_whose_run_ended(make_server: Callable[..., AbstractContextManager[str]],
                                                       tmp_path: Path) -> None:
     dags, home = tmp_path / "dags", tmp_path / "home"
