@@ -13,6 +13,12 @@ instead of paying for a second one; a part refused with ``token_limit_exceeded``
 again under the same key, as the next attempt of its chain; a finished part is never submitted
 again.
 
+Repair rounds (``JobConfig.repair_rounds``, with a response schema): a part whose batch completed with invalid
+answers is ``repairing`` until its rounds end. Each round goes through :func:`batch_ops._repair.repair_plan`
+(the client's ``repair``) on the part's chain, read up to the attempt it repairs; it is on record in the
+part's state before it is submitted, so a try that dies before recording its batch is attached to, not
+paid twice, when the job is stepped again. Its answers replace the invalid ones in the part's results.
+
 One worker steps a job at a time: a step takes the job's lease (:mod:`batch_ops.jobs.lease`:
 ``flock`` on a local disk, conditional PUTs on S3), reads the state afresh under it, and gives it
 back at the end; a worker that finds it taken returns a ``busy`` progress and tries again later.
