@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -28,6 +29,8 @@ from batch_ops.errors import ConfigurationError
 from batch_ops.jobs import BatchJob, JobConfig
 from batch_ops.models import ResultLine
 from batch_ops.structured import ResponseSchema, invalid_answers, parse_line
+
+from .conftest import S3_BUCKET
 
 MakeServer = Callable[..., AbstractContextManager[Any]]
 
@@ -256,3 +259,30 @@ def test_a_config_with_a_schema_survives_its_own_dump(tmp_path: Path) -> None:
         assert JobConfig.of(again).response_schema == config.response_schema
     job = BatchJob.open(tmp_path / "in.jsonl", output_path=tmp_path / "out.jsonl", config=config.model_dump())
     assert job.state.response_schema == config.response_schema and job.state.repair_rounds == 1
+
+
+def test_on_s3_a_worker_that_harvested_a_part_merges_the_repair_another_worker_applied(
+        s3: Any, make_server: MakeServer, tmp_path: Path) -> None:
+    """Two workers with their own caches step one job on S3: A harvests the parts (and submits their rounds), B
+    applies the rounds, A merges. A round's results are a new file, so A's cache holds no stale copy of them."""
+    s3.put_file(str(requests(tmp_path / "in.jsonl")), f"{S3_BUCKET}/repair/in.jsonl")
+    base = f"s3://{S3_BUCKET}/repair"
+
+    def worker() -> BatchJob:
+        return BatchJob.open(f"{base}/in.jsonl", output_path=f"{base}/out.jsonl", endpoint=CHAT, max_lines=10,
+                             max_concurrent=2, response_schema=CITY, prices=PRICES, repair_rounds=1)
+
+    with make_server(**SPOILED) as url, BatchClient(api_key="local", base_url=url) as client:
+        a, b = worker(), worker()
+        assert a.work_dir != b.work_dir
+        a.advance(client)  # submits both parts
+        while not all(p.status == "repairing" and p.repair_batch for p in a.state.parts):
+            time.sleep(0.05)
+            a.advance(client)  # harvests them into A's cache, and submits their repair rounds
+        while not b.advance(client).done:  # B applies the rounds
+            time.sleep(0.05)
+        summary = a.finish()
+    assert summary.repairs is not None and summary.repairs["batches"] == 2 and summary.repairs["still_invalid"] == 0
+    schema = ResponseSchema.of(CITY)
+    lines = [ResultLine.model_validate_json(raw) for raw in s3.cat(f"{S3_BUCKET}/repair/out.jsonl").splitlines()]
+    assert len(lines) == 20 and all(parse_line(line, schema).parsed is not None for line in lines)

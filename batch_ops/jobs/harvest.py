@@ -157,14 +157,16 @@ def apply_repair(
     output_path: Path | None,
     error_path: Path | None,
     results_path: Path,
+    repaired_path: Path,
     provenance: Mapping[str, Any],
     usage: UsageTotals,
     schema: ResponseSchema,
     id_field: str = "custom_id",
 ) -> RepairCounts:
-    """Give each request a repair round answered its new answer in the part's results (the latest answer wins,
-    as in the results of a chain); a request it did not answer (it failed again, or the batch expired) keeps
-    the one it had. Rewritten atomically, so applying the same round again after a crash gives the same file.
+    """The part's results (``results_path``) with each request a repair round answered given its new answer (the
+    latest answer wins, as in the results of a chain), written to ``repaired_path``; a request it did not answer
+    (it failed again, or the batch expired) keeps the one it had. Written atomically, and ``results_path`` is
+    left as it is, so applying the same round again after a crash gives the same file.
 
     One pass: the part's results are in the part's order (:func:`harvest_part` writes them so), and so is the
     join of the repair's files with the part's requests; memory holds the join's index, never the files.
@@ -192,7 +194,7 @@ def apply_repair(
                 counts.still_invalid += _invalid(line, schema)
                 yield raw
 
-    atomic_write(results_path, lines())
+    atomic_write(repaired_path, lines())
     return counts
 
 

@@ -616,8 +616,8 @@ class BatchJob:
     def _finish_repair(self, part: PartState, record: RepairState, batch: Batch) -> Generator[Call, Any, None]:
         """Put the round's answers into the part's results; then the next round, or the part is done."""
         assert self.state.response_schema is not None
+        results = self.store.fetch(part.results)  # read before the outcome is set: the file the round repairs
         record.outcome = batch.status.value
-        results = self.store.fetch(f"results/{part.name}.jsonl")
         schema = ResponseSchema.from_json(self.state.response_schema)
         if batch.status is BatchStatus.FAILED:
             # Nothing answered, nothing billed: the answers it was to repair stand, invalid.
@@ -632,10 +632,11 @@ class BatchJob:
         found = yield Call("batches.download_results", {"batch": batch, "directory": downloads})
         usage = UsageTotals()
         provenance = {"batch_id": batch.id, "round": part.round, "part": part.name, "repair": record.round}
+        repaired = self.store.local_path(part.results)  # a new name: see PartState.results
         counts = apply_repair(part_path=self.store.fetch(part.path), output_path=found.output,
-                              error_path=found.error, results_path=results, provenance=provenance, usage=usage,
-                              schema=schema, id_field=self._id_field)
-        self.store.push(results)  # the repaired results are stored before the state says so
+                              error_path=found.error, results_path=results, repaired_path=repaired,
+                              provenance=provenance, usage=usage, schema=schema, id_field=self._id_field)
+        self.store.push(repaired)  # the repaired results are stored before the state names them
         record.repaired, record.still_invalid = counts.valid, counts.still_invalid
         record.cost_usd = self._cost_of(usage.per_model)
         merged = UsageTotals(per_model={m: dict(row) for m, row in part.usage.items()})
@@ -646,7 +647,7 @@ class BatchJob:
         self._events.append(f"part {part.name}: repair round {record.round}: batch {batch.id} {batch.status.value}: "
                             f"{counts.valid} of {record.carried} answers repaired, {counts.still_invalid} still "
                             "invalid")
-        self._maybe_repair(part, batch, results)
+        self._maybe_repair(part, batch, repaired)
         self._save()
 
     def _repairs_summary(self) -> dict[str, Any] | None:
@@ -742,7 +743,7 @@ class BatchJob:
         state = self.state
         if not state.done:
             raise BatchOpsError(f"job {state.job_id} is not done: {self.describe()}; run it to the end first")
-        results = [self.store.fetch(f"results/{p.name}.jsonl") for p in state.parts]
+        results = [self.store.fetch(p.results) for p in state.parts]
         with storage.local_copy(self._input) as src, storage.local_output(self._output) as out:
             succeeded, failed, _missing, duplicates = merge(input_path=src, results_paths=results, output_path=out,
                                                             id_field=self._id_field)

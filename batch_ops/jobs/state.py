@@ -8,6 +8,7 @@ A job lives next to its output file::
     OUT.work/parts/      request files, one per part (round 0 = shards of the input,
                          later rounds = the retryable failures of a harvested part)
     OUT.work/results/    per part: the final line of every request that will not run again
+                         (after a repair round, a new file: <part>.repair<N>.jsonl)
     OUT.work/downloads/  output and error files of finished batches
 
 Every write goes to a temporary file and is renamed into place, so a job killed at any
@@ -94,6 +95,24 @@ class PartState(BaseModel):
     fingerprint: str | None = None
     #: The part's repair rounds, in order (see :class:`RepairState`).
     repairs: list[RepairState] = Field(default_factory=list)
+
+    @property
+    def results(self) -> str:
+        """The work file of the part's final results: its harvest's, or the last repair round's that answered.
+
+        A round writes a new file rather than rewriting the harvest's: a worker's cache of a job on object storage
+        never holds a stale copy of a results file (a name is written once), and the state names the one to read.
+
+        Examples:
+            >>> part = PartState(name="r0-001", round=0, path="parts/r0-001.jsonl", requests=3)
+            >>> part.results
+            'results/r0-001.jsonl'
+            >>> part.repairs.append(RepairState(round=1, after="b0", batch_id="b1", outcome="completed"))
+            >>> part.results
+            'results/r0-001.repair1.jsonl'
+        """
+        applied = [r.round for r in self.repairs if r.outcome is not None and r.outcome != "failed"]
+        return f"results/{self.name}.repair{applied[-1]}.jsonl" if applied else f"results/{self.name}.jsonl"
 
     @property
     def repair_batch(self) -> str | None:
