@@ -155,6 +155,35 @@ def test_a_worker_killed_after_submitting_a_repair_round_is_attached_to_not_paid
     assert len(lines) == 20 and all(parse_line(line, schema).parsed is not None for line in lines)
 
 
+def test_a_worker_killed_while_harvesting_a_repair_round_leaves_it_to_the_next_once(
+        make_server: MakeServer, tmp_path: Path) -> None:
+    """Killed after writing a finished round's results, before its state said so (the state on disk is put back
+    as it was before that step): the next worker harvests the round again, the bill counts it once, and nothing
+    more is submitted."""
+    requests(tmp_path / "in.jsonl")
+    state = tmp_path / "out.jsonl.state.json"
+    with make_server(**SPOILED) as url, BatchClient(api_key="local", base_url=url) as client:
+        job = open_job(tmp_path, repair_rounds=1)
+        while True:
+            before = state.read_bytes()
+            job.advance(client)
+            if any(r.outcome for p in job.state.parts for r in p.repairs):
+                break
+            time.sleep(0.05)
+        state.write_bytes(before)  # the step's save never happened; the round's results file is there
+        assert list((tmp_path / "out.jsonl.work" / "results").glob("*.repair1.jsonl"))
+        summary = open_job(tmp_path, repair_rounds=1).run(client, poll_interval=0.05)
+        counted = calls(url)
+    assert counted.get("POST /v1/batches") == summary.batches == 4, counted
+    repairs = summary.repairs
+    assert repairs is not None and repairs["repaired"] == repairs["invalid"] > 0 and repairs["still_invalid"] == 0
+    per_answer = ANSWER_TOKENS * PRICES[MODEL]["output"] / 1e6
+    assert summary.cost_usd == pytest.approx((20 + repairs["invalid"]) * per_answer, rel=1e-3)  # counted once
+    schema = ResponseSchema.of(CITY)
+    lines = [ResultLine.model_validate_json(raw) for raw in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(lines) == 20 and all(parse_line(line, schema).parsed is not None for line in lines)
+
+
 def test_a_budget_that_fits_the_parts_but_not_the_repair_refuses_the_round_and_the_job_completes(
         make_server: MakeServer, tmp_path: Path) -> None:
     requests(tmp_path / "in.jsonl")
