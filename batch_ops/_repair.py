@@ -14,7 +14,8 @@ the reason as a new user turn when ``feedback``). So a repair round
 
 The adapters drive it: the client (:meth:`BatchClient.repair <batch_ops.BatchClient.repair>`), the
 Airflow operator (the trigger fires, the operator submits the round and defers again), the Prefect
-tasks and ``run_batch``, and the CLI. Answers still invalid after the last round are delivered as such.
+tasks and ``run_batch``, the CLI, and jobs (each part's chain, through the client's ``repair``; see
+:mod:`batch_ops.jobs.runner`). Answers still invalid after the last round are delivered as such.
 
 **A round the budget refuses** (``max_cost_usd``: the chain's spend plus the round's upper bound would pass
 it) is not an error of the run: nothing of it was uploaded, the answers already paid for are all there,

@@ -941,6 +941,17 @@ def job(
                      help="Hard budget for the whole job: it stops submitting parts before passing it (the rest "
                           "end as budget_exceeded failures; the summary says how far it got)."),
     ] = None,
+    response_schema: ResponseSchemaOption = None,
+    repair_rounds: Annotated[
+        int, typer.Option("--repair-rounds", metavar="N", min=0,
+                          help="With --response-schema: after a part's batch completed, resubmit only the requests "
+                               "whose answers are invalid, up to N times per part, each as the next attempt of the "
+                               "part's chain. A round --max-cost-usd has no room for is not submitted (the summary "
+                               "says so; not an error).")
+    ] = 0,
+    repair_feedback: Annotated[
+        bool, typer.Option("--repair-feedback", help="Put each invalid answer's fault in its repaired request.")
+    ] = False,
     poll_interval: PollIntervalOption = 30.0,
     base_url: BaseUrlOption = None,
     api_key: ApiKeyOption = None,
@@ -952,7 +963,9 @@ def job(
     Shards into valid batches, resubmits retryable failures (and token-limit refusals),
     recovers completed work from expired or cancelled batches, and merges one result per
     request. Run it again with the same --output to resume: finished batches are never
-    resubmitted. Prints a JSON summary line (total, succeeded, failed, batches, resubmitted).
+    resubmitted. With --response-schema and --repair-rounds, each part's invalid answers are
+    resubmitted (only those). Prints a JSON summary line (total, succeeded, failed, batches,
+    resubmitted, cost_usd, repairs).
     Exit 0 when every request succeeded, 1 when some failed after all rounds.
     """
     from batch_ops.jobs import BatchJob, JobConfig
@@ -964,7 +977,9 @@ def job(
         config = JobConfig.of(endpoint=endpoint, provider=_dialect(ctx).name, max_concurrent=max_concurrent,
                               max_rounds=max_rounds,
                               max_lines=max_lines, max_bytes=max_bytes, metadata=_parse_metadata(metadata),
-                              prices=price_table, max_cost_usd=max_cost_usd)
+                              prices=price_table, max_cost_usd=max_cost_usd,
+                              response_schema=_response_schema(response_schema), repair_rounds=repair_rounds,
+                              repair_feedback=repair_feedback)
         batch_job = BatchJob.open(input_path, output_path=output, config=config)
         out.note(f"job {batch_job.state.job_id}: {batch_job.state.total} requests in {len(batch_job.state.parts)} "
                  f"part(s); state in {batch_job.state_path}")

@@ -8,6 +8,10 @@ Examples:
     Traceback (most recent call last):
     ...
     batch_ops.errors.ConfigurationError: Invalid job settings: max_concurrent: ... (fix: run at least 1 ...)
+    >>> JobConfig.of(endpoint="/v1/chat/completions", repair_rounds=1)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    batch_ops.errors.ConfigurationError: Invalid job settings: repair_rounds: ... (fix: give the response_schema ...)
 """
 
 from __future__ import annotations
@@ -15,13 +19,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from batch_ops.dialects import OPENAI, Dialect, dialect_named
 from batch_ops.errors import ConfigurationError
 from batch_ops.structured import ResponseSchema
 
 __all__ = ["JobConfig"]
+
+#: The keys of :meth:`ResponseSchema.to_json`, as ``JobConfig.response_schema`` keeps a schema.
+_DUMPED = frozenset({"name", "schema", "strict", "model"})
 
 _FIXES = {
     "max_concurrent": "run at least 1 batch at a time",
@@ -31,6 +38,8 @@ _FIXES = {
     "provider": "use the name of a batch API batch_ops speaks (see batch_ops.dialects.DIALECTS)",
     "token_limit_backoff": "use 0 or more seconds",
     "lease_ttl": "use 1 or more seconds (the default, 120, suits steps of any size)",
+    "repair_rounds": "give the response_schema (a pydantic model or a JSON Schema) the answers must follow, or "
+                     "use repair_rounds=0",
 }
 
 
@@ -60,7 +69,15 @@ class JobConfig(BaseModel):
         response_schema: a JSON Schema (or a pydantic model, kept as its schema) every answer must follow:
             written into each part's requests in the provider's native form, checked against its schema
             subset before the first upload (docs/structured-outputs.md). Read the merged results with
-            ``batch_ops.structured.parse_line``. Repair rounds are not run by jobs.
+            ``batch_ops.structured.parse_line``.
+        repair_rounds: with ``response_schema``, up to this many repair rounds per part
+            (:mod:`batch_ops._repair`): after a part's batch completed, only the requests whose answers are
+            invalid are resubmitted, as the next attempt of the part's chain (paid once, however many workers
+            step the job); the merged results hold each request's latest answer, and invalid ones that remain
+            are delivered as they are. A round the budget (``max_cost_usd``) has no room for is not submitted
+            and is not an error: the part keeps what was paid, the summary says so. 0 (the default): none.
+            Fixed when the job starts, as the schema is.
+        repair_feedback: put each invalid answer's fault in its repaired request (a new user turn).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -77,12 +94,36 @@ class JobConfig(BaseModel):
     token_limit_backoff: float = Field(default=60.0, ge=0)
     lease_ttl: float = Field(default=120.0, ge=1)
     response_schema: dict[str, Any] | None = None
+    repair_rounds: int = Field(default=0, ge=0)
+    repair_feedback: bool = False
 
     @field_validator("response_schema", mode="before")
     @classmethod
     def _schema(cls, value: Any) -> dict[str, Any] | None:
-        """A pydantic model or a JSON Schema, kept as :meth:`ResponseSchema.to_json` (checked now)."""
-        return None if value is None else ResponseSchema.of(value).to_json()
+        """A pydantic model or a JSON Schema, kept as :meth:`ResponseSchema.to_json` (checked now); a config's own
+        dump (``JobConfig.of(config)``, the Airflow operator's templated dict) holds that form already.
+
+        Examples:
+            >>> city = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+            >>> once = JobConfig.of(endpoint="/v1/chat/completions", response_schema=city)
+            >>> JobConfig.of(once).response_schema == JobConfig.of(once.model_dump()).response_schema == (
+            ...     once.response_schema)
+            True
+        """
+        if value is None:
+            return None
+        if isinstance(value, Mapping) and set(value) == _DUMPED and isinstance(value["schema"], Mapping):
+            return ResponseSchema.from_json(value).to_json()  # not a JSON Schema: one kept by this field
+        return ResponseSchema.of(value).to_json()
+
+    @field_validator("repair_rounds")
+    @classmethod
+    def _repair_needs_schema(cls, value: int, info: ValidationInfo) -> int:
+        # response_schema is declared first, so it is validated (or failed: then absent) by now.
+        if value and info.data.get("response_schema") is None:
+            raise ValueError(f"repair_rounds={value} needs a response_schema: a repair round resubmits the answers "
+                             "that do not follow it")
+        return value
 
     @field_validator("provider")
     @classmethod

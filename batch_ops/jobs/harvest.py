@@ -6,6 +6,8 @@ Pure file work, no HTTP: the runner downloads, these functions decide and write.
 - :func:`harvest_part` joins a part's requests with its batch's output and error files: each
   request ends up either *final* (a success, or a failure that will not be retried) in the
   part's results file, or in the next round's request file. Never both, never neither.
+- :func:`apply_repair` puts a repair round's answers into a part's results (each request's latest answer);
+  :func:`invalid_in_results` counts the answers there that do not follow the job's schema.
 - :func:`merge` writes one line per input request, in input order, each with its provenance.
 - :class:`UsageTotals` sums billed usage and prices it from a user-supplied table.
 
@@ -27,15 +29,20 @@ from pathlib import Path
 from typing import Any
 
 from batch_ops._files import atomic_write
+from batch_ops.errors import BatchOpsError
 from batch_ops.jsonl import iter_request_lines
 from batch_ops.models import ResultLine, answer_usage
 from batch_ops.results import join_results
+from batch_ops.structured import ResponseSchema, parse_line
 
 __all__ = [
     "RETRYABLE_CODES",
     "HarvestCounts",
+    "RepairCounts",
+    "apply_repair",
     "UsageTotals",
     "harvest_part",
+    "invalid_in_results",
     "is_retryable",
     "merge",
     "synthesize_failures",
@@ -121,6 +128,74 @@ def _select_requests(path: Path, wanted: set[str], id_field: str = "custom_id") 
             custom_id = json.loads(raw).get(id_field)
             if custom_id in wanted:
                 yield raw if raw.endswith(b"\n") else raw + b"\n"
+
+
+def _invalid(line: ResultLine, schema: ResponseSchema) -> bool:
+    return line.ok and parse_line(line, schema).invalid is not None
+
+
+def invalid_in_results(results_path: Path, schema: ResponseSchema) -> int:
+    """How many answers in a part's results file do not follow ``schema`` (failed requests are not answers)."""
+    with results_path.open("rb") as fh:
+        return sum(_invalid(ResultLine.model_validate_json(raw), schema) for raw in fh if raw.strip())
+
+
+@dataclass
+class RepairCounts:
+    """What a repair round changed in a part's results: ``answered`` (requests it carried that have its answer
+    now), ``valid`` (of those, the ones that follow the schema) and ``still_invalid`` (the part's answers that
+    still do not, after it)."""
+
+    answered: int = 0
+    valid: int = 0
+    still_invalid: int = 0
+
+
+def apply_repair(
+    *,
+    part_path: Path,
+    output_path: Path | None,
+    error_path: Path | None,
+    results_path: Path,
+    repaired_path: Path,
+    provenance: Mapping[str, Any],
+    usage: UsageTotals,
+    schema: ResponseSchema,
+    id_field: str = "custom_id",
+) -> RepairCounts:
+    """The part's results (``results_path``) with each request a repair round answered given its new answer (the
+    latest answer wins, as in the results of a chain), written to ``repaired_path``; a request it did not answer
+    (it failed again, or the batch expired) keeps the one it had. Written atomically, and ``results_path`` is
+    left as it is, so applying the same round again after a crash gives the same file.
+
+    One pass: the part's results are in the part's order (:func:`harvest_part` writes them so), and so is the
+    join of the repair's files with the part's requests; memory holds the join's index, never the files.
+    """
+    counts = RepairCounts()
+
+    def lines() -> Iterator[bytes]:
+        answers = join_results(input_path=part_path, output_path=output_path, error_path=error_path,
+                               id_field=id_field)
+        with results_path.open("rb") as fh:
+            for raw in fh:
+                if not raw.strip():
+                    continue
+                line = ResultLine.model_validate_json(raw)
+                new = next((a for a in answers if a.custom_id == line.custom_id), None)
+                if new is None:
+                    raise BatchOpsError(f"{results_path} names {line.custom_id!r}, which {part_path} does not hold "
+                                     "in that order: the part's results were not written by its harvest")
+                if new.response is not None:
+                    usage.add(new.body)  # billed, whatever it answered
+                if new.ok:
+                    counts.answered += 1
+                    counts.valid += not _invalid(new, schema)
+                    line, raw = new, _final_line(new, provenance)
+                counts.still_invalid += _invalid(line, schema)
+                yield raw
+
+    atomic_write(repaired_path, lines())
+    return counts
 
 
 def synthesize_failures(*, part_path: Path, results_path: Path, code: str, message: str,

@@ -13,6 +13,12 @@ instead of paying for a second one; a part refused with ``token_limit_exceeded``
 again under the same key, as the next attempt of its chain; a finished part is never submitted
 again.
 
+Repair rounds (``JobConfig.repair_rounds``, with a response schema): a part whose batch completed with invalid
+answers is ``repairing`` until its rounds end. Each round goes through :func:`batch_ops._repair.repair_plan`
+(the client's ``repair``) on the part's chain, read up to the attempt it repairs; it is on record in the
+part's state before it is submitted, so a try that dies before recording its batch is attached to, not
+paid twice, when the job is stepped again. Its answers replace the invalid ones in the part's results.
+
 One worker steps a job at a time: a step takes the job's lease (:mod:`batch_ops.jobs.lease`:
 ``flock`` on a local disk, conditional PUTs on S3), reads the state afresh under it, and gives it
 back at the end; a worker that finds it taken returns a ``busy`` progress and tries again later.
@@ -48,13 +54,15 @@ import posixpath
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from batch_ops import storage
+from batch_ops._repair import RepairRound
 from batch_ops._submit import Submission, SubmitSpec
+from batch_ops.chain import AttemptChain
 from batch_ops.cost.prices import PriceTable
 from batch_ops.dialects import OPENAI, Dialect, dialect_named
 from batch_ops.errors import (
@@ -71,12 +79,20 @@ from batch_ops.errors import (
 )
 from batch_ops.identity import RunIdentity
 from batch_ops.jobs.config import JobConfig
-from batch_ops.jobs.harvest import UsageTotals, harvest_part, merge, synthesize_failures
+from batch_ops.jobs.harvest import (
+    UsageTotals,
+    apply_repair,
+    harvest_part,
+    invalid_in_results,
+    merge,
+    synthesize_failures,
+)
 from batch_ops.jobs.lease import DEFAULT_LEASE_TTL
-from batch_ops.jobs.state import JobState, PartState
+from batch_ops.jobs.state import JobState, PartState, RepairState
 from batch_ops.jobs.store import JobStore, LocalJobStore, store_for
 from batch_ops.jsonl import RuleOptions, check_file, shard_file, validate_file
 from batch_ops.models import Batch, BatchStatus
+from batch_ops.outcomes import OutcomePolicy
 from batch_ops.structured import ResponseSchema, schema_problems
 
 __all__ = ["BatchJob", "Call", "JobProgress", "JobSummary"]
@@ -134,6 +150,9 @@ class JobSummary:
     budget_stop: str | None = None
     #: The job's actual cost (USD, batch prices; None: a model without a price).
     cost_usd: float | None = None
+    #: The repair rounds (``JobConfig.repair_rounds``; None: the job runs none): totals and, per part, each
+    #: round (see :meth:`BatchJob._repairs_summary`).
+    repairs: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -352,7 +371,7 @@ class BatchJob:
             job_id=_job_id(src, out), endpoint=cfg.endpoint, input_path=_name(src), output_path=_name(out),
             total=report.lines, created_at=_clock(), max_rounds=cfg.max_rounds,
             metadata=dict(cfg.metadata), token_limit_backoff=cfg.token_limit_backoff, provider=cfg.provider,
-            response_schema=cfg.response_schema,
+            response_schema=cfg.response_schema, repair_rounds=cfg.repair_rounds, repair_feedback=cfg.repair_feedback,
         )
         for part in parts:
             lines = check_file(part, **rules)[0].lines
@@ -385,7 +404,7 @@ class BatchJob:
 
     def _busy(self) -> JobProgress:
         retry = self._lease.retry_after
-        running = [p.batch_id for p in self.state.parts if p.status == "running" and p.batch_id]
+        running = self._running()
         event = f"busy: {self._lease.holder()} is stepping this job; trying again in {retry:.0f} s"
         return JobProgress(running=running, pending=sum(1 for p in self.state.parts if p.status == "pending"),
                            done=False, wake_at=_clock() + retry, busy=True, events=(event,))
@@ -401,6 +420,8 @@ class BatchJob:
                 continue  # transient: look again next step
             if batch.status.is_terminal:
                 yield from self._finish_part(part, batch)
+        for part in [p for p in state.parts if p.status == "repairing"]:
+            yield from self._repair(part)
         now = _clock()
         for part in state.active():
             if part.status == "submitting":  # a submit interrupted by a crash: re-attach or create
@@ -409,10 +430,25 @@ class BatchJob:
             if len(state.active()) >= self.max_concurrent:
                 break
             yield from self._submit(part)
-        running = [p.batch_id for p in state.parts if p.status == "running" and p.batch_id]
+        running = self._running()
         pending = sum(1 for p in state.parts if p.status == "pending")
         return JobProgress(running=running, pending=pending, done=state.done, wake_at=state.next_wake(),
                            events=tuple(self._events))
+
+    def _running(self) -> list[str]:
+        """The batches that may be running: the parts' and their repair rounds'."""
+        parts = [p.batch_id for p in self.state.parts if p.status == "running" and p.batch_id]
+        return parts + [b for p in self.state.parts if (b := p.repair_batch) is not None]
+
+    def _spec(self, part: PartState, identity: RunIdentity, *, lookup: bool) -> SubmitSpec:
+        """What the part's chain is submitted with: every attempt of it, a repair round's too (the same requests
+        and schema, so the same fingerprint and the same chain)."""
+        metadata = {**self.state.metadata, "batch_ops_job": self.state.job_id, "batch_ops_part": part.name}
+        schema = self.state.response_schema
+        return SubmitSpec(endpoint=self.state.endpoint, metadata=metadata, idempotency_key=part.key,
+                          reattach=lookup, since=identity.since, prices=self.prices,
+                          max_cost_usd=self._budget_left(part),
+                          response_schema=None if schema is None else ResponseSchema.from_json(schema))
 
     def _submit(self, part: PartState) -> Generator[Call, Any, None]:
         # A key never used before needs no lookup: it is on disk before its first create, so a
@@ -428,12 +464,7 @@ class BatchJob:
             part.status = "submitting"
             self._save()  # the key is stored before any create
         lookup = not fresh or not self._lease.exclusive or self._lease.took_over is not None
-        metadata = {**self.state.metadata, "batch_ops_job": self.state.job_id, "batch_ops_part": part.name}
-        schema = self.state.response_schema
-        spec = SubmitSpec(endpoint=self.state.endpoint, metadata=metadata, idempotency_key=part.key,
-                          reattach=lookup, since=identity.since, prices=self.prices,
-                          max_cost_usd=self._budget_left(part),
-                          response_schema=None if schema is None else ResponseSchema.from_json(schema))
+        spec = self._spec(part, identity, lookup=lookup)
         source = str(self.store.fetch(part.path))
         self._lease.confirm()  # still ours right now, or nothing is created
         try:
@@ -450,6 +481,7 @@ class BatchJob:
             self._events.append(f"part {part.name}: re-attached to batch {batch.id} ({batch.status.value}; "
                                 f"{submission.step.reason})")
         part.batch_id = batch.id
+        part.fingerprint = submission.fingerprint or part.fingerprint
         part.status = "running"
         part.submits += 1
         if batch.id not in self.state.batch_ids:
@@ -504,9 +536,140 @@ class BatchJob:
         self.store.push(results)  # the results and the next round are stored before "harvested" is
         part.status = "harvested"
         part.outcome = batch.status.value
-        self._save()
         self._events.append(f"part {part.name}: batch {batch.id} {batch.status.value}: {part.succeeded} succeeded, "
                             f"{part.failed} failed, {part.retried} to the next round")
+        self._maybe_repair(part, batch, results)
+        self._save()
+
+    # -- repair rounds ------------------------------------------------------------------------------
+    def _maybe_repair(self, part: PartState, after: Batch, results: Path) -> None:
+        """Start the part's next repair round when rounds are left and some answers in ``results`` are invalid.
+
+        Only after a batch the chain accepts (completed): the requests of an expired or cancelled one that got no
+        answer go to the job's next round, and the chain's own next attempt would carry them again."""
+        state = self.state
+        if (state.response_schema is None or len(part.repairs) >= state.repair_rounds
+                or not OutcomePolicy().accepts(after)):
+            return
+        if not invalid_in_results(results, ResponseSchema.from_json(state.response_schema)):
+            return
+        part.repairs.append(RepairState(round=len(part.repairs) + 1, after=after.id))
+        part.status = "repairing"  # saved by the caller: the round is on record before it is submitted
+
+    def _repair(self, part: PartState) -> Generator[Call, Any, None]:
+        """Step the part's repair round: submit it (or attach to the attempt a crashed try made), then harvest it."""
+        record = part.repairs[-1]
+        batch: Batch | None = None
+        if record.batch_id is None:
+            batch = yield from self._submit_repair(part, record)
+        else:
+            try:
+                batch = yield Call("batches.retrieve", {"batch_id": record.batch_id})
+            except (APIConnectionError, APIStatusError) as exc:
+                if is_permanent(exc):
+                    raise
+                return  # transient: look again next step
+        if batch is not None and batch.status.is_terminal:
+            yield from self._finish_repair(part, record, batch)
+
+    def _submit_repair(self, part: PartState, record: RepairState) -> Generator[Call, Any, Batch | None]:
+        """Submit the round through :func:`batch_ops._repair.repair_plan` (the client's ``repair``), reading the
+        part's chain up to the attempt ``record.after``: a round made already by a try that did not record it is
+        found by the submission core under the part's key and attached to, never paid twice."""
+        assert part.key is not None
+        identity = RunIdentity.job_part(job_id=self.state.job_id, part=part.name, started=self.state.created_at)
+        chain: AttemptChain = yield Call("batches.chain", {"key": part.key, "since": identity.since,
+                                                           "fingerprint": part.fingerprint})
+        upto = next((a.number for a in chain.attempts
+                     if record.after in (a.batch.id, *(d.id for d in a.duplicates))), None)
+        if upto is None:
+            raise BatchOpsError(f"Repair round {record.round} of part {part.name}: batch {record.after} is not in the "
+                                f"chain of key {part.key!r} ({chain.batch_ids or 'no batch'}); nothing was submitted. "
+                                "Fix: check that the job's batches were not deleted, or start the job anew")
+        chain = replace(chain, attempts=tuple(a for a in chain.attempts if a.number <= upto))
+        spec = self._spec(part, identity, lookup=True)
+        self._lease.confirm()  # still ours right now, or nothing is created
+        done: RepairRound = yield Call("repair", {"source": str(self.store.fetch(part.path)), "spec": spec,
+                                                  "chain": chain, "round": record.round,
+                                                  "feedback": self.state.repair_feedback})
+        record.invalid, record.upper_usd, record.refused = dict(done.invalid), done.upper_usd, done.refused
+        if done.refused is not None and self.max_cost_usd is not None and spec.max_cost_usd is not None:
+            # The core's message names what it was given: the part's share. Say where that share comes from.
+            record.refused = (f"the job's max_cost_usd ${self.max_cost_usd:.6f} less the other parts' spend "
+                              f"${self.max_cost_usd - spec.max_cost_usd:.6f} leaves ${spec.max_cost_usd:.6f} for "
+                              f"part {part.name}: {done.refused}")
+        self._events.append(f"part {part.name}: {done.line()}")
+        submission = done.submission
+        if submission is None:  # refused by the budget (not an error: the paid answers stand), or nothing invalid
+            record.still_invalid = done.count
+            part.status = "harvested"
+            self._save()
+            return None
+        batch = submission.batch
+        record.batch_id = batch.id
+        record.carried = submission.carried if submission.carried is not None else batch.request_counts.total
+        if batch.id not in self.state.batch_ids:
+            self.state.batch_ids.append(batch.id)
+        self._save()
+        return batch
+
+    def _finish_repair(self, part: PartState, record: RepairState, batch: Batch) -> Generator[Call, Any, None]:
+        """Put the round's answers into the part's results; then the next round, or the part is done."""
+        assert self.state.response_schema is not None
+        results = self.store.fetch(part.results)  # read before the outcome is set: the file the round repairs
+        record.outcome = batch.status.value
+        schema = ResponseSchema.from_json(self.state.response_schema)
+        if batch.status is BatchStatus.FAILED:
+            # Nothing answered, nothing billed: the answers it was to repair stand, invalid.
+            record.cost_usd, record.still_invalid = 0.0, invalid_in_results(results, schema)
+            part.status = "harvested"
+            self._save()
+            self._events.append(f"part {part.name}: repair round {record.round}: batch {batch.id} failed; "
+                                f"{record.still_invalid} invalid answers delivered as they are")
+            return
+        downloads = self.store.local_path("downloads")
+        downloads.mkdir(parents=True, exist_ok=True)
+        found = yield Call("batches.download_results", {"batch": batch, "directory": downloads})
+        usage = UsageTotals()
+        provenance = {"batch_id": batch.id, "round": part.round, "part": part.name, "repair": record.round}
+        repaired = self.store.local_path(part.results)  # a new name: see PartState.results
+        counts = apply_repair(part_path=self.store.fetch(part.path), output_path=found.output,
+                              error_path=found.error, results_path=results, repaired_path=repaired,
+                              provenance=provenance, usage=usage, schema=schema, id_field=self._id_field)
+        self.store.push(repaired)  # the repaired results are stored before the state names them
+        record.repaired, record.still_invalid = counts.valid, counts.still_invalid
+        record.cost_usd = self._cost_of(usage.per_model)
+        merged = UsageTotals(per_model={m: dict(row) for m, row in part.usage.items()})
+        merged.merge_from(usage.per_model)
+        part.usage = merged.per_model
+        part.cost_usd = None if part.cost_usd is None or record.cost_usd is None else part.cost_usd + record.cost_usd
+        part.status = "harvested"
+        self._events.append(f"part {part.name}: repair round {record.round}: batch {batch.id} {batch.status.value}: "
+                            f"{counts.valid} of {record.carried} answers repaired, {counts.still_invalid} still "
+                            "invalid")
+        self._maybe_repair(part, batch, repaired)
+        self._save()
+
+    def _repairs_summary(self) -> dict[str, Any] | None:
+        """The repair rounds in plain JSON: ``rounds`` (per part, at most), totals — ``invalid`` (answers found
+        invalid before any repair), ``repaired`` (made valid by a round), ``still_invalid`` (delivered invalid),
+        ``refused`` (rounds the budget refused), ``batches``, ``cost_usd`` — and ``parts``: each part's rounds."""
+        state = self.state
+        if not state.repair_rounds:
+            return None
+        parts = {p.name: [r.model_dump() for r in p.repairs] for p in state.parts if p.repairs}
+        rounds = [r for p in state.parts for r in p.repairs]
+        costs = [r.cost_usd for r in rounds if r.batch_id is not None]
+        return {
+            "rounds": state.repair_rounds,
+            "invalid": sum(sum(p.repairs[0].invalid.values()) for p in state.parts if p.repairs),
+            "repaired": sum(r.repaired for r in rounds),
+            "still_invalid": sum(p.repairs[-1].still_invalid or 0 for p in state.parts if p.repairs),
+            "refused": sum(r.refused is not None for r in rounds),
+            "batches": sum(r.batch_id is not None for r in rounds),
+            "cost_usd": None if None in costs else round(sum(c or 0.0 for c in costs), 6),
+            "parts": parts,
+        }
 
     # -- the budget -------------------------------------------------------------------------------
     def _budget_left(self, part: PartState) -> float | None:
@@ -515,9 +678,17 @@ class BatchJob:
         by the submission core (its chain)."""
         if self.max_cost_usd is None:
             return None
-        others = sum((p.cost_usd if p.cost_usd is not None else p.upper_usd) or 0.0
-                     for p in self.state.parts if p is not part and p.submits > 0)
+        others = sum(self._spend(p) for p in self.state.parts if p is not part and p.submits > 0)
         return max(self.max_cost_usd - others, 0.0)
+
+    @staticmethod
+    def _spend(part: PartState) -> float:
+        """What a part spent, or may still spend: actual once harvested (its repair rounds' too), else its upper
+        bound; a repair round still running counts with its upper bound."""
+        spent = (part.cost_usd if part.cost_usd is not None else part.upper_usd) or 0.0
+        if part.repair_batch is not None:
+            spent += part.repairs[-1].upper_usd or 0.0
+        return spent
 
     def _cost_of(self, per_model: Mapping[str, Mapping[str, int]]) -> float | None:
         """The actual cost of a part from its billed tokens (None: a model without a price; its bound stands).
@@ -572,7 +743,7 @@ class BatchJob:
         state = self.state
         if not state.done:
             raise BatchOpsError(f"job {state.job_id} is not done: {self.describe()}; run it to the end first")
-        results = [self.store.fetch(f"results/{p.name}.jsonl") for p in state.parts]
+        results = [self.store.fetch(p.results) for p in state.parts]
         with storage.local_copy(self._input) as src, storage.local_output(self._output) as out:
             succeeded, failed, _missing, duplicates = merge(input_path=src, results_paths=results, output_path=out,
                                                             id_field=self._id_field)
@@ -590,6 +761,7 @@ class BatchJob:
             state_path=str(self.state_path), budget_stop=state.budget_stop,
             cost_usd=None if any(p.cost_usd is None and p.submits for p in state.parts) else round(
                 sum(p.cost_usd or 0.0 for p in state.parts), 6),
+            repairs=self._repairs_summary(),
         )
 
     def describe(self) -> str:

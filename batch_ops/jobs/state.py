@@ -8,6 +8,7 @@ A job lives next to its output file::
     OUT.work/parts/      request files, one per part (round 0 = shards of the input,
                          later rounds = the retryable failures of a harvested part)
     OUT.work/results/    per part: the final line of every request that will not run again
+                         (after a repair round, a new file: <part>.repair<N>.jsonl)
     OUT.work/downloads/  output and error files of finished batches
 
 Every write goes to a temporary file and is renamed into place, so a job killed at any
@@ -32,9 +33,40 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from batch_ops._files import atomic_write
 
-__all__ = ["JobState", "PartState", "load_state", "save_state", "state_path_for", "work_dir_for"]
+__all__ = ["JobState", "PartState", "RepairState", "load_state", "save_state", "state_path_for", "work_dir_for"]
 
-PartStatus = Literal["pending", "submitting", "running", "harvested"]
+#: ``repairing``: the part's answers are in its results; a repair round of its invalid ones is being submitted
+#: (``repairs[-1].batch_id`` None) or runs.
+PartStatus = Literal["pending", "submitting", "running", "repairing", "harvested"]
+
+
+class RepairState(BaseModel):
+    """One repair round of a part (:mod:`batch_ops._repair`): the requests whose answers are invalid, resubmitted
+    as the next attempt of the part's chain.
+
+    Written before the round is submitted (``batch_id`` None), so a worker that dies while submitting it, or
+    another worker stepping the job, submits it again under the part's key: the submission core attaches to
+    the attempt already made instead of paying for a second one.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    round: int
+    #: The batch of the attempt whose answers the round reads (the part's batch, or the previous round's).
+    after: str
+    #: Invalid answers found, by reason (``schema``, ``bad_json``, ``refusal``, ``truncated``, ...).
+    invalid: dict[str, int] = Field(default_factory=dict)
+    batch_id: str | None = None
+    carried: int | None = None
+    #: The round's upper bound (USD) and its actual cost once harvested.
+    upper_usd: float | None = None
+    cost_usd: float | None = None
+    #: The budget's message when ``max_cost_usd`` refused the round (nothing of it was uploaded).
+    refused: str | None = None
+    #: How the round's batch ended; of the requests it carried, how many now have a valid answer; and how many
+    #: of the part's answers are still invalid after it.
+    outcome: str | None = None
+    repaired: int = 0
+    still_invalid: int | None = None
 
 
 class PartState(BaseModel):
@@ -59,6 +91,34 @@ class PartState(BaseModel):
     #: The upper bound of the part's last created attempt (USD), and its actual cost once harvested.
     upper_usd: float | None = None
     cost_usd: float | None = None
+    #: The requests' fingerprint (``Submission.fingerprint``): picks the part's chain when a repair round reads it.
+    fingerprint: str | None = None
+    #: The part's repair rounds, in order (see :class:`RepairState`).
+    repairs: list[RepairState] = Field(default_factory=list)
+
+    @property
+    def results(self) -> str:
+        """The work file of the part's final results: its harvest's, or the last repair round's that answered.
+
+        A round writes a new file rather than rewriting the harvest's: a worker's cache of a job on object storage
+        never holds a stale copy of a results file (a name is written once), and the state names the one to read.
+
+        Examples:
+            >>> part = PartState(name="r0-001", round=0, path="parts/r0-001.jsonl", requests=3)
+            >>> part.results
+            'results/r0-001.jsonl'
+            >>> part.repairs.append(RepairState(round=1, after="b0", batch_id="b1", outcome="completed"))
+            >>> part.results
+            'results/r0-001.repair1.jsonl'
+        """
+        applied = [r.round for r in self.repairs if r.outcome is not None and r.outcome != "failed"]
+        return f"results/{self.name}.repair{applied[-1]}.jsonl" if applied else f"results/{self.name}.jsonl"
+
+    @property
+    def repair_batch(self) -> str | None:
+        """The batch of the repair round in progress (None: none runs)."""
+        last = self.repairs[-1] if self.repairs else None
+        return last.batch_id if self.status == "repairing" and last is not None else None
 
 
 class JobState(BaseModel):
@@ -85,10 +145,13 @@ class JobState(BaseModel):
     response_schema: dict[str, Any] | None = None
     #: Why the job stopped submitting (its budget), and how far it got; None: it did not.
     budget_stop: str | None = None
+    #: Repair rounds per part (``JobConfig.repair_rounds``) and whether they carry each answer's fault.
+    repair_rounds: int = 0
+    repair_feedback: bool = False
 
     def active(self) -> list[PartState]:
-        """Parts with a batch that may be running (or being created)."""
-        return [p for p in self.parts if p.status in ("submitting", "running")]
+        """Parts with a batch that may be running (or being created): a repair round's too."""
+        return [p for p in self.parts if p.status in ("submitting", "running", "repairing")]
 
     def pending(self, *, now: float) -> list[PartState]:
         """Parts ready to submit now, oldest round first."""
