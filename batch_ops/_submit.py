@@ -321,7 +321,8 @@ class Submission:
     fingerprint: str | None = None
     replaced: tuple[AttemptChain, ...] = ()
     notices: tuple[str, ...] = ()
-    #: The cost estimate of the attempt this call created (None: nothing created, or no estimate: a notice says why).
+    #: The cost estimate of the attempt this call created; when it found its chain instead (a retry that re-attaches),
+    #: of the requests it was given. None: no estimate (a notice says why), or a repair round attached to.
     estimate: Estimate | None = None
     #: What the chain's earlier attempts cost, when a budget asked (actual where known, else their bound).
     spent: Spent | None = None
@@ -1217,7 +1218,13 @@ def _submit_plan(
     made = partial(Submission, cancelled=done_ids, fingerprint=fingerprint, replaced=choice.replaced,
                    notices=choice.notices)
     if step.action != "create":
-        return made(chain, step)
+        if not (prepared is not None and prepared.path is not None and spec.estimate_cost and spec.repair is None
+                and chain.attempts):
+            return made(chain, step)
+        # A try that finds its chain (an Airflow retry, a rerun) reports what these requests were estimated at,
+        # so the bill it ends with has its estimate beside it; a repair round's attach keeps only its own.
+        priced, said = yield from _estimate_plan(spec, prepared, dialect=dialect)
+        return made(chain, step, estimate=priced, cost_note=said)
 
     number = step.number
     if prepared is None:
@@ -1332,6 +1339,20 @@ def _estimate_file(path: Path, *, dialect: Dialect, model: str | None, endpoint:
 
 def _bill_file(path: Path, *, dialect: Dialect, model: str | None, prices: Any) -> Any:
     return bill(iter_result_lines(path), provider=dialect, model=model, prices=prices)
+
+
+def _estimate_plan(
+    spec: SubmitSpec, prepared: _Input, *, dialect: Dialect
+) -> Generator[Work, Any, tuple[Estimate | None, str | None]]:
+    """The estimate of every request ``prepared`` holds, or why there is none (a model without a price)."""
+    assert prepared.path is not None
+    model = prepared.model or spec.model or dialect.batch_model(spec.endpoint)
+    work = partial(_estimate_file, dialect=dialect, model=model, endpoint=spec.endpoint,
+                   prices=PriceTable.of(spec.prices))
+    try:
+        return (yield Work(partial(work, prepared.path))), None
+    except UnknownPriceError as exc:
+        return None, f"No cost estimate: {exc}"
 
 
 def _budget_plan(

@@ -167,15 +167,25 @@ def test_timeout_on_the_worker_leaves_the_batch_running(
 
 
 def test_retry_reattaches_to_the_batch_of_the_first_try(
-    server_url, use_server, run_dag, af, requests_file: Path, oracle
+    server_url, use_server, run_dag, af, tmp_path: Path, oracle
 ) -> None:
     use_server(server_url)
+    requests_file = tmp_path / "priced.jsonl"  # a model genai-prices knows, so that there is an estimate to show
+    requests_file.write_text("".join(json.dumps({
+        "custom_id": f"q-{i}", "method": "POST", "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "max_tokens": 20, "messages": [{"role": "user", "content": f"q {i}"}]}})
+        + "\n" for i in range(5)))
     dr = run_dag("bo_retry", {"input_path": str(requests_file)})
     assert af.state(dr, "batch") == "success"
     assert af.try_number(dr, "batch") == 2
     held = task_batches(oracle(server_url), dr)
     assert len(held) == 1, "a retry must not create (and bill) a second batch"
-    assert af.xcom(dr, "batch")["batch_id"] == held[0].id
+    result = af.xcom(dr, "batch")
+    assert result["batch_id"] == held[0].id
+    # The re-attaching try made no estimate before an upload, yet the run still shows one beside its bill.
+    estimate, cost = result["estimate"], result["cost"]
+    assert estimate is not None and cost is not None, result
+    assert estimate["requests"] == held[0].request_counts.total and estimate["upper_usd"] >= cost["cost_usd"] > 0
 
 
 def test_retry_after_a_failed_batch_creates_a_new_one(
