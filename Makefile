@@ -66,7 +66,8 @@ bench: install
 compat: install
 	$(BIN)/python scripts/compat.py
 
-# Reliability drills (issue 8): faults, kills, bad input, secrets; slow (~8 min), not part of `make test`.
+# Reliability drills (issue 8): faults, kills, bad input, secrets, and the long test scenarios (pytest -m scenario);
+# slow (~14 min), not part of `make test`.
 drill: install
 	$(BIN)/python drills/run.py
 
