@@ -413,6 +413,10 @@ def _response_schema(given: str | None) -> ResponseSchema | None:
     schema = ResponseSchema.of(given)  # a model names itself; a file's schema is named for the file
     return schema if schema.model is not None else ResponseSchema.of(schema.schema, name=Path(given).stem)
 
+
+RepairFeedbackOption = Annotated[
+    bool, typer.Option("--repair-feedback", help="Put each invalid answer's fault in its repaired request.")
+]
 PricesOption = Annotated[
     Path | None,
     typer.Option("--prices", exists=True, dir_okay=False, metavar="JSON", show_default=False,
@@ -503,9 +507,7 @@ def submit(
                                "whose answers are invalid, up to N times, each as the chain's next attempt. A round "
                                "--max-cost-usd has no room for is not submitted (a warning; exit 0).")
     ] = 0,
-    repair_feedback: Annotated[
-        bool, typer.Option("--repair-feedback", help="Put each invalid answer's fault in its repaired request.")
-    ] = False,
+    repair_feedback: RepairFeedbackOption = False,
     max_cost_usd: MaxCostOption = None,
     prices: PricesOption = None,
     base_url: BaseUrlOption = None,
@@ -949,9 +951,7 @@ def job(
                                "part's chain. A round --max-cost-usd has no room for is not submitted (the summary "
                                "says so; not an error).")
     ] = 0,
-    repair_feedback: Annotated[
-        bool, typer.Option("--repair-feedback", help="Put each invalid answer's fault in its repaired request.")
-    ] = False,
+    repair_feedback: RepairFeedbackOption = False,
     poll_interval: PollIntervalOption = 30.0,
     base_url: BaseUrlOption = None,
     api_key: ApiKeyOption = None,
