@@ -84,6 +84,32 @@ def dagbag(airflow_db: None) -> Any:
     return bag
 
 
+EXAMPLE_DAGS = HERE.parents[1] / "dags"
+
+
+def example_dags_env(home: Path, *, drop: tuple[str, ...] = (), **more: str) -> dict[str, str]:
+    """The environment of ``airflow`` commands on this repository's example DAGs (``dags/``), as a user runs
+    them: an AIRFLOW_HOME of their own (SQLite in it), nothing of this session's Airflow, OpenAI or batch_ops
+    settings (nor the variables named by prefix in ``drop``), this interpreter's ``airflow`` first on PATH;
+    ``more`` added. Migrate it with :func:`migrate`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "OPENAI", "BATCH_OPS", *drop))}
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLE_DAGS),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        **more,
+    })
+    return env
+
+
+def migrate(env: dict[str, str]) -> None:
+    """``airflow db migrate`` in ``env`` (a home of :func:`example_dags_env`)."""
+    done = subprocess.run([airflow_bin(), "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def connection_env(url: str, *, api_key: str = API_KEY, conn_type: str = "openaibatch", **extra: Any) -> str:
     conn: dict[str, Any] = {"conn_type": conn_type, "host": str(url), "password": api_key}
     if extra:

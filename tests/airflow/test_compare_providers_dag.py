@@ -6,7 +6,6 @@ OpenAI's as Groq, an OpenAI-shaped profile)."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -14,25 +13,16 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-DAGS = Path(__file__).resolve().parents[2] / "dags"
+from tests.airflow.conftest import example_dags_env, migrate
+
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
 
 def test_compare_providers_dag_runs_the_same_requests_on_three_providers(
         make_server: Callable[..., AbstractContextManager[str]], tmp_path: Path) -> None:
     home = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AIRFLOW", "OPENAI", "ANTHROPIC", "GEMINI", "GOOGLE", "BATCH_OPS"))}
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "BATCH_OPS_COMPARE_POLL_INTERVAL": "0.2",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    })
-    migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
-    assert migrate.returncode == 0, migrate.stderr[-2000:]
+    env = example_dags_env(home, drop=("ANTHROPIC", "GEMINI", "GOOGLE"), BATCH_OPS_COMPARE_POLL_INTERVAL="0.2")
+    migrate(env)
     with make_server(request_latency=0.05) as url:
         root = str(url).removesuffix("/v1")
         conns = {

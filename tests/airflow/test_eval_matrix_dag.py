@@ -6,7 +6,6 @@ task. A second run with a weaker "model" under the same name makes the gate fail
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -18,25 +17,15 @@ import pytest
 
 from batch_ops.evals.matrix import DEMO_MATRIX, MATRIX_RUN
 from batch_ops.evals.record import RunRecord
+from tests.airflow.conftest import example_dags_env, migrate
 
-DAGS = Path(__file__).resolve().parents[2] / "dags"
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 KEY = "sk-matrix-dag-secret-5521"
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    home = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "OPENAI", "BATCH_OPS"))}
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "BATCH_OPS_EVAL_DIR": str(tmp_path / "eval"),
-        "BATCH_OPS_EVAL_POLL_INTERVAL": "0.2",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    })
-    return env
+    return example_dags_env(tmp_path / "home", BATCH_OPS_EVAL_DIR=str(tmp_path / "eval"),
+                            BATCH_OPS_EVAL_POLL_INTERVAL="0.2")
 
 
 def _xcom(home: Path, task_id: str, key: str = "return_value") -> list[object]:
@@ -58,8 +47,7 @@ def _dags_test(make_server: Callable[..., AbstractContextManager[str]], env: dic
 
 def _migrated(tmp_path: Path) -> dict[str, str]:
     env = _env(tmp_path)
-    migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
-    assert migrate.returncode == 0, migrate.stderr[-2000:]
+    migrate(env)
     return env
 
 

@@ -4,7 +4,6 @@ local server, in its own AIRFLOW_HOME whose DAG folder is the repository's ``dag
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,26 +13,16 @@ from pathlib import Path
 import pytest
 
 from batch_ops.evals import SAMPLE_RUN, read_history
+from tests.airflow.conftest import example_dags_env, migrate
 
-DAGS = Path(__file__).resolve().parents[2] / "dags"
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
 
 def test_nightly_eval_dag_runs_and_reports(make_server: Callable[..., AbstractContextManager[str]],
                                            tmp_path: Path) -> None:
     home = tmp_path / "home"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "OPENAI"))}
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "BATCH_OPS_EVAL_DIR": str(tmp_path / "eval"),
-        "BATCH_OPS_EVAL_POLL_INTERVAL": "0.2",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    })
-    migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
-    assert migrate.returncode == 0, migrate.stderr[-2000:]
+    env = example_dags_env(home, BATCH_OPS_EVAL_DIR=str(tmp_path / "eval"), BATCH_OPS_EVAL_POLL_INTERVAL="0.2")
+    migrate(env)
     with make_server(engine="replay", replay_files=(str(SAMPLE_RUN),), fail_requests=0.03, seed=5,
                      api_key="sk-dag-test-secret-7731") as url:
         env["AIRFLOW_CONN_OPENAI_BATCH_DEFAULT"] = json.dumps(
@@ -69,19 +58,9 @@ def test_nightly_eval_dag_keeps_every_file_on_object_storage(
         fs.mkdir("eval-bucket")
         home, cwd = tmp_path / "home", tmp_path / "cwd"
         cwd.mkdir()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "OPENAI", "BATCH_OPS", "AWS"))}
-        env.update(aws)
-        env.update({
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-            "BATCH_OPS_EVAL_STORAGE": "s3://eval-bucket/nightly",
-            "BATCH_OPS_EVAL_POLL_INTERVAL": "0.2",
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        })
-        migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
-        assert migrate.returncode == 0, migrate.stderr[-2000:]
+        env = example_dags_env(home, drop=("AWS",), **aws, BATCH_OPS_EVAL_STORAGE="s3://eval-bucket/nightly",
+                               BATCH_OPS_EVAL_POLL_INTERVAL="0.2")
+        migrate(env)
         with make_server(engine="replay", replay_files=(str(SAMPLE_RUN),), seed=5,
                          api_key="sk-dag-test-secret-7731") as url:
             env["AIRFLOW_CONN_OPENAI_BATCH_DEFAULT"] = json.dumps(
