@@ -23,9 +23,6 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) uninstall -q -y batch-ops 2>/dev/null || true
 	rm -rf batch_ops.egg-info
 	$(PIP) install -q -c constraints.txt -e ".[all,dev]"
-	# The build leaves the package's egg-info in the checkout, on sys.path when Python runs here: a second copy of
-	# the entry points (Airflow would load the plugin twice). The installed dist-info holds them.
-	rm -rf openai_batch_ops.egg-info
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -20,16 +20,12 @@ deployment's metadata database, like the runs it names.
   still recognises the batches made before).
 * Never copy it into *another* deployment (a staging database restored from production's
   backup: delete the Variable there): the two would then prove each other's batches.
-* Made once, atomically, by the first Airflow component to start (scheduler, triggerer, dag
-  processor: :func:`ensure_identity`, run by this provider's plugin, :mod:`batch_ops.airflow.plugin`):
-  the tasks scheduled after it only read it.
-* Made at the same moment by several first tasks (a deployment whose components run without the
-  plugin, or whose database the plugin could not reach), the identity can differ between them: Airflow
-  offers no compare-and-set on Variables to tasks, so a task that reads while the others' writes are
-  still landing, or one slow between its own read and write, uses a value that is then replaced, and
-  its next try derives another key (seen under load: a retry paid attempt 0 again). Whatever the
-  timing, each value made is first recorded in a Variable of its own,
-  ``batch_ops_deployment_id.<value>``, before it is written
+* Made at the same moment by several first tasks (a fresh deployment starting many DAGs), the
+  identity can differ between them: Airflow offers no compare-and-set on Variables, so a task
+  that reads while the others' writes are still landing, or one slow between its own read and
+  write, uses a value that is then replaced, and its next try derives another key (seen under
+  load: a retry paid attempt 0 again). Whatever the timing, each value made is first
+  recorded in a Variable of its own, ``batch_ops_deployment_id.<value>``, before it is written
   as the identity: a retry that finds its task instance's batches under such an earlier identity
   of its own deployment takes that chain over (:func:`proves_identity`), and never one of an
   identity its deployment did not make. Keep these Variables (and move them with the identity).
@@ -51,7 +47,7 @@ import time
 
 from batch_ops.identity.owners import DEPLOYMENT_MAX
 
-__all__ = ["VARIABLE", "deployment_identity", "deployment_name", "ensure_identity", "made_variable", "proves_identity"]
+__all__ = ["VARIABLE", "deployment_identity", "deployment_name", "made_variable", "proves_identity"]
 
 log = logging.getLogger(__name__)
 
@@ -95,45 +91,6 @@ def deployment_identity(*, create: bool = True) -> str | None:
         return None
     value = str(value).strip() if value is not None else ""
     return value[:DEPLOYMENT_MAX] or None
-
-
-def ensure_identity() -> str | None:
-    """Make the identity once, atomically, where the metadata database is at hand: an Airflow component
-    starting (scheduler, triggerer, dag processor: :mod:`batch_ops.airflow.plugin` calls this when one starts).
-
-    Tasks cannot do it so: Airflow 3 task processes reach Variables only through the Execution API, whose
-    set overwrites. Here the identity and its record are inserted in one transaction, and the Variable's
-    unique key lets one insert win: every component that starts at the same moment reads the winner, and
-    the tasks scheduled after them find it made (the race in :func:`deployment_identity` is for deployments
-    whose components run without this plugin, e.g. ``airflow dags test``). Returns the identity, or None
-    when the database cannot be reached (a warning; tasks then make it as before).
-    """
-    try:
-        from airflow.models.variable import Variable as VariableRow
-        from airflow.utils.session import create_session
-        from sqlalchemy import select
-        from sqlalchemy.exc import IntegrityError
-
-        def stored() -> str | None:
-            with create_session() as session:
-                row = session.scalar(select(VariableRow).where(VariableRow.key == VARIABLE))
-                return None if row is None else str(row.val or "").strip()[:DEPLOYMENT_MAX] or None
-
-        value = stored()
-        if value:
-            return value
-        made = secrets.token_hex(8)
-        try:
-            with create_session() as session:
-                session.add(VariableRow(key=made_variable(made), val=made, description=_MADE_DESCRIPTION))
-                session.add(VariableRow(key=VARIABLE, val=made, description=_DESCRIPTION))
-        except IntegrityError:
-            pass  # another component inserted it first (with its record): that one is the identity
-        return stored()
-    except Exception as exc:  # a component must start whatever the database says
-        log.warning("Could not make the Airflow Variable %s at start (%s: %s): the first tasks will make it",
-                    VARIABLE, type(exc).__name__, exc)
-        return None
 
 
 def made_variable(identity: str) -> str:
