@@ -178,9 +178,13 @@ def _money_evidence(home: Path, dag_id: str, batches: list[Any]) -> str:
 
 def _provider_connections(provider: str, urls: dict[str, str], ledger: Path) -> dict[str, str]:
     """``AIRFLOW_CONN_BO_<PROVIDER>_<SCENARIO>``: a connection per scenario to its own server, differing from
-    the other providers' only in provider, model, the host's API root and (Anthropic) the key ledger."""
+    the other providers' only in provider, model, the host's API root and the key ledger: set, as
+    docs/providers.md asks, where batches carry no owner record (Anthropic: it also keeps the key; Gemini: it
+    records the deployment identities a task created under, for a retry after the identity race)."""
+    from batch_ops.dialects import dialect_named
+
     extra: dict[str, str] = {"provider": provider, "model": PROVIDER_MODELS[provider]}
-    if provider == "anthropic":  # no batch metadata: the key ledger all workers share keeps the key
+    if not dialect_named(provider).carries_metadata:
         extra["key_ledger"] = str(ledger)
     conns = {}
     for scenario, url in urls.items():
